@@ -1,0 +1,267 @@
+//! Types shared by the chaos-ebpf TC programs (kernel side) and their loader (user side).
+//!
+//! Every map value here has an explicit `#[repr(C)]` layout with no implicit padding (the
+//! size asserts at the bottom fail the build if one appears), no `bool` and no `Option`, so
+//! the bytes user space writes are exactly the bytes the kernel program reads.
+//!
+//! The decision hash ([`decision`], [`flow_hash`]) lives here too, so user space can predict
+//! every per-packet decision the kernel makes: `plan` uses it to preview, the tests use it
+//! to check the kernel bit for bit.
+#![cfg_attr(not(test), no_std)]
+
+pub mod hash;
+
+pub use hash::{decision, flow_hash, probability_threshold, siphash24};
+
+/// Rule slots per loaded program instance. A rule is one fault on one target.
+pub const MAX_RULES: u32 = 32;
+/// Protected port ranges per instance (SSH, the tool's own control traffic, ...).
+pub const MAX_PROTECTED: u32 = 8;
+/// Peer CIDR entries per instance, shared by all rules (the rule slot is part of the key).
+pub const MAX_PEERS: u32 = 4096;
+/// Flows tracked for per-flow packet indices and burst state (LRU).
+pub const MAX_FLOWS: u32 = 65536;
+
+/// Names of the maps and programs in the object, used by the loader and by `cleanup`.
+pub mod names {
+    pub const RULES: &str = "CHAOS_RULES";
+    pub const LEASES: &str = "CHAOS_LEASES";
+    pub const COUNTERS: &str = "CHAOS_COUNTERS";
+    pub const PEERS: &str = "CHAOS_PEERS";
+    pub const PROTECTED: &str = "CHAOS_PROTECTED";
+    pub const CONFIG: &str = "CHAOS_CONFIG";
+    pub const FLOWS: &str = "CHAOS_FLOWS";
+    /// Program names as the kernel records them (at most 15 bytes).
+    pub const PROG_INGRESS: &str = "chaos_ingress";
+    pub const PROG_EGRESS: &str = "chaos_egress";
+}
+
+/// What a matched packet gets. Stored in [`Rule::action`].
+pub mod action {
+    /// The slot is empty.
+    pub const NONE: u32 = 0;
+    /// Drop with the rule's probability (and burst model, if [`super::flags::BURST`]).
+    pub const LOSS: u32 = 1;
+    /// Drop every matched packet (partition both/one way, blackhole).
+    pub const DROP: u32 = 2;
+    /// Drop only TCP segments that open a connection (SYN without ACK), so established
+    /// connections keep working and new ones fail.
+    pub const DROP_NEW_TCP: u32 = 3;
+}
+
+/// Bits of [`Rule::flags`].
+pub mod flags {
+    /// Count what the rule would do, act on nothing (shadow mode).
+    pub const SHADOW: u32 = 1 << 0;
+    /// The peer must be found in the peer LPM trie under this rule's slot.
+    pub const PEERS: u32 = 1 << 1;
+    /// Gilbert-Elliott burst loss: per-flow good/bad state.
+    pub const BURST: u32 = 1 << 2;
+}
+
+/// Bits of [`Rule::directions`].
+pub mod direction {
+    pub const EGRESS: u32 = 1 << 0;
+    pub const INGRESS: u32 = 1 << 1;
+    pub const BOTH: u32 = EGRESS | INGRESS;
+}
+
+/// Values of [`Rule::proto`]; `ICMP` matches ICMP over IPv4 and ICMPv6.
+pub mod proto {
+    pub const ANY: u32 = 0;
+    pub const ICMP: u32 = 1;
+    pub const TCP: u32 = 6;
+    pub const UDP: u32 = 17;
+    pub const ICMPV6: u32 = 58;
+}
+
+/// One fault on one target. Written by user space into `CHAOS_RULES[slot]`; the kernel
+/// program only reads it. Whether it is in force is decided by `CHAOS_LEASES[slot]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// The experiment seed: SipHash key half k0 for every decision of this rule.
+    pub seed: u64,
+    /// Match only packets from this cgroup v2 id (egress); 0 matches any cgroup.
+    pub cgroup_id: u64,
+    /// Drop when the decision hash is below this (good state, or no burst model).
+    /// See [`probability_threshold`].
+    pub loss_threshold: u64,
+    /// Burst model: probability threshold of a good -> bad transition per packet.
+    pub burst_enter: u64,
+    /// Burst model: probability threshold of a bad -> good transition per packet.
+    pub burst_exit: u64,
+    /// Burst model: loss threshold while in the bad state.
+    pub burst_loss: u64,
+    /// The rule's id as the user sees it; also SipHash key half k1, so two rules with
+    /// the same seed still decide independently.
+    pub rule_id: u32,
+    /// Match only this interface index (in the instance's network namespace); 0 = any.
+    pub ifindex: u32,
+    /// One of [`action`].
+    pub action: u32,
+    /// Bits of [`flags`].
+    pub flags: u32,
+    /// Bits of [`direction`].
+    pub directions: u32,
+    /// One of [`proto`].
+    pub proto: u32,
+    /// Port range (inclusive) that either the source or the destination port must fall
+    /// in; 0..=65535 matches all (and packets without ports).
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub _pad: u32,
+}
+
+/// Per-rule counters, one copy per CPU (`CHAOS_COUNTERS[slot]`); user space sums them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounters {
+    /// Packets on the rule's interfaces and directions while its lease was valid.
+    pub seen: u64,
+    /// Of those, packets that matched the target and peer.
+    pub matched: u64,
+    /// Matched packets the fault dropped (in shadow mode: would have dropped).
+    pub dropped: u64,
+    /// Matched packets the fault let through.
+    pub passed: u64,
+    /// Packets the program could not parse (passed, never dropped: fail open).
+    pub errors: u64,
+    /// Packets seen after the lease ran out (the loader hung or stopped renewing).
+    pub expired: u64,
+    /// Packets on the protected list (e.g. SSH) that the rule left alone.
+    pub protected: u64,
+}
+
+impl RuleCounters {
+    pub fn add(&mut self, other: &RuleCounters) {
+        self.seen += other.seen;
+        self.matched += other.matched;
+        self.dropped += other.dropped;
+        self.passed += other.passed;
+        self.errors += other.errors;
+        self.expired += other.expired;
+        self.protected += other.protected;
+    }
+}
+
+/// A port range on the protected list (`CHAOS_PROTECTED[i]`); matches when the source
+/// or destination port is in range. `proto == 0` marks an unused entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProtectedPorts {
+    pub proto: u32,
+    pub port_lo: u16,
+    pub port_hi: u16,
+}
+
+/// Instance-wide settings (`CHAOS_CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// One past the highest rule slot in use; the program scans slots below it only.
+    pub nr_slots: u32,
+    /// Entries in use in `CHAOS_PROTECTED`.
+    pub nr_protected: u32,
+}
+
+/// Data part of an LPM trie key for peer CIDRs: the rule slot (an exact 32-bit prefix)
+/// followed by the address, IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`). The trie prefix
+/// length is therefore `32 + 96 + v4_len` for IPv4 and `32 + v6_len` for IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerKeyData {
+    /// Big-endian rule slot, so it forms the first 32 bits of the prefix.
+    pub slot_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+impl PeerKeyData {
+    pub const SLOT_BITS: u32 = 32;
+
+    pub fn new(slot: u32, addr: [u8; 16]) -> Self {
+        Self { slot_be: slot.to_be_bytes(), addr }
+    }
+}
+
+/// Key of the per-flow state: one rule, one direction, one 5-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub slot: u32,
+    /// `direction::EGRESS` or `direction::INGRESS`.
+    pub direction: u8,
+    /// IP protocol number (6, 17, 1, 58, ...).
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    /// Source and destination address, IPv4 as IPv4-mapped IPv6.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+impl FlowKey {
+    /// The key as 64-bit words for hashing: the small fields packed into two words,
+    /// each address as two little-endian words, so kernel and user space hash the same
+    /// bytes the same way and no field can alias another.
+    pub fn words(&self) -> [u64; 6] {
+        [
+            (self.slot as u64)
+                | ((self.direction as u64) << 32)
+                | ((self.proto as u64) << 40)
+                | ((self.sport as u64) << 48),
+            self.dport as u64,
+            u64_from(&self.saddr, 0),
+            u64_from(&self.saddr, 8),
+            u64_from(&self.daddr, 0),
+            u64_from(&self.daddr, 8),
+        ]
+    }
+}
+
+fn u64_from(bytes: &[u8; 16], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    let mut i = 0;
+    while i < 8 {
+        word[i] = bytes[at + i];
+        i += 1;
+    }
+    u64::from_le_bytes(word)
+}
+
+/// Per-flow state (LRU hash value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// [`flow_hash`] of the key, computed once when the flow is first seen.
+    pub flow_hash: u64,
+    /// Index of the next packet of this flow (0 for the first packet after the rule
+    /// started).
+    pub next_index: u64,
+    /// Burst model state: 0 good, 1 bad.
+    pub bad: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, and have no padding (asserted below), so
+    // any byte pattern of their size is a valid value.
+    unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::RuleCounters {}
+    unsafe impl aya::Pod for super::ProtectedPorts {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::PeerKeyData {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+}
+
+// No implicit padding anywhere: a size that is not the sum of the fields fails the build.
+const _: () = assert!(core::mem::size_of::<Rule>() == 6 * 8 + 6 * 4 + 2 * 2 + 4);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 7 * 8);
+const _: () = assert!(core::mem::size_of::<ProtectedPorts>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<PeerKeyData>() == 20);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 1 + 1 + 2 + 2 + 2 + 32);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 8 + 8 + 4 + 4);

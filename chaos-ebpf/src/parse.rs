@@ -1,0 +1,121 @@
+//! Header parsing: Ethernet (with one VLAN tag), IPv4, IPv6 (with the common extension
+//! headers), and the TCP/UDP ports. Bounds are checked by `bpf_skb_load_bytes` inside
+//! `ctx.load`, so a short packet is an `Err`, never an out-of-bounds read.
+
+use aya_ebpf::programs::TcContext;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_HLEN: usize = 14;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// How many IPv6 extension headers we walk before giving up on finding the ports.
+const MAX_IPV6_EXT: usize = 4;
+
+/// The fields rules match on. Addresses are IPv6 or IPv4-mapped IPv6.
+pub struct Packet {
+    pub proto: u8,
+    /// False for non-first fragments and unknown transports: no ports to match.
+    pub has_ports: bool,
+    pub tcp_flags: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// The packet was too short for the headers it announced.
+pub struct Truncated;
+
+fn load_be16(ctx: &TcContext, offset: usize) -> Result<u16, Truncated> {
+    ctx.load::<[u8; 2]>(offset).map(u16::from_be_bytes).map_err(|_| Truncated)
+}
+
+fn load_u8(ctx: &TcContext, offset: usize) -> Result<u8, Truncated> {
+    ctx.load::<u8>(offset).map_err(|_| Truncated)
+}
+
+fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// `Ok(None)` for frames that are not IP (ARP, LLDP, ...): no rule matches those.
+pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, Truncated> {
+    let mut offset = ETH_HLEN;
+    let mut ethertype = load_be16(ctx, 12)?;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = load_be16(ctx, 16)?;
+        offset += 4;
+    }
+    let mut packet = Packet {
+        proto: 0,
+        has_ports: false,
+        tcp_flags: 0,
+        sport: 0,
+        dport: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    let l4: usize;
+    let mut first_fragment = true;
+    match ethertype {
+        ETH_P_IPV4 => {
+            let version_ihl = load_u8(ctx, offset)?;
+            let header_len = ((version_ihl & 0x0f) as usize) * 4;
+            if version_ihl >> 4 != 4 || header_len < 20 {
+                return Err(Truncated);
+            }
+            packet.proto = load_u8(ctx, offset + 9)?;
+            let fragment = load_be16(ctx, offset + 6)?;
+            first_fragment = fragment & 0x1fff == 0;
+            packet.saddr = mapped_v4(ctx.load::<[u8; 4]>(offset + 12).map_err(|_| Truncated)?);
+            packet.daddr = mapped_v4(ctx.load::<[u8; 4]>(offset + 16).map_err(|_| Truncated)?);
+            l4 = offset + header_len;
+        }
+        ETH_P_IPV6 => {
+            let mut next = load_u8(ctx, offset + 6)?;
+            packet.saddr = ctx.load::<[u8; 16]>(offset + 8).map_err(|_| Truncated)?;
+            packet.daddr = ctx.load::<[u8; 16]>(offset + 24).map_err(|_| Truncated)?;
+            let mut at = offset + 40;
+            for _ in 0..MAX_IPV6_EXT {
+                match next {
+                    IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                        let len = (load_u8(ctx, at + 1)? as usize + 1) * 8;
+                        next = load_u8(ctx, at)?;
+                        at += len;
+                    }
+                    IPPROTO_FRAGMENT => {
+                        let fragment = load_be16(ctx, at + 2)?;
+                        first_fragment = fragment & 0xfff8 == 0;
+                        next = load_u8(ctx, at)?;
+                        at += 8;
+                    }
+                    _ => break,
+                }
+            }
+            packet.proto = next;
+            l4 = at;
+        }
+        _ => return Ok(None),
+    }
+    if first_fragment && (packet.proto == IPPROTO_TCP || packet.proto == IPPROTO_UDP) {
+        packet.sport = load_be16(ctx, l4)?;
+        packet.dport = load_be16(ctx, l4 + 2)?;
+        packet.has_ports = true;
+        if packet.proto == IPPROTO_TCP {
+            packet.tcp_flags = load_u8(ctx, l4 + 13)?;
+        }
+    }
+    Ok(Some(packet))
+}
