@@ -82,7 +82,8 @@ pub mod proto {
 pub struct Rule {
     /// The experiment seed: SipHash key half k0 for every decision of this rule.
     pub seed: u64,
-    /// Match only packets from this cgroup v2 id (egress); 0 matches any cgroup.
+    /// Match only packets sent from this cgroup v2 (id = inode of its directory) or a
+    /// cgroup below it, on egress; 0 matches any cgroup.
     pub cgroup_id: u64,
     /// Drop when the decision hash is below this (good state, or no burst model).
     /// See [`probability_threshold`].
@@ -110,7 +111,9 @@ pub struct Rule {
     /// in; 0..=65535 matches all (and packets without ports).
     pub port_lo: u16,
     pub port_hi: u16,
-    pub _pad: u32,
+    /// Depth of `cgroup_id` below the cgroup2 root (root = 0): the kernel compares the
+    /// sender's ancestor at this level, so processes in child cgroups match too.
+    pub cgroup_level: u32,
 }
 
 /// Per-rule counters, one copy per CPU (`CHAOS_COUNTERS[slot]`); user space sums them.

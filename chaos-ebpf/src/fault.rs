@@ -19,6 +19,7 @@ pub fn decide(
     slot: u32,
     p: &Packet,
     dir: u32,
+    key: &mut FlowKey,
     flows: &LruHashMap<FlowKey, FlowState>,
 ) -> Result<bool, NoFlowState> {
     match rule.action {
@@ -26,7 +27,7 @@ pub fn decide(
         action::DROP_NEW_TCP => Ok(p.proto == 6
             && p.tcp_flags & TCP_FLAG_SYN != 0
             && p.tcp_flags & TCP_FLAG_ACK == 0),
-        action::LOSS => loss(rule, slot, p, dir, flows),
+        action::LOSS => loss(rule, slot, p, dir, key, flows),
         _ => Ok(false),
     }
 }
@@ -37,31 +38,31 @@ fn loss(
     slot: u32,
     p: &Packet,
     dir: u32,
+    key: &mut FlowKey,
     flows: &LruHashMap<FlowKey, FlowState>,
 ) -> Result<bool, NoFlowState> {
-    let key = FlowKey {
-        slot,
-        direction: dir as u8,
-        proto: p.proto,
-        sport: p.sport,
-        dport: p.dport,
-        _pad: 0,
-        saddr: p.saddr,
-        daddr: p.daddr,
-    };
-    let state = match flows.get_ptr_mut(&key) {
+    key.slot = slot;
+    key.direction = dir as u8;
+    key.proto = p.proto;
+    key.sport = p.sport;
+    key.dport = p.dport;
+    key._pad = 0;
+    key.saddr = p.saddr;
+    key.daddr = p.daddr;
+    let key = &*key;
+    let state = match flows.get_ptr_mut(key) {
         Some(state) => state,
         None => {
             let fresh = FlowState {
-                flow_hash: flow_hash(rule.seed, rule.rule_id, &key),
+                flow_hash: flow_hash(rule.seed, rule.rule_id, key),
                 next_index: 0,
                 bad: 0,
                 _pad: 0,
             };
             // Another CPU may have inserted the flow meanwhile (NOEXIST fails then); the
             // lookup below finds whichever entry won.
-            let _ = flows.insert(&key, &fresh, BPF_NOEXIST as u64);
-            flows.get_ptr_mut(&key).ok_or(NoFlowState)?
+            let _ = flows.insert(key, &fresh, BPF_NOEXIST as u64);
+            flows.get_ptr_mut(key).ok_or(NoFlowState)?
         }
     };
     // SAFETY: `state` points into the map value, valid for this program run; the index

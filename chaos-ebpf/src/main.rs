@@ -16,7 +16,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::{bpf_ktime_get_ns, bpf_skb_cgroup_id},
+    helpers::{bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
     macros::{classifier, map},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
@@ -53,6 +53,18 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "CHAOS_FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// Per-CPU working memory for one packet (a TC program runs to completion on one CPU
+/// without preemption by another TC run there), kept off the 512-byte BPF stack.
+#[repr(C)]
+pub struct Scratch {
+    pub packet: Packet,
+    pub flow: FlowKey,
+    pub peer: Key<PeerKeyData>,
+}
+
+#[map(name = "CHAOS_SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 #[classifier]
 pub fn chaos_ingress(ctx: TcContext) -> i32 {
     classify(&ctx, direction::INGRESS)
@@ -72,15 +84,16 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     if nr_slots == 0 {
         return TC_ACT_UNSPEC;
     }
-    let packet = parse::parse(ctx);
-    let protected = match &packet {
-        Ok(Some(p)) => is_protected(p, config.nr_protected),
-        _ => false,
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return TC_ACT_UNSPEC;
     };
+    // SAFETY: this CPU's scratch entry, used by this program run only.
+    let scratch = unsafe { &mut *scratch };
+    let parsed = parse::parse(ctx, &mut scratch.packet);
+    let protected = matches!(parsed, Ok(true)) && is_protected(&scratch.packet, config.nr_protected);
     // SAFETY: helper calls without pointer arguments, or with the program's own skb.
     let now = unsafe { bpf_ktime_get_ns() };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let mut cgroup_id: Option<u64> = None;
 
     for slot in 0..MAX_RULES {
         if slot >= nr_slots {
@@ -102,14 +115,15 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
             continue;
         }
         counters.seen += 1;
-        let p = match &packet {
-            Ok(Some(p)) => p,
-            Ok(None) => continue,
+        match parsed {
+            Ok(true) => {}
+            Ok(false) => continue,
             Err(_) => {
                 counters.errors += 1;
                 continue;
             }
-        };
+        }
+        let p = &scratch.packet;
         if protected {
             counters.protected += 1;
             continue;
@@ -119,16 +133,19 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
             if dir != direction::EGRESS {
                 continue;
             }
-            let id = *cgroup_id.get_or_insert_with(|| unsafe { bpf_skb_cgroup_id(ctx.skb.skb) });
+            // SAFETY: the program's own skb. The ancestor at the rule's level is the
+            // target cgroup itself when the sender is in its subtree (0 when the sender
+            // sits higher up or the packet has no socket).
+            let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, rule.cgroup_level as i32) };
             if id != rule.cgroup_id {
                 continue;
             }
         }
-        if !matches_peer(rule, slot, p, dir) {
+        if !matches_peer(rule, slot, p, dir, &mut scratch.peer) {
             continue;
         }
         counters.matched += 1;
-        match fault::decide(rule, slot, p, dir, &FLOWS) {
+        match fault::decide(rule, slot, &scratch.packet, dir, &mut scratch.flow, &FLOWS) {
             Ok(true) => {
                 counters.dropped += 1;
                 if rule.flags & flags::SHADOW == 0 {
@@ -144,7 +161,7 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
 
 #[inline(always)]
 fn in_ports(p: &Packet, lo: u16, hi: u16) -> bool {
-    p.has_ports && ((p.sport >= lo && p.sport <= hi) || (p.dport >= lo && p.dport <= hi))
+    p.has_ports != 0 && ((p.sport >= lo && p.sport <= hi) || (p.dport >= lo && p.dport <= hi))
 }
 
 #[inline(always)]
@@ -162,7 +179,7 @@ fn is_protected(p: &Packet, nr_protected: u32) -> bool {
 }
 
 #[inline(always)]
-fn matches_peer(rule: &Rule, slot: u32, p: &Packet, dir: u32) -> bool {
+fn matches_peer(rule: &Rule, slot: u32, p: &Packet, dir: u32, key: &mut Key<PeerKeyData>) -> bool {
     let proto_ok = match rule.proto {
         proto::ANY => true,
         proto::ICMP => p.proto as u32 == proto::ICMP || p.proto as u32 == proto::ICMPV6,
@@ -177,9 +194,9 @@ fn matches_peer(rule: &Rule, slot: u32, p: &Packet, dir: u32) -> bool {
     }
     if rule.flags & flags::PEERS != 0 {
         // The peer is the far end: the destination on egress, the source on ingress.
-        let addr = if dir == direction::EGRESS { p.daddr } else { p.saddr };
-        let key = Key::new(PeerKeyData::SLOT_BITS + 128, PeerKeyData::new(slot, addr));
-        if PEERS.get(&key).is_none() {
+        key.prefix_len = PeerKeyData::SLOT_BITS + 128;
+        key.data = PeerKeyData::new(slot, if dir == direction::EGRESS { p.daddr } else { p.saddr });
+        if PEERS.get(&*key).is_none() {
             return false;
         }
     }

@@ -23,12 +23,16 @@ pub const TCP_FLAG_ACK: u8 = 0x10;
 /// How many IPv6 extension headers we walk before giving up on finding the ports.
 const MAX_IPV6_EXT: usize = 4;
 
-/// The fields rules match on. Addresses are IPv6 or IPv4-mapped IPv6.
+/// The fields rules match on. Addresses are IPv6 or IPv4-mapped IPv6. Lives in a
+/// per-CPU scratch map, not on the stack: the BPF stack is 512 bytes for the whole
+/// call chain.
+#[repr(C)]
 pub struct Packet {
     pub proto: u8,
-    /// False for non-first fragments and unknown transports: no ports to match.
-    pub has_ports: bool,
+    /// 0 for non-first fragments and transports without ports: no ports to match.
+    pub has_ports: u8,
     pub tcp_flags: u8,
+    pub _pad: u8,
     pub sport: u16,
     pub dport: u16,
     pub saddr: [u8; 16],
@@ -50,23 +54,20 @@ fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
 }
 
-/// `Ok(None)` for frames that are not IP (ARP, LLDP, ...): no rule matches those.
-pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, Truncated> {
+/// Fills `packet`; `Ok(false)` for frames that are not IP (ARP, LLDP, ...): no rule
+/// matches those.
+#[inline(always)]
+pub fn parse(ctx: &TcContext, packet: &mut Packet) -> Result<bool, Truncated> {
     let mut offset = ETH_HLEN;
     let mut ethertype = load_be16(ctx, 12)?;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         ethertype = load_be16(ctx, 16)?;
         offset += 4;
     }
-    let mut packet = Packet {
-        proto: 0,
-        has_ports: false,
-        tcp_flags: 0,
-        sport: 0,
-        dport: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-    };
+    packet.has_ports = 0;
+    packet.tcp_flags = 0;
+    packet.sport = 0;
+    packet.dport = 0;
     let l4: usize;
     let mut first_fragment = true;
     match ethertype {
@@ -107,15 +108,15 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Packet>, Truncated> {
             packet.proto = next;
             l4 = at;
         }
-        _ => return Ok(None),
+        _ => return Ok(false),
     }
     if first_fragment && (packet.proto == IPPROTO_TCP || packet.proto == IPPROTO_UDP) {
         packet.sport = load_be16(ctx, l4)?;
         packet.dport = load_be16(ctx, l4 + 2)?;
-        packet.has_ports = true;
+        packet.has_ports = 1;
         if packet.proto == IPPROTO_TCP {
             packet.tcp_flags = load_u8(ctx, l4 + 13)?;
         }
     }
-    Ok(Some(packet))
+    Ok(true)
 }

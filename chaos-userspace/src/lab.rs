@@ -1,0 +1,256 @@
+//! The embedded lab: N nodes as network namespaces on one bridge, on TEST-NET-1
+//! (192.0.2.0/24), and a UDP echo probe between two of them that measures what the
+//! faults do to real traffic. Created and torn down by the tool (`lab:` in a scenario).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{error::Failure, netns::{self, Netns}};
+
+/// Lab namespaces are named chaos-lab-<node>; `cleanup` removes leftovers by this prefix.
+pub const LAB_PREFIX: &str = "chaos-lab-";
+const HUB: &str = "chaos-lab-hub";
+const MAX_NODES: u32 = 64;
+const MAX_RATE: u32 = 5000;
+const PROBE_PORT: u16 = 7007;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSpec {
+    /// Nodes n1..nN, at 192.0.2.1..N.
+    pub nodes: u32,
+    pub traffic: Option<TrafficSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSpec {
+    pub from: String,
+    pub to: String,
+    /// UDP echo requests per second.
+    pub rate: u32,
+}
+
+pub struct LabError {
+    pub field: &'static str,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl LabSpec {
+    pub fn validate(&self) -> Result<(), LabError> {
+        if !(2..=MAX_NODES).contains(&self.nodes) {
+            return Err(LabError { field: "nodes", problem: format!("{} nodes; the lab has 2..{MAX_NODES}", self.nodes), fix: "set nodes: 2 or more".into() });
+        }
+        if let Some(t) = &self.traffic {
+            for (field, node) in [("traffic", &t.from), ("traffic", &t.to)] {
+                if self.node_index(node).is_none() {
+                    return Err(LabError { field, problem: format!("traffic names node '{node}', which the lab does not have"), fix: format!("use n1..n{}", self.nodes) });
+                }
+            }
+            if t.from == t.to || !(1..=MAX_RATE).contains(&t.rate) {
+                return Err(LabError { field: "traffic", problem: "traffic needs two different nodes and a rate of 1..5000 per second".into(), fix: "e.g. traffic: {from: n1, to: n2, rate: 200}".into() });
+            }
+        }
+        Ok(())
+    }
+
+    fn node_index(&self, name: &str) -> Option<u32> {
+        name.strip_prefix('n')?.parse::<u32>().ok().filter(|i| (1..=self.nodes).contains(i))
+    }
+
+    pub fn describe(&self) -> String {
+        let mut out = format!("{} nodes (netns {LAB_PREFIX}n1..n{}, 192.0.2.1..{} on one bridge)", self.nodes, self.nodes, self.nodes);
+        if let Some(t) = &self.traffic {
+            out += &format!("; UDP echo probe {} -> {} at {}/s", t.from, t.to, t.rate);
+        }
+        out
+    }
+}
+
+pub fn node_address(index: u32) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, index as u8)
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().map_err(|e| {
+        Failure::environment(format!("cannot run `ip` (iproute2) to build the lab: {e}"), "install iproute2 (bash scripts/setup.sh does)")
+    })?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A running lab; dropping it deletes its namespaces (and with them every veth).
+pub struct Lab {
+    spec: LabSpec,
+    created: Vec<String>,
+}
+
+impl Lab {
+    pub fn create(spec: &LabSpec) -> Result<Lab> {
+        let names: Vec<String> = std::iter::once(HUB.to_owned()).chain((1..=spec.nodes).map(|i| format!("{LAB_PREFIX}n{i}"))).collect();
+        for name in &names {
+            if netns::path_for(name).exists() {
+                return Err(Failure::environment(
+                    format!("network namespace {name} already exists: another lab is running or one was left behind"),
+                    "stop the other run, or remove leftovers with `chaos-ebpf cleanup`",
+                )
+                .into());
+            }
+        }
+        let mut lab = Lab { spec: spec.clone(), created: Vec::new() };
+        for name in &names {
+            ip(&["netns", "add", name])?;
+            lab.created.push(name.clone());
+        }
+        ip(&["-n", HUB, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", HUB, "link", "set", "br0", "up"])?;
+        for i in 1..=spec.nodes {
+            let node = format!("{LAB_PREFIX}n{i}");
+            let hub_side = format!("vn{i}");
+            ip(&["-n", HUB, "link", "add", &hub_side, "type", "veth", "peer", "name", "eth0", "netns", &node])?;
+            ip(&["-n", HUB, "link", "set", &hub_side, "master", "br0", "up"])?;
+            ip(&["-n", &node, "addr", "add", &format!("{}/24", node_address(i)), "dev", "eth0"])?;
+            ip(&["-n", &node, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &node, "link", "set", "lo", "up"])?;
+        }
+        Ok(lab)
+    }
+
+    pub fn node_netns(&self, name: &str) -> PathBuf {
+        netns::path_for(&format!("{LAB_PREFIX}{name}"))
+    }
+
+    /// Starts the UDP echo probe, if the lab has traffic.
+    pub fn start_probe(&self) -> Result<Option<Probe>> {
+        let Some(t) = &self.spec.traffic else { return Ok(None) };
+        let to = self.spec.node_index(&t.to).expect("validated");
+        Probe::start(&self.node_netns(&t.from), &self.node_netns(&t.to), node_address(to), t.rate).map(Some)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for name in self.created.drain(..).rev() {
+            if let Err(e) = ip(&["netns", "del", &name]) {
+                eprintln!("chaos-ebpf: removing lab namespace {name}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Counts of the probe: requests sent, requests that reached the echo server, replies
+/// that came back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProbeCounts {
+    pub sent: u64,
+    pub delivered: u64,
+    pub echoed: u64,
+}
+
+impl ProbeCounts {
+    pub fn since(&self, earlier: &ProbeCounts) -> ProbeCounts {
+        ProbeCounts { sent: self.sent - earlier.sent, delivered: self.delivered - earlier.delivered, echoed: self.echoed - earlier.echoed }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    echoed: AtomicU64,
+}
+
+pub struct Probe {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Binds a UDP socket inside a namespace (the socket keeps that namespace after the
+/// thread leaves it).
+fn socket_in(netns_path: &PathBuf, port: u16) -> Result<UdpSocket> {
+    let ns = Netns::open(netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
+    let _inside = ns.enter()?;
+    let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+    Ok(socket)
+}
+
+impl Probe {
+    fn start(from: &PathBuf, to: &PathBuf, to_addr: Ipv4Addr, rate: u32) -> Result<Probe> {
+        let shared = Arc::new(Shared::default());
+        let server = socket_in(to, PROBE_PORT)?;
+        let client = socket_in(from, 0)?;
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !s.stop.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = server.recv_from(&mut buf) {
+                    s.delivered.fetch_add(1, Ordering::Relaxed);
+                    let _ = server.send_to(&buf[..n], peer);
+                }
+            }
+        }));
+        let receiver = client.try_clone()?;
+        let s = shared.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !s.stop.load(Ordering::Relaxed) {
+                if receiver.recv(&mut buf).is_ok() {
+                    s.echoed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        let s = shared.clone();
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        threads.push(std::thread::spawn(move || {
+            let start = Instant::now();
+            let dest = SocketAddr::from((to_addr, PROBE_PORT));
+            let mut seq: u64 = 0;
+            while !s.stop.load(Ordering::Relaxed) {
+                let _ = client.send_to(&seq.to_be_bytes(), dest);
+                s.sent.fetch_add(1, Ordering::Relaxed);
+                seq += 1;
+                // Paced against the start time, so sleeps that overrun do not drift.
+                let due = start + interval * seq as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }));
+        Ok(Probe { shared, threads })
+    }
+
+    pub fn counts(&self) -> ProbeCounts {
+        ProbeCounts {
+            sent: self.shared.sent.load(Ordering::Relaxed),
+            delivered: self.shared.delivered.load(Ordering::Relaxed),
+            echoed: self.shared.echoed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Loading the embedded eBPF object into a network namespace, attaching it to that
+//! namespace's interfaces, and writing rules, peers, leases and the protected list into
+//! its maps. One `Instance` per namespace: interface indices are only unique inside a
+//! namespace, so each namespace gets its own maps.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    util::{nr_cpus, KernelVersion},
+    Ebpf, EbpfLoader,
+};
+use chaos_ebpf_common::{
+    names, Config, FlowKey, FlowState, PeerKeyData, ProtectedPorts, Rule, RuleCounters, MAX_PROTECTED,
+    MAX_RULES,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::Failure,
+    netlink,
+    netns::{Interface, Netns},
+    spec::Cidr,
+    state::{InstanceState, NetlinkFilter},
+};
+
+/// The eBPF object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-ebpf.o"));
+
+/// How the classifiers are hooked into TC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX when the kernel has it (>= 6.6), netlink otherwise.
+    Auto,
+    /// bpf_link based TCX: links vanish with the process, so a crash reverts at once.
+    Tcx,
+    /// Legacy clsact + cls_bpf filters (kernels < 6.6): removed explicitly on exit, by the
+    /// lease after a crash, and by `cleanup`.
+    Netlink,
+}
+
+impl AttachMode {
+    pub fn resolve(self) -> Result<AttachMode> {
+        let tcx_ok = KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(false);
+        match self {
+            AttachMode::Auto if tcx_ok => Ok(AttachMode::Tcx),
+            AttachMode::Auto => Ok(AttachMode::Netlink),
+            AttachMode::Tcx if !tcx_ok => Err(Failure::environment(
+                "TCX attachment needs Linux 6.6 or newer; this kernel is older",
+                "use --attach netlink (or auto, which falls back to netlink by itself)",
+            )
+            .into()),
+            other => Ok(other),
+        }
+    }
+}
+
+struct Attached {
+    iface: Interface,
+    hook: TcAttachType,
+    link: SchedClassifierLink,
+}
+
+/// The eBPF object loaded into one network namespace.
+pub struct Instance {
+    pub netns: Netns,
+    mode: AttachMode,
+    ebpf: Option<Ebpf>,
+    attached: Vec<Attached>,
+    clsact_added: Vec<Interface>,
+    used_slots: BTreeSet<u32>,
+}
+
+fn hook_name(hook: TcAttachType) -> &'static str {
+    match hook {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    }
+}
+
+impl Instance {
+    /// Loads the programs (not yet attached) and writes the protected list.
+    pub fn load(netns: Netns, mode: AttachMode, protected: &[ProtectedPorts]) -> Result<Self> {
+        if protected.len() > MAX_PROTECTED as usize {
+            return Err(Failure::input(
+                format!("{} protected port ranges given; at most {MAX_PROTECTED} fit", protected.len()),
+                "merge ranges (e.g. 8000-8100) or protect fewer",
+            )
+            .into());
+        }
+        let mut ebpf = EbpfLoader::new().load(OBJECT).context("loading the chaos-ebpf object into the kernel")?;
+        for name in [names::PROG_INGRESS, names::PROG_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying and loading program {name}"))?;
+        }
+        let mut instance =
+            Self { netns, mode, ebpf: Some(ebpf), attached: Vec::new(), clsact_added: Vec::new(), used_slots: BTreeSet::new() };
+        {
+            let mut table: Array<&mut MapData, ProtectedPorts> = Array::try_from(instance.map_mut(names::PROTECTED)?)?;
+            for (i, entry) in protected.iter().enumerate() {
+                table.set(i as u32, entry, 0)?;
+            }
+        }
+        instance.write_config(protected.len() as u32)?;
+        Ok(instance)
+    }
+
+    fn ebpf(&self) -> &Ebpf {
+        self.ebpf.as_ref().expect("instance used after shutdown")
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .as_mut()
+            .expect("instance used after shutdown")
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the object"))
+    }
+
+    fn write_config(&mut self, nr_protected: u32) -> Result<()> {
+        let nr_slots = self.used_slots.iter().next_back().map_or(0, |s| s + 1);
+        let mut config: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::CONFIG)?)?;
+        let old = config.get(&0, 0)?;
+        let nr_protected = if nr_protected == u32::MAX { old.nr_protected } else { nr_protected };
+        config.set(0, Config { nr_slots, nr_protected }, 0)?;
+        Ok(())
+    }
+
+    /// Attaches both classifiers to each interface (inside this instance's namespace).
+    pub fn attach(&mut self, interfaces: &[Interface]) -> Result<()> {
+        let _inside = self.netns.enter()?;
+        for iface in interfaces {
+            if self.attached.iter().any(|a| a.iface.index == iface.index) {
+                continue;
+            }
+            if self.mode == AttachMode::Netlink {
+                match tc::qdisc_add_clsact(&iface.name) {
+                    Ok(()) => self.clsact_added.push(iface.clone()),
+                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("adding a clsact qdisc to {}", iface.name))
+                    }
+                }
+            }
+            for (name, hook) in [(names::PROG_INGRESS, TcAttachType::Ingress), (names::PROG_EGRESS, TcAttachType::Egress)] {
+                let ebpf = self.ebpf.as_mut().expect("instance used after shutdown");
+                let prog: &mut SchedClassifier = ebpf.program_mut(name).expect("loaded above").try_into()?;
+                let options = match self.mode {
+                    AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
+                    _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+                };
+                let id = prog.attach_with_options(&iface.name, hook, options).with_context(|| {
+                    format!("attaching {name} to {} {} ({:?})", iface.name, hook_name(hook), self.mode)
+                })?;
+                let link = prog.take_link(id)?;
+                self.attached.push(Attached { iface: iface.clone(), hook, link });
+            }
+        }
+        Ok(())
+    }
+
+    /// A free rule slot, or an error when all are taken.
+    pub fn free_slot(&self) -> Result<u32> {
+        (0..MAX_RULES).find(|s| !self.used_slots.contains(s)).ok_or_else(|| {
+            Failure::input(
+                format!("more than {MAX_RULES} faults at once in network namespace {}", self.netns.path.display()),
+                "run fewer faults at the same time on this namespace",
+            )
+            .into()
+        })
+    }
+
+    /// Writes a rule and its peers, then starts its lease. The counters of the slot
+    /// start from zero, and flow state of an earlier rule in the slot is gone.
+    pub fn install(&mut self, slot: u32, rule: &Rule, peers: &[Cidr], lease: Duration) -> Result<()> {
+        self.clear_flows(slot)?;
+        {
+            let zero = PerCpuValues::try_from(vec![RuleCounters::default(); nr_cpus().map_err(|(_, e)| e)?])?;
+            let mut counters: PerCpuArray<&mut MapData, RuleCounters> =
+                PerCpuArray::try_from(self.map_mut(names::COUNTERS)?)?;
+            counters.set(slot, zero, 0)?;
+        }
+        {
+            let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
+            for peer in peers {
+                let (len, data) = peer.trie_entry(slot);
+                trie.insert(&Key::new(len, data), 1, 0).with_context(|| format!("adding peer {peer}"))?;
+            }
+        }
+        {
+            let mut rules: Array<&mut MapData, Rule> = Array::try_from(self.map_mut(names::RULES)?)?;
+            rules.set(slot, rule, 0)?;
+        }
+        self.used_slots.insert(slot);
+        self.renew(slot, lease)?;
+        self.write_config(u32::MAX)
+    }
+
+    /// Extends the lease of a slot to now + `lease`.
+    pub fn renew(&mut self, slot: u32, lease: Duration) -> Result<()> {
+        let expiry = monotonic_ns() + lease.as_nanos() as u64;
+        let mut leases: Array<&mut MapData, u64> = Array::try_from(self.map_mut(names::LEASES)?)?;
+        leases.set(slot, expiry, 0)?;
+        Ok(())
+    }
+
+    /// Ends a rule: lease first (the kernel stops acting at once), then the entries.
+    pub fn remove(&mut self, slot: u32, peers: &[Cidr]) -> Result<()> {
+        {
+            let mut leases: Array<&mut MapData, u64> = Array::try_from(self.map_mut(names::LEASES)?)?;
+            leases.set(slot, 0, 0)?;
+        }
+        {
+            let mut rules: Array<&mut MapData, Rule> = Array::try_from(self.map_mut(names::RULES)?)?;
+            rules.set(slot, Rule::default(), 0)?;
+        }
+        {
+            let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
+            for peer in peers {
+                let (len, data) = peer.trie_entry(slot);
+                let _ = trie.remove(&Key::new(len, data));
+            }
+        }
+        self.used_slots.remove(&slot);
+        self.write_config(u32::MAX)
+    }
+
+    fn clear_flows(&mut self, slot: u32) -> Result<()> {
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowState> = HashMap::try_from(self.map_mut(names::FLOWS)?)?;
+        let stale: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).filter(|k| k.slot == slot).collect();
+        for key in stale {
+            let _ = flows.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Counters of a slot, summed over CPUs.
+    pub fn counters(&self, slot: u32) -> Result<RuleCounters> {
+        let map = self.ebpf().map(names::COUNTERS).ok_or_else(|| anyhow!("counters map missing"))?;
+        let counters: PerCpuArray<&MapData, RuleCounters> = PerCpuArray::try_from(map)?;
+        let mut total = RuleCounters::default();
+        for per_cpu in counters.get(&slot, 0)?.iter() {
+            total.add(per_cpu);
+        }
+        Ok(total)
+    }
+
+    /// What `status` and `cleanup` need to find this instance from another process.
+    pub fn state(&self) -> Result<InstanceState> {
+        let mut program_ids = Vec::new();
+        for name in [names::PROG_INGRESS, names::PROG_EGRESS] {
+            let prog: &SchedClassifier = self.ebpf().program(name).expect("loaded").try_into()?;
+            program_ids.push(prog.info()?.id());
+        }
+        let netlink_filters = self
+            .attached
+            .iter()
+            .filter_map(|a| {
+                Some(NetlinkFilter {
+                    iface: a.iface.name.clone(),
+                    ifindex: a.iface.index,
+                    hook: hook_name(a.hook).to_owned(),
+                    priority: a.link.priority().ok()?,
+                    handle: u32::from(a.link.handle().ok()?),
+                })
+            })
+            .collect();
+        Ok(InstanceState {
+            netns: self.netns.path.clone(),
+            netns_id: self.netns.id,
+            mode: self.mode,
+            program_ids,
+            interfaces: self.attached.iter().filter(|a| a.hook == TcAttachType::Ingress).map(|a| a.iface.name.clone()).collect(),
+            netlink_filters,
+            clsact_added: self.clsact_added.iter().map(|i| i.name.clone()).collect(),
+        })
+    }
+
+    /// Detaches everything (inside the namespace: a netlink detach names an interface
+    /// index, which would mean another device outside it), deletes the clsact qdiscs
+    /// this instance added, and unloads the programs.
+    pub fn shutdown(&mut self) -> Result<()> {
+        let Some(ebpf) = self.ebpf.take() else { return Ok(()) };
+        let _inside = self.netns.enter()?;
+        let mut errors = Vec::new();
+        for attached in self.attached.drain(..) {
+            use aya::programs::links::Link as _;
+            if let Err(e) = attached.link.detach() {
+                // A vanished interface took its filters with it.
+                if attached.iface.index != 0 && !matches!(e, aya::programs::ProgramError::SyscallError(_)) {
+                    errors.push(format!("detaching from {}: {e}", attached.iface.name));
+                }
+            }
+        }
+        drop(ebpf);
+        for iface in self.clsact_added.drain(..) {
+            if let Err(e) = netlink::delete_clsact(iface.index) {
+                if e.raw_os_error() != Some(libc::ENODEV) {
+                    errors.push(format!("deleting the clsact qdisc of {}: {e}", iface.name));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!("revert incomplete: {}", errors.join("; ")))
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            eprintln!("chaos-ebpf: {e:#}");
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

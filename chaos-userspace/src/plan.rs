@@ -1,0 +1,238 @@
+//! The validated experiment: a timeline of steps, each with its faults and the exact map
+//! entries they become. `chaos-ebpf plan` prints this without touching the kernel; `run`
+//! and `inject` execute it (runner.rs).
+
+use std::{fmt::Write as _, str::FromStr, time::Duration};
+
+use chaos_ebpf_common::{self as common, ProtectedPorts};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    lab::LabSpec,
+    loader::AttachMode,
+    spec::{self, BadValue, FaultSpec, PortRange},
+};
+
+/// How long a rule outlives its last renewal. The runner renews every third of it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
+
+/// A protected port range: traffic with this source or destination port is never
+/// faulted unless forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Protect {
+    pub proto: &'static str,
+    pub ports: PortRange,
+}
+
+impl Protect {
+    /// SSH and the Kubernetes API server.
+    pub fn defaults() -> Vec<Protect> {
+        vec![
+            Protect { proto: "tcp", ports: PortRange { lo: 22, hi: 22 } },
+            Protect { proto: "tcp", ports: PortRange { lo: 6443, hi: 6443 } },
+        ]
+    }
+
+    pub fn entry(&self) -> ProtectedPorts {
+        let proto = if self.proto == "udp" { common::proto::UDP } else { common::proto::TCP };
+        ProtectedPorts { proto, port_lo: self.ports.lo, port_hi: self.ports.hi }
+    }
+}
+
+impl FromStr for Protect {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let (proto, ports) = match s.split_once(':') {
+            Some(("tcp", p)) => ("tcp", p),
+            Some(("udp", p)) => ("udp", p),
+            _ => {
+                return Err(BadValue {
+                    problem: format!("'{s}' is not a protected port range"),
+                    fix: "write tcp:PORT, tcp:LO-HI or udp:PORT (e.g. tcp:22)".into(),
+                })
+            }
+        };
+        Ok(Protect { proto, ports: ports.parse()? })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedFault {
+    pub rule_id: u32,
+    pub spec: FaultSpec,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    pub name: String,
+    #[serde(serialize_with = "ser_secs")]
+    pub start: Duration,
+    #[serde(serialize_with = "ser_secs")]
+    pub duration: Duration,
+    pub faults: Vec<PlannedFault>,
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// None: the runner draws one and prints it, so the run can be repeated.
+    pub seed: Option<u64>,
+    #[serde(serialize_with = "ser_secs")]
+    pub lease: Duration,
+    pub attach: AttachMode,
+    pub protect: Vec<Protect>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lab: Option<LabSpec>,
+    pub steps: Vec<PlannedStep>,
+}
+
+impl Plan {
+    pub fn total_duration(&self) -> Duration {
+        self.steps.iter().map(|s| s.duration).sum()
+    }
+
+    /// The seed to use: the plan's, or one drawn from the clock.
+    pub fn seed_or_random(&self) -> u64 {
+        self.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            // Mixed so that runs a few ns apart still differ in every bit.
+            common::siphash24(t.as_nanos() as u64, std::process::id() as u64, &[0])
+        })
+    }
+
+    /// The map entries of every fault, with target filters shown as resolved at run time.
+    pub fn entries(&self, seed: u64) -> Vec<PlannedEntry> {
+        self.steps
+            .iter()
+            .flat_map(|step| step.faults.iter().map(move |f| (step, f)))
+            .map(|(step, f)| {
+                let rule = f.spec.rule(seed, f.rule_id, 0, 0);
+                PlannedEntry {
+                    step: step.name.clone(),
+                    rule_id: f.rule_id,
+                    fault: f.spec.describe(),
+                    rule: RuleView::from(&rule),
+                    peers: f
+                        .spec
+                        .peers
+                        .iter()
+                        .map(|p| {
+                            let (len, _) = p.trie_entry(0);
+                            format!("{p} -> trie prefix {len} (32 slot bits + {} address bits)", len - 32)
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn render_text(&self, seed: u64, seed_given: bool) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "scenario {}: {} steps, {} in all", self.name, self.steps.len(), spec::format_duration(self.total_duration()));
+        let _ = writeln!(
+            out,
+            "seed {seed}{}; lease {}; attach {:?}",
+            if seed_given { "" } else { " (none in the file: drawn now, a run draws its own and prints it)" },
+            spec::format_duration(self.lease),
+            self.attach
+        );
+        let protect: Vec<String> = self.protect.iter().map(|p| format!("{}:{}", p.proto, p.ports)).collect();
+        let _ = writeln!(out, "protected: {}", if protect.is_empty() { "nothing (force)".into() } else { protect.join(", ") });
+        if let Some(lab) = &self.lab {
+            let _ = writeln!(out, "lab: {}", lab.describe());
+        }
+        let _ = writeln!(out, "\ntimeline:");
+        for step in &self.steps {
+            let end = step.start + step.duration;
+            let _ = writeln!(out, "  {:>8} .. {:>8}  {}", spec::format_duration(step.start), spec::format_duration(end), step.name);
+            if step.faults.is_empty() {
+                let _ = writeln!(out, "                        (no fault)");
+            }
+            for f in &step.faults {
+                let _ = writeln!(out, "                        rule {}: {}", f.rule_id, f.spec.describe());
+            }
+        }
+        let _ = writeln!(out, "\nmap entries (CHAOS_RULES; ifindex and cgroup filled in when targets resolve at run time):");
+        for e in self.entries(seed) {
+            let r = &e.rule;
+            let _ = writeln!(
+                out,
+                "  rule {} [{}]: action={} flags={} directions={} proto={} ports={}-{} loss_threshold={:#018x}{}",
+                e.rule_id, e.step, r.action, r.flags, r.directions, r.proto, r.port_lo, r.port_hi, r.loss_threshold,
+                if r.burst_enter != 0 { format!(" burst_enter={:#x} burst_exit={:#x} burst_loss={:#x}", r.burst_enter, r.burst_exit, r.burst_loss) } else { String::new() }
+            );
+            for p in &e.peers {
+                let _ = writeln!(out, "      peer {p}");
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedEntry {
+    pub step: String,
+    pub rule_id: u32,
+    pub fault: String,
+    pub rule: RuleView,
+    pub peers: Vec<String>,
+}
+
+/// The `Rule` map value with named action and flags, for people and JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleView {
+    pub action: String,
+    pub flags: String,
+    pub directions: String,
+    pub proto: u32,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub loss_threshold: u64,
+    pub burst_enter: u64,
+    pub burst_exit: u64,
+    pub burst_loss: u64,
+    pub ifindex: u32,
+    pub cgroup_id: u64,
+}
+
+impl From<&common::Rule> for RuleView {
+    fn from(r: &common::Rule) -> Self {
+        let action = match r.action {
+            common::action::LOSS => "loss",
+            common::action::DROP => "drop",
+            common::action::DROP_NEW_TCP => "drop-new-tcp",
+            _ => "none",
+        };
+        let mut flags = Vec::new();
+        for (bit, name) in [(common::flags::SHADOW, "shadow"), (common::flags::PEERS, "peers"), (common::flags::BURST, "burst")] {
+            if r.flags & bit != 0 {
+                flags.push(name);
+            }
+        }
+        let directions = match r.directions {
+            common::direction::EGRESS => "egress",
+            common::direction::INGRESS => "ingress",
+            _ => "both",
+        };
+        RuleView {
+            action: action.into(),
+            flags: if flags.is_empty() { "-".into() } else { flags.join("|") },
+            directions: directions.into(),
+            proto: r.proto,
+            port_lo: r.port_lo,
+            port_hi: r.port_hi,
+            loss_threshold: r.loss_threshold,
+            burst_enter: r.burst_enter,
+            burst_exit: r.burst_exit,
+            burst_loss: r.burst_loss,
+            ifindex: r.ifindex,
+            cgroup_id: r.cgroup_id,
+        }
+    }
+}

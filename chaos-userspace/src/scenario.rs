@@ -1,0 +1,320 @@
+//! Scenario files: parse (serde, unknown fields rejected), then validate (pure), each
+//! error with file:line:column and a fix. The result is a `Plan` (plan.rs).
+//!
+//! ```yaml
+//! name: lab-demo
+//! seed: 42
+//! lab: { nodes: 2, traffic: { from: n1, to: n2, rate: 200 } }
+//! targets:
+//!   n1: netns:chaos-lab-n1
+//! steps:
+//!   - { name: baseline, fault: none, duration: 3s }
+//!   - { name: lossy, fault: loss, target: n1, probability: 0.3, duration: 5s }
+//! ```
+
+use std::{collections::BTreeMap, fmt, path::Path, str::FromStr, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    lab::LabSpec,
+    loader::AttachMode,
+    locate::{locate, Seg},
+    plan::{Plan, PlannedFault, PlannedStep, Protect},
+    spec::{self, BadValue, Direction, FaultKind, PartitionMode, PortRange, Proto, RawFault, TargetSpec},
+};
+
+/// Most steps one scenario may have; a typo'd generator should not plan a year.
+const MAX_STEPS: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Option<String>,
+    description: Option<String>,
+    seed: Option<u64>,
+    lease: Option<String>,
+    attach: Option<AttachMode>,
+    /// Extra protected port ranges (`tcp:22`, `udp:53`) on top of the defaults.
+    #[serde(default)]
+    protect: Vec<String>,
+    /// Drop the default protected list (SSH, the Kubernetes API server).
+    #[serde(default)]
+    force: bool,
+    lab: Option<LabSpec>,
+    #[serde(default)]
+    targets: BTreeMap<String, String>,
+    steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: Option<String>,
+    fault: String,
+    target: Option<String>,
+    duration: String,
+    probability: Option<f64>,
+    burst: Option<RawBurst>,
+    mode: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    proto: Option<String>,
+    ports: Option<String>,
+    direction: Option<String>,
+    #[serde(default)]
+    shadow: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBurst {
+    enter: f64,
+    exit: f64,
+    loss: Option<f64>,
+}
+
+/// A scenario error at a position in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}\n  fix: {}", self.file, self.line, self.column, self.problem, self.fix)
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// Reads and validates a scenario file.
+pub fn load(path: &Path) -> Result<Plan, ScenarioError> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+        file: file.clone(),
+        line: 0,
+        column: 0,
+        problem: format!("cannot read the scenario: {e}"),
+        fix: "give the path of a YAML scenario (see scenarios/ for examples)".into(),
+    })?;
+    parse(&file, &source)
+}
+
+pub fn parse(file: &str, source: &str) -> Result<Plan, ScenarioError> {
+    let raw: RawScenario = serde_yaml::from_str(source).map_err(|e| {
+        let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+        let message = e.to_string();
+        // serde_yaml appends " at line L column C"; the position is printed up front.
+        let problem = message.split(" at line ").next().unwrap_or(&message).to_owned();
+        ScenarioError { file: file.into(), line, column, fix: fix_for_serde(&problem), problem }
+    })?;
+    Validator { file, source }.validate(raw)
+}
+
+fn fix_for_serde(problem: &str) -> String {
+    if problem.contains("unknown field") {
+        "remove or correct the field; the accepted fields are listed in the message and in docs/scenarios.md".into()
+    } else if problem.contains("missing field") {
+        "add the field (see docs/scenarios.md)".into()
+    } else if problem.contains("invalid type") {
+        "give the value the type the message asks for (a duration such as 30s is a string)".into()
+    } else {
+        "fix the YAML syntax at this position".into()
+    }
+}
+
+struct Validator<'a> {
+    file: &'a str,
+    source: &'a str,
+}
+
+impl Validator<'_> {
+    fn error(&self, path: &[Seg], problem: impl Into<String>, fix: impl Into<String>) -> ScenarioError {
+        let (line, column) = locate(self.source, path);
+        ScenarioError { file: self.file.into(), line, column, problem: problem.into(), fix: fix.into() }
+    }
+
+    fn parse_at<T: FromStr<Err = BadValue>>(&self, path: &[Seg], text: &str) -> Result<T, ScenarioError> {
+        text.parse::<T>().map_err(|e| self.error(path, e.problem, e.fix))
+    }
+
+    fn validate(&self, raw: RawScenario) -> Result<Plan, ScenarioError> {
+        let lease = match &raw.lease {
+            None => crate::plan::DEFAULT_LEASE,
+            Some(text) => {
+                let d = spec::parse_duration(text).map_err(|e| self.error(&[Seg::Key("lease")], e.problem, e.fix))?;
+                if d < Duration::from_millis(300) || d > Duration::from_secs(300) {
+                    return Err(self.error(
+                        &[Seg::Key("lease")],
+                        format!("lease {text} is outside 300ms..5m"),
+                        "a lease is how long faults outlive a hung chaos-ebpf; 1s-30s is typical",
+                    ));
+                }
+                d
+            }
+        };
+        let mut protect = if raw.force { Vec::new() } else { Protect::defaults() };
+        for (i, text) in raw.protect.iter().enumerate() {
+            protect.push(self.parse_at(&[Seg::Key("protect"), Seg::Index(i)], text)?);
+        }
+        if let Some(lab) = &raw.lab {
+            lab.validate().map_err(|e| self.error(&[Seg::Key("lab"), Seg::Key(e.field)], e.problem, e.fix))?;
+        }
+        let mut targets = BTreeMap::new();
+        for (name, text) in &raw.targets {
+            let spec: TargetSpec = text.parse().map_err(|e: BadValue| {
+                let (line, column) = locate_target(self.source, name);
+                ScenarioError { file: self.file.into(), line, column, problem: format!("target '{name}': {}", e.problem), fix: e.fix }
+            })?;
+            targets.insert(name.clone(), spec);
+        }
+        if raw.steps.is_empty() {
+            return Err(self.error(&[Seg::Key("steps")], "the scenario has no steps", "add at least one step with a fault and a duration"));
+        }
+        if raw.steps.len() > MAX_STEPS {
+            return Err(self.error(&[Seg::Key("steps")], format!("{} steps; at most {MAX_STEPS}", raw.steps.len()), "split the scenario"));
+        }
+        let mut steps = Vec::new();
+        let mut start = Duration::ZERO;
+        let mut next_rule_id = 1;
+        for (i, step) in raw.steps.into_iter().enumerate() {
+            let at = |key: &'static str| [Seg::Key("steps"), Seg::Index(i), Seg::Key(key)];
+            let duration = spec::parse_duration(&step.duration).map_err(|e| self.error(&at("duration"), e.problem, e.fix))?;
+            if duration.is_zero() {
+                return Err(self.error(&at("duration"), "a step of zero duration does nothing", "give a duration such as 10s"));
+            }
+            let name = step.name.clone().unwrap_or_else(|| format!("step-{}", i + 1));
+            let mut faults = Vec::new();
+            if step.fault != "none" {
+                let kind: FaultKind = step.fault.parse().map_err(|e: BadValue| {
+                    self.error(&at("fault"), e.problem, format!("{} (or none for a pause)", e.fix))
+                })?;
+                let target = match &step.target {
+                    None => return Err(self.error(&at("fault"), format!("step '{name}' has no target"), "add target: NAME (from targets:) or KIND:VALUE")),
+                    Some(t) => match targets.get(t) {
+                        Some(spec) => spec.clone(),
+                        None if t.contains(':') => self.parse_at(&at("target"), t)?,
+                        None => {
+                            let known: Vec<_> = targets.keys().map(String::as_str).collect();
+                            return Err(self.error(
+                                &at("target"),
+                                format!("unknown target '{t}'"),
+                                format!("use one of the names under targets: ({}) or write KIND:VALUE ({})", known.join(", "), TargetSpec::KINDS),
+                            ));
+                        }
+                    },
+                };
+                let mut peers = Vec::new();
+                for (j, text) in step.peers.iter().enumerate() {
+                    peers.push(self.parse_at(&[Seg::Key("steps"), Seg::Index(i), Seg::Key("peers"), Seg::Index(j)], text)?);
+                }
+                let raw_fault = RawFault {
+                    kind: Some(kind),
+                    target: Some(target),
+                    probability: step.probability,
+                    burst_enter: step.burst.as_ref().map(|b| b.enter),
+                    burst_exit: step.burst.as_ref().map(|b| b.exit),
+                    burst_loss: step.burst.as_ref().and_then(|b| b.loss),
+                    mode: step.mode.as_deref().map(|m| self.parse_at::<PartitionMode>(&at("mode"), m)).transpose()?,
+                    peers,
+                    proto: step.proto.as_deref().map(|p| self.parse_at::<Proto>(&at("proto"), p)).transpose()?,
+                    ports: step.ports.as_deref().map(|p| self.parse_at::<PortRange>(&at("ports"), p)).transpose()?,
+                    direction: step.direction.as_deref().map(|d| self.parse_at::<Direction>(&at("direction"), d)).transpose()?,
+                    shadow: step.shadow,
+                };
+                let fault = raw_fault.validate().map_err(|e| {
+                    let key = match e.field {
+                        "fault" | "target" | "probability" | "burst" | "mode" | "proto" | "ports" | "direction" => e.field,
+                        _ => "fault",
+                    };
+                    self.error(&at(key), e.problem, e.fix)
+                })?;
+                faults.push(PlannedFault { rule_id: next_rule_id, spec: fault });
+                next_rule_id += 1;
+            } else if step.target.is_some() || step.probability.is_some() || step.mode.is_some() {
+                return Err(self.error(&at("fault"), "a 'none' step is a pause and takes no fault parameters", "remove them, or name a fault"));
+            }
+            steps.push(PlannedStep { name, start, duration, faults });
+            start += duration;
+        }
+        Ok(Plan {
+            name: raw.name.unwrap_or_else(|| "scenario".into()),
+            description: raw.description,
+            seed: raw.seed,
+            lease,
+            attach: raw.attach.unwrap_or(AttachMode::Auto),
+            protect,
+            lab: raw.lab,
+            steps,
+        })
+    }
+}
+
+/// Position of `targets: { NAME: ... }`'s value (names are user keys, not static).
+fn locate_target(source: &str, name: &str) -> (usize, usize) {
+    for (i, line) in source.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(name) {
+            if rest.trim_start().starts_with(':') {
+                return (i + 1, line.len() - trimmed.len() + 1);
+            }
+        }
+    }
+    locate(source, &[Seg::Key("targets")])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(src: &str) -> ScenarioError {
+        parse("s.yaml", src).unwrap_err()
+    }
+
+    #[test]
+    fn accepts_a_full_scenario() {
+        let plan = parse(
+            "s.yaml",
+            "name: demo\nseed: 7\ntargets:\n  a: netns:x\nsteps:\n  - {name: calm, fault: none, duration: 1s}\n  - fault: loss\n    target: a\n    probability: 0.25\n    duration: 2s\n  - fault: partition\n    target: a\n    mode: new\n    peers: [192.0.2.2/32]\n    duration: 500ms\n",
+        )
+        .unwrap();
+        assert_eq!(plan.seed, Some(7));
+        assert_eq!(plan.steps.len(), 3);
+        assert_eq!(plan.steps[2].start, Duration::from_secs(3));
+        assert_eq!(plan.steps[1].faults[0].rule_id, 1);
+        assert_eq!(plan.steps[2].faults[0].rule_id, 2);
+        assert_eq!(plan.total_duration(), Duration::from_millis(3500));
+    }
+
+    #[test]
+    fn errors_name_the_position_and_the_fix() {
+        let e = err("steps:\n  - fault: loss\n    target: netns:a\n    probability: 1.5\n    duration: 1s\n");
+        assert_eq!((e.line, e.column), (4, 18), "{e}");
+        assert!(e.problem.contains("outside 0..1"), "{e}");
+
+        let e = err("steps:\n  - fault: loss\n    target: nowhere\n    probability: 0.5\n    duration: 1s\n");
+        assert_eq!((e.line, e.column), (3, 13), "{e}");
+        assert!(e.problem.contains("unknown target"), "{e}");
+
+        let e = err("steps:\n  - fault: loss\n    colour: red\n    duration: 1s\n");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.problem.contains("unknown field `colour`"), "{e}");
+
+        let e = err("steps: [\n");
+        assert!(e.fix.contains("syntax"), "{e}");
+
+        let e = err("steps:\n  - fault: jitter\n    duration: 1s\n");
+        assert!(e.problem.contains("unknown fault"), "{e}");
+
+        let e = err("steps:\n  - fault: loss\n    target: netns:a\n    probability: 0.1\n    duration: soon\n");
+        assert_eq!((e.line, e.column), (5, 15), "{e}");
+
+        let e = err("targets:\n  a: host:x\nsteps:\n  - {fault: none, duration: 1s}\n");
+        assert_eq!(e.line, 2, "{e}");
+    }
+}

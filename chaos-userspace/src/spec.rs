@@ -1,0 +1,760 @@
+//! The fault model shared by `inject` and scenario files: what the user asked for, parsed
+//! from strings and validated without touching the system (ripgrep's low/high args
+//! split: parse, then validate, then resolve in `target.rs`).
+
+use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
+
+use chaos_ebpf_common::{self as common, probability_threshold, Rule};
+use serde::Serialize;
+
+/// A value that could not be parsed, with the fix to suggest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadValue {
+    pub problem: String,
+    pub fix: String,
+}
+
+impl BadValue {
+    fn new(problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { problem: problem.into(), fix: fix.into() }
+    }
+}
+
+impl fmt::Display for BadValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (fix: {})", self.problem, self.fix)
+    }
+}
+
+impl std::error::Error for BadValue {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    Loss,
+    Partition,
+    Blackhole,
+}
+
+impl FaultKind {
+    pub const NAMES: &'static str = "loss, partition, blackhole";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Loss => "loss",
+            FaultKind::Partition => "partition",
+            FaultKind::Blackhole => "blackhole",
+        }
+    }
+}
+
+impl FromStr for FaultKind {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        match s {
+            "loss" => Ok(FaultKind::Loss),
+            "partition" => Ok(FaultKind::Partition),
+            "blackhole" => Ok(FaultKind::Blackhole),
+            other => Err(BadValue::new(
+                format!("unknown fault '{other}'"),
+                format!("use one of: {}", FaultKind::NAMES),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionMode {
+    /// Both directions cut.
+    #[default]
+    Both,
+    /// One direction cut (`--direction egress` or `ingress`).
+    Oneway,
+    /// Only new TCP connections fail; established ones keep working.
+    New,
+}
+
+impl FromStr for PartitionMode {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        match s {
+            "both" => Ok(PartitionMode::Both),
+            "oneway" | "one-way" => Ok(PartitionMode::Oneway),
+            "new" | "new-connections" => Ok(PartitionMode::New),
+            other => Err(BadValue::new(
+                format!("unknown partition mode '{other}'"),
+                "use both, oneway (with --direction egress|ingress) or new (new TCP connections only)",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Proto {
+    fn code(self) -> u32 {
+        match self {
+            Proto::Any => common::proto::ANY,
+            Proto::Tcp => common::proto::TCP,
+            Proto::Udp => common::proto::UDP,
+            Proto::Icmp => common::proto::ICMP,
+        }
+    }
+}
+
+impl FromStr for Proto {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        match s {
+            "any" => Ok(Proto::Any),
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            "icmp" => Ok(Proto::Icmp),
+            other => Err(BadValue::new(
+                format!("unknown protocol '{other}'"),
+                "use tcp, udp, icmp (ICMP and ICMPv6) or any",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Egress,
+    Ingress,
+    Both,
+}
+
+impl Direction {
+    pub fn bits(self) -> u32 {
+        match self {
+            Direction::Egress => common::direction::EGRESS,
+            Direction::Ingress => common::direction::INGRESS,
+            Direction::Both => common::direction::BOTH,
+        }
+    }
+}
+
+impl FromStr for Direction {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        match s {
+            "egress" | "out" => Ok(Direction::Egress),
+            "ingress" | "in" => Ok(Direction::Ingress),
+            "both" => Ok(Direction::Both),
+            other => Err(BadValue::new(
+                format!("unknown direction '{other}'"),
+                "use egress (packets the target sends), ingress (packets it receives) or both",
+            )),
+        }
+    }
+}
+
+/// Inclusive port range; matches when the source or the destination port is in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let fix = "write a port (443) or an inclusive range (8000-8100), ports 1-65535";
+        let port = |p: &str| -> Result<u16, BadValue> {
+            match p.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(BadValue::new(format!("'{s}' is not a port or port range"), fix)),
+                Ok(v) => Ok(v),
+            }
+        };
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => {
+                let p = port(s)?;
+                (p, p)
+            }
+        };
+        if lo > hi {
+            return Err(BadValue::new(format!("port range '{s}' runs backwards"), "write the lower port first"));
+        }
+        Ok(PortRange { lo, hi })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+/// An IPv4 or IPv6 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// The LPM trie entry: slot bits, then the address as IPv6 (IPv4 mapped).
+    pub fn trie_entry(&self, slot: u32) -> (u32, common::PeerKeyData) {
+        let (addr, len) = match self.addr {
+            IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + self.len as u32),
+            IpAddr::V6(v6) => (v6.octets(), self.len as u32),
+        };
+        (common::PeerKeyData::SLOT_BITS + len, common::PeerKeyData::new(slot, addr))
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let fix = "write an address or prefix such as 192.0.2.2, 198.51.100.0/24 or fd00::/8";
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| BadValue::new(format!("'{s}' is not an IP address or CIDR"), fix))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(v) if v <= max => v,
+                _ => {
+                    return Err(BadValue::new(
+                        format!("prefix length in '{s}' must be 0-{max}"),
+                        fix,
+                    ))
+                }
+            },
+        };
+        Ok(Cidr { addr, len })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What a fault is aimed at, as the user wrote it (`KIND:VALUE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// An interface in the tool's own network namespace.
+    Iface(String),
+    /// Every interface except lo in a named namespace (`ip netns`) or a namespace path.
+    Netns(String),
+    /// A cgroup v2 path, relative to the cgroup2 mount or absolute.
+    Cgroup(String),
+    /// The cgroup and network namespace of a process.
+    Pid(u32),
+}
+
+impl TargetSpec {
+    pub const KINDS: &'static str = "iface:NAME, netns:NAME, cgroup:PATH or pid:PID";
+
+    /// Whether the kernel can tell this target's packets apart on ingress. A cgroup is
+    /// known from the sending socket, which exists on egress only: at TC ingress the
+    /// packet has not been assigned to a socket yet.
+    pub fn egress_only(&self) -> bool {
+        matches!(self, TargetSpec::Cgroup(_) | TargetSpec::Pid(_))
+    }
+}
+
+impl FromStr for TargetSpec {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        let fix = format!("write the target as {}", TargetSpec::KINDS);
+        let Some((kind, value)) = s.split_once(':') else {
+            return Err(BadValue::new(format!("target '{s}' has no kind"), fix));
+        };
+        if value.is_empty() {
+            return Err(BadValue::new(format!("target '{s}' has no value after '{kind}:'"), fix));
+        }
+        match kind {
+            "iface" => Ok(TargetSpec::Iface(value.to_owned())),
+            "netns" => Ok(TargetSpec::Netns(value.to_owned())),
+            "cgroup" => Ok(TargetSpec::Cgroup(value.to_owned())),
+            "pid" => match value.parse::<u32>() {
+                Ok(pid) if pid > 0 => Ok(TargetSpec::Pid(pid)),
+                _ => Err(BadValue::new(format!("'{value}' is not a process id"), "write pid:1234")),
+            },
+            other => Err(BadValue::new(format!("unknown target kind '{other}'"), fix)),
+        }
+    }
+}
+
+impl fmt::Display for TargetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetSpec::Iface(v) => write!(f, "iface:{v}"),
+            TargetSpec::Netns(v) => write!(f, "netns:{v}"),
+            TargetSpec::Cgroup(v) => write!(f, "cgroup:{v}"),
+            TargetSpec::Pid(v) => write!(f, "pid:{v}"),
+        }
+    }
+}
+
+impl Serialize for TargetSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A probability in [0, 1].
+pub fn parse_probability(s: &str) -> Result<f64, BadValue> {
+    let fix = "write a probability between 0 and 1, e.g. 0.3 (or a percentage, 30%)";
+    let value = match s.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|v| v / 100.0),
+        None => s.trim().parse::<f64>(),
+    }
+    .map_err(|_| BadValue::new(format!("'{s}' is not a probability"), fix))?;
+    check_probability(value).map_err(|_| BadValue::new(format!("probability {s} is outside 0..1"), fix))
+}
+
+pub fn check_probability(value: f64) -> Result<f64, BadValue> {
+    if value.is_finite() && (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(BadValue::new(
+            format!("probability {value} is outside 0..1"),
+            "write a probability between 0 and 1, e.g. 0.3",
+        ))
+    }
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
+    let bad = || {
+        BadValue::new(
+            format!("'{s}' is not a duration"),
+            "write a duration such as 500ms, 30s, 5m, 1h or 1m30s",
+        )
+    };
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return if secs.is_finite() && secs >= 0.0 { Ok(Duration::from_secs_f64(secs)) } else { Err(bad()) };
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::from_secs_f64(value * scale);
+    }
+    Ok(total)
+}
+
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        format!("{:.3}s", d.as_secs_f64())
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+/// Gilbert-Elliott burst loss parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Burst {
+    /// Per-packet probability of moving from the good to the bad state.
+    pub enter: f64,
+    /// Per-packet probability of moving from the bad back to the good state.
+    pub exit: f64,
+    /// Loss probability in the bad state (the good state uses `probability`).
+    pub loss: f64,
+}
+
+/// One fault, validated, not yet bound to a kernel object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultSpec {
+    pub kind: FaultKind,
+    pub target: TargetSpec,
+    /// Loss probability (loss only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Burst>,
+    /// Partition mode (partition only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PartitionMode>,
+    pub peers: Vec<Cidr>,
+    pub proto: Proto,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortRange>,
+    pub direction: Direction,
+    pub shadow: bool,
+}
+
+/// What the user wrote for one fault, before validation; both the CLI and the scenario
+/// file fill this in.
+#[derive(Debug, Clone, Default)]
+pub struct RawFault {
+    pub kind: Option<FaultKind>,
+    pub target: Option<TargetSpec>,
+    pub probability: Option<f64>,
+    pub burst_enter: Option<f64>,
+    pub burst_exit: Option<f64>,
+    pub burst_loss: Option<f64>,
+    pub mode: Option<PartitionMode>,
+    pub peers: Vec<Cidr>,
+    pub proto: Option<Proto>,
+    pub ports: Option<PortRange>,
+    pub direction: Option<Direction>,
+    pub shadow: bool,
+}
+
+/// A validation problem tied to one field; the caller turns `field` into a flag name or
+/// a file position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl FieldError {
+    fn new(field: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { field, problem: problem.into(), fix: fix.into() }
+    }
+}
+
+impl RawFault {
+    /// Checks the combination of fields; pure, touches nothing.
+    pub fn validate(&self) -> Result<FaultSpec, FieldError> {
+        let kind = self.kind.ok_or_else(|| {
+            FieldError::new("fault", "no fault given", format!("name one of: {}", FaultKind::NAMES))
+        })?;
+        let target = self.target.clone().ok_or_else(|| {
+            FieldError::new("target", "no target given", format!("add a target: {}", TargetSpec::KINDS))
+        })?;
+        let only = |field: &'static str, set: bool, owner: &str| -> Result<(), FieldError> {
+            if set {
+                Err(FieldError::new(
+                    field,
+                    format!("'{field}' does not apply to a {} fault", kind.name()),
+                    format!("remove it, or use it with a {owner} fault"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let burst_set =
+            self.burst_enter.is_some() || self.burst_exit.is_some() || self.burst_loss.is_some();
+        if kind != FaultKind::Loss {
+            only("probability", self.probability.is_some(), "loss")?;
+            only("burst", burst_set, "loss")?;
+        }
+        if kind != FaultKind::Partition {
+            only("mode", self.mode.is_some(), "partition")?;
+        }
+        let proto = self.proto.unwrap_or_default();
+        if self.ports.is_some() && !matches!(proto, Proto::Tcp | Proto::Udp) {
+            return Err(FieldError::new(
+                "ports",
+                "a port range needs a protocol with ports",
+                "add proto tcp or udp",
+            ));
+        }
+        let egress_only = target.egress_only();
+        let default_direction = if egress_only { Direction::Egress } else { Direction::Both };
+        let mut direction = self.direction.unwrap_or(default_direction);
+        let mut probability = None;
+        let mut burst = None;
+        let mut mode = None;
+        match kind {
+            FaultKind::Loss => {
+                let p = self.probability.ok_or_else(|| {
+                    FieldError::new("probability", "a loss fault needs a probability", "add probability 0.3 (any value 0..1)")
+                })?;
+                probability = Some(check_probability(p).map_err(|e| FieldError::new("probability", e.problem, e.fix))?);
+                if burst_set {
+                    let (Some(enter), Some(exit)) = (self.burst_enter, self.burst_exit) else {
+                        return Err(FieldError::new(
+                            "burst",
+                            "burst loss needs both an enter and an exit probability",
+                            "give burst enter and exit (e.g. enter 0.01, exit 0.3); loss in the bad state defaults to 1",
+                        ));
+                    };
+                    let loss = self.burst_loss.unwrap_or(1.0);
+                    for value in [enter, exit, loss] {
+                        check_probability(value).map_err(|e| FieldError::new("burst", e.problem, e.fix))?;
+                    }
+                    burst = Some(Burst { enter, exit, loss });
+                }
+            }
+            FaultKind::Partition => {
+                let m = self.mode.unwrap_or_default();
+                mode = Some(m);
+                match m {
+                    PartitionMode::Both => {
+                        if matches!(self.direction, Some(d) if d != Direction::Both) {
+                            return Err(FieldError::new(
+                                "direction",
+                                "a 'both' partition cuts both directions, so a direction contradicts it",
+                                "use mode oneway with the direction to cut, or drop the direction",
+                            ));
+                        }
+                        direction = Direction::Both;
+                    }
+                    PartitionMode::Oneway => match self.direction {
+                        Some(Direction::Egress) | Some(Direction::Ingress) => {}
+                        _ => {
+                            return Err(FieldError::new(
+                                "direction",
+                                "a one-way partition needs the direction to cut",
+                                "add direction egress (the target cannot send) or ingress (it cannot receive)",
+                            ))
+                        }
+                    },
+                    PartitionMode::New => {
+                        if matches!(proto, Proto::Udp | Proto::Icmp) {
+                            return Err(FieldError::new(
+                                "proto",
+                                "'new connections only' applies to TCP; UDP and ICMP have no connections",
+                                "use proto tcp (or any), or mode both",
+                            ));
+                        }
+                    }
+                }
+            }
+            FaultKind::Blackhole => {
+                if proto == Proto::Any {
+                    return Err(FieldError::new(
+                        "proto",
+                        "a blackhole drops one protocol (and port set); none was given",
+                        "add proto udp and ports 443 (forces QUIC to fall back to TCP), or use a partition to cut everything",
+                    ));
+                }
+            }
+        }
+        if egress_only && direction != Direction::Egress {
+            return Err(FieldError::new(
+                "direction",
+                format!(
+                    "{target} can be faulted on egress only: at TC ingress the kernel has not yet \
+                     assigned the packet to a socket, so its cgroup is unknown"
+                ),
+                "use direction egress (or mode oneway with direction egress for a partition), or target the network namespace (netns:NAME) or interface",
+            ));
+        }
+        Ok(FaultSpec {
+            kind,
+            target,
+            probability,
+            burst,
+            mode,
+            peers: self.peers.clone(),
+            proto,
+            ports: self.ports,
+            direction,
+            shadow: self.shadow,
+        })
+    }
+}
+
+impl FaultSpec {
+    /// The map entry for this fault. `ifindex` and `cgroup_id` come from resolving the
+    /// target (0 = any).
+    pub fn rule(&self, seed: u64, rule_id: u32, ifindex: u32, cgroup_id: u64) -> Rule {
+        let mut flags = 0;
+        if self.shadow {
+            flags |= common::flags::SHADOW;
+        }
+        if !self.peers.is_empty() {
+            flags |= common::flags::PEERS;
+        }
+        let mut rule = Rule {
+            seed,
+            cgroup_id,
+            rule_id,
+            ifindex,
+            directions: self.direction.bits(),
+            proto: self.proto.code(),
+            port_lo: self.ports.map_or(0, |p| p.lo),
+            port_hi: self.ports.map_or(u16::MAX, |p| p.hi),
+            ..Rule::default()
+        };
+        rule.action = match (self.kind, self.mode) {
+            (FaultKind::Loss, _) => common::action::LOSS,
+            (FaultKind::Partition, Some(PartitionMode::New)) => common::action::DROP_NEW_TCP,
+            (FaultKind::Partition, _) | (FaultKind::Blackhole, _) => common::action::DROP,
+        };
+        if let Some(p) = self.probability {
+            rule.loss_threshold = probability_threshold(p);
+        }
+        if let Some(b) = self.burst {
+            flags |= common::flags::BURST;
+            rule.burst_enter = probability_threshold(b.enter);
+            rule.burst_exit = probability_threshold(b.exit);
+            rule.burst_loss = probability_threshold(b.loss);
+        }
+        rule.flags = flags;
+        rule
+    }
+
+    /// One line for progress output and status.
+    pub fn describe(&self) -> String {
+        let mut out = format!("{} on {}", self.kind.name(), self.target);
+        if let Some(p) = self.probability {
+            out += &format!(" p={p}");
+        }
+        if let Some(b) = self.burst {
+            out += &format!(" burst(enter={} exit={} loss={})", b.enter, b.exit, b.loss);
+        }
+        if let Some(m) = self.mode {
+            out += &format!(" mode={}", serde_json::to_value(m).unwrap().as_str().unwrap_or(""));
+        }
+        out += &format!(" dir={}", serde_json::to_value(self.direction).unwrap().as_str().unwrap_or(""));
+        if self.proto != Proto::Any {
+            out += &format!(" proto={}", serde_json::to_value(self.proto).unwrap().as_str().unwrap_or(""));
+        }
+        if let Some(ports) = self.ports {
+            out += &format!(" ports={ports}");
+        }
+        if !self.peers.is_empty() {
+            let peers: Vec<String> = self.peers.iter().map(ToString::to_string).collect();
+            out += &format!(" peers={}", peers.join(","));
+        }
+        if self.shadow {
+            out += " (shadow)";
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: FaultKind, target: &str) -> RawFault {
+        RawFault { kind: Some(kind), target: Some(target.parse().unwrap()), ..RawFault::default() }
+    }
+
+    #[test]
+    fn parses_values() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        for bad in ["", "s", "10x", "-1", "1.5.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_probability("30%").unwrap(), 0.3);
+        assert!(parse_probability("1.5").is_err());
+        assert!(parse_probability("NaN").is_err());
+        assert_eq!("443".parse::<PortRange>().unwrap(), PortRange { lo: 443, hi: 443 });
+        assert!("9-1".parse::<PortRange>().is_err());
+        assert!("0".parse::<PortRange>().is_err());
+        assert!("70000".parse::<PortRange>().is_err());
+        let c: Cidr = "198.51.100.0/24".parse().unwrap();
+        assert_eq!(c.len, 24);
+        assert!("192.0.2.1/33".parse::<Cidr>().is_err());
+        assert_eq!("fd00::1".parse::<Cidr>().unwrap().len, 128);
+        assert_eq!("pid:42".parse::<TargetSpec>().unwrap(), TargetSpec::Pid(42));
+        for bad in ["veth0", "host:x", "pid:x", "netns:"] {
+            assert!(bad.parse::<TargetSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validates_combinations() {
+        let mut r = raw(FaultKind::Loss, "netns:a");
+        assert_eq!(r.validate().unwrap_err().field, "probability");
+        r.probability = Some(0.3);
+        let spec = r.validate().unwrap();
+        assert_eq!(spec.direction, Direction::Both);
+
+        let mut r = raw(FaultKind::Partition, "netns:a");
+        r.probability = Some(0.3);
+        assert_eq!(r.validate().unwrap_err().field, "probability");
+
+        let mut r = raw(FaultKind::Partition, "netns:a");
+        r.mode = Some(PartitionMode::Oneway);
+        assert_eq!(r.validate().unwrap_err().field, "direction");
+        r.direction = Some(Direction::Ingress);
+        assert!(r.validate().is_ok());
+
+        let r = raw(FaultKind::Blackhole, "iface:veth0");
+        assert_eq!(r.validate().unwrap_err().field, "proto");
+
+        // cgroup targets are egress-only; a 'both' partition cannot be done there.
+        let r = raw(FaultKind::Partition, "cgroup:/x");
+        assert_eq!(r.validate().unwrap_err().field, "direction");
+        let mut r = raw(FaultKind::Loss, "pid:1");
+        r.probability = Some(0.1);
+        assert_eq!(r.validate().unwrap().direction, Direction::Egress);
+
+        let mut r = raw(FaultKind::Loss, "netns:a");
+        r.probability = Some(0.1);
+        r.ports = Some(PortRange { lo: 1, hi: 2 });
+        assert_eq!(r.validate().unwrap_err().field, "ports");
+    }
+
+    #[test]
+    fn encodes_rules() {
+        let mut r = raw(FaultKind::Partition, "netns:a");
+        r.mode = Some(PartitionMode::New);
+        r.peers = vec!["192.0.2.2".parse().unwrap()];
+        let rule = r.validate().unwrap().rule(7, 3, 0, 0);
+        assert_eq!(rule.action, common::action::DROP_NEW_TCP);
+        assert_eq!(rule.flags, common::flags::PEERS);
+        assert_eq!(rule.directions, common::direction::BOTH);
+        assert_eq!((rule.port_lo, rule.port_hi), (0, u16::MAX));
+
+        let mut r = raw(FaultKind::Loss, "netns:a");
+        r.probability = Some(0.5);
+        r.burst_enter = Some(0.1);
+        r.burst_exit = Some(0.5);
+        r.proto = Some(Proto::Udp);
+        r.ports = Some("443".parse().unwrap());
+        let rule = r.validate().unwrap().rule(1, 1, 5, 0);
+        assert_eq!(rule.loss_threshold, 1 << 63);
+        assert_eq!(rule.burst_loss, u64::MAX);
+        assert_eq!(rule.flags, common::flags::BURST);
+        assert_eq!((rule.proto, rule.port_lo, rule.port_hi, rule.ifindex), (17, 443, 443, 5));
+
+        let (len, key) = "198.51.100.0/24".parse::<Cidr>().unwrap().trie_entry(2);
+        assert_eq!(len, 32 + 96 + 24);
+        assert_eq!(key.slot_be, [0, 0, 0, 2]);
+        assert_eq!(&key.addr[10..], &[0xff, 0xff, 198, 51, 100, 0]);
+    }
+}
