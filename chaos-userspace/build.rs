@@ -67,10 +67,13 @@ fn main() {
         cmd.env("RUSTC", debian_rustc);
     } else {
         // Upstream route: rustup's nightly with rust-src.
-        cmd.env("RUSTUP_TOOLCHAIN", "nightly").args(["-Z", "build-std=core"]);
+        cmd.env("RUSTUP_TOOLCHAIN", "nightly")
+            .args(["-Z", "build-std=core"]);
     }
 
-    let status = cmd.status().unwrap_or_else(|e| panic!("running {cargo}: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
     if !status.success() {
         panic!(
             "building the eBPF object ({}) failed.\n\

@@ -2,15 +2,14 @@
 //!
 //! A decision is `SipHash-2-4(key = (seed, rule_id), message = (flow_hash, index, domain))`
 //! compared against a threshold: the packet is dropped when the 64-bit output is below
-//! `floor(p * 2^64)`.
+//! `p * 2^64` (computed in f64, so exact to a relative 2^-52).
 //!
 //! Why the output is uniform: SipHash-2-4 is a pseudorandom function (Aumasson and
 //! Bernstein, 2012). For a fixed key, its outputs on distinct messages are
 //! computationally indistinguishable from independent uniform 64-bit values. Each packet
 //! of a flow has a distinct message (its per-flow index differs), and distinct flows
 //! differ in `flow_hash`, itself a SipHash of the 5-tuple with the same key. So the drop
-//! decisions are independent Bernoulli(p) trials up to a threshold rounding error below
-//! 2^-64, and the unit tests check the empirical rate and the independence of
+//! decisions are independent Bernoulli(p') trials with |p' - p| < 2^-52, and the unit tests check the empirical rate and the independence of
 //! consecutive decisions. Unlike `bpf_get_prandom_u32`, the seed is the whole story:
 //! the same seed and the same packets give the same decisions on every run.
 //!
@@ -100,7 +99,7 @@ pub fn hits(value: u64, threshold: u64) -> bool {
     threshold == u64::MAX || value < threshold
 }
 
-/// `floor(p * 2^64)` for p in [0, 1]; 1.0 maps to `u64::MAX` (always).
+/// `p * 2^64` (in f64 precision) for p in [0, 1]; 1.0 maps to `u64::MAX` (always).
 pub fn probability_threshold(p: f64) -> u64 {
     if p >= 1.0 {
         u64::MAX
@@ -120,16 +119,24 @@ mod tests {
     /// reference algorithm over a byte stream) and the empty-message vector of the
     /// reference implementation (vectors.h, entry 0).
     #[test]
-    #[expect(deprecated, reason = "SipHasher is deprecated for HashMap use, not as a reference")]
+    #[expect(
+        deprecated,
+        reason = "SipHasher is deprecated for HashMap use, not as a reference"
+    )]
     fn matches_reference_siphash() {
         use core::hash::{Hasher, SipHasher};
         let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
         let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
         let empty: [u64; 0] = [];
-        assert_eq!(siphash24(k0, k1, &empty).to_le_bytes(), [0x31, 0x0e, 0x0e, 0xdd, 0x47, 0xdb, 0x6f, 0x72]);
+        assert_eq!(
+            siphash24(k0, k1, &empty).to_le_bytes(),
+            [0x31, 0x0e, 0x0e, 0xdd, 0x47, 0xdb, 0x6f, 0x72]
+        );
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..1000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let msg = [x, x.rotate_left(7), !x];
             let mut reference = SipHasher::new_with_keys(k0 ^ x, k1);
             for w in msg {
@@ -149,7 +156,10 @@ mod tests {
                 .count() as f64;
             let sigma = (n as f64 * p * (1.0 - p)).sqrt();
             let dev = (drops - n as f64 * p).abs();
-            assert!(dev < 4.0 * sigma, "p={p}: {drops} drops, deviation {dev:.1} > 4 sigma {sigma:.1}");
+            assert!(
+                dev < 4.0 * sigma,
+                "p={p}: {drops} drops, deviation {dev:.1} > 4 sigma {sigma:.1}"
+            );
         }
     }
 
@@ -159,8 +169,9 @@ mod tests {
         let p = 0.3;
         let thr = probability_threshold(p);
         let n = 200_000u64;
-        let d: std::vec::Vec<bool> =
-            (0..=n).map(|i| hits(decision(11, 2, 42, i, DOMAIN_LOSS), thr)).collect();
+        let d: std::vec::Vec<bool> = (0..=n)
+            .map(|i| hits(decision(11, 2, 42, i, DOMAIN_LOSS), thr))
+            .collect();
         let pairs = d.windows(2).filter(|w| w[0] && w[1]).count() as f64;
         let q = p * p;
         let sigma = (n as f64 * q * (1.0 - q)).sqrt();

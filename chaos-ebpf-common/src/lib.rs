@@ -183,7 +183,10 @@ impl PeerKeyData {
     pub const SLOT_BITS: u32 = 32;
 
     pub fn new(slot: u32, addr: [u8; 16]) -> Self {
-        Self { slot_be: slot.to_be_bytes(), addr }
+        Self {
+            slot_be: slot.to_be_bytes(),
+            addr,
+        }
     }
 }
 

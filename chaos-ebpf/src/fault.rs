@@ -24,9 +24,9 @@ pub fn decide(
 ) -> Result<bool, NoFlowState> {
     match rule.action {
         action::DROP => Ok(true),
-        action::DROP_NEW_TCP => Ok(p.proto == 6
-            && p.tcp_flags & TCP_FLAG_SYN != 0
-            && p.tcp_flags & TCP_FLAG_ACK == 0),
+        action::DROP_NEW_TCP => {
+            Ok(p.proto == 6 && p.tcp_flags & TCP_FLAG_SYN != 0 && p.tcp_flags & TCP_FLAG_ACK == 0)
+        }
         action::LOSS => loss(rule, slot, p, dir, key, flows),
         _ => Ok(false),
     }
@@ -68,7 +68,10 @@ fn loss(
     // SAFETY: `state` points into the map value, valid for this program run; the index
     // is bumped atomically because packets of one flow can run on several CPUs.
     let (hash, index) = unsafe {
-        ((*state).flow_hash, fetch_add(&raw mut (*state).next_index, 1))
+        (
+            (*state).flow_hash,
+            fetch_add(&raw mut (*state).next_index, 1),
+        )
     };
     let mut threshold = rule.loss_threshold;
     if rule.flags & flags::BURST != 0 {
@@ -89,7 +92,10 @@ fn loss(
             threshold = rule.burst_loss;
         }
     }
-    Ok(hits(decision(rule.seed, rule.rule_id, hash, index, DOMAIN_LOSS), threshold))
+    Ok(hits(
+        decision(rule.seed, rule.rule_id, hash, index, DOMAIN_LOSS),
+        threshold,
+    ))
 }
 
 /// BPF_ATOMIC | BPF_FETCH add (needs -C target-cpu=v3, kernel >= 5.12). core's AtomicU64

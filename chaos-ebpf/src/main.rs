@@ -90,7 +90,8 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let scratch = unsafe { &mut *scratch };
     let parsed = parse::parse(ctx, &mut scratch.packet);
-    let protected = matches!(parsed, Ok(true)) && is_protected(&scratch.packet, config.nr_protected);
+    let protected =
+        matches!(parsed, Ok(true)) && is_protected(&scratch.packet, config.nr_protected);
     // SAFETY: helper calls without pointer arguments, or with the program's own skb.
     let now = unsafe { bpf_ktime_get_ns() };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -106,7 +107,9 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
         {
             continue;
         }
-        let Some(counters) = COUNTERS.get_ptr_mut(slot) else { continue };
+        let Some(counters) = COUNTERS.get_ptr_mut(slot) else {
+            continue;
+        };
         // SAFETY: per-CPU slot of this program run; nothing else writes it concurrently.
         let counters = unsafe { &mut *counters };
         let lease = LEASES.get(slot).copied().unwrap_or(0);
@@ -195,7 +198,14 @@ fn matches_peer(rule: &Rule, slot: u32, p: &Packet, dir: u32, key: &mut Key<Peer
     if rule.flags & flags::PEERS != 0 {
         // The peer is the far end: the destination on egress, the source on ingress.
         key.prefix_len = PeerKeyData::SLOT_BITS + 128;
-        key.data = PeerKeyData::new(slot, if dir == direction::EGRESS { p.daddr } else { p.saddr });
+        key.data = PeerKeyData::new(
+            slot,
+            if dir == direction::EGRESS {
+                p.daddr
+            } else {
+                p.saddr
+            },
+        );
         if PEERS.get(&*key).is_none() {
             return false;
         }

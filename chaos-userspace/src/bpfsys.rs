@@ -2,9 +2,12 @@
 //! and `cleanup`). aya lists programs and links; detaching a link by id is two raw bpf(2)
 //! calls it does not wrap.
 
-use std::{io, os::fd::{FromRawFd, OwnedFd, AsRawFd}};
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
 
-use aya::programs::{loaded_links, loaded_programs, links::LinkType};
+use aya::programs::{links::LinkType, loaded_links, loaded_programs};
 use chaos_ebpf_common::names;
 
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
@@ -37,7 +40,11 @@ pub fn our_links() -> Vec<OurLink> {
         .filter(|l| matches!(l.link_type(), Ok(LinkType::Tcx)))
         .filter_map(|l| {
             let (_, name) = programs.iter().find(|(id, _)| *id == l.program_id())?;
-            Some(OurLink { link_id: l.id(), program_id: l.program_id(), program: name.clone() })
+            Some(OurLink {
+                link_id: l.id(),
+                program_id: l.program_id(),
+                program: name.clone(),
+            })
         })
         .collect()
 }
@@ -48,7 +55,14 @@ pub fn detach_link(link_id: u32) -> io::Result<()> {
     let mut attr = [0u8; 16];
     attr[..4].copy_from_slice(&link_id.to_ne_bytes());
     // SAFETY: bpf(2) with an attr buffer of the size we pass.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_GET_FD_BY_ID, attr.as_mut_ptr(), attr.len()) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            attr.len(),
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -57,7 +71,15 @@ pub fn detach_link(link_id: u32) -> io::Result<()> {
     let mut attr = [0u8; 16];
     attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     // SAFETY: as above.
-    if unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), attr.len()) } < 0 {
+    if unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            attr.len(),
+        )
+    } < 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())

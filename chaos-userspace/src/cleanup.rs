@@ -49,15 +49,29 @@ fn revert_instance(instance: &InstanceState, report: &mut Report) {
         return;
     };
     let Ok(_inside) = ns.enter() else {
-        report.remaining.push(format!("cannot enter {}", instance.netns.display()));
+        report
+            .remaining
+            .push(format!("cannot enter {}", instance.netns.display()));
         return;
     };
     for f in &instance.netlink_filters {
-        match SchedClassifierLink::attached(&f.iface, hook(&f.hook), f.priority, TcHandle::from(f.handle), None) {
+        match SchedClassifierLink::attached(
+            &f.iface,
+            hook(&f.hook),
+            f.priority,
+            TcHandle::from(f.handle),
+            None,
+        ) {
             Ok(link) => {
                 use aya::programs::links::Link as _;
                 match link.detach() {
-                    Ok(()) => report.removed.push(format!("netlink filter {} {} prio {} in {}", f.iface, f.hook, f.priority, instance.netns.display())),
+                    Ok(()) => report.removed.push(format!(
+                        "netlink filter {} {} prio {} in {}",
+                        f.iface,
+                        f.hook,
+                        f.priority,
+                        instance.netns.display()
+                    )),
                     Err(_) => {} // already gone; the name scan below double-checks
                 }
             }
@@ -65,11 +79,19 @@ fn revert_instance(instance: &InstanceState, report: &mut Report) {
         }
     }
     for iface in &instance.clsact_added {
-        let Ok(index) = nix_ifindex(iface) else { continue };
+        let Ok(index) = nix_ifindex(iface) else {
+            continue;
+        };
         match netlink::delete_clsact(index) {
-            Ok(true) => report.removed.push(format!("clsact qdisc on {iface} in {}", instance.netns.display())),
+            Ok(true) => report.removed.push(format!(
+                "clsact qdisc on {iface} in {}",
+                instance.netns.display()
+            )),
             Ok(false) => {}
-            Err(e) => report.remaining.push(format!("clsact qdisc on {iface} in {}: {e}", instance.netns.display())),
+            Err(e) => report.remaining.push(format!(
+                "clsact qdisc on {iface} in {}: {e}",
+                instance.netns.display()
+            )),
         }
     }
 }
@@ -93,13 +115,25 @@ fn sweep_netlink(protected: &[(NetnsId, String)], report: &mut Report) -> Vec<St
     let mut found = Vec::new();
     for ns in netns::all_namespaces() {
         let Ok(_inside) = ns.enter() else { continue };
-        let Ok(interfaces) = netns::interfaces() else { continue };
+        let Ok(interfaces) = netns::interfaces() else {
+            continue;
+        };
         for iface in interfaces {
-            if protected.iter().any(|(id, name)| *id == ns.id && *name == iface.name) {
+            if protected
+                .iter()
+                .any(|(id, name)| *id == ns.id && *name == iface.name)
+            {
                 continue;
             }
-            for (attach, prog) in [(TcAttachType::Ingress, names::PROG_INGRESS), (TcAttachType::Egress, names::PROG_EGRESS)] {
-                let what = format!("netlink filter {prog} on {} in {}", iface.name, ns.path.display());
+            for (attach, prog) in [
+                (TcAttachType::Ingress, names::PROG_INGRESS),
+                (TcAttachType::Egress, names::PROG_EGRESS),
+            ] {
+                let what = format!(
+                    "netlink filter {prog} on {} in {}",
+                    iface.name,
+                    ns.path.display()
+                );
                 match tc::qdisc_detach_program(&iface.name, attach, prog) {
                     Ok(()) => {
                         found.push(what.clone());
@@ -133,7 +167,10 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
         match process {
             ProcessState::Running if !all => {
                 any_running = true;
-                report.active.push(format!("pid {} running: {} (stop it with Ctrl-C/SIGTERM, or `cleanup --all`)", state.pid, state.command));
+                report.active.push(format!(
+                    "pid {} running: {} (stop it with Ctrl-C/SIGTERM, or `cleanup --all`)",
+                    state.pid, state.command
+                ));
                 for i in &state.instances {
                     keep_programs.extend(&i.program_ids);
                     keep_ifaces.extend(i.interfaces.iter().map(|n| (i.netns_id, n.clone())));
@@ -143,10 +180,19 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
                 // Gone, stopped (hung: its leases may have run out already, but its
                 // attachments stay until removed), or --all.
                 for link in bpfsys::our_links() {
-                    if state.instances.iter().any(|i| i.program_ids.contains(&link.program_id)) {
+                    if state
+                        .instances
+                        .iter()
+                        .any(|i| i.program_ids.contains(&link.program_id))
+                    {
                         match bpfsys::detach_link(link.link_id) {
-                            Ok(()) => report.removed.push(format!("TCX link {} ({}) of pid {} ({:?})", link.link_id, link.program, state.pid, process)),
-                            Err(e) => report.remaining.push(format!("TCX link {}: {e}", link.link_id)),
+                            Ok(()) => report.removed.push(format!(
+                                "TCX link {} ({}) of pid {} ({:?})",
+                                link.link_id, link.program, state.pid, process
+                            )),
+                            Err(e) => report
+                                .remaining
+                                .push(format!("TCX link {}: {e}", link.link_id)),
                         }
                     }
                 }
@@ -155,7 +201,9 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
                 }
                 if process == ProcessState::Gone {
                     if fs::remove_file(&path).is_ok() {
-                        report.removed.push(format!("state file {}", path.display()));
+                        report
+                            .removed
+                            .push(format!("state file {}", path.display()));
                     }
                 } else {
                     report.active.push(format!("pid {} ({:?}) still holds its (now detached) programs; they unload when it exits", state.pid, process));
@@ -169,8 +217,13 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
             continue;
         }
         match bpfsys::detach_link(link.link_id) {
-            Ok(()) => report.removed.push(format!("stray TCX link {} ({})", link.link_id, link.program)),
-            Err(e) => report.remaining.push(format!("stray TCX link {}: {e}", link.link_id)),
+            Ok(()) => report.removed.push(format!(
+                "stray TCX link {} ({})",
+                link.link_id, link.program
+            )),
+            Err(e) => report
+                .remaining
+                .push(format!("stray TCX link {}: {e}", link.link_id)),
         }
     }
     sweep_netlink(&keep_ifaces, &mut report);
@@ -179,7 +232,10 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with(LAB_PREFIX) {
-                    let ok = std::process::Command::new("ip").args(["netns", "del", &name]).status().is_ok_and(|s| s.success());
+                    let ok = std::process::Command::new("ip")
+                        .args(["netns", "del", &name])
+                        .status()
+                        .is_ok_and(|s| s.success());
                     if ok {
                         report.removed.push(format!("lab namespace {name}"));
                     } else {
@@ -199,7 +255,9 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
     report.remaining.extend(stray);
     let mut verify = Report::default();
     let late = sweep_netlink(&keep_ifaces, &mut verify);
-    report.remaining.extend(late.into_iter().map(|w| format!("{w} reappeared")));
+    report
+        .remaining
+        .extend(late.into_iter().map(|w| format!("{w} reappeared")));
     report.clean = report.remaining.is_empty();
 
     if json {
@@ -219,5 +277,9 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
         }
         println!("{}", if report.clean { "clean" } else { "NOT clean" });
     }
-    Ok(if report.clean { 0 } else { crate::error::EXIT_FAILED })
+    Ok(if report.clean {
+        0
+    } else {
+        crate::error::EXIT_FAILED
+    })
 }

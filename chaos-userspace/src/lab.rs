@@ -17,7 +17,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{error::Failure, netns::{self, Netns}};
+use crate::{
+    error::Failure,
+    netns::{self, Netns},
+};
 
 /// Lab namespaces are named chaos-lab-<node>; `cleanup` removes leftovers by this prefix.
 pub const LAB_PREFIX: &str = "chaos-lab-";
@@ -52,27 +55,48 @@ pub struct LabError {
 impl LabSpec {
     pub fn validate(&self) -> Result<(), LabError> {
         if !(2..=MAX_NODES).contains(&self.nodes) {
-            return Err(LabError { field: "nodes", problem: format!("{} nodes; the lab has 2..{MAX_NODES}", self.nodes), fix: "set nodes: 2 or more".into() });
+            return Err(LabError {
+                field: "nodes",
+                problem: format!("{} nodes; the lab has 2..{MAX_NODES}", self.nodes),
+                fix: "set nodes: 2 or more".into(),
+            });
         }
         if let Some(t) = &self.traffic {
             for (field, node) in [("traffic", &t.from), ("traffic", &t.to)] {
                 if self.node_index(node).is_none() {
-                    return Err(LabError { field, problem: format!("traffic names node '{node}', which the lab does not have"), fix: format!("use n1..n{}", self.nodes) });
+                    return Err(LabError {
+                        field,
+                        problem: format!(
+                            "traffic names node '{node}', which the lab does not have"
+                        ),
+                        fix: format!("use n1..n{}", self.nodes),
+                    });
                 }
             }
             if t.from == t.to || !(1..=MAX_RATE).contains(&t.rate) {
-                return Err(LabError { field: "traffic", problem: "traffic needs two different nodes and a rate of 1..5000 per second".into(), fix: "e.g. traffic: {from: n1, to: n2, rate: 200}".into() });
+                return Err(LabError {
+                    field: "traffic",
+                    problem: "traffic needs two different nodes and a rate of 1..5000 per second"
+                        .into(),
+                    fix: "e.g. traffic: {from: n1, to: n2, rate: 200}".into(),
+                });
             }
         }
         Ok(())
     }
 
     fn node_index(&self, name: &str) -> Option<u32> {
-        name.strip_prefix('n')?.parse::<u32>().ok().filter(|i| (1..=self.nodes).contains(i))
+        name.strip_prefix('n')?
+            .parse::<u32>()
+            .ok()
+            .filter(|i| (1..=self.nodes).contains(i))
     }
 
     pub fn describe(&self) -> String {
-        let mut out = format!("{} nodes (netns {LAB_PREFIX}n1..n{}, 192.0.2.1..{} on one bridge)", self.nodes, self.nodes, self.nodes);
+        let mut out = format!(
+            "{} nodes (netns {LAB_PREFIX}n1..n{}, 192.0.2.1..{} on one bridge)",
+            self.nodes, self.nodes, self.nodes
+        );
         if let Some(t) = &self.traffic {
             out += &format!("; UDP echo probe {} -> {} at {}/s", t.from, t.to, t.rate);
         }
@@ -86,10 +110,17 @@ pub fn node_address(index: u32) -> Ipv4Addr {
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().map_err(|e| {
-        Failure::environment(format!("cannot run `ip` (iproute2) to build the lab: {e}"), "install iproute2 (bash scripts/setup.sh does)")
+        Failure::environment(
+            format!("cannot run `ip` (iproute2) to build the lab: {e}"),
+            "install iproute2 (bash scripts/setup.sh does)",
+        )
     })?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -102,7 +133,9 @@ pub struct Lab {
 
 impl Lab {
     pub fn create(spec: &LabSpec) -> Result<Lab> {
-        let names: Vec<String> = std::iter::once(HUB.to_owned()).chain((1..=spec.nodes).map(|i| format!("{LAB_PREFIX}n{i}"))).collect();
+        let names: Vec<String> = std::iter::once(HUB.to_owned())
+            .chain((1..=spec.nodes).map(|i| format!("{LAB_PREFIX}n{i}")))
+            .collect();
         for name in &names {
             if netns::path_for(name).exists() {
                 return Err(Failure::environment(
@@ -112,7 +145,10 @@ impl Lab {
                 .into());
             }
         }
-        let mut lab = Lab { spec: spec.clone(), created: Vec::new() };
+        let mut lab = Lab {
+            spec: spec.clone(),
+            created: Vec::new(),
+        };
         for name in &names {
             ip(&["netns", "add", name])?;
             lab.created.push(name.clone());
@@ -122,9 +158,20 @@ impl Lab {
         for i in 1..=spec.nodes {
             let node = format!("{LAB_PREFIX}n{i}");
             let hub_side = format!("vn{i}");
-            ip(&["-n", HUB, "link", "add", &hub_side, "type", "veth", "peer", "name", "eth0", "netns", &node])?;
+            ip(&[
+                "-n", HUB, "link", "add", &hub_side, "type", "veth", "peer", "name", "eth0",
+                "netns", &node,
+            ])?;
             ip(&["-n", HUB, "link", "set", &hub_side, "master", "br0", "up"])?;
-            ip(&["-n", &node, "addr", "add", &format!("{}/24", node_address(i)), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &node,
+                "addr",
+                "add",
+                &format!("{}/24", node_address(i)),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &node, "link", "set", "eth0", "up"])?;
             ip(&["-n", &node, "link", "set", "lo", "up"])?;
         }
@@ -137,9 +184,17 @@ impl Lab {
 
     /// Starts the UDP echo probe, if the lab has traffic.
     pub fn start_probe(&self) -> Result<Option<Probe>> {
-        let Some(t) = &self.spec.traffic else { return Ok(None) };
+        let Some(t) = &self.spec.traffic else {
+            return Ok(None);
+        };
         let to = self.spec.node_index(&t.to).expect("validated");
-        Probe::start(&self.node_netns(&t.from), &self.node_netns(&t.to), node_address(to), t.rate).map(Some)
+        Probe::start(
+            &self.node_netns(&t.from),
+            &self.node_netns(&t.to),
+            node_address(to),
+            t.rate,
+        )
+        .map(Some)
     }
 }
 
@@ -164,7 +219,11 @@ pub struct ProbeCounts {
 
 impl ProbeCounts {
     pub fn since(&self, earlier: &ProbeCounts) -> ProbeCounts {
-        ProbeCounts { sent: self.sent - earlier.sent, delivered: self.delivered - earlier.delivered, echoed: self.echoed - earlier.echoed }
+        ProbeCounts {
+            sent: self.sent - earlier.sent,
+            delivered: self.delivered - earlier.delivered,
+            echoed: self.echoed - earlier.echoed,
+        }
     }
 }
 
@@ -184,7 +243,8 @@ pub struct Probe {
 /// Binds a UDP socket inside a namespace (the socket keeps that namespace after the
 /// thread leaves it).
 fn socket_in(netns_path: &PathBuf, port: u16) -> Result<UdpSocket> {
-    let ns = Netns::open(netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
+    let ns =
+        Netns::open(netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
     let _inside = ns.enter()?;
     let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;

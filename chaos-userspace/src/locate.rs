@@ -21,9 +21,12 @@ enum Node {
 }
 
 impl Node {
+    /// Where the node starts. A block mapping's start event is marked after its first
+    /// key, so use that key's position instead.
     fn mark(&self) -> Marker {
         match self {
-            Node::Map(_, m) | Node::Seq(_, m) | Node::Scalar(m) => *m,
+            Node::Map(entries, m) => entries.first().map_or(*m, |(_, key_mark, _)| *key_mark),
+            Node::Seq(_, m) | Node::Scalar(m) => *m,
         }
     }
 }
@@ -90,14 +93,19 @@ pub fn locate(source: &str, path: &[Seg]) -> (usize, usize) {
     if parser.load(&mut builder, false).is_err() {
         return (1, 1);
     }
-    let Some(mut node) = builder.root.as_ref() else { return (1, 1) };
+    let Some(mut node) = builder.root.as_ref() else {
+        return (1, 1);
+    };
     let mut best = node.mark();
     for seg in path {
         let next = match (seg, node) {
-            (Seg::Key(k), Node::Map(entries, _)) => entries.iter().find(|(key, _, _)| key == k).map(|(_, key_mark, value)| {
-                best = *key_mark;
-                value
-            }),
+            (Seg::Key(k), Node::Map(entries, _)) => entries
+                .iter()
+                .find(|(key, _, _)| key == k)
+                .map(|(_, key_mark, value)| {
+                    best = *key_mark;
+                    value
+                }),
             (Seg::Index(i), Node::Seq(items, _)) => items.get(*i),
             _ => None,
         };
@@ -122,8 +130,17 @@ mod tests {
     fn finds_values_keys_and_missing_fields() {
         let src = "name: x\nsteps:\n  - fault: loss\n    probability: 3\n  - fault: partition\n";
         assert_eq!(locate(src, &[Seg::Key("name")]), (1, 7));
-        assert_eq!(locate(src, &[Seg::Key("steps"), Seg::Index(0), Seg::Key("probability")]), (4, 18));
+        assert_eq!(
+            locate(
+                src,
+                &[Seg::Key("steps"), Seg::Index(0), Seg::Key("probability")]
+            ),
+            (4, 18)
+        );
         // Missing key: the step's mapping.
-        assert_eq!(locate(src, &[Seg::Key("steps"), Seg::Index(1), Seg::Key("mode")]), (5, 5));
+        assert_eq!(
+            locate(src, &[Seg::Key("steps"), Seg::Index(1), Seg::Key("mode")]),
+            (5, 5)
+        );
     }
 }

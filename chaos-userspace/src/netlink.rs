@@ -28,7 +28,7 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<bool> {
     msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
     msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    // tcmsg
+                                                // tcmsg
     msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
     msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
     msg.extend_from_slice(&CLSACT_HANDLE.to_ne_bytes());
@@ -42,7 +42,11 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<bool> {
 
     // SAFETY: plain socket calls with buffers that outlive them.
     unsafe {
-        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_ROUTE);
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_ROUTE,
+        );
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -17,7 +17,9 @@ use serde::Serialize;
 pub const NETNS_RUN_DIR: &str = "/var/run/netns";
 
 /// A namespace's identity: device and inode of its nsfs file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 pub struct NetnsId {
     pub dev: u64,
     pub ino: u64,
@@ -35,7 +37,14 @@ impl Netns {
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = File::open(path)?;
         let meta = file.metadata()?;
-        Ok(Self { path: path.to_owned(), id: NetnsId { dev: meta.dev(), ino: meta.ino() }, file })
+        Ok(Self {
+            path: path.to_owned(),
+            id: NetnsId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+            file,
+        })
     }
 
     /// The namespace of the calling thread.
@@ -49,8 +58,11 @@ impl Netns {
         if previous.id == self.id {
             return Ok(NetnsGuard { previous: None });
         }
-        setns(&self.file).with_context(|| format!("entering network namespace {}", self.path.display()))?;
-        Ok(NetnsGuard { previous: Some(previous) })
+        setns(&self.file)
+            .with_context(|| format!("entering network namespace {}", self.path.display()))?;
+        Ok(NetnsGuard {
+            previous: Some(previous),
+        })
     }
 }
 
@@ -73,7 +85,10 @@ impl Drop for NetnsGuard {
             // Failing to return would leave the thread in the wrong namespace for every
             // later operation; there is no safe way to go on.
             if let Err(e) = setns(&previous.file) {
-                eprintln!("chaos-ebpf: cannot return to network namespace {}: {e}", previous.path.display());
+                eprintln!(
+                    "chaos-ebpf: cannot return to network namespace {}: {e}",
+                    previous.path.display()
+                );
                 std::process::abort();
             }
         }
@@ -116,7 +131,9 @@ pub fn interfaces() -> Result<Vec<Interface>> {
             break;
         }
         // SAFETY: if_name is a NUL-terminated string owned by the array.
-        let name = unsafe { CStr::from_ptr(entry.if_name) }.to_string_lossy().into_owned();
+        let name = unsafe { CStr::from_ptr(entry.if_name) }
+            .to_string_lossy()
+            .into_owned();
         out.push((name, entry.if_index));
         i += 1;
     }
@@ -125,7 +142,12 @@ pub fn interfaces() -> Result<Vec<Interface>> {
     out.into_iter()
         .map(|(name, index)| {
             let (hw_type, up) = link_kind(&name)?;
-            Ok(Interface { name, index, hw_type, up })
+            Ok(Interface {
+                name,
+                index,
+                hw_type,
+                up,
+            })
         })
         .collect()
 }
@@ -136,10 +158,15 @@ fn link_kind(name: &str) -> Result<(u16, bool)> {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("opening a socket for interface queries");
+            return Err(std::io::Error::last_os_error())
+                .context("opening a socket for interface queries");
         }
         let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        for (dst, src) in req
+            .ifr_name
+            .iter_mut()
+            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+        {
             *dst = src as libc::c_char;
         }
         let hw = if libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) == 0 {
@@ -166,7 +193,12 @@ pub fn all_namespaces() -> Vec<Netns> {
         candidates.extend(
             entries
                 .flatten()
-                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
                 .map(|e| e.path().join("ns/net")),
         );
     }

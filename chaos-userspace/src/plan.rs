@@ -28,14 +28,28 @@ impl Protect {
     /// SSH and the Kubernetes API server.
     pub fn defaults() -> Vec<Protect> {
         vec![
-            Protect { proto: "tcp", ports: PortRange { lo: 22, hi: 22 } },
-            Protect { proto: "tcp", ports: PortRange { lo: 6443, hi: 6443 } },
+            Protect {
+                proto: "tcp",
+                ports: PortRange { lo: 22, hi: 22 },
+            },
+            Protect {
+                proto: "tcp",
+                ports: PortRange { lo: 6443, hi: 6443 },
+            },
         ]
     }
 
     pub fn entry(&self) -> ProtectedPorts {
-        let proto = if self.proto == "udp" { common::proto::UDP } else { common::proto::TCP };
-        ProtectedPorts { proto, port_lo: self.ports.lo, port_hi: self.ports.hi }
+        let proto = if self.proto == "udp" {
+            common::proto::UDP
+        } else {
+            common::proto::TCP
+        };
+        ProtectedPorts {
+            proto,
+            port_lo: self.ports.lo,
+            port_hi: self.ports.hi,
+        }
     }
 }
 
@@ -52,7 +66,10 @@ impl FromStr for Protect {
                 })
             }
         };
-        Ok(Protect { proto, ports: ports.parse()? })
+        Ok(Protect {
+            proto,
+            ports: ports.parse()?,
+        })
     }
 }
 
@@ -100,7 +117,9 @@ impl Plan {
     /// The seed to use: the plan's, or one drawn from the clock.
     pub fn seed_or_random(&self) -> u64 {
         self.seed.unwrap_or_else(|| {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             // Mixed so that runs a few ns apart still differ in every bit.
             common::siphash24(t.as_nanos() as u64, std::process::id() as u64, &[0])
         })
@@ -124,7 +143,10 @@ impl Plan {
                         .iter()
                         .map(|p| {
                             let (len, _) = p.trie_entry(0);
-                            format!("{p} -> trie prefix {len} (32 slot bits + {} address bits)", len - 32)
+                            format!(
+                                "{p} -> trie prefix {len} (32 slot bits + {} address bits)",
+                                len - 32
+                            )
                         })
                         .collect(),
                 }
@@ -134,28 +156,61 @@ impl Plan {
 
     pub fn render_text(&self, seed: u64, seed_given: bool) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "scenario {}: {} steps, {} in all", self.name, self.steps.len(), spec::format_duration(self.total_duration()));
+        let _ = writeln!(
+            out,
+            "scenario {}: {} steps, {} in all",
+            self.name,
+            self.steps.len(),
+            spec::format_duration(self.total_duration())
+        );
         let _ = writeln!(
             out,
             "seed {seed}{}; lease {}; attach {:?}",
-            if seed_given { "" } else { " (none in the file: drawn now, a run draws its own and prints it)" },
+            if seed_given {
+                ""
+            } else {
+                " (none in the file: drawn now, a run draws its own and prints it)"
+            },
             spec::format_duration(self.lease),
             self.attach
         );
-        let protect: Vec<String> = self.protect.iter().map(|p| format!("{}:{}", p.proto, p.ports)).collect();
-        let _ = writeln!(out, "protected: {}", if protect.is_empty() { "nothing (force)".into() } else { protect.join(", ") });
+        let protect: Vec<String> = self
+            .protect
+            .iter()
+            .map(|p| format!("{}:{}", p.proto, p.ports))
+            .collect();
+        let _ = writeln!(
+            out,
+            "protected: {}",
+            if protect.is_empty() {
+                "nothing (force)".into()
+            } else {
+                protect.join(", ")
+            }
+        );
         if let Some(lab) = &self.lab {
             let _ = writeln!(out, "lab: {}", lab.describe());
         }
         let _ = writeln!(out, "\ntimeline:");
         for step in &self.steps {
             let end = step.start + step.duration;
-            let _ = writeln!(out, "  {:>8} .. {:>8}  {}", spec::format_duration(step.start), spec::format_duration(end), step.name);
+            let _ = writeln!(
+                out,
+                "  {:>8} .. {:>8}  {}",
+                spec::format_duration(step.start),
+                spec::format_duration(end),
+                step.name
+            );
             if step.faults.is_empty() {
                 let _ = writeln!(out, "                        (no fault)");
             }
             for f in &step.faults {
-                let _ = writeln!(out, "                        rule {}: {}", f.rule_id, f.spec.describe());
+                let _ = writeln!(
+                    out,
+                    "                        rule {}: {}",
+                    f.rule_id,
+                    f.spec.describe()
+                );
             }
         }
         let _ = writeln!(out, "\nmap entries (CHAOS_RULES; ifindex and cgroup filled in when targets resolve at run time):");
@@ -210,7 +265,11 @@ impl From<&common::Rule> for RuleView {
             _ => "none",
         };
         let mut flags = Vec::new();
-        for (bit, name) in [(common::flags::SHADOW, "shadow"), (common::flags::PEERS, "peers"), (common::flags::BURST, "burst")] {
+        for (bit, name) in [
+            (common::flags::SHADOW, "shadow"),
+            (common::flags::PEERS, "peers"),
+            (common::flags::BURST, "burst"),
+        ] {
             if r.flags & bit != 0 {
                 flags.push(name);
             }
@@ -222,7 +281,11 @@ impl From<&common::Rule> for RuleView {
         };
         RuleView {
             action: action.into(),
-            flags: if flags.is_empty() { "-".into() } else { flags.join("|") },
+            flags: if flags.is_empty() {
+                "-".into()
+            } else {
+                flags.join("|")
+            },
             directions: directions.into(),
             proto: r.proto,
             port_lo: r.port_lo,

@@ -16,7 +16,10 @@ pub struct BadValue {
 
 impl BadValue {
     fn new(problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { problem: problem.into(), fix: fix.into() }
+        Self {
+            problem: problem.into(),
+            fix: fix.into(),
+        }
     }
 }
 
@@ -173,7 +176,10 @@ impl FromStr for PortRange {
         let fix = "write a port (443) or an inclusive range (8000-8100), ports 1-65535";
         let port = |p: &str| -> Result<u16, BadValue> {
             match p.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(BadValue::new(format!("'{s}' is not a port or port range"), fix)),
+                Ok(0) | Err(_) => Err(BadValue::new(
+                    format!("'{s}' is not a port or port range"),
+                    fix,
+                )),
                 Ok(v) => Ok(v),
             }
         };
@@ -185,7 +191,10 @@ impl FromStr for PortRange {
             }
         };
         if lo > hi {
-            return Err(BadValue::new(format!("port range '{s}' runs backwards"), "write the lower port first"));
+            return Err(BadValue::new(
+                format!("port range '{s}' runs backwards"),
+                "write the lower port first",
+            ));
         }
         Ok(PortRange { lo, hi })
     }
@@ -215,7 +224,10 @@ impl Cidr {
             IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + self.len as u32),
             IpAddr::V6(v6) => (v6.octets(), self.len as u32),
         };
-        (common::PeerKeyData::SLOT_BITS + len, common::PeerKeyData::new(slot, addr))
+        (
+            common::PeerKeyData::SLOT_BITS + len,
+            common::PeerKeyData::new(slot, addr),
+        )
     }
 }
 
@@ -291,7 +303,10 @@ impl FromStr for TargetSpec {
             return Err(BadValue::new(format!("target '{s}' has no kind"), fix));
         };
         if value.is_empty() {
-            return Err(BadValue::new(format!("target '{s}' has no value after '{kind}:'"), fix));
+            return Err(BadValue::new(
+                format!("target '{s}' has no value after '{kind}:'"),
+                fix,
+            ));
         }
         match kind {
             "iface" => Ok(TargetSpec::Iface(value.to_owned())),
@@ -299,7 +314,10 @@ impl FromStr for TargetSpec {
             "cgroup" => Ok(TargetSpec::Cgroup(value.to_owned())),
             "pid" => match value.parse::<u32>() {
                 Ok(pid) if pid > 0 => Ok(TargetSpec::Pid(pid)),
-                _ => Err(BadValue::new(format!("'{value}' is not a process id"), "write pid:1234")),
+                _ => Err(BadValue::new(
+                    format!("'{value}' is not a process id"),
+                    "write pid:1234",
+                )),
             },
             other => Err(BadValue::new(format!("unknown target kind '{other}'"), fix)),
         }
@@ -331,7 +349,8 @@ pub fn parse_probability(s: &str) -> Result<f64, BadValue> {
         None => s.trim().parse::<f64>(),
     }
     .map_err(|_| BadValue::new(format!("'{s}' is not a probability"), fix))?;
-    check_probability(value).map_err(|_| BadValue::new(format!("probability {s} is outside 0..1"), fix))
+    check_probability(value)
+        .map_err(|_| BadValue::new(format!("probability {s} is outside 0..1"), fix))
 }
 
 pub fn check_probability(value: f64) -> Result<f64, BadValue> {
@@ -355,7 +374,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
     };
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 { Ok(Duration::from_secs_f64(secs)) } else { Err(bad()) };
+        return if secs.is_finite() && secs >= 0.0 {
+            Ok(Duration::from_secs_f64(secs))
+        } else {
+            Err(bad())
+        };
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -363,13 +386,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         if digits == 0 {
             return Err(bad());
         }
         let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -453,7 +480,11 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { field, problem: problem.into(), fix: fix.into() }
+        Self {
+            field,
+            problem: problem.into(),
+            fix: fix.into(),
+        }
     }
 }
 
@@ -461,10 +492,18 @@ impl RawFault {
     /// Checks the combination of fields; pure, touches nothing.
     pub fn validate(&self) -> Result<FaultSpec, FieldError> {
         let kind = self.kind.ok_or_else(|| {
-            FieldError::new("fault", "no fault given", format!("name one of: {}", FaultKind::NAMES))
+            FieldError::new(
+                "fault",
+                "no fault given",
+                format!("name one of: {}", FaultKind::NAMES),
+            )
         })?;
         let target = self.target.clone().ok_or_else(|| {
-            FieldError::new("target", "no target given", format!("add a target: {}", TargetSpec::KINDS))
+            FieldError::new(
+                "target",
+                "no target given",
+                format!("add a target: {}", TargetSpec::KINDS),
+            )
         })?;
         let only = |field: &'static str, set: bool, owner: &str| -> Result<(), FieldError> {
             if set {
@@ -495,7 +534,11 @@ impl RawFault {
             ));
         }
         let egress_only = target.egress_only();
-        let default_direction = if egress_only { Direction::Egress } else { Direction::Both };
+        let default_direction = if egress_only {
+            Direction::Egress
+        } else {
+            Direction::Both
+        };
         let mut direction = self.direction.unwrap_or(default_direction);
         let mut probability = None;
         let mut burst = None;
@@ -503,9 +546,16 @@ impl RawFault {
         match kind {
             FaultKind::Loss => {
                 let p = self.probability.ok_or_else(|| {
-                    FieldError::new("probability", "a loss fault needs a probability", "add probability 0.3 (any value 0..1)")
+                    FieldError::new(
+                        "probability",
+                        "a loss fault needs a probability",
+                        "add probability 0.3 (any value 0..1)",
+                    )
                 })?;
-                probability = Some(check_probability(p).map_err(|e| FieldError::new("probability", e.problem, e.fix))?);
+                probability = Some(
+                    check_probability(p)
+                        .map_err(|e| FieldError::new("probability", e.problem, e.fix))?,
+                );
                 if burst_set {
                     let (Some(enter), Some(exit)) = (self.burst_enter, self.burst_exit) else {
                         return Err(FieldError::new(
@@ -516,7 +566,8 @@ impl RawFault {
                     };
                     let loss = self.burst_loss.unwrap_or(1.0);
                     for value in [enter, exit, loss] {
-                        check_probability(value).map_err(|e| FieldError::new("burst", e.problem, e.fix))?;
+                        check_probability(value)
+                            .map_err(|e| FieldError::new("burst", e.problem, e.fix))?;
                     }
                     burst = Some(Burst { enter, exit, loss });
                 }
@@ -641,11 +692,26 @@ impl FaultSpec {
             out += &format!(" burst(enter={} exit={} loss={})", b.enter, b.exit, b.loss);
         }
         if let Some(m) = self.mode {
-            out += &format!(" mode={}", serde_json::to_value(m).unwrap().as_str().unwrap_or(""));
+            out += &format!(
+                " mode={}",
+                serde_json::to_value(m).unwrap().as_str().unwrap_or("")
+            );
         }
-        out += &format!(" dir={}", serde_json::to_value(self.direction).unwrap().as_str().unwrap_or(""));
+        out += &format!(
+            " dir={}",
+            serde_json::to_value(self.direction)
+                .unwrap()
+                .as_str()
+                .unwrap_or("")
+        );
         if self.proto != Proto::Any {
-            out += &format!(" proto={}", serde_json::to_value(self.proto).unwrap().as_str().unwrap_or(""));
+            out += &format!(
+                " proto={}",
+                serde_json::to_value(self.proto)
+                    .unwrap()
+                    .as_str()
+                    .unwrap_or("")
+            );
         }
         if let Some(ports) = self.ports {
             out += &format!(" ports={ports}");
@@ -666,7 +732,11 @@ mod tests {
     use super::*;
 
     fn raw(kind: FaultKind, target: &str) -> RawFault {
-        RawFault { kind: Some(kind), target: Some(target.parse().unwrap()), ..RawFault::default() }
+        RawFault {
+            kind: Some(kind),
+            target: Some(target.parse().unwrap()),
+            ..RawFault::default()
+        }
     }
 
     #[test]
@@ -681,7 +751,10 @@ mod tests {
         assert_eq!(parse_probability("30%").unwrap(), 0.3);
         assert!(parse_probability("1.5").is_err());
         assert!(parse_probability("NaN").is_err());
-        assert_eq!("443".parse::<PortRange>().unwrap(), PortRange { lo: 443, hi: 443 });
+        assert_eq!(
+            "443".parse::<PortRange>().unwrap(),
+            PortRange { lo: 443, hi: 443 }
+        );
         assert!("9-1".parse::<PortRange>().is_err());
         assert!("0".parse::<PortRange>().is_err());
         assert!("70000".parse::<PortRange>().is_err());
@@ -750,7 +823,10 @@ mod tests {
         assert_eq!(rule.loss_threshold, 1 << 63);
         assert_eq!(rule.burst_loss, u64::MAX);
         assert_eq!(rule.flags, common::flags::BURST);
-        assert_eq!((rule.proto, rule.port_lo, rule.port_hi, rule.ifindex), (17, 443, 443, 5));
+        assert_eq!(
+            (rule.proto, rule.port_lo, rule.port_hi, rule.ifindex),
+            (17, 443, 443, 5)
+        );
 
         let (len, key) = "198.51.100.0/24".parse::<Cidr>().unwrap().trie_entry(2);
         assert_eq!(len, 32 + 96 + 24);

@@ -62,14 +62,18 @@ pub struct StateFile {
 impl StateFile {
     pub fn create() -> Result<Self> {
         fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
-        Ok(Self { path: Path::new(STATE_DIR).join(format!("{}.json", std::process::id())) })
+        Ok(Self {
+            path: Path::new(STATE_DIR).join(format!("{}.json", std::process::id())),
+        })
     }
 
     /// Replaces the file atomically (write, then rename).
     pub fn write(&self, state: &RunState) -> Result<()> {
         let tmp = self.path.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(state)?).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &self.path).with_context(|| format!("renaming to {}", self.path.display()))?;
+        fs::write(&tmp, serde_json::to_vec_pretty(state)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &self.path)
+            .with_context(|| format!("renaming to {}", self.path.display()))?;
         Ok(())
     }
 }
@@ -82,7 +86,9 @@ impl Drop for StateFile {
 
 /// Every state file with its contents (unreadable ones are reported as `Err`).
 pub fn read_all() -> Vec<(PathBuf, Result<RunState>)> {
-    let Ok(entries) = fs::read_dir(STATE_DIR) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(STATE_DIR) else {
+        return Vec::new();
+    };
     let mut out: Vec<_> = entries
         .flatten()
         .map(|e| e.path())
@@ -116,7 +122,10 @@ pub fn process_state(pid: u32) -> ProcessState {
     }
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state letter follows the parenthesised command name.
-    match stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) {
+    match stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+    {
         Some('T') | Some('t') => ProcessState::Stopped,
         Some('Z') | Some('X') | None => ProcessState::Gone,
         Some(_) => ProcessState::Running,
@@ -124,5 +133,7 @@ pub fn process_state(pid: u32) -> ProcessState {
 }
 
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

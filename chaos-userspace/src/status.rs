@@ -43,7 +43,9 @@ struct Status {
 
 /// Counters of `slot` in the counters map used by program `program_id`.
 fn read_counters(program_id: u32, slot: u32) -> Option<RuleCounters> {
-    let info = aya::programs::loaded_programs().flatten().find(|p| p.id() == program_id)?;
+    let info = aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == program_id)?;
     for map_id in info.map_ids().ok()??.into_iter() {
         let map_info = MapInfo::from_id(map_id).ok()?;
         if map_info.name_as_str() == Some(names::COUNTERS) {
@@ -70,7 +72,9 @@ fn run_status(state: &RunState) -> RunStatus {
             RuleStatus {
                 rule_id: r.rule_id,
                 fault: r.fault.clone(),
-                netns: instance.map(|i| i.netns.display().to_string()).unwrap_or_default(),
+                netns: instance
+                    .map(|i| i.netns.display().to_string())
+                    .unwrap_or_default(),
                 remaining_s: r.ends_unix_ms.saturating_sub(now) as f64 / 1000.0,
                 counters: instance
                     .and_then(|i| i.program_ids.first())
@@ -82,7 +86,19 @@ fn run_status(state: &RunState) -> RunStatus {
     let attachments = state
         .instances
         .iter()
-        .map(|i| format!("{} {:?} on {} ({})", i.netns.display(), i.mode, i.interfaces.join(","), if i.clsact_added.is_empty() { "no qdisc added" } else { "clsact added" }))
+        .map(|i| {
+            format!(
+                "{} {:?} on {} ({})",
+                i.netns.display(),
+                i.mode,
+                i.interfaces.join(","),
+                if i.clsact_added.is_empty() {
+                    "no qdisc added"
+                } else {
+                    "clsact added"
+                }
+            )
+        })
         .collect();
     RunStatus {
         pid: state.pid,
@@ -110,7 +126,10 @@ pub fn run(json: bool) -> Result<i32> {
         .filter(|s| state::process_state(s.pid) != ProcessState::Gone)
         .flat_map(|s| s.instances.into_iter().flat_map(|i| i.program_ids))
         .collect();
-    let stray_links = bpfsys::our_links().into_iter().filter(|l| !owned.contains(&l.program_id)).collect();
+    let stray_links = bpfsys::our_links()
+        .into_iter()
+        .filter(|l| !owned.contains(&l.program_id))
+        .collect();
     let status = Status { runs, stray_links };
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -120,7 +139,10 @@ pub fn run(json: bool) -> Result<i32> {
         println!("no chaos-ebpf experiment is running");
     }
     for run in &status.runs {
-        println!("pid {} ({:?}) seed {} lease {}s: {}", run.pid, run.process, run.seed, run.lease_s, run.command);
+        println!(
+            "pid {} ({:?}) seed {} lease {}s: {}",
+            run.pid, run.process, run.seed, run.lease_s, run.command
+        );
         for a in &run.attachments {
             println!("  attached: {a}");
         }
@@ -128,7 +150,10 @@ pub fn run(json: bool) -> Result<i32> {
             println!("  no rule active (between steps)");
         }
         for r in &run.rules {
-            print!("  rule {} {} [{}] {:.1}s left", r.rule_id, r.fault, r.netns, r.remaining_s);
+            print!(
+                "  rule {} {} [{}] {:.1}s left",
+                r.rule_id, r.fault, r.netns, r.remaining_s
+            );
             match &r.counters {
                 Some(c) => println!(
                     "\n    seen {} matched {} dropped {} passed {} errors {} expired {} protected {}",
@@ -139,7 +164,10 @@ pub fn run(json: bool) -> Result<i32> {
         }
     }
     for l in &status.stray_links {
-        println!("stray TCX link {} running {} (program {}): remove with `chaos-ebpf cleanup`", l.link_id, l.program, l.program_id);
+        println!(
+            "stray TCX link {} running {} (program {}): remove with `chaos-ebpf cleanup`",
+            l.link_id, l.program, l.program_id
+        );
     }
     Ok(0)
 }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing chaos-ebpf needs on Debian 12 (bookworm), the
+# "Debian route" of docs/building.md: rustc-web with a precompiled core for
+# bpfel-unknown-none, LLVM 22, bpf-linker 0.13, and the tools the tests use.
+# Idempotent: a second run checks and returns in about a second.
+set -euo pipefail
+
+packages=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev bpftool iproute2 iputils-ping util-linux)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found; install a Rust toolchain (rustup, stable >= 1.87) first" >&2
+  exit 2
+fi
+if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
+  echo "setup: installing bpf-linker 0.13.0 (links against LLVM 22, about a minute)"
+  PATH="/usr/lib/llvm-22/bin:$PATH" cargo install --locked --quiet bpf-linker@0.13.0 \
+    --no-default-features --features llvm-22
+fi
+echo "setup: toolchain ready ($(/usr/bin/rustc --version), $(bpf-linker --version))"

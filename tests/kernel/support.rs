@@ -1,0 +1,472 @@
+//! Test fixtures: a pair of network namespaces joined by a veth, real UDP/TCP/ICMP
+//! traffic between them, the chaos-ebpf binary under test, and checks that nothing is
+//! left behind. Traffic stays inside namespaces the test created, on TEST-NET-1
+//! (192.0.2.0/24) and fd00::/8; every loop is bounded in count and time.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_chaos-ebpf")
+}
+
+pub fn sh(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    out
+}
+
+pub fn must(cmd: &str, args: &[&str]) {
+    let out = sh(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces `<tag>-a` (192.0.2.1, fd00::1, device va) and `<tag>-b` (192.0.2.2,
+/// fd00::2, device vb) joined by a veth pair. Deleted on drop, also after a panic.
+pub struct Pair {
+    pub a: String,
+    pub b: String,
+}
+
+impl Pair {
+    pub fn new(tag: &str) -> Pair {
+        let pair = Pair {
+            a: format!("cet-{tag}-a"),
+            b: format!("cet-{tag}-b"),
+        };
+        for ns in [&pair.a, &pair.b] {
+            let _ = sh("ip", &["netns", "del", ns]);
+            must("ip", &["netns", "add", ns]);
+            must("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        must(
+            "ip",
+            &[
+                "link", "add", "va", "netns", &pair.a, "type", "veth", "peer", "name", "vb",
+                "netns", &pair.b,
+            ],
+        );
+        for (ns, dev, v4, v6) in [
+            (&pair.a, "va", "192.0.2.1/24", "fd00::1/64"),
+            (&pair.b, "vb", "192.0.2.2/24", "fd00::2/64"),
+        ] {
+            must("ip", &["-n", ns, "addr", "add", v4, "dev", dev]);
+            must("ip", &["-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
+            must("ip", &["-n", ns, "link", "set", dev, "up"]);
+        }
+        // Resolve neighbours before any fault, so no test packet waits in (or is dropped
+        // from) the neighbour queue ahead of the TC hook.
+        assert!(
+            pair.ping(&pair.a, "192.0.2.2", 1, Duration::from_secs(2)) == 1,
+            "veth pair does not pass traffic"
+        );
+        assert!(pair.ping(&pair.b, "192.0.2.1", 1, Duration::from_secs(2)) == 1);
+        pair
+    }
+
+    /// Sends `count` pings 10 ms apart, each waiting at most `wait`; returns replies.
+    pub fn ping(&self, from: &str, to: &str, count: u32, wait: Duration) -> u32 {
+        let out = sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                from,
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.01",
+                "-W",
+                &format!("{:.1}", wait.as_secs_f64().max(0.1)),
+                to,
+            ],
+        );
+        parse_ping_received(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub fn qdiscs(&self, ns: &str, dev: &str) -> String {
+        String::from_utf8_lossy(
+            &sh(
+                "ip",
+                &["netns", "exec", ns, "tc", "qdisc", "show", "dev", dev],
+            )
+            .stdout,
+        )
+        .into_owned()
+    }
+
+    pub fn filters(&self, ns: &str, dev: &str, hook: &str) -> String {
+        String::from_utf8_lossy(
+            &sh(
+                "ip",
+                &[
+                    "netns", "exec", ns, "tc", "filter", "show", "dev", dev, hook,
+                ],
+            )
+            .stdout,
+        )
+        .into_owned()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = sh("ip", &["netns", "del", ns]);
+        }
+    }
+}
+
+pub fn parse_ping_received(text: &str) -> u32 {
+    // "N packets transmitted, M received, ..."
+    text.lines()
+        .find_map(|l| {
+            l.split(", ")
+                .nth(1)?
+                .strip_suffix(" received")
+                .map(|n| n.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `f` on a thread that has entered the namespace `ns` (sockets it makes stay there).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = Path::new("/var/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // SAFETY: a valid nsfs fd; affects this new thread only.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns"
+        );
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+fn big_rcvbuf(socket: &UdpSocket) {
+    let size: libc::c_int = 16 << 20;
+    // SAFETY: setsockopt on a valid fd with an int option value.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            4,
+        );
+    }
+}
+
+/// A UDP receiver bound in namespace `ns`.
+pub fn udp_receiver(ns: &str, addr: SocketAddr) -> UdpSocket {
+    in_netns(ns, move || {
+        let s = UdpSocket::bind(addr).expect("bind receiver");
+        big_rcvbuf(&s);
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        s
+    })
+}
+
+/// Sends `count` datagrams carrying their sequence number from a fixed source port (a
+/// fixed 5-tuple: the flow, and so the decisions, are the same on every run), and
+/// returns the sequence numbers the receiver got.
+pub fn udp_run(
+    from_ns: &str,
+    src: SocketAddr,
+    receiver: &UdpSocket,
+    dst: SocketAddr,
+    count: u32,
+) -> BTreeSet<u32> {
+    let sender = in_netns(from_ns, move || UdpSocket::bind(src).expect("bind sender"));
+    let mut got = BTreeSet::new();
+    let mut buf = [0u8; 64];
+    for seq in 0..count {
+        sender.send_to(&seq.to_be_bytes(), dst).expect("send");
+        // Drain as we go so no socket buffer overflows (which would look like loss).
+        if seq % 64 == 63 {
+            drain(receiver, &mut got, &mut buf, Duration::from_millis(0));
+        }
+    }
+    drain(receiver, &mut got, &mut buf, Duration::from_millis(300));
+    got
+}
+
+fn drain(receiver: &UdpSocket, got: &mut BTreeSet<u32>, buf: &mut [u8], quiet: Duration) {
+    receiver.set_nonblocking(quiet.is_zero()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match receiver.recv(buf) {
+            Ok(4) => {
+                got.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    receiver.set_nonblocking(false).unwrap();
+}
+
+/// Whether one UDP datagram gets from `from_ns` to a fresh receiver (`to`, port).
+pub fn udp_passes(from_ns: &str, to_ns: &str, to: Ipv4Addr, port: u16) -> bool {
+    let receiver = udp_receiver(to_ns, SocketAddr::from((to, port)));
+    let got = udp_run(
+        from_ns,
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        &receiver,
+        SocketAddr::from((to, port)),
+        3,
+    );
+    !got.is_empty()
+}
+
+/// An echo server in `ns`; stops when the listener's accept loop times out (bounded).
+pub fn tcp_echo_server(ns: &str, addr: SocketAddr) {
+    let listener = in_netns(ns, move || TcpListener::bind(addr).expect("bind tcp"));
+    std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(30)))
+                            .unwrap();
+                        let mut buf = [0u8; 256];
+                        while let Ok(n) = stream.read(&mut buf) {
+                            if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+}
+
+pub fn tcp_connect(ns: &str, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    in_netns(ns, move || TcpStream::connect_timeout(&addr, timeout))
+}
+
+/// Whether an echo round trip over `stream` completes within `timeout`.
+pub fn tcp_echo(stream: &mut TcpStream, timeout: Duration) -> bool {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    if stream.write_all(b"ping").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+/// A running `chaos-ebpf` child; killed and reaped on drop.
+pub struct Chaos {
+    pub child: Child,
+}
+
+impl Chaos {
+    /// Starts `chaos-ebpf ARGS` and waits until its first rule is installed.
+    pub fn start(args: &[&str]) -> Chaos {
+        let child = Command::new(bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chaos-ebpf");
+        let chaos = Chaos { child };
+        let state = PathBuf::from(format!("/run/chaos-ebpf/{}.json", chaos.child.id()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = fs::read_to_string(&state) {
+                if text.contains("\"rule_id\"") {
+                    return chaos;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chaos-ebpf {args:?} did not install its rule within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for exit (bounded) and returns (exit code, stdout, stderr).
+    pub fn finish(mut self, limit: Duration) -> (i32, String, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                use std::io::Read;
+                let mut out = String::new();
+                let mut err = String::new();
+                self.child
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status.code().unwrap_or(-1), out, err);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chaos-ebpf did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Chaos {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs chaos-ebpf to completion (bounded) and returns (exit code, stdout, stderr).
+pub fn chaos_run(args: &[&str]) -> (i32, String, String) {
+    chaos_run_as(args, None)
+}
+
+pub fn chaos_run_as(args: &[&str], uid: Option<u32>) -> (i32, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(uid) = uid {
+        cmd.uid(uid);
+    }
+    let child = cmd.spawn().expect("spawn chaos-ebpf");
+    Chaos { child }.finish(Duration::from_secs(120))
+}
+
+/// chaos-ebpf programs still loaded anywhere on the machine (by name).
+pub fn loaded_chaos_programs() -> Vec<String> {
+    let out = String::from_utf8_lossy(&sh("bpftool", &["prog", "show"]).stdout).into_owned();
+    out.lines()
+        .filter(|l| l.contains("name chaos_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asserts that no chaos-ebpf program, link or state file is left (waits up to 3 s for
+/// the kernel's deferred release).
+pub fn assert_nothing_left() {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let programs = loaded_chaos_programs();
+        let states: Vec<_> = fs::read_dir("/run/chaos-ebpf")
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if programs.is_empty() && states.is_empty() {
+            let links =
+                String::from_utf8_lossy(&sh("bpftool", &["link", "show"]).stdout).into_owned();
+            assert!(!links.contains("tcx"), "TCX links left: {links}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: programs {programs:?}, state files {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A cgroup v2 directory for one test, removed on drop (after its processes are gone).
+pub struct TestCgroup {
+    pub dir: PathBuf,
+    pub relative: String,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> TestCgroup {
+        let root = cgroup2_root();
+        let relative = format!("chaos-test-{name}");
+        let dir = root.join(&relative);
+        let _ = fs::remove_dir(&dir);
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        TestCgroup { dir, relative }
+    }
+
+    /// Spawns a command inside this cgroup (the child joins it before exec).
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Child {
+        use std::os::unix::ffi::OsStrExt;
+        let procs =
+            std::ffi::CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+        // SAFETY: only async-signal-safe calls (open/write/close, no allocation) between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().expect("spawn in cgroup")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn cgroup2_root() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mountinfo.lines() {
+        if let Some((left, right)) = line.split_once(" - ") {
+            if right.starts_with("cgroup2 ") {
+                return PathBuf::from(left.split_whitespace().nth(4).unwrap());
+            }
+        }
+    }
+    panic!("no cgroup2 mount: this machine kind always has one at /sys/fs/cgroup/unified");
+}
