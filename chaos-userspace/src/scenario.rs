@@ -399,6 +399,17 @@ mod tests {
     }
 
     #[test]
+    fn sample_scenarios_are_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios");
+        let mut count = 0;
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            load(&entry.path()).unwrap_or_else(|e| panic!("{e}"));
+            count += 1;
+        }
+        assert!(count > 0);
+    }
+
+    #[test]
     fn errors_name_the_position_and_the_fix() {
         let e = err("steps:\n  - fault: loss\n    target: netns:a\n    probability: 1.5\n    duration: 1s\n");
         assert_eq!((e.line, e.column), (4, 18), "{e}");

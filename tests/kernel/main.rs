@@ -881,3 +881,156 @@ fn bad_input_exits_2_and_changes_nothing() {
     assert_nothing_left();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A pid target faults the process's cgroup (egress) and nothing else; a process in the
+/// root cgroup is refused, since its cgroup would be every process there.
+#[test]
+fn pid_target_faults_its_cgroup_only() {
+    require_root();
+    let pair = Pair::new("pid");
+    let group = TestCgroup::new("pid");
+    let mut anchor = group.spawn("ip", &["netns", "exec", &pair.a, "sleep", "60"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let target = format!("pid:{}", anchor.id());
+    let chaos = Chaos::start(&[
+        "inject",
+        "partition",
+        "--target",
+        &target,
+        "--mode",
+        "oneway",
+        "--direction",
+        "egress",
+        "--proto",
+        "icmp",
+        "--duration",
+        "5m",
+    ]);
+    let child = group.spawn(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &pair.a,
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            "5",
+            "-i",
+            "0.01",
+            "-W",
+            "0.3",
+            "192.0.2.2",
+        ],
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        parse_ping_received(&String::from_utf8_lossy(&out.stdout)),
+        0,
+        "the pid's cgroup got through"
+    );
+    assert_eq!(
+        pair.ping(&pair.a, "192.0.2.2", 5, Duration::from_secs(1)),
+        5,
+        "another cgroup was faulted"
+    );
+    chaos.signal(libc::SIGINT);
+    chaos.finish(Duration::from_secs(10));
+    let _ = anchor.kill();
+    let _ = anchor.wait();
+    assert_nothing_left();
+
+    let own = format!("pid:{}", std::process::id());
+    let (code, _, err) = chaos_run(&[
+        "inject",
+        "loss",
+        "--target",
+        &own,
+        "--probability",
+        "0.1",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("root cgroup") && err.contains("fix"), "{err}");
+    assert_nothing_left();
+}
+
+/// IPv6 peers go through the same trie: cut fd00::2, IPv4 to the same host untouched.
+#[test]
+fn ipv6_peer_partition() {
+    require_root();
+    let pair = Pair::new("v6");
+    let target = format!("netns:{}", pair.a);
+    let chaos = Chaos::start(&[
+        "inject",
+        "partition",
+        "--target",
+        &target,
+        "--peer",
+        "fd00::2/128",
+        "--duration",
+        "5m",
+    ]);
+    let v6 = sh(
+        "ip",
+        &[
+            "netns", "exec", &pair.a, "ping", "-6", "-n", "-q", "-c", "3", "-i", "0.05", "-W",
+            "0.3", "fd00::2",
+        ],
+    );
+    assert_eq!(
+        parse_ping_received(&String::from_utf8_lossy(&v6.stdout)),
+        0,
+        "IPv6 peer not cut"
+    );
+    assert_eq!(
+        pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)),
+        3,
+        "IPv4 hit by an IPv6 peer rule"
+    );
+    chaos.signal(libc::SIGINT);
+    chaos.finish(Duration::from_secs(10));
+    assert_nothing_left();
+}
+
+/// The README's main job: the sample scenario on the embedded lab, as JSON.
+#[test]
+fn lab_demo_scenario_runs_and_leaves_nothing() {
+    require_root();
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/lab-demo.yaml");
+    let (code, out, err) = chaos_run(&["run", scenario, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["seed"], 42);
+    assert_eq!(report["clean"], true);
+    let ratio = |step: &str| {
+        let s = report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == step)
+            .unwrap_or_else(|| panic!("no step {step}"));
+        let p = &s["probe"];
+        p["delivered"].as_f64().unwrap() / p["sent"].as_f64().unwrap().max(1.0)
+    };
+    assert!(ratio("baseline") > 0.97, "baseline {}", ratio("baseline"));
+    assert!(
+        (0.55..0.85).contains(&ratio("lossy-link")),
+        "lossy-link {}",
+        ratio("lossy-link")
+    );
+    assert!(ratio("cut-off") < 0.02, "cut-off {}", ratio("cut-off"));
+    assert!(
+        ratio("recovered") > 0.97,
+        "recovered {}",
+        ratio("recovered")
+    );
+    let namespaces = String::from_utf8_lossy(&sh("ip", &["netns", "list"]).stdout).into_owned();
+    assert!(
+        !namespaces.contains("chaos-lab-"),
+        "lab namespaces left: {namespaces}"
+    );
+    assert_nothing_left();
+}
