@@ -34,8 +34,7 @@ fn main() {
     let dest = out_dir.join("chaos-ebpf.o");
 
     if let Ok(prebuilt) = env::var("CHAOS_EBPF_OBJECT") {
-        std::fs::copy(&prebuilt, &dest)
-            .unwrap_or_else(|e| panic!("copying CHAOS_EBPF_OBJECT={prebuilt}: {e}"));
+        std::fs::copy(&prebuilt, &dest).unwrap_or_else(|e| panic!("copying CHAOS_EBPF_OBJECT={prebuilt}: {e}"));
         return;
     }
 
@@ -67,13 +66,10 @@ fn main() {
         cmd.env("RUSTC", debian_rustc);
     } else {
         // Upstream route: rustup's nightly with rust-src.
-        cmd.env("RUSTUP_TOOLCHAIN", "nightly")
-            .args(["-Z", "build-std=core"]);
+        cmd.env("RUSTUP_TOOLCHAIN", "nightly").args(["-Z", "build-std=core"]);
     }
 
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("running {cargo}: {e}"));
+    let status = cmd.status().unwrap_or_else(|e| panic!("running {cargo}: {e}"));
     if !status.success() {
         panic!(
             "building the eBPF object ({}) failed.\n\
@@ -84,8 +80,7 @@ fn main() {
         );
     }
     let built = target_dir.join(TARGET).join("release").join("chaos-ebpf");
-    std::fs::copy(&built, &dest)
-        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), dest.display()));
+    std::fs::copy(&built, &dest).unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), dest.display()));
 }
 
 /// `target/` of the workspace: OUT_DIR is `<target>/<profile>/build/<pkg>-<hash>/out`

@@ -79,11 +79,7 @@ pub fn siphash24<const N: usize>(k0: u64, k1: u64, message: &[u64; N]) -> u64 {
 #[inline(always)]
 pub fn flow_hash(seed: u64, rule_id: u32, key: &crate::FlowKey) -> u64 {
     let w = key.words();
-    siphash24(
-        seed,
-        rule_id as u64,
-        &[w[0], w[1], w[2], w[3], w[4], w[5], DOMAIN_FLOW],
-    )
+    siphash24(seed, rule_id as u64, &[w[0], w[1], w[2], w[3], w[4], w[5], DOMAIN_FLOW])
 }
 
 /// The decision value for packet `index` of a flow; `domain` separates the loss draw
@@ -119,24 +115,16 @@ mod tests {
     /// reference algorithm over a byte stream) and the empty-message vector of the
     /// reference implementation (vectors.h, entry 0).
     #[test]
-    #[expect(
-        deprecated,
-        reason = "SipHasher is deprecated for HashMap use, not as a reference"
-    )]
+    #[expect(deprecated, reason = "SipHasher is deprecated for HashMap use, not as a reference")]
     fn matches_reference_siphash() {
         use core::hash::{Hasher, SipHasher};
         let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
         let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
         let empty: [u64; 0] = [];
-        assert_eq!(
-            siphash24(k0, k1, &empty).to_le_bytes(),
-            [0x31, 0x0e, 0x0e, 0xdd, 0x47, 0xdb, 0x6f, 0x72]
-        );
+        assert_eq!(siphash24(k0, k1, &empty).to_le_bytes(), [0x31, 0x0e, 0x0e, 0xdd, 0x47, 0xdb, 0x6f, 0x72]);
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..1000 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let msg = [x, x.rotate_left(7), !x];
             let mut reference = SipHasher::new_with_keys(k0 ^ x, k1);
             for w in msg {
@@ -151,15 +139,10 @@ mod tests {
         for &p in &[0.01, 0.1, 0.3, 0.5, 0.9] {
             let thr = probability_threshold(p);
             let n = 200_000u64;
-            let drops = (0..n)
-                .filter(|&i| hits(decision(7, 1, 0xdead_beef, i, DOMAIN_LOSS), thr))
-                .count() as f64;
+            let drops = (0..n).filter(|&i| hits(decision(7, 1, 0xdead_beef, i, DOMAIN_LOSS), thr)).count() as f64;
             let sigma = (n as f64 * p * (1.0 - p)).sqrt();
             let dev = (drops - n as f64 * p).abs();
-            assert!(
-                dev < 4.0 * sigma,
-                "p={p}: {drops} drops, deviation {dev:.1} > 4 sigma {sigma:.1}"
-            );
+            assert!(dev < 4.0 * sigma, "p={p}: {drops} drops, deviation {dev:.1} > 4 sigma {sigma:.1}");
         }
     }
 
@@ -169,9 +152,7 @@ mod tests {
         let p = 0.3;
         let thr = probability_threshold(p);
         let n = 200_000u64;
-        let d: std::vec::Vec<bool> = (0..=n)
-            .map(|i| hits(decision(11, 2, 42, i, DOMAIN_LOSS), thr))
-            .collect();
+        let d: std::vec::Vec<bool> = (0..=n).map(|i| hits(decision(11, 2, 42, i, DOMAIN_LOSS), thr)).collect();
         let pairs = d.windows(2).filter(|w| w[0] && w[1]).count() as f64;
         let q = p * p;
         let sigma = (n as f64 * q * (1.0 - q)).sqrt();

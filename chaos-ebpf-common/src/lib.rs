@@ -119,6 +119,7 @@ pub struct Rule {
 /// Per-rule counters, one copy per CPU (`CHAOS_COUNTERS[slot]`); user space sums them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct RuleCounters {
     /// Packets on the rule's interfaces and directions while its lease was valid.
     pub seen: u64,
@@ -183,10 +184,7 @@ impl PeerKeyData {
     pub const SLOT_BITS: u32 = 32;
 
     pub fn new(slot: u32, addr: [u8; 16]) -> Self {
-        Self {
-            slot_be: slot.to_be_bytes(),
-            addr,
-        }
+        Self { slot_be: slot.to_be_bytes(), addr }
     }
 }
 

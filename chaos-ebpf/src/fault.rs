@@ -24,9 +24,7 @@ pub fn decide(
 ) -> Result<bool, NoFlowState> {
     match rule.action {
         action::DROP => Ok(true),
-        action::DROP_NEW_TCP => {
-            Ok(p.proto == 6 && p.tcp_flags & TCP_FLAG_SYN != 0 && p.tcp_flags & TCP_FLAG_ACK == 0)
-        }
+        action::DROP_NEW_TCP => Ok(p.proto == 6 && p.tcp_flags & TCP_FLAG_SYN != 0 && p.tcp_flags & TCP_FLAG_ACK == 0),
         action::LOSS => loss(rule, slot, p, dir, key, flows),
         _ => Ok(false),
     }
@@ -53,12 +51,8 @@ fn loss(
     let state = match flows.get_ptr_mut(key) {
         Some(state) => state,
         None => {
-            let fresh = FlowState {
-                flow_hash: flow_hash(rule.seed, rule.rule_id, key),
-                next_index: 0,
-                bad: 0,
-                _pad: 0,
-            };
+            let fresh =
+                FlowState { flow_hash: flow_hash(rule.seed, rule.rule_id, key), next_index: 0, bad: 0, _pad: 0 };
             // Another CPU may have inserted the flow meanwhile (NOEXIST fails then); the
             // lookup below finds whichever entry won.
             let _ = flows.insert(key, &fresh, BPF_NOEXIST as u64);
@@ -67,12 +61,7 @@ fn loss(
     };
     // SAFETY: `state` points into the map value, valid for this program run; the index
     // is bumped atomically because packets of one flow can run on several CPUs.
-    let (hash, index) = unsafe {
-        (
-            (*state).flow_hash,
-            fetch_add(&raw mut (*state).next_index, 1),
-        )
-    };
+    let (hash, index) = unsafe { ((*state).flow_hash, fetch_add(&raw mut (*state).next_index, 1)) };
     let mut threshold = rule.loss_threshold;
     if rule.flags & flags::BURST != 0 {
         // Gilbert-Elliott: first the state transition for this packet, then the loss draw
@@ -92,10 +81,7 @@ fn loss(
             threshold = rule.burst_loss;
         }
     }
-    Ok(hits(
-        decision(rule.seed, rule.rule_id, hash, index, DOMAIN_LOSS),
-        threshold,
-    ))
+    Ok(hits(decision(rule.seed, rule.rule_id, hash, index, DOMAIN_LOSS), threshold))
 }
 
 /// BPF_ATOMIC | BPF_FETCH add (needs -C target-cpu=v3, kernel >= 5.12). core's AtomicU64

@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_ebpf_common::{
-    Config, FlowKey, FlowState, MAX_FLOWS, MAX_PEERS, MAX_PROTECTED, MAX_RULES, PeerKeyData,
-    ProtectedPorts, Rule, RuleCounters, direction, flags, proto,
+    Config, FlowKey, FlowState, MAX_FLOWS, MAX_PEERS, MAX_PROTECTED, MAX_RULES, PeerKeyData, ProtectedPorts, Rule,
+    RuleCounters, direction, flags, proto,
 };
 
 use crate::parse::Packet;
@@ -90,8 +90,7 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let scratch = unsafe { &mut *scratch };
     let parsed = parse::parse(ctx, &mut scratch.packet);
-    let protected =
-        matches!(parsed, Ok(true)) && is_protected(&scratch.packet, config.nr_protected);
+    let protected = matches!(parsed, Ok(true)) && is_protected(&scratch.packet, config.nr_protected);
     // SAFETY: helper calls without pointer arguments, or with the program's own skb.
     let now = unsafe { bpf_ktime_get_ns() };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -191,21 +190,13 @@ fn matches_peer(rule: &Rule, slot: u32, p: &Packet, dir: u32, key: &mut Key<Peer
     if !proto_ok {
         return false;
     }
-    if !(rule.port_lo == 0 && rule.port_hi == u16::MAX) && !in_ports(p, rule.port_lo, rule.port_hi)
-    {
+    if !(rule.port_lo == 0 && rule.port_hi == u16::MAX) && !in_ports(p, rule.port_lo, rule.port_hi) {
         return false;
     }
     if rule.flags & flags::PEERS != 0 {
         // The peer is the far end: the destination on egress, the source on ingress.
         key.prefix_len = PeerKeyData::SLOT_BITS + 128;
-        key.data = PeerKeyData::new(
-            slot,
-            if dir == direction::EGRESS {
-                p.daddr
-            } else {
-                p.saddr
-            },
-        );
+        key.data = PeerKeyData::new(slot, if dir == direction::EGRESS { p.daddr } else { p.saddr });
         if PEERS.get(&*key).is_none() {
             return false;
         }

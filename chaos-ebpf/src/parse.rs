@@ -43,9 +43,7 @@ pub struct Packet {
 pub struct Truncated;
 
 fn load_be16(ctx: &TcContext, offset: usize) -> Result<u16, Truncated> {
-    ctx.load::<[u8; 2]>(offset)
-        .map(u16::from_be_bytes)
-        .map_err(|_| Truncated)
+    ctx.load::<[u8; 2]>(offset).map(u16::from_be_bytes).map_err(|_| Truncated)
 }
 
 fn load_u8(ctx: &TcContext, offset: usize) -> Result<u8, Truncated> {
@@ -53,9 +51,7 @@ fn load_u8(ctx: &TcContext, offset: usize) -> Result<u8, Truncated> {
 }
 
 fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
-    ]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
 }
 
 /// Fills `packet`; `Ok(false)` for frames that are not IP (ARP, LLDP, ...): no rule

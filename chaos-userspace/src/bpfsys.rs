@@ -40,11 +40,7 @@ pub fn our_links() -> Vec<OurLink> {
         .filter(|l| matches!(l.link_type(), Ok(LinkType::Tcx)))
         .filter_map(|l| {
             let (_, name) = programs.iter().find(|(id, _)| *id == l.program_id())?;
-            Some(OurLink {
-                link_id: l.id(),
-                program_id: l.program_id(),
-                program: name.clone(),
-            })
+            Some(OurLink { link_id: l.id(), program_id: l.program_id(), program: name.clone() })
         })
         .collect()
 }
@@ -55,14 +51,7 @@ pub fn detach_link(link_id: u32) -> io::Result<()> {
     let mut attr = [0u8; 16];
     attr[..4].copy_from_slice(&link_id.to_ne_bytes());
     // SAFETY: bpf(2) with an attr buffer of the size we pass.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_GET_FD_BY_ID,
-            attr.as_mut_ptr(),
-            attr.len(),
-        )
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_GET_FD_BY_ID, attr.as_mut_ptr(), attr.len()) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -71,15 +60,7 @@ pub fn detach_link(link_id: u32) -> io::Result<()> {
     let mut attr = [0u8; 16];
     attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     // SAFETY: as above.
-    if unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            attr.as_mut_ptr(),
-            attr.len(),
-        )
-    } < 0
-    {
+    if unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_mut_ptr(), attr.len()) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

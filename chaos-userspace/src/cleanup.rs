@@ -49,19 +49,11 @@ fn revert_instance(instance: &InstanceState, report: &mut Report) {
         return;
     };
     let Ok(_inside) = ns.enter() else {
-        report
-            .remaining
-            .push(format!("cannot enter {}", instance.netns.display()));
+        report.remaining.push(format!("cannot enter {}", instance.netns.display()));
         return;
     };
     for f in &instance.netlink_filters {
-        match SchedClassifierLink::attached(
-            &f.iface,
-            hook(&f.hook),
-            f.priority,
-            TcHandle::from(f.handle),
-            None,
-        ) {
+        match SchedClassifierLink::attached(&f.iface, hook(&f.hook), f.priority, TcHandle::from(f.handle), None) {
             Ok(link) => {
                 use aya::programs::links::Link as _;
                 match link.detach() {
@@ -83,15 +75,9 @@ fn revert_instance(instance: &InstanceState, report: &mut Report) {
             continue;
         };
         match netlink::delete_clsact(index) {
-            Ok(true) => report.removed.push(format!(
-                "clsact qdisc on {iface} in {}",
-                instance.netns.display()
-            )),
+            Ok(true) => report.removed.push(format!("clsact qdisc on {iface} in {}", instance.netns.display())),
             Ok(false) => {}
-            Err(e) => report.remaining.push(format!(
-                "clsact qdisc on {iface} in {}: {e}",
-                instance.netns.display()
-            )),
+            Err(e) => report.remaining.push(format!("clsact qdisc on {iface} in {}: {e}", instance.netns.display())),
         }
     }
 }
@@ -119,21 +105,13 @@ fn sweep_netlink(protected: &[(NetnsId, String)], report: &mut Report) -> Vec<St
             continue;
         };
         for iface in interfaces {
-            if protected
-                .iter()
-                .any(|(id, name)| *id == ns.id && *name == iface.name)
-            {
+            if protected.iter().any(|(id, name)| *id == ns.id && *name == iface.name) {
                 continue;
             }
-            for (attach, prog) in [
-                (TcAttachType::Ingress, names::PROG_INGRESS),
-                (TcAttachType::Egress, names::PROG_EGRESS),
-            ] {
-                let what = format!(
-                    "netlink filter {prog} on {} in {}",
-                    iface.name,
-                    ns.path.display()
-                );
+            for (attach, prog) in
+                [(TcAttachType::Ingress, names::PROG_INGRESS), (TcAttachType::Egress, names::PROG_EGRESS)]
+            {
+                let what = format!("netlink filter {prog} on {} in {}", iface.name, ns.path.display());
                 match tc::qdisc_detach_program(&iface.name, attach, prog) {
                     Ok(()) => {
                         found.push(what.clone());
@@ -180,19 +158,13 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
                 // Gone, stopped (hung: its leases may have run out already, but its
                 // attachments stay until removed), or --all.
                 for link in bpfsys::our_links() {
-                    if state
-                        .instances
-                        .iter()
-                        .any(|i| i.program_ids.contains(&link.program_id))
-                    {
+                    if state.instances.iter().any(|i| i.program_ids.contains(&link.program_id)) {
                         match bpfsys::detach_link(link.link_id) {
                             Ok(()) => report.removed.push(format!(
                                 "TCX link {} ({}) of pid {} ({:?})",
                                 link.link_id, link.program, state.pid, process
                             )),
-                            Err(e) => report
-                                .remaining
-                                .push(format!("TCX link {}: {e}", link.link_id)),
+                            Err(e) => report.remaining.push(format!("TCX link {}: {e}", link.link_id)),
                         }
                     }
                 }
@@ -201,12 +173,13 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
                 }
                 if process == ProcessState::Gone {
                     if fs::remove_file(&path).is_ok() {
-                        report
-                            .removed
-                            .push(format!("state file {}", path.display()));
+                        report.removed.push(format!("state file {}", path.display()));
                     }
                 } else {
-                    report.active.push(format!("pid {} ({:?}) still holds its (now detached) programs; they unload when it exits", state.pid, process));
+                    report.active.push(format!(
+                        "pid {} ({:?}) still holds its (now detached) programs; they unload when it exits",
+                        state.pid, process
+                    ));
                 }
             }
         }
@@ -217,13 +190,8 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
             continue;
         }
         match bpfsys::detach_link(link.link_id) {
-            Ok(()) => report.removed.push(format!(
-                "stray TCX link {} ({})",
-                link.link_id, link.program
-            )),
-            Err(e) => report
-                .remaining
-                .push(format!("stray TCX link {}: {e}", link.link_id)),
+            Ok(()) => report.removed.push(format!("stray TCX link {} ({})", link.link_id, link.program)),
+            Err(e) => report.remaining.push(format!("stray TCX link {}: {e}", link.link_id)),
         }
     }
     sweep_netlink(&keep_ifaces, &mut report);
@@ -255,9 +223,7 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
     report.remaining.extend(stray);
     let mut verify = Report::default();
     let late = sweep_netlink(&keep_ifaces, &mut verify);
-    report
-        .remaining
-        .extend(late.into_iter().map(|w| format!("{w} reappeared")));
+    report.remaining.extend(late.into_iter().map(|w| format!("{w} reappeared")));
     report.clean = report.remaining.is_empty();
 
     if json {
@@ -277,9 +243,5 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
         }
         println!("{}", if report.clean { "clean" } else { "NOT clean" });
     }
-    Ok(if report.clean {
-        0
-    } else {
-        crate::error::EXIT_FAILED
-    })
+    Ok(if report.clean { 0 } else { crate::error::EXIT_FAILED })
 }

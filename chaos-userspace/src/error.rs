@@ -20,17 +20,11 @@ pub struct Failure {
 
 impl Failure {
     pub fn input(problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        Self { problem: problem.into(), fix: fix.into() }
     }
 
     pub fn environment(problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        Self { problem: problem.into(), fix: fix.into() }
     }
 }
 

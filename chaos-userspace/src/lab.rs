@@ -66,9 +66,7 @@ impl LabSpec {
                 if self.node_index(node).is_none() {
                     return Err(LabError {
                         field,
-                        problem: format!(
-                            "traffic names node '{node}', which the lab does not have"
-                        ),
+                        problem: format!("traffic names node '{node}', which the lab does not have"),
                         fix: format!("use n1..n{}", self.nodes),
                     });
                 }
@@ -76,8 +74,7 @@ impl LabSpec {
             if t.from == t.to || !(1..=MAX_RATE).contains(&t.rate) {
                 return Err(LabError {
                     field: "traffic",
-                    problem: "traffic needs two different nodes and a rate of 1..5000 per second"
-                        .into(),
+                    problem: "traffic needs two different nodes and a rate of 1..5000 per second".into(),
                     fix: "e.g. traffic: {from: n1, to: n2, rate: 200}".into(),
                 });
             }
@@ -86,10 +83,7 @@ impl LabSpec {
     }
 
     fn node_index(&self, name: &str) -> Option<u32> {
-        name.strip_prefix('n')?
-            .parse::<u32>()
-            .ok()
-            .filter(|i| (1..=self.nodes).contains(i))
+        name.strip_prefix('n')?.parse::<u32>().ok().filter(|i| (1..=self.nodes).contains(i))
     }
 
     pub fn describe(&self) -> String {
@@ -116,11 +110,7 @@ fn ip(args: &[&str]) -> Result<()> {
         )
     })?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -133,9 +123,8 @@ pub struct Lab {
 
 impl Lab {
     pub fn create(spec: &LabSpec) -> Result<Lab> {
-        let names: Vec<String> = std::iter::once(HUB.to_owned())
-            .chain((1..=spec.nodes).map(|i| format!("{LAB_PREFIX}n{i}")))
-            .collect();
+        let names: Vec<String> =
+            std::iter::once(HUB.to_owned()).chain((1..=spec.nodes).map(|i| format!("{LAB_PREFIX}n{i}"))).collect();
         for name in &names {
             if netns::path_for(name).exists() {
                 return Err(Failure::environment(
@@ -145,10 +134,7 @@ impl Lab {
                 .into());
             }
         }
-        let mut lab = Lab {
-            spec: spec.clone(),
-            created: Vec::new(),
-        };
+        let mut lab = Lab { spec: spec.clone(), created: Vec::new() };
         for name in &names {
             ip(&["netns", "add", name])?;
             lab.created.push(name.clone());
@@ -158,20 +144,9 @@ impl Lab {
         for i in 1..=spec.nodes {
             let node = format!("{LAB_PREFIX}n{i}");
             let hub_side = format!("vn{i}");
-            ip(&[
-                "-n", HUB, "link", "add", &hub_side, "type", "veth", "peer", "name", "eth0",
-                "netns", &node,
-            ])?;
+            ip(&["-n", HUB, "link", "add", &hub_side, "type", "veth", "peer", "name", "eth0", "netns", &node])?;
             ip(&["-n", HUB, "link", "set", &hub_side, "master", "br0", "up"])?;
-            ip(&[
-                "-n",
-                &node,
-                "addr",
-                "add",
-                &format!("{}/24", node_address(i)),
-                "dev",
-                "eth0",
-            ])?;
+            ip(&["-n", &node, "addr", "add", &format!("{}/24", node_address(i)), "dev", "eth0"])?;
             ip(&["-n", &node, "link", "set", "eth0", "up"])?;
             ip(&["-n", &node, "link", "set", "lo", "up"])?;
         }
@@ -188,13 +163,7 @@ impl Lab {
             return Ok(None);
         };
         let to = self.spec.node_index(&t.to).expect("validated");
-        Probe::start(
-            &self.node_netns(&t.from),
-            &self.node_netns(&t.to),
-            node_address(to),
-            t.rate,
-        )
-        .map(Some)
+        Probe::start(&self.node_netns(&t.from), &self.node_netns(&t.to), node_address(to), t.rate).map(Some)
     }
 }
 
@@ -243,8 +212,7 @@ pub struct Probe {
 /// Binds a UDP socket inside a namespace (the socket keeps that namespace after the
 /// thread leaves it).
 fn socket_in(netns_path: &PathBuf, port: u16) -> Result<UdpSocket> {
-    let ns =
-        Netns::open(netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
+    let ns = Netns::open(netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
     let _inside = ns.enter()?;
     let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;

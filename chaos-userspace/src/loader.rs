@@ -16,8 +16,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use chaos_ebpf_common::{
-    names, Config, FlowKey, FlowState, PeerKeyData, ProtectedPorts, Rule, RuleCounters,
-    MAX_PROTECTED, MAX_RULES,
+    names, Config, FlowKey, FlowState, PeerKeyData, ProtectedPorts, Rule, RuleCounters, MAX_PROTECTED, MAX_RULES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,9 +46,7 @@ pub enum AttachMode {
 
 impl AttachMode {
     pub fn resolve(self) -> Result<AttachMode> {
-        let tcx_ok = KernelVersion::current()
-            .map(|v| v >= KernelVersion::new(6, 6, 0))
-            .unwrap_or(false);
+        let tcx_ok = KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(false);
         match self {
             AttachMode::Auto if tcx_ok => Ok(AttachMode::Tcx),
             AttachMode::Auto => Ok(AttachMode::Netlink),
@@ -91,24 +88,16 @@ impl Instance {
     pub fn load(netns: Netns, mode: AttachMode, protected: &[ProtectedPorts]) -> Result<Self> {
         if protected.len() > MAX_PROTECTED as usize {
             return Err(Failure::input(
-                format!(
-                    "{} protected port ranges given; at most {MAX_PROTECTED} fit",
-                    protected.len()
-                ),
+                format!("{} protected port ranges given; at most {MAX_PROTECTED} fit", protected.len()),
                 "merge ranges (e.g. 8000-8100) or protect fewer",
             )
             .into());
         }
-        let mut ebpf = EbpfLoader::new()
-            .load(OBJECT)
-            .context("loading the chaos-ebpf object into the kernel")?;
+        let mut ebpf = EbpfLoader::new().load(OBJECT).context("loading the chaos-ebpf object into the kernel")?;
         for name in [names::PROG_INGRESS, names::PROG_EGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("verifying and loading program {name}"))?;
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?.try_into()?;
+            prog.load().with_context(|| format!("verifying and loading program {name}"))?;
         }
         let mut instance = Self {
             netns,
@@ -119,8 +108,7 @@ impl Instance {
             used_slots: BTreeSet::new(),
         };
         {
-            let mut table: Array<&mut MapData, ProtectedPorts> =
-                Array::try_from(instance.map_mut(names::PROTECTED)?)?;
+            let mut table: Array<&mut MapData, ProtectedPorts> = Array::try_from(instance.map_mut(names::PROTECTED)?)?;
             for (i, entry) in protected.iter().enumerate() {
                 table.set(i as u32, entry, 0)?;
             }
@@ -143,22 +131,10 @@ impl Instance {
 
     fn write_config(&mut self, nr_protected: u32) -> Result<()> {
         let nr_slots = self.used_slots.iter().next_back().map_or(0, |s| s + 1);
-        let mut config: Array<&mut MapData, Config> =
-            Array::try_from(self.map_mut(names::CONFIG)?)?;
+        let mut config: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::CONFIG)?)?;
         let old = config.get(&0, 0)?;
-        let nr_protected = if nr_protected == u32::MAX {
-            old.nr_protected
-        } else {
-            nr_protected
-        };
-        config.set(
-            0,
-            Config {
-                nr_slots,
-                nr_protected,
-            },
-            0,
-        )?;
+        let nr_protected = if nr_protected == u32::MAX { old.nr_protected } else { nr_protected };
+        config.set(0, Config { nr_slots, nr_protected }, 0)?;
         Ok(())
     }
 
@@ -172,41 +148,24 @@ impl Instance {
             if self.mode == AttachMode::Netlink {
                 match tc::qdisc_add_clsact(&iface.name) {
                     Ok(()) => self.clsact_added.push(iface.clone()),
-                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    }
-                    Err(e) => {
-                        return Err(e)
-                            .with_context(|| format!("adding a clsact qdisc to {}", iface.name))
-                    }
+                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {}", iface.name)),
                 }
             }
-            for (name, hook) in [
-                (names::PROG_INGRESS, TcAttachType::Ingress),
-                (names::PROG_EGRESS, TcAttachType::Egress),
-            ] {
+            for (name, hook) in
+                [(names::PROG_INGRESS, TcAttachType::Ingress), (names::PROG_EGRESS, TcAttachType::Egress)]
+            {
                 let ebpf = self.ebpf.as_mut().expect("instance used after shutdown");
-                let prog: &mut SchedClassifier =
-                    ebpf.program_mut(name).expect("loaded above").try_into()?;
+                let prog: &mut SchedClassifier = ebpf.program_mut(name).expect("loaded above").try_into()?;
                 let options = match self.mode {
                     AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
                     _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
                 };
-                let id = prog
-                    .attach_with_options(&iface.name, hook, options)
-                    .with_context(|| {
-                        format!(
-                            "attaching {name} to {} {} ({:?})",
-                            iface.name,
-                            hook_name(hook),
-                            self.mode
-                        )
-                    })?;
+                let id = prog.attach_with_options(&iface.name, hook, options).with_context(|| {
+                    format!("attaching {name} to {} {} ({:?})", iface.name, hook_name(hook), self.mode)
+                })?;
                 let link = prog.take_link(id)?;
-                self.attached.push(Attached {
-                    iface: iface.clone(),
-                    hook,
-                    link,
-                });
+                self.attached.push(Attached { iface: iface.clone(), hook, link });
             }
         }
         Ok(())
@@ -214,51 +173,34 @@ impl Instance {
 
     /// A free rule slot, or an error when all are taken.
     pub fn free_slot(&self) -> Result<u32> {
-        (0..MAX_RULES)
-            .find(|s| !self.used_slots.contains(s))
-            .ok_or_else(|| {
-                Failure::input(
-                    format!(
-                        "more than {MAX_RULES} faults at once in network namespace {}",
-                        self.netns.path.display()
-                    ),
-                    "run fewer faults at the same time on this namespace",
-                )
-                .into()
-            })
+        (0..MAX_RULES).find(|s| !self.used_slots.contains(s)).ok_or_else(|| {
+            Failure::input(
+                format!("more than {MAX_RULES} faults at once in network namespace {}", self.netns.path.display()),
+                "run fewer faults at the same time on this namespace",
+            )
+            .into()
+        })
     }
 
     /// Writes a rule and its peers, then starts its lease. The counters of the slot
     /// start from zero, and flow state of an earlier rule in the slot is gone.
-    pub fn install(
-        &mut self,
-        slot: u32,
-        rule: &Rule,
-        peers: &[Cidr],
-        lease: Duration,
-    ) -> Result<()> {
+    pub fn install(&mut self, slot: u32, rule: &Rule, peers: &[Cidr], lease: Duration) -> Result<()> {
         self.clear_flows(slot)?;
         {
-            let zero = PerCpuValues::try_from(vec![
-                RuleCounters::default();
-                nr_cpus().map_err(|(_, e)| e)?
-            ])?;
+            let zero = PerCpuValues::try_from(vec![RuleCounters::default(); nr_cpus().map_err(|(_, e)| e)?])?;
             let mut counters: PerCpuArray<&mut MapData, RuleCounters> =
                 PerCpuArray::try_from(self.map_mut(names::COUNTERS)?)?;
             counters.set(slot, zero, 0)?;
         }
         {
-            let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> =
-                LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
+            let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
             for peer in peers {
                 let (len, data) = peer.trie_entry(slot);
-                trie.insert(&Key::new(len, data), 1, 0)
-                    .with_context(|| format!("adding peer {peer}"))?;
+                trie.insert(&Key::new(len, data), 1, 0).with_context(|| format!("adding peer {peer}"))?;
             }
         }
         {
-            let mut rules: Array<&mut MapData, Rule> =
-                Array::try_from(self.map_mut(names::RULES)?)?;
+            let mut rules: Array<&mut MapData, Rule> = Array::try_from(self.map_mut(names::RULES)?)?;
             rules.set(slot, rule, 0)?;
         }
         self.used_slots.insert(slot);
@@ -277,18 +219,15 @@ impl Instance {
     /// Ends a rule: lease first (the kernel stops acting at once), then the entries.
     pub fn remove(&mut self, slot: u32, peers: &[Cidr]) -> Result<()> {
         {
-            let mut leases: Array<&mut MapData, u64> =
-                Array::try_from(self.map_mut(names::LEASES)?)?;
+            let mut leases: Array<&mut MapData, u64> = Array::try_from(self.map_mut(names::LEASES)?)?;
             leases.set(slot, 0, 0)?;
         }
         {
-            let mut rules: Array<&mut MapData, Rule> =
-                Array::try_from(self.map_mut(names::RULES)?)?;
+            let mut rules: Array<&mut MapData, Rule> = Array::try_from(self.map_mut(names::RULES)?)?;
             rules.set(slot, Rule::default(), 0)?;
         }
         {
-            let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> =
-                LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
+            let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
             for peer in peers {
                 let (len, data) = peer.trie_entry(slot);
                 let _ = trie.remove(&Key::new(len, data));
@@ -299,13 +238,8 @@ impl Instance {
     }
 
     fn clear_flows(&mut self, slot: u32) -> Result<()> {
-        let mut flows: HashMap<&mut MapData, FlowKey, FlowState> =
-            HashMap::try_from(self.map_mut(names::FLOWS)?)?;
-        let stale: Vec<FlowKey> = flows
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.slot == slot)
-            .collect();
+        let mut flows: HashMap<&mut MapData, FlowKey, FlowState> = HashMap::try_from(self.map_mut(names::FLOWS)?)?;
+        let stale: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).filter(|k| k.slot == slot).collect();
         for key in stale {
             let _ = flows.remove(&key);
         }
@@ -314,10 +248,7 @@ impl Instance {
 
     /// Counters of a slot, summed over CPUs.
     pub fn counters(&self, slot: u32) -> Result<RuleCounters> {
-        let map = self
-            .ebpf()
-            .map(names::COUNTERS)
-            .ok_or_else(|| anyhow!("counters map missing"))?;
+        let map = self.ebpf().map(names::COUNTERS).ok_or_else(|| anyhow!("counters map missing"))?;
         let counters: PerCpuArray<&MapData, RuleCounters> = PerCpuArray::try_from(map)?;
         let mut total = RuleCounters::default();
         for per_cpu in counters.get(&slot, 0)?.iter() {
@@ -375,9 +306,7 @@ impl Instance {
             use aya::programs::links::Link as _;
             if let Err(e) = attached.link.detach() {
                 // A vanished interface took its filters with it.
-                if attached.iface.index != 0
-                    && !matches!(e, aya::programs::ProgramError::SyscallError(_))
-                {
+                if attached.iface.index != 0 && !matches!(e, aya::programs::ProgramError::SyscallError(_)) {
                     errors.push(format!("detaching from {}: {e}", attached.iface.name));
                 }
             }
@@ -408,10 +337,7 @@ impl Drop for Instance {
 
 /// CLOCK_MONOTONIC in ns, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid timespec out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

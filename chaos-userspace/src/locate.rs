@@ -99,13 +99,12 @@ pub fn locate(source: &str, path: &[Seg]) -> (usize, usize) {
     let mut best = node.mark();
     for seg in path {
         let next = match (seg, node) {
-            (Seg::Key(k), Node::Map(entries, _)) => entries
-                .iter()
-                .find(|(key, _, _)| key == k)
-                .map(|(_, key_mark, value)| {
+            (Seg::Key(k), Node::Map(entries, _)) => {
+                entries.iter().find(|(key, _, _)| key == k).map(|(_, key_mark, value)| {
                     best = *key_mark;
                     value
-                }),
+                })
+            }
             (Seg::Index(i), Node::Seq(items, _)) => items.get(*i),
             _ => None,
         };
@@ -130,17 +129,8 @@ mod tests {
     fn finds_values_keys_and_missing_fields() {
         let src = "name: x\nsteps:\n  - fault: loss\n    probability: 3\n  - fault: partition\n";
         assert_eq!(locate(src, &[Seg::Key("name")]), (1, 7));
-        assert_eq!(
-            locate(
-                src,
-                &[Seg::Key("steps"), Seg::Index(0), Seg::Key("probability")]
-            ),
-            (4, 18)
-        );
+        assert_eq!(locate(src, &[Seg::Key("steps"), Seg::Index(0), Seg::Key("probability")]), (4, 18));
         // Missing key: the step's mapping.
-        assert_eq!(
-            locate(src, &[Seg::Key("steps"), Seg::Index(1), Seg::Key("mode")]),
-            (5, 5)
-        );
+        assert_eq!(locate(src, &[Seg::Key("steps"), Seg::Index(1), Seg::Key("mode")]), (5, 5));
     }
 }

@@ -25,9 +25,7 @@ use crate::{
     error::{exit_code, Failure},
     loader::AttachMode,
     plan::{Plan, PlannedFault, PlannedStep, Protect},
-    spec::{
-        BadValue, Cidr, Direction, FaultKind, PartitionMode, PortRange, Proto, RawFault, TargetSpec,
-    },
+    spec::{BadValue, Cidr, Direction, FaultKind, PartitionMode, PortRange, Proto, RawFault, TargetSpec},
 };
 
 const ABOUT: &str = "Exact, deterministic, reversible network faults from eBPF TC programs.";
@@ -197,8 +195,7 @@ struct CommonArgs {
 }
 
 fn parse_with<T: std::str::FromStr<Err = BadValue>>(s: &str) -> Result<T, String> {
-    s.parse::<T>()
-        .map_err(|e| format!("{}\n  fix: {}", e.problem, e.fix))
+    s.parse::<T>().map_err(|e| format!("{}\n  fix: {}", e.problem, e.fix))
 }
 
 fn main() -> ExitCode {
@@ -219,12 +216,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let (plan, dry_run, output) = inject_plan(fault)?;
             execute(&plan, dry_run, output, command_line)
         }
-        Command::Run {
-            file,
-            seed,
-            dry_run,
-            output,
-        } => {
+        Command::Run { file, seed, dry_run, output } => {
             let mut plan = load_scenario(&file)?;
             if seed.is_some() {
                 plan.seed = seed;
@@ -257,10 +249,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
 
 fn load_scenario(file: &std::path::Path) -> Result<Plan> {
     scenario::load(file).map_err(|e| {
-        anyhow::Error::new(Failure::input(
-            e.to_string().lines().next().unwrap_or("").to_owned(),
-            e.fix.clone(),
-        ))
+        anyhow::Error::new(Failure::input(e.to_string().lines().next().unwrap_or("").to_owned(), e.fix.clone()))
     })
 }
 
@@ -268,12 +257,8 @@ fn print_plan(plan: &Plan, output: Output) {
     let seed = plan.seed_or_random();
     match output {
         Output::Json => {
-            let value =
-                serde_json::json!({ "plan": plan, "seed": seed, "entries": plan.entries(seed) });
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).expect("serialisable")
-            );
+            let value = serde_json::json!({ "plan": plan, "seed": seed, "entries": plan.entries(seed) });
+            println!("{}", serde_json::to_string_pretty(&value).expect("serialisable"));
         }
         Output::Text => print!("{}", plan.render_text(seed, plan.seed.is_some())),
     }
@@ -284,13 +269,7 @@ fn execute(plan: &Plan, dry_run: bool, output: Output, command: String) -> Resul
         print_plan(plan, output);
         return Ok(0);
     }
-    let report = runner::run(
-        plan,
-        &runner::RunOptions {
-            command,
-            progress: true,
-        },
-    )?;
+    let report = runner::run(plan, &runner::RunOptions { command, progress: true })?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Text => println!("{}", runner::render_report(&report)),
@@ -304,31 +283,14 @@ fn execute(plan: &Plan, dry_run: bool, output: Output, command: String) -> Resul
 
 fn inject_plan(fault: InjectFault) -> Result<(Plan, bool, Output)> {
     let (kind, common, mut raw) = match fault {
-        InjectFault::Loss {
-            probability,
-            burst_enter,
-            burst_exit,
-            burst_loss,
-            common,
-        } => (
+        InjectFault::Loss { probability, burst_enter, burst_exit, burst_loss, common } => (
             FaultKind::Loss,
             common,
-            RawFault {
-                probability: Some(probability),
-                burst_enter,
-                burst_exit,
-                burst_loss,
-                ..RawFault::default()
-            },
+            RawFault { probability: Some(probability), burst_enter, burst_exit, burst_loss, ..RawFault::default() },
         ),
-        InjectFault::Partition { mode, common } => (
-            FaultKind::Partition,
-            common,
-            RawFault {
-                mode: Some(mode),
-                ..RawFault::default()
-            },
-        ),
+        InjectFault::Partition { mode, common } => {
+            (FaultKind::Partition, common, RawFault { mode: Some(mode), ..RawFault::default() })
+        }
         InjectFault::Blackhole { common } => (FaultKind::Blackhole, common, RawFault::default()),
     };
     raw.kind = Some(kind);
@@ -346,24 +308,14 @@ fn inject_plan(fault: InjectFault) -> Result<(Plan, bool, Output)> {
         Failure::input(format!("{flag}: {}", e.problem), e.fix)
     })?;
     if common.duration.is_zero() {
-        return Err(Failure::input(
-            "--duration: a fault of zero duration does nothing",
-            "give a duration such as 30s",
-        )
-        .into());
+        return Err(
+            Failure::input("--duration: a fault of zero duration does nothing", "give a duration such as 30s").into()
+        );
     }
     if common.lease < Duration::from_millis(300) || common.lease > Duration::from_secs(300) {
-        return Err(Failure::input(
-            "--lease must be within 300ms..5m",
-            "1s-30s is typical; the default is 3s",
-        )
-        .into());
+        return Err(Failure::input("--lease must be within 300ms..5m", "1s-30s is typical; the default is 3s").into());
     }
-    let mut protect = if common.force {
-        Vec::new()
-    } else {
-        Protect::defaults()
-    };
+    let mut protect = if common.force { Vec::new() } else { Protect::defaults() };
     protect.extend(common.protect.iter().copied());
     let plan = Plan {
         name: format!("inject {}", kind.name()),

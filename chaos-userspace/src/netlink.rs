@@ -42,11 +42,7 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<bool> {
 
     // SAFETY: plain socket calls with buffers that outlive them.
     unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_ROUTE,
-        );
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_ROUTE);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }

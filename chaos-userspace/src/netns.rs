@@ -17,9 +17,7 @@ use serde::Serialize;
 pub const NETNS_RUN_DIR: &str = "/var/run/netns";
 
 /// A namespace's identity: device and inode of its nsfs file.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct NetnsId {
     pub dev: u64,
     pub ino: u64,
@@ -37,14 +35,7 @@ impl Netns {
     pub fn open(path: &Path) -> std::io::Result<Self> {
         let file = File::open(path)?;
         let meta = file.metadata()?;
-        Ok(Self {
-            path: path.to_owned(),
-            id: NetnsId {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            },
-            file,
-        })
+        Ok(Self { path: path.to_owned(), id: NetnsId { dev: meta.dev(), ino: meta.ino() }, file })
     }
 
     /// The namespace of the calling thread.
@@ -58,11 +49,8 @@ impl Netns {
         if previous.id == self.id {
             return Ok(NetnsGuard { previous: None });
         }
-        setns(&self.file)
-            .with_context(|| format!("entering network namespace {}", self.path.display()))?;
-        Ok(NetnsGuard {
-            previous: Some(previous),
-        })
+        setns(&self.file).with_context(|| format!("entering network namespace {}", self.path.display()))?;
+        Ok(NetnsGuard { previous: Some(previous) })
     }
 }
 
@@ -85,10 +73,7 @@ impl Drop for NetnsGuard {
             // Failing to return would leave the thread in the wrong namespace for every
             // later operation; there is no safe way to go on.
             if let Err(e) = setns(&previous.file) {
-                eprintln!(
-                    "chaos-ebpf: cannot return to network namespace {}: {e}",
-                    previous.path.display()
-                );
+                eprintln!("chaos-ebpf: cannot return to network namespace {}: {e}", previous.path.display());
                 std::process::abort();
             }
         }
@@ -131,9 +116,7 @@ pub fn interfaces() -> Result<Vec<Interface>> {
             break;
         }
         // SAFETY: if_name is a NUL-terminated string owned by the array.
-        let name = unsafe { CStr::from_ptr(entry.if_name) }
-            .to_string_lossy()
-            .into_owned();
+        let name = unsafe { CStr::from_ptr(entry.if_name) }.to_string_lossy().into_owned();
         out.push((name, entry.if_index));
         i += 1;
     }
@@ -142,12 +125,7 @@ pub fn interfaces() -> Result<Vec<Interface>> {
     out.into_iter()
         .map(|(name, index)| {
             let (hw_type, up) = link_kind(&name)?;
-            Ok(Interface {
-                name,
-                index,
-                hw_type,
-                up,
-            })
+            Ok(Interface { name, index, hw_type, up })
         })
         .collect()
 }
@@ -158,24 +136,16 @@ fn link_kind(name: &str) -> Result<(u16, bool)> {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return Err(std::io::Error::last_os_error())
-                .context("opening a socket for interface queries");
+            return Err(std::io::Error::last_os_error()).context("opening a socket for interface queries");
         }
         let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req
-            .ifr_name
-            .iter_mut()
-            .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-        {
+        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
             *dst = src as libc::c_char;
         }
-        let hw = if libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) == 0 {
-            req.ifr_ifru.ifru_hwaddr.sa_family
-        } else {
-            0
-        };
-        let up = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0
-            && (req.ifr_ifru.ifru_flags as i32 & libc::IFF_UP) != 0;
+        let hw =
+            if libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) == 0 { req.ifr_ifru.ifru_hwaddr.sa_family } else { 0 };
+        let up =
+            libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 && (req.ifr_ifru.ifru_flags as i32 & libc::IFF_UP) != 0;
         libc::close(fd);
         Ok((hw, up))
     }
@@ -193,19 +163,10 @@ pub fn all_namespaces() -> Vec<Netns> {
         candidates.extend(
             entries
                 .flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                })
+                .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
                 .map(|e| e.path().join("ns/net")),
         );
     }
     let mut seen = std::collections::BTreeSet::new();
-    candidates
-        .into_iter()
-        .filter_map(|p| Netns::open(&p).ok())
-        .filter(|ns| seen.insert(ns.id))
-        .collect()
+    candidates.into_iter().filter_map(|p| Netns::open(&p).ok()).filter(|ns| seen.insert(ns.id)).collect()
 }

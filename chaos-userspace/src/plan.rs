@@ -28,28 +28,14 @@ impl Protect {
     /// SSH and the Kubernetes API server.
     pub fn defaults() -> Vec<Protect> {
         vec![
-            Protect {
-                proto: "tcp",
-                ports: PortRange { lo: 22, hi: 22 },
-            },
-            Protect {
-                proto: "tcp",
-                ports: PortRange { lo: 6443, hi: 6443 },
-            },
+            Protect { proto: "tcp", ports: PortRange { lo: 22, hi: 22 } },
+            Protect { proto: "tcp", ports: PortRange { lo: 6443, hi: 6443 } },
         ]
     }
 
     pub fn entry(&self) -> ProtectedPorts {
-        let proto = if self.proto == "udp" {
-            common::proto::UDP
-        } else {
-            common::proto::TCP
-        };
-        ProtectedPorts {
-            proto,
-            port_lo: self.ports.lo,
-            port_hi: self.ports.hi,
-        }
+        let proto = if self.proto == "udp" { common::proto::UDP } else { common::proto::TCP };
+        ProtectedPorts { proto, port_lo: self.ports.lo, port_hi: self.ports.hi }
     }
 }
 
@@ -66,10 +52,7 @@ impl FromStr for Protect {
                 })
             }
         };
-        Ok(Protect {
-            proto,
-            ports: ports.parse()?,
-        })
+        Ok(Protect { proto, ports: ports.parse()? })
     }
 }
 
@@ -117,9 +100,7 @@ impl Plan {
     /// The seed to use: the plan's, or one drawn from the clock.
     pub fn seed_or_random(&self) -> u64 {
         self.seed.unwrap_or_else(|| {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             // Mixed so that runs a few ns apart still differ in every bit.
             common::siphash24(t.as_nanos() as u64, std::process::id() as u64, &[0])
         })
@@ -143,10 +124,7 @@ impl Plan {
                         .iter()
                         .map(|p| {
                             let (len, _) = p.trie_entry(0);
-                            format!(
-                                "{p} -> trie prefix {len} (32 slot bits + {} address bits)",
-                                len - 32
-                            )
+                            format!("{p} -> trie prefix {len} (32 slot bits + {} address bits)", len - 32)
                         })
                         .collect(),
                 }
@@ -166,27 +144,15 @@ impl Plan {
         let _ = writeln!(
             out,
             "seed {seed}{}; lease {}; attach {:?}",
-            if seed_given {
-                ""
-            } else {
-                " (none in the file: drawn now, a run draws its own and prints it)"
-            },
+            if seed_given { "" } else { " (none in the file: drawn now, a run draws its own and prints it)" },
             spec::format_duration(self.lease),
             self.attach
         );
-        let protect: Vec<String> = self
-            .protect
-            .iter()
-            .map(|p| format!("{}:{}", p.proto, p.ports))
-            .collect();
+        let protect: Vec<String> = self.protect.iter().map(|p| format!("{}:{}", p.proto, p.ports)).collect();
         let _ = writeln!(
             out,
             "protected: {}",
-            if protect.is_empty() {
-                "nothing (force)".into()
-            } else {
-                protect.join(", ")
-            }
+            if protect.is_empty() { "nothing (force)".into() } else { protect.join(", ") }
         );
         if let Some(lab) = &self.lab {
             let _ = writeln!(out, "lab: {}", lab.describe());
@@ -205,22 +171,35 @@ impl Plan {
                 let _ = writeln!(out, "                        (no fault)");
             }
             for f in &step.faults {
-                let _ = writeln!(
-                    out,
-                    "                        rule {}: {}",
-                    f.rule_id,
-                    f.spec.describe()
-                );
+                let _ = writeln!(out, "                        rule {}: {}", f.rule_id, f.spec.describe());
             }
         }
-        let _ = writeln!(out, "\nmap entries (CHAOS_RULES; ifindex and cgroup filled in when targets resolve at run time):");
+        let _ = writeln!(
+            out,
+            "\nmap entries (CHAOS_RULES; ifindex and cgroup filled in when targets resolve at run time):"
+        );
         for e in self.entries(seed) {
             let r = &e.rule;
             let _ = writeln!(
                 out,
                 "  rule {} [{}]: action={} flags={} directions={} proto={} ports={}-{} loss_threshold={:#018x}{}",
-                e.rule_id, e.step, r.action, r.flags, r.directions, r.proto, r.port_lo, r.port_hi, r.loss_threshold,
-                if r.burst_enter != 0 { format!(" burst_enter={:#x} burst_exit={:#x} burst_loss={:#x}", r.burst_enter, r.burst_exit, r.burst_loss) } else { String::new() }
+                e.rule_id,
+                e.step,
+                r.action,
+                r.flags,
+                r.directions,
+                r.proto,
+                r.port_lo,
+                r.port_hi,
+                r.loss_threshold,
+                if r.burst_enter != 0 {
+                    format!(
+                        " burst_enter={:#x} burst_exit={:#x} burst_loss={:#x}",
+                        r.burst_enter, r.burst_exit, r.burst_loss
+                    )
+                } else {
+                    String::new()
+                }
             );
             for p in &e.peers {
                 let _ = writeln!(out, "      peer {p}");
@@ -265,11 +244,9 @@ impl From<&common::Rule> for RuleView {
             _ => "none",
         };
         let mut flags = Vec::new();
-        for (bit, name) in [
-            (common::flags::SHADOW, "shadow"),
-            (common::flags::PEERS, "peers"),
-            (common::flags::BURST, "burst"),
-        ] {
+        for (bit, name) in
+            [(common::flags::SHADOW, "shadow"), (common::flags::PEERS, "peers"), (common::flags::BURST, "burst")]
+        {
             if r.flags & bit != 0 {
                 flags.push(name);
             }
@@ -281,11 +258,7 @@ impl From<&common::Rule> for RuleView {
         };
         RuleView {
             action: action.into(),
-            flags: if flags.is_empty() {
-                "-".into()
-            } else {
-                flags.join("|")
-            },
+            flags: if flags.is_empty() { "-".into() } else { flags.join("|") },
             directions: directions.into(),
             proto: r.proto,
             port_lo: r.port_lo,

@@ -41,33 +41,7 @@ pub struct RuleReport {
     pub rule_id: u32,
     pub fault: String,
     pub netns: String,
-    pub counters: Counters,
-}
-
-/// `RuleCounters` for reports.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct Counters {
-    pub seen: u64,
-    pub matched: u64,
-    pub dropped: u64,
-    pub passed: u64,
-    pub errors: u64,
-    pub expired: u64,
-    pub protected: u64,
-}
-
-impl From<RuleCounters> for Counters {
-    fn from(c: RuleCounters) -> Self {
-        Counters {
-            seen: c.seen,
-            matched: c.matched,
-            dropped: c.dropped,
-            passed: c.passed,
-            errors: c.errors,
-            expired: c.expired,
-            protected: c.protected,
-        }
-    }
+    pub counters: RuleCounters,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,20 +76,11 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     require_root("running faults")?;
     let seed = plan.seed_or_random();
     if options.progress {
-        eprintln!(
-            "chaos-ebpf: scenario {} seed {seed} ({} total)",
-            plan.name,
-            format_duration(plan.total_duration())
-        );
+        eprintln!("chaos-ebpf: scenario {} seed {seed} ({} total)", plan.name, format_duration(plan.total_duration()));
     }
     let interrupted = Arc::new(AtomicBool::new(false));
-    for signal in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(signal, interrupted.clone())
-            .context("installing signal handlers")?;
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(signal, interrupted.clone()).context("installing signal handlers")?;
     }
     let mode = plan.attach.resolve()?;
 
@@ -159,18 +124,11 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
         command: options.command.clone(),
         seed,
         lease_ms: plan.lease.as_millis() as u64,
-        instances: instances
-            .values()
-            .map(Instance::state)
-            .collect::<Result<_>>()?,
+        instances: instances.values().map(Instance::state).collect::<Result<_>>()?,
         rules: Vec::new(),
     };
     state_file.write(&run_state)?;
-    let program_ids: Vec<u32> = run_state
-        .instances
-        .iter()
-        .flat_map(|i| i.program_ids.clone())
-        .collect();
+    let program_ids: Vec<u32> = run_state.instances.iter().flat_map(|i| i.program_ids.clone()).collect();
 
     let probe = lab.as_ref().map(Lab::start_probe).transpose()?.flatten();
     let renew_every = plan.lease / 3;
@@ -204,11 +162,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                         peers: fault.spec.peers.clone(),
                     }),
                     Err(e) => {
-                        outcome = Err(e.context(format!(
-                            "installing rule {} ({})",
-                            fault.rule_id,
-                            fault.spec.describe()
-                        )));
+                        outcome =
+                            Err(e.context(format!("installing rule {} ({})", fault.rule_id, fault.spec.describe())));
                         remove_rules(&mut instances, &active);
                         break 'steps;
                     }
@@ -235,26 +190,16 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
             if interrupted.load(Ordering::Relaxed) {
                 break;
             }
-            std::thread::sleep(
-                Duration::from_millis(50).min(step.duration.saturating_sub(step_start.elapsed())),
-            );
+            std::thread::sleep(Duration::from_millis(50).min(step.duration.saturating_sub(step_start.elapsed())));
             if last_renew.elapsed() >= renew_every {
                 for a in &active {
-                    if let Err(e) = instances
-                        .get_mut(&a.netns)
-                        .expect("loaded")
-                        .renew(a.slot, plan.lease)
-                    {
+                    if let Err(e) = instances.get_mut(&a.netns).expect("loaded").renew(a.slot, plan.lease) {
                         outcome = Err(e.context("renewing a lease"));
                     }
                 }
                 last_renew = Instant::now();
             }
-            let progress_every = if tty {
-                Duration::from_millis(500)
-            } else {
-                Duration::from_secs(5)
-            };
+            let progress_every = if tty { Duration::from_millis(500) } else { Duration::from_secs(5) };
             if options.progress && last_progress.elapsed() >= progress_every {
                 let line = progress_line(
                     run_start.elapsed(),
@@ -262,9 +207,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                     &step.name,
                     &active,
                     &instances,
-                    probe
-                        .as_ref()
-                        .map(|p| p.counts().since(probe_start.as_ref().unwrap())),
+                    probe.as_ref().map(|p| p.counts().since(probe_start.as_ref().unwrap())),
                 );
                 if tty {
                     eprint!("\r\x1b[2K{line}");
@@ -286,10 +229,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 rule_id: a.rule_id,
                 fault: a.fault.clone(),
                 netns: instances[&a.netns].netns.path.display().to_string(),
-                counters: instances[&a.netns]
-                    .counters(a.slot)
-                    .map(Counters::from)
-                    .unwrap_or_default(),
+                counters: instances[&a.netns].counters(a.slot).unwrap_or_default(),
             })
             .collect();
         remove_rules(&mut instances, &active);
@@ -297,9 +237,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
             name: step.name.clone(),
             seconds: step_start.elapsed().as_secs_f64(),
             rules,
-            probe: probe
-                .as_ref()
-                .map(|p| p.counts().since(probe_start.as_ref().unwrap())),
+            probe: probe.as_ref().map(|p| p.counts().since(probe_start.as_ref().unwrap())),
         };
         if options.progress {
             eprintln!("chaos-ebpf: step {} done", report.name);
@@ -319,22 +257,13 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     drop(lab);
     let clean = verify_gone(&program_ids);
     drop(state_file);
-    let report = RunReport {
-        scenario: plan.name.clone(),
-        seed,
-        interrupted: interrupted.load(Ordering::Relaxed),
-        steps,
-        clean,
-    };
+    let report =
+        RunReport { scenario: plan.name.clone(), seed, interrupted: interrupted.load(Ordering::Relaxed), steps, clean };
     outcome?;
     if !revert_errors.is_empty() || !clean {
         return Err(anyhow!(
             "the faults ended but the revert is not verified clean ({}); run `chaos-ebpf cleanup`",
-            if revert_errors.is_empty() {
-                "programs still attached".into()
-            } else {
-                revert_errors.join("; ")
-            }
+            if revert_errors.is_empty() { "programs still attached".into() } else { revert_errors.join("; ") }
         ));
     }
     Ok(report)
@@ -355,9 +284,7 @@ fn remove_rules(instances: &mut BTreeMap<NetnsId, Instance>, active: &[ActiveRul
 fn verify_gone(program_ids: &[u32]) -> bool {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let alive = bpfsys::our_programs()
-            .iter()
-            .any(|(id, _)| program_ids.contains(id));
+        let alive = bpfsys::our_programs().iter().any(|(id, _)| program_ids.contains(id));
         if !alive {
             return true;
         }
@@ -376,17 +303,10 @@ fn progress_line(
     instances: &BTreeMap<NetnsId, Instance>,
     probe: Option<ProbeCounts>,
 ) -> String {
-    let mut line = format!(
-        "[{:>6.1}s / {}] {step}",
-        elapsed.as_secs_f64(),
-        format_duration(total)
-    );
+    let mut line = format!("[{:>6.1}s / {}] {step}", elapsed.as_secs_f64(), format_duration(total));
     for a in active {
         if let Ok(c) = instances[&a.netns].counters(a.slot) {
-            line += &format!(
-                " | rule {}: matched {} dropped {}",
-                a.rule_id, c.matched, c.dropped
-            );
+            line += &format!(" | rule {}: matched {} dropped {}", a.rule_id, c.matched, c.dropped);
         }
     }
     if let Some(p) = probe {
@@ -437,23 +357,12 @@ pub fn render_report(report: &RunReport) -> String {
         "scenario {} seed {}: {}",
         report.scenario,
         report.seed,
-        if report.interrupted {
-            "interrupted, every fault reverted"
-        } else {
-            "completed"
-        }
+        if report.interrupted { "interrupted, every fault reverted" } else { "completed" }
     );
     for step in &report.steps {
         out += "\n";
         out += &render_step(step);
     }
-    out += &format!(
-        "\nrevert verified: {}",
-        if report.clean {
-            "nothing left attached"
-        } else {
-            "NOT clean"
-        }
-    );
+    out += &format!("\nrevert verified: {}", if report.clean { "nothing left attached" } else { "NOT clean" });
     out
 }

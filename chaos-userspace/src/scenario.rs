@@ -21,9 +21,7 @@ use crate::{
     loader::AttachMode,
     locate::{locate, Seg},
     plan::{Plan, PlannedFault, PlannedStep, Protect},
-    spec::{
-        self, BadValue, Direction, FaultKind, PartitionMode, PortRange, Proto, RawFault, TargetSpec,
-    },
+    spec::{self, BadValue, Direction, FaultKind, PartitionMode, PortRange, Proto, RawFault, TargetSpec},
 };
 
 /// Most steps one scenario may have; a typo'd generator should not plan a year.
@@ -88,11 +86,7 @@ pub struct ScenarioError {
 
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}\n  fix: {}",
-            self.file, self.line, self.column, self.problem, self.fix
-        )
+        write!(f, "{}:{}:{}: {}\n  fix: {}", self.file, self.line, self.column, self.problem, self.fix)
     }
 }
 
@@ -116,18 +110,8 @@ pub fn parse(file: &str, source: &str) -> Result<Plan, ScenarioError> {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = e.to_string();
         // serde_yaml appends " at line L column C"; the position is printed up front.
-        let problem = message
-            .split(" at line ")
-            .next()
-            .unwrap_or(&message)
-            .to_owned();
-        ScenarioError {
-            file: file.into(),
-            line,
-            column,
-            fix: fix_for_serde(&problem),
-            problem,
-        }
+        let problem = message.split(" at line ").next().unwrap_or(&message).to_owned();
+        ScenarioError { file: file.into(), line, column, fix: fix_for_serde(&problem), problem }
     })?;
     Validator { file, source }.validate(raw)
 }
@@ -150,37 +134,20 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn error(
-        &self,
-        path: &[Seg],
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> ScenarioError {
+    fn error(&self, path: &[Seg], problem: impl Into<String>, fix: impl Into<String>) -> ScenarioError {
         let (line, column) = locate(self.source, path);
-        ScenarioError {
-            file: self.file.into(),
-            line,
-            column,
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        ScenarioError { file: self.file.into(), line, column, problem: problem.into(), fix: fix.into() }
     }
 
-    fn parse_at<T: FromStr<Err = BadValue>>(
-        &self,
-        path: &[Seg],
-        text: &str,
-    ) -> Result<T, ScenarioError> {
-        text.parse::<T>()
-            .map_err(|e| self.error(path, e.problem, e.fix))
+    fn parse_at<T: FromStr<Err = BadValue>>(&self, path: &[Seg], text: &str) -> Result<T, ScenarioError> {
+        text.parse::<T>().map_err(|e| self.error(path, e.problem, e.fix))
     }
 
     fn validate(&self, raw: RawScenario) -> Result<Plan, ScenarioError> {
         let lease = match &raw.lease {
             None => crate::plan::DEFAULT_LEASE,
             Some(text) => {
-                let d = spec::parse_duration(text)
-                    .map_err(|e| self.error(&[Seg::Key("lease")], e.problem, e.fix))?;
+                let d = spec::parse_duration(text).map_err(|e| self.error(&[Seg::Key("lease")], e.problem, e.fix))?;
                 if d < Duration::from_millis(300) || d > Duration::from_secs(300) {
                     return Err(self.error(
                         &[Seg::Key("lease")],
@@ -191,17 +158,12 @@ impl Validator<'_> {
                 d
             }
         };
-        let mut protect = if raw.force {
-            Vec::new()
-        } else {
-            Protect::defaults()
-        };
+        let mut protect = if raw.force { Vec::new() } else { Protect::defaults() };
         for (i, text) in raw.protect.iter().enumerate() {
             protect.push(self.parse_at(&[Seg::Key("protect"), Seg::Index(i)], text)?);
         }
         if let Some(lab) = &raw.lab {
-            lab.validate()
-                .map_err(|e| self.error(&[Seg::Key("lab"), Seg::Key(e.field)], e.problem, e.fix))?;
+            lab.validate().map_err(|e| self.error(&[Seg::Key("lab"), Seg::Key(e.field)], e.problem, e.fix))?;
         }
         let mut targets = BTreeMap::new();
         for (name, text) in &raw.targets {
@@ -236,8 +198,8 @@ impl Validator<'_> {
         let mut next_rule_id = 1;
         for (i, step) in raw.steps.into_iter().enumerate() {
             let at = |key: &'static str| [Seg::Key("steps"), Seg::Index(i), Seg::Key(key)];
-            let duration = spec::parse_duration(&step.duration)
-                .map_err(|e| self.error(&at("duration"), e.problem, e.fix))?;
+            let duration =
+                spec::parse_duration(&step.duration).map_err(|e| self.error(&at("duration"), e.problem, e.fix))?;
             if duration.is_zero() {
                 return Err(self.error(
                     &at("duration"),
@@ -245,18 +207,11 @@ impl Validator<'_> {
                     "give a duration such as 10s",
                 ));
             }
-            let name = step
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("step-{}", i + 1));
+            let name = step.name.clone().unwrap_or_else(|| format!("step-{}", i + 1));
             let mut faults = Vec::new();
             if step.fault != "none" {
                 let kind: FaultKind = step.fault.parse().map_err(|e: BadValue| {
-                    self.error(
-                        &at("fault"),
-                        e.problem,
-                        format!("{} (or none for a pause)", e.fix),
-                    )
+                    self.error(&at("fault"), e.problem, format!("{} (or none for a pause)", e.fix))
                 })?;
                 let target = match &step.target {
                     None => {
@@ -274,22 +229,20 @@ impl Validator<'_> {
                             return Err(self.error(
                                 &at("target"),
                                 format!("unknown target '{t}'"),
-                                format!("use one of the names under targets: ({}) or write KIND:VALUE ({})", known.join(", "), TargetSpec::KINDS),
+                                format!(
+                                    "use one of the names under targets: ({}) or write KIND:VALUE ({})",
+                                    known.join(", "),
+                                    TargetSpec::KINDS
+                                ),
                             ));
                         }
                     },
                 };
                 let mut peers = Vec::new();
                 for (j, text) in step.peers.iter().enumerate() {
-                    peers.push(self.parse_at(
-                        &[
-                            Seg::Key("steps"),
-                            Seg::Index(i),
-                            Seg::Key("peers"),
-                            Seg::Index(j),
-                        ],
-                        text,
-                    )?);
+                    peers.push(
+                        self.parse_at(&[Seg::Key("steps"), Seg::Index(i), Seg::Key("peers"), Seg::Index(j)], text)?,
+                    );
                 }
                 let raw_fault = RawFault {
                     kind: Some(kind),
@@ -298,22 +251,10 @@ impl Validator<'_> {
                     burst_enter: step.burst.as_ref().map(|b| b.enter),
                     burst_exit: step.burst.as_ref().map(|b| b.exit),
                     burst_loss: step.burst.as_ref().and_then(|b| b.loss),
-                    mode: step
-                        .mode
-                        .as_deref()
-                        .map(|m| self.parse_at::<PartitionMode>(&at("mode"), m))
-                        .transpose()?,
+                    mode: step.mode.as_deref().map(|m| self.parse_at::<PartitionMode>(&at("mode"), m)).transpose()?,
                     peers,
-                    proto: step
-                        .proto
-                        .as_deref()
-                        .map(|p| self.parse_at::<Proto>(&at("proto"), p))
-                        .transpose()?,
-                    ports: step
-                        .ports
-                        .as_deref()
-                        .map(|p| self.parse_at::<PortRange>(&at("ports"), p))
-                        .transpose()?,
+                    proto: step.proto.as_deref().map(|p| self.parse_at::<Proto>(&at("proto"), p)).transpose()?,
+                    ports: step.ports.as_deref().map(|p| self.parse_at::<PortRange>(&at("ports"), p)).transpose()?,
                     direction: step
                         .direction
                         .as_deref()
@@ -323,16 +264,14 @@ impl Validator<'_> {
                 };
                 let fault = raw_fault.validate().map_err(|e| {
                     let key = match e.field {
-                        "fault" | "target" | "probability" | "burst" | "mode" | "proto"
-                        | "ports" | "direction" => e.field,
+                        "fault" | "target" | "probability" | "burst" | "mode" | "proto" | "ports" | "direction" => {
+                            e.field
+                        }
                         _ => "fault",
                     };
                     self.error(&at(key), e.problem, e.fix)
                 })?;
-                faults.push(PlannedFault {
-                    rule_id: next_rule_id,
-                    spec: fault,
-                });
+                faults.push(PlannedFault { rule_id: next_rule_id, spec: fault });
                 next_rule_id += 1;
             } else if step.target.is_some() || step.probability.is_some() || step.mode.is_some() {
                 return Err(self.error(
@@ -341,12 +280,7 @@ impl Validator<'_> {
                     "remove them, or name a fault",
                 ));
             }
-            steps.push(PlannedStep {
-                name,
-                start,
-                duration,
-                faults,
-            });
+            steps.push(PlannedStep { name, start, duration, faults });
             start += duration;
         }
         Ok(Plan {

@@ -16,10 +16,7 @@ pub struct BadValue {
 
 impl BadValue {
     fn new(problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        Self { problem: problem.into(), fix: fix.into() }
     }
 }
 
@@ -58,10 +55,9 @@ impl FromStr for FaultKind {
             "loss" => Ok(FaultKind::Loss),
             "partition" => Ok(FaultKind::Partition),
             "blackhole" => Ok(FaultKind::Blackhole),
-            other => Err(BadValue::new(
-                format!("unknown fault '{other}'"),
-                format!("use one of: {}", FaultKind::NAMES),
-            )),
+            other => {
+                Err(BadValue::new(format!("unknown fault '{other}'"), format!("use one of: {}", FaultKind::NAMES)))
+            }
         }
     }
 }
@@ -122,10 +118,9 @@ impl FromStr for Proto {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
             "icmp" => Ok(Proto::Icmp),
-            other => Err(BadValue::new(
-                format!("unknown protocol '{other}'"),
-                "use tcp, udp, icmp (ICMP and ICMPv6) or any",
-            )),
+            other => {
+                Err(BadValue::new(format!("unknown protocol '{other}'"), "use tcp, udp, icmp (ICMP and ICMPv6) or any"))
+            }
         }
     }
 }
@@ -176,10 +171,7 @@ impl FromStr for PortRange {
         let fix = "write a port (443) or an inclusive range (8000-8100), ports 1-65535";
         let port = |p: &str| -> Result<u16, BadValue> {
             match p.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(BadValue::new(
-                    format!("'{s}' is not a port or port range"),
-                    fix,
-                )),
+                Ok(0) | Err(_) => Err(BadValue::new(format!("'{s}' is not a port or port range"), fix)),
                 Ok(v) => Ok(v),
             }
         };
@@ -191,10 +183,7 @@ impl FromStr for PortRange {
             }
         };
         if lo > hi {
-            return Err(BadValue::new(
-                format!("port range '{s}' runs backwards"),
-                "write the lower port first",
-            ));
+            return Err(BadValue::new(format!("port range '{s}' runs backwards"), "write the lower port first"));
         }
         Ok(PortRange { lo, hi })
     }
@@ -224,10 +213,7 @@ impl Cidr {
             IpAddr::V4(v4) => (v4.to_ipv6_mapped().octets(), 96 + self.len as u32),
             IpAddr::V6(v6) => (v6.octets(), self.len as u32),
         };
-        (
-            common::PeerKeyData::SLOT_BITS + len,
-            common::PeerKeyData::new(slot, addr),
-        )
+        (common::PeerKeyData::SLOT_BITS + len, common::PeerKeyData::new(slot, addr))
     }
 }
 
@@ -239,20 +225,14 @@ impl FromStr for Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| BadValue::new(format!("'{s}' is not an IP address or CIDR"), fix))?;
+        let addr: IpAddr =
+            addr.parse().map_err(|_| BadValue::new(format!("'{s}' is not an IP address or CIDR"), fix))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
             Some(l) => match l.parse::<u8>() {
                 Ok(v) if v <= max => v,
-                _ => {
-                    return Err(BadValue::new(
-                        format!("prefix length in '{s}' must be 0-{max}"),
-                        fix,
-                    ))
-                }
+                _ => return Err(BadValue::new(format!("prefix length in '{s}' must be 0-{max}"), fix)),
             },
         };
         Ok(Cidr { addr, len })
@@ -303,10 +283,7 @@ impl FromStr for TargetSpec {
             return Err(BadValue::new(format!("target '{s}' has no kind"), fix));
         };
         if value.is_empty() {
-            return Err(BadValue::new(
-                format!("target '{s}' has no value after '{kind}:'"),
-                fix,
-            ));
+            return Err(BadValue::new(format!("target '{s}' has no value after '{kind}:'"), fix));
         }
         match kind {
             "iface" => Ok(TargetSpec::Iface(value.to_owned())),
@@ -314,10 +291,7 @@ impl FromStr for TargetSpec {
             "cgroup" => Ok(TargetSpec::Cgroup(value.to_owned())),
             "pid" => match value.parse::<u32>() {
                 Ok(pid) if pid > 0 => Ok(TargetSpec::Pid(pid)),
-                _ => Err(BadValue::new(
-                    format!("'{value}' is not a process id"),
-                    "write pid:1234",
-                )),
+                _ => Err(BadValue::new(format!("'{value}' is not a process id"), "write pid:1234")),
             },
             other => Err(BadValue::new(format!("unknown target kind '{other}'"), fix)),
         }
@@ -349,8 +323,7 @@ pub fn parse_probability(s: &str) -> Result<f64, BadValue> {
         None => s.trim().parse::<f64>(),
     }
     .map_err(|_| BadValue::new(format!("'{s}' is not a probability"), fix))?;
-    check_probability(value)
-        .map_err(|_| BadValue::new(format!("probability {s} is outside 0..1"), fix))
+    check_probability(value).map_err(|_| BadValue::new(format!("probability {s} is outside 0..1"), fix))
 }
 
 pub fn check_probability(value: f64) -> Result<f64, BadValue> {
@@ -366,19 +339,11 @@ pub fn check_probability(value: f64) -> Result<f64, BadValue> {
 
 /// `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
-    let bad = || {
-        BadValue::new(
-            format!("'{s}' is not a duration"),
-            "write a duration such as 500ms, 30s, 5m, 1h or 1m30s",
-        )
-    };
+    let bad =
+        || BadValue::new(format!("'{s}' is not a duration"), "write a duration such as 500ms, 30s, 5m, 1h or 1m30s");
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 {
-            Ok(Duration::from_secs_f64(secs))
-        } else {
-            Err(bad())
-        };
+        return if secs.is_finite() && secs >= 0.0 { Ok(Duration::from_secs_f64(secs)) } else { Err(bad()) };
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -386,17 +351,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
         if digits == 0 {
             return Err(bad());
         }
         let value: f64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -480,30 +441,18 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            field,
-            problem: problem.into(),
-            fix: fix.into(),
-        }
+        Self { field, problem: problem.into(), fix: fix.into() }
     }
 }
 
 impl RawFault {
     /// Checks the combination of fields; pure, touches nothing.
     pub fn validate(&self) -> Result<FaultSpec, FieldError> {
-        let kind = self.kind.ok_or_else(|| {
-            FieldError::new(
-                "fault",
-                "no fault given",
-                format!("name one of: {}", FaultKind::NAMES),
-            )
-        })?;
+        let kind = self
+            .kind
+            .ok_or_else(|| FieldError::new("fault", "no fault given", format!("name one of: {}", FaultKind::NAMES)))?;
         let target = self.target.clone().ok_or_else(|| {
-            FieldError::new(
-                "target",
-                "no target given",
-                format!("add a target: {}", TargetSpec::KINDS),
-            )
+            FieldError::new("target", "no target given", format!("add a target: {}", TargetSpec::KINDS))
         })?;
         let only = |field: &'static str, set: bool, owner: &str| -> Result<(), FieldError> {
             if set {
@@ -516,8 +465,7 @@ impl RawFault {
                 Ok(())
             }
         };
-        let burst_set =
-            self.burst_enter.is_some() || self.burst_exit.is_some() || self.burst_loss.is_some();
+        let burst_set = self.burst_enter.is_some() || self.burst_exit.is_some() || self.burst_loss.is_some();
         if kind != FaultKind::Loss {
             only("probability", self.probability.is_some(), "loss")?;
             only("burst", burst_set, "loss")?;
@@ -527,18 +475,10 @@ impl RawFault {
         }
         let proto = self.proto.unwrap_or_default();
         if self.ports.is_some() && !matches!(proto, Proto::Tcp | Proto::Udp) {
-            return Err(FieldError::new(
-                "ports",
-                "a port range needs a protocol with ports",
-                "add proto tcp or udp",
-            ));
+            return Err(FieldError::new("ports", "a port range needs a protocol with ports", "add proto tcp or udp"));
         }
         let egress_only = target.egress_only();
-        let default_direction = if egress_only {
-            Direction::Egress
-        } else {
-            Direction::Both
-        };
+        let default_direction = if egress_only { Direction::Egress } else { Direction::Both };
         let mut direction = self.direction.unwrap_or(default_direction);
         let mut probability = None;
         let mut burst = None;
@@ -552,10 +492,7 @@ impl RawFault {
                         "add probability 0.3 (any value 0..1)",
                     )
                 })?;
-                probability = Some(
-                    check_probability(p)
-                        .map_err(|e| FieldError::new("probability", e.problem, e.fix))?,
-                );
+                probability = Some(check_probability(p).map_err(|e| FieldError::new("probability", e.problem, e.fix))?);
                 if burst_set {
                     let (Some(enter), Some(exit)) = (self.burst_enter, self.burst_exit) else {
                         return Err(FieldError::new(
@@ -566,8 +503,7 @@ impl RawFault {
                     };
                     let loss = self.burst_loss.unwrap_or(1.0);
                     for value in [enter, exit, loss] {
-                        check_probability(value)
-                            .map_err(|e| FieldError::new("burst", e.problem, e.fix))?;
+                        check_probability(value).map_err(|e| FieldError::new("burst", e.problem, e.fix))?;
                     }
                     burst = Some(Burst { enter, exit, loss });
                 }
@@ -692,26 +628,11 @@ impl FaultSpec {
             out += &format!(" burst(enter={} exit={} loss={})", b.enter, b.exit, b.loss);
         }
         if let Some(m) = self.mode {
-            out += &format!(
-                " mode={}",
-                serde_json::to_value(m).unwrap().as_str().unwrap_or("")
-            );
+            out += &format!(" mode={}", serde_json::to_value(m).unwrap().as_str().unwrap_or(""));
         }
-        out += &format!(
-            " dir={}",
-            serde_json::to_value(self.direction)
-                .unwrap()
-                .as_str()
-                .unwrap_or("")
-        );
+        out += &format!(" dir={}", serde_json::to_value(self.direction).unwrap().as_str().unwrap_or(""));
         if self.proto != Proto::Any {
-            out += &format!(
-                " proto={}",
-                serde_json::to_value(self.proto)
-                    .unwrap()
-                    .as_str()
-                    .unwrap_or("")
-            );
+            out += &format!(" proto={}", serde_json::to_value(self.proto).unwrap().as_str().unwrap_or(""));
         }
         if let Some(ports) = self.ports {
             out += &format!(" ports={ports}");
@@ -732,11 +653,7 @@ mod tests {
     use super::*;
 
     fn raw(kind: FaultKind, target: &str) -> RawFault {
-        RawFault {
-            kind: Some(kind),
-            target: Some(target.parse().unwrap()),
-            ..RawFault::default()
-        }
+        RawFault { kind: Some(kind), target: Some(target.parse().unwrap()), ..RawFault::default() }
     }
 
     #[test]
@@ -751,10 +668,7 @@ mod tests {
         assert_eq!(parse_probability("30%").unwrap(), 0.3);
         assert!(parse_probability("1.5").is_err());
         assert!(parse_probability("NaN").is_err());
-        assert_eq!(
-            "443".parse::<PortRange>().unwrap(),
-            PortRange { lo: 443, hi: 443 }
-        );
+        assert_eq!("443".parse::<PortRange>().unwrap(), PortRange { lo: 443, hi: 443 });
         assert!("9-1".parse::<PortRange>().is_err());
         assert!("0".parse::<PortRange>().is_err());
         assert!("70000".parse::<PortRange>().is_err());
@@ -823,10 +737,7 @@ mod tests {
         assert_eq!(rule.loss_threshold, 1 << 63);
         assert_eq!(rule.burst_loss, u64::MAX);
         assert_eq!(rule.flags, common::flags::BURST);
-        assert_eq!(
-            (rule.proto, rule.port_lo, rule.port_hi, rule.ifindex),
-            (17, 443, 443, 5)
-        );
+        assert_eq!((rule.proto, rule.port_lo, rule.port_hi, rule.ifindex), (17, 443, 443, 5));
 
         let (len, key) = "198.51.100.0/24".parse::<Cidr>().unwrap().trie_entry(2);
         assert_eq!(len, 32 + 96 + 24);

@@ -62,18 +62,14 @@ pub struct StateFile {
 impl StateFile {
     pub fn create() -> Result<Self> {
         fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
-        Ok(Self {
-            path: Path::new(STATE_DIR).join(format!("{}.json", std::process::id())),
-        })
+        Ok(Self { path: Path::new(STATE_DIR).join(format!("{}.json", std::process::id())) })
     }
 
     /// Replaces the file atomically (write, then rename).
     pub fn write(&self, state: &RunState) -> Result<()> {
         let tmp = self.path.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(state)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &self.path)
-            .with_context(|| format!("renaming to {}", self.path.display()))?;
+        fs::write(&tmp, serde_json::to_vec_pretty(state)?).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &self.path).with_context(|| format!("renaming to {}", self.path.display()))?;
         Ok(())
     }
 }
@@ -122,10 +118,7 @@ pub fn process_state(pid: u32) -> ProcessState {
     }
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state letter follows the parenthesised command name.
-    match stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next())
-    {
+    match stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) {
         Some('T') | Some('t') => ProcessState::Stopped,
         Some('Z') | Some('X') | None => ProcessState::Gone,
         Some(_) => ProcessState::Running,
@@ -133,7 +126,5 @@ pub fn process_state(pid: u32) -> ProcessState {
 }
 
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

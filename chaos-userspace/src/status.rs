@@ -10,7 +10,6 @@ use serde::Serialize;
 use crate::{
     bpfsys::{self, OurLink},
     error::require_root,
-    runner::Counters,
     state::{self, ProcessState, RunState},
 };
 
@@ -20,7 +19,7 @@ struct RuleStatus {
     fault: String,
     netns: String,
     remaining_s: f64,
-    counters: Option<Counters>,
+    counters: Option<RuleCounters>,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,9 +42,7 @@ struct Status {
 
 /// Counters of `slot` in the counters map used by program `program_id`.
 fn read_counters(program_id: u32, slot: u32) -> Option<RuleCounters> {
-    let info = aya::programs::loaded_programs()
-        .flatten()
-        .find(|p| p.id() == program_id)?;
+    let info = aya::programs::loaded_programs().flatten().find(|p| p.id() == program_id)?;
     for map_id in info.map_ids().ok()??.into_iter() {
         let map_info = MapInfo::from_id(map_id).ok()?;
         if map_info.name_as_str() == Some(names::COUNTERS) {
@@ -72,14 +69,9 @@ fn run_status(state: &RunState) -> RunStatus {
             RuleStatus {
                 rule_id: r.rule_id,
                 fault: r.fault.clone(),
-                netns: instance
-                    .map(|i| i.netns.display().to_string())
-                    .unwrap_or_default(),
+                netns: instance.map(|i| i.netns.display().to_string()).unwrap_or_default(),
                 remaining_s: r.ends_unix_ms.saturating_sub(now) as f64 / 1000.0,
-                counters: instance
-                    .and_then(|i| i.program_ids.first())
-                    .and_then(|id| read_counters(*id, r.slot))
-                    .map(Counters::from),
+                counters: instance.and_then(|i| i.program_ids.first()).and_then(|id| read_counters(*id, r.slot)),
             }
         })
         .collect();
@@ -92,11 +84,7 @@ fn run_status(state: &RunState) -> RunStatus {
                 i.netns.display(),
                 i.mode,
                 i.interfaces.join(","),
-                if i.clsact_added.is_empty() {
-                    "no qdisc added"
-                } else {
-                    "clsact added"
-                }
+                if i.clsact_added.is_empty() { "no qdisc added" } else { "clsact added" }
             )
         })
         .collect();
@@ -126,10 +114,7 @@ pub fn run(json: bool) -> Result<i32> {
         .filter(|s| state::process_state(s.pid) != ProcessState::Gone)
         .flat_map(|s| s.instances.into_iter().flat_map(|i| i.program_ids))
         .collect();
-    let stray_links = bpfsys::our_links()
-        .into_iter()
-        .filter(|l| !owned.contains(&l.program_id))
-        .collect();
+    let stray_links = bpfsys::our_links().into_iter().filter(|l| !owned.contains(&l.program_id)).collect();
     let status = Status { runs, stray_links };
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -139,10 +124,7 @@ pub fn run(json: bool) -> Result<i32> {
         println!("no chaos-ebpf experiment is running");
     }
     for run in &status.runs {
-        println!(
-            "pid {} ({:?}) seed {} lease {}s: {}",
-            run.pid, run.process, run.seed, run.lease_s, run.command
-        );
+        println!("pid {} ({:?}) seed {} lease {}s: {}", run.pid, run.process, run.seed, run.lease_s, run.command);
         for a in &run.attachments {
             println!("  attached: {a}");
         }
@@ -150,10 +132,7 @@ pub fn run(json: bool) -> Result<i32> {
             println!("  no rule active (between steps)");
         }
         for r in &run.rules {
-            print!(
-                "  rule {} {} [{}] {:.1}s left",
-                r.rule_id, r.fault, r.netns, r.remaining_s
-            );
+            print!("  rule {} {} [{}] {:.1}s left", r.rule_id, r.fault, r.netns, r.remaining_s);
             match &r.counters {
                 Some(c) => println!(
                     "\n    seen {} matched {} dropped {} passed {} errors {} expired {} protected {}",

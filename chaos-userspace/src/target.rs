@@ -48,13 +48,7 @@ pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
                 .into());
             };
             check_ethernet(&iface, spec)?;
-            Ok(vec![Resolved {
-                netns,
-                ifindex: iface.index,
-                interfaces: vec![iface],
-                cgroup_id: 0,
-                cgroup_level: 0,
-            }])
+            Ok(vec![Resolved { netns, ifindex: iface.index, interfaces: vec![iface], cgroup_id: 0, cgroup_level: 0 }])
         }
         TargetSpec::Netns(name) => {
             let path = netns::path_for(name);
@@ -65,13 +59,7 @@ pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
                 )
             })?;
             let interfaces = netns_interfaces(&netns, spec)?;
-            Ok(vec![Resolved {
-                netns,
-                interfaces,
-                ifindex: 0,
-                cgroup_id: 0,
-                cgroup_level: 0,
-            }])
+            Ok(vec![Resolved { netns, interfaces, ifindex: 0, cgroup_id: 0, cgroup_level: 0 }])
         }
         TargetSpec::Cgroup(path) => {
             let cgroup = Cgroup::find(path)?;
@@ -90,33 +78,20 @@ pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
                 .into_values()
                 .map(|netns| {
                     let interfaces = netns_interfaces(&netns, spec)?;
-                    Ok(Resolved {
-                        netns,
-                        interfaces,
-                        ifindex: 0,
-                        cgroup_id: cgroup.id,
-                        cgroup_level: cgroup.level,
-                    })
+                    Ok(Resolved { netns, interfaces, ifindex: 0, cgroup_id: cgroup.id, cgroup_level: cgroup.level })
                 })
                 .collect()
         }
         TargetSpec::Pid(pid) => {
             let cgroup = Cgroup::of_pid(*pid)?;
-            let netns =
-                Netns::open(&PathBuf::from(format!("/proc/{pid}/ns/net"))).map_err(|e| {
-                    Failure::environment(
-                        format!("cannot open the network namespace of process {pid}: {e}"),
-                        "check that the process still runs",
-                    )
-                })?;
+            let netns = Netns::open(&PathBuf::from(format!("/proc/{pid}/ns/net"))).map_err(|e| {
+                Failure::environment(
+                    format!("cannot open the network namespace of process {pid}: {e}"),
+                    "check that the process still runs",
+                )
+            })?;
             let interfaces = netns_interfaces(&netns, spec)?;
-            Ok(vec![Resolved {
-                netns,
-                interfaces,
-                ifindex: 0,
-                cgroup_id: cgroup.id,
-                cgroup_level: cgroup.level,
-            }])
+            Ok(vec![Resolved { netns, interfaces, ifindex: 0, cgroup_id: cgroup.id, cgroup_level: cgroup.level }])
         }
     }
 }
@@ -154,10 +129,7 @@ fn netns_interfaces(netns: &Netns, spec: &TargetSpec) -> Result<Vec<Interface>> 
     }
     if chosen.is_empty() {
         return Err(Failure::environment(
-            format!(
-                "{spec}: network namespace {} has no interface to fault besides lo",
-                netns.path.display()
-            ),
+            format!("{spec}: network namespace {} has no interface to fault besides lo", netns.path.display()),
             "add a veth or other Ethernet interface to it first",
         )
         .into());
@@ -204,19 +176,12 @@ impl Cgroup {
             .strip_prefix(&root)
             .unwrap_or(Path::new(path))
             .strip_prefix("/")
-            .unwrap_or(
-                Path::new(path)
-                    .strip_prefix(&root)
-                    .unwrap_or(Path::new(path)),
-            );
+            .unwrap_or(Path::new(path).strip_prefix(&root).unwrap_or(Path::new(path)));
         let dir = root.join(relative);
         let meta = fs::metadata(&dir).map_err(|e| {
             Failure::environment(
                 format!("cgroup '{path}' not found at {}: {e}", dir.display()),
-                format!(
-                    "give a cgroup v2 path relative to {} (e.g. cgroup:docker/ID) or create it",
-                    root.display()
-                ),
+                format!("give a cgroup v2 path relative to {} (e.g. cgroup:docker/ID) or create it", root.display()),
             )
         })?;
         let level = relative.components().count() as u32;
@@ -227,20 +192,13 @@ impl Cgroup {
             )
             .into());
         }
-        Ok(Self {
-            dir,
-            id: meta.ino(),
-            level,
-        })
+        Ok(Self { dir, id: meta.ino(), level })
     }
 
     /// The cgroup v2 of a process, from /proc/PID/cgroup (`0::/path`).
     pub fn of_pid(pid: u32) -> Result<Self> {
         let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
-            Failure::environment(
-                format!("process {pid} not found: {e}"),
-                "give the id of a running process",
-            )
+            Failure::environment(format!("process {pid} not found: {e}"), "give the id of a running process")
         })?;
         let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
             return Err(Failure::environment(
@@ -268,12 +226,7 @@ impl Cgroup {
                 pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
             }
             if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(
-                    entries
-                        .flatten()
-                        .filter(|e| e.path().is_dir())
-                        .map(|e| e.path()),
-                );
+                stack.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
             }
         }
         pids

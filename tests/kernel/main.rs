@@ -18,11 +18,7 @@ fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
 
 fn require_root() {
     // SAFETY: no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "kernel tests need root: run `sudo cargo xtask test`"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "kernel tests need root: run `sudo cargo xtask test`");
 }
 
 /// Loss accuracy: for each p, at least 20,000 packets, measured loss within 4 binomial
@@ -49,24 +45,14 @@ fn loss_matches_probability() {
             "--seed",
             &(100 + i).to_string(),
         ]);
-        let got = udp_run(
-            &pair.a,
-            sock(ADDR_A, 5001),
-            &receiver,
-            sock(ADDR_B, 5002),
-            n,
-        );
-        chaos.signal(libc::SIGINT);
-        let (code, out, err) = chaos.finish(Duration::from_secs(10));
+        let got = udp_run(&pair.a, sock(ADDR_A, 5001), &receiver, sock(ADDR_B, 5002), n);
+        let (code, out, err) = chaos.interrupt();
         assert_eq!(code, 1, "SIGINT ends a run as interrupted (exit 1): {err}");
         assert!(out.contains("nothing left attached"), "{out}");
         let lost = (n as usize - got.len()) as f64;
         let sigma = (n as f64 * p * (1.0 - p)).sqrt();
         let measured = lost / n as f64;
-        println!(
-            "loss p={p}: measured {measured:.4} over {n} packets ({} sigma)",
-            (lost - n as f64 * p) / sigma
-        );
+        println!("loss p={p}: measured {measured:.4} over {n} packets ({} sigma)", (lost - n as f64 * p) / sigma);
         assert!(
             (lost - n as f64 * p).abs() <= 4.0 * sigma,
             "p={p}: lost {lost} of {n}, expected {} +- {:.1}",
@@ -92,14 +78,7 @@ fn predicted_drops(seed: u64, p: f64, count: u32) -> Vec<u32> {
     };
     let flow = flow_hash(seed, 1, &key);
     let threshold = probability_threshold(p);
-    (0..count)
-        .filter(|&i| {
-            hash::hits(
-                decision(seed, 1, flow, i as u64, hash::DOMAIN_LOSS),
-                threshold,
-            )
-        })
-        .collect()
+    (0..count).filter(|&i| hash::hits(decision(seed, 1, flow, i as u64, hash::DOMAIN_LOSS), threshold)).collect()
 }
 
 /// Same seed and traffic: the same packets dropped, and exactly the ones the shared
@@ -126,31 +105,19 @@ fn decisions_are_deterministic() {
             "--seed",
             &seed.to_string(),
         ]);
-        let got = udp_run(
-            &pair.a,
-            sock(ADDR_A, 5001),
-            &receiver,
-            sock(ADDR_B, 5002),
-            count,
-        );
+        let got = udp_run(&pair.a, sock(ADDR_A, 5001), &receiver, sock(ADDR_B, 5002), count);
         chaos.signal(libc::SIGTERM);
         let (code, _, err) = chaos.finish(Duration::from_secs(10));
         assert_eq!(code, 1, "{err}");
         assert_nothing_left();
-        (0..count)
-            .filter(|s| !got.contains(s))
-            .collect::<Vec<u32>>()
+        (0..count).filter(|s| !got.contains(s)).collect::<Vec<u32>>()
     };
     let first = run(7);
     let second = run(7);
     let other = run(8);
     assert_eq!(first, second, "the same seed dropped different packets");
     assert_ne!(first, other, "another seed dropped the same packets");
-    assert_eq!(
-        first,
-        predicted_drops(7, 0.3, count),
-        "kernel decisions differ from the shared hash"
-    );
+    assert_eq!(first, predicted_drops(7, 0.3, count), "kernel decisions differ from the shared hash");
     assert_eq!(other, predicted_drops(8, 0.3, count));
     println!(
         "seed 7 dropped {} of {count}, seed 8 dropped {}; {} in common",
@@ -165,8 +132,8 @@ fn partition_both_cuts_both_ways_and_kills_established_tcp() {
     require_root();
     let pair = Pair::new("pboth");
     tcp_echo_server(&pair.b, sock(ADDR_B, 6000));
-    let mut established = tcp_connect(&pair.a, sock(ADDR_B, 6000), Duration::from_secs(2))
-        .expect("connect before the fault");
+    let mut established =
+        tcp_connect(&pair.a, sock(ADDR_B, 6000), Duration::from_secs(2)).expect("connect before the fault");
     assert!(tcp_echo(&mut established, Duration::from_secs(2)));
     let target = format!("netns:{}", pair.a);
     let chaos = Chaos::start(&[
@@ -181,39 +148,20 @@ fn partition_both_cuts_both_ways_and_kills_established_tcp() {
         "--duration",
         "5m",
     ]);
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 5, Duration::from_millis(300)),
-        0,
-        "a reached b through a partition"
-    );
-    assert_eq!(
-        pair.ping(&pair.b, "192.0.2.1", 5, Duration::from_millis(300)),
-        0,
-        "b reached a through a partition"
-    );
-    assert!(
-        !udp_passes(&pair.b, &pair.a, ADDR_A, 5100),
-        "UDP b -> a passed"
-    );
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 5, Duration::from_millis(300)), 0, "a reached b through a partition");
+    assert_eq!(pair.ping(&pair.b, "192.0.2.1", 5, Duration::from_millis(300)), 0, "b reached a through a partition");
+    assert!(!udp_passes(&pair.b, &pair.a, ADDR_A, 5100), "UDP b -> a passed");
     assert!(
         !tcp_echo(&mut established, Duration::from_millis(800)),
         "an established connection survived a 'both' partition"
     );
     // IPv6 traffic to another peer is outside the match: untouched.
-    assert!(sh(
-        "ip",
-        &["netns", "exec", &pair.a, "ping", "-6", "-c", "2", "-i", "0.05", "-W", "1", "fd00::2"]
-    )
-    .status
-    .success());
-    chaos.signal(libc::SIGINT);
-    chaos.finish(Duration::from_secs(10));
+    assert!(sh("ip", &["netns", "exec", &pair.a, "ping", "-6", "-c", "2", "-i", "0.05", "-W", "1", "fd00::2"])
+        .status
+        .success());
+    chaos.interrupt();
     assert_nothing_left();
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)),
-        3,
-        "traffic did not come back after revert"
-    );
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)), 3, "traffic did not come back after revert");
 }
 
 #[test]
@@ -236,16 +184,9 @@ fn partition_one_way_cuts_one_direction() {
             "--duration",
             "5m",
         ]);
-        assert!(
-            !udp_passes(&pair.a, &pair.b, ADDR_B, 5200),
-            "egress cut, but a -> b passed"
-        );
-        assert!(
-            udp_passes(&pair.b, &pair.a, ADDR_A, 5201),
-            "only egress cut, but b -> a failed"
-        );
-        chaos.signal(libc::SIGINT);
-        chaos.finish(Duration::from_secs(10));
+        assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, 5200), "egress cut, but a -> b passed");
+        assert!(udp_passes(&pair.b, &pair.a, ADDR_A, 5201), "only egress cut, but b -> a failed");
+        chaos.interrupt();
     }
     {
         let chaos = Chaos::start(&[
@@ -262,16 +203,9 @@ fn partition_one_way_cuts_one_direction() {
             "--duration",
             "5m",
         ]);
-        assert!(
-            udp_passes(&pair.a, &pair.b, ADDR_B, 5202),
-            "only ingress cut, but a -> b failed"
-        );
-        assert!(
-            !udp_passes(&pair.b, &pair.a, ADDR_A, 5203),
-            "ingress cut, but b -> a passed"
-        );
-        chaos.signal(libc::SIGINT);
-        chaos.finish(Duration::from_secs(10));
+        assert!(udp_passes(&pair.a, &pair.b, ADDR_B, 5202), "only ingress cut, but a -> b failed");
+        assert!(!udp_passes(&pair.b, &pair.a, ADDR_A, 5203), "ingress cut, but b -> a passed");
+        chaos.interrupt();
     }
     assert_nothing_left();
 }
@@ -281,8 +215,8 @@ fn partition_new_connections_only_keeps_established_tcp() {
     require_root();
     let pair = Pair::new("pnew");
     tcp_echo_server(&pair.b, sock(ADDR_B, 6001));
-    let mut established = tcp_connect(&pair.a, sock(ADDR_B, 6001), Duration::from_secs(2))
-        .expect("connect before the fault");
+    let mut established =
+        tcp_connect(&pair.a, sock(ADDR_B, 6001), Duration::from_secs(2)).expect("connect before the fault");
     let target = format!("netns:{}", pair.a);
     let chaos = Chaos::start(&[
         "inject",
@@ -313,12 +247,8 @@ fn partition_new_connections_only_keeps_established_tcp() {
         "a new inbound connection got through"
     );
     // Non-TCP traffic is not connection-oriented: untouched.
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)),
-        3
-    );
-    chaos.signal(libc::SIGINT);
-    let (code, out, _) = chaos.finish(Duration::from_secs(10));
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)), 3);
+    let (code, out, _) = chaos.interrupt();
     assert_eq!(code, 1);
     assert!(out.contains("dropped"), "{out}");
     assert_nothing_left();
@@ -345,20 +275,10 @@ fn blackhole_drops_only_the_port() {
         "--duration",
         "5m",
     ]);
-    assert!(
-        !udp_passes(&pair.a, &pair.b, ADDR_B, 443),
-        "UDP/443 passed a blackhole"
-    );
-    assert!(
-        udp_passes(&pair.a, &pair.b, ADDR_B, 444),
-        "UDP/444 was dropped by a UDP/443 blackhole"
-    );
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)),
-        3
-    );
-    chaos.signal(libc::SIGINT);
-    chaos.finish(Duration::from_secs(10));
+    assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, 443), "UDP/443 passed a blackhole");
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, 444), "UDP/444 was dropped by a UDP/443 blackhole");
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)), 3);
+    chaos.interrupt();
     assert_nothing_left();
 }
 
@@ -393,48 +313,23 @@ fn faults_stack_and_protected_traffic_passes() {
         "--duration",
         "5m",
     ]);
-    assert!(
-        !udp_passes(&pair.a, &pair.b, ADDR_B, 5300),
-        "first fault overwritten"
-    );
-    assert!(
-        !udp_passes(&pair.a, &pair.b, ADDR_B, 5301),
-        "second fault not applied"
-    );
+    assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, 5300), "first fault overwritten");
+    assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, 5301), "second fault not applied");
     assert!(udp_passes(&pair.a, &pair.b, ADDR_B, 5302));
-    first.signal(libc::SIGINT);
-    first.finish(Duration::from_secs(10));
-    assert!(
-        udp_passes(&pair.a, &pair.b, ADDR_B, 5300),
-        "first fault outlived its process"
-    );
-    assert!(
-        !udp_passes(&pair.a, &pair.b, ADDR_B, 5301),
-        "second fault ended with the first"
-    );
-    second.signal(libc::SIGINT);
-    second.finish(Duration::from_secs(10));
+    first.interrupt();
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, 5300), "first fault outlived its process");
+    assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, 5301), "second fault ended with the first");
+    second.interrupt();
 
     // A full partition leaves TCP port 22 alone unless forced.
     tcp_echo_server(&pair.b, sock(ADDR_B, 22));
-    let chaos = Chaos::start(&[
-        "inject",
-        "partition",
-        "--target",
-        &target,
-        "--duration",
-        "5m",
-    ]);
-    let mut ssh = tcp_connect(&pair.a, sock(ADDR_B, 22), Duration::from_secs(2))
-        .expect("SSH port blocked by a partition");
+    let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m"]);
+    let mut ssh =
+        tcp_connect(&pair.a, sock(ADDR_B, 22), Duration::from_secs(2)).expect("SSH port blocked by a partition");
     assert!(tcp_echo(&mut ssh, Duration::from_secs(2)));
     assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, 5303));
-    chaos.signal(libc::SIGINT);
-    let (_, out, _) = chaos.finish(Duration::from_secs(10));
-    assert!(
-        !out.contains("protected 0"),
-        "protected packets not counted: {out}"
-    );
+    let (_, out, _) = chaos.interrupt();
+    assert!(!out.contains("protected 0"), "protected packets not counted: {out}");
     assert_nothing_left();
 }
 
@@ -465,21 +360,7 @@ fn cgroup_target_spares_other_cgroups() {
     let ping = |cg: &TestCgroup| {
         let child = cg.spawn(
             "ip",
-            &[
-                "netns",
-                "exec",
-                &pair.a,
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                "10",
-                "-i",
-                "0.01",
-                "-W",
-                "0.3",
-                "192.0.2.2",
-            ],
+            &["netns", "exec", &pair.a, "ping", "-n", "-q", "-c", "10", "-i", "0.01", "-W", "0.3", "192.0.2.2"],
         );
         let out = child.wait_with_output().unwrap();
         parse_ping_received(&String::from_utf8_lossy(&out.stdout))
@@ -487,12 +368,8 @@ fn cgroup_target_spares_other_cgroups() {
     assert_eq!(ping(&hit), 0, "the targeted cgroup got through");
     assert_eq!(ping(&spared), 10, "a process in another cgroup was faulted");
     // The test process itself (another cgroup) is untouched too.
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)),
-        3
-    );
-    chaos.signal(libc::SIGINT);
-    chaos.finish(Duration::from_secs(10));
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)), 3);
+    chaos.interrupt();
     let _ = anchor.kill();
     let _ = anchor.wait();
     assert_nothing_left();
@@ -515,35 +392,16 @@ fn lease_expires_under_sigstop() {
     require_root();
     let pair = Pair::new("lease");
     let target = format!("netns:{}", pair.a);
-    let chaos = Chaos::start(&[
-        "inject",
-        "partition",
-        "--target",
-        &target,
-        "--duration",
-        "5m",
-        "--lease",
-        "1s",
-    ]);
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_millis(200)),
-        0
-    );
+    let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--lease", "1s"]);
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_millis(200)), 0);
     chaos.signal(libc::SIGSTOP);
     // The lease was renewed at most a third of a lease before the stop.
-    let recovered = wait_until_passes(&pair, Duration::from_secs(5))
-        .expect("the fault outlived its lease under SIGSTOP");
+    let recovered =
+        wait_until_passes(&pair, Duration::from_secs(5)).expect("the fault outlived its lease under SIGSTOP");
     println!("SIGSTOP: traffic flowed again after {recovered:?} (lease 1s)");
-    assert!(
-        recovered <= Duration::from_millis(1500),
-        "took {recovered:?}"
-    );
+    assert!(recovered <= Duration::from_millis(1500), "took {recovered:?}");
     let status = chaos_run(&["status", "--output", "json"]);
-    assert!(
-        status.1.contains("\"stopped\""),
-        "status does not show the hung run: {}",
-        status.1
-    );
+    assert!(status.1.contains("\"stopped\""), "status does not show the hung run: {}", status.1);
     chaos.signal(libc::SIGKILL);
     let (code, _, _) = chaos.finish(Duration::from_secs(5));
     assert_eq!(code, -1, "killed by a signal");
@@ -560,20 +418,8 @@ fn sigkill_reverts_immediately() {
     require_root();
     let pair = Pair::new("kill");
     let target = format!("netns:{}", pair.a);
-    let chaos = Chaos::start(&[
-        "inject",
-        "partition",
-        "--target",
-        &target,
-        "--duration",
-        "5m",
-        "--lease",
-        "30s",
-    ]);
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_millis(200)),
-        0
-    );
+    let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--lease", "30s"]);
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_millis(200)), 0);
     let killed = Instant::now();
     chaos.signal(libc::SIGKILL);
     let recovered = wait_until_passes(&pair, Duration::from_secs(5))
@@ -582,11 +428,7 @@ fn sigkill_reverts_immediately() {
     println!("SIGKILL: traffic flowed again {recovered:?} after the kill (lease 30s)");
     assert!(recovered < Duration::from_secs(1), "took {recovered:?}");
     chaos.finish(Duration::from_secs(5));
-    assert_eq!(
-        pair.qdiscs(&pair.a, "va").contains("clsact"),
-        false,
-        "a qdisc was left"
-    );
+    assert_eq!(pair.qdiscs(&pair.a, "va").contains("clsact"), false, "a qdisc was left");
     let _ = chaos_run(&["cleanup"]);
     assert_nothing_left();
 }
@@ -610,63 +452,28 @@ fn cleanup_removes_a_deliberately_left_netlink_rule() {
         "--attach",
         "netlink",
     ]);
-    assert!(
-        pair.qdiscs(&pair.a, "va").contains("clsact"),
-        "netlink attach added no clsact"
-    );
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_millis(200)),
-        0
-    );
+    assert!(pair.qdiscs(&pair.a, "va").contains("clsact"), "netlink attach added no clsact");
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_millis(200)), 0);
     chaos.signal(libc::SIGKILL);
     chaos.finish(Duration::from_secs(5));
-    assert!(
-        pair.filters(&pair.a, "va", "egress")
-            .contains("chaos_egress"),
-        "filter gone without cleanup?"
-    );
-    wait_until_passes(&pair, Duration::from_secs(4))
-        .expect("the left rule kept acting after its lease");
+    assert!(pair.filters(&pair.a, "va", "egress").contains("chaos_egress"), "filter gone without cleanup?");
+    wait_until_passes(&pair, Duration::from_secs(4)).expect("the left rule kept acting after its lease");
     let (code, out, err) = chaos_run(&["cleanup"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("removed netlink filter"), "{out}");
-    assert!(
-        !pair.filters(&pair.a, "va", "egress").contains("chaos"),
-        "filter left"
-    );
-    assert!(
-        !pair.filters(&pair.a, "va", "ingress").contains("chaos"),
-        "filter left"
-    );
-    assert!(
-        !pair.qdiscs(&pair.a, "va").contains("clsact"),
-        "clsact qdisc left"
-    );
+    assert!(!pair.filters(&pair.a, "va", "egress").contains("chaos"), "filter left");
+    assert!(!pair.filters(&pair.a, "va", "ingress").contains("chaos"), "filter left");
+    assert!(!pair.qdiscs(&pair.a, "va").contains("clsact"), "clsact qdisc left");
     let (code, out, _) = chaos_run(&["cleanup"]);
     assert_eq!(code, 0);
-    assert!(
-        out.contains("nothing to remove"),
-        "second cleanup found more: {out}"
-    );
+    assert!(out.contains("nothing to remove"), "second cleanup found more: {out}");
     assert_nothing_left();
 
     // A clean exit on the netlink path removes its filters and qdisc by itself.
-    let chaos = Chaos::start(&[
-        "inject",
-        "partition",
-        "--target",
-        &target,
-        "--duration",
-        "5m",
-        "--attach",
-        "netlink",
-    ]);
+    let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--attach", "netlink"]);
     chaos.signal(libc::SIGTERM);
     chaos.finish(Duration::from_secs(10));
-    assert!(
-        !pair.qdiscs(&pair.a, "va").contains("clsact"),
-        "clean exit left the clsact qdisc"
-    );
+    assert!(!pair.qdiscs(&pair.a, "va").contains("clsact"), "clean exit left the clsact qdisc");
     assert_nothing_left();
 }
 
@@ -687,44 +494,25 @@ fn shadow_mode_counts_without_dropping() {
         "--duration",
         "5m",
     ]);
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 10, Duration::from_secs(1)),
-        10,
-        "shadow mode dropped packets"
-    );
-    chaos.signal(libc::SIGINT);
-    let (_, out, _) = chaos.finish(Duration::from_secs(10));
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 10, Duration::from_secs(1)), 10, "shadow mode dropped packets");
+    let (_, out, _) = chaos.interrupt();
     let dropped: u64 = out
         .lines()
         .find_map(|l| {
-            l.trim().strip_prefix("seen ").and_then(|r| {
-                r.split(" dropped ")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
+            l.trim()
+                .strip_prefix("seen ")
+                .and_then(|r| r.split(" dropped ").nth(1)?.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0);
-    assert!(
-        dropped >= 20,
-        "shadow counted {dropped} would-be drops for 10 echo round trips: {out}"
-    );
+    assert!(dropped >= 20, "shadow counted {dropped} would-be drops for 10 echo round trips: {out}");
     assert_nothing_left();
 }
 
 fn assert_usage_error(args: &[&str], expect: &str) {
     let (code, out, err) = chaos_run(args);
     assert_eq!(code, 2, "{args:?} gave exit {code}: {out}{err}");
-    assert!(
-        err.contains(expect),
-        "{args:?}: message lacks '{expect}': {err}"
-    );
-    assert!(
-        err.contains("fix") || err.contains("tip") || err.contains("Usage"),
-        "{args:?}: no fix offered: {err}"
-    );
+    assert!(err.contains(expect), "{args:?}: message lacks '{expect}': {err}");
+    assert!(err.contains("fix") || err.contains("tip") || err.contains("Usage"), "{args:?}: no fix offered: {err}");
     assert_nothing_left();
 }
 
@@ -740,140 +528,60 @@ fn bad_input_exits_2_and_changes_nothing() {
     };
     let malformed = write("malformed.yaml", "steps: [\n  - fault: loss\n");
     assert_usage_error(&["run", &malformed], "malformed.yaml:");
-    let unknown = write("unknown.yaml", "steps:\n  - fault: loss\n    target: netns:x\n    probability: 0.1\n    duration: 1s\n    jitter: 5ms\n");
+    let unknown = write(
+        "unknown.yaml",
+        "steps:\n  - fault: loss\n    target: netns:x\n    probability: 0.1\n    duration: 1s\n    jitter: 5ms\n",
+    );
     assert_usage_error(&["validate", &unknown], "unknown.yaml:6:");
     assert_usage_error(&["run", &unknown], "unknown field `jitter`");
-    let range = write(
-        "range.yaml",
-        "steps:\n  - fault: loss\n    target: netns:x\n    probability: 1.3\n    duration: 1s\n",
-    );
+    let range =
+        write("range.yaml", "steps:\n  - fault: loss\n    target: netns:x\n    probability: 1.3\n    duration: 1s\n");
     assert_usage_error(&["run", &range], "range.yaml:4:18");
     assert_usage_error(
-        &[
-            "inject",
-            "loss",
-            "--target",
-            "netns:x",
-            "--probability",
-            "1.3",
-            "--duration",
-            "1s",
-        ],
+        &["inject", "loss", "--target", "netns:x", "--probability", "1.3", "--duration", "1s"],
         "outside 0..1",
     );
     assert_usage_error(
-        &[
-            "inject",
-            "loss",
-            "--target",
-            "netns:no-such-ns",
-            "--probability",
-            "0.1",
-            "--duration",
-            "1s",
-        ],
+        &["inject", "loss", "--target", "netns:no-such-ns", "--probability", "0.1", "--duration", "1s"],
         "no-such-ns",
     );
     assert_usage_error(
-        &[
-            "inject",
-            "loss",
-            "--target",
-            "iface:no-such-if0",
-            "--probability",
-            "0.1",
-            "--duration",
-            "1s",
-        ],
+        &["inject", "loss", "--target", "iface:no-such-if0", "--probability", "0.1", "--duration", "1s"],
         "no-such-if0",
     );
     assert_usage_error(
-        &[
-            "inject",
-            "loss",
-            "--target",
-            "pid:999999999",
-            "--probability",
-            "0.1",
-            "--duration",
-            "1s",
-        ],
+        &["inject", "loss", "--target", "pid:999999999", "--probability", "0.1", "--duration", "1s"],
         "999999999",
     );
     assert_usage_error(
-        &[
-            "inject",
-            "loss",
-            "--target",
-            "veth0",
-            "--probability",
-            "0.1",
-            "--duration",
-            "1s",
-        ],
+        &["inject", "loss", "--target", "veth0", "--probability", "0.1", "--duration", "1s"],
         "has no kind",
     );
     assert_usage_error(
-        &[
-            "inject",
-            "partition",
-            "--target",
-            "netns:x",
-            "--mode",
-            "oneway",
-            "--duration",
-            "1s",
-        ],
+        &["inject", "partition", "--target", "netns:x", "--mode", "oneway", "--duration", "1s"],
         "direction",
     );
     assert_usage_error(
-        &[
-            "inject",
-            "loss",
-            "--target",
-            "netns:x",
-            "--probability",
-            "0.1",
-            "--duration",
-            "soon",
-        ],
+        &["inject", "loss", "--target", "netns:x", "--probability", "0.1", "--duration", "soon"],
         "not a duration",
     );
-    assert_usage_error(
-        &[
-            "inject",
-            "partition",
-            "--target",
-            "cgroup:x",
-            "--duration",
-            "1s",
-        ],
-        "egress only",
+    assert_usage_error(&["inject", "partition", "--target", "cgroup:x", "--duration", "1s"], "egress only");
+    let unknown_target = write(
+        "target.yaml",
+        "targets:\n  a: netns:x\nsteps:\n  - fault: loss\n    target: b\n    probability: 0.1\n    duration: 1s\n",
     );
-    let unknown_target = write("target.yaml", "targets:\n  a: netns:x\nsteps:\n  - fault: loss\n    target: b\n    probability: 0.1\n    duration: 1s\n");
-    assert_usage_error(
-        &["validate", &unknown_target],
-        "target.yaml:5:13: unknown target 'b'",
-    );
+    assert_usage_error(&["validate", &unknown_target], "target.yaml:5:13: unknown target 'b'");
     // Not root: exit 2 before anything is touched; validate and plan need no root.
     let pair = Pair::new("bad");
     let target = format!("netns:{}", pair.a);
-    let (code, _, err) = chaos_run_as(
-        &[
-            "inject",
-            "loss",
-            "--target",
-            &target,
-            "--probability",
-            "0.1",
-            "--duration",
-            "1s",
-        ],
-        Some(65534),
-    );
+    let (code, _, err) =
+        chaos_run_as(&["inject", "loss", "--target", &target, "--probability", "0.1", "--duration", "1s"], Some(65534));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("needs root") && err.contains("fix"), "{err}");
-    let good = write("good.yaml", "seed: 1\nsteps:\n  - fault: loss\n    target: netns:x\n    probability: 0.1\n    duration: 1s\n");
+    let good = write(
+        "good.yaml",
+        "seed: 1\nsteps:\n  - fault: loss\n    target: netns:x\n    probability: 0.1\n    duration: 1s\n",
+    );
     let (code, out, err) = chaos_run_as(&["plan", &good], Some(65534));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("loss_threshold=0x199999999999"), "{out}");
@@ -908,50 +616,18 @@ fn pid_target_faults_its_cgroup_only() {
     ]);
     let child = group.spawn(
         "ip",
-        &[
-            "netns",
-            "exec",
-            &pair.a,
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            "5",
-            "-i",
-            "0.01",
-            "-W",
-            "0.3",
-            "192.0.2.2",
-        ],
+        &["netns", "exec", &pair.a, "ping", "-n", "-q", "-c", "5", "-i", "0.01", "-W", "0.3", "192.0.2.2"],
     );
     let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        parse_ping_received(&String::from_utf8_lossy(&out.stdout)),
-        0,
-        "the pid's cgroup got through"
-    );
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 5, Duration::from_secs(1)),
-        5,
-        "another cgroup was faulted"
-    );
-    chaos.signal(libc::SIGINT);
-    chaos.finish(Duration::from_secs(10));
+    assert_eq!(parse_ping_received(&String::from_utf8_lossy(&out.stdout)), 0, "the pid's cgroup got through");
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 5, Duration::from_secs(1)), 5, "another cgroup was faulted");
+    chaos.interrupt();
     let _ = anchor.kill();
     let _ = anchor.wait();
     assert_nothing_left();
 
     let own = format!("pid:{}", std::process::id());
-    let (code, _, err) = chaos_run(&[
-        "inject",
-        "loss",
-        "--target",
-        &own,
-        "--probability",
-        "0.1",
-        "--duration",
-        "1s",
-    ]);
+    let (code, _, err) = chaos_run(&["inject", "loss", "--target", &own, "--probability", "0.1", "--duration", "1s"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("root cgroup") && err.contains("fix"), "{err}");
     assert_nothing_left();
@@ -963,35 +639,15 @@ fn ipv6_peer_partition() {
     require_root();
     let pair = Pair::new("v6");
     let target = format!("netns:{}", pair.a);
-    let chaos = Chaos::start(&[
-        "inject",
-        "partition",
-        "--target",
-        &target,
-        "--peer",
-        "fd00::2/128",
-        "--duration",
-        "5m",
-    ]);
+    let chaos =
+        Chaos::start(&["inject", "partition", "--target", &target, "--peer", "fd00::2/128", "--duration", "5m"]);
     let v6 = sh(
         "ip",
-        &[
-            "netns", "exec", &pair.a, "ping", "-6", "-n", "-q", "-c", "3", "-i", "0.05", "-W",
-            "0.3", "fd00::2",
-        ],
+        &["netns", "exec", &pair.a, "ping", "-6", "-n", "-q", "-c", "3", "-i", "0.05", "-W", "0.3", "fd00::2"],
     );
-    assert_eq!(
-        parse_ping_received(&String::from_utf8_lossy(&v6.stdout)),
-        0,
-        "IPv6 peer not cut"
-    );
-    assert_eq!(
-        pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)),
-        3,
-        "IPv4 hit by an IPv6 peer rule"
-    );
-    chaos.signal(libc::SIGINT);
-    chaos.finish(Duration::from_secs(10));
+    assert_eq!(parse_ping_received(&String::from_utf8_lossy(&v6.stdout)), 0, "IPv6 peer not cut");
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_secs(1)), 3, "IPv4 hit by an IPv6 peer rule");
+    chaos.interrupt();
     assert_nothing_left();
 }
 
@@ -1016,21 +672,10 @@ fn lab_demo_scenario_runs_and_leaves_nothing() {
         p["delivered"].as_f64().unwrap() / p["sent"].as_f64().unwrap().max(1.0)
     };
     assert!(ratio("baseline") > 0.97, "baseline {}", ratio("baseline"));
-    assert!(
-        (0.55..0.85).contains(&ratio("lossy-link")),
-        "lossy-link {}",
-        ratio("lossy-link")
-    );
+    assert!((0.55..0.85).contains(&ratio("lossy-link")), "lossy-link {}", ratio("lossy-link"));
     assert!(ratio("cut-off") < 0.02, "cut-off {}", ratio("cut-off"));
-    assert!(
-        ratio("recovered") > 0.97,
-        "recovered {}",
-        ratio("recovered")
-    );
+    assert!(ratio("recovered") > 0.97, "recovered {}", ratio("recovered"));
     let namespaces = String::from_utf8_lossy(&sh("ip", &["netns", "list"]).stdout).into_owned();
-    assert!(
-        !namespaces.contains("chaos-lab-"),
-        "lab namespaces left: {namespaces}"
-    );
+    assert!(!namespaces.contains("chaos-lab-"), "lab namespaces left: {namespaces}");
     assert_nothing_left();
 }

@@ -21,21 +21,13 @@ pub fn bin() -> &'static str {
 }
 
 pub fn sh(cmd: &str, args: &[&str]) -> Output {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"));
     out
 }
 
 pub fn must(cmd: &str, args: &[&str]) {
     let out = sh(cmd, args);
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 /// Two namespaces `<tag>-a` (192.0.2.1, fd00::1, device va) and `<tag>-b` (192.0.2.2,
@@ -47,36 +39,23 @@ pub struct Pair {
 
 impl Pair {
     pub fn new(tag: &str) -> Pair {
-        let pair = Pair {
-            a: format!("cet-{tag}-a"),
-            b: format!("cet-{tag}-b"),
-        };
+        let pair = Pair { a: format!("cet-{tag}-a"), b: format!("cet-{tag}-b") };
         for ns in [&pair.a, &pair.b] {
             let _ = sh("ip", &["netns", "del", ns]);
             must("ip", &["netns", "add", ns]);
             must("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
-        must(
-            "ip",
-            &[
-                "link", "add", "va", "netns", &pair.a, "type", "veth", "peer", "name", "vb",
-                "netns", &pair.b,
-            ],
-        );
-        for (ns, dev, v4, v6) in [
-            (&pair.a, "va", "192.0.2.1/24", "fd00::1/64"),
-            (&pair.b, "vb", "192.0.2.2/24", "fd00::2/64"),
-        ] {
+        must("ip", &["link", "add", "va", "netns", &pair.a, "type", "veth", "peer", "name", "vb", "netns", &pair.b]);
+        for (ns, dev, v4, v6) in
+            [(&pair.a, "va", "192.0.2.1/24", "fd00::1/64"), (&pair.b, "vb", "192.0.2.2/24", "fd00::2/64")]
+        {
             must("ip", &["-n", ns, "addr", "add", v4, "dev", dev]);
             must("ip", &["-n", ns, "addr", "add", v6, "dev", dev, "nodad"]);
             must("ip", &["-n", ns, "link", "set", dev, "up"]);
         }
         // Resolve neighbours before any fault, so no test packet waits in (or is dropped
         // from) the neighbour queue ahead of the TC hook.
-        assert!(
-            pair.ping(&pair.a, "192.0.2.2", 1, Duration::from_secs(2)) == 1,
-            "veth pair does not pass traffic"
-        );
+        assert!(pair.ping(&pair.a, "192.0.2.2", 1, Duration::from_secs(2)) == 1, "veth pair does not pass traffic");
         assert!(pair.ping(&pair.b, "192.0.2.1", 1, Duration::from_secs(2)) == 1);
         pair
     }
@@ -105,27 +84,13 @@ impl Pair {
     }
 
     pub fn qdiscs(&self, ns: &str, dev: &str) -> String {
-        String::from_utf8_lossy(
-            &sh(
-                "ip",
-                &["netns", "exec", ns, "tc", "qdisc", "show", "dev", dev],
-            )
-            .stdout,
-        )
-        .into_owned()
+        String::from_utf8_lossy(&sh("ip", &["netns", "exec", ns, "tc", "qdisc", "show", "dev", dev]).stdout)
+            .into_owned()
     }
 
     pub fn filters(&self, ns: &str, dev: &str, hook: &str) -> String {
-        String::from_utf8_lossy(
-            &sh(
-                "ip",
-                &[
-                    "netns", "exec", ns, "tc", "filter", "show", "dev", dev, hook,
-                ],
-            )
-            .stdout,
-        )
-        .into_owned()
+        String::from_utf8_lossy(&sh("ip", &["netns", "exec", ns, "tc", "filter", "show", "dev", dev, hook]).stdout)
+            .into_owned()
     }
 }
 
@@ -140,12 +105,7 @@ impl Drop for Pair {
 pub fn parse_ping_received(text: &str) -> u32 {
     // "N packets transmitted, M received, ..."
     text.lines()
-        .find_map(|l| {
-            l.split(", ")
-                .nth(1)?
-                .strip_suffix(" received")
-                .map(|n| n.trim().parse().unwrap_or(0))
-        })
+        .find_map(|l| l.split(", ").nth(1)?.strip_suffix(" received").map(|n| n.trim().parse().unwrap_or(0)))
         .unwrap_or(0)
 }
 
@@ -155,11 +115,7 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     std::thread::spawn(move || {
         let file = fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // SAFETY: a valid nsfs fd; affects this new thread only.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns"
-        );
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
         f()
     })
     .join()
@@ -185,8 +141,7 @@ pub fn udp_receiver(ns: &str, addr: SocketAddr) -> UdpSocket {
     in_netns(ns, move || {
         let s = UdpSocket::bind(addr).expect("bind receiver");
         big_rcvbuf(&s);
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         s
     })
 }
@@ -194,13 +149,7 @@ pub fn udp_receiver(ns: &str, addr: SocketAddr) -> UdpSocket {
 /// Sends `count` datagrams carrying their sequence number from a fixed source port (a
 /// fixed 5-tuple: the flow, and so the decisions, are the same on every run), and
 /// returns the sequence numbers the receiver got.
-pub fn udp_run(
-    from_ns: &str,
-    src: SocketAddr,
-    receiver: &UdpSocket,
-    dst: SocketAddr,
-    count: u32,
-) -> BTreeSet<u32> {
+pub fn udp_run(from_ns: &str, src: SocketAddr, receiver: &UdpSocket, dst: SocketAddr, count: u32) -> BTreeSet<u32> {
     let sender = in_netns(from_ns, move || UdpSocket::bind(src).expect("bind sender"));
     let mut got = BTreeSet::new();
     let mut buf = [0u8; 64];
@@ -233,13 +182,8 @@ fn drain(receiver: &UdpSocket, got: &mut BTreeSet<u32>, buf: &mut [u8], quiet: D
 /// Whether one UDP datagram gets from `from_ns` to a fresh receiver (`to`, port).
 pub fn udp_passes(from_ns: &str, to_ns: &str, to: Ipv4Addr, port: u16) -> bool {
     let receiver = udp_receiver(to_ns, SocketAddr::from((to, port)));
-    let got = udp_run(
-        from_ns,
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-        &receiver,
-        SocketAddr::from((to, port)),
-        3,
-    );
+    let got =
+        udp_run(from_ns, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), &receiver, SocketAddr::from((to, port)), 3);
     !got.is_empty()
 }
 
@@ -254,9 +198,7 @@ pub fn tcp_echo_server(ns: &str, addr: SocketAddr) {
                 Ok((mut stream, _)) => {
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
-                        stream
-                            .set_read_timeout(Some(Duration::from_secs(30)))
-                            .unwrap();
+                        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                         let mut buf = [0u8; 256];
                         while let Ok(n) = stream.read(&mut buf) {
                             if n == 0 || stream.write_all(&buf[..n]).is_err() {
@@ -309,10 +251,7 @@ impl Chaos {
                     return chaos;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "chaos-ebpf {args:?} did not install its rule within 20 s"
-            );
+            assert!(Instant::now() < deadline, "chaos-ebpf {args:?} did not install its rule within 20 s");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -320,6 +259,12 @@ impl Chaos {
     pub fn signal(&self, signal: i32) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// SIGINT, then waits: the run reverts everything and exits 1 (interrupted).
+    pub fn interrupt(self) -> (i32, String, String) {
+        self.signal(libc::SIGINT);
+        self.finish(Duration::from_secs(10))
     }
 
     /// Waits for exit (bounded) and returns (exit code, stdout, stderr).
@@ -330,24 +275,11 @@ impl Chaos {
                 use std::io::Read;
                 let mut out = String::new();
                 let mut err = String::new();
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut out)
-                    .unwrap();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
+                self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
                 return (status.code().unwrap_or(-1), out, err);
             }
-            assert!(
-                Instant::now() < deadline,
-                "chaos-ebpf did not exit within {limit:?}"
-            );
+            assert!(Instant::now() < deadline, "chaos-ebpf did not exit within {limit:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -378,10 +310,7 @@ pub fn chaos_run_as(args: &[&str], uid: Option<u32>) -> (i32, String, String) {
 /// chaos-ebpf programs still loaded anywhere on the machine (by name).
 pub fn loaded_chaos_programs() -> Vec<String> {
     let out = String::from_utf8_lossy(&sh("bpftool", &["prog", "show"]).stdout).into_owned();
-    out.lines()
-        .filter(|l| l.contains("name chaos_"))
-        .map(str::to_owned)
-        .collect()
+    out.lines().filter(|l| l.contains("name chaos_")).map(str::to_owned).collect()
 }
 
 /// Asserts that no chaos-ebpf program, link or state file is left (waits up to 3 s for
@@ -390,19 +319,14 @@ pub fn assert_nothing_left() {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let programs = loaded_chaos_programs();
-        let states: Vec<_> = fs::read_dir("/run/chaos-ebpf")
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
+        let states: Vec<_> =
+            fs::read_dir("/run/chaos-ebpf").map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         if programs.is_empty() && states.is_empty() {
-            let links =
-                String::from_utf8_lossy(&sh("bpftool", &["link", "show"]).stdout).into_owned();
+            let links = String::from_utf8_lossy(&sh("bpftool", &["link", "show"]).stdout).into_owned();
             assert!(!links.contains("tcx"), "TCX links left: {links}");
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "left behind: programs {programs:?}, state files {states:?}"
-        );
+        assert!(Instant::now() < deadline, "left behind: programs {programs:?}, state files {states:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -426,8 +350,7 @@ impl TestCgroup {
     /// Spawns a command inside this cgroup (the child joins it before exec).
     pub fn spawn(&self, program: &str, args: &[&str]) -> Child {
         use std::os::unix::ffi::OsStrExt;
-        let procs =
-            std::ffi::CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+        let procs = std::ffi::CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
         let mut cmd = Command::new(program);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
         // SAFETY: only async-signal-safe calls (open/write/close, no allocation) between

@@ -8,10 +8,7 @@ use anyhow::{bail, Context, Result};
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(&cargo)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {cargo}"))?;
+    let status = Command::new(&cargo).args(args).status().with_context(|| format!("running {cargo}"))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
@@ -27,15 +24,7 @@ fn main() -> Result<()> {
             if unsafe { libc_geteuid() } != 0 {
                 bail!("the kernel tests need root (they create network namespaces and load BPF programs): run `sudo cargo xtask test`");
             }
-            let mut kernel = vec![
-                "test",
-                "-p",
-                "chaos-userspace",
-                "--test",
-                "kernel",
-                "--",
-                "--test-threads=1",
-            ];
+            let mut kernel = vec!["test", "-p", "chaos-userspace", "--test", "kernel", "--", "--test-threads=1"];
             kernel.extend(args[1..].iter().map(String::as_str));
             cargo(&kernel)
         }
