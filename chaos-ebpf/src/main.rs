@@ -57,6 +57,7 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_
 /// without preemption by another TC run there), kept off the 512-byte BPF stack.
 #[repr(C)]
 pub struct Scratch {
+    pub head: parse::Head,
     pub packet: Packet,
     pub flow: FlowKey,
     pub peer: Key<PeerKeyData>,
@@ -89,7 +90,7 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     };
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let scratch = unsafe { &mut *scratch };
-    let parsed = parse::parse(ctx, &mut scratch.packet);
+    let parsed = parse::parse(ctx, &mut scratch.head, &mut scratch.packet);
     let protected = matches!(parsed, Ok(true)) && is_protected(&scratch.packet, config.nr_protected);
     // SAFETY: helper calls without pointer arguments, or with the program's own skb.
     let now = unsafe { bpf_ktime_get_ns() };

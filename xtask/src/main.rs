@@ -1,11 +1,17 @@
-//! Project tasks: `cargo xtask test` runs every test (unit tests, then the privileged
-//! kernel tests, one at a time because they assert on machine-wide BPF state).
+//! Project tasks.
+//!
+//! - `cargo xtask test`: unit tests, then the privileged kernel tests (one at a time:
+//!   they assert on machine-wide BPF state).
+//! - `cargo xtask bench`: the datapath's cost, as ratios against a baseline measured in
+//!   the same run (bench.rs).
+
+mod bench;
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(&cargo).args(args).status().with_context(|| format!("running {cargo}"))?;
@@ -15,27 +21,34 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+pub fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (network namespaces, BPF programs): run it as root, e.g. `sudo cargo xtask ...`");
+    }
+    Ok(())
+}
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+  test [FILTER]   unit tests, then the privileged kernel tests (needs root)
+  bench           per-packet cost and throughput of the datapath against a baseline
+                  without it, measured in the same run (needs root)";
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => {
             cargo(&["test", "--workspace", "--bins", "--lib"])?;
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc_geteuid() } != 0 {
-                bail!("the kernel tests need root (they create network namespaces and load BPF programs): run `sudo cargo xtask test`");
-            }
+            require_root("the kernel tests")?;
             let mut kernel = vec!["test", "-p", "chaos-userspace", "--test", "kernel", "--", "--test-threads=1"];
             kernel.extend(args[1..].iter().map(String::as_str));
             cargo(&kernel)
         }
+        Some("bench") => bench::run(),
         _ => {
-            eprintln!("usage: cargo xtask test [TEST-FILTER]\n\n  test   unit tests, then the privileged kernel tests (needs root)");
+            eprintln!("{USAGE}");
             std::process::exit(2);
         }
     }
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

@@ -1,0 +1,178 @@
+//! `cargo xtask bench`: what the datapath costs real traffic.
+//!
+//! Two namespaces joined by a veth; a UDP sender in one blasts fixed-size datagrams at a
+//! receiver in the other for a fixed time. Cases, each measured in the same run:
+//!
+//! - baseline: no program attached;
+//! - idle rule: chaos-ebpf attached with a rule whose peer matches nothing (every packet
+//!   is parsed and checked against the trie, none is hashed);
+//! - loss 1%: a rule that matches everything and hashes every packet.
+//!
+//! Reported: received packets/s and its ratio to the baseline, and the per-packet cost
+//! of the egress program from the kernel's own accounting (`run_time_ns / run_cnt` with
+//! kernel.bpf_stats_enabled=1, as `bpftool prog show` reports it).
+
+use std::{
+    fs,
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+const NS_A: &str = "chaos-bench-a";
+const NS_B: &str = "chaos-bench-b";
+const SECONDS: u64 = 3;
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+struct Namespaces;
+
+impl Namespaces {
+    fn create() -> Result<Namespaces> {
+        for ns in [NS_A, NS_B] {
+            let _ = ip(&["netns", "del", ns]);
+            ip(&["netns", "add", ns])?;
+        }
+        let guard = Namespaces;
+        ip(&["link", "add", "ba", "netns", NS_A, "type", "veth", "peer", "name", "bb", "netns", NS_B])?;
+        ip(&["-n", NS_A, "addr", "add", "192.0.2.1/24", "dev", "ba"])?;
+        ip(&["-n", NS_B, "addr", "add", "192.0.2.2/24", "dev", "bb"])?;
+        ip(&["-n", NS_A, "link", "set", "ba", "up"])?;
+        ip(&["-n", NS_B, "link", "set", "bb", "up"])?;
+        Ok(guard)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in [NS_A, NS_B] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let file = fs::File::open(format!("/var/run/netns/{ns}"))?;
+    Ok(std::thread::spawn(move || {
+        // SAFETY: a valid nsfs fd; affects this thread only.
+        assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        f()
+    })
+    .join()
+    .expect("netns thread"))
+}
+
+/// Sends for SECONDS from a fixed 5-tuple and returns datagrams received per second.
+fn blast() -> Result<f64> {
+    let receiver = in_netns(NS_B, || UdpSocket::bind("192.0.2.2:9000"))??;
+    receiver.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let mut n = 0u64;
+        while receiver.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    let sender = in_netns(NS_A, || UdpSocket::bind("192.0.2.1:9001"))??;
+    let dest: SocketAddr = "192.0.2.2:9000".parse()?;
+    let payload = [0u8; 64];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(SECONDS) {
+        for _ in 0..64 {
+            let _ = sender.send_to(&payload, dest);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let received = counter.join().expect("receiver thread");
+    Ok(received as f64 / elapsed)
+}
+
+/// (run_time_ns, run_cnt) of the loaded chaos_egress program.
+fn egress_stats() -> Result<(u64, u64)> {
+    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("running bpftool")?;
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    for p in progs.as_array().into_iter().flatten() {
+        if p["name"] == "chaos_egress" {
+            return Ok((p["run_time_ns"].as_u64().unwrap_or(0), p["run_cnt"].as_u64().unwrap_or(0)));
+        }
+    }
+    bail!("chaos_egress is not loaded")
+}
+
+struct Chaos(Child);
+
+impl Chaos {
+    fn start(bin: &str, args: &[&str]) -> Result<Chaos> {
+        let child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let chaos = Chaos(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while egress_stats().is_err() {
+            if Instant::now() > deadline {
+                bail!("chaos-ebpf did not load within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(chaos)
+    }
+}
+
+impl Drop for Chaos {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run() -> Result<()> {
+    crate::require_root("the benchmark")?;
+    crate::cargo(&["build", "--release", "-p", "chaos-userspace"])?;
+    let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/chaos-ebpf");
+    let stats_before = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());
+    fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling BPF run-time stats")?;
+    let result = (|| -> Result<()> {
+        let _namespaces = Namespaces::create()?;
+        let target = format!("netns:{NS_A}");
+        let common = ["--target", target.as_str(), "--duration", "5m", "--seed", "1", "--direction", "egress"];
+        let baseline = blast()?;
+        let mut rows = vec![("baseline (no program)".to_owned(), baseline, None)];
+        for (name, extra) in [
+            ("idle rule (peer matches nothing)", vec!["partition", "--mode", "oneway", "--peer", "198.51.100.0/24"]),
+            ("loss 1% on every packet", vec!["loss", "--probability", "0.01"]),
+        ] {
+            let mut args = vec!["inject"];
+            args.extend(extra.iter().copied());
+            args.extend(common);
+            let chaos = Chaos::start(bin, &args)?;
+            let (t0, c0) = egress_stats()?;
+            let pps = blast()?;
+            let (t1, c1) = egress_stats()?;
+            drop(chaos);
+            let ns = (t1 - t0) as f64 / (c1 - c0).max(1) as f64;
+            rows.push((name.to_owned(), pps, Some(ns)));
+        }
+        println!("\n{:<36} {:>14} {:>10} {:>16}", "case", "received pkt/s", "vs base", "egress ns/pkt");
+        for (name, pps, ns) in &rows {
+            println!(
+                "{name:<36} {pps:>14.0} {:>10.3} {:>16}",
+                pps / baseline,
+                ns.map_or("-".to_owned(), |v| format!("{v:.1}"))
+            );
+        }
+        println!("\n(veth, 64-byte UDP, {SECONDS} s per case, one sender; ns/pkt from run_time_ns/run_cnt)");
+        Ok(())
+    })();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
+    result
+}
