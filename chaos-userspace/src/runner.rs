@@ -199,7 +199,9 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 }
                 last_renew = Instant::now();
             }
-            let progress_every = if tty { Duration::from_millis(500) } else { Duration::from_secs(5) };
+            // A terminal line is redrawn in place; a log gets about a hundred lines a run.
+            let progress_every =
+                if tty { Duration::from_millis(500) } else { (plan.total_duration() / 100).max(Duration::from_secs(1)) };
             if options.progress && last_progress.elapsed() >= progress_every {
                 let line = progress_line(
                     run_start.elapsed(),
