@@ -200,8 +200,11 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 last_renew = Instant::now();
             }
             // A terminal line is redrawn in place; a log gets about a hundred lines a run.
-            let progress_every =
-                if tty { Duration::from_millis(500) } else { (plan.total_duration() / 100).max(Duration::from_secs(1)) };
+            let progress_every = if tty {
+                Duration::from_millis(500)
+            } else {
+                (plan.total_duration() / 100).max(Duration::from_secs(1))
+            };
             if options.progress && last_progress.elapsed() >= progress_every {
                 let line = progress_line(
                     run_start.elapsed(),

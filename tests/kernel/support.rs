@@ -187,6 +187,24 @@ pub fn udp_passes(from_ns: &str, to_ns: &str, to: Ipv4Addr, port: u16) -> bool {
     !got.is_empty()
 }
 
+/// Sends a datagram from `from_ns` to `to` every millisecond until one arrives; returns
+/// how long that took (None after `limit`). Millisecond resolution for revert timings.
+pub fn udp_time_until_passes(from_ns: &str, to_ns: &str, to: Ipv4Addr, port: u16, limit: Duration) -> Option<Duration> {
+    let receiver = udp_receiver(to_ns, SocketAddr::from((to, port)));
+    receiver.set_nonblocking(true).unwrap();
+    let sender = in_netns(from_ns, || UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).expect("bind"));
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    while start.elapsed() < limit {
+        let _ = sender.send_to(b"probe", SocketAddr::from((to, port)));
+        std::thread::sleep(Duration::from_millis(1));
+        if receiver.recv(&mut buf).is_ok() {
+            return Some(start.elapsed());
+        }
+    }
+    None
+}
+
 /// An echo server in `ns`; stops when the listener's accept loop times out (bounded).
 pub fn tcp_echo_server(ns: &str, addr: SocketAddr) {
     let listener = in_netns(ns, move || TcpListener::bind(addr).expect("bind tcp"));
