@@ -20,6 +20,8 @@
 pub const DOMAIN_LOSS: u64 = 0x6c6f_7373; // "loss"
 /// Message word that tags a burst-model state transition.
 pub const DOMAIN_BURST: u64 = 0x6275_7273; // "burs"
+/// Message word that tags a delay jitter draw.
+pub const DOMAIN_JITTER: u64 = 0x6a69_7474; // "jitt"
 /// Message word that tags the flow hash.
 pub const DOMAIN_FLOW: u64 = 0x666c_6f77; // "flow"
 
@@ -87,6 +89,26 @@ pub fn flow_hash(seed: u64, rule_id: u32, key: &crate::FlowKey) -> u64 {
 #[inline(always)]
 pub fn decision(seed: u64, rule_id: u32, flow_hash: u64, index: u64, domain: u64) -> u64 {
     siphash24(seed, rule_id as u64, &[flow_hash, index, domain])
+}
+
+/// The jitter offset in ns, in [-jitter, +jitter] (uniform) or normal-ish with sd =
+/// jitter (Irwin-Hall: the sum of four 16-bit uniforms from the draw, centred and scaled
+/// by sqrt(3), since each uniform has variance 1/12). No floating point: it runs in BPF.
+#[inline(always)]
+pub fn jitter_offset(draw: u64, jitter_ns: u64, normal: bool) -> i64 {
+    if jitter_ns == 0 {
+        return 0;
+    }
+    if normal {
+        let sum = (draw & 0xffff) + ((draw >> 16) & 0xffff) + ((draw >> 32) & 0xffff) + (draw >> 48);
+        // sum - 2 * 65535.5 has sd 65536 * sqrt(4/12); times sqrt(3) (1774/1024) gives sd
+        // 65536; times jitter / 65536 gives sd = jitter.
+        // Arithmetic shifts, not signed division: BPF before cpu v4 has none.
+        let centred = (2 * sum as i64 - 4 * 65535) >> 1;
+        (((centred * 1774) >> 10) * (jitter_ns as i64)) >> 16
+    } else {
+        (draw % (2 * jitter_ns + 1)) as i64 - jitter_ns as i64
+    }
 }
 
 /// Whether a decision value falls under a threshold. `u64::MAX` means always.
@@ -167,6 +189,25 @@ mod tests {
         assert_ne!(a, decision(1, 2, 5, 9, DOMAIN_LOSS));
         assert_ne!(a, decision(1, 1, 5, 9, DOMAIN_BURST));
         assert_ne!(a, decision(1, 1, 5, 10, DOMAIN_LOSS));
+    }
+
+    #[test]
+    fn jitter_has_the_asked_spread() {
+        let n = 200_000u64;
+        for normal in [false, true] {
+            let jitter = 10_000_000u64; // 10 ms
+            let xs: std::vec::Vec<f64> =
+                (0..n).map(|i| jitter_offset(decision(3, 1, 9, i, DOMAIN_JITTER), jitter, normal) as f64).collect();
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+            // Uniform on [-j, j] has sd j/sqrt(3); the normal-ish one sd j.
+            let want = if normal { jitter as f64 } else { jitter as f64 / 3f64.sqrt() };
+            assert!(mean.abs() < 0.01 * jitter as f64, "normal={normal} mean {mean}");
+            assert!((sd / want - 1.0).abs() < 0.01, "normal={normal} sd {sd} want {want}");
+            let max = xs.iter().cloned().fold(f64::MIN, f64::max);
+            let bound = if normal { 2.0 * 3f64.sqrt() * jitter as f64 } else { jitter as f64 };
+            assert!(max <= bound * 1.001, "normal={normal} max {max}");
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod names {
     pub const PROTECTED: &str = "CHAOS_PROTECTED";
     pub const CONFIG: &str = "CHAOS_CONFIG";
     pub const FLOWS: &str = "CHAOS_FLOWS";
+    pub const RATE_NEXT: &str = "CHAOS_RATE_NEXT";
     /// Program names as the kernel records them (at most 15 bytes).
     pub const PROG_INGRESS: &str = "chaos_ingress";
     pub const PROG_EGRESS: &str = "chaos_egress";
@@ -47,7 +48,16 @@ pub mod action {
     /// Drop only TCP segments that open a connection (SYN without ACK), so established
     /// connections keep working and new ones fail.
     pub const DROP_NEW_TCP: u32 = 3;
+    /// Set an earliest departure time `delay ± jitter` from now (egress; sch_fq holds
+    /// the packet until then).
+    pub const DELAY: u32 = 4;
+    /// Pace the rule's packets to `rate_bytes_per_sec` by spacing departure times.
+    pub const RATE: u32 = 5;
 }
+
+/// A rate-limited packet that would wait longer than this is dropped, as a full queue
+/// of a real bottleneck would drop it (and fq would drop it beyond its horizon).
+pub const RATE_MAX_WAIT_NS: u64 = 1_000_000_000;
 
 /// Bits of [`Rule::flags`].
 pub mod flags {
@@ -57,6 +67,9 @@ pub mod flags {
     pub const PEERS: u32 = 1 << 1;
     /// Gilbert-Elliott burst loss: per-flow good/bad state.
     pub const BURST: u32 = 1 << 2;
+    /// Delay jitter is normal-ish (Irwin-Hall of four uniforms, sd = jitter) rather than
+    /// uniform in [-jitter, +jitter].
+    pub const JITTER_NORMAL: u32 = 1 << 3;
 }
 
 /// Bits of [`Rule::directions`].
@@ -94,6 +107,12 @@ pub struct Rule {
     pub burst_exit: u64,
     /// Burst model: loss threshold while in the bad state.
     pub burst_loss: u64,
+    /// DELAY: the base delay in ns.
+    pub delay_ns: u64,
+    /// DELAY: the jitter in ns (half-width of the uniform range, or the sd of the normal).
+    pub jitter_ns: u64,
+    /// RATE: bytes per second.
+    pub rate_bytes_per_sec: u64,
     /// The rule's id as the user sees it; also SipHash key half k1, so two rules with
     /// the same seed still decide independently.
     pub rule_id: u32,
@@ -135,6 +154,8 @@ pub struct RuleCounters {
     pub expired: u64,
     /// Packets on the protected list (e.g. SSH) that the rule left alone.
     pub protected: u64,
+    /// Matched packets given a later departure time (delay, rate).
+    pub delayed: u64,
 }
 
 impl RuleCounters {
@@ -146,6 +167,7 @@ impl RuleCounters {
         self.errors += other.errors;
         self.expired += other.expired;
         self.protected += other.protected;
+        self.delayed += other.delayed;
     }
 }
 
@@ -262,8 +284,8 @@ mod pod {
 }
 
 // No implicit padding anywhere: a size that is not the sum of the fields fails the build.
-const _: () = assert!(core::mem::size_of::<Rule>() == 6 * 8 + 6 * 4 + 2 * 2 + 4);
-const _: () = assert!(core::mem::size_of::<RuleCounters>() == 7 * 8);
+const _: () = assert!(core::mem::size_of::<Rule>() == 9 * 8 + 6 * 4 + 2 * 2 + 4);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 8 * 8);
 const _: () = assert!(core::mem::size_of::<ProtectedPorts>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
 const _: () = assert!(core::mem::size_of::<PeerKeyData>() == 20);

@@ -1,10 +1,14 @@
-//! What a matched packet gets: the per-rule decision, from the keyed hash of
-//! (seed, flow, per-flow packet index); see chaos_ebpf_common::hash for why it is uniform.
+//! What a matched packet gets: the per-rule verdict. Probabilistic choices come from the
+//! keyed hash of (seed, flow, per-flow packet index); see chaos_ebpf_common::hash for why
+//! it is uniform.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruHashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    maps::{Array, LruHashMap},
+};
 use chaos_ebpf_common::{
-    FlowKey, FlowState, Rule, action, decision, flags, flow_hash,
-    hash::{DOMAIN_BURST, DOMAIN_LOSS, hits},
+    FlowKey, FlowState, RATE_MAX_WAIT_NS, Rule, action, decision, flags, flow_hash,
+    hash::{DOMAIN_BURST, DOMAIN_JITTER, DOMAIN_LOSS, hits, jitter_offset},
 };
 
 use crate::parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_SYN};
@@ -12,63 +16,81 @@ use crate::parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_SYN};
 /// The flow table was full and the new entry could not be stored.
 pub struct NoFlowState;
 
-/// `Ok(true)` when the packet should be dropped.
-#[inline(always)]
-pub fn decide(
-    rule: &Rule,
-    slot: u32,
-    p: &Packet,
-    dir: u32,
-    key: &mut FlowKey,
-    flows: &LruHashMap<FlowKey, FlowState>,
-) -> Result<bool, NoFlowState> {
-    match rule.action {
-        action::DROP => Ok(true),
-        action::DROP_NEW_TCP => Ok(p.proto == 6 && p.tcp_flags & TCP_FLAG_SYN != 0 && p.tcp_flags & TCP_FLAG_ACK == 0),
-        action::LOSS => loss(rule, slot, p, dir, key, flows),
-        _ => Ok(false),
-    }
+pub enum Verdict {
+    Pass,
+    Drop,
+    /// Pass, leaving no earlier than this CLOCK_MONOTONIC time (skb->tstamp, enforced by
+    /// sch_fq on the egress device).
+    DepartAt(u64),
+}
+
+/// Everything a verdict may depend on besides the rule.
+pub struct Context<'a> {
+    pub slot: u32,
+    pub packet: &'a Packet,
+    pub dir: u32,
+    pub now: u64,
+    pub len: u64,
+    pub key: &'a mut FlowKey,
+    pub flows: &'a LruHashMap<FlowKey, FlowState>,
+    pub rate_next: &'a Array<u64>,
 }
 
 #[inline(always)]
-fn loss(
-    rule: &Rule,
-    slot: u32,
-    p: &Packet,
-    dir: u32,
-    key: &mut FlowKey,
-    flows: &LruHashMap<FlowKey, FlowState>,
-) -> Result<bool, NoFlowState> {
-    key.slot = slot;
-    key.direction = dir as u8;
-    key.proto = p.proto;
-    key.sport = p.sport;
-    key.dport = p.dport;
+pub fn decide(rule: &Rule, c: Context<'_>) -> Result<Verdict, NoFlowState> {
+    let drop_if = |yes: bool| if yes { Verdict::Drop } else { Verdict::Pass };
+    match rule.action {
+        action::DROP => Ok(Verdict::Drop),
+        action::DROP_NEW_TCP => Ok(drop_if(
+            c.packet.proto == 6 && c.packet.tcp_flags & TCP_FLAG_SYN != 0 && c.packet.tcp_flags & TCP_FLAG_ACK == 0,
+        )),
+        action::LOSS => loss(rule, c).map(drop_if),
+        action::DELAY => delay(rule, c),
+        action::RATE => Ok(rate(rule, &c)),
+        _ => Ok(Verdict::Pass),
+    }
+}
+
+/// The flow's hash and this packet's index in it (the entry is created on first sight).
+#[inline(always)]
+fn next_in_flow(rule: &Rule, c: &mut Context<'_>) -> Result<(u64, u64, *mut FlowState), NoFlowState> {
+    let key = &mut *c.key;
+    key.slot = c.slot;
+    key.direction = c.dir as u8;
+    key.proto = c.packet.proto;
+    key.sport = c.packet.sport;
+    key.dport = c.packet.dport;
     key._pad = 0;
-    key.saddr = p.saddr;
-    key.daddr = p.daddr;
+    key.saddr = c.packet.saddr;
+    key.daddr = c.packet.daddr;
     let key = &*key;
-    let state = match flows.get_ptr_mut(key) {
+    let state = match c.flows.get_ptr_mut(key) {
         Some(state) => state,
         None => {
             let fresh =
                 FlowState { flow_hash: flow_hash(rule.seed, rule.rule_id, key), next_index: 0, bad: 0, _pad: 0 };
             // Another CPU may have inserted the flow meanwhile (NOEXIST fails then); the
             // lookup below finds whichever entry won.
-            let _ = flows.insert(key, &fresh, BPF_NOEXIST as u64);
-            flows.get_ptr_mut(key).ok_or(NoFlowState)?
+            let _ = c.flows.insert(key, &fresh, BPF_NOEXIST as u64);
+            c.flows.get_ptr_mut(key).ok_or(NoFlowState)?
         }
     };
     // SAFETY: `state` points into the map value, valid for this program run; the index
     // is bumped atomically because packets of one flow can run on several CPUs.
     let (hash, index) = unsafe { ((*state).flow_hash, fetch_add(&raw mut (*state).next_index, 1)) };
+    Ok((hash, index, state))
+}
+
+#[inline(always)]
+fn loss(rule: &Rule, mut c: Context<'_>) -> Result<bool, NoFlowState> {
+    let (hash, index, state) = next_in_flow(rule, &mut c)?;
     let mut threshold = rule.loss_threshold;
     if rule.flags & flags::BURST != 0 {
         // Gilbert-Elliott: first the state transition for this packet, then the loss draw
         // with the new state's loss probability. The state write races only with other
         // packets of the same flow on other CPUs, which then also share its outcome.
         let draw = decision(rule.seed, rule.rule_id, hash, index, DOMAIN_BURST);
-        // SAFETY: as above.
+        // SAFETY: as in next_in_flow.
         let bad = unsafe { &mut (*state).bad };
         if *bad != 0 {
             if hits(draw, rule.burst_exit) {
@@ -82,6 +104,38 @@ fn loss(
         }
     }
     Ok(hits(decision(rule.seed, rule.rule_id, hash, index, DOMAIN_LOSS), threshold))
+}
+
+#[inline(always)]
+fn delay(rule: &Rule, mut c: Context<'_>) -> Result<Verdict, NoFlowState> {
+    let mut total = rule.delay_ns as i64;
+    if rule.jitter_ns != 0 {
+        let (hash, index, _) = next_in_flow(rule, &mut c)?;
+        let draw = decision(rule.seed, rule.rule_id, hash, index, DOMAIN_JITTER);
+        total += jitter_offset(draw, rule.jitter_ns, rule.flags & flags::JITTER_NORMAL != 0);
+    }
+    Ok(if total > 0 { Verdict::DepartAt(c.now + total as u64) } else { Verdict::Pass })
+}
+
+/// EDT pacing: each packet departs `len / rate` after the previous one of this rule. The
+/// shared next-departure time is updated without a lock: two CPUs racing may give two
+/// packets the same slot, a small overshoot, never a stall.
+#[inline(always)]
+fn rate(rule: &Rule, c: &Context<'_>) -> Verdict {
+    let Some(next) = c.rate_next.get_ptr_mut(c.slot) else { return Verdict::Pass };
+    if rule.rate_bytes_per_sec == 0 {
+        return Verdict::Pass;
+    }
+    let spacing = c.len * 1_000_000_000 / rule.rate_bytes_per_sec;
+    // SAFETY: a valid slot of the array map.
+    let previous = unsafe { *next };
+    let depart = if previous > c.now { previous } else { c.now };
+    if depart - c.now > RATE_MAX_WAIT_NS {
+        return Verdict::Drop;
+    }
+    // SAFETY: as above.
+    unsafe { *next = depart + spacing };
+    Verdict::DepartAt(depart)
 }
 
 /// BPF_ATOMIC | BPF_FETCH add (needs -C target-cpu=v3, kernel >= 5.12). core's AtomicU64

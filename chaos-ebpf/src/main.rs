@@ -26,7 +26,7 @@ use chaos_ebpf_common::{
     RuleCounters, direction, flags, proto,
 };
 
-use crate::parse::Packet;
+use crate::{fault::Verdict, parse::Packet};
 
 const TC_ACT_UNSPEC: i32 = -1;
 
@@ -49,6 +49,10 @@ static PROTECTED: Array<ProtectedPorts> = Array::with_max_entries(MAX_PROTECTED,
 
 #[map(name = "CHAOS_CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Per-slot next free departure time of a rate rule (CLOCK_MONOTONIC ns).
+#[map(name = "CHAOS_RATE_NEXT")]
+static RATE_NEXT: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
 
 #[map(name = "CHAOS_FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
@@ -148,14 +152,40 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
             continue;
         }
         counters.matched += 1;
-        match fault::decide(rule, slot, &scratch.packet, dir, &mut scratch.flow, &FLOWS) {
-            Ok(true) => {
+        let context = fault::Context {
+            slot,
+            packet: &scratch.packet,
+            dir,
+            now,
+            len: ctx.len() as u64,
+            key: &mut scratch.flow,
+            flows: &FLOWS,
+            rate_next: &RATE_NEXT,
+        };
+        match fault::decide(rule, context) {
+            Ok(Verdict::Drop) => {
                 counters.dropped += 1;
                 if rule.flags & flags::SHADOW == 0 {
                     return TC_ACT_SHOT;
                 }
             }
-            Ok(false) => counters.passed += 1,
+            Ok(Verdict::DepartAt(time)) => {
+                counters.passed += 1;
+                counters.delayed += 1;
+                if rule.flags & flags::SHADOW == 0 {
+                    // Stacked delay and rate rules: the latest departure wins. Written
+                    // directly: sch_fq on this device reads skb->tstamp as CLOCK_MONOTONIC
+                    // (the TC egress hook runs before the root qdisc enqueues).
+                    // SAFETY: the program's own skb; tstamp is writable in sched_cls.
+                    unsafe {
+                        let skb = ctx.skb.skb;
+                        if (*skb).tstamp < time {
+                            (*skb).tstamp = time;
+                        }
+                    }
+                }
+            }
+            Ok(Verdict::Pass) => counters.passed += 1,
             Err(_) => counters.errors += 1,
         }
     }

@@ -70,6 +70,19 @@ fn revert_instance(instance: &InstanceState, report: &mut Report) {
             Err(_) => {} // interface gone
         }
     }
+    for iface in &instance.fq_installed {
+        let Ok(index) = nix_ifindex(iface) else { continue };
+        // Only our fq: if someone replaced it meanwhile, theirs stays.
+        if matches!(netlink::root_qdisc(index), Ok(Some(q)) if q.kind == "fq") {
+            match netlink::delete_root_qdisc(index) {
+                Ok(true) => report
+                    .removed
+                    .push(format!("sch_fq root qdisc on {iface} in {} (default restored)", instance.netns.display())),
+                Ok(false) => {}
+                Err(e) => report.remaining.push(format!("sch_fq on {iface} in {}: {e}", instance.netns.display())),
+            }
+        }
+    }
     for iface in &instance.clsact_added {
         let Ok(index) = nix_ifindex(iface) else {
             continue;

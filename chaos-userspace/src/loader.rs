@@ -73,7 +73,23 @@ pub struct Instance {
     ebpf: Option<Ebpf>,
     attached: Vec<Attached>,
     clsact_added: Vec<Interface>,
+    /// Interfaces where this instance made sch_fq the root qdisc (replacing the default).
+    fq_installed: Vec<Interface>,
     used_slots: BTreeSet<u32>,
+}
+
+/// Root qdiscs a device gets by default. Only these are replaced by sch_fq: deleting our
+/// fq later brings the same default back, so the revert is exact. A qdisc someone
+/// configured (a handle other than 0:) is left alone and the fault refused.
+const DEFAULT_ROOT_QDISCS: [&str; 5] = ["noqueue", "pfifo_fast", "mq", "fq_codel", "pfifo"];
+
+/// See netlink::FqSettings; the horizon sits just past the longest allowed delay.
+fn fq_settings() -> netlink::FqSettings {
+    netlink::FqSettings {
+        limit: 100_000,
+        flow_limit: 10_000,
+        horizon_us: (crate::spec::MAX_DELAY.as_micros() as u32) + 1_000_000,
+    }
 }
 
 fn hook_name(hook: TcAttachType) -> &'static str {
@@ -105,6 +121,7 @@ impl Instance {
             ebpf: Some(ebpf),
             attached: Vec::new(),
             clsact_added: Vec::new(),
+            fq_installed: Vec::new(),
             used_slots: BTreeSet::new(),
         };
         {
@@ -166,6 +183,52 @@ impl Instance {
                 })?;
                 let link = prog.take_link(id)?;
                 self.attached.push(Attached { iface: iface.clone(), hook, link });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure sch_fq is the root qdisc of each interface, so departure times set by
+    /// delay and rate rules are enforced. Fails with exit 2 (and changes nothing more)
+    /// when the kernel has no sch_fq or a configured qdisc is in the way.
+    pub fn ensure_fq(&mut self, interfaces: &[Interface]) -> Result<()> {
+        let _inside = self.netns.enter()?;
+        for iface in interfaces {
+            if self.fq_installed.iter().any(|i| i.index == iface.index) {
+                continue;
+            }
+            let root = netlink::root_qdisc(iface.index)
+                .with_context(|| format!("reading the root qdisc of {}", iface.name))?;
+            match &root {
+                Some(q) if q.kind == "fq" => continue,
+                Some(q) if q.handle != 0 || !DEFAULT_ROOT_QDISCS.contains(&q.kind.as_str()) => {
+                    return Err(Failure::environment(
+                        format!(
+                            "{} in {} has a configured root qdisc ({} {:x}:); delay and rate need sch_fq there, and replacing a configured qdisc could not be undone exactly",
+                            iface.name,
+                            self.netns.path.display(),
+                            q.kind,
+                            q.handle >> 16
+                        ),
+                        "make fq the root qdisc yourself (`tc qdisc replace dev IFACE root fq flow_limit 10000`), or target an interface with its default qdisc",
+                    )
+                    .into());
+                }
+                _ => {}
+            }
+            match netlink::replace_root_with_fq(iface.index, &fq_settings()) {
+                Ok(()) => self.fq_installed.push(iface.clone()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    return Err(Failure::environment(
+                        format!(
+                            "this kernel has no sch_fq (CONFIG_NET_SCH_FQ), so nothing would enforce the departure times a delay or rate fault sets on {}",
+                            iface.name
+                        ),
+                        "load it (`modprobe sch_fq`) or use a kernel that has it (Debian's do); loss, partition and blackhole work without it",
+                    )
+                    .into())
+                }
+                Err(e) => return Err(e).with_context(|| format!("installing sch_fq on {}", iface.name)),
             }
         }
         Ok(())
@@ -290,6 +353,7 @@ impl Instance {
                 .collect(),
             netlink_filters,
             clsact_added: self.clsact_added.iter().map(|i| i.name.clone()).collect(),
+            fq_installed: self.fq_installed.iter().map(|i| i.name.clone()).collect(),
         })
     }
 
@@ -312,6 +376,13 @@ impl Instance {
             }
         }
         drop(ebpf);
+        for iface in self.fq_installed.drain(..) {
+            if let Err(e) = netlink::delete_root_qdisc(iface.index) {
+                if e.raw_os_error() != Some(libc::ENODEV) {
+                    errors.push(format!("restoring the root qdisc of {}: {e}", iface.name));
+                }
+            }
+        }
         for iface in self.clsact_added.drain(..) {
             if let Err(e) = netlink::delete_clsact(iface.index) {
                 if e.raw_os_error() != Some(libc::ENODEV) {

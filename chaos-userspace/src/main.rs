@@ -25,7 +25,7 @@ use crate::{
     error::{exit_code, Failure},
     loader::AttachMode,
     plan::{Plan, PlannedFault, PlannedStep, Protect},
-    spec::{BadValue, Cidr, Direction, FaultKind, PartitionMode, PortRange, Proto, RawFault, TargetSpec},
+    spec::{BadValue, Cidr, Direction, Distribution, FaultKind, PartitionMode, PortRange, Proto, RawFault, TargetSpec},
 };
 
 const ABOUT: &str = "Exact, deterministic, reversible network faults from eBPF TC programs.";
@@ -42,6 +42,8 @@ Examples:
   sudo chaos-ebpf inject loss --target netns:a --probability 0.3 --duration 30s --seed 7
   sudo chaos-ebpf inject partition --target netns:a --peer 192.0.2.2/32 --mode both --duration 30s
   sudo chaos-ebpf inject blackhole --target pid:4242 --proto udp --ports 443 --duration 1m
+  sudo chaos-ebpf inject delay --target netns:a --delay 100ms --jitter 10ms --duration 1m
+  sudo chaos-ebpf inject rate --target iface:eth1 --rate 10mbit --duration 1m
   sudo chaos-ebpf run scenarios/lab-demo.yaml
   chaos-ebpf validate scenario.yaml && chaos-ebpf plan scenario.yaml
   sudo chaos-ebpf status --output json
@@ -140,6 +142,30 @@ enum InjectFault {
     /// Drop one protocol and port set, e.g. --proto udp --ports 443 to force QUIC
     /// clients back to TCP.
     Blackhole {
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Delay matched packets on egress by setting their earliest departure time (needs
+    /// sch_fq, which chaos-ebpf installs on the target's interfaces and removes after).
+    Delay {
+        /// Base delay (e.g. 100ms).
+        #[arg(long, value_parser = spec::parse_duration)]
+        delay: Duration,
+        /// Jitter around the delay (e.g. 10ms); packets of one flow never reorder.
+        #[arg(long, value_parser = spec::parse_duration)]
+        jitter: Option<Duration>,
+        /// Jitter shape: uniform in [delay-jitter, delay+jitter], or normal with sd jitter.
+        #[arg(long, value_parser = parse_with::<Distribution>, requires = "jitter")]
+        distribution: Option<Distribution>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Limit the target's egress bandwidth by pacing departure times (needs sch_fq, as
+    /// delay does).
+    Rate {
+        /// Bandwidth: 500kbit, 10mbit, 1gbit.
+        #[arg(long, value_parser = spec::parse_rate)]
+        rate: u64,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -292,6 +318,12 @@ fn inject_plan(fault: InjectFault) -> Result<(Plan, bool, Output)> {
             (FaultKind::Partition, common, RawFault { mode: Some(mode), ..RawFault::default() })
         }
         InjectFault::Blackhole { common } => (FaultKind::Blackhole, common, RawFault::default()),
+        InjectFault::Delay { delay, jitter, distribution, common } => {
+            (FaultKind::Delay, common, RawFault { delay: Some(delay), jitter, distribution, ..RawFault::default() })
+        }
+        InjectFault::Rate { rate, common } => {
+            (FaultKind::Rate, common, RawFault { rate: Some(rate), ..RawFault::default() })
+        }
     };
     raw.kind = Some(kind);
     raw.target = Some(common.target.clone());

@@ -97,7 +97,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     }
     let protected: Vec<ProtectedPorts> = plan.protect.iter().map(|p| p.entry()).collect();
     let mut instances: BTreeMap<NetnsId, Instance> = BTreeMap::new();
-    for targets in resolved.values() {
+    for (key, targets) in &resolved {
         for r in targets {
             if !instances.contains_key(&r.netns.id) {
                 let netns = crate::netns::Netns::open(&r.netns.path)?;
@@ -110,6 +110,16 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 instances.insert(r.netns.id, instance);
             }
             let instance = instances.get_mut(&r.netns.id).expect("inserted above");
+            let target_needs_fq = plan
+                .steps
+                .iter()
+                .flat_map(|s| &s.faults)
+                .any(|f| f.spec.kind.needs_fq() && f.spec.target.to_string() == *key);
+            if target_needs_fq {
+                let interfaces: Vec<_> =
+                    r.interfaces.iter().filter(|i| r.ifindex == 0 || i.index == r.ifindex).cloned().collect();
+                instance.ensure_fq(&interfaces)?;
+            }
             instance.attach(&r.interfaces).map_err(|e| {
                 Failure::environment(
                     format!("attaching to {} failed: {e:#}", r.netns.path.display()),

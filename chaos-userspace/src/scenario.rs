@@ -64,6 +64,10 @@ struct RawStep {
     direction: Option<String>,
     #[serde(default)]
     shadow: bool,
+    delay: Option<String>,
+    jitter: Option<String>,
+    distribution: Option<String>,
+    rate: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +145,10 @@ impl Validator<'_> {
 
     fn parse_at<T: FromStr<Err = BadValue>>(&self, path: &[Seg], text: &str) -> Result<T, ScenarioError> {
         text.parse::<T>().map_err(|e| self.error(path, e.problem, e.fix))
+    }
+
+    fn duration_at(&self, path: &[Seg], text: &str) -> Result<Duration, ScenarioError> {
+        spec::parse_duration(text).map_err(|e| self.error(path, e.problem, e.fix))
     }
 
     fn validate(&self, raw: RawScenario) -> Result<Plan, ScenarioError> {
@@ -261,6 +269,18 @@ impl Validator<'_> {
                         .map(|d| self.parse_at::<Direction>(&at("direction"), d))
                         .transpose()?,
                     shadow: step.shadow,
+                    delay: step.delay.as_deref().map(|d| self.duration_at(&at("delay"), d)).transpose()?,
+                    jitter: step.jitter.as_deref().map(|d| self.duration_at(&at("jitter"), d)).transpose()?,
+                    distribution: step
+                        .distribution
+                        .as_deref()
+                        .map(|d| self.parse_at(&at("distribution"), d))
+                        .transpose()?,
+                    rate: step
+                        .rate
+                        .as_deref()
+                        .map(|r| spec::parse_rate(r).map_err(|e| self.error(&at("rate"), e.problem, e.fix)))
+                        .transpose()?,
                 };
                 let fault = raw_fault.validate().map_err(|e| {
                     let key = match e.field {

@@ -34,17 +34,26 @@ pub enum FaultKind {
     Loss,
     Partition,
     Blackhole,
+    Delay,
+    Rate,
 }
 
 impl FaultKind {
-    pub const NAMES: &'static str = "loss, partition, blackhole";
+    pub const NAMES: &'static str = "loss, partition, blackhole, delay, rate";
 
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::Loss => "loss",
             FaultKind::Partition => "partition",
             FaultKind::Blackhole => "blackhole",
+            FaultKind::Delay => "delay",
+            FaultKind::Rate => "rate",
         }
+    }
+
+    /// Faults that set departure times, which only sch_fq on the egress device enforces.
+    pub fn needs_fq(self) -> bool {
+        matches!(self, FaultKind::Delay | FaultKind::Rate)
     }
 }
 
@@ -55,6 +64,8 @@ impl FromStr for FaultKind {
             "loss" => Ok(FaultKind::Loss),
             "partition" => Ok(FaultKind::Partition),
             "blackhole" => Ok(FaultKind::Blackhole),
+            "delay" => Ok(FaultKind::Delay),
+            "rate" => Ok(FaultKind::Rate),
             other => {
                 Err(BadValue::new(format!("unknown fault '{other}'"), format!("use one of: {}", FaultKind::NAMES)))
             }
@@ -123,6 +134,49 @@ impl FromStr for Proto {
             }
         }
     }
+}
+
+/// Shape of the delay jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    /// Uniform in [delay - jitter, delay + jitter].
+    #[default]
+    Uniform,
+    /// Normal-ish around delay with standard deviation jitter (Irwin-Hall, bounded at
+    /// about 3.5 jitter).
+    Normal,
+}
+
+impl FromStr for Distribution {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
+        match s {
+            "uniform" => Ok(Distribution::Uniform),
+            "normal" => Ok(Distribution::Normal),
+            other => Err(BadValue::new(format!("unknown jitter distribution '{other}'"), "use uniform or normal")),
+        }
+    }
+}
+
+/// A bandwidth like tc writes it: `100kbit`, `10mbit`, `1gbit` (or `bit`), as bytes/s.
+pub fn parse_rate(s: &str) -> Result<u64, BadValue> {
+    let bad = || BadValue::new(format!("'{s}' is not a rate"), "write a bandwidth such as 500kbit, 10mbit or 1gbit");
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+    let value: f64 = t[..split].parse().map_err(|_| bad())?;
+    let scale = match &t[split..] {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        _ => return Err(bad()),
+    };
+    let bytes = value * scale / 8.0;
+    if !(1000.0..=1.25e11).contains(&bytes) {
+        return Err(BadValue::new(format!("rate {s} is outside 8kbit..1000gbit"), "write a bandwidth such as 10mbit"));
+    }
+    Ok(bytes as u64)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -373,7 +427,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
 
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if d < Duration::from_secs(1) && d.as_nanos() % 1_000_000 == 0 {
+        format!("{ms}ms")
+    } else if d < Duration::from_secs(1) {
+        format!("{}us", d.as_micros())
+    } else if ms % 1000 != 0 {
         format!("{:.3}s", d.as_secs_f64())
     } else {
         format!("{}s", ms / 1000)
@@ -410,7 +468,27 @@ pub struct FaultSpec {
     pub ports: Option<PortRange>,
     pub direction: Direction,
     pub shadow: bool,
+    /// Delay: base delay, jitter and its shape.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_secs")]
+    pub delay: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_secs")]
+    pub jitter: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Distribution>,
+    /// Rate: bytes per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_bytes_per_sec: Option<u64>,
 }
+
+fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+/// The longest delay a rule may ask for; fq's horizon is set above it.
+pub const MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// What the user wrote for one fault, before validation; both the CLI and the scenario
 /// file fill this in.
@@ -428,6 +506,10 @@ pub struct RawFault {
     pub ports: Option<PortRange>,
     pub direction: Option<Direction>,
     pub shadow: bool,
+    pub delay: Option<Duration>,
+    pub jitter: Option<Duration>,
+    pub distribution: Option<Distribution>,
+    pub rate: Option<u64>,
 }
 
 /// A validation problem tied to one field; the caller turns `field` into a flag name or
@@ -473,16 +555,26 @@ impl RawFault {
         if kind != FaultKind::Partition {
             only("mode", self.mode.is_some(), "partition")?;
         }
+        if kind != FaultKind::Delay {
+            only("delay", self.delay.is_some(), "delay")?;
+            only("jitter", self.jitter.is_some() || self.distribution.is_some(), "delay")?;
+        }
+        if kind != FaultKind::Rate {
+            only("rate", self.rate.is_some(), "rate")?;
+        }
         let proto = self.proto.unwrap_or_default();
         if self.ports.is_some() && !matches!(proto, Proto::Tcp | Proto::Udp) {
             return Err(FieldError::new("ports", "a port range needs a protocol with ports", "add proto tcp or udp"));
         }
-        let egress_only = target.egress_only();
+        // Earliest-departure times act on egress only: sch_fq holds packets on the way
+        // out of a device; nothing holds them on the way in.
+        let egress_only = target.egress_only() || kind.needs_fq();
         let default_direction = if egress_only { Direction::Egress } else { Direction::Both };
         let mut direction = self.direction.unwrap_or(default_direction);
         let mut probability = None;
         let mut burst = None;
         let mut mode = None;
+        let (mut delay, mut jitter, mut distribution, mut rate) = (None, None, None, None);
         match kind {
             FaultKind::Loss => {
                 let p = self.probability.ok_or_else(|| {
@@ -543,6 +635,34 @@ impl RawFault {
                     }
                 }
             }
+            FaultKind::Delay => {
+                let d = self.delay.ok_or_else(|| {
+                    FieldError::new(
+                        "delay",
+                        "a delay fault needs a delay",
+                        "add delay 100ms (and optionally jitter 10ms)",
+                    )
+                })?;
+                let j = self.jitter.unwrap_or_default();
+                if d > MAX_DELAY || j > MAX_DELAY {
+                    return Err(FieldError::new(
+                        "delay",
+                        format!("delay and jitter must stay within {}s", MAX_DELAY.as_secs()),
+                        "ask for less; fq's horizon and its queue memory bound what can be held",
+                    ));
+                }
+                if d.is_zero() && j.is_zero() {
+                    return Err(FieldError::new("delay", "a delay of zero does nothing", "give a delay such as 100ms"));
+                }
+                delay = Some(d);
+                jitter = self.jitter;
+                distribution = self.jitter.map(|_| self.distribution.unwrap_or_default());
+            }
+            FaultKind::Rate => {
+                rate = Some(
+                    self.rate.ok_or_else(|| FieldError::new("rate", "a rate fault needs a rate", "add rate 10mbit"))?,
+                );
+            }
             FaultKind::Blackhole => {
                 if proto == Proto::Any {
                     return Err(FieldError::new(
@@ -552,6 +672,17 @@ impl RawFault {
                     ));
                 }
             }
+        }
+        if kind.needs_fq() && direction != Direction::Egress {
+            return Err(FieldError::new(
+                "direction",
+                format!(
+                    "a {} fault sets departure times, which only act on egress (sch_fq holds a \
+                     packet on its way out of a device)",
+                    kind.name()
+                ),
+                "use direction egress; to slow what a namespace receives, fault the sender's side (its peer namespace or interface) on egress",
+            ));
         }
         if egress_only && direction != Direction::Egress {
             return Err(FieldError::new(
@@ -574,6 +705,10 @@ impl RawFault {
             ports: self.ports,
             direction,
             shadow: self.shadow,
+            delay,
+            jitter,
+            distribution,
+            rate_bytes_per_sec: rate,
         })
     }
 }
@@ -604,7 +739,15 @@ impl FaultSpec {
             (FaultKind::Loss, _) => common::action::LOSS,
             (FaultKind::Partition, Some(PartitionMode::New)) => common::action::DROP_NEW_TCP,
             (FaultKind::Partition, _) | (FaultKind::Blackhole, _) => common::action::DROP,
+            (FaultKind::Delay, _) => common::action::DELAY,
+            (FaultKind::Rate, _) => common::action::RATE,
         };
+        rule.delay_ns = self.delay.map_or(0, |d| d.as_nanos() as u64);
+        rule.jitter_ns = self.jitter.map_or(0, |d| d.as_nanos() as u64);
+        if self.distribution == Some(Distribution::Normal) {
+            flags |= common::flags::JITTER_NORMAL;
+        }
+        rule.rate_bytes_per_sec = self.rate_bytes_per_sec.unwrap_or(0);
         if let Some(p) = self.probability {
             rule.loss_threshold = probability_threshold(p);
         }
@@ -626,6 +769,18 @@ impl FaultSpec {
         }
         if let Some(b) = self.burst {
             out += &format!(" burst(enter={} exit={} loss={})", b.enter, b.exit, b.loss);
+        }
+        if let Some(d) = self.delay {
+            out += &format!(" delay={}", format_duration(d));
+        }
+        if let Some(j) = self.jitter {
+            out += &format!(" jitter={}", format_duration(j));
+            if self.distribution == Some(Distribution::Normal) {
+                out += "(normal)";
+            }
+        }
+        if let Some(r) = self.rate_bytes_per_sec {
+            out += &format!(" rate={:.3}mbit", r as f64 * 8.0 / 1e6);
         }
         if let Some(m) = self.mode {
             out += &format!(" mode={}", serde_json::to_value(m).unwrap().as_str().unwrap_or(""));
@@ -714,6 +869,36 @@ mod tests {
         r.probability = Some(0.1);
         r.ports = Some(PortRange { lo: 1, hi: 2 });
         assert_eq!(r.validate().unwrap_err().field, "ports");
+    }
+
+    #[test]
+    fn validates_delay_and_rate() {
+        let mut r = raw(FaultKind::Delay, "netns:a");
+        assert_eq!(r.validate().unwrap_err().field, "delay");
+        r.delay = Some(Duration::from_millis(100));
+        let spec = r.validate().unwrap();
+        assert_eq!(spec.direction, Direction::Egress, "delay defaults to egress");
+        r.direction = Some(Direction::Ingress);
+        let e = r.validate().unwrap_err();
+        assert!(e.field == "direction" && e.problem.contains("egress"), "{e:?}");
+        r.direction = None;
+        r.jitter = Some(Duration::from_millis(10));
+        r.distribution = Some(Distribution::Normal);
+        let rule = r.validate().unwrap().rule(1, 1, 0, 0);
+        assert_eq!((rule.action, rule.delay_ns, rule.jitter_ns), (common::action::DELAY, 100_000_000, 10_000_000));
+        assert_eq!(rule.flags & common::flags::JITTER_NORMAL, common::flags::JITTER_NORMAL);
+        assert_eq!(rule.directions, common::direction::EGRESS);
+
+        let mut r = raw(FaultKind::Rate, "netns:a");
+        assert_eq!(r.validate().unwrap_err().field, "rate");
+        r.rate = Some(parse_rate("10mbit").unwrap());
+        assert_eq!(r.validate().unwrap().rule(1, 1, 0, 0).rate_bytes_per_sec, 1_250_000);
+        r.delay = Some(Duration::from_millis(1));
+        assert_eq!(r.validate().unwrap_err().field, "delay");
+        assert!(parse_rate("10mb").is_err());
+        assert!(parse_rate("1bit").is_err());
+        assert_eq!(parse_rate("1gbit").unwrap(), 125_000_000);
+        assert_eq!(format_duration(Duration::from_millis(100)), "100ms");
     }
 
     #[test]

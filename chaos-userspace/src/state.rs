@@ -32,6 +32,10 @@ pub struct InstanceState {
     pub interfaces: Vec<String>,
     pub netlink_filters: Vec<NetlinkFilter>,
     pub clsact_added: Vec<String>,
+    /// Interfaces where the run made sch_fq the root qdisc (deleting it restores the
+    /// default).
+    #[serde(default)]
+    pub fq_installed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -677,3 +677,37 @@ fn lab_demo_scenario_runs_and_leaves_nothing() {
     assert!(!namespaces.contains("chaos-lab-"), "lab namespaces left: {namespaces}");
     assert_nothing_left();
 }
+
+/// Whether this kernel can run sch_fq (tried on a throwaway veth in the pair's namespace).
+fn kernel_has_fq(pair: &Pair) -> bool {
+    let out = sh("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "add", "dev", "va", "root", "fq"]);
+    let ok = out.status.success();
+    if ok {
+        must("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "del", "dev", "va", "root"]);
+    }
+    ok
+}
+
+/// Without sch_fq a delay or rate fault would be a silent no-op: it must be exit 2 with
+/// the reason, and leave the qdisc as it was. (With sch_fq, the VM delay tests apply.)
+#[test]
+fn delay_without_sch_fq_is_refused() {
+    require_root();
+    let pair = Pair::new("nofq");
+    if kernel_has_fq(&pair) {
+        println!("skipped: this kernel has sch_fq; the delay tests cover it");
+        return;
+    }
+    let before = pair.qdiscs(&pair.a, "va");
+    let target = format!("netns:{}", pair.a);
+    for args in [
+        vec!["inject", "delay", "--target", &target, "--delay", "100ms", "--duration", "5s"],
+        vec!["inject", "rate", "--target", &target, "--rate", "10mbit", "--duration", "5s"],
+    ] {
+        let (code, _, err) = chaos_run(&args);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("no sch_fq") && err.contains("fix"), "{err}");
+        assert_eq!(pair.qdiscs(&pair.a, "va"), before, "the qdisc changed");
+        assert_nothing_left();
+    }
+}
