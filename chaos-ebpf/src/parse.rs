@@ -51,6 +51,7 @@ pub struct Truncated;
 /// Bytes of each packet copied for parsing: Ethernet + VLAN + IPv6 + a few extension
 /// headers + the TCP flags.
 pub const HEAD_LEN: usize = 128;
+const _: () = assert!(HEAD_LEN.is_power_of_two(), "bytes() masks offsets with HEAD_LEN - 1");
 
 /// The copied head of the packet and how much of it is valid.
 #[repr(C)]
@@ -66,8 +67,13 @@ fn bytes<const N: usize>(head: &Head, offset: usize) -> Result<[u8; N], Truncate
     if offset > HEAD_LEN - N || offset + N > head.len as usize {
         return Err(Truncated);
     }
-    // SAFETY: offset + N <= HEAD_LEN (checked above, and proven to the verifier by
-    // the same comparison); [u8; N] has alignment 1.
+    // Older verifiers (Linux 6.1) lose the bound above when LLVM computes the address
+    // from another copy of `offset`; a mask the compiler cannot drop (it is in asm)
+    // bounds the address by itself. It changes nothing: offset < HEAD_LEN already.
+    let mut offset = offset;
+    // SAFETY: pure register arithmetic.
+    unsafe { core::arch::asm!("{0} &= {mask}", inout(reg) offset, mask = const HEAD_LEN - 1) };
+    // SAFETY: offset + N <= HEAD_LEN (checked above); [u8; N] has alignment 1.
     Ok(unsafe { core::ptr::read_unaligned(head.bytes.as_ptr().add(offset) as *const [u8; N]) })
 }
 
@@ -94,7 +100,20 @@ pub fn parse(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Result<bo
     if len < ETH_HLEN {
         return Err(Truncated);
     }
-    head.len = ctx.load_bytes(0, &mut head.bytes[..len]).map_err(|_| Truncated)? as u32;
+    // The same masking as in bytes(): 1..=HEAD_LEN in the register the helper call
+    // uses, so the 6.1 verifier sees the bound too.
+    let mut len_minus_one = len - 1;
+    // SAFETY: pure register arithmetic.
+    unsafe { core::arch::asm!("{0} &= {mask}", inout(reg) len_minus_one, mask = const HEAD_LEN - 1) };
+    let len = len_minus_one + 1;
+    // SAFETY: `len` is within 1..=HEAD_LEN, the size of the destination.
+    let loaded = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb as *const _, 0, head.bytes.as_mut_ptr().cast(), len as u32)
+    };
+    if loaded != 0 {
+        return Err(Truncated);
+    }
+    head.len = len as u32;
     let head = &*head;
     let mut offset = ETH_HLEN;
     let mut ethertype = load_be16(head, 12)?;

@@ -412,22 +412,40 @@ fn lease_expires_under_sigstop() {
     assert_nothing_left();
 }
 
-/// SIGKILL reverts at once: TCX links go with the process.
+/// Whether the kernel has TCX (Linux >= 6.6): links die with their process.
+fn kernel_has_tcx() -> bool {
+    let release = fs_read("/proc/sys/kernel/osrelease");
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}
+
+fn fs_read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// SIGKILL reverts at once with TCX (links go with the process). Without TCX (netlink
+/// filters outlive the process) the lease ends the fault, and `cleanup` removes the rest.
 #[test]
 fn sigkill_reverts_immediately() {
     require_root();
     let pair = Pair::new("kill");
     let target = format!("netns:{}", pair.a);
-    let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--lease", "30s"]);
+    let tcx = kernel_has_tcx();
+    let lease = if tcx { "30s" } else { "1s" };
+    let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--lease", lease]);
     assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_millis(200)), 0);
     chaos.signal(libc::SIGKILL);
     let recovered = udp_time_until_passes(&pair.a, &pair.b, ADDR_B, 5999, Duration::from_secs(5))
         .expect("traffic did not flow after SIGKILL");
-    println!("SIGKILL: traffic flowed again {recovered:?} after the kill (lease 30s, 1 ms probe)");
-    assert!(recovered < Duration::from_secs(1), "took {recovered:?}");
+    println!("SIGKILL: traffic flowed again {recovered:?} after the kill (lease {lease}, TCX {tcx}, 1 ms probe)");
+    println!("REPORT|sigkill_to_traffic_ms|{:.2}|tcx={tcx}|lease={lease}", recovered.as_secs_f64() * 1000.0);
+    let bound = if tcx { Duration::from_secs(1) } else { Duration::from_millis(2500) };
+    assert!(recovered < bound, "took {recovered:?}");
     chaos.finish(Duration::from_secs(5));
-    assert_eq!(pair.qdiscs(&pair.a, "va").contains("clsact"), false, "a qdisc was left");
-    let _ = chaos_run(&["cleanup"]);
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!pair.qdiscs(&pair.a, "va").contains("clsact"), "a qdisc was left");
     assert_nothing_left();
 }
 
@@ -528,10 +546,10 @@ fn bad_input_exits_2_and_changes_nothing() {
     assert_usage_error(&["run", &malformed], "malformed.yaml:");
     let unknown = write(
         "unknown.yaml",
-        "steps:\n  - fault: loss\n    target: netns:x\n    probability: 0.1\n    duration: 1s\n    jitter: 5ms\n",
+        "steps:\n  - fault: loss\n    target: netns:x\n    probability: 0.1\n    duration: 1s\n    colour: red\n",
     );
     assert_usage_error(&["validate", &unknown], "unknown.yaml:6:");
-    assert_usage_error(&["run", &unknown], "unknown field `jitter`");
+    assert_usage_error(&["run", &unknown], "unknown field `colour`");
     let range =
         write("range.yaml", "steps:\n  - fault: loss\n    target: netns:x\n    probability: 1.3\n    duration: 1s\n");
     assert_usage_error(&["run", &range], "range.yaml:4:18");

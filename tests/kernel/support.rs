@@ -260,7 +260,7 @@ impl Chaos {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn chaos-ebpf");
-        let chaos = Chaos { child };
+        let mut chaos = Chaos { child };
         let state = PathBuf::from(format!("/run/chaos-ebpf/{}.json", chaos.child.id()));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -268,6 +268,10 @@ impl Chaos {
                 if text.contains("\"rule_id\"") {
                     return chaos;
                 }
+            }
+            if chaos.child.try_wait().unwrap().is_some() {
+                let (code, out, err) = chaos.finish(Duration::from_secs(1));
+                panic!("chaos-ebpf {args:?} exited ({code}) before installing its rule:\n{out}{err}");
             }
             assert!(Instant::now() < deadline, "chaos-ebpf {args:?} did not install its rule within 20 s");
             std::thread::sleep(Duration::from_millis(20));

@@ -6,6 +6,7 @@
 //!   the same run (bench.rs).
 
 mod bench;
+mod vm;
 
 use std::process::Command;
 
@@ -32,6 +33,9 @@ pub fn require_root(what: &str) -> Result<()> {
 const USAGE: &str = "usage: cargo xtask <task>
 
   test [FILTER]   unit tests, then the privileged kernel tests (needs root)
+  vm-test [FILTER]
+                  the kernel tests inside Debian 6.1 and 6.12 kernels under qemu
+                  (sch_fq, sch_netem, the pre-TCX netlink path); downloads the kernels
   bench           per-packet cost and throughput of the datapath against a baseline
                   without it, measured in the same run (needs root)";
 
@@ -46,6 +50,10 @@ fn main() -> Result<()> {
             cargo(&kernel)
         }
         Some("bench") => bench::run(),
+        Some("vm-test") => {
+            require_root("the VM tests")?;
+            vm::run(&args[1..])
+        }
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

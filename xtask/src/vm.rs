@@ -1,0 +1,444 @@
+//! `cargo xtask vm-test`: the privileged kernel tests inside real Debian kernels under
+//! qemu, for what this machine's own kernel cannot show (no sch_fq, no sch_netem) and
+//! for the kernels users run (6.1 without TCX: the netlink path; 6.12 with TCX).
+//!
+//! - Kernels: the newest `linux-image-6.1.0-*-amd64` and `linux-image-6.12.*+deb12-amd64`
+//!   in the apt index, fetched with `apt-get download` and unpacked with `dpkg -x` under
+//!   target/vm (cached).
+//! - Initramfs: a newc cpio written here (no cpio tool needed) holding busybox-static,
+//!   ip, tc, ping and bpftool with the libraries `ldd` names, the needed modules and
+//!   their dependencies (read from each module's .modinfo), and the test binaries at the
+//!   absolute paths they were built with.
+//! - qemu: `-accel tcg -cpu max` (KVM does not boot stock kernels on this machine kind;
+//!   CHAOS_VM_ACCEL=kvm overrides), serial console read back line by line; the guest's
+//!   /init prints the test run's exit code after a marker and powers off.
+//!
+//! Lines the tests print as `REPORT|...` are collected into target/vm/report-<kernel>.txt.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Modules the tests need (with their dependencies added automatically).
+const MODULES: &[&str] = &["veth", "sch_fq", "sch_netem", "sch_ingress", "cls_bpf", "bridge"];
+/// Host programs the tests call, beyond busybox.
+const PROGRAMS: &[&str] = &["ip", "tc", "ping", "bpftool"];
+/// Limit per kernel for the whole guest run under TCG.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
+
+struct Kernel {
+    label: String,
+    package: String,
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Version key for sorting package names: the numbers in order.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
+}
+
+fn newest(pattern: &str, filter: impl Fn(&str) -> bool) -> Result<String> {
+    let list = output(Command::new("apt-cache").args(["search", "--names-only", pattern]))?;
+    let mut names: Vec<&str> = list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| filter(n)).collect();
+    names.sort_by_key(|n| version_key(n));
+    names.last().map(|s| s.to_string()).ok_or_else(|| anyhow!("no package matches {pattern}: run apt-get update"))
+}
+
+fn kernels() -> Result<Vec<Kernel>> {
+    let k61 = newest("^linux-image-6\\.1\\.0-[0-9]+-amd64$", |n| {
+        n.starts_with("linux-image-6.1.0-") && n.ends_with("-amd64") && !n.contains("cloud") && !n.contains("-rt-")
+    })?;
+    let k612 = newest("^linux-image-6\\.12\\.[0-9]+\\+deb12-amd64$", |n| {
+        n.starts_with("linux-image-6.12.") && n.ends_with("+deb12-amd64")
+    })?;
+    Ok(vec![Kernel { label: "6.1".into(), package: k61 }, Kernel { label: "6.12".into(), package: k612 }])
+}
+
+/// Unpacks the kernel package under target/vm/<package> (once) and returns that dir.
+fn fetch(kernel: &Kernel, vm_dir: &Path) -> Result<PathBuf> {
+    let root = vm_dir.join(&kernel.package);
+    if root.join("boot").exists() {
+        return Ok(root);
+    }
+    let debs = vm_dir.join("debs");
+    fs::create_dir_all(&debs)?;
+    eprintln!("xtask: downloading {}", kernel.package);
+    output(Command::new("apt-get").args(["download", "-q", &kernel.package]).current_dir(&debs))?;
+    let deb = fs::read_dir(&debs)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{}_", kernel.package))))
+        .ok_or_else(|| anyhow!("apt-get download left no .deb for {}", kernel.package))?;
+    let tmp = vm_dir.join(format!("{}.tmp", kernel.package));
+    let _ = fs::remove_dir_all(&tmp);
+    output(Command::new("dpkg").arg("-x").arg(&deb).arg(&tmp))?;
+    fs::rename(&tmp, &root)?;
+    Ok(root)
+}
+
+/// A newc ("070701") cpio archive, built in memory.
+#[derive(Default)]
+struct Cpio {
+    data: Vec<u8>,
+    inode: u32,
+    dirs: BTreeSet<String>,
+}
+
+impl Cpio {
+    fn entry(&mut self, path: &str, mode: u32, body: &[u8]) {
+        self.inode += 1;
+        let name = path.trim_start_matches('/');
+        let header = format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            self.inode,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            body.len(),
+            0,
+            0,
+            0,
+            0,
+            name.len() + 1,
+            0
+        );
+        self.data.extend_from_slice(header.as_bytes());
+        self.data.extend_from_slice(name.as_bytes());
+        self.data.push(0);
+        while self.data.len() % 4 != 0 {
+            self.data.push(0);
+        }
+        self.data.extend_from_slice(body);
+        while self.data.len() % 4 != 0 {
+            self.data.push(0);
+        }
+    }
+
+    fn dir(&mut self, path: &str) {
+        let path = path.trim_end_matches('/');
+        if path.is_empty() || self.dirs.contains(path) {
+            return;
+        }
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+        self.dirs.insert(path.to_owned());
+        self.entry(path, 0o040755, &[]);
+    }
+
+    fn parent(&mut self, path: &str) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+    }
+
+    fn file(&mut self, path: &str, body: &[u8], mode: u32) {
+        self.parent(path);
+        self.entry(path, 0o100000 | mode, body);
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        self.parent(path);
+        self.entry(path, 0o120777, target.as_bytes());
+    }
+
+    /// Copies a host file (following symlinks) to the same path in the archive.
+    fn host_file(&mut self, path: &Path) -> Result<()> {
+        let body = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        self.file(&path.to_string_lossy(), &body, 0o755);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[]);
+        self.data
+    }
+}
+
+/// Shared libraries (and the interpreter) a dynamic executable needs, per `ldd`.
+fn libraries(exe: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(exe).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+fn which(program: &str) -> Result<PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        let p = Path::new(dir).join(program);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("{program} not found: run `bash scripts/setup.sh`")
+}
+
+/// The module file's bytes (decompressed if .ko.xz) and its dependencies.
+fn read_module(path: &Path) -> Result<(Vec<u8>, Vec<String>)> {
+    let body = if path.extension().is_some_and(|e| e == "xz") {
+        let out = Command::new("xz").arg("-dc").arg(path).output()?;
+        if !out.status.success() {
+            bail!("xz -dc {} failed", path.display());
+        }
+        out.stdout
+    } else {
+        fs::read(path)?
+    };
+    let needle = b"depends=";
+    let deps = body
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|at| {
+            let rest = &body[at + needle.len()..];
+            let end = rest.iter().position(|b| *b == 0).unwrap_or(0);
+            String::from_utf8_lossy(&rest[..end]).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        })
+        .unwrap_or_default();
+    Ok((body, deps))
+}
+
+/// Finds each module (by name, `-` and `_` alike) under lib/modules and returns them in
+/// load order, dependencies first.
+fn modules(root: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let base =
+        fs::read_dir(root.join("lib/modules"))?.flatten().next().ok_or_else(|| anyhow!("no lib/modules"))?.path();
+    let mut index: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut stack = vec![base];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(name) = p.file_name().map(|n| n.to_string_lossy().into_owned()) {
+                if let Some(stem) = name.strip_suffix(".ko").or_else(|| name.strip_suffix(".ko.xz")) {
+                    index.insert(stem.replace('-', "_"), p);
+                }
+            }
+        }
+    }
+    let mut ordered: Vec<(String, Vec<u8>)> = Vec::new();
+    fn visit(
+        name: &str,
+        index: &BTreeMap<String, PathBuf>,
+        ordered: &mut Vec<(String, Vec<u8>)>,
+        depth: u32,
+    ) -> Result<()> {
+        let name = name.replace('-', "_");
+        if depth > 16 || ordered.iter().any(|(n, _)| *n == name) {
+            return Ok(());
+        }
+        // Not found: built into this kernel.
+        let Some(path) = index.get(&name) else { return Ok(()) };
+        let (body, deps) = read_module(path)?;
+        for dep in deps {
+            visit(&dep, index, ordered, depth + 1)?;
+        }
+        ordered.push((name, body));
+        Ok(())
+    }
+    for m in MODULES {
+        visit(m, &index, &mut ordered, 0)?;
+    }
+    Ok(ordered)
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+mkdir -p /sys/fs/cgroup /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+for m in $(cat /modules.order); do insmod /modules/$m.ko || echo "VMTEST-MODULE-FAILED $m"; done
+ip link set lo up
+echo "VMTEST-START $(uname -r)"
+TEST=$(cat /vmtest.exe)
+$TEST --test-threads=1 $(cat /vmtest.args) 2>&1
+echo "VMTEST-EXIT $?"
+poweroff -f
+"#;
+
+fn build_initramfs(kernel_root: &Path, test_exe: &Path, extra_files: &[PathBuf], args: &str, out: &Path) -> Result<()> {
+    let mut cpio = Cpio::default();
+    for d in ["/proc", "/sys", "/dev", "/tmp", "/run", "/var", "/etc", "/bin"] {
+        cpio.dir(d);
+    }
+    cpio.symlink("/var/run", "/run");
+    // Tests name files as `<crate dir>/../scenarios/...`, which needs the crate dir.
+    cpio.dir(&workspace().join("chaos-userspace").canonicalize()?.to_string_lossy());
+    cpio.file("/init", INIT.as_bytes(), 0o755);
+    cpio.file("/vmtest.exe", test_exe.to_string_lossy().as_bytes(), 0o644);
+    cpio.file("/vmtest.args", args.as_bytes(), 0o644);
+    cpio.file(
+        "/bin/busybox",
+        &fs::read("/bin/busybox").context("busybox-static is missing: run `bash scripts/setup.sh`")?,
+        0o755,
+    );
+    let mut libs = BTreeSet::new();
+    for program in PROGRAMS {
+        let path = which(program)?;
+        libs.extend(libraries(&path)?);
+        let body = fs::read(&path)?;
+        cpio.file(&format!("/usr/sbin/{program}"), &body, 0o755);
+        cpio.symlink(&format!("/usr/bin/{program}"), &format!("/usr/sbin/{program}"));
+    }
+    for file in std::iter::once(test_exe.to_path_buf()).chain(extra_files.iter().cloned()) {
+        if file.extension().is_none() {
+            libs.extend(libraries(&file).unwrap_or_default());
+        }
+        cpio.host_file(&file)?;
+    }
+    for lib in libs {
+        let real = fs::canonicalize(&lib)?;
+        cpio.file(&lib.to_string_lossy(), &fs::read(&real)?, 0o755);
+    }
+    let modules = modules(kernel_root)?;
+    let mut order = String::new();
+    for (name, body) in &modules {
+        cpio.file(&format!("/modules/{name}.ko"), body, 0o644);
+        order += name;
+        order += "\n";
+    }
+    cpio.file("/modules.order", order.as_bytes(), 0o644);
+    fs::write(out, cpio.finish())?;
+    Ok(())
+}
+
+/// Builds the kernel test binary and returns its path.
+fn build_tests() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = output(
+        Command::new(&cargo)
+            .args(["test", "-p", "chaos-userspace", "--test", "kernel", "--no-run", "--message-format=json"])
+            .current_dir(workspace()),
+    )?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == "kernel")
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| anyhow!("cargo built no kernel test executable"))
+}
+
+/// Boots one kernel, runs the tests, returns (exit code, REPORT lines).
+fn boot(kernel: &Kernel, root: &Path, initramfs: &Path) -> Result<(i32, Vec<String>)> {
+    let vmlinuz = fs::read_dir(root.join("boot"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz")))
+        .ok_or_else(|| anyhow!("no vmlinuz in {}", root.display()))?;
+    let accel = std::env::var("CHAOS_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", &accel, "-cpu", "max", "-smp", "2", "-m", "2048", "-nographic", "-no-reboot", "-kernel"])
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 loglevel=3 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64 (run `bash scripts/setup.sh`)")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut code = None;
+    let mut reports = Vec::new();
+    while start.elapsed() < GUEST_TIMEOUT {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_owned();
+                println!("[{} {:>6.1}s] {line}", kernel.label, start.elapsed().as_secs_f64());
+                if let Some(report) = line.split("REPORT|").nth(1) {
+                    reports.push(report.to_owned());
+                }
+                if let Some(rest) = line.strip_prefix("VMTEST-EXIT ") {
+                    code = rest.trim().parse().ok();
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    match code {
+        Some(code) => Ok((code, reports)),
+        None => bail!("the {} guest ended without reporting a test result (within {:?})", kernel.label, GUEST_TIMEOUT),
+    }
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let filter = args.join(" ");
+    let vm_dir = workspace().join("target/vm");
+    fs::create_dir_all(&vm_dir)?;
+    let test_exe = build_tests()?;
+    let bin = workspace().join("target/debug/chaos-ebpf");
+    let scenarios: Vec<PathBuf> = fs::read_dir(workspace().join("scenarios"))?
+        .flatten()
+        .map(|e| fs::canonicalize(e.path()))
+        .collect::<Result<_, _>>()?;
+    let mut extra = vec![fs::canonicalize(&bin)?];
+    extra.extend(scenarios);
+    let mut failed = Vec::new();
+    for kernel in kernels()? {
+        let root = fetch(&kernel, &vm_dir)?;
+        let initramfs = vm_dir.join(format!("initramfs-{}.cpio", kernel.label));
+        build_initramfs(&root, &test_exe, &extra, &filter, &initramfs)?;
+        eprintln!("xtask: booting {} ({})", kernel.package, kernel.label);
+        let (code, reports) = boot(&kernel, &root, &initramfs)?;
+        fs::write(vm_dir.join(format!("report-{}.txt", kernel.label)), reports.join("\n") + "\n")?;
+        if code != 0 {
+            failed.push(format!("{} (exit {code})", kernel.label));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("kernel tests failed in the VM on: {}", failed.join(", "));
+    }
+    eprintln!("xtask: VM tests passed on every kernel");
+    Ok(())
+}
