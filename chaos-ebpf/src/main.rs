@@ -16,7 +16,7 @@ mod parse;
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::{bpf_ktime_get_ns, bpf_skb_ancestor_cgroup_id},
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id},
     macros::{classifier, map},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
@@ -166,7 +166,7 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
             Ok(Verdict::Drop) => {
                 counters.dropped += 1;
                 if rule.flags & flags::SHADOW == 0 {
-                    return TC_ACT_SHOT;
+                    return drop_verdict(dir);
                 }
             }
             Ok(Verdict::DepartAt(time)) => {
@@ -190,6 +190,23 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
         }
     }
     TC_ACT_UNSPEC
+}
+
+/// How to drop. On ingress TC_ACT_SHOT: the packet vanishes as on a lossy link. On
+/// egress TC_ACT_SHOT would surface to the sender as NET_XMIT_DROP (ENOBUFS for UDP and
+/// ping, which then resends; TCP treats it as local congestion and retries at once), so
+/// a lost packet would not look lost. A redirect to ifindex 0, which never exists, is
+/// freed in skb_do_redirect while the sender is told NET_XMIT_SUCCESS: silent, like
+/// netem's loss and like a real network. (TC_ACT_STOLEN would also be silent, but TCX
+/// treats it as TCX_NEXT.)
+#[inline(always)]
+fn drop_verdict(dir: u32) -> i32 {
+    if dir == direction::EGRESS {
+        // SAFETY: a helper without pointer arguments.
+        unsafe { bpf_redirect(0, 0) as i32 }
+    } else {
+        TC_ACT_SHOT as i32
+    }
 }
 
 #[inline(always)]

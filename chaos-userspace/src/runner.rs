@@ -357,8 +357,19 @@ pub fn render_step(step: &StepReport) -> String {
     for r in &step.rules {
         let c = &r.counters;
         out += &format!(
-            "\n  rule {} {} [{}]\n    seen {} matched {} dropped {} ({} of matched) passed {} errors {} expired {} protected {}",
-            r.rule_id, r.fault, r.netns, c.seen, c.matched, c.dropped, percent(c.dropped, c.matched), c.passed, c.errors, c.expired, c.protected
+            "\n  rule {} {} [{}]\n    seen {} matched {} dropped {} ({} of matched) passed {} delayed {} errors {} expired {} protected {}",
+            r.rule_id,
+            r.fault,
+            r.netns,
+            c.seen,
+            c.matched,
+            c.dropped,
+            percent(c.dropped, c.matched),
+            c.passed,
+            c.delayed,
+            c.errors,
+            c.expired,
+            c.protected
         );
     }
     if let Some(p) = &step.probe {

@@ -308,9 +308,24 @@ impl Chaos {
 }
 
 impl Drop for Chaos {
+    /// After a failed assertion: revert like a user would (SIGINT), and if the run does
+    /// not end, kill it and let `cleanup` remove what that leaves.
     fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = Command::new(bin()).arg("cleanup").output();
     }
 }
 
@@ -414,4 +429,67 @@ pub fn cgroup2_root() -> PathBuf {
         }
     }
     panic!("no cgroup2 mount: this machine kind always has one at /sys/fs/cgroup/unified");
+}
+
+/// Round-trip times in ms of `count` pings `interval` apart (lost ones omitted).
+pub fn ping_rtts(ns: &str, to: &str, count: u32, interval: f64) -> Vec<f64> {
+    let out = sh(
+        "ip",
+        &["netns", "exec", ns, "ping", "-n", "-c", &count.to_string(), "-i", &interval.to_string(), "-W", "2", to],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .collect()
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+pub fn std_dev(values: &[f64]) -> f64 {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    (values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt()
+}
+
+/// TCP goodput in bytes/s from `from_ns` to a sink at `to`:`port`, measured over the
+/// window [warmup, warmup + window) of a transfer (bounded in time).
+pub fn tcp_goodput(from_ns: &str, to_ns: &str, to: Ipv4Addr, port: u16, warmup: Duration, window: Duration) -> f64 {
+    use std::io::{Read, Write};
+    let listener = in_netns(to_ns, move || TcpListener::bind(SocketAddr::from((to, port))).expect("bind sink"));
+    let total = warmup + window;
+    let sink = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let start = Instant::now();
+        let mut in_window = 0u64;
+        while start.elapsed() < total {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if start.elapsed() >= warmup {
+                        in_window += n as u64;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        in_window as f64 / window.as_secs_f64()
+    });
+    let mut stream = tcp_connect(from_ns, SocketAddr::from((to, port)), Duration::from_secs(5)).expect("connect sink");
+    stream.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let chunk = vec![0u8; 65536];
+    let start = Instant::now();
+    while start.elapsed() < total + Duration::from_millis(300) {
+        let _ = stream.write(&chunk);
+    }
+    drop(stream);
+    sink.join().expect("sink")
 }
