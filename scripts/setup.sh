@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing chaos-ebpf needs on Debian 12 (bookworm), the
 # "Debian route" of docs/building.md: rustc-web with a precompiled core for
-# bpfel-unknown-none, LLVM 22, bpf-linker 0.13, and the tools the tests use.
+# bpfel-unknown-none, LLVM 22, bpf-linker 0.13, and the tools the tests use (qemu for
+# the tests on Debian kernels).
 # Idempotent: a second run checks and returns in about a second.
 set -euo pipefail
 
-packages=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev bpftool iproute2 iputils-ping util-linux)
+# qemu-system-x86, busybox-static and xz-utils: `cargo xtask vm-test` (Debian kernels).
+packages=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev bpftool iproute2 iputils-ping util-linux
+  qemu-system-x86 busybox-static xz-utils)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

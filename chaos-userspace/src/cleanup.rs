@@ -83,14 +83,30 @@ fn revert_instance(instance: &InstanceState, report: &mut Report) {
             }
         }
     }
-    for iface in &instance.clsact_added {
-        let Ok(index) = nix_ifindex(iface) else {
-            continue;
-        };
-        match netlink::delete_clsact(index) {
+    for iface in &instance.interfaces {
+        let Ok(index) = nix_ifindex(iface) else { continue };
+        match crate::loader::release_clsact(instance.netns_id, index) {
             Ok(true) => report.removed.push(format!("clsact qdisc on {iface} in {}", instance.netns.display())),
             Ok(false) => {}
             Err(e) => report.remaining.push(format!("clsact qdisc on {iface} in {}: {e}", instance.netns.display())),
+        }
+    }
+}
+
+/// clsact qdiscs chaos-ebpf added and nobody released (their state file is gone too):
+/// deleted once no filter is left on them; markers of vanished namespaces are dropped.
+fn sweep_clsact_markers(report: &mut Report) {
+    let namespaces = netns::all_namespaces();
+    for (marker, id, ifindex) in state::clsact_markers() {
+        let Some(ns) = namespaces.iter().find(|n| n.id == id) else {
+            let _ = fs::remove_file(&marker);
+            continue;
+        };
+        let Ok(_inside) = ns.enter() else { continue };
+        match crate::loader::release_clsact(id, ifindex) {
+            Ok(true) => report.removed.push(format!("clsact qdisc on ifindex {ifindex} in {}", ns.path.display())),
+            Ok(false) => {}
+            Err(e) => report.remaining.push(format!("clsact qdisc on ifindex {ifindex} in {}: {e}", ns.path.display())),
         }
     }
 }
@@ -208,6 +224,7 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
         }
     }
     sweep_netlink(&keep_ifaces, &mut report);
+    sweep_clsact_markers(&mut report);
     if !any_running {
         if let Ok(entries) = fs::read_dir(netns::NETNS_RUN_DIR) {
             for e in entries.flatten() {

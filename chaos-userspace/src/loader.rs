@@ -3,7 +3,7 @@
 //! its maps. One `Instance` per namespace: interface indices are only unique inside a
 //! namespace, so each namespace gets its own maps.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{collections::BTreeSet, fs, time::Duration};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
@@ -25,7 +25,7 @@ use crate::{
     netlink,
     netns::{Interface, Netns},
     spec::Cidr,
-    state::{InstanceState, NetlinkFilter},
+    state::{self, InstanceState, NetlinkFilter},
 };
 
 /// The eBPF object built by build.rs.
@@ -164,7 +164,11 @@ impl Instance {
             }
             if self.mode == AttachMode::Netlink {
                 match tc::qdisc_add_clsact(&iface.name) {
-                    Ok(()) => self.clsact_added.push(iface.clone()),
+                    Ok(()) => {
+                        fs::create_dir_all(state::STATE_DIR)?;
+                        fs::write(state::clsact_marker(self.netns.id, iface.index), b"")?;
+                        self.clsact_added.push(iface.clone());
+                    }
                     Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
                     Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {}", iface.name)),
                 }
@@ -366,6 +370,11 @@ impl Instance {
         };
         let _inside = self.netns.enter()?;
         let mut errors = Vec::new();
+        let mut netlink_ifaces: Vec<u32> = Vec::new();
+        if self.mode == AttachMode::Netlink {
+            netlink_ifaces = self.attached.iter().map(|a| a.iface.index).collect();
+            netlink_ifaces.dedup();
+        }
         for attached in self.attached.drain(..) {
             use aya::programs::links::Link as _;
             if let Err(e) = attached.link.detach() {
@@ -376,17 +385,16 @@ impl Instance {
             }
         }
         drop(ebpf);
+        for ifindex in netlink_ifaces {
+            if let Err(e) = release_clsact(self.netns.id, ifindex) {
+                errors.push(format!("releasing the clsact qdisc of ifindex {ifindex}: {e}"));
+            }
+        }
+        self.clsact_added.clear();
         for iface in self.fq_installed.drain(..) {
             if let Err(e) = netlink::delete_root_qdisc(iface.index) {
                 if e.raw_os_error() != Some(libc::ENODEV) {
                     errors.push(format!("restoring the root qdisc of {}: {e}", iface.name));
-                }
-            }
-        }
-        for iface in self.clsact_added.drain(..) {
-            if let Err(e) = netlink::delete_clsact(iface.index) {
-                if e.raw_os_error() != Some(libc::ENODEV) {
-                    errors.push(format!("deleting the clsact qdisc of {}: {e}", iface.name));
                 }
             }
         }
@@ -404,6 +412,25 @@ impl Drop for Instance {
             eprintln!("chaos-ebpf: {e:#}");
         }
     }
+}
+
+/// Deletes a clsact qdisc chaos-ebpf added once no filter (ours or anyone's) is left on
+/// it. Call inside the interface's namespace. A clsact without our marker was there
+/// before and stays.
+pub fn release_clsact(netns: crate::netns::NetnsId, ifindex: u32) -> std::io::Result<bool> {
+    let marker = state::clsact_marker(netns, ifindex);
+    if !marker.exists() {
+        return Ok(false);
+    }
+    let deleted = match netlink::clsact_has_filters(ifindex) {
+        Ok(true) => return Ok(false),
+        Ok(false) => netlink::delete_clsact(ifindex)?,
+        // The device is gone, and its qdisc with it.
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => false,
+        Err(e) => return Err(e),
+    };
+    let _ = fs::remove_file(&marker);
+    Ok(deleted)
 }
 
 /// CLOCK_MONOTONIC in ns, the clock `bpf_ktime_get_ns` reads.

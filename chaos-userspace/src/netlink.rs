@@ -27,6 +27,11 @@ const NLA_F_NESTED: u16 = 1 << 15;
 const TC_H_CLSACT: u32 = 0xffff_fff1;
 const CLSACT_HANDLE: u32 = 0xffff_0000;
 const TC_H_ROOT: u32 = 0xffff_ffff;
+/// Filter parents of the clsact hooks: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS/EGRESS).
+const TC_H_CLSACT_INGRESS: u32 = 0xffff_fff2;
+const TC_H_CLSACT_EGRESS: u32 = 0xffff_fff3;
+const RTM_NEWTFILTER: u16 = 44;
+const RTM_GETTFILTER: u16 = 46;
 
 // sch_fq options (include/uapi/linux/pkt_sched.h).
 const TCA_FQ_PLIMIT: u16 = 1;
@@ -134,14 +139,14 @@ pub struct RootQdisc {
     pub handle: u32,
 }
 
-/// Reads the root qdisc of `ifindex` (None: the device has none listed, as for some
-/// virtual devices).
-pub fn root_qdisc(ifindex: u32) -> io::Result<Option<RootQdisc>> {
+/// Sends a dump request and returns the bodies (after the netlink header) of the
+/// replies of type `want`.
+fn dump(request: &[u8], want: u16) -> io::Result<Vec<Vec<u8>>> {
     let socket = Socket::open()?;
-    socket.send(&message(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, 0, &[]))?;
-    let mut found = None;
+    socket.send(request)?;
+    let mut bodies = Vec::new();
     // A dump is a series of datagrams ending with NLMSG_DONE; bounded by the number of
-    // qdiscs in the namespace.
+    // objects in the namespace.
     for _ in 0..10_000 {
         let buf = socket.recv()?;
         let mut at = 0;
@@ -152,39 +157,67 @@ pub fn root_qdisc(ifindex: u32) -> io::Result<Option<RootQdisc>> {
                 return Err(io::Error::other("malformed netlink dump"));
             }
             match kind {
-                NLMSG_DONE => return Ok(found),
+                NLMSG_DONE => return Ok(bodies),
                 NLMSG_ERROR => {
                     let errno = -i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap());
                     return Err(io::Error::from_raw_os_error(errno));
                 }
-                RTM_NEWQDISC if len >= 36 => {
-                    let body = &buf[at + 16..at + len];
-                    let index = i32::from_ne_bytes(body[4..8].try_into().unwrap()) as u32;
-                    let handle = u32::from_ne_bytes(body[8..12].try_into().unwrap());
-                    let parent = u32::from_ne_bytes(body[12..16].try_into().unwrap());
-                    if index == ifindex && parent == TC_H_ROOT {
-                        let mut a = 20;
-                        while a + 4 <= body.len() {
-                            let alen = u16::from_ne_bytes([body[a], body[a + 1]]) as usize;
-                            let atype = u16::from_ne_bytes([body[a + 2], body[a + 3]]);
-                            if alen < 4 || a + alen > body.len() {
-                                break;
-                            }
-                            if atype == TCA_KIND {
-                                let name = &body[a + 4..a + alen];
-                                let name = name.split(|b| *b == 0).next().unwrap_or_default();
-                                found = Some(RootQdisc { kind: String::from_utf8_lossy(name).into_owned(), handle });
-                            }
-                            a += (alen + 3) & !3;
-                        }
-                    }
-                }
+                k if k == want && len >= 36 => bodies.push(buf[at + 16..at + len].to_vec()),
                 _ => {}
             }
             at += (len + 3) & !3;
         }
     }
-    Err(io::Error::other("netlink qdisc dump did not end"))
+    Err(io::Error::other("netlink dump did not end"))
+}
+
+/// (ifindex, handle, parent) of a tcmsg body.
+fn tcmsg_ids(body: &[u8]) -> (u32, u32, u32) {
+    (
+        i32::from_ne_bytes(body[4..8].try_into().unwrap()) as u32,
+        u32::from_ne_bytes(body[8..12].try_into().unwrap()),
+        u32::from_ne_bytes(body[12..16].try_into().unwrap()),
+    )
+}
+
+/// Reads the root qdisc of `ifindex` (None: the device has none listed, as for some
+/// virtual devices).
+pub fn root_qdisc(ifindex: u32) -> io::Result<Option<RootQdisc>> {
+    let bodies = dump(&message(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, 0, &[]), RTM_NEWQDISC)?;
+    for body in bodies {
+        let (index, handle, parent) = tcmsg_ids(&body);
+        if index != ifindex || parent != TC_H_ROOT {
+            continue;
+        }
+        let mut a = 20;
+        while a + 4 <= body.len() {
+            let alen = u16::from_ne_bytes([body[a], body[a + 1]]) as usize;
+            let atype = u16::from_ne_bytes([body[a + 2], body[a + 3]]);
+            if alen < 4 || a + alen > body.len() {
+                break;
+            }
+            if atype == TCA_KIND {
+                let name = body[a + 4..a + alen].split(|b| *b == 0).next().unwrap_or_default();
+                return Ok(Some(RootQdisc { kind: String::from_utf8_lossy(name).into_owned(), handle }));
+            }
+            a += (alen + 3) & !3;
+        }
+    }
+    Ok(None)
+}
+
+/// Whether any filter (ours or anyone's) is attached to the clsact qdisc of `ifindex`.
+pub fn clsact_has_filters(ifindex: u32) -> io::Result<bool> {
+    for hook in [TC_H_CLSACT_INGRESS, TC_H_CLSACT_EGRESS] {
+        match dump(&message(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, hook, &[]), RTM_NEWTFILTER) {
+            Ok(bodies) if bodies.iter().any(|b| tcmsg_ids(b).0 == ifindex) => return Ok(true),
+            Ok(_) => {}
+            // No clsact qdisc (any more): no filters.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 /// sch_fq settings for held packets. Defaults (100 packets per flow, 10 s horizon that

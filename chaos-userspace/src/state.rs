@@ -58,6 +58,29 @@ pub struct RunState {
     pub rules: Vec<RuleState>,
 }
 
+/// Marks a clsact qdisc chaos-ebpf added (legacy netlink path), so that whichever
+/// chaos-ebpf process detaches the last filter from it, or `cleanup`, deletes it, and a
+/// clsact that was there before is never deleted.
+pub fn clsact_marker(netns: NetnsId, ifindex: u32) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("clsact-{}-{}-{ifindex}.owner", netns.dev, netns.ino))
+}
+
+/// Every clsact marker: (path, netns id, ifindex).
+pub fn clsact_markers() -> Vec<(PathBuf, NetnsId, u32)> {
+    let Ok(entries) = fs::read_dir(STATE_DIR) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.strip_prefix("clsact-")?.strip_suffix(".owner")?.split('-');
+            let dev = parts.next()?.parse().ok()?;
+            let ino = parts.next()?.parse().ok()?;
+            let ifindex = parts.next()?.parse().ok()?;
+            Some((e.path(), NetnsId { dev, ino }, ifindex))
+        })
+        .collect()
+}
+
 /// This process's state file; removed when dropped (a clean exit).
 pub struct StateFile {
     path: PathBuf,

@@ -496,6 +496,43 @@ fn cleanup_removes_a_deliberately_left_netlink_rule() {
     chaos.finish(Duration::from_secs(10));
     assert!(!pair.qdiscs(&pair.a, "va").contains("clsact"), "clean exit left the clsact qdisc");
     assert_nothing_left();
+
+    // Two runs share the clsact qdisc the first one added: the first to exit leaves it
+    // (and the other's filters) in place; the last one out removes it.
+    let first = Chaos::start(&[
+        "inject",
+        "blackhole",
+        "--target",
+        &target,
+        "--proto",
+        "udp",
+        "--ports",
+        "5300",
+        "--duration",
+        "5m",
+        "--attach",
+        "netlink",
+    ]);
+    let second = Chaos::start(&[
+        "inject",
+        "blackhole",
+        "--target",
+        &target,
+        "--proto",
+        "udp",
+        "--ports",
+        "5301",
+        "--duration",
+        "5m",
+        "--attach",
+        "netlink",
+    ]);
+    first.interrupt();
+    assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, 5301), "the second fault ended with the first run");
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, 5300), "the first fault outlived its run");
+    second.interrupt();
+    assert!(!pair.qdiscs(&pair.a, "va").contains("clsact"), "the last run out left the clsact qdisc");
+    assert_nothing_left();
 }
 
 /// Shadow mode counts what it would drop and drops nothing.
@@ -866,5 +903,121 @@ fn loss_and_delay_stack() {
     println!("REPORT|loss_and_delay|lost={lost:.3}|median_ms={:.2}", median(&rtts));
     assert!((0.1..0.5).contains(&lost), "lost {lost:.3} with p=0.3\n{loss_report}\n{delay_report}");
     assert!((median(&rtts) - 50.0).abs() < 10.0, "median {:.2}", median(&rtts));
+    assert_nothing_left();
+}
+
+fn kernel_has_netem(pair: &Pair) -> bool {
+    let out = sh("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "add", "dev", "va", "root", "netem", "delay", "1ms"]);
+    let ok = out.status.success();
+    if ok {
+        must("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "del", "dev", "va", "root"]);
+    }
+    ok
+}
+
+fn timed(f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+fn loss_of(pair: &Pair, to: Ipv4Addr, port: u16, count: u32) -> f64 {
+    let receiver = udp_receiver(&pair.b, sock(to, port));
+    let got = udp_run(&pair.a, sock(ADDR_A, port), &receiver, sock(to, port), count);
+    1.0 - got.len() as f64 / count as f64
+}
+
+/// The same delay and loss through `tc qdisc ... netem` and through chaos-ebpf on the
+/// same kernel, side by side: accuracy, time to apply and revert, and what happens to
+/// traffic outside the match (a second address on the peer, 192.0.2.3). Prints
+/// `REPORT|netem|...` rows that `cargo xtask vm-test` turns into a table; asserts what
+/// chaos-ebpf promises (accuracy, traffic outside the match untouched).
+#[test]
+fn netem_baseline_side_by_side() {
+    require_root();
+    let pair = Pair::new("netem");
+    if !need_fq(&pair) || !kernel_has_netem(&pair) {
+        println!("skipped: needs sch_fq and sch_netem; run `cargo xtask vm-test`");
+        return;
+    }
+    must("ip", &["-n", &pair.b, "addr", "add", "192.0.2.3/24", "dev", "vb"]);
+    let other = Ipv4Addr::new(192, 0, 2, 3);
+    assert_eq!(pair.ping(&pair.a, "192.0.2.3", 1, Duration::from_secs(2)), 1);
+    let rtt = |to: &str| median(&ping_rtts(&pair.a, to, 20, 0.05));
+    let base = rtt("192.0.2.2");
+    let target = format!("netns:{}", pair.a);
+    let tc = |args: &[&str]| {
+        let mut full = vec!["netns", "exec", pair.a.as_str(), "tc", "qdisc"];
+        full.extend(args);
+        must("ip", &full);
+    };
+    let row = |metric: &str, netem: String, chaos: String| println!("REPORT|netem|{metric}|{netem}|{chaos}");
+
+    // Delay 100 ms.
+    let netem_apply = timed(|| tc(&["add", "dev", "va", "root", "netem", "delay", "100ms"]));
+    let (netem_delay, netem_other) = (rtt("192.0.2.2") - base, rtt("192.0.2.3") - base);
+    let netem_revert = timed(|| tc(&["del", "dev", "va", "root"]));
+    let mut chaos = None;
+    let chaos_apply = timed(|| {
+        chaos = Some(Chaos::start(&[
+            "inject",
+            "delay",
+            "--target",
+            &target,
+            "--delay",
+            "100ms",
+            "--peer",
+            "192.0.2.2/32",
+            "--duration",
+            "5m",
+        ]))
+    });
+    let (chaos_delay, chaos_other) = (rtt("192.0.2.2") - base, rtt("192.0.2.3") - base);
+    let chaos_revert = timed(|| {
+        chaos.take().unwrap().interrupt();
+    });
+    row("delay 100ms: added median RTT (ms)", format!("{netem_delay:.2}"), format!("{chaos_delay:.2}"));
+    row(
+        "delay 100ms: added RTT to an address outside the match (ms)",
+        format!("{netem_other:.2}"),
+        format!("{chaos_other:.2}"),
+    );
+    row("delay: time to apply (ms)", format!("{netem_apply:.1}"), format!("{chaos_apply:.1}"));
+    row("delay: time to revert (ms)", format!("{netem_revert:.1}"), format!("{chaos_revert:.1}"));
+    assert!((chaos_delay - 100.0).abs() < 10.0, "chaos delay {chaos_delay:.2}");
+    assert!(chaos_other.abs() < 5.0, "traffic outside the match was delayed by {chaos_other:.2} ms");
+
+    // Loss 30%, UDP, 5000 datagrams.
+    let n = 5000;
+    tc(&["add", "dev", "va", "root", "netem", "loss", "30%"]);
+    let (netem_loss, netem_loss_other) = (loss_of(&pair, ADDR_B, 7300, n), loss_of(&pair, other, 7301, n));
+    tc(&["del", "dev", "va", "root"]);
+    let chaos = Chaos::start(&[
+        "inject",
+        "loss",
+        "--target",
+        &target,
+        "--probability",
+        "0.3",
+        "--peer",
+        "192.0.2.2/32",
+        "--direction",
+        "egress",
+        "--duration",
+        "5m",
+        "--seed",
+        "9",
+    ]);
+    let (chaos_loss, chaos_loss_other) = (loss_of(&pair, ADDR_B, 7302, n), loss_of(&pair, other, 7303, n));
+    chaos.interrupt();
+    row("loss 30%: measured loss", format!("{netem_loss:.4}"), format!("{chaos_loss:.4}"));
+    row(
+        "loss 30%: loss to an address outside the match",
+        format!("{netem_loss_other:.4}"),
+        format!("{chaos_loss_other:.4}"),
+    );
+    let sigma = (0.3f64 * 0.7 / n as f64).sqrt();
+    assert!((chaos_loss - 0.3).abs() < 4.0 * sigma, "chaos loss {chaos_loss:.4}");
+    assert_eq!(chaos_loss_other, 0.0, "traffic outside the match was dropped");
     assert_nothing_left();
 }

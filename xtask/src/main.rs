@@ -32,7 +32,9 @@ pub fn require_root(what: &str) -> Result<()> {
 
 const USAGE: &str = "usage: cargo xtask <task>
 
-  test [FILTER]   unit tests, then the privileged kernel tests (needs root)
+  test [--no-vm] [FILTER]
+                  unit tests, the privileged kernel tests on this kernel, then the
+                  same tests on Debian 6.1 and 6.12 under qemu (needs root)
   vm-test [FILTER]
                   the kernel tests inside Debian 6.1 and 6.12 kernels under qemu
                   (sch_fq, sch_netem, the pre-TCX netlink path); downloads the kernels
@@ -43,11 +45,18 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => {
+            let no_vm = args.iter().any(|a| a == "--no-vm");
+            let filters: Vec<String> = args[1..].iter().filter(|a| *a != "--no-vm").cloned().collect();
             cargo(&["test", "--workspace", "--bins", "--lib"])?;
             require_root("the kernel tests")?;
             let mut kernel = vec!["test", "-p", "chaos-userspace", "--test", "kernel", "--", "--test-threads=1"];
-            kernel.extend(args[1..].iter().map(String::as_str));
-            cargo(&kernel)
+            kernel.extend(filters.iter().map(String::as_str));
+            cargo(&kernel)?;
+            if no_vm {
+                eprintln!("xtask: --no-vm: skipping the tests on Debian kernels (cargo xtask vm-test)");
+                return Ok(());
+            }
+            vm::run(&filters)
         }
         Some("bench") => bench::run(),
         Some("vm-test") => {

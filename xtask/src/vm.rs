@@ -287,7 +287,7 @@ for m in $(cat /modules.order); do insmod /modules/$m.ko || echo "VMTEST-MODULE-
 ip link set lo up
 echo "VMTEST-START $(uname -r)"
 TEST=$(cat /vmtest.exe)
-$TEST --test-threads=1 $(cat /vmtest.args) 2>&1
+$TEST --test-threads=1 --nocapture $(cat /vmtest.args) 2>&1
 echo "VMTEST-EXIT $?"
 poweroff -f
 "#;
@@ -432,6 +432,21 @@ pub fn run(args: &[String]) -> Result<()> {
         eprintln!("xtask: booting {} ({})", kernel.package, kernel.label);
         let (code, reports) = boot(&kernel, &root, &initramfs)?;
         fs::write(vm_dir.join(format!("report-{}.txt", kernel.label)), reports.join("\n") + "\n")?;
+        let netem: Vec<&str> = reports.iter().filter_map(|r| r.strip_prefix("netem|")).collect();
+        if !netem.is_empty() {
+            let mut table = format!(
+                "Linux {} ({}), qemu TCG, veth between two namespaces:\n\n| measure | tc netem | chaos-ebpf |\n|---|---:|---:|\n",
+                kernel.label, kernel.package
+            );
+            for row in netem {
+                let cells: Vec<&str> = row.split('|').collect();
+                table += &format!("| {} |\n", cells.join(" | "));
+            }
+            let path = vm_dir.join(format!("netem-comparison-{}.md", kernel.label));
+            fs::write(&path, &table)?;
+            println!("{table}");
+            eprintln!("xtask: wrote {}", path.display());
+        }
         if code != 0 {
             failed.push(format!("{} (exit {code})", kernel.label));
         }
