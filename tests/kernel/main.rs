@@ -595,35 +595,24 @@ fn bad_input_exits_2_and_changes_nothing() {
     let range =
         write("range.yaml", "steps:\n  - fault: loss\n    target: netns:x\n    probability: 1.3\n    duration: 1s\n");
     assert_usage_error(&["run", &range], "range.yaml:4:18");
-    assert_usage_error(
-        &["inject", "loss", "--target", "netns:x", "--probability", "1.3", "--duration", "1s"],
-        "outside 0..1",
-    );
-    assert_usage_error(
-        &["inject", "loss", "--target", "netns:no-such-ns", "--probability", "0.1", "--duration", "1s"],
-        "no-such-ns",
-    );
-    assert_usage_error(
-        &["inject", "loss", "--target", "iface:no-such-if0", "--probability", "0.1", "--duration", "1s"],
-        "no-such-if0",
-    );
-    assert_usage_error(
-        &["inject", "loss", "--target", "pid:999999999", "--probability", "0.1", "--duration", "1s"],
-        "999999999",
-    );
-    assert_usage_error(
-        &["inject", "loss", "--target", "veth0", "--probability", "0.1", "--duration", "1s"],
-        "has no kind",
-    );
-    assert_usage_error(
-        &["inject", "partition", "--target", "netns:x", "--mode", "oneway", "--duration", "1s"],
-        "direction",
-    );
-    assert_usage_error(
-        &["inject", "loss", "--target", "netns:x", "--probability", "0.1", "--duration", "soon"],
-        "not a duration",
-    );
-    assert_usage_error(&["inject", "partition", "--target", "cgroup:x", "--duration", "1s"], "egress only");
+    // Command lines: (target, extra arguments, what the message must name).
+    let loss = ["loss", "--probability", "0.1", "--duration", "1s"];
+    for (target, args, expect) in [
+        ("netns:x", &["loss", "--probability", "1.3", "--duration", "1s"][..], "outside 0..1"),
+        ("netns:no-such-ns", &loss[..], "no-such-ns"),
+        ("iface:no-such-if0", &loss[..], "no-such-if0"),
+        ("pid:999999999", &loss[..], "999999999"),
+        ("veth0", &loss[..], "has no kind"),
+        ("netns:x", &["partition", "--mode", "oneway", "--duration", "1s"][..], "direction"),
+        ("netns:x", &["loss", "--probability", "0.1", "--duration", "soon"][..], "not a duration"),
+        ("cgroup:x", &["partition", "--duration", "1s"][..], "egress only"),
+        ("netns:x", &["delay", "--delay", "10ms", "--direction", "ingress", "--duration", "1s"][..], "egress"),
+        ("netns:x", &["rate", "--rate", "10mb", "--duration", "1s"][..], "not a rate"),
+    ] {
+        let mut full = vec!["inject", args[0], "--target", target];
+        full.extend(&args[1..]);
+        assert_usage_error(&full, expect);
+    }
     let unknown_target = write(
         "target.yaml",
         "targets:\n  a: netns:x\nsteps:\n  - fault: loss\n    target: b\n    probability: 0.1\n    duration: 1s\n",
