@@ -70,6 +70,10 @@ pub mod flags {
     /// Delay jitter is normal-ish (Irwin-Hall of four uniforms, sd = jitter) rather than
     /// uniform in [-jitter, +jitter].
     pub const JITTER_NORMAL: u32 = 1 << 3;
+    /// The rule faults what the target *receives* by acting on the egress of the far end
+    /// of its veth (EDT works on egress only): there the target's peers are the packets'
+    /// sources, not their destinations.
+    pub const PEER_IS_SOURCE: u32 = 1 << 4;
 }
 
 /// Bits of [`Rule::directions`].

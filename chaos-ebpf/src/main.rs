@@ -242,9 +242,11 @@ fn matches_peer(rule: &Rule, slot: u32, p: &Packet, dir: u32, key: &mut Key<Peer
         return false;
     }
     if rule.flags & flags::PEERS != 0 {
-        // The peer is the far end: the destination on egress, the source on ingress.
+        // The peer is the far end: the destination on egress, the source on ingress (and
+        // on the egress of the target's veth peer, for PEER_IS_SOURCE rules).
         key.prefix_len = PeerKeyData::SLOT_BITS + 128;
-        key.data = PeerKeyData::new(slot, if dir == direction::EGRESS { p.daddr } else { p.saddr });
+        let peer_is_destination = dir == direction::EGRESS && rule.flags & flags::PEER_IS_SOURCE == 0;
+        key.data = PeerKeyData::new(slot, if peer_is_destination { p.daddr } else { p.saddr });
         if PEERS.get(&*key).is_none() {
             return false;
         }

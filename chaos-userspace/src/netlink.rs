@@ -255,3 +255,93 @@ pub fn delete_root_qdisc(ifindex: u32) -> io::Result<bool> {
         errno => Err(io::Error::from_raw_os_error(errno)),
     }
 }
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const RTM_NEWNSID: u16 = 88;
+const RTM_GETNSID: u16 = 90;
+const IFLA_LINK: u16 = 5;
+const IFLA_LINK_NETNSID: u16 = 37;
+const NETNSA_NSID: u16 = 1;
+const NETNSA_FD: u16 = 3;
+
+fn attrs(body: &[u8], from: usize) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    let mut a = from;
+    while a + 4 <= body.len() {
+        let alen = u16::from_ne_bytes([body[a], body[a + 1]]) as usize;
+        let atype = u16::from_ne_bytes([body[a + 2], body[a + 3]]) & 0x3fff;
+        if alen < 4 || a + alen > body.len() {
+            break;
+        }
+        out.push((atype, &body[a + 4..a + alen]));
+        a += (alen + 3) & !3;
+    }
+    out
+}
+
+fn request_reply(msg: &[u8], want: u16) -> io::Result<Vec<u8>> {
+    let socket = Socket::open()?;
+    socket.send(msg)?;
+    let reply = socket.recv()?;
+    if reply.len() < 16 {
+        return Err(io::Error::other("short netlink reply"));
+    }
+    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
+    if kind == NLMSG_ERROR {
+        let errno = -i32::from_ne_bytes(reply[16..20].try_into().unwrap());
+        return Err(io::Error::from_raw_os_error(errno));
+    }
+    if kind != want {
+        return Err(io::Error::other("unexpected netlink reply"));
+    }
+    Ok(reply[16..].to_vec())
+}
+
+fn header(kind: u16, total: usize) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(total);
+    msg.extend_from_slice(&(total as u32).to_ne_bytes());
+    msg.extend_from_slice(&kind.to_ne_bytes());
+    msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg
+}
+
+/// The other end of a link such as a veth: its ifindex and, when it lives in another
+/// namespace, that namespace's id as seen from the calling thread's namespace.
+pub fn link_peer(ifindex: u32) -> io::Result<Option<(u32, Option<i32>)>> {
+    let mut msg = header(RTM_GETLINK, 16 + 16);
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    let body = request_reply(&msg, RTM_NEWLINK)?;
+    let mut peer = None;
+    let mut nsid = None;
+    for (kind, value) in attrs(&body, 16) {
+        match kind {
+            IFLA_LINK if value.len() >= 4 => peer = Some(u32::from_ne_bytes(value[..4].try_into().unwrap())),
+            IFLA_LINK_NETNSID if value.len() >= 4 => nsid = Some(i32::from_ne_bytes(value[..4].try_into().unwrap())),
+            _ => {}
+        }
+    }
+    // A device without a far end reports itself (or 0) as its link; a veth whose far
+    // end is in another namespace may well have the same index there.
+    Ok(peer.filter(|p| *p != 0 && (nsid.is_some() || *p != ifindex)).map(|p| (p, nsid)))
+}
+
+/// The id the calling thread's namespace gives the namespace open at `fd` (negative
+/// when it has none).
+pub fn nsid_of(fd: i32) -> io::Result<i32> {
+    let mut msg = header(RTM_GETNSID, 16 + 4 + 8);
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    msg.extend(attr(NETNSA_FD, &(fd as u32).to_ne_bytes()));
+    let body = request_reply(&msg, RTM_NEWNSID)?;
+    for (kind, value) in attrs(&body, 4) {
+        if kind == NETNSA_NSID && value.len() >= 4 {
+            return Ok(i32::from_ne_bytes(value[..4].try_into().unwrap()));
+        }
+    }
+    Err(io::Error::other("RTM_GETNSID reply without an id"))
+}

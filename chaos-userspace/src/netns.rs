@@ -38,6 +38,10 @@ impl Netns {
         Ok(Self { path: path.to_owned(), id: NetnsId { dev: meta.dev(), ino: meta.ino() }, file })
     }
 
+    pub fn raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
     /// The namespace of the calling thread.
     pub fn current() -> std::io::Result<Self> {
         Self::open(Path::new("/proc/thread-self/ns/net"))

@@ -89,9 +89,17 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     let mut resolved: BTreeMap<String, Vec<Resolved>> = BTreeMap::new();
     for step in &plan.steps {
         for fault in &step.faults {
-            let key = fault.spec.target.to_string();
+            let key = resolution_key(&fault.spec);
             if !resolved.contains_key(&key) {
-                resolved.insert(key, target::resolve(&fault.spec.target)?);
+                let mut targets = target::resolve(&fault.spec.target)?;
+                if peer_side(&fault.spec) {
+                    let mut peers = Vec::new();
+                    for t in &targets {
+                        peers.extend(target::veth_peers(&fault.spec.target, t)?);
+                    }
+                    targets = peers;
+                }
+                resolved.insert(key, targets);
             }
         }
     }
@@ -114,7 +122,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 .steps
                 .iter()
                 .flat_map(|s| &s.faults)
-                .any(|f| f.spec.kind.needs_fq() && f.spec.target.to_string() == *key);
+                .any(|f| f.spec.kind.needs_fq() && resolution_key(&f.spec) == *key);
             if target_needs_fq {
                 let interfaces: Vec<_> =
                     r.interfaces.iter().filter(|i| r.ifindex == 0 || i.index == r.ifindex).cloned().collect();
@@ -155,10 +163,15 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
         let step_start = Instant::now();
         let probe_start = probe.as_ref().map(|p| p.counts());
         for fault in &step.faults {
-            for r in &resolved[&fault.spec.target.to_string()] {
+            for r in &resolved[&resolution_key(&fault.spec)] {
                 let instance = instances.get_mut(&r.netns.id).expect("loaded above");
                 let mut rule = fault.spec.rule(seed, fault.rule_id, r.ifindex, r.cgroup_id);
                 rule.cgroup_level = r.cgroup_level;
+                if peer_side(&fault.spec) {
+                    // Acts on the far end's egress, where the target's peers send from.
+                    rule.directions = chaos_ebpf_common::direction::EGRESS;
+                    rule.flags |= chaos_ebpf_common::flags::PEER_IS_SOURCE;
+                }
                 let installed = instance.free_slot().and_then(|slot| {
                     instance.install(slot, &rule, &fault.spec.peers, plan.lease)?;
                     Ok(slot)
@@ -282,6 +295,21 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
         ));
     }
     Ok(report)
+}
+
+/// Whether a fault acts on the far end of the target's veths: departure times for what
+/// the target receives (EDT works on egress only).
+fn peer_side(spec: &crate::spec::FaultSpec) -> bool {
+    spec.kind.needs_fq() && spec.direction == crate::spec::Direction::Ingress
+}
+
+/// Faults on the same target share its resolution, except those acting on its far end.
+fn resolution_key(spec: &crate::spec::FaultSpec) -> String {
+    if peer_side(spec) {
+        format!("{} (far end)", spec.target)
+    } else {
+        spec.target.to_string()
+    }
 }
 
 fn remove_rules(instances: &mut BTreeMap<NetnsId, Instance>, active: &[ActiveRule]) {

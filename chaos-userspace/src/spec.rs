@@ -51,7 +51,8 @@ impl FaultKind {
         }
     }
 
-    /// Faults that set departure times, which only sch_fq on the egress device enforces.
+    /// Faults that set departure times, which only sch_fq on the egress device enforces
+    /// (ingress: on the egress of the far end of the target's veth).
     pub fn needs_fq(self) -> bool {
         matches!(self, FaultKind::Delay | FaultKind::Rate)
     }
@@ -566,10 +567,8 @@ impl RawFault {
         if self.ports.is_some() && !matches!(proto, Proto::Tcp | Proto::Udp) {
             return Err(FieldError::new("ports", "a port range needs a protocol with ports", "add proto tcp or udp"));
         }
-        // Earliest-departure times act on egress only: sch_fq holds packets on the way
-        // out of a device; nothing holds them on the way in.
-        let egress_only = target.egress_only() || kind.needs_fq();
-        let default_direction = if egress_only { Direction::Egress } else { Direction::Both };
+        let egress_only = target.egress_only();
+        let default_direction = if egress_only || kind.needs_fq() { Direction::Egress } else { Direction::Both };
         let mut direction = self.direction.unwrap_or(default_direction);
         let mut probability = None;
         let mut burst = None;
@@ -673,15 +672,11 @@ impl RawFault {
                 }
             }
         }
-        if kind.needs_fq() && direction != Direction::Egress {
+        if kind.needs_fq() && direction == Direction::Both {
             return Err(FieldError::new(
                 "direction",
-                format!(
-                    "a {} fault sets departure times, which only act on egress (sch_fq holds a \
-                     packet on its way out of a device)",
-                    kind.name()
-                ),
-                "use direction egress; to slow what a namespace receives, fault the sender's side (its peer namespace or interface) on egress",
+                format!("a {} fault acts on one direction at a time", kind.name()),
+                "use direction egress (what the target sends) or ingress (what it receives, delayed on the far end of its veth); for both, run two faults",
             ));
         }
         if egress_only && direction != Direction::Egress {
@@ -878,9 +873,11 @@ mod tests {
         r.delay = Some(Duration::from_millis(100));
         let spec = r.validate().unwrap();
         assert_eq!(spec.direction, Direction::Egress, "delay defaults to egress");
-        r.direction = Some(Direction::Ingress);
+        r.direction = Some(Direction::Both);
         let e = r.validate().unwrap_err();
-        assert!(e.field == "direction" && e.problem.contains("egress"), "{e:?}");
+        assert!(e.field == "direction" && e.problem.contains("one direction"), "{e:?}");
+        r.direction = Some(Direction::Ingress);
+        assert_eq!(r.validate().unwrap().direction, Direction::Ingress);
         r.direction = None;
         r.jitter = Some(Duration::from_millis(10));
         r.distribution = Some(Distribution::Normal);

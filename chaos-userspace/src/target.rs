@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
     error::Failure,
@@ -231,4 +231,54 @@ impl Cgroup {
         }
         pids
     }
+}
+
+/// For faulting what a target receives with departure times (which act on egress only):
+/// the far end of each of its veths, as one target per far-end interface. A far end in
+/// the same namespace is found too; an interface without one (a physical NIC) cannot be
+/// delayed on ingress this way, which is exit 2.
+pub fn veth_peers(spec: &TargetSpec, target: &Resolved) -> Result<Vec<Resolved>> {
+    let mut out = Vec::new();
+    for iface in target.interfaces.iter().filter(|i| target.ifindex == 0 || i.index == target.ifindex) {
+        let peer = {
+            let _inside = target.netns.enter()?;
+            crate::netlink::link_peer(iface.index).with_context(|| format!("reading the link of {}", iface.name))?
+        };
+        let Some((peer_index, nsid)) = peer else {
+            return Err(Failure::environment(
+                format!("{spec}: {} has no far end (it is not a veth), so what it receives cannot be delayed by departure times", iface.name),
+                "delay the sender's egress instead (target the sending namespace or interface with direction egress)",
+            )
+            .into());
+        };
+        let peer_netns = match nsid {
+            None => Netns::open(&target.netns.path)?,
+            Some(nsid) => {
+                let _inside = target.netns.enter()?;
+                netns::all_namespaces()
+                    .into_iter()
+                    .find(|ns| crate::netlink::nsid_of(ns.raw_fd()).is_ok_and(|id| id == nsid))
+                    .ok_or_else(|| {
+                        Failure::environment(
+                            format!("{spec}: the far end of {} is in a namespace chaos-ebpf cannot open", iface.name),
+                            "name that namespace with `ip netns` or keep a process in it, or delay its egress directly",
+                        )
+                    })?
+            }
+        };
+        let peer_iface = {
+            let _inside = peer_netns.enter()?;
+            netns::interfaces()?.into_iter().find(|i| i.index == peer_index)
+        }
+        .ok_or_else(|| anyhow::anyhow!("the far end of {} (ifindex {peer_index}) vanished", iface.name))?;
+        check_ethernet(&peer_iface, spec)?;
+        out.push(Resolved {
+            netns: peer_netns,
+            ifindex: peer_iface.index,
+            interfaces: vec![peer_iface],
+            cgroup_id: 0,
+            cgroup_level: 0,
+        });
+    }
+    Ok(out)
 }

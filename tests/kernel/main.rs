@@ -606,7 +606,7 @@ fn bad_input_exits_2_and_changes_nothing() {
         ("netns:x", &["partition", "--mode", "oneway", "--duration", "1s"][..], "direction"),
         ("netns:x", &["loss", "--probability", "0.1", "--duration", "soon"][..], "not a duration"),
         ("cgroup:x", &["partition", "--duration", "1s"][..], "egress only"),
-        ("netns:x", &["delay", "--delay", "10ms", "--direction", "ingress", "--duration", "1s"][..], "egress"),
+        ("netns:x", &["delay", "--delay", "10ms", "--direction", "both", "--duration", "1s"][..], "one direction"),
         ("netns:x", &["rate", "--rate", "10mb", "--duration", "1s"][..], "not a rate"),
     ] {
         let mut full = vec!["inject", args[0], "--target", target];
@@ -1008,5 +1008,46 @@ fn netem_baseline_side_by_side() {
     let sigma = (0.3f64 * 0.7 / n as f64).sqrt();
     assert!((chaos_loss - 0.3).abs() < 4.0 * sigma, "chaos loss {chaos_loss:.4}");
     assert_eq!(chaos_loss_other, 0.0, "traffic outside the match was dropped");
+    assert_nothing_left();
+}
+
+/// What a namespace receives is delayed on the far end of its veth, since departure
+/// times act on egress only: fq goes on the far end (and goes away after), the target's
+/// own device is untouched, and only packets from the rule's peers are delayed.
+#[test]
+fn ingress_delay_acts_on_the_veth_far_end() {
+    require_root();
+    let pair = Pair::new("indelay");
+    if !need_fq(&pair) {
+        return;
+    }
+    must("ip", &["-n", &pair.b, "addr", "add", "192.0.2.3/24", "dev", "vb"]);
+    assert_eq!(pair.ping(&pair.a, "192.0.2.3", 1, Duration::from_secs(2)), 1);
+    let (before_a, before_b) = (pair.qdiscs(&pair.a, "va"), pair.qdiscs(&pair.b, "vb"));
+    let baseline = median(&ping_rtts(&pair.a, "192.0.2.2", 20, 0.05));
+    let target = format!("netns:{}", pair.a);
+    let chaos = Chaos::start(&[
+        "inject",
+        "delay",
+        "--target",
+        &target,
+        "--direction",
+        "ingress",
+        "--peer",
+        "192.0.2.2/32",
+        "--delay",
+        "80ms",
+        "--duration",
+        "5m",
+    ]);
+    assert!(pair.qdiscs(&pair.b, "vb").contains("qdisc fq"), "no fq on the far end: {}", pair.qdiscs(&pair.b, "vb"));
+    assert_eq!(pair.qdiscs(&pair.a, "va"), before_a, "the target's own device was changed");
+    let delayed = median(&ping_rtts(&pair.a, "192.0.2.2", 20, 0.05));
+    let other = median(&ping_rtts(&pair.a, "192.0.2.3", 20, 0.05));
+    println!("REPORT|ingress_delay_80ms|baseline_ms={baseline:.2}|delayed_ms={delayed:.2}|outside_match_ms={other:.2}");
+    assert!((delayed - baseline - 80.0).abs() < 10.0, "median RTT {delayed:.2} ms, baseline {baseline:.2} ms");
+    assert!(other < baseline + 5.0, "replies from outside the match were delayed: {other:.2} ms");
+    chaos.interrupt();
+    assert_eq!(pair.qdiscs(&pair.b, "vb"), before_b, "the far end's qdisc was not restored");
     assert_nothing_left();
 }
