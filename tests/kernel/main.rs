@@ -30,7 +30,7 @@ fn loss_matches_probability() {
     let receiver = udp_receiver(&pair.b, sock(ADDR_B, 5002));
     let n = 20_000u32;
     for (i, p) in [0.01, 0.1, 0.3, 0.5].into_iter().enumerate() {
-        let target = format!("netns:{}", pair.a);
+        let target = pair.target();
         let chaos = Chaos::start(&[
             "inject",
             "loss",
@@ -90,7 +90,7 @@ fn decisions_are_deterministic() {
     let receiver = udp_receiver(&pair.b, sock(ADDR_B, 5002));
     let count = 3000;
     let run = |seed: u64| {
-        let target = format!("netns:{}", pair.a);
+        let target = pair.target();
         let chaos = Chaos::start(&[
             "inject",
             "loss",
@@ -135,7 +135,7 @@ fn partition_both_cuts_both_ways_and_kills_established_tcp() {
     let mut established =
         tcp_connect(&pair.a, sock(ADDR_B, 6000), Duration::from_secs(2)).expect("connect before the fault");
     assert!(tcp_echo(&mut established, Duration::from_secs(2)));
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let chaos = Chaos::start(&[
         "inject",
         "partition",
@@ -173,7 +173,7 @@ fn partition_both_cuts_both_ways_and_kills_established_tcp() {
 fn partition_one_way_cuts_one_direction() {
     require_root();
     let pair = Pair::new("poneway");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     {
         let chaos = Chaos::start(&[
             "inject",
@@ -222,7 +222,7 @@ fn partition_new_connections_only_keeps_established_tcp() {
     tcp_echo_server(&pair.b, sock(ADDR_B, 6001));
     let mut established =
         tcp_connect(&pair.a, sock(ADDR_B, 6001), Duration::from_secs(2)).expect("connect before the fault");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let chaos = Chaos::start(&[
         "inject",
         "partition",
@@ -267,7 +267,7 @@ fn partition_new_connections_only_keeps_established_tcp() {
 fn blackhole_drops_only_the_port() {
     require_root();
     let pair = Pair::new("bh");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let chaos = Chaos::start(&[
         "inject",
         "blackhole",
@@ -293,7 +293,7 @@ fn blackhole_drops_only_the_port() {
 fn faults_stack_and_protected_traffic_passes() {
     require_root();
     let pair = Pair::new("stack");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let first = Chaos::start(&[
         "inject",
         "blackhole",
@@ -396,7 +396,7 @@ fn wait_until_passes(pair: &Pair, limit: Duration) -> Option<Duration> {
 fn lease_expires_under_sigstop() {
     require_root();
     let pair = Pair::new("lease");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--lease", "1s"]);
     assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_millis(200)), 0);
     chaos.signal(libc::SIGSTOP);
@@ -435,7 +435,7 @@ fn fs_read(path: &str) -> String {
 fn sigkill_reverts_immediately() {
     require_root();
     let pair = Pair::new("kill");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let tcx = kernel_has_tcx();
     let lease = if tcx { "30s" } else { "1s" };
     let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--lease", lease]);
@@ -460,7 +460,7 @@ fn sigkill_reverts_immediately() {
 fn cleanup_removes_a_deliberately_left_netlink_rule() {
     require_root();
     let pair = Pair::new("nl");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let chaos = Chaos::start(&[
         "inject",
         "partition",
@@ -540,7 +540,7 @@ fn cleanup_removes_a_deliberately_left_netlink_rule() {
 fn shadow_mode_counts_without_dropping() {
     require_root();
     let pair = Pair::new("shadow");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let chaos = Chaos::start(&[
         "inject",
         "partition",
@@ -620,7 +620,7 @@ fn bad_input_exits_2_and_changes_nothing() {
     assert_usage_error(&["validate", &unknown_target], "target.yaml:5:13: unknown target 'b'");
     // Not root: exit 2 before anything is touched; validate and plan need no root.
     let pair = Pair::new("bad");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let (code, _, err) =
         chaos_run_as(&["inject", "loss", "--target", &target, "--probability", "0.1", "--duration", "1s"], Some(65534));
     assert_eq!(code, 2, "{err}");
@@ -685,7 +685,7 @@ fn pid_target_faults_its_cgroup_only() {
 fn ipv6_peer_partition() {
     require_root();
     let pair = Pair::new("v6");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let chaos =
         Chaos::start(&["inject", "partition", "--target", &target, "--peer", "fd00::2/128", "--duration", "5m"]);
     let v6 = sh(
@@ -748,7 +748,7 @@ fn delay_without_sch_fq_is_refused() {
         return;
     }
     let before = pair.qdiscs(&pair.a, "va");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     for args in [
         vec!["inject", "delay", "--target", &target, "--delay", "100ms", "--duration", "5s"],
         vec!["inject", "rate", "--target", &target, "--rate", "10mbit", "--duration", "5s"],
@@ -786,7 +786,7 @@ fn delay_adds_latency_and_reverts_at_once() {
     }
     let before_qdisc = pair.qdiscs(&pair.a, "va");
     let baseline = median(&ping_rtts(&pair.a, "192.0.2.2", 20, 0.05));
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let chaos = Chaos::start(&["inject", "delay", "--target", &target, "--delay", "100ms", "--duration", "5m"]);
     assert!(pair.qdiscs(&pair.a, "va").contains("qdisc fq"), "no fq installed: {}", pair.qdiscs(&pair.a, "va"));
     let delayed = median(&ping_rtts(&pair.a, "192.0.2.2", 20, 0.05));
@@ -815,7 +815,7 @@ fn jitter_spread_matches_its_parameter() {
     if !need_fq(&pair) {
         return;
     }
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     for (distribution, want_sd) in [("uniform", 20.0 / 3f64.sqrt()), ("normal", 10.0)] {
         let jitter = if distribution == "uniform" { "20ms" } else { "10ms" };
         let chaos = Chaos::start(&[
@@ -851,7 +851,7 @@ fn rate_limits_throughput() {
     if !need_fq(&pair) {
         return;
     }
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let chaos = Chaos::start(&["inject", "rate", "--target", &target, "--rate", "8mbit", "--duration", "5m"]);
     let goodput = tcp_goodput(&pair.a, &pair.b, ADDR_B, 7100, Duration::from_secs(1), Duration::from_secs(3));
     chaos.interrupt();
@@ -869,7 +869,7 @@ fn loss_and_delay_stack() {
     if !need_fq(&pair) {
         return;
     }
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let delay = Chaos::start(&["inject", "delay", "--target", &target, "--delay", "50ms", "--duration", "5m"]);
     let loss = Chaos::start(&[
         "inject",
@@ -934,7 +934,7 @@ fn netem_baseline_side_by_side() {
     assert_eq!(pair.ping(&pair.a, "192.0.2.3", 1, Duration::from_secs(2)), 1);
     let rtt = |to: &str| median(&ping_rtts(&pair.a, to, 20, 0.05));
     let base = rtt("192.0.2.2");
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let tc = |args: &[&str]| {
         let mut full = vec!["netns", "exec", pair.a.as_str(), "tc", "qdisc"];
         full.extend(args);
@@ -1025,7 +1025,7 @@ fn ingress_delay_acts_on_the_veth_far_end() {
     assert_eq!(pair.ping(&pair.a, "192.0.2.3", 1, Duration::from_secs(2)), 1);
     let (before_a, before_b) = (pair.qdiscs(&pair.a, "va"), pair.qdiscs(&pair.b, "vb"));
     let baseline = median(&ping_rtts(&pair.a, "192.0.2.2", 20, 0.05));
-    let target = format!("netns:{}", pair.a);
+    let target = pair.target();
     let chaos = Chaos::start(&[
         "inject",
         "delay",

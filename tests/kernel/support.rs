@@ -60,6 +60,11 @@ impl Pair {
         pair
     }
 
+    /// The namespace target of side a, as chaos-ebpf takes it.
+    pub fn target(&self) -> String {
+        format!("netns:{}", self.a)
+    }
+
     /// Sends `count` pings 10 ms apart, each waiting at most `wait`; returns replies.
     pub fn ping(&self, from: &str, to: &str, count: u32, wait: Duration) -> u32 {
         let out = sh(
