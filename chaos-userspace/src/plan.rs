@@ -176,7 +176,8 @@ impl Plan {
         }
         let _ = writeln!(
             out,
-            "\nmap entries (CHAOS_RULES; ifindex and cgroup filled in when targets resolve at run time):"
+            "\nmap entries (CHAOS_RULES; ifindex and cgroup filled in when targets resolve at run time;\n\
+             peer-is-source rules go on the far end of the target's veths):"
         );
         for e in self.entries(seed) {
             let r = &e.rule;
@@ -192,14 +193,7 @@ impl Plan {
                 r.port_lo,
                 r.port_hi,
                 r.loss_threshold,
-                if r.burst_enter != 0 {
-                    format!(
-                        " burst_enter={:#x} burst_exit={:#x} burst_loss={:#x}",
-                        r.burst_enter, r.burst_exit, r.burst_loss
-                    )
-                } else {
-                    String::new()
-                }
+                r.extras()
             );
             for p in &e.peers {
                 let _ = writeln!(out, "      peer {p}");
@@ -231,8 +225,34 @@ pub struct RuleView {
     pub burst_enter: u64,
     pub burst_exit: u64,
     pub burst_loss: u64,
+    pub delay_ns: u64,
+    pub jitter_ns: u64,
+    pub rate_bytes_per_sec: u64,
     pub ifindex: u32,
     pub cgroup_id: u64,
+}
+
+impl RuleView {
+    /// The fields only some actions use, when set.
+    fn extras(&self) -> String {
+        let mut out = String::new();
+        if self.burst_enter != 0 {
+            out += &format!(
+                " burst_enter={:#x} burst_exit={:#x} burst_loss={:#x}",
+                self.burst_enter, self.burst_exit, self.burst_loss
+            );
+        }
+        for (name, value) in [
+            ("delay_ns", self.delay_ns),
+            ("jitter_ns", self.jitter_ns),
+            ("rate_bytes_per_sec", self.rate_bytes_per_sec),
+        ] {
+            if value != 0 {
+                out += &format!(" {name}={value}");
+            }
+        }
+        out
+    }
 }
 
 impl From<&common::Rule> for RuleView {
@@ -241,12 +261,18 @@ impl From<&common::Rule> for RuleView {
             common::action::LOSS => "loss",
             common::action::DROP => "drop",
             common::action::DROP_NEW_TCP => "drop-new-tcp",
+            common::action::DELAY => "delay",
+            common::action::RATE => "rate",
             _ => "none",
         };
         let mut flags = Vec::new();
-        for (bit, name) in
-            [(common::flags::SHADOW, "shadow"), (common::flags::PEERS, "peers"), (common::flags::BURST, "burst")]
-        {
+        for (bit, name) in [
+            (common::flags::SHADOW, "shadow"),
+            (common::flags::PEERS, "peers"),
+            (common::flags::BURST, "burst"),
+            (common::flags::JITTER_NORMAL, "jitter-normal"),
+            (common::flags::PEER_IS_SOURCE, "peer-is-source"),
+        ] {
             if r.flags & bit != 0 {
                 flags.push(name);
             }
@@ -267,6 +293,9 @@ impl From<&common::Rule> for RuleView {
             burst_enter: r.burst_enter,
             burst_exit: r.burst_exit,
             burst_loss: r.burst_loss,
+            delay_ns: r.delay_ns,
+            jitter_ns: r.jitter_ns,
+            rate_bytes_per_sec: r.rate_bytes_per_sec,
             ifindex: r.ifindex,
             cgroup_id: r.cgroup_id,
         }

@@ -167,11 +167,6 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 let instance = instances.get_mut(&r.netns.id).expect("loaded above");
                 let mut rule = fault.spec.rule(seed, fault.rule_id, r.ifindex, r.cgroup_id);
                 rule.cgroup_level = r.cgroup_level;
-                if peer_side(&fault.spec) {
-                    // Acts on the far end's egress, where the target's peers send from.
-                    rule.directions = chaos_ebpf_common::direction::EGRESS;
-                    rule.flags |= chaos_ebpf_common::flags::PEER_IS_SOURCE;
-                }
                 let installed = instance.free_slot().and_then(|slot| {
                     instance.install(slot, &rule, &fault.spec.peers, plan.lease)?;
                     Ok(slot)
@@ -300,7 +295,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
 /// Whether a fault acts on the far end of the target's veths: departure times for what
 /// the target receives (EDT works on egress only).
 fn peer_side(spec: &crate::spec::FaultSpec) -> bool {
-    spec.kind.needs_fq() && spec.direction == crate::spec::Direction::Ingress
+    spec.acts_on_far_end()
 }
 
 /// Faults on the same target share its resolution, except those acting on its far end.

@@ -709,6 +709,12 @@ impl RawFault {
 }
 
 impl FaultSpec {
+    /// Departure times for what the target receives: EDT works on egress only, so the
+    /// rule goes on the egress of the far end of the target's veths.
+    pub fn acts_on_far_end(&self) -> bool {
+        self.kind.needs_fq() && self.direction == Direction::Ingress
+    }
+
     /// The map entry for this fault. `ifindex` and `cgroup_id` come from resolving the
     /// target (0 = any).
     pub fn rule(&self, seed: u64, rule_id: u32, ifindex: u32, cgroup_id: u64) -> Rule {
@@ -743,6 +749,11 @@ impl FaultSpec {
             flags |= common::flags::JITTER_NORMAL;
         }
         rule.rate_bytes_per_sec = self.rate_bytes_per_sec.unwrap_or(0);
+        if self.acts_on_far_end() {
+            // There the target's peers are the packets' sources.
+            rule.directions = common::direction::EGRESS;
+            flags |= common::flags::PEER_IS_SOURCE;
+        }
         if let Some(p) = self.probability {
             rule.loss_threshold = probability_threshold(p);
         }
@@ -877,7 +888,11 @@ mod tests {
         let e = r.validate().unwrap_err();
         assert!(e.field == "direction" && e.problem.contains("one direction"), "{e:?}");
         r.direction = Some(Direction::Ingress);
-        assert_eq!(r.validate().unwrap().direction, Direction::Ingress);
+        let ingress = r.validate().unwrap();
+        assert_eq!(ingress.direction, Direction::Ingress);
+        let rule = ingress.rule(1, 1, 0, 0);
+        assert_eq!(rule.directions, common::direction::EGRESS, "acts on the far end's egress");
+        assert_eq!(rule.flags & common::flags::PEER_IS_SOURCE, common::flags::PEER_IS_SOURCE);
         r.direction = None;
         r.jitter = Some(Duration::from_millis(10));
         r.distribution = Some(Distribution::Normal);
