@@ -378,8 +378,12 @@ impl Instance {
         for attached in self.attached.drain(..) {
             use aya::programs::links::Link as _;
             if let Err(e) = attached.link.detach() {
-                // A vanished interface took its filters with it.
-                if attached.iface.index != 0 && !matches!(e, aya::programs::ProgramError::SyscallError(_)) {
+                // A vanished interface took its attachments with it; anything else is an
+                // error the caller must hear about.
+                let still_there = crate::netns::interfaces()
+                    .map(|list| list.iter().any(|i| i.index == attached.iface.index))
+                    .unwrap_or(true);
+                if still_there {
                     errors.push(format!("detaching from {}: {e}", attached.iface.name));
                 }
             }
