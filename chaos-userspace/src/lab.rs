@@ -256,7 +256,7 @@ impl Probe {
                 s.sent.fetch_add(1, Ordering::Relaxed);
                 seq += 1;
                 // Paced against the start time, so sleeps that overrun do not drift.
-                let due = start + interval * seq as u32;
+                let due = start + interval.mul_f64(seq as f64);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }

@@ -102,18 +102,20 @@ fn run_status(state: &RunState) -> RunStatus {
 pub fn run(json: bool) -> Result<i32> {
     require_root("status")?;
     let mut runs = Vec::new();
+    // Programs of runs whose process is still there (running or stopped).
+    let mut owned: Vec<u32> = Vec::new();
     for (path, state) in state::read_all() {
         match state {
-            Ok(state) => runs.push(run_status(&state)),
+            Ok(state) => {
+                let run = run_status(&state);
+                if run.process != ProcessState::Gone {
+                    owned.extend(state.instances.iter().flat_map(|i| i.program_ids.iter().copied()));
+                }
+                runs.push(run);
+            }
             Err(e) => eprintln!("chaos-ebpf: skipping {}: {e:#}", path.display()),
         }
     }
-    let owned: Vec<u32> = state::read_all()
-        .into_iter()
-        .filter_map(|(_, s)| s.ok())
-        .filter(|s| state::process_state(s.pid) != ProcessState::Gone)
-        .flat_map(|s| s.instances.into_iter().flat_map(|i| i.program_ids))
-        .collect();
     let stray_links = bpfsys::our_links().into_iter().filter(|l| !owned.contains(&l.program_id)).collect();
     let status = Status { runs, stray_links };
     if json {
