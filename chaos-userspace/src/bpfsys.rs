@@ -65,3 +65,44 @@ pub fn detach_link(link_id: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Which processes hold each BPF program and link open, read from /proc/PID/fdinfo
+/// (`prog_id:` and `link_id:` lines). A TCX link or a program held by a live run is
+/// that run's, whatever its ledger record says yet.
+#[derive(Debug, Default)]
+pub struct Holders {
+    pub programs: std::collections::BTreeMap<u32, Vec<u32>>,
+    pub links: std::collections::BTreeMap<u32, Vec<u32>>,
+}
+
+pub fn holders() -> Holders {
+    let mut out = Holders::default();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy();
+            let key = if target == "anon_inode:bpf-prog" {
+                "prog_id:"
+            } else if target == "anon_inode:bpf_link" {
+                "link_id:"
+            } else {
+                continue;
+            };
+            let info = entry.path().join("fdinfo").join(fd.file_name());
+            let Ok(text) = std::fs::read_to_string(info) else { continue };
+            let Some(id) = text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let map = if key == "prog_id:" { &mut out.programs } else { &mut out.links };
+            let pids = map.entry(id).or_default();
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+    }
+    out
+}

@@ -1,37 +1,53 @@
-//! `chaos-ebpf cleanup`: finds what chaos-ebpf left behind, removes it, and verifies.
+//! `chaos-ebpf cleanup`, and the collection of dead runs that every run, `status` and
+//! `cleanup` do first.
 //!
 //! What can be left: netlink (cls_bpf) filters and the clsact qdiscs added for them (they
-//! survive a SIGKILL, unlike TCX links), TCX links of a hung (stopped) run, state files of
-//! dead runs, and lab namespaces. Experiments that are running normally are left alone
-//! unless `--all`.
+//! survive a SIGKILL, unlike TCX links), device settings and sch_fq qdiscs (devices.rs),
+//! the ledger records of dead runs, lab namespaces, and the TCX links of a stopped run.
+//!
+//! A run is live while it holds its ledger lock (state.rs); a kernel object is a live
+//! run's when a live run holds it open (bpfsys::holders), so an object is never taken
+//! for a stray because its run has not written its record yet. Live runs are left
+//! alone, stopped ones too unless `--force`.
 
-use std::fs;
+use std::{collections::BTreeMap, fs};
 
 use anyhow::Result;
 use aya::programs::{
-    tc::{self, SchedClassifierLink, TcHandle},
+    tc::{SchedClassifierLink, TcHandle},
     TcAttachType,
 };
 use chaos_ebpf_common::names;
 use serde::Serialize;
 
 use crate::{
-    bpfsys,
+    bpfsys, devices,
     error::require_root,
     lab::LAB_PREFIX,
     netlink,
-    netns::{self, Netns, NetnsId},
-    state::{self, InstanceState, ProcessState},
+    netns::{self, Netns},
+    state::{self, InstanceState, ProcessState, RunState},
 };
 
 #[derive(Debug, Default, Serialize)]
-struct Report {
-    removed: Vec<String>,
-    /// Experiments still running, left alone.
-    active: Vec<String>,
+pub struct Report {
+    pub removed: Vec<String>,
+    /// Runs that are alive (running or stopped), left alone.
+    pub active: Vec<String>,
     /// What could not be removed.
-    remaining: Vec<String>,
-    clean: bool,
+    pub remaining: Vec<String>,
+    pub clean: bool,
+}
+
+/// A dead run whose record was collected.
+#[derive(Debug, Serialize)]
+pub struct DeadRun {
+    pub pid: u32,
+    pub command: String,
+    /// When it last renewed its leases (wall clock, ms): about when it died.
+    pub last_seen_unix_ms: u64,
+    /// What it had left and was removed now.
+    pub leftovers: Vec<String>,
 }
 
 fn hook(name: &str) -> TcAttachType {
@@ -42,71 +58,93 @@ fn hook(name: &str) -> TcAttachType {
     }
 }
 
-/// Removes the netlink filters and clsact qdiscs a run recorded.
-fn revert_instance(instance: &InstanceState, report: &mut Report) {
+/// Removes the netlink filters and clsact qdiscs a dead or forced run recorded.
+fn revert_instance(instance: &InstanceState, removed: &mut Vec<String>, remaining: &mut Vec<String>) {
     let Ok(ns) = Netns::open(&instance.netns) else {
         // The namespace is gone, and its devices with their filters and qdiscs.
         return;
     };
+    if ns.id != instance.netns_id {
+        return;
+    }
     let Ok(_inside) = ns.enter() else {
-        report.remaining.push(format!("cannot enter {}", instance.netns.display()));
+        remaining.push(format!("cannot enter {}", instance.netns.display()));
         return;
     };
     for f in &instance.netlink_filters {
+        let present = netlink::clsact_filters(f.ifindex, f.hook == "ingress")
+            .is_ok_and(|list| list.iter().any(|x| x.priority == f.priority && x.handle == f.handle));
+        if !present {
+            continue;
+        }
         match SchedClassifierLink::attached(&f.iface, hook(&f.hook), f.priority, TcHandle::from(f.handle), None) {
             Ok(link) => {
                 use aya::programs::links::Link as _;
                 match link.detach() {
-                    Ok(()) => report.removed.push(format!(
+                    Ok(()) => removed.push(format!(
                         "netlink filter {} {} prio {} in {}",
                         f.iface,
                         f.hook,
                         f.priority,
                         instance.netns.display()
                     )),
-                    Err(_) => {} // already gone; the name scan below double-checks
+                    Err(e) => remaining.push(format!("netlink filter {} {}: {e}", f.iface, f.hook)),
                 }
             }
             Err(_) => {} // interface gone
         }
     }
-    for iface in &instance.fq_installed {
-        let Ok(index) = nix_ifindex(iface) else { continue };
-        // Only our fq: if someone replaced it meanwhile, theirs stays.
-        if matches!(netlink::root_qdisc(index), Ok(Some(q)) if q.kind == "fq") {
-            match netlink::delete_root_qdisc(index) {
-                Ok(true) => report
-                    .removed
-                    .push(format!("sch_fq root qdisc on {iface} in {} (default restored)", instance.netns.display())),
-                Ok(false) => {}
-                Err(e) => report.remaining.push(format!("sch_fq on {iface} in {}: {e}", instance.netns.display())),
-            }
-        }
-    }
     for iface in &instance.interfaces {
         let Ok(index) = nix_ifindex(iface) else { continue };
         match crate::loader::release_clsact(instance.netns_id, index) {
-            Ok(true) => report.removed.push(format!("clsact qdisc on {iface} in {}", instance.netns.display())),
+            Ok(true) => removed.push(format!("clsact qdisc on {iface} in {}", instance.netns.display())),
             Ok(false) => {}
-            Err(e) => report.remaining.push(format!("clsact qdisc on {iface} in {}: {e}", instance.netns.display())),
+            Err(e) => remaining.push(format!("clsact qdisc on {iface} in {}: {e}", instance.netns.display())),
         }
     }
 }
 
-/// clsact qdiscs chaos-ebpf added and nobody released (their state file is gone too):
-/// deleted once no filter is left on them; markers of vanished namespaces are dropped.
-fn sweep_clsact_markers(report: &mut Report) {
+/// Device records: takes dead runs off them and restores what no live run needs.
+fn sweep_devices(removed: &mut Vec<String>, remaining: &mut Vec<String>) {
+    let records = devices::records();
+    if records.is_empty() {
+        return;
+    }
     let namespaces = netns::all_namespaces();
-    for (marker, id, ifindex) in state::clsact_markers() {
+    for (path, id, ifindex) in records {
+        let Some(ns) = namespaces.iter().find(|n| n.id == id) else {
+            // The namespace is gone, and the device with it.
+            let _ = fs::remove_file(&path);
+            continue;
+        };
+        let Ok(_inside) = ns.enter() else { continue };
+        match devices::release(id, ifindex) {
+            Ok(done) => {
+                removed.extend(done.into_iter().map(|d| format!("{d} in {} (restored)", ns.path.display())))
+            }
+            Err(e) => remaining.push(format!("settings of ifindex {ifindex} in {}: {e:#}", ns.path.display())),
+        }
+    }
+}
+
+/// clsact qdiscs chaos-ebpf added and nobody released: deleted once no filter is left on
+/// them; markers of vanished namespaces are dropped.
+fn sweep_clsact_markers(removed: &mut Vec<String>, remaining: &mut Vec<String>) {
+    let markers = state::clsact_markers();
+    if markers.is_empty() {
+        return;
+    }
+    let namespaces = netns::all_namespaces();
+    for (marker, id, ifindex) in markers {
         let Some(ns) = namespaces.iter().find(|n| n.id == id) else {
             let _ = fs::remove_file(&marker);
             continue;
         };
         let Ok(_inside) = ns.enter() else { continue };
         match crate::loader::release_clsact(id, ifindex) {
-            Ok(true) => report.removed.push(format!("clsact qdisc on ifindex {ifindex} in {}", ns.path.display())),
+            Ok(true) => removed.push(format!("clsact qdisc on ifindex {ifindex} in {}", ns.path.display())),
             Ok(false) => {}
-            Err(e) => report.remaining.push(format!("clsact qdisc on ifindex {ifindex} in {}: {e}", ns.path.display())),
+            Err(e) => remaining.push(format!("clsact qdisc on ifindex {ifindex} in {}: {e}", ns.path.display())),
         }
     }
 }
@@ -122,11 +160,60 @@ fn nix_ifindex(name: &str) -> std::io::Result<u32> {
     }
 }
 
-/// Removes chaos-ebpf netlink filters found by name on every interface of every
-/// namespace, except where a running experiment owns them. Returns what it found.
-/// (Removing by name is also the only query aya offers, so verification runs it again
-/// and expects to find nothing.)
-fn sweep_netlink(protected: &[(NetnsId, String)], report: &mut Report) -> Vec<String> {
+/// Finds the dead runs, removes what they left, and forgets their records; then takes
+/// dead runs off the shared device records. Every run, `status` and `cleanup` call this
+/// first. Live runs are never touched.
+pub fn collect_dead(remaining: &mut Vec<String>) -> Vec<DeadRun> {
+    let mut dead = Vec::new();
+    for (path, record) in state::read_all() {
+        let pid = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+        let (process, lock) = state::liveness(pid);
+        if process != ProcessState::Dead {
+            continue;
+        }
+        let mut leftovers = Vec::new();
+        let state = record.unwrap_or_else(|_| RunState { pid, ..RunState::default() });
+        for instance in &state.instances {
+            revert_instance(instance, &mut leftovers, remaining);
+        }
+        if let Some(lock) = lock {
+            lock.forget();
+        }
+        dead.push(DeadRun { pid, command: state.command, last_seen_unix_ms: state.renewed_unix_ms, leftovers });
+    }
+    let mut restored = Vec::new();
+    sweep_devices(&mut restored, remaining);
+    sweep_clsact_markers(&mut restored, remaining);
+    if !restored.is_empty() {
+        match dead.last_mut() {
+            Some(last) => last.leftovers.extend(restored),
+            None => dead.push(DeadRun {
+                pid: 0,
+                command: "(no record)".into(),
+                last_seen_unix_ms: 0,
+                leftovers: restored,
+            }),
+        }
+    }
+    dead
+}
+
+/// Live runs by pid, with their state.
+fn live_runs() -> BTreeMap<u32, (ProcessState, RunState)> {
+    let mut live = BTreeMap::new();
+    for (path, record) in state::read_all() {
+        let pid = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+        let (process, _) = state::liveness(pid);
+        if process != ProcessState::Dead {
+            live.insert(pid, (process, record.unwrap_or_else(|_| RunState { pid, ..RunState::default() })));
+        }
+    }
+    live
+}
+
+/// chaos-ebpf netlink filters on every interface of every namespace whose program no
+/// live run (other than those in `forced`) holds; removed unless `dry`.
+fn sweep_netlink(live_pids: &[u32], holders: &bpfsys::Holders, dry: bool, report: &mut Report) -> Vec<String> {
     let mut found = Vec::new();
     for ns in netns::all_namespaces() {
         let Ok(_inside) = ns.enter() else { continue };
@@ -134,20 +221,35 @@ fn sweep_netlink(protected: &[(NetnsId, String)], report: &mut Report) -> Vec<St
             continue;
         };
         for iface in interfaces {
-            if protected.iter().any(|(id, name)| *id == ns.id && *name == iface.name) {
-                continue;
-            }
-            for (attach, prog) in
-                [(TcAttachType::Ingress, names::PROG_INGRESS), (TcAttachType::Egress, names::PROG_EGRESS)]
-            {
-                let what = format!("netlink filter {prog} on {} in {}", iface.name, ns.path.display());
-                match tc::qdisc_detach_program(&iface.name, attach, prog) {
-                    Ok(()) => {
-                        found.push(what.clone());
-                        report.removed.push(what);
+            for ingress in [true, false] {
+                let Ok(filters) = netlink::clsact_filters(iface.index, ingress) else { continue };
+                for f in filters {
+                    let ours = matches!(f.program_name.as_deref(), Some(n) if n == names::PROG_INGRESS || n == names::PROG_EGRESS);
+                    let held_by_live = f
+                        .program_id
+                        .and_then(|id| holders.programs.get(&id))
+                        .is_some_and(|pids| pids.iter().any(|p| live_pids.contains(p)));
+                    if !ours || held_by_live {
+                        continue;
                     }
-                    Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(_) => {} // no clsact qdisc on this interface
+                    let hook_name = if ingress { "ingress" } else { "egress" };
+                    let what = format!("netlink filter on {} {hook_name} prio {} in {}", iface.name, f.priority, ns.path.display());
+                    found.push(what.clone());
+                    if dry {
+                        continue;
+                    }
+                    let attach = if ingress { TcAttachType::Ingress } else { TcAttachType::Egress };
+                    match SchedClassifierLink::attached(&iface.name, attach, f.priority, TcHandle::from(f.handle), None)
+                    {
+                        Ok(link) => {
+                            use aya::programs::links::Link as _;
+                            match link.detach() {
+                                Ok(()) => report.removed.push(what),
+                                Err(e) => report.remaining.push(format!("{what}: {e}")),
+                            }
+                        }
+                        Err(e) => report.remaining.push(format!("{what}: {e}")),
+                    }
                 }
             }
         }
@@ -155,77 +257,62 @@ fn sweep_netlink(protected: &[(NetnsId, String)], report: &mut Report) -> Vec<St
     found
 }
 
-pub fn run(all: bool, json: bool) -> Result<i32> {
+/// TCX links running chaos-ebpf programs that no live run (other than `forced` ones)
+/// holds: a stopped run's when forced, or pinned ones.
+fn stray_links(live_pids: &[u32], holders: &bpfsys::Holders) -> Vec<bpfsys::OurLink> {
+    bpfsys::our_links()
+        .into_iter()
+        .filter(|l| !holders.links.get(&l.link_id).is_some_and(|pids| pids.iter().any(|p| live_pids.contains(p))))
+        .collect()
+}
+
+pub fn run(force: bool, json: bool) -> Result<i32> {
     require_root("cleanup")?;
     let mut report = Report::default();
-    let mut keep_programs: Vec<u32> = Vec::new();
-    let mut keep_ifaces: Vec<(NetnsId, String)> = Vec::new();
-    let mut any_running = false;
-
-    for (path, state) in state::read_all() {
-        let state = match state {
-            Ok(s) => s,
-            Err(e) => {
-                report.remaining.push(format!("{e:#}"));
-                continue;
+    let dead = collect_dead(&mut report.remaining);
+    for d in dead {
+        if d.pid != 0 {
+            report.removed.push(format!("record of dead run pid {} ({})", d.pid, d.command));
+        }
+        report.removed.extend(d.leftovers);
+    }
+    let live = live_runs();
+    // Runs whose objects stay: every live one, unless forced.
+    let mut protected: Vec<u32> = Vec::new();
+    for (pid, (process, state)) in &live {
+        match (process, force) {
+            (_, false) => {
+                protected.push(*pid);
+                report.active.push(match process {
+                    ProcessState::Stopped => format!(
+                        "pid {pid} is alive but stopped (SIGSTOP): its faults ended when its lease ran out, its programs stay attached until it resumes or exits: `kill -CONT {pid}` to let it finish, or `chaos-ebpf cleanup --force` to detach them ({})",
+                        state.command
+                    ),
+                    _ => format!(
+                        "pid {pid} is running: {} (stop it with Ctrl-C or SIGTERM, or `chaos-ebpf cleanup --force`)",
+                        state.command
+                    ),
+                });
             }
-        };
-        let process = state::process_state(state.pid);
-        match process {
-            ProcessState::Running if !all => {
-                any_running = true;
-                report.active.push(format!(
-                    "pid {} running: {} (stop it with Ctrl-C/SIGTERM, or `cleanup --all`)",
-                    state.pid, state.command
-                ));
-                for i in &state.instances {
-                    keep_programs.extend(&i.program_ids);
-                    keep_ifaces.extend(i.interfaces.iter().map(|n| (i.netns_id, n.clone())));
-                }
-            }
-            _ => {
-                // Gone, stopped (hung: its leases may have run out already, but its
-                // attachments stay until removed), or --all.
-                for link in bpfsys::our_links() {
-                    if state.instances.iter().any(|i| i.program_ids.contains(&link.program_id)) {
-                        match bpfsys::detach_link(link.link_id) {
-                            Ok(()) => report.removed.push(format!(
-                                "TCX link {} ({}) of pid {} ({:?})",
-                                link.link_id, link.program, state.pid, process
-                            )),
-                            Err(e) => report.remaining.push(format!("TCX link {}: {e}", link.link_id)),
-                        }
-                    }
-                }
+            (_, true) => {
                 for instance in &state.instances {
-                    revert_instance(instance, &mut report);
+                    revert_instance(instance, &mut report.removed, &mut report.remaining);
                 }
-                if process == ProcessState::Gone {
-                    if fs::remove_file(&path).is_ok() {
-                        report.removed.push(format!("state file {}", path.display()));
-                    }
-                } else {
-                    report.active.push(format!(
-                        "pid {} ({:?}) still holds its (now detached) programs; they unload when it exits",
-                        state.pid, process
-                    ));
-                }
+                report.active.push(format!(
+                    "pid {pid} ({process:?}) forced: its attachments were removed; it still holds its programs until it exits"
+                ));
             }
         }
     }
-    // Attachments no state file accounts for (a lost state file, a killed run).
-    for link in bpfsys::our_links() {
-        if keep_programs.contains(&link.program_id) {
-            continue;
-        }
+    let holders = bpfsys::holders();
+    for link in stray_links(&protected, &holders) {
         match bpfsys::detach_link(link.link_id) {
-            Ok(()) => report.removed.push(format!("stray TCX link {} ({})", link.link_id, link.program)),
-            Err(e) => report.remaining.push(format!("stray TCX link {}: {e}", link.link_id)),
+            Ok(()) => report.removed.push(format!("TCX link {} ({})", link.link_id, link.program)),
+            Err(e) => report.remaining.push(format!("TCX link {}: {e}", link.link_id)),
         }
     }
-    sweep_netlink(&keep_ifaces, &mut report);
-    sweep_clsact_markers(&mut report);
-    if !any_running {
+    sweep_netlink(&protected, &holders, false, &mut report);
+    if live.is_empty() {
         if let Ok(entries) = fs::read_dir(netns::NETNS_RUN_DIR) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -244,34 +331,34 @@ pub fn run(all: bool, json: bool) -> Result<i32> {
         }
     }
 
-    // Verify: nothing of ours attached outside running experiments.
-    let stray: Vec<String> = bpfsys::our_links()
-        .into_iter()
-        .filter(|l| !keep_programs.contains(&l.program_id))
-        .map(|l| format!("TCX link {} ({}) still attached", l.link_id, l.program))
-        .collect();
-    report.remaining.extend(stray);
+    // Verify: nothing of ours attached outside the live runs we left alone.
+    let holders = bpfsys::holders();
+    report.remaining.extend(
+        stray_links(&protected, &holders)
+            .into_iter()
+            .map(|l| format!("TCX link {} ({}) still attached", l.link_id, l.program)),
+    );
     let mut verify = Report::default();
-    let late = sweep_netlink(&keep_ifaces, &mut verify);
-    report.remaining.extend(late.into_iter().map(|w| format!("{w} reappeared")));
+    let late = sweep_netlink(&protected, &holders, true, &mut verify);
+    report.remaining.extend(late.into_iter().map(|w| format!("{w} still there")));
     report.clean = report.remaining.is_empty();
 
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::output::out(&serde_json::to_string_pretty(&report)?);
     } else {
         if report.removed.is_empty() {
-            println!("nothing to remove");
+            crate::output::out("nothing to remove");
         }
         for r in &report.removed {
-            println!("removed {r}");
+            crate::output::out(&format!("removed {r}"));
         }
         for a in &report.active {
-            println!("left alone: {a}");
+            crate::output::out(&format!("left alone: {a}"));
         }
         for r in &report.remaining {
-            println!("NOT removed: {r}");
+            crate::output::out(&format!("NOT removed: {r}"));
         }
-        println!("{}", if report.clean { "clean" } else { "NOT clean" });
+        crate::output::out(if report.clean { "clean" } else { "NOT clean" });
     }
     Ok(if report.clean { 0 } else { crate::error::EXIT_FAILED })
 }

@@ -171,7 +171,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for name in self.created.drain(..).rev() {
             if let Err(e) = ip(&["netns", "del", &name]) {
-                eprintln!("chaos-ebpf: removing lab namespace {name}: {e:#}");
+                crate::output::err(&format!("chaos-ebpf: removing lab namespace {name}: {e:#}"));
             }
         }
     }

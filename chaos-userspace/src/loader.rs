@@ -73,18 +73,14 @@ pub struct Instance {
     ebpf: Option<Ebpf>,
     attached: Vec<Attached>,
     clsact_added: Vec<Interface>,
-    /// Interfaces where this instance made sch_fq the root qdisc (replacing the default).
-    fq_installed: Vec<Interface>,
     used_slots: BTreeSet<u32>,
 }
 
-/// Root qdiscs a device gets by default. Only these are replaced by sch_fq: deleting our
-/// fq later brings the same default back, so the revert is exact. A qdisc someone
-/// configured (a handle other than 0:) is left alone and the fault refused.
-const DEFAULT_ROOT_QDISCS: [&str; 5] = ["noqueue", "pfifo_fast", "mq", "fq_codel", "pfifo"];
-
-/// See netlink::FqSettings; the horizon sits just past the longest allowed delay.
-fn fq_settings() -> netlink::FqSettings {
+/// The sch_fq chaos-ebpf installs, and what it requires of an fq it finds: at most
+/// `flow_limit` delayed packets held per flow (fq's default of 100 would cut a delayed
+/// flow to 100 packets per delay), and a horizon just past the longest delay a rule may
+/// ask for (beyond it fq drops, and the drop is counted by fq, not as a delay).
+pub fn fq_settings() -> netlink::FqSettings {
     netlink::FqSettings {
         limit: 100_000,
         flow_limit: 10_000,
@@ -121,7 +117,6 @@ impl Instance {
             ebpf: Some(ebpf),
             attached: Vec::new(),
             clsact_added: Vec::new(),
-            fq_installed: Vec::new(),
             used_slots: BTreeSet::new(),
         };
         {
@@ -192,50 +187,45 @@ impl Instance {
         Ok(())
     }
 
-    /// Makes sure sch_fq is the root qdisc of each interface, so departure times set by
-    /// delay and rate rules are enforced. Fails with exit 2 (and changes nothing more)
-    /// when the kernel has no sch_fq or a configured qdisc is in the way.
-    pub fn ensure_fq(&mut self, interfaces: &[Interface]) -> Result<()> {
-        let _inside = self.netns.enter()?;
-        for iface in interfaces {
-            if self.fq_installed.iter().any(|i| i.index == iface.index) {
-                continue;
+    /// Whether every attachment is still in place and every interface still there;
+    /// `Err` says what changed (someone detached a link, deleted a filter or a device).
+    pub fn check_attachments(&self) -> std::result::Result<(), String> {
+        let _inside = self.netns.enter().map_err(|e| format!("{e:#}"))?;
+        let present = crate::netns::interfaces().map_err(|e| format!("{e:#}"))?;
+        let ids = self.program_ids().map_err(|e| format!("{e:#}"))?;
+        for a in &self.attached {
+            if !present.iter().any(|i| i.index == a.iface.index && i.name == a.iface.name) {
+                return Err(format!("interface {} in {} is gone", a.iface.name, self.netns.path.display()));
             }
-            let root = netlink::root_qdisc(iface.index)
-                .with_context(|| format!("reading the root qdisc of {}", iface.name))?;
-            match &root {
-                Some(q) if q.kind == "fq" => continue,
-                Some(q) if q.handle != 0 || !DEFAULT_ROOT_QDISCS.contains(&q.kind.as_str()) => {
-                    return Err(Failure::environment(
-                        format!(
-                            "{} in {} has a configured root qdisc ({} {:x}:); delay and rate need sch_fq there, and replacing a configured qdisc could not be undone exactly",
-                            iface.name,
-                            self.netns.path.display(),
-                            q.kind,
-                            q.handle >> 16
-                        ),
-                        "make fq the root qdisc yourself (`tc qdisc replace dev IFACE root fq flow_limit 10000`), or target an interface with its default qdisc",
-                    )
-                    .into());
-                }
-                _ => {}
+            let program = if a.hook == TcAttachType::Ingress { ids[0] } else { ids[1] };
+            let attached = match self.mode {
+                AttachMode::Netlink => netlink::clsact_filters(a.iface.index, a.hook == TcAttachType::Ingress)
+                    .map(|filters| filters.iter().any(|f| f.program_id == Some(program)))
+                    .map_err(|e| e.to_string()),
+                _ => SchedClassifier::query_tcx(&a.iface.name, a.hook)
+                    .map(|(_, progs)| progs.iter().any(|p| p.id() == program))
+                    .map_err(|e| e.to_string()),
             }
-            match netlink::replace_root_with_fq(iface.index, &fq_settings()) {
-                Ok(()) => self.fq_installed.push(iface.clone()),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    return Err(Failure::environment(
-                        format!(
-                            "this kernel has no sch_fq (CONFIG_NET_SCH_FQ), so nothing would enforce the departure times a delay or rate fault sets on {}",
-                            iface.name
-                        ),
-                        "load it (`modprobe sch_fq`) or use a kernel that has it (Debian's do); loss, partition and blackhole work without it",
-                    )
-                    .into())
-                }
-                Err(e) => return Err(e).with_context(|| format!("installing sch_fq on {}", iface.name)),
+            .map_err(|e| format!("checking the {} hook of {}: {e}", hook_name(a.hook), a.iface.name))?;
+            if !attached {
+                return Err(format!(
+                    "the {} program on {} in {} was detached by someone else",
+                    hook_name(a.hook),
+                    a.iface.name,
+                    self.netns.path.display()
+                ));
             }
         }
         Ok(())
+    }
+
+    fn program_ids(&self) -> Result<[u32; 2]> {
+        let mut ids = [0; 2];
+        for (i, name) in [names::PROG_INGRESS, names::PROG_EGRESS].into_iter().enumerate() {
+            let prog: &SchedClassifier = self.ebpf().program(name).expect("loaded").try_into()?;
+            ids[i] = prog.info()?.id();
+        }
+        Ok(ids)
     }
 
     /// A free rule slot, or an error when all are taken.
@@ -326,11 +316,7 @@ impl Instance {
 
     /// What `status` and `cleanup` need to find this instance from another process.
     pub fn state(&self) -> Result<InstanceState> {
-        let mut program_ids = Vec::new();
-        for name in [names::PROG_INGRESS, names::PROG_EGRESS] {
-            let prog: &SchedClassifier = self.ebpf().program(name).expect("loaded").try_into()?;
-            program_ids.push(prog.info()?.id());
-        }
+        let program_ids = self.program_ids()?.to_vec();
         let netlink_filters = self
             .attached
             .iter()
@@ -357,7 +343,6 @@ impl Instance {
                 .collect(),
             netlink_filters,
             clsact_added: self.clsact_added.iter().map(|i| i.name.clone()).collect(),
-            fq_installed: self.fq_installed.iter().map(|i| i.name.clone()).collect(),
         })
     }
 
@@ -395,13 +380,6 @@ impl Instance {
             }
         }
         self.clsact_added.clear();
-        for iface in self.fq_installed.drain(..) {
-            if let Err(e) = netlink::delete_root_qdisc(iface.index) {
-                if e.raw_os_error() != Some(libc::ENODEV) {
-                    errors.push(format!("restoring the root qdisc of {}: {e}", iface.name));
-                }
-            }
-        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -413,7 +391,7 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            eprintln!("chaos-ebpf: {e:#}");
+            crate::output::err(&format!("chaos-ebpf: {e:#}"));
         }
     }
 }

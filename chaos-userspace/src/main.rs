@@ -2,12 +2,14 @@
 
 mod bpfsys;
 mod cleanup;
+mod devices;
 mod error;
 mod lab;
 mod loader;
 mod locate;
 mod netlink;
 mod netns;
+mod output;
 mod plan;
 mod runner;
 mod scenario;
@@ -97,9 +99,9 @@ enum Command {
     /// Find and remove whatever chaos-ebpf left behind (attachments of crashed or hung
     /// runs, clsact qdiscs it added, lab namespaces), then verify. Exit 0 only when clean.
     Cleanup {
-        /// Also stop faults of experiments that are still running normally.
-        #[arg(long)]
-        all: bool,
+        /// Also detach the faults of live runs, running or stopped (SIGSTOP).
+        #[arg(long, alias = "all")]
+        force: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -229,7 +231,7 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("chaos-ebpf: error: {e:#}");
+            output::err(&format!("chaos-ebpf: error: {e:#}"));
             ExitCode::from(exit_code(&e) as u8)
         }
     }
@@ -251,13 +253,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Validate { file } => {
             let plan = load_scenario(&file)?;
-            println!(
+            output::out(&format!(
                 "{}: valid: {} steps, {} faults, {} in all",
                 file.display(),
                 plan.steps.len(),
                 plan.steps.iter().map(|s| s.faults.len()).sum::<usize>(),
                 spec::format_duration(plan.total_duration())
-            );
+            ));
             Ok(0)
         }
         Command::Plan { file, seed, output } => {
@@ -269,7 +271,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Status { output } => status::run(output == Output::Json),
-        Command::Cleanup { all, output } => cleanup::run(all, output == Output::Json),
+        Command::Cleanup { force, output } => cleanup::run(force, output == Output::Json),
     }
 }
 
@@ -284,9 +286,9 @@ fn print_plan(plan: &Plan, output: Output) {
     match output {
         Output::Json => {
             let value = serde_json::json!({ "plan": plan, "seed": seed, "entries": plan.entries(seed) });
-            println!("{}", serde_json::to_string_pretty(&value).expect("serialisable"));
+            output::out(&serde_json::to_string_pretty(&value).expect("serialisable"));
         }
-        Output::Text => print!("{}", plan.render_text(seed, plan.seed.is_some())),
+        Output::Text => output::out_raw(&plan.render_text(seed, plan.seed.is_some())),
     }
 }
 
@@ -297,11 +299,15 @@ fn execute(plan: &Plan, dry_run: bool, output: Output, command: String) -> Resul
     }
     let report = runner::run(plan, &runner::RunOptions { command, progress: true })?;
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Text => println!("{}", runner::render_report(&report)),
+        Output::Json => output::out(&serde_json::to_string_pretty(&report)?),
+        Output::Text => output::out(&runner::render_report(&report)),
+    }
+    if let Some(reason) = &report.failed {
+        output::err(&format!("chaos-ebpf: a fault did not run its course: {reason}; every fault was reverted"));
+        return Ok(error::EXIT_FAILED);
     }
     if report.interrupted {
-        eprintln!("chaos-ebpf: interrupted: every fault was reverted");
+        output::err("chaos-ebpf: interrupted: every fault was reverted");
         return Ok(error::EXIT_FAILED);
     }
     Ok(0)

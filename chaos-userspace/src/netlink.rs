@@ -26,7 +26,6 @@ const NLA_F_NESTED: u16 = 1 << 15;
 /// TC_H_CLSACT == TC_H_INGRESS: parent ffff:fff1, handle ffff:0000.
 const TC_H_CLSACT: u32 = 0xffff_fff1;
 const CLSACT_HANDLE: u32 = 0xffff_0000;
-const TC_H_ROOT: u32 = 0xffff_ffff;
 /// Filter parents of the clsact hooks: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS/EGRESS).
 const TC_H_CLSACT_INGRESS: u32 = 0xffff_fff2;
 const TC_H_CLSACT_EGRESS: u32 = 0xffff_fff3;
@@ -132,13 +131,6 @@ pub fn delete_clsact(ifindex: u32) -> io::Result<bool> {
     }
 }
 
-/// The root qdisc of a device: its kind and handle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RootQdisc {
-    pub kind: String,
-    pub handle: u32,
-}
-
 /// Sends a dump request and returns the bodies (after the netlink header) of the
 /// replies of type `want`.
 fn dump(request: &[u8], want: u16) -> io::Result<Vec<Vec<u8>>> {
@@ -180,30 +172,154 @@ fn tcmsg_ids(body: &[u8]) -> (u32, u32, u32) {
     )
 }
 
-/// Reads the root qdisc of `ifindex` (None: the device has none listed, as for some
-/// virtual devices).
-pub fn root_qdisc(ifindex: u32) -> io::Result<Option<RootQdisc>> {
+/// A qdisc of a device, with its options as the kernel dumps them (for the kinds
+/// chaos-ebpf touches, the dump format is the configuration format, so the raw options
+/// can be sent back to restore the qdisc exactly).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qdisc {
+    pub handle: u32,
+    pub parent: u32,
+    pub kind: String,
+    pub options: Vec<u8>,
+}
+
+/// Every qdisc of `ifindex` (root, per-queue children under mq, clsact).
+pub fn qdiscs(ifindex: u32) -> io::Result<Vec<Qdisc>> {
     let bodies = dump(&message(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, 0, &[]), RTM_NEWQDISC)?;
+    let mut out = Vec::new();
     for body in bodies {
         let (index, handle, parent) = tcmsg_ids(&body);
-        if index != ifindex || parent != TC_H_ROOT {
+        if index != ifindex {
             continue;
         }
-        let mut a = 20;
-        while a + 4 <= body.len() {
-            let alen = u16::from_ne_bytes([body[a], body[a + 1]]) as usize;
-            let atype = u16::from_ne_bytes([body[a + 2], body[a + 3]]);
-            if alen < 4 || a + alen > body.len() {
-                break;
+        let mut kind = String::new();
+        let mut options = Vec::new();
+        for (atype, value) in attrs(&body, 20) {
+            match atype {
+                TCA_KIND => {
+                    let name = value.split(|b| *b == 0).next().unwrap_or_default();
+                    kind = String::from_utf8_lossy(name).into_owned();
+                }
+                TCA_OPTIONS => options = value.to_vec(),
+                _ => {}
             }
-            if atype == TCA_KIND {
-                let name = body[a + 4..a + alen].split(|b| *b == 0).next().unwrap_or_default();
-                return Ok(Some(RootQdisc { kind: String::from_utf8_lossy(name).into_owned(), handle }));
-            }
-            a += (alen + 3) & !3;
+        }
+        out.push(Qdisc { handle, parent, kind, options });
+    }
+    Ok(out)
+}
+
+/// Creates or replaces the qdisc at `parent` of `ifindex` with `kind` and raw options.
+pub fn replace_qdisc(ifindex: u32, parent: u32, handle: u32, kind: &str, options: &[u8]) -> io::Result<()> {
+    let mut name = kind.as_bytes().to_vec();
+    name.push(0);
+    let mut attrs = attr(TCA_KIND, &name);
+    if !options.is_empty() {
+        attrs.extend(attr(TCA_OPTIONS | NLA_F_NESTED, options));
+    }
+    let msg =
+        message(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, handle, parent, &attrs);
+    match Socket::open()?.request(&msg)? {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Deletes the qdisc at `parent` of `ifindex`. `Ok(false)` when there was none.
+pub fn delete_qdisc(ifindex: u32, parent: u32, handle: u32) -> io::Result<bool> {
+    let msg = message(RTM_DELQDISC, NLM_F_REQUEST | NLM_F_ACK, ifindex, handle, parent, &[]);
+    match Socket::open()?.request(&msg)? {
+        0 => Ok(true),
+        libc::ENOENT | libc::EINVAL => Ok(false),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// The sch_fq options chaos-ebpf checks on a qdisc it did not create.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FqLimits {
+    pub limit: Option<u32>,
+    pub flow_limit: Option<u32>,
+    pub horizon_us: Option<u32>,
+    pub horizon_drop: Option<u8>,
+}
+
+pub fn fq_limits(options: &[u8]) -> FqLimits {
+    let mut limits = FqLimits::default();
+    for (atype, value) in attrs(options, 0) {
+        let word = value.get(..4).map(|v| u32::from_ne_bytes(v.try_into().unwrap()));
+        match atype {
+            TCA_FQ_PLIMIT => limits.limit = word,
+            TCA_FQ_FLOW_PLIMIT => limits.flow_limit = word,
+            TCA_FQ_HORIZON => limits.horizon_us = word,
+            TCA_FQ_HORIZON_DROP => limits.horizon_drop = value.first().copied(),
+            _ => {}
         }
     }
-    Ok(None)
+    limits
+}
+
+/// The raw sch_fq options chaos-ebpf installs.
+pub fn fq_options(settings: &FqSettings) -> Vec<u8> {
+    let mut options = attr(TCA_FQ_PLIMIT, &settings.limit.to_ne_bytes());
+    options.extend(attr(TCA_FQ_FLOW_PLIMIT, &settings.flow_limit.to_ne_bytes()));
+    options.extend(attr(TCA_FQ_HORIZON, &settings.horizon_us.to_ne_bytes()));
+    options.extend(attr(TCA_FQ_HORIZON_DROP, &[1]));
+    options
+}
+
+/// A TC filter on a clsact hook: enough to tell whose it is and to delete it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub priority: u16,
+    pub handle: u32,
+    /// The BPF program it runs (cls_bpf filters only).
+    pub program_id: Option<u32>,
+    pub program_name: Option<String>,
+}
+
+const TCA_BPF_NAME: u16 = 7;
+const TCA_BPF_ID: u16 = 11;
+
+/// Filters on the ingress or egress hook of the clsact qdisc of `ifindex` (empty when
+/// there is no clsact qdisc).
+pub fn clsact_filters(ifindex: u32, ingress: bool) -> io::Result<Vec<Filter>> {
+    let hook = if ingress { TC_H_CLSACT_INGRESS } else { TC_H_CLSACT_EGRESS };
+    let bodies =
+        match dump(&message(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, hook, &[]), RTM_NEWTFILTER) {
+            Ok(bodies) => bodies,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+    let mut out = Vec::new();
+    for body in bodies {
+        let (index, handle, _) = tcmsg_ids(&body);
+        // tcm_info holds the priority in its upper 16 bits; a chain's head entry has
+        // handle 0 and no program.
+        let info = u32::from_ne_bytes(body[16..20].try_into().unwrap());
+        if index != ifindex || handle == 0 {
+            continue;
+        }
+        let mut filter = Filter { priority: (info >> 16) as u16, handle, program_id: None, program_name: None };
+        for (atype, value) in attrs(&body, 20) {
+            if atype == TCA_OPTIONS {
+                for (otype, ovalue) in attrs(value, 0) {
+                    match otype {
+                        TCA_BPF_ID if ovalue.len() >= 4 => {
+                            filter.program_id = Some(u32::from_ne_bytes(ovalue[..4].try_into().unwrap()))
+                        }
+                        TCA_BPF_NAME => {
+                            let name = ovalue.split(|b| *b == 0).next().unwrap_or_default();
+                            filter.program_name = Some(String::from_utf8_lossy(name).into_owned());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        out.push(filter);
+    }
+    Ok(out)
 }
 
 /// Whether any filter (ours or anyone's) is attached to the clsact qdisc of `ifindex`.
@@ -228,32 +344,6 @@ pub struct FqSettings {
     pub limit: u32,
     pub flow_limit: u32,
     pub horizon_us: u32,
-}
-
-/// Installs sch_fq as the root qdisc of `ifindex`, replacing what is there.
-pub fn replace_root_with_fq(ifindex: u32, settings: &FqSettings) -> io::Result<()> {
-    let mut options = attr(TCA_FQ_PLIMIT, &settings.limit.to_ne_bytes());
-    options.extend(attr(TCA_FQ_FLOW_PLIMIT, &settings.flow_limit.to_ne_bytes()));
-    options.extend(attr(TCA_FQ_HORIZON, &settings.horizon_us.to_ne_bytes()));
-    options.extend(attr(TCA_FQ_HORIZON_DROP, &[1]));
-    let mut attrs = attr(TCA_KIND, b"fq\0");
-    attrs.extend(attr(TCA_OPTIONS | NLA_F_NESTED, &options));
-    let msg =
-        message(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, 0, TC_H_ROOT, &attrs);
-    match Socket::open()?.request(&msg)? {
-        0 => Ok(()),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
-}
-
-/// Deletes the root qdisc of `ifindex`; the kernel puts the device's default back.
-pub fn delete_root_qdisc(ifindex: u32) -> io::Result<bool> {
-    let msg = message(RTM_DELQDISC, NLM_F_REQUEST | NLM_F_ACK, ifindex, 0, TC_H_ROOT, &[]);
-    match Socket::open()?.request(&msg)? {
-        0 => Ok(true),
-        libc::ENOENT | libc::EINVAL => Ok(false),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
 }
 
 const RTM_NEWLINK: u16 = 16;
@@ -308,27 +398,70 @@ fn header(kind: u16, total: usize) -> Vec<u8> {
     msg
 }
 
-/// The other end of a link such as a veth: its ifindex and, when it lives in another
-/// namespace, that namespace's id as seen from the calling thread's namespace.
-pub fn link_peer(ifindex: u32) -> io::Result<Option<(u32, Option<i32>)>> {
+const IFLA_GSO_MAX_SEGS: u16 = 40;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const RTM_SETLINK: u16 = 19;
+
+/// What chaos-ebpf reads of a device: its kind (veth, macvlan, ...; None for physical
+/// devices), its GSO segment limit, and its far end.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub kind: Option<String>,
+    pub gso_max_segs: Option<u32>,
+    /// IFLA_LINK: the far end of a veth, but the parent of a macvlan, ipvlan or vlan.
+    pub link: Option<(u32, Option<i32>)>,
+}
+
+pub fn link_info(ifindex: u32) -> io::Result<LinkInfo> {
     let mut msg = header(RTM_GETLINK, 16 + 16);
     msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
     msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
     let body = request_reply(&msg, RTM_NEWLINK)?;
+    let mut info = LinkInfo::default();
     let mut peer = None;
     let mut nsid = None;
     for (kind, value) in attrs(&body, 16) {
         match kind {
             IFLA_LINK if value.len() >= 4 => peer = Some(u32::from_ne_bytes(value[..4].try_into().unwrap())),
             IFLA_LINK_NETNSID if value.len() >= 4 => nsid = Some(i32::from_ne_bytes(value[..4].try_into().unwrap())),
+            IFLA_GSO_MAX_SEGS if value.len() >= 4 => {
+                info.gso_max_segs = Some(u32::from_ne_bytes(value[..4].try_into().unwrap()))
+            }
+            IFLA_LINKINFO => {
+                for (ikind, ivalue) in attrs(value, 0) {
+                    if ikind == IFLA_INFO_KIND {
+                        let name = ivalue.split(|b| *b == 0).next().unwrap_or_default();
+                        info.kind = Some(String::from_utf8_lossy(name).into_owned());
+                    }
+                }
+            }
             _ => {}
         }
     }
     // A device without a far end reports itself (or 0) as its link; a veth whose far
     // end is in another namespace may well have the same index there.
-    Ok(peer.filter(|p| *p != 0 && (nsid.is_some() || *p != ifindex)).map(|p| (p, nsid)))
+    info.link = peer.filter(|p| *p != 0 && (nsid.is_some() || *p != ifindex)).map(|p| (p, nsid));
+    Ok(info)
+}
+
+/// Sets the most segments one GSO packet may carry on `ifindex` (1: the stack hands the
+/// device, and the TC hooks before it, one wire packet per skb).
+pub fn set_gso_max_segs(ifindex: u32, segs: u32) -> io::Result<()> {
+    let mut msg = header(RTM_SETLINK, 16 + 16 + 8);
+    // NLM_F_ACK, so the kernel's verdict comes back.
+    msg[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend(attr(IFLA_GSO_MAX_SEGS, &segs.to_ne_bytes()));
+    match Socket::open()?.request(&msg)? {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
 }
 
 /// The id the calling thread's namespace gives the namespace open at `fd` (negative

@@ -1,10 +1,14 @@
-//! Executing a plan: resolve targets, load and attach one instance per network namespace,
-//! then step through the timeline installing rules, renewing their leases and printing
-//! progress; revert everything at the end, on SIGINT/SIGTERM, and on error.
+//! Executing a plan: record the run in the ledger, resolve targets, load and attach one
+//! instance per network namespace, then step through the timeline installing rules,
+//! renewing their leases, checking that every attachment and target is still there,
+//! and printing progress; revert everything at the end, on SIGINT/SIGTERM, on error, and
+//! when a fault can no longer run its course.
 
 use std::{
     collections::BTreeMap,
     io::IsTerminal,
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -17,20 +21,25 @@ use chaos_ebpf_common::{ProtectedPorts, RuleCounters};
 use serde::Serialize;
 
 use crate::{
-    bpfsys,
+    bpfsys, cleanup, devices,
     error::{require_root, Failure},
     lab::{Lab, ProbeCounts},
-    loader::Instance,
-    netns::NetnsId,
+    loader::{fq_settings, AttachMode, Instance},
+    netns::{Interface, Netns, NetnsId},
+    output,
     plan::Plan,
-    spec::{format_duration, Cidr},
-    state::{self, RuleState, RunState, StateFile},
+    spec::{format_duration, Cidr, Direction, FaultSpec, TargetSpec},
+    state::{self, Phase, RuleState, RunRecord, RunState},
     target::{self, Resolved},
 };
 
+/// How often the step loop looks at the signal flag: Ctrl-C acts within this (plus the
+/// revert itself).
+const POLL: Duration = Duration::from_millis(10);
+
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// The command line, recorded in the state file for `status`.
+    /// The command line, recorded in the ledger for `status`.
     pub command: String,
     /// Print progress lines (to stderr).
     pub progress: bool,
@@ -42,6 +51,13 @@ pub struct RuleReport {
     pub fault: String,
     pub netns: String,
     pub counters: RuleCounters,
+    /// When the rule was in force (wall clock, ms since the epoch).
+    pub active_from_unix_ms: u64,
+    pub active_to_unix_ms: u64,
+    /// Why it ended: "completed", "interrupted", or what cut it short.
+    pub ended: String,
+    /// Whether it was in force for its whole step.
+    pub ran_its_course: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,10 +74,28 @@ pub struct RunReport {
     pub scenario: String,
     pub seed: u64,
     pub interrupted: bool,
+    /// Why the run stopped early, when a fault could not run its course (a lapsed lease,
+    /// a detached program, a vanished target): the run then exits 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
     pub steps: Vec<StepReport>,
+    /// Time from the end of the faults to everything removed, in ms.
+    pub revert_ms: f64,
     /// Every attachment and program of this run was verified gone after the revert.
     pub clean: bool,
 }
+
+/// The run was interrupted before any fault was in force: nothing was changed.
+#[derive(Debug)]
+pub struct InterruptedBeforeStart;
+
+impl std::fmt::Display for InterruptedBeforeStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted before any fault was in force; nothing was changed")
+    }
+}
+
+impl std::error::Error for InterruptedBeforeStart {}
 
 struct ActiveRule {
     rule_id: u32,
@@ -69,30 +103,91 @@ struct ActiveRule {
     netns: NetnsId,
     slot: u32,
     peers: Vec<Cidr>,
+    from_unix_ms: u64,
 }
 
-/// Runs the plan. Errors before any fault is installed are `Failure`s (exit 2).
+/// A target whose identity is checked at every lease renewal: a namespace or cgroup
+/// removed (or re-created at the same path, which makes a new one) ends the fault.
+struct Identity {
+    what: String,
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Identity {
+    fn check(&self) -> Result<(), String> {
+        match std::fs::metadata(&self.path) {
+            Ok(meta) if meta.ino() == self.ino => Ok(()),
+            Ok(_) => Err(format!("{} was removed (the one now at {} is a new target)", self.what, self.path.display())),
+            Err(_) => Err(format!("{} is gone ({} no longer exists)", self.what, self.path.display())),
+        }
+    }
+}
+
+/// A device this run registered in the shared device records.
+struct HeldDevice {
+    netns: Netns,
+    iface: Interface,
+}
+
+fn interrupted_now(flag: &AtomicBool) -> Result<()> {
+    if flag.load(Ordering::Relaxed) {
+        return Err(InterruptedBeforeStart.into());
+    }
+    Ok(())
+}
+
+/// Runs the plan. Errors before any fault is installed are `Failure`s (exit 2) or
+/// `InterruptedBeforeStart` (exit 1); neither leaves anything behind.
 pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     require_root("running faults")?;
     let seed = plan.seed_or_random();
-    if options.progress {
-        eprintln!("chaos-ebpf: scenario {} seed {seed} ({} total)", plan.name, format_duration(plan.total_duration()));
-    }
+    let progress = |line: &str| {
+        if options.progress {
+            output::err(&format!("chaos-ebpf: {line}"));
+        }
+    };
+    progress(&format!("scenario {} seed {seed} ({} total)", plan.name, format_duration(plan.total_duration())));
     let interrupted = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(signal, interrupted.clone()).context("installing signal handlers")?;
     }
     let mode = plan.attach.resolve()?;
 
+    // Dead runs' leftovers first: their device records and qdiscs would confuse ours.
+    let mut sweep_problems = Vec::new();
+    for dead in cleanup::collect_dead(&mut sweep_problems) {
+        if !dead.leftovers.is_empty() {
+            progress(&format!("removed what a dead run (pid {}) left: {}", dead.pid, dead.leftovers.join("; ")));
+        }
+    }
+    // The ledger record exists before anything this run creates.
+    let mut run_state = RunState {
+        pid: std::process::id(),
+        command: options.command.clone(),
+        seed,
+        lease_ms: plan.lease.as_millis() as u64,
+        phase: Phase::Starting,
+        started_unix_ms: state::unix_ms(),
+        renewed_unix_ms: state::unix_ms(),
+        instances: Vec::new(),
+        rules: Vec::new(),
+    };
+    let record = RunRecord::create(&run_state)?;
+    interrupted_now(&interrupted)?;
+
     // Everything that can fail on bad input happens before the first fault.
     let lab = plan.lab.as_ref().map(Lab::create).transpose()?;
+    interrupted_now(&interrupted)?;
     let mut resolved: BTreeMap<String, Vec<Resolved>> = BTreeMap::new();
+    let mut identities: Vec<Identity> = Vec::new();
     for step in &plan.steps {
         for fault in &step.faults {
             let key = resolution_key(&fault.spec);
             if !resolved.contains_key(&key) {
                 let mut targets = target::resolve(&fault.spec.target)?;
-                if peer_side(&fault.spec) {
+                identities.extend(identities_of(&fault.spec.target, &targets)?);
+                if fault.spec.acts_on_far_end() {
                     let mut peers = Vec::new();
                     for t in &targets {
                         peers.extend(target::veth_peers(&fault.spec.target, t)?);
@@ -101,52 +196,30 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 }
                 resolved.insert(key, targets);
             }
+            interrupted_now(&interrupted)?;
         }
     }
+
     let protected: Vec<ProtectedPorts> = plan.protect.iter().map(|p| p.entry()).collect();
-    let mut instances: BTreeMap<NetnsId, Instance> = BTreeMap::new();
-    for (key, targets) in &resolved {
-        for r in targets {
-            if !instances.contains_key(&r.netns.id) {
-                let netns = crate::netns::Netns::open(&r.netns.path)?;
-                let instance = Instance::load(netns, mode, &protected).map_err(|e| {
-                    Failure::environment(
-                        format!("the kernel refused the chaos-ebpf programs: {e:#}"),
-                        "check that the kernel has BPF, BTF and clsact/TCX support (docs/building.md lists what is needed)",
-                    )
-                })?;
-                instances.insert(r.netns.id, instance);
-            }
-            let instance = instances.get_mut(&r.netns.id).expect("inserted above");
-            let target_needs_fq = plan
-                .steps
-                .iter()
-                .flat_map(|s| &s.faults)
-                .any(|f| f.spec.kind.needs_fq() && resolution_key(&f.spec) == *key);
-            if target_needs_fq {
-                let interfaces: Vec<_> =
-                    r.interfaces.iter().filter(|i| r.ifindex == 0 || i.index == r.ifindex).cloned().collect();
-                instance.ensure_fq(&interfaces)?;
-            }
-            instance.attach(&r.interfaces).map_err(|e| {
-                Failure::environment(
-                    format!("attaching to {} failed: {e:#}", r.netns.path.display()),
-                    "check the interfaces still exist; `--attach netlink` works on kernels without TCX",
-                )
-            })?;
-        }
-    }
-    let state_file = StateFile::create()?;
-    let mut run_state = RunState {
-        pid: std::process::id(),
-        command: options.command.clone(),
-        seed,
-        lease_ms: plan.lease.as_millis() as u64,
-        instances: instances.values().map(Instance::state).collect::<Result<_>>()?,
-        rules: Vec::new(),
-    };
-    state_file.write(&run_state)?;
+    let mut instances = load_instances(&resolved, mode, &protected, &interrupted)?;
+    run_state.instances = instances.values().map(Instance::state).collect::<Result<_>>()?;
+    run_state.phase = Phase::Running;
+    record.write(&run_state)?;
     let program_ids: Vec<u32> = run_state.instances.iter().flat_map(|i| i.program_ids.clone()).collect();
+
+    // From here on the run changes the system: every error reverts what it did.
+    let mut held: Vec<HeldDevice> = Vec::new();
+    let prepared = prepare(plan, &resolved, &mut instances, &mut held, &interrupted);
+    run_state.instances = instances.values().map(Instance::state).collect::<Result<_>>()?;
+    record.write(&run_state)?;
+    if let Err(e) = prepared {
+        let revert = revert(&mut instances, &mut held, &program_ids);
+        drop(lab);
+        if let Err(r) = revert.1 {
+            return Err(e.context(format!("and the revert is incomplete: {r:#}; run `chaos-ebpf cleanup`")));
+        }
+        return Err(e);
+    }
 
     let probe = lab.as_ref().map(Lab::start_probe).transpose()?.flatten();
     let renew_every = plan.lease / 3;
@@ -154,6 +227,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     let run_start = Instant::now();
     let mut steps = Vec::new();
     let mut outcome: Result<()> = Ok(());
+    let mut failed: Option<String> = None;
+    let mut last_renew;
 
     'steps: for step in &plan.steps {
         if interrupted.load(Ordering::Relaxed) {
@@ -178,6 +253,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                         netns: r.netns.id,
                         slot,
                         peers: fault.spec.peers.clone(),
+                        from_unix_ms: state::unix_ms(),
                     }),
                     Err(e) => {
                         outcome =
@@ -188,6 +264,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 }
             }
         }
+        last_renew = Instant::now();
         let now_ms = state::unix_ms();
         run_state.rules = active
             .iter()
@@ -197,25 +274,46 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 netns_id: a.netns,
                 fault: a.fault.clone(),
                 started_unix_ms: now_ms,
-                ends_unix_ms: now_ms + step.duration.as_millis() as u64,
+                ends_unix_ms: now_ms.saturating_add(step.duration.as_millis() as u64),
             })
             .collect();
-        state_file.write(&run_state)?;
+        run_state.renewed_unix_ms = now_ms;
+        record.write(&run_state)?;
 
-        let mut last_renew = Instant::now();
         let mut last_progress = Instant::now();
+        let mut cut_short: Option<String> = None;
         while step_start.elapsed() < step.duration {
             if interrupted.load(Ordering::Relaxed) {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(50).min(step.duration.saturating_sub(step_start.elapsed())));
+            std::thread::sleep(POLL.min(step.duration.saturating_sub(step_start.elapsed())));
             if last_renew.elapsed() >= renew_every {
+                // A renewal later than the lease means the rules lapsed in between (the
+                // process was stopped or starved): the faults did not run their course.
+                let since = last_renew.elapsed();
+                if since > plan.lease {
+                    let lapsed_at = state::unix_ms().saturating_sub((since - plan.lease).as_millis() as u64);
+                    cut_short = Some(format!(
+                        "the leases lapsed at {}: chaos-ebpf did not run for {} (stopped or starved), longer than the {} lease, so the faults were off meanwhile",
+                        state::clock(lapsed_at),
+                        format_duration(since),
+                        format_duration(plan.lease)
+                    ));
+                }
+                if cut_short.is_none() {
+                    cut_short = check_in_place(&instances, &identities).err();
+                }
+                if cut_short.is_some() {
+                    break;
+                }
                 for a in &active {
                     if let Err(e) = instances.get_mut(&a.netns).expect("loaded").renew(a.slot, plan.lease) {
                         outcome = Err(e.context("renewing a lease"));
                     }
                 }
                 last_renew = Instant::now();
+                run_state.renewed_unix_ms = state::unix_ms();
+                let _ = record.write(&run_state);
             }
             // A terminal line is redrawn in place; a log gets about a hundred lines a run.
             let progress_every = if tty {
@@ -233,9 +331,9 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                     probe.as_ref().map(|p| p.counts().since(probe_start.as_ref().unwrap())),
                 );
                 if tty {
-                    eprint!("\r\x1b[2K{line}");
+                    output::err_raw(&format!("\r\x1b[2K{line}"));
                 } else {
-                    eprintln!("{line}");
+                    output::err(&line);
                 }
                 last_progress = Instant::now();
             }
@@ -244,8 +342,16 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
             }
         }
         if tty && options.progress {
-            eprint!("\r\x1b[2K");
+            output::err_raw("\r\x1b[2K");
         }
+        let completed = step_start.elapsed() >= step.duration && cut_short.is_none() && outcome.is_ok();
+        let ended = match (&cut_short, &outcome) {
+            (Some(reason), _) => reason.clone(),
+            (None, Err(e)) => format!("{e:#}"),
+            (None, Ok(())) if completed => "completed".into(),
+            _ => "interrupted".into(),
+        };
+        let to_ms = state::unix_ms();
         let rules = active
             .iter()
             .map(|a| RuleReport {
@@ -253,6 +359,10 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 fault: a.fault.clone(),
                 netns: instances[&a.netns].netns.path.display().to_string(),
                 counters: instances[&a.netns].counters(a.slot).unwrap_or_default(),
+                active_from_unix_ms: a.from_unix_ms,
+                active_to_unix_ms: to_ms,
+                ended: ended.clone(),
+                ran_its_course: completed,
             })
             .collect();
         remove_rules(&mut instances, &active);
@@ -262,45 +372,219 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
             rules,
             probe: probe.as_ref().map(|p| p.counts().since(probe_start.as_ref().unwrap())),
         };
-        if options.progress {
-            eprintln!("chaos-ebpf: step {} done", report.name);
-        }
+        progress(&format!("step {} {}", report.name, if completed { "done" } else { "cut short" }));
         steps.push(report);
+        if let Some(reason) = cut_short {
+            failed = Some(reason);
+            break;
+        }
         if outcome.is_err() {
             break;
         }
     }
     drop(probe);
-    let mut revert_errors = Vec::new();
-    for (_, mut instance) in std::mem::take(&mut instances) {
-        if let Err(e) = instance.shutdown() {
-            revert_errors.push(format!("{e:#}"));
-        }
-    }
+    run_state.phase = Phase::Reverting;
+    run_state.rules.clear();
+    let _ = record.write(&run_state);
+    let (revert_ms, reverted) = revert(&mut instances, &mut held, &program_ids);
     drop(lab);
-    let clean = verify_gone(&program_ids);
-    drop(state_file);
-    let report =
-        RunReport { scenario: plan.name.clone(), seed, interrupted: interrupted.load(Ordering::Relaxed), steps, clean };
+    let clean = reverted.is_ok();
+    drop(record);
+    let report = RunReport {
+        scenario: plan.name.clone(),
+        seed,
+        interrupted: interrupted.load(Ordering::Relaxed),
+        failed,
+        steps,
+        revert_ms,
+        clean,
+    };
     outcome?;
-    if !revert_errors.is_empty() || !clean {
+    if let Err(e) = reverted {
         return Err(anyhow!(
-            "the faults ended but the revert is not verified clean ({}); run `chaos-ebpf cleanup`",
-            if revert_errors.is_empty() { "programs still attached".into() } else { revert_errors.join("; ") }
+            "the faults ended but the revert is not verified clean ({e:#}); run `chaos-ebpf cleanup`"
         ));
     }
     Ok(report)
 }
 
-/// Whether a fault acts on the far end of the target's veths: departure times for what
-/// the target receives (EDT works on egress only).
-fn peer_side(spec: &crate::spec::FaultSpec) -> bool {
-    spec.acts_on_far_end()
+/// Loads one instance per namespace on a worker thread, so that Ctrl-C acts at once even
+/// while the verifier works (seconds under emulation): an interrupted run exits without
+/// waiting, and the programs it was loading go with the process. A load failure's
+/// verifier log goes to a file, not the terminal.
+fn load_instances(
+    resolved: &BTreeMap<String, Vec<Resolved>>,
+    mode: AttachMode,
+    protected: &[ProtectedPorts],
+    interrupted: &AtomicBool,
+) -> Result<BTreeMap<NetnsId, Instance>> {
+    let mut paths: BTreeMap<NetnsId, PathBuf> = BTreeMap::new();
+    for r in resolved.values().flatten() {
+        paths.entry(r.netns.id).or_insert_with(|| r.netns.path.clone());
+    }
+    let protected = protected.to_vec();
+    let worker = std::thread::spawn(move || -> Result<BTreeMap<NetnsId, Instance>> {
+        let mut instances = BTreeMap::new();
+        for (id, path) in paths {
+            let netns = Netns::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            if netns.id != id {
+                return Err(Failure::environment(
+                    format!("network namespace {} changed while chaos-ebpf was starting", path.display()),
+                    "run again",
+                )
+                .into());
+            }
+            let instance = Instance::load(netns, mode, &protected).map_err(|e| {
+                let full = format!("{e:#}");
+                let log = std::env::temp_dir().join(format!("chaos-ebpf-verifier-{}.log", std::process::id()));
+                let saved = std::fs::write(&log, &full).is_ok();
+                let first = full.lines().next().unwrap_or("").chars().take(200).collect::<String>();
+                Failure::environment(
+                    format!(
+                        "the kernel refused the chaos-ebpf programs: {first}{}",
+                        if saved { format!(" (full verifier log in {})", log.display()) } else { String::new() }
+                    ),
+                    "check that the kernel has BPF, BTF and clsact/TCX support (docs/building.md lists what is needed)",
+                )
+            })?;
+            instances.insert(id, instance);
+        }
+        Ok(instances)
+    });
+    while !worker.is_finished() {
+        if interrupted.load(Ordering::Relaxed) {
+            // The worker's programs are only file descriptors: they go when we exit.
+            return Err(InterruptedBeforeStart.into());
+        }
+        std::thread::sleep(POLL);
+    }
+    let instances = worker.join().map_err(|_| anyhow!("the program loader thread panicked"))??;
+    interrupted_now(interrupted)?;
+    Ok(instances)
+}
+
+/// What a fault needs of the devices its rules act on: one segment per buffer where it
+/// decides, GRO off where it decides on ingress, sch_fq where it sets departure times.
+fn device_needs(spec: &FaultSpec) -> (devices::Needs, devices::Needs) {
+    let egress = matches!(spec.direction, Direction::Egress | Direction::Both) || spec.acts_on_far_end();
+    let ingress = matches!(spec.direction, Direction::Ingress | Direction::Both) && !spec.acts_on_far_end();
+    let own = devices::Needs { segment_egress: egress, unmerge_ingress: ingress, fq: spec.kind.needs_fq() };
+    // What the target receives over a veth was segmented (or not) by the far end.
+    let far = devices::Needs { segment_egress: ingress, ..devices::Needs::default() };
+    (own, far)
+}
+
+/// Device settings, then attachments; stops at the first error (the caller reverts).
+fn prepare(
+    plan: &Plan,
+    resolved: &BTreeMap<String, Vec<Resolved>>,
+    instances: &mut BTreeMap<NetnsId, Instance>,
+    held: &mut Vec<HeldDevice>,
+    interrupted: &AtomicBool,
+) -> Result<()> {
+    for fault in plan.steps.iter().flat_map(|s| &s.faults) {
+        let (own, far) = device_needs(&fault.spec);
+        for r in &resolved[&resolution_key(&fault.spec)] {
+            for iface in r.interfaces.iter().filter(|i| r.ifindex == 0 || i.index == r.ifindex) {
+                hold_device(held, &r.netns, iface, own)?;
+                if far.any() {
+                    if let Some((peer_netns, peer_iface)) = target::far_end(&r.netns, iface)? {
+                        hold_device(held, &peer_netns, &peer_iface, far)?;
+                    }
+                }
+            }
+            interrupted_now(interrupted)?;
+        }
+    }
+    for targets in resolved.values() {
+        for r in targets {
+            let instance = instances.get_mut(&r.netns.id).expect("loaded above");
+            instance.attach(&r.interfaces).map_err(|e| {
+                Failure::environment(
+                    format!("attaching to {} failed: {e:#}", r.netns.path.display()),
+                    "check the interfaces still exist; `--attach netlink` works on kernels without TCX",
+                )
+            })?;
+            interrupted_now(interrupted)?;
+        }
+    }
+    Ok(())
+}
+
+fn hold_device(held: &mut Vec<HeldDevice>, netns: &Netns, iface: &Interface, needs: devices::Needs) -> Result<()> {
+    if !needs.any() {
+        return Ok(());
+    }
+    if !held.iter().any(|h| h.netns.id == netns.id && h.iface.index == iface.index) {
+        held.push(HeldDevice { netns: Netns::open(&netns.path)?, iface: iface.clone() });
+    }
+    let _inside = netns.enter()?;
+    devices::acquire(&netns.path, netns.id, iface, needs, &devices::FqNeeds { settings: fq_settings() })
+}
+
+/// Removes everything: attachments and programs, then device settings. Returns the time
+/// it took (ms) and whether all of it is verified gone.
+fn revert(
+    instances: &mut BTreeMap<NetnsId, Instance>,
+    held: &mut Vec<HeldDevice>,
+    program_ids: &[u32],
+) -> (f64, Result<()>) {
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    for (_, mut instance) in std::mem::take(instances) {
+        if let Err(e) = instance.shutdown() {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    for h in held.drain(..) {
+        let released = h.netns.enter().and_then(|_inside| devices::release(h.netns.id, h.iface.index));
+        if let Err(e) = released {
+            errors.push(format!("restoring {}: {e:#}", h.iface.name));
+        }
+    }
+    if !verify_gone(program_ids) {
+        errors.push("programs still attached".into());
+    }
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    (ms, if errors.is_empty() { Ok(()) } else { Err(anyhow!("{}", errors.join("; "))) })
+}
+
+/// Every attachment still in place and every target still the one we started with.
+fn check_in_place(instances: &BTreeMap<NetnsId, Instance>, identities: &[Identity]) -> Result<(), String> {
+    for identity in identities {
+        identity.check()?;
+    }
+    for instance in instances.values() {
+        instance.check_attachments()?;
+    }
+    Ok(())
+}
+
+/// The namespaces and cgroups a target names, to check at each renewal.
+fn identities_of(spec: &TargetSpec, targets: &[Resolved]) -> Result<Vec<Identity>> {
+    let mut out = Vec::new();
+    match spec {
+        TargetSpec::Netns(_) | TargetSpec::Pid(_) => {
+            for t in targets {
+                out.push(Identity { what: format!("{spec}"), path: t.netns.path.clone(), ino: t.netns.id.ino });
+            }
+        }
+        TargetSpec::Cgroup(_) | TargetSpec::Iface(_) => {}
+    }
+    let cgroup = match spec {
+        TargetSpec::Cgroup(path) => Some(target::Cgroup::find(path)?),
+        TargetSpec::Pid(pid) => Some(target::Cgroup::of_pid(*pid)?),
+        _ => None,
+    };
+    if let Some(cgroup) = cgroup {
+        out.push(Identity { what: format!("the cgroup of {spec}"), path: cgroup.dir, ino: cgroup.id });
+    }
+    Ok(out)
 }
 
 /// Faults on the same target share its resolution, except those acting on its far end.
-fn resolution_key(spec: &crate::spec::FaultSpec) -> String {
-    if peer_side(spec) {
+fn resolution_key(spec: &FaultSpec) -> String {
+    if spec.acts_on_far_end() {
         format!("{} (far end)", spec.target)
     } else {
         spec.target.to_string()
@@ -311,7 +595,7 @@ fn remove_rules(instances: &mut BTreeMap<NetnsId, Instance>, active: &[ActiveRul
     for a in active {
         if let Some(instance) = instances.get_mut(&a.netns) {
             if let Err(e) = instance.remove(a.slot, &a.peers) {
-                eprintln!("chaos-ebpf: removing rule {}: {e:#}", a.rule_id);
+                output::err(&format!("chaos-ebpf: removing rule {}: {e:#}", a.rule_id));
             }
         }
     }
@@ -394,6 +678,13 @@ pub fn render_step(step: &StepReport) -> String {
             c.expired,
             c.protected
         );
+        out += &format!(
+            "\n    in force {} to {} ({:.1}s): {}",
+            state::clock(r.active_from_unix_ms),
+            state::clock(r.active_to_unix_ms),
+            r.active_to_unix_ms.saturating_sub(r.active_from_unix_ms) as f64 / 1000.0,
+            r.ended
+        );
     }
     if let Some(p) = &step.probe {
         out += &format!("\n  probe: {}", probe_summary(p));
@@ -402,16 +693,20 @@ pub fn render_step(step: &StepReport) -> String {
 }
 
 pub fn render_report(report: &RunReport) -> String {
-    let mut out = format!(
-        "scenario {} seed {}: {}",
-        report.scenario,
-        report.seed,
-        if report.interrupted { "interrupted, every fault reverted" } else { "completed" }
-    );
+    let status = match (&report.failed, report.interrupted) {
+        (Some(reason), _) => format!("FAILED, a fault did not run its course: {reason}"),
+        (None, true) => "interrupted, every fault reverted".into(),
+        (None, false) => "completed".into(),
+    };
+    let mut out = format!("scenario {} seed {}: {status}", report.scenario, report.seed);
     for step in &report.steps {
         out += "\n";
         out += &render_step(step);
     }
-    out += &format!("\nrevert verified: {}", if report.clean { "nothing left attached" } else { "NOT clean" });
+    out += &format!(
+        "\nrevert verified: {} (revert took {:.1} ms)",
+        if report.clean { "nothing left attached" } else { "NOT clean" },
+        report.revert_ms
+    );
     out
 }

@@ -1,9 +1,16 @@
-//! State files under /run/chaos-ebpf: each running `chaos-ebpf` records what it loaded
-//! and attached, so `status` can show it and `cleanup` can remove what a crashed run
-//! left (netlink filters and clsact qdiscs outlive their process; TCX links do not).
+//! The run ledger under /run/chaos-ebpf: what each chaos-ebpf run created, written before
+//! it creates it, so `status` can show it and `cleanup` (or the next run) can remove what
+//! a crashed run left (netlink filters, qdiscs and device settings outlive their process;
+//! TCX links do not).
+//!
+//! Liveness is an advisory lock, not a pid check: each run holds an exclusive `flock` on
+//! `<pid>.lock` for its whole life. The kernel drops the lock when the process dies, so a
+//! record whose lock can be taken belongs to a dead run, whatever process now has that
+//! pid or that name; a stopped (SIGSTOP) run still holds its lock and is live.
 
 use std::{
-    fs,
+    fs::{self, File, OpenOptions, TryLockError},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -32,10 +39,6 @@ pub struct InstanceState {
     pub interfaces: Vec<String>,
     pub netlink_filters: Vec<NetlinkFilter>,
     pub clsact_added: Vec<String>,
-    /// Interfaces where the run made sch_fq the root qdisc (deleting it restores the
-    /// default).
-    #[serde(default)]
-    pub fq_installed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,12 +51,32 @@ pub struct RuleState {
     pub ends_unix_ms: u64,
 }
 
+/// Where a run is in its life, as its record says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Resolving targets and loading programs: nothing persistent exists yet.
+    #[default]
+    Starting,
+    /// Attached; faults are (or are about to be) in force.
+    Running,
+    /// Reverting everything it created.
+    Reverting,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunState {
     pub pid: u32,
     pub command: String,
     pub seed: u64,
     pub lease_ms: u64,
+    #[serde(default)]
+    pub phase: Phase,
+    /// When the run started, and when it last renewed its leases (wall clock, ms).
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    #[serde(default)]
+    pub renewed_unix_ms: u64,
     pub instances: Vec<InstanceState>,
     pub rules: Vec<RuleState>,
 }
@@ -81,18 +104,65 @@ pub fn clsact_markers() -> Vec<(PathBuf, NetnsId, u32)> {
         .collect()
 }
 
-/// This process's state file; removed when dropped (a clean exit).
-pub struct StateFile {
-    path: PathBuf,
+fn record_path(pid: u32) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{pid}.json"))
 }
 
-impl StateFile {
-    pub fn create() -> Result<Self> {
+fn lock_path(pid: u32) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{pid}.lock"))
+}
+
+/// Opens and exclusively locks `path` without waiting, making sure the locked file is
+/// still the one at `path` (a cleanup may unlink a dead run's lock file meanwhile).
+/// `Ok(None)`: someone holds the lock.
+fn try_lock_file(path: &Path, create: bool) -> std::io::Result<Option<File>> {
+    for _ in 0..100 {
+        let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+        match fs::metadata(path) {
+            Ok(meta) if meta.ino() == file.metadata()?.ino() => return Ok(Some(file)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(format!("{} keeps changing under the lock", path.display())))
+}
+
+/// This process's ledger record and the lock that proves it alive; both removed when
+/// dropped (a clean exit). Created before the run creates anything.
+pub struct RunRecord {
+    path: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+}
+
+impl RunRecord {
+    pub fn create(state: &RunState) -> Result<Self> {
         fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
-        Ok(Self { path: Path::new(STATE_DIR).join(format!("{}.json", std::process::id())) })
+        let pid = std::process::id();
+        let lock_path = lock_path(pid);
+        // A lock file with our pid is a dead run's (pids are unique among live
+        // processes): `collect_dead` removed it already unless a cleanup holds it now.
+        let mut lock = None;
+        for _ in 0..50 {
+            lock = try_lock_file(&lock_path, true).with_context(|| format!("locking {}", lock_path.display()))?;
+            if lock.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let lock = lock.with_context(|| format!("{} is held by another process", lock_path.display()))?;
+        let record = Self { path: record_path(pid), lock_path, _lock: lock };
+        record.write(state)?;
+        Ok(record)
     }
 
-    /// Replaces the file atomically (write, then rename).
+    /// Replaces the record atomically (write, then rename).
     pub fn write(&self, state: &RunState) -> Result<()> {
         let tmp = self.path.with_extension("tmp");
         fs::write(&tmp, serde_json::to_vec_pretty(state)?).with_context(|| format!("writing {}", tmp.display()))?;
@@ -101,13 +171,15 @@ impl StateFile {
     }
 }
 
-impl Drop for StateFile {
+impl Drop for RunRecord {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
+        // Unlinked while still locked: nobody can mistake it for a dead run's.
+        let _ = fs::remove_file(&self.lock_path);
     }
 }
 
-/// Every state file with its contents (unreadable ones are reported as `Err`).
+/// Every run record with its contents (unreadable ones are reported as `Err`).
 pub fn read_all() -> Vec<(PathBuf, Result<RunState>)> {
     let Ok(entries) = fs::read_dir(STATE_DIR) else {
         return Vec::new();
@@ -116,6 +188,7 @@ pub fn read_all() -> Vec<(PathBuf, Result<RunState>)> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter(|p| p.file_stem().is_some_and(|s| s.to_string_lossy().bytes().all(|b| b.is_ascii_digit())))
         .map(|p| {
             let state = fs::read(&p)
                 .map_err(anyhow::Error::from)
@@ -132,26 +205,57 @@ pub fn read_all() -> Vec<(PathBuf, Result<RunState>)> {
 #[serde(rename_all = "lowercase")]
 pub enum ProcessState {
     Running,
-    /// SIGSTOPped or traced: its leases are running out.
+    /// SIGSTOPped or traced: alive, but its leases are running out.
     Stopped,
-    Gone,
+    /// The run's lock is free: the process is gone (a reused pid does not count).
+    Dead,
 }
 
-/// Whether `pid` is a live chaos-ebpf process (a reused pid of another program is Gone).
-pub fn process_state(pid: u32) -> ProcessState {
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() != "chaos-ebpf" {
-        return ProcessState::Gone;
+/// A dead run's lock, held while its leftovers are removed so that no other cleanup does
+/// the same work at once.
+pub struct DeadRun {
+    pub pid: u32,
+    lock: Option<File>,
+}
+
+impl DeadRun {
+    /// Removes the dead run's record and lock file (call after its leftovers are gone).
+    pub fn forget(mut self) {
+        let _ = fs::remove_file(record_path(self.pid));
+        let _ = fs::remove_file(lock_path(self.pid));
+        self.lock.take();
     }
+}
+
+/// Whether the run `pid` is alive (its lock is held), and in which state.
+pub fn liveness(pid: u32) -> (ProcessState, Option<DeadRun>) {
+    match try_lock_file(&lock_path(pid), false) {
+        Ok(None) => (process_state(pid), None),
+        Ok(Some(lock)) => (ProcessState::Dead, Some(DeadRun { pid, lock: Some(lock) })),
+        // No lock file: a record without one is a dead run's (or one written by an
+        // older chaos-ebpf, whose process is gone if nobody has its name and pid).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (ProcessState::Dead, Some(DeadRun { pid, lock: None })),
+        Err(_) => (process_state(pid), None),
+    }
+}
+
+/// Running or stopped, from /proc (for a process known to be alive).
+fn process_state(pid: u32) -> ProcessState {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The state letter follows the parenthesised command name.
     match stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) {
         Some('T') | Some('t') => ProcessState::Stopped,
-        Some('Z') | Some('X') | None => ProcessState::Gone,
-        Some(_) => ProcessState::Running,
+        _ => ProcessState::Running,
     }
 }
 
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Formats a wall-clock time in ms as `HH:MM:SS` UTC (enough to tell events apart in a
+/// status line; reports carry the full value).
+pub fn clock(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    format!("{:02}:{:02}:{:02} UTC", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
 }

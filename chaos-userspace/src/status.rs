@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use crate::{
     bpfsys::{self, OurLink},
+    cleanup,
     error::require_root,
+    output,
     state::{self, ProcessState, RunState},
 };
 
@@ -36,7 +38,11 @@ struct RunStatus {
 #[derive(Debug, Serialize)]
 struct Status {
     runs: Vec<RunStatus>,
-    /// TCX links running chaos-ebpf programs that belong to no running experiment.
+    /// Runs found dead (their lock was free): what they had left was removed now.
+    dead: Vec<cleanup::DeadRun>,
+    /// What could not be removed of dead runs.
+    problems: Vec<String>,
+    /// TCX links running chaos-ebpf programs that no live run holds.
     stray_links: Vec<OurLink>,
 }
 
@@ -59,7 +65,7 @@ fn read_counters(program_id: u32, slot: u32) -> Option<RuleCounters> {
     None
 }
 
-fn run_status(state: &RunState) -> RunStatus {
+fn run_status(state: &RunState, process: ProcessState) -> RunStatus {
     let now = state::unix_ms();
     let rules = state
         .rules
@@ -90,7 +96,7 @@ fn run_status(state: &RunState) -> RunStatus {
         .collect();
     RunStatus {
         pid: state.pid,
-        process: state::process_state(state.pid),
+        process,
         command: state.command.clone(),
         seed: state.seed,
         lease_s: state.lease_ms as f64 / 1000.0,
@@ -101,54 +107,81 @@ fn run_status(state: &RunState) -> RunStatus {
 
 pub fn run(json: bool) -> Result<i32> {
     require_root("status")?;
+    let mut problems = Vec::new();
+    // Dead runs are collected first: their leftovers removed, their records forgotten.
+    let dead = cleanup::collect_dead(&mut problems);
     let mut runs = Vec::new();
-    // Programs of runs whose process is still there (running or stopped).
-    let mut owned: Vec<u32> = Vec::new();
     for (path, state) in state::read_all() {
         match state {
             Ok(state) => {
-                let run = run_status(&state);
-                if run.process != ProcessState::Gone {
-                    owned.extend(state.instances.iter().flat_map(|i| i.program_ids.iter().copied()));
+                let (process, _) = state::liveness(state.pid);
+                if process != ProcessState::Dead {
+                    runs.push(run_status(&state, process));
                 }
-                runs.push(run);
             }
-            Err(e) => eprintln!("chaos-ebpf: skipping {}: {e:#}", path.display()),
+            Err(e) => output::err(&format!("chaos-ebpf: skipping {}: {e:#}", path.display())),
         }
     }
-    let stray_links = bpfsys::our_links().into_iter().filter(|l| !owned.contains(&l.program_id)).collect();
-    let status = Status { runs, stray_links };
+    let holders = bpfsys::holders();
+    let live: Vec<u32> = runs.iter().map(|r| r.pid).collect();
+    let stray_links = bpfsys::our_links()
+        .into_iter()
+        .filter(|l| !holders.links.get(&l.link_id).is_some_and(|pids| pids.iter().any(|p| live.contains(p))))
+        .collect();
+    let status = Status { runs, dead, problems, stray_links };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        output::out(&serde_json::to_string_pretty(&status)?);
         return Ok(0);
     }
     if status.runs.is_empty() {
-        println!("no chaos-ebpf experiment is running");
+        output::out("no chaos-ebpf experiment is running");
+    }
+    for d in &status.dead {
+        let seen = if d.last_seen_unix_ms == 0 { "unknown".into() } else { state::clock(d.last_seen_unix_ms) };
+        if d.pid == 0 {
+            output::out(&format!("leftovers of dead runs removed: {}", d.leftovers.join("; ")));
+        } else if d.leftovers.is_empty() {
+            output::out(&format!("pid {}: dead (last seen {seen}), leftovers: none ({})", d.pid, d.command));
+        } else {
+            output::out(&format!(
+                "pid {}: dead (last seen {seen}), leftovers removed: {} ({})",
+                d.pid,
+                d.leftovers.join("; "),
+                d.command
+            ));
+        }
+    }
+    for p in &status.problems {
+        output::out(&format!("NOT removed: {p} (run `chaos-ebpf cleanup`)"));
     }
     for run in &status.runs {
-        println!("pid {} ({:?}) seed {} lease {}s: {}", run.pid, run.process, run.seed, run.lease_s, run.command);
+        let process = match run.process {
+            ProcessState::Stopped => "alive, STOPPED: its faults lapse when the lease runs out",
+            _ => "running",
+        };
+        output::out(&format!("pid {} ({process}) seed {} lease {}s: {}", run.pid, run.seed, run.lease_s, run.command));
         for a in &run.attachments {
-            println!("  attached: {a}");
+            output::out(&format!("  attached: {a}"));
         }
         if run.rules.is_empty() {
-            println!("  no rule active (between steps)");
+            output::out("  no rule active (between steps)");
         }
         for r in &run.rules {
-            print!("  rule {} {} [{}] {:.1}s left", r.rule_id, r.fault, r.netns, r.remaining_s);
+            let head = format!("  rule {} {} [{}] {:.1}s left", r.rule_id, r.fault, r.netns, r.remaining_s);
             match &r.counters {
-                Some(c) => println!(
-                    "\n    seen {} matched {} dropped {} passed {} delayed {} errors {} expired {} protected {}",
+                Some(c) => output::out(&format!(
+                    "{head}\n    seen {} matched {} dropped {} passed {} delayed {} errors {} expired {} protected {}",
                     c.seen, c.matched, c.dropped, c.passed, c.delayed, c.errors, c.expired, c.protected
-                ),
-                None => println!(" (counters unavailable)"),
+                )),
+                None => output::out(&format!("{head} (counters unavailable)")),
             }
         }
     }
     for l in &status.stray_links {
-        println!(
+        output::out(&format!(
             "stray TCX link {} running {} (program {}): remove with `chaos-ebpf cleanup`",
             l.link_id, l.program, l.program_id
-        );
+        ));
     }
     Ok(0)
 }

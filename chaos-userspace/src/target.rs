@@ -233,44 +233,54 @@ impl Cgroup {
     }
 }
 
+/// The far end of `iface` (in `netns`) when it is a veth: its namespace and interface.
+/// `None` for any other kind of device: IFLA_LINK also names the parent of a macvlan,
+/// ipvlan or vlan, which is not where the target's traffic comes from.
+pub fn far_end(netns: &Netns, iface: &Interface) -> Result<Option<(Netns, Interface)>> {
+    let info = {
+        let _inside = netns.enter()?;
+        crate::netlink::link_info(iface.index).with_context(|| format!("reading the link of {}", iface.name))?
+    };
+    let (Some("veth"), Some((peer_index, nsid))) = (info.kind.as_deref(), info.link) else {
+        return Ok(None);
+    };
+    let peer_netns = match nsid {
+        None => Netns::open(&netns.path)?,
+        Some(nsid) => {
+            let _inside = netns.enter()?;
+            netns::all_namespaces()
+                .into_iter()
+                .find(|ns| crate::netlink::nsid_of(ns.raw_fd()).is_ok_and(|id| id == nsid))
+                .ok_or_else(|| {
+                    Failure::environment(
+                        format!("the far end of {} is in a namespace chaos-ebpf cannot open", iface.name),
+                        "name that namespace with `ip netns` or keep a process in it, or fault its egress directly",
+                    )
+                })?
+        }
+    };
+    let peer_iface = {
+        let _inside = peer_netns.enter()?;
+        netns::interfaces()?.into_iter().find(|i| i.index == peer_index)
+    }
+    .ok_or_else(|| anyhow::anyhow!("the far end of {} (ifindex {peer_index}) vanished", iface.name))?;
+    Ok(Some((peer_netns, peer_iface)))
+}
+
 /// For faulting what a target receives with departure times (which act on egress only):
 /// the far end of each of its veths, as one target per far-end interface. A far end in
-/// the same namespace is found too; an interface without one (a physical NIC) cannot be
-/// delayed on ingress this way, which is exit 2.
+/// the same namespace is found too; an interface without one (a physical NIC, a macvlan)
+/// cannot be delayed on ingress this way, which is exit 2.
 pub fn veth_peers(spec: &TargetSpec, target: &Resolved) -> Result<Vec<Resolved>> {
     let mut out = Vec::new();
     for iface in target.interfaces.iter().filter(|i| target.ifindex == 0 || i.index == target.ifindex) {
-        let peer = {
-            let _inside = target.netns.enter()?;
-            crate::netlink::link_peer(iface.index).with_context(|| format!("reading the link of {}", iface.name))?
-        };
-        let Some((peer_index, nsid)) = peer else {
+        let Some((peer_netns, peer_iface)) = far_end(&target.netns, iface)? else {
             return Err(Failure::environment(
-                format!("{spec}: {} has no far end (it is not a veth), so what it receives cannot be delayed by departure times", iface.name),
+                format!("{spec}: {} is not a veth, so it has no far end where what it receives could be delayed by departure times", iface.name),
                 "delay the sender's egress instead (target the sending namespace or interface with direction egress)",
             )
             .into());
         };
-        let peer_netns = match nsid {
-            None => Netns::open(&target.netns.path)?,
-            Some(nsid) => {
-                let _inside = target.netns.enter()?;
-                netns::all_namespaces()
-                    .into_iter()
-                    .find(|ns| crate::netlink::nsid_of(ns.raw_fd()).is_ok_and(|id| id == nsid))
-                    .ok_or_else(|| {
-                        Failure::environment(
-                            format!("{spec}: the far end of {} is in a namespace chaos-ebpf cannot open", iface.name),
-                            "name that namespace with `ip netns` or keep a process in it, or delay its egress directly",
-                        )
-                    })?
-            }
-        };
-        let peer_iface = {
-            let _inside = peer_netns.enter()?;
-            netns::interfaces()?.into_iter().find(|i| i.index == peer_index)
-        }
-        .ok_or_else(|| anyhow::anyhow!("the far end of {} (ifindex {peer_index}) vanished", iface.name))?;
         check_ethernet(&peer_iface, spec)?;
         out.push(Resolved {
             netns: peer_netns,

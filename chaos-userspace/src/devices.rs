@@ -1,0 +1,527 @@
+//! Device settings chaos-ebpf changes for a fault, recorded and shared by every run on the
+//! device, and restored exactly by the last one out (or by `cleanup` after a crash).
+//!
+//! - Per-segment decisions: the TC hooks see socket buffers, and one GSO buffer can carry
+//!   dozens of wire packets (~43 for a TCP bulk transfer on veth). On egress the device's
+//!   `gso_max_segs` set to 1 makes the stack hand it one segment per buffer; on ingress
+//!   the same on the far end of a veth, and GRO and LRO off on the device itself (they
+//!   merge segments before the ingress hook).
+//! - sch_fq, which enforces the departure times of delay and rate faults: installed as the
+//!   root qdisc in place of a default one, or under each transmit queue of an `mq`
+//!   (keeping the multiqueue layout); what it replaced is restored from the options the
+//!   kernel dumped. A qdisc chaos-ebpf did not create is never deleted or changed.
+//!
+//! One record per device, `dev-<netns dev>-<netns ino>-<ifindex>.json` in the ledger
+//! directory, lists the runs using it (their liveness is their run lock, state.rs), the
+//! original values, and the qdiscs chaos-ebpf replaced. Every change happens under one
+//! exclusive lock (on the ledger directory), so two runs starting or ending together see each
+//! other's changes. Functions here act on the calling thread's network namespace.
+
+use std::{
+    fs::{self, File},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::Failure,
+    netlink::{self, FqSettings, Qdisc},
+    netns::{Interface, NetnsId},
+    state::{self, ProcessState, STATE_DIR},
+};
+
+/// Handle major of the root sch_fq chaos-ebpf installs (`ce00:`); the fq under transmit
+/// queue N of an mq gets `ce01+N:`. Ownership is the record; the handle double-checks
+/// that the qdisc in place is still the one chaos-ebpf put there.
+const FQ_ROOT_HANDLE: u32 = 0xce00_0000;
+const TC_H_ROOT: u32 = 0xffff_ffff;
+
+fn fq_child_handle(queue: u32) -> u32 {
+    (0xce01 + (queue & 0xff)) << 16
+}
+
+/// Root qdiscs a device gets by default (handle 0:). Replacing one and deleting our fq
+/// later brings the same default back.
+const DEFAULT_ROOT_QDISCS: [&str; 5] = ["noqueue", "pfifo_fast", "fq_codel", "pfifo", "mq"];
+
+/// What one run needs of a device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Needs {
+    /// Decisions on this device's egress: one segment per buffer (gso_max_segs 1).
+    #[serde(default)]
+    pub segment_egress: bool,
+    /// Decisions on this device's ingress: GRO and LRO off.
+    #[serde(default)]
+    pub unmerge_ingress: bool,
+    /// Departure times on this device's egress: sch_fq.
+    #[serde(default)]
+    pub fq: bool,
+}
+
+impl Needs {
+    fn union(self, other: Needs) -> Needs {
+        Needs {
+            segment_egress: self.segment_egress || other.segment_egress,
+            unmerge_ingress: self.unmerge_ingress || other.unmerge_ingress,
+            fq: self.fq || other.fq,
+        }
+    }
+
+    pub fn any(self) -> bool {
+        self.segment_egress || self.unmerge_ingress || self.fq
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct User {
+    pid: u32,
+    needs: Needs,
+}
+
+/// Device values before chaos-ebpf changed them (None: not changed).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Original {
+    gso_max_segs: Option<u32>,
+    gro: Option<bool>,
+    lro: Option<bool>,
+}
+
+/// A qdisc chaos-ebpf replaced with its fq.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Replaced {
+    parent: u32,
+    /// The handle of our fq there.
+    ours: u32,
+    kind: String,
+    handle: u32,
+    /// Its options as dumped (hex), sent back to restore it.
+    options: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeviceRecord {
+    netns: PathBuf,
+    netns_id: NetnsId,
+    ifindex: u32,
+    iface: String,
+    users: Vec<User>,
+    original: Original,
+    replaced: Vec<Replaced>,
+    /// The root was the device's default mq (handle 0:) with default children: deleting
+    /// the root brings all of it back exactly (replacing a child by hand would get a new
+    /// handle, and deleting a child leaves its queue without a qdisc).
+    #[serde(default)]
+    default_mq: bool,
+}
+
+fn record_path(netns: NetnsId, ifindex: u32) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("dev-{}-{}-{ifindex}.json", netns.dev, netns.ino))
+}
+
+/// Every device record: (path, netns id, ifindex).
+pub fn records() -> Vec<(PathBuf, NetnsId, u32)> {
+    let Ok(entries) = fs::read_dir(STATE_DIR) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.strip_prefix("dev-")?.strip_suffix(".json")?.split('-');
+            let dev = parts.next()?.parse().ok()?;
+            let ino = parts.next()?.parse().ok()?;
+            let ifindex = parts.next()?.parse().ok()?;
+            Some((e.path(), NetnsId { dev, ino }, ifindex))
+        })
+        .collect()
+}
+
+/// The lock every device change happens under: the ledger directory itself (flock works
+/// on directories), so no lock file is left behind.
+struct DevicesLock(#[allow(dead_code)] File);
+
+fn lock() -> Result<DevicesLock> {
+    fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+    let dir = File::open(STATE_DIR).with_context(|| format!("opening {STATE_DIR}"))?;
+    // Held for a few netlink requests at a time by anyone.
+    dir.lock().with_context(|| format!("locking {STATE_DIR}"))?;
+    Ok(DevicesLock(dir))
+}
+
+fn read_record(path: &Path) -> Option<DeviceRecord> {
+    fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn write_record(path: &Path, record: &DeviceRecord) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(record)?).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Users whose run is still alive (ourselves included).
+fn prune_dead(record: &mut DeviceRecord) {
+    let me = std::process::id();
+    record.users.retain(|u| u.pid == me || state::liveness(u.pid).0 != ProcessState::Dead);
+}
+
+fn needed(record: &DeviceRecord) -> Needs {
+    record.users.iter().fold(Needs::default(), |all, u| all.union(u.needs))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2).filter_map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// What a delay or rate fault needs of an fq chaos-ebpf did not create (see
+/// `fq_settings`): fewer held packets per flow, or a shorter horizon, would drop
+/// delayed packets that the counters call delayed.
+pub struct FqNeeds {
+    pub settings: FqSettings,
+}
+
+/// Registers this run as a user of `iface` (in the calling thread's namespace) and makes
+/// the changes `needs` asks for that are not in place yet. Fails (exit 2 for what the
+/// user must fix) without changing anything it has not recorded.
+pub fn acquire(netns_path: &Path, netns: NetnsId, iface: &Interface, needs: Needs, fq: &FqNeeds) -> Result<()> {
+    let _lock = lock()?;
+    let path = record_path(netns, iface.index);
+    let mut record = read_record(&path).unwrap_or_else(|| DeviceRecord {
+        netns: netns_path.to_owned(),
+        netns_id: netns,
+        ifindex: iface.index,
+        iface: iface.name.clone(),
+        users: Vec::new(),
+        original: Original::default(),
+        replaced: Vec::new(),
+        default_mq: false,
+    });
+    prune_dead(&mut record);
+    let me = std::process::id();
+    match record.users.iter_mut().find(|u| u.pid == me) {
+        Some(user) => user.needs = user.needs.union(needs),
+        None => record.users.push(User { pid: me, needs }),
+    }
+    // Recorded first: a crash in the middle leaves a record cleanup can act on.
+    write_record(&path, &record)?;
+    // On failure the record keeps what was changed: the run's revert (or cleanup)
+    // releases it like any other.
+    let result = apply(&mut record, needs, fq);
+    write_record(&path, &record)?;
+    result
+}
+
+fn apply(record: &mut DeviceRecord, needs: Needs, fq: &FqNeeds) -> Result<()> {
+    let ifindex = record.ifindex;
+    let iface = record.iface.clone();
+    if needs.segment_egress && record.original.gso_max_segs.is_none() {
+        let info = netlink::link_info(ifindex).with_context(|| format!("reading {iface}"))?;
+        let current = info.gso_max_segs.unwrap_or(1);
+        if current != 1 {
+            record.original.gso_max_segs = Some(current);
+            write_record(&record_path(record.netns_id, ifindex), record)?;
+            netlink::set_gso_max_segs(ifindex, 1).map_err(|e| {
+                Failure::environment(
+                    format!("cannot set gso_max_segs 1 on {iface} ({e}), so decisions would act on buffers of many packets"),
+                    "use a kernel that accepts IFLA_GSO_MAX_SEGS (Linux >= 4.16), or report the device type",
+                )
+            })?;
+        }
+    }
+    if needs.unmerge_ingress {
+        if record.original.gro.is_none() && ethtool::gro(&iface)? {
+            record.original.gro = Some(true);
+            write_record(&record_path(record.netns_id, ifindex), record)?;
+            ethtool::set_gro(&iface, false).with_context(|| format!("turning GRO off on {iface}"))?;
+        }
+        if record.original.lro.is_none() && ethtool::lro(&iface)? {
+            record.original.lro = Some(true);
+            write_record(&record_path(record.netns_id, ifindex), record)?;
+            ethtool::set_lro(&iface, false).with_context(|| format!("turning LRO off on {iface}"))?;
+        }
+    }
+    if needs.fq && record.replaced.is_empty() {
+        install_fq(record, fq)?;
+    }
+    Ok(())
+}
+
+fn check_foreign_fq(iface: &str, q: &Qdisc, fq: &FqNeeds) -> Result<()> {
+    let limits = netlink::fq_limits(&q.options);
+    let want = &fq.settings;
+    let short = |name: &str, have: Option<u32>, need: u32, unit: &str| -> Result<()> {
+        match have {
+            Some(v) if v >= need => Ok(()),
+            have => Err(Failure::environment(
+                format!(
+                    "{iface} already has an sch_fq that chaos-ebpf did not create ({:x}:), and its {name} is {}{unit}; delayed packets beyond {need}{unit} would be dropped",
+                    q.handle >> 16,
+                    have.map_or("unknown".into(), |v| v.to_string()),
+                ),
+                format!("raise it (`tc qdisc change dev {iface} {} fq {name} {need}`) or remove that fq so chaos-ebpf installs its own", if q.parent == TC_H_ROOT { "root".to_owned() } else { format!("parent {:x}:{:x}", q.parent >> 16, q.parent & 0xffff) }),
+            )
+            .into()),
+        }
+    };
+    short("flow_limit", limits.flow_limit, want.flow_limit, " packets")?;
+    short("limit", limits.limit, want.limit, " packets")?;
+    // A horizon shorter than the longest delay drops (or, without horizon_drop, caps)
+    // the packets it is asked to hold.
+    short("horizon", limits.horizon_us, want.horizon_us, "us")?;
+    Ok(())
+}
+
+fn install_fq(record: &mut DeviceRecord, fq: &FqNeeds) -> Result<()> {
+    let ifindex = record.ifindex;
+    let iface = record.iface.clone();
+    let qdiscs = netlink::qdiscs(ifindex).with_context(|| format!("reading the qdiscs of {iface}"))?;
+    let root = qdiscs.iter().find(|q| q.parent == TC_H_ROOT);
+    let options = netlink::fq_options(&fq.settings);
+    let mut targets: Vec<(u32, u32, Qdisc)> = Vec::new();
+    match root {
+        Some(q) if q.kind == "fq" => return check_foreign_fq(&iface, q, fq),
+        Some(q) if q.kind == "mq" => {
+            // fq under every transmit queue, keeping the multiqueue layout.
+            record.default_mq = q.handle == 0
+                && qdiscs
+                    .iter()
+                    .filter(|c| c.parent >> 16 == q.handle >> 16 && c.parent != TC_H_ROOT)
+                    .all(|c| c.handle == 0 && DEFAULT_ROOT_QDISCS.contains(&c.kind.as_str()));
+            for child in qdiscs.iter().filter(|c| c.parent >> 16 == q.handle >> 16 && c.parent != TC_H_ROOT) {
+                if child.kind == "fq" {
+                    check_foreign_fq(&iface, child, fq)?;
+                    continue;
+                }
+                let queue = (child.parent & 0xffff).saturating_sub(1);
+                targets.push((child.parent, fq_child_handle(queue), child.clone()));
+            }
+        }
+        Some(q) if q.handle != 0 || !DEFAULT_ROOT_QDISCS.contains(&q.kind.as_str()) => {
+            return Err(Failure::environment(
+                format!(
+                    "{iface} has a configured root qdisc ({} {:x}:); delay and rate need sch_fq there, and chaos-ebpf does not replace a qdisc it cannot restore exactly",
+                    q.kind,
+                    q.handle >> 16
+                ),
+                format!("make fq the root qdisc yourself (`tc qdisc replace dev {iface} root fq flow_limit {} limit {}`), or target an interface with its default qdisc", fq.settings.flow_limit, fq.settings.limit),
+            )
+            .into())
+        }
+        Some(q) => targets.push((TC_H_ROOT, FQ_ROOT_HANDLE, q.clone())),
+        None => targets.push((
+            TC_H_ROOT,
+            FQ_ROOT_HANDLE,
+            Qdisc { handle: 0, parent: TC_H_ROOT, kind: String::new(), options: Vec::new() },
+        )),
+    }
+    for (parent, ours, original) in targets {
+        record.replaced.push(Replaced {
+            parent,
+            ours,
+            kind: original.kind.clone(),
+            handle: original.handle,
+            options: hex(&original.options),
+        });
+        write_record(&record_path(record.netns_id, ifindex), record)?;
+        if let Err(e) = netlink::replace_qdisc(ifindex, parent, ours, "fq", &options) {
+            record.replaced.pop();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Err(Failure::environment(
+                    format!(
+                        "this kernel has no sch_fq (CONFIG_NET_SCH_FQ), so nothing would enforce the departure times a delay or rate fault sets on {iface}"
+                    ),
+                    "load it (`modprobe sch_fq`) or use a kernel that has it (Debian's do); loss, partition and blackhole work without it",
+                )
+                .into());
+            }
+            return Err(e).with_context(|| format!("installing sch_fq on {iface}"));
+        }
+    }
+    Ok(())
+}
+
+/// Takes this run (or the dead runs) off the device's record and restores what no
+/// remaining user needs. Call in the device's namespace. Returns what was restored.
+pub fn release(netns: NetnsId, ifindex: u32) -> Result<Vec<String>> {
+    let _lock = lock()?;
+    let path = record_path(netns, ifindex);
+    let Some(mut record) = read_record(&path) else { return Ok(Vec::new()) };
+    let me = std::process::id();
+    record.users.retain(|u| u.pid != me);
+    prune_dead(&mut record);
+    let still = needed(&record);
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    let gone = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENODEV);
+    let iface = record.iface.clone();
+    if !still.fq && !record.replaced.is_empty() && record.default_mq {
+        let all_ours = netlink::qdiscs(ifindex).is_ok_and(|list| {
+            record.replaced.iter().all(|r| list.iter().any(|q| q.parent == r.parent && q.handle == r.ours))
+        });
+        if all_ours {
+            match netlink::delete_qdisc(ifindex, TC_H_ROOT, 0) {
+                Ok(_) => done.push(format!("sch_fq under the mq of {iface} replaced by the default mq")),
+                Err(e) if gone(&e) => {}
+                Err(e) => errors.push(format!("restoring the default mq of {iface}: {e}")),
+            }
+            record.replaced.clear();
+        }
+        record.default_mq = false;
+    }
+    if !still.fq && !record.replaced.is_empty() {
+        let current = netlink::qdiscs(ifindex);
+        for r in std::mem::take(&mut record.replaced) {
+            let ours_in_place = match &current {
+                Ok(list) => list.iter().any(|q| q.parent == r.parent && q.handle == r.ours && q.kind == "fq"),
+                Err(_) => false,
+            };
+            if !ours_in_place {
+                // Someone replaced our fq (or the device went away): theirs stays.
+                continue;
+            }
+            let restored = if r.parent == TC_H_ROOT {
+                // Deleting the root brings back the device's default, which it had.
+                netlink::delete_qdisc(ifindex, TC_H_ROOT, r.ours).map(|_| ())
+            } else {
+                netlink::replace_qdisc(ifindex, r.parent, r.handle, &r.kind, &unhex(&r.options))
+            };
+            match restored {
+                Ok(()) => done.push(format!(
+                    "sch_fq on {iface} replaced by the original {}",
+                    if r.kind.is_empty() { "default" } else { &r.kind }
+                )),
+                Err(e) if gone(&e) => {}
+                Err(e) => {
+                    errors.push(format!("restoring the {} qdisc of {iface}: {e}", r.kind));
+                    record.replaced.push(r);
+                }
+            }
+        }
+    }
+    if !still.segment_egress {
+        if let Some(original) = record.original.gso_max_segs {
+            // Only what we set: if someone changed it since, theirs stays.
+            match netlink::link_info(ifindex) {
+                Ok(info) if info.gso_max_segs == Some(1) => match netlink::set_gso_max_segs(ifindex, original) {
+                    Ok(()) => {
+                        done.push(format!("gso_max_segs {original} on {iface}"));
+                        record.original.gso_max_segs = None;
+                    }
+                    Err(e) if gone(&e) => record.original.gso_max_segs = None,
+                    Err(e) => errors.push(format!("restoring gso_max_segs of {iface}: {e}")),
+                },
+                _ => record.original.gso_max_segs = None,
+            }
+        }
+    }
+    if !still.unmerge_ingress {
+        if record.original.gro == Some(true) {
+            match ethtool::set_gro(&iface, true) {
+                Ok(()) => done.push(format!("GRO on {iface}")),
+                Err(e) if gone(&e) => {}
+                Err(e) => errors.push(format!("turning GRO back on on {iface}: {e}")),
+            }
+            record.original.gro = None;
+        }
+        if record.original.lro == Some(true) {
+            match ethtool::set_lro(&iface, true) {
+                Ok(()) => done.push(format!("LRO on {iface}")),
+                Err(e) if gone(&e) => {}
+                Err(e) => errors.push(format!("turning LRO back on on {iface}: {e}")),
+            }
+            record.original.lro = None;
+        }
+    }
+    let nothing_left = record.replaced.is_empty()
+        && record.original.gso_max_segs.is_none()
+        && record.original.gro.is_none()
+        && record.original.lro.is_none();
+    if record.users.is_empty() && nothing_left {
+        let _ = fs::remove_file(&path);
+    } else {
+        write_record(&path, &record)?;
+    }
+    if errors.is_empty() {
+        Ok(done)
+    } else {
+        Err(anyhow!("{}", errors.join("; ")))
+    }
+}
+
+/// Legacy GRO/LRO switches through the SIOCETHTOOL ioctl (the ethtool netlink family
+/// needs a generic netlink client for two flags).
+mod ethtool {
+    use std::io;
+
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GFLAGS: u32 = 0x25;
+    const ETHTOOL_SFLAGS: u32 = 0x26;
+    const ETHTOOL_GGRO: u32 = 0x2b;
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    const ETH_FLAG_LRO: u32 = 1 << 15;
+
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+
+    fn call(iface: &str, cmd: u32, data: u32) -> io::Result<u32> {
+        let mut value = EthtoolValue { cmd, data };
+        // SAFETY: a socket, an ifreq with a bounded name copy and a pointer to `value`,
+        // which outlives the call.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes().take(libc::IFNAMSIZ - 1)) {
+                *dst = src as libc::c_char;
+            }
+            req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+            let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if rc < 0 {
+                return Err(err);
+            }
+        }
+        Ok(value.data)
+    }
+
+    /// Devices without the ethtool operation have no GRO/LRO to turn off.
+    fn unsupported(e: &io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL))
+    }
+
+    pub fn gro(iface: &str) -> io::Result<bool> {
+        match call(iface, ETHTOOL_GGRO, 0) {
+            Ok(v) => Ok(v != 0),
+            Err(e) if unsupported(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn set_gro(iface: &str, on: bool) -> io::Result<()> {
+        call(iface, ETHTOOL_SGRO, on as u32).map(|_| ())
+    }
+
+    pub fn lro(iface: &str) -> io::Result<bool> {
+        match call(iface, ETHTOOL_GFLAGS, 0) {
+            Ok(flags) => Ok(flags & ETH_FLAG_LRO != 0),
+            Err(e) if unsupported(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn set_lro(iface: &str, on: bool) -> io::Result<()> {
+        let flags = call(iface, ETHTOOL_GFLAGS, 0)?;
+        let flags = if on { flags | ETH_FLAG_LRO } else { flags & !ETH_FLAG_LRO };
+        call(iface, ETHTOOL_SFLAGS, flags).map(|_| ())
+    }
+}
