@@ -13,6 +13,39 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// One kernel test: its name and a plain function that panics on failure.
+pub type Test = (&'static str, fn());
+
+/// `tests![a, b]` is the list `[("a", a), ("b", b)]` of a file's tests, for its
+/// `pub const TESTS: &[Test]` (see the top of main.rs).
+#[macro_export]
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), $name as fn())),*]
+    };
+}
+
+/// The payload of a skip: a panic the runner (main.rs) turns into a skipped test.
+pub struct Skipped(pub String);
+
+/// Ends the running test as skipped, with `reason` (which should say where the test
+/// does run, e.g. "no sch_fq on this kernel; `cargo xtask vm-test` runs it"). A skip is
+/// never counted as a pass: the runner and `cargo xtask test` list every one. Call it
+/// on the test's own thread (a skip inside a spawned thread is that thread's panic),
+/// before anything the test must clean up by hand (Drop guards do run).
+pub fn skip(reason: &str) -> ! {
+    std::panic::panic_any(Skipped(reason.to_owned()))
+}
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "kernel tests need root: run `sudo cargo xtask test`");
+}
+
+pub fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
 pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
