@@ -109,6 +109,7 @@ fn split_filters(args: impl Iterator<Item = String>) -> (Vec<String>, Vec<String
 /// Runs one test: a `Skipped` panic ends it as ignored with its reason (and is recorded
 /// for the summary); any other panic goes on to libtest-mimic, which reports a failure.
 fn run_test(name: &'static str, test: fn()) -> Result<Completion, libtest_mimic::Failed> {
+    begin_test();
     match catch_unwind(AssertUnwindSafe(test)) {
         Ok(()) => Ok(Completion::Completed),
         Err(payload) => match payload.downcast::<Skipped>() {
