@@ -358,6 +358,44 @@ fn build_tests() -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("cargo built no kernel test executable"))
 }
 
+/// What the guest's serial console showed.
+struct GuestOutput {
+    run: KernelRun,
+    reports: Vec<String>,
+    exit: Option<i32>,
+}
+
+impl GuestOutput {
+    fn new(label: &str) -> GuestOutput {
+        GuestOutput { run: KernelRun::new(&format!("VM {label}")), reports: Vec::new(), exit: None }
+    }
+
+    fn read_line(&mut self, line: &str) {
+        if let Some(report) = line.split("REPORT|").nth(1) {
+            self.reports.push(report.to_owned());
+        }
+        if let Some(module) = line.split("VMTEST-MODULE-FAILED ").nth(1) {
+            self.run.problems.push(format!("module {} did not load", module.trim()));
+        }
+        self.run.read_line(line);
+        if let Some(rest) = line.strip_prefix("VMTEST-EXIT ") {
+            self.exit = rest.trim().parse().ok();
+        }
+    }
+
+    /// The run, once the guest is gone.
+    fn finish(mut self) -> (KernelRun, Vec<String>) {
+        match self.exit {
+            Some(code) => self.run.finish(code),
+            None => self
+                .run
+                .problems
+                .push(format!("the guest ended without reporting a test result (within {GUEST_TIMEOUT:?})")),
+        }
+        (self.run, self.reports)
+    }
+}
+
 /// Boots one kernel, runs the tests, returns what they showed and the REPORT lines.
 fn boot(kernel: &Kernel, root: &Path, initramfs: &Path) -> Result<(KernelRun, Vec<String>)> {
     let vmlinuz = fs::read_dir(root.join("boot"))?
@@ -387,24 +425,13 @@ fn boot(kernel: &Kernel, root: &Path, initramfs: &Path) -> Result<(KernelRun, Ve
         }
     });
     let start = Instant::now();
-    let mut code = None;
-    let mut reports = Vec::new();
-    let mut run = KernelRun::new(&format!("VM {}", kernel.label));
+    let mut guest = GuestOutput::new(&kernel.label);
     while start.elapsed() < GUEST_TIMEOUT {
         match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
                 println!("[{} {:>6.1}s] {line}", kernel.label, start.elapsed().as_secs_f64());
-                if let Some(report) = line.split("REPORT|").nth(1) {
-                    reports.push(report.to_owned());
-                }
-                if let Some(module) = line.split("VMTEST-MODULE-FAILED ").nth(1) {
-                    run.problems.push(format!("module {} did not load", module.trim()));
-                }
-                run.read_line(&line);
-                if let Some(rest) = line.strip_prefix("VMTEST-EXIT ") {
-                    code = rest.trim().parse().ok();
-                }
+                guest.read_line(&line);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if child.try_wait()?.is_some() {
@@ -416,13 +443,7 @@ fn boot(kernel: &Kernel, root: &Path, initramfs: &Path) -> Result<(KernelRun, Ve
     }
     let _ = child.kill();
     let _ = child.wait();
-    match code {
-        Some(code) => run.finish(code),
-        None => {
-            run.problems.push(format!("the guest ended without reporting a test result (within {GUEST_TIMEOUT:?})"))
-        }
-    }
-    Ok((run, reports))
+    Ok(guest.finish())
 }
 
 /// Runs the kernel tests (`args`: libtest filters and options) on each Debian kernel.
@@ -464,4 +485,67 @@ pub fn run(args: &[String]) -> Result<Vec<KernelRun>> {
         runs.push(run);
     }
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GuestOutput;
+
+    fn transcript(lines: &[&str]) -> GuestOutput {
+        let mut guest = GuestOutput::new("6.1");
+        for line in lines {
+            guest.read_line(line);
+        }
+        guest
+    }
+
+    #[test]
+    fn skips_are_listed_and_not_passes() {
+        let (run, reports) = transcript(&[
+            "VMTEST-START 6.1.0-28-amd64",
+            "test delay_without_sch_fq_is_refused ... ignored (this kernel has sch_fq; the delay tests cover it)",
+            "test delay_adds_latency_and_reverts_at_once ... REPORT|delay_100ms|baseline_ms=1.00|delayed_ms=101.00",
+            "ok",
+            "KERNEL-TESTS|kernel=6.1.0-28-amd64|passed=1|failed=0|skipped=1",
+            "SKIP|delay_without_sch_fq_is_refused|this kernel has sch_fq; the delay tests cover it",
+            "VMTEST-EXIT 0",
+        ])
+        .finish();
+        assert!(!run.failed(), "{:?}", run.problems);
+        assert_eq!((run.passed, run.failed), (1, 0));
+        assert_eq!(run.release.as_deref(), Some("6.1.0-28-amd64"));
+        assert_eq!(
+            run.skipped,
+            [(
+                "delay_without_sch_fq_is_refused".to_owned(),
+                "this kernel has sch_fq; the delay tests cover it".to_owned()
+            )]
+        );
+        assert_eq!(reports, ["delay_100ms|baseline_ms=1.00|delayed_ms=101.00"]);
+    }
+
+    #[test]
+    fn a_module_that_did_not_load_fails_the_run() {
+        let (run, _) = transcript(&[
+            "insmod: can't insert '/modules/sch_fq.ko': invalid module format",
+            "VMTEST-MODULE-FAILED sch_fq",
+            "KERNEL-TESTS|kernel=6.1.0-28-amd64|passed=3|failed=0|skipped=0",
+            "VMTEST-EXIT 0",
+        ])
+        .finish();
+        assert!(run.failed());
+        assert_eq!(run.problems, ["module sch_fq did not load"]);
+    }
+
+    #[test]
+    fn no_count_line_or_no_test_or_no_exit_fails() {
+        let (run, _) = transcript(&["VMTEST-EXIT 0"]).finish();
+        assert!(run.failed(), "a binary that printed no count line passed");
+        let (run, _) =
+            transcript(&["KERNEL-TESTS|kernel=6.12.57+deb12-amd64|passed=0|failed=0|skipped=0", "VMTEST-EXIT 0"])
+                .finish();
+        assert_eq!(run.problems, ["no kernel test matched the filter"]);
+        let (run, _) = transcript(&["KERNEL-TESTS|kernel=6.1.0-28-amd64|passed=2|failed=0|skipped=0"]).finish();
+        assert!(run.failed(), "a guest that never printed VMTEST-EXIT passed");
+    }
 }
