@@ -1,7 +1,8 @@
 //! Project tasks.
 //!
 //! - `cargo xtask test`: unit tests, then the privileged kernel tests (one at a time:
-//!   they assert on machine-wide BPF state).
+//!   they assert on machine-wide BPF state) here and on Debian kernels (vm.rs); it ends
+//!   with each kernel's counts and every skipped test with its reason (`KernelRun`).
 //! - `cargo xtask bench`: the datapath's cost, as ratios against a baseline measured in
 //!   the same run (bench.rs).
 
@@ -106,7 +107,7 @@ impl KernelRun {
 }
 
 /// Prints every run's counts and skips (never counted as passes), names the tests that
-/// were skipped on every kernel that ran (so tested nowhere), and fails if a run failed.
+/// were skipped on every kernel of this run (tested on none), and fails if a run failed.
 pub fn conclude(runs: &[KernelRun]) -> Result<()> {
     eprintln!();
     for run in runs {
@@ -120,7 +121,7 @@ pub fn conclude(runs: &[KernelRun]) -> Result<()> {
             .filter(|test| runs.iter().all(|r| r.skipped.iter().any(|(t, _)| t == test)))
             .collect();
         if !nowhere.is_empty() {
-            eprintln!("xtask: skipped on every kernel that ran, so tested nowhere: {}", nowhere.join(", "));
+            eprintln!("xtask: skipped on every kernel of this run (tested on none of them): {}", nowhere.join(", "));
         }
     }
     let failed: Vec<&str> = runs.iter().filter(|r| r.failed()).map(|r| r.place.as_str()).collect();
