@@ -10,8 +10,42 @@ use std::{
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
+
+/// One kernel test: its name and a plain function that panics on failure.
+pub type Test = (&'static str, fn());
+
+/// `tests![a, b]` is the list `[("a", a), ("b", b)]` of a file's tests, for its
+/// `pub const TESTS: &[Test]` (see the top of main.rs).
+#[macro_export]
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), $name as fn())),*]
+    };
+}
+
+/// The payload of a skip: a panic the runner (main.rs) turns into a skipped test.
+pub struct Skipped(pub String);
+
+/// Ends the running test as skipped, with `reason` (which should say where the test
+/// does run, e.g. "no sch_fq on this kernel; `cargo xtask vm-test` runs it"). A skip is
+/// never counted as a pass: the runner and `cargo xtask test` list every one. Call it
+/// on the test's own thread (a skip inside a spawned thread is that thread's panic),
+/// before anything the test must clean up by hand (Drop guards do run).
+pub fn skip(reason: &str) -> ! {
+    std::panic::panic_any(Skipped(reason.to_owned()))
+}
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "kernel tests need root: run `sudo cargo xtask test`");
+}
+
+pub fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
 
 pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -251,6 +285,26 @@ pub fn tcp_echo(stream: &mut TcpStream, timeout: Duration) -> bool {
     stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
 }
 
+/// Pids of the chaos-ebpf processes the running test started: its state files are the
+/// ones `assert_nothing_left` checks (another process's records are not this test's).
+/// Tests run one at a time; the runner calls `begin_test` before each.
+static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn started() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    STARTED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets the previous test's chaos-ebpf processes.
+pub fn begin_test() {
+    started().clear();
+}
+
+fn spawn_chaos(cmd: &mut Command) -> Child {
+    let child = cmd.spawn().expect("spawn chaos-ebpf");
+    started().push(child.id());
+    child
+}
+
 /// A running `chaos-ebpf` child; killed and reaped on drop.
 pub struct Chaos {
     pub child: Child,
@@ -259,12 +313,7 @@ pub struct Chaos {
 impl Chaos {
     /// Starts `chaos-ebpf ARGS` and waits until its first rule is installed.
     pub fn start(args: &[&str]) -> Chaos {
-        let child = Command::new(bin())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn chaos-ebpf");
+        let child = spawn_chaos(Command::new(bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()));
         let mut chaos = Chaos { child };
         let state = PathBuf::from(format!("/run/chaos-ebpf/{}.json", chaos.child.id()));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -345,30 +394,68 @@ pub fn chaos_run_as(args: &[&str], uid: Option<u32>) -> (i32, String, String) {
     if let Some(uid) = uid {
         cmd.uid(uid);
     }
-    let child = cmd.spawn().expect("spawn chaos-ebpf");
+    let child = spawn_chaos(&mut cmd);
     Chaos { child }.finish(Duration::from_secs(120))
 }
 
-/// chaos-ebpf programs still loaded anywhere on the machine (by name).
-pub fn loaded_chaos_programs() -> Vec<String> {
-    let out = String::from_utf8_lossy(&sh("bpftool", &["prog", "show"]).stdout).into_owned();
-    out.lines().filter(|l| l.contains("name chaos_")).map(str::to_owned).collect()
+fn bpftool_json(what: &str) -> Vec<serde_json::Value> {
+    let out = sh("bpftool", &["-j", what, "show"]);
+    assert!(out.status.success(), "bpftool {what} show: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
-/// Asserts that no chaos-ebpf program, link or state file is left (waits up to 3 s for
-/// the kernel's deferred release).
+/// chaos-ebpf programs still loaded anywhere on the machine: (id, name).
+pub fn loaded_chaos_programs() -> Vec<(u64, String)> {
+    bpftool_json("prog")
+        .iter()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_owned())))
+        .filter(|(_, name)| name.starts_with("chaos_"))
+        .collect()
+}
+
+/// BPF links (TCX, on kernels >= 6.6) to chaos-ebpf programs (`programs`). By program,
+/// not by link type: this bpftool prints TCX's type as a number (11).
+fn chaos_links(programs: &[(u64, String)]) -> Vec<serde_json::Value> {
+    bpftool_json("link")
+        .into_iter()
+        .filter(|l| programs.iter().any(|(id, _)| l["prog_id"].as_u64() == Some(*id)))
+        .collect()
+}
+
+/// State files (/run/chaos-ebpf/<pid>.json, or any file there named `<pid>.*` or
+/// `<pid>-*`) of the chaos-ebpf processes this test started.
+fn own_state_files() -> Vec<PathBuf> {
+    let pids = started().clone();
+    fs::read_dir("/run/chaos-ebpf")
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            pids.iter().any(|pid| {
+                name.strip_prefix(&pid.to_string()).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('-'))
+            })
+        })
+        .collect()
+}
+
+/// Asserts that no chaos-ebpf program or TCX link is left anywhere (kernel objects: any
+/// left over is a leak), nor a state file of a chaos-ebpf process this test started
+/// (another process's dead record is not this test's to judge). Waits up to 3 s for the
+/// kernel's deferred release.
 pub fn assert_nothing_left() {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let programs = loaded_chaos_programs();
-        let states: Vec<_> =
-            fs::read_dir("/run/chaos-ebpf").map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-        if programs.is_empty() && states.is_empty() {
-            let links = String::from_utf8_lossy(&sh("bpftool", &["link", "show"]).stdout).into_owned();
-            assert!(!links.contains("tcx"), "TCX links left: {links}");
+        let links = chaos_links(&programs);
+        let states = own_state_files();
+        if programs.is_empty() && links.is_empty() && states.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "left behind: programs {programs:?}, state files {states:?}");
+        assert!(
+            Instant::now() < deadline,
+            "left behind: programs {programs:?}, TCX links {links:?}, state files of this test's runs {states:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

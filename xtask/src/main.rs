@@ -1,14 +1,18 @@
 //! Project tasks.
 //!
 //! - `cargo xtask test`: unit tests, then the privileged kernel tests (one at a time:
-//!   they assert on machine-wide BPF state).
+//!   they assert on machine-wide BPF state) here and on Debian kernels (vm.rs); it ends
+//!   with each kernel's counts and every skipped test with its reason (`KernelRun`).
 //! - `cargo xtask bench`: the datapath's cost, as ratios against a baseline measured in
 //!   the same run (bench.rs).
 
 mod bench;
 mod vm;
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -20,6 +24,129 @@ pub fn cargo(args: &[&str]) -> Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// What one run of the kernel test binary showed on one kernel, read from its output:
+/// the `KERNEL-TESTS|kernel=..|passed=..|failed=..|skipped=..` line and one
+/// `SKIP|<test>|<reason>` line per skipped test (tests/kernel/main.rs prints them).
+pub struct KernelRun {
+    /// Where it ran: "host" or "VM 6.1".
+    pub place: String,
+    /// `uname -r` of that kernel, once the count line is read.
+    pub release: Option<String>,
+    pub passed: u64,
+    pub failed: u64,
+    pub skipped: Vec<(String, String)>,
+    /// Whatever else makes the run a failure (exit code, a module that did not load).
+    pub problems: Vec<String>,
+}
+
+impl KernelRun {
+    pub fn new(place: &str) -> KernelRun {
+        KernelRun {
+            place: place.to_owned(),
+            release: None,
+            passed: 0,
+            failed: 0,
+            skipped: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Takes in one line of the test binary's output (anywhere in the line: a serial
+    /// console may prefix it).
+    pub fn read_line(&mut self, line: &str) {
+        if let Some(rest) = line.split("KERNEL-TESTS|").nth(1) {
+            for field in rest.trim().split('|') {
+                match field.split_once('=') {
+                    Some(("kernel", v)) => self.release = Some(v.to_owned()),
+                    Some(("passed", v)) => self.passed = v.parse().unwrap_or(0),
+                    Some(("failed", v)) => self.failed = v.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        } else if let Some(rest) = line.split("SKIP|").nth(1) {
+            let (test, reason) = rest.trim().split_once('|').unwrap_or((rest.trim(), "no reason given"));
+            self.skipped.push((test.to_owned(), reason.to_owned()));
+        }
+    }
+
+    /// Called once the binary has exited with `code`.
+    pub fn finish(&mut self, code: i32) {
+        if self.release.is_none() {
+            self.problems.push(format!("the test binary printed no KERNEL-TESTS count line (exit {code})"));
+        } else if self.passed + self.failed + self.skipped.len() as u64 == 0 {
+            self.problems.push("no kernel test matched the filter".into());
+        }
+        if code != 0 {
+            self.problems.push(format!("exit {code}"));
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed > 0 || !self.problems.is_empty()
+    }
+
+    fn print(&self) {
+        let release = self.release.as_deref().unwrap_or("?");
+        let mut line = format!(
+            "xtask: kernel tests on {} ({release}): {} passed, {} failed, {} skipped",
+            self.place,
+            self.passed,
+            self.failed,
+            self.skipped.len()
+        );
+        if !self.problems.is_empty() {
+            line += &format!("; FAILED: {}", self.problems.join("; "));
+        }
+        eprintln!("{line}");
+        for (test, reason) in &self.skipped {
+            eprintln!("xtask:   skipped {test}: {reason}");
+        }
+    }
+}
+
+/// Prints every run's counts and skips (never counted as passes), names the tests that
+/// were skipped on every kernel of this run (tested on none), and fails if a run failed.
+pub fn conclude(runs: &[KernelRun]) -> Result<()> {
+    eprintln!();
+    for run in runs {
+        run.print();
+    }
+    if let (Some(first), true) = (runs.first(), runs.len() > 1) {
+        let nowhere: Vec<&str> = first
+            .skipped
+            .iter()
+            .map(|(test, _)| test.as_str())
+            .filter(|test| runs.iter().all(|r| r.skipped.iter().any(|(t, _)| t == test)))
+            .collect();
+        if !nowhere.is_empty() {
+            eprintln!("xtask: skipped on every kernel of this run (tested on none of them): {}", nowhere.join(", "));
+        }
+    }
+    let failed: Vec<&str> = runs.iter().filter(|r| r.failed()).map(|r| r.place.as_str()).collect();
+    if !failed.is_empty() {
+        bail!("kernel tests failed on: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The kernel tests on this machine's kernel; their output is passed through and read.
+fn host_kernel_tests(filters: &[String]) -> Result<KernelRun> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec!["test", "-p", "chaos-userspace", "--test", "kernel", "--", "--test-threads=1"];
+    args.extend(filters.iter().map(String::as_str));
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child =
+        Command::new(&cargo).args(&args).stdout(Stdio::piped()).spawn().with_context(|| format!("running {cargo}"))?;
+    let mut run = KernelRun::new("host");
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(Result::ok) {
+        println!("{line}");
+        run.read_line(&line);
+    }
+    let status = child.wait()?;
+    run.finish(status.code().unwrap_or(-1));
+    Ok(run)
 }
 
 pub fn require_root(what: &str) -> Result<()> {
@@ -49,19 +176,20 @@ fn main() -> Result<()> {
             let filters: Vec<String> = args[1..].iter().filter(|a| *a != "--no-vm").cloned().collect();
             cargo(&["test", "--workspace", "--bins", "--lib"])?;
             require_root("the kernel tests")?;
-            let mut kernel = vec!["test", "-p", "chaos-userspace", "--test", "kernel", "--", "--test-threads=1"];
-            kernel.extend(filters.iter().map(String::as_str));
-            cargo(&kernel)?;
+            let mut runs = vec![host_kernel_tests(&filters)?];
             if no_vm {
                 eprintln!("xtask: --no-vm: skipping the tests on Debian kernels (cargo xtask vm-test)");
-                return Ok(());
+            } else if runs[0].failed() {
+                eprintln!("xtask: the kernel tests failed on this kernel: not starting the VM tests");
+            } else {
+                runs.extend(vm::run(&filters)?);
             }
-            vm::run(&filters)
+            conclude(&runs)
         }
         Some("bench") => bench::run(),
         Some("vm-test") => {
             require_root("the VM tests")?;
-            vm::run(&args[1..])
+            conclude(&vm::run(&args[1..])?)
         }
         _ => {
             eprintln!("{USAGE}");

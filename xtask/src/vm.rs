@@ -13,7 +13,10 @@
 //!   CHAOS_VM_ACCEL=kvm overrides), serial console read back line by line; the guest's
 //!   /init prints the test run's exit code after a marker and powers off.
 //!
-//! Lines the tests print as `REPORT|...` are collected into target/vm/report-<kernel>.txt.
+//! Lines the tests print as `REPORT|...` are collected into target/vm/report-<kernel>.txt;
+//! the count and `SKIP|` lines into a [`KernelRun`] per kernel, which also fails when a
+//! module did not load (`VMTEST-MODULE-FAILED`): a test that needs it would otherwise
+//! skip or fail for the wrong reason.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -26,6 +29,8 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::KernelRun;
 
 /// Modules the tests need (with their dependencies added automatically).
 const MODULES: &[&str] = &["veth", "sch_fq", "sch_netem", "sch_ingress", "cls_bpf", "bridge"];
@@ -126,11 +131,11 @@ impl Cpio {
         self.data.extend_from_slice(header.as_bytes());
         self.data.extend_from_slice(name.as_bytes());
         self.data.push(0);
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
         self.data.extend_from_slice(body);
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
     }
@@ -353,8 +358,46 @@ fn build_tests() -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("cargo built no kernel test executable"))
 }
 
-/// Boots one kernel, runs the tests, returns (exit code, REPORT lines).
-fn boot(kernel: &Kernel, root: &Path, initramfs: &Path) -> Result<(i32, Vec<String>)> {
+/// What the guest's serial console showed.
+struct GuestOutput {
+    run: KernelRun,
+    reports: Vec<String>,
+    exit: Option<i32>,
+}
+
+impl GuestOutput {
+    fn new(label: &str) -> GuestOutput {
+        GuestOutput { run: KernelRun::new(&format!("VM {label}")), reports: Vec::new(), exit: None }
+    }
+
+    fn read_line(&mut self, line: &str) {
+        if let Some(report) = line.split("REPORT|").nth(1) {
+            self.reports.push(report.to_owned());
+        }
+        if let Some(module) = line.split("VMTEST-MODULE-FAILED ").nth(1) {
+            self.run.problems.push(format!("module {} did not load", module.trim()));
+        }
+        self.run.read_line(line);
+        if let Some(rest) = line.strip_prefix("VMTEST-EXIT ") {
+            self.exit = rest.trim().parse().ok();
+        }
+    }
+
+    /// The run, once the guest is gone.
+    fn finish(mut self) -> (KernelRun, Vec<String>) {
+        match self.exit {
+            Some(code) => self.run.finish(code),
+            None => self
+                .run
+                .problems
+                .push(format!("the guest ended without reporting a test result (within {GUEST_TIMEOUT:?})")),
+        }
+        (self.run, self.reports)
+    }
+}
+
+/// Boots one kernel, runs the tests, returns what they showed and the REPORT lines.
+fn boot(kernel: &Kernel, root: &Path, initramfs: &Path) -> Result<(KernelRun, Vec<String>)> {
     let vmlinuz = fs::read_dir(root.join("boot"))?
         .flatten()
         .map(|e| e.path())
@@ -382,19 +425,13 @@ fn boot(kernel: &Kernel, root: &Path, initramfs: &Path) -> Result<(i32, Vec<Stri
         }
     });
     let start = Instant::now();
-    let mut code = None;
-    let mut reports = Vec::new();
+    let mut guest = GuestOutput::new(&kernel.label);
     while start.elapsed() < GUEST_TIMEOUT {
         match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
                 println!("[{} {:>6.1}s] {line}", kernel.label, start.elapsed().as_secs_f64());
-                if let Some(report) = line.split("REPORT|").nth(1) {
-                    reports.push(report.to_owned());
-                }
-                if let Some(rest) = line.strip_prefix("VMTEST-EXIT ") {
-                    code = rest.trim().parse().ok();
-                }
+                guest.read_line(&line);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if child.try_wait()?.is_some() {
@@ -406,13 +443,11 @@ fn boot(kernel: &Kernel, root: &Path, initramfs: &Path) -> Result<(i32, Vec<Stri
     }
     let _ = child.kill();
     let _ = child.wait();
-    match code {
-        Some(code) => Ok((code, reports)),
-        None => bail!("the {} guest ended without reporting a test result (within {:?})", kernel.label, GUEST_TIMEOUT),
-    }
+    Ok(guest.finish())
 }
 
-pub fn run(args: &[String]) -> Result<()> {
+/// Runs the kernel tests (`args`: libtest filters and options) on each Debian kernel.
+pub fn run(args: &[String]) -> Result<Vec<KernelRun>> {
     let filter = args.join(" ");
     let vm_dir = workspace().join("target/vm");
     fs::create_dir_all(&vm_dir)?;
@@ -424,13 +459,13 @@ pub fn run(args: &[String]) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let mut extra = vec![fs::canonicalize(&bin)?];
     extra.extend(scenarios);
-    let mut failed = Vec::new();
+    let mut runs = Vec::new();
     for kernel in kernels()? {
         let root = fetch(&kernel, &vm_dir)?;
         let initramfs = vm_dir.join(format!("initramfs-{}.cpio", kernel.label));
         build_initramfs(&root, &test_exe, &extra, &filter, &initramfs)?;
         eprintln!("xtask: booting {} ({})", kernel.package, kernel.label);
-        let (code, reports) = boot(&kernel, &root, &initramfs)?;
+        let (run, reports) = boot(&kernel, &root, &initramfs)?;
         fs::write(vm_dir.join(format!("report-{}.txt", kernel.label)), reports.join("\n") + "\n")?;
         let netem: Vec<&str> = reports.iter().filter_map(|r| r.strip_prefix("netem|")).collect();
         if !netem.is_empty() {
@@ -447,13 +482,70 @@ pub fn run(args: &[String]) -> Result<()> {
             println!("{table}");
             eprintln!("xtask: wrote {}", path.display());
         }
-        if code != 0 {
-            failed.push(format!("{} (exit {code})", kernel.label));
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GuestOutput;
+
+    fn transcript(lines: &[&str]) -> GuestOutput {
+        let mut guest = GuestOutput::new("6.1");
+        for line in lines {
+            guest.read_line(line);
         }
+        guest
     }
-    if !failed.is_empty() {
-        bail!("kernel tests failed in the VM on: {}", failed.join(", "));
+
+    #[test]
+    fn skips_are_listed_and_not_passes() {
+        let (run, reports) = transcript(&[
+            "VMTEST-START 6.1.0-28-amd64",
+            "test delay_without_sch_fq_is_refused ... ignored (this kernel has sch_fq; the delay tests cover it)",
+            "test delay_adds_latency_and_reverts_at_once ... REPORT|delay_100ms|baseline_ms=1.00|delayed_ms=101.00",
+            "ok",
+            "KERNEL-TESTS|kernel=6.1.0-28-amd64|passed=1|failed=0|skipped=1",
+            "SKIP|delay_without_sch_fq_is_refused|this kernel has sch_fq; the delay tests cover it",
+            "VMTEST-EXIT 0",
+        ])
+        .finish();
+        assert!(!run.failed(), "{:?}", run.problems);
+        assert_eq!((run.passed, run.failed), (1, 0));
+        assert_eq!(run.release.as_deref(), Some("6.1.0-28-amd64"));
+        assert_eq!(
+            run.skipped,
+            [(
+                "delay_without_sch_fq_is_refused".to_owned(),
+                "this kernel has sch_fq; the delay tests cover it".to_owned()
+            )]
+        );
+        assert_eq!(reports, ["delay_100ms|baseline_ms=1.00|delayed_ms=101.00"]);
     }
-    eprintln!("xtask: VM tests passed on every kernel");
-    Ok(())
+
+    #[test]
+    fn a_module_that_did_not_load_fails_the_run() {
+        let (run, _) = transcript(&[
+            "insmod: can't insert '/modules/sch_fq.ko': invalid module format",
+            "VMTEST-MODULE-FAILED sch_fq",
+            "KERNEL-TESTS|kernel=6.1.0-28-amd64|passed=3|failed=0|skipped=0",
+            "VMTEST-EXIT 0",
+        ])
+        .finish();
+        assert!(run.failed());
+        assert_eq!(run.problems, ["module sch_fq did not load"]);
+    }
+
+    #[test]
+    fn no_count_line_or_no_test_or_no_exit_fails() {
+        let (run, _) = transcript(&["VMTEST-EXIT 0"]).finish();
+        assert!(run.failed(), "a binary that printed no count line passed");
+        let (run, _) =
+            transcript(&["KERNEL-TESTS|kernel=6.12.57+deb12-amd64|passed=0|failed=0|skipped=0", "VMTEST-EXIT 0"])
+                .finish();
+        assert_eq!(run.problems, ["no kernel test matched the filter"]);
+        let (run, _) = transcript(&["KERNEL-TESTS|kernel=6.1.0-28-amd64|passed=2|failed=0|skipped=0"]).finish();
+        assert!(run.failed(), "a guest that never printed VMTEST-EXIT passed");
+    }
 }
