@@ -51,6 +51,7 @@ macro_rules! test_modules {
 
 test_modules! {
     // One line per file tests/kernel/<concern>.rs, e.g. `gso,`.
+    lifecycle,
 }
 
 /// The tests in this file.
@@ -682,14 +683,6 @@ fn lease_expires_under_sigstop() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("clean"), "{out}");
     assert_nothing_left();
-}
-
-/// Whether the kernel has TCX (Linux >= 6.6): links die with their process.
-fn kernel_has_tcx() -> bool {
-    let release = fs_read("/proc/sys/kernel/osrelease");
-    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (6, 6)
 }
 
 fn fs_read(path: &str) -> String {

@@ -294,6 +294,19 @@ fn started() -> std::sync::MutexGuard<'static, Vec<u32>> {
     STARTED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Counts a chaos-ebpf process the test spawned itself as one of its runs.
+pub fn own_pid(pid: u32) {
+    started().push(pid);
+}
+
+/// Whether the kernel has TCX (Linux >= 6.6): links die with their process.
+pub fn kernel_has_tcx() -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}
+
 /// Forgets the previous test's chaos-ebpf processes.
 pub fn begin_test() {
     started().clear();

@@ -1,0 +1,286 @@
+//! A run's life as the ledger and the kernel see it: cleanup never touches a live run,
+//! a stopped run is live, a dead run's record is collected, a fault that did not run its
+//! course is never reported as success, Ctrl-C acts at once at any moment, and a closed
+//! output pipe does not stop an experiment.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::support::*;
+
+pub const TESTS: &[Test] = tests![
+    cleanup_never_touches_live_runs,
+    stopped_run_is_live_until_forced,
+    lapsed_lease_is_not_success,
+    detached_program_is_not_success,
+    vanished_namespace_is_not_success,
+    removed_cgroup_is_not_success,
+    dead_run_is_collected_by_status,
+    ctrl_c_acts_within_300ms_at_any_moment,
+    closed_output_pipe_does_not_stop_the_experiment,
+];
+
+fn partition(target: &str, duration: &str, lease: &str) -> Chaos {
+    Chaos::start(&["inject", "partition", "--target", target, "--duration", duration, "--lease", lease])
+}
+
+fn cut(pair: &Pair) -> bool {
+    pair.ping(&pair.a, "192.0.2.2", 2, Duration::from_millis(200)) == 0
+}
+
+/// Runs started while `cleanup` runs again and again (as a user cleaning up after a
+/// crash while experiments start) all run their course: cleanup never detaches a live
+/// run's programs, even before its record lists them.
+fn cleanup_never_touches_live_runs() {
+    let pair = Pair::new("live");
+    let target = pair.target();
+    let runs: Vec<_> = (0..3)
+        .map(|i| {
+            let child = Command::new(bin())
+                .args(["inject", "loss", "--target", &target, "--probability", "0.1", "--duration", "3s"])
+                .args(["--seed", &i.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn chaos-ebpf");
+            own_pid(child.id());
+            Chaos { child }
+        })
+        .collect();
+    let start = Instant::now();
+    let mut cleanups = 0;
+    while start.elapsed() < Duration::from_millis(2500) {
+        let (code, out, err) = chaos_run(&["cleanup"]);
+        assert_eq!(code, 0, "cleanup with live runs: {out}{err}");
+        assert!(!out.contains("removed TCX link"), "cleanup detached a live run's link: {out}");
+        cleanups += 1;
+    }
+    println!("{cleanups} cleanups while 3 runs started and ran");
+    for run in runs {
+        let (code, out, err) = run.finish(Duration::from_secs(15));
+        assert_eq!(code, 0, "a run that cleanup left alone completes: {out}{err}");
+        assert!(out.contains("completed"), "{out}");
+    }
+    assert_nothing_left();
+}
+
+/// A stopped (SIGSTOP) run is alive: cleanup reports it, exits 0 and advises --force;
+/// --force detaches it; the run, resumed, reports that its fault was cut short (exit 1).
+fn stopped_run_is_live_until_forced() {
+    let pair = Pair::new("stop");
+    let target = pair.target();
+    let chaos = partition(&target, "5m", "30s");
+    assert!(cut(&pair));
+    chaos.signal(libc::SIGSTOP);
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    assert_eq!(code, 0, "a stopped run is not a failure of cleanup: {out}{err}");
+    assert!(out.contains("stopped") && out.contains("--force"), "{out}");
+    assert!(cut(&pair), "cleanup without --force touched the stopped run");
+    let (code, out, err) = chaos_run(&["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("STOPPED"), "{out}");
+    let (code, out, err) = chaos_run(&["cleanup", "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("removed TCX link"), "{out}");
+    assert!(!cut(&pair), "--force left the fault in place");
+    chaos.signal(libc::SIGCONT);
+    let (code, out, err) = chaos.finish(Duration::from_secs(10));
+    assert_eq!(code, 1, "a fault someone removed did not run its course: {out}{err}");
+    assert!(out.contains("FAILED") && out.contains("detached by someone else"), "{out}");
+    assert_nothing_left();
+}
+
+/// A run stopped for longer than its lease had its faults lapse: it must say so and
+/// exit 1 when it resumes, not "completed".
+fn lapsed_lease_is_not_success() {
+    let pair = Pair::new("lapse");
+    let target = pair.target();
+    let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "6s", "--lease", "1s"]);
+    chaos.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(!cut(&pair), "the lease did not end the fault of a stopped run");
+    chaos.signal(libc::SIGCONT);
+    let (code, out, err) = chaos.finish(Duration::from_secs(15));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("leases lapsed"), "{out}");
+    assert!(out.contains("in force"), "the report says when the fault was in force: {out}");
+    assert_nothing_left();
+}
+
+fn tcx_link_ids() -> Vec<String> {
+    let out = String::from_utf8_lossy(&sh("bpftool", &["link", "show"]).stdout).into_owned();
+    let programs: Vec<String> = loaded_chaos_programs().iter().map(|(id, _)| id.to_string()).collect();
+    // bpftool 7.1 prints the TCX link type as its number (11).
+    out.lines()
+        .filter(|l| programs.iter().any(|p| l.contains(&format!("prog {p}"))))
+        .filter_map(|l| l.split(':').next().map(|id| id.trim().to_owned()))
+        .collect()
+}
+
+/// Someone else detaches the run's program: the run ends at its next lease renewal
+/// with exit 1 and says what happened.
+fn detached_program_is_not_success() {
+    let pair = Pair::new("detach");
+    let target = pair.target();
+    let chaos = partition(&target, "5m", "1s");
+    if kernel_has_tcx() {
+        let links = tcx_link_ids();
+        assert!(!links.is_empty(), "no TCX link found");
+        for id in &links {
+            must("bpftool", &["link", "detach", "id", id]);
+        }
+    } else {
+        must("ip", &["netns", "exec", &pair.a, "tc", "filter", "del", "dev", "va", "egress"]);
+    }
+    let (code, out, err) = chaos.finish(Duration::from_secs(5));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("detached by someone else"), "{out}");
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_nothing_left();
+}
+
+/// The target's namespace is deleted during the fault: exit 1, "gone".
+fn vanished_namespace_is_not_success() {
+    let pair = Pair::new("vanish");
+    let target = pair.target();
+    let chaos = partition(&target, "5m", "1s");
+    must("ip", &["netns", "del", &pair.a]);
+    let (code, out, err) = chaos.finish(Duration::from_secs(5));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("is gone"), "{out}");
+    assert_nothing_left();
+}
+
+/// A cgroup target removed during the fault (and re-created at the same path, which is
+/// a new cgroup): exit 1, the report names it.
+fn removed_cgroup_is_not_success() {
+    let pair = Pair::new("cgvanish");
+    let cgroup = TestCgroup::new("vanish");
+    let mut sleeper = cgroup.spawn("ip", &["netns", "exec", &pair.a, "sleep", "30"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let target = format!("cgroup:{}", cgroup.relative);
+    let chaos = Chaos::start(&[
+        "inject",
+        "blackhole",
+        "--target",
+        &target,
+        "--proto",
+        "udp",
+        "--ports",
+        "9",
+        "--duration",
+        "5m",
+        "--lease",
+        "1s",
+    ]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_dir(&cgroup.dir).expect("removing the empty test cgroup");
+    std::fs::create_dir(&cgroup.dir).expect("re-creating it");
+    let (code, out, err) = chaos.finish(Duration::from_secs(5));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("was removed") && out.contains("new target"), "{out}");
+    assert_nothing_left();
+}
+
+/// A killed run's record: `status` says it is dead and what it left, removes the
+/// leftovers and forgets it.
+fn dead_run_is_collected_by_status() {
+    let pair = Pair::new("dead");
+    let target = pair.target();
+    let chaos = Chaos::start(&["inject", "loss", "--target", &target, "--probability", "0.5", "--duration", "5m"]);
+    let pid = chaos.child.id();
+    chaos.signal(libc::SIGKILL);
+    chaos.finish(Duration::from_secs(5));
+    assert!(std::path::Path::new(&format!("/run/chaos-ebpf/{pid}.json")).exists(), "no record to collect");
+    let (code, out, err) = chaos_run(&["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("pid {pid}: dead")), "{out}");
+    assert!(!out.contains("Gone") && !out.contains("left"), "{out}");
+    assert!(!std::path::Path::new(&format!("/run/chaos-ebpf/{pid}.json")).exists(), "status did not collect it");
+    // The device settings the dead run changed are back too.
+    assert_eq!(gso_max_segs(&pair.a, "va"), 65535, "gso_max_segs not restored after the dead run");
+    let (code, out, _) = chaos_run(&["status"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("dead"), "collected twice: {out}");
+    assert_nothing_left();
+}
+
+/// SIGINT at any moment of a run's start (resolving, loading, attaching, first rule):
+/// exit 1 within 300 ms, nothing left.
+fn ctrl_c_acts_within_300ms_at_any_moment() {
+    let pair = Pair::new("sigint");
+    let target = pair.target();
+    let mut worst = Duration::ZERO;
+    for delay_ms in [0u64, 20, 50, 100, 150, 200, 300, 500] {
+        let child = Command::new(bin())
+            .args(["inject", "delay", "--target", &target, "--delay", "10ms", "--duration", "5m"])
+            .args(["--attach", "auto"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        own_pid(child.id());
+        let chaos = Chaos { child };
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let sent = Instant::now();
+        chaos.signal(libc::SIGINT);
+        let (code, out, err) = chaos.finish(Duration::from_secs(10));
+        let took = sent.elapsed();
+        worst = worst.max(took);
+        println!("SIGINT {delay_ms} ms after start: exit {code} after {took:?}");
+        // Exit 2 is this host's answer to a delay fault (no sch_fq) when the signal came
+        // after that check; 1 is an interrupted run.
+        assert!(code == 1 || code == 2, "exit {code}: {out}{err}");
+        assert!(took < Duration::from_millis(300), "SIGINT {delay_ms} ms after start took {took:?}: {err}");
+        assert!(err.lines().all(|l| l.len() < 400), "an error line runs long: {err}");
+        assert_nothing_left();
+        assert_eq!(gso_max_segs(&pair.a, "va"), 65535, "settings left after SIGINT at {delay_ms} ms");
+    }
+    println!("REPORT|sigint_worst_ms|{:.1}", worst.as_secs_f64() * 1000.0);
+}
+
+/// `chaos-ebpf ... | head -1`: stdout and stderr closed under the running experiment.
+/// It goes on, reverts, and exits 0 without a panic.
+fn closed_output_pipe_does_not_stop_the_experiment() {
+    let pair = Pair::new("pipe");
+    let target = pair.target();
+    let mut child = Command::new(bin())
+        .args(["inject", "partition", "--target", &target, "--duration", "2s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    own_pid(child.id());
+    // Close both read ends at once, as `| head -1` does after its line.
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(cut(&pair), "the fault is not in force");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "a closed pipe ended the run with {status:?} (101 is a panic)");
+    assert!(!cut(&pair), "the fault outlived the run");
+    assert_nothing_left();
+}
+
+/// gso_max_segs of a device in a namespace.
+pub fn gso_max_segs(ns: &str, dev: &str) -> u32 {
+    let out = sh("ip", &["-n", ns, "-d", "link", "show", dev]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "gso_max_segs")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no gso_max_segs for {dev} in {ns}: {text}"))
+}
