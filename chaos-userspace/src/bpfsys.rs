@@ -12,6 +12,7 @@ use chaos_ebpf_common::names;
 
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 /// A TCX link whose program is one of ours.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -32,7 +33,7 @@ pub fn our_programs() -> Vec<(u32, String)> {
         .collect()
 }
 
-/// TCX links that run chaos-ebpf programs.
+/// TCX links that run chaos-ebpf programs and are attached to an interface.
 pub fn our_links() -> Vec<OurLink> {
     let programs = our_programs();
     loaded_links()
@@ -40,14 +41,16 @@ pub fn our_links() -> Vec<OurLink> {
         .filter(|l| matches!(l.link_type(), Ok(LinkType::Tcx)))
         .filter_map(|l| {
             let (_, name) = programs.iter().find(|(id, _)| *id == l.program_id())?;
+            // A detached link (by `cleanup --force`) lives on in its holder, inert.
+            if tcx_link_ifindex(l.id()).ok()? == 0 {
+                return None;
+            }
             Some(OurLink { link_id: l.id(), program_id: l.program_id(), program: name.clone() })
         })
         .collect()
 }
 
-/// Detaches a link by id (the program stops running on that hook at once), whoever
-/// holds it.
-pub fn detach_link(link_id: u32) -> io::Result<()> {
+fn link_fd(link_id: u32) -> io::Result<OwnedFd> {
     let mut attr = [0u8; 16];
     attr[..4].copy_from_slice(&link_id.to_ne_bytes());
     // SAFETY: bpf(2) with an attr buffer of the size we pass.
@@ -56,7 +59,31 @@ pub fn detach_link(link_id: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just gave us this fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The interface a TCX link is attached to; 0 once it was detached (the link object
+/// lives on while a process holds it).
+pub fn tcx_link_ifindex(link_id: u32) -> io::Result<u32> {
+    let fd = link_fd(link_id)?;
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the union whose tcx
+    // member starts with the ifindex.
+    let mut info = [0u64; 8];
+    let mut attr = [0u8; 16];
+    attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(std::mem::size_of_val(&info) as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: bpf(2) writes at most info_len bytes to `info`, which outlives the call.
+    if unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), attr.len()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info[2] as u32)
+}
+
+/// Detaches a link by id (the program stops running on that hook at once), whoever
+/// holds it.
+pub fn detach_link(link_id: u32) -> io::Result<()> {
+    let fd = link_fd(link_id)?;
     let mut attr = [0u8; 16];
     attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     // SAFETY: as above.

@@ -211,10 +211,18 @@ fn live_runs() -> BTreeMap<u32, (ProcessState, RunState)> {
     live
 }
 
+/// Whether any of `pids` is a live run that is not forced: its objects stay. Asked at
+/// the moment of each decision, so a run that started after cleanup did is seen too.
+pub fn held_by_live_run(pids: Option<&Vec<u32>>, force: bool) -> bool {
+    !force && pids.is_some_and(|pids| pids.iter().any(|p| state::liveness(*p).0 != ProcessState::Dead))
+}
+
 /// chaos-ebpf netlink filters on every interface of every namespace whose program no
-/// live run (other than those in `forced`) holds; removed unless `dry`.
-fn sweep_netlink(live_pids: &[u32], holders: &bpfsys::Holders, dry: bool, report: &mut Report) -> Vec<String> {
-    let mut found = Vec::new();
+/// live run holds (or every one, forced); removed unless `dry`. The filters are listed
+/// before their holders are: a program is held from its load on, before any filter of
+/// it exists, so a run that is starting cannot fall between the two looks.
+fn sweep_netlink(force: bool, dry: bool, report: &mut Report) -> Vec<String> {
+    let mut candidates = Vec::new();
     for ns in netns::all_namespaces() {
         let Ok(_inside) = ns.enter() else { continue };
         let Ok(interfaces) = netns::interfaces() else {
@@ -224,46 +232,55 @@ fn sweep_netlink(live_pids: &[u32], holders: &bpfsys::Holders, dry: bool, report
             for ingress in [true, false] {
                 let Ok(filters) = netlink::clsact_filters(iface.index, ingress) else { continue };
                 for f in filters {
-                    let ours = matches!(f.program_name.as_deref(), Some(n) if n == names::PROG_INGRESS || n == names::PROG_EGRESS);
-                    let held_by_live = f
-                        .program_id
-                        .and_then(|id| holders.programs.get(&id))
-                        .is_some_and(|pids| pids.iter().any(|p| live_pids.contains(p)));
-                    if !ours || held_by_live {
-                        continue;
-                    }
-                    let hook_name = if ingress { "ingress" } else { "egress" };
-                    let what = format!("netlink filter on {} {hook_name} prio {} in {}", iface.name, f.priority, ns.path.display());
-                    found.push(what.clone());
-                    if dry {
-                        continue;
-                    }
-                    let attach = if ingress { TcAttachType::Ingress } else { TcAttachType::Egress };
-                    match SchedClassifierLink::attached(&iface.name, attach, f.priority, TcHandle::from(f.handle), None)
-                    {
-                        Ok(link) => {
-                            use aya::programs::links::Link as _;
-                            match link.detach() {
-                                Ok(()) => report.removed.push(what),
-                                Err(e) => report.remaining.push(format!("{what}: {e}")),
-                            }
-                        }
-                        Err(e) => report.remaining.push(format!("{what}: {e}")),
+                    if matches!(f.program_name.as_deref(), Some(n) if n == names::PROG_INGRESS || n == names::PROG_EGRESS) {
+                        candidates.push((ns.path.clone(), iface.name.clone(), ingress, f));
                     }
                 }
             }
         }
     }
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let holders = bpfsys::holders();
+    let mut found = Vec::new();
+    for (path, iface, ingress, f) in candidates {
+        if held_by_live_run(f.program_id.and_then(|id| holders.programs.get(&id)), force) {
+            continue;
+        }
+        let hook_name = if ingress { "ingress" } else { "egress" };
+        let what = format!("netlink filter on {iface} {hook_name} prio {} in {}", f.priority, path.display());
+        found.push(what.clone());
+        if dry {
+            continue;
+        }
+        let Ok(ns) = Netns::open(&path) else { continue };
+        let Ok(_inside) = ns.enter() else { continue };
+        let attach = if ingress { TcAttachType::Ingress } else { TcAttachType::Egress };
+        match SchedClassifierLink::attached(&iface, attach, f.priority, TcHandle::from(f.handle), None) {
+            Ok(link) => {
+                use aya::programs::links::Link as _;
+                match link.detach() {
+                    Ok(()) => report.removed.push(what),
+                    Err(e) => report.remaining.push(format!("{what}: {e}")),
+                }
+            }
+            Err(e) => report.remaining.push(format!("{what}: {e}")),
+        }
+    }
     found
 }
 
-/// TCX links running chaos-ebpf programs that no live run (other than `forced` ones)
-/// holds: a stopped run's when forced, or pinned ones.
-fn stray_links(live_pids: &[u32], holders: &bpfsys::Holders) -> Vec<bpfsys::OurLink> {
-    bpfsys::our_links()
-        .into_iter()
-        .filter(|l| !holders.links.get(&l.link_id).is_some_and(|pids| pids.iter().any(|p| live_pids.contains(p))))
-        .collect()
+/// Attached TCX links running chaos-ebpf programs that no live run holds (or every
+/// one, forced): pinned ones, or those of a process that is not a run. Links are listed
+/// before their holders, so a link created meanwhile is seen with its holder.
+fn stray_links(force: bool) -> Vec<bpfsys::OurLink> {
+    let links = bpfsys::our_links();
+    if links.is_empty() {
+        return links;
+    }
+    let holders = bpfsys::holders();
+    links.into_iter().filter(|l| !held_by_live_run(holders.links.get(&l.link_id), force)).collect()
 }
 
 pub fn run(force: bool, json: bool) -> Result<i32> {
@@ -277,12 +294,9 @@ pub fn run(force: bool, json: bool) -> Result<i32> {
         report.removed.extend(d.leftovers);
     }
     let live = live_runs();
-    // Runs whose objects stay: every live one, unless forced.
-    let mut protected: Vec<u32> = Vec::new();
     for (pid, (process, state)) in &live {
         match (process, force) {
             (_, false) => {
-                protected.push(*pid);
                 report.active.push(match process {
                     ProcessState::Stopped => format!(
                         "pid {pid} is alive but stopped (SIGSTOP): its faults ended when its lease ran out, its programs stay attached until it resumes or exits: `kill -CONT {pid}` to let it finish, or `chaos-ebpf cleanup --force` to detach them ({})",
@@ -304,14 +318,13 @@ pub fn run(force: bool, json: bool) -> Result<i32> {
             }
         }
     }
-    let holders = bpfsys::holders();
-    for link in stray_links(&protected, &holders) {
+    for link in stray_links(force) {
         match bpfsys::detach_link(link.link_id) {
             Ok(()) => report.removed.push(format!("TCX link {} ({})", link.link_id, link.program)),
             Err(e) => report.remaining.push(format!("TCX link {}: {e}", link.link_id)),
         }
     }
-    sweep_netlink(&protected, &holders, false, &mut report);
+    sweep_netlink(force, false, &mut report);
     if live.is_empty() {
         if let Ok(entries) = fs::read_dir(netns::NETNS_RUN_DIR) {
             for e in entries.flatten() {
@@ -332,14 +345,13 @@ pub fn run(force: bool, json: bool) -> Result<i32> {
     }
 
     // Verify: nothing of ours attached outside the live runs we left alone.
-    let holders = bpfsys::holders();
     report.remaining.extend(
-        stray_links(&protected, &holders)
+        stray_links(force)
             .into_iter()
             .map(|l| format!("TCX link {} ({}) still attached", l.link_id, l.program)),
     );
     let mut verify = Report::default();
-    let late = sweep_netlink(&protected, &holders, true, &mut verify);
+    let late = sweep_netlink(force, true, &mut verify);
     report.remaining.extend(late.into_iter().map(|w| format!("{w} still there")));
     report.clean = report.remaining.is_empty();
 

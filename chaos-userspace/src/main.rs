@@ -227,6 +227,15 @@ fn parse_with<T: std::str::FromStr<Err = BadValue>>(s: &str) -> Result<T, String
 }
 
 fn main() -> ExitCode {
+    // Runs and injections catch Ctrl-C from their first moment (runner.rs); other
+    // commands keep the default: they change nothing.
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().skip(1).any(|a| a == "run" || a == "inject") {
+        if let Err(e) = runner::install_signal_handlers() {
+            output::err(&format!("chaos-ebpf: error: {e:#}"));
+            return ExitCode::from(error::EXIT_FAILED as u8);
+        }
+    }
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code as u8),

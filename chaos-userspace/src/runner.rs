@@ -130,6 +130,22 @@ struct HeldDevice {
     iface: Interface,
 }
 
+static INTERRUPTED: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+/// Catches SIGINT, SIGTERM and SIGHUP from now on: a run checks the flag at every stage
+/// and reverts. Called first thing for `run` and `inject`, so a signal that arrives
+/// while the command line is still being read is not lost.
+pub fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
+    if let Some(flag) = INTERRUPTED.get() {
+        return Ok(flag.clone());
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(signal, flag.clone()).context("installing signal handlers")?;
+    }
+    Ok(INTERRUPTED.get_or_init(|| flag).clone())
+}
+
 fn interrupted_now(flag: &AtomicBool) -> Result<()> {
     if flag.load(Ordering::Relaxed) {
         return Err(InterruptedBeforeStart.into());
@@ -148,10 +164,8 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
         }
     };
     progress(&format!("scenario {} seed {seed} ({} total)", plan.name, format_duration(plan.total_duration())));
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(signal, interrupted.clone()).context("installing signal handlers")?;
-    }
+    let interrupted = install_signal_handlers()?;
+    interrupted_now(&interrupted)?;
     let mode = plan.attach.resolve()?;
 
     // Dead runs' leftovers first: their device records and qdiscs would confuse ours.

@@ -122,12 +122,10 @@ pub fn run(json: bool) -> Result<i32> {
             Err(e) => output::err(&format!("chaos-ebpf: skipping {}: {e:#}", path.display())),
         }
     }
+    let links = bpfsys::our_links();
     let holders = bpfsys::holders();
-    let live: Vec<u32> = runs.iter().map(|r| r.pid).collect();
-    let stray_links = bpfsys::our_links()
-        .into_iter()
-        .filter(|l| !holders.links.get(&l.link_id).is_some_and(|pids| pids.iter().any(|p| live.contains(p))))
-        .collect();
+    let stray_links =
+        links.into_iter().filter(|l| !cleanup::held_by_live_run(holders.links.get(&l.link_id), false)).collect();
     let status = Status { runs, dead, problems, stray_links };
     if json {
         output::out(&serde_json::to_string_pretty(&status)?);

@@ -200,7 +200,7 @@ fn dead_run_is_collected_by_status() {
     let (code, out, err) = chaos_run(&["status"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("pid {pid}: dead")), "{out}");
-    assert!(!out.contains("Gone") && !out.contains("left"), "{out}");
+    assert!(!out.contains("Gone") && !out.contains("s left"), "{out}");
     assert!(!std::path::Path::new(&format!("/run/chaos-ebpf/{pid}.json")).exists(), "status did not collect it");
     // The device settings the dead run changed are back too.
     assert_eq!(gso_max_segs(&pair.a, "va"), 65535, "gso_max_segs not restored after the dead run");
@@ -216,7 +216,9 @@ fn ctrl_c_acts_within_300ms_at_any_moment() {
     let pair = Pair::new("sigint");
     let target = pair.target();
     let mut worst = Duration::ZERO;
-    for delay_ms in [0u64, 20, 50, 100, 150, 200, 300, 500] {
+    // From 5 ms: before that the process may not have reached main (exec, dynamic
+    // loading), where SIGINT's default action still applies and nothing exists yet.
+    for delay_ms in [5u64, 20, 50, 100, 150, 200, 300, 500] {
         let child = Command::new(bin())
             .args(["inject", "delay", "--target", &target, "--delay", "10ms", "--duration", "5m"])
             .args(["--attach", "auto"])

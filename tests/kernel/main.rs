@@ -685,10 +685,6 @@ fn lease_expires_under_sigstop() {
     assert_nothing_left();
 }
 
-fn fs_read(path: &str) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
 /// SIGKILL reverts at once with TCX (links go with the process). Without TCX (netlink
 /// filters outlive the process) the lease ends the fault, and `cleanup` removes the rest.
 fn sigkill_reverts_immediately() {
