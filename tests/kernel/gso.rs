@@ -1,0 +1,175 @@
+//! Faults act on wire packets, not on socket buffers: a TCP bulk transfer is decided and
+//! counted per segment on egress and on ingress, and the device settings that make it so
+//! (gso_max_segs 1 on the sending side, GRO off on the receiving device) are restored
+//! exactly after a revert, after SIGKILL + cleanup, and after overlapping runs.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    time::{Duration, Instant},
+};
+
+use crate::{lifecycle::gso_max_segs, support::*};
+
+pub const TESTS: &[Test] = tests![
+    tcp_egress_loss_is_decided_per_segment,
+    tcp_ingress_loss_is_decided_per_segment,
+    device_settings_are_restored_after_overlapping_runs_and_a_crash,
+];
+
+/// The namespace's TCP OutSegs counter (net/snmp of this thread's namespace, as nstat reads it).
+fn tcp_out_segs(ns: &str) -> u64 {
+    in_netns(ns, || {
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("reading net/snmp");
+        let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+        let (names, values) = (lines.next().expect("Tcp header"), lines.next().expect("Tcp values"));
+        let at = names.split_whitespace().position(|n| n == "OutSegs").expect("OutSegs column");
+        values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("OutSegs value")
+    })
+}
+
+/// Sends `bytes` over one TCP connection from `from` to a sink in `to` (bounded in
+/// time); returns the bytes the sink read.
+fn tcp_bulk(from: &str, to: &str, port: u16, bytes: usize) -> usize {
+    let listener = in_netns(to, move || TcpListener::bind(SocketAddr::from((ADDR_B, port))).expect("bind sink"));
+    let sink = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        got
+    });
+    let mut stream = tcp_connect(from, SocketAddr::from((ADDR_B, port)), Duration::from_secs(5)).expect("connect");
+    stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = vec![0x5au8; 1 << 16];
+    let mut sent = 0;
+    while sent < bytes {
+        let n = stream.write(&chunk[..chunk.len().min(bytes - sent)]).expect("send");
+        sent += n;
+    }
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let got = sink.join().expect("sink");
+    assert_eq!(got, bytes, "the transfer did not complete");
+    got
+}
+
+fn json_counter(report: &str, name: &str) -> u64 {
+    let value: serde_json::Value = serde_json::from_str(report).unwrap_or_else(|e| panic!("{e}: {report}"));
+    value["steps"][0]["rules"][0]["counters"][name].as_u64().unwrap_or_else(|| panic!("no {name} in {report}"))
+}
+
+/// One loss run on the TCP transfer; checks matched against the sender's OutSegs and
+/// dropped against p * matched.
+fn per_segment(tag: &str, target_side: &str, direction: &str) {
+    let pair = Pair::new(tag);
+    let target = format!("netns:{}", if target_side == "a" { &pair.a } else { &pair.b });
+    let p = 0.01;
+    let chaos = Chaos::start(&[
+        "inject",
+        "loss",
+        "--target",
+        &target,
+        "--probability",
+        "0.01",
+        "--direction",
+        direction,
+        "--proto",
+        "tcp",
+        "--ports",
+        "5201",
+        "--duration",
+        "5m",
+        "--seed",
+        "11",
+        "--output",
+        "json",
+    ]);
+    let before = tcp_out_segs(&pair.a);
+    let bytes = 30 << 20;
+    tcp_bulk(&pair.a, &pair.b, 5201, bytes);
+    let segments = tcp_out_segs(&pair.a) - before;
+    let (code, out, err) = chaos.interrupt();
+    assert_eq!(code, 1, "{err}");
+    let matched = json_counter(&out, "matched");
+    let dropped = json_counter(&out, "dropped");
+    let sigma = (matched as f64 * p * (1.0 - p)).sqrt();
+    println!(
+        "TCP {} MB, {direction} rule on side {target_side}: sender OutSegs {segments}, matched {matched} ({:+.2}%), dropped {dropped} (expected {:.0} +- {:.0})",
+        bytes >> 20,
+        100.0 * (matched as f64 - segments as f64) / segments as f64,
+        p * matched as f64,
+        4.0 * sigma
+    );
+    println!("REPORT|tcp_{direction}_segments|{segments}|matched={matched}|dropped={dropped}");
+    assert!(
+        (matched as f64 - segments as f64).abs() <= 0.03 * segments as f64,
+        "matched {matched} is not within 3% of the {segments} segments the sender sent"
+    );
+    assert!(
+        (dropped as f64 - p * matched as f64).abs() <= 4.0 * sigma,
+        "dropped {dropped} of {matched}, expected {:.0} +- {:.0}",
+        p * matched as f64,
+        4.0 * sigma
+    );
+    assert_eq!(gso_max_segs(&pair.a, "va"), 65535, "gso_max_segs of the sender not restored");
+    assert_nothing_left();
+}
+
+/// Egress loss on the sender: one decision per wire segment (data segments; the
+/// receiver's ACKs are not in this direction).
+fn tcp_egress_loss_is_decided_per_segment() {
+    per_segment("gso-eg", "a", "egress");
+}
+
+/// Ingress loss on the receiver: what arrives over the veth is segmented by its far end.
+fn tcp_ingress_loss_is_decided_per_segment() {
+    per_segment("gso-in", "b", "ingress");
+}
+
+/// Two overlapping runs share the device settings: the first out leaves them (the
+/// second still needs them), the last out restores them; a SIGKILLed run's settings
+/// are restored by `cleanup`.
+fn device_settings_are_restored_after_overlapping_runs_and_a_crash() {
+    let pair = Pair::new("gso-dev");
+    must("ip", &["-n", &pair.a, "link", "set", "va", "gso_max_segs", "300"]);
+    let target = pair.target();
+    let loss = |seed: &str| {
+        Chaos::start(&["inject", "loss", "--target", &target, "--probability", "0.1", "--duration", "5m", "--seed", seed])
+    };
+    let first = loss("1");
+    assert_eq!(gso_max_segs(&pair.a, "va"), 1, "egress decisions need one segment per buffer");
+    assert_eq!(gso_max_segs(&pair.b, "vb"), 1, "ingress decisions need the far end to segment");
+    let second = loss("2");
+    let (code, _, err) = first.interrupt();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(gso_max_segs(&pair.a, "va"), 1, "the first run out restored what the second still needs");
+    let (code, _, err) = second.interrupt();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(gso_max_segs(&pair.a, "va"), 300, "the last run out did not restore the original value exactly");
+    assert_eq!(gso_max_segs(&pair.b, "vb"), 65535);
+
+    let crashed = loss("3");
+    crashed.signal(libc::SIGKILL);
+    crashed.finish(Duration::from_secs(5));
+    assert_eq!(gso_max_segs(&pair.a, "va"), 1, "a killed run cannot restore by itself");
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("gso_max_segs 300 on va"), "{out}");
+    assert_eq!(gso_max_segs(&pair.a, "va"), 300, "cleanup did not restore the original value");
+    assert_eq!(gso_max_segs(&pair.b, "vb"), 65535);
+    let records: Vec<_> = std::fs::read_dir("/run/chaos-ebpf")
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    for record in records {
+        let text = std::fs::read_to_string(&record).unwrap_or_default();
+        assert!(!text.contains(&pair.a) && !text.contains(&pair.b), "a device record was left: {}", record.display());
+    }
+    assert_nothing_left();
+}
