@@ -119,9 +119,7 @@ fn sweep_devices(removed: &mut Vec<String>, remaining: &mut Vec<String>) {
         };
         let Ok(_inside) = ns.enter() else { continue };
         match devices::release(id, ifindex) {
-            Ok(done) => {
-                removed.extend(done.into_iter().map(|d| format!("{d} in {} (restored)", ns.path.display())))
-            }
+            Ok(done) => removed.extend(done.into_iter().map(|d| format!("{d} in {} (restored)", ns.path.display()))),
             Err(e) => remaining.push(format!("settings of ifindex {ifindex} in {}: {e:#}", ns.path.display())),
         }
     }
@@ -187,12 +185,9 @@ pub fn collect_dead(remaining: &mut Vec<String>) -> Vec<DeadRun> {
     if !restored.is_empty() {
         match dead.last_mut() {
             Some(last) => last.leftovers.extend(restored),
-            None => dead.push(DeadRun {
-                pid: 0,
-                command: "(no record)".into(),
-                last_seen_unix_ms: 0,
-                leftovers: restored,
-            }),
+            None => {
+                dead.push(DeadRun { pid: 0, command: "(no record)".into(), last_seen_unix_ms: 0, leftovers: restored })
+            }
         }
     }
     dead
@@ -232,7 +227,8 @@ fn sweep_netlink(force: bool, dry: bool, report: &mut Report) -> Vec<String> {
             for ingress in [true, false] {
                 let Ok(filters) = netlink::clsact_filters(iface.index, ingress) else { continue };
                 for f in filters {
-                    if matches!(f.program_name.as_deref(), Some(n) if n == names::PROG_INGRESS || n == names::PROG_EGRESS) {
+                    if matches!(f.program_name.as_deref(), Some(n) if n == names::PROG_INGRESS || n == names::PROG_EGRESS)
+                    {
                         candidates.push((ns.path.clone(), iface.name.clone(), ingress, f));
                     }
                 }
@@ -346,9 +342,7 @@ pub fn run(force: bool, json: bool) -> Result<i32> {
 
     // Verify: nothing of ours attached outside the live runs we left alone.
     report.remaining.extend(
-        stray_links(force)
-            .into_iter()
-            .map(|l| format!("TCX link {} ({}) still attached", l.link_id, l.program)),
+        stray_links(force).into_iter().map(|l| format!("TCX link {} ({}) still attached", l.link_id, l.program)),
     );
     let mut verify = Report::default();
     let late = sweep_netlink(force, true, &mut verify);

@@ -226,7 +226,9 @@ fn apply(record: &mut DeviceRecord, needs: Needs, fq: &FqNeeds) -> Result<()> {
             write_record(&record_path(record.netns_id, ifindex), record)?;
             netlink::set_gso_max_segs(ifindex, 1).map_err(|e| {
                 Failure::environment(
-                    format!("cannot set gso_max_segs 1 on {iface} ({e}), so decisions would act on buffers of many packets"),
+                    format!(
+                        "cannot set gso_max_segs 1 on {iface} ({e}), so decisions would act on buffers of many packets"
+                    ),
                     "use a kernel that accepts IFLA_GSO_MAX_SEGS (Linux >= 4.16), or report the device type",
                 )
             })?;

@@ -217,8 +217,14 @@ pub fn replace_qdisc(ifindex: u32, parent: u32, handle: u32, kind: &str, options
     if !options.is_empty() {
         attrs.extend(attr(TCA_OPTIONS | NLA_F_NESTED, options));
     }
-    let msg =
-        message(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, ifindex, handle, parent, &attrs);
+    let msg = message(
+        RTM_NEWQDISC,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        ifindex,
+        handle,
+        parent,
+        &attrs,
+    );
     match Socket::open()?.request(&msg)? {
         0 => Ok(()),
         errno => Err(io::Error::from_raw_os_error(errno)),
@@ -285,12 +291,12 @@ const TCA_BPF_ID: u16 = 11;
 /// there is no clsact qdisc).
 pub fn clsact_filters(ifindex: u32, ingress: bool) -> io::Result<Vec<Filter>> {
     let hook = if ingress { TC_H_CLSACT_INGRESS } else { TC_H_CLSACT_EGRESS };
-    let bodies =
-        match dump(&message(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, hook, &[]), RTM_NEWTFILTER) {
-            Ok(bodies) => bodies,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
+    let bodies = match dump(&message(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, hook, &[]), RTM_NEWTFILTER)
+    {
+        Ok(bodies) => bodies,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     let mut out = Vec::new();
     for body in bodies {
         let (index, handle, _) = tcmsg_ids(&body);

@@ -415,9 +415,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     };
     outcome?;
     if let Err(e) = reverted {
-        return Err(anyhow!(
-            "the faults ended but the revert is not verified clean ({e:#}); run `chaos-ebpf cleanup`"
-        ));
+        return Err(anyhow!("the faults ended but the revert is not verified clean ({e:#}); run `chaos-ebpf cleanup`"));
     }
     Ok(report)
 }

@@ -53,6 +53,7 @@ test_modules! {
     // One line per file tests/kernel/<concern>.rs, e.g. `gso,`.
     gso,
     lifecycle,
+    ownership,
 }
 
 /// The tests in this file.
@@ -996,16 +997,6 @@ fn lab_demo_scenario_runs_and_leaves_nothing() {
     assert_nothing_left();
 }
 
-/// Whether this kernel can run sch_fq (tried on a throwaway veth in the pair's namespace).
-fn kernel_has_fq(pair: &Pair) -> bool {
-    let out = sh("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "add", "dev", "va", "root", "fq"]);
-    let ok = out.status.success();
-    if ok {
-        must("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "del", "dev", "va", "root"]);
-    }
-    ok
-}
-
 /// Without sch_fq a delay or rate fault would be a silent no-op: it must be exit 2 with
 /// the reason, and leave the qdisc as it was. (With sch_fq, the VM delay tests apply.)
 fn delay_without_sch_fq_is_refused() {
@@ -1030,11 +1021,6 @@ fn delay_without_sch_fq_is_refused() {
 
 /// Skips (with the reason) a test that needs sch_fq on a kernel without it, such as
 /// this machine kind's own; `cargo xtask vm-test` runs them on Debian kernels.
-fn need_fq(pair: &Pair) {
-    if !kernel_has_fq(pair) {
-        skip("this kernel has no sch_fq (CONFIG_NET_SCH_FQ); `cargo xtask vm-test` runs it");
-    }
-}
 
 /// A 100 ms delay raises the median RTT by 100 ms; removing it restores the baseline at
 /// once, and sch_fq is gone again (the default qdisc is back).

@@ -598,3 +598,20 @@ pub fn tcp_goodput(from_ns: &str, to_ns: &str, to: Ipv4Addr, port: u16, warmup: 
     drop(stream);
     sink.join().expect("sink")
 }
+
+/// Whether this kernel has sch_fq (tried on the pair's own veth and removed again).
+pub fn kernel_has_fq(pair: &Pair) -> bool {
+    let out = sh("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "add", "dev", "va", "root", "fq"]);
+    let ok = out.status.success();
+    if ok {
+        must("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "del", "dev", "va", "root"]);
+    }
+    ok
+}
+
+/// Skips the test on kernels without sch_fq (this machine's own); the VM run has it.
+pub fn need_fq(pair: &Pair) {
+    if !kernel_has_fq(pair) {
+        skip("this kernel has no sch_fq (CONFIG_NET_SCH_FQ); `cargo xtask vm-test` runs it");
+    }
+}

@@ -1,0 +1,164 @@
+//! chaos-ebpf never breaks what it does not own: an fq someone else configured is used
+//! only when its limits hold delayed packets (and never deleted), runs share the fq
+//! chaos-ebpf installed and the last one out restores the original qdisc, a multiqueue
+//! `mq` keeps its layout, and ingress delay refuses devices that are not veths (IFLA_LINK
+//! of a macvlan names its parent, which would be delayed instead).
+
+use crate::support::*;
+
+pub const TESTS: &[Test] = tests![
+    ingress_delay_refuses_a_macvlan,
+    foreign_fq_with_small_limits_is_refused,
+    foreign_fq_is_used_and_kept,
+    runs_share_the_fq_and_the_last_restores,
+    mq_keeps_its_layout_with_fq_under_each_queue,
+];
+
+fn qdisc_lines(pair: &Pair) -> Vec<String> {
+    // Without statistics: kinds, handles, parents and options only.
+    let out = sh("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "show", "dev", "va"]);
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.replace(" refcnt 2", "")).collect()
+}
+
+/// A namespace whose only device is a macvlan whose parent (the veth vb) lives in
+/// another namespace: ingress delay there must be refused, not land on the parent.
+fn ingress_delay_refuses_a_macvlan() {
+    let pair = Pair::new("mv");
+    must("ip", &["-n", &pair.b, "link", "add", "mv0", "link", "vb", "type", "macvlan"]);
+    let ns = "cet-mv-only";
+    let _ = sh("ip", &["netns", "del", ns]);
+    must("ip", &["netns", "add", ns]);
+    struct Del(&'static str);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = sh("ip", &["netns", "del", self.0]);
+        }
+    }
+    let _del = Del(ns);
+    must("ip", &["-n", &pair.b, "link", "set", "mv0", "netns", ns]);
+    must("ip", &["-n", ns, "link", "set", "mv0", "up"]);
+    let before = String::from_utf8_lossy(&sh("ip", &["-n", &pair.b, "-d", "link", "show", "vb"]).stdout).into_owned();
+    let (code, out, err) = chaos_run(&[
+        "inject",
+        "delay",
+        "--target",
+        &format!("netns:{ns}"),
+        "--delay",
+        "50ms",
+        "--direction",
+        "ingress",
+        "--duration",
+        "2s",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("mv0") && err.contains("not a veth"), "{err}");
+    let after = String::from_utf8_lossy(&sh("ip", &["-n", &pair.b, "-d", "link", "show", "vb"]).stdout).into_owned();
+    assert_eq!(before, after, "the macvlan's parent was changed");
+    assert!(!String::from_utf8_lossy(&sh("ip", &["-n", &pair.b, "tc", "qdisc", "show", "dev", "vb"]).stdout)
+        .contains("fq"));
+    assert_nothing_left();
+}
+
+/// fq's default flow_limit (100) would drop delayed packets beyond 100 per flow: exit 2
+/// naming the limit, and the foreign fq is left exactly as it was.
+fn foreign_fq_with_small_limits_is_refused() {
+    let pair = Pair::new("ffq");
+    need_fq(&pair);
+    must("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "add", "dev", "va", "root", "handle", "7:", "fq"]);
+    let before = qdisc_lines(&pair);
+    let target = pair.target();
+    let (code, out, err) =
+        chaos_run(&["inject", "delay", "--target", &target, "--delay", "50ms", "--duration", "2s"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("flow_limit") && err.contains("did not create"), "{err}");
+    assert_eq!(qdisc_lines(&pair), before, "the foreign fq was changed");
+    assert_nothing_left();
+}
+
+/// A foreign fq with limits that hold delayed packets is used as it is and stays after
+/// the run (chaos-ebpf did not create it).
+fn foreign_fq_is_used_and_kept() {
+    let pair = Pair::new("kfq");
+    need_fq(&pair);
+    must(
+        "ip",
+        &[
+            "netns", "exec", &pair.a, "tc", "qdisc", "add", "dev", "va", "root", "handle", "7:", "fq", "limit",
+            "100000", "flow_limit", "10000", "horizon", "20s",
+        ],
+    );
+    let before = qdisc_lines(&pair);
+    let baseline = median(&ping_rtts(&pair.a, "192.0.2.2", 10, 0.05));
+    let target = pair.target();
+    let chaos = Chaos::start(&["inject", "delay", "--target", &target, "--delay", "50ms", "--duration", "5m"]);
+    let delayed = median(&ping_rtts(&pair.a, "192.0.2.2", 10, 0.05));
+    assert!((delayed - baseline - 50.0).abs() < 10.0, "median RTT {delayed:.2} ms, baseline {baseline:.2} ms");
+    assert_eq!(qdisc_lines(&pair), before, "the foreign fq was replaced during the run");
+    let (code, _, err) = chaos.interrupt();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(qdisc_lines(&pair), before, "the foreign fq was not left as it was");
+    assert_nothing_left();
+}
+
+/// Two delay runs on one device: the second uses the fq the first installed; the first
+/// out leaves it (the second still delays); the last out restores the default qdisc.
+fn runs_share_the_fq_and_the_last_restores() {
+    let pair = Pair::new("sfq");
+    need_fq(&pair);
+    let before = qdisc_lines(&pair);
+    let baseline = median(&ping_rtts(&pair.a, "192.0.2.2", 10, 0.05));
+    let target = pair.target();
+    let first = Chaos::start(&["inject", "delay", "--target", &target, "--delay", "30ms", "--duration", "5m"]);
+    let second = Chaos::start(&[
+        "inject", "delay", "--target", &target, "--delay", "60ms", "--proto", "icmp", "--duration", "5m",
+    ]);
+    let (code, _, err) = first.interrupt();
+    assert_eq!(code, 1, "{err}");
+    assert!(qdisc_lines(&pair).iter().any(|l| l.contains("qdisc fq ce00:")), "{:?}", qdisc_lines(&pair));
+    let delayed = median(&ping_rtts(&pair.a, "192.0.2.2", 10, 0.05));
+    assert!(
+        (delayed - baseline - 60.0).abs() < 10.0,
+        "the second run's delay stopped with the first run: {delayed:.2} ms, baseline {baseline:.2} ms"
+    );
+    let (code, _, err) = second.interrupt();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(qdisc_lines(&pair), before, "the last run out did not restore the original qdisc");
+    assert_nothing_left();
+}
+
+/// A multiqueue device keeps its mq: fq goes under each transmit queue, and the
+/// original children come back afterwards.
+fn mq_keeps_its_layout_with_fq_under_each_queue() {
+    let pair = Pair::new("mq");
+    need_fq(&pair);
+    // A veth of 4 queues in its own pair inside the test namespaces.
+    must(
+        "ip",
+        &[
+            "-n", &pair.a, "link", "add", "vq", "numtxqueues", "4", "type", "veth", "peer", "name", "vqp",
+            "numrxqueues", "4",
+        ],
+    );
+    must("ip", &["-n", &pair.a, "link", "set", "vq", "up"]);
+    must("ip", &["-n", &pair.a, "link", "set", "vqp", "up"]);
+    must("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "add", "dev", "vq", "root", "handle", "1:", "mq"]);
+    let show = || {
+        String::from_utf8_lossy(&sh("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "show", "dev", "vq"]).stdout)
+            .into_owned()
+    };
+    let before = show();
+    assert!(before.contains("qdisc mq 1: root"), "{before}");
+    let target = pair.target();
+    let chaos = Chaos::start(&["inject", "delay", "--target", &target, "--delay", "20ms", "--duration", "5m"]);
+    let during = show();
+    let _ = chaos.interrupt();
+    let after = show();
+    println!("before:\n{before}during:\n{during}after:\n{after}");
+    assert!(during.contains("qdisc mq 1: root"), "mq was replaced: {during}");
+    assert_eq!(during.matches("qdisc fq ").count(), 4, "not one fq per queue: {during}");
+    let kinds = |text: &str| -> Vec<String> {
+        text.lines().map(|l| l.split_whitespace().take(2).chain(l.split(" parent ").nth(1)).collect()).collect()
+    };
+    assert_eq!(kinds(&after), kinds(&before), "the original children did not come back");
+    assert_nothing_left();
+}
