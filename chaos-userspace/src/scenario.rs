@@ -12,7 +12,15 @@
 //!   - { name: lossy, fault: loss, target: n1, probability: 0.3, duration: 5s }
 //! ```
 
-use std::{collections::BTreeMap, fmt, path::Path, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    io::Read,
+    os::unix::fs::{FileTypeExt, OpenOptionsExt},
+    path::Path,
+    str::FromStr,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -26,6 +34,9 @@ use crate::{
 
 /// Most steps one scenario may have; a typo'd generator should not plan a year.
 const MAX_STEPS: usize = 1000;
+
+/// Largest scenario file read (1 MiB); the largest sample is under 2 KB.
+pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,28 +107,104 @@ impl fmt::Display for ScenarioError {
 
 impl std::error::Error for ScenarioError {}
 
-/// Reads and validates a scenario file.
+/// Reads and validates a scenario file: a regular file of at most `MAX_SCENARIO_BYTES`.
 pub fn load(path: &Path) -> Result<Plan, ScenarioError> {
-    let file = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+    let file = crate::spec::shorten(&path.display().to_string(), 120);
+    let source = read_regular_file(path).map_err(|(problem, fix)| ScenarioError {
         file: file.clone(),
         line: 0,
         column: 0,
-        problem: format!("cannot read the scenario: {e}"),
-        fix: "give the path of a YAML scenario (see scenarios/ for examples)".into(),
+        problem,
+        fix: fix.into(),
     })?;
     parse(&file, &source)
 }
 
+/// The text of a regular file, read without blocking: opened with O_NONBLOCK so that a
+/// FIFO without a writer cannot hang the open, then refused by type (FIFO, device,
+/// directory, socket) before anything is read, and read to at most the size limit (a
+/// file that grows meanwhile is refused, not read without end).
+fn read_regular_file(path: &Path) -> Result<String, (String, &'static str)> {
+    let fix = "give the path of a YAML scenario file (see scenarios/ for examples)";
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| (format!("cannot open the scenario: {e}"), fix))?;
+    let meta = opened.metadata().map_err(|e| (format!("cannot stat the scenario: {e}"), fix))?;
+    let kind = meta.file_type();
+    let not_regular = if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        None
+    };
+    if let Some(what) = not_regular {
+        return Err((
+            format!("the scenario is {what}, not a regular file"),
+            "save the scenario to a regular file and give its path (pipes and devices are not read)",
+        ));
+    }
+    let too_big = |size: u64| {
+        (
+            format!("the scenario is {size} bytes; at most {MAX_SCENARIO_BYTES} (1 MiB)"),
+            "a scenario is a few KB: split it, or use wider prefixes instead of long peer lists",
+        )
+    };
+    if meta.len() > MAX_SCENARIO_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::new();
+    opened
+        .take(MAX_SCENARIO_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| (format!("cannot read the scenario: {e}"), fix))?;
+    if bytes.len() as u64 > MAX_SCENARIO_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        (format!("the scenario is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()), fix)
+    })
+}
+
 pub fn parse(file: &str, source: &str) -> Result<Plan, ScenarioError> {
+    if source.len() as u64 > MAX_SCENARIO_BYTES {
+        return Err(ScenarioError {
+            file: file.into(),
+            line: 0,
+            column: 0,
+            problem: format!("the scenario is {} bytes; at most {MAX_SCENARIO_BYTES} (1 MiB)", source.len()),
+            fix: "a scenario is a few KB: split it".into(),
+        });
+    }
+    // Bounded first: serde_yaml would build deep or alias-bombed documents in full.
+    crate::locate::check_costs(source).map_err(|e| ScenarioError {
+        file: file.into(),
+        line: e.line,
+        column: e.column,
+        problem: e.problem,
+        fix: e.fix,
+    })?;
     let raw: RawScenario = serde_yaml::from_str(source).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = e.to_string();
         // serde_yaml appends " at line L column C"; the position is printed up front.
-        let problem = message.split(" at line ").next().unwrap_or(&message).to_owned();
+        let problem = message.split(" at line ").next().unwrap_or(&message);
+        let problem = crate::spec::shorten(problem, 200);
         ScenarioError { file: file.into(), line, column, fix: fix_for_serde(&problem), problem }
     })?;
-    Validator { file, source }.validate(raw)
+    let validator = Validator { file, source };
+    let plan = validator.validate(raw)?;
+    plan.check_limits().map_err(|e| match e.step {
+        Some(i) => validator.error(&[Seg::Key("steps"), Seg::Index(i), Seg::Key(e.field)], e.problem, e.fix),
+        None => validator.error(&[Seg::Key(e.field)], e.problem, e.fix),
+    })?;
+    Ok(plan)
 }
 
 fn fix_for_serde(problem: &str) -> String {
@@ -159,7 +246,7 @@ impl Validator<'_> {
                 if d < Duration::from_millis(300) || d > Duration::from_secs(300) {
                     return Err(self.error(
                         &[Seg::Key("lease")],
-                        format!("lease {text} is outside 300ms..5m"),
+                        format!("lease {} is outside 300ms..5m", spec::shorten(text, 40)),
                         "a lease is how long faults outlive a hung chaos-ebpf; 1s-30s is typical",
                     ));
                 }
@@ -181,7 +268,7 @@ impl Validator<'_> {
                     file: self.file.into(),
                     line,
                     column,
-                    problem: format!("target '{name}': {}", e.problem),
+                    problem: format!("target '{}': {}", spec::shorten(name, 40), e.problem),
                     fix: e.fix,
                 }
             })?;
@@ -225,7 +312,7 @@ impl Validator<'_> {
                     None => {
                         return Err(self.error(
                             &at("fault"),
-                            format!("step '{name}' has no target"),
+                            format!("step '{}' has no target", spec::shorten(&name, 40)),
                             "add target: NAME (from targets:) or KIND:VALUE",
                         ))
                     }
@@ -233,13 +320,13 @@ impl Validator<'_> {
                         Some(spec) => spec.clone(),
                         None if t.contains(':') => self.parse_at(&at("target"), t)?,
                         None => {
-                            let known: Vec<_> = targets.keys().map(String::as_str).collect();
+                            let known = spec::list_some(targets.keys().map(|k| spec::shorten(k, 20)), 5);
                             return Err(self.error(
                                 &at("target"),
-                                format!("unknown target '{t}'"),
+                                format!("unknown target '{}'", spec::shorten(t, 40)),
                                 format!(
                                     "use one of the names under targets: ({}) or write KIND:VALUE ({})",
-                                    known.join(", "),
+                                    known,
                                     TargetSpec::KINDS
                                 ),
                             ));
@@ -300,8 +387,15 @@ impl Validator<'_> {
                     "remove them, or name a fault",
                 ));
             }
+            let next = start.checked_add(duration).filter(|end| *end <= spec::MAX_DURATION).ok_or_else(|| {
+                self.error(
+                    &at("duration"),
+                    format!("the steps up to '{}' last longer than the maximum of 7 days", spec::shorten(&name, 40)),
+                    "shorten the steps; a scenario runs at most 7d",
+                )
+            })?;
             steps.push(PlannedStep { name, start, duration, faults });
-            start += duration;
+            start = next;
         }
         Ok(Plan {
             name: raw.name.unwrap_or_else(|| "scenario".into()),
