@@ -49,6 +49,14 @@ pub fn check_costs(source: &str) -> Result<(), CostError> {
     loop {
         let (event, mark) = parser.next_token().map_err(|e| {
             let m = *e.marker();
+            if e.info().contains("recursion limit") {
+                // yaml-rust2's own nesting bound, met before ours in flow collections.
+                return error(
+                    m,
+                    format!("the document nests deeper than {MAX_DEPTH} levels"),
+                    "a scenario nests 4 levels deep; look for unbalanced [ or {",
+                );
+            }
             error(m, format!("YAML syntax: {}", e.info()), "fix the YAML syntax at this position")
         })?;
         let tag = match &event {

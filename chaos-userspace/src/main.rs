@@ -328,6 +328,12 @@ fn execute(plan: &Plan, dry_run: bool, output: Output, command: String) -> Resul
                 eprintln!("chaos-ebpf: dry run: {target} resolves to {} ({names})", r.netns.path.display());
             }
         }
+        if !checked.missing_privileges.is_empty() {
+            eprintln!(
+                "chaos-ebpf: dry run without privileges ({}): a run would fail with exit 2",
+                checked.missing_privileges.join("; ")
+            );
+        }
         for what in &checked.unchecked {
             eprintln!("chaos-ebpf: dry run: not checked without privileges: {what}");
         }

@@ -24,6 +24,8 @@ pub struct Preflight {
     /// Targets by resolution key (the target, or "TARGET (far end)" for faults on the far
     /// end of its veths), as a run would resolve them. Empty without privileges.
     pub resolved: BTreeMap<String, Vec<Resolved>>,
+    /// What the process lacks to run faults (empty: nothing); see `error::missing_privileges`.
+    pub missing_privileges: Vec<String>,
     /// Checks a dry run without privileges could not do, one phrase each.
     pub unchecked: Vec<String>,
 }
@@ -75,10 +77,7 @@ pub fn check(plan: &Plan, dry_run: bool) -> Result<Preflight> {
             unchecked.push("that the kernel has sch_fq (delay and rate need it)".into());
         }
     }
-    if !privileged {
-        unchecked.insert(0, format!("privileges ({})", missing.join("; ")));
-    }
-    Ok(Preflight { resolved, unchecked })
+    Ok(Preflight { resolved, missing_privileges: missing, unchecked })
 }
 
 /// Faults on the same target share its resolution, except those acting on its far end
