@@ -515,11 +515,11 @@ pub fn shorten(text: &str, max: usize) -> String {
 
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if d < Duration::from_secs(1) && d.as_nanos() % 1_000_000 == 0 {
+    if d < Duration::from_secs(1) && d.as_nanos().is_multiple_of(1_000_000) {
         format!("{ms}ms")
     } else if d < Duration::from_secs(1) {
         format!("{}us", d.as_micros())
-    } else if ms % 1000 != 0 {
+    } else if !ms.is_multiple_of(1000) {
         format!("{:.3}s", d.as_secs_f64())
     } else {
         format!("{}s", ms / 1000)
@@ -913,6 +913,14 @@ mod tests {
         for bad in ["", "s", "10x", "-1", "1.5.5s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(2 * 86400));
+        assert_eq!(parse_duration("7d").unwrap(), MAX_DURATION);
+        for too_long in ["1e20", "1e19", "604801", "7d1ms", "168h1s", "99999999999999999999h"] {
+            assert!(parse_duration(too_long).unwrap_err().problem.contains("7 days"), "{too_long}");
+        }
+        assert!("iface:0123456789abcdef".parse::<TargetSpec>().is_err(), "16 characters");
+        assert!("iface:0123456789abcde".parse::<TargetSpec>().is_ok(), "15 characters");
+        assert!(format!("netns:{}", "a".repeat(300)).parse::<TargetSpec>().is_err());
         assert_eq!(parse_probability("30%").unwrap(), 0.3);
         assert!(parse_probability("1.5").is_err());
         assert!(parse_probability("NaN").is_err());
