@@ -54,7 +54,10 @@ pub fn require_root(action: &str) -> Result<(), Failure> {
         return Ok(());
     }
     Err(Failure::environment(
-        format!("{action} needs CAP_SYS_ADMIN and CAP_NET_ADMIN in the host's user namespace; {}", missing.join("; ")),
+        format!(
+            "{action} needs root: CAP_SYS_ADMIN and CAP_NET_ADMIN in the host's user namespace; {}",
+            missing.join("; ")
+        ),
         "run it as root, e.g. `sudo chaos-ebpf ...` (not in a user namespace or rootless container); \
          `validate`, `plan` and `--dry-run` need no privileges",
     ))

@@ -148,7 +148,7 @@ pub fn check_fq() -> Result<()> {
     .map_err(|_| anyhow::anyhow!("the sch_fq probe thread panicked"))?;
     outcome.map_err(|e| {
         Failure::environment(
-            format!("delay and rate need the sch_fq qdisc, and this kernel cannot create one ({e})"),
+            format!("delay and rate need the sch_fq qdisc, and this kernel has no sch_fq (creating one failed: {e})"),
             "load it (`modprobe sch_fq`) or use a kernel with CONFIG_NET_SCH_FQ; loss, partition and blackhole work without it",
         )
         .into()
