@@ -89,18 +89,29 @@ pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
 /// opens any file, and entering /etc/hostname fails later with EINVAL (exit 1).
 pub fn open_netns(name: &str) -> Result<Netns> {
     let path = netns::path_for(name);
+    let not_a_namespace = || {
+        Failure::input(
+            format!("netns:{}: {} is not a network namespace", crate::spec::shorten(name, 80), path.display()),
+            "name a namespace from `ip netns list`, or give /proc/PID/ns/net or a bind mount of one",
+        )
+    };
+    // Namespace files are regular (empty) files; opening a FIFO would block forever
+    // and a device could be anything.
+    if fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_a_namespace().into());
+    }
     let netns = Netns::open(&path).map_err(|e| {
         Failure::environment(
-            format!("network namespace '{name}' cannot be opened at {}: {e}", path.display()),
+            format!(
+                "network namespace '{}' cannot be opened at {}: {e}",
+                crate::spec::shorten(name, 80),
+                path.display()
+            ),
             "create it (`ip netns add NAME`) or name an existing one (`ip netns list`), or give a path such as /proc/PID/ns/net",
         )
     })?;
     if !is_network_namespace(&netns) {
-        return Err(Failure::input(
-            format!("netns:{name}: {} is not a network namespace", path.display()),
-            "name a namespace from `ip netns list`, or give /proc/PID/ns/net or a bind mount of one",
-        )
-        .into());
+        return Err(not_a_namespace().into());
     }
     Ok(netns)
 }
@@ -419,4 +430,32 @@ pub fn veth_peers(spec: &TargetSpec, target: &Resolved) -> Result<Vec<Resolved>>
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A symlink loop and deep nesting: the walk ends, bounded, without following links.
+    #[test]
+    fn member_walk_is_bounded_and_follows_no_symlinks() {
+        let dir = std::env::temp_dir().join(format!("chaos-cgroup-walk-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut deep = dir.clone();
+        for i in 0..100 {
+            deep = deep.join(format!("d{i}"));
+        }
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(dir.join("cgroup.procs"), "1\n").unwrap();
+        fs::write(dir.join("d0").join("cgroup.procs"), "2\n").unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("d0").join("loop")).unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("loop")).unwrap();
+        let start = std::time::Instant::now();
+        let pids = Cgroup { dir: dir.clone(), id: 0, level: 1 }.member_pids();
+        let _ = fs::remove_dir_all(&dir);
+        let mut pids = pids.unwrap();
+        pids.sort();
+        assert_eq!(pids, [1, 2], "each directory once, links not followed");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
 }

@@ -233,10 +233,19 @@ pub fn input_targets_are_checked_before_anything_changes() {
     };
     let empty = TestCgroup::new("input-empty");
     let empty_target = format!("cgroup:{}", empty.relative);
+    // A FIFO as a namespace path blocked the open forever.
+    let scratch = Scratch::new("targets");
+    let fifo = scratch.0.join("ns-fifo");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let fifo_target = format!("netns:{}", fifo.display());
     for (target, expect) in [
         ("cgroup:../..", "contains '..'"),
         ("cgroup:/sys/fs/cgroup/../../etc", "contains '..'"),
         ("netns:/etc/hostname", "is not a network namespace"),
+        (fifo_target.as_str(), "is not a network namespace"),
+        ("netns:/dev/zero", "is not a network namespace"),
         (empty_target.as_str(), "has no processes"),
         ("netns:cet-input-missing", "cet-input-missing"),
         ("iface:0123456789abcdef", "not an interface name"),
