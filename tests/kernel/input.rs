@@ -10,6 +10,14 @@ use std::{
 
 use crate::support::*;
 
+pub const TESTS: &[Test] = tests![
+    input_scenario_files_are_bounded,
+    input_values_and_limits_are_checked_up_front,
+    input_targets_are_checked_before_anything_changes,
+    input_missing_privileges_are_named,
+    input_root_in_a_user_namespace_is_not_privileged,
+];
+
 /// A scratch directory for scenario files, removed on drop.
 struct Scratch(PathBuf);
 
@@ -69,6 +77,7 @@ fn children_max_rss_kib() -> i64 {
 /// memory), 400 KB of nested brackets (82 s of CPU), custom tags. Each is refused in
 /// under a second by validate, plan, run --dry-run and run.
 pub fn input_scenario_files_are_bounded() {
+    require_root();
     let scratch = Scratch::new("files");
     let fifo = scratch.0.join("fifo.yaml");
     let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
@@ -107,6 +116,7 @@ pub fn input_scenario_files_are_bounded() {
 /// overflowed), their sum, protected ranges, peers. All refused up front, also by a
 /// dry run.
 pub fn input_values_and_limits_are_checked_up_front() {
+    require_root();
     let pair = Pair::new("inval");
     let target = pair.target();
     let loss = ["inject", "loss", "--target", &target, "--probability", "0.1"];
@@ -222,6 +232,7 @@ impl Drop for FarEnds {
 /// step that needs more than 32 rules in one namespace (hit mid-run), delay without
 /// sch_fq in a dry run.
 pub fn input_targets_are_checked_before_anything_changes() {
+    require_root();
     let loss = ["--probability", "0.1", "--duration", "1s"];
     let inject = |target: &str, dry: bool| {
         let mut args = vec!["inject", "loss", "--target", target];
@@ -308,6 +319,7 @@ pub fn input_targets_are_checked_before_anything_changes() {
 /// cleanup are exit 2 naming what is missing (cleanup used to say "clean"); a dry run
 /// does what it can, says what it could not, and is exit 0.
 pub fn input_missing_privileges_are_named() {
+    require_root();
     let pair = Pair::new("inpriv");
     let target = pair.target();
     let run = ["inject", "loss", "--target", &target, "--probability", "0.1", "--duration", "1s"];
@@ -342,11 +354,21 @@ pub fn input_missing_privileges_are_named() {
         Duration::from_secs(5),
     );
 
+    assert!(!pair.qdiscs(&pair.a, "va").contains("clsact"));
+}
+
+/// euid 0 in a user namespace (`unshare -U -r`) holds every capability there and none
+/// that the BPF and TC checks count: running faults, status and cleanup are exit 2
+/// naming the user namespace, not exit 1 half-way.
+pub fn input_root_in_a_user_namespace_is_not_privileged() {
+    require_root();
+    let pair = Pair::new("inuserns");
+    let target = pair.target();
+    let run = ["inject", "loss", "--target", &target, "--probability", "0.1", "--duration", "1s"];
     // euid 0 in a user namespace holds every capability there, none that counts.
     let probe = Command::new("unshare").args(["-U", "-r", "true"]).stderr(Stdio::null()).status();
     if !probe.is_ok_and(|s| s.success()) {
-        println!("skipped: this kernel does not allow unprivileged user namespaces (unshare -U -r true failed)");
-        return;
+        skip("this kernel does not allow user namespaces (`unshare -U -r true` failed)");
     }
     for command in [vec!["cleanup"], vec!["status"], run.to_vec()] {
         let start = Instant::now();
