@@ -251,10 +251,12 @@ pub fn input_targets_are_checked_before_anything_changes() {
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
     let fifo_target = format!("netns:{}", fifo.display());
+    // A regular file such as /etc/hostname (which the VMs lack): exit 1 at setns before.
+    let plain_target = format!("netns:{}", scratch.write("hostname", "host\n"));
     for (target, expect) in [
         ("cgroup:../..", "contains '..'"),
         ("cgroup:/sys/fs/cgroup/../../etc", "contains '..'"),
-        ("netns:/etc/hostname", "is not a network namespace"),
+        (plain_target.as_str(), "is not a network namespace"),
         (fifo_target.as_str(), "is not a network namespace"),
         ("netns:/dev/zero", "is not a network namespace"),
         (empty_target.as_str(), "has no processes"),
