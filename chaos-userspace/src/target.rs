@@ -280,7 +280,8 @@ impl Cgroup {
         // Resolved (the kernel bounds symlink chains with ELOOP) and checked to stay in
         // the mount and to be a cgroup2 directory.
         let real = fs::canonicalize(&dir).map_err(not_found)?;
-        let Ok(below_root) = real.strip_prefix(&root) else {
+        let real_root = fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+        let Ok(below_root) = real.strip_prefix(&real_root) else {
             return Err(Failure::input(
                 format!(
                     "cgroup '{}' resolves to {}, outside the cgroup2 mount {}",
