@@ -45,15 +45,55 @@ pub fn exit_code(error: &anyhow::Error) -> i32 {
     }
 }
 
-/// Fails with exit 2 unless running as root: loading BPF programs and attaching them
-/// to interfaces needs CAP_BPF and CAP_NET_ADMIN.
+/// Fails with exit 2 unless the process holds what loading, attaching and inspecting
+/// TC programs needs (see `missing_privileges`). Kept under this name for its callers;
+/// it checks capabilities, not the uid.
 pub fn require_root(action: &str) -> Result<(), Failure> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(Failure::environment(
-            format!("{action} needs root (CAP_BPF and CAP_NET_ADMIN to load and attach TC programs)"),
-            "run it as root, e.g. `sudo chaos-ebpf ...`; `validate`, `plan` and `--dry-run` need no privileges",
-        ));
+    let missing = missing_privileges();
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(Failure::environment(
+        format!(
+            "{action} needs root: CAP_SYS_ADMIN and CAP_NET_ADMIN in the host's user namespace; {}",
+            missing.join("; ")
+        ),
+        "run it as root, e.g. `sudo chaos-ebpf ...` (not in a user namespace or rootless container); \
+         `validate`, `plan` and `--dry-run` need no privileges",
+    ))
+}
+
+/// What the process lacks, each as a short phrase (empty: nothing). CAP_SYS_ADMIN:
+/// entering target network namespaces (setns) and reading BPF objects by id (status,
+/// cleanup), and it covers CAP_BPF; CAP_NET_ADMIN: TC attachments and qdiscs. Both
+/// must be effective capabilities of the initial user namespace: the BPF and netlink
+/// checks ignore capabilities held inside a user namespace (euid 0 in `unshare -U -r`).
+pub fn missing_privileges() -> Vec<String> {
+    let mut missing = Vec::new();
+    if let Some(map) = user_namespace_uid_map() {
+        missing.push(format!("this process is in a user namespace (uid_map '{map}'), whose capabilities do not count"));
+    }
+    let effective = caps::read(None, caps::CapSet::Effective).unwrap_or_default();
+    let lacking: Vec<&str> =
+        [(caps::Capability::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"), (caps::Capability::CAP_NET_ADMIN, "CAP_NET_ADMIN")]
+            .into_iter()
+            .filter(|(cap, _)| !effective.contains(cap))
+            .map(|(_, name)| name)
+            .collect();
+    if !lacking.is_empty() {
+        missing.push(format!("missing effective capabilities: {}", lacking.join(", ")));
+    }
+    missing
+}
+
+/// The uid map when the process is not in the initial user namespace, whose map is
+/// the identity over all 2^32-1 ids.
+fn user_namespace_uid_map() -> Option<String> {
+    let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    if fields == ["0", "0", "4294967295"] {
+        None
+    } else {
+        Some(crate::spec::shorten(&fields.join(" "), 60))
+    }
 }

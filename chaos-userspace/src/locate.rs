@@ -1,10 +1,122 @@
 //! Finding where a value sits in a YAML file, so validation errors that serde cannot see
-//! (a probability above 1, an unknown target name) still say file:line:column.
+//! (a probability above 1, an unknown target name) still say file:line:column; and
+//! bounding what a YAML document may cost before serde_yaml builds it.
 
 use yaml_rust2::{
     parser::{Event, MarkedEventReceiver, Parser},
     scanner::Marker,
 };
+
+/// Deepest nesting of mappings and sequences a scenario may have. Real scenarios nest
+/// 4 deep; serde_yaml's own limit (128) only applies after libyaml has parsed the whole
+/// document, which for deep flow nesting is quadratic (400 KB of `[` took 82 s).
+pub const MAX_DEPTH: usize = 64;
+
+/// Most nodes a document may have once aliases are expanded. serde_yaml bounds alias
+/// *jumps* (100 per event) but not what each jump copies, so nested aliases (a
+/// "billion laughs") grow exponentially within that bound; counting expanded nodes
+/// stops them. The largest sample scenario has a few hundred nodes.
+pub const MAX_NODES: u64 = 250_000;
+
+/// Why a document was refused by `check_costs`, with the 1-based position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostError {
+    pub line: usize,
+    pub column: usize,
+    pub problem: String,
+    pub fix: String,
+}
+
+/// Streams the document's events (yaml-rust2 parses without recursion) and refuses,
+/// at the first event that crosses a limit: nesting deeper than `MAX_DEPTH`, more than
+/// `MAX_NODES` nodes after alias expansion, an alias to the node that contains it, and
+/// any tag (`!foo`, `!!str`: scenario fields have fixed types, and serde_yaml would take
+/// an unknown tag for an enum variant). A syntax error is reported here too, so that no
+/// document reaches serde_yaml unchecked.
+pub fn check_costs(source: &str) -> Result<(), CostError> {
+    let error = |mark: Marker, problem: String, fix: &str| CostError {
+        line: mark.line().max(1),
+        column: mark.col() + 1,
+        problem,
+        fix: fix.into(),
+    };
+    let mut parser = Parser::new_from_str(source);
+    // Expanded size of each anchored node, by anchor id (ids are unique per document).
+    let mut anchor_sizes: std::collections::HashMap<usize, u64> = std::collections::HashMap::new();
+    // Open collections: anchor id and the node count when they started.
+    let mut open: Vec<(usize, u64)> = Vec::new();
+    let mut nodes: u64 = 0;
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| {
+            let m = *e.marker();
+            if e.info().contains("recursion limit") {
+                // yaml-rust2's own nesting bound, met before ours in flow collections.
+                return error(
+                    m,
+                    format!("the document nests deeper than {MAX_DEPTH} levels"),
+                    "a scenario nests 4 levels deep; look for unbalanced [ or {",
+                );
+            }
+            error(m, format!("YAML syntax: {}", e.info()), "fix the YAML syntax at this position")
+        })?;
+        let tag = match &event {
+            Event::Scalar(_, _, _, tag) | Event::SequenceStart(_, tag) | Event::MappingStart(_, tag) => tag.as_ref(),
+            _ => None,
+        };
+        if let Some(tag) = tag {
+            return Err(error(
+                mark,
+                format!("YAML tag '{}' is not supported", crate::spec::shorten(&format!("{}{}", tag.handle, tag.suffix), 40)),
+                "remove the tag: scenario values are plain strings, numbers and lists (quote a value to make it a string)",
+            ));
+        }
+        match event {
+            Event::StreamEnd => return Ok(()),
+            Event::Scalar(_, _, anchor, _) => {
+                nodes += 1;
+                if anchor > 0 {
+                    anchor_sizes.insert(anchor, 1);
+                }
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                nodes += 1;
+                open.push((anchor, nodes - 1));
+                if open.len() > MAX_DEPTH {
+                    return Err(error(
+                        mark,
+                        format!("the document nests deeper than {MAX_DEPTH} levels"),
+                        "a scenario nests 4 levels deep; look for unbalanced [ or {",
+                    ));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((anchor, start)) = open.pop() {
+                    if anchor > 0 {
+                        anchor_sizes.insert(anchor, nodes - start);
+                    }
+                }
+            }
+            Event::Alias(anchor) => {
+                let Some(size) = anchor_sizes.get(&anchor) else {
+                    return Err(error(
+                        mark,
+                        "an alias refers to the node that contains it (a recursive document)".into(),
+                        "remove the alias or point it at a node defined before it",
+                    ));
+                };
+                nodes = nodes.saturating_add(*size);
+            }
+            _ => {}
+        }
+        if nodes > MAX_NODES {
+            return Err(error(
+                mark,
+                format!("the document has more than {MAX_NODES} nodes once its aliases (*name) are expanded"),
+                "write the scenario without nested aliases; a scenario needs a few hundred nodes",
+            ));
+        }
+    }
+}
 
 /// One step of a path into the document: a mapping key or a sequence index.
 #[derive(Debug, Clone, PartialEq, Eq)]

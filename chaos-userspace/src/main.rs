@@ -11,6 +11,7 @@ mod netlink;
 mod netns;
 mod output;
 mod plan;
+mod preflight;
 mod runner;
 mod scenario;
 mod spec;
@@ -51,6 +52,10 @@ Examples:
   sudo chaos-ebpf status --output json
   sudo chaos-ebpf cleanup
 
+Durations: 500ms, 30s, 5m, 1h, 2d or 1m30s; at most 7 days each and for a whole run.
+Running faults, status and cleanup need root (CAP_SYS_ADMIN and CAP_NET_ADMIN in the
+host's user namespace); validate, plan and --dry-run need none.
+
 Exit codes: 0 success; 1 the experiment failed or was interrupted (faults reverted);
 2 bad input or an environment that cannot do what was asked (nothing was changed).";
 
@@ -75,7 +80,8 @@ enum Command {
         /// Use this seed instead of the scenario's.
         #[arg(long)]
         seed: Option<u64>,
-        /// Validate and print the plan, change nothing.
+        /// Run every check a run does (targets, limits, sch_fq, privileges) and print the
+        /// plan; change nothing.
         #[arg(long)]
         dry_run: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -192,7 +198,7 @@ struct CommonArgs {
     /// for cgroup and pid targets].
     #[arg(long, value_parser = parse_with::<Direction>)]
     direction: Option<Direction>,
-    /// How long the fault lasts (500ms, 30s, 5m, 1h).
+    /// How long the fault lasts (500ms, 30s, 5m, 1h; at most 7d).
     #[arg(long, value_parser = spec::parse_duration)]
     duration: Duration,
     /// Seed of every drop decision; the same seed and traffic give the same drops.
@@ -203,7 +209,7 @@ struct CommonArgs {
     #[arg(long)]
     shadow: bool,
     /// How long a rule survives without renewal (if chaos-ebpf hangs, the fault ends
-    /// after this).
+    /// after this); 300ms..5m.
     #[arg(long, value_parser = spec::parse_duration, default_value = "3s")]
     lease: Duration,
     /// TC attachment: auto (TCX on >= 6.6, else netlink), tcx, netlink.
@@ -215,7 +221,8 @@ struct CommonArgs {
     /// Fault protected traffic too (SSH tcp:22, the Kubernetes API tcp:6443).
     #[arg(long)]
     force: bool,
-    /// Validate and print the plan, change nothing.
+    /// Run every check a run does (target, limits, sch_fq, privileges) and print the
+    /// plan; change nothing.
     #[arg(long)]
     dry_run: bool,
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -225,6 +232,10 @@ struct CommonArgs {
 fn parse_with<T: std::str::FromStr<Err = BadValue>>(s: &str) -> Result<T, String> {
     s.parse::<T>().map_err(|e| format!("{}\n  fix: {}", e.problem, e.fix))
 }
+
+/// Longest error line printed; messages are built short, this is the backstop for text
+/// that comes from elsewhere (the kernel, a library, a path).
+const MAX_ERROR_LINE: usize = 300;
 
 fn main() -> ExitCode {
     // Runs and injections catch Ctrl-C from their first moment (runner.rs); other
@@ -236,14 +247,31 @@ fn main() -> ExitCode {
             return ExitCode::from(error::EXIT_FAILED as u8);
         }
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap echoes the offending value; keep its lines short too (help and
+            // version are printed as they are).
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            output::err(&clip_lines(&e.render().to_string()));
+            return ExitCode::from(error::EXIT_USAGE as u8);
+        }
+    };
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            output::err(&format!("chaos-ebpf: error: {e:#}"));
+            output::err(&clip_lines(&format!("chaos-ebpf: error: {e:#}")));
             ExitCode::from(exit_code(&e) as u8)
         }
     }
+}
+
+/// Every line cut to `MAX_ERROR_LINE` characters.
+fn clip_lines(text: &str) -> String {
+    text.lines().map(|line| spec::shorten(line, MAX_ERROR_LINE - 3)).collect::<Vec<_>>().join("\n")
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {
@@ -302,10 +330,28 @@ fn print_plan(plan: &Plan, output: Output) {
 }
 
 fn execute(plan: &Plan, dry_run: bool, output: Output, command: String) -> Result<i32> {
+    // The same checks for a dry run and a run: what one accepts, the other does.
+    let checked = preflight::check(plan, dry_run)?;
     if dry_run {
+        for (target, resolved) in &checked.resolved {
+            for r in resolved {
+                let names = spec::list_some(r.interfaces.iter().map(|i| &i.name), 8);
+                eprintln!("chaos-ebpf: dry run: {target} resolves to {} ({names})", r.netns.path.display());
+            }
+        }
+        if !checked.missing_privileges.is_empty() {
+            eprintln!(
+                "chaos-ebpf: dry run without privileges ({}): a run would fail with exit 2",
+                checked.missing_privileges.join("; ")
+            );
+        }
+        for what in &checked.unchecked {
+            eprintln!("chaos-ebpf: dry run: not checked without privileges: {what}");
+        }
         print_plan(plan, output);
         return Ok(0);
     }
+    drop(checked);
     let report = runner::run(plan, &runner::RunOptions { command, progress: true })?;
     match output {
         Output::Json => output::out(&serde_json::to_string_pretty(&report)?),
@@ -379,5 +425,14 @@ fn inject_plan(fault: InjectFault) -> Result<(Plan, bool, Output)> {
             faults: vec![PlannedFault { rule_id: 1, spec }],
         }],
     };
+    plan.check_limits().map_err(|e| {
+        let flag = match e.field {
+            "protect" => "--protect",
+            "peers" => "--peer",
+            "duration" => "--duration",
+            _ => "the fault",
+        };
+        Failure::input(format!("{flag}: {}", e.problem), e.fix)
+    })?;
     Ok((plan, common.dry_run, common.output))
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     lab::LabSpec,
     loader::AttachMode,
-    spec::{self, BadValue, FaultSpec, PortRange},
+    spec::{self, shorten, BadValue, FaultSpec, PortRange},
 };
 
 /// How long a rule outlives its last renewal. The runner renews every third of it.
@@ -47,7 +47,7 @@ impl FromStr for Protect {
             Some(("udp", p)) => ("udp", p),
             _ => {
                 return Err(BadValue {
-                    problem: format!("'{s}' is not a protected port range"),
+                    problem: format!("'{}' is not a protected port range", shorten(s, 60)),
                     fix: "write tcp:PORT, tcp:LO-HI or udp:PORT (e.g. tcp:22)".into(),
                 })
             }
@@ -92,9 +92,81 @@ pub struct Plan {
     pub steps: Vec<PlannedStep>,
 }
 
+/// A plan that asks for more than the kernel maps hold, found before anything is
+/// touched. `step` is the index of the offending step (None: the whole plan).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitError {
+    pub step: Option<usize>,
+    /// The scenario key the problem belongs to (`protect`, `peers`, `steps`, `fault`).
+    pub field: &'static str,
+    pub problem: String,
+    pub fix: String,
+}
+
 impl Plan {
+    /// Sum of the step durations (saturating: plans are bounded by `check_limits`).
     pub fn total_duration(&self) -> Duration {
-        self.steps.iter().map(|s| s.duration).sum()
+        self.steps.iter().fold(Duration::ZERO, |sum, s| sum.saturating_add(s.duration))
+    }
+
+    /// Every limit that does not depend on the machine: protected ranges (one map of
+    /// `MAX_PROTECTED` entries), faults active at once (each installs one rule per
+    /// namespace it resolves to, `MAX_RULES` slots), peers of the faults active at once
+    /// (one LPM trie of `MAX_PEERS` entries per namespace), and the total duration.
+    /// `preflight` checks the same per namespace once targets resolve.
+    pub fn check_limits(&self) -> Result<(), LimitError> {
+        if self.protect.len() > common::MAX_PROTECTED as usize {
+            return Err(LimitError {
+                step: None,
+                field: "protect",
+                problem: format!(
+                    "{} protected port ranges (the 2 defaults tcp:22 and tcp:6443 count); at most {}",
+                    self.protect.len(),
+                    common::MAX_PROTECTED
+                ),
+                fix: "merge adjacent ranges (tcp:8000-8100), or drop the defaults with force".into(),
+            });
+        }
+        let mut total = Duration::ZERO;
+        for (i, step) in self.steps.iter().enumerate() {
+            total =
+                total.checked_add(step.duration).filter(|t| *t <= spec::MAX_DURATION).ok_or_else(|| LimitError {
+                    step: Some(i),
+                    field: "duration",
+                    problem: format!(
+                        "the steps up to '{}' last longer than the maximum of 7 days",
+                        shorten(&step.name, 40)
+                    ),
+                    fix: "shorten the steps; a run lasts at most 7d".into(),
+                })?;
+            if step.faults.len() > common::MAX_RULES as usize {
+                return Err(LimitError {
+                    step: Some(i),
+                    field: "fault",
+                    problem: format!(
+                        "step '{}' has {} faults at once; at most {} rules fit one network namespace",
+                        shorten(&step.name, 40),
+                        step.faults.len(),
+                        common::MAX_RULES
+                    ),
+                    fix: "spread the faults over more steps".into(),
+                });
+            }
+            let peers: usize = step.faults.iter().map(|f| f.spec.peers.len()).sum();
+            if peers > common::MAX_PEERS as usize {
+                return Err(LimitError {
+                    step: Some(i),
+                    field: "peers",
+                    problem: format!(
+                        "step '{}' lists {peers} peers; at most {} fit one network namespace",
+                        shorten(&step.name, 40),
+                        common::MAX_PEERS
+                    ),
+                    fix: "cover the peers with wider prefixes (192.0.2.0/24 instead of 256 addresses)".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The seed to use: the plan's, or one drawn from the clock.

@@ -12,7 +12,15 @@
 //!   - { name: lossy, fault: loss, target: n1, probability: 0.3, duration: 5s }
 //! ```
 
-use std::{collections::BTreeMap, fmt, path::Path, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    io::Read,
+    os::unix::fs::{FileTypeExt, OpenOptionsExt},
+    path::Path,
+    str::FromStr,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -26,6 +34,9 @@ use crate::{
 
 /// Most steps one scenario may have; a typo'd generator should not plan a year.
 const MAX_STEPS: usize = 1000;
+
+/// Largest scenario file read (1 MiB); the largest sample is under 2 KB.
+pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,34 +101,115 @@ pub struct ScenarioError {
 
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}\n  fix: {}", self.file, self.line, self.column, self.problem, self.fix)
+        if self.line == 0 {
+            // About the file as a whole (cannot read it, not a regular file, too big).
+            write!(f, "{}: {}\n  fix: {}", self.file, self.problem, self.fix)
+        } else {
+            write!(f, "{}:{}:{}: {}\n  fix: {}", self.file, self.line, self.column, self.problem, self.fix)
+        }
     }
 }
 
 impl std::error::Error for ScenarioError {}
 
-/// Reads and validates a scenario file.
+/// Reads and validates a scenario file: a regular file of at most `MAX_SCENARIO_BYTES`.
 pub fn load(path: &Path) -> Result<Plan, ScenarioError> {
-    let file = path.display().to_string();
-    let source = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+    let file = crate::spec::shorten(&path.display().to_string(), 120);
+    let source = read_regular_file(path).map_err(|(problem, fix)| ScenarioError {
         file: file.clone(),
         line: 0,
         column: 0,
-        problem: format!("cannot read the scenario: {e}"),
-        fix: "give the path of a YAML scenario (see scenarios/ for examples)".into(),
+        problem,
+        fix: fix.into(),
     })?;
     parse(&file, &source)
 }
 
+/// The text of a regular file, read without blocking: opened with O_NONBLOCK so that a
+/// FIFO without a writer cannot hang the open, then refused by type (FIFO, device,
+/// directory, socket) before anything is read, and read to at most the size limit (a
+/// file that grows meanwhile is refused, not read without end).
+fn read_regular_file(path: &Path) -> Result<String, (String, &'static str)> {
+    let fix = "give the path of a YAML scenario file (see scenarios/ for examples)";
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| (format!("cannot open the scenario: {e}"), fix))?;
+    let meta = opened.metadata().map_err(|e| (format!("cannot stat the scenario: {e}"), fix))?;
+    let kind = meta.file_type();
+    let not_regular = if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        None
+    };
+    if let Some(what) = not_regular {
+        return Err((
+            format!("the scenario is {what}, not a regular file"),
+            "save the scenario to a regular file and give its path (pipes and devices are not read)",
+        ));
+    }
+    let too_big = |size: u64| {
+        (
+            format!("the scenario is {size} bytes; at most {MAX_SCENARIO_BYTES} (1 MiB)"),
+            "a scenario is a few KB: split it, or use wider prefixes instead of long peer lists",
+        )
+    };
+    if meta.len() > MAX_SCENARIO_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::new();
+    opened
+        .take(MAX_SCENARIO_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| (format!("cannot read the scenario: {e}"), fix))?;
+    if bytes.len() as u64 > MAX_SCENARIO_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        (format!("the scenario is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()), fix)
+    })
+}
+
 pub fn parse(file: &str, source: &str) -> Result<Plan, ScenarioError> {
+    if source.len() as u64 > MAX_SCENARIO_BYTES {
+        return Err(ScenarioError {
+            file: file.into(),
+            line: 0,
+            column: 0,
+            problem: format!("the scenario is {} bytes; at most {MAX_SCENARIO_BYTES} (1 MiB)", source.len()),
+            fix: "a scenario is a few KB: split it".into(),
+        });
+    }
+    // Bounded first: serde_yaml would build deep or alias-bombed documents in full.
+    crate::locate::check_costs(source).map_err(|e| ScenarioError {
+        file: file.into(),
+        line: e.line,
+        column: e.column,
+        problem: e.problem,
+        fix: e.fix,
+    })?;
     let raw: RawScenario = serde_yaml::from_str(source).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = e.to_string();
         // serde_yaml appends " at line L column C"; the position is printed up front.
-        let problem = message.split(" at line ").next().unwrap_or(&message).to_owned();
+        let problem = message.split(" at line ").next().unwrap_or(&message);
+        let problem = crate::spec::shorten(problem, 200);
         ScenarioError { file: file.into(), line, column, fix: fix_for_serde(&problem), problem }
     })?;
-    Validator { file, source }.validate(raw)
+    let validator = Validator { file, source };
+    let plan = validator.validate(raw)?;
+    plan.check_limits().map_err(|e| match e.step {
+        Some(i) => validator.error(&[Seg::Key("steps"), Seg::Index(i), Seg::Key(e.field)], e.problem, e.fix),
+        None => validator.error(&[Seg::Key(e.field)], e.problem, e.fix),
+    })?;
+    Ok(plan)
 }
 
 fn fix_for_serde(problem: &str) -> String {
@@ -159,7 +251,7 @@ impl Validator<'_> {
                 if d < Duration::from_millis(300) || d > Duration::from_secs(300) {
                     return Err(self.error(
                         &[Seg::Key("lease")],
-                        format!("lease {text} is outside 300ms..5m"),
+                        format!("lease {} is outside 300ms..5m", spec::shorten(text, 40)),
                         "a lease is how long faults outlive a hung chaos-ebpf; 1s-30s is typical",
                     ));
                 }
@@ -181,7 +273,7 @@ impl Validator<'_> {
                     file: self.file.into(),
                     line,
                     column,
-                    problem: format!("target '{name}': {}", e.problem),
+                    problem: format!("target '{}': {}", spec::shorten(name, 40), e.problem),
                     fix: e.fix,
                 }
             })?;
@@ -225,7 +317,7 @@ impl Validator<'_> {
                     None => {
                         return Err(self.error(
                             &at("fault"),
-                            format!("step '{name}' has no target"),
+                            format!("step '{}' has no target", spec::shorten(&name, 40)),
                             "add target: NAME (from targets:) or KIND:VALUE",
                         ))
                     }
@@ -233,13 +325,13 @@ impl Validator<'_> {
                         Some(spec) => spec.clone(),
                         None if t.contains(':') => self.parse_at(&at("target"), t)?,
                         None => {
-                            let known: Vec<_> = targets.keys().map(String::as_str).collect();
+                            let known = spec::list_some(targets.keys().map(|k| spec::shorten(k, 20)), 5);
                             return Err(self.error(
                                 &at("target"),
-                                format!("unknown target '{t}'"),
+                                format!("unknown target '{}'", spec::shorten(t, 40)),
                                 format!(
                                     "use one of the names under targets: ({}) or write KIND:VALUE ({})",
-                                    known.join(", "),
+                                    known,
                                     TargetSpec::KINDS
                                 ),
                             ));
@@ -300,8 +392,15 @@ impl Validator<'_> {
                     "remove them, or name a fault",
                 ));
             }
+            let next = start.checked_add(duration).filter(|end| *end <= spec::MAX_DURATION).ok_or_else(|| {
+                self.error(
+                    &at("duration"),
+                    format!("the steps up to '{}' last longer than the maximum of 7 days", spec::shorten(&name, 40)),
+                    "shorten the steps; a scenario runs at most 7d",
+                )
+            })?;
             steps.push(PlannedStep { name, start, duration, faults });
-            start += duration;
+            start = next;
         }
         Ok(Plan {
             name: raw.name.unwrap_or_else(|| "scenario".into()),
@@ -388,5 +487,282 @@ mod tests {
 
         let e = err("targets:\n  a: host:x\nsteps:\n  - {fault: none, duration: 1s}\n");
         assert_eq!(e.line, 2, "{e}");
+    }
+
+    /// Every line of an error as the CLI prints it stays short.
+    fn assert_short(e: &ScenarioError) {
+        for line in e.to_string().lines() {
+            assert!(line.len() <= 300, "line of {} chars: {}", line.len(), &line[..200]);
+        }
+    }
+
+    fn fails_fast(src: &str) -> ScenarioError {
+        let start = std::time::Instant::now();
+        let e = err(src);
+        assert!(start.elapsed() < Duration::from_secs(1), "took {:?}: {e}", start.elapsed());
+        assert_short(&e);
+        e
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_fail_fast() {
+        // Ten levels of ten aliases each: 10^10 nodes once expanded, 600 bytes of text.
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            bomb += &format!("a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 10].join(", "));
+        }
+        bomb += "steps: [{fault: none, duration: 1s}]\n";
+        let e = fails_fast(&bomb);
+        assert!(e.problem.contains("aliases"), "{e}");
+
+        // 400 KB of nested brackets (82 s of CPU in libyaml before this check).
+        let e = fails_fast(&format!("steps: {}{}\n", "[".repeat(200_000), "]".repeat(200_000)));
+        assert!(e.problem.contains("nests deeper"), "{e}");
+        let e = fails_fast(&format!("steps: {}1{}\n", "{a: ".repeat(100_000), "}".repeat(100_000)));
+        assert!(e.problem.contains("nests deeper"), "{e}");
+        let mut block = String::from("steps:\n");
+        for depth in 0..100 {
+            block += &format!("{}- \n", "  ".repeat(depth));
+        }
+        fails_fast(&block);
+
+        // An alias inside the node it names.
+        let e = fails_fast("steps: &s [*s]\n");
+        assert!(e.problem.contains("alias"), "{e}");
+        // A few aliases that expand to little are fine.
+        let ok =
+            "targets: {a: netns:x}\nsteps:\n  - &p {fault: loss, target: a, probability: 0.1, duration: 1s}\n  - *p\n";
+        assert_eq!(parse("s.yaml", ok).unwrap().steps.len(), 2);
+    }
+
+    #[test]
+    fn tags_are_refused() {
+        for src in ["steps:\n  - fault: !foo loss\n    duration: 1s\n", "steps: !!seq []\n", "!x {steps: []}\n"] {
+            let e = fails_fast(src);
+            assert!(e.problem.contains("tag"), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations_and_sums_are_bounded() {
+        for duration in ["1e20", "1e19", "8d", "169h", "99999999999999999999s", "inf", "NaN"] {
+            let e = fails_fast(&format!("steps:\n  - {{fault: none, duration: {duration}}}\n"));
+            assert_eq!(e.line, 2, "{e}");
+        }
+        let e = fails_fast(&format!("steps:\n{}", "  - {fault: none, duration: 100h}\n".repeat(3)));
+        assert!(e.problem.contains("7 days"), "{e}");
+        let e = fails_fast("lease: 1e20\nsteps: [{fault: none, duration: 1s}]\n");
+        assert_eq!(e.line, 1, "{e}");
+        let plan = parse("s.yaml", "steps: [{fault: none, duration: 7d}]\n").unwrap();
+        assert_eq!(plan.total_duration(), spec::MAX_DURATION);
+    }
+
+    #[test]
+    fn limits_are_checked_before_anything_runs() {
+        let peers: Vec<String> = (0..4097).map(|i| format!("10.{}.{}.1", i / 256, i % 256)).collect();
+        let e = fails_fast(&format!(
+            "steps:\n  - fault: partition\n    target: netns:a\n    peers: [{}]\n    duration: 1s\n",
+            peers.join(", ")
+        ));
+        assert!(e.problem.contains("4097 peers") && e.problem.contains("4096"), "{e}");
+        assert_eq!(e.line, 4, "{e}");
+        let e = fails_fast(
+            "protect: [tcp:1, tcp:2, tcp:3, tcp:4, tcp:5, tcp:6, tcp:7]\nsteps: [{fault: none, duration: 1s}]\n",
+        );
+        assert!(e.problem.contains("9 protected port ranges"), "{e}");
+        // With force the defaults go, and 7 fit.
+        parse(
+            "s.yaml",
+            "force: true\nprotect: [tcp:1, tcp:2, tcp:3, tcp:4, tcp:5, tcp:6, tcp:7]\nsteps: [{fault: none, duration: 1s}]\n",
+        )
+        .unwrap();
+        // Long user text is shortened in messages.
+        let e = fails_fast(&format!("steps:\n  - {{fault: loss, target: {}, duration: 1s}}\n", "x".repeat(100_000)));
+        assert!(e.problem.contains("unknown target"), "{e}");
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = std::env::temp_dir().join(format!("chaos-scenario-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        struct Remove(std::path::PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _remove = Remove(dir.clone());
+        let fifo = dir.join("fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let big = dir.join("big.yaml");
+        std::fs::write(&big, format!("# {}\nsteps: [{{fault: none, duration: 1s}}]\n", "x".repeat(1 << 20))).unwrap();
+        for (path, expect) in [
+            (fifo.as_path(), "FIFO"),
+            (Path::new("/dev/zero"), "device"),
+            (dir.as_path(), "directory"),
+            (big.as_path(), "at most 1048576"),
+        ] {
+            let start = std::time::Instant::now();
+            let e = load(path).unwrap_err();
+            assert!(start.elapsed() < Duration::from_secs(1), "{}: {:?}", path.display(), start.elapsed());
+            assert!(e.problem.contains(expect), "{e}");
+            assert_short(&e);
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Pieces of YAML and of scenario values, good and bad, to string together.
+        fn token() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "[",
+                    "]",
+                    "{",
+                    "}",
+                    ": ",
+                    ", ",
+                    "\n",
+                    "  ",
+                    "- ",
+                    "&a ",
+                    "*a",
+                    "&b ",
+                    "*b",
+                    "!foo ",
+                    "!!str ",
+                    "'",
+                    "\"",
+                    "#",
+                    "---\n",
+                    "? ",
+                    "|\n",
+                    "steps",
+                    "fault",
+                    "loss",
+                    "none",
+                    "delay",
+                    "rate",
+                    "partition",
+                    "blackhole",
+                    "target",
+                    "targets",
+                    "duration",
+                    "probability",
+                    "peers",
+                    "protect",
+                    "lease",
+                    "ports",
+                    "proto",
+                    "tcp",
+                    "udp",
+                    "direction",
+                    "egress",
+                    "mode",
+                    "burst",
+                    "jitter",
+                    "netns:a",
+                    "cgroup:../..",
+                    "pid:0",
+                    "iface:eth0",
+                    "1e20",
+                    "1e19",
+                    "-1",
+                    "NaN",
+                    "inf",
+                    "0",
+                    "1s",
+                    "7d",
+                    "8d",
+                    "500ms",
+                    "1m30s",
+                    "0.5",
+                    "1.5",
+                    "30%",
+                    "192.0.2.0/24",
+                    "::/0",
+                    "fd00::1/129",
+                    "1-65535",
+                    "9-1",
+                    "10mbit",
+                    "tcp:22",
+                ])
+                .prop_map(str::to_owned),
+                "[a-z0-9:./\\-]{0,12}",
+                any::<u64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|n| n.to_string()),
+            ]
+        }
+
+        /// A scenario with one step whose values are drawn from odd ones.
+        fn scenario() -> impl Strategy<Value = String> {
+            (token(), token(), token(), token(), token(), prop::collection::vec(token(), 0..5)).prop_map(
+                |(fault, target, duration, value, lease, peers)| {
+                    format!(
+                        "lease: {lease}\ntargets: {{t: {target}}}\nsteps:\n  - fault: {fault}\n    target: {target}\n    duration: {duration}\n    probability: {value}\n    delay: {value}\n    ports: {value}\n    peers: [{}]\n",
+                        peers.join(", ")
+                    )
+                },
+            )
+        }
+
+        fn check(src: &str) {
+            let start = std::time::Instant::now();
+            let result = parse("s.yaml", src);
+            assert!(start.elapsed() < Duration::from_secs(1), "took {:?} on {src:?}", start.elapsed());
+            if let Err(e) = result {
+                assert_short(&e);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn token_soup_never_panics_or_hangs(tokens in prop::collection::vec(token(), 0..200)) {
+                check(&tokens.concat());
+            }
+
+            #[test]
+            fn odd_values_never_panic_or_hang(src in scenario()) {
+                check(&src);
+            }
+
+            #[test]
+            fn repeated_structures_stay_bounded(piece in token(), times in 1usize..50_000) {
+                // Long repetitions of one piece: nesting, aliases, huge scalars.
+                check(&format!("steps: {}", piece.repeat(times)));
+            }
+
+            #[test]
+            fn cli_values_never_panic(text in prop_oneof!["\\PC{0,64}", token(), "[0-9.e+-]{1,30}[a-z]{0,3}"]) {
+                let start = std::time::Instant::now();
+                let messages: Vec<String> = [
+                    spec::parse_duration(&text).err(),
+                    spec::parse_rate(&text).err(),
+                    spec::parse_probability(&text).err(),
+                    text.parse::<spec::Cidr>().err(),
+                    text.parse::<PortRange>().err(),
+                    text.parse::<TargetSpec>().err(),
+                    text.parse::<crate::plan::Protect>().err(),
+                ]
+                .into_iter()
+                .flatten()
+                .map(|e| format!("{}\n  fix: {}", e.problem, e.fix))
+                .collect();
+                prop_assert!(start.elapsed() < Duration::from_millis(100));
+                for m in messages {
+                    prop_assert!(m.lines().all(|l| l.len() <= 300), "{}", m);
+                }
+                if let Ok(d) = spec::parse_duration(&text) {
+                    prop_assert!(d <= spec::MAX_DURATION);
+                }
+            }
+        }
     }
 }

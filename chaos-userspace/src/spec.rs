@@ -67,9 +67,10 @@ impl FromStr for FaultKind {
             "blackhole" => Ok(FaultKind::Blackhole),
             "delay" => Ok(FaultKind::Delay),
             "rate" => Ok(FaultKind::Rate),
-            other => {
-                Err(BadValue::new(format!("unknown fault '{other}'"), format!("use one of: {}", FaultKind::NAMES)))
-            }
+            other => Err(BadValue::new(
+                format!("unknown fault '{}'", shorten(other, 60)),
+                format!("use one of: {}", FaultKind::NAMES),
+            )),
         }
     }
 }
@@ -94,7 +95,7 @@ impl FromStr for PartitionMode {
             "oneway" | "one-way" => Ok(PartitionMode::Oneway),
             "new" | "new-connections" => Ok(PartitionMode::New),
             other => Err(BadValue::new(
-                format!("unknown partition mode '{other}'"),
+                format!("unknown partition mode '{}'", shorten(other, 60)),
                 "use both, oneway (with --direction egress|ingress) or new (new TCP connections only)",
             )),
         }
@@ -130,9 +131,10 @@ impl FromStr for Proto {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
             "icmp" => Ok(Proto::Icmp),
-            other => {
-                Err(BadValue::new(format!("unknown protocol '{other}'"), "use tcp, udp, icmp (ICMP and ICMPv6) or any"))
-            }
+            other => Err(BadValue::new(
+                format!("unknown protocol '{}'", shorten(other, 60)),
+                "use tcp, udp, icmp (ICMP and ICMPv6) or any",
+            )),
         }
     }
 }
@@ -155,14 +157,22 @@ impl FromStr for Distribution {
         match s {
             "uniform" => Ok(Distribution::Uniform),
             "normal" => Ok(Distribution::Normal),
-            other => Err(BadValue::new(format!("unknown jitter distribution '{other}'"), "use uniform or normal")),
+            other => Err(BadValue::new(
+                format!("unknown jitter distribution '{}'", shorten(other, 60)),
+                "use uniform or normal",
+            )),
         }
     }
 }
 
 /// A bandwidth like tc writes it: `100kbit`, `10mbit`, `1gbit` (or `bit`), as bytes/s.
 pub fn parse_rate(s: &str) -> Result<u64, BadValue> {
-    let bad = || BadValue::new(format!("'{s}' is not a rate"), "write a bandwidth such as 500kbit, 10mbit or 1gbit");
+    let bad = || {
+        BadValue::new(
+            format!("'{}' is not a rate", shorten(s, 60)),
+            "write a bandwidth such as 500kbit, 10mbit or 1gbit",
+        )
+    };
     let t = s.trim().to_ascii_lowercase();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
     let value: f64 = t[..split].parse().map_err(|_| bad())?;
@@ -175,7 +185,10 @@ pub fn parse_rate(s: &str) -> Result<u64, BadValue> {
     };
     let bytes = value * scale / 8.0;
     if !(1000.0..=1.25e11).contains(&bytes) {
-        return Err(BadValue::new(format!("rate {s} is outside 8kbit..1000gbit"), "write a bandwidth such as 10mbit"));
+        return Err(BadValue::new(
+            format!("rate {} is outside 8kbit..1000gbit", shorten(s, 60)),
+            "write a bandwidth such as 10mbit",
+        ));
     }
     Ok(bytes as u64)
 }
@@ -206,7 +219,7 @@ impl FromStr for Direction {
             "ingress" | "in" => Ok(Direction::Ingress),
             "both" => Ok(Direction::Both),
             other => Err(BadValue::new(
-                format!("unknown direction '{other}'"),
+                format!("unknown direction '{}'", shorten(other, 60)),
                 "use egress (packets the target sends), ingress (packets it receives) or both",
             )),
         }
@@ -226,7 +239,7 @@ impl FromStr for PortRange {
         let fix = "write a port (443) or an inclusive range (8000-8100), ports 1-65535";
         let port = |p: &str| -> Result<u16, BadValue> {
             match p.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(BadValue::new(format!("'{s}' is not a port or port range"), fix)),
+                Ok(0) | Err(_) => Err(BadValue::new(format!("'{}' is not a port or port range", shorten(s, 60)), fix)),
                 Ok(v) => Ok(v),
             }
         };
@@ -238,7 +251,10 @@ impl FromStr for PortRange {
             }
         };
         if lo > hi {
-            return Err(BadValue::new(format!("port range '{s}' runs backwards"), "write the lower port first"));
+            return Err(BadValue::new(
+                format!("port range '{}' runs backwards", shorten(s, 60)),
+                "write the lower port first",
+            ));
         }
         Ok(PortRange { lo, hi })
     }
@@ -280,14 +296,15 @@ impl FromStr for Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr =
-            addr.parse().map_err(|_| BadValue::new(format!("'{s}' is not an IP address or CIDR"), fix))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| BadValue::new(format!("'{}' is not an IP address or CIDR", shorten(s, 60)), fix))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
             Some(l) => match l.parse::<u8>() {
                 Ok(v) if v <= max => v,
-                _ => return Err(BadValue::new(format!("prefix length in '{s}' must be 0-{max}"), fix)),
+                _ => return Err(BadValue::new(format!("prefix length in '{}' must be 0-{max}", shorten(s, 60)), fix)),
             },
         };
         Ok(Cidr { addr, len })
@@ -319,6 +336,11 @@ pub enum TargetSpec {
     Pid(u32),
 }
 
+/// Longest target value (a namespace or cgroup path); keeps error lines short.
+const MAX_TARGET_LEN: usize = 256;
+/// Linux interface names are at most IFNAMSIZ - 1 bytes.
+const IFNAMSIZ: usize = 16;
+
 impl TargetSpec {
     pub const KINDS: &'static str = "iface:NAME, netns:NAME, cgroup:PATH or pid:PID";
 
@@ -335,20 +357,30 @@ impl FromStr for TargetSpec {
     fn from_str(s: &str) -> Result<Self, BadValue> {
         let fix = format!("write the target as {}", TargetSpec::KINDS);
         let Some((kind, value)) = s.split_once(':') else {
-            return Err(BadValue::new(format!("target '{s}' has no kind"), fix));
+            return Err(BadValue::new(format!("target '{}' has no kind", shorten(s, 60)), fix));
         };
         if value.is_empty() {
-            return Err(BadValue::new(format!("target '{s}' has no value after '{kind}:'"), fix));
+            return Err(BadValue::new(format!("target '{}' has no value after ':'", shorten(s, 60)), fix));
+        }
+        if value.len() > MAX_TARGET_LEN {
+            return Err(BadValue::new(
+                format!("target '{}' is {} bytes long; at most {MAX_TARGET_LEN}", shorten(s, 60), value.len()),
+                "give a shorter name or path (a symlink or bind mount can name a deep path)",
+            ));
         }
         match kind {
+            "iface" if value.len() > IFNAMSIZ - 1 || value.contains(['/', ' ', '\t', '\n', ':']) => Err(BadValue::new(
+                format!("'{}' is not an interface name", shorten(value, 60)),
+                "interface names have at most 15 characters and no '/', ':' or spaces (see `ip link`)",
+            )),
             "iface" => Ok(TargetSpec::Iface(value.to_owned())),
             "netns" => Ok(TargetSpec::Netns(value.to_owned())),
             "cgroup" => Ok(TargetSpec::Cgroup(value.to_owned())),
             "pid" => match value.parse::<u32>() {
                 Ok(pid) if pid > 0 => Ok(TargetSpec::Pid(pid)),
-                _ => Err(BadValue::new(format!("'{value}' is not a process id"), "write pid:1234")),
+                _ => Err(BadValue::new(format!("'{}' is not a process id", shorten(value, 60)), "write pid:1234")),
             },
-            other => Err(BadValue::new(format!("unknown target kind '{other}'"), fix)),
+            other => Err(BadValue::new(format!("unknown target kind '{}'", shorten(other, 60)), fix)),
         }
     }
 }
@@ -377,8 +409,8 @@ pub fn parse_probability(s: &str) -> Result<f64, BadValue> {
         Some(pct) => pct.trim().parse::<f64>().map(|v| v / 100.0),
         None => s.trim().parse::<f64>(),
     }
-    .map_err(|_| BadValue::new(format!("'{s}' is not a probability"), fix))?;
-    check_probability(value).map_err(|_| BadValue::new(format!("probability {s} is outside 0..1"), fix))
+    .map_err(|_| BadValue::new(format!("'{}' is not a probability", shorten(s, 60)), fix))?;
+    check_probability(value).map_err(|_| BadValue::new(format!("probability {} is outside 0..1", shorten(s, 60)), fix))
 }
 
 pub fn check_probability(value: f64) -> Result<f64, BadValue> {
@@ -392,13 +424,37 @@ pub fn check_probability(value: f64) -> Result<f64, BadValue> {
     }
 }
 
-/// `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds.
+/// The longest duration any value may give (a fault, a step, a whole run): a week.
+/// Longer is a typo, and bounding it here keeps every sum and deadline far from
+/// overflow (`Instant + Duration`, milliseconds in u64).
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds. At most `MAX_DURATION`;
+/// never panics (checked before any conversion that could overflow).
 pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
-    let bad =
-        || BadValue::new(format!("'{s}' is not a duration"), "write a duration such as 500ms, 30s, 5m, 1h or 1m30s");
+    let shown = shorten(s, 40);
+    let bad = || {
+        BadValue::new(format!("'{shown}' is not a duration"), "write a duration such as 500ms, 30s, 5m, 1h or 1m30s")
+    };
+    let too_long = || {
+        BadValue::new(
+            format!("duration '{shown}' is longer than the maximum of 7 days"),
+            "give a duration of at most 7d (168h), such as 30s, 5m or 1h",
+        )
+    };
+    // Seconds as f64, bounded before `Duration::from_secs_f64` (which panics on overflow).
+    let to_duration = |secs: f64| -> Result<Duration, BadValue> {
+        if !secs.is_finite() || secs < 0.0 {
+            Err(bad())
+        } else if secs > MAX_DURATION.as_secs_f64() {
+            Err(too_long())
+        } else {
+            Ok(Duration::from_secs_f64(secs))
+        }
+    };
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 { Ok(Duration::from_secs_f64(secs)) } else { Err(bad()) };
+        return to_duration(secs);
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -418,21 +474,52 @@ pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
+            "d" => 86400.0,
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
-        total += Duration::from_secs_f64(value * scale);
+        total = total.checked_add(to_duration(value * scale)?).filter(|t| *t <= MAX_DURATION).ok_or_else(too_long)?;
     }
     Ok(total)
 }
 
+/// At most `max` items joined by ", ", then "and N more": a list in an error line
+/// stays short however many items there are.
+pub fn list_some(items: impl IntoIterator<Item = impl fmt::Display>, max: usize) -> String {
+    let mut shown = Vec::new();
+    let mut more = 0usize;
+    for item in items {
+        if shown.len() < max {
+            shown.push(item.to_string());
+        } else {
+            more += 1;
+        }
+    }
+    if more > 0 {
+        shown.push(format!("and {more} more"));
+    }
+    shown.join(", ")
+}
+
+/// `text` cut to at most `max` characters (with an ellipsis), so that a pasted blob
+/// cannot make an error line of megabytes.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(max).collect();
+        cut.push_str("...");
+        cut
+    }
+}
+
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if d < Duration::from_secs(1) && d.as_nanos() % 1_000_000 == 0 {
+    if d < Duration::from_secs(1) && d.as_nanos().is_multiple_of(1_000_000) {
         format!("{ms}ms")
     } else if d < Duration::from_secs(1) {
         format!("{}us", d.as_micros())
-    } else if ms % 1000 != 0 {
+    } else if !ms.is_multiple_of(1000) {
         format!("{:.3}s", d.as_secs_f64())
     } else {
         format!("{}s", ms / 1000)
@@ -826,6 +913,14 @@ mod tests {
         for bad in ["", "s", "10x", "-1", "1.5.5s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(2 * 86400));
+        assert_eq!(parse_duration("7d").unwrap(), MAX_DURATION);
+        for too_long in ["1e20", "1e19", "604801", "7d1ms", "168h1s", "99999999999999999999h"] {
+            assert!(parse_duration(too_long).unwrap_err().problem.contains("7 days"), "{too_long}");
+        }
+        assert!("iface:0123456789abcdef".parse::<TargetSpec>().is_err(), "16 characters");
+        assert!("iface:0123456789abcde".parse::<TargetSpec>().is_ok(), "15 characters");
+        assert!(format!("netns:{}", "a".repeat(300)).parse::<TargetSpec>().is_err());
         assert_eq!(parse_probability("30%").unwrap(), 0.3);
         assert!(parse_probability("1.5").is_err());
         assert!(parse_probability("NaN").is_err());

@@ -40,9 +40,9 @@ pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
             let netns = Netns::current()?;
             let all = netns::interfaces()?;
             let Some(iface) = all.iter().find(|i| &i.name == name).cloned() else {
-                let names: Vec<_> = all.iter().map(|i| i.name.as_str()).collect();
+                let names = crate::spec::list_some(all.iter().map(|i| &i.name), 8);
                 return Err(Failure::environment(
-                    format!("interface '{name}' not found in this network namespace (have: {})", names.join(", ")),
+                    format!("interface '{name}' not found in this network namespace (have: {names})"),
                     "name an existing interface (`ip link`), or run inside its namespace with `ip netns exec NS chaos-ebpf ...`, or target netns:NS",
                 )
                 .into());
@@ -51,28 +51,22 @@ pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
             Ok(vec![Resolved { netns, ifindex: iface.index, interfaces: vec![iface], cgroup_id: 0, cgroup_level: 0 }])
         }
         TargetSpec::Netns(name) => {
-            let path = netns::path_for(name);
-            let netns = Netns::open(&path).map_err(|e| {
-                Failure::environment(
-                    format!("network namespace '{name}' cannot be opened at {}: {e}", path.display()),
-                    "create it (`ip netns add NAME`) or name an existing one (`ip netns list`), or give a path such as /proc/PID/ns/net",
-                )
-            })?;
+            let netns = open_netns(name)?;
             let interfaces = netns_interfaces(&netns, spec)?;
             Ok(vec![Resolved { netns, interfaces, ifindex: 0, cgroup_id: 0, cgroup_level: 0 }])
         }
         TargetSpec::Cgroup(path) => {
             let cgroup = Cgroup::find(path)?;
             let mut namespaces: BTreeMap<NetnsId, Netns> = BTreeMap::new();
-            for pid in cgroup.member_pids() {
+            for pid in cgroup.member_pids()? {
                 if let Ok(ns) = Netns::open(&PathBuf::from(format!("/proc/{pid}/ns/net"))) {
                     namespaces.entry(ns.id).or_insert(ns);
                 }
             }
             if namespaces.is_empty() {
-                // No process yet: its future members will most likely share ours.
-                let ns = Netns::current()?;
-                namespaces.insert(ns.id, ns);
+                // Guessing a namespace (ours, say) would attach where the cgroup's future
+                // processes may never be: a fault that silently does nothing.
+                return Err(empty_cgroup(spec));
             }
             namespaces
                 .into_values()
@@ -84,16 +78,105 @@ pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
         }
         TargetSpec::Pid(pid) => {
             let cgroup = Cgroup::of_pid(*pid)?;
-            let netns = Netns::open(&PathBuf::from(format!("/proc/{pid}/ns/net"))).map_err(|e| {
-                Failure::environment(
-                    format!("cannot open the network namespace of process {pid}: {e}"),
-                    "check that the process still runs",
-                )
-            })?;
+            let netns = open_pid_netns(*pid)?;
             let interfaces = netns_interfaces(&netns, spec)?;
             Ok(vec![Resolved { netns, interfaces, ifindex: 0, cgroup_id: cgroup.id, cgroup_level: cgroup.level }])
         }
     }
+}
+
+/// The network namespace a `netns:` target names, checked to be one: `Netns::open`
+/// opens any file, and entering /etc/hostname fails later with EINVAL (exit 1).
+pub fn open_netns(name: &str) -> Result<Netns> {
+    let path = netns::path_for(name);
+    let not_a_namespace = || {
+        Failure::input(
+            format!("netns:{}: {} is not a network namespace", crate::spec::shorten(name, 80), path.display()),
+            "name a namespace from `ip netns list`, or give /proc/PID/ns/net or a bind mount of one",
+        )
+    };
+    // Namespace files are regular (empty) files; opening a FIFO would block forever
+    // and a device could be anything.
+    if fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_a_namespace().into());
+    }
+    let netns = Netns::open(&path).map_err(|e| {
+        Failure::environment(
+            format!(
+                "network namespace '{}' cannot be opened at {}: {e}",
+                crate::spec::shorten(name, 80),
+                path.display()
+            ),
+            "create it (`ip netns add NAME`) or name an existing one (`ip netns list`), or give a path such as /proc/PID/ns/net",
+        )
+    })?;
+    if !is_network_namespace(&netns) {
+        return Err(not_a_namespace().into());
+    }
+    Ok(netns)
+}
+
+/// The network namespace of a running process.
+pub fn open_pid_netns(pid: u32) -> Result<Netns> {
+    Netns::open(&PathBuf::from(format!("/proc/{pid}/ns/net"))).map_err(|e| {
+        Failure::environment(
+            format!("cannot open the network namespace of process {pid}: {e}"),
+            "check that the process still runs (and that chaos-ebpf may read /proc/PID/ns/net)",
+        )
+        .into()
+    })
+}
+
+/// Whether the file is a network namespace: the nsfs ioctl NS_GET_NSTYPE needs no
+/// privileges and changes nothing (an ordinary file answers ENOTTY).
+pub fn is_network_namespace(netns: &Netns) -> bool {
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703; // _IO(0xb7, 0x3)
+                                                 // SAFETY: an ioctl without an argument on an fd we own.
+    let kind = unsafe { libc::ioctl(netns.raw_fd(), NS_GET_NSTYPE as _) };
+    kind == libc::CLONE_NEWNET
+}
+
+fn empty_cgroup(spec: &TargetSpec) -> anyhow::Error {
+    Failure::environment(
+        format!("{spec} has no processes, so there is no network namespace to attach the fault in"),
+        "start the workload in the cgroup first, or target its network namespace (netns:NAME) or interface",
+    )
+    .into()
+}
+
+/// The checks of `resolve` that need no privileges (no setns): the namespace exists and
+/// is one, the cgroup exists inside the mount and has processes, the process exists.
+/// Returns what it could not check.
+pub fn check_unprivileged(spec: &TargetSpec) -> Result<Vec<String>> {
+    let permission = |e: &anyhow::Error| {
+        e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+        }) || format!("{e:#}").contains("Permission denied")
+    };
+    let mut unchecked = Vec::new();
+    match spec {
+        TargetSpec::Iface(_) => {
+            // Listing links of our own namespace needs no privileges.
+            resolve(spec)?;
+        }
+        TargetSpec::Netns(name) => match open_netns(name) {
+            Ok(_) => unchecked.push(format!("the interfaces of {spec}")),
+            Err(e) if permission(&e) => unchecked.push(format!("{spec} (cannot open it)")),
+            Err(e) => return Err(e),
+        },
+        TargetSpec::Cgroup(path) => {
+            let cgroup = Cgroup::find(path)?;
+            if cgroup.member_pids()?.is_empty() {
+                return Err(empty_cgroup(spec));
+            }
+            unchecked.push(format!("the network namespaces of {spec}"));
+        }
+        TargetSpec::Pid(pid) => {
+            Cgroup::of_pid(*pid)?;
+            unchecked.push(format!("the network namespace of {spec}"));
+        }
+    }
+    Ok(unchecked)
 }
 
 fn check_ethernet(iface: &Interface, spec: &TargetSpec) -> Result<()> {
@@ -169,22 +252,56 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// `path` relative to the cgroup2 root, or absolute (inside or outside the mount).
+    /// `path` relative to the cgroup2 root, or absolute (inside the mount). `..`, and
+    /// anything that resolves outside the cgroup2 mount (a symlink), is refused: the
+    /// fault would filter on a cgroup id that no packet carries and silently do nothing.
     pub fn find(path: &str) -> Result<Self> {
         let root = cgroup2_root()?;
-        let relative = Path::new(path)
-            .strip_prefix(&root)
-            .unwrap_or(Path::new(path))
-            .strip_prefix("/")
-            .unwrap_or(Path::new(path).strip_prefix(&root).unwrap_or(Path::new(path)));
+        let given = Path::new(path);
+        if given.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Err(Failure::input(
+                format!("cgroup path '{}' contains '..'", crate::spec::shorten(path, 80)),
+                format!(
+                    "give the cgroup's path below {} without '..' (e.g. cgroup:system.slice/x.service)",
+                    root.display()
+                ),
+            )
+            .into());
+        }
+        let relative = given.strip_prefix(&root).unwrap_or(given);
+        let relative = relative.strip_prefix("/").unwrap_or(relative);
         let dir = root.join(relative);
-        let meta = fs::metadata(&dir).map_err(|e| {
+        let not_found = |e: std::io::Error| {
             Failure::environment(
-                format!("cgroup '{path}' not found at {}: {e}", dir.display()),
+                format!("cgroup '{}' not found at {}: {e}", crate::spec::shorten(path, 80), dir.display()),
                 format!("give a cgroup v2 path relative to {} (e.g. cgroup:docker/ID) or create it", root.display()),
             )
-        })?;
-        let level = relative.components().count() as u32;
+        };
+        // Resolved (the kernel bounds symlink chains with ELOOP) and checked to stay in
+        // the mount and to be a cgroup2 directory.
+        let real = fs::canonicalize(&dir).map_err(not_found)?;
+        let real_root = fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+        let Ok(below_root) = real.strip_prefix(&real_root) else {
+            return Err(Failure::input(
+                format!(
+                    "cgroup '{}' resolves to {}, outside the cgroup2 mount {}",
+                    crate::spec::shorten(path, 80),
+                    real.display(),
+                    root.display()
+                ),
+                format!("give a cgroup path below {}", root.display()),
+            )
+            .into());
+        };
+        let meta = fs::symlink_metadata(&real).map_err(not_found)?;
+        if !meta.is_dir() || !is_cgroup2(&real) {
+            return Err(Failure::input(
+                format!("cgroup '{}': {} is not a cgroup v2 directory", crate::spec::shorten(path, 80), real.display()),
+                format!("give a cgroup directory below {}", root.display()),
+            )
+            .into());
+        }
+        let level = below_root.components().count() as u32;
         if level == 0 {
             return Err(Failure::input(
                 "the root cgroup holds every process: faulting it would hit the whole machine",
@@ -192,7 +309,7 @@ impl Cgroup {
             )
             .into());
         }
-        Ok(Self { dir, id: meta.ino(), level })
+        Ok(Self { dir: real, id: meta.ino(), level })
     }
 
     /// The cgroup v2 of a process, from /proc/PID/cgroup (`0::/path`).
@@ -217,20 +334,53 @@ impl Cgroup {
         Self::find(path)
     }
 
-    /// Processes in this cgroup and below.
-    pub fn member_pids(&self) -> Vec<u32> {
+    /// Processes in this cgroup and below. The walk never follows symlinks (cgroupfs
+    /// has none, but a path can lead elsewhere) and is bounded in depth and size, so
+    /// that no directory structure can make it loop or run without end.
+    pub fn member_pids(&self) -> Result<Vec<u32>> {
+        const MAX_DIRS: usize = 100_000;
+        const MAX_DEPTH: usize = 64;
         let mut pids = Vec::new();
-        let mut stack = vec![self.dir.clone()];
-        while let Some(dir) = stack.pop() {
+        let mut stack = vec![(self.dir.clone(), 0usize)];
+        let mut visited = 0usize;
+        while let Some((dir, depth)) = stack.pop() {
+            visited += 1;
+            if visited > MAX_DIRS {
+                return Err(Failure::environment(
+                    format!("{} has more than {MAX_DIRS} cgroups below it", self.dir.display()),
+                    "target a smaller cgroup subtree",
+                )
+                .into());
+            }
             if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
                 pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
             }
+            if depth >= MAX_DEPTH {
+                continue;
+            }
             if let Ok(entries) = fs::read_dir(&dir) {
-                stack.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+                // DirEntry::file_type does not follow symlinks.
+                stack.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| (e.path(), depth + 1)),
+                );
             }
         }
-        pids
+        Ok(pids)
     }
+}
+
+/// Whether `path` is on a cgroup v2 filesystem.
+fn is_cgroup2(path: &Path) -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } == 0) && stat.f_type as i64 == CGROUP2_SUPER_MAGIC
 }
 
 /// The far end of `iface` (in `netns`) when it is a veth: its namespace and interface.
@@ -291,4 +441,32 @@ pub fn veth_peers(spec: &TargetSpec, target: &Resolved) -> Result<Vec<Resolved>>
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A symlink loop and deep nesting: the walk ends, bounded, without following links.
+    #[test]
+    fn member_walk_is_bounded_and_follows_no_symlinks() {
+        let dir = std::env::temp_dir().join(format!("chaos-cgroup-walk-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut deep = dir.clone();
+        for i in 0..100 {
+            deep = deep.join(format!("d{i}"));
+        }
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(dir.join("cgroup.procs"), "1\n").unwrap();
+        fs::write(dir.join("d0").join("cgroup.procs"), "2\n").unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("d0").join("loop")).unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("loop")).unwrap();
+        let start = std::time::Instant::now();
+        let pids = Cgroup { dir: dir.clone(), id: 0, level: 1 }.member_pids();
+        let _ = fs::remove_dir_all(&dir);
+        let mut pids = pids.unwrap();
+        pids.sort();
+        assert_eq!(pids, [1, 2], "each directory once, links not followed");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    }
 }

@@ -1,0 +1,156 @@
+//! Everything a run checks before it changes anything, shared by `--dry-run` and the
+//! real run so that a dry run accepts exactly what a run accepts: the plan's limits,
+//! privileges, every target resolved (namespace, interfaces, cgroup members, far ends),
+//! rules and peers per network namespace, and sch_fq for delay and rate. Reads only:
+//! the one thing it creates, a scratch network namespace to try sch_fq in, belongs to a
+//! thread and goes with it.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use chaos_ebpf_common::{MAX_PEERS, MAX_RULES};
+
+use crate::{
+    error::{self, Failure},
+    lab::LAB_PREFIX,
+    netns::NetnsId,
+    plan::Plan,
+    spec::{FaultSpec, TargetSpec},
+    target::{self, Resolved},
+};
+
+/// What the checks found.
+pub struct Preflight {
+    /// Targets by resolution key (the target, or "TARGET (far end)" for faults on the far
+    /// end of its veths), as a run would resolve them. Empty without privileges.
+    pub resolved: BTreeMap<String, Vec<Resolved>>,
+    /// What the process lacks to run faults (empty: nothing); see `error::missing_privileges`.
+    pub missing_privileges: Vec<String>,
+    /// Checks a dry run without privileges could not do, one phrase each.
+    pub unchecked: Vec<String>,
+}
+
+/// Runs every check. `dry_run`: missing privileges are not an error; the checks that
+/// need them are listed in `unchecked` instead.
+pub fn check(plan: &Plan, dry_run: bool) -> Result<Preflight> {
+    plan.check_limits().map_err(|e| Failure::input(e.problem, e.fix))?;
+    let missing = error::missing_privileges();
+    let privileged = missing.is_empty();
+    if !privileged && !dry_run {
+        error::require_root("running faults")?;
+    }
+    let mut unchecked = Vec::new();
+    let mut resolved: BTreeMap<String, Vec<Resolved>> = BTreeMap::new();
+    for fault in plan.steps.iter().flat_map(|s| &s.faults) {
+        let key = resolution_key(&fault.spec);
+        if resolved.contains_key(&key) {
+            continue;
+        }
+        if plan.lab.is_some() && is_lab_target(&fault.spec.target) {
+            // Created at the start of the run; Lab::create refuses existing ones.
+            continue;
+        }
+        if privileged {
+            let mut targets = target::resolve(&fault.spec.target)?;
+            if fault.spec.acts_on_far_end() {
+                let mut far_ends = Vec::new();
+                for t in &targets {
+                    far_ends.extend(target::veth_peers(&fault.spec.target, t)?);
+                }
+                targets = far_ends;
+            }
+            resolved.insert(key, targets);
+        } else {
+            unchecked.extend(target::check_unprivileged(&fault.spec.target)?);
+            resolved.insert(key, Vec::new());
+        }
+    }
+    if privileged {
+        check_per_namespace(plan, &resolved)?;
+    } else {
+        unchecked.push("rules and peers per network namespace (targets unresolved)".into());
+    }
+    if plan.steps.iter().flat_map(|s| &s.faults).any(|f| f.spec.kind.needs_fq()) {
+        if privileged {
+            check_fq()?;
+        } else {
+            unchecked.push("that the kernel has sch_fq (delay and rate need it)".into());
+        }
+    }
+    Ok(Preflight { resolved, missing_privileges: missing, unchecked })
+}
+
+/// Faults on the same target share its resolution, except those acting on its far end
+/// (the same key runner.rs uses).
+pub fn resolution_key(spec: &FaultSpec) -> String {
+    if spec.acts_on_far_end() {
+        format!("{} (far end)", spec.target)
+    } else {
+        spec.target.to_string()
+    }
+}
+
+fn is_lab_target(target: &TargetSpec) -> bool {
+    matches!(target, TargetSpec::Netns(name) if name.starts_with(LAB_PREFIX))
+}
+
+/// In every step, the rules each namespace gets (one per fault and resolved target in
+/// it: a netns with many veths whose far ends share one namespace puts several there)
+/// fit `MAX_RULES`, and their peers fit `MAX_PEERS`.
+fn check_per_namespace(plan: &Plan, resolved: &BTreeMap<String, Vec<Resolved>>) -> Result<()> {
+    for step in &plan.steps {
+        let mut per_netns: BTreeMap<NetnsId, (String, usize, usize)> = BTreeMap::new();
+        for fault in &step.faults {
+            for r in resolved.get(&resolution_key(&fault.spec)).into_iter().flatten() {
+                let entry = per_netns.entry(r.netns.id).or_insert_with(|| (r.netns.path.display().to_string(), 0, 0));
+                entry.1 += 1;
+                entry.2 += fault.spec.peers.len();
+            }
+        }
+        for (path, rules, peers) in per_netns.values() {
+            let name = crate::spec::shorten(&step.name, 40);
+            if *rules > MAX_RULES as usize {
+                return Err(Failure::input(
+                    format!("step '{name}' needs {rules} rules in network namespace {path}; at most {MAX_RULES}"),
+                    "spread the faults over more steps, or target fewer interfaces at once",
+                )
+                .into());
+            }
+            if *peers > MAX_PEERS as usize {
+                return Err(Failure::input(
+                    format!(
+                        "step '{name}' needs {peers} peer entries in network namespace {path}; at most {MAX_PEERS}"
+                    ),
+                    "cover the peers with wider prefixes, or spread the faults over more steps",
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the kernel can create an sch_fq qdisc, tried on the loopback of a scratch
+/// network namespace: made by unshare(CLONE_NEWNET) on a short-lived thread, so that
+/// nothing the user owns is touched and the kernel destroys the namespace (with the
+/// qdisc) when the thread exits.
+pub fn check_fq() -> Result<()> {
+    let outcome = std::thread::spawn(|| -> std::io::Result<()> {
+        // SAFETY: unshare affects only this thread's network namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // lo is ifindex 1 in a new namespace.
+        let settings = crate::netlink::FqSettings { limit: 100, flow_limit: 10, horizon_us: 1_000_000 };
+        crate::netlink::replace_qdisc(1, 0xffff_ffff, 0, "fq", &crate::netlink::fq_options(&settings))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the sch_fq probe thread panicked"))?;
+    outcome.map_err(|e| {
+        Failure::environment(
+            format!("delay and rate need the sch_fq qdisc, and this kernel has no sch_fq (creating one failed: {e})"),
+            "load it (`modprobe sch_fq`) or use a kernel with CONFIG_NET_SCH_FQ; loss, partition and blackhole work without it",
+        )
+        .into()
+    })
+}
