@@ -730,11 +730,25 @@ impl RawFault {
                     )
                 })?;
                 let j = self.jitter.unwrap_or_default();
-                if d > MAX_DELAY || j > MAX_DELAY {
+                // The longest departure time a packet can get: uniform jitter adds at most
+                // `jitter`, the normal one at most 3.47 `jitter` (the Irwin-Hall bound of
+                // jitter_offset). sch_fq drops what lies beyond its horizon, so the whole
+                // of it must stay within MAX_DELAY (the horizon is set 1 s past that).
+                let normal = self.distribution == Some(Distribution::Normal);
+                let spread = if normal { j.saturating_mul(7) / 2 } else { j };
+                let longest = d.saturating_add(spread);
+                if longest > MAX_DELAY {
                     return Err(FieldError::new(
                         "delay",
-                        format!("delay and jitter must stay within {}s", MAX_DELAY.as_secs()),
-                        "ask for less; fq's horizon and its queue memory bound what can be held",
+                        format!(
+                            "delay {} plus jitter reaches {} (jitter adds up to {}{}), beyond the {}s that sch_fq holds packets",
+                            format_duration(d),
+                            format_duration(longest),
+                            if normal { "3.5 x " } else { "" },
+                            format_duration(j),
+                            MAX_DELAY.as_secs()
+                        ),
+                        format!("keep delay + {}jitter within {}s", if normal { "3.5 x " } else { "" }, MAX_DELAY.as_secs()),
                     ));
                 }
                 if d.is_zero() && j.is_zero() {
@@ -970,6 +984,35 @@ mod tests {
         r.probability = Some(0.1);
         r.ports = Some(PortRange { lo: 1, hi: 2 });
         assert_eq!(r.validate().unwrap_err().field, "ports");
+    }
+
+    #[test]
+    fn delay_and_jitter_stay_within_the_fq_horizon() {
+        let mut r = raw(FaultKind::Delay, "netns:a");
+        r.delay = Some(Duration::from_secs(9));
+        r.jitter = Some(Duration::from_secs(1));
+        assert!(r.validate().is_ok(), "9 s + 1 s uniform is exactly the limit");
+        r.jitter = Some(Duration::from_millis(1001));
+        let e = r.validate().unwrap_err();
+        assert!(e.field == "delay" && e.problem.contains("10.001s"), "{e:?}");
+        r.jitter = Some(Duration::from_millis(400));
+        r.distribution = Some(Distribution::Normal);
+        let e = r.validate().unwrap_err();
+        assert!(e.problem.contains("3.5 x"), "normal jitter reaches 3.5 sd: {e:?}");
+        r.jitter = Some(Duration::from_millis(280));
+        assert!(r.validate().is_ok());
+        // The bound used above covers the kernel's normal jitter.
+        let jitter_ns = 280_000_000u64;
+        assert!(hash_bound(jitter_ns) <= jitter_ns * 7 / 2);
+    }
+
+    /// The largest offset jitter_offset can give for a normal jitter.
+    fn hash_bound(jitter_ns: u64) -> u64 {
+        [0u64, u64::MAX]
+            .iter()
+            .map(|draw| common::hash::jitter_offset(*draw, jitter_ns, true).unsigned_abs())
+            .max()
+            .unwrap()
     }
 
     #[test]

@@ -55,6 +55,7 @@ test_modules! {
     input,
     lifecycle,
     ownership,
+    tcp_delay,
 }
 
 /// The tests in this file.
@@ -1133,15 +1134,6 @@ fn loss_and_delay_stack() {
     assert!((0.1..0.5).contains(&lost), "lost {lost:.3} with p=0.3\n{loss_report}\n{delay_report}");
     assert!((median(&rtts) - 50.0).abs() < 10.0, "median {:.2}", median(&rtts));
     assert_nothing_left();
-}
-
-fn kernel_has_netem(pair: &Pair) -> bool {
-    let out = sh("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "add", "dev", "va", "root", "netem", "delay", "1ms"]);
-    let ok = out.status.success();
-    if ok {
-        must("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "del", "dev", "va", "root"]);
-    }
-    ok
 }
 
 fn timed(f: impl FnOnce()) -> f64 {

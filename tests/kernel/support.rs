@@ -615,3 +615,13 @@ pub fn need_fq(pair: &Pair) {
         skip("this kernel has no sch_fq (CONFIG_NET_SCH_FQ); `cargo xtask vm-test` runs it");
     }
 }
+
+/// Whether this kernel has sch_netem (tried on the pair's own veth and removed again).
+pub fn kernel_has_netem(pair: &Pair) -> bool {
+    let out = sh("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "add", "dev", "va", "root", "netem", "delay", "1ms"]);
+    let ok = out.status.success();
+    if ok {
+        must("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "del", "dev", "va", "root"]);
+    }
+    ok
+}
