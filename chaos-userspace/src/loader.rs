@@ -360,15 +360,16 @@ impl Instance {
             netlink_ifaces = self.attached.iter().map(|a| a.iface.index).collect();
             netlink_ifaces.dedup();
         }
+        let ids = self.program_ids().ok();
+        let mode = self.mode;
         for attached in self.attached.drain(..) {
             use aya::programs::links::Link as _;
             if let Err(e) = attached.link.detach() {
-                // A vanished interface took its attachments with it; anything else is an
-                // error the caller must hear about.
-                let still_there = crate::netns::interfaces()
-                    .map(|list| list.iter().any(|i| i.index == attached.iface.index))
-                    .unwrap_or(true);
-                if still_there {
+                // A vanished interface took its attachments with it, and a filter someone
+                // else deleted is gone too; only an attachment still in place is an error
+                // the caller must hear about.
+                let program = ids.map(|ids| if attached.hook == TcAttachType::Ingress { ids[0] } else { ids[1] });
+                if still_attached(mode, &attached.iface, attached.hook, program) {
                     errors.push(format!("detaching from {}: {e}", attached.iface.name));
                 }
             }
@@ -385,6 +386,21 @@ impl Instance {
         } else {
             Err(anyhow!("revert incomplete: {}", errors.join("; ")))
         }
+    }
+}
+
+/// Whether `program` (unknown: assume so) is still attached to the hook of `iface`, in
+/// the calling thread's namespace.
+fn still_attached(mode: AttachMode, iface: &Interface, hook: TcAttachType, program: Option<u32>) -> bool {
+    let present = crate::netns::interfaces().map(|list| list.iter().any(|i| i.index == iface.index)).unwrap_or(true);
+    let Some(program) = program.filter(|_| present) else { return present };
+    match mode {
+        AttachMode::Netlink => netlink::clsact_filters(iface.index, hook == TcAttachType::Ingress)
+            .map(|filters| filters.iter().any(|f| f.program_id == Some(program)))
+            .unwrap_or(true),
+        _ => SchedClassifier::query_tcx(&iface.name, hook)
+            .map(|(_, progs)| progs.iter().any(|p| p.id() == program))
+            .unwrap_or(true),
     }
 }
 

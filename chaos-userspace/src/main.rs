@@ -357,6 +357,13 @@ fn execute(plan: &Plan, dry_run: bool, output: Output, command: String) -> Resul
         Output::Json => output::out(&serde_json::to_string_pretty(&report)?),
         Output::Text => output::out(&runner::render_report(&report)),
     }
+    if !report.clean {
+        output::err(&clip_lines(&format!(
+            "chaos-ebpf: error: the faults ended but the revert is not verified clean ({}); run `chaos-ebpf cleanup`",
+            report.revert_problems.join("; ")
+        )));
+        return Ok(error::EXIT_FAILED);
+    }
     if let Some(reason) = &report.failed {
         output::err(&format!("chaos-ebpf: a fault did not run its course: {reason}; every fault was reverted"));
         return Ok(error::EXIT_FAILED);

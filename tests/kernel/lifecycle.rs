@@ -216,9 +216,9 @@ fn ctrl_c_acts_within_300ms_at_any_moment() {
     let pair = Pair::new("sigint");
     let target = pair.target();
     let mut worst = Duration::ZERO;
-    // From 5 ms: before that the process may not have reached main (exec, dynamic
-    // loading), where SIGINT's default action still applies and nothing exists yet.
-    for delay_ms in [5u64, 20, 50, 100, 150, 200, 300, 500] {
+    // Counted from the moment chaos-ebpf catches SIGINT (its handler shows in SigCgt):
+    // before that the process is still being exec'd and has created nothing.
+    for delay_ms in [0u64, 20, 50, 100, 150, 200, 300, 500] {
         let child = Command::new(bin())
             .args(["inject", "delay", "--target", &target, "--delay", "10ms", "--duration", "5m"])
             .args(["--attach", "auto"])
@@ -227,7 +227,13 @@ fn ctrl_c_acts_within_300ms_at_any_moment() {
             .spawn()
             .expect("spawn");
         own_pid(child.id());
+        let pid = child.id();
         let chaos = Chaos { child };
+        let caught = Instant::now();
+        while !catches_sigint(pid) {
+            assert!(caught.elapsed() < Duration::from_secs(5), "chaos-ebpf never installed its SIGINT handler");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         let sent = Instant::now();
         chaos.signal(libc::SIGINT);
@@ -246,13 +252,23 @@ fn ctrl_c_acts_within_300ms_at_any_moment() {
     println!("REPORT|sigint_worst_ms|{:.1}", worst.as_secs_f64() * 1000.0);
 }
 
+/// Whether process `pid` has a handler for SIGINT (bit 2 of SigCgt in its status).
+fn catches_sigint(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
 /// `chaos-ebpf ... | head -1`: stdout and stderr closed under the running experiment.
 /// It goes on, reverts, and exits 0 without a panic.
 fn closed_output_pipe_does_not_stop_the_experiment() {
     let pair = Pair::new("pipe");
     let target = pair.target();
     let mut child = Command::new(bin())
-        .args(["inject", "partition", "--target", &target, "--duration", "2s"])
+        .args(["inject", "partition", "--target", &target, "--duration", "3s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -261,7 +277,13 @@ fn closed_output_pipe_does_not_stop_the_experiment() {
     // Close both read ends at once, as `| head -1` does after its line.
     drop(child.stdout.take());
     drop(child.stderr.take());
-    std::thread::sleep(Duration::from_millis(800));
+    let record = format!("/run/chaos-ebpf/{}.json", child.id());
+    let started = Instant::now();
+    while !std::fs::read_to_string(&record).unwrap_or_default().contains("\"rule_id\"") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the rule was not installed");
+        assert!(child.try_wait().unwrap().is_none(), "chaos-ebpf exited before its fault");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(cut(&pair), "the fault is not in force");
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {

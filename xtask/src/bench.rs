@@ -11,6 +11,11 @@
 //! Reported: received packets/s and its ratio to the baseline, and the per-packet cost
 //! of the egress program from the kernel's own accounting (`run_time_ns / run_cnt` with
 //! kernel.bpf_stats_enabled=1, as `bpftool prog show` reports it).
+//!
+//! Then the cost of per-segment decisions on TCP: bulk goodput over the veth with no
+//! program, with `gso_max_segs 1` set by hand (the segmentation alone), and with a
+//! chaos-ebpf rule in force (which sets it, and runs the program on every segment);
+//! TCP_REPS repetitions of each, interleaved, reported as median and range.
 
 use std::{
     fs,
@@ -25,6 +30,8 @@ use anyhow::{bail, Context, Result};
 const NS_A: &str = "chaos-bench-a";
 const NS_B: &str = "chaos-bench-b";
 const SECONDS: u64 = 3;
+const TCP_REPS: usize = 5;
+const TCP_SECONDS: f64 = 1.0;
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().context("running ip")?;
@@ -95,6 +102,92 @@ fn blast() -> Result<f64> {
     let elapsed = start.elapsed().as_secs_f64();
     let received = counter.join().expect("receiver thread");
     Ok(received as f64 / elapsed)
+}
+
+/// TCP goodput (Mbit/s) from NS_A to NS_B over one connection for TCP_SECONDS.
+fn tcp_mbit(port: u16) -> Result<f64> {
+    use std::io::{Read, Write};
+    let listener = in_netns(NS_B, move || std::net::TcpListener::bind(("192.0.2.2", port)))??;
+    let sink = std::thread::spawn(move || -> u64 {
+        let Ok((mut stream, _)) = listener.accept() else { return 0 };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0u64;
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        got
+    });
+    let mut stream = in_netns(NS_A, move || std::net::TcpStream::connect(("192.0.2.2", port)))??;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let chunk = vec![0u8; 1 << 16];
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < TCP_SECONDS {
+        stream.write_all(&chunk)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(stream);
+    let got = sink.join().expect("sink thread");
+    Ok(got as f64 * 8.0 / 1e6 / elapsed)
+}
+
+fn median_and_range(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(|a, b| a.total_cmp(b));
+    (values[values.len() / 2], values[0], values[values.len() - 1])
+}
+
+/// The per-segment cost on TCP (see the module comment).
+fn tcp_cases(bin: &str) -> Result<()> {
+    let target = format!("netns:{NS_A}");
+    let mut cases: [(&str, Vec<f64>); 3] = [
+        ("baseline (no program, GSO on)", Vec::new()),
+        ("gso_max_segs 1, no program", Vec::new()),
+        ("chaos-ebpf loss 1% on another port", Vec::new()),
+    ];
+    let mut port = 9100;
+    for _ in 0..TCP_REPS {
+        port += 1;
+        cases[0].1.push(tcp_mbit(port)?);
+        ip(&["-n", NS_A, "link", "set", "ba", "gso_max_segs", "1"])?;
+        port += 1;
+        let measured = tcp_mbit(port);
+        ip(&["-n", NS_A, "link", "set", "ba", "gso_max_segs", "65535"])?;
+        cases[1].1.push(measured?);
+        let chaos = Chaos::start(
+            bin,
+            &[
+                "inject",
+                "loss",
+                "--probability",
+                "0.01",
+                "--proto",
+                "udp",
+                "--ports",
+                "1",
+                "--target",
+                &target,
+                "--direction",
+                "egress",
+                "--duration",
+                "5m",
+            ],
+        )?;
+        port += 1;
+        let measured = tcp_mbit(port);
+        drop(chaos);
+        cases[2].1.push(measured?);
+    }
+    let (base, _, _) = median_and_range(&mut cases[0].1.clone());
+    println!("\n{:<40} {:>12} {:>20} {:>10}", "TCP bulk, one connection", "median Mbit/s", "range", "vs base");
+    for (name, values) in cases.iter_mut() {
+        let (median, lo, hi) = median_and_range(values);
+        println!("{name:<40} {median:>12.0} {:>20} {:>10.3}", format!("{lo:.0}-{hi:.0}"), median / base);
+    }
+    println!("\n(veth, {TCP_REPS} interleaved repetitions of {TCP_SECONDS} s; the rule matches no TCP segment, so the third row is the price of per-segment decisions: one program run per wire packet)");
+    Ok(())
 }
 
 /// (run_time_ns, run_cnt) of the loaded chaos_egress program.
@@ -171,7 +264,7 @@ pub fn run() -> Result<()> {
             );
         }
         println!("\n(veth, 64-byte UDP, {SECONDS} s per case, one sender; ns/pkt from run_time_ns/run_cnt)");
-        Ok(())
+        tcp_cases(bin)
     })();
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     result
