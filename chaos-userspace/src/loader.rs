@@ -187,6 +187,38 @@ impl Instance {
         Ok(())
     }
 
+    /// Fails (exit 2, before anything is attached) when a hook of one of `interfaces`
+    /// already runs as many programs as the kernel allows there (64 per TCX hook): a
+    /// stack of 64 chaos-ebpf runs, or other programs.
+    pub fn check_room(&self, interfaces: &[Interface]) -> Result<()> {
+        const TCX_MAX_PROGRAMS: usize = 64;
+        if self.mode == AttachMode::Netlink {
+            return Ok(());
+        }
+        let _inside = self.netns.enter()?;
+        for iface in interfaces {
+            for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                let (_, programs) = SchedClassifier::query_tcx(&iface.name, hook)
+                    .with_context(|| format!("listing the programs on {} {}", iface.name, hook_name(hook)))?;
+                if programs.len() >= TCX_MAX_PROGRAMS {
+                    let ours = programs.iter().filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("chaos_"))).count();
+                    return Err(Failure::environment(
+                        format!(
+                            "{} {} in {} already runs {} BPF programs ({ours} of them chaos-ebpf runs), the kernel's limit per TCX hook",
+                            iface.name,
+                            hook_name(hook),
+                            self.netns.path.display(),
+                            programs.len()
+                        ),
+                        "end some of the stacked runs (`chaos-ebpf status` lists them) and put their faults into one scenario: one run takes up to 32 faults per namespace",
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether every attachment is still in place and every interface still there;
     /// `Err` says what changed (someone detached a link, deleted a filter or a device).
     pub fn check_attachments(&self) -> std::result::Result<(), String> {

@@ -495,6 +495,9 @@ fn prepare(
     held: &mut Vec<HeldDevice>,
     interrupted: &AtomicBool,
 ) -> Result<()> {
+    for r in resolved.values().flatten() {
+        instances.get(&r.netns.id).expect("loaded above").check_room(&r.interfaces)?;
+    }
     for fault in plan.steps.iter().flat_map(|s| &s.faults) {
         let (own, far) = device_needs(&fault.spec);
         for r in &resolved[&resolution_key(&fault.spec)] {
