@@ -77,21 +77,21 @@ fn revert_instance(instance: &InstanceState, removed: &mut Vec<String>, remainin
         if !present {
             continue;
         }
-        match SchedClassifierLink::attached(&f.iface, hook(&f.hook), f.priority, TcHandle::from(f.handle), None) {
-            Ok(link) => {
-                use aya::programs::links::Link as _;
-                match link.detach() {
-                    Ok(()) => removed.push(format!(
-                        "netlink filter {} {} prio {} in {}",
-                        f.iface,
-                        f.hook,
-                        f.priority,
-                        instance.netns.display()
-                    )),
-                    Err(e) => remaining.push(format!("netlink filter {} {}: {e}", f.iface, f.hook)),
-                }
+        // An error here means the interface is gone, and the filter with it.
+        if let Ok(link) =
+            SchedClassifierLink::attached(&f.iface, hook(&f.hook), f.priority, TcHandle::from(f.handle), None)
+        {
+            use aya::programs::links::Link as _;
+            match link.detach() {
+                Ok(()) => removed.push(format!(
+                    "netlink filter {} {} prio {} in {}",
+                    f.iface,
+                    f.hook,
+                    f.priority,
+                    instance.netns.display()
+                )),
+                Err(e) => remaining.push(format!("netlink filter {} {}: {e}", f.iface, f.hook)),
             }
-            Err(_) => {} // interface gone
         }
     }
     for iface in &instance.interfaces {

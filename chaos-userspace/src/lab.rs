@@ -211,7 +211,7 @@ pub struct Probe {
 
 /// Binds a UDP socket inside a namespace (the socket keeps that namespace after the
 /// thread leaves it).
-fn socket_in(netns_path: &PathBuf, port: u16) -> Result<UdpSocket> {
+fn socket_in(netns_path: &std::path::Path, port: u16) -> Result<UdpSocket> {
     let ns = Netns::open(netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
     let _inside = ns.enter()?;
     let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;

@@ -201,7 +201,8 @@ impl Instance {
                 let (_, programs) = SchedClassifier::query_tcx(&iface.name, hook)
                     .with_context(|| format!("listing the programs on {} {}", iface.name, hook_name(hook)))?;
                 if programs.len() >= TCX_MAX_PROGRAMS {
-                    let ours = programs.iter().filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("chaos_"))).count();
+                    let ours =
+                        programs.iter().filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("chaos_"))).count();
                     return Err(Failure::environment(
                         format!(
                             "{} {} in {} already runs {} BPF programs ({ours} of them chaos-ebpf runs), the kernel's limit per TCX hook",

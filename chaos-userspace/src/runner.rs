@@ -200,8 +200,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     let mut identities: Vec<Identity> = Vec::new();
     for step in &plan.steps {
         for fault in &step.faults {
-            let key = resolution_key(&fault.spec);
-            if !resolved.contains_key(&key) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = resolved.entry(resolution_key(&fault.spec)) {
                 let mut targets = target::resolve(&fault.spec.target)?;
                 identities.extend(identities_of(&fault.spec.target, &targets)?);
                 if fault.spec.acts_on_far_end() {
@@ -211,7 +210,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                     }
                     targets = peers;
                 }
-                resolved.insert(key, targets);
+                slot.insert(targets);
             }
             interrupted_now(&interrupted)?;
         }
