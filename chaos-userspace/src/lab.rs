@@ -220,7 +220,7 @@ fn socket_in(netns_path: &std::path::Path, port: u16) -> Result<UdpSocket> {
 }
 
 impl Probe {
-    fn start(from: &PathBuf, to: &PathBuf, to_addr: Ipv4Addr, rate: u32) -> Result<Probe> {
+    fn start(from: &std::path::Path, to: &std::path::Path, to_addr: Ipv4Addr, rate: u32) -> Result<Probe> {
         let shared = Arc::new(Shared::default());
         let server = socket_in(to, PROBE_PORT)?;
         let client = socket_in(from, 0)?;

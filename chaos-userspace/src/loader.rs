@@ -383,9 +383,11 @@ impl Instance {
     /// index, which would mean another device outside it), deletes the clsact qdiscs
     /// this instance added, and unloads the programs.
     pub fn shutdown(&mut self) -> Result<()> {
-        let Some(ebpf) = self.ebpf.take() else {
+        if self.ebpf.is_none() {
             return Ok(());
-        };
+        }
+        let ids = self.program_ids().ok();
+        let ebpf = self.ebpf.take();
         let _inside = self.netns.enter()?;
         let mut errors = Vec::new();
         let mut netlink_ifaces: Vec<u32> = Vec::new();
@@ -393,7 +395,6 @@ impl Instance {
             netlink_ifaces = self.attached.iter().map(|a| a.iface.index).collect();
             netlink_ifaces.dedup();
         }
-        let ids = self.program_ids().ok();
         let mode = self.mode;
         for attached in self.attached.drain(..) {
             use aya::programs::links::Link as _;
