@@ -137,8 +137,8 @@ pub fn run(json: bool) -> Result<i32> {
             print!("  rule {} {} [{}] {:.1}s left", r.rule_id, r.fault, r.netns, r.remaining_s);
             match &r.counters {
                 Some(c) => println!(
-                    "\n    seen {} matched {} dropped {} passed {} delayed {} errors {} expired {} protected {}",
-                    c.seen, c.matched, c.dropped, c.passed, c.delayed, c.errors, c.expired, c.protected
+                    "\n    seen {} matched {} dropped {} passed {} delayed {} errors {} expired {} protected {} unparsed {}",
+                    c.seen, c.matched, c.dropped, c.passed, c.delayed, c.errors, c.expired, c.protected, c.unparsed
                 ),
                 None => println!(" (counters unavailable)"),
             }
