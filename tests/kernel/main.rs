@@ -52,6 +52,7 @@ macro_rules! test_modules {
 test_modules! {
     // One line per file tests/kernel/<concern>.rs, e.g. `gso,`.
     input,
+    parsing,
 }
 
 /// The tests in this file.
