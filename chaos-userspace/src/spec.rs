@@ -278,7 +278,7 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    /// The LPM trie entry: slot bits, then the address as IPv6 (IPv4 mapped).
+    /// The LPM trie entry: slot bits, family bits, then the address as IPv6 (IPv4 mapped).
     pub fn trie_entry(&self, slot: u32) -> (u32, common::PeerKeyData) {
         // The family is part of the key, so `::/0` never covers IPv4 packets.
         let (family, addr, len) = match self.addr {
