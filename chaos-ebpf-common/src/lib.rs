@@ -210,28 +210,29 @@ pub mod family {
 }
 
 /// Data part of an LPM trie key for peer CIDRs: the rule slot (an exact 32-bit prefix),
-/// the address family (an exact 8-bit prefix, so an IPv6 prefix such as `::/0` never
+/// the address family (an exact 32-bit prefix, so an IPv6 prefix such as `::/0` never
 /// matches an IPv4 packet), then the address, IPv4 as IPv4-mapped IPv6
-/// (`::ffff:a.b.c.d`). The trie prefix length is therefore `40 + 96 + v4_len` for IPv4
-/// and `40 + v6_len` for IPv6.
+/// (`::ffff:a.b.c.d`). The trie prefix length is therefore `64 + 96 + v4_len` for IPv4
+/// and `64 + v6_len` for IPv6. The family takes a whole word so the address stays
+/// 4-byte aligned: the kernel program copies it with word stores, not byte by byte.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerKeyData {
     /// Big-endian rule slot, so it forms the first 32 bits of the prefix.
     pub slot_be: [u8; 4],
-    /// One of [`family`].
-    pub family: u8,
+    /// One of [`family`], as a big-endian u32.
+    pub family_be: [u8; 4],
     pub addr: [u8; 16],
 }
 
 impl PeerKeyData {
     pub const SLOT_BITS: u32 = 32;
-    pub const FAMILY_BITS: u32 = 8;
+    pub const FAMILY_BITS: u32 = 32;
     /// Prefix bits before the address: every entry and lookup covers all of them.
     pub const HEADER_BITS: u32 = Self::SLOT_BITS + Self::FAMILY_BITS;
 
     pub fn new(slot: u32, family: u8, addr: [u8; 16]) -> Self {
-        Self { slot_be: slot.to_be_bytes(), family, addr }
+        Self { slot_be: slot.to_be_bytes(), family_be: (family as u32).to_be_bytes(), addr }
     }
 }
 
@@ -348,7 +349,7 @@ const _: () = assert!(core::mem::size_of::<Rule>() == 9 * 8 + 6 * 4 + 2 * 2 + 4)
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 9 * 8);
 const _: () = assert!(core::mem::size_of::<ProtectedPorts>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
-const _: () = assert!(core::mem::size_of::<PeerKeyData>() == 4 + 1 + 16);
+const _: () = assert!(core::mem::size_of::<PeerKeyData>() == 4 + 4 + 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 1 + 1 + 2 + 2 + 2 + 32);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8 + 8 + 4 + 4);
 const _: () = assert!(core::mem::size_of::<FragmentKey>() == 4 + 4 + 1 + 1 + 2 + 32);

@@ -271,8 +271,12 @@ fn replay_fragment(ctx: &TcContext, slots: &Slots, record: &FragmentRecord) -> i
 #[inline(always)]
 fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
     // Written for every packet, saved for first fragments only: no per-slot branch on
-    // whether this is one.
-    scratch.fragment_record = FragmentRecord::default();
+    // whether this is one. Field by field (see parse::clear).
+    let record = &mut scratch.fragment_record;
+    parse::clear(&mut record.protected);
+    parse::clear(&mut record.matched);
+    parse::clear(&mut record.dropped);
+    parse::clear(&mut record.delay_until);
     let dir = slots.dir;
     for slot in 0..MAX_RULES {
         if slot >= slots.nr_slots {

@@ -136,6 +136,14 @@ fn load_be32(head: &Head, offset: usize) -> Result<u32, Missing> {
     bytes::<4>(head, offset).map(u32::from_be_bytes)
 }
 
+/// Zeroes a field with one store of its size. LLVM merges plain stores to adjacent fields
+/// into a call to memset, which runs byte by byte in a BPF subprogram.
+#[inline(always)]
+pub fn clear<T: Default>(field: &mut T) {
+    // SAFETY: a valid, aligned, exclusive reference.
+    unsafe { core::ptr::write_volatile(field, T::default()) }
+}
+
 fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
 }
@@ -181,12 +189,12 @@ fn parse_headers(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Resul
         ethertype = load_be16(head, offset + 2)?;
         offset += 4;
     }
-    packet.has_ports = 0;
-    packet.tcp_flags = 0;
-    packet.sport = 0;
-    packet.dport = 0;
-    packet.fragment = fragment::NONE;
-    packet.fragment_id = 0;
+    clear(&mut packet.has_ports);
+    clear(&mut packet.tcp_flags);
+    clear(&mut packet.sport);
+    clear(&mut packet.dport);
+    clear(&mut packet.fragment); // fragment::NONE
+    clear(&mut packet.fragment_id);
     let l4: usize;
     match ethertype {
         ETH_P_IPV4 => {

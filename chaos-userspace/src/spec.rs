@@ -1033,14 +1033,14 @@ mod tests {
         assert_eq!((rule.proto, rule.port_lo, rule.port_hi, rule.ifindex), (17, 443, 443, 5));
 
         let (len, key) = "198.51.100.0/24".parse::<Cidr>().unwrap().trie_entry(2);
-        assert_eq!(len, 32 + 8 + 96 + 24);
+        assert_eq!(len, 32 + 32 + 96 + 24);
         assert_eq!(key.slot_be, [0, 0, 0, 2]);
-        assert_eq!(key.family, common::family::IPV4);
+        assert_eq!(key.family_be, [0, 0, 0, common::family::IPV4]);
         assert_eq!(&key.addr[10..], &[0xff, 0xff, 198, 51, 100, 0]);
         // `::/0` covers the IPv6 family only: its prefix ends right after the family byte,
         // which differs from an IPv4 packet's.
         let (len, key) = "::/0".parse::<Cidr>().unwrap().trie_entry(2);
-        assert_eq!(len, 32 + 8);
-        assert_eq!(key.family, common::family::IPV6);
+        assert_eq!(len, 32 + 32);
+        assert_eq!(key.family_be, [0, 0, 0, common::family::IPV6]);
     }
 }
