@@ -21,6 +21,8 @@ pub const MAX_PROTECTED: u32 = 8;
 pub const MAX_PEERS: u32 = 4096;
 /// Flows tracked for per-flow packet indices and burst state (LRU).
 pub const MAX_FLOWS: u32 = 65536;
+/// Fragmented datagrams remembered between their first and later fragments (LRU).
+pub const MAX_FRAGMENTS: u32 = 4096;
 
 /// Names of the maps and programs in the object, used by the loader and by `cleanup`.
 pub mod names {
@@ -32,6 +34,7 @@ pub mod names {
     pub const CONFIG: &str = "CHAOS_CONFIG";
     pub const FLOWS: &str = "CHAOS_FLOWS";
     pub const RATE_NEXT: &str = "CHAOS_RATE_NEXT";
+    pub const FRAGMENTS: &str = "CHAOS_FRAGMENTS";
     /// Program names as the kernel records them (at most 15 bytes).
     pub const PROG_INGRESS: &str = "chaos_ingress";
     pub const PROG_EGRESS: &str = "chaos_egress";
@@ -160,6 +163,10 @@ pub struct RuleCounters {
     pub protected: u64,
     /// Matched packets given a later departure time (delay, rate).
     pub delayed: u64,
+    /// IP packets the parser could not classify, passed untouched: headers beyond the
+    /// copied head (long IPv6 extension chains), more than two VLAN tags, more IPv6
+    /// extension headers than walked, later fragments whose first fragment was not seen.
+    pub unparsed: u64,
 }
 
 impl RuleCounters {
@@ -172,6 +179,7 @@ impl RuleCounters {
         self.expired += other.expired;
         self.protected += other.protected;
         self.delayed += other.delayed;
+        self.unparsed += other.unparsed;
     }
 }
 
@@ -195,22 +203,36 @@ pub struct Config {
     pub nr_protected: u32,
 }
 
-/// Data part of an LPM trie key for peer CIDRs: the rule slot (an exact 32-bit prefix)
-/// followed by the address, IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`). The trie prefix
-/// length is therefore `32 + 96 + v4_len` for IPv4 and `32 + v6_len` for IPv6.
+/// Address families in [`PeerKeyData::family`].
+pub mod family {
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
+/// Data part of an LPM trie key for peer CIDRs: the rule slot (an exact 32-bit prefix),
+/// the address family (an exact 32-bit prefix, so an IPv6 prefix such as `::/0` never
+/// matches an IPv4 packet), then the address, IPv4 as IPv4-mapped IPv6
+/// (`::ffff:a.b.c.d`). The trie prefix length is therefore `64 + 96 + v4_len` for IPv4
+/// and `64 + v6_len` for IPv6. The family takes a whole word so the address stays
+/// 4-byte aligned: the kernel program copies it with word stores, not byte by byte.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PeerKeyData {
     /// Big-endian rule slot, so it forms the first 32 bits of the prefix.
     pub slot_be: [u8; 4],
+    /// One of [`family`], as a big-endian u32.
+    pub family_be: [u8; 4],
     pub addr: [u8; 16],
 }
 
 impl PeerKeyData {
     pub const SLOT_BITS: u32 = 32;
+    pub const FAMILY_BITS: u32 = 32;
+    /// Prefix bits before the address: every entry and lookup covers all of them.
+    pub const HEADER_BITS: u32 = Self::SLOT_BITS + Self::FAMILY_BITS;
 
-    pub fn new(slot: u32, addr: [u8; 16]) -> Self {
-        Self { slot_be: slot.to_be_bytes(), addr }
+    pub fn new(slot: u32, family: u8, addr: [u8; 16]) -> Self {
+        Self { slot_be: slot.to_be_bytes(), family_be: (family as u32).to_be_bytes(), addr }
     }
 }
 
@@ -274,6 +296,39 @@ pub struct FlowState {
     pub _pad: u32,
 }
 
+/// Key of the fragment table: one fragmented datagram as IP identifies it (RFC 791 and
+/// RFC 8200: source, destination, protocol and identification), on one interface and
+/// direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentKey {
+    pub ifindex: u32,
+    /// IPv4: the 16-bit identification; IPv6: the 32-bit fragment header identification.
+    pub id: u32,
+    /// `direction::EGRESS` or `direction::INGRESS`.
+    pub direction: u8,
+    pub proto: u8,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// What the first fragment of a datagram got, replayed on its later fragments (which
+/// carry no ports): bit `slot` of each mask.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentRecord {
+    /// Nonzero: the first fragment was on the protected list.
+    pub protected: u32,
+    /// Rules the first fragment matched.
+    pub matched: u32,
+    /// Rules that dropped it (or would have, in shadow mode).
+    pub dropped: u32,
+    pub _pad: u32,
+    /// The latest departure time a delay rule gave it (CLOCK_MONOTONIC ns, 0: none).
+    pub delay_until: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C), Copy, and have no padding (asserted below), so
@@ -285,13 +340,17 @@ mod pod {
     unsafe impl aya::Pod for super::PeerKeyData {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::FragmentKey {}
+    unsafe impl aya::Pod for super::FragmentRecord {}
 }
 
 // No implicit padding anywhere: a size that is not the sum of the fields fails the build.
 const _: () = assert!(core::mem::size_of::<Rule>() == 9 * 8 + 6 * 4 + 2 * 2 + 4);
-const _: () = assert!(core::mem::size_of::<RuleCounters>() == 8 * 8);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 9 * 8);
 const _: () = assert!(core::mem::size_of::<ProtectedPorts>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 8);
-const _: () = assert!(core::mem::size_of::<PeerKeyData>() == 20);
+const _: () = assert!(core::mem::size_of::<PeerKeyData>() == 4 + 4 + 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 1 + 1 + 2 + 2 + 2 + 32);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8 + 8 + 4 + 4);
+const _: () = assert!(core::mem::size_of::<FragmentKey>() == 4 + 4 + 1 + 1 + 2 + 32);
+const _: () = assert!(core::mem::size_of::<FragmentRecord>() == 4 * 4 + 8);

@@ -46,7 +46,7 @@ pub fn decide(rule: &Rule, c: Context<'_>) -> Result<Verdict, NoFlowState> {
         )),
         action::LOSS => loss(rule, c).map(drop_if),
         action::DELAY => delay(rule, c),
-        action::RATE => Ok(rate(rule, &c)),
+        action::RATE => Ok(rate(rule, c.slot, c.now, c.len, c.rate_next)),
         _ => Ok(Verdict::Pass),
     }
 }
@@ -121,16 +121,16 @@ fn delay(rule: &Rule, mut c: Context<'_>) -> Result<Verdict, NoFlowState> {
 /// shared next-departure time is updated without a lock: two CPUs racing may give two
 /// packets the same slot, a small overshoot, never a stall.
 #[inline(always)]
-fn rate(rule: &Rule, c: &Context<'_>) -> Verdict {
-    let Some(next) = c.rate_next.get_ptr_mut(c.slot) else { return Verdict::Pass };
+pub fn rate(rule: &Rule, slot: u32, now: u64, len: u64, rate_next: &Array<u64>) -> Verdict {
+    let Some(next) = rate_next.get_ptr_mut(slot) else { return Verdict::Pass };
     if rule.rate_bytes_per_sec == 0 {
         return Verdict::Pass;
     }
-    let spacing = c.len * 1_000_000_000 / rule.rate_bytes_per_sec;
+    let spacing = len * 1_000_000_000 / rule.rate_bytes_per_sec;
     // SAFETY: a valid slot of the array map.
     let previous = unsafe { *next };
-    let depart = if previous > c.now { previous } else { c.now };
-    if depart - c.now > RATE_MAX_WAIT_NS {
+    let depart = if previous > now { previous } else { now };
+    if depart - now > RATE_MAX_WAIT_NS {
         return Verdict::Drop;
     }
     // SAFETY: as above.

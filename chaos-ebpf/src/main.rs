@@ -22,11 +22,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_ebpf_common::{
-    Config, FlowKey, FlowState, MAX_FLOWS, MAX_PEERS, MAX_PROTECTED, MAX_RULES, PeerKeyData, ProtectedPorts, Rule,
-    RuleCounters, direction, flags, proto,
+    Config, FlowKey, FlowState, FragmentKey, FragmentRecord, MAX_FLOWS, MAX_FRAGMENTS, MAX_PEERS, MAX_PROTECTED,
+    MAX_RULES, PeerKeyData, ProtectedPorts, Rule, RuleCounters, action, direction, flags, proto,
 };
 
-use crate::{fault::Verdict, parse::Packet};
+use crate::{
+    fault::Verdict,
+    parse::{Class, Packet, fragment},
+};
 
 const TC_ACT_UNSPEC: i32 = -1;
 
@@ -57,6 +60,13 @@ static RATE_NEXT: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
 #[map(name = "CHAOS_FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 
+/// What the first fragment of each fragmented datagram got, replayed on its later
+/// fragments: they carry no ports, so port rules and the protected list could not match
+/// them on their own, and an independent loss decision per fragment would lose a
+/// datagram of n fragments with 1-(1-p)^n instead of p.
+#[map(name = "CHAOS_FRAGMENTS")]
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentRecord> = LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
+
 /// Per-CPU working memory for one packet (a TC program runs to completion on one CPU
 /// without preemption by another TC run there), kept off the 512-byte BPF stack.
 #[repr(C)]
@@ -65,6 +75,8 @@ pub struct Scratch {
     pub packet: Packet,
     pub flow: FlowKey,
     pub peer: Key<PeerKeyData>,
+    pub fragment_key: FragmentKey,
+    pub fragment_record: FragmentRecord,
 }
 
 #[map(name = "CHAOS_SCRATCH")]
@@ -78,6 +90,16 @@ pub fn chaos_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn chaos_egress(ctx: TcContext) -> i32 {
     classify(&ctx, direction::EGRESS)
+}
+
+/// Counters a packet that no rule may act on bumps (besides `seen`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Untouched {
+    /// Not IP, or neighbour discovery: only `seen`.
+    Exempt,
+    Unparsed,
+    Error,
+    Protected,
 }
 
 #[inline(always)]
@@ -94,47 +116,173 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     };
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let scratch = unsafe { &mut *scratch };
-    let parsed = parse::parse(ctx, &mut scratch.head, &mut scratch.packet);
-    let protected = matches!(parsed, Ok(true)) && is_protected(&scratch.packet, config.nr_protected);
+    let class = parse::parse(ctx, &mut scratch.head, &mut scratch.packet);
     // SAFETY: helper calls without pointer arguments, or with the program's own skb.
     let now = unsafe { bpf_ktime_get_ns() };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let slots = Slots { nr_slots, dir, ifindex, now };
 
-    for slot in 0..MAX_RULES {
-        if slot >= nr_slots {
-            break;
-        }
-        let Some(rule) = RULES.get(slot) else { break };
-        if rule.action == chaos_ebpf_common::action::NONE
-            || rule.directions & dir == 0
-            || (rule.ifindex != 0 && rule.ifindex != ifindex)
-        {
-            continue;
-        }
-        let Some(counters) = COUNTERS.get_ptr_mut(slot) else {
-            continue;
-        };
-        // SAFETY: per-CPU slot of this program run; nothing else writes it concurrently.
-        let counters = unsafe { &mut *counters };
-        let lease = LEASES.get(slot).copied().unwrap_or(0);
-        if now >= lease {
-            counters.expired += 1;
-            continue;
-        }
-        counters.seen += 1;
-        match parsed {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(_) => {
-                counters.errors += 1;
-                continue;
+    // Each case that acts on no rule walks the slots in its own small loop: one loop with
+    // a branch per case multiplies the states the verifier walks through 32 slots.
+    let untouched = match class {
+        Class::Exempt => Untouched::Exempt,
+        Class::Unparsed => Untouched::Unparsed,
+        Class::Truncated => Untouched::Error,
+        Class::Ip => {
+            // Fragments: the first one records what it got, later ones replay that record.
+            let fragment_kind = scratch.packet.fragment;
+            if fragment_kind != fragment::NONE {
+                fill_fragment_key(&mut scratch.fragment_key, &scratch.packet, ifindex, dir);
+            }
+            if fragment_kind == fragment::LATER {
+                // SAFETY: a lookup with a key in map memory of this program run.
+                match unsafe { FRAGMENTS.get(&scratch.fragment_key) } {
+                    // Its first fragment was not seen (or was evicted): nothing to match on.
+                    None => Untouched::Unparsed,
+                    Some(record) if record.protected != 0 => Untouched::Protected,
+                    Some(record) => return replay_fragment(ctx, &slots, record),
+                }
+            } else if is_protected(&scratch.packet, config.nr_protected) {
+                if fragment_kind == fragment::FIRST {
+                    scratch.fragment_record =
+                        FragmentRecord { protected: 1, matched: 0, dropped: 0, _pad: 0, delay_until: 0 };
+                    save_fragment_record(scratch);
+                }
+                Untouched::Protected
+            } else {
+                return act(ctx, &slots, scratch);
             }
         }
-        let p = &scratch.packet;
-        if protected {
-            counters.protected += 1;
+    };
+    count_untouched(&slots, untouched);
+    TC_ACT_UNSPEC
+}
+
+/// What selects the rules of one packet.
+struct Slots {
+    nr_slots: u32,
+    dir: u32,
+    ifindex: u32,
+    now: u64,
+}
+
+/// The rule in `slot` and its counters if it applies to this packet's interface and
+/// direction; counts `expired` or `seen`.
+#[inline(always)]
+fn rule_for(slots: &Slots, slot: u32) -> Option<(&'static Rule, &'static mut RuleCounters)> {
+    let rule = RULES.get(slot)?;
+    if rule.action == action::NONE
+        || rule.directions & slots.dir == 0
+        || (rule.ifindex != 0 && rule.ifindex != slots.ifindex)
+    {
+        return None;
+    }
+    let counters = COUNTERS.get_ptr_mut(slot)?;
+    // SAFETY: per-CPU slot of this program run; nothing else writes it concurrently.
+    let counters = unsafe { &mut *counters };
+    let lease = LEASES.get(slot).copied().unwrap_or(0);
+    if slots.now >= lease {
+        counters.expired += 1;
+        return None;
+    }
+    counters.seen += 1;
+    Some((rule, counters))
+}
+
+#[inline(always)]
+fn count_untouched(slots: &Slots, untouched: Untouched) {
+    for slot in 0..MAX_RULES {
+        if slot >= slots.nr_slots {
+            break;
+        }
+        let Some((_, counters)) = rule_for(slots, slot) else { continue };
+        match untouched {
+            Untouched::Exempt => {}
+            Untouched::Unparsed => counters.unparsed += 1,
+            Untouched::Error => counters.errors += 1,
+            Untouched::Protected => counters.protected += 1,
+        }
+    }
+}
+
+#[inline(always)]
+fn fill_fragment_key(key: &mut FragmentKey, p: &Packet, ifindex: u32, dir: u32) {
+    key.ifindex = ifindex;
+    key.id = p.fragment_id;
+    key.direction = dir as u8;
+    key.proto = p.proto;
+    key._pad = 0;
+    key.saddr = p.saddr;
+    key.daddr = p.daddr;
+}
+
+/// A later fragment gets what its first fragment got: the same rules match, the same
+/// rules drop it, the same delay; a rate rule paces it by its own length.
+#[inline(always)]
+fn replay_fragment(ctx: &TcContext, slots: &Slots, record: &FragmentRecord) -> i32 {
+    for slot in 0..MAX_RULES {
+        if slot >= slots.nr_slots {
+            break;
+        }
+        let Some((rule, counters)) = rule_for(slots, slot) else { continue };
+        let bit = 1u32 << slot;
+        if record.matched & bit == 0 {
             continue;
         }
+        counters.matched += 1;
+        let shadow = rule.flags & flags::SHADOW != 0;
+        if record.dropped & bit != 0 {
+            counters.dropped += 1;
+            if !shadow {
+                return drop_verdict(slots.dir);
+            }
+        } else if rule.action == action::RATE {
+            match fault::rate(rule, slot, slots.now, ctx.len() as u64, &RATE_NEXT) {
+                Verdict::Drop => {
+                    counters.dropped += 1;
+                    if !shadow {
+                        return drop_verdict(slots.dir);
+                    }
+                }
+                Verdict::DepartAt(time) => {
+                    counters.passed += 1;
+                    counters.delayed += 1;
+                    if !shadow {
+                        depart_at(ctx, time);
+                    }
+                }
+                Verdict::Pass => counters.passed += 1,
+            }
+        } else if rule.action == action::DELAY && record.delay_until != 0 {
+            counters.passed += 1;
+            counters.delayed += 1;
+            if !shadow {
+                depart_at(ctx, record.delay_until);
+            }
+        } else {
+            counters.passed += 1;
+        }
+    }
+    TC_ACT_UNSPEC
+}
+
+/// An IP packet that is neither protected nor a later fragment: match and act. What a
+/// first fragment gets is recorded for its later fragments.
+#[inline(always)]
+fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
+    // Written for every packet, saved for first fragments only: no per-slot branch on
+    // whether this is one. Field by field (see parse::clear).
+    let record = &mut scratch.fragment_record;
+    parse::clear(&mut record.protected);
+    parse::clear(&mut record.matched);
+    parse::clear(&mut record.dropped);
+    parse::clear(&mut record.delay_until);
+    let dir = slots.dir;
+    for slot in 0..MAX_RULES {
+        if slot >= slots.nr_slots {
+            break;
+        }
+        let Some((rule, counters)) = rule_for(slots, slot) else { continue };
         if rule.cgroup_id != 0 {
             // The socket's cgroup is known on egress only (checked by the loader too).
             if dir != direction::EGRESS {
@@ -148,15 +296,17 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
                 continue;
             }
         }
-        if !matches_peer(rule, slot, p, dir, &mut scratch.peer) {
+        if !matches_peer(rule, slot, &scratch.packet, dir, &mut scratch.peer) {
             continue;
         }
         counters.matched += 1;
+        let bit = 1u32 << slot;
+        scratch.fragment_record.matched |= bit;
         let context = fault::Context {
             slot,
             packet: &scratch.packet,
             dir,
-            now,
+            now: slots.now,
             len: ctx.len() as u64,
             key: &mut scratch.flow,
             flows: &FLOWS,
@@ -165,31 +315,52 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
         match fault::decide(rule, context) {
             Ok(Verdict::Drop) => {
                 counters.dropped += 1;
+                scratch.fragment_record.dropped |= bit;
                 if rule.flags & flags::SHADOW == 0 {
+                    if scratch.packet.fragment == fragment::FIRST {
+                        save_fragment_record(scratch);
+                    }
                     return drop_verdict(dir);
                 }
             }
             Ok(Verdict::DepartAt(time)) => {
                 counters.passed += 1;
                 counters.delayed += 1;
+                if rule.action == action::DELAY && scratch.fragment_record.delay_until < time {
+                    scratch.fragment_record.delay_until = time;
+                }
                 if rule.flags & flags::SHADOW == 0 {
-                    // Stacked delay and rate rules: the latest departure wins. Written
-                    // directly: sch_fq on this device reads skb->tstamp as CLOCK_MONOTONIC
-                    // (the TC egress hook runs before the root qdisc enqueues).
-                    // SAFETY: the program's own skb; tstamp is writable in sched_cls.
-                    unsafe {
-                        let skb = ctx.skb.skb;
-                        if (*skb).tstamp < time {
-                            (*skb).tstamp = time;
-                        }
-                    }
+                    depart_at(ctx, time);
                 }
             }
             Ok(Verdict::Pass) => counters.passed += 1,
             Err(_) => counters.errors += 1,
         }
     }
+    if scratch.packet.fragment == fragment::FIRST {
+        save_fragment_record(scratch);
+    }
     TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn save_fragment_record(scratch: &Scratch) {
+    // A full table evicts the oldest datagram; its later fragments then pass as unparsed.
+    let _ = FRAGMENTS.insert(&scratch.fragment_key, &scratch.fragment_record, 0);
+}
+
+/// Stacked delay and rate rules: the latest departure wins. Written directly: sch_fq on
+/// this device reads skb->tstamp as CLOCK_MONOTONIC (the TC egress hook runs before the
+/// root qdisc enqueues).
+#[inline(always)]
+fn depart_at(ctx: &TcContext, time: u64) {
+    // SAFETY: the program's own skb; tstamp is writable in sched_cls.
+    unsafe {
+        let skb = ctx.skb.skb;
+        if (*skb).tstamp < time {
+            (*skb).tstamp = time;
+        }
+    }
 }
 
 /// How to drop. On ingress TC_ACT_SHOT: the packet vanishes as on a lossy link. On
@@ -244,9 +415,9 @@ fn matches_peer(rule: &Rule, slot: u32, p: &Packet, dir: u32, key: &mut Key<Peer
     if rule.flags & flags::PEERS != 0 {
         // The peer is the far end: the destination on egress, the source on ingress (and
         // on the egress of the target's veth peer, for PEER_IS_SOURCE rules).
-        key.prefix_len = PeerKeyData::SLOT_BITS + 128;
+        key.prefix_len = PeerKeyData::HEADER_BITS + 128;
         let peer_is_destination = dir == direction::EGRESS && rule.flags & flags::PEER_IS_SOURCE == 0;
-        key.data = PeerKeyData::new(slot, if peer_is_destination { p.daddr } else { p.saddr });
+        key.data = PeerKeyData::new(slot, p.family, if peer_is_destination { p.daddr } else { p.saddr });
         if PEERS.get(&*key).is_none() {
             return false;
         }

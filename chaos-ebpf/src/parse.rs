@@ -1,5 +1,6 @@
-//! Header parsing: Ethernet (with one VLAN tag), IPv4, IPv6 (with the common extension
-//! headers), and the TCP/UDP ports.
+//! Header parsing: Ethernet (with up to two VLAN tags, 802.1Q and QinQ), IPv4, IPv6 (with
+//! the common extension headers), the TCP/UDP ports, and which fragment of a datagram a
+//! packet is.
 //!
 //! One `bpf_skb_load_bytes` copies the first `HEAD_LEN` bytes into per-CPU scratch
 //! memory, and the fields are read from there with explicit bounds checks. A helper call
@@ -22,12 +23,44 @@ const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// ICMPv6 neighbour discovery (router solicitation .. redirect, RFC 4861): never faulted,
+/// like ARP, which is not IP at all. A partition cuts IP traffic; address resolution keeps
+/// working in both families.
+const ND_FIRST_TYPE: u8 = 133;
+const ND_LAST_TYPE: u8 = 137;
 
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// How many IPv6 extension headers we walk before giving up on finding the ports.
 const MAX_IPV6_EXT: usize = 4;
+/// VLAN tags in the frame data (a tag the driver holds in skb->vlan_tci is not there).
+const MAX_VLAN_TAGS: usize = 2;
+
+/// Values of [`Packet::fragment`].
+pub mod fragment {
+    /// A whole datagram.
+    pub const NONE: u8 = 0;
+    /// Offset 0, more fragments follow: carries the ports.
+    pub const FIRST: u8 = 1;
+    /// Offset > 0: no transport header, no ports.
+    pub const LATER: u8 = 2;
+}
+
+/// How far parsing got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// An IP packet; `Packet` is filled in.
+    Ip,
+    /// Not IP (ARP, LLDP, ...) or IPv6 neighbour discovery: no rule matches it.
+    Exempt,
+    /// IP, but a header lies beyond what is parsed (see RuleCounters::unparsed): passes.
+    Unparsed,
+    /// Shorter than the headers it announces: passes, counts an error.
+    Truncated,
+}
 
 /// The fields rules match on. Addresses are IPv6 or IPv4-mapped IPv6. Lives in a
 /// per-CPU scratch map, not on the stack: the BPF stack is 512 bytes for the whole
@@ -38,15 +71,26 @@ pub struct Packet {
     /// 0 for non-first fragments and transports without ports: no ports to match.
     pub has_ports: u8,
     pub tcp_flags: u8,
-    pub _pad: u8,
+    /// One of [`fragment`].
+    pub fragment: u8,
     pub sport: u16,
     pub dport: u16,
+    /// chaos_ebpf_common::family::IPV4 or IPV6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// IP identification of a fragment (16 bits for IPv4, 32 for IPv6).
+    pub fragment_id: u32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
 }
 
-/// The packet was too short for the headers it announced.
-pub struct Truncated;
+/// A header field lies outside the copied head.
+pub enum Missing {
+    /// The packet ends before it: it is shorter than its headers announce.
+    Truncated,
+    /// The head is full (the packet is longer than HEAD_LEN): the field is further in.
+    BeyondHead,
+}
 
 /// Bytes of each packet copied for parsing: Ethernet + VLAN + IPv6 + a few extension
 /// headers + the TCP flags.
@@ -63,9 +107,9 @@ pub struct Head {
 
 /// Reads `N` bytes at `offset` of the copied head.
 #[inline(always)]
-fn bytes<const N: usize>(head: &Head, offset: usize) -> Result<[u8; N], Truncated> {
+fn bytes<const N: usize>(head: &Head, offset: usize) -> Result<[u8; N], Missing> {
     if offset > HEAD_LEN - N || offset + N > head.len as usize {
-        return Err(Truncated);
+        return Err(if head.len as usize == HEAD_LEN { Missing::BeyondHead } else { Missing::Truncated });
     }
     // Older verifiers (Linux 6.1) lose the bound above when LLVM computes the address
     // from another copy of `offset`; a mask the compiler cannot drop (it is in asm)
@@ -78,27 +122,48 @@ fn bytes<const N: usize>(head: &Head, offset: usize) -> Result<[u8; N], Truncate
 }
 
 #[inline(always)]
-fn load_be16(head: &Head, offset: usize) -> Result<u16, Truncated> {
+fn load_be16(head: &Head, offset: usize) -> Result<u16, Missing> {
     bytes::<2>(head, offset).map(u16::from_be_bytes)
 }
 
 #[inline(always)]
-fn load_u8(head: &Head, offset: usize) -> Result<u8, Truncated> {
+fn load_u8(head: &Head, offset: usize) -> Result<u8, Missing> {
     bytes::<1>(head, offset).map(|b| b[0])
+}
+
+#[inline(always)]
+fn load_be32(head: &Head, offset: usize) -> Result<u32, Missing> {
+    bytes::<4>(head, offset).map(u32::from_be_bytes)
+}
+
+/// Zeroes a field with one store of its size. LLVM merges plain stores to adjacent fields
+/// into a call to memset, which runs byte by byte in a BPF subprogram.
+#[inline(always)]
+pub fn clear<T: Default>(field: &mut T) {
+    // SAFETY: a valid, aligned, exclusive reference.
+    unsafe { core::ptr::write_volatile(field, T::default()) }
 }
 
 fn mapped_v4(addr: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
 }
 
-/// Fills `packet`; `Ok(false)` for frames that are not IP (ARP, LLDP, ...): no rule
-/// matches those.
+/// Fills `packet` and says how far it got.
 #[inline(always)]
-pub fn parse(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Result<bool, Truncated> {
+pub fn parse(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Class {
+    match parse_headers(ctx, head, packet) {
+        Ok(class) => class,
+        Err(Missing::Truncated) => Class::Truncated,
+        Err(Missing::BeyondHead) => Class::Unparsed,
+    }
+}
+
+#[inline(always)]
+fn parse_headers(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Result<Class, Missing> {
     let len = ctx.len() as usize;
     let len = if len > HEAD_LEN { HEAD_LEN } else { len };
     if len < ETH_HLEN {
-        return Err(Truncated);
+        return Err(Missing::Truncated);
     }
     // The same masking as in bytes(): 1..=HEAD_LEN in the register the helper call
     // uses, so the 6.1 verifier sees the bound too.
@@ -111,37 +176,51 @@ pub fn parse(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Result<bo
         aya_ebpf::helpers::bpf_skb_load_bytes(ctx.skb.skb as *const _, 0, head.bytes.as_mut_ptr().cast(), len as u32)
     };
     if loaded != 0 {
-        return Err(Truncated);
+        return Err(Missing::Truncated);
     }
     head.len = len as u32;
     let head = &*head;
     let mut offset = ETH_HLEN;
     let mut ethertype = load_be16(head, 12)?;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = load_be16(head, 16)?;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = load_be16(head, offset + 2)?;
         offset += 4;
     }
-    packet.has_ports = 0;
-    packet.tcp_flags = 0;
-    packet.sport = 0;
-    packet.dport = 0;
+    clear(&mut packet.has_ports);
+    clear(&mut packet.tcp_flags);
+    clear(&mut packet.sport);
+    clear(&mut packet.dport);
+    clear(&mut packet.fragment); // fragment::NONE
+    clear(&mut packet.fragment_id);
     let l4: usize;
-    let mut first_fragment = true;
     match ethertype {
         ETH_P_IPV4 => {
             let version_ihl = load_u8(head, offset)?;
             let header_len = ((version_ihl & 0x0f) as usize) * 4;
             if version_ihl >> 4 != 4 || header_len < 20 {
-                return Err(Truncated);
+                return Err(Missing::Truncated);
             }
+            packet.family = chaos_ebpf_common::family::IPV4;
             packet.proto = load_u8(head, offset + 9)?;
-            let fragment = load_be16(head, offset + 6)?;
-            first_fragment = fragment & 0x1fff == 0;
+            // Flags and fragment offset: MF is 0x2000, the offset the low 13 bits.
+            let flags_offset = load_be16(head, offset + 6)?;
+            if flags_offset & 0x1fff != 0 {
+                packet.fragment = fragment::LATER;
+            } else if flags_offset & 0x2000 != 0 {
+                packet.fragment = fragment::FIRST;
+            }
+            if packet.fragment != fragment::NONE {
+                packet.fragment_id = load_be16(head, offset + 4)? as u32;
+            }
             packet.saddr = mapped_v4(bytes::<4>(head, offset + 12)?);
             packet.daddr = mapped_v4(bytes::<4>(head, offset + 16)?);
             l4 = offset + header_len;
         }
         ETH_P_IPV6 => {
+            packet.family = chaos_ebpf_common::family::IPV6;
             let mut next = load_u8(head, offset + 6)?;
             packet.saddr = bytes::<16>(head, offset + 8)?;
             packet.daddr = bytes::<16>(head, offset + 24)?;
@@ -154,26 +233,51 @@ pub fn parse(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Result<bo
                         at += len;
                     }
                     IPPROTO_FRAGMENT => {
-                        let fragment = load_be16(head, at + 2)?;
-                        first_fragment = fragment & 0xfff8 == 0;
+                        // Offset in the top 13 bits, M (more fragments) the lowest bit.
+                        let offset_m = load_be16(head, at + 2)?;
+                        if offset_m & 0xfff8 != 0 {
+                            packet.fragment = fragment::LATER;
+                        } else if offset_m & 1 != 0 {
+                            packet.fragment = fragment::FIRST;
+                        }
+                        packet.fragment_id = load_be32(head, at + 4)?;
                         next = load_u8(head, at)?;
                         at += 8;
+                        if packet.fragment == fragment::LATER {
+                            // What follows is payload, not a header.
+                            break;
+                        }
                     }
                     _ => break,
                 }
             }
+            if packet.fragment != fragment::LATER
+                && matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT)
+            {
+                // More extension headers than walked: the transport header is unknown.
+                return Err(Missing::BeyondHead);
+            }
             packet.proto = next;
             l4 = at;
         }
-        _ => return Ok(false),
+        ETH_P_8021Q | ETH_P_8021AD => return Err(Missing::BeyondHead),
+        _ => return Ok(Class::Exempt),
     }
-    if first_fragment && (packet.proto == IPPROTO_TCP || packet.proto == IPPROTO_UDP) {
+    if packet.fragment == fragment::LATER {
+        return Ok(Class::Ip);
+    }
+    if packet.proto == IPPROTO_TCP || packet.proto == IPPROTO_UDP {
         packet.sport = load_be16(head, l4)?;
         packet.dport = load_be16(head, l4 + 2)?;
         packet.has_ports = 1;
         if packet.proto == IPPROTO_TCP {
             packet.tcp_flags = load_u8(head, l4 + 13)?;
         }
+    } else if packet.proto == IPPROTO_ICMPV6 {
+        let icmp_type = load_u8(head, l4)?;
+        if (ND_FIRST_TYPE..=ND_LAST_TYPE).contains(&icmp_type) {
+            return Ok(Class::Exempt);
+        }
     }
-    Ok(true)
+    Ok(Class::Ip)
 }

@@ -173,9 +173,14 @@ impl Instance {
             {
                 let ebpf = self.ebpf.as_mut().expect("instance used after shutdown");
                 let prog: &mut SchedClassifier = ebpf.program_mut(name).expect("loaded above").try_into()?;
+                // First on the hook, so a program attached before ours (a CNI's) that
+                // returns pass or redirect cannot bypass the faults; unmatched packets
+                // continue to it (TC_ACT_UNSPEC). Netlink: filters run in ascending
+                // priority and 1 is the lowest a filter can ask for (0 lets the kernel
+                // pick); cls_bpf filters sharing priority 1 (Cilium's) run newest first.
                 let options = match self.mode {
-                    AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions::default()),
-                    _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions { priority: 1, ..Default::default() }),
+                    _ => TcAttachOptions::TcxOrder(LinkOrder::first()),
                 };
                 let id = prog.attach_with_options(&iface.name, hook, options).with_context(|| {
                     format!("attaching {name} to {} {} ({:?})", iface.name, hook_name(hook), self.mode)

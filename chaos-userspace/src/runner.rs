@@ -682,7 +682,7 @@ pub fn render_step(step: &StepReport) -> String {
     for r in &step.rules {
         let c = &r.counters;
         out += &format!(
-            "\n  rule {} {} [{}]\n    seen {} matched {} dropped {} ({} of matched) passed {} delayed {} errors {} expired {} protected {}",
+            "\n  rule {} {} [{}]\n    seen {} matched {} dropped {} ({} of matched) passed {} delayed {} errors {} expired {} protected {} unparsed {}",
             r.rule_id,
             r.fault,
             r.netns,
@@ -694,7 +694,8 @@ pub fn render_step(step: &StepReport) -> String {
             c.delayed,
             c.errors,
             c.expired,
-            c.protected
+            c.protected,
+            c.unparsed
         );
         out += &format!(
             "\n    in force {} to {} ({:.1}s): {}",

@@ -55,6 +55,7 @@ test_modules! {
     input,
     lifecycle,
     ownership,
+    parsing,
     tcp_delay,
 }
 
