@@ -201,6 +201,29 @@ pub struct Config {
     pub nr_slots: u32,
     /// Entries in use in `CHAOS_PROTECTED`.
     pub nr_protected: u32,
+    /// This instance's identity on the copies of delayed packets it re-sends (see
+    /// [`resend`]); never 0. Its low 5 bits are the instance's bit in the "judged by"
+    /// mask, unique among live runs (the loader picks it from the ledger).
+    pub cookie: u32,
+    pub _pad: u32,
+}
+
+/// A delayed packet of a local socket is re-sent as a copy without the socket (so TCP
+/// small queues do not hold the sender back while the copy waits in sch_fq). The copy
+/// runs through the egress hook again; `skb->cb` tells each chaos-ebpf program whether
+/// it already judged the packet:
+/// - `cb[MARK]` is [`resend::JUDGED`] once any instance judged it (garbage otherwise:
+///   upper layers leave cb behind; the first instance resets the other words),
+/// - `cb[RESENDER]` the cookie of the instance that re-sent it (0 for an original),
+/// - `cb[DEPART_LO]`/`cb[DEPART_HI]` the departure time (a redirect may clear tstamp),
+/// - `cb[JUDGED_BY]` one bit per instance that judged it (bit = cookie & 31).
+pub mod resend {
+    pub const JUDGED: u32 = 0xc4a0_5e5d;
+    pub const MARK: usize = 0;
+    pub const RESENDER: usize = 1;
+    pub const DEPART_LO: usize = 2;
+    pub const DEPART_HI: usize = 3;
+    pub const JUDGED_BY: usize = 4;
 }
 
 /// Address families in [`PeerKeyData::family`].
@@ -348,7 +371,7 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<Rule>() == 9 * 8 + 6 * 4 + 2 * 2 + 4);
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 9 * 8);
 const _: () = assert!(core::mem::size_of::<ProtectedPorts>() == 8);
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<PeerKeyData>() == 4 + 4 + 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 1 + 1 + 2 + 2 + 2 + 32);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8 + 8 + 4 + 4);

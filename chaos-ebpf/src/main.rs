@@ -16,14 +16,14 @@ mod parse;
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id},
+    helpers::{bpf_clone_redirect, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id},
     macros::{classifier, map},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_ebpf_common::{
     Config, FlowKey, FlowState, FragmentKey, FragmentRecord, MAX_FLOWS, MAX_FRAGMENTS, MAX_PEERS, MAX_PROTECTED,
-    MAX_RULES, PeerKeyData, ProtectedPorts, Rule, RuleCounters, action, direction, flags, proto,
+    MAX_RULES, PeerKeyData, ProtectedPorts, Rule, RuleCounters, resend, action, direction, flags, proto,
 };
 
 use crate::{
@@ -116,6 +116,9 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     };
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let scratch = unsafe { &mut *scratch };
+    if dir == direction::EGRESS && already_judged(ctx, config.cookie) {
+        return TC_ACT_UNSPEC;
+    }
     let class = parse::parse(ctx, &mut scratch.head, &mut scratch.packet);
     // SAFETY: helper calls without pointer arguments, or with the program's own skb.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -278,6 +281,8 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
     parse::clear(&mut record.dropped);
     parse::clear(&mut record.delay_until);
     let dir = slots.dir;
+    // Whether a (non-shadow) delay rule holds this packet.
+    let mut held_for_delay = false;
     for slot in 0..MAX_RULES {
         if slot >= slots.nr_slots {
             break;
@@ -331,6 +336,9 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
                 }
                 if rule.flags & flags::SHADOW == 0 {
                     depart_at(ctx, time);
+                    if rule.action == action::DELAY {
+                        held_for_delay = true;
+                    }
                 }
             }
             Ok(Verdict::Pass) => counters.passed += 1,
@@ -340,7 +348,77 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
     if scratch.packet.fragment == fragment::FIRST {
         save_fragment_record(scratch);
     }
+    if dir == direction::EGRESS && held_for_delay {
+        if let Some(config) = CONFIG.get(0) {
+            return resend_without_socket(ctx, slots.ifindex, config.cookie);
+        }
+    }
     TC_ACT_UNSPEC
+}
+
+/// A packet of a local socket that a delay rule holds would keep its socket's send
+/// budget until it leaves: TCP small queues then let ~2 segments per connection wait in
+/// sch_fq, capping TCP at ~2 segments per delay (netem orphans the packet). So the
+/// packet is re-sent as a copy without the socket (bpf_clone_redirect to this device's
+/// egress) and the original dropped silently: the sender's budget is freed at once and
+/// the copy waits its delay. Without a socket (forwarded traffic) nothing is held, and
+/// nothing is re-sent. See chaos_ebpf_common::resend for the marks the copy carries.
+#[inline(always)]
+fn resend_without_socket(ctx: &TcContext, ifindex: u32, cookie: u32) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's own skb.
+    if unsafe { bpf_get_socket_cookie(skb as *mut _) } == 0 {
+        return TC_ACT_UNSPEC;
+    }
+    // SAFETY: the program's own skb; cb is the scratch area of TC programs, copied into
+    // the clone. The departure time is the latest any rule so far gave it.
+    unsafe {
+        let depart = (*skb).tstamp;
+        (*skb).cb[resend::RESENDER] = cookie;
+        (*skb).cb[resend::DEPART_LO] = depart as u32;
+        (*skb).cb[resend::DEPART_HI] = (depart >> 32) as u32;
+    }
+    // SAFETY: the program's own skb; flags 0 = the egress of `ifindex`.
+    let sent = unsafe { bpf_clone_redirect(skb, ifindex, 0) };
+    // SAFETY: as above.
+    unsafe { (*skb).cb[resend::RESENDER] = 0 };
+    if sent == 0 {
+        drop_verdict(direction::EGRESS)
+    } else {
+        // The copy could not be sent: the original goes, held with its socket.
+        TC_ACT_UNSPEC
+    }
+}
+
+/// Marks an egress packet as judged by this instance, or says it already was: a copy
+/// re-sent by an instance that ran after this one in the chain (this one judged the
+/// original), or this instance's own copy (its departure time is set again). Programs
+/// after the re-sender never saw the original and judge the copy.
+#[inline(always)]
+fn already_judged(ctx: &TcContext, cookie: u32) -> bool {
+    let skb = ctx.skb.skb;
+    let bit = 1u32 << (cookie & 31);
+    // SAFETY: the program's own skb; TC programs may read and write cb[0..5].
+    unsafe {
+        if (*skb).cb[resend::MARK] != resend::JUDGED {
+            (*skb).cb[resend::MARK] = resend::JUDGED;
+            (*skb).cb[resend::RESENDER] = 0;
+            (*skb).cb[resend::JUDGED_BY] = 0;
+        }
+        let resender = (*skb).cb[resend::RESENDER];
+        if resender != 0 {
+            if resender == cookie {
+                let depart = ((*skb).cb[resend::DEPART_HI] as u64) << 32 | (*skb).cb[resend::DEPART_LO] as u64;
+                depart_at(ctx, depart);
+                return true;
+            }
+            if (*skb).cb[resend::JUDGED_BY] & bit != 0 {
+                return true;
+            }
+        }
+        (*skb).cb[resend::JUDGED_BY] |= bit;
+    }
+    false
 }
 
 #[inline(always)]

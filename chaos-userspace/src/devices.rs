@@ -143,9 +143,32 @@ struct DevicesLock(#[allow(dead_code)] File);
 fn lock() -> Result<DevicesLock> {
     fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
     let dir = File::open(STATE_DIR).with_context(|| format!("opening {STATE_DIR}"))?;
-    // Held for a few netlink requests at a time by anyone.
-    dir.lock().with_context(|| format!("locking {STATE_DIR}"))?;
-    Ok(DevicesLock(dir))
+    // Held for a few netlink requests at a time by anyone; a holder that was stopped
+    // in the middle must not hang every other run, so the wait is bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match dir.try_lock() {
+            Ok(()) => return Ok(DevicesLock(dir)),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Failure::environment(
+                    format!("another chaos-ebpf has held the lock of {STATE_DIR} for over 5 s (it may be stopped)"),
+                    "resume or end it (`chaos-ebpf status` lists the runs), then try again",
+                )
+                .into())
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {STATE_DIR}")),
+        }
+    }
+}
+
+/// Runs `f` under the ledger lock (for choices several starting runs must not make
+/// alike, such as the judge bit).
+pub fn with_ledger_lock<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let _lock = lock()?;
+    f()
 }
 
 fn read_record(path: &Path) -> Option<DeviceRecord> {

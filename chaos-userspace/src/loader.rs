@@ -74,6 +74,8 @@ pub struct Instance {
     attached: Vec<Attached>,
     clsact_added: Vec<Interface>,
     used_slots: BTreeSet<u32>,
+    /// The run's bit in the judged-by mask of re-sent copies (state::free_judge_bit).
+    judge_bit: u32,
 }
 
 /// The sch_fq chaos-ebpf installs, and what it requires of an fq it finds: at most
@@ -97,7 +99,7 @@ fn hook_name(hook: TcAttachType) -> &'static str {
 
 impl Instance {
     /// Loads the programs (not yet attached) and writes the protected list.
-    pub fn load(netns: Netns, mode: AttachMode, protected: &[ProtectedPorts]) -> Result<Self> {
+    pub fn load(netns: Netns, mode: AttachMode, protected: &[ProtectedPorts], judge_bit: u32) -> Result<Self> {
         if protected.len() > MAX_PROTECTED as usize {
             return Err(Failure::input(
                 format!("{} protected port ranges given; at most {MAX_PROTECTED} fit", protected.len()),
@@ -118,6 +120,7 @@ impl Instance {
             attached: Vec::new(),
             clsact_added: Vec::new(),
             used_slots: BTreeSet::new(),
+            judge_bit,
         };
         {
             let mut table: Array<&mut MapData, ProtectedPorts> = Array::try_from(instance.map_mut(names::PROTECTED)?)?;
@@ -143,10 +146,13 @@ impl Instance {
 
     fn write_config(&mut self, nr_protected: u32) -> Result<()> {
         let nr_slots = self.used_slots.iter().next_back().map_or(0, |s| s + 1);
+        let judge_bit = self.judge_bit;
         let mut config: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::CONFIG)?)?;
         let old = config.get(&0, 0)?;
         let nr_protected = if nr_protected == u32::MAX { old.nr_protected } else { nr_protected };
-        config.set(0, Config { nr_slots, nr_protected }, 0)?;
+        // Non-zero, different for every run, the judge bit in its low 5 bits.
+        let cookie = (std::process::id() << 5) | (judge_bit & 31) | (1 << 31);
+        config.set(0, Config { nr_slots, nr_protected, cookie, _pad: 0 }, 0)?;
         Ok(())
     }
 
@@ -193,10 +199,11 @@ impl Instance {
     }
 
     /// Fails (exit 2, before anything is attached) when a hook of one of `interfaces`
-    /// already runs as many programs as the kernel allows there (64 per TCX hook): a
-    /// stack of 64 chaos-ebpf runs, or other programs.
+    /// already runs as many programs as the kernel allows there (63 per TCX hook:
+    /// bpf_mprog keeps 64 slots, one of them the end marker): a stack of 63 chaos-ebpf
+    /// runs, or other programs.
     pub fn check_room(&self, interfaces: &[Interface]) -> Result<()> {
-        const TCX_MAX_PROGRAMS: usize = 64;
+        const TCX_MAX_PROGRAMS: usize = 63;
         if self.mode == AttachMode::Netlink {
             return Ok(());
         }

@@ -192,6 +192,7 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
         renewed_unix_ms: state::unix_ms(),
         instances: Vec::new(),
         rules: Vec::new(),
+        judge_bit: None,
     };
     let record = RunRecord::create(&run_state)?;
     interrupted_now(&interrupted)?;
@@ -220,7 +221,13 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     }
 
     let protected: Vec<ProtectedPorts> = plan.protect.iter().map(|p| p.entry()).collect();
-    let mut instances = load_instances(&resolved, mode, &protected, &interrupted)?;
+    let judge_bit = devices::with_ledger_lock(|| {
+        let bit = state::free_judge_bit();
+        run_state.judge_bit = Some(bit);
+        record.write(&run_state)?;
+        Ok(bit)
+    })?;
+    let mut instances = load_instances(&resolved, mode, &protected, judge_bit, &interrupted)?;
     run_state.instances = instances.values().map(Instance::state).collect::<Result<_>>()?;
     run_state.phase = Phase::Running;
     record.write(&run_state)?;
@@ -431,6 +438,7 @@ fn load_instances(
     resolved: &BTreeMap<String, Vec<Resolved>>,
     mode: AttachMode,
     protected: &[ProtectedPorts],
+    judge_bit: u32,
     interrupted: &AtomicBool,
 ) -> Result<BTreeMap<NetnsId, Instance>> {
     let mut paths: BTreeMap<NetnsId, PathBuf> = BTreeMap::new();
@@ -449,7 +457,7 @@ fn load_instances(
                 )
                 .into());
             }
-            let instance = Instance::load(netns, mode, &protected).map_err(|e| {
+            let instance = Instance::load(netns, mode, &protected, judge_bit).map_err(|e| {
                 let full = format!("{e:#}");
                 let log = std::env::temp_dir().join(format!("chaos-ebpf-verifier-{}.log", std::process::id()));
                 let saved = std::fs::write(&log, &full).is_ok();

@@ -79,6 +79,25 @@ pub struct RunState {
     pub renewed_unix_ms: u64,
     pub instances: Vec<InstanceState>,
     pub rules: Vec<RuleState>,
+    /// The run's bit in the "judged by" mask that copies of delayed packets carry
+    /// (chaos_ebpf_common::resend): unique among live runs, so a program never takes
+    /// another run's judgement for its own.
+    #[serde(default)]
+    pub judge_bit: Option<u32>,
+}
+
+/// The lowest judge bit no other live run holds (pid % 32 when all 32 are taken: two
+/// runs then share a bit, and a delayed copy may skip one of them). Call under the
+/// ledger lock and record the choice before releasing it.
+pub fn free_judge_bit() -> u32 {
+    let me = std::process::id();
+    let taken: Vec<u32> = read_all()
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .filter(|r| r.pid != me && liveness(r.pid).0 != ProcessState::Dead)
+        .filter_map(|r| r.judge_bit)
+        .collect();
+    (0..32).find(|b| !taken.contains(b)).unwrap_or(me % 32)
 }
 
 /// Marks a clsact qdisc chaos-ebpf added (legacy netlink path), so that whichever

@@ -4,7 +4,7 @@
 //! `mq` keeps its layout, and ingress delay refuses devices that are not veths (IFLA_LINK
 //! of a macvlan names its parent, which would be delayed instead).
 
-use crate::support::*;
+use crate::{parsing::ForeignPass, support::*};
 
 pub const TESTS: &[Test] = tests![
     ingress_delay_refuses_a_macvlan,
@@ -12,6 +12,7 @@ pub const TESTS: &[Test] = tests![
     foreign_fq_is_used_and_kept,
     runs_share_the_fq_and_the_last_restores,
     mq_keeps_its_layout_with_fq_under_each_queue,
+    a_full_hook_is_refused_before_anything_changes,
 ];
 
 fn qdisc_lines(pair: &Pair) -> Vec<String> {
@@ -184,5 +185,25 @@ fn mq_keeps_its_layout_with_fq_under_each_queue() {
         list
     };
     assert_eq!(kinds(&after), kinds(&before), "the original children did not come back");
+    assert_nothing_left();
+}
+
+/// A TCX hook holds at most 63 programs. A run that would be the 64th is refused with
+/// exit 2 and a fix that applies (end stacked runs), before it changes any device.
+fn a_full_hook_is_refused_before_anything_changes() {
+    if !kernel_has_tcx() {
+        skip("TCX (Linux >= 6.6) has the 63-program limit per hook; the netlink path has none");
+    }
+    let pair = Pair::new("full");
+    let foreign: Vec<ForeignPass> = (0..63).map(|_| ForeignPass::attach(&pair.a, "va", false)).collect();
+    let before = String::from_utf8_lossy(&sh("ip", &["-n", &pair.a, "-d", "link", "show", "va"]).stdout).into_owned();
+    let target = pair.target();
+    let (code, out, err) =
+        chaos_run(&["inject", "loss", "--target", &target, "--probability", "0.1", "--duration", "2s"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("already runs 63 BPF programs") && err.contains("end some of the stacked runs"), "{err}");
+    let after = String::from_utf8_lossy(&sh("ip", &["-n", &pair.a, "-d", "link", "show", "va"]).stdout).into_owned();
+    assert_eq!(before, after, "the device was changed before the refusal");
+    drop(foreign);
     assert_nothing_left();
 }

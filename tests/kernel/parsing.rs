@@ -61,7 +61,7 @@ const FOREIGN_NAME: &str = "fgn_pass";
 /// exit`. TC_ACT_OK ends the TCX chain (TCX_PASS), as a CNI that passes or redirects
 /// would. Attached with a TCX link, or as a cls_bpf filter at priority 1 (what Cilium
 /// uses) on a clsact qdisc the test adds. Removed on drop.
-struct ForeignPass {
+pub struct ForeignPass {
     ns: String,
     prog_id: u32,
     links: Vec<OwnedFd>,
@@ -71,7 +71,7 @@ struct ForeignPass {
 }
 
 impl ForeignPass {
-    fn attach(ns: &str, dev: &'static str, netlink: bool) -> ForeignPass {
+    pub fn attach(ns: &str, dev: &'static str, netlink: bool) -> ForeignPass {
         // BPF_ALU64 | BPF_MOV | BPF_K r0 = 0; BPF_JMP | BPF_EXIT.
         let insns: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
         let license = c"GPL";
