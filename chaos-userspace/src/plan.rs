@@ -271,22 +271,6 @@ impl Plan {
                 let _ = writeln!(out, "      peer {p}");
             }
         }
-        for warning in self.warnings() {
-            let _ = writeln!(out, "\nwarning: {warning}");
-        }
-        out
-    }
-
-    /// What the plan will do that a user would not expect; printed by `plan` and at the
-    /// start of a run.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.steps.iter().flat_map(|s| &s.faults).any(|f| f.spec.kind == spec::FaultKind::Delay) {
-            out.push(
-                "delay caps TCP sent by sockets on this host: TCP small queues let ~2 segments per connection through per delay (2.2 Mbit/s at 10 ms, 0.2 at 100 ms; netem: 1,100 and 230). Forwarded traffic and UDP are not capped (docs/netem-comparison.md)"
-                    .to_owned(),
-            );
-        }
         out
     }
 }

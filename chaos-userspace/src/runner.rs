@@ -167,9 +167,6 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
         }
     };
     progress(&format!("scenario {} seed {seed} ({} total)", plan.name, format_duration(plan.total_duration())));
-    for warning in plan.warnings() {
-        progress(&format!("warning: {warning}"));
-    }
     let interrupted = install_signal_handlers()?;
     interrupted_now(&interrupted)?;
     let mode = plan.attach.resolve()?;

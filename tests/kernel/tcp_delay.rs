@@ -1,9 +1,8 @@
-//! TCP through a delay: chaos-ebpf holds delayed segments in sch_fq while the sending
-//! socket still owns them, so TCP small queues (about 1 ms of the socket's pacing rate,
-//! at least two segments) bound what waits in the delay, and a connection that cannot
-//! fill its window does not grow it; netem orphans the segment and has no such bound.
-//! Measured side by side in one run (REPORT|tcp_delay rows, copied into
-//! docs/netem-comparison.md), with the knobs a user would try; the run must warn.
+//! TCP through a delay, against netem in the same run: a delayed segment of a local
+//! socket must not hold its socket's send budget while it waits (TCP small queues would
+//! let ~2 segments per connection through per delay), so chaos-ebpf re-sends it as a
+//! copy without the socket, as netem orphans it. Rows `REPORT|tcp_delay` go into
+//! docs/netem-comparison.md.
 
 use std::time::Duration;
 

@@ -33,7 +33,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::KernelRun;
 
 /// Modules the tests need (with their dependencies added automatically).
-const MODULES: &[&str] = &["veth", "sch_fq", "sch_netem", "sch_ingress", "cls_bpf", "bridge"];
+const MODULES: &[&str] = &["veth", "sch_fq", "sch_netem", "sch_ingress", "cls_bpf", "bridge", "macvlan"];
 /// Host programs the tests call, beyond busybox.
 const PROGRAMS: &[&str] = &["ip", "tc", "ping", "bpftool"];
 /// Limit per kernel for the whole guest run under TCG.
