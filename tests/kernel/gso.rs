@@ -133,12 +133,48 @@ fn tcp_ingress_loss_is_decided_per_segment() {
     per_segment("gso-in", "b", "ingress");
 }
 
+/// GRO of a device in a namespace, read or set through the SIOCETHTOOL ioctl (the
+/// ethtool program is not on this machine kind).
+fn gro(ns: &str, dev: &'static str, set: Option<bool>) -> bool {
+    in_netns(ns, move || {
+        #[repr(C)]
+        struct EthtoolValue {
+            cmd: u32,
+            data: u32,
+        }
+        const SIOCETHTOOL: libc::c_ulong = 0x8946;
+        let (cmd, data) = match set {
+            Some(on) => (0x2c, on as u32), // ETHTOOL_SGRO
+            None => (0x2b, 0),             // ETHTOOL_GGRO
+        };
+        let mut value = EthtoolValue { cmd, data };
+        // SAFETY: a socket, an ifreq with a bounded name copy and a pointer to `value`.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            assert!(fd >= 0);
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (d, s) in req.ifr_name.iter_mut().zip(dev.bytes()) {
+                *d = s as libc::c_char;
+            }
+            req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+            let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert!(rc == 0, "SIOCETHTOOL on {dev}: {err}");
+        }
+        set.unwrap_or(value.data != 0)
+    })
+}
+
 /// Two overlapping runs share the device settings: the first out leaves them (the
 /// second still needs them), the last out restores them; a SIGKILLed run's settings
-/// are restored by `cleanup`.
+/// are restored by `cleanup`. GRO, which merges segments before the ingress hook, is
+/// off while ingress decisions run and back on afterwards.
 fn device_settings_are_restored_after_overlapping_runs_and_a_crash() {
     let pair = Pair::new("gso-dev");
     must("ip", &["-n", &pair.a, "link", "set", "va", "gso_max_segs", "300"]);
+    gro(&pair.a, "va", Some(true));
+    assert!(gro(&pair.a, "va", None), "GRO could not be turned on for the test");
     let target = pair.target();
     let loss = |seed: &str| {
         Chaos::start(&["inject", "loss", "--target", &target, "--probability", "0.1", "--duration", "5m", "--seed", seed])
@@ -146,6 +182,7 @@ fn device_settings_are_restored_after_overlapping_runs_and_a_crash() {
     let first = loss("1");
     assert_eq!(gso_max_segs(&pair.a, "va"), 1, "egress decisions need one segment per buffer");
     assert_eq!(gso_max_segs(&pair.b, "vb"), 1, "ingress decisions need the far end to segment");
+    assert!(!gro(&pair.a, "va", None), "GRO stayed on where ingress is decided");
     let second = loss("2");
     let (code, _, err) = first.interrupt();
     assert_eq!(code, 1, "{err}");
@@ -154,6 +191,7 @@ fn device_settings_are_restored_after_overlapping_runs_and_a_crash() {
     assert_eq!(code, 1, "{err}");
     assert_eq!(gso_max_segs(&pair.a, "va"), 300, "the last run out did not restore the original value exactly");
     assert_eq!(gso_max_segs(&pair.b, "vb"), 65535);
+    assert!(gro(&pair.a, "va", None), "GRO was not turned back on");
 
     let crashed = loss("3");
     crashed.signal(libc::SIGKILL);
@@ -163,6 +201,7 @@ fn device_settings_are_restored_after_overlapping_runs_and_a_crash() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("gso_max_segs 300 on va"), "{out}");
     assert_eq!(gso_max_segs(&pair.a, "va"), 300, "cleanup did not restore the original value");
+    assert!(gro(&pair.a, "va", None), "cleanup did not turn GRO back on");
     assert_eq!(gso_max_segs(&pair.b, "vb"), 65535);
     let records: Vec<_> = std::fs::read_dir("/run/chaos-ebpf")
         .map(|d| d.flatten().map(|e| e.path()).collect())
