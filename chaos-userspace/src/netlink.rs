@@ -484,3 +484,31 @@ pub fn nsid_of(fd: i32) -> io::Result<i32> {
     }
     Err(io::Error::other("RTM_GETNSID reply without an id"))
 }
+
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+
+/// The interface the calling thread's namespace routes `dst` through (`ip route get`);
+/// None when it has no route there.
+pub fn route_oif(dst: std::net::IpAddr) -> io::Result<Option<u32>> {
+    let (family, bytes, bits) = match dst {
+        std::net::IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec(), 32u8),
+        std::net::IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec(), 128u8),
+    };
+    let dst_attr = attr(RTA_DST, &bytes);
+    let mut msg = header(RTM_GETROUTE, 16 + 12 + dst_attr.len());
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
+    msg.extend_from_slice(&[family, bits, 0, 0, 0, 0, 0, 0]);
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend(dst_attr);
+    match request_reply(&msg, RTM_NEWROUTE) {
+        Ok(body) => Ok(attrs(&body, 12)
+            .into_iter()
+            .find(|(kind, value)| *kind == RTA_OIF && value.len() >= 4)
+            .map(|(_, value)| u32::from_ne_bytes(value[..4].try_into().unwrap()))),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}

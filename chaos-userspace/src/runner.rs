@@ -508,7 +508,11 @@ fn prepare(
     for fault in plan.steps.iter().flat_map(|s| &s.faults) {
         let (own, far) = device_needs(&fault.spec);
         for r in &resolved[&resolution_key(&fault.spec)] {
+            let used = devices_used(&fault.spec, r)?;
             for iface in r.interfaces.iter().filter(|i| r.ifindex == 0 || i.index == r.ifindex) {
+                if !used.as_ref().is_none_or(|used| used.contains(&iface.index)) {
+                    continue;
+                }
                 hold_device(held, &r.netns, iface, own)?;
                 if far.any() {
                     if let Some((peer_netns, peer_iface)) = target::far_end(&r.netns, iface)? {
@@ -532,6 +536,24 @@ fn prepare(
         }
     }
     Ok(())
+}
+
+/// The devices a cgroup or pid target's traffic to the fault's peers leaves through (its
+/// namespace's routes to each peer prefix's address), so that device settings and qdiscs
+/// change there only; None (every interface of the namespace) for other targets and for
+/// faults without peers.
+fn devices_used(spec: &FaultSpec, target: &Resolved) -> Result<Option<Vec<u32>>> {
+    if !spec.target.egress_only() || spec.peers.is_empty() {
+        return Ok(None);
+    }
+    let _inside = target.netns.enter()?;
+    let mut used = Vec::new();
+    for peer in &spec.peers {
+        let oif = crate::netlink::route_oif(peer.addr)
+            .with_context(|| format!("looking up the route to {peer} in {}", target.netns.path.display()))?;
+        used.extend(oif);
+    }
+    Ok(Some(used))
 }
 
 fn hold_device(held: &mut Vec<HeldDevice>, netns: &Netns, iface: &Interface, needs: devices::Needs) -> Result<()> {

@@ -15,6 +15,7 @@ pub const TESTS: &[Test] = tests![
     tcp_egress_loss_is_decided_per_segment,
     tcp_ingress_loss_is_decided_per_segment,
     device_settings_are_restored_after_overlapping_runs_and_a_crash,
+    cgroup_target_changes_only_the_devices_its_peers_route_through,
 ];
 
 /// The namespace's TCP OutSegs counter (net/snmp of this thread's namespace, as nstat reads it).
@@ -210,5 +211,31 @@ fn device_settings_are_restored_after_overlapping_runs_and_a_crash() {
         let text = std::fs::read_to_string(&record).unwrap_or_default();
         assert!(!text.contains(&pair.a) && !text.contains(&pair.b), "a device record was left: {}", record.display());
     }
+    assert_nothing_left();
+}
+
+/// A cgroup target's traffic to its peers leaves through the devices its namespace
+/// routes them to: only those get one segment per buffer; another device of the
+/// namespace (a second veth here) is left alone.
+fn cgroup_target_changes_only_the_devices_its_peers_route_through() {
+    let pair = Pair::new("gso-cg");
+    must("ip", &["-n", &pair.a, "link", "add", "vx", "type", "veth", "peer", "name", "vy"]);
+    must("ip", &["-n", &pair.a, "link", "set", "vx", "up"]);
+    must("ip", &["-n", &pair.a, "link", "set", "vy", "up"]);
+    let cgroup = TestCgroup::new("gso");
+    let mut anchor = cgroup.spawn("ip", &["netns", "exec", &pair.a, "sleep", "30"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let target = format!("cgroup:{}", cgroup.relative);
+    let chaos = Chaos::start(&[
+        "inject", "loss", "--target", &target, "--probability", "0.1", "--peer", "192.0.2.2/32", "--duration", "5m",
+    ]);
+    let (va, vx) = (gso_max_segs(&pair.a, "va"), gso_max_segs(&pair.a, "vx"));
+    let (code, _, err) = chaos.interrupt();
+    let _ = anchor.kill();
+    let _ = anchor.wait();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(va, 1, "the device the peer is routed through was not set to one segment per buffer");
+    assert_eq!(vx, 65535, "a device the target's traffic to its peers does not use was changed");
+    assert_eq!(gso_max_segs(&pair.a, "va"), 65535);
     assert_nothing_left();
 }
