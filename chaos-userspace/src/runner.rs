@@ -143,9 +143,25 @@ pub fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
         return Ok(flag.clone());
     }
     let flag = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(signal, flag.clone()).context("installing signal handlers")?;
+    let signals = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP];
+    // signal-hook installs its handler before it records the action: a signal in
+    // between would find no action and be lost. Blocked meanwhile, it stays pending and
+    // arrives once the flag is in place.
+    // SAFETY: sigset operations on a local set; pthread_sigmask on the calling thread.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
+    let registered: Result<()> = signals.iter().try_for_each(|signal| {
+        signal_hook::flag::register(*signal, flag.clone()).map(|_| ()).context("installing signal handlers")
+    });
+    // SAFETY: as above.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    registered?;
     Ok(INTERRUPTED.get_or_init(|| flag).clone())
 }
 

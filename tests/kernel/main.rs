@@ -1022,9 +1022,6 @@ fn delay_without_sch_fq_is_refused() {
     }
 }
 
-/// Skips (with the reason) a test that needs sch_fq on a kernel without it, such as
-/// this machine kind's own; `cargo xtask vm-test` runs them on Debian kernels.
-
 /// A 100 ms delay raises the median RTT by 100 ms; removing it restores the baseline at
 /// once, and sch_fq is gone again (the default qdisc is back).
 ///
