@@ -18,14 +18,19 @@ pub const TESTS: &[Test] = tests![
     cgroup_target_changes_only_the_devices_its_peers_route_through,
 ];
 
-/// The namespace's TCP OutSegs counter (net/snmp of this thread's namespace, as nstat reads it).
-fn tcp_out_segs(ns: &str) -> u64 {
+/// Segments the namespace's TCP put on the wire: OutSegs (new data and control; it
+/// leaves retransmissions out) plus RetransSegs, from net/snmp of this thread's
+/// namespace, as nstat reads them.
+fn tcp_wire_segments(ns: &str) -> u64 {
     in_netns(ns, || {
         let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("reading net/snmp");
         let mut lines = snmp.lines().filter(|l| l.starts_with("Tcp:"));
         let (names, values) = (lines.next().expect("Tcp header"), lines.next().expect("Tcp values"));
-        let at = names.split_whitespace().position(|n| n == "OutSegs").expect("OutSegs column");
-        values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("OutSegs value")
+        let value = |name: &str| -> u64 {
+            let at = names.split_whitespace().position(|n| n == name).expect("Tcp column");
+            values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("Tcp value")
+        };
+        value("OutSegs") + value("RetransSegs")
     })
 }
 
@@ -66,7 +71,8 @@ fn json_counter(report: &str, name: &str) -> u64 {
     value["steps"][0]["rules"][0]["counters"][name].as_u64().unwrap_or_else(|| panic!("no {name} in {report}"))
 }
 
-/// One loss run on the TCP transfer; checks matched against the sender's OutSegs and
+/// One loss run on the TCP transfer; checks matched against the segments the sender put
+/// on the wire (OutSegs + RetransSegs) and
 /// dropped against p * matched.
 fn per_segment(tag: &str, target_side: &str, direction: &str) {
     let pair = Pair::new(tag);
@@ -92,17 +98,17 @@ fn per_segment(tag: &str, target_side: &str, direction: &str) {
         "--output",
         "json",
     ]);
-    let before = tcp_out_segs(&pair.a);
+    let before = tcp_wire_segments(&pair.a);
     let bytes = 30 << 20;
     tcp_bulk(&pair.a, &pair.b, 5201, bytes);
-    let segments = tcp_out_segs(&pair.a) - before;
+    let segments = tcp_wire_segments(&pair.a) - before;
     let (code, out, err) = chaos.interrupt();
     assert_eq!(code, 1, "{err}");
     let matched = json_counter(&out, "matched");
     let dropped = json_counter(&out, "dropped");
     let sigma = (matched as f64 * p * (1.0 - p)).sqrt();
     println!(
-        "TCP {} MB, {direction} rule on side {target_side}: sender OutSegs {segments}, matched {matched} ({:+.2}%), dropped {dropped} (expected {:.0} +- {:.0})",
+        "TCP {} MB, {direction} rule on side {target_side}: sender OutSegs + RetransSegs {segments}, matched {matched} ({:+.2}%), dropped {dropped} (expected {:.0} +- {:.0})",
         bytes >> 20,
         100.0 * (matched as f64 - segments as f64) / segments as f64,
         p * matched as f64,
