@@ -336,17 +336,17 @@ fn execute(plan: &Plan, dry_run: bool, output: Output, command: String) -> Resul
         for (target, resolved) in &checked.resolved {
             for r in resolved {
                 let names = spec::list_some(r.interfaces.iter().map(|i| &i.name), 8);
-                eprintln!("chaos-ebpf: dry run: {target} resolves to {} ({names})", r.netns.path.display());
+                output::err(&format!("chaos-ebpf: dry run: {target} resolves to {} ({names})", r.netns.path.display()));
             }
         }
         if !checked.missing_privileges.is_empty() {
-            eprintln!(
+            output::err(&format!(
                 "chaos-ebpf: dry run without privileges ({}): a run would fail with exit 2",
                 checked.missing_privileges.join("; ")
-            );
+            ));
         }
         for what in &checked.unchecked {
-            eprintln!("chaos-ebpf: dry run: not checked without privileges: {what}");
+            output::err(&format!("chaos-ebpf: dry run: not checked without privileges: {what}"));
         }
         print_plan(plan, output);
         return Ok(0);
