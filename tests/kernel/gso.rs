@@ -16,6 +16,7 @@ pub const TESTS: &[Test] = tests![
     tcp_ingress_loss_is_decided_per_segment,
     device_settings_are_restored_after_overlapping_runs_and_a_crash,
     cgroup_target_changes_only_the_devices_its_peers_route_through,
+    udp_gso_buffers_are_counted_per_segment,
 ];
 
 /// Segments the namespace's TCP put on the wire: OutSegs (new data and control; it
@@ -243,5 +244,59 @@ fn cgroup_target_changes_only_the_devices_its_peers_route_through() {
     assert_eq!(va, 1, "the device the peer is routed through was not set to one segment per buffer");
     assert_eq!(vx, 65535, "a device the target's traffic to its peers does not use was changed");
     assert_eq!(gso_max_segs(&pair.a, "va"), 65535);
+    assert_nothing_left();
+}
+
+/// UDP GSO (UDP_SEGMENT, as QUIC stacks send) ignores gso_max_segs, so its buffers are
+/// still decided whole (docs/datapath.md), but every counter counts their segments: for
+/// 64-segment buffers, matched equals the segments sent, passed the datagrams that
+/// arrived, and dropped the rest.
+fn udp_gso_buffers_are_counted_per_segment() {
+    const UDP_SEGMENT: libc::c_int = 103;
+    const SEGMENT: usize = 1000;
+    const PER_SEND: usize = 64;
+    const SENDS: usize = 100;
+    let pair = Pair::new("udpgso");
+    let receiver = udp_receiver(&pair.b, SocketAddr::from((ADDR_B, 5600)));
+    let sender = in_netns(&pair.a, || std::net::UdpSocket::bind(SocketAddr::from((ADDR_A, 5601))).expect("bind"));
+    let size: libc::c_int = SEGMENT as libc::c_int;
+    // SAFETY: setsockopt on a valid fd with an int option value.
+    let set = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(sender.as_raw_fd(), libc::SOL_UDP, UDP_SEGMENT, (&size as *const libc::c_int).cast(), 4)
+    };
+    assert_eq!(set, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    let target = pair.target();
+    let chaos = Chaos::start(&[
+        "inject", "loss", "--target", &target, "--probability", "0.3", "--direction", "egress", "--proto", "udp",
+        "--ports", "5600", "--duration", "5m", "--seed", "3", "--output", "json",
+    ]);
+    let payload = vec![0x42u8; SEGMENT * PER_SEND];
+    let mut arrived = 0u64;
+    let mut buf = vec![0u8; 2048];
+    receiver.set_nonblocking(true).unwrap();
+    for _ in 0..SENDS {
+        sender.send_to(&payload, SocketAddr::from((ADDR_B, 5600))).expect("a GSO send");
+        while let Ok(n) = receiver.recv(&mut buf) {
+            assert_eq!(n, SEGMENT, "the receiver got a datagram of {n} bytes");
+            arrived += 1;
+        }
+    }
+    receiver.set_nonblocking(false).unwrap();
+    receiver.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    while let Ok(n) = receiver.recv(&mut buf) {
+        assert_eq!(n, SEGMENT);
+        arrived += 1;
+    }
+    let (code, out, err) = chaos.interrupt();
+    assert_eq!(code, 1, "{err}");
+    let sent = (SENDS * PER_SEND) as u64;
+    let (matched, dropped, passed) =
+        (json_counter(&out, "matched"), json_counter(&out, "dropped"), json_counter(&out, "passed"));
+    println!("UDP GSO: {sent} segments in {SENDS} buffers; matched {matched}, passed {passed}, dropped {dropped}, arrived {arrived}");
+    assert_eq!(matched, sent, "matched counts buffers, not segments");
+    assert_eq!(passed, arrived, "passed is not what arrived");
+    assert_eq!(dropped + passed, matched);
+    assert_eq!(dropped % PER_SEND as u64, 0, "buffers are decided whole: drops come in whole buffers");
     assert_nothing_left();
 }
