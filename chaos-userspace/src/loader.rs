@@ -243,15 +243,8 @@ impl Instance {
                 return Err(format!("interface {} in {} is gone", a.iface.name, self.netns.path.display()));
             }
             let program = if a.hook == TcAttachType::Ingress { ids[0] } else { ids[1] };
-            let attached = match self.mode {
-                AttachMode::Netlink => netlink::clsact_filters(a.iface.index, a.hook == TcAttachType::Ingress)
-                    .map(|filters| filters.iter().any(|f| f.program_id == Some(program)))
-                    .map_err(|e| e.to_string()),
-                _ => SchedClassifier::query_tcx(&a.iface.name, a.hook)
-                    .map(|(_, progs)| progs.iter().any(|p| p.id() == program))
-                    .map_err(|e| e.to_string()),
-            }
-            .map_err(|e| format!("checking the {} hook of {}: {e}", hook_name(a.hook), a.iface.name))?;
+            let attached = program_attached(self.mode, &a.iface, a.hook, program)
+                .map_err(|e| format!("checking the {} hook of {}: {e}", hook_name(a.hook), a.iface.name))?;
             if !attached {
                 return Err(format!(
                     "the {} program on {} in {} was detached by someone else",
@@ -435,19 +428,25 @@ impl Instance {
     }
 }
 
-/// Whether `program` (unknown: assume so) is still attached to the hook of `iface`, in
-/// the calling thread's namespace.
-fn still_attached(mode: AttachMode, iface: &Interface, hook: TcAttachType, program: Option<u32>) -> bool {
-    let present = crate::netns::interfaces().map(|list| list.iter().any(|i| i.index == iface.index)).unwrap_or(true);
-    let Some(program) = program.filter(|_| present) else { return present };
+/// Whether `program` is attached to the hook of `iface`, in the calling thread's
+/// namespace: in the TCX chain, or as a netlink filter.
+fn program_attached(mode: AttachMode, iface: &Interface, hook: TcAttachType, program: u32) -> Result<bool, String> {
     match mode {
         AttachMode::Netlink => netlink::clsact_filters(iface.index, hook == TcAttachType::Ingress)
             .map(|filters| filters.iter().any(|f| f.program_id == Some(program)))
-            .unwrap_or(true),
+            .map_err(|e| e.to_string()),
         _ => SchedClassifier::query_tcx(&iface.name, hook)
             .map(|(_, progs)| progs.iter().any(|p| p.id() == program))
-            .unwrap_or(true),
+            .map_err(|e| e.to_string()),
     }
+}
+
+/// Whether `program` (unknown: assume so) is still attached to the hook of `iface` after
+/// a failed detach; a vanished interface took it with it.
+fn still_attached(mode: AttachMode, iface: &Interface, hook: TcAttachType, program: Option<u32>) -> bool {
+    let present = crate::netns::interfaces().map(|list| list.iter().any(|i| i.index == iface.index)).unwrap_or(true);
+    let Some(program) = program.filter(|_| present) else { return present };
+    program_attached(mode, iface, hook, program).unwrap_or(true)
 }
 
 impl Drop for Instance {
