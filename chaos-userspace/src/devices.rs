@@ -175,11 +175,14 @@ fn read_record(path: &Path) -> Option<DeviceRecord> {
     fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-fn write_record(path: &Path, record: &DeviceRecord) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, serde_json::to_vec_pretty(record)?).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+impl DeviceRecord {
+    fn path(&self) -> PathBuf {
+        record_path(self.netns_id, self.ifindex)
+    }
+
+    fn save(&self) -> Result<()> {
+        state::write_json(&self.path(), self)
+    }
 }
 
 /// Users whose run is still alive (ourselves included).
@@ -200,17 +203,24 @@ fn unhex(text: &str) -> Vec<u8> {
     (0..text.len() / 2).filter_map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
 }
 
-/// What a delay or rate fault needs of an fq chaos-ebpf did not create (see
-/// `fq_settings`): fewer held packets per flow, or a shorter horizon, would drop
+/// The sch_fq chaos-ebpf installs, and what it requires of an fq it finds: at most
+/// `flow_limit` delayed packets held per flow (fq's default of 100 would cut a delayed
+/// flow to 100 packets per delay), and a horizon just past the longest delay a rule may
+/// ask for (beyond it fq drops, and the drop is counted by fq, not as a delay). Fewer
+/// held packets or a shorter horizon in an fq chaos-ebpf did not create would drop
 /// delayed packets that the counters call delayed.
-pub struct FqNeeds {
-    pub settings: FqSettings,
+fn fq_settings() -> FqSettings {
+    FqSettings {
+        limit: 100_000,
+        flow_limit: 10_000,
+        horizon_us: (crate::spec::MAX_DELAY.as_micros() as u32) + 1_000_000,
+    }
 }
 
 /// Registers this run as a user of `iface` (in the calling thread's namespace) and makes
 /// the changes `needs` asks for that are not in place yet. Fails (exit 2 for what the
 /// user must fix) without changing anything it has not recorded.
-pub fn acquire(netns_path: &Path, netns: NetnsId, iface: &Interface, needs: Needs, fq: &FqNeeds) -> Result<()> {
+pub fn acquire(netns_path: &Path, netns: NetnsId, iface: &Interface, needs: Needs) -> Result<()> {
     let _lock = lock()?;
     let path = record_path(netns, iface.index);
     let mut record = read_record(&path).unwrap_or_else(|| DeviceRecord {
@@ -230,15 +240,15 @@ pub fn acquire(netns_path: &Path, netns: NetnsId, iface: &Interface, needs: Need
         None => record.users.push(User { pid: me, needs }),
     }
     // Recorded first: a crash in the middle leaves a record cleanup can act on.
-    write_record(&path, &record)?;
+    record.save()?;
     // On failure the record keeps what was changed: the run's revert (or cleanup)
     // releases it like any other.
-    let result = apply(&mut record, needs, fq);
-    write_record(&path, &record)?;
+    let result = apply(&mut record, needs);
+    record.save()?;
     result
 }
 
-fn apply(record: &mut DeviceRecord, needs: Needs, fq: &FqNeeds) -> Result<()> {
+fn apply(record: &mut DeviceRecord, needs: Needs) -> Result<()> {
     let ifindex = record.ifindex;
     let iface = record.iface.clone();
     if needs.segment_egress && record.original.gso_max_segs.is_none() {
@@ -246,7 +256,7 @@ fn apply(record: &mut DeviceRecord, needs: Needs, fq: &FqNeeds) -> Result<()> {
         let current = info.gso_max_segs.unwrap_or(1);
         if current != 1 {
             record.original.gso_max_segs = Some(current);
-            write_record(&record_path(record.netns_id, ifindex), record)?;
+            record.save()?;
             netlink::set_gso_max_segs(ifindex, 1).map_err(|e| {
                 Failure::environment(
                     format!(
@@ -260,24 +270,24 @@ fn apply(record: &mut DeviceRecord, needs: Needs, fq: &FqNeeds) -> Result<()> {
     if needs.unmerge_ingress {
         if record.original.gro.is_none() && ethtool::gro(&iface)? {
             record.original.gro = Some(true);
-            write_record(&record_path(record.netns_id, ifindex), record)?;
+            record.save()?;
             ethtool::set_gro(&iface, false).with_context(|| format!("turning GRO off on {iface}"))?;
         }
         if record.original.lro.is_none() && ethtool::lro(&iface)? {
             record.original.lro = Some(true);
-            write_record(&record_path(record.netns_id, ifindex), record)?;
+            record.save()?;
             ethtool::set_lro(&iface, false).with_context(|| format!("turning LRO off on {iface}"))?;
         }
     }
     if needs.fq && record.replaced.is_empty() {
-        install_fq(record, fq)?;
+        install_fq(record)?;
     }
     Ok(())
 }
 
-fn check_foreign_fq(iface: &str, q: &Qdisc, fq: &FqNeeds) -> Result<()> {
+fn check_foreign_fq(iface: &str, q: &Qdisc) -> Result<()> {
     let limits = netlink::fq_limits(&q.options);
-    let want = &fq.settings;
+    let want = fq_settings();
     let short = |name: &str, have: Option<u32>, need: u32, unit: &str| -> Result<()> {
         match have {
             Some(v) if v >= need => Ok(()),
@@ -300,15 +310,16 @@ fn check_foreign_fq(iface: &str, q: &Qdisc, fq: &FqNeeds) -> Result<()> {
     Ok(())
 }
 
-fn install_fq(record: &mut DeviceRecord, fq: &FqNeeds) -> Result<()> {
+fn install_fq(record: &mut DeviceRecord) -> Result<()> {
+    let settings = fq_settings();
     let ifindex = record.ifindex;
     let iface = record.iface.clone();
     let qdiscs = netlink::qdiscs(ifindex).with_context(|| format!("reading the qdiscs of {iface}"))?;
     let root = qdiscs.iter().find(|q| q.parent == TC_H_ROOT);
-    let options = netlink::fq_options(&fq.settings);
+    let options = netlink::fq_options(&settings);
     let mut targets: Vec<(u32, u32, Qdisc)> = Vec::new();
     match root {
-        Some(q) if q.kind == "fq" => return check_foreign_fq(&iface, q, fq),
+        Some(q) if q.kind == "fq" => return check_foreign_fq(&iface, q),
         Some(q) if q.kind == "mq" => {
             // fq under every transmit queue, keeping the multiqueue layout.
             record.default_mq = q.handle == 0
@@ -318,7 +329,7 @@ fn install_fq(record: &mut DeviceRecord, fq: &FqNeeds) -> Result<()> {
                     .all(|c| c.handle == 0 && DEFAULT_ROOT_QDISCS.contains(&c.kind.as_str()));
             for child in qdiscs.iter().filter(|c| c.parent >> 16 == q.handle >> 16 && c.parent != TC_H_ROOT) {
                 if child.kind == "fq" {
-                    check_foreign_fq(&iface, child, fq)?;
+                    check_foreign_fq(&iface, child)?;
                     continue;
                 }
                 let queue = (child.parent & 0xffff).saturating_sub(1);
@@ -332,7 +343,7 @@ fn install_fq(record: &mut DeviceRecord, fq: &FqNeeds) -> Result<()> {
                     q.kind,
                     q.handle >> 16
                 ),
-                format!("make fq the root qdisc yourself (`tc qdisc replace dev {iface} root fq flow_limit {} limit {}`), or target an interface with its default qdisc", fq.settings.flow_limit, fq.settings.limit),
+                format!("make fq the root qdisc yourself (`tc qdisc replace dev {iface} root fq flow_limit {} limit {}`), or target an interface with its default qdisc", settings.flow_limit, settings.limit),
             )
             .into())
         }
@@ -351,7 +362,7 @@ fn install_fq(record: &mut DeviceRecord, fq: &FqNeeds) -> Result<()> {
             handle: original.handle,
             options: hex(&original.options),
         });
-        write_record(&record_path(record.netns_id, ifindex), record)?;
+        record.save()?;
         if let Err(e) = netlink::replace_qdisc(ifindex, parent, ours, "fq", &options) {
             record.replaced.pop();
             if e.raw_os_error() == Some(libc::ENOENT) {
@@ -468,7 +479,7 @@ pub fn release(netns: NetnsId, ifindex: u32) -> Result<Vec<String>> {
     if record.users.is_empty() && nothing_left {
         let _ = fs::remove_file(&path);
     } else {
-        write_record(&path, &record)?;
+        record.save()?;
     }
     if errors.is_empty() {
         Ok(done)

@@ -78,18 +78,6 @@ pub struct Instance {
     judge_bit: u32,
 }
 
-/// The sch_fq chaos-ebpf installs, and what it requires of an fq it finds: at most
-/// `flow_limit` delayed packets held per flow (fq's default of 100 would cut a delayed
-/// flow to 100 packets per delay), and a horizon just past the longest delay a rule may
-/// ask for (beyond it fq drops, and the drop is counted by fq, not as a delay).
-pub fn fq_settings() -> netlink::FqSettings {
-    netlink::FqSettings {
-        limit: 100_000,
-        flow_limit: 10_000,
-        horizon_us: (crate::spec::MAX_DELAY.as_micros() as u32) + 1_000_000,
-    }
-}
-
 fn hook_name(hook: TcAttachType) -> &'static str {
     match hook {
         TcAttachType::Ingress => "ingress",

@@ -24,7 +24,7 @@ use crate::{
     bpfsys, cleanup, devices,
     error::{require_root, Failure},
     lab::{Lab, ProbeCounts},
-    loader::{fq_settings, AttachMode, Instance},
+    loader::{AttachMode, Instance},
     netns::{Interface, Netns, NetnsId},
     output,
     plan::Plan,
@@ -580,7 +580,7 @@ fn hold_device(held: &mut Vec<HeldDevice>, netns: &Netns, iface: &Interface, nee
         held.push(HeldDevice { netns: Netns::open(&netns.path)?, iface: iface.clone() });
     }
     let _inside = netns.enter()?;
-    devices::acquire(&netns.path, netns.id, iface, needs, &devices::FqNeeds { settings: fq_settings() })
+    devices::acquire(&netns.path, netns.id, iface, needs)
 }
 
 /// Removes everything: attachments and programs, then device settings. Returns the time

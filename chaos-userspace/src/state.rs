@@ -181,12 +181,9 @@ impl RunRecord {
         Ok(record)
     }
 
-    /// Replaces the record atomically (write, then rename).
+    /// Replaces the record atomically.
     pub fn write(&self, state: &RunState) -> Result<()> {
-        let tmp = self.path.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(state)?).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &self.path).with_context(|| format!("renaming to {}", self.path.display()))?;
-        Ok(())
+        write_json(&self.path, state)
     }
 }
 
@@ -196,6 +193,15 @@ impl Drop for RunRecord {
         // Unlinked while still locked: nobody can mistake it for a dead run's.
         let _ = fs::remove_file(&self.lock_path);
     }
+}
+
+/// Replaces a ledger file atomically (write, then rename), so a reader never sees half
+/// of it.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
 }
 
 /// Every run record with its contents (unreadable ones are reported as `Err`).
