@@ -330,16 +330,7 @@ pub fn clsact_filters(ifindex: u32, ingress: bool) -> io::Result<Vec<Filter>> {
 
 /// Whether any filter (ours or anyone's) is attached to the clsact qdisc of `ifindex`.
 pub fn clsact_has_filters(ifindex: u32) -> io::Result<bool> {
-    for hook in [TC_H_CLSACT_INGRESS, TC_H_CLSACT_EGRESS] {
-        match dump(&message(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, hook, &[]), RTM_NEWTFILTER) {
-            Ok(bodies) if bodies.iter().any(|b| tcmsg_ids(b).0 == ifindex) => return Ok(true),
-            Ok(_) => {}
-            // No clsact qdisc (any more): no filters.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(false)
+    Ok(!clsact_filters(ifindex, true)?.is_empty() || !clsact_filters(ifindex, false)?.is_empty())
 }
 
 /// sch_fq settings for held packets. Defaults (100 packets per flow, 10 s horizon that
