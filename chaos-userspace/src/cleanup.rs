@@ -163,8 +163,7 @@ fn nix_ifindex(name: &str) -> std::io::Result<u32> {
 /// first. Live runs are never touched.
 pub fn collect_dead(remaining: &mut Vec<String>) -> Vec<DeadRun> {
     let mut dead = Vec::new();
-    for (path, record) in state::read_all() {
-        let pid = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+    for (pid, _, record) in state::read_all() {
         let (process, lock) = state::liveness(pid);
         if process != ProcessState::Dead {
             continue;
@@ -196,8 +195,7 @@ pub fn collect_dead(remaining: &mut Vec<String>) -> Vec<DeadRun> {
 /// Live runs by pid, with their state.
 fn live_runs() -> BTreeMap<u32, (ProcessState, RunState)> {
     let mut live = BTreeMap::new();
-    for (path, record) in state::read_all() {
-        let pid = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+    for (pid, _, record) in state::read_all() {
         let (process, _) = state::liveness(pid);
         if process != ProcessState::Dead {
             live.insert(pid, (process, record.unwrap_or_else(|_| RunState { pid, ..RunState::default() })));

@@ -93,9 +93,8 @@ pub fn free_judge_bit() -> u32 {
     let me = std::process::id();
     let taken: Vec<u32> = read_all()
         .into_iter()
-        .filter_map(|(_, r)| r.ok())
-        .filter(|r| r.pid != me && liveness(r.pid).0 != ProcessState::Dead)
-        .filter_map(|r| r.judge_bit)
+        .filter(|(pid, _, _)| *pid != me && liveness(*pid).0 != ProcessState::Dead)
+        .filter_map(|(_, _, r)| r.ok()?.judge_bit)
         .collect();
     (0..32).find(|b| !taken.contains(b)).unwrap_or(me % 32)
 }
@@ -204,8 +203,9 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-/// Every run record with its contents (unreadable ones are reported as `Err`).
-pub fn read_all() -> Vec<(PathBuf, Result<RunState>)> {
+/// Every run record: the pid its name carries (the pid of its lock), its path and its
+/// contents (unreadable ones are reported as `Err`).
+pub fn read_all() -> Vec<(u32, PathBuf, Result<RunState>)> {
     let Ok(entries) = fs::read_dir(STATE_DIR) else {
         return Vec::new();
     };
@@ -213,16 +213,16 @@ pub fn read_all() -> Vec<(PathBuf, Result<RunState>)> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .filter(|p| p.file_stem().is_some_and(|s| s.to_string_lossy().bytes().all(|b| b.is_ascii_digit())))
-        .map(|p| {
+        .filter_map(|p| {
+            let pid = p.file_stem()?.to_str()?.parse::<u32>().ok()?;
             let state = fs::read(&p)
                 .map_err(anyhow::Error::from)
                 .and_then(|b| serde_json::from_slice::<RunState>(&b).map_err(Into::into))
                 .with_context(|| format!("reading {}", p.display()));
-            (p, state)
+            Some((pid, p, state))
         })
         .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by_key(|(pid, _, _)| *pid);
     out
 }
 
@@ -238,12 +238,12 @@ pub enum ProcessState {
 
 /// A dead run's lock, held while its leftovers are removed so that no other cleanup does
 /// the same work at once.
-pub struct DeadRun {
+pub struct DeadRunLock {
     pub pid: u32,
     lock: Option<File>,
 }
 
-impl DeadRun {
+impl DeadRunLock {
     /// Removes the dead run's record and lock file (call after its leftovers are gone).
     pub fn forget(mut self) {
         let _ = fs::remove_file(record_path(self.pid));
@@ -253,13 +253,15 @@ impl DeadRun {
 }
 
 /// Whether the run `pid` is alive (its lock is held), and in which state.
-pub fn liveness(pid: u32) -> (ProcessState, Option<DeadRun>) {
+pub fn liveness(pid: u32) -> (ProcessState, Option<DeadRunLock>) {
     match try_lock_file(&lock_path(pid), false) {
         Ok(None) => (process_state(pid), None),
-        Ok(Some(lock)) => (ProcessState::Dead, Some(DeadRun { pid, lock: Some(lock) })),
+        Ok(Some(lock)) => (ProcessState::Dead, Some(DeadRunLock { pid, lock: Some(lock) })),
         // No lock file: a record without one is a dead run's (or one written by an
         // older chaos-ebpf, whose process is gone if nobody has its name and pid).
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (ProcessState::Dead, Some(DeadRun { pid, lock: None })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (ProcessState::Dead, Some(DeadRunLock { pid, lock: None }))
+        }
         Err(_) => (process_state(pid), None),
     }
 }

@@ -111,10 +111,10 @@ pub fn run(json: bool) -> Result<i32> {
     // Dead runs are collected first: their leftovers removed, their records forgotten.
     let dead = cleanup::collect_dead(&mut problems);
     let mut runs = Vec::new();
-    for (path, state) in state::read_all() {
+    for (pid, path, state) in state::read_all() {
         match state {
             Ok(state) => {
-                let (process, _) = state::liveness(state.pid);
+                let (process, _) = state::liveness(pid);
                 if process != ProcessState::Dead {
                     runs.push(run_status(&state, process));
                 }
