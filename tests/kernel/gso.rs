@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{lifecycle::gso_max_segs, support::*};
+use crate::support::*;
 
 pub const TESTS: &[Test] = tests![
     tcp_egress_loss_is_decided_per_segment,
@@ -67,11 +67,6 @@ fn tcp_bulk(from: &str, to: &str, port: u16, bytes: usize) -> usize {
     got
 }
 
-fn json_counter(report: &str, name: &str) -> u64 {
-    let value: serde_json::Value = serde_json::from_str(report).unwrap_or_else(|e| panic!("{e}: {report}"));
-    value["steps"][0]["rules"][0]["counters"][name].as_u64().unwrap_or_else(|| panic!("no {name} in {report}"))
-}
-
 /// One loss run on the TCP transfer; checks matched against the segments the sender put
 /// on the wire (OutSegs + RetransSegs) and
 /// dropped against p * matched.
@@ -105,8 +100,8 @@ fn per_segment(tag: &str, target_side: &str, direction: &str) {
     let segments = tcp_wire_segments(&pair.a) - before;
     let (code, out, err) = chaos.interrupt();
     assert_eq!(code, 1, "{err}");
-    let matched = json_counter(&out, "matched");
-    let dropped = json_counter(&out, "dropped");
+    let rule = counters(&out, 0);
+    let (matched, dropped) = (counter(&rule, "matched"), counter(&rule, "dropped"));
     let sigma = (matched as f64 * p * (1.0 - p)).sqrt();
     println!(
         "TCP {} MB, {direction} rule on side {target_side}: sender OutSegs + RetransSegs {segments}, matched {matched} ({:+.2}%), dropped {dropped} (expected {:.0} +- {:.0})",
@@ -291,8 +286,8 @@ fn udp_gso_buffers_are_counted_per_segment() {
     let (code, out, err) = chaos.interrupt();
     assert_eq!(code, 1, "{err}");
     let sent = (SENDS * PER_SEND) as u64;
-    let (matched, dropped, passed) =
-        (json_counter(&out, "matched"), json_counter(&out, "dropped"), json_counter(&out, "passed"));
+    let rule = counters(&out, 0);
+    let (matched, dropped, passed) = (counter(&rule, "matched"), counter(&rule, "dropped"), counter(&rule, "passed"));
     println!("UDP GSO: {sent} segments in {SENDS} buffers; matched {matched}, passed {passed}, dropped {dropped}, arrived {arrived}");
     assert_eq!(matched, sent, "matched counts buffers, not segments");
     assert_eq!(passed, arrived, "passed is not what arrived");

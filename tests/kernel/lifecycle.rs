@@ -109,14 +109,9 @@ fn lapsed_lease_is_not_success() {
     assert_nothing_left();
 }
 
+/// Ids of the TCX links that run chaos-ebpf programs.
 fn tcx_link_ids() -> Vec<String> {
-    let out = String::from_utf8_lossy(&sh("bpftool", &["link", "show"]).stdout).into_owned();
-    let programs: Vec<String> = loaded_chaos_programs().iter().map(|(id, _)| id.to_string()).collect();
-    // bpftool 7.1 prints the TCX link type as its number (11).
-    out.lines()
-        .filter(|l| programs.iter().any(|p| l.contains(&format!("prog {p}"))))
-        .filter_map(|l| l.split(':').next().map(|id| id.trim().to_owned()))
-        .collect()
+    chaos_links(&loaded_chaos_programs()).iter().filter_map(|l| l["id"].as_u64()).map(|id| id.to_string()).collect()
 }
 
 /// Someone else detaches the run's program: the run ends at its next lease renewal
@@ -314,15 +309,4 @@ fn closed_output_pipe_does_not_stop_the_experiment() {
     assert_eq!(status.code(), Some(0), "a closed pipe ended the run with {status:?} (101 is a panic)");
     assert!(!cut(&pair), "the fault outlived the run");
     assert_nothing_left();
-}
-
-/// gso_max_segs of a device in a namespace.
-pub fn gso_max_segs(ns: &str, dev: &str) -> u32 {
-    let out = sh("ip", &["-n", ns, "-d", "link", "show", dev]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "gso_max_segs")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no gso_max_segs for {dev} in {ns}: {text}"))
 }

@@ -308,15 +308,6 @@ fn prime_v6(pair: &Pair) {
 }
 
 /// A rule's counters from a JSON run report (one step, rule `index`).
-fn counters(report_json: &str, index: usize) -> serde_json::Value {
-    let report: serde_json::Value = serde_json::from_str(report_json).unwrap_or_else(|e| panic!("{e}: {report_json}"));
-    report["steps"][0]["rules"][index]["counters"].clone()
-}
-
-fn counter(counters: &serde_json::Value, name: &str) -> u64 {
-    counters[name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {counters}"))
-}
-
 /// `--protect udp:PORT` covers every fragment of a datagram, not only the first (the
 /// later ones carry no ports): under loss 0.5 every 4 KB datagram to the port arrives,
 /// while datagrams to another port are lost.

@@ -428,7 +428,7 @@ pub fn loaded_chaos_programs() -> Vec<(u64, String)> {
 
 /// BPF links (TCX, on kernels >= 6.6) to chaos-ebpf programs (`programs`). By program,
 /// not by link type: this bpftool prints TCX's type as a number (11).
-fn chaos_links(programs: &[(u64, String)]) -> Vec<serde_json::Value> {
+pub fn chaos_links(programs: &[(u64, String)]) -> Vec<serde_json::Value> {
     bpftool_json("link")
         .into_iter()
         .filter(|l| programs.iter().any(|(id, _)| l["prog_id"].as_u64() == Some(*id)))
@@ -624,4 +624,26 @@ pub fn kernel_has_netem(pair: &Pair) -> bool {
         must("ip", &["netns", "exec", &pair.a, "tc", "qdisc", "del", "dev", "va", "root"]);
     }
     ok
+}
+
+/// gso_max_segs of a device in a namespace.
+pub fn gso_max_segs(ns: &str, dev: &str) -> u32 {
+    let out = sh("ip", &["-n", ns, "-d", "link", "show", dev]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "gso_max_segs")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no gso_max_segs for {dev} in {ns}: {text}"))
+}
+
+/// The counters of rule `index` in the first step of a `--output json` run report.
+pub fn counters(report_json: &str, index: usize) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_str(report_json).unwrap_or_else(|e| panic!("{e}: {report_json}"));
+    report["steps"][0]["rules"][index]["counters"].clone()
+}
+
+/// One counter of `counters`.
+pub fn counter(counters: &serde_json::Value, name: &str) -> u64 {
+    counters[name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {counters}"))
 }
