@@ -128,7 +128,7 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     // SAFETY: the program's own skb.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
     let segs = if gso_segs > 1 { gso_segs } else { 1 };
-    let slots = Slots { nr_slots, dir, ifindex, now, segs };
+    let slots = Slots { nr_slots, dir, ifindex, now, segs, cookie: config.cookie };
 
     // Each case that acts on no rule walks the slots in its own small loop: one loop with
     // a branch per case multiplies the states the verifier walks through 32 slots.
@@ -174,6 +174,8 @@ struct Slots {
     now: u64,
     /// Wire packets in this buffer (1 unless it is a GSO buffer).
     segs: u64,
+    /// This instance's cookie (Config::cookie), for re-sent copies.
+    cookie: u32,
 }
 
 /// The rule in `slot` and its counters if it applies to this packet's interface and
@@ -356,9 +358,7 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
         save_fragment_record(scratch);
     }
     if dir == direction::EGRESS && held_for_delay {
-        if let Some(config) = CONFIG.get(0) {
-            return resend_without_socket(ctx, slots.ifindex, config.cookie);
-        }
+        return resend_without_socket(ctx, slots.ifindex, slots.cookie);
     }
     TC_ACT_UNSPEC
 }
