@@ -23,6 +23,8 @@ pub const MAX_PEERS: u32 = 4096;
 pub const MAX_FLOWS: u32 = 65536;
 /// Fragmented datagrams remembered between their first and later fragments (LRU).
 pub const MAX_FRAGMENTS: u32 = 4096;
+/// Devices per instance with a segmenter pair (CHAOS_SEGMENTERS entries).
+pub const MAX_SEGMENTERS: u32 = 256;
 
 /// Names of the maps and programs in the object, used by the loader and by `cleanup`.
 pub mod names {
@@ -35,9 +37,17 @@ pub mod names {
     pub const FLOWS: &str = "CHAOS_FLOWS";
     pub const RATE_NEXT: &str = "CHAOS_RATE_NEXT";
     pub const FRAGMENTS: &str = "CHAOS_FRAGMENTS";
+    pub const SEGMENTERS: &str = "CHAOS_SEGMENTERS";
     /// Program names as the kernel records them (at most 15 bytes).
     pub const PROG_INGRESS: &str = "chaos_ingress";
     pub const PROG_EGRESS: &str = "chaos_egress";
+    /// Judge the segments of GSO buffers on the inner end of a segmenter pair: those
+    /// from an egress hook, those from an ingress hook (one program for both would be
+    /// more than the verifier walks).
+    pub const PROG_JUDGE_EGRESS: &str = "chaos_judge_out";
+    pub const PROG_JUDGE_INGRESS: &str = "chaos_judge_in";
+    /// Every program of the object, for finding an instance's programs from outside.
+    pub const PROGRAMS: [&str; 4] = [PROG_INGRESS, PROG_EGRESS, PROG_JUDGE_EGRESS, PROG_JUDGE_INGRESS];
 }
 
 /// What a matched packet gets. Stored in [`Rule::action`].
@@ -209,21 +219,43 @@ pub struct Config {
 }
 
 /// A delayed packet of a local socket is re-sent as a copy without the socket (so TCP
-/// small queues do not hold the sender back while the copy waits in sch_fq). The copy
-/// runs through the egress hook again; `skb->cb` tells each chaos-ebpf program whether
-/// it already judged the packet:
-/// - `cb[MARK]` is [`resend::JUDGED`] once any instance judged it (garbage otherwise:
-///   upper layers leave cb behind; the first instance resets the other words),
+/// small queues do not hold the sender back while the copy waits in sch_fq), and the
+/// segments of a GSO buffer come back from the segmenter pair (see [`segment`]): both
+/// run through the device's hook again, and `skb->cb` tells each chaos-ebpf program
+/// whether it already judged the packet:
+/// - `cb[MARK]` is [`resend::JUDGED`] (egress) or [`resend::JUDGED_INGRESS`] once any
+///   instance judged it on that hook (garbage otherwise: upper layers and the far end of
+///   a veth leave cb behind; the first instance resets the other words),
 /// - `cb[RESENDER]` the cookie of the instance that re-sent it (0 for an original),
 /// - `cb[DEPART_LO]`/`cb[DEPART_HI]` the departure time (a redirect may clear tstamp),
 /// - `cb[JUDGED_BY]` one bit per instance that judged it (bit = cookie & 31).
 pub mod resend {
     pub const JUDGED: u32 = 0xc4a0_5e5d;
+    pub const JUDGED_INGRESS: u32 = 0xc4a0_5e5e;
     pub const MARK: usize = 0;
     pub const RESENDER: usize = 1;
     pub const DEPART_LO: usize = 2;
     pub const DEPART_HI: usize = 3;
     pub const JUDGED_BY: usize = 4;
+}
+
+/// A GSO buffer (UDP_SEGMENT, which QUIC stacks use, carries up to 64 datagrams; the
+/// stack splits it only after the egress hook, and `gso_max_segs` does not stop it) is
+/// decided per segment by a detour: the first instance on the hook redirects it to the
+/// outer end of a veth pair in the device's namespace whose `gso_max_segs` is 1, so the
+/// kernel segments it there in software; each segment arrives on the inner end, where
+/// that instance's judge program (`chaos_judge_out` for buffers from an egress hook,
+/// `chaos_judge_in` from an ingress hook) decides it as the hook it came from would
+/// have and sends it back there, marked as judged ([`resend`]). On the way, `skb->cb`
+/// holds:
+/// - `cb[MARK]`: [`segment::EGRESS`] or [`segment::INGRESS`], the hook it came from,
+/// - `cb[RESENDER]`: the cookie of the instance that sent it there,
+/// - `cb[FROM_IFINDEX]`: the device it came from,
+/// - `cb[JUDGED_BY]`: as in [`resend`], kept for the instances before it on the hook.
+pub mod segment {
+    pub const EGRESS: u32 = 0xc4a0_5e6e;
+    pub const INGRESS: u32 = 0xc4a0_5e6f;
+    pub const FROM_IFINDEX: usize = 3;
 }
 
 /// Address families in [`PeerKeyData::family`].

@@ -18,12 +18,13 @@ use aya_ebpf::{
     bindings::TC_ACT_SHOT,
     helpers::{bpf_clone_redirect, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id},
     macros::{classifier, map},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_ebpf_common::{
     Config, FlowKey, FlowState, FragmentKey, FragmentRecord, MAX_FLOWS, MAX_FRAGMENTS, MAX_PEERS, MAX_PROTECTED,
-    MAX_RULES, PeerKeyData, ProtectedPorts, Rule, RuleCounters, resend, action, direction, flags, proto,
+    MAX_RULES, MAX_SEGMENTERS, PeerKeyData, ProtectedPorts, Rule, RuleCounters, action, direction, flags, proto,
+    resend, segment,
 };
 
 use crate::{
@@ -32,6 +33,8 @@ use crate::{
 };
 
 const TC_ACT_UNSPEC: i32 = -1;
+/// bpf_redirect flag: to the device's ingress instead of its egress.
+const BPF_F_INGRESS: u64 = 1;
 
 #[map(name = "CHAOS_RULES")]
 static RULES: Array<Rule> = Array::with_max_entries(MAX_RULES, 0);
@@ -67,6 +70,11 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_
 #[map(name = "CHAOS_FRAGMENTS")]
 static FRAGMENTS: LruHashMap<FragmentKey, FragmentRecord> = LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
 
+/// Device ifindex -> ifindex of the outer end of its segmenter pair (see
+/// chaos_ebpf_common::segment). Looked up for GSO buffers only.
+#[map(name = "CHAOS_SEGMENTERS")]
+static SEGMENTERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SEGMENTERS, 0);
+
 /// Per-CPU working memory for one packet (a TC program runs to completion on one CPU
 /// without preemption by another TC run there), kept off the 512-byte BPF stack.
 #[repr(C)]
@@ -90,6 +98,19 @@ pub fn chaos_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn chaos_egress(ctx: TcContext) -> i32 {
     classify(&ctx, direction::EGRESS)
+}
+
+/// On the ingress of the inner end of a segmenter pair: judges the segments of buffers
+/// this instance sent there from an egress hook, and passes everything else on.
+#[classifier]
+pub fn chaos_judge_out(ctx: TcContext) -> i32 {
+    judge_segment(&ctx, direction::EGRESS)
+}
+
+/// The same for buffers from an ingress hook.
+#[classifier]
+pub fn chaos_judge_in(ctx: TcContext) -> i32 {
+    judge_segment(&ctx, direction::INGRESS)
 }
 
 /// Counters a packet that no rule may act on bumps (besides `seen`).
@@ -116,15 +137,15 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     };
     // SAFETY: this CPU's scratch entry, used by this program run only.
     let scratch = unsafe { &mut *scratch };
-    if dir == direction::EGRESS && already_judged(ctx, config.cookie) {
+    if already_judged(ctx, config.cookie, dir) {
         return TC_ACT_UNSPEC;
     }
     let class = parse::parse(ctx, &mut scratch.head, &mut scratch.packet);
     // SAFETY: helper calls without pointer arguments, or with the program's own skb.
     let now = unsafe { bpf_ktime_get_ns() };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // Counters are per wire packet: a GSO buffer (UDP_SEGMENT: chaos-ebpf cannot make
-    // the stack split those before the hook, see docs/datapath.md) counts its segments.
+    // Counters are per wire packet: a GSO buffer that cannot take the detour through a
+    // segmenter counts its segments (see docs/datapath.md).
     // SAFETY: the program's own skb.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
     let segs = if gso_segs > 1 { gso_segs } else { 1 };
@@ -158,6 +179,12 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
                 }
                 Untouched::Protected
             } else {
+                if segs > 1 {
+                    // SAFETY: a lookup with a key on the stack.
+                    if let Some(&outer) = unsafe { SEGMENTERS.get(&ifindex) } {
+                        return to_segmenter(ctx, &slots, outer);
+                    }
+                }
                 return act(ctx, &slots, scratch);
             }
         }
@@ -297,20 +324,7 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
             break;
         }
         let Some((rule, counters)) = rule_for(slots, slot) else { continue };
-        if rule.cgroup_id != 0 {
-            // The socket's cgroup is known on egress only (checked by the loader too).
-            if dir != direction::EGRESS {
-                continue;
-            }
-            // SAFETY: the program's own skb. The ancestor at the rule's level is the
-            // target cgroup itself when the sender is in its subtree (0 when the sender
-            // sits higher up or the packet has no socket).
-            let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, rule.cgroup_level as i32) };
-            if id != rule.cgroup_id {
-                continue;
-            }
-        }
-        if !matches_peer(rule, slot, &scratch.packet, dir, &mut scratch.peer) {
+        if !matches(ctx, rule, slot, dir, scratch) {
             continue;
         }
         counters.matched += slots.segs;
@@ -363,6 +377,107 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Whether `rule` (in `slot`) matches the parsed packet: the sender's cgroup, protocol,
+/// ports, peers.
+#[inline(always)]
+fn matches(ctx: &TcContext, rule: &Rule, slot: u32, dir: u32, scratch: &mut Scratch) -> bool {
+    matches_cgroup(ctx, rule, dir) && matches_peer(rule, slot, &scratch.packet, dir, &mut scratch.peer)
+}
+
+#[inline(always)]
+fn matches_cgroup(ctx: &TcContext, rule: &Rule, dir: u32) -> bool {
+    if rule.cgroup_id == 0 {
+        return true;
+    }
+    // The socket's cgroup is known on egress only (checked by the loader too).
+    if dir != direction::EGRESS {
+        return false;
+    }
+    // SAFETY: the program's own skb. The ancestor at the rule's level is the target
+    // cgroup itself when the sender is in its subtree (0 when the sender sits higher up
+    // or the packet has no socket).
+    let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, rule.cgroup_level as i32) };
+    id == rule.cgroup_id
+}
+
+/// A GSO buffer goes to the segmenter pair of its device, to be judged segment by
+/// segment (chaos_ebpf_common::segment). Nothing is matched or counted here: the
+/// segments are, as if they had come one by one (a loop over the rules here as well
+/// would exceed what the verifier walks).
+#[inline(always)]
+fn to_segmenter(ctx: &TcContext, slots: &Slots, outer: u32) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's own skb; cb[0..5] is the TC programs' scratch area.
+    unsafe {
+        (*skb).cb[resend::MARK] = if slots.dir == direction::EGRESS { segment::EGRESS } else { segment::INGRESS };
+        (*skb).cb[resend::RESENDER] = slots.cookie;
+        (*skb).cb[segment::FROM_IFINDEX] = slots.ifindex;
+        // SAFETY: a helper without pointer arguments; flags 0 = the egress of `outer`,
+        // where the kernel segments the buffer.
+        bpf_redirect(outer, 0) as i32
+    }
+}
+
+/// One segment of a buffer this instance sent to its segmenter: matched and decided as
+/// on the hook it came from (the segment still carries its sender's socket, so cgroup
+/// rules match), then dropped here, or sent back there marked as judged with the
+/// departure time the rules gave it.
+#[inline(always)]
+fn judge_segment(ctx: &TcContext, dir: u32) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's own skb; TC programs may read and write cb[0..5].
+    let (mark, sender, from) =
+        unsafe { ((*skb).cb[resend::MARK], (*skb).cb[resend::RESENDER], (*skb).cb[segment::FROM_IFINDEX]) };
+    let (expected, judged) = if dir == direction::EGRESS {
+        (segment::EGRESS, resend::JUDGED)
+    } else {
+        (segment::INGRESS, resend::JUDGED_INGRESS)
+    };
+    if mark != expected {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(config) = CONFIG.get(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    if sender != config.cookie {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run only.
+    let scratch = unsafe { &mut *scratch };
+    // SAFETY: the program's own skb, as above. Judged by this instance from here on
+    // (its JUDGED_BY bit and those before it were set on the way in). tstamp holds the
+    // departure time the rules give (on this ingress it holds at most a receive time).
+    unsafe {
+        (*skb).cb[resend::MARK] = judged;
+        (*skb).cb[resend::RESENDER] = config.cookie;
+        (*skb).tstamp = 0;
+    }
+    if parse::parse(ctx, &mut scratch.head, &mut scratch.packet) == Class::Ip
+        && !is_protected(&scratch.packet, config.nr_protected)
+    {
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let slots = Slots { nr_slots: config.nr_slots, dir, ifindex: from, now, segs: 1, cookie: config.cookie };
+        let verdict = act(ctx, &slots, scratch);
+        if verdict != TC_ACT_UNSPEC {
+            // Dropped, or re-sent without its socket (resend_without_socket).
+            return verdict;
+        }
+    }
+    // SAFETY: the program's own skb, as above.
+    unsafe {
+        let depart = (*skb).tstamp;
+        (*skb).cb[resend::DEPART_LO] = depart as u32;
+        (*skb).cb[resend::DEPART_HI] = (depart >> 32) as u32;
+    }
+    let flags = if dir == direction::INGRESS { BPF_F_INGRESS } else { 0 };
+    // SAFETY: a helper without pointer arguments.
+    unsafe { bpf_redirect(from, flags) as i32 }
+}
+
 /// A packet of a local socket that a delay rule holds would keep its socket's send
 /// budget until it leaves: TCP small queues then let ~2 segments per connection wait in
 /// sch_fq, capping TCP at ~2 segments per delay (netem orphans the packet). So the
@@ -397,18 +512,20 @@ fn resend_without_socket(ctx: &TcContext, ifindex: u32, cookie: u32) -> i32 {
     }
 }
 
-/// Marks an egress packet as judged by this instance, or says it already was: a copy
-/// re-sent by an instance that ran after this one in the chain (this one judged the
-/// original), or this instance's own copy (its departure time is set again). Programs
-/// after the re-sender never saw the original and judge the copy.
+/// Marks a packet as judged by this instance on this hook, or says it already was: a
+/// copy re-sent (or a segment sent back) by an instance that ran after this one in the
+/// chain (this one judged the original), or this instance's own copy or segment (its
+/// departure time is set again). Programs after the re-sender never saw the original
+/// and judge the copy.
 #[inline(always)]
-fn already_judged(ctx: &TcContext, cookie: u32) -> bool {
+fn already_judged(ctx: &TcContext, cookie: u32, dir: u32) -> bool {
     let skb = ctx.skb.skb;
     let bit = 1u32 << (cookie & 31);
+    let judged = if dir == direction::EGRESS { resend::JUDGED } else { resend::JUDGED_INGRESS };
     // SAFETY: the program's own skb; TC programs may read and write cb[0..5].
     unsafe {
-        if (*skb).cb[resend::MARK] != resend::JUDGED {
-            (*skb).cb[resend::MARK] = resend::JUDGED;
+        if (*skb).cb[resend::MARK] != judged {
+            (*skb).cb[resend::MARK] = judged;
             (*skb).cb[resend::RESENDER] = 0;
             (*skb).cb[resend::JUDGED_BY] = 0;
         }
@@ -484,17 +601,21 @@ fn is_protected(p: &Packet, nr_protected: u32) -> bool {
     false
 }
 
+/// Protocol and ports.
 #[inline(always)]
-fn matches_peer(rule: &Rule, slot: u32, p: &Packet, dir: u32, key: &mut Key<PeerKeyData>) -> bool {
+fn matches_ports(rule: &Rule, p: &Packet) -> bool {
     let proto_ok = match rule.proto {
         proto::ANY => true,
         proto::ICMP => p.proto as u32 == proto::ICMP || p.proto as u32 == proto::ICMPV6,
         other => p.proto as u32 == other,
     };
-    if !proto_ok {
-        return false;
-    }
-    if !(rule.port_lo == 0 && rule.port_hi == u16::MAX) && !in_ports(p, rule.port_lo, rule.port_hi) {
+    proto_ok && ((rule.port_lo == 0 && rule.port_hi == u16::MAX) || in_ports(p, rule.port_lo, rule.port_hi))
+}
+
+/// Protocol, ports and peers.
+#[inline(always)]
+fn matches_peer(rule: &Rule, slot: u32, p: &Packet, dir: u32, key: &mut Key<PeerKeyData>) -> bool {
+    if !matches_ports(rule, p) {
         return false;
     }
     if rule.flags & flags::PEERS != 0 {

@@ -28,7 +28,7 @@ pub fn our_programs() -> Vec<(u32, String)> {
         .flatten()
         .filter_map(|p| {
             let name = p.name_as_str()?.to_owned();
-            (name == names::PROG_INGRESS || name == names::PROG_EGRESS).then_some((p.id(), name))
+            names::PROGRAMS.contains(&name.as_str()).then_some((p.id(), name))
         })
         .collect()
 }

@@ -225,8 +225,7 @@ fn sweep_netlink(force: bool, dry: bool, report: &mut Report) -> Vec<String> {
             for ingress in [true, false] {
                 let Ok(filters) = netlink::clsact_filters(iface.index, ingress) else { continue };
                 for f in filters {
-                    if matches!(f.program_name.as_deref(), Some(n) if n == names::PROG_INGRESS || n == names::PROG_EGRESS)
-                    {
+                    if matches!(f.program_name.as_deref(), Some(n) if names::PROGRAMS.contains(&n)) {
                         candidates.push((ns.path.clone(), iface.name.clone(), ingress, f));
                     }
                 }

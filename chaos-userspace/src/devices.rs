@@ -6,6 +6,12 @@
 //!   `gso_max_segs` set to 1 makes the stack hand it one segment per buffer; on ingress
 //!   the same on the far end of a veth, and GRO and LRO off on the device itself (they
 //!   merge segments before the ingress hook).
+//! - Per-segment decisions for buffers the stack builds anyway (UDP_SEGMENT ignores
+//!   `gso_max_segs`): a segmenter, a veth pair in the device's namespace (outer end
+//!   `chaos<ifindex>gso` with `gso_max_segs` 1, inner end `chaos<ifindex>seg`). The
+//!   program sends such a buffer out of the outer end, the kernel segments it there, and
+//!   the judge programs on the inner end's ingress decide each segment and send it back
+//!   (chaos_ebpf_common::segment).
 //! - sch_fq, which enforces the departure times of delay and rate faults: installed as the
 //!   root qdisc in place of a default one, or under each transmit queue of an `mq`
 //!   (keeping the multiqueue layout); what it replaced is restored from the options the
@@ -58,6 +64,10 @@ pub struct Needs {
     /// Departure times on this device's egress: sch_fq.
     #[serde(default)]
     pub fq: bool,
+    /// Decisions on this device (either hook) that GSO buffers must not skip: a
+    /// segmenter pair.
+    #[serde(default)]
+    pub segmenter: bool,
 }
 
 impl Needs {
@@ -66,11 +76,12 @@ impl Needs {
             segment_egress: self.segment_egress || other.segment_egress,
             unmerge_ingress: self.unmerge_ingress || other.unmerge_ingress,
             fq: self.fq || other.fq,
+            segmenter: self.segmenter || other.segmenter,
         }
     }
 
     pub fn any(self) -> bool {
-        self.segment_egress || self.unmerge_ingress || self.fq
+        self.segment_egress || self.unmerge_ingress || self.fq || self.segmenter
     }
 }
 
@@ -100,6 +111,30 @@ struct Replaced {
     options: String,
 }
 
+/// A segmenter pair chaos-ebpf created for a device (see the module comment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segmenter {
+    /// Where GSO buffers are sent (gso_max_segs 1).
+    pub outer: String,
+    pub outer_index: u32,
+    /// Where their segments arrive, to be judged.
+    pub inner: String,
+    pub inner_index: u32,
+}
+
+/// Names of the segmenter pair of device `ifindex`: `chaos<ifindex>gso` and
+/// `chaos<ifindex>seg` (at most 15 bytes up to ifindex 9,999,999).
+fn segmenter_names(ifindex: u32) -> (String, String) {
+    (format!("chaos{ifindex}gso"), format!("chaos{ifindex}seg"))
+}
+
+/// Whether `name` is one of chaos-ebpf's segmenter devices: never a target.
+pub fn is_segmenter(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("chaos") else { return false };
+    let digits = rest.strip_suffix("gso").or_else(|| rest.strip_suffix("seg"));
+    digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DeviceRecord {
     netns: PathBuf,
@@ -114,6 +149,10 @@ struct DeviceRecord {
     /// handle, and deleting a child leaves its queue without a qdisc).
     #[serde(default)]
     default_mq: bool,
+    /// The segmenter pair chaos-ebpf created for this device (names first, indices
+    /// once created).
+    #[serde(default)]
+    segmenter: Option<Segmenter>,
 }
 
 fn record_path(netns: NetnsId, ifindex: u32) -> PathBuf {
@@ -218,9 +257,10 @@ fn fq_settings() -> FqSettings {
 }
 
 /// Registers this run as a user of `iface` (in the calling thread's namespace) and makes
-/// the changes `needs` asks for that are not in place yet. Fails (exit 2 for what the
-/// user must fix) without changing anything it has not recorded.
-pub fn acquire(netns_path: &Path, netns: NetnsId, iface: &Interface, needs: Needs) -> Result<()> {
+/// the changes `needs` asks for that are not in place yet; returns the device's
+/// segmenter pair when `needs` asks for one. Fails (exit 2 for what the user must fix)
+/// without changing anything it has not recorded.
+pub fn acquire(netns_path: &Path, netns: NetnsId, iface: &Interface, needs: Needs) -> Result<Option<Segmenter>> {
     let _lock = lock()?;
     let path = record_path(netns, iface.index);
     let mut record = read_record(&path).unwrap_or_else(|| DeviceRecord {
@@ -232,6 +272,7 @@ pub fn acquire(netns_path: &Path, netns: NetnsId, iface: &Interface, needs: Need
         original: Original::default(),
         replaced: Vec::new(),
         default_mq: false,
+        segmenter: None,
     });
     prune_dead(&mut record);
     let me = std::process::id();
@@ -245,7 +286,8 @@ pub fn acquire(netns_path: &Path, netns: NetnsId, iface: &Interface, needs: Need
     // releases it like any other.
     let result = apply(&mut record, needs);
     record.save()?;
-    result
+    result?;
+    Ok(if needs.segmenter { record.segmenter.clone() } else { None })
 }
 
 fn apply(record: &mut DeviceRecord, needs: Needs) -> Result<()> {
@@ -282,7 +324,66 @@ fn apply(record: &mut DeviceRecord, needs: Needs) -> Result<()> {
     if needs.fq && record.replaced.is_empty() {
         install_fq(record)?;
     }
+    if needs.segmenter && record.segmenter.is_none() {
+        add_segmenter(record)?;
+    }
     Ok(())
+}
+
+/// Creates the device's segmenter pair, recorded by name before it exists.
+fn add_segmenter(record: &mut DeviceRecord) -> Result<()> {
+    let iface = record.iface.clone();
+    let (outer, inner) = segmenter_names(record.ifindex);
+    if outer.len() >= libc::IFNAMSIZ {
+        return Err(Failure::environment(
+            format!("{iface} has interface index {}, too large to name its segmenter pair", record.ifindex),
+            "target a device with an index below 10,000,000",
+        )
+        .into());
+    }
+    record.segmenter = Some(Segmenter { outer: outer.clone(), outer_index: 0, inner: inner.clone(), inner_index: 0 });
+    record.save()?;
+    // MTU: the largest a veth takes, so no segment of any device is too long for it.
+    if let Err(e) = netlink::add_veth_pair(&outer, &inner, 65535, 1) {
+        record.segmenter = None;
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            return Err(Failure::environment(
+                format!("a device named {outer} or {inner} already exists next to {iface}, and chaos-ebpf has no record of creating it"),
+                format!("if it is left over from a chaos-ebpf run, delete it (`ip link del {outer}`); chaos-ebpf needs these names for {iface}'s segmenter pair"),
+            )
+            .into());
+        }
+        return Err(e).with_context(|| format!("creating the segmenter pair {outer}/{inner} for {iface}"));
+    }
+    let index = |name: &str| -> Result<u32> {
+        let c = std::ffi::CString::new(name).expect("no NUL in a device name");
+        // SAFETY: a NUL-terminated name.
+        match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+            0 => Err(anyhow!("the segmenter device {name} vanished right after it was created")),
+            i => Ok(i),
+        }
+    };
+    let (outer_index, inner_index) = (index(&outer)?, index(&inner)?);
+    record.segmenter = Some(Segmenter { outer, outer_index, inner: inner.clone(), inner_index });
+    record.save()?;
+    netlink::set_up(inner_index).with_context(|| format!("bringing the segmenter end {inner} of {iface} up"))
+}
+
+/// Deletes the segmenter pair of a record, if the device there is still the one
+/// chaos-ebpf created (same index, name and kind).
+fn delete_segmenter(segmenter: &Segmenter) -> std::io::Result<bool> {
+    let c = std::ffi::CString::new(segmenter.outer.as_str()).expect("no NUL in a device name");
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    // Recorded before creation and never created, or gone with its namespace.
+    if index == 0 || (segmenter.outer_index != 0 && index != segmenter.outer_index) {
+        return Ok(false);
+    }
+    if netlink::link_info(index)?.kind.as_deref() != Some("veth") {
+        return Ok(false);
+    }
+    netlink::delete_link(index)?;
+    Ok(true)
 }
 
 fn check_foreign_fq(iface: &str, q: &Qdisc) -> Result<()> {
@@ -472,7 +573,21 @@ pub fn release(netns: NetnsId, ifindex: u32) -> Result<Vec<String>> {
             record.original.lro = None;
         }
     }
+    if !still.segmenter {
+        if let Some(segmenter) = record.segmenter.take() {
+            match delete_segmenter(&segmenter) {
+                Ok(true) => done.push(format!("segmenter pair {} of {iface} deleted", segmenter.outer)),
+                Ok(false) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => {
+                    errors.push(format!("deleting the segmenter pair {} of {iface}: {e}", segmenter.outer));
+                    record.segmenter = Some(segmenter);
+                }
+            }
+        }
+    }
     let nothing_left = record.replaced.is_empty()
+        && record.segmenter.is_none()
         && record.original.gso_max_segs.is_none()
         && record.original.gro.is_none()
         && record.original.lro.is_none();

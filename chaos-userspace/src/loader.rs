@@ -21,6 +21,7 @@ use chaos_ebpf_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    devices::Segmenter,
     error::Failure,
     netlink,
     netns::{Interface, Netns},
@@ -63,6 +64,8 @@ impl AttachMode {
 struct Attached {
     iface: Interface,
     hook: TcAttachType,
+    /// One of names::PROGRAMS.
+    program: &'static str,
     link: SchedClassifierLink,
 }
 
@@ -96,7 +99,7 @@ impl Instance {
             .into());
         }
         let mut ebpf = EbpfLoader::new().load(OBJECT).context("loading the chaos-ebpf object into the kernel")?;
-        for name in [names::PROG_INGRESS, names::PROG_EGRESS] {
+        for name in names::PROGRAMS {
             let prog: &mut SchedClassifier =
                 ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?.try_into()?;
             prog.load().with_context(|| format!("verifying and loading program {name}"))?;
@@ -151,38 +154,68 @@ impl Instance {
             if self.attached.iter().any(|a| a.iface.index == iface.index) {
                 continue;
             }
-            if self.mode == AttachMode::Netlink {
-                match tc::qdisc_add_clsact(&iface.name) {
-                    Ok(()) => {
-                        fs::create_dir_all(state::STATE_DIR)?;
-                        fs::write(state::clsact_marker(self.netns.id, iface.index), b"")?;
-                        self.clsact_added.push(iface.clone());
-                    }
-                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                    Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {}", iface.name)),
-                }
+            self.attach_program(iface, names::PROG_INGRESS, TcAttachType::Ingress)?;
+            self.attach_program(iface, names::PROG_EGRESS, TcAttachType::Egress)?;
+        }
+        Ok(())
+    }
+
+    /// Gives devices their segmenter pairs (devices::Segmenter): GSO buffers matched on
+    /// `device` go out of the pair's outer end, and the judge programs on the inner end's
+    /// ingress decide their segments.
+    pub fn attach_segmenters<'a>(
+        &mut self,
+        segmenters: impl IntoIterator<Item = (&'a Interface, &'a Segmenter)>,
+    ) -> Result<()> {
+        let _inside = self.netns.enter()?;
+        for (device, segmenter) in segmenters {
+            let inner = Interface {
+                name: segmenter.inner.clone(),
+                index: segmenter.inner_index,
+                hw_type: crate::netns::ARPHRD_ETHER,
+                up: true,
+            };
+            if !self.attached.iter().any(|a| a.iface.index == inner.index) {
+                self.attach_program(&inner, names::PROG_JUDGE_EGRESS, TcAttachType::Ingress)?;
+                self.attach_program(&inner, names::PROG_JUDGE_INGRESS, TcAttachType::Ingress)?;
             }
-            for (name, hook) in
-                [(names::PROG_INGRESS, TcAttachType::Ingress), (names::PROG_EGRESS, TcAttachType::Egress)]
-            {
-                let ebpf = self.ebpf.as_mut().expect("instance used after shutdown");
-                let prog: &mut SchedClassifier = ebpf.program_mut(name).expect("loaded above").try_into()?;
-                // First on the hook, so a program attached before ours (a CNI's) that
-                // returns pass or redirect cannot bypass the faults; unmatched packets
-                // continue to it (TC_ACT_UNSPEC). Netlink: filters run in ascending
-                // priority and 1 is the lowest a filter can ask for (0 lets the kernel
-                // pick); cls_bpf filters sharing priority 1 (Cilium's) run newest first.
-                let options = match self.mode {
-                    AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions { priority: 1, ..Default::default() }),
-                    _ => TcAttachOptions::TcxOrder(LinkOrder::first()),
-                };
-                let id = prog.attach_with_options(&iface.name, hook, options).with_context(|| {
-                    format!("attaching {name} to {} {} ({:?})", iface.name, hook_name(hook), self.mode)
-                })?;
-                let link = prog.take_link(id)?;
-                self.attached.push(Attached { iface: iface.clone(), hook, link });
+            let mut table: HashMap<&mut MapData, u32, u32> = HashMap::try_from(self.map_mut(names::SEGMENTERS)?)?;
+            table
+                .insert(device.index, segmenter.outer_index, 0)
+                .with_context(|| format!("recording the segmenter of {}", device.name))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches one program to one hook; call inside the namespace.
+    fn attach_program(&mut self, iface: &Interface, name: &'static str, hook: TcAttachType) -> Result<()> {
+        if self.mode == AttachMode::Netlink && !self.clsact_added.iter().any(|i| i.index == iface.index) {
+            match tc::qdisc_add_clsact(&iface.name) {
+                Ok(()) => {
+                    fs::create_dir_all(state::STATE_DIR)?;
+                    fs::write(state::clsact_marker(self.netns.id, iface.index), b"")?;
+                    self.clsact_added.push(iface.clone());
+                }
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {}", iface.name)),
             }
         }
+        let ebpf = self.ebpf.as_mut().expect("instance used after shutdown");
+        let prog: &mut SchedClassifier = ebpf.program_mut(name).expect("loaded").try_into()?;
+        // First on the hook, so a program attached before ours (a CNI's) that returns
+        // pass or redirect cannot bypass the faults; unmatched packets continue to it
+        // (TC_ACT_UNSPEC). Netlink: filters run in ascending priority and 1 is the lowest
+        // a filter can ask for (0 lets the kernel pick); cls_bpf filters sharing
+        // priority 1 (Cilium's) run newest first.
+        let options = match self.mode {
+            AttachMode::Netlink => TcAttachOptions::Netlink(NlOptions { priority: 1, ..Default::default() }),
+            _ => TcAttachOptions::TcxOrder(LinkOrder::first()),
+        };
+        let id = prog
+            .attach_with_options(&iface.name, hook, options)
+            .with_context(|| format!("attaching {name} to {} {} ({:?})", iface.name, hook_name(hook), self.mode))?;
+        let link = prog.take_link(id)?;
+        self.attached.push(Attached { iface: iface.clone(), hook, program: name, link });
         Ok(())
     }
 
@@ -230,7 +263,7 @@ impl Instance {
             if !present.iter().any(|i| i.index == a.iface.index && i.name == a.iface.name) {
                 return Err(format!("interface {} in {} is gone", a.iface.name, self.netns.path.display()));
             }
-            let program = if a.hook == TcAttachType::Ingress { ids[0] } else { ids[1] };
+            let program = program_id(&ids, a.program);
             let attached = program_attached(self.mode, &a.iface, a.hook, program)
                 .map_err(|e| format!("checking the {} hook of {}: {e}", hook_name(a.hook), a.iface.name))?;
             if !attached {
@@ -245,9 +278,10 @@ impl Instance {
         Ok(())
     }
 
-    fn program_ids(&self) -> Result<[u32; 2]> {
-        let mut ids = [0; 2];
-        for (i, name) in [names::PROG_INGRESS, names::PROG_EGRESS].into_iter().enumerate() {
+    /// Ids of the programs, in the order of names::PROGRAMS.
+    fn program_ids(&self) -> Result<[u32; 4]> {
+        let mut ids = [0; 4];
+        for (i, name) in names::PROGRAMS.into_iter().enumerate() {
             let prog: &SchedClassifier = self.ebpf().program(name).expect("loaded").try_into()?;
             ids[i] = prog.info()?.id();
         }
@@ -364,7 +398,7 @@ impl Instance {
             interfaces: self
                 .attached
                 .iter()
-                .filter(|a| a.hook == TcAttachType::Ingress)
+                .filter(|a| a.program == names::PROG_INGRESS)
                 .map(|a| a.iface.name.clone())
                 .collect(),
             netlink_filters,
@@ -395,7 +429,7 @@ impl Instance {
                 // A vanished interface took its attachments with it, and a filter someone
                 // else deleted is gone too; only an attachment still in place is an error
                 // the caller must hear about.
-                let program = ids.map(|ids| if attached.hook == TcAttachType::Ingress { ids[0] } else { ids[1] });
+                let program = ids.map(|ids| program_id(&ids, attached.program));
                 if still_attached(mode, &attached.iface, attached.hook, program) {
                     errors.push(format!("detaching from {}: {e}", attached.iface.name));
                 }
@@ -414,6 +448,10 @@ impl Instance {
             Err(anyhow!("revert incomplete: {}", errors.join("; ")))
         }
     }
+}
+
+fn program_id(ids: &[u32; 4], program: &str) -> u32 {
+    ids[names::PROGRAMS.iter().position(|p| *p == program).expect("one of names::PROGRAMS")]
 }
 
 /// Whether `program` is attached to the hook of `iface`, in the calling thread's

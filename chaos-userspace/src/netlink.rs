@@ -503,3 +503,68 @@ pub fn route_oif(dst: std::net::IpAddr) -> io::Result<Option<u32>> {
         Err(e) => Err(e),
     }
 }
+
+const RTM_DELLINK: u16 = 17;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_INFO_DATA: u16 = 2;
+const VETH_INFO_PEER: u16 = 1;
+const NLM_F_EXCL: u16 = 0x200;
+
+/// struct ifinfomsg for `ifindex`, up (IFF_UP set and changed) or with flags untouched.
+fn ifinfomsg(ifindex: u32, up: bool) -> Vec<u8> {
+    let mut out = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
+    out.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    let flags = if up { libc::IFF_UP as u32 } else { 0 };
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out
+}
+
+fn acked(msg: &[u8]) -> io::Result<()> {
+    match Socket::open()?.request(msg)? {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Creates a veth pair in the calling thread's namespace with `mtu`, the `outer` end up
+/// and with the GSO segment limit `outer_gso_max_segs` (bring the inner end up with
+/// [`set_up`]: the kernel registers it first, and a veth without its far end yet
+/// refuses to come up). Fails with EEXIST when a device of either name exists.
+pub fn add_veth_pair(outer: &str, inner: &str, mtu: u32, outer_gso_max_segs: u32) -> io::Result<()> {
+    let name = |n: &str| attr(IFLA_IFNAME, &[n.as_bytes(), &[0]].concat());
+    let mut peer = ifinfomsg(0, false);
+    peer.extend(name(inner));
+    peer.extend(attr(IFLA_MTU, &mtu.to_ne_bytes()));
+    let info =
+        [attr(IFLA_INFO_KIND, b"veth\0"), attr(IFLA_INFO_DATA | NLA_F_NESTED, &attr(VETH_INFO_PEER, &peer))].concat();
+    let mut body = ifinfomsg(0, true);
+    body.extend(name(outer));
+    body.extend(attr(IFLA_MTU, &mtu.to_ne_bytes()));
+    body.extend(attr(IFLA_GSO_MAX_SEGS, &outer_gso_max_segs.to_ne_bytes()));
+    body.extend(attr(IFLA_LINKINFO | NLA_F_NESTED, &info));
+    let mut msg = header(RTM_NEWLINK, 16 + body.len());
+    msg[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL).to_ne_bytes());
+    msg.extend(body);
+    acked(&msg)
+}
+
+/// Brings the device `ifindex` of the calling thread's namespace up.
+pub fn set_up(ifindex: u32) -> io::Result<()> {
+    let body = ifinfomsg(ifindex, true);
+    let mut msg = header(RTM_NEWLINK, 16 + body.len());
+    msg[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend(body);
+    acked(&msg)
+}
+
+/// Deletes the device `ifindex` of the calling thread's namespace (a veth takes its
+/// far end with it).
+pub fn delete_link(ifindex: u32) -> io::Result<()> {
+    let body = ifinfomsg(ifindex, false);
+    let mut msg = header(RTM_DELLINK, 16 + body.len());
+    msg[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    msg.extend(body);
+    acked(&msg)
+}

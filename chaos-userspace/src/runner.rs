@@ -131,6 +131,8 @@ impl Identity {
 struct HeldDevice {
     netns: Netns,
     iface: Interface,
+    /// Its segmenter pair, where this run decides on it.
+    segmenter: Option<devices::Segmenter>,
 }
 
 static INTERRUPTED: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
@@ -500,11 +502,13 @@ fn load_instances(
 }
 
 /// What a fault needs of the devices its rules act on: one segment per buffer where it
-/// decides, GRO off where it decides on ingress, sch_fq where it sets departure times.
+/// decides, GRO off where it decides on ingress, sch_fq where it sets departure times,
+/// a segmenter pair for the buffers the stack builds anyway.
 fn device_needs(spec: &FaultSpec) -> (devices::Needs, devices::Needs) {
     let egress = matches!(spec.direction, Direction::Egress | Direction::Both) || spec.acts_on_far_end();
     let ingress = matches!(spec.direction, Direction::Ingress | Direction::Both) && !spec.acts_on_far_end();
-    let own = devices::Needs { segment_egress: egress, unmerge_ingress: ingress, fq: spec.kind.needs_fq() };
+    let own =
+        devices::Needs { segment_egress: egress, unmerge_ingress: ingress, fq: spec.kind.needs_fq(), segmenter: true };
     // What the target receives over a veth was segmented (or not) by the far end.
     let far = devices::Needs { segment_egress: ingress, ..devices::Needs::default() };
     (own, far)
@@ -542,7 +546,11 @@ fn prepare(
     for targets in resolved.values() {
         for r in targets {
             let instance = instances.get_mut(&r.netns.id).expect("loaded above");
-            instance.attach(&r.interfaces).map_err(|e| {
+            let segmenters = held.iter().filter(|h| h.netns.id == r.netns.id).filter_map(|h| {
+                let segmenter = h.segmenter.as_ref()?;
+                r.interfaces.iter().any(|i| i.index == h.iface.index).then_some((&h.iface, segmenter))
+            });
+            instance.attach(&r.interfaces).and_then(|()| instance.attach_segmenters(segmenters)).map_err(|e| {
                 Failure::environment(
                     format!("attaching to {} failed: {e:#}", r.netns.path.display()),
                     "check the interfaces still exist; `--attach netlink` works on kernels without TCX",
@@ -576,11 +584,18 @@ fn hold_device(held: &mut Vec<HeldDevice>, netns: &Netns, iface: &Interface, nee
     if !needs.any() {
         return Ok(());
     }
-    if !held.iter().any(|h| h.netns.id == netns.id && h.iface.index == iface.index) {
-        held.push(HeldDevice { netns: Netns::open(&netns.path)?, iface: iface.clone() });
-    }
+    let at = match held.iter().position(|h| h.netns.id == netns.id && h.iface.index == iface.index) {
+        Some(at) => at,
+        None => {
+            held.push(HeldDevice { netns: Netns::open(&netns.path)?, iface: iface.clone(), segmenter: None });
+            held.len() - 1
+        }
+    };
     let _inside = netns.enter()?;
-    devices::acquire(&netns.path, netns.id, iface, needs)
+    if let Some(segmenter) = devices::acquire(&netns.path, netns.id, iface, needs)? {
+        held[at].segmenter = Some(segmenter);
+    }
+    Ok(())
 }
 
 /// Removes everything: attachments and programs, then device settings. Returns the time

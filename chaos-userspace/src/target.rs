@@ -204,7 +204,10 @@ fn netns_interfaces(netns: &Netns, spec: &TargetSpec) -> Result<Vec<Interface>> 
     };
     let mut chosen = Vec::new();
     for iface in all {
-        if iface.hw_type == ARPHRD_LOOPBACK || (iface.hw_type != ARPHRD_ETHER && !iface.up) {
+        if iface.hw_type == ARPHRD_LOOPBACK
+            || (iface.hw_type != ARPHRD_ETHER && !iface.up)
+            || crate::devices::is_segmenter(&iface.name)
+        {
             continue;
         }
         check_ethernet(&iface, spec)?;

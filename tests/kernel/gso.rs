@@ -4,6 +4,7 @@
 //! exactly after a revert, after SIGKILL + cleanup, and after overlapping runs.
 
 use std::{
+    collections::BTreeSet,
     io::{Read, Write},
     net::{SocketAddr, TcpListener},
     time::{Duration, Instant},
@@ -16,8 +17,25 @@ pub const TESTS: &[Test] = tests![
     tcp_ingress_loss_is_decided_per_segment,
     device_settings_are_restored_after_overlapping_runs_and_a_crash,
     cgroup_target_changes_only_the_devices_its_peers_route_through,
-    udp_gso_buffers_are_counted_per_segment,
+    udp_gso_egress_is_decided_per_segment,
+    udp_gso_ingress_is_decided_per_segment,
+    udp_gso_delay_holds_every_segment,
 ];
+
+/// chaos-ebpf's segmenter devices in namespace `ns` (`chaos<ifindex>gso`/`seg`).
+fn segmenters(ns: &str) -> Vec<String> {
+    let out = sh("ip", &["-n", ns, "-o", "link", "show"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|name| name.trim().split('@').next().unwrap_or_default().to_owned())
+        .filter(|name| {
+            name.strip_prefix("chaos")
+                .and_then(|r| r.strip_suffix("gso").or_else(|| r.strip_suffix("seg")))
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect()
+}
 
 /// Segments the namespace's TCP put on the wire: OutSegs (new data and control; it
 /// leaves retransmissions out) plus RetransSegs, from net/snmp of this thread's
@@ -183,6 +201,7 @@ fn device_settings_are_restored_after_overlapping_runs_and_a_crash() {
         Chaos::start(&["inject", "loss", "--target", &target, "--probability", "0.1", "--duration", "5m", "--seed", seed])
     };
     let first = loss("1");
+    assert_eq!(segmenters(&pair.a).len(), 2, "no segmenter pair for va: {:?}", segmenters(&pair.a));
     assert_eq!(gso_max_segs(&pair.a, "va"), 1, "egress decisions need one segment per buffer");
     assert_eq!(gso_max_segs(&pair.b, "vb"), 1, "ingress decisions need the far end to segment");
     assert!(!gro(&pair.a, "va", None), "GRO stayed on where ingress is decided");
@@ -190,11 +209,13 @@ fn device_settings_are_restored_after_overlapping_runs_and_a_crash() {
     let (code, _, err) = first.interrupt();
     assert_eq!(code, 1, "{err}");
     assert_eq!(gso_max_segs(&pair.a, "va"), 1, "the first run out restored what the second still needs");
+    assert_eq!(segmenters(&pair.a).len(), 2, "the first run out deleted the segmenter pair the second uses");
     let (code, _, err) = second.interrupt();
     assert_eq!(code, 1, "{err}");
     assert_eq!(gso_max_segs(&pair.a, "va"), 300, "the last run out did not restore the original value exactly");
     assert_eq!(gso_max_segs(&pair.b, "vb"), 65535);
     assert!(gro(&pair.a, "va", None), "GRO was not turned back on");
+    assert_eq!(segmenters(&pair.a), Vec::<String>::new(), "the last run out left its segmenter pair");
 
     let crashed = loss("3");
     crashed.signal(libc::SIGKILL);
@@ -203,6 +224,8 @@ fn device_settings_are_restored_after_overlapping_runs_and_a_crash() {
     let (code, out, err) = chaos_run(&["cleanup"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("gso_max_segs 300 on va"), "{out}");
+    assert!(out.contains("segmenter pair"), "{out}");
+    assert_eq!(segmenters(&pair.a), Vec::<String>::new(), "cleanup left the killed run's segmenter pair");
     assert_eq!(gso_max_segs(&pair.a, "va"), 300, "cleanup did not restore the original value");
     assert!(gro(&pair.a, "va", None), "cleanup did not turn GRO back on");
     assert_eq!(gso_max_segs(&pair.b, "vb"), 65535);
@@ -232,28 +255,39 @@ fn cgroup_target_changes_only_the_devices_its_peers_route_through() {
         "inject", "loss", "--target", &target, "--probability", "0.1", "--peer", "192.0.2.2/32", "--duration", "5m",
     ]);
     let (va, vx) = (gso_max_segs(&pair.a, "va"), gso_max_segs(&pair.a, "vx"));
+    let pairs = segmenters(&pair.a);
     let (code, _, err) = chaos.interrupt();
     let _ = anchor.kill();
     let _ = anchor.wait();
     assert_eq!(code, 1, "{err}");
     assert_eq!(va, 1, "the device the peer is routed through was not set to one segment per buffer");
     assert_eq!(vx, 65535, "a device the target's traffic to its peers does not use was changed");
+    assert_eq!(pairs.len(), 2, "one segmenter pair (for va only) expected: {pairs:?}");
     assert_eq!(gso_max_segs(&pair.a, "va"), 65535);
     assert_nothing_left();
 }
 
-/// UDP GSO (UDP_SEGMENT, as QUIC stacks send) ignores gso_max_segs, so its buffers are
-/// still decided whole (docs/datapath.md), but every counter counts their segments: for
-/// 64-segment buffers, matched equals the segments sent, passed the datagrams that
-/// arrived, and dropped the rest.
-fn udp_gso_buffers_are_counted_per_segment() {
+/// UDP GSO (UDP_SEGMENT, as QUIC stacks send): 100 buffers of 64 datagrams each, loss
+/// 0.3, on the sender's egress or the receiver's ingress. Each datagram is decided on
+/// its own, through the device's segmenter pair: the datagrams that arrive are exactly
+/// those the shared hash keeps for packet indices 0..6400 of the flow, and the counters
+/// count datagrams. (Decided per buffer, drops came 64 at a time.)
+fn udp_gso_is_decided_per_segment(direction: u32) {
     const UDP_SEGMENT: libc::c_int = 103;
     const SEGMENT: usize = 1000;
     const PER_SEND: usize = 64;
     const SENDS: usize = 100;
-    let pair = Pair::new("udpgso");
-    let receiver = udp_receiver(&pair.b, SocketAddr::from((ADDR_B, 5600)));
-    let sender = in_netns(&pair.a, || std::net::UdpSocket::bind(SocketAddr::from((ADDR_A, 5601))).expect("bind"));
+    const SEED: u64 = 3;
+    let ingress = direction == chaos_ebpf_common::direction::INGRESS;
+    let pair = Pair::new(if ingress { "gsoin" } else { "gsoout" });
+    // Egress: a sends, a is the target. Ingress: b sends to a, a is the target.
+    let (from, to, src, dst) = if ingress {
+        (&pair.b, &pair.a, SocketAddr::from((ADDR_B, 5001)), SocketAddr::from((ADDR_A, 5002)))
+    } else {
+        (&pair.a, &pair.b, SocketAddr::from((ADDR_A, 5001)), SocketAddr::from((ADDR_B, 5002)))
+    };
+    let receiver = udp_receiver(to, dst);
+    let sender = in_netns(from, move || std::net::UdpSocket::bind(src).expect("bind"));
     let size: libc::c_int = SEGMENT as libc::c_int;
     // SAFETY: setsockopt on a valid fd with an int option value.
     let set = unsafe {
@@ -263,35 +297,154 @@ fn udp_gso_buffers_are_counted_per_segment() {
     assert_eq!(set, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
     let target = pair.target();
     let chaos = Chaos::start(&[
-        "inject", "loss", "--target", &target, "--probability", "0.3", "--direction", "egress", "--proto", "udp",
-        "--ports", "5600", "--duration", "5m", "--seed", "3", "--output", "json",
+        "inject", "loss", "--target", &target, "--probability", "0.3", "--direction",
+        if ingress { "ingress" } else { "egress" }, "--proto", "udp", "--ports", "5002", "--duration", "5m",
+        "--seed", "3", "--output", "json",
     ]);
-    let payload = vec![0x42u8; SEGMENT * PER_SEND];
-    let mut arrived = 0u64;
+    let mut arrived = BTreeSet::new();
     let mut buf = vec![0u8; 2048];
-    receiver.set_nonblocking(true).unwrap();
-    for _ in 0..SENDS {
-        sender.send_to(&payload, SocketAddr::from((ADDR_B, 5600))).expect("a GSO send");
+    let mut take = |receiver: &std::net::UdpSocket, arrived: &mut BTreeSet<u32>| {
         while let Ok(n) = receiver.recv(&mut buf) {
             assert_eq!(n, SEGMENT, "the receiver got a datagram of {n} bytes");
-            arrived += 1;
+            arrived.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
         }
+    };
+    receiver.set_nonblocking(true).unwrap();
+    let mut payload = vec![0x42u8; SEGMENT * PER_SEND];
+    for send in 0..SENDS {
+        // Each datagram carries its index in the flow.
+        for i in 0..PER_SEND {
+            let index = (send * PER_SEND + i) as u32;
+            payload[i * SEGMENT..i * SEGMENT + 4].copy_from_slice(&index.to_be_bytes());
+        }
+        sender.send_to(&payload, dst).expect("a GSO send");
+        take(&receiver, &mut arrived);
     }
     receiver.set_nonblocking(false).unwrap();
     receiver.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    while let Ok(n) = receiver.recv(&mut buf) {
-        assert_eq!(n, SEGMENT);
-        arrived += 1;
-    }
+    take(&receiver, &mut arrived);
     let (code, out, err) = chaos.interrupt();
     assert_eq!(code, 1, "{err}");
-    let sent = (SENDS * PER_SEND) as u64;
+    let sent = (SENDS * PER_SEND) as u32;
     let rule = counters(&out, 0);
     let (matched, dropped, passed) = (counter(&rule, "matched"), counter(&rule, "dropped"), counter(&rule, "passed"));
-    println!("UDP GSO: {sent} segments in {SENDS} buffers; matched {matched}, passed {passed}, dropped {dropped}, arrived {arrived}");
-    assert_eq!(matched, sent, "matched counts buffers, not segments");
-    assert_eq!(passed, arrived, "passed is not what arrived");
+    let lost: Vec<u32> = (0..sent).filter(|i| !arrived.contains(i)).collect();
+    let longest = lost.chunk_by(|a, b| b == &(a + 1)).map(|run| run.len()).max().unwrap_or(0);
+    println!(
+        "REPORT|udp_gso_{}|segments={sent} buffers={SENDS} matched={matched} passed={passed} dropped={dropped} arrived={} longest_loss_run={longest}",
+        if ingress { "ingress" } else { "egress" },
+        arrived.len()
+    );
+    let key = chaos_ebpf_common::FlowKey {
+        slot: 0,
+        direction: direction as u8,
+        proto: 17,
+        sport: src.port(),
+        dport: dst.port(),
+        _pad: 0,
+        saddr: ip_mapped(src),
+        daddr: ip_mapped(dst),
+    };
+    let flow = chaos_ebpf_common::flow_hash(SEED, 1, &key);
+    let threshold = chaos_ebpf_common::probability_threshold(0.3);
+    let predicted: Vec<u32> = (0..sent)
+        .filter(|&i| {
+            let draw = chaos_ebpf_common::decision(SEED, 1, flow, i as u64, chaos_ebpf_common::hash::DOMAIN_LOSS);
+            chaos_ebpf_common::hash::hits(draw, threshold)
+        })
+        .collect();
+    assert_eq!(matched, sent as u64, "matched does not count datagrams");
+    assert_eq!(passed, arrived.len() as u64, "passed is not what arrived");
     assert_eq!(dropped + passed, matched);
-    assert_eq!(dropped % PER_SEND as u64, 0, "buffers are decided whole: drops come in whole buffers");
+    assert_eq!(lost, predicted, "the lost datagrams are not those the shared hash drops, one decision per datagram");
+    assert_eq!(segmenters(&pair.a), Vec::<String>::new(), "the segmenter pair was left behind");
     assert_nothing_left();
+}
+
+/// Delay on UDP GSO buffers: every datagram of 10 buffers of 64 waits the delay (its
+/// departure time set when judged, enforced by sch_fq on the device it came from), and
+/// `delayed` counts datagrams.
+fn udp_gso_delay_holds_every_segment() {
+    const UDP_SEGMENT: libc::c_int = 103;
+    const SEGMENT: usize = 1000;
+    const PER_SEND: usize = 64;
+    const SENDS: usize = 10;
+    const DELAY: Duration = Duration::from_millis(100);
+    let pair = Pair::new("gsodly");
+    need_fq(&pair);
+    let dst = SocketAddr::from((ADDR_B, 5002));
+    let receiver = udp_receiver(&pair.b, dst);
+    let sender = in_netns(&pair.a, || std::net::UdpSocket::bind(SocketAddr::from((ADDR_A, 5001))).expect("bind"));
+    let size: libc::c_int = SEGMENT as libc::c_int;
+    // SAFETY: setsockopt on a valid fd with an int option value.
+    let set = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(sender.as_raw_fd(), libc::SOL_UDP, UDP_SEGMENT, (&size as *const libc::c_int).cast(), 4)
+    };
+    assert_eq!(set, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    let target = pair.target();
+    let chaos = Chaos::start(&[
+        "inject", "delay", "--target", &target, "--delay", "100ms", "--proto", "udp", "--ports", "5002",
+        "--duration", "5m", "--output", "json",
+    ]);
+    let start = Instant::now();
+    // The receiver notes when each datagram (by its index) arrived, for up to 3 s.
+    let collect = std::thread::spawn(move || {
+        let mut arrivals = std::collections::BTreeMap::new();
+        let mut buf = vec![0u8; 2048];
+        receiver.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        while start.elapsed() < Duration::from_secs(3) && arrivals.len() < SENDS * PER_SEND {
+            if let Ok(n) = receiver.recv(&mut buf) {
+                assert_eq!(n, SEGMENT);
+                arrivals.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()), start.elapsed());
+            }
+        }
+        arrivals
+    });
+    let mut payload = vec![0x42u8; SEGMENT * PER_SEND];
+    let mut sent_at = Vec::new();
+    for send in 0..SENDS {
+        for i in 0..PER_SEND {
+            let index = (send * PER_SEND + i) as u32;
+            payload[i * SEGMENT..i * SEGMENT + 4].copy_from_slice(&index.to_be_bytes());
+        }
+        sent_at.push(start.elapsed());
+        sender.send_to(&payload, dst).expect("a GSO send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let arrivals = collect.join().expect("receiver thread");
+    let (code, out, err) = chaos.interrupt();
+    assert_eq!(code, 1, "{err}");
+    let rule = counters(&out, 0);
+    let waits: Vec<Duration> = arrivals.iter().map(|(index, at)| *at - sent_at[*index as usize / PER_SEND]).collect();
+    let shortest = waits.iter().min().copied().unwrap_or_default();
+    let longest = waits.iter().max().copied().unwrap_or_default();
+    println!(
+        "REPORT|udp_gso_delay|datagrams={} arrived={} delayed={} shortest_wait_ms={:.1} longest_wait_ms={:.1}",
+        SENDS * PER_SEND,
+        arrivals.len(),
+        counter(&rule, "delayed"),
+        shortest.as_secs_f64() * 1e3,
+        longest.as_secs_f64() * 1e3
+    );
+    assert_eq!(arrivals.len(), SENDS * PER_SEND, "datagrams were lost under delay alone");
+    assert_eq!(counter(&rule, "delayed"), (SENDS * PER_SEND) as u64, "delayed does not count datagrams");
+    assert!(shortest >= DELAY - Duration::from_millis(2), "a datagram left before its delay: waited {shortest:?}");
+    assert_eq!(segmenters(&pair.a), Vec::<String>::new(), "the segmenter pair was left behind");
+    assert_nothing_left();
+}
+
+fn ip_mapped(addr: SocketAddr) -> [u8; 16] {
+    match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn udp_gso_egress_is_decided_per_segment() {
+    udp_gso_is_decided_per_segment(chaos_ebpf_common::direction::EGRESS);
+}
+
+fn udp_gso_ingress_is_decided_per_segment() {
+    udp_gso_is_decided_per_segment(chaos_ebpf_common::direction::INGRESS);
 }
