@@ -1,7 +1,9 @@
 //! Faults act on wire packets, not on socket buffers: a TCP bulk transfer is decided and
-//! counted per segment on egress and on ingress, and the device settings that make it so
-//! (gso_max_segs 1 on the sending side, GRO off on the receiving device) are restored
-//! exactly after a revert, after SIGKILL + cleanup, and after overlapping runs.
+//! counted per segment on egress and on ingress, UDP GSO buffers are decided datagram by
+//! datagram through the segmenter pair, and the device settings that make it so
+//! (gso_max_segs 1 on the sending side, GRO off on the receiving device, the segmenter
+//! pair) are restored exactly after a revert, after SIGKILL + cleanup, and after
+//! overlapping runs.
 
 use std::{
     collections::BTreeSet,

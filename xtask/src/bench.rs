@@ -16,6 +16,12 @@
 //! program, with `gso_max_segs 1` set by hand (the segmentation alone), and with a
 //! chaos-ebpf rule in force (which sets it, and runs the program on every segment);
 //! TCP_REPS repetitions of each, interleaved, reported as median and range.
+//!
+//! Last the cost of the segmenter detour on UDP GSO (UDP_SEGMENT buffers of 64
+//! datagrams of 1000 bytes): datagrams received per second with no program, with a
+//! chaos-ebpf rule that matches none of them (every buffer still takes the detour through
+//! the segmenter pair: the hook sends all GSO buffers there) and with a loss rule at
+//! probability 0 that judges every datagram; same repetitions, interleaved.
 
 use std::{
     fs,
@@ -190,6 +196,95 @@ fn tcp_cases(bin: &str) -> Result<()> {
     Ok(())
 }
 
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// UDP GSO datagrams received per second from NS_A to NS_B over TCP_SECONDS: buffers of
+/// 64 datagrams of 1000 bytes.
+fn udp_gso_pps(port: u16) -> Result<f64> {
+    let receiver = in_netns(NS_B, move || UdpSocket::bind(("192.0.2.2", port)))??;
+    receiver.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut n = 0u64;
+        while receiver.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    let sender = in_netns(NS_A, move || UdpSocket::bind(("192.0.2.1", port + 1)))??;
+    let size: libc::c_int = 1000;
+    // SAFETY: setsockopt on a valid fd with an int option value.
+    if unsafe {
+        libc::setsockopt(sender.as_raw_fd(), libc::SOL_UDP, UDP_SEGMENT, (&size as *const libc::c_int).cast(), 4)
+    } != 0
+    {
+        bail!("UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    }
+    let payload = vec![0u8; 64 * 1000];
+    let dest = SocketAddr::from(([192, 0, 2, 2], port));
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < TCP_SECONDS {
+        let _ = sender.send_to(&payload, dest);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let received = counter.join().expect("receiver thread");
+    Ok(received as f64 / elapsed)
+}
+
+/// The cost of the segmenter detour on UDP GSO (see the module comment).
+fn udp_gso_cases(bin: &str) -> Result<()> {
+    let target = format!("netns:{NS_A}");
+    let rule = |ports: &'static str| {
+        let target = target.clone();
+        move || {
+            Chaos::start(
+                bin,
+                &[
+                    "inject",
+                    "loss",
+                    "--probability",
+                    "0",
+                    "--proto",
+                    "udp",
+                    "--ports",
+                    ports,
+                    "--target",
+                    &target,
+                    "--direction",
+                    "egress",
+                    "--duration",
+                    "5m",
+                ],
+            )
+        }
+    };
+    let mut cases: [(&str, Vec<f64>); 3] = [
+        ("baseline (no program)", Vec::new()),
+        ("rule on another port (detour only)", Vec::new()),
+        ("loss 0 on every datagram (judged)", Vec::new()),
+    ];
+    let mut port = 9300;
+    for _ in 0..TCP_REPS {
+        port += 2;
+        cases[0].1.push(udp_gso_pps(port)?);
+        for (case, ports) in [(1, "1"), (2, "9300-9400")] {
+            let chaos = rule(ports)()?;
+            port += 2;
+            let measured = udp_gso_pps(port);
+            drop(chaos);
+            cases[case].1.push(measured?);
+        }
+    }
+    let (base, _, _) = median_and_range(&mut cases[0].1.clone());
+    println!("\n{:<40} {:>12} {:>20} {:>10}", "UDP GSO, 64 x 1000 B per send", "median dgram/s", "range", "vs base");
+    for (name, values) in cases.iter_mut() {
+        let (median, lo, hi) = median_and_range(values);
+        println!("{name:<40} {median:>12.0} {:>20} {:>10.3}", format!("{lo:.0}-{hi:.0}"), median / base);
+    }
+    println!("\n(veth, {TCP_REPS} interleaved repetitions of {TCP_SECONDS} s)");
+    Ok(())
+}
+
 /// (run_time_ns, run_cnt) of the loaded chaos_egress program.
 fn egress_stats() -> Result<(u64, u64)> {
     let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("running bpftool")?;
@@ -205,17 +300,25 @@ fn egress_stats() -> Result<(u64, u64)> {
 struct Chaos(Child);
 
 impl Chaos {
+    /// Starts a run and waits until its first progress line (the step has been in force
+    /// for 1 s): the programs load before the device settings change, so a connection
+    /// opened as soon as they are loaded could still see the old settings.
     fn start(bin: &str, args: &[&str]) -> Result<Chaos> {
-        let child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        use std::io::BufRead;
+        // Progress lines go to stderr.
+        let mut child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let progress = child.stderr.take().expect("piped");
         let chaos = Chaos(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while egress_stats().is_err() {
-            if Instant::now() > deadline {
-                bail!("chaos-ebpf did not load within 20 s");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Read to the end, so the run never blocks on a full pipe.
+            for line in std::io::BufReader::new(progress).lines().map_while(Result::ok) {
+                if line.starts_with('[') {
+                    let _ = tx.send(());
+                }
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(300));
+        });
+        rx.recv_timeout(Duration::from_secs(30)).context("chaos-ebpf did not report its step in force within 30 s")?;
         Ok(chaos)
     }
 }
@@ -264,7 +367,8 @@ pub fn run() -> Result<()> {
             );
         }
         println!("\n(veth, 64-byte UDP, {SECONDS} s per case, one sender; ns/pkt from run_time_ns/run_cnt)");
-        tcp_cases(bin)
+        tcp_cases(bin)?;
+        udp_gso_cases(bin)
     })();
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     result
