@@ -491,11 +491,17 @@ pub fn release_clsact(netns: crate::netns::NetnsId, ifindex: u32) -> std::io::Re
     if !marker.exists() {
         return Ok(false);
     }
+    let gone = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENODEV);
+    // A device that is gone (a segmenter pair deleted before its marker is looked at)
+    // took its qdisc with it: a filter dump of it may come back empty rather than fail.
     let deleted = match netlink::clsact_has_filters(ifindex) {
         Ok(true) => return Ok(false),
-        Ok(false) => netlink::delete_clsact(ifindex)?,
-        // The device is gone, and its qdisc with it.
-        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => false,
+        Ok(false) => match netlink::delete_clsact(ifindex) {
+            Ok(deleted) => deleted,
+            Err(e) if gone(&e) => false,
+            Err(e) => return Err(e),
+        },
+        Err(e) if gone(&e) => false,
         Err(e) => return Err(e),
     };
     let _ = fs::remove_file(&marker);
