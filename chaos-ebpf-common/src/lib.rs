@@ -10,6 +10,10 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod hash;
+#[cfg(feature = "std")]
+extern crate std;
+#[cfg(feature = "std")]
+pub mod text;
 
 pub use hash::{decision, flow_hash, probability_threshold, siphash24};
 
@@ -67,6 +71,10 @@ pub mod action {
     /// Pace the rule's packets to `rate_bytes_per_sec` by spacing departure times.
     pub const RATE: u32 = 5;
 }
+
+/// The longest delay a rule may ask for (ns); the sch_fq chaos-ebpf installs holds
+/// packets a little longer than this (its horizon).
+pub const MAX_DELAY_NS: u64 = 10_000_000_000;
 
 /// A rate-limited packet that would wait longer than this is dropped, as a full queue
 /// of a real bottleneck would drop it (and fq would drop it beyond its horizon).
@@ -155,7 +163,7 @@ pub struct Rule {
 /// Per-rule counters, one copy per CPU (`CHAOS_COUNTERS[slot]`); user space sums them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RuleCounters {
     /// Packets on the rule's interfaces and directions while its lease was valid.
     pub seen: u64,

@@ -956,7 +956,7 @@ fn ipv6_peer_partition() {
 /// The README's main job: the sample scenario on the embedded lab, as JSON.
 fn lab_demo_scenario_runs_and_leaves_nothing() {
     require_root();
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/lab-demo.yaml");
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios/lab-demo.yaml");
     let (code, out, err) = chaos_run(&["run", scenario, "--output", "json"]);
     assert_eq!(code, 0, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");

@@ -333,7 +333,7 @@ impl Drop for Chaos {
 
 pub fn run() -> Result<()> {
     crate::require_root("the benchmark")?;
-    crate::cargo(&["build", "--release", "-p", "chaos-userspace"])?;
+    crate::cargo(&["build", "--release", "-p", "chaos-cli"])?;
     let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/chaos-ebpf");
     let stats_before = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling BPF run-time stats")?;

@@ -134,7 +134,7 @@ pub fn conclude(runs: &[KernelRun]) -> Result<()> {
 /// The kernel tests on this machine's kernel; their output is passed through and read.
 fn host_kernel_tests(filters: &[String]) -> Result<KernelRun> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut args = vec!["test", "-p", "chaos-userspace", "--test", "kernel", "--", "--test-threads=1"];
+    let mut args = vec!["test", "-p", "chaos-cli", "--test", "kernel", "--", "--test-threads=1"];
     args.extend(filters.iter().map(String::as_str));
     eprintln!("xtask: cargo {}", args.join(" "));
     let mut child =
@@ -175,6 +175,8 @@ fn main() -> Result<()> {
             let no_vm = args.iter().any(|a| a == "--no-vm");
             let filters: Vec<String> = args[1..].iter().filter(|a| *a != "--no-vm").cloned().collect();
             cargo(&["test", "--workspace", "--bins", "--lib"])?;
+            // The layer rules of docs/architecture.md, on the resolved dependency graph.
+            cargo(&["test", "-p", "chaos-cli", "--test", "layers"])?;
             require_root("the kernel tests")?;
             let mut runs = vec![host_kernel_tests(&filters)?];
             if no_vm {

@@ -303,8 +303,9 @@ fn build_initramfs(kernel_root: &Path, test_exe: &Path, extra_files: &[PathBuf],
         cpio.dir(d);
     }
     cpio.symlink("/var/run", "/run");
-    // Tests name files as `<crate dir>/../scenarios/...`, which needs the crate dir.
-    cpio.dir(&workspace().join("chaos-userspace").canonicalize()?.to_string_lossy());
+    // Tests name files as `<crate dir>/../../scenarios/...`, which needs the crate dir
+    // (and its parent) to exist.
+    cpio.dir(&workspace().join("chaos-userspace/cli").canonicalize()?.to_string_lossy());
     cpio.file("/init", INIT.as_bytes(), 0o755);
     cpio.file("/vmtest.exe", test_exe.to_string_lossy().as_bytes(), 0o644);
     cpio.file("/vmtest.args", args.as_bytes(), 0o644);
@@ -348,7 +349,7 @@ fn build_tests() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = output(
         Command::new(&cargo)
-            .args(["test", "-p", "chaos-userspace", "--test", "kernel", "--no-run", "--message-format=json"])
+            .args(["test", "-p", "chaos-cli", "--test", "kernel", "--no-run", "--message-format=json"])
             .current_dir(workspace()),
     )?;
     out.lines()

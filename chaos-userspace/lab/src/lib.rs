@@ -1,6 +1,7 @@
 //! The embedded lab: N nodes as network namespaces on one bridge, on TEST-NET-1
 //! (192.0.2.0/24), and a UDP echo probe between two of them that measures what the
-//! faults do to real traffic. Created and torn down by the tool (`lab:` in a scenario).
+//! faults do to real traffic. Created and torn down by the tool (`lab:` in a scenario);
+//! `cleanup` removes what a killed run left ([`remove_leftovers`]).
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
@@ -15,96 +16,20 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
-use crate::{
-    error::Failure,
+use chaos_datapath::{
+    error::Error,
     netns::{self, Netns},
 };
+pub use chaos_engine::run::ProbeCounts;
+pub use chaos_model::lab::{node_address, LabSpec, TrafficSpec, LAB_PREFIX};
 
-/// Lab namespaces are named chaos-lab-<node>; `cleanup` removes leftovers by this prefix.
-pub const LAB_PREFIX: &str = "chaos-lab-";
 const HUB: &str = "chaos-lab-hub";
-const MAX_NODES: u32 = 64;
-const MAX_RATE: u32 = 5000;
 const PROBE_PORT: u16 = 7007;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LabSpec {
-    /// Nodes n1..nN, at 192.0.2.1..N.
-    pub nodes: u32,
-    pub traffic: Option<TrafficSpec>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrafficSpec {
-    pub from: String,
-    pub to: String,
-    /// UDP echo requests per second.
-    pub rate: u32,
-}
-
-pub struct LabError {
-    pub field: &'static str,
-    pub problem: String,
-    pub fix: String,
-}
-
-impl LabSpec {
-    pub fn validate(&self) -> Result<(), LabError> {
-        if !(2..=MAX_NODES).contains(&self.nodes) {
-            return Err(LabError {
-                field: "nodes",
-                problem: format!("{} nodes; the lab has 2..{MAX_NODES}", self.nodes),
-                fix: "set nodes: 2 or more".into(),
-            });
-        }
-        if let Some(t) = &self.traffic {
-            for (field, node) in [("traffic", &t.from), ("traffic", &t.to)] {
-                if self.node_index(node).is_none() {
-                    return Err(LabError {
-                        field,
-                        problem: format!("traffic names node '{node}', which the lab does not have"),
-                        fix: format!("use n1..n{}", self.nodes),
-                    });
-                }
-            }
-            if t.from == t.to || !(1..=MAX_RATE).contains(&t.rate) {
-                return Err(LabError {
-                    field: "traffic",
-                    problem: "traffic needs two different nodes and a rate of 1..5000 per second".into(),
-                    fix: "e.g. traffic: {from: n1, to: n2, rate: 200}".into(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn node_index(&self, name: &str) -> Option<u32> {
-        name.strip_prefix('n')?.parse::<u32>().ok().filter(|i| (1..=self.nodes).contains(i))
-    }
-
-    pub fn describe(&self) -> String {
-        let mut out = format!(
-            "{} nodes (netns {LAB_PREFIX}n1..n{}, 192.0.2.1..{} on one bridge)",
-            self.nodes, self.nodes, self.nodes
-        );
-        if let Some(t) = &self.traffic {
-            out += &format!("; UDP echo probe {} -> {} at {}/s", t.from, t.to, t.rate);
-        }
-        out
-    }
-}
-
-pub fn node_address(index: u32) -> Ipv4Addr {
-    Ipv4Addr::new(192, 0, 2, index as u8)
-}
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().map_err(|e| {
-        Failure::environment(
+        Error::unsupported(
             format!("cannot run `ip` (iproute2) to build the lab: {e}"),
             "install iproute2 (bash scripts/setup.sh does)",
         )
@@ -127,7 +52,7 @@ impl Lab {
             std::iter::once(HUB.to_owned()).chain((1..=spec.nodes).map(|i| format!("{LAB_PREFIX}n{i}"))).collect();
         for name in &names {
             if netns::path_for(name).exists() {
-                return Err(Failure::environment(
+                return Err(Error::unsupported(
                     format!("network namespace {name} already exists: another lab is running or one was left behind"),
                     "stop the other run, or remove leftovers with `chaos-ebpf cleanup`",
                 )
@@ -171,7 +96,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         for name in self.created.drain(..).rev() {
             if let Err(e) = ip(&["netns", "del", &name]) {
-                crate::output::err(&format!("chaos-ebpf: removing lab namespace {name}: {e:#}"));
+                tracing::warn!("removing lab namespace {name}: {e:#}");
             }
         }
     }
@@ -179,22 +104,6 @@ impl Drop for Lab {
 
 /// Counts of the probe: requests sent, requests that reached the echo server, replies
 /// that came back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ProbeCounts {
-    pub sent: u64,
-    pub delivered: u64,
-    pub echoed: u64,
-}
-
-impl ProbeCounts {
-    pub fn since(&self, earlier: &ProbeCounts) -> ProbeCounts {
-        ProbeCounts {
-            sent: self.sent - earlier.sent,
-            delivered: self.delivered - earlier.delivered,
-            echoed: self.echoed - earlier.echoed,
-        }
-    }
-}
 
 #[derive(Default)]
 struct Shared {
@@ -265,7 +174,7 @@ impl Probe {
         Ok(Probe { shared, threads })
     }
 
-    pub fn counts(&self) -> ProbeCounts {
+    fn counts_now(&self) -> ProbeCounts {
         ProbeCounts {
             sent: self.shared.sent.load(Ordering::Relaxed),
             delivered: self.shared.delivered.load(Ordering::Relaxed),
@@ -280,5 +189,28 @@ impl Drop for Probe {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// Deletes lab namespaces a killed run left (by their name prefix); call only when no
+/// run is alive, since a live run's lab has the same names.
+pub fn remove_leftovers(removed: &mut Vec<String>, remaining: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(netns::NETNS_RUN_DIR) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(LAB_PREFIX) {
+            let ok = Command::new("ip").args(["netns", "del", &name]).status().is_ok_and(|s| s.success());
+            if ok {
+                removed.push(format!("lab namespace {name}"));
+            } else {
+                remaining.push(format!("lab namespace {name}"));
+            }
+        }
+    }
+}
+
+impl chaos_engine::run::Probe for Probe {
+    fn counts(&self) -> ProbeCounts {
+        self.counts_now()
     }
 }

@@ -14,7 +14,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     io::Read,
     os::unix::fs::{FileTypeExt, OpenOptionsExt},
     path::Path,
@@ -26,10 +25,9 @@ use serde::Deserialize;
 
 use crate::{
     lab::LabSpec,
-    loader::AttachMode,
     locate::{locate, Seg},
-    plan::{Plan, PlannedFault, PlannedStep, Protect},
-    spec::{self, BadValue, Direction, FaultKind, PartitionMode, PortRange, Proto, RawFault, TargetSpec},
+    plan::{Attach, Plan, PlannedFault, PlannedStep, Protect},
+    spec::{self, Direction, FaultKind, PartitionMode, PortRange, Problem, Proto, RawFault, TargetSpec},
 };
 
 /// Most steps one scenario may have; a typo'd generator should not plan a year.
@@ -45,7 +43,7 @@ struct RawScenario {
     description: Option<String>,
     seed: Option<u64>,
     lease: Option<String>,
-    attach: Option<AttachMode>,
+    attach: Option<Attach>,
     /// Extra protected port ranges (`tcp:22`, `udp:53`) on top of the defaults.
     #[serde(default)]
     protect: Vec<String>,
@@ -89,39 +87,10 @@ struct RawBurst {
     loss: Option<f64>,
 }
 
-/// A scenario error at a position in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScenarioError {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
-    pub problem: String,
-    pub fix: String,
-}
-
-impl fmt::Display for ScenarioError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            // About the file as a whole (cannot read it, not a regular file, too big).
-            write!(f, "{}: {}\n  fix: {}", self.file, self.problem, self.fix)
-        } else {
-            write!(f, "{}:{}:{}: {}\n  fix: {}", self.file, self.line, self.column, self.problem, self.fix)
-        }
-    }
-}
-
-impl std::error::Error for ScenarioError {}
-
 /// Reads and validates a scenario file: a regular file of at most `MAX_SCENARIO_BYTES`.
-pub fn load(path: &Path) -> Result<Plan, ScenarioError> {
+pub fn load(path: &Path) -> Result<Plan, Problem> {
     let file = crate::spec::shorten(&path.display().to_string(), 120);
-    let source = read_regular_file(path).map_err(|(problem, fix)| ScenarioError {
-        file: file.clone(),
-        line: 0,
-        column: 0,
-        problem,
-        fix: fix.into(),
-    })?;
+    let source = read_regular_file(path).map_err(|(problem, fix)| Problem::located(&file, 0, 0, problem, fix))?;
     parse(&file, &source)
 }
 
@@ -177,31 +146,25 @@ fn read_regular_file(path: &Path) -> Result<String, (String, &'static str)> {
     })
 }
 
-pub fn parse(file: &str, source: &str) -> Result<Plan, ScenarioError> {
+pub fn parse(file: &str, source: &str) -> Result<Plan, Problem> {
     if source.len() as u64 > MAX_SCENARIO_BYTES {
-        return Err(ScenarioError {
-            file: file.into(),
-            line: 0,
-            column: 0,
-            problem: format!("the scenario is {} bytes; at most {MAX_SCENARIO_BYTES} (1 MiB)", source.len()),
-            fix: "a scenario is a few KB: split it".into(),
-        });
+        return Err(Problem::located(
+            file,
+            0,
+            0,
+            format!("the scenario is {} bytes; at most {MAX_SCENARIO_BYTES} (1 MiB)", source.len()),
+            "a scenario is a few KB: split it",
+        ));
     }
     // Bounded first: serde_yaml would build deep or alias-bombed documents in full.
-    crate::locate::check_costs(source).map_err(|e| ScenarioError {
-        file: file.into(),
-        line: e.line,
-        column: e.column,
-        problem: e.problem,
-        fix: e.fix,
-    })?;
+    crate::locate::check_costs(source).map_err(|e| Problem::located(file, e.line, e.column, e.problem, e.fix))?;
     let raw: RawScenario = serde_yaml::from_str(source).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = e.to_string();
         // serde_yaml appends " at line L column C"; the position is printed up front.
         let problem = message.split(" at line ").next().unwrap_or(&message);
         let problem = crate::spec::shorten(problem, 200);
-        ScenarioError { file: file.into(), line, column, fix: fix_for_serde(&problem), problem }
+        Problem::located(file, line, column, problem.clone(), fix_for_serde(&problem))
     })?;
     let validator = Validator { file, source };
     let plan = validator.validate(raw)?;
@@ -230,20 +193,20 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn error(&self, path: &[Seg], problem: impl Into<String>, fix: impl Into<String>) -> ScenarioError {
+    fn error(&self, path: &[Seg], problem: impl Into<String>, fix: impl Into<String>) -> Problem {
         let (line, column) = locate(self.source, path);
-        ScenarioError { file: self.file.into(), line, column, problem: problem.into(), fix: fix.into() }
+        Problem::located(self.file, line, column, problem, fix)
     }
 
-    fn parse_at<T: FromStr<Err = BadValue>>(&self, path: &[Seg], text: &str) -> Result<T, ScenarioError> {
+    fn parse_at<T: FromStr<Err = Problem>>(&self, path: &[Seg], text: &str) -> Result<T, Problem> {
         text.parse::<T>().map_err(|e| self.error(path, e.problem, e.fix))
     }
 
-    fn duration_at(&self, path: &[Seg], text: &str) -> Result<Duration, ScenarioError> {
+    fn duration_at(&self, path: &[Seg], text: &str) -> Result<Duration, Problem> {
         spec::parse_duration(text).map_err(|e| self.error(path, e.problem, e.fix))
     }
 
-    fn validate(&self, raw: RawScenario) -> Result<Plan, ScenarioError> {
+    fn validate(&self, raw: RawScenario) -> Result<Plan, Problem> {
         let lease = match &raw.lease {
             None => crate::plan::DEFAULT_LEASE,
             Some(text) => {
@@ -267,15 +230,15 @@ impl Validator<'_> {
         }
         let mut targets = BTreeMap::new();
         for (name, text) in &raw.targets {
-            let spec: TargetSpec = text.parse().map_err(|e: BadValue| {
+            let spec: TargetSpec = text.parse().map_err(|e: Problem| {
                 let (line, column) = locate_target(self.source, name);
-                ScenarioError {
-                    file: self.file.into(),
+                Problem::located(
+                    self.file,
                     line,
                     column,
-                    problem: format!("target '{}': {}", spec::shorten(name, 40), e.problem),
-                    fix: e.fix,
-                }
+                    format!("target '{}': {}", spec::shorten(name, 40), e.problem),
+                    e.fix,
+                )
             })?;
             targets.insert(name.clone(), spec);
         }
@@ -310,7 +273,7 @@ impl Validator<'_> {
             let name = step.name.clone().unwrap_or_else(|| format!("step-{}", i + 1));
             let mut faults = Vec::new();
             if step.fault != "none" {
-                let kind: FaultKind = step.fault.parse().map_err(|e: BadValue| {
+                let kind: FaultKind = step.fault.parse().map_err(|e: Problem| {
                     self.error(&at("fault"), e.problem, format!("{} (or none for a pause)", e.fix))
                 })?;
                 let target = match &step.target {
@@ -407,7 +370,7 @@ impl Validator<'_> {
             description: raw.description,
             seed: raw.seed,
             lease,
-            attach: raw.attach.unwrap_or(AttachMode::Auto),
+            attach: raw.attach.unwrap_or(Attach::Auto),
             protect,
             lab: raw.lab,
             steps,
@@ -432,7 +395,7 @@ fn locate_target(source: &str, name: &str) -> (usize, usize) {
 mod tests {
     use super::*;
 
-    fn err(src: &str) -> ScenarioError {
+    fn err(src: &str) -> Problem {
         parse("s.yaml", src).unwrap_err()
     }
 
@@ -453,7 +416,7 @@ mod tests {
 
     #[test]
     fn sample_scenarios_are_valid() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios");
         let mut count = 0;
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
             load(&entry.path()).unwrap_or_else(|e| panic!("{e}"));
@@ -465,15 +428,15 @@ mod tests {
     #[test]
     fn errors_name_the_position_and_the_fix() {
         let e = err("steps:\n  - fault: loss\n    target: netns:a\n    probability: 1.5\n    duration: 1s\n");
-        assert_eq!((e.line, e.column), (4, 18), "{e}");
+        assert_eq!((e.at.line, e.at.column), (4, 18), "{e}");
         assert!(e.problem.contains("outside 0..1"), "{e}");
 
         let e = err("steps:\n  - fault: loss\n    target: nowhere\n    probability: 0.5\n    duration: 1s\n");
-        assert_eq!((e.line, e.column), (3, 13), "{e}");
+        assert_eq!((e.at.line, e.at.column), (3, 13), "{e}");
         assert!(e.problem.contains("unknown target"), "{e}");
 
         let e = err("steps:\n  - fault: loss\n    colour: red\n    duration: 1s\n");
-        assert_eq!(e.line, 3, "{e}");
+        assert_eq!(e.at.line, 3, "{e}");
         assert!(e.problem.contains("unknown field `colour`"), "{e}");
 
         let e = err("steps: [\n");
@@ -483,20 +446,20 @@ mod tests {
         assert!(e.problem.contains("unknown fault"), "{e}");
 
         let e = err("steps:\n  - fault: loss\n    target: netns:a\n    probability: 0.1\n    duration: soon\n");
-        assert_eq!((e.line, e.column), (5, 15), "{e}");
+        assert_eq!((e.at.line, e.at.column), (5, 15), "{e}");
 
         let e = err("targets:\n  a: host:x\nsteps:\n  - {fault: none, duration: 1s}\n");
-        assert_eq!(e.line, 2, "{e}");
+        assert_eq!(e.at.line, 2, "{e}");
     }
 
     /// Every line of an error as the CLI prints it stays short.
-    fn assert_short(e: &ScenarioError) {
+    fn assert_short(e: &Problem) {
         for line in e.to_string().lines() {
             assert!(line.len() <= 300, "line of {} chars: {}", line.len(), &line[..200]);
         }
     }
 
-    fn fails_fast(src: &str) -> ScenarioError {
+    fn fails_fast(src: &str) -> Problem {
         let start = std::time::Instant::now();
         let e = err(src);
         assert!(start.elapsed() < Duration::from_secs(1), "took {:?}: {e}", start.elapsed());
@@ -547,12 +510,12 @@ mod tests {
     fn durations_and_sums_are_bounded() {
         for duration in ["1e20", "1e19", "8d", "169h", "99999999999999999999s", "inf", "NaN"] {
             let e = fails_fast(&format!("steps:\n  - {{fault: none, duration: {duration}}}\n"));
-            assert_eq!(e.line, 2, "{e}");
+            assert_eq!(e.at.line, 2, "{e}");
         }
         let e = fails_fast(&format!("steps:\n{}", "  - {fault: none, duration: 100h}\n".repeat(3)));
         assert!(e.problem.contains("7 days"), "{e}");
         let e = fails_fast("lease: 1e20\nsteps: [{fault: none, duration: 1s}]\n");
-        assert_eq!(e.line, 1, "{e}");
+        assert_eq!(e.at.line, 1, "{e}");
         let plan = parse("s.yaml", "steps: [{fault: none, duration: 7d}]\n").unwrap();
         assert_eq!(plan.total_duration(), spec::MAX_DURATION);
     }
@@ -565,7 +528,7 @@ mod tests {
             peers.join(", ")
         ));
         assert!(e.problem.contains("4097 peers") && e.problem.contains("4096"), "{e}");
-        assert_eq!(e.line, 4, "{e}");
+        assert_eq!(e.at.line, 4, "{e}");
         let e = fails_fast(
             "protect: [tcp:1, tcp:2, tcp:3, tcp:4, tcp:5, tcp:6, tcp:7]\nsteps: [{fault: none, duration: 1s}]\n",
         );

@@ -7,8 +7,9 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
+use aya::maps::{MapData, MapInfo, PerCpuArray};
 use aya::programs::{links::LinkType, loaded_links, loaded_programs};
-use chaos_ebpf_common::names;
+use chaos_ebpf_common::{names, RuleCounters};
 
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_DETACH: libc::c_long = 34;
@@ -132,4 +133,23 @@ pub fn holders() -> Holders {
         }
     }
     out
+}
+
+/// Counters of `slot` in the counters map used by program `program_id`.
+pub fn read_counters(program_id: u32, slot: u32) -> Option<RuleCounters> {
+    let info = aya::programs::loaded_programs().flatten().find(|p| p.id() == program_id)?;
+    for map_id in info.map_ids().ok()??.into_iter() {
+        let map_info = MapInfo::from_id(map_id).ok()?;
+        if map_info.name_as_str() == Some(names::COUNTERS) {
+            let data = MapData::from_id(map_id).ok()?;
+            let map = aya::maps::Map::PerCpuArray(data);
+            let counters: PerCpuArray<_, RuleCounters> = PerCpuArray::try_from(map).ok()?;
+            let mut total = RuleCounters::default();
+            for c in counters.get(&slot, 0).ok()?.iter() {
+                total.add(c);
+            }
+            return Some(total);
+        }
+    }
+    None
 }

@@ -18,7 +18,7 @@
 //!   kernel dumped. A qdisc chaos-ebpf did not create is never deleted or changed.
 //!
 //! One record per device, `dev-<netns dev>-<netns ino>-<ifindex>.json` in the ledger
-//! directory, lists the runs using it (their liveness is their run lock, state.rs), the
+//! directory, lists the runs using it (their liveness is their run lock, ledger.rs), the
 //! original values, and the qdiscs chaos-ebpf replaced. Every change happens under one
 //! exclusive lock (on the ledger directory), so two runs starting or ending together see each
 //! other's changes. Functions here act on the calling thread's network namespace.
@@ -32,10 +32,10 @@ use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    error::Failure,
+    error::Error,
+    ledger::{self, ProcessState, STATE_DIR},
     netlink::{self, FqSettings, Qdisc},
     netns::{Interface, NetnsId},
-    state::{self, ProcessState, STATE_DIR},
 };
 
 /// Handle major of the root sch_fq chaos-ebpf installs (`ce00:`); the fq under transmit
@@ -192,7 +192,7 @@ fn lock() -> Result<DevicesLock> {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Failure::environment(
+                return Err(Error::unsupported(
                     format!("another chaos-ebpf has held the lock of {STATE_DIR} for over 5 s (it may be stopped)"),
                     "resume or end it (`chaos-ebpf status` lists the runs), then try again",
                 )
@@ -220,14 +220,14 @@ impl DeviceRecord {
     }
 
     fn save(&self) -> Result<()> {
-        state::write_json(&self.path(), self)
+        ledger::write_json(&self.path(), self)
     }
 }
 
 /// Users whose run is still alive (ourselves included).
 fn prune_dead(record: &mut DeviceRecord) {
     let me = std::process::id();
-    record.users.retain(|u| u.pid == me || state::liveness(u.pid).0 != ProcessState::Dead);
+    record.users.retain(|u| u.pid == me || ledger::liveness(u.pid).0 != ProcessState::Dead);
 }
 
 fn needed(record: &DeviceRecord) -> Needs {
@@ -252,7 +252,7 @@ fn fq_settings() -> FqSettings {
     FqSettings {
         limit: 100_000,
         flow_limit: 10_000,
-        horizon_us: (crate::spec::MAX_DELAY.as_micros() as u32) + 1_000_000,
+        horizon_us: (chaos_ebpf_common::MAX_DELAY_NS / 1000) as u32 + 1_000_000,
     }
 }
 
@@ -300,7 +300,7 @@ fn apply(record: &mut DeviceRecord, needs: Needs) -> Result<()> {
             record.original.gso_max_segs = Some(current);
             record.save()?;
             netlink::set_gso_max_segs(ifindex, 1).map_err(|e| {
-                Failure::environment(
+                Error::unsupported(
                     format!(
                         "cannot set gso_max_segs 1 on {iface} ({e}), so decisions would act on buffers of many packets"
                     ),
@@ -335,7 +335,7 @@ fn add_segmenter(record: &mut DeviceRecord) -> Result<()> {
     let iface = record.iface.clone();
     let (outer, inner) = segmenter_names(record.ifindex);
     if outer.len() >= libc::IFNAMSIZ {
-        return Err(Failure::environment(
+        return Err(Error::unsupported(
             format!("{iface} has interface index {}, too large to name its segmenter pair", record.ifindex),
             "target a device with an index below 10,000,000",
         )
@@ -347,7 +347,7 @@ fn add_segmenter(record: &mut DeviceRecord) -> Result<()> {
     if let Err(e) = netlink::add_veth_pair(&outer, &inner, 65535, 1) {
         record.segmenter = None;
         if e.raw_os_error() == Some(libc::EEXIST) {
-            return Err(Failure::environment(
+            return Err(Error::unsupported(
                 format!("a device named {outer} or {inner} already exists next to {iface}, and chaos-ebpf has no record of creating it"),
                 format!("if it is left over from a chaos-ebpf run, delete it (`ip link del {outer}`); chaos-ebpf needs these names for {iface}'s segmenter pair"),
             )
@@ -392,7 +392,7 @@ fn check_foreign_fq(iface: &str, q: &Qdisc) -> Result<()> {
     let short = |name: &str, have: Option<u32>, need: u32, unit: &str| -> Result<()> {
         match have {
             Some(v) if v >= need => Ok(()),
-            have => Err(Failure::environment(
+            have => Err(Error::unsupported(
                 format!(
                     "{iface} already has an sch_fq that chaos-ebpf did not create ({:x}:), and its {name} is {}{unit}; delayed packets beyond {need}{unit} would be dropped",
                     q.handle >> 16,
@@ -438,7 +438,7 @@ fn install_fq(record: &mut DeviceRecord) -> Result<()> {
             }
         }
         Some(q) if q.handle != 0 || !DEFAULT_ROOT_QDISCS.contains(&q.kind.as_str()) => {
-            return Err(Failure::environment(
+            return Err(Error::unsupported(
                 format!(
                     "{iface} has a configured root qdisc ({} {:x}:); delay and rate need sch_fq there, and chaos-ebpf does not replace a qdisc it cannot restore exactly",
                     q.kind,
@@ -467,7 +467,7 @@ fn install_fq(record: &mut DeviceRecord) -> Result<()> {
         if let Err(e) = netlink::replace_qdisc(ifindex, parent, ours, "fq", &options) {
             record.replaced.pop();
             if e.raw_os_error() == Some(libc::ENOENT) {
-                return Err(Failure::environment(
+                return Err(Error::unsupported(
                     format!(
                         "this kernel has no sch_fq (CONFIG_NET_SCH_FQ), so nothing would enforce the departure times a delay or rate fault sets on {iface}"
                     ),

@@ -12,54 +12,28 @@ use aya::{
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType,
     },
-    util::{nr_cpus, KernelVersion},
+    util::nr_cpus,
     Ebpf, EbpfLoader,
 };
 use chaos_ebpf_common::{
     names, Config, FlowKey, FlowState, PeerKeyData, ProtectedPorts, Rule, RuleCounters, MAX_PROTECTED, MAX_RULES,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::{
+    attach::AttachMode,
     devices::Segmenter,
-    error::Failure,
+    error::Error,
+    ledger::{self, InstanceState, NetlinkFilter},
     netlink,
     netns::{Interface, Netns},
-    spec::Cidr,
-    state::{self, InstanceState, NetlinkFilter},
 };
+
+/// One entry of the peer trie: its prefix length and key data (model::Cidr::trie_entry
+/// encodes them).
+pub type PeerEntry = (u32, PeerKeyData);
 
 /// The eBPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-ebpf.o"));
-
-/// How the classifiers are hooked into TC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// TCX when the kernel has it (>= 6.6), netlink otherwise.
-    Auto,
-    /// bpf_link based TCX: links vanish with the process, so a crash reverts at once.
-    Tcx,
-    /// Legacy clsact + cls_bpf filters (kernels < 6.6): removed explicitly on exit, by the
-    /// lease after a crash, and by `cleanup`.
-    Netlink,
-}
-
-impl AttachMode {
-    pub fn resolve(self) -> Result<AttachMode> {
-        let tcx_ok = KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(false);
-        match self {
-            AttachMode::Auto if tcx_ok => Ok(AttachMode::Tcx),
-            AttachMode::Auto => Ok(AttachMode::Netlink),
-            AttachMode::Tcx if !tcx_ok => Err(Failure::environment(
-                "TCX attachment needs Linux 6.6 or newer; this kernel is older",
-                "use --attach netlink (or auto, which falls back to netlink by itself)",
-            )
-            .into()),
-            other => Ok(other),
-        }
-    }
-}
 
 struct Attached {
     iface: Interface,
@@ -77,7 +51,7 @@ pub struct Instance {
     attached: Vec<Attached>,
     clsact_added: Vec<Interface>,
     used_slots: BTreeSet<u32>,
-    /// The run's bit in the judged-by mask of re-sent copies (state::free_judge_bit).
+    /// The run's bit in the judged-by mask of re-sent copies (ledger::free_judge_bit).
     judge_bit: u32,
 }
 
@@ -92,7 +66,7 @@ impl Instance {
     /// Loads the programs (not yet attached) and writes the protected list.
     pub fn load(netns: Netns, mode: AttachMode, protected: &[ProtectedPorts], judge_bit: u32) -> Result<Self> {
         if protected.len() > MAX_PROTECTED as usize {
-            return Err(Failure::input(
+            return Err(Error::unsupported(
                 format!("{} protected port ranges given; at most {MAX_PROTECTED} fit", protected.len()),
                 "merge ranges (e.g. 8000-8100) or protect fewer",
             )
@@ -192,8 +166,8 @@ impl Instance {
         if self.mode == AttachMode::Netlink && !self.clsact_added.iter().any(|i| i.index == iface.index) {
             match tc::qdisc_add_clsact(&iface.name) {
                 Ok(()) => {
-                    fs::create_dir_all(state::STATE_DIR)?;
-                    fs::write(state::clsact_marker(self.netns.id, iface.index), b"")?;
+                    fs::create_dir_all(ledger::STATE_DIR)?;
+                    fs::write(ledger::clsact_marker(self.netns.id, iface.index), b"")?;
                     self.clsact_added.push(iface.clone());
                 }
                 Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -236,7 +210,7 @@ impl Instance {
                 if programs.len() >= TCX_MAX_PROGRAMS {
                     let ours =
                         programs.iter().filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("chaos_"))).count();
-                    return Err(Failure::environment(
+                    return Err(Error::unsupported(
                         format!(
                             "{} {} in {} already runs {} BPF programs ({ours} of them chaos-ebpf runs), the kernel's limit per TCX hook",
                             iface.name,
@@ -291,7 +265,7 @@ impl Instance {
     /// A free rule slot, or an error when all are taken.
     pub fn free_slot(&self) -> Result<u32> {
         (0..MAX_RULES).find(|s| !self.used_slots.contains(s)).ok_or_else(|| {
-            Failure::input(
+            Error::unsupported(
                 format!("more than {MAX_RULES} faults at once in network namespace {}", self.netns.path.display()),
                 "run fewer faults at the same time on this namespace",
             )
@@ -301,7 +275,7 @@ impl Instance {
 
     /// Writes a rule and its peers, then starts its lease. The counters of the slot
     /// start from zero, and flow state of an earlier rule in the slot is gone.
-    pub fn install(&mut self, slot: u32, rule: &Rule, peers: &[Cidr], lease: Duration) -> Result<()> {
+    pub fn install(&mut self, slot: u32, rule: &Rule, peers: &[PeerEntry], lease: Duration) -> Result<()> {
         self.clear_flows(slot)?;
         {
             let zero = PerCpuValues::try_from(vec![RuleCounters::default(); nr_cpus().map_err(|(_, e)| e)?])?;
@@ -311,9 +285,8 @@ impl Instance {
         }
         {
             let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
-            for peer in peers {
-                let (len, data) = peer.trie_entry(slot);
-                trie.insert(&Key::new(len, data), 1, 0).with_context(|| format!("adding peer {peer}"))?;
+            for (len, data) in peers {
+                trie.insert(&Key::new(*len, *data), 1, 0).context("adding a peer prefix")?;
             }
         }
         {
@@ -334,7 +307,7 @@ impl Instance {
     }
 
     /// Ends a rule: lease first (the kernel stops acting at once), then the entries.
-    pub fn remove(&mut self, slot: u32, peers: &[Cidr]) -> Result<()> {
+    pub fn remove(&mut self, slot: u32, peers: &[PeerEntry]) -> Result<()> {
         {
             let mut leases: Array<&mut MapData, u64> = Array::try_from(self.map_mut(names::LEASES)?)?;
             leases.set(slot, 0, 0)?;
@@ -345,9 +318,8 @@ impl Instance {
         }
         {
             let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
-            for peer in peers {
-                let (len, data) = peer.trie_entry(slot);
-                let _ = trie.remove(&Key::new(len, data));
+            for (len, data) in peers {
+                let _ = trie.remove(&Key::new(*len, *data));
             }
         }
         self.used_slots.remove(&slot);
@@ -478,7 +450,7 @@ fn still_attached(mode: AttachMode, iface: &Interface, hook: TcAttachType, progr
 impl Drop for Instance {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            crate::output::err(&format!("chaos-ebpf: {e:#}"));
+            tracing::warn!("{e:#}");
         }
     }
 }
@@ -487,7 +459,7 @@ impl Drop for Instance {
 /// it. Call inside the interface's namespace. A clsact without our marker was there
 /// before and stays.
 pub fn release_clsact(netns: crate::netns::NetnsId, ifindex: u32) -> std::io::Result<bool> {
-    let marker = state::clsact_marker(netns, ifindex);
+    let marker = ledger::clsact_marker(netns, ifindex);
     if !marker.exists() {
         return Ok(false);
     }

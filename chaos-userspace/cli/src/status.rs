@@ -3,17 +3,17 @@
 //! experiment accounts for.
 
 use anyhow::Result;
-use aya::maps::{MapData, MapInfo, PerCpuArray};
-use chaos_ebpf_common::{names, RuleCounters};
+use chaos_ebpf_common::RuleCounters;
 use serde::Serialize;
 
-use crate::{
-    bpfsys::{self, OurLink},
-    cleanup,
+use chaos_datapath::{
+    bpfsys::{self, read_counters, OurLink},
     error::require_root,
-    output,
-    state::{self, ProcessState, RunState},
+    ledger::{self as state, ProcessState, RunState},
+    sweep as cleanup,
 };
+
+use crate::output;
 
 #[derive(Debug, Serialize)]
 struct RuleStatus {
@@ -44,25 +44,6 @@ struct Status {
     problems: Vec<String>,
     /// TCX links running chaos-ebpf programs that no live run holds.
     stray_links: Vec<OurLink>,
-}
-
-/// Counters of `slot` in the counters map used by program `program_id`.
-fn read_counters(program_id: u32, slot: u32) -> Option<RuleCounters> {
-    let info = aya::programs::loaded_programs().flatten().find(|p| p.id() == program_id)?;
-    for map_id in info.map_ids().ok()??.into_iter() {
-        let map_info = MapInfo::from_id(map_id).ok()?;
-        if map_info.name_as_str() == Some(names::COUNTERS) {
-            let data = MapData::from_id(map_id).ok()?;
-            let map = aya::maps::Map::PerCpuArray(data);
-            let counters: PerCpuArray<_, RuleCounters> = PerCpuArray::try_from(map).ok()?;
-            let mut total = RuleCounters::default();
-            for c in counters.get(&slot, 0).ok()?.iter() {
-                total.add(c);
-            }
-            return Some(total);
-        }
-    }
-    None
 }
 
 fn run_status(state: &RunState, process: ProcessState) -> RunStatus {

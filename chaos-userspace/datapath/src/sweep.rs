@@ -1,18 +1,18 @@
-//! `chaos-ebpf cleanup`, and the collection of dead runs that every run, `status` and
-//! `cleanup` do first.
+//! The crash sweep behind `chaos-ebpf cleanup`, and the collection of dead runs that
+//! every run, `status` and `cleanup` do first.
 //!
 //! What can be left: netlink (cls_bpf) filters and the clsact qdiscs added for them (they
-//! survive a SIGKILL, unlike TCX links), device settings and sch_fq qdiscs (devices.rs),
-//! the ledger records of dead runs, lab namespaces, and the TCX links of a stopped run.
+//! survive a SIGKILL, unlike TCX links), device settings, sch_fq qdiscs and segmenter
+//! pairs (devices.rs), the ledger records of dead runs, and the TCX links of a stopped
+//! run. (Lab namespaces are the lab's to sweep.)
 //!
-//! A run is live while it holds its ledger lock (state.rs); a kernel object is a live
+//! A run is live while it holds its ledger lock (ledger.rs); a kernel object is a live
 //! run's when a live run holds it open (bpfsys::holders), so an object is never taken
 //! for a stray because its run has not written its record yet. Live runs are left
 //! alone, stopped ones too unless `--force`.
 
 use std::{collections::BTreeMap, fs};
 
-use anyhow::Result;
 use aya::programs::{
     tc::{SchedClassifierLink, TcHandle},
     TcAttachType,
@@ -22,11 +22,9 @@ use serde::Serialize;
 
 use crate::{
     bpfsys, devices,
-    error::require_root,
-    lab::LAB_PREFIX,
+    ledger::{self, InstanceState, ProcessState, RunState},
     netlink,
     netns::{self, Netns},
-    state::{self, InstanceState, ProcessState, RunState},
 };
 
 #[derive(Debug, Default, Serialize)]
@@ -37,6 +35,9 @@ pub struct Report {
     /// What could not be removed.
     pub remaining: Vec<String>,
     pub clean: bool,
+    /// Live runs seen (running or stopped, forced or not).
+    #[serde(skip)]
+    pub live_runs: usize,
 }
 
 /// A dead run whose record was collected.
@@ -96,7 +97,7 @@ fn revert_instance(instance: &InstanceState, removed: &mut Vec<String>, remainin
     }
     for iface in &instance.interfaces {
         let Ok(index) = nix_ifindex(iface) else { continue };
-        match crate::loader::release_clsact(instance.netns_id, index) {
+        match crate::instance::release_clsact(instance.netns_id, index) {
             Ok(true) => removed.push(format!("clsact qdisc on {iface} in {}", instance.netns.display())),
             Ok(false) => {}
             Err(e) => remaining.push(format!("clsact qdisc on {iface} in {}: {e}", instance.netns.display())),
@@ -128,7 +129,7 @@ fn sweep_devices(removed: &mut Vec<String>, remaining: &mut Vec<String>) {
 /// clsact qdiscs chaos-ebpf added and nobody released: deleted once no filter is left on
 /// them; markers of vanished namespaces are dropped.
 fn sweep_clsact_markers(removed: &mut Vec<String>, remaining: &mut Vec<String>) {
-    let markers = state::clsact_markers();
+    let markers = ledger::clsact_markers();
     if markers.is_empty() {
         return;
     }
@@ -139,7 +140,7 @@ fn sweep_clsact_markers(removed: &mut Vec<String>, remaining: &mut Vec<String>) 
             continue;
         };
         let Ok(_inside) = ns.enter() else { continue };
-        match crate::loader::release_clsact(id, ifindex) {
+        match crate::instance::release_clsact(id, ifindex) {
             Ok(true) => removed.push(format!("clsact qdisc on ifindex {ifindex} in {}", ns.path.display())),
             Ok(false) => {}
             Err(e) => remaining.push(format!("clsact qdisc on ifindex {ifindex} in {}: {e}", ns.path.display())),
@@ -163,8 +164,8 @@ fn nix_ifindex(name: &str) -> std::io::Result<u32> {
 /// first. Live runs are never touched.
 pub fn collect_dead(remaining: &mut Vec<String>) -> Vec<DeadRun> {
     let mut dead = Vec::new();
-    for (pid, _, record) in state::read_all() {
-        let (process, lock) = state::liveness(pid);
+    for (pid, _, record) in ledger::read_all() {
+        let (process, lock) = ledger::liveness(pid);
         if process != ProcessState::Dead {
             continue;
         }
@@ -195,8 +196,8 @@ pub fn collect_dead(remaining: &mut Vec<String>) -> Vec<DeadRun> {
 /// Live runs by pid, with their state.
 fn live_runs() -> BTreeMap<u32, (ProcessState, RunState)> {
     let mut live = BTreeMap::new();
-    for (pid, _, record) in state::read_all() {
-        let (process, _) = state::liveness(pid);
+    for (pid, _, record) in ledger::read_all() {
+        let (process, _) = ledger::liveness(pid);
         if process != ProcessState::Dead {
             live.insert(pid, (process, record.unwrap_or_else(|_| RunState { pid, ..RunState::default() })));
         }
@@ -207,7 +208,7 @@ fn live_runs() -> BTreeMap<u32, (ProcessState, RunState)> {
 /// Whether any of `pids` is a live run that is not forced: its objects stay. Asked at
 /// the moment of each decision, so a run that started after cleanup did is seen too.
 pub fn held_by_live_run(pids: Option<&Vec<u32>>, force: bool) -> bool {
-    !force && pids.is_some_and(|pids| pids.iter().any(|p| state::liveness(*p).0 != ProcessState::Dead))
+    !force && pids.is_some_and(|pids| pids.iter().any(|p| ledger::liveness(*p).0 != ProcessState::Dead))
 }
 
 /// chaos-ebpf netlink filters on every interface of every namespace whose program no
@@ -276,8 +277,9 @@ fn stray_links(force: bool) -> Vec<bpfsys::OurLink> {
     links.into_iter().filter(|l| !held_by_live_run(holders.links.get(&l.link_id), force)).collect()
 }
 
-pub fn run(force: bool, json: bool) -> Result<i32> {
-    require_root("cleanup")?;
+/// Removes what dead runs left (and, with `force`, what live ones attached). Call
+/// [`verify`] after anything else the caller sweeps.
+pub fn sweep(force: bool) -> Report {
     let mut report = Report::default();
     let dead = collect_dead(&mut report.remaining);
     for d in dead {
@@ -318,26 +320,13 @@ pub fn run(force: bool, json: bool) -> Result<i32> {
         }
     }
     sweep_netlink(force, false, &mut report);
-    if live.is_empty() {
-        if let Ok(entries) = fs::read_dir(netns::NETNS_RUN_DIR) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(LAB_PREFIX) {
-                    let ok = std::process::Command::new("ip")
-                        .args(["netns", "del", &name])
-                        .status()
-                        .is_ok_and(|s| s.success());
-                    if ok {
-                        report.removed.push(format!("lab namespace {name}"));
-                    } else {
-                        report.remaining.push(format!("lab namespace {name}"));
-                    }
-                }
-            }
-        }
-    }
+    report.live_runs = live.len();
+    report
+}
 
-    // Verify: nothing of ours attached outside the live runs we left alone.
+/// Looks again: nothing of ours attached outside the live runs left alone, or it goes to
+/// `remaining`; then sets `clean`.
+pub fn verify(force: bool, report: &mut Report) {
     report.remaining.extend(
         stray_links(force).into_iter().map(|l| format!("TCX link {} ({}) still attached", l.link_id, l.program)),
     );
@@ -345,23 +334,4 @@ pub fn run(force: bool, json: bool) -> Result<i32> {
     let late = sweep_netlink(force, true, &mut verify);
     report.remaining.extend(late.into_iter().map(|w| format!("{w} still there")));
     report.clean = report.remaining.is_empty();
-
-    if json {
-        crate::output::out(&serde_json::to_string_pretty(&report)?);
-    } else {
-        if report.removed.is_empty() {
-            crate::output::out("nothing to remove");
-        }
-        for r in &report.removed {
-            crate::output::out(&format!("removed {r}"));
-        }
-        for a in &report.active {
-            crate::output::out(&format!("left alone: {a}"));
-        }
-        for r in &report.remaining {
-            crate::output::out(&format!("NOT removed: {r}"));
-        }
-        crate::output::out(if report.clean { "clean" } else { "NOT clean" });
-    }
-    Ok(if report.clean { 0 } else { crate::error::EXIT_FAILED })
 }

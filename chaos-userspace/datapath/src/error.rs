@@ -1,59 +1,32 @@
-//! Failures and the exit codes they map to (0 success, 1 the experiment failed, 2 bad
-//! input or an environment that cannot do what was asked). Every `Failure` names the
-//! problem and the fix; anything else that escapes is an experiment failure (exit 1).
+//! The datapath's error type. Most datapath functions return `anyhow::Result` with
+//! context on the way up; the one failure a caller must tell apart is
+//! [`Error::Unsupported`]: the machine cannot do what was asked (not root, a kernel
+//! without a feature, a target that does not exist, a limit reached), found before
+//! anything was changed. The CLI maps it to exit code 2, like the model's input problems.
 
-use std::fmt;
-
-/// Exit code for a run that failed or was aborted after it started changing things.
-pub const EXIT_FAILED: i32 = 1;
-/// Exit code for bad input or an unsuitable environment; nothing was changed.
-pub const EXIT_USAGE: i32 = 2;
-
-/// A problem found before anything was changed: exit code 2. Made by `input` (the
-/// scenario file or the command line is wrong) or `environment` (the machine cannot do
-/// what was asked: not root, kernel feature missing, target does not exist).
-#[derive(Debug)]
-pub struct Failure {
-    pub problem: String,
-    pub fix: String,
+/// A failure of the datapath that names its fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// What cannot be done here, and what to do about it.
+    #[error("{problem}\n  fix: {fix}")]
+    Unsupported { problem: String, fix: String },
 }
 
-impl Failure {
-    pub fn input(problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { problem: problem.into(), fix: fix.into() }
-    }
-
-    pub fn environment(problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { problem: problem.into(), fix: fix.into() }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}\n  fix: {}", self.problem, self.fix)
-    }
-}
-
-impl std::error::Error for Failure {}
-
-/// Exit code for an error that reached `main`.
-pub fn exit_code(error: &anyhow::Error) -> i32 {
-    if error.chain().any(|e| e.downcast_ref::<Failure>().is_some()) {
-        EXIT_USAGE
-    } else {
-        EXIT_FAILED
+impl Error {
+    pub fn unsupported(problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Error::Unsupported { problem: problem.into(), fix: fix.into() }
     }
 }
 
 /// Fails with exit 2 unless the process holds what loading, attaching and inspecting
 /// TC programs needs (see `missing_privileges`). Kept under this name for its callers;
 /// it checks capabilities, not the uid.
-pub fn require_root(action: &str) -> Result<(), Failure> {
+pub fn require_root(action: &str) -> Result<(), Error> {
     let missing = missing_privileges();
     if missing.is_empty() {
         return Ok(());
     }
-    Err(Failure::environment(
+    Err(Error::unsupported(
         format!(
             "{action} needs root: CAP_SYS_ADMIN and CAP_NET_ADMIN in the host's user namespace; {}",
             missing.join("; ")
@@ -94,6 +67,6 @@ fn user_namespace_uid_map() -> Option<String> {
     if fields == ["0", "0", "4294967295"] {
         None
     } else {
-        Some(crate::spec::shorten(&fields.join(" "), 60))
+        Some(chaos_ebpf_common::text::shorten(&fields.join(" "), 60))
     }
 }

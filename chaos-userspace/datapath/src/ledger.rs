@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{loader::AttachMode, netns::NetnsId};
+use crate::{attach::AttachMode, netns::NetnsId};
 
 pub const STATE_DIR: &str = "/run/chaos-ebpf";
 

@@ -1,6 +1,6 @@
 //! Resolving a target (`iface:`, `netns:`, `cgroup:`, `pid:`) to kernel objects: the
 //! network namespaces to load into, the interfaces to attach to, and the interface and
-//! cgroup filters of the rule. Every failure is a `Failure` (exit 2, nothing changed).
+//! cgroup filters of the rule. Every failure is an `Error::Unsupported` (exit 2, nothing changed).
 
 use std::{
     collections::BTreeMap,
@@ -12,10 +12,42 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    error::Failure,
+    error::Error,
     netns::{self, Interface, Netns, NetnsId, ARPHRD_ETHER},
-    spec::TargetSpec,
 };
+
+/// What a fault acts on, as the kernel knows it (the model's target specs map onto
+/// this one to one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An interface in the tool's own network namespace.
+    Iface(String),
+    /// Every interface except lo in a named namespace (`ip netns`) or a namespace path.
+    Netns(String),
+    /// A cgroup v2 path, relative to the cgroup2 mount or absolute.
+    Cgroup(String),
+    /// The cgroup and network namespace of a process.
+    Pid(u32),
+}
+
+impl Target {
+    /// Whether the kernel can tell this target's packets apart on ingress: a cgroup is
+    /// known from the sending socket, which exists on egress only.
+    pub fn egress_only(&self) -> bool {
+        matches!(self, Target::Cgroup(_) | Target::Pid(_))
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Iface(v) => write!(f, "iface:{v}"),
+            Target::Netns(v) => write!(f, "netns:{v}"),
+            Target::Cgroup(v) => write!(f, "cgroup:{v}"),
+            Target::Pid(v) => write!(f, "pid:{v}"),
+        }
+    }
+}
 
 const ARPHRD_LOOPBACK: u16 = 772;
 
@@ -34,14 +66,14 @@ pub struct Resolved {
 
 /// Resolves a target; a cgroup whose processes live in several namespaces gives one
 /// `Resolved` per namespace.
-pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
+pub fn resolve(spec: &Target) -> Result<Vec<Resolved>> {
     match spec {
-        TargetSpec::Iface(name) => {
+        Target::Iface(name) => {
             let netns = Netns::current()?;
             let all = netns::interfaces()?;
             let Some(iface) = all.iter().find(|i| &i.name == name).cloned() else {
-                let names = crate::spec::list_some(all.iter().map(|i| &i.name), 8);
-                return Err(Failure::environment(
+                let names = chaos_ebpf_common::text::list_some(all.iter().map(|i| &i.name), 8);
+                return Err(Error::unsupported(
                     format!("interface '{name}' not found in this network namespace (have: {names})"),
                     "name an existing interface (`ip link`), or run inside its namespace with `ip netns exec NS chaos-ebpf ...`, or target netns:NS",
                 )
@@ -50,12 +82,12 @@ pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
             check_ethernet(&iface, spec)?;
             Ok(vec![Resolved { netns, ifindex: iface.index, interfaces: vec![iface], cgroup_id: 0, cgroup_level: 0 }])
         }
-        TargetSpec::Netns(name) => {
+        Target::Netns(name) => {
             let netns = open_netns(name)?;
             let interfaces = netns_interfaces(&netns, spec)?;
             Ok(vec![Resolved { netns, interfaces, ifindex: 0, cgroup_id: 0, cgroup_level: 0 }])
         }
-        TargetSpec::Cgroup(path) => {
+        Target::Cgroup(path) => {
             let cgroup = Cgroup::find(path)?;
             let mut namespaces: BTreeMap<NetnsId, Netns> = BTreeMap::new();
             for pid in cgroup.member_pids()? {
@@ -76,7 +108,7 @@ pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
                 })
                 .collect()
         }
-        TargetSpec::Pid(pid) => {
+        Target::Pid(pid) => {
             let cgroup = Cgroup::of_pid(*pid)?;
             let netns = open_pid_netns(*pid)?;
             let interfaces = netns_interfaces(&netns, spec)?;
@@ -90,8 +122,12 @@ pub fn resolve(spec: &TargetSpec) -> Result<Vec<Resolved>> {
 pub fn open_netns(name: &str) -> Result<Netns> {
     let path = netns::path_for(name);
     let not_a_namespace = || {
-        Failure::input(
-            format!("netns:{}: {} is not a network namespace", crate::spec::shorten(name, 80), path.display()),
+        Error::unsupported(
+            format!(
+                "netns:{}: {} is not a network namespace",
+                chaos_ebpf_common::text::shorten(name, 80),
+                path.display()
+            ),
             "name a namespace from `ip netns list`, or give /proc/PID/ns/net or a bind mount of one",
         )
     };
@@ -101,10 +137,10 @@ pub fn open_netns(name: &str) -> Result<Netns> {
         return Err(not_a_namespace().into());
     }
     let netns = Netns::open(&path).map_err(|e| {
-        Failure::environment(
+        Error::unsupported(
             format!(
                 "network namespace '{}' cannot be opened at {}: {e}",
-                crate::spec::shorten(name, 80),
+                chaos_ebpf_common::text::shorten(name, 80),
                 path.display()
             ),
             "create it (`ip netns add NAME`) or name an existing one (`ip netns list`), or give a path such as /proc/PID/ns/net",
@@ -119,7 +155,7 @@ pub fn open_netns(name: &str) -> Result<Netns> {
 /// The network namespace of a running process.
 pub fn open_pid_netns(pid: u32) -> Result<Netns> {
     Netns::open(&PathBuf::from(format!("/proc/{pid}/ns/net"))).map_err(|e| {
-        Failure::environment(
+        Error::unsupported(
             format!("cannot open the network namespace of process {pid}: {e}"),
             "check that the process still runs (and that chaos-ebpf may read /proc/PID/ns/net)",
         )
@@ -136,8 +172,8 @@ pub fn is_network_namespace(netns: &Netns) -> bool {
     kind == libc::CLONE_NEWNET
 }
 
-fn empty_cgroup(spec: &TargetSpec) -> anyhow::Error {
-    Failure::environment(
+fn empty_cgroup(spec: &Target) -> anyhow::Error {
+    Error::unsupported(
         format!("{spec} has no processes, so there is no network namespace to attach the fault in"),
         "start the workload in the cgroup first, or target its network namespace (netns:NAME) or interface",
     )
@@ -147,7 +183,7 @@ fn empty_cgroup(spec: &TargetSpec) -> anyhow::Error {
 /// The checks of `resolve` that need no privileges (no setns): the namespace exists and
 /// is one, the cgroup exists inside the mount and has processes, the process exists.
 /// Returns what it could not check.
-pub fn check_unprivileged(spec: &TargetSpec) -> Result<Vec<String>> {
+pub fn check_unprivileged(spec: &Target) -> Result<Vec<String>> {
     let permission = |e: &anyhow::Error| {
         e.chain().any(|c| {
             c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
@@ -155,23 +191,23 @@ pub fn check_unprivileged(spec: &TargetSpec) -> Result<Vec<String>> {
     };
     let mut unchecked = Vec::new();
     match spec {
-        TargetSpec::Iface(_) => {
+        Target::Iface(_) => {
             // Listing links of our own namespace needs no privileges.
             resolve(spec)?;
         }
-        TargetSpec::Netns(name) => match open_netns(name) {
+        Target::Netns(name) => match open_netns(name) {
             Ok(_) => unchecked.push(format!("the interfaces of {spec}")),
             Err(e) if permission(&e) => unchecked.push(format!("{spec} (cannot open it)")),
             Err(e) => return Err(e),
         },
-        TargetSpec::Cgroup(path) => {
+        Target::Cgroup(path) => {
             let cgroup = Cgroup::find(path)?;
             if cgroup.member_pids()?.is_empty() {
                 return Err(empty_cgroup(spec));
             }
             unchecked.push(format!("the network namespaces of {spec}"));
         }
-        TargetSpec::Pid(pid) => {
+        Target::Pid(pid) => {
             Cgroup::of_pid(*pid)?;
             unchecked.push(format!("the network namespace of {spec}"));
         }
@@ -179,9 +215,9 @@ pub fn check_unprivileged(spec: &TargetSpec) -> Result<Vec<String>> {
     Ok(unchecked)
 }
 
-fn check_ethernet(iface: &Interface, spec: &TargetSpec) -> Result<()> {
+fn check_ethernet(iface: &Interface, spec: &Target) -> Result<()> {
     if iface.hw_type != ARPHRD_ETHER {
-        return Err(Failure::environment(
+        return Err(Error::unsupported(
             format!(
                 "{spec}: interface {} is not an Ethernet device (hardware type {}); the classifier parses Ethernet frames only",
                 iface.name, iface.hw_type
@@ -197,7 +233,7 @@ fn check_ethernet(iface: &Interface, spec: &TargetSpec) -> Result<()> {
 /// devices that are down (the tunl0/sit0 stubs tunnel modules create in every
 /// namespace) are skipped; one that is up cannot be parsed, which is an error rather
 /// than a silent gap in the fault.
-fn netns_interfaces(netns: &Netns, spec: &TargetSpec) -> Result<Vec<Interface>> {
+fn netns_interfaces(netns: &Netns, spec: &Target) -> Result<Vec<Interface>> {
     let all = {
         let _inside = netns.enter()?;
         netns::interfaces()?
@@ -214,7 +250,7 @@ fn netns_interfaces(netns: &Netns, spec: &TargetSpec) -> Result<Vec<Interface>> 
         chosen.push(iface);
     }
     if chosen.is_empty() {
-        return Err(Failure::environment(
+        return Err(Error::unsupported(
             format!("{spec}: network namespace {} has no interface to fault besides lo", netns.path.display()),
             "add a veth or other Ethernet interface to it first",
         )
@@ -238,7 +274,7 @@ pub fn cgroup2_root() -> Result<PathBuf> {
             }
         }
     }
-    Err(Failure::environment(
+    Err(Error::unsupported(
         "no cgroup v2 hierarchy is mounted",
         "mount one: `mount -t cgroup2 none /sys/fs/cgroup/unified` (cgroup and pid targets need it)",
     )
@@ -262,8 +298,8 @@ impl Cgroup {
         let root = cgroup2_root()?;
         let given = Path::new(path);
         if given.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-            return Err(Failure::input(
-                format!("cgroup path '{}' contains '..'", crate::spec::shorten(path, 80)),
+            return Err(Error::unsupported(
+                format!("cgroup path '{}' contains '..'", chaos_ebpf_common::text::shorten(path, 80)),
                 format!(
                     "give the cgroup's path below {} without '..' (e.g. cgroup:system.slice/x.service)",
                     root.display()
@@ -275,8 +311,8 @@ impl Cgroup {
         let relative = relative.strip_prefix("/").unwrap_or(relative);
         let dir = root.join(relative);
         let not_found = |e: std::io::Error| {
-            Failure::environment(
-                format!("cgroup '{}' not found at {}: {e}", crate::spec::shorten(path, 80), dir.display()),
+            Error::unsupported(
+                format!("cgroup '{}' not found at {}: {e}", chaos_ebpf_common::text::shorten(path, 80), dir.display()),
                 format!("give a cgroup v2 path relative to {} (e.g. cgroup:docker/ID) or create it", root.display()),
             )
         };
@@ -285,10 +321,10 @@ impl Cgroup {
         let real = fs::canonicalize(&dir).map_err(not_found)?;
         let real_root = fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
         let Ok(below_root) = real.strip_prefix(&real_root) else {
-            return Err(Failure::input(
+            return Err(Error::unsupported(
                 format!(
                     "cgroup '{}' resolves to {}, outside the cgroup2 mount {}",
-                    crate::spec::shorten(path, 80),
+                    chaos_ebpf_common::text::shorten(path, 80),
                     real.display(),
                     root.display()
                 ),
@@ -298,15 +334,19 @@ impl Cgroup {
         };
         let meta = fs::symlink_metadata(&real).map_err(not_found)?;
         if !meta.is_dir() || !is_cgroup2(&real) {
-            return Err(Failure::input(
-                format!("cgroup '{}': {} is not a cgroup v2 directory", crate::spec::shorten(path, 80), real.display()),
+            return Err(Error::unsupported(
+                format!(
+                    "cgroup '{}': {} is not a cgroup v2 directory",
+                    chaos_ebpf_common::text::shorten(path, 80),
+                    real.display()
+                ),
                 format!("give a cgroup directory below {}", root.display()),
             )
             .into());
         }
         let level = below_root.components().count() as u32;
         if level == 0 {
-            return Err(Failure::input(
+            return Err(Error::unsupported(
                 "the root cgroup holds every process: faulting it would hit the whole machine",
                 "target a child cgroup, an interface or a network namespace",
             )
@@ -318,17 +358,17 @@ impl Cgroup {
     /// The cgroup v2 of a process, from /proc/PID/cgroup (`0::/path`).
     pub fn of_pid(pid: u32) -> Result<Self> {
         let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
-            Failure::environment(format!("process {pid} not found: {e}"), "give the id of a running process")
+            Error::unsupported(format!("process {pid} not found: {e}"), "give the id of a running process")
         })?;
         let Some(path) = text.lines().find_map(|l| l.strip_prefix("0::")) else {
-            return Err(Failure::environment(
+            return Err(Error::unsupported(
                 format!("process {pid} has no cgroup v2 membership"),
                 "mount cgroup v2 and place the process in a cgroup",
             )
             .into());
         };
         if path == "/" {
-            return Err(Failure::input(
+            return Err(Error::unsupported(
                 format!("process {pid} is in the root cgroup, so its cgroup holds every process there"),
                 "move the process into a cgroup of its own (write its pid into NEW/cgroup.procs) or target its netns",
             )
@@ -349,7 +389,7 @@ impl Cgroup {
         while let Some((dir, depth)) = stack.pop() {
             visited += 1;
             if visited > MAX_DIRS {
-                return Err(Failure::environment(
+                return Err(Error::unsupported(
                     format!("{} has more than {MAX_DIRS} cgroups below it", self.dir.display()),
                     "target a smaller cgroup subtree",
                 )
@@ -405,7 +445,7 @@ pub fn far_end(netns: &Netns, iface: &Interface) -> Result<Option<(Netns, Interf
                 .into_iter()
                 .find(|ns| crate::netlink::nsid_of(ns.raw_fd()).is_ok_and(|id| id == nsid))
                 .ok_or_else(|| {
-                    Failure::environment(
+                    Error::unsupported(
                         format!("the far end of {} is in a namespace chaos-ebpf cannot open", iface.name),
                         "name that namespace with `ip netns` or keep a process in it, or fault its egress directly",
                     )
@@ -424,11 +464,11 @@ pub fn far_end(netns: &Netns, iface: &Interface) -> Result<Option<(Netns, Interf
 /// the far end of each of its veths, as one target per far-end interface. A far end in
 /// the same namespace is found too; an interface without one (a physical NIC, a macvlan)
 /// cannot be delayed on ingress this way, which is exit 2.
-pub fn veth_peers(spec: &TargetSpec, target: &Resolved) -> Result<Vec<Resolved>> {
+pub fn veth_peers(spec: &Target, target: &Resolved) -> Result<Vec<Resolved>> {
     let mut out = Vec::new();
     for iface in target.interfaces.iter().filter(|i| target.ifindex == 0 || i.index == target.ifindex) {
         let Some((peer_netns, peer_iface)) = far_end(&target.netns, iface)? else {
-            return Err(Failure::environment(
+            return Err(Error::unsupported(
                 format!("{spec}: {} is not a veth, so it has no far end where what it receives could be delayed by departure times", iface.name),
                 "delay the sender's egress instead (target the sending namespace or interface with direction egress)",
             )

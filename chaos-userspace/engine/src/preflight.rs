@@ -10,14 +10,19 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use chaos_ebpf_common::{MAX_PEERS, MAX_RULES};
 
-use crate::{
-    error::{self, Failure},
-    lab::LAB_PREFIX,
+use chaos_datapath::{
+    error::{self, Error},
+    netlink,
     netns::NetnsId,
-    plan::Plan,
-    spec::{FaultSpec, TargetSpec},
-    target::{self, Resolved},
+    resolve::{self as target, Resolved},
 };
+use chaos_model::{
+    lab::LAB_PREFIX,
+    plan::Plan,
+    spec::{FaultSpec, Problem, TargetSpec},
+};
+
+use crate::run::target_of;
 
 /// What the checks found.
 pub struct Preflight {
@@ -33,7 +38,7 @@ pub struct Preflight {
 /// Runs every check. `dry_run`: missing privileges are not an error; the checks that
 /// need them are listed in `unchecked` instead.
 pub fn check(plan: &Plan, dry_run: bool) -> Result<Preflight> {
-    plan.check_limits().map_err(|e| Failure::input(e.problem, e.fix))?;
+    plan.check_limits().map_err(|e| Problem::new(e.problem, e.fix))?;
     let missing = error::missing_privileges();
     let privileged = missing.is_empty();
     if !privileged && !dry_run {
@@ -51,17 +56,17 @@ pub fn check(plan: &Plan, dry_run: bool) -> Result<Preflight> {
             continue;
         }
         if privileged {
-            let mut targets = target::resolve(&fault.spec.target)?;
+            let mut targets = target::resolve(&target_of(&fault.spec.target))?;
             if fault.spec.acts_on_far_end() {
                 let mut far_ends = Vec::new();
                 for t in &targets {
-                    far_ends.extend(target::veth_peers(&fault.spec.target, t)?);
+                    far_ends.extend(target::veth_peers(&target_of(&fault.spec.target), t)?);
                 }
                 targets = far_ends;
             }
             resolved.insert(key, targets);
         } else {
-            unchecked.extend(target::check_unprivileged(&fault.spec.target)?);
+            unchecked.extend(target::check_unprivileged(&target_of(&fault.spec.target))?);
             resolved.insert(key, Vec::new());
         }
     }
@@ -81,7 +86,7 @@ pub fn check(plan: &Plan, dry_run: bool) -> Result<Preflight> {
 }
 
 /// Faults on the same target share its resolution, except those acting on its far end
-/// (the same key runner.rs uses).
+/// (the same key run.rs uses).
 pub fn resolution_key(spec: &FaultSpec) -> String {
     if spec.acts_on_far_end() {
         format!("{} (far end)", spec.target)
@@ -108,16 +113,16 @@ fn check_per_namespace(plan: &Plan, resolved: &BTreeMap<String, Vec<Resolved>>) 
             }
         }
         for (path, rules, peers) in per_netns.values() {
-            let name = crate::spec::shorten(&step.name, 40);
+            let name = chaos_model::spec::shorten(&step.name, 40);
             if *rules > MAX_RULES as usize {
-                return Err(Failure::input(
+                return Err(Problem::new(
                     format!("step '{name}' needs {rules} rules in network namespace {path}; at most {MAX_RULES}"),
                     "spread the faults over more steps, or target fewer interfaces at once",
                 )
                 .into());
             }
             if *peers > MAX_PEERS as usize {
-                return Err(Failure::input(
+                return Err(Problem::new(
                     format!(
                         "step '{name}' needs {peers} peer entries in network namespace {path}; at most {MAX_PEERS}"
                     ),
@@ -141,13 +146,13 @@ pub fn check_fq() -> Result<()> {
             return Err(std::io::Error::last_os_error());
         }
         // lo is ifindex 1 in a new namespace.
-        let settings = crate::netlink::FqSettings { limit: 100, flow_limit: 10, horizon_us: 1_000_000 };
-        crate::netlink::replace_qdisc(1, 0xffff_ffff, 0, "fq", &crate::netlink::fq_options(&settings))
+        let settings = netlink::FqSettings { limit: 100, flow_limit: 10, horizon_us: 1_000_000 };
+        netlink::replace_qdisc(1, 0xffff_ffff, 0, "fq", &netlink::fq_options(&settings))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the sch_fq probe thread panicked"))?;
     outcome.map_err(|e| {
-        Failure::environment(
+        Error::unsupported(
             format!("delay and rate need the sch_fq qdisc, and this kernel has no sch_fq (creating one failed: {e})"),
             "load it (`modprobe sch_fq`) or use a kernel with CONFIG_NET_SCH_FQ; loss, partition and blackhole work without it",
         )

@@ -1,12 +1,11 @@
 //! Executing a plan: record the run in the ledger, resolve targets, load and attach one
 //! instance per network namespace, then step through the timeline installing rules,
 //! renewing their leases, checking that every attachment and target is still there,
-//! and printing progress; revert everything at the end, on SIGINT/SIGTERM, on error, and
-//! when a fault can no longer run its course.
+//! and telling an [`Observer`] what happens; revert everything at the end, on
+//! SIGINT/SIGTERM, on error, and when a fault can no longer run its course.
 
 use std::{
     collections::BTreeMap,
-    io::IsTerminal,
     os::unix::fs::MetadataExt,
     path::PathBuf,
     sync::{
@@ -20,18 +19,86 @@ use anyhow::{anyhow, Context, Result};
 use chaos_ebpf_common::{ProtectedPorts, RuleCounters};
 use serde::Serialize;
 
-use crate::{
-    bpfsys, cleanup, devices,
-    error::{require_root, Failure},
-    lab::{Lab, ProbeCounts},
-    loader::{AttachMode, Instance},
+use chaos_datapath::{
+    bpfsys, devices,
+    error::{require_root, Error},
+    instance::{Instance, PeerEntry},
+    ledger::{self as state, Phase, RuleState, RunRecord, RunState},
     netns::{Interface, Netns, NetnsId},
-    output,
-    plan::Plan,
-    spec::{format_duration, Cidr, Direction, FaultSpec, TargetSpec},
-    state::{self, Phase, RuleState, RunRecord, RunState},
-    target::{self, Resolved},
+    resolve::{self as target, Resolved, Target},
+    sweep as cleanup, AttachMode,
 };
+use chaos_model::{
+    plan::{Attach, Plan},
+    spec::{format_duration, Direction, FaultSpec, TargetSpec},
+};
+
+/// Traffic the caller measures while the run goes on (the lab's probe); its counts are
+/// reported per step.
+pub trait Probe {
+    fn counts(&self) -> ProbeCounts;
+}
+
+/// Probe packets so far: sent, delivered to the far node, and echoed back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProbeCounts {
+    pub sent: u64,
+    pub delivered: u64,
+    pub echoed: u64,
+}
+
+impl ProbeCounts {
+    pub fn since(&self, earlier: &ProbeCounts) -> ProbeCounts {
+        ProbeCounts {
+            sent: self.sent - earlier.sent,
+            delivered: self.delivered - earlier.delivered,
+            echoed: self.echoed - earlier.echoed,
+        }
+    }
+}
+
+/// What the engine tells its observers (the CLI prints them; reports, metrics and
+/// traces are observers too). The engine itself prints nothing.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The run has started (its seed is known).
+    Started { scenario: &'a str, seed: u64, total: Duration },
+    /// Something worth a line: what a dead run left and was removed, a step that ended.
+    Notice(String),
+    /// Where a step is, at the interval the observer asked for.
+    Progress(Progress<'a>),
+    /// Progress of the current step stops (it ended).
+    ProgressEnd,
+    /// A problem that does not stop the run (a rule that could not be removed).
+    Warning(String),
+}
+
+/// A step in progress.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    pub elapsed: Duration,
+    pub total: Duration,
+    pub step: &'a str,
+    /// (rule id, counters) of each rule in force.
+    pub rules: Vec<(u32, RuleCounters)>,
+    /// The probe since the step started.
+    pub probe: Option<ProbeCounts>,
+}
+
+pub trait Observer {
+    /// How often to send [`Event::Progress`] in a run of `total` (None: never).
+    fn progress_every(&self, _total: Duration) -> Option<Duration> {
+        None
+    }
+    fn event(&mut self, event: Event<'_>);
+}
+
+/// An observer that wants nothing.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn event(&mut self, _event: Event<'_>) {}
+}
 
 /// How often the step loop looks at the signal flag: Ctrl-C acts within this (plus the
 /// revert itself).
@@ -41,8 +108,6 @@ const POLL: Duration = Duration::from_millis(10);
 pub struct RunOptions {
     /// The command line, recorded in the ledger for `status`.
     pub command: String,
-    /// Print progress lines (to stderr).
-    pub progress: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,7 +170,7 @@ struct ActiveRule {
     fault: String,
     netns: NetnsId,
     slot: u32,
-    peers: Vec<Cidr>,
+    peers: Vec<PeerEntry>,
     from_unix_ms: u64,
 }
 
@@ -174,26 +239,50 @@ fn interrupted_now(flag: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-/// Runs the plan. Errors before any fault is installed are `Failure`s (exit 2) or
-/// `InterruptedBeforeStart` (exit 1); neither leaves anything behind.
-pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
+/// The datapath's attach mode for the plan's.
+fn attach_mode(attach: Attach) -> AttachMode {
+    match attach {
+        Attach::Auto => AttachMode::Auto,
+        Attach::Tcx => AttachMode::Tcx,
+        Attach::Netlink => AttachMode::Netlink,
+    }
+}
+
+/// The datapath's target for a target spec.
+pub fn target_of(spec: &TargetSpec) -> Target {
+    match spec {
+        TargetSpec::Iface(v) => Target::Iface(v.clone()),
+        TargetSpec::Netns(v) => Target::Netns(v.clone()),
+        TargetSpec::Cgroup(v) => Target::Cgroup(v.clone()),
+        TargetSpec::Pid(v) => Target::Pid(*v),
+    }
+}
+
+/// Runs the plan; `probe` (the lab's traffic) is counted per step. Errors before any
+/// fault is installed are datapath `Error::Unsupported`s or model `Problem`s (exit 2)
+/// or `InterruptedBeforeStart` (exit 1); none leaves anything behind.
+pub fn run(
+    plan: &Plan,
+    options: &RunOptions,
+    probe: Option<&dyn Probe>,
+    observer: &mut dyn Observer,
+) -> Result<RunReport> {
     require_root("running faults")?;
     let seed = plan.seed_or_random();
-    let progress = |line: &str| {
-        if options.progress {
-            output::err(&format!("chaos-ebpf: {line}"));
-        }
-    };
-    progress(&format!("scenario {} seed {seed} ({} total)", plan.name, format_duration(plan.total_duration())));
+    observer.event(Event::Started { scenario: &plan.name, seed, total: plan.total_duration() });
     let interrupted = install_signal_handlers()?;
     interrupted_now(&interrupted)?;
-    let mode = plan.attach.resolve()?;
+    let mode = attach_mode(plan.attach).resolve()?;
 
     // Dead runs' leftovers first: their device records and qdiscs would confuse ours.
     let mut sweep_problems = Vec::new();
     for dead in cleanup::collect_dead(&mut sweep_problems) {
         if !dead.leftovers.is_empty() {
-            progress(&format!("removed what a dead run (pid {}) left: {}", dead.pid, dead.leftovers.join("; ")));
+            observer.event(Event::Notice(format!(
+                "removed what a dead run (pid {}) left: {}",
+                dead.pid,
+                dead.leftovers.join("; ")
+            )));
         }
     }
     // The ledger record exists before anything this run creates.
@@ -213,19 +302,18 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     interrupted_now(&interrupted)?;
 
     // Everything that can fail on bad input happens before the first fault.
-    let lab = plan.lab.as_ref().map(Lab::create).transpose()?;
-    interrupted_now(&interrupted)?;
     let mut resolved: BTreeMap<String, Vec<Resolved>> = BTreeMap::new();
     let mut identities: Vec<Identity> = Vec::new();
     for step in &plan.steps {
         for fault in &step.faults {
             if let std::collections::btree_map::Entry::Vacant(slot) = resolved.entry(resolution_key(&fault.spec)) {
-                let mut targets = target::resolve(&fault.spec.target)?;
-                identities.extend(identities_of(&fault.spec.target, &targets)?);
+                let target = target_of(&fault.spec.target);
+                let mut targets = target::resolve(&target)?;
+                identities.extend(identities_of(&target, &targets)?);
                 if fault.spec.acts_on_far_end() {
                     let mut peers = Vec::new();
                     for t in &targets {
-                        peers.extend(target::veth_peers(&fault.spec.target, t)?);
+                        peers.extend(target::veth_peers(&target, t)?);
                     }
                     targets = peers;
                 }
@@ -255,16 +343,14 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
     record.write(&run_state)?;
     if let Err(e) = prepared {
         let revert = revert(&mut instances, &mut held, &program_ids);
-        drop(lab);
         if let Err(r) = revert.1 {
             return Err(e.context(format!("and the revert is incomplete: {r:#}; run `chaos-ebpf cleanup`")));
         }
         return Err(e);
     }
 
-    let probe = lab.as_ref().map(Lab::start_probe).transpose()?.flatten();
     let renew_every = plan.lease / 3;
-    let tty = std::io::stderr().is_terminal();
+    let progress_every = observer.progress_every(plan.total_duration());
     let run_start = Instant::now();
     let mut steps = Vec::new();
     let mut outcome: Result<()> = Ok(());
@@ -277,14 +363,14 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
         }
         let mut active = Vec::new();
         let step_start = Instant::now();
-        let probe_start = probe.as_ref().map(|p| p.counts());
+        let probe_start = probe.map(|p| p.counts());
         for fault in &step.faults {
             for r in &resolved[&resolution_key(&fault.spec)] {
                 let instance = instances.get_mut(&r.netns.id).expect("loaded above");
                 let mut rule = fault.spec.rule(seed, fault.rule_id, r.ifindex, r.cgroup_id);
                 rule.cgroup_level = r.cgroup_level;
                 let installed = instance.free_slot().and_then(|slot| {
-                    instance.install(slot, &rule, &fault.spec.peers, plan.lease)?;
+                    instance.install(slot, &rule, &peer_entries(&fault.spec, slot), plan.lease)?;
                     Ok(slot)
                 });
                 match installed {
@@ -293,13 +379,13 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                         fault: fault.spec.describe(),
                         netns: r.netns.id,
                         slot,
-                        peers: fault.spec.peers.clone(),
+                        peers: peer_entries(&fault.spec, slot),
                         from_unix_ms: state::unix_ms(),
                     }),
                     Err(e) => {
                         outcome =
                             Err(e.context(format!("installing rule {} ({})", fault.rule_id, fault.spec.describe())));
-                        remove_rules(&mut instances, &active);
+                        remove_rules(&mut instances, &active, observer);
                         break 'steps;
                     }
                 }
@@ -356,34 +442,26 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 run_state.renewed_unix_ms = state::unix_ms();
                 let _ = record.write(&run_state);
             }
-            // A terminal line is redrawn in place; a log gets about a hundred lines a run.
-            let progress_every = if tty {
-                Duration::from_millis(500)
-            } else {
-                (plan.total_duration() / 100).max(Duration::from_secs(1))
-            };
-            if options.progress && last_progress.elapsed() >= progress_every {
-                let line = progress_line(
-                    run_start.elapsed(),
-                    plan.total_duration(),
-                    &step.name,
-                    &active,
-                    &instances,
-                    probe.as_ref().map(|p| p.counts().since(probe_start.as_ref().unwrap())),
-                );
-                if tty {
-                    output::err_raw(&format!("\r\x1b[2K{line}"));
-                } else {
-                    output::err(&line);
-                }
+            if progress_every.is_some_and(|every| last_progress.elapsed() >= every) {
+                let rules = active
+                    .iter()
+                    .filter_map(|a| Some((a.rule_id, instances[&a.netns].counters(a.slot).ok()?)))
+                    .collect();
+                observer.event(Event::Progress(Progress {
+                    elapsed: run_start.elapsed(),
+                    total: plan.total_duration(),
+                    step: &step.name,
+                    rules,
+                    probe: probe.map(|p| p.counts().since(probe_start.as_ref().unwrap())),
+                }));
                 last_progress = Instant::now();
             }
             if outcome.is_err() {
                 break;
             }
         }
-        if tty && options.progress {
-            output::err_raw("\r\x1b[2K");
+        if progress_every.is_some() {
+            observer.event(Event::ProgressEnd);
         }
         let completed = step_start.elapsed() >= step.duration && cut_short.is_none() && outcome.is_ok();
         let ended = match (&cut_short, &outcome) {
@@ -406,14 +484,14 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
                 ran_its_course: completed,
             })
             .collect();
-        remove_rules(&mut instances, &active);
+        remove_rules(&mut instances, &active, observer);
         let report = StepReport {
             name: step.name.clone(),
             seconds: step_start.elapsed().as_secs_f64(),
             rules,
-            probe: probe.as_ref().map(|p| p.counts().since(probe_start.as_ref().unwrap())),
+            probe: probe.map(|p| p.counts().since(probe_start.as_ref().unwrap())),
         };
-        progress(&format!("step {} {}", report.name, if completed { "done" } else { "cut short" }));
+        observer.event(Event::Notice(format!("step {} {}", report.name, if completed { "done" } else { "cut short" })));
         steps.push(report);
         if let Some(reason) = cut_short {
             failed = Some(reason);
@@ -423,12 +501,10 @@ pub fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport> {
             break;
         }
     }
-    drop(probe);
     run_state.phase = Phase::Reverting;
     run_state.rules.clear();
     let _ = record.write(&run_state);
     let (revert_ms, reverted) = revert(&mut instances, &mut held, &program_ids);
-    drop(lab);
     let clean = reverted.is_ok();
     drop(record);
     let report = RunReport {
@@ -466,7 +542,7 @@ fn load_instances(
         for (id, path) in paths {
             let netns = Netns::open(&path).with_context(|| format!("opening {}", path.display()))?;
             if netns.id != id {
-                return Err(Failure::environment(
+                return Err(Error::unsupported(
                     format!("network namespace {} changed while chaos-ebpf was starting", path.display()),
                     "run again",
                 )
@@ -477,7 +553,7 @@ fn load_instances(
                 let log = std::env::temp_dir().join(format!("chaos-ebpf-verifier-{}.log", std::process::id()));
                 let saved = std::fs::write(&log, &full).is_ok();
                 let first = full.lines().next().unwrap_or("").chars().take(200).collect::<String>();
-                Failure::environment(
+                Error::unsupported(
                     format!(
                         "the kernel refused the chaos-ebpf programs: {first}{}",
                         if saved { format!(" (full verifier log in {})", log.display()) } else { String::new() }
@@ -551,7 +627,7 @@ fn prepare(
                 r.interfaces.iter().any(|i| i.index == h.iface.index).then_some((&h.iface, segmenter))
             });
             instance.attach(&r.interfaces).and_then(|()| instance.attach_segmenters(segmenters)).map_err(|e| {
-                Failure::environment(
+                Error::unsupported(
                     format!("attaching to {} failed: {e:#}", r.netns.path.display()),
                     "check the interfaces still exist; `--attach netlink` works on kernels without TCX",
                 )
@@ -567,13 +643,13 @@ fn prepare(
 /// change there only; None (every interface of the namespace) for other targets and for
 /// faults without peers.
 fn devices_used(spec: &FaultSpec, target: &Resolved) -> Result<Option<Vec<u32>>> {
-    if !spec.target.egress_only() || spec.peers.is_empty() {
+    if !target_of(&spec.target).egress_only() || spec.peers.is_empty() {
         return Ok(None);
     }
     let _inside = target.netns.enter()?;
     let mut used = Vec::new();
     for peer in &spec.peers {
-        let oif = crate::netlink::route_oif(peer.addr)
+        let oif = chaos_datapath::netlink::route_oif(peer.addr)
             .with_context(|| format!("looking up the route to {peer} in {}", target.netns.path.display()))?;
         used.extend(oif);
     }
@@ -637,19 +713,19 @@ fn check_in_place(instances: &BTreeMap<NetnsId, Instance>, identities: &[Identit
 }
 
 /// The namespaces and cgroups a target names, to check at each renewal.
-fn identities_of(spec: &TargetSpec, targets: &[Resolved]) -> Result<Vec<Identity>> {
+fn identities_of(spec: &Target, targets: &[Resolved]) -> Result<Vec<Identity>> {
     let mut out = Vec::new();
     match spec {
-        TargetSpec::Netns(_) | TargetSpec::Pid(_) => {
+        Target::Netns(_) | Target::Pid(_) => {
             for t in targets {
                 out.push(Identity { what: format!("{spec}"), path: t.netns.path.clone(), ino: t.netns.id.ino });
             }
         }
-        TargetSpec::Cgroup(_) | TargetSpec::Iface(_) => {}
+        Target::Cgroup(_) | Target::Iface(_) => {}
     }
     let cgroup = match spec {
-        TargetSpec::Cgroup(path) => Some(target::Cgroup::find(path)?),
-        TargetSpec::Pid(pid) => Some(target::Cgroup::of_pid(*pid)?),
+        Target::Cgroup(path) => Some(target::Cgroup::find(path)?),
+        Target::Pid(pid) => Some(target::Cgroup::of_pid(*pid)?),
         _ => None,
     };
     if let Some(cgroup) = cgroup {
@@ -667,14 +743,19 @@ fn resolution_key(spec: &FaultSpec) -> String {
     }
 }
 
-fn remove_rules(instances: &mut BTreeMap<NetnsId, Instance>, active: &[ActiveRule]) {
+fn remove_rules(instances: &mut BTreeMap<NetnsId, Instance>, active: &[ActiveRule], observer: &mut dyn Observer) {
     for a in active {
         if let Some(instance) = instances.get_mut(&a.netns) {
             if let Err(e) = instance.remove(a.slot, &a.peers) {
-                output::err(&format!("chaos-ebpf: removing rule {}: {e:#}", a.rule_id));
+                observer.event(Event::Warning(format!("removing rule {}: {e:#}", a.rule_id)));
             }
         }
     }
+}
+
+/// The peer trie entries of a fault's peers in `slot`.
+fn peer_entries(spec: &FaultSpec, slot: u32) -> Vec<PeerEntry> {
+    spec.peers.iter().map(|p| p.trie_entry(slot)).collect()
 }
 
 /// Waits (up to 2 s: program release is RCU-deferred) until no program of this run is
@@ -691,99 +772,4 @@ fn verify_gone(program_ids: &[u32]) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn progress_line(
-    elapsed: Duration,
-    total: Duration,
-    step: &str,
-    active: &[ActiveRule],
-    instances: &BTreeMap<NetnsId, Instance>,
-    probe: Option<ProbeCounts>,
-) -> String {
-    let mut line = format!("[{:>6.1}s / {}] {step}", elapsed.as_secs_f64(), format_duration(total));
-    for a in active {
-        if let Ok(c) = instances[&a.netns].counters(a.slot) {
-            line += &format!(" | rule {}: matched {} dropped {}", a.rule_id, c.matched, c.dropped);
-        }
-    }
-    if let Some(p) = probe {
-        line += &format!(" | probe {}", probe_summary(&p));
-    }
-    line
-}
-
-fn percent(part: u64, whole: u64) -> String {
-    if whole == 0 {
-        "-".into()
-    } else {
-        format!("{:.1}%", 100.0 * part as f64 / whole as f64)
-    }
-}
-
-fn probe_summary(p: &ProbeCounts) -> String {
-    format!(
-        "sent {} delivered {} ({}) round trips {} ({})",
-        p.sent,
-        p.delivered,
-        percent(p.delivered, p.sent),
-        p.echoed,
-        percent(p.echoed, p.sent)
-    )
-}
-
-pub fn render_step(step: &StepReport) -> String {
-    let mut out = format!("step {} ({:.1}s)", step.name, step.seconds);
-    if step.rules.is_empty() {
-        out += ": no fault";
-    }
-    for r in &step.rules {
-        let c = &r.counters;
-        out += &format!(
-            "\n  rule {} {} [{}]\n    seen {} matched {} dropped {} ({} of matched) passed {} delayed {} errors {} expired {} protected {} unparsed {}",
-            r.rule_id,
-            r.fault,
-            r.netns,
-            c.seen,
-            c.matched,
-            c.dropped,
-            percent(c.dropped, c.matched),
-            c.passed,
-            c.delayed,
-            c.errors,
-            c.expired,
-            c.protected,
-            c.unparsed
-        );
-        out += &format!(
-            "\n    in force {} to {} ({:.1}s): {}",
-            state::clock(r.active_from_unix_ms),
-            state::clock(r.active_to_unix_ms),
-            r.active_to_unix_ms.saturating_sub(r.active_from_unix_ms) as f64 / 1000.0,
-            r.ended
-        );
-    }
-    if let Some(p) = &step.probe {
-        out += &format!("\n  probe: {}", probe_summary(p));
-    }
-    out
-}
-
-pub fn render_report(report: &RunReport) -> String {
-    let status = match (&report.failed, report.interrupted) {
-        (Some(reason), _) => format!("FAILED, a fault did not run its course: {reason}"),
-        (None, true) => "interrupted, every fault reverted".into(),
-        (None, false) => "completed".into(),
-    };
-    let mut out = format!("scenario {} seed {}: {status}", report.scenario, report.seed);
-    for step in &report.steps {
-        out += "\n";
-        out += &render_step(step);
-    }
-    out += &format!(
-        "\nrevert verified: {} (revert took {:.1} ms)",
-        if report.clean { "nothing left attached" } else { "NOT clean" },
-        report.revert_ms
-    );
-    out
 }

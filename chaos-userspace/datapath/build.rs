@@ -1,5 +1,5 @@
 //! Builds the eBPF object (../chaos-ebpf) for bpfel-unknown-none and leaves it in OUT_DIR,
-//! where src/loader.rs embeds it with `include_bytes_aligned!`.
+//! where src/instance.rs embeds it with `include_bytes_aligned!`.
 //!
 //! Two toolchain routes (docs/building.md):
 //! - Debian: /usr/bin/rustc from rustc-web with libstd-rust-web-dev-bpf, which ships a
@@ -19,8 +19,8 @@ const TARGET: &str = "bpfel-unknown-none";
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
-    let ebpf_dir = manifest_dir.join("../chaos-ebpf");
-    let common_dir = manifest_dir.join("../chaos-ebpf-common");
+    let ebpf_dir = manifest_dir.join("../../chaos-ebpf");
+    let common_dir = manifest_dir.join("../../chaos-ebpf-common");
     for path in [
         ebpf_dir.join("src"),
         ebpf_dir.join("Cargo.toml"),
@@ -91,5 +91,5 @@ fn workspace_target_dir(manifest_dir: &Path, out_dir: &Path) -> PathBuf {
         .ancestors()
         .find(|dir| dir.join("CACHEDIR.TAG").exists())
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest_dir.join("../target"))
+        .unwrap_or_else(|| manifest_dir.join("../../target"))
 }

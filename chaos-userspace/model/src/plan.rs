@@ -1,6 +1,6 @@
 //! The validated experiment: a timeline of steps, each with its faults and the exact map
 //! entries they become. `chaos-ebpf plan` prints this without touching the kernel; `run`
-//! and `inject` execute it (runner.rs).
+//! and `inject` execute it (chaos-engine's run.rs).
 
 use std::{fmt::Write as _, str::FromStr, time::Duration};
 
@@ -9,9 +9,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     lab::LabSpec,
-    loader::AttachMode,
-    spec::{self, shorten, BadValue, FaultSpec, PortRange},
+    spec::{self, shorten, FaultSpec, PortRange, Problem},
 };
+
+/// How the run hooks its programs into TC (the datapath's attach modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attach {
+    /// TCX when the kernel has it (>= 6.6), netlink otherwise.
+    Auto,
+    /// bpf_link based TCX: links vanish with the process, so a crash reverts at once.
+    Tcx,
+    /// Legacy clsact + cls_bpf filters (kernels < 6.6): removed explicitly on exit, by the
+    /// lease after a crash, and by `cleanup`.
+    Netlink,
+}
+
+impl FromStr for Attach {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
+        match s {
+            "auto" => Ok(Attach::Auto),
+            "tcx" => Ok(Attach::Tcx),
+            "netlink" => Ok(Attach::Netlink),
+            _ => {
+                Err(Problem::new(format!("unknown attach mode '{}'", spec::shorten(s, 40)), "use auto, tcx or netlink"))
+            }
+        }
+    }
+}
 
 /// How long a rule outlives its last renewal. The runner renews every third of it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
@@ -40,16 +66,16 @@ impl Protect {
 }
 
 impl FromStr for Protect {
-    type Err = BadValue;
-    fn from_str(s: &str) -> Result<Self, BadValue> {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
         let (proto, ports) = match s.split_once(':') {
             Some(("tcp", p)) => ("tcp", p),
             Some(("udp", p)) => ("udp", p),
             _ => {
-                return Err(BadValue {
-                    problem: format!("'{}' is not a protected port range", shorten(s, 60)),
-                    fix: "write tcp:PORT, tcp:LO-HI or udp:PORT (e.g. tcp:22)".into(),
-                })
+                return Err(Problem::new(
+                    format!("'{}' is not a protected port range", shorten(s, 60)),
+                    "write tcp:PORT, tcp:LO-HI or udp:PORT (e.g. tcp:22)",
+                ))
             }
         };
         Ok(Protect { proto, ports: ports.parse()? })
@@ -85,7 +111,7 @@ pub struct Plan {
     pub seed: Option<u64>,
     #[serde(serialize_with = "ser_secs")]
     pub lease: Duration,
-    pub attach: AttachMode,
+    pub attach: Attach,
     pub protect: Vec<Protect>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lab: Option<LabSpec>,

@@ -1,32 +1,13 @@
 //! The fault model shared by `inject` and scenario files: what the user asked for, parsed
 //! from strings and validated without touching the system (ripgrep's low/high args
-//! split: parse, then validate, then resolve in `target.rs`).
+//! split: parse, then validate, then resolve in chaos-datapath's `resolve.rs`).
 
 use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use chaos_ebpf_common::{self as common, probability_threshold, Rule};
 use serde::Serialize;
 
-/// A value that could not be parsed, with the fix to suggest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadValue {
-    pub problem: String,
-    pub fix: String,
-}
-
-impl BadValue {
-    fn new(problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { problem: problem.into(), fix: fix.into() }
-    }
-}
-
-impl fmt::Display for BadValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (fix: {})", self.problem, self.fix)
-    }
-}
-
-impl std::error::Error for BadValue {}
+pub use crate::problem::Problem;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,15 +40,15 @@ impl FaultKind {
 }
 
 impl FromStr for FaultKind {
-    type Err = BadValue;
-    fn from_str(s: &str) -> Result<Self, BadValue> {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
         match s {
             "loss" => Ok(FaultKind::Loss),
             "partition" => Ok(FaultKind::Partition),
             "blackhole" => Ok(FaultKind::Blackhole),
             "delay" => Ok(FaultKind::Delay),
             "rate" => Ok(FaultKind::Rate),
-            other => Err(BadValue::new(
+            other => Err(Problem::new(
                 format!("unknown fault '{}'", shorten(other, 60)),
                 format!("use one of: {}", FaultKind::NAMES),
             )),
@@ -88,13 +69,13 @@ pub enum PartitionMode {
 }
 
 impl FromStr for PartitionMode {
-    type Err = BadValue;
-    fn from_str(s: &str) -> Result<Self, BadValue> {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
         match s {
             "both" => Ok(PartitionMode::Both),
             "oneway" | "one-way" => Ok(PartitionMode::Oneway),
             "new" | "new-connections" => Ok(PartitionMode::New),
-            other => Err(BadValue::new(
+            other => Err(Problem::new(
                 format!("unknown partition mode '{}'", shorten(other, 60)),
                 "use both, oneway (with --direction egress|ingress) or new (new TCP connections only)",
             )),
@@ -124,14 +105,14 @@ impl Proto {
 }
 
 impl FromStr for Proto {
-    type Err = BadValue;
-    fn from_str(s: &str) -> Result<Self, BadValue> {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
         match s {
             "any" => Ok(Proto::Any),
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
             "icmp" => Ok(Proto::Icmp),
-            other => Err(BadValue::new(
+            other => Err(Problem::new(
                 format!("unknown protocol '{}'", shorten(other, 60)),
                 "use tcp, udp, icmp (ICMP and ICMPv6) or any",
             )),
@@ -152,12 +133,12 @@ pub enum Distribution {
 }
 
 impl FromStr for Distribution {
-    type Err = BadValue;
-    fn from_str(s: &str) -> Result<Self, BadValue> {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
         match s {
             "uniform" => Ok(Distribution::Uniform),
             "normal" => Ok(Distribution::Normal),
-            other => Err(BadValue::new(
+            other => Err(Problem::new(
                 format!("unknown jitter distribution '{}'", shorten(other, 60)),
                 "use uniform or normal",
             )),
@@ -166,9 +147,9 @@ impl FromStr for Distribution {
 }
 
 /// A bandwidth like tc writes it: `100kbit`, `10mbit`, `1gbit` (or `bit`), as bytes/s.
-pub fn parse_rate(s: &str) -> Result<u64, BadValue> {
+pub fn parse_rate(s: &str) -> Result<u64, Problem> {
     let bad = || {
-        BadValue::new(
+        Problem::new(
             format!("'{}' is not a rate", shorten(s, 60)),
             "write a bandwidth such as 500kbit, 10mbit or 1gbit",
         )
@@ -185,7 +166,7 @@ pub fn parse_rate(s: &str) -> Result<u64, BadValue> {
     };
     let bytes = value * scale / 8.0;
     if !(1000.0..=1.25e11).contains(&bytes) {
-        return Err(BadValue::new(
+        return Err(Problem::new(
             format!("rate {} is outside 8kbit..1000gbit", shorten(s, 60)),
             "write a bandwidth such as 10mbit",
         ));
@@ -212,13 +193,13 @@ impl Direction {
 }
 
 impl FromStr for Direction {
-    type Err = BadValue;
-    fn from_str(s: &str) -> Result<Self, BadValue> {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
         match s {
             "egress" | "out" => Ok(Direction::Egress),
             "ingress" | "in" => Ok(Direction::Ingress),
             "both" => Ok(Direction::Both),
-            other => Err(BadValue::new(
+            other => Err(Problem::new(
                 format!("unknown direction '{}'", shorten(other, 60)),
                 "use egress (packets the target sends), ingress (packets it receives) or both",
             )),
@@ -234,12 +215,12 @@ pub struct PortRange {
 }
 
 impl FromStr for PortRange {
-    type Err = BadValue;
-    fn from_str(s: &str) -> Result<Self, BadValue> {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
         let fix = "write a port (443) or an inclusive range (8000-8100), ports 1-65535";
-        let port = |p: &str| -> Result<u16, BadValue> {
+        let port = |p: &str| -> Result<u16, Problem> {
             match p.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(BadValue::new(format!("'{}' is not a port or port range", shorten(s, 60)), fix)),
+                Ok(0) | Err(_) => Err(Problem::new(format!("'{}' is not a port or port range", shorten(s, 60)), fix)),
                 Ok(v) => Ok(v),
             }
         };
@@ -251,7 +232,7 @@ impl FromStr for PortRange {
             }
         };
         if lo > hi {
-            return Err(BadValue::new(
+            return Err(Problem::new(
                 format!("port range '{}' runs backwards", shorten(s, 60)),
                 "write the lower port first",
             ));
@@ -290,8 +271,8 @@ impl Cidr {
 }
 
 impl FromStr for Cidr {
-    type Err = BadValue;
-    fn from_str(s: &str) -> Result<Self, BadValue> {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
         let fix = "write an address or prefix such as 192.0.2.2, 198.51.100.0/24 or fd00::/8";
         let (addr, len) = match s.split_once('/') {
             Some((a, l)) => (a, Some(l)),
@@ -299,13 +280,13 @@ impl FromStr for Cidr {
         };
         let addr: IpAddr = addr
             .parse()
-            .map_err(|_| BadValue::new(format!("'{}' is not an IP address or CIDR", shorten(s, 60)), fix))?;
+            .map_err(|_| Problem::new(format!("'{}' is not an IP address or CIDR", shorten(s, 60)), fix))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
             Some(l) => match l.parse::<u8>() {
                 Ok(v) if v <= max => v,
-                _ => return Err(BadValue::new(format!("prefix length in '{}' must be 0-{max}", shorten(s, 60)), fix)),
+                _ => return Err(Problem::new(format!("prefix length in '{}' must be 0-{max}", shorten(s, 60)), fix)),
             },
         };
         Ok(Cidr { addr, len })
@@ -354,23 +335,23 @@ impl TargetSpec {
 }
 
 impl FromStr for TargetSpec {
-    type Err = BadValue;
-    fn from_str(s: &str) -> Result<Self, BadValue> {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
         let fix = format!("write the target as {}", TargetSpec::KINDS);
         let Some((kind, value)) = s.split_once(':') else {
-            return Err(BadValue::new(format!("target '{}' has no kind", shorten(s, 60)), fix));
+            return Err(Problem::new(format!("target '{}' has no kind", shorten(s, 60)), fix));
         };
         if value.is_empty() {
-            return Err(BadValue::new(format!("target '{}' has no value after ':'", shorten(s, 60)), fix));
+            return Err(Problem::new(format!("target '{}' has no value after ':'", shorten(s, 60)), fix));
         }
         if value.len() > MAX_TARGET_LEN {
-            return Err(BadValue::new(
+            return Err(Problem::new(
                 format!("target '{}' is {} bytes long; at most {MAX_TARGET_LEN}", shorten(s, 60), value.len()),
                 "give a shorter name or path (a symlink or bind mount can name a deep path)",
             ));
         }
         match kind {
-            "iface" if value.len() > IFNAMSIZ - 1 || value.contains(['/', ' ', '\t', '\n', ':']) => Err(BadValue::new(
+            "iface" if value.len() > IFNAMSIZ - 1 || value.contains(['/', ' ', '\t', '\n', ':']) => Err(Problem::new(
                 format!("'{}' is not an interface name", shorten(value, 60)),
                 "interface names have at most 15 characters and no '/', ':' or spaces (see `ip link`)",
             )),
@@ -379,9 +360,9 @@ impl FromStr for TargetSpec {
             "cgroup" => Ok(TargetSpec::Cgroup(value.to_owned())),
             "pid" => match value.parse::<u32>() {
                 Ok(pid) if pid > 0 => Ok(TargetSpec::Pid(pid)),
-                _ => Err(BadValue::new(format!("'{}' is not a process id", shorten(value, 60)), "write pid:1234")),
+                _ => Err(Problem::new(format!("'{}' is not a process id", shorten(value, 60)), "write pid:1234")),
             },
-            other => Err(BadValue::new(format!("unknown target kind '{}'", shorten(other, 60)), fix)),
+            other => Err(Problem::new(format!("unknown target kind '{}'", shorten(other, 60)), fix)),
         }
     }
 }
@@ -404,21 +385,21 @@ impl Serialize for TargetSpec {
 }
 
 /// A probability in [0, 1].
-pub fn parse_probability(s: &str) -> Result<f64, BadValue> {
+pub fn parse_probability(s: &str) -> Result<f64, Problem> {
     let fix = "write a probability between 0 and 1, e.g. 0.3 (or a percentage, 30%)";
     let value = match s.strip_suffix('%') {
         Some(pct) => pct.trim().parse::<f64>().map(|v| v / 100.0),
         None => s.trim().parse::<f64>(),
     }
-    .map_err(|_| BadValue::new(format!("'{}' is not a probability", shorten(s, 60)), fix))?;
-    check_probability(value).map_err(|_| BadValue::new(format!("probability {} is outside 0..1", shorten(s, 60)), fix))
+    .map_err(|_| Problem::new(format!("'{}' is not a probability", shorten(s, 60)), fix))?;
+    check_probability(value).map_err(|_| Problem::new(format!("probability {} is outside 0..1", shorten(s, 60)), fix))
 }
 
-pub fn check_probability(value: f64) -> Result<f64, BadValue> {
+pub fn check_probability(value: f64) -> Result<f64, Problem> {
     if value.is_finite() && (0.0..=1.0).contains(&value) {
         Ok(value)
     } else {
-        Err(BadValue::new(
+        Err(Problem::new(
             format!("probability {value} is outside 0..1"),
             "write a probability between 0 and 1, e.g. 0.3",
         ))
@@ -432,19 +413,18 @@ pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds. At most `MAX_DURATION`;
 /// never panics (checked before any conversion that could overflow).
-pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
+pub fn parse_duration(s: &str) -> Result<Duration, Problem> {
     let shown = shorten(s, 40);
-    let bad = || {
-        BadValue::new(format!("'{shown}' is not a duration"), "write a duration such as 500ms, 30s, 5m, 1h or 1m30s")
-    };
+    let bad =
+        || Problem::new(format!("'{shown}' is not a duration"), "write a duration such as 500ms, 30s, 5m, 1h or 1m30s");
     let too_long = || {
-        BadValue::new(
+        Problem::new(
             format!("duration '{shown}' is longer than the maximum of 7 days"),
             "give a duration of at most 7d (168h), such as 30s, 5m or 1h",
         )
     };
     // Seconds as f64, bounded before `Duration::from_secs_f64` (which panics on overflow).
-    let to_duration = |secs: f64| -> Result<Duration, BadValue> {
+    let to_duration = |secs: f64| -> Result<Duration, Problem> {
         if !secs.is_finite() || secs < 0.0 {
             Err(bad())
         } else if secs > MAX_DURATION.as_secs_f64() {
@@ -484,35 +464,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
     Ok(total)
 }
 
-/// At most `max` items joined by ", ", then "and N more": a list in an error line
-/// stays short however many items there are.
-pub fn list_some(items: impl IntoIterator<Item = impl fmt::Display>, max: usize) -> String {
-    let mut shown = Vec::new();
-    let mut more = 0usize;
-    for item in items {
-        if shown.len() < max {
-            shown.push(item.to_string());
-        } else {
-            more += 1;
-        }
-    }
-    if more > 0 {
-        shown.push(format!("and {more} more"));
-    }
-    shown.join(", ")
-}
-
-/// `text` cut to at most `max` characters (with an ellipsis), so that a pasted blob
-/// cannot make an error line of megabytes.
-pub fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(max).collect();
-        cut.push_str("...");
-        cut
-    }
-}
+pub use chaos_ebpf_common::text::{list_some, shorten};
 
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -577,7 +529,7 @@ fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::O
 }
 
 /// The longest delay a rule may ask for; fq's horizon is set above it.
-pub const MAX_DELAY: Duration = Duration::from_secs(10);
+pub const MAX_DELAY: Duration = Duration::from_nanos(common::MAX_DELAY_NS);
 
 /// What the user wrote for one fault, before validation; both the CLI and the scenario
 /// file fill this in.

@@ -1,0 +1,173 @@
+//! chaos-ebpf: exact, deterministic, reversible network faults from Rust TC programs.
+
+mod cleanup;
+mod execute;
+mod exit;
+mod inject;
+mod output;
+mod plan;
+mod render;
+mod status;
+mod validate;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use chaos_model::spec::{self, Problem};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::inject::InjectFault;
+
+const ABOUT: &str = "Exact, deterministic, reversible network faults from eBPF TC programs.";
+
+const LONG_ABOUT: &str = "\
+Exact, deterministic, reversible network faults from eBPF TC programs.
+
+Faults are TC classifiers (TCX links on Linux >= 6.6) that drop packets of one target by
+a seeded hash of (seed, flow, packet index): the same seed and traffic give the same
+drops on every run. Every rule holds a lease the running process renews: if chaos-ebpf
+hangs, faults end when the lease runs out; if it dies, TCX links go with it at once.
+
+Examples:
+  sudo chaos-ebpf inject loss --target netns:a --probability 0.3 --duration 30s --seed 7
+  sudo chaos-ebpf inject partition --target netns:a --peer 192.0.2.2/32 --mode both --duration 30s
+  sudo chaos-ebpf inject blackhole --target pid:4242 --proto udp --ports 443 --duration 1m
+  sudo chaos-ebpf inject delay --target netns:a --delay 100ms --jitter 10ms --duration 1m
+  sudo chaos-ebpf inject rate --target iface:eth1 --rate 10mbit --duration 1m
+  sudo chaos-ebpf run scenarios/lab-demo.yaml
+  chaos-ebpf validate scenario.yaml && chaos-ebpf plan scenario.yaml
+  sudo chaos-ebpf status --output json
+  sudo chaos-ebpf cleanup
+
+Durations: 500ms, 30s, 5m, 1h, 2d or 1m30s; at most 7 days each and for a whole run.
+Running faults, status and cleanup need root (CAP_SYS_ADMIN and CAP_NET_ADMIN in the
+host's user namespace); validate, plan and --dry-run need none.
+
+Exit codes: 0 success; 1 the experiment failed or was interrupted (faults reverted);
+2 bad input or an environment that cannot do what was asked (nothing was changed).";
+
+#[derive(Parser)]
+#[command(name = "chaos-ebpf", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inject one fault now, for a duration (Ctrl-C reverts it early).
+    Inject {
+        #[command(subcommand)]
+        fault: InjectFault,
+    },
+    /// Run a YAML scenario: targets and timed steps (see docs/scenarios.md).
+    Run {
+        /// The scenario file.
+        file: PathBuf,
+        /// Use this seed instead of the scenario's.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run every check a run does (targets, limits, sch_fq, privileges) and print the
+        /// plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Check a scenario file; errors name file:line:column and the fix.
+    Validate { file: PathBuf },
+    /// Print a scenario's exact timeline and map entries without touching the kernel.
+    Plan {
+        file: PathBuf,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Show running experiments: their rules, attachments and live counters.
+    Status {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Find and remove whatever chaos-ebpf left behind (attachments of crashed or hung
+    /// runs, clsact qdiscs it added, lab namespaces), then verify. Exit 0 only when clean.
+    Cleanup {
+        /// Also detach the faults of live runs, running or stopped (SIGSTOP).
+        #[arg(long, alias = "all")]
+        force: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn parse_with<T: std::str::FromStr<Err = Problem>>(s: &str) -> Result<T, String> {
+    s.parse::<T>().map_err(|e| format!("{}\n  fix: {}", e.problem, e.fix))
+}
+
+/// Longest error line printed; messages are built short, this is the backstop for text
+/// that comes from elsewhere (the kernel, a library, a path).
+const MAX_ERROR_LINE: usize = 300;
+
+fn main() -> ExitCode {
+    // Runs and injections catch Ctrl-C from their first moment (chaos-engine run.rs); other
+    // commands keep the default: they change nothing.
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().skip(1).any(|a| a == "run" || a == "inject") {
+        if let Err(e) = chaos_engine::run::install_signal_handlers() {
+            output::err(&format!("chaos-ebpf: error: {e:#}"));
+            return ExitCode::from(exit::FAILED as u8);
+        }
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap echoes the offending value; keep its lines short too (help and
+            // version are printed as they are).
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            output::err(&clip_lines(&e.render().to_string()));
+            return ExitCode::from(exit::USAGE as u8);
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            output::err(&clip_lines(&format!("chaos-ebpf: error: {e:#}")));
+            ExitCode::from(exit::code(&e) as u8)
+        }
+    }
+}
+
+/// Every line cut to `MAX_ERROR_LINE` characters.
+fn clip_lines(text: &str) -> String {
+    text.lines().map(|line| spec::shorten(line, MAX_ERROR_LINE - 3)).collect::<Vec<_>>().join("\n")
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+    match cli.command {
+        Command::Inject { fault } => {
+            let (plan, dry_run, output) = inject::plan(fault)?;
+            execute::execute(&plan, dry_run, output, command_line)
+        }
+        Command::Run { file, seed, dry_run, output } => {
+            let mut plan = validate::load(&file)?;
+            if seed.is_some() {
+                plan.seed = seed;
+            }
+            execute::execute(&plan, dry_run, output, command_line)
+        }
+        Command::Validate { file } => validate::run(&file),
+        Command::Plan { file, seed, output } => plan::run(&file, seed, output),
+        Command::Status { output } => status::run(output == Output::Json),
+        Command::Cleanup { force, output } => cleanup::run(force, output == Output::Json),
+    }
+}

@@ -1,0 +1,25 @@
+//! `chaos-ebpf validate`: a scenario checked without root and without the kernel.
+
+use std::path::Path;
+
+use anyhow::Result;
+use chaos_model::{plan::Plan, scenario, spec};
+
+use crate::output;
+
+/// Reads and validates a scenario; its problem (exit 2) says file:line:column.
+pub fn load(file: &Path) -> Result<Plan> {
+    Ok(scenario::load(file)?)
+}
+
+pub fn run(file: &Path) -> Result<i32> {
+    let plan = load(file)?;
+    output::out(&format!(
+        "{}: valid: {} steps, {} faults, {} in all",
+        file.display(),
+        plan.steps.len(),
+        plan.steps.iter().map(|s| s.faults.len()).sum::<usize>(),
+        spec::format_duration(plan.total_duration())
+    ));
+    Ok(0)
+}

@@ -1,0 +1,8 @@
+//! chaos-engine: runs a plan on the datapath. The timeline of steps, lease renewal,
+//! checks that every attachment and target is still in place, cancel on a signal, and
+//! the revert that verifies nothing is left (run.rs); what the kernel must offer before
+//! anything changes (preflight.rs). It prints nothing: what happens is told to an
+//! [`run::Observer`] as events, and the run's outcome is returned as a report.
+
+pub mod preflight;
+pub mod run;
