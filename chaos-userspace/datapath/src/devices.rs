@@ -356,12 +356,8 @@ fn add_segmenter(record: &mut DeviceRecord) -> Result<()> {
         return Err(e).with_context(|| format!("creating the segmenter pair {outer}/{inner} for {iface}"));
     }
     let index = |name: &str| -> Result<u32> {
-        let c = std::ffi::CString::new(name).expect("no NUL in a device name");
-        // SAFETY: a NUL-terminated name.
-        match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-            0 => Err(anyhow!("the segmenter device {name} vanished right after it was created")),
-            i => Ok(i),
-        }
+        nix::net::if_::if_nametoindex(name)
+            .map_err(|e| anyhow!("the segmenter device {name} vanished right after it was created ({e})"))
     };
     let (outer_index, inner_index) = (index(&outer)?, index(&inner)?);
     record.segmenter = Some(Segmenter { outer, outer_index, inner: inner.clone(), inner_index });
@@ -372,9 +368,7 @@ fn add_segmenter(record: &mut DeviceRecord) -> Result<()> {
 /// Deletes the segmenter pair of a record, if the device there is still the one
 /// chaos-ebpf created (same index, name and kind).
 fn delete_segmenter(segmenter: &Segmenter) -> std::io::Result<bool> {
-    let c = std::ffi::CString::new(segmenter.outer.as_str()).expect("no NUL in a device name");
-    // SAFETY: a NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    let index = nix::net::if_::if_nametoindex(segmenter.outer.as_str()).unwrap_or(0);
     // Recorded before creation and never created, or gone with its namespace.
     if index == 0 || (segmenter.outer_index != 0 && index != segmenter.outer_index) {
         return Ok(false);
@@ -606,9 +600,9 @@ pub fn release(netns: NetnsId, ifindex: u32) -> Result<Vec<String>> {
 /// Legacy GRO/LRO switches through the SIOCETHTOOL ioctl (the ethtool netlink family
 /// needs a generic netlink client for two flags).
 mod ethtool {
-    use std::io;
+    use std::{io, os::fd::AsRawFd};
 
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const SIOCETHTOOL: libc::c_ulong = libc::SIOCETHTOOL;
     const ETHTOOL_GFLAGS: u32 = 0x25;
     const ETHTOOL_SFLAGS: u32 = 0x26;
     const ETHTOOL_GGRO: u32 = 0x2b;
@@ -621,27 +615,15 @@ mod ethtool {
         data: u32,
     }
 
+    nix::ioctl_readwrite_bad!(ethtool, SIOCETHTOOL, libc::ifreq);
+
     fn call(iface: &str, cmd: u32, data: u32) -> io::Result<u32> {
         let mut value = EthtoolValue { cmd, data };
-        // SAFETY: a socket, an ifreq with a bounded name copy and a pointer to `value`,
-        // which outlives the call.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut req: libc::ifreq = std::mem::zeroed();
-            for (dst, src) in req.ifr_name.iter_mut().zip(iface.bytes().take(libc::IFNAMSIZ - 1)) {
-                *dst = src as libc::c_char;
-            }
-            req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-            let rc = libc::ioctl(fd, SIOCETHTOOL, &mut req);
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if rc < 0 {
-                return Err(err);
-            }
-        }
+        let socket = crate::netns::query_socket().map_err(io::Error::other)?;
+        let mut req = crate::netns::ifreq(iface);
+        req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        // SAFETY: the ifreq points at `value`, which outlives the call.
+        unsafe { ethtool(socket.as_raw_fd(), &mut req) }?;
         Ok(value.data)
     }
 

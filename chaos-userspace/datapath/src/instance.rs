@@ -25,7 +25,7 @@ use crate::{
     error::Error,
     ledger::{self, InstanceState, NetlinkFilter},
     netlink,
-    netns::{Interface, Netns},
+    netns::{Interface, Netns, NetnsId},
 };
 
 /// One entry of the peer trie: its prefix length and key data (model::Cidr::trie_entry
@@ -123,7 +123,10 @@ impl Instance {
 
     /// Attaches both classifiers to each interface (inside this instance's namespace).
     pub fn attach(&mut self, interfaces: &[Interface]) -> Result<()> {
-        let _inside = self.netns.enter()?;
+        self.netns.try_clone()?.run(|| self.attach_inside(interfaces))?
+    }
+
+    fn attach_inside(&mut self, interfaces: &[Interface]) -> Result<()> {
         for iface in interfaces {
             if self.attached.iter().any(|a| a.iface.index == iface.index) {
                 continue;
@@ -141,7 +144,11 @@ impl Instance {
         &mut self,
         segmenters: impl IntoIterator<Item = (&'a Interface, &'a Segmenter)>,
     ) -> Result<()> {
-        let _inside = self.netns.enter()?;
+        let segmenters: Vec<_> = segmenters.into_iter().collect();
+        self.netns.try_clone()?.run(|| self.attach_segmenters_inside(segmenters))?
+    }
+
+    fn attach_segmenters_inside(&mut self, segmenters: Vec<(&Interface, &Segmenter)>) -> Result<()> {
         for (device, segmenter) in segmenters {
             let inner = Interface {
                 name: segmenter.inner.clone(),
@@ -198,11 +205,14 @@ impl Instance {
     /// bpf_mprog keeps 64 slots, one of them the end marker): a stack of 63 chaos-ebpf
     /// runs, or other programs.
     pub fn check_room(&self, interfaces: &[Interface]) -> Result<()> {
-        const TCX_MAX_PROGRAMS: usize = 63;
         if self.mode == AttachMode::Netlink {
             return Ok(());
         }
-        let _inside = self.netns.enter()?;
+        self.netns.run(|| self.check_room_inside(interfaces))?
+    }
+
+    fn check_room_inside(&self, interfaces: &[Interface]) -> Result<()> {
+        const TCX_MAX_PROGRAMS: usize = 63;
         for iface in interfaces {
             for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
                 let (_, programs) = SchedClassifier::query_tcx(&iface.name, hook)
@@ -230,7 +240,10 @@ impl Instance {
     /// Whether every attachment is still in place and every interface still there;
     /// `Err` says what changed (someone detached a link, deleted a filter or a device).
     pub fn check_attachments(&self) -> std::result::Result<(), String> {
-        let _inside = self.netns.enter().map_err(|e| format!("{e:#}"))?;
+        self.netns.run(|| self.check_attachments_inside()).map_err(|e| format!("{e:#}"))?
+    }
+
+    fn check_attachments_inside(&self) -> std::result::Result<(), String> {
         let present = crate::netns::interfaces().map_err(|e| format!("{e:#}"))?;
         let ids = self.program_ids().map_err(|e| format!("{e:#}"))?;
         for a in &self.attached {
@@ -387,37 +400,80 @@ impl Instance {
         }
         let ids = self.program_ids().ok();
         let ebpf = self.ebpf.take();
-        let _inside = self.netns.enter()?;
-        let mut errors = Vec::new();
-        let mut netlink_ifaces: Vec<u32> = Vec::new();
-        if self.mode == AttachMode::Netlink {
-            netlink_ifaces = self.attached.iter().map(|a| a.iface.index).collect();
-            netlink_ifaces.dedup();
-        }
-        let mode = self.mode;
-        for attached in self.attached.drain(..) {
-            use aya::programs::links::Link as _;
-            if let Err(e) = attached.link.detach() {
-                // A vanished interface took its attachments with it, and a filter someone
-                // else deleted is gone too; only an attachment still in place is an error
-                // the caller must hear about.
-                let program = ids.map(|ids| program_id(&ids, attached.program));
-                if still_attached(mode, &attached.iface, attached.hook, program) {
-                    errors.push(format!("detaching from {}: {e}", attached.iface.name));
-                }
-            }
-        }
+        let removals: Vec<Removal> = self
+            .attached
+            .drain(..)
+            .map(|a| Removal {
+                program: ids.map(|ids| program_id(&ids, a.program)),
+                iface: a.iface,
+                hook: a.hook,
+                link: a.link,
+            })
+            .collect();
+        let (mode, id) = (self.mode, self.netns.id);
+        let remaining = self.netns.run(move || {
+            let (mut removed, mut remaining) = (Vec::new(), Vec::new());
+            remove_attachments(mode, id, removals, &mut removed, &mut remaining);
+            remaining
+        })?;
         drop(ebpf);
-        for ifindex in netlink_ifaces {
-            if let Err(e) = release_clsact(self.netns.id, ifindex) {
-                errors.push(format!("releasing the clsact qdisc of ifindex {ifindex}: {e}"));
-            }
-        }
         self.clsact_added.clear();
-        if errors.is_empty() {
+        if remaining.is_empty() {
             Ok(())
         } else {
-            Err(anyhow!("revert incomplete: {}", errors.join("; ")))
+            Err(anyhow!("revert incomplete: {}", remaining.join("; ")))
+        }
+    }
+}
+
+/// One attachment to remove: the run's own link, or a dead run's netlink filter rebuilt
+/// from its ledger record (`SchedClassifierLink::attached`).
+pub struct Removal {
+    pub iface: Interface,
+    pub hook: TcAttachType,
+    /// The attached program's id, when known (to tell a filter still in place apart).
+    pub program: Option<u32>,
+    pub link: SchedClassifierLink,
+}
+
+/// Removes what a run attached, the one implementation behind a run's revert
+/// ([`Instance::shutdown`]) and the crash sweep: detaches every link (an attachment on a
+/// vanished device, or a filter someone else deleted, is gone already and not an
+/// error), then, on the netlink path, deletes each clsact qdisc chaos-ebpf added on
+/// those devices once no filter is left on it. Call inside the namespace. What was
+/// removed goes to `removed` (netlink filters only: TCX links also go with the
+/// process), what is still there to `remaining`.
+pub fn remove_attachments(
+    mode: AttachMode,
+    netns: NetnsId,
+    removals: Vec<Removal>,
+    removed: &mut Vec<String>,
+    remaining: &mut Vec<String>,
+) {
+    use aya::programs::links::Link as _;
+    let mut devices: Vec<u32> = Vec::new();
+    for r in removals {
+        if !devices.contains(&r.iface.index) {
+            devices.push(r.iface.index);
+        }
+        let what = format!("{} {}", r.iface.name, hook_name(r.hook));
+        match r.link.detach() {
+            Ok(()) if mode == AttachMode::Netlink => removed.push(format!("netlink filter {what}")),
+            Ok(()) => {}
+            Err(e) if still_attached(mode, &r.iface, r.hook, r.program) => {
+                remaining.push(format!("detaching from {what}: {e}"))
+            }
+            Err(_) => {}
+        }
+    }
+    if mode != AttachMode::Netlink {
+        return;
+    }
+    for ifindex in devices {
+        match release_clsact(netns, ifindex) {
+            Ok(true) => removed.push(format!("clsact qdisc on ifindex {ifindex}")),
+            Ok(false) => {}
+            Err(e) => remaining.push(format!("releasing the clsact qdisc of ifindex {ifindex}: {e}")),
         }
     }
 }
@@ -482,8 +538,6 @@ pub fn release_clsact(netns: crate::netns::NetnsId, ifindex: u32) -> std::io::Re
 
 /// CLOCK_MONOTONIC in ns, the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always there");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }

@@ -4,9 +4,11 @@
 //! its work and returns (all on the main thread).
 
 use std::{
-    ffi::CStr,
     fs::File,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -38,6 +40,11 @@ impl Netns {
         Ok(Self { path: path.to_owned(), id: NetnsId { dev: meta.dev(), ino: meta.ino() }, file })
     }
 
+    /// Another handle to the same namespace (a run that needs `self` inside it).
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self { path: self.path.clone(), id: self.id, file: self.file.try_clone()? })
+    }
+
     pub fn raw_fd(&self) -> i32 {
         self.file.as_raw_fd()
     }
@@ -47,41 +54,27 @@ impl Netns {
         Self::open(Path::new("/proc/thread-self/ns/net"))
     }
 
-    /// Enters this namespace on the calling thread until the guard drops.
-    pub fn enter(&self) -> Result<NetnsGuard> {
-        let previous = Netns::current().context("opening the current network namespace")?;
-        if previous.id == self.id {
-            return Ok(NetnsGuard { previous: None });
-        }
-        setns(&self.file).with_context(|| format!("entering network namespace {}", self.path.display()))?;
-        Ok(NetnsGuard { previous: Some(previous) })
+    /// Runs `f` inside this namespace, on a thread of its own that enters it and ends with
+    /// `f`: no other thread ever changes namespace (an async runtime's worker, or the main
+    /// thread with the sockets it opened, stays where it is), and nothing can leave a
+    /// thread behind in the wrong namespace. A panic in `f` goes on in the caller.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("netns".into())
+                .spawn_scoped(scope, || -> Result<R> {
+                    setns(&self.file).with_context(|| format!("entering network namespace {}", self.path.display()))?;
+                    Ok(f())
+                })
+                .context("starting a thread to enter a network namespace")?;
+            worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 }
 
 fn setns(file: &File) -> std::io::Result<()> {
-    // SAFETY: a valid fd to an nsfs file; CLONE_NEWNET checks its type.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Returns the thread to the namespace it was in.
-pub struct NetnsGuard {
-    previous: Option<Netns>,
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        if let Some(previous) = &self.previous {
-            // Failing to return would leave the thread in the wrong namespace for every
-            // later operation; there is no safe way to go on.
-            if let Err(e) = setns(&previous.file) {
-                eprintln!("chaos-ebpf: cannot return to network namespace {}: {e}", previous.path.display());
-                std::process::abort();
-            }
-        }
-    }
+    // CLONE_NEWNET: the kernel checks that the file is a network namespace.
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
 }
 
 /// Path of a named namespace (`ip netns`), or the value itself if it is a path.
@@ -106,53 +99,52 @@ pub const ARPHRD_ETHER: u16 = 1;
 
 /// Interfaces of the calling thread's network namespace.
 pub fn interfaces() -> Result<Vec<Interface>> {
-    // SAFETY: if_nameindex returns a heap array terminated by a zero entry, freed below.
-    let list = unsafe { libc::if_nameindex() };
-    if list.is_null() {
-        return Err(std::io::Error::last_os_error()).context("listing network interfaces");
-    }
-    let mut out = Vec::new();
-    let mut i = 0;
-    loop {
-        // SAFETY: within the array, up to and including the terminator.
-        let entry = unsafe { &*list.add(i) };
-        if entry.if_index == 0 {
-            break;
-        }
-        // SAFETY: if_name is a NUL-terminated string owned by the array.
-        let name = unsafe { CStr::from_ptr(entry.if_name) }.to_string_lossy().into_owned();
-        out.push((name, entry.if_index));
-        i += 1;
-    }
-    // SAFETY: the pointer came from if_nameindex.
-    unsafe { libc::if_freenameindex(list) };
-    out.into_iter()
-        .map(|(name, index)| {
-            let (hw_type, up) = link_kind(&name)?;
-            Ok(Interface { name, index, hw_type, up })
+    let list = nix::net::if_::if_nameindex().context("listing network interfaces")?;
+    let socket = query_socket()?;
+    list.iter()
+        .map(|entry| {
+            let name = entry.name().to_string_lossy().into_owned();
+            let (hw_type, up) = link_kind(&socket, &name);
+            Ok(Interface { name, index: entry.index(), hw_type, up })
         })
         .collect()
 }
 
-/// Hardware type and up flag of an interface, by ioctl on a socket of the current netns.
-fn link_kind(name: &str) -> Result<(u16, bool)> {
-    // SAFETY: plain socket/ioctl calls on a zeroed ifreq with a bounded name copy.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("opening a socket for interface queries");
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
-            *dst = src as libc::c_char;
-        }
-        let hw =
-            if libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) == 0 { req.ifr_ifru.ifru_hwaddr.sa_family } else { 0 };
-        let up =
-            libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 && (req.ifr_ifru.ifru_flags as i32 & libc::IFF_UP) != 0;
-        libc::close(fd);
-        Ok((hw, up))
+nix::ioctl_read_bad!(get_hardware_address, libc::SIOCGIFHWADDR, libc::ifreq);
+nix::ioctl_read_bad!(get_flags, libc::SIOCGIFFLAGS, libc::ifreq);
+
+/// A datagram socket of the calling thread's namespace, for interface ioctls.
+pub fn query_socket() -> Result<OwnedFd> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .context("opening a socket for interface queries")
+}
+
+/// An ifreq naming `name` (cut to IFNAMSIZ - 1 bytes).
+pub fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+        *dst = src as libc::c_char;
     }
+    req
+}
+
+/// Hardware type and up flag of an interface (0 and down when the ioctl fails).
+fn link_kind(socket: &OwnedFd, name: &str) -> (u16, bool) {
+    let mut req = ifreq(name);
+    // SAFETY: the kernel fills the ifreq we own; both fields read are plain data.
+    let hw = match unsafe { get_hardware_address(socket.as_raw_fd(), &mut req) } {
+        Ok(_) => unsafe { req.ifr_ifru.ifru_hwaddr.sa_family },
+        Err(_) => 0,
+    };
+    let mut req = ifreq(name);
+    // SAFETY: as above.
+    let up = match unsafe { get_flags(socket.as_raw_fd(), &mut req) } {
+        Ok(_) => (unsafe { req.ifr_ifru.ifru_flags }) as i32 & libc::IFF_UP != 0,
+        Err(_) => false,
+    };
+    (hw, up)
 }
 
 /// Every network namespace we can reach: the named ones (`ip netns`), ours, and those of

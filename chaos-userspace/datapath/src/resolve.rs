@@ -166,10 +166,10 @@ pub fn open_pid_netns(pid: u32) -> Result<Netns> {
 /// Whether the file is a network namespace: the nsfs ioctl NS_GET_NSTYPE needs no
 /// privileges and changes nothing (an ordinary file answers ENOTTY).
 pub fn is_network_namespace(netns: &Netns) -> bool {
-    const NS_GET_NSTYPE: libc::c_ulong = 0xb703; // _IO(0xb7, 0x3)
-                                                 // SAFETY: an ioctl without an argument on an fd we own.
-    let kind = unsafe { libc::ioctl(netns.raw_fd(), NS_GET_NSTYPE as _) };
-    kind == libc::CLONE_NEWNET
+    // NS_GET_NSTYPE = _IO(0xb7, 0x3): returns the namespace's CLONE_NEW* type.
+    nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+    // SAFETY: an ioctl without an argument on an fd we own.
+    matches!(unsafe { ns_get_nstype(netns.raw_fd()) }, Ok(kind) if kind == libc::CLONE_NEWNET)
 }
 
 fn empty_cgroup(spec: &Target) -> anyhow::Error {
@@ -234,10 +234,7 @@ fn check_ethernet(iface: &Interface, spec: &Target) -> Result<()> {
 /// namespace) are skipped; one that is up cannot be parsed, which is an error rather
 /// than a silent gap in the fault.
 fn netns_interfaces(netns: &Netns, spec: &Target) -> Result<Vec<Interface>> {
-    let all = {
-        let _inside = netns.enter()?;
-        netns::interfaces()?
-    };
+    let all = netns.run(netns::interfaces)??;
     let mut chosen = Vec::new();
     for iface in all {
         if iface.hw_type == ARPHRD_LOOPBACK
@@ -417,46 +414,39 @@ impl Cgroup {
 
 /// Whether `path` is on a cgroup v2 filesystem.
 fn is_cgroup2(path: &Path) -> bool {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } == 0) && stat.f_type as i64 == CGROUP2_SUPER_MAGIC
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 /// The far end of `iface` (in `netns`) when it is a veth: its namespace and interface.
 /// `None` for any other kind of device: IFLA_LINK also names the parent of a macvlan,
 /// ipvlan or vlan, which is not where the target's traffic comes from.
 pub fn far_end(netns: &Netns, iface: &Interface) -> Result<Option<(Netns, Interface)>> {
-    let info = {
-        let _inside = netns.enter()?;
-        crate::netlink::link_info(iface.index).with_context(|| format!("reading the link of {}", iface.name))?
-    };
+    let info = netns
+        .run(|| crate::netlink::link_info(iface.index))?
+        .with_context(|| format!("reading the link of {}", iface.name))?;
     let (Some("veth"), Some((peer_index, nsid))) = (info.kind.as_deref(), info.link) else {
         return Ok(None);
     };
     let peer_netns = match nsid {
         None => Netns::open(&netns.path)?,
-        Some(nsid) => {
-            let _inside = netns.enter()?;
-            netns::all_namespaces()
-                .into_iter()
-                .find(|ns| crate::netlink::nsid_of(ns.raw_fd()).is_ok_and(|id| id == nsid))
-                .ok_or_else(|| {
-                    Error::unsupported(
-                        format!("the far end of {} is in a namespace chaos-ebpf cannot open", iface.name),
-                        "name that namespace with `ip netns` or keep a process in it, or fault its egress directly",
-                    )
-                })?
-        }
+        Some(nsid) => netns
+            .run(|| {
+                netns::all_namespaces()
+                    .into_iter()
+                    .find(|ns| crate::netlink::nsid_of(ns.raw_fd()).is_ok_and(|id| id == nsid))
+            })?
+            .ok_or_else(|| {
+                Error::unsupported(
+                    format!("the far end of {} is in a namespace chaos-ebpf cannot open", iface.name),
+                    "name that namespace with `ip netns` or keep a process in it, or fault its egress directly",
+                )
+            })?,
     };
-    let peer_iface = {
-        let _inside = peer_netns.enter()?;
-        netns::interfaces()?.into_iter().find(|i| i.index == peer_index)
-    }
-    .ok_or_else(|| anyhow::anyhow!("the far end of {} (ifindex {peer_index}) vanished", iface.name))?;
+    let peer_iface = peer_netns
+        .run(netns::interfaces)??
+        .into_iter()
+        .find(|i| i.index == peer_index)
+        .ok_or_else(|| anyhow::anyhow!("the far end of {} (ifindex {peer_index}) vanished", iface.name))?;
     Ok(Some((peer_netns, peer_iface)))
 }
 

@@ -21,10 +21,12 @@ use chaos_ebpf_common::names;
 use serde::Serialize;
 
 use crate::{
+    attach::AttachMode,
     bpfsys, devices,
+    instance::{remove_attachments, Removal},
     ledger::{self, InstanceState, ProcessState, RunState},
     netlink,
-    netns::{self, Netns},
+    netns::{self, Interface, Netns},
 };
 
 #[derive(Debug, Default, Serialize)]
@@ -59,7 +61,8 @@ fn hook(name: &str) -> TcAttachType {
     }
 }
 
-/// Removes the netlink filters and clsact qdiscs a dead or forced run recorded.
+/// Removes the netlink filters a dead or forced run recorded (those still in place) and
+/// the clsact qdiscs it added, with the same code a run's own revert uses.
 fn revert_instance(instance: &InstanceState, removed: &mut Vec<String>, remaining: &mut Vec<String>) {
     let Ok(ns) = Netns::open(&instance.netns) else {
         // The namespace is gone, and its devices with their filters and qdiscs.
@@ -68,41 +71,34 @@ fn revert_instance(instance: &InstanceState, removed: &mut Vec<String>, remainin
     if ns.id != instance.netns_id {
         return;
     }
-    let Ok(_inside) = ns.enter() else {
+    let inside = ns.run(|| {
+        let mut removals = Vec::new();
+        for f in &instance.netlink_filters {
+            let present = netlink::clsact_filters(f.ifindex, f.hook == "ingress")
+                .is_ok_and(|list| list.iter().any(|x| x.priority == f.priority && x.handle == f.handle));
+            if !present {
+                continue;
+            }
+            // An error here means the interface is gone, and the filter with it.
+            if let Ok(link) =
+                SchedClassifierLink::attached(&f.iface, hook(&f.hook), f.priority, TcHandle::from(f.handle), None)
+            {
+                let iface =
+                    Interface { name: f.iface.clone(), index: f.ifindex, hw_type: netns::ARPHRD_ETHER, up: true };
+                removals.push(Removal { iface, hook: hook(&f.hook), program: None, link });
+            }
+        }
+        let (mut done, mut left) = (Vec::new(), Vec::new());
+        remove_attachments(AttachMode::Netlink, instance.netns_id, removals, &mut done, &mut left);
+        (done, left)
+    });
+    let Ok((done, left)) = inside else {
         remaining.push(format!("cannot enter {}", instance.netns.display()));
         return;
     };
-    for f in &instance.netlink_filters {
-        let present = netlink::clsact_filters(f.ifindex, f.hook == "ingress")
-            .is_ok_and(|list| list.iter().any(|x| x.priority == f.priority && x.handle == f.handle));
-        if !present {
-            continue;
-        }
-        // An error here means the interface is gone, and the filter with it.
-        if let Ok(link) =
-            SchedClassifierLink::attached(&f.iface, hook(&f.hook), f.priority, TcHandle::from(f.handle), None)
-        {
-            use aya::programs::links::Link as _;
-            match link.detach() {
-                Ok(()) => removed.push(format!(
-                    "netlink filter {} {} prio {} in {}",
-                    f.iface,
-                    f.hook,
-                    f.priority,
-                    instance.netns.display()
-                )),
-                Err(e) => remaining.push(format!("netlink filter {} {}: {e}", f.iface, f.hook)),
-            }
-        }
-    }
-    for iface in &instance.interfaces {
-        let Ok(index) = nix_ifindex(iface) else { continue };
-        match crate::instance::release_clsact(instance.netns_id, index) {
-            Ok(true) => removed.push(format!("clsact qdisc on {iface} in {}", instance.netns.display())),
-            Ok(false) => {}
-            Err(e) => remaining.push(format!("clsact qdisc on {iface} in {}: {e}", instance.netns.display())),
-        }
-    }
+    let place = instance.netns.display();
+    removed.extend(done.into_iter().map(|d| format!("{d} in {place}")));
+    remaining.extend(left.into_iter().map(|d| format!("{d} in {place}")));
 }
 
 /// Device records: takes dead runs off them and restores what no live run needs.
@@ -118,8 +114,8 @@ fn sweep_devices(removed: &mut Vec<String>, remaining: &mut Vec<String>) {
             let _ = fs::remove_file(&path);
             continue;
         };
-        let Ok(_inside) = ns.enter() else { continue };
-        match devices::release(id, ifindex) {
+        let Ok(released) = ns.run(|| devices::release(id, ifindex)) else { continue };
+        match released {
             Ok(done) => removed.extend(done.into_iter().map(|d| format!("{d} in {} (restored)", ns.path.display()))),
             Err(e) => remaining.push(format!("settings of ifindex {ifindex} in {}: {e:#}", ns.path.display())),
         }
@@ -139,23 +135,12 @@ fn sweep_clsact_markers(removed: &mut Vec<String>, remaining: &mut Vec<String>) 
             let _ = fs::remove_file(&marker);
             continue;
         };
-        let Ok(_inside) = ns.enter() else { continue };
-        match crate::instance::release_clsact(id, ifindex) {
+        let Ok(released) = ns.run(|| crate::instance::release_clsact(id, ifindex)) else { continue };
+        match released {
             Ok(true) => removed.push(format!("clsact qdisc on ifindex {ifindex} in {}", ns.path.display())),
             Ok(false) => {}
             Err(e) => remaining.push(format!("clsact qdisc on ifindex {ifindex} in {}: {e}", ns.path.display())),
         }
-    }
-}
-
-fn nix_ifindex(name: &str) -> std::io::Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
-    // SAFETY: a valid C string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(index)
     }
 }
 
@@ -218,20 +203,19 @@ pub fn held_by_live_run(pids: Option<&Vec<u32>>, force: bool) -> bool {
 fn sweep_netlink(force: bool, dry: bool, report: &mut Report) -> Vec<String> {
     let mut candidates = Vec::new();
     for ns in netns::all_namespaces() {
-        let Ok(_inside) = ns.enter() else { continue };
-        let Ok(interfaces) = netns::interfaces() else {
-            continue;
-        };
-        for iface in interfaces {
-            for ingress in [true, false] {
-                let Ok(filters) = netlink::clsact_filters(iface.index, ingress) else { continue };
-                for f in filters {
-                    if matches!(f.program_name.as_deref(), Some(n) if names::PROGRAMS.contains(&n)) {
-                        candidates.push((ns.path.clone(), iface.name.clone(), ingress, f));
+        let _ = ns.run(|| {
+            let Ok(interfaces) = netns::interfaces() else { return };
+            for iface in interfaces {
+                for ingress in [true, false] {
+                    let Ok(filters) = netlink::clsact_filters(iface.index, ingress) else { continue };
+                    for f in filters {
+                        if matches!(f.program_name.as_deref(), Some(n) if names::PROGRAMS.contains(&n)) {
+                            candidates.push((ns.path.clone(), iface.name.clone(), ingress, f));
+                        }
                     }
                 }
             }
-        }
+        });
     }
     if candidates.is_empty() {
         return Vec::new();
@@ -249,17 +233,17 @@ fn sweep_netlink(force: bool, dry: bool, report: &mut Report) -> Vec<String> {
             continue;
         }
         let Ok(ns) = Netns::open(&path) else { continue };
-        let Ok(_inside) = ns.enter() else { continue };
         let attach = if ingress { TcAttachType::Ingress } else { TcAttachType::Egress };
-        match SchedClassifierLink::attached(&iface, attach, f.priority, TcHandle::from(f.handle), None) {
-            Ok(link) => {
-                use aya::programs::links::Link as _;
-                match link.detach() {
-                    Ok(()) => report.removed.push(what),
-                    Err(e) => report.remaining.push(format!("{what}: {e}")),
-                }
-            }
-            Err(e) => report.remaining.push(format!("{what}: {e}")),
+        let detached = ns.run(|| {
+            use aya::programs::links::Link as _;
+            SchedClassifierLink::attached(&iface, attach, f.priority, TcHandle::from(f.handle), None)
+                .map_err(|e| e.to_string())
+                .and_then(|link| link.detach().map_err(|e| e.to_string()))
+        });
+        match detached {
+            Ok(Ok(())) => report.removed.push(what),
+            Ok(Err(e)) => report.remaining.push(format!("{what}: {e}")),
+            Err(e) => report.remaining.push(format!("{what}: {e:#}")),
         }
     }
     found

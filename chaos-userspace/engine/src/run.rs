@@ -8,10 +8,7 @@ use std::{
     collections::BTreeMap,
     os::unix::fs::MetadataExt,
     path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -200,36 +197,26 @@ struct HeldDevice {
     segmenter: Option<devices::Segmenter>,
 }
 
-static INTERRUPTED: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+/// Set by the signal handler; a run checks it at every stage.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
 
 /// Catches SIGINT, SIGTERM and SIGHUP from now on: a run checks the flag at every stage
 /// and reverts. Called first thing for `run` and `inject`, so a signal that arrives
-/// while the command line is still being read is not lost.
-pub fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
-    if let Some(flag) = INTERRUPTED.get() {
-        return Ok(flag.clone());
+/// while the command line is still being read is not lost. sigaction installs the
+/// handler and its action in one step, so no signal can fall between the two.
+pub fn install_signal_handlers() -> Result<&'static AtomicBool> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("installing the {signal} handler"))?;
     }
-    let flag = Arc::new(AtomicBool::new(false));
-    let signals = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP];
-    // signal-hook installs its handler before it records the action: a signal in
-    // between would find no action and be lost. Blocked meanwhile, it stays pending and
-    // arrives once the flag is in place.
-    // SAFETY: sigset operations on a local set; pthread_sigmask on the calling thread.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for signal in signals {
-            libc::sigaddset(&mut set, signal);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    let registered: Result<()> = signals.iter().try_for_each(|signal| {
-        signal_hook::flag::register(*signal, flag.clone()).map(|_| ()).context("installing signal handlers")
-    });
-    // SAFETY: as above.
-    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    registered?;
-    Ok(INTERRUPTED.get_or_init(|| flag).clone())
+    Ok(&INTERRUPTED)
 }
 
 fn interrupted_now(flag: &AtomicBool) -> Result<()> {
@@ -271,7 +258,7 @@ pub fn run(
     let seed = plan.seed_or_random();
     observer.event(Event::Started { scenario: &plan.name, seed, total: plan.total_duration() });
     let interrupted = install_signal_handlers()?;
-    interrupted_now(&interrupted)?;
+    interrupted_now(interrupted)?;
     let mode = attach_mode(plan.attach).resolve()?;
 
     // Dead runs' leftovers first: their device records and qdiscs would confuse ours.
@@ -299,7 +286,7 @@ pub fn run(
         judge_bit: None,
     };
     let record = RunRecord::create(&run_state)?;
-    interrupted_now(&interrupted)?;
+    interrupted_now(interrupted)?;
 
     // Everything that can fail on bad input happens before the first fault.
     let mut resolved: BTreeMap<String, Vec<Resolved>> = BTreeMap::new();
@@ -319,7 +306,7 @@ pub fn run(
                 }
                 slot.insert(targets);
             }
-            interrupted_now(&interrupted)?;
+            interrupted_now(interrupted)?;
         }
     }
 
@@ -330,7 +317,7 @@ pub fn run(
         record.write(&run_state)?;
         Ok(bit)
     })?;
-    let mut instances = load_instances(&resolved, mode, &protected, judge_bit, &interrupted)?;
+    let mut instances = load_instances(&resolved, mode, &protected, judge_bit, interrupted)?;
     run_state.instances = instances.values().map(Instance::state).collect::<Result<_>>()?;
     run_state.phase = Phase::Running;
     record.write(&run_state)?;
@@ -338,7 +325,7 @@ pub fn run(
 
     // From here on the run changes the system: every error reverts what it did.
     let mut held: Vec<HeldDevice> = Vec::new();
-    let prepared = prepare(plan, &resolved, &mut instances, &mut held, &interrupted);
+    let prepared = prepare(plan, &resolved, &mut instances, &mut held, interrupted);
     run_state.instances = instances.values().map(Instance::state).collect::<Result<_>>()?;
     record.write(&run_state)?;
     if let Err(e) = prepared {
@@ -646,14 +633,15 @@ fn devices_used(spec: &FaultSpec, target: &Resolved) -> Result<Option<Vec<u32>>>
     if !target_of(&spec.target).egress_only() || spec.peers.is_empty() {
         return Ok(None);
     }
-    let _inside = target.netns.enter()?;
-    let mut used = Vec::new();
-    for peer in &spec.peers {
-        let oif = chaos_datapath::netlink::route_oif(peer.addr)
-            .with_context(|| format!("looking up the route to {peer} in {}", target.netns.path.display()))?;
-        used.extend(oif);
-    }
-    Ok(Some(used))
+    target.netns.run(|| {
+        let mut used = Vec::new();
+        for peer in &spec.peers {
+            let oif = chaos_datapath::netlink::route_oif(peer.addr)
+                .with_context(|| format!("looking up the route to {peer} in {}", target.netns.path.display()))?;
+            used.extend(oif);
+        }
+        Ok(Some(used))
+    })?
 }
 
 fn hold_device(held: &mut Vec<HeldDevice>, netns: &Netns, iface: &Interface, needs: devices::Needs) -> Result<()> {
@@ -667,8 +655,7 @@ fn hold_device(held: &mut Vec<HeldDevice>, netns: &Netns, iface: &Interface, nee
             held.len() - 1
         }
     };
-    let _inside = netns.enter()?;
-    if let Some(segmenter) = devices::acquire(&netns.path, netns.id, iface, needs)? {
+    if let Some(segmenter) = netns.run(|| devices::acquire(&netns.path, netns.id, iface, needs))?? {
         held[at].segmenter = Some(segmenter);
     }
     Ok(())
@@ -689,7 +676,7 @@ fn revert(
         }
     }
     for h in held.drain(..) {
-        let released = h.netns.enter().and_then(|_inside| devices::release(h.netns.id, h.iface.index));
+        let released = h.netns.run(|| devices::release(h.netns.id, h.iface.index)).and_then(|r| r);
         if let Err(e) = released {
             errors.push(format!("restoring {}: {e:#}", h.iface.name));
         }

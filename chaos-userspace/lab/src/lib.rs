@@ -122,10 +122,11 @@ pub struct Probe {
 /// thread leaves it).
 fn socket_in(netns_path: &std::path::Path, port: u16) -> Result<UdpSocket> {
     let ns = Netns::open(netns_path).with_context(|| format!("opening {}", netns_path.display()))?;
-    let _inside = ns.enter()?;
-    let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
-    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-    Ok(socket)
+    ns.run(|| -> Result<UdpSocket> {
+        let socket = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        Ok(socket)
+    })?
 }
 
 impl Probe {
