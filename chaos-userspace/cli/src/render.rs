@@ -4,6 +4,7 @@
 use std::{io::IsTerminal, time::Duration};
 
 use chaos_datapath::ledger;
+use chaos_ebpf_common::RuleCounters;
 use chaos_engine::run::{Event, Observer, ProbeCounts, RunReport, StepReport};
 use chaos_model::spec::format_duration;
 
@@ -75,6 +76,23 @@ fn probe_summary(p: &ProbeCounts) -> String {
     )
 }
 
+/// A rule's counters on one line, the same in reports and `status`.
+pub fn counters(c: &RuleCounters) -> String {
+    format!(
+        "seen {} matched {} dropped {} ({} of matched) passed {} delayed {} errors {} expired {} protected {} unparsed {}",
+        c.seen,
+        c.matched,
+        c.dropped,
+        percent(c.dropped, c.matched),
+        c.passed,
+        c.delayed,
+        c.errors,
+        c.expired,
+        c.protected,
+        c.unparsed
+    )
+}
+
 /// One step of a run report.
 pub fn step(step: &StepReport) -> String {
     let mut out = format!("step {} ({:.1}s)", step.name, step.seconds);
@@ -82,23 +100,7 @@ pub fn step(step: &StepReport) -> String {
         out += ": no fault";
     }
     for r in &step.rules {
-        let c = &r.counters;
-        out += &format!(
-            "\n  rule {} {} [{}]\n    seen {} matched {} dropped {} ({} of matched) passed {} delayed {} errors {} expired {} protected {} unparsed {}",
-            r.rule_id,
-            r.fault,
-            r.netns,
-            c.seen,
-            c.matched,
-            c.dropped,
-            percent(c.dropped, c.matched),
-            c.passed,
-            c.delayed,
-            c.errors,
-            c.expired,
-            c.protected,
-            c.unparsed
-        );
+        out += &format!("\n  rule {} {} [{}]\n    {}", r.rule_id, r.fault, r.netns, counters(&r.counters));
         out += &format!(
             "\n    in force {} to {} ({:.1}s): {}",
             ledger::clock(r.active_from_unix_ms),

@@ -148,10 +148,7 @@ pub fn run(json: bool) -> Result<i32> {
         for r in &run.rules {
             let head = format!("  rule {} {} [{}] {:.1}s left", r.rule_id, r.fault, r.netns, r.remaining_s);
             match &r.counters {
-                Some(c) => output::out(&format!(
-                    "{head}\n    seen {} matched {} dropped {} passed {} delayed {} errors {} expired {} protected {} unparsed {}",
-                    c.seen, c.matched, c.dropped, c.passed, c.delayed, c.errors, c.expired, c.protected, c.unparsed
-                )),
+                Some(c) => output::out(&format!("{head}\n    {}", crate::render::counters(c))),
                 None => output::out(&format!("{head} (counters unavailable)")),
             }
         }
