@@ -115,6 +115,9 @@ fn parse_with<T: std::str::FromStr<Err = Problem>>(s: &str) -> Result<T, String>
 const MAX_ERROR_LINE: usize = 300;
 
 fn main() -> ExitCode {
+    // What the datapath and the lab can only report, not return (a revert problem in a
+    // Drop): on stderr, one line each.
+    tracing_subscriber::fmt().with_writer(std::io::stderr).without_time().with_target(false).init();
     // Runs and injections catch Ctrl-C from their first moment (chaos-engine run.rs); other
     // commands keep the default: they change nothing.
     let args: Vec<String> = std::env::args().collect();
