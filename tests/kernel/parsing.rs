@@ -13,7 +13,7 @@ use std::{
 
 use chaos_ebpf_common::{decision, direction, flow_hash, hash, probability_threshold, FlowKey};
 
-use crate::{kernel_has_tcx, support::*};
+use crate::support::*;
 
 pub const TESTS: &[Test] = tests![
     a_program_attached_earlier_does_not_bypass_faults,

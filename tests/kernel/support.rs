@@ -1,7 +1,8 @@
 //! Test fixtures: a pair of network namespaces joined by a veth, real UDP/TCP/ICMP
-//! traffic between them, the chaos-ebpf binary under test, and checks that nothing is
-//! left behind. Traffic stays inside namespaces the test created, on TEST-NET-1
-//! (192.0.2.0/24) and fd00::/8; every loop is bounded in count and time.
+//! traffic between them, the chaos-ebpf binary under test, checks that nothing is left
+//! behind, and the drops the shared hash predicts for the fixtures' UDP flow. Traffic
+//! stays inside namespaces the test created, on TEST-NET-1 (192.0.2.0/24) and fd00::/8;
+//! every loop is bounded in count and time.
 
 use std::{
     collections::BTreeSet,
@@ -13,6 +14,8 @@ use std::{
     sync::Mutex,
     time::{Duration, Instant},
 };
+
+use chaos_ebpf_common::{decision, direction, flow_hash, hash, probability_threshold, FlowKey};
 
 /// One kernel test: its name and a plain function that panics on failure.
 pub type Test = (&'static str, fn());
@@ -646,4 +649,50 @@ pub fn counters(report_json: &str, index: usize) -> serde_json::Value {
 /// One counter of `counters`.
 pub fn counter(counters: &serde_json::Value, name: &str) -> u64 {
     counters[name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {counters}"))
+}
+
+/// The flow hash of 192.0.2.1:5001 -> 192.0.2.2:5002 (UDP) under rule 1 in slot 0,
+/// egress: the first rule of a lone `inject` run.
+pub fn test_flow_hash(seed: u64) -> u64 {
+    let key = FlowKey {
+        slot: 0,
+        direction: direction::EGRESS as u8,
+        proto: 17,
+        sport: 5001,
+        dport: 5002,
+        _pad: 0,
+        saddr: ADDR_A.to_ipv6_mapped().octets(),
+        daddr: ADDR_B.to_ipv6_mapped().octets(),
+    };
+    flow_hash(seed, 1, &key)
+}
+
+/// The per-packet decisions the kernel should make for packet `index` of the flow
+/// 192.0.2.1:5001 -> 192.0.2.2:5002 (rule 1 in slot 0, egress), from the shared hash.
+pub fn predicted_drops(seed: u64, p: f64, count: u32) -> Vec<u32> {
+    let flow = test_flow_hash(seed);
+    let threshold = probability_threshold(p);
+    (0..count).filter(|&i| hash::hits(decision(seed, 1, flow, i as u64, hash::DOMAIN_LOSS), threshold)).collect()
+}
+
+/// The drops of the Gilbert-Elliott model for the same flow, as chaos-ebpf/src/fault.rs
+/// `loss` makes them: per packet, first the state transition (burst draw), then the loss
+/// draw against the new state's probability; a flow starts in the good state.
+pub fn predicted_burst_drops(seed: u64, good_loss: f64, enter: f64, exit: f64, bad_loss: f64, count: u32) -> Vec<u32> {
+    let flow = test_flow_hash(seed);
+    let mut bad = false;
+    let mut drops = Vec::new();
+    for i in 0..count {
+        let draw = decision(seed, 1, flow, i as u64, hash::DOMAIN_BURST);
+        bad = if bad {
+            !hash::hits(draw, probability_threshold(exit))
+        } else {
+            hash::hits(draw, probability_threshold(enter))
+        };
+        let threshold = probability_threshold(if bad { bad_loss } else { good_loss });
+        if hash::hits(decision(seed, 1, flow, i as u64, hash::DOMAIN_LOSS), threshold) {
+            drops.push(i);
+        }
+    }
+    drops
 }
