@@ -1,7 +1,8 @@
 //! A run's life as the ledger and the kernel see it: cleanup never touches a live run,
 //! a stopped run is live, a dead run's record is collected, a fault that did not run its
-//! course is never reported as success, Ctrl-C acts at once at any moment, and a closed
-//! output pipe does not stop an experiment.
+//! course is never reported as success, Ctrl-C acts at once at any moment, a closed
+//! output pipe does not stop an experiment, a SIGSTOPped run's fault ends with its lease,
+//! and SIGKILL reverts at once with TCX (by the lease without it).
 
 use std::{
     process::{Command, Stdio},
@@ -20,6 +21,8 @@ pub const TESTS: &[Test] = tests![
     dead_run_is_collected_by_status,
     ctrl_c_acts_within_300ms_at_any_moment,
     closed_output_pipe_does_not_stop_the_experiment,
+    lease_expires_under_sigstop,
+    sigkill_reverts_immediately,
 ];
 
 fn partition(target: &str, duration: &str, lease: &str) -> Chaos {
@@ -308,5 +311,57 @@ fn closed_output_pipe_does_not_stop_the_experiment() {
     };
     assert_eq!(status.code(), Some(0), "a closed pipe ended the run with {status:?} (101 is a panic)");
     assert!(!cut(&pair), "the fault outlived the run");
+    assert_nothing_left();
+}
+
+/// A SIGSTOPped chaos-ebpf stops faulting when its lease runs out; after SIGKILL
+/// nothing is left.
+fn lease_expires_under_sigstop() {
+    require_root();
+    let pair = Pair::new("lease");
+    let target = pair.target();
+    let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--lease", "1s"]);
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_millis(200)), 0);
+    chaos.signal(libc::SIGSTOP);
+    // Renewed every third of the lease, so at the stop 0.67-1.0 s of it are left: the
+    // fault must hold that long (the lease, not the stop, ends it) and no longer.
+    let recovered = udp_time_until_passes(&pair.a, &pair.b, ADDR_B, 5998, Duration::from_secs(5))
+        .expect("the fault outlived its lease under SIGSTOP");
+    println!("SIGSTOP: traffic flowed again after {recovered:?} (lease 1s, 1 ms probe)");
+    assert!(recovered >= Duration::from_millis(500), "the fault ended {recovered:?} after the stop, before its lease");
+    assert!(recovered <= Duration::from_millis(1500), "took {recovered:?}");
+    let status = chaos_run(&["status", "--output", "json"]);
+    assert!(status.1.contains("\"stopped\""), "status does not show the hung run: {}", status.1);
+    chaos.signal(libc::SIGKILL);
+    let (code, _, _) = chaos.finish(Duration::from_secs(5));
+    assert_eq!(code, -1, "killed by a signal");
+    // The dead run's state file is what `cleanup` removes.
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("clean"), "{out}");
+    assert_nothing_left();
+}
+
+/// SIGKILL reverts at once with TCX (links go with the process). Without TCX (netlink
+/// filters outlive the process) the lease ends the fault, and `cleanup` removes the rest.
+fn sigkill_reverts_immediately() {
+    require_root();
+    let pair = Pair::new("kill");
+    let target = pair.target();
+    let tcx = kernel_has_tcx();
+    let lease = if tcx { "30s" } else { "1s" };
+    let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--lease", lease]);
+    assert_eq!(pair.ping(&pair.a, "192.0.2.2", 3, Duration::from_millis(200)), 0);
+    chaos.signal(libc::SIGKILL);
+    let recovered = udp_time_until_passes(&pair.a, &pair.b, ADDR_B, 5999, Duration::from_secs(5))
+        .expect("traffic did not flow after SIGKILL");
+    println!("SIGKILL: traffic flowed again {recovered:?} after the kill (lease {lease}, TCX {tcx}, 1 ms probe)");
+    println!("REPORT|sigkill_to_traffic_ms|{:.2}|tcx={tcx}|lease={lease}", recovered.as_secs_f64() * 1000.0);
+    let bound = if tcx { Duration::from_secs(1) } else { Duration::from_millis(2500) };
+    assert!(recovered < bound, "took {recovered:?}");
+    chaos.finish(Duration::from_secs(5));
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!pair.qdiscs(&pair.a, "va").contains("clsact"), "a qdisc was left");
     assert_nothing_left();
 }

@@ -4,7 +4,7 @@
 //! `mq` keeps its layout, and ingress delay refuses devices that are not veths (IFLA_LINK
 //! of a macvlan names its parent, which would be delayed instead).
 
-use crate::{parsing::ForeignPass, support::*};
+use crate::support::*;
 
 pub const TESTS: &[Test] = tests![
     ingress_delay_refuses_a_macvlan,

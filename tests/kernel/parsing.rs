@@ -7,13 +7,13 @@ use std::{
     collections::BTreeSet,
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 use chaos_ebpf_common::{decision, direction, flow_hash, hash, probability_threshold, FlowKey};
 
-use crate::{kernel_has_tcx, support::*};
+use crate::support::*;
 
 pub const TESTS: &[Test] = tests![
     a_program_attached_earlier_does_not_bypass_faults,
@@ -26,187 +26,6 @@ pub const TESTS: &[Test] = tests![
 
 const V6_A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 const V6_B: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-
-/// bpf(2) with a zeroed attribute buffer the caller filled in (little-endian fields at
-/// their uapi offsets).
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<RawFd> {
-    // SAFETY: attr is a valid, writable buffer of the size passed.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as RawFd)
-    }
-}
-
-fn put_u32(attr: &mut [u8; 128], at: usize, value: u32) {
-    attr[at..at + 4].copy_from_slice(&value.to_le_bytes());
-}
-
-fn put_u64(attr: &mut [u8; 128], at: usize, value: u64) {
-    attr[at..at + 8].copy_from_slice(&value.to_le_bytes());
-}
-
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_PROG_QUERY: libc::c_long = 16;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const BPF_TCX_INGRESS: u32 = 46;
-const BPF_TCX_EGRESS: u32 = 47;
-const FOREIGN_NAME: &str = "fgn_pass";
-
-/// Another tool's TC program, attached before chaos-ebpf starts: `r0 = 0 (TC_ACT_OK);
-/// exit`. TC_ACT_OK ends the TCX chain (TCX_PASS), as a CNI that passes or redirects
-/// would. Attached with a TCX link, or as a cls_bpf filter at priority 1 (what Cilium
-/// uses) on a clsact qdisc the test adds. Removed on drop.
-pub struct ForeignPass {
-    ns: String,
-    prog_id: u32,
-    links: Vec<OwnedFd>,
-    /// Netlink: the device whose clsact qdisc the test added.
-    netlink: Option<String>,
-    _prog: OwnedFd,
-}
-
-impl ForeignPass {
-    pub fn attach(ns: &str, dev: &'static str, netlink: bool) -> ForeignPass {
-        // BPF_ALU64 | BPF_MOV | BPF_K r0 = 0; BPF_JMP | BPF_EXIT.
-        let insns: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
-        let license = c"GPL";
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_PROG_TYPE_SCHED_CLS);
-        put_u32(&mut attr, 4, 2);
-        put_u64(&mut attr, 8, insns.as_ptr() as u64);
-        put_u64(&mut attr, 16, license.as_ptr() as u64);
-        attr[48..48 + FOREIGN_NAME.len()].copy_from_slice(FOREIGN_NAME.as_bytes());
-        let fd = bpf(BPF_PROG_LOAD, &mut attr).expect("loading the foreign pass program");
-        // SAFETY: a new fd we own.
-        let prog = unsafe { OwnedFd::from_raw_fd(fd) };
-        let prog_id = prog_id(prog.as_raw_fd());
-        let mut foreign = ForeignPass { ns: ns.to_owned(), prog_id, links: Vec::new(), netlink: None, _prog: prog };
-        let prog_fd = foreign._prog.as_raw_fd();
-        if netlink {
-            // tc takes a pinned program: pin it in a private bpffs mount, add the
-            // filters, and remove pin and mount again (the filters hold the program).
-            let dir = format!("/tmp/fgn-pass-bpffs-{}", std::process::id());
-            std::fs::create_dir_all(&dir).unwrap();
-            must("mount", &["-t", "bpf", "bpf", &dir]);
-            let pin = format!("{dir}/prog");
-            let path = std::ffi::CString::new(pin.clone()).unwrap();
-            let mut attr = [0u8; 128];
-            put_u64(&mut attr, 0, path.as_ptr() as u64);
-            put_u32(&mut attr, 8, prog_fd as u32);
-            let pinned = bpf(BPF_OBJ_PIN, &mut attr);
-            foreign.netlink = Some(dev.to_owned());
-            let mut added = sh("ip", &["netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "clsact"]);
-            for hook in ["ingress", "egress"] {
-                if pinned.is_ok() && added.status.success() {
-                    added = sh(
-                        "ip",
-                        &[
-                            "netns",
-                            "exec",
-                            ns,
-                            "tc",
-                            "filter",
-                            "add",
-                            "dev",
-                            dev,
-                            hook,
-                            "pref",
-                            "1",
-                            "bpf",
-                            "object-pinned",
-                            &pin,
-                            "direct-action",
-                        ],
-                    );
-                }
-            }
-            let _ = std::fs::remove_file(&pin);
-            must("umount", &[&dir]);
-            let _ = std::fs::remove_dir(&dir);
-            pinned.expect("pinning the foreign program");
-            assert!(added.status.success(), "adding the foreign filter: {}", String::from_utf8_lossy(&added.stderr));
-        } else {
-            for attach_type in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
-                let link = in_netns(ns, move || {
-                    let name = std::ffi::CString::new(dev).unwrap();
-                    // SAFETY: a valid C string.
-                    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                    let mut attr = [0u8; 128];
-                    put_u32(&mut attr, 0, prog_fd as u32);
-                    put_u32(&mut attr, 4, ifindex);
-                    put_u32(&mut attr, 8, attach_type);
-                    bpf(BPF_LINK_CREATE, &mut attr).map(|fd| {
-                        // SAFETY: a new fd we own.
-                        unsafe { OwnedFd::from_raw_fd(fd) }
-                    })
-                })
-                .expect("attaching the foreign program with a TCX link");
-                foreign.links.push(link);
-            }
-        }
-        foreign
-    }
-
-    /// The programs on each hook of `dev`, in the order they run: TCX by BPF_PROG_QUERY,
-    /// netlink by the filter list (ascending priority, then list order).
-    fn chain(&self, dev: &'static str) -> [Vec<String>; 2] {
-        if self.netlink.is_some() {
-            return ["ingress", "egress"].map(|hook| {
-                let out = sh("ip", &["netns", "exec", &self.ns, "tc", "filter", "show", "dev", dev, hook]);
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter_map(|l| {
-                        let id = l.split(" id ").nth(1)?.split_whitespace().next()?;
-                        Some(if id == self.prog_id.to_string() { FOREIGN_NAME.to_owned() } else { l.to_owned() })
-                    })
-                    .collect()
-            });
-        }
-        [BPF_TCX_INGRESS, BPF_TCX_EGRESS].map(|attach_type| {
-            let ids = in_netns(&self.ns, move || {
-                let name = std::ffi::CString::new(dev).unwrap();
-                // SAFETY: a valid C string.
-                let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                let mut ids = [0u32; 16];
-                let mut attr = [0u8; 128];
-                put_u32(&mut attr, 0, ifindex);
-                put_u32(&mut attr, 4, attach_type);
-                put_u64(&mut attr, 16, ids.as_mut_ptr() as u64);
-                put_u32(&mut attr, 24, ids.len() as u32);
-                bpf(BPF_PROG_QUERY, &mut attr).expect("querying the TCX chain");
-                let count = u32::from_le_bytes(attr[24..28].try_into().unwrap()) as usize;
-                ids[..count.min(ids.len())].to_vec()
-            });
-            ids.into_iter()
-                .map(|id| if id == self.prog_id { FOREIGN_NAME.to_owned() } else { id.to_string() })
-                .collect()
-        })
-    }
-}
-
-impl Drop for ForeignPass {
-    fn drop(&mut self) {
-        self.links.clear();
-        if let Some(dev) = self.netlink.take() {
-            let _ = sh("ip", &["netns", "exec", &self.ns, "tc", "qdisc", "del", "dev", &dev, "clsact"]);
-        }
-    }
-}
-
-fn prog_id(fd: RawFd) -> u32 {
-    let mut info = [0u8; 256];
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, fd as u32);
-    put_u32(&mut attr, 4, info.len() as u32);
-    put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).expect("program info");
-    u32::from_le_bytes(info[4..8].try_into().unwrap())
-}
 
 /// A program attached before chaos-ebpf that returns pass (TCX_PASS ends the chain)
 /// does not bypass a partition: chaos-ebpf attaches first and lets what it does not drop
