@@ -26,7 +26,7 @@ use chaos_datapath::{
     sweep as cleanup, AttachMode,
 };
 use chaos_model::{
-    plan::{Attach, Plan},
+    plan::{Attach, Plan, PlannedStep},
     spec::{format_duration, Direction, FaultSpec, TargetSpec},
 };
 
@@ -336,155 +336,42 @@ pub fn run(
         return Err(e);
     }
 
-    let renew_every = plan.lease / 3;
-    let progress_every = observer.progress_every(plan.total_duration());
-    let run_start = Instant::now();
+    let mut running = Running {
+        plan,
+        seed,
+        resolved: &resolved,
+        identities: &identities,
+        instances: &mut instances,
+        record: &record,
+        run_state: &mut run_state,
+        probe,
+        progress_every: observer.progress_every(plan.total_duration()),
+        observer,
+        interrupted,
+        run_start: Instant::now(),
+    };
     let mut steps = Vec::new();
     let mut outcome: Result<()> = Ok(());
     let mut failed: Option<String> = None;
-    let mut last_renew;
-
-    'steps: for step in &plan.steps {
+    for step in &plan.steps {
         if interrupted.load(Ordering::Relaxed) {
             break;
         }
-        let mut active = Vec::new();
-        let step_start = Instant::now();
-        let probe_start = probe.map(|p| p.counts());
-        for fault in &step.faults {
-            for r in &resolved[&resolution_key(&fault.spec)] {
-                let instance = instances.get_mut(&r.netns.id).expect("loaded above");
-                let mut rule = fault.spec.rule(seed, fault.rule_id, r.ifindex, r.cgroup_id);
-                rule.cgroup_level = r.cgroup_level;
-                let installed = instance.free_slot().and_then(|slot| {
-                    instance.install(slot, &rule, &peer_entries(&fault.spec, slot), plan.lease)?;
-                    Ok(slot)
-                });
-                match installed {
-                    Ok(slot) => active.push(ActiveRule {
-                        rule_id: fault.rule_id,
-                        fault: fault.spec.describe(),
-                        netns: r.netns.id,
-                        slot,
-                        peers: peer_entries(&fault.spec, slot),
-                        from_unix_ms: state::unix_ms(),
-                    }),
-                    Err(e) => {
-                        outcome =
-                            Err(e.context(format!("installing rule {} ({})", fault.rule_id, fault.spec.describe())));
-                        remove_rules(&mut instances, &active, observer);
-                        break 'steps;
-                    }
-                }
-            }
-        }
-        last_renew = Instant::now();
-        let now_ms = state::unix_ms();
-        run_state.rules = active
-            .iter()
-            .map(|a| RuleState {
-                rule_id: a.rule_id,
-                slot: a.slot,
-                netns_id: a.netns,
-                fault: a.fault.clone(),
-                started_unix_ms: now_ms,
-                ends_unix_ms: now_ms.saturating_add(step.duration.as_millis() as u64),
-            })
-            .collect();
-        run_state.renewed_unix_ms = now_ms;
-        record.write(&run_state)?;
-
-        let mut last_progress = Instant::now();
-        let mut cut_short: Option<String> = None;
-        while step_start.elapsed() < step.duration {
-            if interrupted.load(Ordering::Relaxed) {
+        let active = match running.install(step) {
+            Ok(active) => active,
+            Err(e) => {
+                outcome = Err(e);
                 break;
             }
-            std::thread::sleep(POLL.min(step.duration.saturating_sub(step_start.elapsed())));
-            if last_renew.elapsed() >= renew_every {
-                // A renewal later than the lease means the rules lapsed in between (the
-                // process was stopped or starved): the faults did not run their course.
-                let since = last_renew.elapsed();
-                if since > plan.lease {
-                    let lapsed_at = state::unix_ms().saturating_sub((since - plan.lease).as_millis() as u64);
-                    cut_short = Some(format!(
-                        "the leases lapsed at {}: chaos-ebpf did not run for {} (stopped or starved), longer than the {} lease, so the faults were off meanwhile",
-                        state::clock(lapsed_at),
-                        format_duration(since),
-                        format_duration(plan.lease)
-                    ));
-                }
-                if cut_short.is_none() {
-                    cut_short = check_in_place(&instances, &identities).err();
-                }
-                if cut_short.is_some() {
-                    break;
-                }
-                for a in &active {
-                    if let Err(e) = instances.get_mut(&a.netns).expect("loaded").renew(a.slot, plan.lease) {
-                        outcome = Err(e.context("renewing a lease"));
-                    }
-                }
-                last_renew = Instant::now();
-                run_state.renewed_unix_ms = state::unix_ms();
-                let _ = record.write(&run_state);
-            }
-            if progress_every.is_some_and(|every| last_progress.elapsed() >= every) {
-                let rules = active
-                    .iter()
-                    .filter_map(|a| Some((a.rule_id, instances[&a.netns].counters(a.slot).ok()?)))
-                    .collect();
-                observer.event(Event::Progress(Progress {
-                    elapsed: run_start.elapsed(),
-                    total: plan.total_duration(),
-                    step: &step.name,
-                    rules,
-                    probe: probe.map(|p| p.counts().since(probe_start.as_ref().unwrap())),
-                }));
-                last_progress = Instant::now();
-            }
-            if outcome.is_err() {
-                break;
-            }
-        }
-        if progress_every.is_some() {
-            observer.event(Event::ProgressEnd);
-        }
-        let completed = step_start.elapsed() >= step.duration && cut_short.is_none() && outcome.is_ok();
-        let ended = match (&cut_short, &outcome) {
-            (Some(reason), _) => reason.clone(),
-            (None, Err(e)) => format!("{e:#}"),
-            (None, Ok(())) if completed => "completed".into(),
-            _ => "interrupted".into(),
         };
-        let to_ms = state::unix_ms();
-        let rules = active
-            .iter()
-            .map(|a| RuleReport {
-                rule_id: a.rule_id,
-                fault: a.fault.clone(),
-                netns: instances[&a.netns].netns.path.display().to_string(),
-                counters: instances[&a.netns].counters(a.slot).unwrap_or_default(),
-                active_from_unix_ms: a.from_unix_ms,
-                active_to_unix_ms: to_ms,
-                ended: ended.clone(),
-                ran_its_course: completed,
-            })
-            .collect();
-        remove_rules(&mut instances, &active, observer);
-        let report = StepReport {
-            name: step.name.clone(),
-            seconds: step_start.elapsed().as_secs_f64(),
-            rules,
-            probe: probe.map(|p| p.counts().since(probe_start.as_ref().unwrap())),
-        };
-        observer.event(Event::Notice(format!("step {} {}", report.name, if completed { "done" } else { "cut short" })));
-        steps.push(report);
-        if let Some(reason) = cut_short {
+        let end = running.hold(step, active);
+        steps.push(end.report);
+        if let Some(reason) = end.cut_short {
             failed = Some(reason);
             break;
         }
-        if outcome.is_err() {
+        if let Err(e) = end.outcome {
+            outcome = Err(e);
             break;
         }
     }
@@ -506,6 +393,189 @@ pub fn run(
     };
     outcome?;
     Ok(report)
+}
+
+/// A run between its preparation and its revert: what the steps work on.
+struct Running<'a> {
+    plan: &'a Plan,
+    seed: u64,
+    resolved: &'a BTreeMap<String, Vec<Resolved>>,
+    identities: &'a [Identity],
+    instances: &'a mut BTreeMap<NetnsId, Instance>,
+    record: &'a RunRecord,
+    run_state: &'a mut RunState,
+    probe: Option<&'a dyn Probe>,
+    observer: &'a mut dyn Observer,
+    progress_every: Option<Duration>,
+    interrupted: &'static AtomicBool,
+    run_start: Instant,
+}
+
+/// How a step ended.
+struct StepEnd {
+    report: StepReport,
+    /// Why the faults could not run their course (the run failed).
+    cut_short: Option<String>,
+    /// An error while the rules were in force (renewing a lease, writing the ledger).
+    outcome: Result<()>,
+}
+
+impl Running<'_> {
+    /// Installs the rules of `step` on every target and records them in the ledger; on
+    /// an error, those already installed are removed again.
+    fn install(&mut self, step: &PlannedStep) -> Result<Vec<ActiveRule>> {
+        let mut active = Vec::new();
+        for fault in &step.faults {
+            for r in &self.resolved[&resolution_key(&fault.spec)] {
+                let instance = self.instances.get_mut(&r.netns.id).expect("loaded above");
+                let mut rule = fault.spec.rule(self.seed, fault.rule_id, r.ifindex, r.cgroup_id);
+                rule.cgroup_level = r.cgroup_level;
+                let installed = instance.free_slot().and_then(|slot| {
+                    instance.install(slot, &rule, &peer_entries(&fault.spec, slot), self.plan.lease)?;
+                    Ok(slot)
+                });
+                match installed {
+                    Ok(slot) => active.push(ActiveRule {
+                        rule_id: fault.rule_id,
+                        fault: fault.spec.describe(),
+                        netns: r.netns.id,
+                        slot,
+                        peers: peer_entries(&fault.spec, slot),
+                        from_unix_ms: state::unix_ms(),
+                    }),
+                    Err(e) => {
+                        remove_rules(self.instances, &active, self.observer);
+                        return Err(e.context(format!(
+                            "installing rule {} ({})",
+                            fault.rule_id,
+                            fault.spec.describe()
+                        )));
+                    }
+                }
+            }
+        }
+        let now_ms = state::unix_ms();
+        self.run_state.rules = active
+            .iter()
+            .map(|a| RuleState {
+                rule_id: a.rule_id,
+                slot: a.slot,
+                netns_id: a.netns,
+                fault: a.fault.clone(),
+                started_unix_ms: now_ms,
+                ends_unix_ms: now_ms.saturating_add(step.duration.as_millis() as u64),
+            })
+            .collect();
+        self.run_state.renewed_unix_ms = now_ms;
+        if let Err(e) = self.record.write(self.run_state) {
+            remove_rules(self.instances, &active, self.observer);
+            return Err(e);
+        }
+        Ok(active)
+    }
+
+    /// Keeps the step's rules in force for its duration (renewing their leases, checking
+    /// at every renewal that every attachment and target is still in place, reporting
+    /// progress), then removes them and reports the step.
+    fn hold(&mut self, step: &PlannedStep, active: Vec<ActiveRule>) -> StepEnd {
+        let plan = self.plan;
+        let renew_every = plan.lease / 3;
+        let step_start = Instant::now();
+        let probe_start = self.probe.map(|p| p.counts());
+        let probe_now = |probe: Option<&dyn Probe>| probe.map(|p| p.counts().since(probe_start.as_ref().unwrap()));
+        let mut last_renew = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut cut_short: Option<String> = None;
+        let mut outcome: Result<()> = Ok(());
+        while step_start.elapsed() < step.duration {
+            if self.interrupted.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(POLL.min(step.duration.saturating_sub(step_start.elapsed())));
+            if last_renew.elapsed() >= renew_every {
+                // A renewal later than the lease means the rules lapsed in between (the
+                // process was stopped or starved): the faults did not run their course.
+                let since = last_renew.elapsed();
+                if since > plan.lease {
+                    let lapsed_at = state::unix_ms().saturating_sub((since - plan.lease).as_millis() as u64);
+                    cut_short = Some(format!(
+                        "the leases lapsed at {}: chaos-ebpf did not run for {} (stopped or starved), longer than the {} lease, so the faults were off meanwhile",
+                        state::clock(lapsed_at),
+                        format_duration(since),
+                        format_duration(plan.lease)
+                    ));
+                }
+                if cut_short.is_none() {
+                    cut_short = check_in_place(self.instances, self.identities).err();
+                }
+                if cut_short.is_some() {
+                    break;
+                }
+                for a in &active {
+                    if let Err(e) = self.instances.get_mut(&a.netns).expect("loaded").renew(a.slot, plan.lease) {
+                        outcome = Err(e.context("renewing a lease"));
+                    }
+                }
+                last_renew = Instant::now();
+                self.run_state.renewed_unix_ms = state::unix_ms();
+                let _ = self.record.write(self.run_state);
+            }
+            if self.progress_every.is_some_and(|every| last_progress.elapsed() >= every) {
+                let rules = active
+                    .iter()
+                    .filter_map(|a| Some((a.rule_id, self.instances[&a.netns].counters(a.slot).ok()?)))
+                    .collect();
+                self.observer.event(Event::Progress(Progress {
+                    elapsed: self.run_start.elapsed(),
+                    total: plan.total_duration(),
+                    step: &step.name,
+                    rules,
+                    probe: probe_now(self.probe),
+                }));
+                last_progress = Instant::now();
+            }
+            if outcome.is_err() {
+                break;
+            }
+        }
+        if self.progress_every.is_some() {
+            self.observer.event(Event::ProgressEnd);
+        }
+        let completed = step_start.elapsed() >= step.duration && cut_short.is_none() && outcome.is_ok();
+        let ended = match (&cut_short, &outcome) {
+            (Some(reason), _) => reason.clone(),
+            (None, Err(e)) => format!("{e:#}"),
+            (None, Ok(())) if completed => "completed".into(),
+            _ => "interrupted".into(),
+        };
+        let to_ms = state::unix_ms();
+        let rules = active
+            .iter()
+            .map(|a| RuleReport {
+                rule_id: a.rule_id,
+                fault: a.fault.clone(),
+                netns: self.instances[&a.netns].netns.path.display().to_string(),
+                counters: self.instances[&a.netns].counters(a.slot).unwrap_or_default(),
+                active_from_unix_ms: a.from_unix_ms,
+                active_to_unix_ms: to_ms,
+                ended: ended.clone(),
+                ran_its_course: completed,
+            })
+            .collect();
+        remove_rules(self.instances, &active, self.observer);
+        let report = StepReport {
+            name: step.name.clone(),
+            seconds: step_start.elapsed().as_secs_f64(),
+            rules,
+            probe: probe_now(self.probe),
+        };
+        self.observer.event(Event::Notice(format!(
+            "step {} {}",
+            report.name,
+            if completed { "done" } else { "cut short" }
+        )));
+        StepEnd { report, cut_short, outcome }
+    }
 }
 
 /// Loads one instance per namespace on a worker thread, so that Ctrl-C acts at once even
