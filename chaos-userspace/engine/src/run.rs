@@ -349,6 +349,7 @@ pub fn run(
         observer,
         interrupted,
         run_start: Instant::now(),
+        last_renew: Instant::now(),
     };
     let mut steps = Vec::new();
     let mut outcome: Result<()> = Ok(());
@@ -409,6 +410,9 @@ struct Running<'a> {
     progress_every: Option<Duration>,
     interrupted: &'static AtomicBool,
     run_start: Instant,
+    /// When the leases were last set: by `install` before the ledger says the rules are
+    /// in force (from then on a stopped process lets them lapse), then by each renewal.
+    last_renew: Instant,
 }
 
 /// How a step ended.
@@ -454,6 +458,7 @@ impl Running<'_> {
                 }
             }
         }
+        self.last_renew = Instant::now();
         let now_ms = state::unix_ms();
         self.run_state.rules = active
             .iter()
@@ -483,7 +488,6 @@ impl Running<'_> {
         let step_start = Instant::now();
         let probe_start = self.probe.map(|p| p.counts());
         let probe_now = |probe: Option<&dyn Probe>| probe.map(|p| p.counts().since(probe_start.as_ref().unwrap()));
-        let mut last_renew = Instant::now();
         let mut last_progress = Instant::now();
         let mut cut_short: Option<String> = None;
         let mut outcome: Result<()> = Ok(());
@@ -492,10 +496,10 @@ impl Running<'_> {
                 break;
             }
             std::thread::sleep(POLL.min(step.duration.saturating_sub(step_start.elapsed())));
-            if last_renew.elapsed() >= renew_every {
+            if self.last_renew.elapsed() >= renew_every {
                 // A renewal later than the lease means the rules lapsed in between (the
                 // process was stopped or starved): the faults did not run their course.
-                let since = last_renew.elapsed();
+                let since = self.last_renew.elapsed();
                 if since > plan.lease {
                     let lapsed_at = state::unix_ms().saturating_sub((since - plan.lease).as_millis() as u64);
                     cut_short = Some(format!(
@@ -516,7 +520,7 @@ impl Running<'_> {
                         outcome = Err(e.context("renewing a lease"));
                     }
                 }
-                last_renew = Instant::now();
+                self.last_renew = Instant::now();
                 self.run_state.renewed_unix_ms = state::unix_ms();
                 let _ = self.record.write(self.run_state);
             }
