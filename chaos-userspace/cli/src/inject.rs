@@ -150,7 +150,7 @@ pub fn plan(fault: InjectFault) -> Result<(Plan, bool, Output)> {
     raw.direction = common.direction;
     raw.shadow = common.shadow;
     let spec = raw.validate().map_err(|e| {
-        let flag = match e.field {
+        let flag = match e.at.field {
             "burst" => "--burst-enter/--burst-exit/--burst-loss".to_owned(),
             field => format!("--{field}"),
         };
@@ -182,7 +182,7 @@ pub fn plan(fault: InjectFault) -> Result<(Plan, bool, Output)> {
         }],
     };
     plan.check_limits().map_err(|e| {
-        let flag = match e.field {
+        let flag = match e.at.field {
             "protect" => "--protect",
             "peers" => "--peer",
             "duration" => "--duration",

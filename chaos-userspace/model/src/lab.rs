@@ -4,6 +4,8 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::problem::Problem;
+
 /// Lab namespaces are named chaos-lab-<node>; `cleanup` removes leftovers by this prefix.
 pub const LAB_PREFIX: &str = "chaos-lab-";
 const MAX_NODES: u32 = 64;
@@ -26,39 +28,32 @@ pub struct TrafficSpec {
     pub rate: u32,
 }
 
-/// A problem with the `lab:` section: the field it is in (the scenario validator
-/// locates it) and the problem with its fix.
-pub struct LabError {
-    pub field: &'static str,
-    pub problem: String,
-    pub fix: String,
-}
-
 impl LabSpec {
-    pub fn validate(&self) -> Result<(), LabError> {
+    /// Checks the section; a problem names its field (`nodes`, `traffic`).
+    pub fn validate(&self) -> Result<(), Problem> {
         if !(2..=MAX_NODES).contains(&self.nodes) {
-            return Err(LabError {
-                field: "nodes",
-                problem: format!("{} nodes; the lab has 2..{MAX_NODES}", self.nodes),
-                fix: "set nodes: 2 or more".into(),
-            });
+            return Err(Problem::field(
+                "nodes",
+                format!("{} nodes; the lab has 2..{MAX_NODES}", self.nodes),
+                "set nodes: 2 or more",
+            ));
         }
         if let Some(t) = &self.traffic {
             for (field, node) in [("traffic", &t.from), ("traffic", &t.to)] {
                 if self.node_index(node).is_none() {
-                    return Err(LabError {
+                    return Err(Problem::field(
                         field,
-                        problem: format!("traffic names node '{node}', which the lab does not have"),
-                        fix: format!("use n1..n{}", self.nodes),
-                    });
+                        format!("traffic names node '{node}', which the lab does not have"),
+                        format!("use n1..n{}", self.nodes),
+                    ));
                 }
             }
             if t.from == t.to || !(1..=MAX_RATE).contains(&t.rate) {
-                return Err(LabError {
-                    field: "traffic",
-                    problem: "traffic needs two different nodes and a rate of 1..5000 per second".into(),
-                    fix: "e.g. traffic: {from: n1, to: n2, rate: 200}".into(),
-                });
+                return Err(Problem::field(
+                    "traffic",
+                    "traffic needs two different nodes and a rate of 1..5000 per second",
+                    "e.g. traffic: {from: n1, to: n2, rate: 200}",
+                ));
             }
         }
         Ok(())

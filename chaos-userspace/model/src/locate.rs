@@ -2,6 +2,7 @@
 //! (a probability above 1, an unknown target name) still say file:line:column; and
 //! bounding what a YAML document may cost before serde_yaml builds it.
 
+use crate::problem::Problem;
 use yaml_rust2::{
     parser::{Event, MarkedEventReceiver, Parser},
     scanner::Marker,
@@ -18,27 +19,16 @@ pub const MAX_DEPTH: usize = 64;
 /// stops them. The largest sample scenario has a few hundred nodes.
 pub const MAX_NODES: u64 = 250_000;
 
-/// Why a document was refused by `check_costs`, with the 1-based position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CostError {
-    pub line: usize,
-    pub column: usize,
-    pub problem: String,
-    pub fix: String,
-}
-
 /// Streams the document's events (yaml-rust2 parses without recursion) and refuses,
 /// at the first event that crosses a limit: nesting deeper than `MAX_DEPTH`, more than
 /// `MAX_NODES` nodes after alias expansion, an alias to the node that contains it, and
 /// any tag (`!foo`, `!!str`: scenario fields have fixed types, and serde_yaml would take
 /// an unknown tag for an enum variant). A syntax error is reported here too, so that no
 /// document reaches serde_yaml unchecked.
-pub fn check_costs(source: &str) -> Result<(), CostError> {
-    let error = |mark: Marker, problem: String, fix: &str| CostError {
-        line: mark.line().max(1),
-        column: mark.col() + 1,
-        problem,
-        fix: fix.into(),
+pub fn check_costs(source: &str) -> Result<(), Problem> {
+    // The position is 1-based; the caller names the file.
+    let error = |mark: Marker, problem: String, fix: &str| {
+        Problem::located("", mark.line().max(1), mark.col() + 1, problem, fix)
     };
     let mut parser = Parser::new_from_str(source);
     // Expanded size of each anchored node, by anchor id (ids are unique per document).

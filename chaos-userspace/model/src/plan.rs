@@ -118,17 +118,6 @@ pub struct Plan {
     pub steps: Vec<PlannedStep>,
 }
 
-/// A plan that asks for more than the kernel maps hold, found before anything is
-/// touched. `step` is the index of the offending step (None: the whole plan).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitError {
-    pub step: Option<usize>,
-    /// The scenario key the problem belongs to (`protect`, `peers`, `steps`, `fault`).
-    pub field: &'static str,
-    pub problem: String,
-    pub fix: String,
-}
-
 impl Plan {
     /// Sum of the step durations (saturating: plans are bounded by `check_limits`).
     pub fn total_duration(&self) -> Duration {
@@ -140,56 +129,56 @@ impl Plan {
     /// namespace it resolves to, `MAX_RULES` slots), peers of the faults active at once
     /// (one LPM trie of `MAX_PEERS` entries per namespace), and the total duration.
     /// `preflight` checks the same per namespace once targets resolve.
-    pub fn check_limits(&self) -> Result<(), LimitError> {
+    /// A plan that asks for more than the kernel maps hold, found before anything is
+    /// touched: a problem with a field (`protect`, `peers`, `duration`, `fault`) and the
+    /// step it is in.
+    pub fn check_limits(&self) -> Result<(), Problem> {
         if self.protect.len() > common::MAX_PROTECTED as usize {
-            return Err(LimitError {
-                step: None,
-                field: "protect",
-                problem: format!(
+            return Err(Problem::field(
+                "protect",
+                format!(
                     "{} protected port ranges (the 2 defaults tcp:22 and tcp:6443 count); at most {}",
                     self.protect.len(),
                     common::MAX_PROTECTED
                 ),
-                fix: "merge adjacent ranges (tcp:8000-8100), or drop the defaults with force".into(),
-            });
+                "merge adjacent ranges (tcp:8000-8100), or drop the defaults with force",
+            ));
         }
         let mut total = Duration::ZERO;
         for (i, step) in self.steps.iter().enumerate() {
-            total =
-                total.checked_add(step.duration).filter(|t| *t <= spec::MAX_DURATION).ok_or_else(|| LimitError {
-                    step: Some(i),
-                    field: "duration",
-                    problem: format!(
-                        "the steps up to '{}' last longer than the maximum of 7 days",
-                        shorten(&step.name, 40)
-                    ),
-                    fix: "shorten the steps; a run lasts at most 7d".into(),
-                })?;
+            total = total.checked_add(step.duration).filter(|t| *t <= spec::MAX_DURATION).ok_or_else(|| {
+                Problem::field(
+                    "duration",
+                    format!("the steps up to '{}' last longer than the maximum of 7 days", shorten(&step.name, 40)),
+                    "shorten the steps; a run lasts at most 7d",
+                )
+                .in_step(i)
+            })?;
             if step.faults.len() > common::MAX_RULES as usize {
-                return Err(LimitError {
-                    step: Some(i),
-                    field: "fault",
-                    problem: format!(
+                return Err(Problem::field(
+                    "fault",
+                    format!(
                         "step '{}' has {} faults at once; at most {} rules fit one network namespace",
                         shorten(&step.name, 40),
                         step.faults.len(),
                         common::MAX_RULES
                     ),
-                    fix: "spread the faults over more steps".into(),
-                });
+                    "spread the faults over more steps",
+                )
+                .in_step(i));
             }
             let peers: usize = step.faults.iter().map(|f| f.spec.peers.len()).sum();
             if peers > common::MAX_PEERS as usize {
-                return Err(LimitError {
-                    step: Some(i),
-                    field: "peers",
-                    problem: format!(
+                return Err(Problem::field(
+                    "peers",
+                    format!(
                         "step '{}' lists {peers} peers; at most {} fit one network namespace",
                         shorten(&step.name, 40),
                         common::MAX_PEERS
                     ),
-                    fix: "cover the peers with wider prefixes (192.0.2.0/24 instead of 256 addresses)".into(),
-                });
+                    "cover the peers with wider prefixes (192.0.2.0/24 instead of 256 addresses)",
+                )
+                .in_step(i));
             }
         }
         Ok(())

@@ -157,7 +157,7 @@ pub fn parse(file: &str, source: &str) -> Result<Plan, Problem> {
         ));
     }
     // Bounded first: serde_yaml would build deep or alias-bombed documents in full.
-    crate::locate::check_costs(source).map_err(|e| Problem::located(file, e.line, e.column, e.problem, e.fix))?;
+    crate::locate::check_costs(source).map_err(|e| e.in_file(file))?;
     let raw: RawScenario = serde_yaml::from_str(source).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = e.to_string();
@@ -168,9 +168,9 @@ pub fn parse(file: &str, source: &str) -> Result<Plan, Problem> {
     })?;
     let validator = Validator { file, source };
     let plan = validator.validate(raw)?;
-    plan.check_limits().map_err(|e| match e.step {
-        Some(i) => validator.error(&[Seg::Key("steps"), Seg::Index(i), Seg::Key(e.field)], e.problem, e.fix),
-        None => validator.error(&[Seg::Key(e.field)], e.problem, e.fix),
+    plan.check_limits().map_err(|e| match e.at.step {
+        Some(i) => validator.error(&[Seg::Key("steps"), Seg::Index(i), Seg::Key(e.at.field)], e.problem, e.fix),
+        None => validator.error(&[Seg::Key(e.at.field)], e.problem, e.fix),
     })?;
     Ok(plan)
 }
@@ -226,7 +226,7 @@ impl Validator<'_> {
             protect.push(self.parse_at(&[Seg::Key("protect"), Seg::Index(i)], text)?);
         }
         if let Some(lab) = &raw.lab {
-            lab.validate().map_err(|e| self.error(&[Seg::Key("lab"), Seg::Key(e.field)], e.problem, e.fix))?;
+            lab.validate().map_err(|e| self.error(&[Seg::Key("lab"), Seg::Key(e.at.field)], e.problem, e.fix))?;
         }
         let mut targets = BTreeMap::new();
         for (name, text) in &raw.targets {
@@ -338,9 +338,9 @@ impl Validator<'_> {
                         .transpose()?,
                 };
                 let fault = raw_fault.validate().map_err(|e| {
-                    let key = match e.field {
+                    let key = match e.at.field {
                         "fault" | "target" | "probability" | "burst" | "mode" | "proto" | "ports" | "direction" => {
-                            e.field
+                            e.at.field
                         }
                         _ => "fault",
                     };

@@ -553,33 +553,18 @@ pub struct RawFault {
     pub rate: Option<u64>,
 }
 
-/// A validation problem tied to one field; the caller turns `field` into a flag name or
-/// a file position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: &'static str,
-    pub problem: String,
-    pub fix: String,
-}
-
-impl FieldError {
-    fn new(field: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self { field, problem: problem.into(), fix: fix.into() }
-    }
-}
-
 impl RawFault {
     /// Checks the combination of fields; pure, touches nothing.
-    pub fn validate(&self) -> Result<FaultSpec, FieldError> {
+    pub fn validate(&self) -> Result<FaultSpec, Problem> {
         let kind = self
             .kind
-            .ok_or_else(|| FieldError::new("fault", "no fault given", format!("name one of: {}", FaultKind::NAMES)))?;
+            .ok_or_else(|| Problem::field("fault", "no fault given", format!("name one of: {}", FaultKind::NAMES)))?;
         let target = self.target.clone().ok_or_else(|| {
-            FieldError::new("target", "no target given", format!("add a target: {}", TargetSpec::KINDS))
+            Problem::field("target", "no target given", format!("add a target: {}", TargetSpec::KINDS))
         })?;
-        let only = |field: &'static str, set: bool, owner: &str| -> Result<(), FieldError> {
+        let only = |field: &'static str, set: bool, owner: &str| -> Result<(), Problem> {
             if set {
-                Err(FieldError::new(
+                Err(Problem::field(
                     field,
                     format!("'{field}' does not apply to a {} fault", kind.name()),
                     format!("remove it, or use it with a {owner} fault"),
@@ -605,7 +590,7 @@ impl RawFault {
         }
         let proto = self.proto.unwrap_or_default();
         if self.ports.is_some() && !matches!(proto, Proto::Tcp | Proto::Udp) {
-            return Err(FieldError::new("ports", "a port range needs a protocol with ports", "add proto tcp or udp"));
+            return Err(Problem::field("ports", "a port range needs a protocol with ports", "add proto tcp or udp"));
         }
         let egress_only = target.egress_only();
         let default_direction = if egress_only || kind.needs_fq() { Direction::Egress } else { Direction::Both };
@@ -617,16 +602,16 @@ impl RawFault {
         match kind {
             FaultKind::Loss => {
                 let p = self.probability.ok_or_else(|| {
-                    FieldError::new(
+                    Problem::field(
                         "probability",
                         "a loss fault needs a probability",
                         "add probability 0.3 (any value 0..1)",
                     )
                 })?;
-                probability = Some(check_probability(p).map_err(|e| FieldError::new("probability", e.problem, e.fix))?);
+                probability = Some(check_probability(p).map_err(|e| Problem::field("probability", e.problem, e.fix))?);
                 if burst_set {
                     let (Some(enter), Some(exit)) = (self.burst_enter, self.burst_exit) else {
-                        return Err(FieldError::new(
+                        return Err(Problem::field(
                             "burst",
                             "burst loss needs both an enter and an exit probability",
                             "give burst enter and exit (e.g. enter 0.01, exit 0.3); loss in the bad state defaults to 1",
@@ -634,7 +619,7 @@ impl RawFault {
                     };
                     let loss = self.burst_loss.unwrap_or(1.0);
                     for value in [enter, exit, loss] {
-                        check_probability(value).map_err(|e| FieldError::new("burst", e.problem, e.fix))?;
+                        check_probability(value).map_err(|e| Problem::field("burst", e.problem, e.fix))?;
                     }
                     burst = Some(Burst { enter, exit, loss });
                 }
@@ -645,7 +630,7 @@ impl RawFault {
                 match m {
                     PartitionMode::Both => {
                         if matches!(self.direction, Some(d) if d != Direction::Both) {
-                            return Err(FieldError::new(
+                            return Err(Problem::field(
                                 "direction",
                                 "a 'both' partition cuts both directions, so a direction contradicts it",
                                 "use mode oneway with the direction to cut, or drop the direction",
@@ -656,7 +641,7 @@ impl RawFault {
                     PartitionMode::Oneway => match self.direction {
                         Some(Direction::Egress) | Some(Direction::Ingress) => {}
                         _ => {
-                            return Err(FieldError::new(
+                            return Err(Problem::field(
                                 "direction",
                                 "a one-way partition needs the direction to cut",
                                 "add direction egress (the target cannot send) or ingress (it cannot receive)",
@@ -665,7 +650,7 @@ impl RawFault {
                     },
                     PartitionMode::New => {
                         if matches!(proto, Proto::Udp | Proto::Icmp) {
-                            return Err(FieldError::new(
+                            return Err(Problem::field(
                                 "proto",
                                 "'new connections only' applies to TCP; UDP and ICMP have no connections",
                                 "use proto tcp (or any), or mode both",
@@ -676,7 +661,7 @@ impl RawFault {
             }
             FaultKind::Delay => {
                 let d = self.delay.ok_or_else(|| {
-                    FieldError::new(
+                    Problem::field(
                         "delay",
                         "a delay fault needs a delay",
                         "add delay 100ms (and optionally jitter 10ms)",
@@ -691,7 +676,7 @@ impl RawFault {
                 let spread = if normal { j.saturating_mul(7) / 2 } else { j };
                 let longest = d.saturating_add(spread);
                 if longest > MAX_DELAY {
-                    return Err(FieldError::new(
+                    return Err(Problem::field(
                         "delay",
                         format!(
                             "delay {} plus jitter reaches {} (jitter adds up to {}{}), beyond the {}s that sch_fq holds packets",
@@ -705,7 +690,7 @@ impl RawFault {
                     ));
                 }
                 if d.is_zero() && j.is_zero() {
-                    return Err(FieldError::new("delay", "a delay of zero does nothing", "give a delay such as 100ms"));
+                    return Err(Problem::field("delay", "a delay of zero does nothing", "give a delay such as 100ms"));
                 }
                 delay = Some(d);
                 jitter = self.jitter;
@@ -713,12 +698,12 @@ impl RawFault {
             }
             FaultKind::Rate => {
                 rate = Some(
-                    self.rate.ok_or_else(|| FieldError::new("rate", "a rate fault needs a rate", "add rate 10mbit"))?,
+                    self.rate.ok_or_else(|| Problem::field("rate", "a rate fault needs a rate", "add rate 10mbit"))?,
                 );
             }
             FaultKind::Blackhole => {
                 if proto == Proto::Any {
-                    return Err(FieldError::new(
+                    return Err(Problem::field(
                         "proto",
                         "a blackhole drops one protocol (and port set); none was given",
                         "add proto udp and ports 443 (forces QUIC to fall back to TCP), or use a partition to cut everything",
@@ -727,14 +712,14 @@ impl RawFault {
             }
         }
         if kind.needs_fq() && direction == Direction::Both {
-            return Err(FieldError::new(
+            return Err(Problem::field(
                 "direction",
                 format!("a {} fault acts on one direction at a time", kind.name()),
                 "use direction egress (what the target sends) or ingress (what it receives, delayed on the far end of its veth); for both, run two faults",
             ));
         }
         if egress_only && direction != Direction::Egress {
-            return Err(FieldError::new(
+            return Err(Problem::field(
                 "direction",
                 format!(
                     "{target} can be faulted on egress only: at TC ingress the kernel has not yet \
@@ -908,27 +893,27 @@ mod tests {
     #[test]
     fn validates_combinations() {
         let mut r = raw(FaultKind::Loss, "netns:a");
-        assert_eq!(r.validate().unwrap_err().field, "probability");
+        assert_eq!(r.validate().unwrap_err().at.field, "probability");
         r.probability = Some(0.3);
         let spec = r.validate().unwrap();
         assert_eq!(spec.direction, Direction::Both);
 
         let mut r = raw(FaultKind::Partition, "netns:a");
         r.probability = Some(0.3);
-        assert_eq!(r.validate().unwrap_err().field, "probability");
+        assert_eq!(r.validate().unwrap_err().at.field, "probability");
 
         let mut r = raw(FaultKind::Partition, "netns:a");
         r.mode = Some(PartitionMode::Oneway);
-        assert_eq!(r.validate().unwrap_err().field, "direction");
+        assert_eq!(r.validate().unwrap_err().at.field, "direction");
         r.direction = Some(Direction::Ingress);
         assert!(r.validate().is_ok());
 
         let r = raw(FaultKind::Blackhole, "iface:veth0");
-        assert_eq!(r.validate().unwrap_err().field, "proto");
+        assert_eq!(r.validate().unwrap_err().at.field, "proto");
 
         // cgroup targets are egress-only; a 'both' partition cannot be done there.
         let r = raw(FaultKind::Partition, "cgroup:/x");
-        assert_eq!(r.validate().unwrap_err().field, "direction");
+        assert_eq!(r.validate().unwrap_err().at.field, "direction");
         let mut r = raw(FaultKind::Loss, "pid:1");
         r.probability = Some(0.1);
         assert_eq!(r.validate().unwrap().direction, Direction::Egress);
@@ -936,7 +921,7 @@ mod tests {
         let mut r = raw(FaultKind::Loss, "netns:a");
         r.probability = Some(0.1);
         r.ports = Some(PortRange { lo: 1, hi: 2 });
-        assert_eq!(r.validate().unwrap_err().field, "ports");
+        assert_eq!(r.validate().unwrap_err().at.field, "ports");
     }
 
     #[test]
@@ -947,7 +932,7 @@ mod tests {
         assert!(r.validate().is_ok(), "9 s + 1 s uniform is exactly the limit");
         r.jitter = Some(Duration::from_millis(1001));
         let e = r.validate().unwrap_err();
-        assert!(e.field == "delay" && e.problem.contains("10.001s"), "{e:?}");
+        assert!(e.at.field == "delay" && e.problem.contains("10.001s"), "{e:?}");
         r.jitter = Some(Duration::from_millis(400));
         r.distribution = Some(Distribution::Normal);
         let e = r.validate().unwrap_err();
@@ -971,13 +956,13 @@ mod tests {
     #[test]
     fn validates_delay_and_rate() {
         let mut r = raw(FaultKind::Delay, "netns:a");
-        assert_eq!(r.validate().unwrap_err().field, "delay");
+        assert_eq!(r.validate().unwrap_err().at.field, "delay");
         r.delay = Some(Duration::from_millis(100));
         let spec = r.validate().unwrap();
         assert_eq!(spec.direction, Direction::Egress, "delay defaults to egress");
         r.direction = Some(Direction::Both);
         let e = r.validate().unwrap_err();
-        assert!(e.field == "direction" && e.problem.contains("one direction"), "{e:?}");
+        assert!(e.at.field == "direction" && e.problem.contains("one direction"), "{e:?}");
         r.direction = Some(Direction::Ingress);
         let ingress = r.validate().unwrap();
         assert_eq!(ingress.direction, Direction::Ingress);
@@ -993,11 +978,11 @@ mod tests {
         assert_eq!(rule.directions, common::direction::EGRESS);
 
         let mut r = raw(FaultKind::Rate, "netns:a");
-        assert_eq!(r.validate().unwrap_err().field, "rate");
+        assert_eq!(r.validate().unwrap_err().at.field, "rate");
         r.rate = Some(parse_rate("10mbit").unwrap());
         assert_eq!(r.validate().unwrap().rule(1, 1, 0, 0).rate_bytes_per_sec, 1_250_000);
         r.delay = Some(Duration::from_millis(1));
-        assert_eq!(r.validate().unwrap_err().field, "delay");
+        assert_eq!(r.validate().unwrap_err().at.field, "delay");
         assert!(parse_rate("10mb").is_err());
         assert!(parse_rate("1bit").is_err());
         assert_eq!(parse_rate("1gbit").unwrap(), 125_000_000);
