@@ -89,42 +89,52 @@ fn exchange(message: RouteNetlinkMessage, flags: u16, expect: Expect) -> io::Res
         if len > datagram.len() {
             return Err(malformed(format!("a {len}-byte reply does not fit the {RECEIVE_BUFFER}-byte buffer")));
         }
-        let mut at = 0;
-        while at < datagram.len() {
-            let rest = &datagram[at..];
-            let buffer = NetlinkBuffer::new_checked(&rest).map_err(|e| malformed(e.to_string()))?;
-            let reply = NetlinkMessage::<RouteNetlinkMessage>::parse(&buffer).map_err(|e| malformed(e.to_string()))?;
-            // NLMSG_ALIGN: messages in a datagram start on 4-byte boundaries.
-            at += (reply.header.length as usize).next_multiple_of(4);
-            if reply.header.sequence_number != SEQUENCE {
-                continue;
-            }
-            match reply.payload {
-                NetlinkPayload::Error(error) => {
-                    return match error.code {
-                        Some(_) => Err(error.to_io()),
-                        None if expect == Expect::Ack => Ok(replies),
-                        None => Err(malformed("an acknowledgement where a reply was due".into())),
-                    }
-                }
-                NetlinkPayload::Done(done) => {
-                    return match done.code {
-                        // A dump that failed midway ends with the errno in NLMSG_DONE.
-                        code if code < 0 => Err(io::Error::from_raw_os_error(-code)),
-                        _ => Ok(replies),
-                    };
-                }
-                NetlinkPayload::InnerMessage(message) => {
-                    replies.push(Reply { message, payload: buffer.payload().to_vec() });
-                    if expect == Expect::One {
-                        return Ok(replies);
-                    }
-                }
-                _ => {}
-            }
+        if take_datagram(&datagram, expect, &mut replies)? {
+            return Ok(replies);
         }
     }
     Err(malformed(format!("no end after {MAX_DATAGRAMS} datagrams")))
+}
+
+/// Adds the replies in one datagram to `replies`; true once the kernel's last message
+/// for the request is in (NLMSG_DONE, the acknowledgement, or a get's reply). A refusal
+/// is the kernel's errno.
+fn take_datagram(datagram: &[u8], expect: Expect, replies: &mut Vec<Reply>) -> io::Result<bool> {
+    let mut at = 0;
+    while at < datagram.len() {
+        let rest = &datagram[at..];
+        let buffer = NetlinkBuffer::new_checked(&rest).map_err(|e| malformed(e.to_string()))?;
+        let reply = NetlinkMessage::<RouteNetlinkMessage>::parse(&buffer).map_err(|e| malformed(e.to_string()))?;
+        // NLMSG_ALIGN: messages in a datagram start on 4-byte boundaries.
+        at += (reply.header.length as usize).next_multiple_of(4);
+        if reply.header.sequence_number != SEQUENCE {
+            continue;
+        }
+        match reply.payload {
+            NetlinkPayload::Error(error) => {
+                return match error.code {
+                    Some(_) => Err(error.to_io()),
+                    None if expect == Expect::Ack => Ok(true),
+                    None => Err(malformed("an acknowledgement where a reply was due".into())),
+                }
+            }
+            NetlinkPayload::Done(done) => {
+                return match done.code {
+                    // A dump that failed midway ends with the errno in NLMSG_DONE.
+                    code if code < 0 => Err(io::Error::from_raw_os_error(-code)),
+                    _ => Ok(true),
+                };
+            }
+            NetlinkPayload::InnerMessage(message) => {
+                replies.push(Reply { message, payload: buffer.payload().to_vec() });
+                if expect == Expect::One {
+                    return Ok(true);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 fn malformed(what: String) -> io::Error {
@@ -415,4 +425,96 @@ pub fn set_up(ifindex: u32) -> io::Result<()> {
 /// far end with it).
 pub fn delete_link(ifindex: u32) -> io::Result<()> {
     acked(RouteNetlinkMessage::DelLink(link_message(ifindex, false)), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroI32;
+
+    use netlink_packet_core::{DoneMessage, ErrorMessage};
+
+    use super::*;
+
+    /// One datagram of kernel messages answering our request (its sequence number).
+    fn datagram(payloads: Vec<NetlinkPayload<RouteNetlinkMessage>>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for payload in payloads {
+            let mut header = NetlinkHeader::default();
+            header.sequence_number = SEQUENCE;
+            let mut message = NetlinkMessage::new(header, payload);
+            message.finalize();
+            let start = out.len();
+            out.resize(start + message.buffer_len(), 0);
+            message.serialize(&mut out[start..]);
+            out.resize(out.len().next_multiple_of(4), 0);
+        }
+        out
+    }
+
+    fn qdisc(ifindex: u32, kind: &str, options: &[u8]) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut message = tc_message(ifindex, TcHandle { major: 1, minor: 0 }, TcHandle::ROOT);
+        message.attributes.push(TcAttribute::Kind(kind.into()));
+        message.attributes.push(tc_raw::options_attribute(options));
+        RouteNetlinkMessage::NewQueueDiscipline(message).into()
+    }
+
+    fn refusal(errno: i32) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut error = ErrorMessage::default();
+        error.code = NonZeroI32::new(-errno);
+        NetlinkPayload::Error(error)
+    }
+
+    fn done(code: i32) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut done = DoneMessage::default();
+        done.code = code;
+        NetlinkPayload::Done(done)
+    }
+
+    #[test]
+    fn a_dump_reads_every_datagram_up_to_done() {
+        let mut replies = Vec::new();
+        let first = datagram(vec![qdisc(3, "mq", &[]), qdisc(4, "pfifo_fast", &[7; 20])]);
+        assert!(!take_datagram(&first, Expect::Dump, &mut replies).unwrap(), "no NLMSG_DONE yet");
+        let last = datagram(vec![qdisc(5, "fq_codel", &[]), done(0)]);
+        assert!(take_datagram(&last, Expect::Dump, &mut replies).unwrap());
+        let indexes: Vec<i32> = replies
+            .iter()
+            .map(|r| match &r.message {
+                RouteNetlinkMessage::NewQueueDiscipline(q) => q.header.index,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(indexes, [3, 4, 5]);
+        assert_eq!(tc_raw::options_of(&replies[1].payload), [7; 20]);
+    }
+
+    #[test]
+    fn the_kernels_refusal_keeps_its_errno() {
+        for (errno, expect) in [(libc::ENOENT, Expect::Ack), (libc::EEXIST, Expect::Ack), (libc::ENODEV, Expect::One)] {
+            let e = take_datagram(&datagram(vec![refusal(errno)]), expect, &mut Vec::new()).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(errno), "{e}");
+        }
+        // A dump that failed midway.
+        let e = take_datagram(&datagram(vec![qdisc(3, "mq", &[]), done(-libc::EINTR)]), Expect::Dump, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINTR));
+    }
+
+    #[test]
+    fn an_acknowledgement_ends_only_an_acked_request() {
+        let ack = datagram(vec![NetlinkPayload::Error(ErrorMessage::default())]);
+        assert!(take_datagram(&ack, Expect::Ack, &mut Vec::new()).unwrap());
+        let e = take_datagram(&ack, Expect::One, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_cut_message_is_an_error_not_a_panic() {
+        let whole = datagram(vec![qdisc(3, "pfifo_fast", &[7; 20]), done(0)]);
+        // Cut inside the header, inside the qdisc message, inside NLMSG_DONE.
+        for len in [1, 15, 16, 40, whole.len() - 1] {
+            let e = take_datagram(&whole[..len], Expect::Dump, &mut Vec::new()).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{len} bytes: {e}");
+        }
+    }
 }

@@ -152,6 +152,27 @@ mod tests {
     }
 
     #[test]
+    fn the_crates_own_options_of_an_untyped_kind_do_not_round_trip() {
+        // Why options are read raw: the crate keeps an untyped kind's TCA_OPTIONS as one
+        // attribute inside its options, so sending them back nests them once more.
+        use netlink_packet_core::{Nla, Parseable};
+        use netlink_packet_route::tc::TcMessage;
+        let raw: Vec<u8> = (1..=20).collect();
+        let attributes = [TcAttribute::Kind("pfifo_fast".into()), options_attribute(&raw)];
+        let mut payload = vec![0u8; TCMSG_LEN + attributes.as_slice().buffer_len()];
+        attributes.as_slice().emit(&mut payload[TCMSG_LEN..]);
+        let parsed = TcMessage::parse(payload.as_slice()).expect("a valid tcmsg");
+        let Some(TcAttribute::Options(options)) =
+            parsed.attributes.iter().find(|a| matches!(a, TcAttribute::Options(_)))
+        else {
+            panic!("no options in {parsed:?}")
+        };
+        let reencoded = TcAttribute::Options(options.clone());
+        assert_eq!(reencoded.value_len(), 4 + raw.len(), "one attribute header more than the kernel sent");
+        assert_eq!(options_of(&payload), raw);
+    }
+
+    #[test]
     fn clsact_handles_are_the_kernels() {
         assert_eq!(u32::from(TcHandle::CLSACT), 0xffff_fff1);
         assert_eq!(u32::from(CLSACT_HANDLE), 0xffff_0000);
