@@ -1,175 +1,180 @@
-//! The rtnetlink qdisc requests aya does not offer:
+//! The rtnetlink requests aya does not offer:
 //! - deleting the clsact qdisc the legacy (pre-TCX) attach path had to add, so a clean
-//!   exit leaves no qdisc behind (field notes: peers leave tc state after they exit);
-//! - reading the root qdisc of a device, installing sch_fq as root (delay and rate need
-//!   it to enforce departure times) and deleting it again, which brings back the
-//!   device's default qdisc.
+//!   exit leaves no qdisc behind (field notes: peers leave tc state after they exit),
+//!   and listing the filters on its hooks;
+//! - reading the qdiscs of a device, installing sch_fq (delay and rate need it to
+//!   enforce departure times) and deleting it again, which brings back the device's
+//!   default qdisc, or restoring the qdisc it replaced;
+//! - reading and setting what chaos-ebpf needs of a device (kind, GSO segment limit, far
+//!   end), creating and deleting the segmenter veth pair, namespace ids and routes.
 //!
-//! All requests act in the calling thread's network namespace.
+//! Messages are netlink-packet-route's types over netlink-sys's blocking socket; the
+//! TC attributes the crate does not type are raw attributes in [`tc_raw`]. Every call
+//! opens its own socket, and a netlink socket belongs to the namespace it was created
+//! in: all requests act in the calling thread's network namespace.
 
-use std::io;
+mod tc_raw;
 
-const NETLINK_ROUTE: i32 = 0;
-const RTM_NEWQDISC: u16 = 36;
-const RTM_DELQDISC: u16 = 37;
-const RTM_GETQDISC: u16 = 38;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 0x2;
-const NLMSG_DONE: u16 = 0x3;
-const TCA_KIND: u16 = 1;
-const TCA_OPTIONS: u16 = 2;
-const NLA_F_NESTED: u16 = 1 << 15;
-/// TC_H_CLSACT == TC_H_INGRESS: parent ffff:fff1, handle ffff:0000.
-const TC_H_CLSACT: u32 = 0xffff_fff1;
-const CLSACT_HANDLE: u32 = 0xffff_0000;
-/// Filter parents of the clsact hooks: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS/EGRESS).
-const TC_H_CLSACT_INGRESS: u32 = 0xffff_fff2;
-const TC_H_CLSACT_EGRESS: u32 = 0xffff_fff3;
-const RTM_NEWTFILTER: u16 = 44;
-const RTM_GETTFILTER: u16 = 46;
+use std::{io, net::IpAddr};
 
-// sch_fq options (include/uapi/linux/pkt_sched.h).
-const TCA_FQ_PLIMIT: u16 = 1;
-const TCA_FQ_FLOW_PLIMIT: u16 = 2;
-const TCA_FQ_HORIZON: u16 = 14;
-const TCA_FQ_HORIZON_DROP: u16 = 15;
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    link::{self, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
+    nsid::{NsidAttribute, NsidMessage},
+    route::{RouteAttribute, RouteMessage},
+    tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
+    AddressFamily, RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-    let len = 4 + payload.len();
-    let mut out = Vec::with_capacity((len + 3) & !3);
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize((len + 3) & !3, 0);
-    out
+pub use tc_raw::{fq_limits, fq_options};
+
+/// The sequence number of every request (one request per socket).
+const SEQUENCE: u32 = 1;
+/// Datagrams read for one request at most: a dump sends one per batch of objects (up to
+/// 32 KiB each), so this bounds the loop far above any namespace's qdiscs or filters.
+const MAX_DATAGRAMS: usize = 10_000;
+/// Larger than any datagram the kernel sends (it caps dump batches at 32 KiB).
+const RECEIVE_BUFFER: usize = 64 * 1024;
+
+/// What a request expects back before the kernel's closing message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// NLM_F_ACK: nothing but the NLMSG_ERROR carrying the verdict (0 = done).
+    Ack,
+    /// A get: one reply (or an NLMSG_ERROR refusal).
+    One,
+    /// NLM_F_DUMP: replies up to NLMSG_DONE, possibly over many datagrams.
+    Dump,
 }
 
-fn message(kind: u16, flags: u16, ifindex: u32, handle: u32, parent: u32, attrs: &[u8]) -> Vec<u8> {
-    let total = 16 + 20 + attrs.len();
-    let mut msg = Vec::with_capacity(total);
-    msg.extend_from_slice(&(total as u32).to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(&flags.to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-    msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    msg.extend_from_slice(&handle.to_ne_bytes());
-    msg.extend_from_slice(&parent.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(attrs);
-    msg
+/// A reply, with its payload as the kernel sent it for what is read raw.
+struct Reply {
+    message: RouteNetlinkMessage,
+    payload: Vec<u8>,
 }
 
-struct Socket(i32);
+/// Sends `message` on a new rtnetlink socket of the calling thread's namespace and reads
+/// the kernel's replies. A refusal comes back as the kernel's errno
+/// (`io::Error::raw_os_error`: ENOENT, ENODEV, EEXIST, ...).
+fn exchange(message: RouteNetlinkMessage, flags: u16, expect: Expect) -> io::Result<Vec<Reply>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    // Port 0: only the kernel's messages reach this socket.
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST
+        | flags
+        | match expect {
+            Expect::Ack => NLM_F_ACK,
+            Expect::One => 0,
+            Expect::Dump => NLM_F_DUMP,
+        };
+    header.sequence_number = SEQUENCE;
+    let mut request = NetlinkMessage::new(header, NetlinkPayload::from(message));
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0)?;
 
-impl Socket {
-    fn open() -> io::Result<Socket> {
-        // SAFETY: plain socket call.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_ROUTE) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+    let mut replies = Vec::new();
+    let mut datagram = Vec::with_capacity(RECEIVE_BUFFER);
+    for _ in 0..MAX_DATAGRAMS {
+        datagram.clear();
+        // MSG_TRUNC: the datagram's full length comes back even when it was cut.
+        let len = socket.recv(&mut datagram, libc::MSG_TRUNC)?;
+        if len > datagram.len() {
+            return Err(malformed(format!("a {len}-byte reply does not fit the {RECEIVE_BUFFER}-byte buffer")));
         }
-        Ok(Socket(fd))
-    }
-
-    fn send(&self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: a buffer that outlives the call.
-        if unsafe { libc::send(self.0, msg.as_ptr().cast(), msg.len(), 0) } < 0 {
-            return Err(io::Error::last_os_error());
+        if take_datagram(&datagram, expect, &mut replies)? {
+            return Ok(replies);
         }
-        Ok(())
     }
-
-    fn recv(&self) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; 65536];
-        // SAFETY: as above.
-        let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        buf.truncate(n as usize);
-        Ok(buf)
-    }
-
-    /// Sends a request with NLM_F_ACK and returns the kernel's errno (0 = success).
-    fn request(&self, msg: &[u8]) -> io::Result<i32> {
-        self.send(msg)?;
-        let reply = self.recv()?;
-        if reply.len() < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != NLMSG_ERROR {
-            return Err(io::Error::other("unexpected netlink reply"));
-        }
-        Ok(-i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]))
-    }
+    Err(malformed(format!("no end after {MAX_DATAGRAMS} datagrams")))
 }
 
-impl Drop for Socket {
-    fn drop(&mut self) {
-        // SAFETY: our fd.
-        unsafe { libc::close(self.0) };
+/// Adds the replies in one datagram to `replies`; true once the kernel's last message
+/// for the request is in (NLMSG_DONE, the acknowledgement, or a get's reply). A refusal
+/// is the kernel's errno.
+fn take_datagram(datagram: &[u8], expect: Expect, replies: &mut Vec<Reply>) -> io::Result<bool> {
+    let mut at = 0;
+    while at < datagram.len() {
+        let rest = &datagram[at..];
+        let buffer = NetlinkBuffer::new_checked(&rest).map_err(|e| malformed(e.to_string()))?;
+        let reply = NetlinkMessage::<RouteNetlinkMessage>::parse(&buffer).map_err(|e| malformed(e.to_string()))?;
+        // NLMSG_ALIGN: messages in a datagram start on 4-byte boundaries.
+        at += (reply.header.length as usize).next_multiple_of(4);
+        if reply.header.sequence_number != SEQUENCE {
+            continue;
+        }
+        match reply.payload {
+            NetlinkPayload::Error(error) => {
+                return match error.code {
+                    Some(_) => Err(error.to_io()),
+                    None if expect == Expect::Ack => Ok(true),
+                    None => Err(malformed("an acknowledgement where a reply was due".into())),
+                }
+            }
+            NetlinkPayload::Done(done) => {
+                return match done.code {
+                    // A dump that failed midway ends with the errno in NLMSG_DONE.
+                    code if code < 0 => Err(io::Error::from_raw_os_error(-code)),
+                    _ => Ok(true),
+                };
+            }
+            NetlinkPayload::InnerMessage(message) => {
+                replies.push(Reply { message, payload: buffer.payload().to_vec() });
+                if expect == Expect::One {
+                    return Ok(true);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
+}
+
+fn malformed(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("unexpected rtnetlink reply: {what}"))
+}
+
+fn acked(message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    exchange(message, flags, Expect::Ack).map(drop)
+}
+
+fn get(message: RouteNetlinkMessage) -> io::Result<RouteNetlinkMessage> {
+    exchange(message, 0, Expect::One)?.pop().map(|reply| reply.message).ok_or_else(|| malformed("no reply".into()))
+}
+
+fn dump(message: RouteNetlinkMessage) -> io::Result<Vec<Reply>> {
+    exchange(message, 0, Expect::Dump)
+}
+
+/// A struct tcmsg for `ifindex` with raw handle and parent.
+fn tc_message(ifindex: u32, handle: TcHandle, parent: TcHandle) -> TcMessage {
+    let mut message = TcMessage::with_index(ifindex as i32);
+    message.header.handle = handle;
+    message.header.parent = parent;
+    message
+}
+
+/// `Ok(false)` for the errors of deleting a qdisc that is not there.
+fn deleted(result: io::Result<()>) -> io::Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
 /// Deletes the clsact qdisc of `ifindex`. `Ok(false)` when there was none.
 pub fn delete_clsact(ifindex: u32) -> io::Result<bool> {
-    let msg = message(
-        RTM_DELQDISC,
-        NLM_F_REQUEST | NLM_F_ACK,
-        ifindex,
-        CLSACT_HANDLE,
-        TC_H_CLSACT,
-        &attr(TCA_KIND, b"clsact\0"),
-    );
-    match Socket::open()?.request(&msg)? {
-        0 => Ok(true),
-        libc::ENOENT | libc::EINVAL => Ok(false),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
-}
-
-/// Sends a dump request and returns the bodies (after the netlink header) of the
-/// replies of type `want`.
-fn dump(request: &[u8], want: u16) -> io::Result<Vec<Vec<u8>>> {
-    let socket = Socket::open()?;
-    socket.send(request)?;
-    let mut bodies = Vec::new();
-    // A dump is a series of datagrams ending with NLMSG_DONE; bounded by the number of
-    // objects in the namespace.
-    for _ in 0..10_000 {
-        let buf = socket.recv()?;
-        let mut at = 0;
-        while at + 16 <= buf.len() {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-            if len < 16 || at + len > buf.len() {
-                return Err(io::Error::other("malformed netlink dump"));
-            }
-            match kind {
-                NLMSG_DONE => return Ok(bodies),
-                NLMSG_ERROR => {
-                    let errno = -i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap());
-                    return Err(io::Error::from_raw_os_error(errno));
-                }
-                k if k == want && len >= 36 => bodies.push(buf[at + 16..at + len].to_vec()),
-                _ => {}
-            }
-            at += (len + 3) & !3;
-        }
-    }
-    Err(io::Error::other("netlink dump did not end"))
-}
-
-/// (ifindex, handle, parent) of a tcmsg body.
-fn tcmsg_ids(body: &[u8]) -> (u32, u32, u32) {
-    (
-        i32::from_ne_bytes(body[4..8].try_into().unwrap()) as u32,
-        u32::from_ne_bytes(body[8..12].try_into().unwrap()),
-        u32::from_ne_bytes(body[12..16].try_into().unwrap()),
-    )
+    let mut message = tc_message(ifindex, tc_raw::CLSACT_HANDLE, TcHandle::CLSACT);
+    message.attributes.push(TcAttribute::Kind("clsact".into()));
+    deleted(acked(RouteNetlinkMessage::DelQueueDiscipline(message), 0))
 }
 
 /// A qdisc of a device, with its options as the kernel dumps them (for the kinds
@@ -183,62 +188,47 @@ pub struct Qdisc {
     pub options: Vec<u8>,
 }
 
+fn kind_of(attributes: &[TcAttribute]) -> String {
+    attributes
+        .iter()
+        .find_map(|a| match a {
+            TcAttribute::Kind(kind) => Some(kind.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// Every qdisc of `ifindex` (root, per-queue children under mq, clsact).
 pub fn qdiscs(ifindex: u32) -> io::Result<Vec<Qdisc>> {
-    let bodies = dump(&message(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, 0, &[]), RTM_NEWQDISC)?;
-    let mut out = Vec::new();
-    for body in bodies {
-        let (index, handle, parent) = tcmsg_ids(&body);
-        if index != ifindex {
-            continue;
-        }
-        let mut kind = String::new();
-        let mut options = Vec::new();
-        for (atype, value) in attrs(&body, 20) {
-            match atype {
-                TCA_KIND => {
-                    let name = value.split(|b| *b == 0).next().unwrap_or_default();
-                    kind = String::from_utf8_lossy(name).into_owned();
-                }
-                TCA_OPTIONS => options = value.to_vec(),
-                _ => {}
-            }
-        }
-        out.push(Qdisc { handle, parent, kind, options });
-    }
-    Ok(out)
+    let replies = dump(RouteNetlinkMessage::GetQueueDiscipline(TcMessage::with_index(ifindex as i32)))?;
+    Ok(replies
+        .into_iter()
+        .filter_map(|reply| match reply.message {
+            // The kernel dumps the qdiscs of every device.
+            RouteNetlinkMessage::NewQueueDiscipline(q) if q.header.index as u32 == ifindex => Some(Qdisc {
+                handle: q.header.handle.into(),
+                parent: q.header.parent.into(),
+                kind: kind_of(&q.attributes),
+                options: tc_raw::options_of(&reply.payload),
+            }),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Creates or replaces the qdisc at `parent` of `ifindex` with `kind` and raw options.
 pub fn replace_qdisc(ifindex: u32, parent: u32, handle: u32, kind: &str, options: &[u8]) -> io::Result<()> {
-    let mut name = kind.as_bytes().to_vec();
-    name.push(0);
-    let mut attrs = attr(TCA_KIND, &name);
+    let mut message = tc_message(ifindex, handle.into(), parent.into());
+    message.attributes.push(TcAttribute::Kind(kind.into()));
     if !options.is_empty() {
-        attrs.extend(attr(TCA_OPTIONS | NLA_F_NESTED, options));
+        message.attributes.push(tc_raw::options_attribute(options));
     }
-    let msg = message(
-        RTM_NEWQDISC,
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-        ifindex,
-        handle,
-        parent,
-        &attrs,
-    );
-    match Socket::open()?.request(&msg)? {
-        0 => Ok(()),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
+    acked(RouteNetlinkMessage::NewQueueDiscipline(message), NLM_F_CREATE | NLM_F_REPLACE)
 }
 
 /// Deletes the qdisc at `parent` of `ifindex`. `Ok(false)` when there was none.
 pub fn delete_qdisc(ifindex: u32, parent: u32, handle: u32) -> io::Result<bool> {
-    let msg = message(RTM_DELQDISC, NLM_F_REQUEST | NLM_F_ACK, ifindex, handle, parent, &[]);
-    match Socket::open()?.request(&msg)? {
-        0 => Ok(true),
-        libc::ENOENT | libc::EINVAL => Ok(false),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
+    deleted(acked(RouteNetlinkMessage::DelQueueDiscipline(tc_message(ifindex, handle.into(), parent.into())), 0))
 }
 
 /// The sch_fq options chaos-ebpf checks on a qdisc it did not create.
@@ -248,30 +238,6 @@ pub struct FqLimits {
     pub flow_limit: Option<u32>,
     pub horizon_us: Option<u32>,
     pub horizon_drop: Option<u8>,
-}
-
-pub fn fq_limits(options: &[u8]) -> FqLimits {
-    let mut limits = FqLimits::default();
-    for (atype, value) in attrs(options, 0) {
-        let word = value.get(..4).map(|v| u32::from_ne_bytes(v.try_into().unwrap()));
-        match atype {
-            TCA_FQ_PLIMIT => limits.limit = word,
-            TCA_FQ_FLOW_PLIMIT => limits.flow_limit = word,
-            TCA_FQ_HORIZON => limits.horizon_us = word,
-            TCA_FQ_HORIZON_DROP => limits.horizon_drop = value.first().copied(),
-            _ => {}
-        }
-    }
-    limits
-}
-
-/// The raw sch_fq options chaos-ebpf installs.
-pub fn fq_options(settings: &FqSettings) -> Vec<u8> {
-    let mut options = attr(TCA_FQ_PLIMIT, &settings.limit.to_ne_bytes());
-    options.extend(attr(TCA_FQ_FLOW_PLIMIT, &settings.flow_limit.to_ne_bytes()));
-    options.extend(attr(TCA_FQ_HORIZON, &settings.horizon_us.to_ne_bytes()));
-    options.extend(attr(TCA_FQ_HORIZON_DROP, &[1]));
-    options
 }
 
 /// A TC filter on a clsact hook: enough to tell whose it is and to delete it.
@@ -284,42 +250,33 @@ pub struct Filter {
     pub program_name: Option<String>,
 }
 
-const TCA_BPF_NAME: u16 = 7;
-const TCA_BPF_ID: u16 = 11;
-
 /// Filters on the ingress or egress hook of the clsact qdisc of `ifindex` (empty when
 /// there is no clsact qdisc).
 pub fn clsact_filters(ifindex: u32, ingress: bool) -> io::Result<Vec<Filter>> {
-    let hook = if ingress { TC_H_CLSACT_INGRESS } else { TC_H_CLSACT_EGRESS };
-    let bodies = match dump(&message(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, ifindex, 0, hook, &[]), RTM_NEWTFILTER)
-    {
-        Ok(bodies) => bodies,
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => return Ok(Vec::new()),
+    let request = tc_message(ifindex, TcHandle::UNSPEC, tc_raw::clsact_hook(ingress));
+    let replies = match dump(RouteNetlinkMessage::GetTrafficFilter(request)) {
+        Ok(replies) => replies,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    for body in bodies {
-        let (index, handle, _) = tcmsg_ids(&body);
-        // tcm_info holds the priority in its upper 16 bits; a chain's head entry has
-        // handle 0 and no program.
-        let info = u32::from_ne_bytes(body[16..20].try_into().unwrap());
-        if index != ifindex || handle == 0 {
+    for reply in replies {
+        let RouteNetlinkMessage::NewTrafficFilter(f) = reply.message else { continue };
+        let handle = u32::from(f.header.handle);
+        // A chain's head entry has handle 0 and no program.
+        if f.header.index as u32 != ifindex || handle == 0 {
             continue;
         }
-        let mut filter = Filter { priority: (info >> 16) as u16, handle, program_id: None, program_name: None };
-        for (atype, value) in attrs(&body, 20) {
-            if atype == TCA_OPTIONS {
-                for (otype, ovalue) in attrs(value, 0) {
-                    match otype {
-                        TCA_BPF_ID if ovalue.len() >= 4 => {
-                            filter.program_id = Some(u32::from_ne_bytes(ovalue[..4].try_into().unwrap()))
-                        }
-                        TCA_BPF_NAME => {
-                            let name = ovalue.split(|b| *b == 0).next().unwrap_or_default();
-                            filter.program_name = Some(String::from_utf8_lossy(name).into_owned());
-                        }
-                        _ => {}
-                    }
+        // tcm_info holds the priority in its upper 16 bits (the protocol below).
+        let mut filter =
+            Filter { priority: (f.header.info >> 16) as u16, handle, program_id: None, program_name: None };
+        for attribute in &f.attributes {
+            let TcAttribute::Options(options) = attribute else { continue };
+            for option in options {
+                match option {
+                    TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => filter.program_id = Some(*id),
+                    TcOption::Bpf(TcFilterBpfOption::ProgName(name)) => filter.program_name = Some(name.clone()),
+                    _ => {}
                 }
             }
         }
@@ -343,63 +300,6 @@ pub struct FqSettings {
     pub horizon_us: u32,
 }
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-const RTM_NEWNSID: u16 = 88;
-const RTM_GETNSID: u16 = 90;
-const IFLA_LINK: u16 = 5;
-const IFLA_LINK_NETNSID: u16 = 37;
-const NETNSA_NSID: u16 = 1;
-const NETNSA_FD: u16 = 3;
-
-fn attrs(body: &[u8], from: usize) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut a = from;
-    while a + 4 <= body.len() {
-        let alen = u16::from_ne_bytes([body[a], body[a + 1]]) as usize;
-        let atype = u16::from_ne_bytes([body[a + 2], body[a + 3]]) & 0x3fff;
-        if alen < 4 || a + alen > body.len() {
-            break;
-        }
-        out.push((atype, &body[a + 4..a + alen]));
-        a += (alen + 3) & !3;
-    }
-    out
-}
-
-fn request_reply(msg: &[u8], want: u16) -> io::Result<Vec<u8>> {
-    let socket = Socket::open()?;
-    socket.send(msg)?;
-    let reply = socket.recv()?;
-    if reply.len() < 16 {
-        return Err(io::Error::other("short netlink reply"));
-    }
-    let kind = u16::from_ne_bytes([reply[4], reply[5]]);
-    if kind == NLMSG_ERROR {
-        let errno = -i32::from_ne_bytes(reply[16..20].try_into().unwrap());
-        return Err(io::Error::from_raw_os_error(errno));
-    }
-    if kind != want {
-        return Err(io::Error::other("unexpected netlink reply"));
-    }
-    Ok(reply[16..].to_vec())
-}
-
-fn header(kind: u16, total: usize) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(total);
-    msg.extend_from_slice(&(total as u32).to_ne_bytes());
-    msg.extend_from_slice(&kind.to_ne_bytes());
-    msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg
-}
-
-const IFLA_GSO_MAX_SEGS: u16 = 40;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_INFO_KIND: u16 = 1;
-const RTM_SETLINK: u16 = 19;
-
 /// What chaos-ebpf reads of a device: its kind (veth, macvlan, ...; None for physical
 /// devices), its GSO segment limit, and its far end.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -410,28 +310,34 @@ pub struct LinkInfo {
     pub link: Option<(u32, Option<i32>)>,
 }
 
+/// A struct ifinfomsg for `ifindex` (0: a new device), up (IFF_UP set and changed) or
+/// with its flags untouched.
+fn link_message(ifindex: u32, up: bool) -> LinkMessage {
+    let mut message = LinkMessage::default();
+    message.header.index = ifindex;
+    if up {
+        message.header.flags = LinkFlags::Up;
+        message.header.change_mask = LinkFlags::Up;
+    }
+    message
+}
+
 pub fn link_info(ifindex: u32) -> io::Result<LinkInfo> {
-    let mut msg = header(RTM_GETLINK, 16 + 16);
-    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-    msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    let body = request_reply(&msg, RTM_NEWLINK)?;
+    let RouteNetlinkMessage::NewLink(reply) = get(RouteNetlinkMessage::GetLink(link_message(ifindex, false)))? else {
+        return Err(malformed("RTM_GETLINK answered with another message".into()));
+    };
     let mut info = LinkInfo::default();
     let mut peer = None;
     let mut nsid = None;
-    for (kind, value) in attrs(&body, 16) {
-        match kind {
-            IFLA_LINK if value.len() >= 4 => peer = Some(u32::from_ne_bytes(value[..4].try_into().unwrap())),
-            IFLA_LINK_NETNSID if value.len() >= 4 => nsid = Some(i32::from_ne_bytes(value[..4].try_into().unwrap())),
-            IFLA_GSO_MAX_SEGS if value.len() >= 4 => {
-                info.gso_max_segs = Some(u32::from_ne_bytes(value[..4].try_into().unwrap()))
-            }
-            IFLA_LINKINFO => {
-                for (ikind, ivalue) in attrs(value, 0) {
-                    if ikind == IFLA_INFO_KIND {
-                        let name = ivalue.split(|b| *b == 0).next().unwrap_or_default();
-                        info.kind = Some(String::from_utf8_lossy(name).into_owned());
+    for attribute in reply.attributes {
+        match attribute {
+            LinkAttribute::Link(index) => peer = Some(index),
+            LinkAttribute::LinkNetNsId(id) => nsid = Some(id),
+            LinkAttribute::GsoMaxSegs(segs) => info.gso_max_segs = Some(segs),
+            LinkAttribute::LinkInfo(infos) => {
+                for item in infos {
+                    if let link::LinkInfo::Kind(kind) = item {
+                        info.kind = Some(kind.to_string());
                     }
                 }
             }
@@ -447,84 +353,46 @@ pub fn link_info(ifindex: u32) -> io::Result<LinkInfo> {
 /// Sets the most segments one GSO packet may carry on `ifindex` (1: the stack hands the
 /// device, and the TC hooks before it, one wire packet per skb).
 pub fn set_gso_max_segs(ifindex: u32, segs: u32) -> io::Result<()> {
-    let mut msg = header(RTM_SETLINK, 16 + 16 + 8);
-    // NLM_F_ACK, so the kernel's verdict comes back.
-    msg[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-    msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend(attr(IFLA_GSO_MAX_SEGS, &segs.to_ne_bytes()));
-    match Socket::open()?.request(&msg)? {
-        0 => Ok(()),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
+    let mut message = link_message(ifindex, false);
+    message.attributes.push(LinkAttribute::GsoMaxSegs(segs));
+    acked(RouteNetlinkMessage::SetLink(message), 0)
 }
 
 /// The id the calling thread's namespace gives the namespace open at `fd` (negative
 /// when it has none).
 pub fn nsid_of(fd: i32) -> io::Result<i32> {
-    let mut msg = header(RTM_GETNSID, 16 + 4 + 8);
-    msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-    msg.extend(attr(NETNSA_FD, &(fd as u32).to_ne_bytes()));
-    let body = request_reply(&msg, RTM_NEWNSID)?;
-    for (kind, value) in attrs(&body, 4) {
-        if kind == NETNSA_NSID && value.len() >= 4 {
-            return Ok(i32::from_ne_bytes(value[..4].try_into().unwrap()));
-        }
-    }
-    Err(io::Error::other("RTM_GETNSID reply without an id"))
+    let mut request = NsidMessage::default();
+    request.attributes.push(NsidAttribute::Fd(fd as u32));
+    let RouteNetlinkMessage::NewNsId(reply) = get(RouteNetlinkMessage::GetNsId(request))? else {
+        return Err(malformed("RTM_GETNSID answered with another message".into()));
+    };
+    reply
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            NsidAttribute::Id(id) => Some(*id),
+            _ => None,
+        })
+        .ok_or_else(|| malformed("RTM_GETNSID reply without an id".into()))
 }
-
-const RTM_NEWROUTE: u16 = 24;
-const RTM_GETROUTE: u16 = 26;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
 
 /// The interface the calling thread's namespace routes `dst` through (`ip route get`);
 /// None when it has no route there.
-pub fn route_oif(dst: std::net::IpAddr) -> io::Result<Option<u32>> {
-    let (family, bytes, bits) = match dst {
-        std::net::IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec(), 32u8),
-        std::net::IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec(), 128u8),
+pub fn route_oif(dst: IpAddr) -> io::Result<Option<u32>> {
+    let mut request = RouteMessage::default();
+    (request.header.address_family, request.header.destination_prefix_length) = match dst {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
     };
-    let dst_attr = attr(RTA_DST, &bytes);
-    let mut msg = header(RTM_GETROUTE, 16 + 12 + dst_attr.len());
-    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
-    msg.extend_from_slice(&[family, bits, 0, 0, 0, 0, 0, 0]);
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend(dst_attr);
-    match request_reply(&msg, RTM_NEWROUTE) {
-        Ok(body) => Ok(attrs(&body, 12)
-            .into_iter()
-            .find(|(kind, value)| *kind == RTA_OIF && value.len() >= 4)
-            .map(|(_, value)| u32::from_ne_bytes(value[..4].try_into().unwrap()))),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENETUNREACH) | Some(libc::EHOSTUNREACH)) => Ok(None),
+    request.attributes.push(RouteAttribute::Destination(dst.into()));
+    match get(RouteNetlinkMessage::GetRoute(request)) {
+        Ok(RouteNetlinkMessage::NewRoute(reply)) => Ok(reply.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(oif) => Some(*oif),
+            _ => None,
+        })),
+        Ok(_) => Err(malformed("RTM_GETROUTE answered with another message".into())),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENETUNREACH | libc::EHOSTUNREACH)) => Ok(None),
         Err(e) => Err(e),
-    }
-}
-
-const RTM_DELLINK: u16 = 17;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_INFO_DATA: u16 = 2;
-const VETH_INFO_PEER: u16 = 1;
-const NLM_F_EXCL: u16 = 0x200;
-
-/// struct ifinfomsg for `ifindex`, up (IFF_UP set and changed) or with flags untouched.
-fn ifinfomsg(ifindex: u32, up: bool) -> Vec<u8> {
-    let mut out = vec![libc::AF_UNSPEC as u8, 0, 0, 0];
-    out.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    let flags = if up { libc::IFF_UP as u32 } else { 0 };
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out
-}
-
-fn acked(msg: &[u8]) -> io::Result<()> {
-    match Socket::open()?.request(msg)? {
-        0 => Ok(()),
-        errno => Err(io::Error::from_raw_os_error(errno)),
     }
 }
 
@@ -533,38 +401,120 @@ fn acked(msg: &[u8]) -> io::Result<()> {
 /// [`set_up`]: the kernel registers it first, and a veth without its far end yet
 /// refuses to come up). Fails with EEXIST when a device of either name exists.
 pub fn add_veth_pair(outer: &str, inner: &str, mtu: u32, outer_gso_max_segs: u32) -> io::Result<()> {
-    let name = |n: &str| attr(IFLA_IFNAME, &[n.as_bytes(), &[0]].concat());
-    let mut peer = ifinfomsg(0, false);
-    peer.extend(name(inner));
-    peer.extend(attr(IFLA_MTU, &mtu.to_ne_bytes()));
-    let info =
-        [attr(IFLA_INFO_KIND, b"veth\0"), attr(IFLA_INFO_DATA | NLA_F_NESTED, &attr(VETH_INFO_PEER, &peer))].concat();
-    let mut body = ifinfomsg(0, true);
-    body.extend(name(outer));
-    body.extend(attr(IFLA_MTU, &mtu.to_ne_bytes()));
-    body.extend(attr(IFLA_GSO_MAX_SEGS, &outer_gso_max_segs.to_ne_bytes()));
-    body.extend(attr(IFLA_LINKINFO | NLA_F_NESTED, &info));
-    let mut msg = header(RTM_NEWLINK, 16 + body.len());
-    msg[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL).to_ne_bytes());
-    msg.extend(body);
-    acked(&msg)
+    let mut peer = link_message(0, false);
+    peer.attributes.extend([LinkAttribute::IfName(inner.into()), LinkAttribute::Mtu(mtu)]);
+    let mut message = link_message(0, true);
+    message.attributes.extend([
+        LinkAttribute::IfName(outer.into()),
+        LinkAttribute::Mtu(mtu),
+        LinkAttribute::GsoMaxSegs(outer_gso_max_segs),
+        LinkAttribute::LinkInfo(vec![
+            link::LinkInfo::Kind(InfoKind::Veth),
+            link::LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]),
+    ]);
+    acked(RouteNetlinkMessage::NewLink(message), NLM_F_CREATE | NLM_F_EXCL)
 }
 
 /// Brings the device `ifindex` of the calling thread's namespace up.
 pub fn set_up(ifindex: u32) -> io::Result<()> {
-    let body = ifinfomsg(ifindex, true);
-    let mut msg = header(RTM_NEWLINK, 16 + body.len());
-    msg[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend(body);
-    acked(&msg)
+    acked(RouteNetlinkMessage::NewLink(link_message(ifindex, true)), 0)
 }
 
 /// Deletes the device `ifindex` of the calling thread's namespace (a veth takes its
 /// far end with it).
 pub fn delete_link(ifindex: u32) -> io::Result<()> {
-    let body = ifinfomsg(ifindex, false);
-    let mut msg = header(RTM_DELLINK, 16 + body.len());
-    msg[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend(body);
-    acked(&msg)
+    acked(RouteNetlinkMessage::DelLink(link_message(ifindex, false)), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroI32;
+
+    use netlink_packet_core::{DoneMessage, ErrorMessage};
+
+    use super::*;
+
+    /// One datagram of kernel messages answering our request (its sequence number).
+    fn datagram(payloads: Vec<NetlinkPayload<RouteNetlinkMessage>>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for payload in payloads {
+            let mut header = NetlinkHeader::default();
+            header.sequence_number = SEQUENCE;
+            let mut message = NetlinkMessage::new(header, payload);
+            message.finalize();
+            let start = out.len();
+            out.resize(start + message.buffer_len(), 0);
+            message.serialize(&mut out[start..]);
+            out.resize(out.len().next_multiple_of(4), 0);
+        }
+        out
+    }
+
+    fn qdisc(ifindex: u32, kind: &str, options: &[u8]) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut message = tc_message(ifindex, TcHandle { major: 1, minor: 0 }, TcHandle::ROOT);
+        message.attributes.push(TcAttribute::Kind(kind.into()));
+        message.attributes.push(tc_raw::options_attribute(options));
+        RouteNetlinkMessage::NewQueueDiscipline(message).into()
+    }
+
+    fn refusal(errno: i32) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut error = ErrorMessage::default();
+        error.code = NonZeroI32::new(-errno);
+        NetlinkPayload::Error(error)
+    }
+
+    fn done(code: i32) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut done = DoneMessage::default();
+        done.code = code;
+        NetlinkPayload::Done(done)
+    }
+
+    #[test]
+    fn a_dump_reads_every_datagram_up_to_done() {
+        let mut replies = Vec::new();
+        let first = datagram(vec![qdisc(3, "mq", &[]), qdisc(4, "pfifo_fast", &[7; 20])]);
+        assert!(!take_datagram(&first, Expect::Dump, &mut replies).unwrap(), "no NLMSG_DONE yet");
+        let last = datagram(vec![qdisc(5, "fq_codel", &[]), done(0)]);
+        assert!(take_datagram(&last, Expect::Dump, &mut replies).unwrap());
+        let indexes: Vec<i32> = replies
+            .iter()
+            .map(|r| match &r.message {
+                RouteNetlinkMessage::NewQueueDiscipline(q) => q.header.index,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(indexes, [3, 4, 5]);
+        assert_eq!(tc_raw::options_of(&replies[1].payload), [7; 20]);
+    }
+
+    #[test]
+    fn the_kernels_refusal_keeps_its_errno() {
+        for (errno, expect) in [(libc::ENOENT, Expect::Ack), (libc::EEXIST, Expect::Ack), (libc::ENODEV, Expect::One)] {
+            let e = take_datagram(&datagram(vec![refusal(errno)]), expect, &mut Vec::new()).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(errno), "{e}");
+        }
+        // A dump that failed midway.
+        let e = take_datagram(&datagram(vec![qdisc(3, "mq", &[]), done(-libc::EINTR)]), Expect::Dump, &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINTR));
+    }
+
+    #[test]
+    fn an_acknowledgement_ends_only_an_acked_request() {
+        let ack = datagram(vec![NetlinkPayload::Error(ErrorMessage::default())]);
+        assert!(take_datagram(&ack, Expect::Ack, &mut Vec::new()).unwrap());
+        let e = take_datagram(&ack, Expect::One, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_cut_message_is_an_error_not_a_panic() {
+        let whole = datagram(vec![qdisc(3, "pfifo_fast", &[7; 20]), done(0)]);
+        // Cut inside the header, inside the qdisc message, inside NLMSG_DONE.
+        for len in [1, 15, 16, 40, whole.len() - 1] {
+            let e = take_datagram(&whole[..len], Expect::Dump, &mut Vec::new()).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{len} bytes: {e}");
+        }
+    }
 }
