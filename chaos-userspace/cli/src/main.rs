@@ -3,7 +3,6 @@
 mod cleanup;
 mod execute;
 mod exit;
-mod inject;
 mod output;
 mod plan;
 mod render;
@@ -13,10 +12,10 @@ mod validate;
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
-use chaos_model::spec::{self, Problem};
+use chaos_model::spec;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::inject::InjectFault;
+use chaos_model::inject::{self, InjectFault};
 
 const ABOUT: &str = "Exact, deterministic, reversible network faults from eBPF TC programs.";
 
@@ -59,6 +58,12 @@ enum Command {
     Inject {
         #[command(subcommand)]
         fault: InjectFault,
+        /// Run every check a run does (target, limits, sch_fq, privileges) and print the
+        /// plan; change nothing.
+        #[arg(long, global = true, display_order = 1000)]
+        dry_run: bool,
+        #[arg(long, global = true, display_order = 1001, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Run a YAML scenario: targets and timed steps (see docs/scenarios.md).
     Run {
@@ -104,10 +109,6 @@ enum Command {
 enum Output {
     Text,
     Json,
-}
-
-fn parse_with<T: std::str::FromStr<Err = Problem>>(s: &str) -> Result<T, String> {
-    s.parse::<T>().map_err(|e| format!("{}\n  fix: {}", e.problem, e.fix))
 }
 
 /// Longest error line printed; messages are built short, this is the backstop for text
@@ -157,8 +158,8 @@ fn clip_lines(text: &str) -> String {
 fn dispatch(cli: Cli) -> Result<i32> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
-        Command::Inject { fault } => {
-            let (plan, dry_run, output) = inject::plan(fault)?;
+        Command::Inject { fault, dry_run, output } => {
+            let plan = inject::plan(fault)?;
             execute::execute(&plan, dry_run, output, command_line)
         }
         Command::Run { file, seed, dry_run, output } => {

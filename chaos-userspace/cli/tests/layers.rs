@@ -18,6 +18,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "chaos-datapath",
         &["chaos-model", "chaos-engine", "chaos-lab", "chaos-cli", "clap", "tokio", "serde_yaml", "bollard", "kube"],
     ),
+    // clap only with the model's `clap` feature, which the CLI turns on to derive `inject`.
     ("chaos-model", &["aya", "aya-obj", "chaos-datapath", "chaos-engine", "chaos-lab", "chaos-cli", "tokio", "clap"]),
     ("chaos-engine", &["chaos-lab", "chaos-cli", "clap", "kube"]),
     ("chaos-lab", &["chaos-cli", "clap"]),

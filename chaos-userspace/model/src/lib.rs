@@ -5,6 +5,8 @@
 //! `validate` and `plan` run on this alone: no root, no kernel, no IO beyond reading
 //! the scenario file.
 
+#[cfg(feature = "clap")]
+pub mod inject;
 pub mod lab;
 pub mod locate;
 pub mod plan;

@@ -1,17 +1,23 @@
-//! `chaos-ebpf inject`: one fault from the command line, run like a one-step scenario.
+//! The faults as `chaos-ebpf inject` takes them on the command line: one subcommand per
+//! fault kind with its own flags, the flags every fault shares, and the one-step plan
+//! they become. Derived here, beside the specs (feature `clap`, which only the CLI turns
+//! on), so that a new fault kind is added in the model alone.
 
 use std::time::Duration;
 
-use anyhow::Result;
-use chaos_model::{
+use clap::{Args, Subcommand};
+
+use crate::{
     plan::{Attach, Plan, PlannedFault, PlannedStep, Protect},
     spec::{
         self, Cidr, Direction, Distribution, FaultKind, PartitionMode, PortRange, Problem, Proto, RawFault, TargetSpec,
     },
 };
-use clap::{Args, Subcommand};
 
-use crate::{parse_with, Output};
+/// clap's value parser for any value the model parses.
+fn parse_with<T: std::str::FromStr<Err = Problem>>(s: &str) -> Result<T, String> {
+    s.parse::<T>().map_err(|e| format!("{}\n  fix: {}", e.problem, e.fix))
+}
 
 #[derive(Subcommand)]
 pub enum InjectFault {
@@ -115,16 +121,10 @@ pub struct CommonArgs {
     /// Fault protected traffic too (SSH tcp:22, the Kubernetes API tcp:6443).
     #[arg(long)]
     force: bool,
-    /// Run every check a run does (target, limits, sch_fq, privileges) and print the
-    /// plan; change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    output: Output,
 }
 
-/// The plan of an `inject` command: one step with one fault.
-pub fn plan(fault: InjectFault) -> Result<(Plan, bool, Output)> {
+/// The plan of an `inject` command: one step with one fault; a problem names the flag.
+pub fn plan(fault: InjectFault) -> Result<Plan, Problem> {
     let (kind, common, mut raw) = match fault {
         InjectFault::Loss { probability, burst_enter, burst_exit, burst_loss, common } => (
             FaultKind::Loss,
@@ -157,12 +157,10 @@ pub fn plan(fault: InjectFault) -> Result<(Plan, bool, Output)> {
         Problem::new(format!("{flag}: {}", e.problem), e.fix)
     })?;
     if common.duration.is_zero() {
-        return Err(
-            Problem::new("--duration: a fault of zero duration does nothing", "give a duration such as 30s").into()
-        );
+        return Err(Problem::new("--duration: a fault of zero duration does nothing", "give a duration such as 30s"));
     }
     if common.lease < Duration::from_millis(300) || common.lease > Duration::from_secs(300) {
-        return Err(Problem::new("--lease must be within 300ms..5m", "1s-30s is typical; the default is 3s").into());
+        return Err(Problem::new("--lease must be within 300ms..5m", "1s-30s is typical; the default is 3s"));
     }
     let mut protect = if common.force { Vec::new() } else { Protect::defaults() };
     protect.extend(common.protect.iter().copied());
@@ -190,5 +188,5 @@ pub fn plan(fault: InjectFault) -> Result<(Plan, bool, Output)> {
         };
         Problem::new(format!("{flag}: {}", e.problem), e.fix)
     })?;
-    Ok((plan, common.dry_run, common.output))
+    Ok(plan)
 }
