@@ -375,7 +375,31 @@ impl Chaos {
                 self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
                 return (status.code().unwrap_or(-1), out, err);
             }
-            assert!(Instant::now() < deadline, "chaos-ebpf did not exit within {limit:?}");
+            if Instant::now() >= deadline {
+                // What it was doing: its stack, then its output so far.
+                let pid = self.child.id();
+                let stacks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|d| {
+                        d.flatten()
+                            .map(|t| {
+                                let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+                                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                                let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
+                                format!("{} {} {wchan}\n{stack}", t.file_name().to_string_lossy(), comm.trim())
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default();
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                use std::io::Read;
+                let mut out = String::new();
+                let mut err = String::new();
+                let _ = self.child.stdout.take().unwrap().read_to_string(&mut out);
+                let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("chaos-ebpf did not exit within {limit:?}; threads:\n{stacks}\nstdout:\n{out}\nstderr:\n{err}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

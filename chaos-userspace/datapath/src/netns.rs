@@ -54,21 +54,30 @@ impl Netns {
         Self::open(Path::new("/proc/thread-self/ns/net"))
     }
 
-    /// Runs `f` inside this namespace, on a thread of its own that enters it and ends with
-    /// `f`: no other thread ever changes namespace (an async runtime's worker, or the main
-    /// thread with the sockets it opened, stays where it is), and nothing can leave a
-    /// thread behind in the wrong namespace. A panic in `f` goes on in the caller.
-    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
-        std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name("netns".into())
-                .spawn_scoped(scope, || -> Result<R> {
-                    setns(&self.file).with_context(|| format!("entering network namespace {}", self.path.display()))?;
-                    Ok(f())
-                })
-                .context("starting a thread to enter a network namespace")?;
-            worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+    /// Runs `f` inside this namespace: the calling thread enters it and is returned to
+    /// its own namespace before `run` returns (also when `f` panics).
+    pub fn run<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        let previous = Netns::current().context("opening the current network namespace")?;
+        if previous.id == self.id {
+            return Ok(f());
+        }
+        setns(&self.file).with_context(|| format!("entering network namespace {}", self.path.display()))?;
+        let _back = ReturnTo(previous);
+        Ok(f())
+    }
+}
+
+/// Returns the thread to its namespace when dropped.
+struct ReturnTo(Netns);
+
+impl Drop for ReturnTo {
+    fn drop(&mut self) {
+        // Failing to return would leave the thread in the wrong namespace for every
+        // later operation; there is no safe way to go on.
+        if let Err(e) = setns(&self.0.file) {
+            eprintln!("chaos-ebpf: cannot return to network namespace {}: {e}", self.0.path.display());
+            std::process::abort();
+        }
     }
 }
 
