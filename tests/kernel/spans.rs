@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use crate::support::*;
 
-pub const TESTS: &[Test] = tests![spans_of_interrupted_run_and_verify, spans_of_cut_short_run_have_its_revert];
+pub const TESTS: &[Test] =
+    tests![spans_of_interrupted_run_and_verify, spans_of_cut_short_run_have_its_revert, spans_of_cleanup_after_sigkill];
 
 /// A directory under the system temp dir, removed on drop (also after a failure).
 struct TempDir(PathBuf);
@@ -225,4 +226,51 @@ order:
     .unwrap();
     let (code, out, err) = verify(&run_dir, &expect);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// `cleanup --run-dir` after a SIGKILLed run: a `cleanup` span that says what it removed
+/// (the dead run's record at least) and that all is clean; a run's own sweep of dead
+/// runs is a `cleanup` span under its `run`.
+fn spans_of_cleanup_after_sigkill() {
+    let pair = Pair::new("spanclean");
+    let target = pair.target();
+    let tmp = TempDir::new("clean");
+    let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--lease", "1s"]);
+    chaos.signal(libc::SIGKILL);
+    let (code, _, _) = chaos.finish(Duration::from_secs(5));
+    assert_eq!(code, -1, "killed by a signal");
+    let run_dir = tmp.join("cleanup");
+    let (code, out, err) = chaos_run(&["cleanup", "--run-dir", run_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_nothing_left();
+    let spans = spans_of(&run_dir);
+    let cleanup = the(&spans, "cleanup", None);
+    assert_eq!((cleanup["status"].as_str(), cleanup["attributes"]["clean"].as_bool()), (Some("ok"), Some(true)));
+    assert!(cleanup["attributes"]["removed"].as_u64().unwrap() >= 1, "{cleanup}");
+    let expect = tmp.join("expect.yaml");
+    std::fs::write(&expect, "spans:\n  - { name: cleanup, count: 1, status: ok, attributes: { removed: { min: 1 } } }\n")
+        .unwrap();
+    let (code, out, err) = verify(&run_dir, &expect);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let run_dir = tmp.join("run");
+    let (code, out, err) = chaos_run(&[
+        "inject",
+        "loss",
+        "--target",
+        &target,
+        "--probability",
+        "0.1",
+        "--duration",
+        "1s",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let spans = spans_of(&run_dir);
+    let run = the(&spans, "run", None);
+    assert_eq!(run["status"], "ok", "{run}");
+    assert_eq!(the(&spans, "cleanup", Some(run))["status"], "ok");
+    assert_eq!(the(&spans, "step", Some(run))["attributes"]["ended"], "completed");
+    assert_nothing_left();
 }

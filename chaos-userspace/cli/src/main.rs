@@ -122,6 +122,10 @@ enum Command {
         force: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Write the cleanup's span to DIR/spans.jsonl (a new or empty directory), for
+        /// `verify`; none when left out.
+        #[arg(long, value_name = "DIR")]
+        run_dir: Option<PathBuf>,
     },
 }
 
@@ -207,6 +211,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Plan { file, seed, output } => plan::run(&file, seed, output),
         Command::Verify { run_dir, expect } => verify::run(&run_dir, &expect),
         Command::Status { output } => status::run(output == Output::Json),
-        Command::Cleanup { force, output } => cleanup::run(force, output == Output::Json),
+        Command::Cleanup { force, output, run_dir } => cleanup::run(force, output == Output::Json, run_dir),
     }
 }

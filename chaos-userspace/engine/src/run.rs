@@ -7,7 +7,8 @@
 //! Each run is traced as `tracing` spans (the CLI writes them to the run directory):
 //! `run` > `step` > `inject` (a rule in force on one target, its final counters as
 //! attributes) and `revert` (that rule removed), and `run` > `revert` (everything the run
-//! created removed). Spans are never entered, their parents are explicit: the datapath's
+//! created removed); `run` > `cleanup` is what dead runs left, removed before the run
+//! starts. Spans are never entered, their parents are explicit: the datapath's
 //! warnings print as before. Outcomes are `otel.status_code` ("ok"/"error") and
 //! `otel.status_message`, the fields OpenTelemetry bridges read.
 
@@ -324,8 +325,19 @@ fn run_traced(
     let mode = attach_mode(plan.attach).resolve()?;
 
     // Dead runs' leftovers first: their device records and qdiscs would confuse ours.
+    let sweep_span = info_span!(
+        parent: run_span,
+        "cleanup",
+        dead_runs = Empty,
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+    );
     let mut sweep_problems = Vec::new();
-    for dead in cleanup::collect_dead(&mut sweep_problems) {
+    let dead_runs = cleanup::collect_dead(&mut sweep_problems);
+    sweep_span.record("dead_runs", dead_runs.len() as u64);
+    set_status(&sweep_span, (!sweep_problems.is_empty()).then(|| sweep_problems.join("; ")).as_deref());
+    drop(sweep_span);
+    for dead in dead_runs {
         if !dead.leftovers.is_empty() {
             observer.event(Event::Notice(format!(
                 "removed what a dead run (pid {}) left: {}",
