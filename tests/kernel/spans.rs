@@ -130,7 +130,7 @@ order:
     std::fs::write(&never, "spans:\n  - name: run\n  - name: abort\n    parent: run\n").unwrap();
     let (code, out, err) = verify(&run_dir, &never);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("never.yaml:3:") && out.contains("span 'abort' under 'run', found 0"), "{out}");
+    assert!(out.contains("never.yaml:3:5: expected") && out.contains("span 'abort' under 'run', found 0"), "{out}");
     assert_eq!(out.lines().count(), 2, "one line per failed expectation and the total: {out}");
 
     // The same run without its rule's revert span: the correct file now fails, naming it.
@@ -158,6 +158,25 @@ order:
     let (code, out, err) = verify(&tmp.join("nowhere"), &expect);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("not a directory"), "{err}");
+    let (code, out, err) = verify(&tmp.0, &expect);
+    assert_eq!(code, 2, "a directory without spans.jsonl: {out}{err}");
+    assert!(err.contains("spans.jsonl") && err.contains("cannot open"), "{err}");
+    // Bad input creates no run directory.
+    let unused = tmp.join("unused");
+    let (code, out, err) = chaos_run(&[
+        "inject",
+        "loss",
+        "--target",
+        "netns:cet-spans-nowhere",
+        "--probability",
+        "0.5",
+        "--duration",
+        "1s",
+        "--run-dir",
+        unused.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(!unused.exists(), "a refused run created its run directory");
     // A run directory that is in use is refused before anything changes.
     let (code, out, err) = chaos_run(&[
         "inject",
@@ -211,6 +230,10 @@ fn spans_of_cut_short_run_have_its_revert() {
     let revert = the(&spans, "revert", Some(step));
     assert_eq!(revert["status"], "ok", "{revert}");
     the(&spans, "revert", Some(run));
+    let inject = the(&spans, "inject", Some(step));
+    assert!(inject["attributes"]["matched"].is_u64(), "the counters close the inject span: {inject}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap()).unwrap();
+    assert!(report["failed"].as_str().unwrap_or("").contains("leases lapsed"), "{report}");
 
     let expect = tmp.join("expect.yaml");
     std::fs::write(
