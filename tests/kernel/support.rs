@@ -314,9 +314,15 @@ pub fn kernel_has_tcx() -> bool {
     (major, minor) >= (6, 6)
 }
 
-/// Forgets the previous test's chaos-ebpf processes.
+/// Forgets the previous test's chaos-ebpf processes, and gives each test an empty
+/// working directory of its own: runs without --run-dir write chaos-runs/<run-id> there,
+/// not into the source tree (the next test removes it; one is left after the last).
 pub fn begin_test() {
     started().clear();
+    let cwd = std::env::temp_dir().join("chaos-kernel-tests-cwd");
+    let _ = fs::remove_dir_all(&cwd);
+    fs::create_dir_all(&cwd).expect("creating the tests' working directory");
+    std::env::set_current_dir(&cwd).expect("entering the tests' working directory");
 }
 
 fn spawn_chaos(cmd: &mut Command) -> Child {

@@ -1,18 +1,45 @@
 //! `chaos-ebpf cleanup`: the datapath's crash sweep, the lab's leftover namespaces (when
-//! no run is alive), a verification look, and the report.
+//! no run is alive), a verification look, and the report; traced as a `cleanup` span
+//! (written to `--run-dir DIR`'s spans.jsonl when given).
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use chaos_datapath::{error::require_root, sweep};
 
 use crate::{exit, output};
 
-pub fn run(force: bool, json: bool) -> Result<i32> {
+pub fn run(force: bool, json: bool, run_dir: Option<PathBuf>) -> Result<i32> {
     require_root("cleanup")?;
+    if let Some(dir) = run_dir {
+        crate::run_dir::create(Some(dir))?;
+    }
+    let span = tracing::info_span!(
+        "cleanup",
+        force,
+        removed = tracing::field::Empty,
+        remaining = tracing::field::Empty,
+        live_runs = tracing::field::Empty,
+        clean = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+    );
     let mut report = sweep::sweep(force);
     if report.live_runs == 0 {
         chaos_lab::remove_leftovers(&mut report.removed, &mut report.remaining);
     }
     sweep::verify(force, &mut report);
+    span.record("removed", report.removed.len() as u64);
+    span.record("remaining", report.remaining.len() as u64);
+    span.record("live_runs", report.live_runs as u64);
+    span.record("clean", report.clean);
+    if report.clean {
+        span.record("otel.status_code", "ok");
+    } else {
+        span.record("otel.status_code", "error");
+        span.record("otel.status_message", report.remaining.join("; ").as_str());
+    }
+    drop(span);
     if json {
         output::out(&serde_json::to_string_pretty(&report)?);
     } else {

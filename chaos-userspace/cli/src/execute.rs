@@ -1,6 +1,8 @@
 //! `chaos-ebpf run` and `inject` after their plan is made: the preflight checks shared
 //! with `--dry-run`, the lab, the run, and its report and exit code.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use chaos_engine::run::{self, RunOptions};
 use chaos_lab::Lab;
@@ -9,7 +11,7 @@ use chaos_model::plan::Plan;
 use crate::{clip_lines, exit, output, render, render::Progress, Output};
 
 /// Runs a plan (or only checks it, for a dry run) and reports.
-pub fn execute(plan: &Plan, dry_run: bool, output: Output, command: String) -> Result<i32> {
+pub fn execute(plan: &Plan, dry_run: bool, output: Output, command: String, run_dir: Option<PathBuf>) -> Result<i32> {
     // The same checks for a dry run and a run: what one accepts, the other does.
     let checked = chaos_engine::preflight::check(plan, dry_run)?;
     if dry_run {
@@ -32,6 +34,10 @@ pub fn execute(plan: &Plan, dry_run: bool, output: Output, command: String) -> R
         return Ok(0);
     }
     drop(checked);
+    // Created once the checks passed, before anything changes: a bad run directory is
+    // bad input (exit 2) and changes nothing.
+    let run_dir = crate::run_dir::create(run_dir)?;
+    output::err(&format!("chaos-ebpf: run directory {}", run_dir.display()));
     // The lab comes first: its namespaces are targets. Its probe measures each step.
     let lab = plan.lab.as_ref().map(Lab::create).transpose()?;
     let probe = lab.as_ref().map(Lab::start_probe).transpose()?.flatten();
@@ -39,6 +45,9 @@ pub fn execute(plan: &Plan, dry_run: bool, output: Output, command: String) -> R
     let report = run::run(plan, &RunOptions { command }, probe.as_ref().map(|p| p as &dyn run::Probe), &mut progress)?;
     drop(probe);
     drop(lab);
+    if let Err(e) = std::fs::write(run_dir.join("report.json"), serde_json::to_string_pretty(&report)? + "\n") {
+        output::err(&format!("chaos-ebpf: warning: cannot write {}: {e}", run_dir.join("report.json").display()));
+    }
     match output {
         Output::Json => output::out(&serde_json::to_string_pretty(&report)?),
         Output::Text => output::out(&render::report(&report)),

@@ -6,14 +6,18 @@ mod exit;
 mod output;
 mod plan;
 mod render;
+mod run_dir;
+mod spans;
 mod status;
 mod validate;
+mod verify;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use chaos_model::spec;
 use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::{filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt, Layer};
 
 use chaos_model::inject::{self, InjectFault};
 
@@ -37,6 +41,7 @@ Examples:
   chaos-ebpf validate scenario.yaml && chaos-ebpf plan scenario.yaml
   sudo chaos-ebpf status --output json
   sudo chaos-ebpf cleanup
+  chaos-ebpf verify chaos-runs/20261127T154659Z-4242 --expect expect.yaml
 
 Durations: 500ms, 30s, 5m, 1h, 2d or 1m30s; at most 7 days each and for a whole run.
 Running faults, status and cleanup need root (CAP_SYS_ADMIN and CAP_NET_ADMIN in the
@@ -64,6 +69,8 @@ enum Command {
         dry_run: bool,
         #[arg(long, global = true, display_order = 1001, value_enum, default_value_t = Output::Text)]
         output: Output,
+        #[arg(long, global = true, display_order = 1002, value_name = "DIR", help = RUN_DIR_HELP)]
+        run_dir: Option<PathBuf>,
     },
     /// Run a YAML scenario: targets and timed steps (see docs/scenarios.md).
     Run {
@@ -78,6 +85,8 @@ enum Command {
         dry_run: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        #[arg(long, value_name = "DIR", help = RUN_DIR_HELP)]
+        run_dir: Option<PathBuf>,
     },
     /// Check a scenario file; errors name file:line:column and the fix.
     Validate { file: PathBuf },
@@ -88,6 +97,17 @@ enum Command {
         seed: Option<u64>,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Check the spans a run recorded (RUN_DIR/spans.jsonl) against a YAML file of
+    /// expectations (docs/telemetry.md). Exit 0 when all hold; 1 with one line per failed
+    /// expectation; 2 when FILE or RUN_DIR cannot be read.
+    Verify {
+        /// A run directory (`run` or `inject` with --run-dir, or chaos-runs/<run-id>).
+        run_dir: PathBuf,
+        /// The expectations: `spans:` (name, parent, attributes, status, count) and
+        /// `order:` (before, after).
+        #[arg(long, value_name = "FILE")]
+        expect: PathBuf,
     },
     /// Show running experiments: their rules, attachments and live counters.
     Status {
@@ -102,8 +122,16 @@ enum Command {
         force: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Write the cleanup's span to DIR/spans.jsonl (a new or empty directory), for
+        /// `verify`; none when left out.
+        #[arg(long, value_name = "DIR")]
+        run_dir: Option<PathBuf>,
     },
 }
+
+const RUN_DIR_HELP: &str = "Where the run's record is written: spans.jsonl (one JSON object per closed span: run, \
+step, inject, revert, cleanup) and report.json. A new or empty directory [default: chaos-runs/<run-id> under the current \
+directory, run-id = UTC time and pid, e.g. 20261127T154659Z-4242]";
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
@@ -118,7 +146,17 @@ const MAX_ERROR_LINE: usize = 300;
 fn main() -> ExitCode {
     // What the datapath and the lab can only report, not return (a revert problem in a
     // Drop): on stderr, one line each.
-    tracing_subscriber::fmt().with_writer(std::io::stderr).without_time().with_target(false).init();
+    // Spans of runs go to the run directory's spans.jsonl (spans.rs), once a run sets it.
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .without_time()
+                .with_target(false)
+                .with_filter(LevelFilter::INFO),
+        )
+        .with(spans::SpanFile::new())
+        .init();
     // Runs and injections catch Ctrl-C from their first moment (chaos-engine run.rs); other
     // commands keep the default: they change nothing.
     let args: Vec<String> = std::env::args().collect();
@@ -158,20 +196,21 @@ fn clip_lines(text: &str) -> String {
 fn dispatch(cli: Cli) -> Result<i32> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
-        Command::Inject { fault, dry_run, output } => {
+        Command::Inject { fault, dry_run, output, run_dir } => {
             let plan = inject::plan(fault)?;
-            execute::execute(&plan, dry_run, output, command_line)
+            execute::execute(&plan, dry_run, output, command_line, run_dir)
         }
-        Command::Run { file, seed, dry_run, output } => {
+        Command::Run { file, seed, dry_run, output, run_dir } => {
             let mut plan = validate::load(&file)?;
             if seed.is_some() {
                 plan.seed = seed;
             }
-            execute::execute(&plan, dry_run, output, command_line)
+            execute::execute(&plan, dry_run, output, command_line, run_dir)
         }
         Command::Validate { file } => validate::run(&file),
         Command::Plan { file, seed, output } => plan::run(&file, seed, output),
+        Command::Verify { run_dir, expect } => verify::run(&run_dir, &expect),
         Command::Status { output } => status::run(output == Output::Json),
-        Command::Cleanup { force, output } => cleanup::run(force, output == Output::Json),
+        Command::Cleanup { force, output, run_dir } => cleanup::run(force, output == Output::Json, run_dir),
     }
 }

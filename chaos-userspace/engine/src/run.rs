@@ -3,6 +3,14 @@
 //! renewing their leases, checking that every attachment and target is still there,
 //! and telling an [`Observer`] what happens; revert everything at the end, on
 //! SIGINT/SIGTERM, on error, and when a fault can no longer run its course.
+//!
+//! Each run is traced as `tracing` spans (the CLI writes them to the run directory):
+//! `run` > `step` > `inject` (a rule in force on one target, its final counters as
+//! attributes) and `revert` (that rule removed), and `run` > `revert` (everything the run
+//! created removed); `run` > `cleanup` is what dead runs left, removed before the run
+//! starts. Spans are never entered, their parents are explicit: the datapath's
+//! warnings print as before. Outcomes are `otel.status_code` ("ok"/"error") and
+//! `otel.status_message`, the fields OpenTelemetry bridges read.
 
 use std::{
     collections::BTreeMap,
@@ -15,6 +23,7 @@ use std::{
 use anyhow::{anyhow, Context, Result};
 use chaos_ebpf_common::{ProtectedPorts, RuleCounters};
 use serde::Serialize;
+use tracing::{field::Empty, info_span, Span};
 
 use chaos_datapath::{
     bpfsys, devices,
@@ -165,6 +174,9 @@ impl std::error::Error for InterruptedBeforeStart {}
 struct ActiveRule {
     rule_id: u32,
     fault: String,
+    target: String,
+    /// The `inject` span, open while the rule is in force.
+    span: Span,
     netns: NetnsId,
     slot: u32,
     peers: Vec<PeerEntry>,
@@ -254,16 +266,78 @@ pub fn run(
     probe: Option<&dyn Probe>,
     observer: &mut dyn Observer,
 ) -> Result<RunReport> {
+    let span = info_span!(
+        "run",
+        scenario = %plan.name,
+        seed = Empty,
+        steps = plan.steps.len() as u64,
+        interrupted = Empty,
+        clean = Empty,
+        revert_ms = Empty,
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+    );
+    let result = run_traced(plan, options, probe, observer, &span);
+    match &result {
+        Ok(report) => {
+            span.record("interrupted", report.interrupted);
+            span.record("clean", report.clean);
+            span.record("revert_ms", report.revert_ms);
+            let error = match (&report.failed, report.interrupted, report.clean) {
+                (Some(reason), _, _) => Some(format!("a fault did not run its course: {reason}")),
+                (None, true, _) => Some("interrupted".to_owned()),
+                (None, false, false) => Some("the revert is not verified clean".to_owned()),
+                (None, false, true) => None,
+            };
+            set_status(&span, error.as_deref());
+        }
+        Err(e) => set_status(&span, Some(&format!("{e:#}"))),
+    }
+    result
+}
+
+/// Records a span's outcome as OpenTelemetry's status fields.
+fn set_status(span: &Span, error: Option<&str>) {
+    match error {
+        None => {
+            span.record("otel.status_code", "ok");
+        }
+        Some(message) => {
+            span.record("otel.status_code", "error");
+            span.record("otel.status_message", message);
+        }
+    }
+}
+
+fn run_traced(
+    plan: &Plan,
+    options: &RunOptions,
+    probe: Option<&dyn Probe>,
+    observer: &mut dyn Observer,
+    run_span: &Span,
+) -> Result<RunReport> {
     require_root("running faults")?;
     let seed = plan.seed_or_random();
+    run_span.record("seed", seed);
     observer.event(Event::Started { scenario: &plan.name, seed, total: plan.total_duration() });
     let interrupted = install_signal_handlers()?;
     interrupted_now(interrupted)?;
     let mode = attach_mode(plan.attach).resolve()?;
 
     // Dead runs' leftovers first: their device records and qdiscs would confuse ours.
+    let sweep_span = info_span!(
+        parent: run_span,
+        "cleanup",
+        dead_runs = Empty,
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+    );
     let mut sweep_problems = Vec::new();
-    for dead in cleanup::collect_dead(&mut sweep_problems) {
+    let dead_runs = cleanup::collect_dead(&mut sweep_problems);
+    sweep_span.record("dead_runs", dead_runs.len() as u64);
+    set_status(&sweep_span, (!sweep_problems.is_empty()).then(|| sweep_problems.join("; ")).as_deref());
+    drop(sweep_span);
+    for dead in dead_runs {
         if !dead.leftovers.is_empty() {
             observer.event(Event::Notice(format!(
                 "removed what a dead run (pid {}) left: {}",
@@ -329,7 +403,7 @@ pub fn run(
     run_state.instances = instances.values().map(Instance::state).collect::<Result<_>>()?;
     record.write(&run_state)?;
     if let Err(e) = prepared {
-        let revert = revert(&mut instances, &mut held, &program_ids);
+        let revert = revert(&mut instances, &mut held, &program_ids, run_span);
         if let Err(r) = revert.1 {
             return Err(e.context(format!("and the revert is incomplete: {r:#}; run `chaos-ebpf cleanup`")));
         }
@@ -358,14 +432,26 @@ pub fn run(
         if interrupted.load(Ordering::Relaxed) {
             break;
         }
-        let active = match running.install(step) {
+        let step_span = info_span!(
+            parent: run_span,
+            "step",
+            scenario = %plan.name,
+            step = %step.name,
+            seed,
+            planned_ms = step.duration.as_millis() as u64,
+            ended = Empty,
+            otel.status_code = Empty,
+            otel.status_message = Empty,
+        );
+        let active = match running.install(step, &step_span) {
             Ok(active) => active,
             Err(e) => {
+                set_status(&step_span, Some(&format!("{e:#}")));
                 outcome = Err(e);
                 break;
             }
         };
-        let end = running.hold(step, active);
+        let end = running.hold(step, &step_span, active);
         steps.push(end.report);
         if let Some(reason) = end.cut_short {
             failed = Some(reason);
@@ -379,7 +465,7 @@ pub fn run(
     run_state.phase = Phase::Reverting;
     run_state.rules.clear();
     let _ = record.write(&run_state);
-    let (revert_ms, reverted) = revert(&mut instances, &mut held, &program_ids);
+    let (revert_ms, reverted) = revert(&mut instances, &mut held, &program_ids, run_span);
     let clean = reverted.is_ok();
     drop(record);
     let report = RunReport {
@@ -427,28 +513,59 @@ struct StepEnd {
 impl Running<'_> {
     /// Installs the rules of `step` on every target and records them in the ledger; on
     /// an error, those already installed are removed again.
-    fn install(&mut self, step: &PlannedStep) -> Result<Vec<ActiveRule>> {
+    fn install(&mut self, step: &PlannedStep, step_span: &Span) -> Result<Vec<ActiveRule>> {
         let mut active = Vec::new();
         for fault in &step.faults {
             for r in &self.resolved[&resolution_key(&fault.spec)] {
                 let instance = self.instances.get_mut(&r.netns.id).expect("loaded above");
                 let mut rule = fault.spec.rule(self.seed, fault.rule_id, r.ifindex, r.cgroup_id);
                 rule.cgroup_level = r.cgroup_level;
+                let span = info_span!(
+                    parent: step_span,
+                    "inject",
+                    scenario = %self.plan.name,
+                    step = %step.name,
+                    fault = %fault.spec.describe(),
+                    target = %fault.spec.target,
+                    netns = %r.netns.path.display(),
+                    rule_id = fault.rule_id,
+                    seed = self.seed,
+                    ended = Empty,
+                    ran_its_course = Empty,
+                    seen = Empty,
+                    matched = Empty,
+                    dropped = Empty,
+                    passed = Empty,
+                    delayed = Empty,
+                    errors = Empty,
+                    expired = Empty,
+                    protected = Empty,
+                    unparsed = Empty,
+                    otel.status_code = Empty,
+                    otel.status_message = Empty,
+                );
                 let installed = instance.free_slot().and_then(|slot| {
                     instance.install(slot, &rule, &peer_entries(&fault.spec, slot), self.plan.lease)?;
                     Ok(slot)
                 });
                 match installed {
-                    Ok(slot) => active.push(ActiveRule {
-                        rule_id: fault.rule_id,
-                        fault: fault.spec.describe(),
-                        netns: r.netns.id,
-                        slot,
-                        peers: peer_entries(&fault.spec, slot),
-                        from_unix_ms: state::unix_ms(),
-                    }),
+                    Ok(slot) => {
+                        set_status(&span, None);
+                        active.push(ActiveRule {
+                            rule_id: fault.rule_id,
+                            fault: fault.spec.describe(),
+                            target: fault.spec.target.to_string(),
+                            span,
+                            netns: r.netns.id,
+                            slot,
+                            peers: peer_entries(&fault.spec, slot),
+                            from_unix_ms: state::unix_ms(),
+                        })
+                    }
                     Err(e) => {
-                        remove_rules(self.instances, &active, self.observer);
+                        set_status(&span, Some(&format!("{e:#}")));
+                        drop(span);
+                        self.remove_rules(step, step_span, active);
                         return Err(e.context(format!(
                             "installing rule {} ({})",
                             fault.rule_id,
@@ -473,7 +590,7 @@ impl Running<'_> {
             .collect();
         self.run_state.renewed_unix_ms = now_ms;
         if let Err(e) = self.record.write(self.run_state) {
-            remove_rules(self.instances, &active, self.observer);
+            self.remove_rules(step, step_span, active);
             return Err(e);
         }
         Ok(active)
@@ -482,7 +599,7 @@ impl Running<'_> {
     /// Keeps the step's rules in force for its duration (renewing their leases, checking
     /// at every renewal that every attachment and target is still in place, reporting
     /// progress), then removes them and reports the step.
-    fn hold(&mut self, step: &PlannedStep, active: Vec<ActiveRule>) -> StepEnd {
+    fn hold(&mut self, step: &PlannedStep, step_span: &Span, active: Vec<ActiveRule>) -> StepEnd {
         let plan = self.plan;
         let renew_every = plan.lease / 3;
         let step_start = Instant::now();
@@ -553,20 +670,28 @@ impl Running<'_> {
             _ => "interrupted".into(),
         };
         let to_ms = state::unix_ms();
-        let rules = active
+        let mut rules: Vec<RuleReport> = active
             .iter()
-            .map(|a| RuleReport {
-                rule_id: a.rule_id,
-                fault: a.fault.clone(),
-                netns: self.instances[&a.netns].netns.path.display().to_string(),
-                counters: self.instances[&a.netns].counters(a.slot).unwrap_or_default(),
-                active_from_unix_ms: a.from_unix_ms,
-                active_to_unix_ms: to_ms,
-                ended: ended.clone(),
-                ran_its_course: completed,
+            .map(|a| {
+                a.span.record("ended", ended.as_str());
+                a.span.record("ran_its_course", completed);
+                RuleReport {
+                    rule_id: a.rule_id,
+                    fault: a.fault.clone(),
+                    netns: self.instances[&a.netns].netns.path.display().to_string(),
+                    counters: RuleCounters::default(),
+                    active_from_unix_ms: a.from_unix_ms,
+                    active_to_unix_ms: to_ms,
+                    ended: ended.clone(),
+                    ran_its_course: completed,
+                }
             })
             .collect();
-        remove_rules(self.instances, &active, self.observer);
+        step_span.record("ended", ended.as_str());
+        set_status(step_span, if completed { None } else { Some(&ended) });
+        for (rule, counters) in rules.iter_mut().zip(self.remove_rules(step, step_span, active)) {
+            rule.counters = counters;
+        }
         let report = StepReport {
             name: step.name.clone(),
             seconds: step_start.elapsed().as_secs_f64(),
@@ -580,6 +705,59 @@ impl Running<'_> {
         )));
         StepEnd { report, cut_short, outcome }
     }
+}
+
+impl Running<'_> {
+    /// Removes the rules of a step: each one's final counters end its `inject` span, then
+    /// a `revert` span covers its removal. Returns the final counters, in order.
+    fn remove_rules(&mut self, step: &PlannedStep, step_span: &Span, active: Vec<ActiveRule>) -> Vec<RuleCounters> {
+        let mut finals = Vec::new();
+        for a in active {
+            let counters = self.instances.get(&a.netns).and_then(|i| i.counters(a.slot).ok()).unwrap_or_default();
+            record_counters(&a.span, &counters);
+            drop(a.span);
+            finals.push(counters);
+            let span = info_span!(
+                parent: step_span,
+                "revert",
+                scenario = %self.plan.name,
+                step = %step.name,
+                fault = %a.fault,
+                target = %a.target,
+                rule_id = a.rule_id,
+                seed = self.seed,
+                otel.status_code = Empty,
+                otel.status_message = Empty,
+            );
+            let removed = match self.instances.get_mut(&a.netns) {
+                Some(instance) => instance.remove(a.slot, &a.peers),
+                // Its instance is gone already, and its rules with it.
+                None => Ok(()),
+            };
+            match removed {
+                Ok(()) => set_status(&span, None),
+                Err(e) => {
+                    let message = format!("removing rule {}: {e:#}", a.rule_id);
+                    set_status(&span, Some(&message));
+                    self.observer.event(Event::Warning(message));
+                }
+            }
+        }
+        finals
+    }
+}
+
+/// A rule's counters as attributes of its span.
+fn record_counters(span: &Span, c: &RuleCounters) {
+    span.record("seen", c.seen);
+    span.record("matched", c.matched);
+    span.record("dropped", c.dropped);
+    span.record("passed", c.passed);
+    span.record("delayed", c.delayed);
+    span.record("errors", c.errors);
+    span.record("expired", c.expired);
+    span.record("protected", c.protected);
+    span.record("unparsed", c.unparsed);
 }
 
 /// Loads one instance per namespace on a worker thread, so that Ctrl-C acts at once even
@@ -741,7 +919,18 @@ fn revert(
     instances: &mut BTreeMap<NetnsId, Instance>,
     held: &mut Vec<HeldDevice>,
     program_ids: &[u32],
+    run_span: &Span,
 ) -> (f64, Result<()>) {
+    let span = info_span!(
+        parent: run_span,
+        "revert",
+        instances = instances.len() as u64,
+        devices = held.len() as u64,
+        revert_ms = Empty,
+        clean = Empty,
+        otel.status_code = Empty,
+        otel.status_message = Empty,
+    );
     let started = Instant::now();
     let mut errors = Vec::new();
     for (_, mut instance) in std::mem::take(instances) {
@@ -759,7 +948,11 @@ fn revert(
         errors.push("programs still attached".into());
     }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    (ms, if errors.is_empty() { Ok(()) } else { Err(anyhow!("{}", errors.join("; "))) })
+    span.record("revert_ms", ms);
+    span.record("clean", errors.is_empty());
+    let outcome = if errors.is_empty() { Ok(()) } else { Err(anyhow!("{}", errors.join("; "))) };
+    set_status(&span, outcome.as_ref().err().map(|e| e.to_string()).as_deref());
+    (ms, outcome)
 }
 
 /// Every attachment still in place and every target still the one we started with.
@@ -801,16 +994,6 @@ fn resolution_key(spec: &FaultSpec) -> String {
         format!("{} (far end)", spec.target)
     } else {
         spec.target.to_string()
-    }
-}
-
-fn remove_rules(instances: &mut BTreeMap<NetnsId, Instance>, active: &[ActiveRule], observer: &mut dyn Observer) {
-    for a in active {
-        if let Some(instance) = instances.get_mut(&a.netns) {
-            if let Err(e) = instance.remove(a.slot, &a.peers) {
-                observer.event(Event::Warning(format!("removing rule {}: {e:#}", a.rule_id)));
-            }
-        }
     }
 }
 
