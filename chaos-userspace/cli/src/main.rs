@@ -64,6 +64,10 @@ enum Command {
         dry_run: bool,
         #[arg(long, global = true, display_order = 1001, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Serve Prometheus metrics at http://ADDR/metrics while the fault is up (IP:PORT,
+        /// default 127.0.0.1:9464), or `off`.
+        #[arg(long, global = true, display_order = 1002, value_name = "ADDR", value_parser = execute::parse_metrics_addr)]
+        metrics_addr: Option<execute::MetricsAddr>,
     },
     /// Run a YAML scenario: targets and timed steps (see docs/scenarios.md).
     Run {
@@ -78,6 +82,10 @@ enum Command {
         dry_run: bool,
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Serve Prometheus metrics at http://ADDR/metrics while the run is up (IP:PORT,
+        /// default 127.0.0.1:9464), or `off`.
+        #[arg(long, value_name = "ADDR", value_parser = execute::parse_metrics_addr)]
+        metrics_addr: Option<execute::MetricsAddr>,
     },
     /// Check a scenario file; errors name file:line:column and the fix.
     Validate { file: PathBuf },
@@ -158,16 +166,16 @@ fn clip_lines(text: &str) -> String {
 fn dispatch(cli: Cli) -> Result<i32> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
-        Command::Inject { fault, dry_run, output } => {
+        Command::Inject { fault, dry_run, output, metrics_addr } => {
             let plan = inject::plan(fault)?;
-            execute::execute(&plan, dry_run, output, command_line)
+            execute::execute(&plan, dry_run, output, metrics_addr, command_line)
         }
-        Command::Run { file, seed, dry_run, output } => {
+        Command::Run { file, seed, dry_run, output, metrics_addr } => {
             let mut plan = validate::load(&file)?;
             if seed.is_some() {
                 plan.seed = seed;
             }
-            execute::execute(&plan, dry_run, output, command_line)
+            execute::execute(&plan, dry_run, output, metrics_addr, command_line)
         }
         Command::Validate { file } => validate::run(&file),
         Command::Plan { file, seed, output } => plan::run(&file, seed, output),
