@@ -62,6 +62,7 @@ test_modules! {
     parsing,
     ownership,
     tcp_delay,
+    metrics,
 }
 
 /// Skipped tests of this run: (name, reason).
