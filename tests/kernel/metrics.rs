@@ -123,7 +123,8 @@ fn metrics_scrape_matches_the_report() {
 }
 
 /// `--metrics-addr` on a port another socket listens on: exit 2, a message naming the
-/// address and the fix, nothing attached, no ledger record; `off` runs without one.
+/// address and the fix, nothing attached, no ledger record; `off` runs without one; the
+/// default address in use only leaves the run without metrics.
 fn metrics_address_in_use_is_refused() {
     require_root();
     let pair = Pair::new("metb");
@@ -148,6 +149,17 @@ fn metrics_address_in_use_is_refused() {
     let (code, out, err) = chaos_run(&off.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{out}{err}");
     assert!(!err.contains("metrics at"), "{err}");
+    assert_nothing_left();
+    // The default address in use (by us here, or by whatever else holds it): runs may
+    // stack on one host, so the run goes on without metrics and says so.
+    let default = TcpListener::bind("127.0.0.1:9464");
+    if let Err(e) = &default {
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "binding 127.0.0.1:9464: {e}");
+    }
+    let without = &args("off")[..8];
+    let (code, out, err) = chaos_run(&without.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("serving no metrics: 127.0.0.1:9464 is in use"), "{err}");
     assert_nothing_left();
 }
 
