@@ -1,8 +1,9 @@
 //! Prometheus metrics while a run is up: `/metrics` scraped over loopback during a loss
 //! run carries the kernel's dropped counter of the rule (the value the final report
 //! prints), a real Prometheus (Debian's `prometheus`) scraping the run returns the same
-//! value from its query API, the endpoint is gone once the run ended, and an address in
-//! use is refused with exit 2 before anything changes.
+//! value from its query API, the lab demo's steps and probe are served step by step, the
+//! endpoint is gone once the run ended, and an address in use is refused with exit 2
+//! before anything changes.
 
 use std::{
     io::{self, Read, Write},
@@ -18,6 +19,7 @@ pub const TESTS: &[Test] = tests![
     metrics_scrape_matches_the_report,
     metrics_address_in_use_is_refused,
     metrics_prometheus_query_returns_the_dropped_counter,
+    metrics_of_the_lab_demo_steps,
 ];
 
 /// The series of the lone rule of `inject loss`.
@@ -279,5 +281,77 @@ fn metrics_prometheus_query_returns_the_dropped_counter() {
     assert_eq!(up, Some(1.0), "prometheus scraped the run's endpoint (up == 1):\n{log}");
     assert_eq!(queried, Some(dropped as f64), "prometheus' dropped counter vs the report's:\n{log}");
     assert_eq!(scraped, dropped);
+    assert_nothing_left();
+}
+
+/// The sum of the series of `name` whose labels include `label` (None: no such series).
+fn sum_of(page: &str, name: &str, label: &str) -> Option<u64> {
+    let values: Vec<u64> = page
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The lab demo (five steps, a probe at 200 packets/s) scraped every 200 ms while it
+/// runs: during `lossy-link` one loss rule is in force and the probe's counters of the
+/// step grow; the last page before the run ended has, for each step that had ended by
+/// then, exactly the report's probe counts and dropped counters (a step's final values
+/// are set when it ends).
+fn metrics_of_the_lab_demo_steps() {
+    require_root();
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios/lab-demo.yaml");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = addr.to_string();
+    let mut chaos = Chaos::start(&["run", scenario, "--output", "json", "--metrics-addr", &metrics]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pages: Vec<String> = Vec::new();
+    while chaos.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the lab demo did not end within 60 s");
+        if let Ok((200, page)) = http_get(addr, "/metrics") {
+            pages.push(page);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, err) = chaos.finish(Duration::from_secs(10));
+    assert_eq!(code, 0, "{err}");
+    assert!(http_get(addr, "/metrics").is_err(), "the endpoint is gone after the run");
+    let lossy = "step=\"lossy-link\"";
+    let during = pages
+        .iter()
+        .find(|p| sum_of(p, "chaos_ebpf_active_faults", lossy) == Some(1))
+        .expect("a scrape during lossy-link with its rule in force");
+    assert!(sum_of(during, "chaos_ebpf_injections_total", lossy) == Some(1), "{during}");
+    let last = pages.last().expect("scrapes during the run");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut compared = Vec::new();
+    for step in report["steps"].as_array().unwrap() {
+        let name = step["name"].as_str().unwrap();
+        let label = format!("step=\"{name}\"");
+        // A step has ended by the last page when a later step's series are there.
+        let later = report["steps"].as_array().unwrap().iter().skip_while(|s| s["name"] != name).skip(1).any(|s| {
+            let later = format!("step=\"{}\"", s["name"].as_str().unwrap());
+            sum_of(last, "chaos_ebpf_probe_packets_sent_total", &later).is_some()
+        });
+        if !later {
+            continue;
+        }
+        for (metric, field) in [
+            ("chaos_ebpf_probe_packets_sent_total", "sent"),
+            ("chaos_ebpf_probe_packets_delivered_total", "delivered"),
+            ("chaos_ebpf_probe_packets_echoed_total", "echoed"),
+        ] {
+            assert_eq!(sum_of(last, metric, &label), step["probe"][field].as_u64(), "{metric} of {name}:\n{last}");
+        }
+        let dropped: u64 = step["rules"].as_array().unwrap().iter().map(|r| r["counters"]["dropped"].as_u64().unwrap()).sum();
+        if dropped > 0 {
+            assert_eq!(sum_of(last, "chaos_ebpf_packets_dropped_total", &label), Some(dropped), "dropped of {name}");
+            assert_eq!(sum_of(last, "chaos_ebpf_active_faults", &label), Some(0), "{name} ended");
+        }
+        compared.push(format!("{name} (probe sent {}, dropped {dropped})", step["probe"]["sent"]));
+    }
+    println!("metrics: {} scrapes; steps equal to the report on the last one: {}", pages.len(), compared.join(", "));
+    assert!(compared.len() >= 3, "at least baseline, lossy-link and bursty-link had ended by the last scrape");
     assert_nothing_left();
 }
