@@ -961,3 +961,67 @@ fn verify_gone(program_ids: &[u32]) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts the progress events it gets; asks for them every `every`.
+    struct Counting {
+        every: Option<Duration>,
+        progress: usize,
+        others: usize,
+    }
+
+    impl Observer for Counting {
+        fn progress_every(&self, _total: Duration) -> Option<Duration> {
+            self.every
+        }
+        fn event(&mut self, event: Event<'_>) {
+            match event {
+                Event::Progress(_) => self.progress += 1,
+                _ => self.others += 1,
+            }
+        }
+    }
+
+    /// The fan-out asks for the shortest interval, gives each observer progress at its
+    /// own interval (none to one that wants none), and every other event to all.
+    #[test]
+    fn fanout_gives_each_observer_its_own_interval() {
+        let mut fast = Counting { every: Some(Duration::from_millis(20)), progress: 0, others: 0 };
+        let mut slow = Counting { every: Some(Duration::from_millis(100)), progress: 0, others: 0 };
+        let mut none = Counting { every: None, progress: 0, others: 0 };
+        let total = Duration::from_secs(1);
+        let mut fanout = Fanout::new(vec![&mut fast, &mut slow, &mut none]);
+        assert_eq!(fanout.progress_every(total), Some(Duration::from_millis(20)));
+        fanout.event(Event::Started { scenario: "s", seed: 1, total });
+        let started = Instant::now();
+        // The engine's loop: progress every 20 ms for 400 ms.
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(20));
+            let rules = Vec::new();
+            fanout.event(Event::Progress(Progress {
+                elapsed: started.elapsed(),
+                total,
+                step: "x",
+                rules,
+                probe: None,
+            }));
+        }
+        fanout.event(Event::Notice("done".into()));
+        let elapsed_ms = started.elapsed().as_millis() as usize;
+        drop(fanout);
+        assert_eq!(fast.progress, 20);
+        // One at once, then one per 100 ms (less the 10 ms poll tolerance) of the 400 ms
+        // or more the loop took (longer on a loaded machine).
+        let most = elapsed_ms / 90 + 1;
+        assert!(
+            (4..=most).contains(&slow.progress),
+            "slow observer got {} progress events in {elapsed_ms} ms",
+            slow.progress
+        );
+        assert_eq!(none.progress, 0);
+        assert_eq!((fast.others, slow.others, none.others), (2, 2, 2));
+    }
+}
