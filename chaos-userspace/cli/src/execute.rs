@@ -109,7 +109,8 @@ pub fn parse_metrics_addr(value: &str) -> Result<MetricsAddr, String> {
 
 /// Starts the metrics endpoint. An address given with `--metrics-addr` that cannot be
 /// bound is an error (exit 2); the default one in use (another run serving there: runs
-/// may stack on one host) only means this run serves none, and says so.
+/// may stack on one host) or missing (no loopback) only means this run serves none, and
+/// says so: a run that did not ask for metrics does not fail for them.
 fn serve_metrics(addr: Option<MetricsAddr>, metrics: &Metrics) -> Result<Option<MetricsServer>> {
     let (addr, explicit) = match addr {
         Some(MetricsAddr::Off) => return Ok(None),
@@ -118,9 +119,13 @@ fn serve_metrics(addr: Option<MetricsAddr>, metrics: &Metrics) -> Result<Option<
     };
     match MetricsServer::start(addr, metrics.registry()) {
         Ok(server) => Ok(Some(server)),
-        Err(e) if !explicit && e.kind() == std::io::ErrorKind::AddrInUse => {
+        Err(e) if !explicit => {
+            let why = match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!("{addr} is in use (another chaos-ebpf run?)"),
+                _ => format!("cannot listen on {addr}: {e}"),
+            };
             output::err(&format!(
-                "chaos-ebpf: serving no metrics: {addr} is in use (another chaos-ebpf run?); pass --metrics-addr IP:PORT to serve them elsewhere"
+                "chaos-ebpf: serving no metrics: {why}; pass --metrics-addr IP:PORT to serve them elsewhere"
             ));
             Ok(None)
         }
