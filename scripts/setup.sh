@@ -6,9 +6,11 @@
 # Idempotent: a second run checks and returns in about a second.
 set -euo pipefail
 
-# qemu-system-x86, busybox-static and xz-utils: `cargo xtask vm-test` (Debian kernels).
+# qemu-system-x86, busybox-static and xz-utils: `cargo xtask vm-test` (Debian kernels);
+# prometheus: the kernel test that has a real Prometheus scrape a run's metrics (the
+# package's own service is not needed; the test starts its own server).
 packages=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev bpftool iproute2 iputils-ping util-linux
-  qemu-system-x86 busybox-static xz-utils)
+  qemu-system-x86 busybox-static xz-utils prometheus)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -63,6 +63,7 @@ test_modules! {
     ownership,
     tcp_delay,
     spans,
+    metrics,
 }
 
 /// Skipped tests of this run: (name, reason).

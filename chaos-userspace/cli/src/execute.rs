@@ -1,17 +1,27 @@
 //! `chaos-ebpf run` and `inject` after their plan is made: the preflight checks shared
-//! with `--dry-run`, the lab, the run, and its report and exit code.
+//! with `--dry-run`, the metrics endpoint, the lab, the run, and its report and exit code.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Result;
-use chaos_engine::run::{self, RunOptions};
+use chaos_engine::{
+    metrics::{Metrics, MetricsServer},
+    run::{self, Fanout, RunOptions},
+};
 use chaos_lab::Lab;
 use chaos_model::plan::Plan;
 
 use crate::{clip_lines, exit, output, render, render::Progress, Output};
 
 /// Runs a plan (or only checks it, for a dry run) and reports.
-pub fn execute(plan: &Plan, dry_run: bool, output: Output, command: String, run_dir: Option<PathBuf>) -> Result<i32> {
+pub fn execute(
+    plan: &Plan,
+    dry_run: bool,
+    output: Output,
+    metrics_addr: Option<MetricsAddr>,
+    command: String,
+    run_dir: Option<PathBuf>,
+) -> Result<i32> {
     // The same checks for a dry run and a run: what one accepts, the other does.
     let checked = chaos_engine::preflight::check(plan, dry_run)?;
     if dry_run {
@@ -38,11 +48,25 @@ pub fn execute(plan: &Plan, dry_run: bool, output: Output, command: String, run_
     // bad input (exit 2) and changes nothing.
     let run_dir = crate::run_dir::create(run_dir)?;
     output::err(&format!("chaos-ebpf: run directory {}", run_dir.display()));
+    // Before anything changes: a port in use is bad input (exit 2, nothing changed).
+    let metrics = Metrics::new();
+    let server = serve_metrics(metrics_addr, &metrics)?;
+    if let Some(server) = &server {
+        output::err(&format!("chaos-ebpf: metrics at http://{}/metrics while the run is up", server.addr()));
+    }
     // The lab comes first: its namespaces are targets. Its probe measures each step.
     let lab = plan.lab.as_ref().map(Lab::create).transpose()?;
     let probe = lab.as_ref().map(Lab::start_probe).transpose()?.flatten();
     let mut progress = Progress::new();
-    let report = run::run(plan, &RunOptions { command }, probe.as_ref().map(|p| p as &dyn run::Probe), &mut progress)?;
+    let mut metrics = metrics;
+    let mut observers = match server {
+        Some(_) => Fanout::new(vec![&mut progress, &mut metrics]),
+        None => Fanout::new(vec![&mut progress]),
+    };
+    let report = run::run(plan, &RunOptions { command }, probe.as_ref().map(|p| p as &dyn run::Probe), &mut observers);
+    // The endpoint ends with the run.
+    drop(server);
+    let report = report?;
     drop(probe);
     drop(lab);
     if let Err(e) = std::fs::write(run_dir.join("report.json"), serde_json::to_string_pretty(&report)? + "\n") {
@@ -68,4 +92,63 @@ pub fn execute(plan: &Plan, dry_run: bool, output: Output, command: String, run_
         return Ok(exit::FAILED);
     }
     Ok(0)
+}
+
+/// Where `--metrics-addr` says to serve the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Off,
+    At(SocketAddr),
+}
+
+/// Where metrics are served without `--metrics-addr` (9464: the port Prometheus' port
+/// allocation list gives OpenTelemetry's Prometheus exporter, free on most hosts).
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+/// `--metrics-addr`: IP:PORT or `off`.
+pub fn parse_metrics_addr(value: &str) -> Result<MetricsAddr, String> {
+    if value == "off" {
+        return Ok(MetricsAddr::Off);
+    }
+    value.parse().map(MetricsAddr::At).map_err(|_| {
+        format!("expected IP:PORT (such as {DEFAULT_METRICS_ADDR} or [::1]:9464), or `off` to serve no metrics")
+    })
+}
+
+/// Starts the metrics endpoint. An address given with `--metrics-addr` that cannot be
+/// bound is an error (exit 2); the default one in use (another run serving there: runs
+/// may stack on one host) or missing (no loopback) only means this run serves none, and
+/// says so: a run that did not ask for metrics does not fail for them.
+fn serve_metrics(addr: Option<MetricsAddr>, metrics: &Metrics) -> Result<Option<MetricsServer>> {
+    let (addr, explicit) = match addr {
+        Some(MetricsAddr::Off) => return Ok(None),
+        Some(MetricsAddr::At(addr)) => (addr, true),
+        None => (DEFAULT_METRICS_ADDR.parse().expect("a valid address"), false),
+    };
+    match MetricsServer::start(addr, metrics.registry()) {
+        Ok(server) => Ok(Some(server)),
+        Err(e) if !explicit => {
+            let why = match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!("{addr} is in use (another chaos-ebpf run?)"),
+                _ => format!("cannot listen on {addr}: {e}"),
+            };
+            output::err(&format!(
+                "chaos-ebpf: serving no metrics: {why}; pass --metrics-addr IP:PORT to serve them elsewhere"
+            ));
+            Ok(None)
+        }
+        Err(e) => {
+            let fix = match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!(
+                    "another process listens there (`ss -ltnp 'sport = :{}'` shows which): pass --metrics-addr with a free port, or --metrics-addr off",
+                    addr.port()
+                ),
+                std::io::ErrorKind::AddrNotAvailable => {
+                    format!("that address is not on this host: pass --metrics-addr {DEFAULT_METRICS_ADDR}, or off")
+                }
+                _ => "pass another --metrics-addr, or --metrics-addr off".into(),
+            };
+            Err(chaos_datapath::Error::unsupported(format!("cannot serve metrics on {addr}: {e}"), fix).into())
+        }
+    }
 }

@@ -71,6 +71,10 @@ enum Command {
         output: Output,
         #[arg(long, global = true, display_order = 1002, value_name = "DIR", help = RUN_DIR_HELP)]
         run_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics while the fault is up (IP:PORT,
+        /// default 127.0.0.1:9464), or `off`.
+        #[arg(long, global = true, display_order = 1003, value_name = "ADDR", value_parser = execute::parse_metrics_addr)]
+        metrics_addr: Option<execute::MetricsAddr>,
     },
     /// Run a YAML scenario: targets and timed steps (see docs/scenarios.md).
     Run {
@@ -87,6 +91,10 @@ enum Command {
         output: Output,
         #[arg(long, value_name = "DIR", help = RUN_DIR_HELP)]
         run_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics while the run is up (IP:PORT,
+        /// default 127.0.0.1:9464), or `off`.
+        #[arg(long, value_name = "ADDR", value_parser = execute::parse_metrics_addr)]
+        metrics_addr: Option<execute::MetricsAddr>,
     },
     /// Check a scenario file; errors name file:line:column and the fix.
     Validate { file: PathBuf },
@@ -196,16 +204,16 @@ fn clip_lines(text: &str) -> String {
 fn dispatch(cli: Cli) -> Result<i32> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
-        Command::Inject { fault, dry_run, output, run_dir } => {
+        Command::Inject { fault, dry_run, output, run_dir, metrics_addr } => {
             let plan = inject::plan(fault)?;
-            execute::execute(&plan, dry_run, output, command_line, run_dir)
+            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir)
         }
-        Command::Run { file, seed, dry_run, output, run_dir } => {
+        Command::Run { file, seed, dry_run, output, run_dir, metrics_addr } => {
             let mut plan = validate::load(&file)?;
             if seed.is_some() {
                 plan.seed = seed;
             }
-            execute::execute(&plan, dry_run, output, command_line, run_dir)
+            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir)
         }
         Command::Validate { file } => validate::run(&file),
         Command::Plan { file, seed, output } => plan::run(&file, seed, output),

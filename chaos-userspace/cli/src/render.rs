@@ -36,8 +36,11 @@ impl Observer for Progress {
             Event::Warning(line) => output::err(&format!("chaos-ebpf: {line}")),
             Event::Progress(p) => {
                 let mut line = format!("[{:>6.1}s / {}] {}", p.elapsed.as_secs_f64(), format_duration(p.total), p.step);
-                for (rule_id, c) in &p.rules {
-                    line += &format!(" | rule {rule_id}: matched {} dropped {}", c.matched, c.dropped);
+                for r in &p.rules {
+                    line += &format!(
+                        " | rule {}: matched {} dropped {}",
+                        r.rule_id, r.counters.matched, r.counters.dropped
+                    );
                 }
                 if let Some(probe) = p.probe {
                     line += &format!(" | probe {}", probe_summary(&probe));
@@ -53,6 +56,8 @@ impl Observer for Progress {
                     output::err_raw("\r\x1b[2K");
                 }
             }
+            // The report says how each step and the revert went.
+            Event::RulesInstalled { .. } | Event::StepEnded(_) | Event::Aborted { .. } | Event::Reverted { .. } => {}
         }
     }
 }

@@ -2,7 +2,9 @@
 //! checks that every attachment and target is still in place, cancel on a signal, and
 //! the revert that verifies nothing is left (run.rs); what the kernel must offer before
 //! anything changes (preflight.rs). It prints nothing: what happens is told to an
-//! [`run::Observer`] as events, and the run's outcome is returned as a report.
+//! [`run::Observer`] as events, and the run's outcome is returned as a report; the
+//! Prometheus metrics of a run are such an observer, with their HTTP endpoint (metrics.rs).
 
+pub mod metrics;
 pub mod preflight;
 pub mod run;

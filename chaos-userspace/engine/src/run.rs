@@ -65,7 +65,7 @@ impl ProbeCounts {
 
 /// What the engine tells its observers (the CLI prints them; reports, metrics and
 /// traces are observers too). The engine itself prints nothing.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Event<'a> {
     /// The run has started (its seed is known).
     Started { scenario: &'a str, seed: u64, total: Duration },
@@ -77,18 +77,66 @@ pub enum Event<'a> {
     ProgressEnd,
     /// A problem that does not stop the run (a rule that could not be removed).
     Warning(String),
+    /// A step's rules are in force: installed, and recorded in the ledger.
+    RulesInstalled { step: &'a str, rules: Vec<InForce> },
+    /// A step ended and its rules were removed; its report has their final counters.
+    StepEnded(&'a StepReport),
+    /// The run stops before its timeline ended, or was interrupted; the revert follows.
+    Aborted { cause: AbortCause, reason: String },
+    /// The revert is done: how long it took, and whether everything is verified gone.
+    Reverted { seconds: f64, clean: bool },
+}
+
+/// One rule installed in one namespace.
+#[derive(Debug, Clone)]
+pub struct InForce {
+    pub rule_id: u32,
+    /// The fault kind (`loss`, `partition`, ...).
+    pub kind: &'static str,
+    /// The namespace it is installed in (its path, as in the report).
+    pub netns: String,
+}
+
+/// Why a run stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortCause {
+    /// SIGINT, SIGTERM or SIGHUP.
+    Interrupted,
+    /// A fault could not run its course (a lapsed lease, a detached program, a vanished
+    /// target): `RunReport::failed`.
+    CutShort,
+    /// An error while rules were in force (renewing a lease, installing a rule).
+    Error,
+}
+
+impl AbortCause {
+    pub fn name(self) -> &'static str {
+        match self {
+            AbortCause::Interrupted => "interrupted",
+            AbortCause::CutShort => "cut_short",
+            AbortCause::Error => "error",
+        }
+    }
 }
 
 /// A step in progress.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Progress<'a> {
     pub elapsed: Duration,
     pub total: Duration,
     pub step: &'a str,
-    /// (rule id, counters) of each rule in force.
-    pub rules: Vec<(u32, RuleCounters)>,
+    /// The counters of each rule in force (whose counters could be read).
+    pub rules: Vec<RuleCount>,
     /// The probe since the step started.
     pub probe: Option<ProbeCounts>,
+}
+
+/// A rule's counters in one namespace, read from the kernel's per-CPU counters.
+#[derive(Debug, Clone)]
+pub struct RuleCount {
+    pub rule_id: u32,
+    pub netns: String,
+    pub counters: RuleCounters,
 }
 
 pub trait Observer {
@@ -97,6 +145,54 @@ pub trait Observer {
         None
     }
     fn event(&mut self, event: Event<'_>);
+}
+
+/// Several observers as one (the CLI's progress printer and the metrics): each gets
+/// every event, and progress at its own interval.
+pub struct Fanout<'a> {
+    observers: Vec<(&'a mut dyn Observer, Option<Duration>, Option<Instant>)>,
+}
+
+impl<'a> Fanout<'a> {
+    pub fn new(observers: Vec<&'a mut dyn Observer>) -> Self {
+        Fanout { observers: observers.into_iter().map(|o| (o, None, None)).collect() }
+    }
+}
+
+impl Observer for Fanout<'_> {
+    fn progress_every(&self, total: Duration) -> Option<Duration> {
+        self.observers.iter().filter_map(|(o, _, _)| o.progress_every(total)).min()
+    }
+
+    fn event(&mut self, event: Event<'_>) {
+        if let Event::Started { total, .. } = &event {
+            for (observer, every, _) in &mut self.observers {
+                *every = observer.progress_every(*total);
+            }
+        }
+        for (observer, every, last) in &mut self.observers {
+            match &event {
+                Event::Progress(_) => {
+                    // The engine sends progress at the shortest interval asked for; a
+                    // slower observer gets it once its own interval has passed (within
+                    // the engine's poll, so an interval is never skipped for 10 ms).
+                    let Some(every) = *every else { continue };
+                    if last.is_some_and(|l| l.elapsed() + POLL < every) {
+                        continue;
+                    }
+                    *last = Some(Instant::now());
+                }
+                Event::ProgressEnd => {
+                    if every.is_none() {
+                        continue;
+                    }
+                    *last = None;
+                }
+                _ => {}
+            }
+            observer.event(event.clone());
+        }
+    }
 }
 
 /// An observer that wants nothing.
@@ -173,6 +269,7 @@ impl std::error::Error for InterruptedBeforeStart {}
 
 struct ActiveRule {
     rule_id: u32,
+    kind: &'static str,
     fault: String,
     target: String,
     /// The `inject` span, open while the rule is in force.
@@ -462,11 +559,23 @@ fn run_traced(
             break;
         }
     }
+    let abort = match (&failed, &outcome) {
+        (Some(reason), _) => Some((AbortCause::CutShort, reason.clone())),
+        (None, Err(e)) => Some((AbortCause::Error, format!("{e:#}"))),
+        (None, Ok(())) if interrupted.load(Ordering::Relaxed) => {
+            Some((AbortCause::Interrupted, "interrupted by a signal".to_owned()))
+        }
+        _ => None,
+    };
+    if let Some((cause, reason)) = abort {
+        observer.event(Event::Aborted { cause, reason });
+    }
     run_state.phase = Phase::Reverting;
     run_state.rules.clear();
     let _ = record.write(&run_state);
     let (revert_ms, reverted) = revert(&mut instances, &mut held, &program_ids, run_span);
     let clean = reverted.is_ok();
+    observer.event(Event::Reverted { seconds: revert_ms / 1000.0, clean });
     drop(record);
     let report = RunReport {
         scenario: plan.name.clone(),
@@ -553,6 +662,7 @@ impl Running<'_> {
                         set_status(&span, None);
                         active.push(ActiveRule {
                             rule_id: fault.rule_id,
+                            kind: fault.spec.kind.name(),
                             fault: fault.spec.describe(),
                             target: fault.spec.target.to_string(),
                             span,
@@ -593,6 +703,15 @@ impl Running<'_> {
             self.remove_rules(step, step_span, active);
             return Err(e);
         }
+        let rules = active
+            .iter()
+            .map(|a| InForce {
+                rule_id: a.rule_id,
+                kind: a.kind,
+                netns: self.instances[&a.netns].netns.path.display().to_string(),
+            })
+            .collect();
+        self.observer.event(Event::RulesInstalled { step: &step.name, rules });
         Ok(active)
     }
 
@@ -644,7 +763,14 @@ impl Running<'_> {
             if self.progress_every.is_some_and(|every| last_progress.elapsed() >= every) {
                 let rules = active
                     .iter()
-                    .filter_map(|a| Some((a.rule_id, self.instances[&a.netns].counters(a.slot).ok()?)))
+                    .filter_map(|a| {
+                        let instance = &self.instances[&a.netns];
+                        Some(RuleCount {
+                            rule_id: a.rule_id,
+                            netns: instance.netns.path.display().to_string(),
+                            counters: instance.counters(a.slot).ok()?,
+                        })
+                    })
                     .collect();
                 self.observer.event(Event::Progress(Progress {
                     elapsed: self.run_start.elapsed(),
@@ -698,6 +824,7 @@ impl Running<'_> {
             rules,
             probe: probe_now(self.probe),
         };
+        self.observer.event(Event::StepEnded(&report));
         self.observer.event(Event::Notice(format!(
             "step {} {}",
             report.name,
@@ -1015,5 +1142,69 @@ fn verify_gone(program_ids: &[u32]) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts the progress events it gets; asks for them every `every`.
+    struct Counting {
+        every: Option<Duration>,
+        progress: usize,
+        others: usize,
+    }
+
+    impl Observer for Counting {
+        fn progress_every(&self, _total: Duration) -> Option<Duration> {
+            self.every
+        }
+        fn event(&mut self, event: Event<'_>) {
+            match event {
+                Event::Progress(_) => self.progress += 1,
+                _ => self.others += 1,
+            }
+        }
+    }
+
+    /// The fan-out asks for the shortest interval, gives each observer progress at its
+    /// own interval (none to one that wants none), and every other event to all.
+    #[test]
+    fn fanout_gives_each_observer_its_own_interval() {
+        let mut fast = Counting { every: Some(Duration::from_millis(20)), progress: 0, others: 0 };
+        let mut slow = Counting { every: Some(Duration::from_millis(100)), progress: 0, others: 0 };
+        let mut none = Counting { every: None, progress: 0, others: 0 };
+        let total = Duration::from_secs(1);
+        let mut fanout = Fanout::new(vec![&mut fast, &mut slow, &mut none]);
+        assert_eq!(fanout.progress_every(total), Some(Duration::from_millis(20)));
+        fanout.event(Event::Started { scenario: "s", seed: 1, total });
+        let started = Instant::now();
+        // The engine's loop: progress every 20 ms for 400 ms.
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(20));
+            let rules = Vec::new();
+            fanout.event(Event::Progress(Progress {
+                elapsed: started.elapsed(),
+                total,
+                step: "x",
+                rules,
+                probe: None,
+            }));
+        }
+        fanout.event(Event::Notice("done".into()));
+        let elapsed_ms = started.elapsed().as_millis() as usize;
+        drop(fanout);
+        assert_eq!(fast.progress, 20);
+        // One at once, then one per 100 ms (less the 10 ms poll tolerance) of the 400 ms
+        // or more the loop took (longer on a loaded machine).
+        let most = elapsed_ms / 90 + 1;
+        assert!(
+            (4..=most).contains(&slow.progress),
+            "slow observer got {} progress events in {elapsed_ms} ms",
+            slow.progress
+        );
+        assert_eq!(none.progress, 0);
+        assert_eq!((fast.others, slow.others, none.others), (2, 2, 2));
     }
 }
