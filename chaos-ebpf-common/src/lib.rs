@@ -163,7 +163,7 @@ pub struct Rule {
 /// Per-rule counters, one copy per CPU (`CHAOS_COUNTERS[slot]`); user space sums them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RuleCounters {
     /// Packets on the rule's interfaces and directions while its lease was valid.
     pub seen: u64,

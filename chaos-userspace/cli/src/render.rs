@@ -57,7 +57,13 @@ impl Observer for Progress {
                 }
             }
             // The report says how each step and the revert went.
-            Event::RulesInstalled { .. } | Event::StepEnded(_) | Event::Aborted { .. } | Event::Reverted { .. } => {}
+            Event::RulesInstalled { .. }
+            | Event::StepEnded(_)
+            | Event::Aborted { .. }
+            | Event::Reverted { .. }
+            | Event::ProbeChecked(_)
+            | Event::PhaseStarted { .. }
+            | Event::PhaseEnded { .. } => {}
         }
     }
 }

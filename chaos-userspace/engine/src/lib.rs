@@ -7,4 +7,5 @@
 
 pub mod metrics;
 pub mod preflight;
+pub mod report;
 pub mod run;

@@ -218,7 +218,12 @@ impl Observer for Metrics {
             Event::Reverted { seconds, .. } => {
                 self.revert_seconds.with_label_values(&[self.scenario.as_str()]).set(seconds);
             }
-            Event::Notice(_) | Event::Warning(_) | Event::ProgressEnd => {}
+            Event::Notice(_)
+            | Event::Warning(_)
+            | Event::ProgressEnd
+            | Event::ProbeChecked(_)
+            | Event::PhaseStarted { .. }
+            | Event::PhaseEnded { .. } => {}
         }
     }
 }
@@ -299,11 +304,26 @@ mod tests {
         RuleReport {
             rule_id,
             fault: "loss on netns:a p=0.3".into(),
+            target: "netns:a".into(),
             netns: netns.into(),
             counters: c,
             active_from_unix_ms: 0,
             active_to_unix_ms: 0,
             ended: "completed".into(),
+            ran_its_course: true,
+        }
+    }
+
+    fn step_report(name: &str, rules: Vec<RuleReport>, probe: Option<ProbeCounts>) -> StepReport {
+        StepReport {
+            name: name.into(),
+            seed: 1,
+            planned_start_s: 0.0,
+            planned_end_s: 1.0,
+            seconds: 1.0,
+            windows: Vec::new(),
+            rules,
+            probe,
             ran_its_course: true,
         }
     }
@@ -337,12 +357,11 @@ mod tests {
         m.event(progress(counters(200, 61), counters(10, 3)));
         assert_eq!(value(&m.text(), "chaos_ebpf_packets_dropped_total", &rule), Some(64.0));
         assert_eq!(value(&m.text(), "chaos_ebpf_packets_seen_total", &rule), Some(220.0));
-        let step = StepReport {
-            name: "loss".into(),
-            seconds: 10.0,
-            rules: vec![rule_report(1, "/a", counters(250, 77)), rule_report(1, "/b", counters(12, 4))],
-            probe: Some(ProbeCounts { sent: 20, delivered: 14, echoed: 9 }),
-        };
+        let step = step_report(
+            "loss",
+            vec![rule_report(1, "/a", counters(250, 77)), rule_report(1, "/b", counters(12, 4))],
+            Some(ProbeCounts { sent: 20, delivered: 14, echoed: 9 }),
+        );
         m.event(Event::StepEnded(&step));
         let text = m.text();
         assert_eq!(value(&text, "chaos_ebpf_packets_dropped_total", &rule), Some(81.0));
@@ -369,12 +388,7 @@ mod tests {
                 step,
                 rules: vec![InForce { rule_id: 3, kind: "partition", netns: "/a".into() }],
             });
-            let report = StepReport {
-                name: step.into(),
-                seconds: 1.0,
-                rules: vec![rule_report(3, "/a", counters(50, dropped))],
-                probe: None,
-            };
+            let report = step_report(step, vec![rule_report(3, "/a", counters(50, dropped))], None);
             m.event(Event::StepEnded(&report));
         }
         let text = m.text();

@@ -22,9 +22,12 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use chaos_ebpf_common::{ProtectedPorts, RuleCounters};
-use serde::Serialize;
 use tracing::{field::Empty, info_span, Span};
 
+pub use crate::report::{
+    AbortReport, CheckPhase, CounterSample, HypothesisReport, ProbeCounts, ProbeSample, RuleReport, RunReport,
+    StepReport, WindowReport,
+};
 use chaos_datapath::{
     bpfsys, devices,
     error::{require_root, Error},
@@ -45,30 +48,16 @@ pub trait Probe {
     fn counts(&self) -> ProbeCounts;
 }
 
-/// Probe packets so far: sent, delivered to the far node, and echoed back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ProbeCounts {
-    pub sent: u64,
-    pub delivered: u64,
-    pub echoed: u64,
-}
-
-impl ProbeCounts {
-    pub fn since(&self, earlier: &ProbeCounts) -> ProbeCounts {
-        ProbeCounts {
-            sent: self.sent - earlier.sent,
-            delivered: self.delivered - earlier.delivered,
-            echoed: self.echoed - earlier.echoed,
-        }
-    }
-}
-
 /// What the engine tells its observers (the CLI prints them; reports, metrics and
 /// traces are observers too). The engine itself prints nothing.
 #[derive(Debug, Clone)]
 pub enum Event<'a> {
     /// The run has started (its seed is known).
-    Started { scenario: &'a str, seed: u64, total: Duration },
+    Started {
+        scenario: &'a str,
+        seed: u64,
+        total: Duration,
+    },
     /// Something worth a line: what a dead run left and was removed, a step that ended.
     Notice(String),
     /// Where a step is, at the interval the observer asked for.
@@ -78,13 +67,33 @@ pub enum Event<'a> {
     /// A problem that does not stop the run (a rule that could not be removed).
     Warning(String),
     /// A step's rules are in force: installed, and recorded in the ledger.
-    RulesInstalled { step: &'a str, rules: Vec<InForce> },
+    RulesInstalled {
+        step: &'a str,
+        rules: Vec<InForce>,
+    },
     /// A step ended and its rules were removed; its report has their final counters.
     StepEnded(&'a StepReport),
     /// The run stops before its timeline ended, or was interrupted; the revert follows.
-    Aborted { cause: AbortCause, reason: String },
+    Aborted {
+        cause: AbortCause,
+        reason: String,
+    },
     /// The revert is done: how long it took, and whether everything is verified gone.
-    Reverted { seconds: f64, clean: bool },
+    Reverted {
+        seconds: f64,
+        clean: bool,
+    },
+    /// A probe of the hypothesis was checked.
+    ProbeChecked(&'a ProbeSample),
+    /// A long phase begins (loading programs, waiting for the steady state): a terminal
+    /// shows a spinner or bar until `PhaseEnded`; `total` when its length is known.
+    PhaseStarted {
+        name: &'a str,
+        total: Option<Duration>,
+    },
+    PhaseEnded {
+        name: &'a str,
+    },
 }
 
 /// One rule installed in one namespace.
@@ -107,6 +116,8 @@ pub enum AbortCause {
     CutShort,
     /// An error while rules were in force (renewing a lease, installing a rule).
     Error,
+    /// An abort guard of the scenario fired: `RunReport::abort`.
+    Guard,
 }
 
 impl AbortCause {
@@ -115,6 +126,7 @@ impl AbortCause {
             AbortCause::Interrupted => "interrupted",
             AbortCause::CutShort => "cut_short",
             AbortCause::Error => "error",
+            AbortCause::Guard => "guard",
         }
     }
 }
@@ -210,49 +222,6 @@ const POLL: Duration = Duration::from_millis(10);
 pub struct RunOptions {
     /// The command line, recorded in the ledger for `status`.
     pub command: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RuleReport {
-    pub rule_id: u32,
-    pub fault: String,
-    pub netns: String,
-    pub counters: RuleCounters,
-    /// When the rule was in force (wall clock, ms since the epoch).
-    pub active_from_unix_ms: u64,
-    pub active_to_unix_ms: u64,
-    /// Why it ended: "completed", "interrupted", or what cut it short.
-    pub ended: String,
-    /// Whether it was in force for its whole step.
-    pub ran_its_course: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StepReport {
-    pub name: String,
-    pub seconds: f64,
-    pub rules: Vec<RuleReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub probe: Option<ProbeCounts>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    pub scenario: String,
-    pub seed: u64,
-    pub interrupted: bool,
-    /// Why the run stopped early, when a fault could not run its course (a lapsed lease,
-    /// a detached program, a vanished target): the run then exits 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed: Option<String>,
-    pub steps: Vec<StepReport>,
-    /// Time from the end of the faults to everything removed, in ms.
-    pub revert_ms: f64,
-    /// Every attachment and program of this run was verified gone after the revert.
-    pub clean: bool,
-    /// What the revert could not remove or restore (`cleanup` is the fix).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub revert_problems: Vec<String>,
 }
 
 /// The run was interrupted before any fault was in force: nothing was changed.
@@ -580,6 +549,11 @@ fn run_traced(
     let report = RunReport {
         scenario: plan.name.clone(),
         seed,
+        started_unix_ms: run_state.started_unix_ms,
+        ended_unix_ms: state::unix_ms(),
+        abort: None,
+        hypothesis: None,
+        samples: Vec::new(),
         interrupted: interrupted.load(Ordering::Relaxed),
         failed,
         steps,
@@ -804,6 +778,7 @@ impl Running<'_> {
                 RuleReport {
                     rule_id: a.rule_id,
                     fault: a.fault.clone(),
+                    target: a.target.clone(),
                     netns: self.instances[&a.netns].netns.path.display().to_string(),
                     counters: RuleCounters::default(),
                     active_from_unix_ms: a.from_unix_ms,
@@ -820,6 +795,21 @@ impl Running<'_> {
         }
         let report = StepReport {
             name: step.name.clone(),
+            seed: step.seed(self.seed),
+            planned_start_s: step.start.as_secs_f64(),
+            planned_end_s: step.end().as_secs_f64(),
+            windows: step
+                .windows
+                .iter()
+                .map(|w| WindowReport {
+                    planned_start_s: w.start.as_secs_f64(),
+                    planned_end_s: w.end.as_secs_f64(),
+                    intensity: w.intensity,
+                    started_s: None,
+                    ended_s: None,
+                })
+                .collect(),
+            ran_its_course: completed,
             seconds: step_start.elapsed().as_secs_f64(),
             rules,
             probe: probe_now(self.probe),

@@ -172,12 +172,14 @@ pub fn plan(fault: InjectFault) -> Result<Plan, Problem> {
         attach: common.attach,
         protect,
         lab: None,
-        steps: vec![PlannedStep {
-            name: kind.name().into(),
-            start: Duration::ZERO,
-            duration: common.duration,
-            faults: vec![PlannedFault { rule_id: 1, spec }],
-        }],
+        steps: vec![PlannedStep::simple(
+            kind.name().into(),
+            Duration::ZERO,
+            common.duration,
+            vec![PlannedFault { rule_id: 1, spec }],
+        )],
+        hypothesis: None,
+        abort: Vec::new(),
     };
     plan.check_limits().map_err(|e| {
         let flag = match e.at.field {

@@ -6,6 +6,7 @@
 //! the scenario file.
 
 pub mod expect;
+pub mod hypothesis;
 #[cfg(feature = "clap")]
 pub mod inject;
 pub mod lab;

@@ -8,6 +8,7 @@ use chaos_ebpf_common::{self as common, ProtectedPorts};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    hypothesis::{Guard, Hypothesis},
     lab::LabSpec,
     spec::{self, shorten, FaultSpec, PortRange, Problem},
 };
@@ -91,11 +92,69 @@ pub struct PlannedFault {
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedStep {
     pub name: String,
+    /// When the step begins (its first window), from the start of the run.
+    #[serde(serialize_with = "ser_secs")]
+    pub start: Duration,
+    /// From its start to the end of its last window.
+    #[serde(serialize_with = "ser_secs")]
+    pub duration: Duration,
+    /// The step's own seed when the file gives one; otherwise `seed()` derives it from the
+    /// run's seed and the step's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// One fault per target (and peer set): each its own rule.
+    pub faults: Vec<PlannedFault>,
+    /// When the faults are in force, in order and not overlapping: one window for a plain
+    /// step, one per `on` period of a duty cycle, and consecutive windows of rising (or
+    /// falling) intensity for a ramp. A step without faults (a pause) has one window too.
+    pub windows: Vec<Window>,
+}
+
+/// A period in which a step's faults are in force at one intensity.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Window {
+    /// From the start of the run.
     #[serde(serialize_with = "ser_secs")]
     pub start: Duration,
     #[serde(serialize_with = "ser_secs")]
-    pub duration: Duration,
-    pub faults: Vec<PlannedFault>,
+    pub end: Duration,
+    /// 0 < intensity <= 1: scales the fault's magnitude (`FaultSpec::at_intensity`).
+    pub intensity: f64,
+}
+
+impl PlannedStep {
+    /// The seed the step's rules decide with: the file's, or one derived from the run's
+    /// seed and the step's name, so that adding or moving a step changes no other
+    /// step's decisions.
+    pub fn seed(&self, run_seed: u64) -> u64 {
+        self.seed.unwrap_or_else(|| {
+            // Chained over 8-byte words of the name; the length word keeps "a" and "a\0" apart.
+            let mut h = run_seed;
+            for chunk in self.name.as_bytes().chunks(8) {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                h = common::siphash24(h, 0x7374_6570, &[u64::from_le_bytes(word), chunk.len() as u64]);
+            }
+            h
+        })
+    }
+
+    /// The end of the step's last window, from the start of the run.
+    pub fn end(&self) -> Duration {
+        self.start + self.duration
+    }
+
+    /// A step with one window of full intensity from `start` for `duration`.
+    pub fn simple(name: String, start: Duration, duration: Duration, faults: Vec<PlannedFault>) -> PlannedStep {
+        PlannedStep {
+            name,
+            start,
+            duration,
+            seed: None,
+            faults,
+            windows: vec![Window { start, end: start + duration, intensity: 1.0 }],
+        }
+    }
 }
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -116,12 +175,18 @@ pub struct Plan {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lab: Option<LabSpec>,
     pub steps: Vec<PlannedStep>,
+    /// Probes of the steady state: before the faults, during them, after recovery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hypothesis: Option<Hypothesis>,
+    /// Guards that stop the run and revert every fault at once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub abort: Vec<Guard>,
 }
 
 impl Plan {
-    /// Sum of the step durations (saturating: plans are bounded by `check_limits`).
+    /// From the start of the run to the end of the last step's last window.
     pub fn total_duration(&self) -> Duration {
-        self.steps.iter().fold(Duration::ZERO, |sum, s| sum.saturating_add(s.duration))
+        self.steps.iter().map(PlannedStep::end).max().unwrap_or_default()
     }
 
     /// Every limit that does not depend on the machine: protected ranges (one map of

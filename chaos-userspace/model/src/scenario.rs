@@ -362,7 +362,7 @@ impl Validator<'_> {
                     "shorten the steps; a scenario runs at most 7d",
                 )
             })?;
-            steps.push(PlannedStep { name, start, duration, faults });
+            steps.push(PlannedStep::simple(name, start, duration, faults));
             start = next;
         }
         Ok(Plan {
@@ -374,6 +374,8 @@ impl Validator<'_> {
             protect,
             lab: raw.lab,
             steps,
+            hypothesis: None,
+            abort: Vec::new(),
         })
     }
 }
