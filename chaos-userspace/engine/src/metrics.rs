@@ -345,8 +345,8 @@ mod tests {
                 total: Duration::from_secs(10),
                 step: "loss",
                 rules: vec![
-                    RuleCount { rule_id: 1, netns: "/a".into(), counters: a },
-                    RuleCount { rule_id: 1, netns: "/b".into(), counters: b },
+                    RuleCount { step: "loss".into(), rule_id: 1, netns: "/a".into(), counters: a },
+                    RuleCount { step: "loss".into(), rule_id: 1, netns: "/b".into(), counters: b },
                 ],
                 probe: Some(ProbeCounts { sent: 10, delivered: 7, echoed: 5 }),
             })

@@ -34,6 +34,46 @@ pub struct RunReport {
     /// What the revert could not remove or restore (`cleanup` is the fix).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revert_problems: Vec<String>,
+    /// What the targets were when the run resolved them.
+    #[serde(default)]
+    pub topology: Vec<TargetSnapshot>,
+    /// Everything the run created in the kernel, and whether it was verified gone.
+    #[serde(default)]
+    pub cleanup: Vec<CreatedObject>,
+}
+
+/// A target as resolved: the namespace, the interfaces the programs attach to (with
+/// their addresses) and the cgroup a rule filters on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetSnapshot {
+    /// As the scenario wrote it (`netns:chaos-lab-n1`).
+    pub target: String,
+    pub netns: String,
+    pub interfaces: Vec<InterfaceSnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InterfaceSnapshot {
+    pub name: String,
+    pub ifindex: u32,
+    pub addresses: Vec<String>,
+}
+
+/// One kernel object (or setting) the run created or changed, and the proof that it is
+/// gone (or restored) after the revert.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedObject {
+    /// `program`, `tcx-link`, `tc-filter`, `clsact-qdisc`, `sch_fq`, `device-setting`,
+    /// `segmenter-pair`, `ledger-record`.
+    pub kind: String,
+    /// Which one (a program id, a device and the setting).
+    pub what: String,
+    pub netns: String,
+    pub gone: bool,
+    /// How it was checked (`no program with id 812 in BPF_PROG_GET_NEXT_ID`).
+    pub proof: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

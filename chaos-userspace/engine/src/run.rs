@@ -146,6 +146,8 @@ pub struct Progress<'a> {
 /// A rule's counters in one namespace, read from the kernel's per-CPU counters.
 #[derive(Debug, Clone)]
 pub struct RuleCount {
+    /// The step the rule belongs to.
+    pub step: String,
     pub rule_id: u32,
     pub netns: String,
     pub counters: RuleCounters,
@@ -560,6 +562,8 @@ fn run_traced(
         revert_ms,
         clean,
         revert_problems: reverted.err().map(|e| vec![format!("{e:#}")]).unwrap_or_default(),
+        topology: Vec::new(),
+        cleanup: Vec::new(),
     };
     outcome?;
     Ok(report)
@@ -740,6 +744,7 @@ impl Running<'_> {
                     .filter_map(|a| {
                         let instance = &self.instances[&a.netns];
                         Some(RuleCount {
+                            step: step.name.clone(),
                             rule_id: a.rule_id,
                             netns: instance.netns.path.display().to_string(),
                             counters: instance.counters(a.slot).ok()?,
