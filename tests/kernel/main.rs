@@ -58,6 +58,7 @@ test_modules! {
     cleanup,
     bad_input,
     lab,
+    timeline,
     gso,
     parsing,
     ownership,

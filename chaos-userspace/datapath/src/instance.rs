@@ -311,6 +311,18 @@ impl Instance {
         self.write_config(u32::MAX)
     }
 
+    /// Changes the rule in a slot that is in force (a ramp's next intensity): one map
+    /// write, so the kernel sees the old rule or the new one, never none; counters and
+    /// flow state (a burst in progress) carry on.
+    pub fn update_rule(&mut self, slot: u32, rule: &Rule) -> Result<()> {
+        if !self.used_slots.contains(&slot) {
+            return Err(anyhow::anyhow!("rule slot {slot} is not in use"));
+        }
+        let mut rules: Array<&mut MapData, Rule> = Array::try_from(self.map_mut(names::RULES)?)?;
+        rules.set(slot, rule, 0)?;
+        Ok(())
+    }
+
     /// Extends the lease of a slot to now + `lease`.
     pub fn renew(&mut self, slot: u32, lease: Duration) -> Result<()> {
         let expiry = monotonic_ns() + lease.as_nanos() as u64;

@@ -180,6 +180,11 @@ impl RunRecord {
         Ok(record)
     }
 
+    /// Where the record is (it is removed when the record is dropped).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Replaces the record atomically.
     pub fn write(&self, state: &RunState) -> Result<()> {
         write_json(&self.path, state)

@@ -22,6 +22,7 @@ use netlink_packet_core::{
     NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
     link::{self, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
     route::{RouteAttribute, RouteMessage},
@@ -214,6 +215,27 @@ pub fn qdiscs(ifindex: u32) -> io::Result<Vec<Qdisc>> {
             _ => None,
         })
         .collect())
+}
+
+/// The addresses of `ifindex` as `ADDRESS/PREFIX` (`ip -brief address`), IPv4 first.
+pub fn addresses(ifindex: u32) -> io::Result<Vec<String>> {
+    let replies = dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+    let mut out: Vec<(bool, String)> = replies
+        .into_iter()
+        .filter_map(|reply| match reply.message {
+            // The kernel dumps the addresses of every device.
+            RouteNetlinkMessage::NewAddress(a) if a.header.index == ifindex => {
+                let len = a.header.prefix_len;
+                a.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Address(ip) => Some((ip.is_ipv6(), format!("{ip}/{len}"))),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    Ok(out.into_iter().map(|(_, a)| a).collect())
 }
 
 /// Creates or replaces the qdisc at `parent` of `ifindex` with `kind` and raw options.

@@ -12,6 +12,10 @@ pub struct RunReport {
     pub seed: u64,
     pub started_unix_ms: u64,
     pub ended_unix_ms: u64,
+    /// The wall-clock time of the timeline's zero (after the programs loaded): every
+    /// `*_s` time of the report counts from here.
+    #[serde(default)]
+    pub faults_start_unix_ms: u64,
     pub interrupted: bool,
     /// Why the run stopped early, when a fault could not run its course (a lapsed lease,
     /// a detached program, a vanished target): the run then exits 1.

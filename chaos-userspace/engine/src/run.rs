@@ -25,8 +25,8 @@ use chaos_ebpf_common::{ProtectedPorts, RuleCounters};
 use tracing::{field::Empty, info_span, Span};
 
 pub use crate::report::{
-    AbortReport, CheckPhase, CounterSample, HypothesisReport, ProbeCounts, ProbeSample, RuleReport, RunReport,
-    StepReport, WindowReport,
+    AbortReport, CheckPhase, CounterSample, CreatedObject, HypothesisReport, InterfaceSnapshot, ProbeCounts,
+    ProbeSample, RuleReport, RunReport, StepReport, TargetSnapshot, WindowReport,
 };
 use chaos_datapath::{
     bpfsys, devices,
@@ -243,6 +243,8 @@ struct ActiveRule {
     kind: &'static str,
     fault: String,
     target: String,
+    /// Which of its fault's resolved targets it is installed on.
+    target_index: usize,
     /// The `inject` span, open while the rule is in force.
     span: Span,
     netns: NetnsId,
@@ -452,6 +454,7 @@ fn run_traced(
         }
     }
 
+    let topology = topology_of(&resolved);
     let protected: Vec<ProtectedPorts> = plan.protect.iter().map(|p| p.entry()).collect();
     let judge_bit = devices::with_ledger_lock(|| {
         let bit = state::free_judge_bit();
@@ -478,9 +481,10 @@ fn run_traced(
         return Err(e);
     }
 
+    let run_start = Instant::now();
+    let faults_start_unix_ms = state::unix_ms();
     let mut running = Running {
         plan,
-        seed,
         resolved: &resolved,
         identities: &identities,
         instances: &mut instances,
@@ -490,89 +494,174 @@ fn run_traced(
         progress_every: observer.progress_every(plan.total_duration()),
         observer,
         interrupted,
-        run_start: Instant::now(),
+        run_start,
         last_renew: Instant::now(),
+        steps: plan.steps.iter().map(|s| StepRun::new(s, seed)).collect(),
+        samples: Vec::new(),
+        run_span,
     };
-    let mut steps = Vec::new();
-    let mut outcome: Result<()> = Ok(());
-    let mut failed: Option<String> = None;
-    for step in &plan.steps {
-        if interrupted.load(Ordering::Relaxed) {
-            break;
+    let stop = running.run_timeline();
+    let (failed, outcome, abort) = match stop {
+        Stop::Completed => (None, Ok(()), None),
+        Stop::Interrupted => (None, Ok(()), Some((AbortCause::Interrupted, "interrupted by a signal".to_owned()))),
+        Stop::CutShort(reason) => (Some(reason.clone()), Ok(()), Some((AbortCause::CutShort, reason))),
+        Stop::Error(e) => {
+            let reason = format!("{e:#}");
+            (None, Err(e), Some((AbortCause::Error, reason)))
         }
-        let step_span = info_span!(
-            parent: run_span,
-            "step",
-            scenario = %plan.name,
-            step = %step.name,
-            seed,
-            planned_ms = step.duration.as_millis() as u64,
-            ended = Empty,
-            otel.status_code = Empty,
-            otel.status_message = Empty,
-        );
-        let active = match running.install(step, &step_span) {
-            Ok(active) => active,
-            Err(e) => {
-                set_status(&step_span, Some(&format!("{e:#}")));
-                outcome = Err(e);
-                break;
-            }
-        };
-        let end = running.hold(step, &step_span, active);
-        steps.push(end.report);
-        if let Some(reason) = end.cut_short {
-            failed = Some(reason);
-            break;
-        }
-        if let Err(e) = end.outcome {
-            outcome = Err(e);
-            break;
-        }
-    }
-    let abort = match (&failed, &outcome) {
-        (Some(reason), _) => Some((AbortCause::CutShort, reason.clone())),
-        (None, Err(e)) => Some((AbortCause::Error, format!("{e:#}"))),
-        (None, Ok(())) if interrupted.load(Ordering::Relaxed) => {
-            Some((AbortCause::Interrupted, "interrupted by a signal".to_owned()))
-        }
-        _ => None,
     };
+    let ended = match (&failed, &outcome, &abort) {
+        (Some(reason), _, _) => reason.clone(),
+        (None, Err(e), _) => format!("{e:#}"),
+        (None, Ok(()), Some(_)) => "interrupted".to_owned(),
+        (None, Ok(()), None) => "completed".to_owned(),
+    };
+    // Every step still in force ends now, its rules removed; steps that never began are
+    // reported as such.
+    running.close_all(&ended);
+    let samples = std::mem::take(&mut running.samples);
+    let steps: Vec<StepReport> = std::mem::take(&mut running.steps).into_iter().map(StepRun::into_report).collect();
+    drop(running);
     if let Some((cause, reason)) = abort {
         observer.event(Event::Aborted { cause, reason });
     }
     run_state.phase = Phase::Reverting;
     run_state.rules.clear();
     let _ = record.write(&run_state);
+    let created = created_objects(&run_state, &held);
     let (revert_ms, reverted) = revert(&mut instances, &mut held, &program_ids, run_span);
     let clean = reverted.is_ok();
     observer.event(Event::Reverted { seconds: revert_ms / 1000.0, clean });
+    let record_path = record.path().to_path_buf();
     drop(record);
+    let cleanup = verify_created(created, &program_ids, clean, &record_path);
     let report = RunReport {
         scenario: plan.name.clone(),
         seed,
         started_unix_ms: run_state.started_unix_ms,
         ended_unix_ms: state::unix_ms(),
+        faults_start_unix_ms,
         abort: None,
         hypothesis: None,
-        samples: Vec::new(),
+        samples,
         interrupted: interrupted.load(Ordering::Relaxed),
         failed,
         steps,
         revert_ms,
         clean,
         revert_problems: reverted.err().map(|e| vec![format!("{e:#}")]).unwrap_or_default(),
-        topology: Vec::new(),
-        cleanup: Vec::new(),
+        topology,
+        cleanup,
     };
     outcome?;
     Ok(report)
 }
 
-/// A run between its preparation and its revert: what the steps work on.
+/// Why the timeline stopped.
+enum Stop {
+    /// Every window of every step ran.
+    Completed,
+    Interrupted,
+    /// A fault could not run its course (a lapsed lease, a detached program, a vanished
+    /// target).
+    CutShort(String),
+    /// An error while rules were in force (installing, renewing, writing the ledger).
+    Error(anyhow::Error),
+}
+
+/// One edge of a step's window on the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Edge {
+    // Closes sort first: a window that ends when another begins frees its slots first.
+    Close,
+    Open,
+}
+
+/// Every window edge of the plan, in time order (closes before opens at one instant, then
+/// in file order).
+fn timeline(plan: &Plan) -> Vec<(Duration, Edge, usize, usize)> {
+    let mut edges = Vec::new();
+    for (i, step) in plan.steps.iter().enumerate() {
+        for (j, w) in step.windows.iter().enumerate() {
+            edges.push((w.start, Edge::Open, i, j));
+            edges.push((w.end, Edge::Close, i, j));
+        }
+    }
+    edges.sort();
+    edges
+}
+
+/// A step as the timeline runs it.
+struct StepRun {
+    name: String,
+    seed: u64,
+    /// Open from its first window's start to its last window's end.
+    span: Option<Span>,
+    /// Its rules while a window is in force.
+    active: Vec<ActiveRule>,
+    windows: Vec<WindowReport>,
+    /// Per rule and namespace, counters summed over the windows that ended.
+    rules: Vec<RuleReport>,
+    probe_start: Option<ProbeCounts>,
+    probe: Option<ProbeCounts>,
+    started: Option<Instant>,
+    seconds: f64,
+    /// Whether its last window closed as planned.
+    finished: bool,
+    /// Every window opened and closed as planned (false once one was cut).
+    whole: bool,
+}
+
+impl StepRun {
+    fn new(step: &PlannedStep, run_seed: u64) -> StepRun {
+        StepRun {
+            name: step.name.clone(),
+            seed: step.seed(run_seed),
+            span: None,
+            active: Vec::new(),
+            windows: step
+                .windows
+                .iter()
+                .map(|w| WindowReport {
+                    planned_start_s: w.start.as_secs_f64(),
+                    planned_end_s: w.end.as_secs_f64(),
+                    intensity: w.intensity,
+                    started_s: None,
+                    ended_s: None,
+                })
+                .collect(),
+            rules: Vec::new(),
+            probe_start: None,
+            probe: None,
+            started: None,
+            seconds: 0.0,
+            finished: false,
+            whole: true,
+        }
+    }
+
+    fn into_report(self) -> StepReport {
+        let (planned_start_s, planned_end_s) = match (self.windows.first(), self.windows.last()) {
+            (Some(first), Some(last)) => (first.planned_start_s, last.planned_end_s),
+            _ => (0.0, 0.0),
+        };
+        StepReport {
+            name: self.name,
+            seed: self.seed,
+            planned_start_s,
+            planned_end_s,
+            seconds: self.seconds,
+            windows: self.windows,
+            rules: self.rules,
+            probe: self.probe,
+            ran_its_course: self.finished && self.whole,
+        }
+    }
+}
+
+/// A run between its preparation and its revert: what the timeline works on.
 struct Running<'a> {
     plan: &'a Plan,
-    seed: u64,
     resolved: &'a BTreeMap<String, Vec<Resolved>>,
     identities: &'a [Identity],
     instances: &'a mut BTreeMap<NetnsId, Instance>,
@@ -582,41 +671,238 @@ struct Running<'a> {
     observer: &'a mut dyn Observer,
     progress_every: Option<Duration>,
     interrupted: &'static AtomicBool,
+    /// Time zero of the plan's timeline.
     run_start: Instant,
-    /// When the leases were last set: by `install` before the ledger says the rules are
+    /// When the leases were last set: by an install before the ledger says the rules are
     /// in force (from then on a stopped process lets them lapse), then by each renewal.
     last_renew: Instant,
-}
-
-/// How a step ended.
-struct StepEnd {
-    report: StepReport,
-    /// Why the faults could not run their course (the run failed).
-    cut_short: Option<String>,
-    /// An error while the rules were in force (renewing a lease, writing the ledger).
-    outcome: Result<()>,
+    steps: Vec<StepRun>,
+    samples: Vec<CounterSample>,
+    run_span: &'a Span,
 }
 
 impl Running<'_> {
-    /// Installs the rules of `step` on every target and records them in the ledger; on
-    /// an error, those already installed are removed again.
-    fn install(&mut self, step: &PlannedStep, step_span: &Span) -> Result<Vec<ActiveRule>> {
+    fn now_s(&self) -> f64 {
+        self.run_start.elapsed().as_secs_f64()
+    }
+
+    /// Opens and closes windows at their planned times; between edges renews the leases,
+    /// checks that everything is in place, reports progress and samples the counters.
+    fn run_timeline(&mut self) -> Stop {
+        let plan = self.plan;
+        let edges = timeline(plan);
+        let renew_every = plan.lease / 3;
+        let sample_every = (plan.total_duration() / 2000).max(Duration::from_millis(250));
+        let mut next = 0;
+        let mut last_progress = Instant::now();
+        let mut last_sample = Instant::now();
+        loop {
+            while next < edges.len() && edges[next].0 <= self.run_start.elapsed() {
+                let (_, edge, i, j) = edges[next];
+                let done = match edge {
+                    Edge::Open => self.open_window(i, j),
+                    Edge::Close => self.close_window(i, j, "completed"),
+                };
+                if let Err(e) = done {
+                    return Stop::Error(e);
+                }
+                next += 1;
+            }
+            if next == edges.len() {
+                return Stop::Completed;
+            }
+            if self.interrupted.load(Ordering::Relaxed) {
+                return Stop::Interrupted;
+            }
+            if self.last_renew.elapsed() >= renew_every {
+                // A renewal later than the lease means the rules lapsed in between (the
+                // process was stopped or starved): the faults did not run their course.
+                let since = self.last_renew.elapsed();
+                let any_active = self.steps.iter().any(|s| !s.active.is_empty());
+                if since > plan.lease && any_active {
+                    let lapsed_at = state::unix_ms().saturating_sub((since - plan.lease).as_millis() as u64);
+                    return Stop::CutShort(format!(
+                        "the leases lapsed at {}: chaos-ebpf did not run for {} (stopped or starved), longer than the {} lease, so the faults were off meanwhile",
+                        state::clock(lapsed_at),
+                        format_duration(since),
+                        format_duration(plan.lease)
+                    ));
+                }
+                if let Err(reason) = check_in_place(self.instances, self.identities) {
+                    return Stop::CutShort(reason);
+                }
+                for a in self.steps.iter().flat_map(|s| &s.active) {
+                    if let Err(e) = self.instances.get_mut(&a.netns).expect("loaded").renew(a.slot, plan.lease) {
+                        return Stop::Error(e.context("renewing a lease"));
+                    }
+                }
+                self.last_renew = Instant::now();
+                self.run_state.renewed_unix_ms = state::unix_ms();
+                let _ = self.record.write(self.run_state);
+            }
+            if last_sample.elapsed() >= sample_every {
+                self.sample_counters();
+                last_sample = Instant::now();
+            }
+            if self.progress_every.is_some_and(|every| last_progress.elapsed() >= every) {
+                self.progress();
+                last_progress = Instant::now();
+            }
+            // Sleep to the next edge, but no longer than the poll interval.
+            let to_next = edges[next].0.saturating_sub(self.run_start.elapsed());
+            std::thread::sleep(POLL.min(to_next));
+        }
+    }
+
+    /// Opens window `j` of step `i`: the step's rules installed at the window's
+    /// intensity, or, when the window continues the one before without a gap (a ramp),
+    /// the rules in force rewritten in place.
+    fn open_window(&mut self, i: usize, j: usize) -> Result<()> {
+        let step = &self.plan.steps[i];
+        let window = step.windows[j];
+        if j == 0 {
+            let span = info_span!(
+                parent: self.run_span,
+                "step",
+                scenario = %self.plan.name,
+                step = %step.name,
+                seed = self.steps[i].seed,
+                planned_start_ms = step.start.as_millis() as u64,
+                planned_ms = step.duration.as_millis() as u64,
+                windows = step.windows.len() as u64,
+                ended = Empty,
+                otel.status_code = Empty,
+                otel.status_message = Empty,
+            );
+            self.steps[i].span = Some(span);
+            self.steps[i].started = Some(Instant::now());
+            self.steps[i].probe_start = self.probe.map(|p| p.counts());
+        }
+        if self.steps[i].active.is_empty() {
+            let active = self.install(i, window.intensity)?;
+            self.steps[i].active = active;
+        } else {
+            // A ramp: the next intensity, written over the rules in force.
+            let seed = self.steps[i].seed;
+            for a in &self.steps[i].active {
+                let fault = step.faults.iter().find(|f| f.rule_id == a.rule_id).expect("a rule of this step");
+                let r = &self.resolved[&resolution_key(&fault.spec)][a.target_index];
+                let mut rule =
+                    fault.spec.at_intensity(window.intensity).rule(seed, fault.rule_id, r.ifindex, r.cgroup_id);
+                rule.cgroup_level = r.cgroup_level;
+                self.instances.get_mut(&a.netns).expect("loaded").update_rule(a.slot, &rule)?;
+                a.span.record("intensity", window.intensity);
+            }
+        }
+        self.steps[i].windows[j].started_s = Some(self.now_s());
+        Ok(())
+    }
+
+    /// Closes window `j` of step `i`: unless the next window continues it (a ramp), the
+    /// rules are removed and their counters added to the step's. The last window ends
+    /// the step.
+    fn close_window(&mut self, i: usize, j: usize, ended: &str) -> Result<()> {
+        let step = &self.plan.steps[i];
+        let continues = step.windows.get(j + 1).is_some_and(|next| next.start == step.windows[j].end);
+        let last = j + 1 == step.windows.len();
+        self.steps[i].windows[j].ended_s = Some(self.now_s());
+        if !continues || ended != "completed" {
+            let active = std::mem::take(&mut self.steps[i].active);
+            self.remove_rules(i, active, ended, ended == "completed");
+            self.ledger_rules()?;
+        }
+        if last || ended != "completed" {
+            self.end_step(i, ended, ended == "completed" && last);
+        }
+        Ok(())
+    }
+
+    /// The step's report is final: its span ends, observers hear of it.
+    fn end_step(&mut self, i: usize, ended: &str, completed: bool) {
+        if self.progress_every.is_some() {
+            // The progress line gives way to the step's notice.
+            self.observer.event(Event::ProgressEnd);
+        }
+        let run = &mut self.steps[i];
+        run.finished = completed;
+        if !completed {
+            run.whole = false;
+        }
+        run.seconds = run.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        if let (Some(probe), Some(start)) = (self.probe, run.probe_start.as_ref()) {
+            run.probe = Some(probe.counts().since(start));
+        }
+        if let Some(span) = run.span.take() {
+            span.record("ended", ended);
+            set_status(&span, if completed { None } else { Some(ended) });
+        }
+        let report = StepRun {
+            name: run.name.clone(),
+            seed: run.seed,
+            span: None,
+            active: Vec::new(),
+            windows: run.windows.clone(),
+            rules: run.rules.clone(),
+            probe_start: None,
+            probe: run.probe,
+            started: None,
+            seconds: run.seconds,
+            finished: run.finished,
+            whole: run.whole,
+        }
+        .into_report();
+        self.observer.event(Event::StepEnded(&report));
+        self.observer.event(Event::Notice(format!(
+            "step {} {}",
+            report.name,
+            if completed { "done" } else { "cut short" }
+        )));
+    }
+
+    /// Ends every step still open (the run stopped early), with why.
+    fn close_all(&mut self, ended: &str) {
+        for i in 0..self.steps.len() {
+            if self.steps[i].span.is_some() {
+                let active = std::mem::take(&mut self.steps[i].active);
+                let now = self.now_s();
+                for w in &mut self.steps[i].windows {
+                    if w.started_s.is_some() && w.ended_s.is_none() {
+                        w.ended_s = Some(now);
+                    }
+                }
+                self.remove_rules(i, active, ended, false);
+                self.end_step(i, ended, false);
+            } else if !self.steps[i].finished {
+                self.steps[i].whole = false;
+            }
+        }
+        let _ = self.ledger_rules();
+    }
+
+    /// Installs the rules of step `i` on every target at `intensity`; on an error, those
+    /// already installed are removed again.
+    fn install(&mut self, i: usize, intensity: f64) -> Result<Vec<ActiveRule>> {
+        let step = &self.plan.steps[i];
+        let seed = self.steps[i].seed;
+        let step_span = self.steps[i].span.clone().unwrap_or_else(Span::none);
         let mut active = Vec::new();
         for fault in &step.faults {
-            for r in &self.resolved[&resolution_key(&fault.spec)] {
+            let spec = fault.spec.at_intensity(intensity);
+            for (target_index, r) in self.resolved[&resolution_key(&fault.spec)].iter().enumerate() {
                 let instance = self.instances.get_mut(&r.netns.id).expect("loaded above");
-                let mut rule = fault.spec.rule(self.seed, fault.rule_id, r.ifindex, r.cgroup_id);
+                let mut rule = spec.rule(seed, fault.rule_id, r.ifindex, r.cgroup_id);
                 rule.cgroup_level = r.cgroup_level;
                 let span = info_span!(
-                    parent: step_span,
+                    parent: &step_span,
                     "inject",
                     scenario = %self.plan.name,
                     step = %step.name,
-                    fault = %fault.spec.describe(),
+                    fault = %spec.describe(),
                     target = %fault.spec.target,
                     netns = %r.netns.path.display(),
                     rule_id = fault.rule_id,
-                    seed = self.seed,
+                    seed,
+                    intensity,
                     ended = Empty,
                     ran_its_course = Empty,
                     seen = Empty,
@@ -632,56 +918,37 @@ impl Running<'_> {
                     otel.status_message = Empty,
                 );
                 let installed = instance.free_slot().and_then(|slot| {
-                    instance.install(slot, &rule, &peer_entries(&fault.spec, slot), self.plan.lease)?;
-                    Ok(slot)
+                    let peers = peer_entries(&fault.spec, slot);
+                    instance.install(slot, &rule, &peers, self.plan.lease)?;
+                    Ok((slot, peers))
                 });
                 match installed {
-                    Ok(slot) => {
+                    Ok((slot, peers)) => {
                         set_status(&span, None);
                         active.push(ActiveRule {
                             rule_id: fault.rule_id,
                             kind: fault.spec.kind.name(),
-                            fault: fault.spec.describe(),
+                            fault: spec.describe(),
                             target: fault.spec.target.to_string(),
+                            target_index,
                             span,
                             netns: r.netns.id,
                             slot,
-                            peers: peer_entries(&fault.spec, slot),
+                            peers,
                             from_unix_ms: state::unix_ms(),
                         })
                     }
                     Err(e) => {
                         set_status(&span, Some(&format!("{e:#}")));
                         drop(span);
-                        self.remove_rules(step, step_span, active);
-                        return Err(e.context(format!(
-                            "installing rule {} ({})",
-                            fault.rule_id,
-                            fault.spec.describe()
-                        )));
+                        self.remove_rules(i, active, "not installed", false);
+                        return Err(e.context(format!("installing rule {} ({})", fault.rule_id, spec.describe())));
                     }
                 }
             }
         }
         self.last_renew = Instant::now();
-        let now_ms = state::unix_ms();
-        self.run_state.rules = active
-            .iter()
-            .map(|a| RuleState {
-                rule_id: a.rule_id,
-                slot: a.slot,
-                netns_id: a.netns,
-                fault: a.fault.clone(),
-                started_unix_ms: now_ms,
-                ends_unix_ms: now_ms.saturating_add(step.duration.as_millis() as u64),
-            })
-            .collect();
-        self.run_state.renewed_unix_ms = now_ms;
-        if let Err(e) = self.record.write(self.run_state) {
-            self.remove_rules(step, step_span, active);
-            return Err(e);
-        }
-        let rules = active
+        let installed: Vec<InForce> = active
             .iter()
             .map(|a| InForce {
                 rule_id: a.rule_id,
@@ -689,165 +956,85 @@ impl Running<'_> {
                 netns: self.instances[&a.netns].netns.path.display().to_string(),
             })
             .collect();
-        self.observer.event(Event::RulesInstalled { step: &step.name, rules });
+        self.steps[i].active = active;
+        if let Err(e) = self.ledger_rules() {
+            let active = std::mem::take(&mut self.steps[i].active);
+            self.remove_rules(i, active, "not recorded", false);
+            return Err(e);
+        }
+        let active = std::mem::take(&mut self.steps[i].active);
+        // Also for a pause (no rules): observers learn that the step began.
+        self.observer.event(Event::RulesInstalled { step: &step.name, rules: installed });
         Ok(active)
     }
 
-    /// Keeps the step's rules in force for its duration (renewing their leases, checking
-    /// at every renewal that every attachment and target is still in place, reporting
-    /// progress), then removes them and reports the step.
-    fn hold(&mut self, step: &PlannedStep, step_span: &Span, active: Vec<ActiveRule>) -> StepEnd {
-        let plan = self.plan;
-        let renew_every = plan.lease / 3;
-        let step_start = Instant::now();
-        let probe_start = self.probe.map(|p| p.counts());
-        let probe_now = |probe: Option<&dyn Probe>| probe.map(|p| p.counts().since(probe_start.as_ref().unwrap()));
-        let mut last_progress = Instant::now();
-        let mut cut_short: Option<String> = None;
-        let mut outcome: Result<()> = Ok(());
-        while step_start.elapsed() < step.duration {
-            if self.interrupted.load(Ordering::Relaxed) {
-                break;
-            }
-            std::thread::sleep(POLL.min(step.duration.saturating_sub(step_start.elapsed())));
-            if self.last_renew.elapsed() >= renew_every {
-                // A renewal later than the lease means the rules lapsed in between (the
-                // process was stopped or starved): the faults did not run their course.
-                let since = self.last_renew.elapsed();
-                if since > plan.lease {
-                    let lapsed_at = state::unix_ms().saturating_sub((since - plan.lease).as_millis() as u64);
-                    cut_short = Some(format!(
-                        "the leases lapsed at {}: chaos-ebpf did not run for {} (stopped or starved), longer than the {} lease, so the faults were off meanwhile",
-                        state::clock(lapsed_at),
-                        format_duration(since),
-                        format_duration(plan.lease)
-                    ));
-                }
-                if cut_short.is_none() {
-                    cut_short = check_in_place(self.instances, self.identities).err();
-                }
-                if cut_short.is_some() {
-                    break;
-                }
-                for a in &active {
-                    if let Err(e) = self.instances.get_mut(&a.netns).expect("loaded").renew(a.slot, plan.lease) {
-                        outcome = Err(e.context("renewing a lease"));
-                    }
-                }
-                self.last_renew = Instant::now();
-                self.run_state.renewed_unix_ms = state::unix_ms();
-                let _ = self.record.write(self.run_state);
-            }
-            if self.progress_every.is_some_and(|every| last_progress.elapsed() >= every) {
-                let rules = active
-                    .iter()
-                    .filter_map(|a| {
-                        let instance = &self.instances[&a.netns];
-                        Some(RuleCount {
-                            step: step.name.clone(),
-                            rule_id: a.rule_id,
-                            netns: instance.netns.path.display().to_string(),
-                            counters: instance.counters(a.slot).ok()?,
-                        })
-                    })
-                    .collect();
-                self.observer.event(Event::Progress(Progress {
-                    elapsed: self.run_start.elapsed(),
-                    total: plan.total_duration(),
-                    step: &step.name,
-                    rules,
-                    probe: probe_now(self.probe),
-                }));
-                last_progress = Instant::now();
-            }
-            if outcome.is_err() {
-                break;
-            }
-        }
-        if self.progress_every.is_some() {
-            self.observer.event(Event::ProgressEnd);
-        }
-        let completed = step_start.elapsed() >= step.duration && cut_short.is_none() && outcome.is_ok();
-        let ended = match (&cut_short, &outcome) {
-            (Some(reason), _) => reason.clone(),
-            (None, Err(e)) => format!("{e:#}"),
-            (None, Ok(())) if completed => "completed".into(),
-            _ => "interrupted".into(),
-        };
-        let to_ms = state::unix_ms();
-        let mut rules: Vec<RuleReport> = active
-            .iter()
-            .map(|a| {
-                a.span.record("ended", ended.as_str());
-                a.span.record("ran_its_course", completed);
-                RuleReport {
+    /// Writes the rules in force (of every step) to the ledger.
+    fn ledger_rules(&mut self) -> Result<()> {
+        let now_ms = state::unix_ms();
+        let mut rules = Vec::new();
+        for (run, step) in self.steps.iter().zip(&self.plan.steps) {
+            let ends = self
+                .run_state
+                .started_unix_ms
+                .max(now_ms)
+                .saturating_add(step.end().saturating_sub(self.run_start.elapsed()).as_millis() as u64);
+            for a in &run.active {
+                rules.push(RuleState {
                     rule_id: a.rule_id,
+                    slot: a.slot,
+                    netns_id: a.netns,
                     fault: a.fault.clone(),
-                    target: a.target.clone(),
-                    netns: self.instances[&a.netns].netns.path.display().to_string(),
-                    counters: RuleCounters::default(),
-                    active_from_unix_ms: a.from_unix_ms,
-                    active_to_unix_ms: to_ms,
-                    ended: ended.clone(),
-                    ran_its_course: completed,
-                }
-            })
-            .collect();
-        step_span.record("ended", ended.as_str());
-        set_status(step_span, if completed { None } else { Some(&ended) });
-        for (rule, counters) in rules.iter_mut().zip(self.remove_rules(step, step_span, active)) {
-            rule.counters = counters;
+                    started_unix_ms: a.from_unix_ms,
+                    ends_unix_ms: ends,
+                });
+            }
         }
-        let report = StepReport {
-            name: step.name.clone(),
-            seed: step.seed(self.seed),
-            planned_start_s: step.start.as_secs_f64(),
-            planned_end_s: step.end().as_secs_f64(),
-            windows: step
-                .windows
-                .iter()
-                .map(|w| WindowReport {
-                    planned_start_s: w.start.as_secs_f64(),
-                    planned_end_s: w.end.as_secs_f64(),
-                    intensity: w.intensity,
-                    started_s: None,
-                    ended_s: None,
-                })
-                .collect(),
-            ran_its_course: completed,
-            seconds: step_start.elapsed().as_secs_f64(),
-            rules,
-            probe: probe_now(self.probe),
-        };
-        self.observer.event(Event::StepEnded(&report));
-        self.observer.event(Event::Notice(format!(
-            "step {} {}",
-            report.name,
-            if completed { "done" } else { "cut short" }
-        )));
-        StepEnd { report, cut_short, outcome }
+        self.run_state.rules = rules;
+        self.run_state.renewed_unix_ms = now_ms;
+        self.record.write(self.run_state)
     }
-}
 
-impl Running<'_> {
-    /// Removes the rules of a step: each one's final counters end its `inject` span, then
-    /// a `revert` span covers its removal. Returns the final counters, in order.
-    fn remove_rules(&mut self, step: &PlannedStep, step_span: &Span, active: Vec<ActiveRule>) -> Vec<RuleCounters> {
-        let mut finals = Vec::new();
+    /// Removes rules of step `i`: each one's counters end its `inject` span and are added
+    /// to the step's, then a `revert` span covers its removal.
+    fn remove_rules(&mut self, i: usize, active: Vec<ActiveRule>, ended: &str, ran_its_course: bool) {
+        let step_span = self.steps[i].span.clone().unwrap_or_else(Span::none);
+        let to_ms = state::unix_ms();
         for a in active {
             let counters = self.instances.get(&a.netns).and_then(|i| i.counters(a.slot).ok()).unwrap_or_default();
             record_counters(&a.span, &counters);
+            a.span.record("ended", ended);
+            a.span.record("ran_its_course", ran_its_course);
             drop(a.span);
-            finals.push(counters);
+            let netns = self.instances.get(&a.netns).map(|i| i.netns.path.display().to_string()).unwrap_or_default();
+            let rules = &mut self.steps[i].rules;
+            match rules.iter_mut().find(|r| r.rule_id == a.rule_id && r.netns == netns) {
+                Some(r) => {
+                    r.counters.add(&counters);
+                    r.active_to_unix_ms = to_ms;
+                    r.ended = ended.to_owned();
+                    r.ran_its_course &= ran_its_course;
+                }
+                None => rules.push(RuleReport {
+                    rule_id: a.rule_id,
+                    fault: a.fault.clone(),
+                    target: a.target.clone(),
+                    netns,
+                    counters,
+                    active_from_unix_ms: a.from_unix_ms,
+                    active_to_unix_ms: to_ms,
+                    ended: ended.to_owned(),
+                    ran_its_course,
+                }),
+            }
             let span = info_span!(
-                parent: step_span,
+                parent: &step_span,
                 "revert",
                 scenario = %self.plan.name,
-                step = %step.name,
+                step = %self.plan.steps[i].name,
                 fault = %a.fault,
                 target = %a.target,
                 rule_id = a.rule_id,
-                seed = self.seed,
+                seed = self.steps[i].seed,
                 otel.status_code = Empty,
                 otel.status_message = Empty,
             );
@@ -865,7 +1052,58 @@ impl Running<'_> {
                 }
             }
         }
-        finals
+    }
+
+    /// The counters of every rule in force, now.
+    fn rule_counts(&self) -> Vec<RuleCount> {
+        self.steps
+            .iter()
+            .flat_map(|s| s.active.iter().map(move |a| (s, a)))
+            .filter_map(|(s, a)| {
+                let instance = &self.instances[&a.netns];
+                Some(RuleCount {
+                    step: s.name.clone(),
+                    rule_id: a.rule_id,
+                    netns: instance.netns.path.display().to_string(),
+                    counters: instance.counters(a.slot).ok()?,
+                })
+            })
+            .collect()
+    }
+
+    fn sample_counters(&mut self) {
+        let t_s = self.now_s();
+        for r in self.rule_counts() {
+            self.samples.push(CounterSample {
+                t_s,
+                step: r.step,
+                rule_id: r.rule_id,
+                netns: r.netns,
+                seen: r.counters.seen,
+                matched: r.counters.matched,
+                dropped: r.counters.dropped,
+                delayed: r.counters.delayed,
+            });
+        }
+    }
+
+    fn progress(&mut self) {
+        let open: Vec<&str> = self.steps.iter().filter(|s| s.span.is_some()).map(|s| s.name.as_str()).collect();
+        let step = if open.is_empty() { "-".to_owned() } else { open.join(" + ") };
+        // The probe since the earliest open step began.
+        let probe_start = self.steps.iter().filter(|s| s.span.is_some()).find_map(|s| s.probe_start);
+        let probe = match (self.probe, probe_start) {
+            (Some(p), Some(start)) => Some(p.counts().since(&start)),
+            _ => None,
+        };
+        let rules = self.rule_counts();
+        self.observer.event(Event::Progress(Progress {
+            elapsed: self.run_start.elapsed(),
+            total: self.plan.total_duration(),
+            step: &step,
+            rules,
+            probe,
+        }));
     }
 }
 
@@ -1075,6 +1313,130 @@ fn revert(
     let outcome = if errors.is_empty() { Ok(()) } else { Err(anyhow!("{}", errors.join("; "))) };
     set_status(&span, outcome.as_ref().err().map(|e| e.to_string()).as_deref());
     (ms, outcome)
+}
+
+/// The targets as resolved, with each interface's addresses (read in its namespace).
+fn topology_of(resolved: &BTreeMap<String, Vec<Resolved>>) -> Vec<TargetSnapshot> {
+    resolved
+        .iter()
+        .flat_map(|(target, list)| list.iter().map(move |r| (target, r)))
+        .map(|(target, r)| {
+            let addresses = |index: u32| {
+                r.netns.run(|| chaos_datapath::netlink::addresses(index)).ok().and_then(|a| a.ok()).unwrap_or_default()
+            };
+            TargetSnapshot {
+                target: target.clone(),
+                netns: r.netns.path.display().to_string(),
+                interfaces: r
+                    .interfaces
+                    .iter()
+                    .map(|i| InterfaceSnapshot {
+                        name: i.name.clone(),
+                        ifindex: i.index,
+                        addresses: addresses(i.index),
+                    })
+                    .collect(),
+                cgroup: (r.cgroup_id != 0).then(|| format!("cgroup id {} (level {})", r.cgroup_id, r.cgroup_level)),
+            }
+        })
+        .collect()
+}
+
+/// What the run created, before the revert: programs and their attachments, the clsact
+/// qdiscs it added, device settings and segmenter pairs, its ledger record.
+fn created_objects(run_state: &RunState, held: &[HeldDevice]) -> Vec<CreatedObject> {
+    let object = |kind: &str, what: String, netns: String| CreatedObject {
+        kind: kind.into(),
+        what,
+        netns,
+        gone: false,
+        proof: String::new(),
+    };
+    let mut out = Vec::new();
+    for i in &run_state.instances {
+        let netns = i.netns.display().to_string();
+        for id in &i.program_ids {
+            out.push(object("program", format!("program id {id}"), netns.clone()));
+        }
+        let attachment = match i.mode {
+            AttachMode::Netlink => "tc-filter",
+            _ => "tcx-link",
+        };
+        for iface in &i.interfaces {
+            out.push(object(attachment, format!("{iface} ingress and egress"), netns.clone()));
+        }
+        for iface in &i.clsact_added {
+            out.push(object("clsact-qdisc", iface.clone(), netns.clone()));
+        }
+    }
+    for h in held {
+        let netns = h.netns.path.display().to_string();
+        out.push(object("device-setting", h.iface.name.clone(), netns.clone()));
+        if let Some(segmenter) = &h.segmenter {
+            out.push(object("segmenter-pair", format!("{} / {}", segmenter.outer, segmenter.inner), netns));
+        }
+    }
+    out
+}
+
+/// Checks each created object after the revert, with how.
+fn verify_created(
+    mut created: Vec<CreatedObject>,
+    program_ids: &[u32],
+    clean: bool,
+    record: &std::path::Path,
+) -> Vec<CreatedObject> {
+    let alive: Vec<u32> = bpfsys::our_programs().into_iter().map(|(id, _)| id).collect();
+    let programs_gone = program_ids.iter().all(|id| !alive.contains(id));
+    for o in &mut created {
+        (o.gone, o.proof) = match o.kind.as_str() {
+            "program" => {
+                let id: u32 = o.what.trim_start_matches("program id ").parse().unwrap_or(0);
+                let gone = !alive.contains(&id);
+                (
+                    gone,
+                    format!("program id {id} {} among the loaded BPF programs", if gone { "absent" } else { "STILL" }),
+                )
+            }
+            "tcx-link" | "tc-filter" => (
+                programs_gone,
+                "each attachment holds its program; none of this run's programs is loaded any more".into(),
+            ),
+            "segmenter-pair" => {
+                let outer = o.what.split(" / ").next().unwrap_or_default().to_owned();
+                let listed = Netns::open(std::path::Path::new(&o.netns))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|n| n.run(chaos_datapath::netns::interfaces)?);
+                match listed {
+                    Ok(list) => {
+                        let gone = !list.iter().any(|i| i.name == outer);
+                        (
+                            gone,
+                            format!("{outer} {} in the namespace's interfaces", if gone { "absent" } else { "STILL" }),
+                        )
+                    }
+                    // The namespace itself is gone (a lab removed after the run): so is the pair.
+                    Err(_) => (true, "its namespace no longer exists".into()),
+                }
+            }
+            _ => (
+                clean,
+                format!(
+                    "the revert {} it without error",
+                    if clean { "restored or removed" } else { "could not verify" }
+                ),
+            ),
+        };
+    }
+    let gone = !record.exists();
+    created.push(CreatedObject {
+        kind: "ledger-record".into(),
+        what: record.display().to_string(),
+        netns: String::new(),
+        gone,
+        proof: format!("{} {}", record.display(), if gone { "no longer exists" } else { "STILL exists" }),
+    });
+    created
 }
 
 /// Every attachment still in place and every target still the one we started with.

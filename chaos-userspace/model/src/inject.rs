@@ -172,15 +172,26 @@ pub fn plan(fault: InjectFault) -> Result<Plan, Problem> {
         attach: common.attach,
         protect,
         lab: None,
-        steps: vec![PlannedStep::simple(
-            kind.name().into(),
-            Duration::ZERO,
-            common.duration,
-            vec![PlannedFault { rule_id: 1, spec }],
-        )],
+        steps: vec![PlannedStep {
+            // The run's seed itself (filled in below when drawn): `inject --seed N` decides
+            // as the shared hash with N, and the seed a run prints repeats it.
+            seed: common.seed,
+            ..PlannedStep::simple(
+                kind.name().into(),
+                Duration::ZERO,
+                common.duration,
+                vec![PlannedFault { rule_id: 1, spec }],
+            )
+        }],
         hypothesis: None,
         abort: Vec::new(),
     };
+    let mut plan = plan;
+    if plan.seed.is_none() {
+        let seed = plan.seed_or_random();
+        plan.seed = Some(seed);
+        plan.steps[0].seed = Some(seed);
+    }
     plan.check_limits().map_err(|e| {
         let flag = match e.at.field {
             "protect" => "--protect",

@@ -748,6 +748,21 @@ impl RawFault {
 }
 
 impl FaultSpec {
+    /// The fault at `intensity` (0 < x <= 1) of its magnitude: loss probabilities and
+    /// delays (with their jitter) scaled; other kinds are all or nothing (the scenario
+    /// validation refuses an intensity below 1 for them).
+    pub fn at_intensity(&self, intensity: f64) -> FaultSpec {
+        let mut spec = self.clone();
+        if intensity >= 1.0 {
+            return spec;
+        }
+        spec.probability = spec.probability.map(|p| p * intensity);
+        spec.burst = spec.burst.map(|b| Burst { loss: b.loss * intensity, ..b });
+        spec.delay = spec.delay.map(|d| d.mul_f64(intensity));
+        spec.jitter = spec.jitter.map(|d| d.mul_f64(intensity));
+        spec
+    }
+
     /// Departure times for what the target receives: EDT works on egress only, so the
     /// rule goes on the egress of the far end of the target's veths.
     pub fn acts_on_far_end(&self) -> bool {

@@ -1,0 +1,214 @@
+//! The timeline of a v1 scenario: parallel steps on two targets, a step after another, a
+//! duty cycle and an intensity ramp, checked against real traffic sent all along, and
+//! the timing of every window against the plan.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crate::support::*;
+
+pub const TESTS: &[Test] = tests![windows_open_and_close_on_time_on_every_target,];
+
+fn unix_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
+}
+
+/// Datagrams sent every 20 ms to one port of one pair, each with its send time.
+struct Stream {
+    sender: UdpSocket,
+    receiver: UdpSocket,
+    dst: SocketAddr,
+    sent: BTreeMap<u32, f64>,
+}
+
+impl Stream {
+    fn new(pair: &Pair, port: u16) -> Stream {
+        let dst = SocketAddr::from((ADDR_B, port));
+        let receiver = udp_receiver(&pair.b, dst);
+        receiver.set_nonblocking(true).unwrap();
+        let sender = in_netns(&pair.a, || UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).unwrap());
+        Stream { sender, receiver, dst, sent: BTreeMap::new() }
+    }
+
+    fn send(&mut self) {
+        let seq = self.sent.len() as u32;
+        self.sent.insert(seq, unix_ms());
+        let _ = self.sender.send_to(&seq.to_be_bytes(), self.dst);
+    }
+
+    /// (send time, arrived) of every datagram.
+    fn outcome(self) -> Vec<(f64, bool)> {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut got = std::collections::BTreeSet::new();
+        let mut buf = [0u8; 16];
+        while let Ok(4) = self.receiver.recv(&mut buf) {
+            got.insert(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+        }
+        self.sent.into_iter().map(|(seq, at)| (at, got.contains(&seq))).collect()
+    }
+}
+
+/// The windows (as they ran, in unix ms) of the steps named.
+fn windows(report: &serde_json::Value, steps: &[&str]) -> Vec<(f64, f64, f64)> {
+    let zero = report["faults_start_unix_ms"].as_f64().unwrap();
+    let mut out = Vec::new();
+    for step in report["steps"].as_array().unwrap() {
+        if steps.contains(&step["name"].as_str().unwrap()) {
+            for w in step["windows"].as_array().unwrap() {
+                let from = zero + w["started_s"].as_f64().expect("window started") * 1000.0;
+                let to = zero + w["ended_s"].as_f64().expect("window ended") * 1000.0;
+                out.push((from, to, w["intensity"].as_f64().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Datagrams sent more than `margin_ms` inside a window, or that far outside every
+/// window: (sent inside, lost inside, sent outside, lost outside).
+fn classify(outcome: &[(f64, bool)], windows: &[(f64, f64, f64)], margin_ms: f64) -> (u32, u32, u32, u32) {
+    let mut counts = (0, 0, 0, 0);
+    for &(at, arrived) in outcome {
+        let inside = windows.iter().any(|&(from, to, _)| at > from + margin_ms && at < to - margin_ms);
+        let near = windows.iter().any(|&(from, to, _)| at > from - margin_ms && at < to + margin_ms);
+        if inside {
+            counts.0 += 1;
+            counts.1 += u32::from(!arrived);
+        } else if !near {
+            counts.2 += 1;
+            counts.3 += u32::from(!arrived);
+        }
+    }
+    counts
+}
+
+/// Two steps in parallel on two targets (`with:`), a duty cycle on both after them
+/// (`after:`, `repeat:`) and a loss ramp (`intensity: {from, to, steps}`): every datagram
+/// sent while a window of its target was in force is dropped, every one sent outside
+/// all windows arrives, the ramp drops some then all, and every window opens and closes
+/// within 50 ms of the plan.
+fn windows_open_and_close_on_time_on_every_target() {
+    require_root();
+    let p = Pair::new("tl1");
+    let q = Pair::new("tl2");
+    let dir = std::env::temp_dir().join(format!("chaos-timeline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scenario = dir.join("timeline.yaml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "apiVersion: chaos-ebpf/v1
+name: timeline
+seed: 5
+targets:
+  p: netns:{}
+  q: netns:{}
+steps:
+  - {{name: settle, fault: none, duration: 1s}}
+  - {{name: cut-p, fault: blackhole, target: p, proto: udp, ports: '6000', duration: 2s}}
+  - {{name: cut-q, with: cut-p, fault: blackhole, target: q, proto: udp, ports: '6000', duration: 3s}}
+  - name: flicker
+    after: cut-q
+    fault: blackhole
+    targets: [p, q]
+    proto: udp
+    ports: '6000'
+    repeat: {{on: 600ms, off: 400ms, count: 3}}
+  - name: ramp
+    after: flicker
+    fault: loss
+    target: p
+    proto: udp
+    ports: '6001'
+    probability: 1.0
+    intensity: {{from: 0.5, to: 1.0, steps: 2}}
+    duration: 2s
+",
+            p.a, q.a
+        ),
+    )
+    .unwrap();
+    let run_dir = dir.join("run");
+    let args: Vec<String> = [
+        "run",
+        scenario.to_str().unwrap(),
+        "--output",
+        "json",
+        "--metrics-addr",
+        "off",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let chaos = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        chaos_run(&args)
+    });
+    let mut p6000 = Stream::new(&p, 6000);
+    let mut p6001 = Stream::new(&p, 6001);
+    let mut q6000 = Stream::new(&q, 6000);
+    // Bounded: the scenario lasts 8.6 s after the programs load.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !chaos.is_finished() && Instant::now() < deadline {
+        p6000.send();
+        p6001.send();
+        q6000.send();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, err) = chaos.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+
+    // Timing: every window against the plan.
+    let mut worst: f64 = 0.0;
+    let mut errors = Vec::new();
+    for step in report["steps"].as_array().unwrap() {
+        assert_eq!(step["ran_its_course"], true, "{step}");
+        for w in step["windows"].as_array().unwrap() {
+            for (planned, actual) in [("planned_start_s", "started_s"), ("planned_end_s", "ended_s")] {
+                let error = w[actual].as_f64().unwrap() - w[planned].as_f64().unwrap();
+                errors.push(error * 1000.0);
+                worst = worst.max(error.abs());
+            }
+        }
+    }
+    let mean = errors.iter().sum::<f64>() / errors.len() as f64;
+    println!(
+        "REPORT|timeline|edges={}|mean_late_ms={mean:.2}|worst_ms={:.2}",
+        errors.len(),
+        worst * 1000.0
+    );
+    assert!(worst < 0.05, "a window edge was {:.1} ms off its plan", worst * 1000.0);
+    assert_eq!(windows(&report, &["flicker"]).len(), 3, "the duty cycle's 3 windows: {report}");
+
+    // Traffic: p's port 6000 is cut in cut-p's and flicker's windows, q's in cut-q's and
+    // flicker's; outside them everything arrives.
+    let margin = 30.0;
+    let p_windows = windows(&report, &["cut-p", "flicker"]);
+    let q_windows = windows(&report, &["cut-q", "flicker"]);
+    for (name, stream, windows) in [("p", p6000, p_windows), ("q", q6000, q_windows)] {
+        let (inside, lost_inside, outside, lost_outside) = classify(&stream.outcome(), &windows, margin);
+        println!("timeline {name}: {lost_inside} of {inside} lost inside windows, {lost_outside} of {outside} outside");
+        assert!(inside >= 150, "{name}: only {inside} datagrams inside windows");
+        assert_eq!(lost_inside, inside, "{name}: datagrams passed while a blackhole was in force");
+        assert!(outside >= 50, "{name}: only {outside} datagrams outside windows");
+        assert_eq!(lost_outside, 0, "{name}: datagrams lost outside every window");
+    }
+    // The ramp: loss 0.5 then 1.0, rewritten in place.
+    let ramp = windows(&report, &["ramp"]);
+    assert_eq!(ramp.len(), 2);
+    assert_eq!((ramp[0].2, ramp[1].2), (0.5, 1.0));
+    let outcome = p6001.outcome();
+    let (half_sent, half_lost, _, _) = classify(&outcome, &ramp[..1], margin);
+    let (full_sent, full_lost, _, _) = classify(&outcome, &ramp[1..], margin);
+    println!("timeline ramp: {half_lost} of {half_sent} lost at 0.5, {full_lost} of {full_sent} at 1.0");
+    assert!(half_lost > 0 && half_lost < half_sent, "at intensity 0.5: {half_lost} of {half_sent} lost");
+    assert_eq!(full_lost, full_sent, "at intensity 1.0 some datagrams passed");
+    assert_nothing_left();
+}
