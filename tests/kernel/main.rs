@@ -59,6 +59,7 @@ test_modules! {
     bad_input,
     lab,
     timeline,
+    hypothesis,
     gso,
     parsing,
     ownership,

@@ -87,6 +87,23 @@ pub fn execute(
         output::err(&format!("chaos-ebpf: a fault did not run its course: {reason}; every fault was reverted"));
         return Ok(exit::FAILED);
     }
+    if let Some(abort) = &report.abort {
+        output::err(&clip_lines(&format!(
+            "chaos-ebpf: aborted: the {} guard fired at {:.1}s: {}; every fault was reverted in {:.1} ms",
+            abort.guard, abort.fired_s, abort.reason, abort.revert_ms
+        )));
+        return Ok(exit::FAILED);
+    }
+    if let Some(hypothesis) = &report.hypothesis {
+        if hypothesis.verdict != chaos_engine::report::Verdict::Passed {
+            output::err(&clip_lines(&format!(
+                "chaos-ebpf: the hypothesis {}: {}",
+                if hypothesis.verdict == chaos_engine::report::Verdict::Failed { "failed" } else { "was not judged" },
+                hypothesis.reason.as_deref().unwrap_or("see the report")
+            )));
+            return Ok(exit::FAILED);
+        }
+    }
     if report.interrupted {
         output::err("chaos-ebpf: interrupted: every fault was reverted");
         return Ok(exit::FAILED);

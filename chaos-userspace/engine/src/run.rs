@@ -462,7 +462,10 @@ fn run_traced(
         record.write(&run_state)?;
         Ok(bit)
     })?;
-    let mut instances = load_instances(&resolved, mode, &protected, judge_bit, interrupted)?;
+    observer.event(Event::PhaseStarted { name: "loading programs", total: None });
+    let loaded = load_instances(&resolved, mode, &protected, judge_bit, interrupted);
+    observer.event(Event::PhaseEnded { name: "loading programs" });
+    let mut instances = loaded?;
     run_state.instances = instances.values().map(Instance::state).collect::<Result<_>>()?;
     run_state.phase = Phase::Running;
     record.write(&run_state)?;
