@@ -37,6 +37,7 @@ use chaos_datapath::{
     resolve::{self as target, Resolved, Target},
     sweep as cleanup, AttachMode,
 };
+use crate::hypothesis::Checker;
 use chaos_model::{
     plan::{Attach, Plan, PlannedStep},
     spec::{format_duration, Direction, FaultSpec, TargetSpec},
@@ -455,6 +456,48 @@ fn run_traced(
     }
 
     let topology = topology_of(&resolved);
+
+    // The steady state before anything changes in the kernel: a run whose hypothesis does
+    // not hold now would measure nothing, so it installs nothing.
+    let checker_start = Instant::now();
+    let mut checker = Checker::new(&plan.name, plan.hypothesis.as_ref(), &plan.abort, checker_start, run_span)?;
+    if plan.hypothesis.is_some() {
+        observer.event(Event::PhaseStarted {
+            name: "waiting for the steady state",
+            total: plan.hypothesis.as_ref().map(|h| h.steady_within),
+        });
+        let steady = checker.steady_state(interrupted, &mut |sample| observer.event(Event::ProbeChecked(sample)));
+        observer.event(Event::PhaseEnded { name: "waiting for the steady state" });
+        if let Err(why) = steady {
+            interrupted_now(interrupted)?;
+            let mut hypothesis = checker.finish();
+            if let Some(h) = &mut hypothesis {
+                h.verdict = crate::report::Verdict::Failed;
+                h.reason = Some(format!("no steady state before the faults, so none was installed: {why}"));
+            }
+            shift_samples(hypothesis.as_mut(), checker_start, Instant::now());
+            drop(record);
+            let now = state::unix_ms();
+            return Ok(RunReport {
+                scenario: plan.name.clone(),
+                seed,
+                started_unix_ms: run_state.started_unix_ms,
+                ended_unix_ms: now,
+                faults_start_unix_ms: now,
+                interrupted: false,
+                failed: None,
+                abort: None,
+                steps: plan.steps.iter().map(|s| StepRun::new(s, seed).into_report()).collect(),
+                hypothesis,
+                samples: Vec::new(),
+                revert_ms: 0.0,
+                clean: true,
+                revert_problems: Vec::new(),
+                topology,
+                cleanup: Vec::new(),
+            });
+        }
+    }
     let protected: Vec<ProtectedPorts> = plan.protect.iter().map(|p| p.entry()).collect();
     let judge_bit = devices::with_ledger_lock(|| {
         let bit = state::free_judge_bit();
@@ -486,7 +529,10 @@ fn run_traced(
 
     let run_start = Instant::now();
     let faults_start_unix_ms = state::unix_ms();
+    checker.start_during();
     let mut running = Running {
+        checker: &mut checker,
+        checker_start,
         plan,
         resolved: &resolved,
         identities: &identities,
@@ -504,8 +550,26 @@ fn run_traced(
         run_span,
     };
     let stop = running.run_timeline();
+    let mut fired: Option<(AbortReport, Instant, Span)> = None;
     let (failed, outcome, abort) = match stop {
         Stop::Completed => (None, Ok(()), None),
+        Stop::Guard(mut report) => {
+            report.fired_s -= run_start.duration_since(checker_start).as_secs_f64();
+            let reason = format!("the {} guard fired: {}", report.guard, report.reason);
+            let span = info_span!(
+                parent: run_span,
+                "abort",
+                scenario = %plan.name,
+                guard = %report.guard,
+                reason = %report.reason,
+                fired_s = report.fired_s,
+                revert_ms = Empty,
+                otel.status_code = "error",
+                otel.status_message = %reason,
+            );
+            fired = Some((report, Instant::now(), span));
+            (None, Ok(()), Some((AbortCause::Guard, reason)))
+        }
         Stop::Interrupted => (None, Ok(()), Some((AbortCause::Interrupted, "interrupted by a signal".to_owned()))),
         Stop::CutShort(reason) => (Some(reason.clone()), Ok(()), Some((AbortCause::CutShort, reason))),
         Stop::Error(e) => {
@@ -516,6 +580,7 @@ fn run_traced(
     let ended = match (&failed, &outcome, &abort) {
         (Some(reason), _, _) => reason.clone(),
         (None, Err(e), _) => format!("{e:#}"),
+        (None, Ok(()), Some((AbortCause::Guard, reason))) => format!("aborted: {reason}"),
         (None, Ok(()), Some(_)) => "interrupted".to_owned(),
         (None, Ok(()), None) => "completed".to_owned(),
     };
@@ -538,14 +603,37 @@ fn run_traced(
     let record_path = record.path().to_path_buf();
     drop(record);
     let cleanup = verify_created(created, &program_ids, clean, &record_path);
+    // Every fault off and everything removed: the revert an abort asked for, measured
+    // from the moment the guard was seen.
+    let abort = fired.map(|(mut report, seen, span)| {
+        report.revert_ms = seen.elapsed().as_secs_f64() * 1000.0;
+        span.record("revert_ms", report.revert_ms);
+        report
+    });
+    // Recovery after the revert (not after a signal: the user wants out).
+    if !interrupted.load(Ordering::Relaxed) && plan.hypothesis.is_some() {
+        observer.event(Event::PhaseStarted {
+            name: "waiting for recovery",
+            total: plan.hypothesis.as_ref().map(|h| h.recovery),
+        });
+        let offset = run_start.duration_since(checker_start);
+        checker.recovery(interrupted, &mut |sample| {
+            let mut sample = sample.clone();
+            sample.t_s -= offset.as_secs_f64();
+            observer.event(Event::ProbeChecked(&sample))
+        });
+        observer.event(Event::PhaseEnded { name: "waiting for recovery" });
+    }
+    let mut hypothesis = checker.finish();
+    shift_samples(hypothesis.as_mut(), checker_start, run_start);
     let report = RunReport {
         scenario: plan.name.clone(),
         seed,
         started_unix_ms: run_state.started_unix_ms,
         ended_unix_ms: state::unix_ms(),
         faults_start_unix_ms,
-        abort: None,
-        hypothesis: None,
+        abort,
+        hypothesis,
         samples,
         interrupted: interrupted.load(Ordering::Relaxed),
         failed,
@@ -560,10 +648,24 @@ fn run_traced(
     Ok(report)
 }
 
+/// Report times count from the faults' start; the checker's from its own creation,
+/// before the steady state: its samples move by the difference (those before the faults
+/// are negative).
+fn shift_samples(hypothesis: Option<&mut HypothesisReport>, checker_start: Instant, zero: Instant) {
+    let offset = zero.saturating_duration_since(checker_start).as_secs_f64();
+    if let Some(h) = hypothesis {
+        for s in &mut h.samples {
+            s.t_s -= offset;
+        }
+    }
+}
+
 /// Why the timeline stopped.
 enum Stop {
     /// Every window of every step ran.
     Completed,
+    /// An abort guard fired (times from the checker's start).
+    Guard(AbortReport),
     Interrupted,
     /// A fault could not run its course (a lapsed lease, a detached program, a vanished
     /// target).
@@ -664,6 +766,10 @@ impl StepRun {
 
 /// A run between its preparation and its revert: what the timeline works on.
 struct Running<'a> {
+    /// The hypothesis' checks and the abort guards.
+    checker: &'a mut Checker,
+    /// Where the checker's sample times count from.
+    checker_start: Instant,
     plan: &'a Plan,
     resolved: &'a BTreeMap<String, Vec<Resolved>>,
     identities: &'a [Identity],
@@ -716,6 +822,14 @@ impl Running<'_> {
             }
             if self.interrupted.load(Ordering::Relaxed) {
                 return Stop::Interrupted;
+            }
+            let offset = self.run_start.duration_since(self.checker_start).as_secs_f64();
+            for mut sample in self.checker.drain() {
+                sample.t_s -= offset;
+                self.observer.event(Event::ProbeChecked(&sample));
+            }
+            if let Some(abort) = self.checker.fired() {
+                return Stop::Guard(abort);
             }
             if self.last_renew.elapsed() >= renew_every {
                 // A renewal later than the lease means the rules lapsed in between (the
