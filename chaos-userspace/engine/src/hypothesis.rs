@@ -613,3 +613,61 @@ fn verdict(
         (Verdict::Passed, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn abort(guard: &str) -> AbortReport {
+        AbortReport { guard: guard.into(), reason: "what it saw".into(), fired_s: 2.0, revert_ms: 0.0 }
+    }
+
+    #[test]
+    fn verdicts() {
+        let passed = Outcome::Passed(Duration::from_millis(300));
+        let failed = |why: &str| Outcome::Failed(why.to_owned());
+        assert_eq!(verdict(Some(&passed), None, Some(&passed)), (Verdict::Passed, None));
+        // Not steady before: the faults never ran against a steady system.
+        let (v, why) = verdict(Some(&failed("not steady within 1 s: probe a: x")), None, None);
+        assert_eq!(
+            (v, why.unwrap()),
+            (Verdict::NotJudged, "before the faults: not steady within 1 s: probe a: x".into())
+        );
+        assert_eq!(verdict(None, None, None).0, Verdict::NotJudged);
+        assert_eq!(verdict(Some(&Outcome::Interrupted), None, None).0, Verdict::NotJudged);
+        // A guard on the system's health fails it, even when it recovered.
+        let (v, why) = verdict(Some(&passed), Some(&abort("error-rate")), Some(&passed));
+        assert_eq!((v, why.unwrap()), (Verdict::Failed, "the error-rate guard fired: what it saw".into()));
+        // Both a guard and recovery: both reasons, in that order.
+        let (v, why) = verdict(Some(&passed), Some(&abort("latency")), Some(&failed("did not recover within 1 s")));
+        assert_eq!(
+            (v, why.unwrap()),
+            (
+                Verdict::Failed,
+                "the latency guard fired: what it saw; after the revert: did not recover within 1 s".into()
+            )
+        );
+        // The wall clock cut the run short: not judged, unless something failed.
+        assert_eq!(verdict(Some(&passed), Some(&abort("wall-clock")), Some(&passed)).0, Verdict::NotJudged);
+        assert_eq!(verdict(Some(&passed), Some(&abort("wall-clock")), Some(&failed("x"))).0, Verdict::Failed);
+        // Recovery not checked, or interrupted.
+        assert_eq!(verdict(Some(&passed), None, None).0, Verdict::NotJudged);
+        assert_eq!(verdict(Some(&passed), None, Some(&Outcome::Interrupted)).0, Verdict::NotJudged);
+    }
+
+    /// Without a hypothesis and Prometheus guards, a checker starts no runtime.
+    #[test]
+    fn nothing_to_check_starts_no_thread() {
+        let now = Instant::now();
+        for guards in [vec![], vec![Guard::WallClock { max: Duration::from_secs(5) }]] {
+            let mut checker = Checker::new("s", None, &guards, now, &Span::none()).unwrap();
+            assert!(checker.runtime.is_none());
+            checker.start_during();
+            assert!(checker.during.is_none() && checker.fired().is_none() && checker.drain().is_empty());
+            assert!(checker.finish().is_none());
+        }
+        let prometheus =
+            Guard::Prometheus { url: "http://127.0.0.1:9".into(), query: "up".into(), window: Duration::ZERO };
+        assert!(Checker::new("s", None, &[prometheus], now, &Span::none()).unwrap().runtime.is_some());
+    }
+}
