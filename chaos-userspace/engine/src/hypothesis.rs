@@ -256,7 +256,7 @@ impl Checker {
     /// the interval until each has passed once, for at most `recovery`. Returns the time
     /// from this call until the last probe passed, or None when not every probe passed
     /// in time, on `interrupted` (within 20 ms), or without a hypothesis. `on_sample` as
-    /// in [`Checker::steady_state`].
+    /// in [`Checker::steady_state`] (it also gets the During samples not drained yet).
     pub fn recovery(&mut self, interrupted: &AtomicBool, on_sample: &mut dyn FnMut(&ProbeSample)) -> Option<Duration> {
         if let Some(mut during) = self.during.take() {
             during.abort_all();

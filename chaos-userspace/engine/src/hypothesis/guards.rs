@@ -83,8 +83,15 @@ impl Watch {
     }
 
     /// The first error-rate or latency guard that `last` (the newest During sample of
-    /// its probe) makes fire.
+    /// its probe) makes fire. Error rate: the share of failed checks among those that
+    /// started within the window up to `last`, above the threshold. Latency: the p95 of
+    /// the window's checks (failed ones too: a timeout is slowness) above the baseline
+    /// (the p95 of the passing checks before the faults) by more than the percent; not
+    /// judged without a baseline. Neither is judged before the probe has been checked
+    /// During for a whole window.
     fn judge(&self, last: &ProbeSample) -> Option<AbortReport> {
+        // Judged as `last` completes: the guard fires then.
+        let judged_at = last.t_s + last.latency_ms / 1000.0;
         for guard in &self.guards {
             match guard {
                 Guard::ErrorRate { probe, above, window } if probe == &last.probe => {
@@ -95,7 +102,7 @@ impl Watch {
                         let last_failure = in_window.iter().find(|s| !s.ok).map(|s| s.detail.as_str()).unwrap_or("");
                         return Some(fired(
                             guard,
-                            last.t_s,
+                            judged_at,
                             format!(
                                 "probe {probe}: {failed} of {} checks failed over the last {} ({:.0} %, above {:.0} %); last failure: {last_failure}",
                                 in_window.len(),
@@ -115,7 +122,7 @@ impl Watch {
                     if p95 > bound {
                         return Some(fired(
                             guard,
-                            last.t_s,
+                            judged_at,
                             format!(
                                 "probe {probe}: p95 latency {p95:.1} ms over the last {}, above the baseline p95 {baseline:.1} ms + {percent} % ({bound:.1} ms)",
                                 super::probes::secs(*window)
@@ -221,7 +228,9 @@ mod tests {
         }
         watch.record(sample("api", CheckPhase::During, 1.0, false, 1.0));
         let fired = watch.fired.clone().expect("fired with a full window of failures");
-        assert_eq!((fired.guard.as_str(), fired.fired_s), ("error-rate", 1.0));
+        // Fired as the check that started at 1.0 s ended, 1 ms later.
+        assert_eq!(fired.guard, "error-rate");
+        assert!((fired.fired_s - 1.001).abs() < 1e-9, "{fired:?}");
         assert!(fired.reason.contains("10 of 10 checks failed"), "{}", fired.reason);
         assert!(fired.reason.contains("status 503"), "{}", fired.reason);
     }
