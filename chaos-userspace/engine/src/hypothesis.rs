@@ -19,7 +19,9 @@
 //!
 //! Every check is a `probe` span (a child of the span given to [`Checker::new`]) with
 //! the attributes scenario, probe, kind, phase, ok, latency_ms (and detail when there
-//! is one) and OpenTelemetry's `otel.status_code`/`otel.status_message`, as run.rs's.
+//! is one) and OpenTelemetry's `otel.status_code`/`otel.status_message`, as run.rs's. A
+//! check cut off because its phase ended (a deadline, the revert) has no outcome and no
+//! status, only the detail "cancelled: its phase ended first", and no sample.
 //!
 //! A Checker without a hypothesis and without guards needing one (that is, with none or
 //! only a wall-clock guard) starts no thread: the wall-clock guard is judged when
@@ -416,9 +418,12 @@ async fn check_once(context: &Shared, probe: &ProbeSpec, phase: CheckPhase) -> P
             otel.status_message = Empty,
         )
     });
+    let mut span = Cancellable { span, done: false };
     let started = Instant::now();
     let outcome = probes::check(&probe.check, probe.timeout).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.done = true;
+    let span = &span.span;
     span.record("ok", outcome.ok);
     span.record("latency_ms", latency_ms);
     if !outcome.detail.is_empty() {
@@ -430,7 +435,6 @@ async fn check_once(context: &Shared, probe: &ProbeSpec, phase: CheckPhase) -> P
         span.record("otel.status_code", "error");
         span.record("otel.status_message", outcome.detail.as_str());
     }
-    drop(span);
     let sample = ProbeSample {
         probe: probe.name.clone(),
         kind: kind.to_owned(),
@@ -446,10 +450,25 @@ async fn check_once(context: &Shared, probe: &ProbeSpec, phase: CheckPhase) -> P
     sample
 }
 
+/// A check's span, which says so when the check is dropped before it ends (its phase
+/// ended: the deadline of the steady state or recovery, or the revert): no outcome, no
+/// status, no sample.
+struct Cancellable {
+    span: Span,
+    done: bool,
+}
+
+impl Drop for Cancellable {
+    fn drop(&mut self) {
+        if !self.done {
+            self.span.record("detail", "cancelled: its phase ended first");
+        }
+    }
+}
+
 /// Where a probe stands in [`until_passed`].
 #[derive(Default)]
 struct Standing {
-    checks: usize,
     passes: usize,
     last_failure: Option<String>,
 }
@@ -479,7 +498,6 @@ async fn until_passed(
                 let sample = check_once(&context, &probe, phase).await;
                 let mut standings = standings.lock().unwrap_or_else(|p| p.into_inner());
                 let standing = &mut standings[i];
-                standing.checks += 1;
                 if sample.ok {
                     standing.passes += 1;
                     if standing.passes >= need {
@@ -543,9 +561,10 @@ async fn prometheus_guard(context: Arc<Shared>, url: String, query: String, wind
     loop {
         ticker.tick().await;
         let now = Instant::now();
-        let answer = tokio::time::timeout(every.max(Duration::from_secs(1)), probes::prometheus_query(&url, &query))
+        let wait = every.max(Duration::from_secs(1));
+        let answer = tokio::time::timeout(wait, probes::prometheus_query(&url, &query))
             .await
-            .unwrap_or_else(|_| Err(format!("query {query:?} at {url}: no reply within {}", probes::secs(every))));
+            .unwrap_or_else(|_| Err(format!("query {query:?} at {url}: no reply within {}", probes::secs(wait))));
         match answer {
             Ok(values) if !values.is_empty() => {
                 let since = *true_since.get_or_insert(now);

@@ -443,14 +443,20 @@ fn prometheus_probe_and_guard_against_a_real_prometheus() {
     let guard = |query: &str| Guard::Prometheus { url: prometheus.url.clone(), query: query.into(), window: ms(1000) };
     let mut firing = checker(None, &[guard("vector(1)")]);
     let mut quiet = checker(None, &[guard("vector(1) > 2")]);
+    // A query that fails (nothing listens there) counts as no sample.
+    let nowhere =
+        Guard::Prometheus { url: format!("http://{}", closed_port()), query: "vector(1)".into(), window: ms(0) };
+    let mut unreachable = checker(None, &[nowhere]);
     firing.start_during();
     quiet.start_during();
+    unreachable.start_during();
     let (report, after) = fired_within(&mut firing, ms(4000)).expect("the prometheus guard fires");
     assert!(after >= ms(900), "fired after {after:?}, before its 1 s window");
     assert_eq!(report.guard, "prometheus");
     assert!(report.reason.contains("\"vector(1)\" at http://127.0.0.1:"), "{report:?}");
     assert!(quiet.fired().is_none(), "an empty result fired the guard");
     assert!(fired_within(&mut quiet, ms(1500)).is_none(), "an empty result fired the guard");
+    assert!(unreachable.fired().is_none(), "a failed query fired the guard");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -642,8 +648,14 @@ fn each_check_is_a_probe_span() {
     );
     assert_eq!((ok["ok"].as_str(), ok["otel.status_code"].as_str()), ("true", "ok"));
     assert!(ok["latency_ms"].parse::<f64>().unwrap() > 0.0);
-    let bad: Vec<_> = spans.iter().filter(|s| s["probe"] == "bad").collect();
+    // A check still running at the deadline is cancelled: its span says so, without an outcome.
+    let (bad, cancelled): (Vec<_>, Vec<_>) =
+        spans.iter().filter(|s| s["probe"] == "bad").partition(|s| s.contains_key("ok"));
     assert!(bad.len() >= 2, "checked until steady-within: {spans:?}");
     assert!(bad.iter().all(|s| s["ok"] == "false" && s["otel.status_code"] == "error"));
     assert_eq!(bad[0]["otel.status_message"], "\"false\" exited 1, expected 0");
+    assert!(cancelled.len() <= 1, "{cancelled:?}");
+    assert!(cancelled
+        .iter()
+        .all(|s| s["detail"] == "cancelled: its phase ended first" && !s.contains_key("otel.status_code")));
 }
