@@ -188,13 +188,14 @@ fn command_probe_passes_on_exit_and_output() {
     );
 }
 
-/// A command cut off by the timeout is killed, not left running.
+/// A command cut off by the timeout is killed, and what it started too (a shell's
+/// background child), not left running.
 #[test]
 fn command_probe_is_killed_at_its_timeout() {
     let dir = std::env::temp_dir().join(format!("chaos-hypothesis-kill-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pid_file = dir.join("pid");
-    let script = format!("echo $$ > {}; exec sleep 30", pid_file.display());
+    let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
     let check = ProbeCheck::Command { argv: vec!["sh".into(), "-c".into(), script], exit: 0, output_contains: None };
     let (result, samples) = steady(ProbeSpec { timeout: ms(300), ..probe("slow", check) }, ms(1000));
     assert!(result.unwrap_err().contains("timed out after 0.3 s"), "{samples:?}");
@@ -209,7 +210,7 @@ fn command_probe_is_killed_at_its_timeout() {
     while alive() && Instant::now() < deadline {
         std::thread::sleep(ms(20));
     }
-    assert!(!alive(), "the command (pid {pid}) still runs after its check timed out");
+    assert!(!alive(), "the command's child (pid {pid}) still runs after its check timed out");
 }
 
 /// A command's output is read to its end but only 64 KiB of it kept: a command that

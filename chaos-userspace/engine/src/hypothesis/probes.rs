@@ -276,7 +276,9 @@ async fn dns_query(name: &Name, server: SocketAddr, record_type: RecordType) -> 
 }
 
 /// Runs `argv` without a shell: passes on `exit` (and, when given, `contains` in
-/// stdout or stderr). The child is killed when the check is cut off (kill_on_drop).
+/// stdout or stderr). The command runs in a process group of its own (a Ctrl-C at the
+/// terminal is the run's to handle, not the probe's), which is killed when the check is
+/// cut off: what the command started dies with it.
 async fn command(argv: &[String], exit: i32, contains: Option<&str>) -> Outcome {
     let Some((program, args)) = argv.split_first() else {
         return Outcome::fail("an empty command");
@@ -286,14 +288,17 @@ async fn command(argv: &[String], exit: i32, contains: Option<&str>) -> Outcome 
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn();
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => return Outcome::fail(format!("cannot run {program:?}: {e}")),
     };
+    let mut group = KillGroupOnDrop(child.id());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let (out, err, status) = tokio::join!(read_bounded(stdout), read_bounded(stderr), child.wait());
+    group.0 = None;
     let status = match status {
         Ok(status) => status,
         Err(e) => return Outcome::fail(format!("waiting for {program:?}: {e}")),
@@ -318,6 +323,22 @@ async fn command(argv: &[String], exit: i32, contains: Option<&str>) -> Outcome 
             }
             _ => Outcome::pass(""),
         },
+    }
+}
+
+/// The process group of a command whose check has not ended: killed when the check is
+/// dropped (cut off by its timeout or its phase's end). Until the check ends, the
+/// group's leader is not reaped (its wait is part of the check), so the group id is
+/// still ours.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) with a negative pid signals the process group the command
+            // leads (process_group(0) above); no memory is involved.
+            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+        }
     }
 }
 
