@@ -177,6 +177,9 @@ fn main() -> Result<()> {
             cargo(&["test", "--workspace", "--bins", "--lib"])?;
             // The layer rules of docs/architecture.md, on the resolved dependency graph.
             cargo(&["test", "-p", "chaos-cli", "--test", "layers"])?;
+            // The hypothesis checker against real local servers (HTTP, TCP, dnsmasq,
+            // commands, Prometheus): no root needed.
+            cargo(&["test", "-p", "chaos-engine", "--test", "hypothesis"])?;
             require_root("the kernel tests")?;
             let mut runs = vec![host_kernel_tests(&filters)?];
             if no_vm {
