@@ -177,6 +177,8 @@ fn main() -> Result<()> {
             cargo(&["test", "--workspace", "--bins", "--lib"])?;
             // The layer rules of docs/architecture.md, on the resolved dependency graph.
             cargo(&["test", "-p", "chaos-cli", "--test", "layers"])?;
+            // report.html in headless Chromium (no root; skipped, with its reason, without one).
+            cargo(&["test", "-p", "chaos-cli", "--test", "report_html"])?;
             require_root("the kernel tests")?;
             let mut runs = vec![host_kernel_tests(&filters)?];
             if no_vm {

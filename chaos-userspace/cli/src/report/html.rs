@@ -94,7 +94,9 @@ impl Chart<'_> {
                 .configure_mesh()
                 .x_desc("seconds from the start of the run")
                 .y_desc(self.y_label)
-                .light_line_style(RGBColor(235, 235, 235))
+                .light_line_style(RGBColor(240, 240, 240))
+                // One light line between bold ones: a thin grid, and a smaller page.
+                .max_light_lines(1)
                 .draw()?;
             chart
                 .draw_series(
@@ -316,7 +318,7 @@ pub fn render(report: &RunReport) -> Result<String> {
         "<p class=\"verdict {word}\">{word}{}</p>",
         if reasons.is_empty() { String::new() } else { format!(": {}", esc(&reasons.join("; "))) }
     );
-    head(&mut html, &["", ""]);
+    html.push_str("<table class=\"summary\">\n");
     let duration = report.ended_unix_ms.saturating_sub(report.started_unix_ms) as f64 / 1000.0;
     for (k, v) in [
         ("scenario", esc(&report.scenario)),
@@ -461,7 +463,9 @@ pub fn render(report: &RunReport) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::fixtures;
+    // The report module's fixtures (tests/report_html.rs compiles this file too, with
+    // the fixtures beside it).
+    use super::super::fixtures;
 
     /// The charts are there with their data (the browser test in tests/report_html.rs
     /// checks them after a real browser loaded the page).

@@ -10,13 +10,16 @@ pub mod events;
 pub mod html;
 pub mod junit;
 pub mod markdown;
+pub mod summary;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use chaos_engine::report::{RunReport, Verdict};
+use chaos_engine::report::RunReport;
 use chaos_model::plan::Plan;
 use serde::Serialize;
+
+pub use summary::{outcome, utc, verdict_name};
 
 /// What `run` and `inject` pass on to the artifacts.
 #[derive(Debug, Clone, Default)]
@@ -72,65 +75,6 @@ pub fn with_clock(report: &RunReport, clock: Clock) -> RunReport {
         rule.active_to_unix_ms = clock.ms(rule.active_to_unix_ms);
     }
     report
-}
-
-/// `2026-11-27T15:46:59.123Z`.
-pub fn utc(unix_ms: u64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp_nanos(unix_ms as i128 * 1_000_000) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            t.month() as u8,
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        ),
-        Err(_) => format!("{unix_ms} ms since the epoch"),
-    }
-}
-
-/// The run's outcome in one word and the reasons it failed (none when it passed): the
-/// revert not verified clean, a fault cut short, an interruption, a guard that fired, a
-/// failed hypothesis.
-pub fn outcome(report: &RunReport) -> (&'static str, Vec<String>) {
-    let mut reasons = Vec::new();
-    if report.interrupted {
-        reasons.push("interrupted".to_owned());
-    }
-    if let Some(failed) = &report.failed {
-        reasons.push(format!("a fault did not run its course: {failed}"));
-    }
-    if let Some(abort) = &report.abort {
-        reasons.push(format!("aborted by the {} guard: {}", abort.guard, abort.reason));
-    }
-    if let Some(h) = &report.hypothesis {
-        match h.verdict {
-            Verdict::Passed => {}
-            Verdict::Failed => reasons.push(format!(
-                "hypothesis failed{}",
-                h.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
-            )),
-            Verdict::NotJudged => reasons.push(format!(
-                "hypothesis not judged{}",
-                h.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
-            )),
-        }
-    }
-    if !report.clean {
-        reasons.push("the revert is not verified clean".to_owned());
-    }
-    (if reasons.is_empty() { "passed" } else { "failed" }, reasons)
-}
-
-/// The hypothesis verdict as written in the reports.
-pub fn verdict_name(verdict: Verdict) -> &'static str {
-    match verdict {
-        Verdict::Passed => "passed",
-        Verdict::Failed => "failed",
-        Verdict::NotJudged => "not judged",
-    }
 }
 
 /// Writes every artifact into `run_dir` (and the bundle next to it). Each one that
