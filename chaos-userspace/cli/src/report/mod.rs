@@ -90,7 +90,10 @@ pub fn write_all(run_dir: &Path, plan: &Plan, report: &RunReport, options: &Opti
     let report = &with_clock(report, clock);
     if options.freeze_clock {
         attempt("report.json", write_json(&run_dir.join("report.json"), report));
-        attempt("spans.jsonl", freeze_spans(&run_dir.join("spans.jsonl"), clock));
+        attempt("spans.jsonl", freeze_file(&run_dir.join("spans.jsonl"), clock));
+        if run_dir.join("events.jsonl").exists() {
+            attempt("events.jsonl", freeze_file(&run_dir.join("events.jsonl"), clock));
+        }
     }
     // The plan as run: with the seed the run drew when the scenario gave none.
     let mut plan = plan.clone();
@@ -151,21 +154,41 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     write(path, (serde_json::to_string_pretty(value)? + "\n").as_bytes())
 }
 
-/// Rewrites spans.jsonl with its stamps as the clock records them (the spans are
-/// closed: the run has ended).
-fn freeze_spans(path: &Path, clock: Clock) -> Result<()> {
-    let text = std::fs::read_to_string(path)?;
-    let mut spans = chaos_model::expect::parse_spans("spans.jsonl", &text)?;
+/// `text` (JSON) with the value of every key that ends in `_unix_ms` or `_unix_ns` (a
+/// wall-clock stamp) as the clock records it. Done on the text, so that everything else
+/// stays byte for byte (a key's closing quote and colon never occur inside a JSON string,
+/// where quotes are escaped).
+pub fn freeze_stamps(text: &str, clock: Clock) -> String {
     let mut out = String::with_capacity(text.len());
-    for span in &mut spans {
-        span.start_unix_ns = clock.ns(span.start_unix_ns);
-        span.end_unix_ns = clock.ns(span.end_unix_ns);
-        out += &serde_json::to_string(span)?;
-        out.push('\n');
+    let mut rest = text;
+    while let Some(at) = [rest.find("_unix_ms\":"), rest.find("_unix_ns\":")].into_iter().flatten().min() {
+        let key_end = at + "_unix_ms\":".len();
+        let is_ns = rest[at..].starts_with("_unix_ns");
+        out.push_str(&rest[..key_end]);
+        rest = &rest[key_end..];
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        match rest[..digits].parse::<u64>() {
+            Ok(stamp) => {
+                let frozen = if is_ns { clock.ns(stamp) } else { clock.ms(stamp) };
+                out.push_str(&frozen.to_string());
+                rest = &rest[digits..];
+            }
+            // Not a number (null, a string): left as it is.
+            Err(_) => {}
+        }
     }
+    out.push_str(rest);
+    out
+}
+
+/// Rewrites a file of the run directory with its stamps frozen (the run has ended: no one
+/// writes to it any more).
+fn freeze_file(path: &Path, clock: Clock) -> Result<()> {
+    let text = std::fs::read_to_string(path)?;
     // Replaced whole, so that a reader never sees half of it.
-    let partial = path.with_extension("jsonl.partial");
-    write(&partial, out.as_bytes())?;
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    write(Path::new(&partial), freeze_stamps(&text, clock).as_bytes())?;
     Ok(std::fs::rename(&partial, path)?)
 }
 
@@ -236,6 +259,23 @@ mod tests {
         assert_eq!(running.ms(1_795_000_001_500), 1_795_000_001_500);
     }
 
+    /// Every `*_unix_ms` and `*_unix_ns` value, wherever it is nested; nothing else.
+    #[test]
+    fn stamps_in_json_text_are_frozen() {
+        let clock = Clock::new(1_795_000_000_000, true);
+        let text = r#"{"t_s":1.5,"step":{"active_from_unix_ms":1795000001000,"x_unix_ms":null},"note":"a_unix_ms\":5"}
+{"start_unix_ns":1795000000000000007,"end_unix_ns":1795000002000000000,"seen":3}
+"#;
+        let frozen = freeze_stamps(text, clock);
+        assert_eq!(
+            frozen,
+            r#"{"t_s":1.5,"step":{"active_from_unix_ms":946684801000,"x_unix_ms":null},"note":"a_unix_ms\":5"}
+{"start_unix_ns":946684800000000007,"end_unix_ns":946684802000000000,"seen":3}
+"#
+        );
+        assert_eq!(freeze_stamps(text, Clock::new(1_795_000_000_000, false)), text);
+    }
+
     #[test]
     fn the_outcome_names_every_reason() {
         let report = fixtures::rich_report();
@@ -257,6 +297,8 @@ mod tests {
         let report = fixtures::rich_report();
         std::fs::write(run_dir.join("spans.jsonl"), fixtures::spans_jsonl(&report)).unwrap();
         std::fs::write(run_dir.join("report.json"), serde_json::to_string(&report).unwrap()).unwrap();
+        let step_ended = serde_json::json!({"t_s": 6.0, "event": "step_ended", "step": report.steps[0]});
+        std::fs::write(run_dir.join("events.jsonl"), format!("{step_ended}\n")).unwrap();
         let scenario = dir.path().join("scenario-source.yaml");
         std::fs::write(&scenario, "name: rich\n").unwrap();
         let options = Options { scenario_file: Some(scenario), freeze_clock: true };
@@ -291,6 +333,8 @@ mod tests {
         let spans = std::fs::read_to_string(run_dir.join("spans.jsonl")).unwrap();
         let spans = chaos_model::expect::parse_spans("spans.jsonl", &spans).unwrap();
         assert!(spans.iter().all(|s| s.start_unix_ns / 1_000_000 < FROZEN_EPOCH_MS + 3_600_000), "{spans:?}");
+        let events = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap();
+        assert!(events.contains(&format!("\"active_from_unix_ms\":{}", FROZEN_EPOCH_MS + 1000)), "{events}");
         let cleanup: serde_json::Value =
             serde_json::from_slice(&std::fs::read(run_dir.join("cleanup.json")).unwrap()).unwrap();
         assert_eq!(cleanup["clean"], true);
