@@ -148,9 +148,9 @@ cleanup.json, topology.json, plan.json, scenario.yaml, digest.txt (SHA-256 of th
 scenario and seed), meta.json, and DIR.tar.gz beside it with all of them (docs/telemetry.md). A new or empty directory \
 [default: chaos-runs/<run-id> under the current directory, run-id = UTC time and pid, e.g. 20261127T154659Z-4242]";
 
-const FREEZE_CLOCK_HELP: &str = "Record wall-clock stamps in the run directory (report.json's *_unix_ms, spans.jsonl's \
-times, meta.json, the mtimes in DIR.tar.gz) as 2000-01-01T00:00:00Z plus their offset from the run's start, so that the \
-artifacts of two runs differ only in what was measured";
+const FREEZE_CLOCK_HELP: &str = "Record wall-clock stamps in the run directory (report.json's and events.jsonl's \
+*_unix_ms, spans.jsonl's times, meta.json, the mtimes in DIR.tar.gz) as 2000-01-01T00:00:00Z plus their offset from \
+the run's start, so that the artifacts of two runs differ only in what was measured";
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
