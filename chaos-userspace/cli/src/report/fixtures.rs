@@ -143,7 +143,7 @@ pub fn rich_report() -> RunReport {
             dropped: 6 * k,
             delayed: 0,
         });
-        if t_s >= 2.0 && t_s <= 5.5 {
+        if (2.0..=5.5).contains(&t_s) {
             samples.push(CounterSample {
                 t_s,
                 step: "slow-peer".into(),

@@ -167,14 +167,11 @@ pub fn freeze_stamps(text: &str, clock: Clock) -> String {
         out.push_str(&rest[..key_end]);
         rest = &rest[key_end..];
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        match rest[..digits].parse::<u64>() {
-            Ok(stamp) => {
-                let frozen = if is_ns { clock.ns(stamp) } else { clock.ms(stamp) };
-                out.push_str(&frozen.to_string());
-                rest = &rest[digits..];
-            }
-            // Not a number (null, a string): left as it is.
-            Err(_) => {}
+        // Not a number (null, a string): left as it is.
+        if let Ok(stamp) = rest[..digits].parse::<u64>() {
+            let frozen = if is_ns { clock.ns(stamp) } else { clock.ms(stamp) };
+            out.push_str(&frozen.to_string());
+            rest = &rest[digits..];
         }
     }
     out.push_str(rest);
