@@ -3,11 +3,11 @@
 //!
 //! The normalised trace (written as digest-input.json, to see why two digests differ) is
 //! the plan as run (targets, faults, steps, windows and their planned times, the seed),
-//! each step's seed, and the span tree of spans.jsonl: each span's name, status and
-//! attributes and its children. Left out is whatever a run measures or the machine
-//! assigns: span ids, times and status messages, the counters, durations and latencies
+//! each step's seed, and the span tree of spans.jsonl: each span's name and attributes
+//! and its children. Left out is whatever a run measures or the machine assigns: span
+//! ids, times, statuses and status messages, the counters, durations and latencies
 //! (attributes named in [`MEASURED`], or ending in `_ms`, `_ns` or `_s` unless they start
-//! with `planned`), and pids. Children are sorted (parallel steps close in either order)
+//! with `planned`), and pids (`/proc/<pid>/` in any text becomes `/proc/PID/`). Children are sorted (parallel steps close in either order)
 //! and identical siblings collapse into one, so that how many probe checks fit into a
 //! phase does not change the digest.
 
@@ -55,15 +55,42 @@ fn measured(key: &str) -> bool {
         || (!key.starts_with("planned") && (key.ends_with("_ms") || key.ends_with("_ns") || key.ends_with("_s")))
 }
 
-/// A span and its descendants, normalised.
+/// `text` with every `/proc/<pid>/` as `/proc/PID/`: a cgroup's or a process's namespace
+/// is found through one of its processes, another one each run.
+fn without_pids(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("/proc/") {
+        out.push_str(&rest[..at + "/proc/".len()]);
+        rest = &rest[at + "/proc/".len()..];
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 && rest[digits..].starts_with('/') {
+            out.push_str("PID");
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A span and its descendants, normalised. Its status is left out: whether a check
+/// passed is measured, and how a step or the run ended is in their attributes (`ended`,
+/// `ran_its_course`, `interrupted`, `clean`).
 fn node(span: &SpanRecord, children_of: &dyn Fn(u64) -> Vec<Value>) -> Value {
-    let attributes: Map<String, Value> =
-        span.attributes.iter().filter(|(k, _)| !measured(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let attributes: Map<String, Value> = span
+        .attributes
+        .iter()
+        .filter(|(k, _)| !measured(k))
+        .map(|(k, v)| match v {
+            Value::String(text) => (k.clone(), Value::String(without_pids(text))),
+            v => (k.clone(), v.clone()),
+        })
+        .collect();
     let mut children = children_of(span.id);
     // Sorted by their text, then identical ones collapse.
     children.sort_by_cached_key(Value::to_string);
     children.dedup();
-    json!({ "name": span.name, "status": span.status, "attributes": attributes, "children": children })
+    json!({ "name": span.name, "attributes": attributes, "children": children })
 }
 
 /// The normalised span tree of `spans_jsonl`: its roots (spans without a parent in the
@@ -162,6 +189,27 @@ mod tests {
             .collect();
         let reordered = digest(&(renumbered.join("\n") + "\n"), &plan, &report).unwrap().sha256;
         assert_eq!(first, reordered);
+        // A probe check that failed this time (status and attributes) and a namespace
+        // found through another process.
+        let other: Vec<String> = spans
+            .lines()
+            .map(|l| {
+                let mut v: Value = serde_json::from_str(l).unwrap();
+                if v["name"] == "probe" && v["attributes"]["probe"] == "db" {
+                    v["status"] = json!("error");
+                    v["status_message"] = json!("timed out");
+                    v["attributes"]["ok"] = json!(false);
+                }
+                v.to_string()
+            })
+            .collect();
+        assert_eq!(first, digest(&(other.join("\n") + "\n"), &plan, &report).unwrap().sha256);
+        let mut pid_target = report.clone();
+        pid_target.steps[0].rules[0].netns = "/proc/4242/ns/net".into();
+        let with_pid = of(&pid_target, &plan);
+        pid_target.steps[0].rules[0].netns = "/proc/77/ns/net".into();
+        assert_eq!(with_pid, of(&pid_target, &plan));
+        assert_eq!(without_pids("/proc/12/ns/net /proc/self/ns /proc/1x/"), "/proc/PID/ns/net /proc/self/ns /proc/1x/");
     }
 
     /// A changed seed, scenario name, step seed, planned time, window or fault: another
