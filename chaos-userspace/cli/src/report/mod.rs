@@ -137,10 +137,12 @@ pub fn write_all(run_dir: &Path, plan: &Plan, report: &RunReport, options: &Opti
             None
         }
     };
-    let meta = Meta::new(run_dir, report, digest, options.freeze_clock);
+    // Named by its real path: `--run-dir .` or `runs/x/..` have a name there.
+    let named = run_dir.canonicalize().unwrap_or_else(|_| run_dir.to_path_buf());
+    let meta = Meta::new(&named, report, digest, options.freeze_clock);
     attempt("meta.json", write_json(&run_dir.join("meta.json"), &meta));
-    let bundle = bundle::path_of(run_dir);
-    if let Err(e) = bundle::write(run_dir, &bundle, clock) {
+    let bundle = bundle::path_of(&named);
+    if let Err(e) = bundle::write(&named, &bundle, clock) {
         warnings.push(format!("cannot write {}: {e:#}", bundle.display()));
     }
     warnings
@@ -349,6 +351,24 @@ mod tests {
         let warnings = write_all(&run_dir2, &fixtures::plan(), &measured, &options);
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(std::fs::read_to_string(run_dir2.join("digest.txt")).unwrap(), digest);
+    }
+
+    /// A run directory given as `x/run/../run` is still named `run`: the bundle goes
+    /// beside it as run.tar.gz.
+    #[test]
+    fn the_bundle_is_named_by_the_real_path() {
+        let dir = fixtures::TempDir::new("real-path");
+        let run_dir = dir.path().join("run");
+        std::fs::create_dir(&run_dir).unwrap();
+        let report = fixtures::passing_report();
+        std::fs::write(run_dir.join("spans.jsonl"), fixtures::spans_jsonl(&report)).unwrap();
+        let given = run_dir.join("..").join("run");
+        let warnings = write_all(&given, &fixtures::plan(), &report, &Options::default());
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(dir.path().join("run.tar.gz").is_file());
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run_dir.join("meta.json")).unwrap()).unwrap();
+        assert_eq!(meta["run_id"], "run");
     }
 
     /// A file that cannot be written is a warning naming it; the rest are written.
