@@ -30,6 +30,34 @@ const PALETTE: [RGBColor; 6] = [
 const WINDOW: RGBColor = RGBColor(255, 140, 0);
 const FAILED: RGBColor = RGBColor(214, 39, 40);
 
+/// At most this many points per series: a long run's samples are thinned (below) so that
+/// the page stays small.
+const MAX_POINTS: usize = 2000;
+
+/// `points` (in time order) thinned to at most `max`: in each of `max / 2` runs of
+/// consecutive points, the lowest and the highest (in time order), so that spikes stay.
+fn thin(points: Vec<(f64, f64)>, max: usize) -> Vec<(f64, f64)> {
+    if points.len() <= max || max < 2 {
+        return points;
+    }
+    let per_bucket = points.len().div_ceil(max / 2);
+    let mut out = Vec::with_capacity(max);
+    for bucket in points.chunks(per_bucket) {
+        let by_y = |a: &&(f64, f64), b: &&(f64, f64)| a.1.total_cmp(&b.1);
+        let (lo, hi) = (bucket.iter().min_by(by_y), bucket.iter().max_by(by_y));
+        if let (Some(&lo), Some(&hi)) = (lo, hi) {
+            if lo == hi {
+                out.push(lo);
+            } else if lo.0 <= hi.0 {
+                out.extend([lo, hi]);
+            } else {
+                out.extend([hi, lo]);
+            }
+        }
+    }
+    out
+}
+
 /// Text for HTML content and attribute values.
 pub fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -109,13 +137,19 @@ impl Chart<'_> {
             for series in &self.series {
                 let color = series.color;
                 chart
-                    .draw_series(LineSeries::new(series.points.iter().copied(), color.stroke_width(2)))?
+                    .draw_series(LineSeries::new(thin(series.points.clone(), MAX_POINTS), color.stroke_width(2)))?
                     .label(series.name.as_str())
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
             }
             if !self.marks.is_empty() {
                 chart
-                    .draw_series(self.marks.iter().map(|&p| Cross::new(p, 4, FAILED.stroke_width(2))))?
+                    // Every n-th mark of a long run's failures, as many as a series has points.
+                    .draw_series(
+                        self.marks
+                            .iter()
+                            .step_by(self.marks.len().div_ceil(MAX_POINTS))
+                            .map(|&p| Cross::new(p, 4, FAILED.stroke_width(2))),
+                    )?
                     .label("failed check")
                     .legend(|(x, y)| Cross::new((x + 8, y), 4, FAILED.stroke_width(2)));
             }
@@ -481,6 +515,18 @@ mod tests {
         for fetch in ["<script", "<link", "src=", "url(", "@import", "https:"] {
             assert!(!html.contains(fetch), "report.html contains {fetch}");
         }
+    }
+
+    /// A long series keeps at most MAX_POINTS points, in time order, with its extremes.
+    #[test]
+    fn long_series_are_thinned_keeping_spikes() {
+        let mut points: Vec<(f64, f64)> = (0..100_000).map(|i| (i as f64, (i % 7) as f64)).collect();
+        points[54_321].1 = 1000.0;
+        let thinned = thin(points.clone(), MAX_POINTS);
+        assert!(thinned.len() <= MAX_POINTS && thinned.len() > MAX_POINTS / 2, "{}", thinned.len());
+        assert!(thinned.windows(2).all(|w| w[0].0 < w[1].0), "in time order");
+        assert!(thinned.contains(&(54_321.0, 1000.0)), "the spike");
+        assert_eq!(thin(points[..10].to_vec(), MAX_POINTS), points[..10].to_vec());
     }
 
     #[test]
