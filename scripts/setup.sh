@@ -10,9 +10,11 @@ set -euo pipefail
 # prometheus: the kernel test that has a real Prometheus scrape a run's metrics (the
 # package's own service is not needed; the test starts its own server); dnsmasq-base: the
 # DNS probe's tests (chaos-userspace/engine/tests/hypothesis.rs) run a real DNS server on
-# loopback (the binary only, without the system service of the `dnsmasq` package).
+# loopback (the binary only, without the system service of the `dnsmasq` package);
+# chromium: the test that loads report.html in a headless browser
+# (chaos-userspace/cli/tests/report_html.rs).
 packages=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev bpftool iproute2 iputils-ping util-linux
-  qemu-system-x86 busybox-static xz-utils prometheus dnsmasq-base)
+  qemu-system-x86 busybox-static xz-utils prometheus dnsmasq-base chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -66,6 +66,7 @@ test_modules! {
     tcp_delay,
     spans,
     metrics,
+    reports,
 }
 
 /// Skipped tests of this run: (name, reason).

@@ -180,6 +180,8 @@ fn main() -> Result<()> {
             // The hypothesis checker against real local servers (HTTP, TCP, dnsmasq,
             // commands, Prometheus): no root needed.
             cargo(&["test", "-p", "chaos-engine", "--test", "hypothesis"])?;
+            // report.html in headless Chromium (no root; skipped, with its reason, without one).
+            cargo(&["test", "-p", "chaos-cli", "--test", "report_html"])?;
             require_root("the kernel tests")?;
             let mut runs = vec![host_kernel_tests(&filters)?];
             if no_vm {

@@ -21,6 +21,7 @@ pub fn execute(
     metrics_addr: Option<MetricsAddr>,
     command: String,
     run_dir: Option<PathBuf>,
+    artifacts: crate::report::Options,
 ) -> Result<i32> {
     // The same checks for a dry run and a run: what one accepts, the other does.
     let checked = chaos_engine::preflight::check(plan, dry_run)?;
@@ -59,9 +60,10 @@ pub fn execute(
     let probe = lab.as_ref().map(Lab::start_probe).transpose()?.flatten();
     let mut progress = Progress::new();
     let mut metrics = metrics;
+    let mut events = crate::report::events::EventFile::create(&run_dir.join("events.jsonl"));
     let mut observers = match server {
-        Some(_) => Fanout::new(vec![&mut progress, &mut metrics]),
-        None => Fanout::new(vec![&mut progress]),
+        Some(_) => Fanout::new(vec![&mut progress, &mut metrics, &mut events]),
+        None => Fanout::new(vec![&mut progress, &mut events]),
     };
     let report = run::run(plan, &RunOptions { command }, probe.as_ref().map(|p| p as &dyn run::Probe), &mut observers);
     // The endpoint ends with the run.
@@ -71,6 +73,11 @@ pub fn execute(
     drop(lab);
     if let Err(e) = std::fs::write(run_dir.join("report.json"), serde_json::to_string_pretty(&report)? + "\n") {
         output::err(&format!("chaos-ebpf: warning: cannot write {}: {e}", run_dir.join("report.json").display()));
+    }
+    // report.md, junit.xml, report.html, ... (report/mod.rs): a file that cannot be
+    // written is a warning, not a failed run.
+    for warning in crate::report::write_all(&run_dir, plan, &report, &artifacts) {
+        output::err(&clip_lines(&format!("chaos-ebpf: warning: {warning}")));
     }
     match output {
         Output::Json => output::out(&serde_json::to_string_pretty(&report)?),

@@ -6,6 +6,7 @@ mod exit;
 mod output;
 mod plan;
 mod render;
+mod report;
 mod run_dir;
 mod spans;
 mod status;
@@ -75,6 +76,8 @@ enum Command {
         /// default 127.0.0.1:9464), or `off`.
         #[arg(long, global = true, display_order = 1003, value_name = "ADDR", value_parser = execute::parse_metrics_addr)]
         metrics_addr: Option<execute::MetricsAddr>,
+        #[arg(long, global = true, display_order = 1004, help = FREEZE_CLOCK_HELP)]
+        freeze_clock: bool,
     },
     /// Run a YAML scenario: targets and timed steps (see docs/scenarios.md).
     Run {
@@ -95,6 +98,8 @@ enum Command {
         /// default 127.0.0.1:9464), or `off`.
         #[arg(long, value_name = "ADDR", value_parser = execute::parse_metrics_addr)]
         metrics_addr: Option<execute::MetricsAddr>,
+        #[arg(long, help = FREEZE_CLOCK_HELP)]
+        freeze_clock: bool,
     },
     /// Check a scenario file; errors name file:line:column and the fix.
     Validate { file: PathBuf },
@@ -138,8 +143,14 @@ enum Command {
 }
 
 const RUN_DIR_HELP: &str = "Where the run's record is written: spans.jsonl (one JSON object per closed span: run, \
-step, inject, revert, cleanup) and report.json. A new or empty directory [default: chaos-runs/<run-id> under the current \
-directory, run-id = UTC time and pid, e.g. 20261127T154659Z-4242]";
+step, inject, revert, cleanup), events.jsonl, report.json, report.md, junit.xml, report.html (charts, opens offline), \
+cleanup.json, topology.json, plan.json, scenario.yaml, digest.txt (SHA-256 of the normalised trace: the same for the same \
+scenario and seed), meta.json, and DIR.tar.gz beside it with all of them (docs/telemetry.md). A new or empty directory \
+[default: chaos-runs/<run-id> under the current directory, run-id = UTC time and pid, e.g. 20261127T154659Z-4242]";
+
+const FREEZE_CLOCK_HELP: &str = "Record wall-clock stamps in the run directory (report.json's and events.jsonl's \
+*_unix_ms, spans.jsonl's times, meta.json, the mtimes in DIR.tar.gz) as 2000-01-01T00:00:00Z plus their offset from \
+the run's start, so that the artifacts of two runs differ only in what was measured";
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
@@ -204,16 +215,18 @@ fn clip_lines(text: &str) -> String {
 fn dispatch(cli: Cli) -> Result<i32> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
-        Command::Inject { fault, dry_run, output, run_dir, metrics_addr } => {
+        Command::Inject { fault, dry_run, output, run_dir, metrics_addr, freeze_clock } => {
             let plan = inject::plan(fault)?;
-            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir)
+            let artifacts = report::Options { scenario_file: None, freeze_clock };
+            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, artifacts)
         }
-        Command::Run { file, seed, dry_run, output, run_dir, metrics_addr } => {
+        Command::Run { file, seed, dry_run, output, run_dir, metrics_addr, freeze_clock } => {
             let mut plan = validate::load(&file)?;
             if seed.is_some() {
                 plan.seed = seed;
             }
-            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir)
+            let artifacts = report::Options { scenario_file: Some(file), freeze_clock };
+            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, artifacts)
         }
         Command::Validate { file } => validate::run(&file),
         Command::Plan { file, seed, output } => plan::run(&file, seed, output),
