@@ -3,6 +3,7 @@
 mod cleanup;
 mod execute;
 mod exit;
+mod otlp;
 mod output;
 mod plan;
 mod render;
@@ -75,6 +76,8 @@ enum Command {
         /// default 127.0.0.1:9464), or `off`.
         #[arg(long, global = true, display_order = 1003, value_name = "ADDR", value_parser = execute::parse_metrics_addr)]
         metrics_addr: Option<execute::MetricsAddr>,
+        #[arg(long, global = true, display_order = 1004, value_name = "URL", value_parser = otlp::parse_endpoint, help = OTLP_HELP)]
+        otlp_endpoint: Option<String>,
     },
     /// Run a YAML scenario: targets and timed steps (see docs/scenarios.md).
     Run {
@@ -95,6 +98,8 @@ enum Command {
         /// default 127.0.0.1:9464), or `off`.
         #[arg(long, value_name = "ADDR", value_parser = execute::parse_metrics_addr)]
         metrics_addr: Option<execute::MetricsAddr>,
+        #[arg(long, value_name = "URL", value_parser = otlp::parse_endpoint, help = OTLP_HELP)]
+        otlp_endpoint: Option<String>,
     },
     /// Check a scenario file; errors name file:line:column and the fix.
     Validate { file: PathBuf },
@@ -141,6 +146,11 @@ const RUN_DIR_HELP: &str = "Where the run's record is written: spans.jsonl (one 
 step, inject, revert, cleanup) and report.json. A new or empty directory [default: chaos-runs/<run-id> under the current \
 directory, run-id = UTC time and pid, e.g. 20261127T154659Z-4242]";
 
+const OTLP_HELP: &str = "Also send the run's spans to an OpenTelemetry collector: OTLP over HTTP with protobuf, to \
+URL/v1/traces (URL such as http://127.0.0.1:4318). Without it, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or \
+OTEL_EXPORTER_OTLP_ENDPOINT turn the export on. A collector that fails or cannot be reached costs a warning, not the \
+run; at exit the export waits at most 5 s";
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Text,
@@ -152,19 +162,6 @@ enum Output {
 const MAX_ERROR_LINE: usize = 300;
 
 fn main() -> ExitCode {
-    // What the datapath and the lab can only report, not return (a revert problem in a
-    // Drop): on stderr, one line each.
-    // Spans of runs go to the run directory's spans.jsonl (spans.rs), once a run sets it.
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .without_time()
-                .with_target(false)
-                .with_filter(LevelFilter::INFO),
-        )
-        .with(spans::SpanFile::new())
-        .init();
     // Runs and injections catch Ctrl-C from their first moment (chaos-engine run.rs); other
     // commands keep the default: they change nothing.
     let args: Vec<String> = std::env::args().collect();
@@ -187,12 +184,52 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE as u8);
         }
     };
-    match dispatch(cli) {
+    // Spans go to an OTLP collector only from runs (not dry ones); a bad endpoint is bad
+    // input, refused before anything changes.
+    let export = match otlp_endpoint(&cli).and_then(|url| url.map(otlp::Export::start).transpose()) {
+        Ok(export) => export,
+        Err(e) => {
+            output::err(&clip_lines(&format!("chaos-ebpf: error: {e:#}")));
+            return ExitCode::from(exit::code(&e) as u8);
+        }
+    };
+    // What the datapath and the lab can only report, not return (a revert problem in a
+    // Drop): on stderr, one line each.
+    // Spans of runs go to the run directory's spans.jsonl (spans.rs), once a run sets it.
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .without_time()
+                .with_target(false)
+                .with_filter(LevelFilter::INFO),
+        )
+        .with(spans::SpanFile::new())
+        .with(export.as_ref().map(otlp::Export::layer))
+        .init();
+    let code = match dispatch(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             output::err(&clip_lines(&format!("chaos-ebpf: error: {e:#}")));
             ExitCode::from(exit::code(&e) as u8)
         }
+    };
+    // Every span has closed: the last ones are sent (bounded), also after an interrupted
+    // or failed run.
+    if let Some(export) = export {
+        export.finish();
+    }
+    code
+}
+
+/// The OTLP endpoint of a run or injection (the flag, else the environment); none for
+/// other commands and dry runs.
+fn otlp_endpoint(cli: &Cli) -> Result<Option<String>> {
+    match &cli.command {
+        Command::Inject { dry_run: false, otlp_endpoint, .. } | Command::Run { dry_run: false, otlp_endpoint, .. } => {
+            otlp::endpoint(otlp_endpoint.as_deref())
+        }
+        _ => Ok(None),
     }
 }
 
@@ -204,11 +241,11 @@ fn clip_lines(text: &str) -> String {
 fn dispatch(cli: Cli) -> Result<i32> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
-        Command::Inject { fault, dry_run, output, run_dir, metrics_addr } => {
+        Command::Inject { fault, dry_run, output, run_dir, metrics_addr, .. } => {
             let plan = inject::plan(fault)?;
             execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir)
         }
-        Command::Run { file, seed, dry_run, output, run_dir, metrics_addr } => {
+        Command::Run { file, seed, dry_run, output, run_dir, metrics_addr, .. } => {
             let mut plan = validate::load(&file)?;
             if seed.is_some() {
                 plan.seed = seed;
