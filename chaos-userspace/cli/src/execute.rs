@@ -58,7 +58,7 @@ pub fn execute(
     // The lab comes first: its namespaces are targets. Its probe measures each step.
     let lab = plan.lab.as_ref().map(Lab::create).transpose()?;
     let probe = lab.as_ref().map(Lab::start_probe).transpose()?.flatten();
-    let mut progress = Progress::new();
+    let mut progress = Progress::new(output == Output::Json);
     let mut metrics = metrics;
     let mut observers = Fanout::new(vec![&mut progress, &mut metrics]);
     let report = run::run(plan, &RunOptions { command }, probe.as_ref().map(|p| p as &dyn run::Probe), &mut observers);
