@@ -64,6 +64,7 @@ test_modules! {
     tcp_delay,
     spans,
     metrics,
+    otlp,
 }
 
 /// Skipped tests of this run: (name, reason).

@@ -196,7 +196,7 @@ fn main() -> ExitCode {
     // What the datapath and the lab can only report, not return (a revert problem in a
     // Drop): on stderr, one line each.
     // Spans of runs go to the run directory's spans.jsonl (spans.rs), once a run sets it.
-    tracing_subscriber::registry()
+    let subscriber = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
@@ -204,9 +204,13 @@ fn main() -> ExitCode {
                 .with_target(false)
                 .with_filter(LevelFilter::INFO),
         )
-        .with(spans::SpanFile::new())
-        .with(export.as_ref().map(otlp::Export::layer))
-        .init();
+        .with(spans::SpanFile::new());
+    // Not an Option layer: tracing-subscriber's Option<Layer> does not pass on
+    // on_register_dispatch, which the OTLP layer needs.
+    match &export {
+        Some(export) => subscriber.with(export.layer()).init(),
+        None => subscriber.init(),
+    }
     let code = match dispatch(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
