@@ -19,7 +19,7 @@ use opentelemetry::{
 };
 use opentelemetry_otlp::{Protocol, RetryPolicy, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::{
-    error::OTelSdkResult,
+    error::{OTelSdkError, OTelSdkResult},
     trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
     Resource,
 };
@@ -200,7 +200,10 @@ impl SpanExporter for Exporter {
             Ok(()) => outcome.exported += spans,
             Err(e) => {
                 outcome.failed += spans;
-                outcome.first_error.get_or_insert_with(|| e.to_string());
+                outcome.first_error.get_or_insert_with(|| match e {
+                    OTelSdkError::InternalFailure(why) => why.clone(),
+                    other => other.to_string(),
+                });
             }
         }
         result
@@ -288,13 +291,13 @@ impl Export {
         let kept = "the run directory's spans.jsonl has them";
         if let Some(error) = &outcome.first_error {
             output::err(&crate::clip_lines(&format!(
-                "chaos-ebpf: warning: {} of {} spans not exported to {url}: {error} ({kept})",
+                "chaos-ebpf: warning: {} of {} spans not exported to {url} ({error}); {kept}",
                 outcome.failed,
                 outcome.failed + outcome.exported
             )));
         } else if !matches!(flushed, Some(Ok(()))) {
             output::err(&format!(
-                "chaos-ebpf: warning: exporting spans to {url} did not finish within {} s; gave up ({kept})",
+                "chaos-ebpf: warning: exporting spans to {url} did not finish within {} s; gave up; {kept}",
                 FLUSH_LIMIT.as_secs()
             ));
         }
@@ -454,5 +457,25 @@ mod tests {
         assert!(started.elapsed() < FLUSH_LIMIT, "the flush took {:?}", started.elapsed());
         let outcome = outcome.lock().unwrap();
         assert_eq!((outcome.exported, outcome.failed), (0, 1), "{outcome:?}");
+    }
+
+    /// A collector that takes the connection and never answers: the export gives up
+    /// after its timeout, the flush within the limit, with a warning.
+    #[test]
+    fn a_collector_that_never_answers_costs_bounded_time() {
+        // Connections complete in the kernel's backlog; nobody reads or answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/traces", silent.local_addr().unwrap());
+        let export = Export::start(url).expect("the exporter");
+        let subscriber = tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), export.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            drop(tracing::info_span!(target: "chaos_engine::run", "run"));
+        });
+        let started = std::time::Instant::now();
+        let outcome = export.outcome.clone();
+        export.finish();
+        let took = started.elapsed();
+        assert!(took >= EXPORT_TIMEOUT && took < FLUSH_LIMIT, "the flush took {took:?}");
+        assert_eq!(outcome.lock().unwrap().failed, 1);
     }
 }
