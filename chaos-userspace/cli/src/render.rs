@@ -102,14 +102,17 @@ impl Observer for Progress {
             Event::Progress(p) => match &mut self.draw {
                 Draw::Lines => output::err(&progress_line(&p)),
                 Draw::Bars { bars, run, .. } => {
-                    let total = p.total.as_millis() as u64;
+                    let (total, line) = (p.total.as_millis() as u64, progress_line(&p));
+                    let position = (p.elapsed.as_millis() as u64).min(total);
                     let bar = run.get_or_insert_with(|| {
                         let style = ProgressStyle::with_template("{bar:24} {msg}").expect("a valid template");
-                        bars.add(ProgressBar::new(total).with_style(style))
+                        // Complete before it is first drawn.
+                        let bar = ProgressBar::new(total).with_style(style).with_position(position);
+                        bars.add(bar.with_message(line.clone()))
                     });
                     bar.set_length(total);
-                    bar.set_position((p.elapsed.as_millis() as u64).min(total));
-                    bar.set_message(progress_line(&p));
+                    bar.set_position(position);
+                    bar.set_message(line);
                 }
             },
             Event::ProgressEnd => {
