@@ -24,7 +24,11 @@ use serde_json::Value as Json;
 
 use crate::support::*;
 
-pub const TESTS: &[Test] = tests![otlp_spans_of_an_interrupted_run, otlp_unreachable_collector_costs_a_warning];
+pub const TESTS: &[Test] = tests![
+    otlp_spans_of_an_interrupted_run,
+    otlp_unreachable_collector_costs_a_warning,
+    otlp_bad_endpoint_is_refused
+];
 
 /// A directory under the system temp dir, removed on drop (also after a failure).
 struct TempDir(PathBuf);
@@ -289,4 +293,36 @@ fn otlp_unreachable_collector_costs_a_warning() {
     println!("OTLP: 1 s inject took {plain:?} without export, {unreachable:?} with a closed collector port");
     assert!(unreachable < plain + Duration::from_secs(5), "{plain:?} vs {unreachable:?}");
     assert_nothing_left();
+}
+
+/// An endpoint that cannot be used, from the flag or the environment: exit 2 with the
+/// fix, before anything changes (no run directory, nothing attached).
+fn otlp_bad_endpoint_is_refused() {
+    let pair = Pair::new("otlpbad");
+    let target = pair.target();
+    let tmp = TempDir::new("bad");
+    let run_dir = tmp.0.join("run");
+    let inject = ["inject", "loss", "--target", &target, "--probability", "0.5", "--duration", "1s", "--run-dir"];
+    for (flag, env, expected) in [
+        (Some("https://127.0.0.1:4318"), None, "https needs TLS"),
+        (Some("127.0.0.1:4318"), None, "expected an http:// URL"),
+        (None, Some("grpc://127.0.0.1:4317"), "OTEL_EXPORTER_OTLP_ENDPOINT=grpc://127.0.0.1:4317: expected an http:// URL"),
+    ] {
+        let mut command = Command::new(bin());
+        command.args(inject).arg(&run_dir).env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        command.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if let Some(url) = flag {
+            command.args(["--otlp-endpoint", url]);
+        }
+        if let Some(url) = env {
+            command.env("OTEL_EXPORTER_OTLP_ENDPOINT", url);
+        }
+        let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn chaos-ebpf");
+        let (code, out, err) = Chaos { child }.finish(Duration::from_secs(30));
+        assert_eq!(code, 2, "{flag:?} {env:?}: {out}{err}");
+        assert!(err.contains(expected), "{flag:?} {env:?}: {err}");
+        assert!(err.lines().all(|l| l.len() < 300), "{err}");
+        assert!(!run_dir.exists(), "no run directory for bad input");
+        assert_nothing_left();
+    }
 }
