@@ -143,7 +143,7 @@ enum Command {
 }
 
 const RUN_DIR_HELP: &str = "Where the run's record is written: spans.jsonl (one JSON object per closed span: run, \
-step, inject, revert, cleanup) and report.json. A new or empty directory [default: chaos-runs/<run-id> under the current \
+step, inject, revert, cleanup), report.json and metrics-{before,during,after}.prom. A new or empty directory [default: chaos-runs/<run-id> under the current \
 directory, run-id = UTC time and pid, e.g. 20261127T154659Z-4242]";
 
 const OTLP_HELP: &str = "Also send the run's spans to an OpenTelemetry collector: OTLP over HTTP with protobuf, to \
