@@ -179,7 +179,9 @@ fn otlp_spans_of_an_interrupted_run() {
     ]);
     let replies = pair.ping(&pair.a, "192.0.2.2", 20, Duration::from_millis(200));
     assert!(replies < 20, "no ping was lost under 50% loss");
+    let interrupted = Instant::now();
     let (code, out, err) = chaos.interrupt();
+    println!("OTLP: SIGINT to exit (revert and flush) took {:?}", interrupted.elapsed());
     assert_eq!(code, 1, "an interrupted run: {out}{err}");
     assert!(!err.contains("not exported"), "{err}");
     assert_nothing_left();
