@@ -27,6 +27,7 @@ use crate::support::*;
 pub const TESTS: &[Test] = tests![
     otlp_spans_of_an_interrupted_run,
     otlp_unreachable_collector_costs_a_warning,
+    otlp_environment_endpoint_and_a_completed_run,
     otlp_bad_endpoint_is_refused
 ];
 
@@ -294,6 +295,30 @@ fn otlp_unreachable_collector_costs_a_warning() {
     assert!(warnings[0].starts_with("chaos-ebpf: warning: ") && warnings[0].contains(&format!("{url}/v1/traces")));
     println!("OTLP: 1 s inject took {plain:?} without export, {unreachable:?} with a closed collector port");
     assert!(unreachable < plain + Duration::from_secs(5), "{plain:?} vs {unreachable:?}");
+    assert_nothing_left();
+}
+
+/// OTEL_EXPORTER_OTLP_ENDPOINT alone turns the export on; a run that completed is status
+/// ok, and so are its step and revert spans.
+fn otlp_environment_endpoint_and_a_completed_run() {
+    let pair = Pair::new("otlpenv");
+    let receiver = Receiver::start();
+    let (code, err, _) = timed_inject(&pair, Some(&receiver.url()));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("not exported"), "{err}");
+    let spans: Vec<Span> = receiver
+        .posts(Duration::from_millis(500), Duration::from_secs(5))
+        .into_iter()
+        .flat_map(|p| p.request.resource_spans)
+        .flat_map(|r| r.scope_spans)
+        .flat_map(|s| s.spans)
+        .collect();
+    let run = the(&spans, "run", None);
+    assert_eq!((status(run), int(run, "steps")), ((StatusCode::Ok as i32, ""), 1));
+    let step = the(&spans, "step", Some(run));
+    assert_eq!((text(step, "ended"), status(step).0), ("completed", StatusCode::Ok as i32));
+    assert_eq!(status(the(&spans, "revert", Some(step))).0, StatusCode::Ok as i32);
+    assert_eq!(status(the(&spans, "revert", Some(run))).0, StatusCode::Ok as i32);
     assert_nothing_left();
 }
 
