@@ -67,6 +67,7 @@ test_modules! {
     spans,
     metrics,
     reports,
+    otlp,
 }
 
 /// Skipped tests of this run: (name, reason).

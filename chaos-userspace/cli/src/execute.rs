@@ -50,7 +50,8 @@ pub fn execute(
     let run_dir = crate::run_dir::create(run_dir)?;
     output::err(&format!("chaos-ebpf: run directory {}", run_dir.display()));
     // Before anything changes: a port in use is bad input (exit 2, nothing changed).
-    let metrics = Metrics::new();
+    // Collected also without the endpoint: the run directory gets their snapshots.
+    let metrics = Metrics::new().with_snapshots(&run_dir);
     let server = serve_metrics(metrics_addr, &metrics)?;
     if let Some(server) = &server {
         output::err(&format!("chaos-ebpf: metrics at http://{}/metrics while the run is up", server.addr()));
@@ -58,14 +59,15 @@ pub fn execute(
     // The lab comes first: its namespaces are targets. Its probe measures each step.
     let lab = plan.lab.as_ref().map(Lab::create).transpose()?;
     let probe = lab.as_ref().map(Lab::start_probe).transpose()?.flatten();
-    let mut progress = Progress::new();
+    let mut progress = Progress::new(output == Output::Json);
     let mut metrics = metrics;
     let mut events = crate::report::events::EventFile::create(&run_dir.join("events.jsonl"));
-    let mut observers = match server {
-        Some(_) => Fanout::new(vec![&mut progress, &mut metrics, &mut events]),
-        None => Fanout::new(vec![&mut progress, &mut events]),
-    };
+    let mut observers = Fanout::new(vec![&mut progress, &mut metrics, &mut events]);
     let report = run::run(plan, &RunOptions { command }, probe.as_ref().map(|p| p as &dyn run::Probe), &mut observers);
+    drop(observers);
+    for problem in metrics.snapshot_problems() {
+        output::err(&format!("chaos-ebpf: warning: metrics snapshot: {problem}"));
+    }
     // The endpoint ends with the run.
     drop(server);
     let report = report?;

@@ -3,6 +3,7 @@
 mod cleanup;
 mod execute;
 mod exit;
+mod otlp;
 mod output;
 mod plan;
 mod render;
@@ -78,6 +79,8 @@ enum Command {
         metrics_addr: Option<execute::MetricsAddr>,
         #[arg(long, global = true, display_order = 1004, help = FREEZE_CLOCK_HELP)]
         freeze_clock: bool,
+        #[arg(long, global = true, display_order = 1005, value_name = "URL", value_parser = otlp::parse_endpoint, help = OTLP_HELP)]
+        otlp_endpoint: Option<String>,
     },
     /// Run a YAML scenario: targets and timed steps (see docs/scenarios.md).
     Run {
@@ -100,6 +103,8 @@ enum Command {
         metrics_addr: Option<execute::MetricsAddr>,
         #[arg(long, help = FREEZE_CLOCK_HELP)]
         freeze_clock: bool,
+        #[arg(long, value_name = "URL", value_parser = otlp::parse_endpoint, help = OTLP_HELP)]
+        otlp_endpoint: Option<String>,
     },
     /// Check a scenario file; errors name file:line:column and the fix.
     Validate { file: PathBuf },
@@ -143,7 +148,7 @@ enum Command {
 }
 
 const RUN_DIR_HELP: &str = "Where the run's record is written: spans.jsonl (one JSON object per closed span: run, \
-step, inject, revert, cleanup), events.jsonl, report.json, report.md, junit.xml, report.html (charts, opens offline), \
+step, inject, revert, cleanup, probe, abort), events.jsonl, report.json, metrics-{before,during,after}.prom, report.md, junit.xml, report.html (charts, opens offline), \
 cleanup.json, topology.json, plan.json, scenario.yaml, digest.txt (SHA-256 of the normalised trace: the same for the same \
 scenario and seed), meta.json, and DIR.tar.gz beside it with all of them (docs/telemetry.md). A new or empty directory \
 [default: chaos-runs/<run-id> under the current directory, run-id = UTC time and pid, e.g. 20261127T154659Z-4242]";
@@ -151,6 +156,11 @@ scenario and seed), meta.json, and DIR.tar.gz beside it with all of them (docs/t
 const FREEZE_CLOCK_HELP: &str = "Record wall-clock stamps in the run directory (report.json's and events.jsonl's \
 *_unix_ms, spans.jsonl's times, meta.json, the mtimes in DIR.tar.gz) as 2000-01-01T00:00:00Z plus their offset from \
 the run's start, so that the artifacts of two runs differ only in what was measured";
+
+const OTLP_HELP: &str = "Also send the run's spans to an OpenTelemetry collector: OTLP over HTTP with protobuf, to \
+URL/v1/traces (URL such as http://127.0.0.1:4318). Without it, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or \
+OTEL_EXPORTER_OTLP_ENDPOINT turn the export on. A collector that fails or cannot be reached costs a warning, not the \
+run; at exit the export waits at most 5 s";
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
@@ -163,19 +173,6 @@ enum Output {
 const MAX_ERROR_LINE: usize = 300;
 
 fn main() -> ExitCode {
-    // What the datapath and the lab can only report, not return (a revert problem in a
-    // Drop): on stderr, one line each.
-    // Spans of runs go to the run directory's spans.jsonl (spans.rs), once a run sets it.
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .without_time()
-                .with_target(false)
-                .with_filter(LevelFilter::INFO),
-        )
-        .with(spans::SpanFile::new())
-        .init();
     // Runs and injections catch Ctrl-C from their first moment (chaos-engine run.rs); other
     // commands keep the default: they change nothing.
     let args: Vec<String> = std::env::args().collect();
@@ -198,12 +195,56 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE as u8);
         }
     };
-    match dispatch(cli) {
+    // Spans go to an OTLP collector only from runs (not dry ones); a bad endpoint is bad
+    // input, refused before anything changes.
+    let export = match otlp_endpoint(&cli).and_then(|url| url.map(otlp::Export::start).transpose()) {
+        Ok(export) => export,
+        Err(e) => {
+            output::err(&clip_lines(&format!("chaos-ebpf: error: {e:#}")));
+            return ExitCode::from(exit::code(&e) as u8);
+        }
+    };
+    // What the datapath and the lab can only report, not return (a revert problem in a
+    // Drop): on stderr, one line each.
+    // Spans of runs go to the run directory's spans.jsonl (spans.rs), once a run sets it.
+    let subscriber = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .without_time()
+                .with_target(false)
+                .with_filter(LevelFilter::INFO),
+        )
+        .with(spans::SpanFile::new());
+    // Not an Option layer: tracing-subscriber's Option<Layer> does not pass on
+    // on_register_dispatch, which the OTLP layer needs.
+    match &export {
+        Some(export) => subscriber.with(export.layer()).init(),
+        None => subscriber.init(),
+    }
+    let code = match dispatch(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             output::err(&clip_lines(&format!("chaos-ebpf: error: {e:#}")));
             ExitCode::from(exit::code(&e) as u8)
         }
+    };
+    // Every span has closed: the last ones are sent (bounded), also after an interrupted
+    // or failed run.
+    if let Some(export) = export {
+        export.finish();
+    }
+    code
+}
+
+/// The OTLP endpoint of a run or injection (the flag, else the environment); none for
+/// other commands and dry runs.
+fn otlp_endpoint(cli: &Cli) -> Result<Option<String>> {
+    match &cli.command {
+        Command::Inject { dry_run: false, otlp_endpoint, .. } | Command::Run { dry_run: false, otlp_endpoint, .. } => {
+            otlp::endpoint(otlp_endpoint.as_deref())
+        }
+        _ => Ok(None),
     }
 }
 
@@ -215,12 +256,12 @@ fn clip_lines(text: &str) -> String {
 fn dispatch(cli: Cli) -> Result<i32> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
-        Command::Inject { fault, dry_run, output, run_dir, metrics_addr, freeze_clock } => {
+        Command::Inject { fault, dry_run, output, run_dir, metrics_addr, freeze_clock, .. } => {
             let plan = inject::plan(fault)?;
             let artifacts = report::Options { scenario_file: None, freeze_clock };
             execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, artifacts)
         }
-        Command::Run { file, seed, dry_run, output, run_dir, metrics_addr, freeze_clock } => {
+        Command::Run { file, seed, dry_run, output, run_dir, metrics_addr, freeze_clock, .. } => {
             let mut plan = validate::load(&file)?;
             if seed.is_some() {
                 plan.seed = seed;

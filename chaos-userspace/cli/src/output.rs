@@ -22,8 +22,3 @@ pub fn out_raw(text: &str) {
 pub fn err(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
-
-/// Text on stderr without a newline (a progress line redrawn in place).
-pub fn err_raw(text: &str) {
-    let _ = write!(std::io::stderr().lock(), "{text}");
-}

@@ -5,55 +5,136 @@ use std::{io::IsTerminal, time::Duration};
 
 use chaos_datapath::ledger;
 use chaos_ebpf_common::RuleCounters;
-use chaos_engine::run::{Event, Observer, ProbeCounts, RunReport, StepReport};
+use chaos_engine::run::{self, Event, Observer, ProbeCounts, RunReport, StepReport};
 use chaos_model::spec::format_duration;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use crate::output;
 
-/// Prints the engine's events to stderr: notices as `chaos-ebpf: ...` lines, progress
-/// redrawn in place on a terminal, or about a hundred lines a run into a log.
+/// Prints the engine's events to stderr: notices as `chaos-ebpf: ...` lines, and progress
+/// as bars and spinners on a terminal, or as about a hundred plain lines a run into a log
+/// or with `--output json` (no escape codes there).
 pub struct Progress {
-    tty: bool,
+    draw: Draw,
 }
 
+enum Draw {
+    /// One line per progress event.
+    Lines,
+    /// indicatif's bars: the run's progress while a step is up, a spinner per long phase.
+    Bars { bars: MultiProgress, run: Option<ProgressBar>, phases: Vec<(String, ProgressBar)> },
+}
+
+/// How often spinners and phase bars are redrawn.
+const TICK: Duration = Duration::from_millis(100);
+
 impl Progress {
-    pub fn new() -> Self {
-        Progress { tty: std::io::stderr().is_terminal() }
+    /// Bars when stderr is a terminal and the output is text; plain lines otherwise.
+    pub fn new(json: bool) -> Self {
+        if std::io::stderr().is_terminal() && !json {
+            Self::bars(ProgressDrawTarget::stderr())
+        } else {
+            Progress { draw: Draw::Lines }
+        }
     }
+
+    fn bars(target: ProgressDrawTarget) -> Self {
+        Progress { draw: Draw::Bars { bars: MultiProgress::with_draw_target(target), run: None, phases: Vec::new() } }
+    }
+
+    /// A line on stderr, above the bars when there are any.
+    fn line(&self, line: &str) {
+        match &self.draw {
+            Draw::Lines => output::err(line),
+            Draw::Bars { bars, .. } => bars.suspend(|| output::err(line)),
+        }
+    }
+}
+
+/// The progress of a run in words: time, step, each rule's counters, the probe.
+fn progress_line(p: &run::Progress<'_>) -> String {
+    let mut line = format!("[{:>6.1}s / {}] {}", p.elapsed.as_secs_f64(), format_duration(p.total), p.step);
+    for r in &p.rules {
+        line += &format!(" | rule {}: matched {} dropped {}", r.rule_id, r.counters.matched, r.counters.dropped);
+    }
+    if let Some(probe) = p.probe {
+        line += &format!(" | probe {}", probe_summary(&probe));
+    }
+    line
+}
+
+/// A spinner for a phase of unknown length; with a length, a bar that fills with time.
+fn phase_bar(name: &str, total: Option<Duration>) -> ProgressBar {
+    let style = match total {
+        None => ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("a valid template"),
+        Some(total) => ProgressStyle::with_template("{spinner} {msg} [{time_bar}] {elapsed} of at most {limit}")
+            .expect("a valid template")
+            .with_key("limit", move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}", format_duration(total));
+            })
+            .with_key("time_bar", move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                const WIDTH: usize = 20;
+                let done = state.elapsed().as_secs_f64() / total.as_secs_f64().max(f64::EPSILON);
+                let filled = ((done.min(1.0)) * WIDTH as f64) as usize;
+                let _ = write!(w, "{}{}", "#".repeat(filled), "-".repeat(WIDTH - filled));
+            }),
+    };
+    let bar = ProgressBar::new_spinner().with_style(style).with_message(name.to_owned());
+    bar.enable_steady_tick(TICK);
+    bar
 }
 
 impl Observer for Progress {
     fn progress_every(&self, total: Duration) -> Option<Duration> {
-        Some(if self.tty { Duration::from_millis(500) } else { (total / 100).max(Duration::from_secs(1)) })
+        Some(match self.draw {
+            Draw::Bars { .. } => Duration::from_millis(500),
+            Draw::Lines => (total / 100).max(Duration::from_secs(1)),
+        })
     }
 
     fn event(&mut self, event: Event<'_>) {
         match event {
             Event::Started { scenario, seed, total } => {
-                output::err(&format!("chaos-ebpf: scenario {scenario} seed {seed} ({} total)", format_duration(total)))
+                self.line(&format!("chaos-ebpf: scenario {scenario} seed {seed} ({} total)", format_duration(total)))
             }
-            Event::Notice(line) => output::err(&format!("chaos-ebpf: {line}")),
-            Event::Warning(line) => output::err(&format!("chaos-ebpf: {line}")),
-            Event::Progress(p) => {
-                let mut line = format!("[{:>6.1}s / {}] {}", p.elapsed.as_secs_f64(), format_duration(p.total), p.step);
-                for r in &p.rules {
-                    line += &format!(
-                        " | rule {}: matched {} dropped {}",
-                        r.rule_id, r.counters.matched, r.counters.dropped
-                    );
+            Event::Notice(line) => self.line(&format!("chaos-ebpf: {line}")),
+            Event::Warning(line) => self.line(&format!("chaos-ebpf: {line}")),
+            Event::Progress(p) => match &mut self.draw {
+                Draw::Lines => output::err(&progress_line(&p)),
+                Draw::Bars { bars, run, .. } => {
+                    let (total, line) = (p.total.as_millis() as u64, progress_line(&p));
+                    let position = (p.elapsed.as_millis() as u64).min(total);
+                    let bar = run.get_or_insert_with(|| {
+                        let style = ProgressStyle::with_template("{bar:24} {msg}").expect("a valid template");
+                        // Complete before it is first drawn.
+                        let bar = ProgressBar::new(total).with_style(style).with_position(position);
+                        bars.add(bar.with_message(line.clone()))
+                    });
+                    bar.set_length(total);
+                    bar.set_position(position);
+                    bar.set_message(line);
                 }
-                if let Some(probe) = p.probe {
-                    line += &format!(" | probe {}", probe_summary(&probe));
-                }
-                if self.tty {
-                    output::err_raw(&format!("\r\x1b[2K{line}"));
-                } else {
-                    output::err(&line);
-                }
-            }
+            },
             Event::ProgressEnd => {
-                if self.tty {
-                    output::err_raw("\r\x1b[2K");
+                if let Draw::Bars { bars, run, .. } = &mut self.draw {
+                    if let Some(bar) = run.take() {
+                        bar.finish_and_clear();
+                        bars.remove(&bar);
+                    }
+                }
+            }
+            Event::PhaseStarted { name, total } => {
+                if let Draw::Bars { bars, phases, .. } = &mut self.draw {
+                    phases.push((name.to_owned(), bars.add(phase_bar(name, total))));
+                }
+            }
+            Event::PhaseEnded { name } => {
+                if let Draw::Bars { bars, phases, .. } = &mut self.draw {
+                    if let Some(at) = phases.iter().position(|(n, _)| n == name) {
+                        let (_, bar) = phases.remove(at);
+                        bar.finish_and_clear();
+                        bars.remove(&bar);
+                    }
                 }
             }
             // The report says how each step and the revert went.
@@ -61,9 +142,7 @@ impl Observer for Progress {
             | Event::StepEnded(_)
             | Event::Aborted { .. }
             | Event::Reverted { .. }
-            | Event::ProbeChecked(_)
-            | Event::PhaseStarted { .. }
-            | Event::PhaseEnded { .. } => {}
+            | Event::ProbeChecked(_) => {}
         }
     }
 }
@@ -144,4 +223,70 @@ pub fn report(report: &RunReport) -> String {
         report.revert_ms
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chaos_engine::run::RuleCount;
+    use indicatif::InMemoryTerm;
+
+    fn progress(elapsed: u64) -> Event<'static> {
+        Event::Progress(run::Progress {
+            elapsed: Duration::from_secs(elapsed),
+            total: Duration::from_secs(10),
+            step: "loss",
+            rules: vec![RuleCount {
+                step: "loss".into(),
+                rule_id: 1,
+                netns: "/a".into(),
+                counters: RuleCounters { matched: 40, dropped: 12, ..RuleCounters::default() },
+            }],
+            probe: None,
+        })
+    }
+
+    /// On a terminal: a phase is a spinner with its time bar until it ends; a step's
+    /// progress is a bar over the run's total with the progress line; both are cleared
+    /// when they end.
+    #[test]
+    fn bars_for_phases_and_steps() {
+        let term = InMemoryTerm::new(10, 160);
+        let mut p = Progress::bars(ProgressDrawTarget::term_like(Box::new(term.clone())));
+        p.event(Event::PhaseStarted { name: "waiting for the steady state", total: Some(Duration::from_secs(30)) });
+        std::thread::sleep(Duration::from_millis(250));
+        let screen = term.contents();
+        assert!(screen.contains("waiting for the steady state ["), "{screen}");
+        assert!(screen.contains("of at most 30s"), "{screen}");
+        p.event(Event::PhaseStarted { name: "loading programs", total: None });
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(term.contents().contains("loading programs"), "{}", term.contents());
+        p.event(Event::PhaseEnded { name: "waiting for the steady state" });
+        p.event(Event::PhaseEnded { name: "loading programs" });
+        assert_eq!(term.contents().trim(), "", "phases cleared");
+        p.event(progress(5));
+        std::thread::sleep(Duration::from_millis(100));
+        p.event(progress(5));
+        let screen = term.contents();
+        assert!(screen.contains("[   5.0s / 10s] loss | rule 1: matched 40 dropped 12"), "{screen}");
+        let bar = screen.lines().next().unwrap_or_default();
+        assert_eq!(bar.chars().take(24).filter(|c| *c == '█').count(), 12, "half of the bar: {screen}");
+        p.event(Event::ProgressEnd);
+        assert_eq!(term.contents().trim(), "", "the bar is cleared when the step ends");
+        match &p.draw {
+            Draw::Bars { run, phases, .. } => assert!(run.is_none() && phases.is_empty()),
+            Draw::Lines => unreachable!(),
+        }
+    }
+
+    /// Plain lines, as in logs: the line a progress event prints.
+    #[test]
+    fn plain_progress_line() {
+        let Event::Progress(p) = progress(5) else { unreachable!() };
+        assert_eq!(progress_line(&p), "[   5.0s / 10s] loss | rule 1: matched 40 dropped 12");
+        assert_eq!(
+            Progress { draw: Draw::Lines }.progress_every(Duration::from_secs(300)),
+            Some(Duration::from_secs(3))
+        );
+    }
 }

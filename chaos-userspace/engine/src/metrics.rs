@@ -1,26 +1,34 @@
 //! Prometheus metrics of a run: an [`Observer`] that turns the engine's events into
-//! counters and gauges, and a small HTTP server that serves them at `/metrics` in the
-//! text exposition format while the run is up.
+//! counters, gauges and histograms, a small HTTP server that serves them at `/metrics` in
+//! the text exposition format while the run is up, and snapshots of them in the run
+//! directory (before the faults, at the middle of the run, after the revert).
 //!
 //! The packet counters are the kernel's per-CPU counters of each rule (summed over the
 //! CPUs by the datapath, the values the report prints), never counted again here: each
 //! [`Event::Progress`] and the final [`Event::StepEnded`] carry them, and a Prometheus
 //! counter is advanced by what the kernel's grew since the last event. A rule installed
-//! in several namespaces is one series, the sum over them.
+//! in several namespaces is one series, the sum over them. Steps may overlap: a rule's
+//! series carry the step it belongs to, from its own events, never a "current" step.
 
 use std::{
     collections::BTreeMap,
     io,
     net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
     sync::Arc,
     thread::JoinHandle,
     time::Duration,
 };
 
 use chaos_ebpf_common::RuleCounters;
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
-use crate::run::{Event, Observer, ProbeCounts};
+use crate::{
+    report::ProbeSample,
+    run::{Event, Observer, ProbeCounts},
+};
 
 /// How often the metrics want the rules' counters: a scrape lags the kernel by at most
 /// this (plus the engine's 10 ms poll).
@@ -29,11 +37,29 @@ pub const REFRESH: Duration = Duration::from_millis(250);
 /// The labels of per-rule series.
 const RULE_LABELS: &[&str] = &["scenario", "step", "rule", "fault"];
 
+/// The snapshots of the metrics in the run directory, in the text exposition format: when
+/// the first rules are about to be installed (after the steady-state checks), at the
+/// first progress at or after half of the run's total, and after the revert. A run that
+/// ends before one of the first two writes it at its revert, so all three exist.
+pub const SNAPSHOT_BEFORE: &str = "metrics-before.prom";
+pub const SNAPSHOT_DURING: &str = "metrics-during.prom";
+pub const SNAPSHOT_AFTER: &str = "metrics-after.prom";
+
+/// A rule in one namespace: (its step, rule id, namespace).
+type RuleKey = (String, u32, String);
+
+/// Where the snapshots go, and which are written.
+struct Snapshots {
+    dir: PathBuf,
+    before: bool,
+    during: bool,
+    problems: Vec<String>,
+}
+
 /// The metrics of one run, fed by its events.
 pub struct Metrics {
     registry: Registry,
     scenario: String,
-    step: String,
     injections: IntCounterVec,
     active_faults: IntGaugeVec,
     seen: IntCounterVec,
@@ -45,11 +71,14 @@ pub struct Metrics {
     probe_echoed: IntCounterVec,
     aborts: IntCounterVec,
     revert_seconds: GaugeVec,
-    /// The rules of the current step, by (rule id, namespace): their fault kind and the
-    /// kernel counters last exported.
-    rules: BTreeMap<(u32, String), (&'static str, RuleCounters)>,
-    /// The probe counts of the current step last exported.
-    probe: ProbeCounts,
+    probe_checks: IntCounterVec,
+    probe_latency: HistogramVec,
+    /// The rules in force, of every step that is up: their fault kind and the kernel
+    /// counters last exported.
+    rules: BTreeMap<RuleKey, (&'static str, RuleCounters)>,
+    /// The lab probe's counts last exported, by step.
+    probes: BTreeMap<String, ProbeCounts>,
+    snapshots: Option<Snapshots>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -74,6 +103,12 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(revert_seconds.clone())).expect("registered once");
+        let probe_latency = HistogramVec::new(
+            HistogramOpts::new("chaos_ebpf_probe_latency_seconds", "Time one check of a hypothesis probe took"),
+            &["scenario", "probe", "kind"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(probe_latency.clone())).expect("registered once");
         let step_labels = &["scenario", "step"];
         Metrics {
             injections: counter(
@@ -113,15 +148,59 @@ impl Metrics {
             aborts: counter(
                 r,
                 "chaos_ebpf_aborts_total",
-                "Runs stopped early: cause interrupted (a signal), cut_short (a fault could not run its course) or error",
+                "Runs stopped early: cause interrupted (a signal), cut_short (a fault could not run its course), \
+                 guard (an abort guard of the scenario fired) or error",
                 &["scenario", "cause"],
             ),
+            probe_checks: counter(
+                r,
+                "chaos_ebpf_probe_checks_total",
+                "Checks of the hypothesis' probes, by phase (before, during, after) and result (ok, failed)",
+                &["scenario", "probe", "kind", "phase", "result"],
+            ),
+            probe_latency,
             revert_seconds,
             registry,
             scenario: String::new(),
-            step: String::new(),
             rules: BTreeMap::new(),
-            probe: ProbeCounts::default(),
+            probes: BTreeMap::new(),
+            snapshots: None,
+        }
+    }
+
+    /// Also writes the snapshots ([`SNAPSHOT_BEFORE`], ...) to `dir`, the run directory.
+    pub fn with_snapshots(mut self, dir: &Path) -> Self {
+        self.snapshots = Some(Snapshots { dir: dir.to_owned(), before: false, during: false, problems: Vec::new() });
+        self
+    }
+
+    /// Snapshots that could not be written (the run goes on without them): one line each.
+    pub fn snapshot_problems(&self) -> &[String] {
+        self.snapshots.as_ref().map_or(&[], |s| &s.problems)
+    }
+
+    fn snapshot(&mut self, name: &str) {
+        let text = self.text();
+        let Some(snapshots) = &mut self.snapshots else { return };
+        let path = snapshots.dir.join(name);
+        if let Err(e) = std::fs::write(&path, text) {
+            snapshots.problems.push(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+
+    /// The "before" snapshot, once.
+    fn snapshot_before(&mut self) {
+        if self.snapshots.as_ref().is_some_and(|s| !s.before) {
+            self.snapshot(SNAPSHOT_BEFORE);
+            self.snapshots.as_mut().expect("checked above").before = true;
+        }
+    }
+
+    /// The "during" snapshot, once.
+    fn snapshot_during(&mut self) {
+        if self.snapshots.as_ref().is_some_and(|s| !s.during) {
+            self.snapshot(SNAPSHOT_DURING);
+            self.snapshots.as_mut().expect("checked above").during = true;
         }
     }
 
@@ -135,13 +214,13 @@ impl Metrics {
         encode(&self.registry)
     }
 
-    /// Advances the per-rule counters to the kernel's values of (rule, namespace).
-    fn rule_counters(&mut self, rule_id: u32, netns: &str, now: &RuleCounters) {
-        let Some((kind, last)) = self.rules.get_mut(&(rule_id, netns.to_owned())) else {
+    /// Advances the per-rule counters to the kernel's values of (step, rule, namespace).
+    fn rule_counters(&mut self, step: &str, rule_id: u32, netns: &str, now: &RuleCounters) {
+        let Some((kind, last)) = self.rules.get_mut(&(step.to_owned(), rule_id, netns.to_owned())) else {
             return;
         };
         let rule = rule_id.to_string();
-        let labels = [self.scenario.as_str(), self.step.as_str(), rule.as_str(), *kind];
+        let labels = [self.scenario.as_str(), step, rule.as_str(), *kind];
         // The kernel's counters only grow while a rule is installed (install zeroes them).
         for (metric, now, last) in [
             (&self.seen, now.seen, last.seen),
@@ -154,16 +233,25 @@ impl Metrics {
         *last = *now;
     }
 
-    fn probe_counts(&mut self, now: &ProbeCounts) {
-        let labels = [self.scenario.as_str(), self.step.as_str()];
+    /// Advances the lab probe's counters of `step` to its counts since the step started.
+    fn probe_counts(&mut self, step: &str, now: &ProbeCounts) {
+        let labels = [self.scenario.as_str(), step];
+        let last = self.probes.entry(step.to_owned()).or_default();
         for (metric, now, last) in [
-            (&self.probe_sent, now.sent, self.probe.sent),
-            (&self.probe_delivered, now.delivered, self.probe.delivered),
-            (&self.probe_echoed, now.echoed, self.probe.echoed),
+            (&self.probe_sent, now.sent, last.sent),
+            (&self.probe_delivered, now.delivered, last.delivered),
+            (&self.probe_echoed, now.echoed, last.echoed),
         ] {
             metric.with_label_values(&labels).inc_by(now.saturating_sub(last));
         }
-        self.probe = *now;
+        *last = *now;
+    }
+
+    fn probe_checked(&mut self, sample: &ProbeSample) {
+        let result = if sample.ok { "ok" } else { "failed" };
+        let (scenario, probe, kind) = (self.scenario.as_str(), sample.probe.as_str(), sample.kind.as_str());
+        self.probe_checks.with_label_values(&[scenario, probe, kind, sample.phase.name(), result]).inc();
+        self.probe_latency.with_label_values(&[scenario, probe, kind]).observe(sample.latency_ms.max(0.0) / 1000.0);
     }
 }
 
@@ -182,46 +270,60 @@ impl Observer for Metrics {
         match event {
             Event::Started { scenario, .. } => self.scenario = scenario.to_owned(),
             Event::RulesInstalled { step, rules } => {
-                self.step = step.to_owned();
-                self.rules.clear();
-                self.probe = ProbeCounts::default();
+                // The state before the first fault (after the steady-state checks).
+                self.snapshot_before();
                 for r in rules {
                     let labels = [self.scenario.as_str(), step, &r.rule_id.to_string(), r.kind];
                     self.injections.with_label_values(&labels).inc();
-                    self.active_faults.with_label_values(&labels).inc();
-                    self.rules.insert((r.rule_id, r.netns), (r.kind, RuleCounters::default()));
+                    // Installing zeroes the kernel's counters; a rule installed again
+                    // (a new window of its step) is still one rule in force.
+                    let key = (step.to_owned(), r.rule_id, r.netns);
+                    if self.rules.insert(key, (r.kind, RuleCounters::default())).is_none() {
+                        self.active_faults.with_label_values(&labels).inc();
+                    }
                 }
             }
             Event::Progress(progress) => {
                 for r in &progress.rules {
-                    self.rule_counters(r.rule_id, &r.netns, &r.counters);
+                    self.rule_counters(&r.step, r.rule_id, &r.netns, &r.counters);
                 }
                 if let Some(probe) = &progress.probe {
-                    self.probe_counts(probe);
+                    self.probe_counts(progress.step, probe);
+                }
+                if progress.elapsed >= progress.total / 2 {
+                    self.snapshot_during();
                 }
             }
             Event::StepEnded(step) => {
                 for r in &step.rules {
-                    self.rule_counters(r.rule_id, &r.netns, &r.counters);
+                    self.rule_counters(&step.name, r.rule_id, &r.netns, &r.counters);
                 }
                 if let Some(probe) = &step.probe {
-                    self.probe_counts(probe);
+                    self.probe_counts(&step.name, probe);
                 }
-                for ((rule_id, _), (kind, _)) in std::mem::take(&mut self.rules) {
-                    let labels = [self.scenario.as_str(), self.step.as_str(), &rule_id.to_string(), kind];
+                self.probes.remove(&step.name);
+                let ended: Vec<RuleKey> = self.rules.keys().filter(|(s, _, _)| *s == step.name).cloned().collect();
+                for key in ended {
+                    let (kind, _) = self.rules.remove(&key).expect("listed above");
+                    let labels = [self.scenario.as_str(), step.name.as_str(), &key.1.to_string(), kind];
                     self.active_faults.with_label_values(&labels).dec();
                 }
             }
+            Event::ProbeChecked(sample) => self.probe_checked(sample),
             Event::Aborted { cause, .. } => {
                 self.aborts.with_label_values(&[self.scenario.as_str(), cause.name()]).inc();
             }
             Event::Reverted { seconds, .. } => {
                 self.revert_seconds.with_label_values(&[self.scenario.as_str()]).set(seconds);
+                // A run that stopped before its first fault or its middle still has all
+                // three snapshots.
+                self.snapshot_before();
+                self.snapshot_during();
+                self.snapshot(SNAPSHOT_AFTER);
             }
             Event::Notice(_)
             | Event::Warning(_)
             | Event::ProgressEnd
-            | Event::ProbeChecked(_)
             | Event::PhaseStarted { .. }
             | Event::PhaseEnded { .. } => {}
         }
@@ -286,7 +388,10 @@ impl Drop for MetricsServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::{AbortCause, InForce, Progress, RuleCount, RuleReport, StepReport};
+    use crate::{
+        report::CheckPhase,
+        run::{AbortCause, InForce, Progress, RuleCount, RuleReport, StepReport},
+    };
 
     fn counters(matched: u64, dropped: u64) -> RuleCounters {
         RuleCounters { seen: matched + 5, matched, dropped, ..RuleCounters::default() }
@@ -394,6 +499,175 @@ mod tests {
         let text = m.text();
         assert_eq!(value(&text, "chaos_ebpf_packets_dropped_total", &["step=\"one\""]), Some(40.0));
         assert_eq!(value(&text, "chaos_ebpf_packets_dropped_total", &["step=\"two\""]), Some(7.0));
+    }
+
+    fn progress_event<'a>(elapsed: u64, step: &'a str, rules: Vec<RuleCount>, probe: Option<ProbeCounts>) -> Event<'a> {
+        Event::Progress(Progress {
+            elapsed: Duration::from_secs(elapsed),
+            total: Duration::from_secs(10),
+            step,
+            rules,
+            probe,
+        })
+    }
+
+    fn count(step: &str, rule_id: u32, c: RuleCounters) -> RuleCount {
+        RuleCount { step: step.into(), rule_id, netns: "/a".into(), counters: c }
+    }
+
+    /// Two steps up at once, the same rule id in both: each rule's counters go to its own
+    /// step's series (from its own events), and the end of one step ends only its rules.
+    #[test]
+    fn overlapping_steps_keep_their_own_series() {
+        let mut m = Metrics::new();
+        m.event(Event::Started { scenario: "s", seed: 1, total: Duration::from_secs(10) });
+        let rule = |kind| vec![InForce { rule_id: 1, kind, netns: "/a".into() }];
+        m.event(Event::RulesInstalled { step: "loss", rules: rule("loss") });
+        m.event(Event::RulesInstalled { step: "slow", rules: rule("delay") });
+        let loss = ["step=\"loss\"", "fault=\"loss\""];
+        let slow = ["step=\"slow\"", "fault=\"delay\""];
+        let both = vec![count("loss", 1, counters(100, 30)), count("slow", 1, counters(40, 0))];
+        m.event(progress_event(2, "slow", both, Some(ProbeCounts { sent: 4, delivered: 4, echoed: 4 })));
+        let text = m.text();
+        assert_eq!(value(&text, "chaos_ebpf_packets_dropped_total", &loss), Some(30.0), "{text}");
+        assert_eq!(value(&text, "chaos_ebpf_packets_matched_total", &slow), Some(40.0), "{text}");
+        assert_eq!(value(&text, "chaos_ebpf_active_faults", &loss), Some(1.0));
+        assert_eq!(value(&text, "chaos_ebpf_active_faults", &slow), Some(1.0));
+        let ended = step_report("loss", vec![rule_report(1, "/a", counters(120, 35))], None);
+        m.event(Event::StepEnded(&ended));
+        m.event(progress_event(3, "slow", vec![count("slow", 1, counters(90, 0))], None));
+        // A late count of the ended step's rule is not counted again.
+        m.event(progress_event(3, "slow", vec![count("loss", 1, counters(500, 200))], None));
+        let text = m.text();
+        assert_eq!(value(&text, "chaos_ebpf_packets_dropped_total", &loss), Some(35.0), "{text}");
+        assert_eq!(value(&text, "chaos_ebpf_active_faults", &loss), Some(0.0));
+        assert_eq!(value(&text, "chaos_ebpf_active_faults", &slow), Some(1.0));
+        assert_eq!(value(&text, "chaos_ebpf_packets_matched_total", &slow), Some(90.0), "{text}");
+        assert_eq!(value(&text, "chaos_ebpf_probe_packets_sent_total", &["step=\"slow\""]), Some(4.0));
+        let ended = step_report("slow", vec![rule_report(1, "/a", counters(95, 0))], None);
+        m.event(Event::StepEnded(&ended));
+        let text = m.text();
+        assert_eq!(value(&text, "chaos_ebpf_active_faults", &slow), Some(0.0));
+        assert_eq!(value(&text, "chaos_ebpf_packets_matched_total", &slow), Some(95.0));
+        assert!(m.rules.is_empty() && m.probes.is_empty());
+    }
+
+    fn sample(probe: &str, phase: CheckPhase, ok: bool, latency_ms: f64) -> ProbeSample {
+        ProbeSample { probe: probe.into(), kind: "http".into(), phase, t_s: 0.0, ok, latency_ms, detail: String::new() }
+    }
+
+    /// Probe checks are counted by phase and result, their latency observed in seconds;
+    /// a guard's abort is counted with cause "guard".
+    #[test]
+    fn probe_checks_and_guard_aborts() {
+        let mut m = Metrics::new();
+        m.event(Event::Started { scenario: "s", seed: 1, total: Duration::from_secs(10) });
+        for s in [
+            sample("web", CheckPhase::Before, true, 20.0),
+            sample("web", CheckPhase::During, true, 40.0),
+            sample("web", CheckPhase::During, false, 2000.0),
+            sample("web", CheckPhase::During, false, 3000.0),
+        ] {
+            m.event(Event::ProbeChecked(&s));
+        }
+        m.event(Event::Aborted { cause: AbortCause::Guard, reason: "web failed twice".into() });
+        let text = m.text();
+        let checks = |phase: &str, result: &str| {
+            value(
+                &text,
+                "chaos_ebpf_probe_checks_total",
+                &["probe=\"web\"", "kind=\"http\"", &format!("phase=\"{phase}\""), &format!("result=\"{result}\"")],
+            )
+        };
+        assert_eq!(
+            (checks("before", "ok"), checks("during", "ok"), checks("during", "failed")),
+            (Some(1.0), Some(1.0), Some(2.0))
+        );
+        assert_eq!(checks("before", "failed"), None);
+        let latency = |suffix: &str, extra: &[&str]| {
+            let labels: Vec<&str> =
+                ["scenario=\"s\"", "probe=\"web\"", "kind=\"http\""].iter().chain(extra).copied().collect();
+            value(&text, &format!("chaos_ebpf_probe_latency_seconds{suffix}"), &labels)
+        };
+        assert_eq!(latency("_count", &[]), Some(4.0), "{text}");
+        assert!((latency("_sum", &[]).unwrap() - 5.06).abs() < 1e-9, "{text}");
+        assert_eq!(latency("_bucket", &["le=\"0.05\""]), Some(2.0), "{text}");
+        assert!(text.contains("# TYPE chaos_ebpf_probe_latency_seconds histogram"), "{text}");
+        assert_eq!(value(&text, "chaos_ebpf_aborts_total", &["cause=\"guard\""]), Some(1.0), "{text}");
+    }
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("chaos-metrics-unit-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn read(&self, name: &str) -> String {
+            std::fs::read_to_string(self.0.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Before: written as the first rules are installed, without them; during: at the first
+    /// progress at half of the total; after: at the revert, with the final counters.
+    #[test]
+    fn snapshots_before_during_and_after() {
+        let dir = TempDir::new("snap");
+        let mut m = Metrics::new().with_snapshots(&dir.0);
+        m.event(Event::Started { scenario: "s", seed: 1, total: Duration::from_secs(10) });
+        let steady = sample("web", CheckPhase::Before, true, 5.0);
+        m.event(Event::ProbeChecked(&steady));
+        m.event(Event::RulesInstalled {
+            step: "loss",
+            rules: vec![InForce { rule_id: 1, kind: "loss", netns: "/a".into() }],
+        });
+        assert!(!dir.0.join(SNAPSHOT_DURING).exists());
+        m.event(progress_event(4, "loss", vec![count("loss", 1, counters(10, 2))], None));
+        assert!(!dir.0.join(SNAPSHOT_DURING).exists(), "4 s of 10 is before the middle");
+        m.event(progress_event(5, "loss", vec![count("loss", 1, counters(50, 20))], None));
+        m.event(progress_event(8, "loss", vec![count("loss", 1, counters(80, 30))], None));
+        let ended = step_report("loss", vec![rule_report(1, "/a", counters(100, 40))], None);
+        m.event(Event::StepEnded(&ended));
+        m.event(Event::Reverted { seconds: 0.01, clean: true });
+        let dropped = "chaos_ebpf_packets_dropped_total";
+        let before = dir.read(SNAPSHOT_BEFORE);
+        assert_eq!(value(&before, "chaos_ebpf_probe_checks_total", &["phase=\"before\""]), Some(1.0), "{before}");
+        assert_eq!(value(&before, "chaos_ebpf_injections_total", &[]), None, "{before}");
+        let during = dir.read(SNAPSHOT_DURING);
+        assert_eq!(value(&during, dropped, &["step=\"loss\""]), Some(20.0), "{during}");
+        assert_eq!(value(&during, "chaos_ebpf_active_faults", &[]), Some(1.0), "{during}");
+        let after = dir.read(SNAPSHOT_AFTER);
+        assert_eq!(value(&after, dropped, &["step=\"loss\""]), Some(40.0), "{after}");
+        assert_eq!(value(&after, "chaos_ebpf_revert_duration_seconds", &[]), Some(0.01), "{after}");
+        assert!(m.snapshot_problems().is_empty());
+    }
+
+    /// A run interrupted before its first fault still gets all three snapshots; a
+    /// directory that cannot be written is a problem listed, not a failed run.
+    #[test]
+    fn snapshots_of_a_run_stopped_early() {
+        let dir = TempDir::new("early");
+        let mut m = Metrics::new().with_snapshots(&dir.0);
+        m.event(Event::Started { scenario: "s", seed: 1, total: Duration::from_secs(10) });
+        m.event(Event::Aborted { cause: AbortCause::Interrupted, reason: "signal".into() });
+        m.event(Event::Reverted { seconds: 0.0, clean: true });
+        for name in [SNAPSHOT_BEFORE, SNAPSHOT_DURING, SNAPSHOT_AFTER] {
+            assert!(dir.read(name).contains("chaos_ebpf_aborts_total"), "{name}");
+        }
+        let mut m = Metrics::new().with_snapshots(&dir.0.join("missing"));
+        m.event(Event::Reverted { seconds: 0.0, clean: true });
+        assert_eq!(m.snapshot_problems().len(), 3, "{:?}", m.snapshot_problems());
+        assert!(m.snapshot_problems()[0].contains("metrics-before.prom"), "{:?}", m.snapshot_problems());
     }
 
     /// The server answers /metrics with the text format, 404 elsewhere, and is gone

@@ -24,6 +24,7 @@ use anyhow::{anyhow, Context, Result};
 use chaos_ebpf_common::{ProtectedPorts, RuleCounters};
 use tracing::{field::Empty, info_span, Span};
 
+use crate::hypothesis::Checker;
 pub use crate::report::{
     AbortReport, CheckPhase, CounterSample, CreatedObject, HypothesisReport, InterfaceSnapshot, ProbeCounts,
     ProbeSample, RuleReport, RunReport, StepReport, TargetSnapshot, WindowReport,
@@ -37,7 +38,6 @@ use chaos_datapath::{
     resolve::{self as target, Resolved, Target},
     sweep as cleanup, AttachMode,
 };
-use crate::hypothesis::Checker;
 use chaos_model::{
     plan::{Attach, Plan, PlannedStep},
     spec::{format_duration, Direction, FaultSpec, TargetSpec},
