@@ -181,6 +181,7 @@ pub fn rich_report() -> RunReport {
         seed: 42,
         started_unix_ms: START_MS,
         ended_unix_ms: START_MS + 7_250,
+        faults_start_unix_ms: START_MS + 500,
         interrupted: false,
         failed: None,
         abort: Some(AbortReport {

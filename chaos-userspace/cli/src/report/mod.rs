@@ -70,6 +70,7 @@ pub fn with_clock(report: &RunReport, clock: Clock) -> RunReport {
     let mut report = report.clone();
     report.started_unix_ms = clock.ms(report.started_unix_ms);
     report.ended_unix_ms = clock.ms(report.ended_unix_ms);
+    report.faults_start_unix_ms = clock.ms(report.faults_start_unix_ms);
     for rule in report.steps.iter_mut().flat_map(|s| s.rules.iter_mut()) {
         rule.active_from_unix_ms = clock.ms(rule.active_from_unix_ms);
         rule.active_to_unix_ms = clock.ms(rule.active_to_unix_ms);
