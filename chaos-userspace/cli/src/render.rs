@@ -139,6 +139,7 @@ impl Observer for Progress {
             }
             // The report says how each step and the revert went.
             Event::RulesInstalled { .. }
+            | Event::RulesRemoved { .. }
             | Event::StepEnded(_)
             | Event::Aborted { .. }
             | Event::Reverted { .. }

@@ -294,6 +294,17 @@ impl Observer for Metrics {
                     self.snapshot_during();
                 }
             }
+            Event::RulesRemoved { step, rules } => {
+                // A window's final counters; the rule is out of force until (and unless)
+                // its next window installs it again from zero.
+                for r in &rules {
+                    self.rule_counters(step, r.rule_id, &r.netns, &r.counters);
+                    if let Some((kind, _)) = self.rules.remove(&(step.to_owned(), r.rule_id, r.netns.clone())) {
+                        let labels = [self.scenario.as_str(), step, &r.rule_id.to_string(), kind];
+                        self.active_faults.with_label_values(&labels).dec();
+                    }
+                }
+            }
             Event::StepEnded(step) => {
                 for r in &step.rules {
                     self.rule_counters(&step.name, r.rule_id, &r.netns, &r.counters);
@@ -513,6 +524,41 @@ mod tests {
 
     fn count(step: &str, rule_id: u32, c: RuleCounters) -> RuleCount {
         RuleCount { step: step.into(), rule_id, netns: "/a".into(), counters: c }
+    }
+
+    /// A duty cycle: each window installs the rule from zero and removes it with its
+    /// final counters; the series count every window once (also when the step's report
+    /// then gives the sum), and the rule is out of force between windows.
+    #[test]
+    fn duty_cycle_windows_count_once() {
+        let mut m = Metrics::new();
+        m.event(Event::Started { scenario: "s", seed: 1, total: Duration::from_secs(10) });
+        let labels = ["step=\"flap\"", "rule=\"4\""];
+        let count = |dropped| RuleCount {
+            step: "flap".into(),
+            rule_id: 4,
+            netns: "/a".into(),
+            counters: counters(200, dropped),
+        };
+        for (mid, last) in [(100, 120), (30, 50)] {
+            m.event(Event::RulesInstalled {
+                step: "flap",
+                rules: vec![InForce { rule_id: 4, kind: "partition", netns: "/a".into() }],
+            });
+            assert_eq!(value(&m.text(), "chaos_ebpf_active_faults", &labels), Some(1.0));
+            m.event(Event::Progress(Progress {
+                elapsed: Duration::from_secs(1),
+                total: Duration::from_secs(10),
+                step: "flap",
+                rules: vec![count(mid)],
+                probe: None,
+            }));
+            m.event(Event::RulesRemoved { step: "flap", rules: vec![count(last)] });
+            assert_eq!(value(&m.text(), "chaos_ebpf_active_faults", &labels), Some(0.0));
+        }
+        m.event(Event::StepEnded(&step_report("flap", vec![rule_report(4, "/a", counters(400, 170))], None)));
+        assert_eq!(value(&m.text(), "chaos_ebpf_packets_dropped_total", &labels), Some(170.0));
+        assert_eq!(value(&m.text(), "chaos_ebpf_injections_total", &labels), Some(2.0));
     }
 
     /// Two steps up at once, the same rule id in both: each rule's counters go to its own

@@ -72,6 +72,12 @@ pub enum Event<'a> {
         step: &'a str,
         rules: Vec<InForce>,
     },
+    /// A window of a step closed: its rules were removed, with these final counters (a
+    /// duty cycle installs them again, from zero, at its next window).
+    RulesRemoved {
+        step: &'a str,
+        rules: Vec<RuleCount>,
+    },
     /// A step ended and its rules were removed; its report has their final counters.
     StepEnded(&'a StepReport),
     /// The run stops before its timeline ended, or was interrupted; the revert follows.
@@ -1116,6 +1122,7 @@ impl Running<'_> {
     fn remove_rules(&mut self, i: usize, active: Vec<ActiveRule>, ended: &str, ran_its_course: bool) {
         let step_span = self.steps[i].span.clone().unwrap_or_else(Span::none);
         let to_ms = state::unix_ms();
+        let mut removed_counts = Vec::new();
         for a in active {
             let counters = self.instances.get(&a.netns).and_then(|i| i.counters(a.slot).ok()).unwrap_or_default();
             record_counters(&a.span, &counters);
@@ -1123,6 +1130,12 @@ impl Running<'_> {
             a.span.record("ran_its_course", ran_its_course);
             drop(a.span);
             let netns = self.instances.get(&a.netns).map(|i| i.netns.path.display().to_string()).unwrap_or_default();
+            removed_counts.push(RuleCount {
+                step: self.plan.steps[i].name.clone(),
+                rule_id: a.rule_id,
+                netns: netns.clone(),
+                counters,
+            });
             let rules = &mut self.steps[i].rules;
             match rules.iter_mut().find(|r| r.rule_id == a.rule_id && r.netns == netns) {
                 Some(r) => {
@@ -1168,6 +1181,10 @@ impl Running<'_> {
                     self.observer.event(Event::Warning(message));
                 }
             }
+        }
+        if !removed_counts.is_empty() {
+            let step = &self.plan.steps[i].name;
+            self.observer.event(Event::RulesRemoved { step, rules: removed_counts });
         }
     }
 

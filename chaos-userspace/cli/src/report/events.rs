@@ -56,6 +56,10 @@ pub enum Record<'a> {
         step: &'a str,
         rules: Vec<InForceRecord<'a>>,
     },
+    RulesRemoved {
+        step: &'a str,
+        rules: Vec<RuleCountRecord<'a>>,
+    },
     StepEnded {
         step: &'a StepReport,
     },
@@ -124,6 +128,18 @@ impl<'a> Record<'a> {
                 rules: rules
                     .iter()
                     .map(|r| InForceRecord { rule_id: r.rule_id, kind: r.kind, netns: &r.netns })
+                    .collect(),
+            },
+            Event::RulesRemoved { step, rules } => Record::RulesRemoved {
+                step,
+                rules: rules
+                    .iter()
+                    .map(|r| RuleCountRecord {
+                        step: &r.step,
+                        rule_id: r.rule_id,
+                        netns: &r.netns,
+                        counters: r.counters,
+                    })
                     .collect(),
             },
             Event::StepEnded(step) => Record::StepEnded { step },
