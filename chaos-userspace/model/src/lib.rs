@@ -16,4 +16,6 @@ pub mod problem;
 pub mod scenario;
 pub mod spec;
 
+pub use scenario::json_schema;
+
 pub use problem::Problem;
