@@ -1092,6 +1092,25 @@ mod tests {
         assert!(count > 0);
     }
 
+    /// Every ```yaml block of docs/scenarios.md is a whole valid file, so the reference
+    /// cannot drift from the parser.
+    #[test]
+    fn docs_examples_are_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/scenarios.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut blocks = 0;
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("```yaml\n") {
+            let body = &rest[start + 8..];
+            let end = body.find("```").expect("closed block");
+            let line = text[..text.len() - rest.len() + start].lines().count() + 2;
+            parse(&format!("docs/scenarios.md:{line}"), &body[..end]).unwrap_or_else(|e| panic!("{e}"));
+            blocks += 1;
+            rest = &body[end + 3..];
+        }
+        assert!(blocks >= 8, "only {blocks} yaml blocks");
+    }
+
     #[test]
     fn errors_name_the_position_and_the_fix() {
         let e = err("steps:\n  - fault: loss\n    target: netns:a\n    probability: 1.5\n    duration: 1s\n");
