@@ -182,7 +182,10 @@ impl Guard {
                 format!("error-rate: probe {probe} fails more than {above} of its checks over {}", fmt(*window))
             }
             Guard::Latency { probe, percent, window } => {
-                format!("latency: the p95 of probe {probe} over {} is {percent}% above its p95 before the faults", fmt(*window))
+                format!(
+                    "latency: the p95 of probe {probe} over {} is {percent}% above its p95 before the faults",
+                    fmt(*window)
+                )
             }
             Guard::Prometheus { url, query, window } => format!(
                 "prometheus: {} query '{}' returns a sample for {}",

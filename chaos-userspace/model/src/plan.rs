@@ -299,8 +299,7 @@ impl Plan {
                 }
             }
         }
-        let mut peak =
-            PeakUse { max_rules: common::MAX_RULES, max_peers: common::MAX_PEERS, ..PeakUse::default() };
+        let mut peak = PeakUse { max_rules: common::MAX_RULES, max_peers: common::MAX_PEERS, ..PeakUse::default() };
         for (target, mut list) in events {
             list.sort_unstable();
             let (mut rules, mut peers) = (0usize, 0usize);
@@ -457,7 +456,8 @@ impl Plan {
     pub fn render_text(&self, seed: u64, seed_given: bool) -> String {
         let mut out = String::new();
         let d = spec::format_duration;
-        let _ = writeln!(out, "scenario {}: {} steps, {} in all", self.name, self.steps.len(), d(self.total_duration()));
+        let _ =
+            writeln!(out, "scenario {}: {} steps, {} in all", self.name, self.steps.len(), d(self.total_duration()));
         let _ = writeln!(
             out,
             "seed {seed}{}; lease {}; attach {:?}",

@@ -128,10 +128,16 @@ pub fn parse(file: &str, source: &str) -> Result<Plan, Problem> {
         let message = e.to_string();
         // serde_yaml appends " at line L column C"; the position is printed up front.
         let problem = message.split(" at line ").next().unwrap_or(&message);
-        let problem = if problem.contains("untagged enum RawIntensity") {
-            "intensity is neither a number nor a ramp".to_owned()
+        let (problem, line, column) = if problem.contains("untagged enum RawIntensity") {
+            // serde_yaml places this at the step; its path (`steps[N]: ...`) names which.
+            let step = problem.strip_prefix("steps[").and_then(|r| r.split(']').next()?.parse::<usize>().ok());
+            let (line, column) = match step {
+                Some(i) => locate(source, &[Seg::Key("steps"), Seg::Index(i), Seg::Key("intensity")]),
+                None => (line, column),
+            };
+            ("intensity is neither a number nor a ramp".to_owned(), line, column)
         } else {
-            crate::spec::shorten(problem, 200)
+            (crate::spec::shorten(problem, 200), line, column)
         };
         Problem::located(file, line, column, problem.clone(), fix_for_serde(&problem))
     })?;
@@ -414,7 +420,10 @@ impl Validator<'_> {
             if name.parse::<Cidr>().is_ok() {
                 return Err(self.error(
                     &at(None),
-                    format!("peer set name '{}' is an address, so steps could not tell them apart", spec::shorten(name, 40)),
+                    format!(
+                        "peer set name '{}' is an address, so steps could not tell them apart",
+                        spec::shorten(name, 40)
+                    ),
                     "name the set with a word (east, clients)",
                 ));
             }
@@ -480,7 +489,8 @@ impl Validator<'_> {
     ) -> Result<Draft, Problem> {
         let at = |key: &'static str| [Seg::Key("steps"), Seg::Index(i), Seg::Key(key)];
         let name = step.name.clone().unwrap_or_else(|| format!("step-{}", i + 1));
-        let duration = step.duration.as_deref().map(|d| self.positive_at(&at("duration"), d, "a step duration")).transpose()?;
+        let duration =
+            step.duration.as_deref().map(|d| self.positive_at(&at("duration"), d, "a step duration")).transpose()?;
         if step.fault == "none" {
             let set = [
                 ("target", step.target.is_some()),
@@ -507,9 +517,8 @@ impl Validator<'_> {
                     "remove it, or name a fault",
                 ));
             }
-            let length = duration.ok_or_else(|| {
-                self.error(&at("fault"), "a pause needs a duration", "add duration: 5s")
-            })?;
+            let length =
+                duration.ok_or_else(|| self.error(&at("fault"), "a pause needs a duration", "add duration: 5s"))?;
             return Ok(Draft {
                 name,
                 seed: step.seed,
@@ -595,7 +604,11 @@ impl Validator<'_> {
                             spec::list_some(peer_sets.keys().map(|k| spec::shorten(k, 20)), 5)
                         )
                     };
-                    self.error(&p_path, format!("'{}' is neither an address or prefix nor a peer set", spec::shorten(text, 60)), fix)
+                    self.error(
+                        &p_path,
+                        format!("'{}' is neither an address or prefix nor a peer set", spec::shorten(text, 60)),
+                        fix,
+                    )
                 })?],
             };
             for c in found {
@@ -615,7 +628,11 @@ impl Validator<'_> {
             peers,
             proto: step.proto.as_deref().map(|p| self.parse_at::<Proto>(&at("proto"), p)).transpose()?,
             ports: step.ports.as_deref().map(|p| self.parse_at::<PortRange>(&at("ports"), p)).transpose()?,
-            direction: step.direction.as_deref().map(|d| self.parse_at::<Direction>(&at("direction"), d)).transpose()?,
+            direction: step
+                .direction
+                .as_deref()
+                .map(|d| self.parse_at::<Direction>(&at("direction"), d))
+                .transpose()?,
             shadow: step.shadow,
             delay: step.delay.as_deref().map(|d| self.duration_at(&at("delay"), d)).transpose()?,
             jitter: step.jitter.as_deref().map(|d| self.duration_at(&at("jitter"), d)).transpose()?,
@@ -628,15 +645,14 @@ impl Validator<'_> {
         };
         let mut faults = Vec::with_capacity(resolved.len());
         for (target, t_path) in resolved {
-            let fault = RawFault { target: Some(target), ..raw_fault.clone() }.validate().map_err(|e| {
-                match e.at.field {
+            let fault =
+                RawFault { target: Some(target), ..raw_fault.clone() }.validate().map_err(|e| match e.at.field {
                     "target" => self.error(&t_path, e.problem, e.fix),
                     "fault" | "probability" | "burst" | "mode" | "proto" | "ports" | "direction" => {
                         self.error(&at(e.at.field), e.problem, e.fix)
                     }
                     _ => self.error(&at("fault"), e.problem, e.fix),
-                }
-            })?;
+                })?;
             for w in &windows {
                 fault.check_intensity(w.intensity).map_err(|e| self.error(&at("intensity"), e.problem, e.fix))?;
             }
@@ -647,7 +663,12 @@ impl Validator<'_> {
     }
 
     /// The shape of a step's windows and its length, from duration, intensity and repeat.
-    fn shape(&self, i: usize, step: &RawStep, duration: Option<Duration>) -> Result<(timeline::Shape, Duration), Problem> {
+    fn shape(
+        &self,
+        i: usize,
+        step: &RawStep,
+        duration: Option<Duration>,
+    ) -> Result<(timeline::Shape, Duration), Problem> {
         use timeline::Shape;
         let at = |key: &'static str| path(&[Seg::Key("steps"), Seg::Index(i), Seg::Key(key)]);
         let sub = |key: &'static str, inner: &'static str| {
@@ -666,7 +687,11 @@ impl Validator<'_> {
         };
         let Some(repeat) = &step.repeat else {
             let length = duration.ok_or_else(|| {
-                self.error(&at("fault"), "the step has no duration", "add duration: 10s (or a repeat: {on, off, count})")
+                self.error(
+                    &at("fault"),
+                    "the step has no duration",
+                    "add duration: 10s (or a repeat: {on, off, count})",
+                )
             })?;
             let shape = match &step.intensity {
                 None => Shape::Constant(1.0),
@@ -684,7 +709,11 @@ impl Validator<'_> {
                     if length.as_nanos() < u128::from(r.steps) * 1_000_000 {
                         return Err(self.error(
                             &sub("intensity", "steps"),
-                            format!("{} ramp steps in {} leaves windows under 1ms", r.steps, spec::format_duration(length)),
+                            format!(
+                                "{} ramp steps in {} leaves windows under 1ms",
+                                r.steps,
+                                spec::format_duration(length)
+                            ),
                             "use fewer steps or a longer duration",
                         ));
                     }
@@ -721,9 +750,8 @@ impl Validator<'_> {
                 if count as usize > timeline::MAX_WINDOWS_PER_STEP {
                     return Err(too_many(sub("repeat", "count"), u64::from(count)));
                 }
-                let derived = timeline::repeat_length(on, off, count)
-                    .filter(|d| *d <= spec::MAX_DURATION)
-                    .ok_or_else(|| {
+                let derived =
+                    timeline::repeat_length(on, off, count).filter(|d| *d <= spec::MAX_DURATION).ok_or_else(|| {
                         self.error(
                             &sub("repeat", "count"),
                             "the duty cycle lasts longer than the maximum of 7 days",
@@ -795,14 +823,18 @@ impl Validator<'_> {
         }
         let mut probes: Vec<ProbeSpec> = Vec::with_capacity(raw.probes.len());
         for (j, probe) in raw.probes.iter().enumerate() {
-            let p = |key: &'static str| path(&[Seg::Key("hypothesis"), Seg::Key("probes"), Seg::Index(j), Seg::Key(key)]);
+            let p =
+                |key: &'static str| path(&[Seg::Key("hypothesis"), Seg::Key("probes"), Seg::Index(j), Seg::Key(key)]);
             let q = |key: &'static str, inner: &'static str| {
                 path(&[Seg::Key("hypothesis"), Seg::Key("probes"), Seg::Index(j), Seg::Key(key), Seg::Key(inner)])
             };
             if probe.name.is_empty() || probe.name.len() > 64 || probe.name.chars().any(char::is_control) {
                 return Err(self.error(
                     &p("name"),
-                    format!("probe name '{}' is empty, longer than 64 or has control characters", spec::shorten(&probe.name, 40)),
+                    format!(
+                        "probe name '{}' is empty, longer than 64 or has control characters",
+                        spec::shorten(&probe.name, 40)
+                    ),
                     "name the probe with a short word (api, ping)",
                 ));
             }
@@ -838,7 +870,12 @@ impl Validator<'_> {
                     let key = kinds.iter().map(|(k, _)| *k).find(|k| k == second).unwrap_or("name");
                     return Err(self.error(
                         &p(key),
-                        format!("probe '{}' has {} checks ({})", spec::shorten(&probe.name, 40), set.len(), set.join(", ")),
+                        format!(
+                            "probe '{}' has {} checks ({})",
+                            spec::shorten(&probe.name, 40),
+                            set.len(),
+                            set.join(", ")
+                        ),
                         "give each probe one check; make another probe for the other",
                     ));
                 }
@@ -854,14 +891,21 @@ impl Validator<'_> {
                         "give a status of 100..599, such as 200",
                     ));
                 }
-                let max_latency =
-                    h.latency.as_deref().map(|l| self.positive_at(&q("http", "latency"), l, "a latency bound")).transpose()?;
+                let max_latency = h
+                    .latency
+                    .as_deref()
+                    .map(|l| self.positive_at(&q("http", "latency"), l, "a latency bound"))
+                    .transpose()?;
                 ProbeCheck::Http { url: h.url.clone(), status, max_latency }
             } else if let Some(t) = &probe.tcp {
                 ProbeCheck::Tcp { connect: self.socket_addr(&q("tcp", "connect"), &t.connect)? }
             } else if let Some(d) = &probe.dns {
                 if d.name.is_empty() || d.name.len() > 253 {
-                    return Err(self.error(&q("dns", "name"), "the DNS name is empty or too long", "give a name such as example.com"));
+                    return Err(self.error(
+                        &q("dns", "name"),
+                        "the DNS name is empty or too long",
+                        "give a name such as example.com",
+                    ));
                 }
                 let expect = d
                     .expect
@@ -876,7 +920,11 @@ impl Validator<'_> {
                         })
                     })
                     .transpose()?;
-                ProbeCheck::Dns { name: d.name.clone(), server: self.socket_addr(&q("dns", "server"), &d.server)?, expect }
+                ProbeCheck::Dns {
+                    name: d.name.clone(),
+                    server: self.socket_addr(&q("dns", "server"), &d.server)?,
+                    expect,
+                }
             } else if let Some(c) = &probe.command {
                 if c.run.first().is_none_or(String::is_empty) {
                     return Err(self.error(
@@ -885,11 +933,19 @@ impl Validator<'_> {
                         "give the program and its arguments as a list: run: [ping, -c1, 192.0.2.2]",
                     ));
                 }
-                ProbeCheck::Command { argv: c.run.clone(), exit: c.exit.unwrap_or(0), output_contains: c.output_contains.clone() }
+                ProbeCheck::Command {
+                    argv: c.run.clone(),
+                    exit: c.exit.unwrap_or(0),
+                    output_contains: c.output_contains.clone(),
+                }
             } else if let Some(pr) = &probe.prometheus {
                 self.http_url(&q("prometheus", "url"), &pr.url)?;
                 if pr.query.trim().is_empty() {
-                    return Err(self.error(&q("prometheus", "query"), "the query is empty", "give a PromQL expression"));
+                    return Err(self.error(
+                        &q("prometheus", "query"),
+                        "the query is empty",
+                        "give a PromQL expression",
+                    ));
                 }
                 let compares = [
                     (Compare::Below, pr.below),
@@ -906,9 +962,18 @@ impl Validator<'_> {
                     ));
                 };
                 if !threshold.is_finite() {
-                    return Err(self.error(&q("prometheus", compare.name()), "the threshold is not a finite number", "give a number"));
+                    return Err(self.error(
+                        &q("prometheus", compare.name()),
+                        "the threshold is not a finite number",
+                        "give a number",
+                    ));
                 }
-                ProbeCheck::Prometheus { url: pr.url.clone(), query: pr.query.clone(), compare: *compare, threshold: *threshold }
+                ProbeCheck::Prometheus {
+                    url: pr.url.clone(),
+                    query: pr.query.clone(),
+                    compare: *compare,
+                    threshold: *threshold,
+                }
             } else {
                 unreachable!("one check is set")
             };
@@ -919,7 +984,11 @@ impl Validator<'_> {
 
     fn guards(&self, raw: &[RawGuard], hypothesis: Option<&Hypothesis>) -> Result<Vec<Guard>, Problem> {
         if raw.len() > MAX_GUARDS {
-            return Err(self.error(&[Seg::Key("abort")], format!("{} guards; at most {MAX_GUARDS}", raw.len()), "merge guards"));
+            return Err(self.error(
+                &[Seg::Key("abort")],
+                format!("{} guards; at most {MAX_GUARDS}", raw.len()),
+                "merge guards",
+            ));
         }
         let mut guards = Vec::with_capacity(raw.len());
         for (j, g) in raw.iter().enumerate() {
@@ -939,7 +1008,11 @@ impl Validator<'_> {
                         spec::list_some(h.probes.iter().map(|p| spec::shorten(&p.name, 20)), 6)
                     ),
                 };
-                Err(self.error(&q(key, "probe"), format!("guard names probe '{}', which is not defined", spec::shorten(name, 40)), fix))
+                Err(self.error(
+                    &q(key, "probe"),
+                    format!("guard names probe '{}', which is not defined", spec::shorten(name, 40)),
+                    fix,
+                ))
             };
             let set = [g.error_rate.is_some(), g.latency.is_some(), g.prometheus.is_some(), g.wall_clock.is_some()];
             let count = set.iter().filter(|s| **s).count();
@@ -965,7 +1038,13 @@ impl Validator<'_> {
                 }
             } else if let Some(l) = &g.latency {
                 let text = l.p95_above_baseline.trim();
-                let percent = text.strip_suffix('%').unwrap_or(text).trim().parse::<f64>().ok().filter(|p| p.is_finite() && *p > 0.0);
+                let percent = text
+                    .strip_suffix('%')
+                    .unwrap_or(text)
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| p.is_finite() && *p > 0.0);
                 let Some(percent) = percent else {
                     return Err(self.error(
                         &q("latency", "p95-above-baseline"),
@@ -981,7 +1060,11 @@ impl Validator<'_> {
             } else if let Some(p) = &g.prometheus {
                 self.http_url(&q("prometheus", "url"), &p.url)?;
                 if p.query.trim().is_empty() {
-                    return Err(self.error(&q("prometheus", "query"), "the query is empty", "give a PromQL expression"));
+                    return Err(self.error(
+                        &q("prometheus", "query"),
+                        "the query is empty",
+                        "give a PromQL expression",
+                    ));
                 }
                 Guard::Prometheus {
                     url: p.url.clone(),
@@ -1085,7 +1168,9 @@ mod tests {
     fn sample_scenarios_are_valid() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios");
         let mut count = 0;
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        for entry in
+            std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        {
             load(&entry.path()).unwrap_or_else(|e| panic!("{e}"));
             count += 1;
         }
@@ -1136,6 +1221,334 @@ mod tests {
 
         let e = err("targets:\n  a: host:x\nsteps:\n  - {fault: none, duration: 1s}\n");
         assert_eq!(e.at.line, 2, "{e}");
+    }
+
+    const HEAD: &str = "apiVersion: chaos-ebpf/v1\ntargets: {a: netns:x, b: netns:y, r: netns:z}\n";
+
+    /// A file of HEAD and `rest` (HEAD is 2 lines: `rest` starts on line 3).
+    fn v1(rest: &str) -> Result<Plan, Problem> {
+        parse("s.yaml", &format!("{HEAD}{rest}"))
+    }
+
+    /// The error of a bad file, with its position and a word of its message.
+    fn bad(rest: &str, line: usize, column: usize, word: &str) -> Problem {
+        let e = v1(rest).expect_err(rest);
+        assert_eq!((e.at.line, e.at.column), (line, column), "{e}");
+        assert!(e.problem.contains(word) || e.fix.contains(word), "'{word}' not in: {e}");
+        assert_short(&e);
+        e
+    }
+
+    #[test]
+    fn the_version_comes_first() {
+        let e = parse("s.yaml", "steps: [{fault: none, duration: 1s}]\n").unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (1, 1), "{e}");
+        assert!(e.fix.contains("apiVersion: chaos-ebpf/v1"), "{e}");
+        // Even a file with other problems is first told its version.
+        let e = parse("s.yaml", "colour: red\nsteps: []\n").unwrap_err();
+        assert!(e.problem.contains("no apiVersion"), "{e}");
+        for other in ["chaos-ebpf/v2", "1", "[v1]"] {
+            let e = parse("s.yaml", &format!("name: x\napiVersion: {other}\nsteps: [{{fault: none, duration: 1s}}]\n"))
+                .unwrap_err();
+            assert_eq!(e.at.line, 2, "{e}");
+            assert!(e.problem.contains("not one this chaos-ebpf reads"), "{e}");
+        }
+        bad("colour: red\nsteps: [{fault: none, duration: 1s}]\n", 3, 1, "unknown field `colour`");
+        bad("steps:\n  - {fault: none, duration: 1s, colour: red}\n", 4, 33, "unknown field `colour`");
+    }
+
+    #[test]
+    fn several_targets_and_peer_sets_expand() {
+        let plan = v1("peers: {east: [192.0.2.0/25], west: [192.0.2.128/25, fd00::/64]}\nsteps:\n  - {fault: none, duration: 1s}\n  - fault: partition\n    targets: [a, b, netns:w]\n    peers: [east, 198.51.100.7, west, 192.0.2.0/25]\n    duration: 2s\n  - {fault: loss, target: r, probability: 0.1, duration: 1s}\n").unwrap();
+        let faults = &plan.steps[1].faults;
+        assert_eq!(faults.iter().map(|f| f.rule_id).collect::<Vec<_>>(), [1, 2, 3]);
+        let targets: Vec<String> = faults.iter().map(|f| f.spec.target.to_string()).collect();
+        assert_eq!(targets, ["netns:x", "netns:y", "netns:w"]);
+        let peers: Vec<String> = faults[0].spec.peers.iter().map(ToString::to_string).collect();
+        assert_eq!(peers, ["192.0.2.0/25", "198.51.100.7/32", "192.0.2.128/25", "fd00::/64"], "merged, in order");
+        assert!(faults.iter().all(|f| f.spec.peers == faults[0].spec.peers));
+        assert_eq!(plan.steps[2].faults[0].rule_id, 4);
+
+        bad(
+            "steps:\n  - {fault: loss, target: a, targets: [b], probability: 0.1, duration: 1s}\n",
+            4,
+            30,
+            "target and targets",
+        );
+        bad(
+            "steps:\n  - {fault: loss, targets: [a, nowhere], probability: 0.1, duration: 1s}\n",
+            4,
+            32,
+            "unknown target",
+        );
+        bad("steps:\n  - {fault: loss, targets: [a, a], probability: 0.1, duration: 1s}\n", 4, 32, "twice");
+        bad("steps:\n  - {fault: loss, targets: [], probability: 0.1, duration: 1s}\n", 4, 19, "empty");
+        bad("peers: {east: [192.0.2.0/25]}\nsteps:\n  - fault: partition\n    target: a\n    peers: [east, north]\n    duration: 1s\n", 7, 19, "east");
+        bad("peers: {east: [192.0.2.0/33]}\nsteps: [{fault: none, duration: 1s}]\n", 3, 16, "prefix length");
+        bad("peers: {10.0.0.1: [192.0.2.0/24]}\nsteps: [{fault: none, duration: 1s}]\n", 3, 9, "is an address");
+        // A partition-both on a cgroup fails for the one target that cannot do it.
+        bad("steps:\n  - {fault: partition, targets: [a, cgroup:/x], duration: 1s}\n", 4, 6, "egress only");
+    }
+
+    fn windows(plan: &Plan, step: usize) -> Vec<(u64, u64, f64)> {
+        plan.steps[step]
+            .windows
+            .iter()
+            .map(|w| (w.start.as_millis() as u64, w.end.as_millis() as u64, w.intensity))
+            .collect()
+    }
+
+    #[test]
+    fn steps_chain_run_in_parallel_and_repeat() {
+        let plan = v1("steps:\n  - {name: one, fault: loss, target: a, probability: 0.5, duration: 6s}\n  - {name: two, with: one, offset: 2s, fault: loss, target: b, probability: 0.5, intensity: 0.5, duration: 3s}\n  - {name: three, after: one, fault: partition, target: a, repeat: {on: 2s, off: 1s, count: 3}}\n  - {name: four, fault: delay, target: r, delay: 100ms, intensity: {from: 0.1, to: 1, steps: 4}, duration: 8s}\n  - {name: five, after: two, fault: loss, target: b, probability: 0.2, repeat: {on: 1s, off: 3s}, duration: 10s}\n").unwrap();
+        assert_eq!(windows(&plan, 0), [(0, 6000, 1.0)]);
+        assert_eq!(windows(&plan, 1), [(2000, 5000, 0.5)]);
+        assert_eq!(windows(&plan, 2), [(6000, 8000, 1.0), (9000, 11000, 1.0), (12000, 14000, 1.0)]);
+        assert_eq!(plan.steps[2].duration, Duration::from_secs(8), "derived from the cycle");
+        assert_eq!(
+            windows(&plan, 3),
+            [(14000, 16000, 0.1), (16000, 18000, 0.4), (18000, 20000, 0.7), (20000, 22000, 1.0)]
+        );
+        // Cycles that fill 10s after 'two' ends at 5s; the step ends with its last window.
+        assert_eq!(windows(&plan, 4), [(5000, 6000, 1.0), (9000, 10000, 1.0), (13000, 14000, 1.0)]);
+        assert_eq!(plan.steps[4].end(), Duration::from_secs(14));
+        assert_eq!(plan.total_duration(), Duration::from_secs(22));
+        // The map entries: one per distinct intensity, scaled.
+        let entries = plan.entries(7);
+        let ramp: Vec<u64> = entries.iter().filter(|e| e.step == "four").map(|e| e.rule.delay_ns).collect();
+        assert_eq!(ramp, [10_000_000, 40_000_000, 70_000_000, 100_000_000]);
+        let two = entries.iter().find(|e| e.step == "two").unwrap();
+        assert_eq!(two.rule.loss_threshold, chaos_ebpf_common::probability_threshold(0.25));
+        assert_eq!(two.seed, plan.steps[1].seed(7));
+        // Steps one and two overlap on different targets: one rule each at most.
+        let peak = plan.peak_use();
+        assert_eq!(peak.rules, 1);
+
+        let one = "  - {name: one, fault: none, duration: 1s}\n";
+        bad(
+            &format!("steps:\n{one}  - {{name: two, after: nine, fault: none, duration: 1s}}\n"),
+            5,
+            24,
+            "does not have",
+        );
+        bad(&format!("steps:\n{one}  - {{name: two, with: two, fault: none, duration: 1s}}\n"), 5, 23, "itself");
+        bad(
+            &format!("steps:\n{one}  - {{name: two, with: one, after: one, fault: none, duration: 1s}}\n"),
+            5,
+            23,
+            "not both",
+        );
+        let e = bad(
+            "steps:\n  - {name: one, after: three, fault: none, duration: 1s}\n  - {name: two, fault: none, duration: 1s}\n  - {name: three, fault: none, duration: 1s}\n",
+            4,
+            24,
+            "cycle",
+        );
+        assert!(e.problem.contains("one -> three -> two -> one"), "{e}");
+        bad(&format!("steps:\n{one}{one}"), 5, 12, "used by step 1");
+        bad("steps:\n  - {fault: none, duration: 1s, offset: soon}\n", 4, 41, "not a duration");
+    }
+
+    #[test]
+    fn bad_intensities_ramps_and_repeats() {
+        let loss = "fault: loss, target: a, probability: 0.5";
+        bad(&format!("steps:\n  - {{{loss}, duration: 1s, intensity: 1.5}}\n"), 4, 73, "outside 0 < x <= 1");
+        bad(&format!("steps:\n  - {{{loss}, duration: 1s, intensity: 0}}\n"), 4, 73, "outside 0 < x <= 1");
+        bad(&format!("steps:\n  - {{{loss}, duration: 1s, intensity: high}}\n"), 4, 73, "neither a number nor a ramp");
+        bad("steps:\n  - {fault: partition, target: a, duration: 1s, intensity: 0.5}\n", 4, 60, "no magnitude");
+        bad("steps:\n  - {fault: rate, target: a, rate: 1mbit, duration: 1s, intensity: {from: 0.5, to: 1, steps: 2}}\n", 4, 57, "no magnitude");
+        bad("steps:\n  - {fault: none, duration: 1s, intensity: 0.5}\n", 4, 44, "pause");
+        bad(
+            &format!("steps:\n  - {{{loss}, duration: 1s, intensity: {{from: 0.5, to: 2, steps: 3}}}}\n"),
+            4,
+            89,
+            "outside",
+        );
+        bad(
+            &format!("steps:\n  - {{{loss}, duration: 1s, intensity: {{from: 0.5, to: 1, steps: 1}}}}\n"),
+            4,
+            99,
+            "2..100",
+        );
+        bad(
+            &format!("steps:\n  - {{{loss}, duration: 1s, intensity: {{from: 0.5, to: 1, stairs: 1}}}}\n"),
+            4,
+            62,
+            "neither",
+        );
+        bad(
+            &format!(
+                "steps:\n  - {{{loss}, repeat: {{on: 1s, off: 1s}}, intensity: {{from: 0.5, to: 1, steps: 2}}}}\n"
+            ),
+            4,
+            75,
+            "ramp inside a duty cycle",
+        );
+        bad(&format!("steps:\n  - {{{loss}, repeat: {{on: 1s, off: 1s}}}}\n"), 4, 48, "count or a duration");
+        bad(&format!("steps:\n  - {{{loss}, repeat: {{on: 1s, off: 0s, count: 2}}}}\n"), 4, 70, "off period of zero");
+        bad(&format!("steps:\n  - {{{loss}, repeat: {{on: 1s, off: 1s, count: 0}}}}\n"), 4, 81, "0 periods");
+        bad(
+            &format!("steps:\n  - {{{loss}, duration: 5s, repeat: {{on: 1s, off: 1s, count: 2}}}}\n"),
+            4,
+            58,
+            "disagrees",
+        );
+        bad(&format!("steps:\n  - {{{loss}, duration: 7d, repeat: {{on: 1ms, off: 1ms}}}}\n"), 4, 58, "duty cycles");
+        bad(
+            &format!("steps:\n  - {{{loss}, repeat: {{on: 1s, off: 1s, count: 2, phase: 1}}}}\n"),
+            4,
+            84,
+            "unknown field `phase`",
+        );
+        bad(&format!("steps:\n  - {{{loss}}}\n"), 4, 13, "no duration");
+        // Durations that agree are fine; 7 days of cycles is the limit.
+        v1(&format!("steps:\n  - {{{loss}, duration: 5s, repeat: {{on: 1s, off: 1s, count: 3}}}}\n")).unwrap();
+        bad(
+            &format!("steps:\n  - {{{loss}, duration: 7d}}\n  - {{{loss}, repeat: {{on: 1s, off: 1s, count: 1}}}}\n"),
+            5,
+            6,
+            "7 days",
+        );
+    }
+
+    #[test]
+    fn hypothesis_and_guards_are_validated() {
+        let steps = "steps: [{fault: none, duration: 1s}]\n";
+        let plan = v1(&format!("hypothesis:\n  probes:\n    - {{name: p, tcp: {{connect: \"127.0.0.1:80\"}}}}\n    - {{name: c, timeout: 5s, command: {{run: [true]}}}}\n    - {{name: q, prometheus: {{url: \"http://[::1]:9090\", query: up, at-least: 1}}}}\nabort:\n  - {{error-rate: {{probe: p, above: 0.5, for: 3s}}}}\n  - {{latency: {{probe: c, p95-above-baseline: 50%, for: 2s}}}}\n  - {{wall-clock: 1m}}\n{steps}")).unwrap();
+        let h = plan.hypothesis.as_ref().unwrap();
+        assert_eq!(
+            (h.interval, h.steady_within, h.recovery),
+            (Duration::from_secs(1), Duration::from_secs(10), Duration::from_secs(30))
+        );
+        assert_eq!(h.probes[0].timeout, Duration::from_secs(2));
+        assert_eq!(
+            h.probes[1].check,
+            ProbeCheck::Command { argv: vec!["true".into()], exit: 0, output_contains: None }
+        );
+        assert_eq!(
+            h.probes[2].check,
+            ProbeCheck::Prometheus {
+                url: "http://[::1]:9090".into(),
+                query: "up".into(),
+                compare: Compare::AtLeast,
+                threshold: 1.0
+            }
+        );
+        assert_eq!(plan.abort[1], Guard::Latency { probe: "c".into(), percent: 50.0, window: Duration::from_secs(2) });
+        assert_eq!(plan.abort[2], Guard::WallClock { max: Duration::from_secs(60) });
+
+        let probe = |p: &str| format!("hypothesis:\n  probes:\n    - {p}\n{steps}");
+        bad(&probe("{name: p, http: {url: \"https://x/\"}}"), 5, 29, "https is not supported");
+        bad(&probe("{name: p, http: {url: \"ftp://x/\"}}"), 5, 29, "not an http:// URL");
+        bad(&probe("{name: p, http: {url: \"http://:80/\"}}"), 5, 29, "not an http:// URL");
+        bad(&probe("{name: p, http: {url: \"http://x:99999/\"}}"), 5, 29, "not an http:// URL");
+        bad(&probe("{name: p, http: {url: \"http://x/\", status: 999}}"), 5, 50, "not an HTTP status");
+        bad(&probe("{name: p, tcp: {connect: \"localhost:80\"}}"), 5, 32, "not IP:PORT");
+        bad(&probe("{name: p, dns: {name: x, server: \"1.1.1.1\"}}"), 5, 40, "not IP:PORT");
+        bad(&probe("{name: p, dns: {name: x, server: \"1.1.1.1:53\", expect: nope}}"), 5, 62, "not an IP address");
+        bad(&probe("{name: p, command: {run: []}}"), 5, 27, "empty");
+        bad(&probe("{name: p}"), 5, 8, "no check");
+        bad(&probe("{name: p, tcp: {connect: \"1.1.1.1:1\"}, command: {run: [x]}}"), 5, 46, "2 checks");
+        bad(&probe("{name: p, prometheus: {url: \"http://x\", query: up}}"), 5, 17, "exactly one comparison");
+        bad(&probe("{name: p, tcp: {connect: \"1.1.1.1:1\"}, timeout: 0s}"), 5, 55, "timeout of zero");
+        bad(&probe("{name: p, tcp: {connect: \"1.1.1.1:1\", colour: red}}"), 5, 45, "unknown field `colour`");
+        bad(&format!("hypothesis:\n  probes:\n    - {{name: p, command: {{run: [x]}}}}\n    - {{name: p, command: {{run: [y]}}}}\n{steps}"), 6, 14, "two probes are named 'p'");
+        bad(&format!("hypothesis:\n  probes: []\n{steps}"), 4, 3, "no probes");
+        bad(
+            &format!("hypothesis:\n  interval: 0s\n  probes: [{{name: p, command: {{run: [x]}}}}]\n{steps}"),
+            4,
+            13,
+            "zero",
+        );
+
+        let guarded =
+            |g: &str| format!("hypothesis:\n  probes: [{{name: p, command: {{run: [x]}}}}]\nabort:\n  - {g}\n{steps}");
+        bad(&guarded("{error-rate: {probe: q, above: 0.5, for: 3s}}"), 6, 26, "probe 'q', which is not defined");
+        bad(&guarded("{error-rate: {probe: p, above: 1.5, for: 3s}}"), 6, 36, "outside 0 <= x < 1");
+        bad(&guarded("{latency: {probe: p, p95-above-baseline: lots, for: 3s}}"), 6, 46, "not a percentage");
+        bad(&guarded("{prometheus: {url: \"https://p\", query: up, for: 3s}}"), 6, 24, "https is not supported");
+        bad(&guarded("{wall-clock: 1m, error-rate: {probe: p, above: 0.5, for: 3s}}"), 6, 6, "2 conditions");
+        bad(&guarded("{wall-clock: never}"), 6, 18, "not a duration");
+        bad(&guarded("{kill: p}"), 6, 6, "unknown field `kill`");
+        // Without a hypothesis a guard on a probe says where to define it.
+        let e =
+            bad(&format!("abort: [{{error-rate: {{probe: p, above: 0.5, for: 3s}}}}]\n{steps}"), 3, 30, "not defined");
+        assert!(e.fix.contains("no hypothesis"), "{e}");
+    }
+
+    #[test]
+    fn peaks_count_overlapping_windows() {
+        // 20 faults on one target with 20 more in parallel: 40 rules at once.
+        let mut src = String::from("steps:\n");
+        for i in 0..20 {
+            src += &format!(
+                "  - {{name: s{i}, {}fault: loss, target: a, probability: 0.1, duration: 2s}}\n",
+                if i == 0 { "" } else { "with: s0, " }
+            );
+        }
+        for i in 0..20 {
+            src += &format!(
+                "  - {{name: t{i}, with: s0, offset: 1s, fault: loss, target: a, probability: 0.1, duration: 2s}}\n"
+            );
+        }
+        let e = bad(&src, 43, 46, "40 faults in force at once on netns:x (at 1s");
+        assert!(e.problem.contains("at most 32"), "{e}");
+        // Sequential windows and other targets do not add up; touching windows do not overlap.
+        let mut src = String::from("steps:\n");
+        for i in 0..20 {
+            src += &format!(
+                "  - {{name: s{i}, {}fault: loss, target: a, probability: 0.1, duration: 2s}}\n",
+                if i == 0 { "" } else { "with: s0, " }
+            );
+        }
+        for i in 0..20 {
+            src += &format!(
+                "  - {{name: t{i}, with: s0, offset: 2s, fault: loss, target: a, probability: 0.1, duration: 2s}}\n"
+            );
+        }
+        for i in 0..20 {
+            src += &format!("  - {{name: u{i}, with: s0, fault: loss, target: b, probability: 0.1, duration: 2s}}\n");
+        }
+        let plan = v1(&src).unwrap();
+        let peak = plan.peak_use();
+        assert_eq!((peak.rules, peak.rules_from, peak.rules_until), (20, Duration::ZERO, Duration::from_secs(2)));
+        assert!(plan
+            .render_text(1, true)
+            .contains("peak: 20 of 32 rules at once (on netns:x at 0ms..2s), 0 of 4096 peers"));
+    }
+
+    #[test]
+    fn plans_are_deterministic() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios/game-day.yaml");
+        let render = || {
+            let plan = load(Path::new(path)).unwrap();
+            (
+                plan.render_text(99, true),
+                serde_json::to_string(&plan).unwrap(),
+                serde_json::to_string(&plan.entries(99)).unwrap(),
+            )
+        };
+        let first = render();
+        assert_eq!(first, render());
+        let (text, json, _) = first;
+        // The timeline, windows, seeds, probes, guards, entries and the peak are shown.
+        for needle in [
+            "8s ..      18s  flapping-link",
+            "window 11s .. 12s at intensity 1",
+            "window 20s .. 22s at intensity 0.4",
+            "rule 4 [loss-ramp] intensity 0.7",
+            "probe n2-pings-n1",
+            "wall-clock: the run lasts longer than 120s",
+            "peak: 1 of 32 rules at once",
+        ] {
+            assert!(text.contains(needle), "'{needle}' not in:\n{text}");
+        }
+        let plan = load(Path::new(path)).unwrap();
+        let seed = plan.steps[1].seed(99);
+        assert!(text.contains(&format!("n1-lossy  (seed {seed})")), "{text}");
+        assert!(json.contains("\"peak\":{\"rules\":1"), "{json}");
+        // Different seeds, different per-step seeds.
+        assert_ne!(plan.render_text(98, true), text);
     }
 
     /// Every line of an error as the CLI prints it stays short.
