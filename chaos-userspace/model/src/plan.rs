@@ -289,7 +289,8 @@ impl Plan {
     /// are written; `preflight` counts again per network namespace once they resolve.
     pub fn peak_use(&self) -> PeakUse {
         // Per target: (time, 0 = end / 1 = start, rules, peers, step).
-        let mut events: BTreeMap<String, Vec<(Duration, u8, usize, usize, usize)>> = BTreeMap::new();
+        type Event = (Duration, u8, usize, usize, usize);
+        let mut events: BTreeMap<String, Vec<Event>> = BTreeMap::new();
         for (i, step) in self.steps.iter().enumerate() {
             for fault in &step.faults {
                 let list = events.entry(fault.spec.target.to_string()).or_default();

@@ -857,7 +857,7 @@ impl Validator<'_> {
                 ("prometheus", probe.prometheus.is_some()),
             ];
             let set: Vec<&str> = kinds.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
-            let check = match set.as_slice() {
+            match set.as_slice() {
                 [] => {
                     return Err(self.error(
                         &path(&[Seg::Key("hypothesis"), Seg::Key("probes"), Seg::Index(j)]),
@@ -880,7 +880,6 @@ impl Validator<'_> {
                     ));
                 }
             };
-            let _ = check;
             let check = if let Some(h) = &probe.http {
                 self.http_url(&q("http", "url"), &h.url)?;
                 let status = h.status.unwrap_or(200);
@@ -1752,6 +1751,35 @@ mod tests {
                     "9-1",
                     "10mbit",
                     "tcp:22",
+                    "apiVersion: chaos-ebpf/v1\n",
+                    "after",
+                    "with",
+                    "offset",
+                    "intensity",
+                    "repeat",
+                    "on",
+                    "off",
+                    "count",
+                    "from",
+                    "to",
+                    "seed",
+                    "hypothesis",
+                    "probes",
+                    "abort",
+                    "error-rate",
+                    "wall-clock",
+                    "command",
+                    "run",
+                    "http",
+                    "url",
+                    "http://127.0.0.1:1/",
+                    "https://x",
+                    "127.0.0.1:80",
+                    "step-1",
+                    "a",
+                    "{from: 0.1, to: 1, steps: 3}",
+                    "{on: 1s, off: 1s, count: 3}",
+                    "{on: 1ms, off: 1ms}",
                 ])
                 .prop_map(str::to_owned),
                 "[a-z0-9:./\\-]{0,12}",
@@ -1765,11 +1793,23 @@ mod tests {
             (token(), token(), token(), token(), token(), prop::collection::vec(token(), 0..5)).prop_map(
                 |(fault, target, duration, value, lease, peers)| {
                     format!(
-                        "lease: {lease}\ntargets: {{t: {target}}}\nsteps:\n  - fault: {fault}\n    target: {target}\n    duration: {duration}\n    probability: {value}\n    delay: {value}\n    ports: {value}\n    peers: [{}]\n",
+                        "apiVersion: chaos-ebpf/v1\nlease: {lease}\ntargets: {{t: {target}}}\nsteps:\n  - fault: {fault}\n    target: {target}\n    duration: {duration}\n    probability: {value}\n    delay: {value}\n    ports: {value}\n    peers: [{}]\n",
                         peers.join(", ")
                     )
                 },
             )
+        }
+
+        /// A v1 scenario whose timing, intensity, repeat, peer sets, probes and guards are
+        /// drawn from odd values.
+        fn timed_scenario() -> impl Strategy<Value = String> {
+            (prop::collection::vec(token(), 12), any::<bool>()).prop_map(|(t, loss)| {
+                let fault = if loss { "loss, probability: 0.5" } else { "partition" };
+                format!(
+                    "apiVersion: chaos-ebpf/v1\ntargets: {{a: netns:a, b: netns:b}}\npeers: {{east: [{}]}}\nhypothesis:\n  interval: {}\n  probes:\n    - {{name: {}, command: {{run: [{}]}}, timeout: {}}}\nabort:\n  - {{error-rate: {{probe: {}, above: {}, for: {}}}}}\n  - {{wall-clock: {}}}\nsteps:\n  - {{name: one, fault: {fault}, targets: [a, b], peers: [east], duration: {}, intensity: {}, repeat: {}}}\n  - {{name: two, fault: {fault}, target: a, after: {}, with: one, duration: 2s}}\n",
+                    t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[2]
+                )
+            })
         }
 
         fn check(src: &str) {
@@ -1785,12 +1825,18 @@ mod tests {
             #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
             #[test]
-            fn token_soup_never_panics_or_hangs(tokens in prop::collection::vec(token(), 0..200)) {
-                check(&tokens.concat());
+            fn token_soup_never_panics_or_hangs(tokens in prop::collection::vec(token(), 0..200), v1 in any::<bool>()) {
+                let header = if v1 { "apiVersion: chaos-ebpf/v1\n" } else { "" };
+                check(&format!("{header}{}", tokens.concat()));
             }
 
             #[test]
             fn odd_values_never_panic_or_hang(src in scenario()) {
+                check(&src);
+            }
+
+            #[test]
+            fn odd_timing_and_probes_never_panic_or_hang(src in timed_scenario()) {
                 check(&src);
             }
 
