@@ -788,8 +788,10 @@ impl FaultSpec {
             return out;
         }
         let scale = |d: Duration| Duration::from_nanos((d.as_nanos() as f64 * x).round() as u64);
-        out.probability = self.probability.map(|p| p * x);
-        out.burst = self.burst.map(|b| Burst { enter: b.enter * x, exit: b.exit, loss: b.loss * x });
+        // Rounded to 12 digits so that plans print 0.28, not 0.27999999999999997.
+        let times = |p: f64| (p * x * 1e12).round() / 1e12;
+        out.probability = self.probability.map(times);
+        out.burst = self.burst.map(|b| Burst { enter: times(b.enter), exit: b.exit, loss: times(b.loss) });
         out.delay = self.delay.map(scale);
         out.jitter = self.jitter.map(scale);
         out
