@@ -6,10 +6,43 @@
 
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 
 use crate::{lab::LabSpec, plan::Attach};
+
+/// The schema of a duration field: YAML gives a bare number (seconds) to a string field
+/// as its text, so the schema allows both.
+struct DurationText;
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "500ms, 30s, 5m, 1h, 2d, 1m30s, or a number of seconds; at most 7d",
+            "type": ["string", "number"]
+        })
+    }
+}
+
+/// The schema of `ports`: a port number or a range `LO-HI`.
+struct PortsText;
+
+impl JsonSchema for PortsText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Ports".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "a port (443) or an inclusive range (8000-8100)",
+            "type": ["string", "integer"]
+        })
+    }
+}
 
 /// The one version of the format. A file without it (or with another value) is refused,
 /// so that a later version's file is never read with this version's meaning.
@@ -33,6 +66,7 @@ pub struct RawScenario {
     /// The run's seed; each step's seed derives from it and the step's name.
     pub seed: Option<u64>,
     /// How long faults outlive a hung run (300ms..5m).
+    #[schemars(with = "Option<DurationText>")]
     pub lease: Option<String>,
     pub attach: Option<Attach>,
     /// Extra protected port ranges (`tcp:22`, `udp:53`) on top of the defaults.
@@ -67,12 +101,14 @@ pub struct RawStep {
     /// Several targets: the fault is installed on each (one rule each).
     pub targets: Option<Vec<String>>,
     /// How long the step lasts (optional with `repeat`, which derives it).
+    #[schemars(with = "Option<DurationText>")]
     pub duration: Option<String>,
     /// Start when this step ends (default: when the step before it in the file ends).
     pub after: Option<String>,
     /// Start when this step starts (in parallel).
     pub with: Option<String>,
     /// Start this long after the anchor (`after`, `with` or the previous step).
+    #[schemars(with = "Option<DurationText>")]
     pub offset: Option<String>,
     /// The step's own seed (default: derived from the run's seed and the step's name).
     pub seed: Option<u64>,
@@ -87,11 +123,14 @@ pub struct RawStep {
     #[serde(default)]
     pub peers: Vec<String>,
     pub proto: Option<String>,
+    #[schemars(with = "Option<PortsText>")]
     pub ports: Option<String>,
     pub direction: Option<String>,
     #[serde(default)]
     pub shadow: bool,
+    #[schemars(with = "Option<DurationText>")]
     pub delay: Option<String>,
+    #[schemars(with = "Option<DurationText>")]
     pub jitter: Option<String>,
     pub distribution: Option<String>,
     pub rate: Option<String>,
@@ -126,7 +165,9 @@ pub struct RawRamp {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRepeat {
+    #[schemars(with = "DurationText")]
     pub on: String,
+    #[schemars(with = "DurationText")]
     pub off: String,
     pub count: Option<u32>,
 }
@@ -135,10 +176,13 @@ pub struct RawRepeat {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawHypothesis {
     /// Between two checks of one probe (default 1s).
+    #[schemars(with = "Option<DurationText>")]
     pub interval: Option<String>,
     /// Before the first fault every probe must pass once within this (default 10s).
+    #[schemars(with = "Option<DurationText>")]
     pub steady_within: Option<String>,
     /// After the revert every probe must pass again within this (default 30s).
+    #[schemars(with = "Option<DurationText>")]
     pub recovery: Option<String>,
     pub probes: Vec<RawProbe>,
 }
@@ -149,6 +193,7 @@ pub struct RawHypothesis {
 pub struct RawProbe {
     pub name: String,
     /// One check fails when it takes longer (default 2s).
+    #[schemars(with = "Option<DurationText>")]
     pub timeout: Option<String>,
     pub http: Option<RawHttp>,
     pub tcp: Option<RawTcp>,
@@ -165,6 +210,7 @@ pub struct RawHttp {
     /// The expected status (default 200).
     pub status: Option<u16>,
     /// A check slower than this fails.
+    #[schemars(with = "Option<DurationText>")]
     pub latency: Option<String>,
 }
 
@@ -216,6 +262,7 @@ pub struct RawGuard {
     pub latency: Option<RawLatencyGuard>,
     pub prometheus: Option<RawPrometheusGuard>,
     /// The run lasts at most this long.
+    #[schemars(with = "Option<DurationText>")]
     pub wall_clock: Option<String>,
 }
 
@@ -227,6 +274,7 @@ pub struct RawErrorRate {
     pub above: f64,
     /// Over this window.
     #[serde(rename = "for")]
+    #[schemars(with = "DurationText")]
     pub window: String,
 }
 
@@ -237,6 +285,7 @@ pub struct RawLatencyGuard {
     /// How far the p95 may rise over its value before the faults: `50%`.
     pub p95_above_baseline: String,
     #[serde(rename = "for")]
+    #[schemars(with = "DurationText")]
     pub window: String,
 }
 
@@ -247,5 +296,6 @@ pub struct RawPrometheusGuard {
     /// Stops the run when it returns a sample for the whole window.
     pub query: String,
     #[serde(rename = "for")]
+    #[schemars(with = "DurationText")]
     pub window: String,
 }
