@@ -1323,6 +1323,11 @@ mod tests {
         let peak = plan.peak_use();
         assert_eq!(peak.rules, 1);
 
+        // A step may name a later one.
+        let plan = v1("steps:\n  - {name: x, fault: none, duration: 1s}\n  - {name: y, after: z, fault: none, duration: 1s}\n  - {name: z, after: x, fault: none, duration: 2s}\n").unwrap();
+        let starts: Vec<u64> = plan.steps.iter().map(|s| s.start.as_secs()).collect();
+        assert_eq!(starts, [0, 3, 1]);
+
         let one = "  - {name: one, fault: none, duration: 1s}\n";
         bad(
             &format!("steps:\n{one}  - {{name: two, after: nine, fault: none, duration: 1s}}\n"),
@@ -1346,6 +1351,22 @@ mod tests {
         assert!(e.problem.contains("one -> three -> two -> one"), "{e}");
         bad(&format!("steps:\n{one}{one}"), 5, 12, "used by step 1");
         bad("steps:\n  - {fault: none, duration: 1s, offset: soon}\n", 4, 41, "not a duration");
+    }
+
+    #[test]
+    fn step_seeds_override_the_derived_one() {
+        let plan = v1("seed: 42\nsteps:\n  - {name: own, seed: 1234, fault: loss, target: a, probability: 0.1, duration: 1s}\n  - {name: derived, fault: loss, target: a, probability: 0.1, duration: 1s}\n").unwrap();
+        assert_eq!(plan.steps[0].seed(42), 1234);
+        let derived = plan.steps[1].seed(42);
+        assert_ne!(derived, 42);
+        assert_ne!(derived, plan.steps[1].seed(43), "derived from the run's seed");
+        let entries = plan.entries(42);
+        assert_eq!(
+            (entries[0].seed, entries[0].rule.loss_threshold),
+            (1234, chaos_ebpf_common::probability_threshold(0.1))
+        );
+        assert_eq!(entries[1].seed, derived);
+        assert!(plan.render_text(42, true).contains("own  (seed 1234, the step's own)"));
     }
 
     #[test]
