@@ -162,21 +162,21 @@ pub fn input_values_and_limits_are_checked_up_front() {
     refused(&args, "4097 peers");
 
     let scratch = Scratch::new("values");
-    let sum = scratch.write("sum.yaml", &format!("steps:\n{}", "  - {fault: none, duration: 100h}\n".repeat(3)));
+    let sum = scratch.write("sum.yaml", &format!("apiVersion: chaos-ebpf/v1\nsteps:\n{}", "  - {fault: none, duration: 100h}\n".repeat(3)));
     let peers_file = scratch.write(
         "peers.yaml",
         &format!(
-            "steps:\n  - fault: partition\n    target: {target}\n    peers: [{}]\n    duration: 1s\n",
+            "apiVersion: chaos-ebpf/v1\nsteps:\n  - fault: partition\n    target: {target}\n    peers: [{}]\n    duration: 1s\n",
             peers.join(", ")
         ),
     );
     let protect_file = scratch.write(
         "protect.yaml",
-        &format!("protect: [{}]\nsteps: [{{fault: none, duration: 1s}}]\n", protects.join(", ")),
+        &format!("apiVersion: chaos-ebpf/v1\nprotect: [{}]\nsteps: [{{fault: none, duration: 1s}}]\n", protects.join(", ")),
     );
     for (file, expect) in [
-        (&sum, "sum.yaml:3:"),
-        (&peers_file, "peers.yaml:4:5: step 'step-1' lists 4097 peers"),
+        (&sum, "sum.yaml:4:"),
+        (&peers_file, "peers.yaml:5:5: 4097 peers in force at once"),
         (&protect_file, "9 protected"),
     ] {
         refused(&["validate", file], expect);
@@ -410,13 +410,13 @@ fn bad_input_exits_2_and_changes_nothing() {
     assert_usage_error(&["run", &malformed], "malformed.yaml:");
     let unknown = write(
         "unknown.yaml",
-        "steps:\n  - fault: loss\n    target: netns:x\n    probability: 0.1\n    duration: 1s\n    colour: red\n",
+        "apiVersion: chaos-ebpf/v1\nsteps:\n  - fault: loss\n    target: netns:x\n    probability: 0.1\n    duration: 1s\n    colour: red\n",
     );
-    assert_usage_error(&["validate", &unknown], "unknown.yaml:6:");
+    assert_usage_error(&["validate", &unknown], "unknown.yaml:7:");
     assert_usage_error(&["run", &unknown], "unknown field `colour`");
     let range =
-        write("range.yaml", "steps:\n  - fault: loss\n    target: netns:x\n    probability: 1.3\n    duration: 1s\n");
-    assert_usage_error(&["run", &range], "range.yaml:4:18");
+        write("range.yaml", "apiVersion: chaos-ebpf/v1\nsteps:\n  - fault: loss\n    target: netns:x\n    probability: 1.3\n    duration: 1s\n");
+    assert_usage_error(&["run", &range], "range.yaml:5:18");
     // Command lines: (target, extra arguments, what the message must name).
     let loss = ["loss", "--probability", "0.1", "--duration", "1s"];
     for (target, args, expect) in [
@@ -437,9 +437,9 @@ fn bad_input_exits_2_and_changes_nothing() {
     }
     let unknown_target = write(
         "target.yaml",
-        "targets:\n  a: netns:x\nsteps:\n  - fault: loss\n    target: b\n    probability: 0.1\n    duration: 1s\n",
+        "apiVersion: chaos-ebpf/v1\ntargets:\n  a: netns:x\nsteps:\n  - fault: loss\n    target: b\n    probability: 0.1\n    duration: 1s\n",
     );
-    assert_usage_error(&["validate", &unknown_target], "target.yaml:5:13: unknown target 'b'");
+    assert_usage_error(&["validate", &unknown_target], "target.yaml:6:13: unknown target 'b'");
     // Not root: exit 2 before anything is touched; validate and plan need no root.
     let pair = Pair::new("bad");
     let target = pair.target();
@@ -449,7 +449,7 @@ fn bad_input_exits_2_and_changes_nothing() {
     assert!(err.contains("needs root") && err.contains("fix"), "{err}");
     let good = write(
         "good.yaml",
-        "seed: 1\nsteps:\n  - fault: loss\n    target: netns:x\n    probability: 0.1\n    duration: 1s\n",
+        "apiVersion: chaos-ebpf/v1\nseed: 1\nsteps:\n  - fault: loss\n    target: netns:x\n    probability: 0.1\n    duration: 1s\n",
     );
     let (code, out, err) = chaos_run_as(&["plan", &good], Some(65534));
     assert_eq!(code, 0, "{err}");

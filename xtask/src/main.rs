@@ -165,6 +165,8 @@ const USAGE: &str = "usage: cargo xtask <task>
   vm-test [FILTER]
                   the kernel tests inside Debian 6.1 and 6.12 kernels under qemu
                   (sch_fq, sch_netem, the pre-TCX netlink path); downloads the kernels
+  schema          write scenarios/chaos-ebpf.schema.json, the JSON Schema of scenario
+                  files, from chaos-model's parser types
   bench           per-packet cost and throughput of the datapath against a baseline
                   without it, measured in the same run (needs root)";
 
@@ -201,6 +203,12 @@ fn main() -> Result<()> {
             conclude(&runs)
         }
         Some("bench") => bench::run(),
+        Some("schema") => {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/chaos-ebpf.schema.json");
+            std::fs::write(&path, chaos_model::json_schema())?;
+            eprintln!("xtask: wrote {}", path.display());
+            Ok(())
+        }
         Some("vm-test") => {
             require_root("the VM tests")?;
             conclude(&vm::run(&args[1..])?)

@@ -84,6 +84,16 @@ pub enum Compare {
 }
 
 impl Compare {
+    /// The scenario key: below, at-most, above, at-least.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compare::Below => "below",
+            Compare::AtMost => "at-most",
+            Compare::Above => "above",
+            Compare::AtLeast => "at-least",
+        }
+    }
+
     pub fn holds(self, value: f64, threshold: f64) -> bool {
         match self {
             Compare::Below => value < threshold,
@@ -128,7 +138,65 @@ pub enum Guard {
     },
 }
 
+impl ProbeCheck {
+    /// One line for `plan`: what the check does and what passes.
+    pub fn describe(&self) -> String {
+        let fmt = crate::spec::format_duration;
+        let short = |t: &str| crate::spec::shorten(t, 80);
+        match self {
+            ProbeCheck::Http { url, status, max_latency } => {
+                let mut out = format!("http GET {} expects status {status}", short(url));
+                if let Some(l) = max_latency {
+                    out += &format!(" within {}", fmt(*l));
+                }
+                out
+            }
+            ProbeCheck::Tcp { connect } => format!("tcp connect to {connect}"),
+            ProbeCheck::Dns { name, server, expect } => {
+                let mut out = format!("dns lookup of {} at {server}", short(name));
+                if let Some(e) = expect {
+                    out += &format!(" expects {e}");
+                }
+                out
+            }
+            ProbeCheck::Command { argv, exit, output_contains } => {
+                let mut out = format!("command {} expects exit {exit}", short(&argv.join(" ")));
+                if let Some(t) = output_contains {
+                    out += &format!(" and output containing '{}'", short(t));
+                }
+                out
+            }
+            ProbeCheck::Prometheus { url, query, compare, threshold } => {
+                format!("prometheus {} query '{}' {} {threshold}", short(url), short(query), compare.name())
+            }
+        }
+    }
+}
+
 impl Guard {
+    /// One line for `plan`: when the run stops.
+    pub fn describe(&self) -> String {
+        let fmt = crate::spec::format_duration;
+        match self {
+            Guard::ErrorRate { probe, above, window } => {
+                format!("error-rate: probe {probe} fails more than {above} of its checks over {}", fmt(*window))
+            }
+            Guard::Latency { probe, percent, window } => {
+                format!(
+                    "latency: the p95 of probe {probe} over {} is {percent}% above its p95 before the faults",
+                    fmt(*window)
+                )
+            }
+            Guard::Prometheus { url, query, window } => format!(
+                "prometheus: {} query '{}' returns a sample for {}",
+                crate::spec::shorten(url, 80),
+                crate::spec::shorten(query, 80),
+                fmt(*window)
+            ),
+            Guard::WallClock { max } => format!("wall-clock: the run lasts longer than {}", fmt(*max)),
+        }
+    }
+
     /// A short name for reports, spans and metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -11,7 +11,7 @@ pub const LAB_PREFIX: &str = "chaos-lab-";
 const MAX_NODES: u32 = 64;
 const MAX_RATE: u32 = 5000;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabSpec {
     /// Nodes n1..nN, at 192.0.2.1..N.
@@ -19,7 +19,7 @@ pub struct LabSpec {
     pub traffic: Option<TrafficSpec>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrafficSpec {
     pub from: String,

@@ -16,4 +16,20 @@ pub mod problem;
 pub mod scenario;
 pub mod spec;
 
+pub use scenario::json_schema;
+
 pub use problem::Problem;
+
+#[cfg(test)]
+mod tests {
+    /// Editors validate against the checked-in schema: it must be what the parser takes.
+    #[test]
+    fn checked_in_schema_is_fresh() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios/chaos-ebpf.schema.json");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == crate::json_schema(),
+            "scenarios/chaos-ebpf.schema.json is not the schema of the parser's types: run `cargo xtask schema` to regenerate it"
+        );
+    }
+}

@@ -112,6 +112,8 @@ pub fn check_costs(source: &str) -> Result<(), Problem> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seg {
     Key(&'static str),
+    /// A key the user chose (a target's or a peer set's name).
+    Name(String),
     Index(usize),
 }
 
@@ -207,13 +209,19 @@ pub fn locate(source: &str, path: &[Seg]) -> (usize, usize) {
                     value
                 })
             }
+            (Seg::Name(k), Node::Map(entries, _)) => {
+                entries.iter().find(|(key, _, _)| key == k).map(|(_, key_mark, value)| {
+                    best = *key_mark;
+                    value
+                })
+            }
             (Seg::Index(i), Node::Seq(items, _)) => items.get(*i),
             _ => None,
         };
         match next {
             Some(n) => {
                 node = n;
-                if !matches!(seg, Seg::Key(_)) || matches!(n, Node::Scalar(_)) {
+                if !matches!(seg, Seg::Key(_) | Seg::Name(_)) || matches!(n, Node::Scalar(_)) {
                     best = n.mark();
                 }
             }

@@ -2,7 +2,7 @@
 //! entries they become. `chaos-ebpf plan` prints this without touching the kernel; `run`
 //! and `inject` execute it (chaos-engine's run.rs).
 
-use std::{fmt::Write as _, str::FromStr, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, str::FromStr, time::Duration};
 
 use chaos_ebpf_common::{self as common, ProtectedPorts};
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// How the run hooks its programs into TC (the datapath's attach modes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Attach {
     /// TCX when the kernel has it (>= 6.6), netlink otherwise.
@@ -161,26 +161,120 @@ fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error>
     s.serialize_f64(d.as_secs_f64())
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Serialized with its total duration and peak use (`Plan::peak_use`) added, for
+/// `plan --output json`.
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// None: the runner draws one and prints it, so the run can be repeated.
     pub seed: Option<u64>,
-    #[serde(serialize_with = "ser_secs")]
     pub lease: Duration,
     pub attach: Attach,
     pub protect: Vec<Protect>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub lab: Option<LabSpec>,
     pub steps: Vec<PlannedStep>,
     /// Probes of the steady state: before the faults, during them, after recovery.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub hypothesis: Option<Hypothesis>,
     /// Guards that stop the run and revert every fault at once.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub abort: Vec<Guard>,
+}
+
+/// The most rules and peers in force at once on one target, over the whole timeline
+/// (windows of parallel steps overlap), and when.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PeakUse {
+    pub rules: usize,
+    pub max_rules: u32,
+    /// The target the peak is on, and from when to when it lasts (first such period).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub rules_target: String,
+    #[serde(serialize_with = "ser_secs")]
+    pub rules_from: Duration,
+    #[serde(serialize_with = "ser_secs")]
+    pub rules_until: Duration,
+    pub peers: usize,
+    pub max_peers: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub peers_target: String,
+    #[serde(serialize_with = "ser_secs")]
+    pub peers_from: Duration,
+    #[serde(serialize_with = "ser_secs")]
+    pub peers_until: Duration,
+    /// The step whose window starts the peak (for error positions).
+    #[serde(skip)]
+    pub rules_step: Option<usize>,
+    #[serde(skip)]
+    pub peers_step: Option<usize>,
+}
+
+impl PeakUse {
+    /// `peak: 3 of 32 rules at once (on netns:x at 4s..6s), 2 of 4096 peers (...)`.
+    pub fn describe(&self) -> String {
+        let when = |target: &str, from: Duration, until: Duration| {
+            if target.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (on {} at {}..{})",
+                    shorten(target, 60),
+                    spec::format_duration(from),
+                    spec::format_duration(until)
+                )
+            }
+        };
+        format!(
+            "peak: {} of {} rules at once{}, {} of {} peers{}",
+            self.rules,
+            self.max_rules,
+            when(&self.rules_target, self.rules_from, self.rules_until),
+            self.peers,
+            self.max_peers,
+            when(&self.peers_target, self.peers_from, self.peers_until)
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct PlanView<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: &'a Option<String>,
+    seed: Option<u64>,
+    #[serde(serialize_with = "ser_secs")]
+    lease: Duration,
+    attach: Attach,
+    protect: &'a [Protect],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lab: &'a Option<LabSpec>,
+    #[serde(serialize_with = "ser_secs")]
+    total: Duration,
+    steps: &'a [PlannedStep],
+    peak: PeakUse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hypothesis: &'a Option<Hypothesis>,
+    #[serde(skip_serializing_if = "<[Guard]>::is_empty")]
+    abort: &'a [Guard],
+}
+
+impl Serialize for Plan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        PlanView {
+            name: &self.name,
+            description: &self.description,
+            seed: self.seed,
+            lease: self.lease,
+            attach: self.attach,
+            protect: &self.protect,
+            lab: &self.lab,
+            total: self.total_duration(),
+            steps: &self.steps,
+            peak: self.peak_use(),
+            hypothesis: &self.hypothesis,
+            abort: &self.abort,
+        }
+        .serialize(s)
+    }
 }
 
 impl Plan {
@@ -189,14 +283,66 @@ impl Plan {
         self.steps.iter().map(PlannedStep::end).max().unwrap_or_default()
     }
 
+    /// The most rules and peers in force at once on one target. Each window of a step
+    /// puts the step's faults in force from its start to its end (half-open: a window
+    /// ending when another starts does not overlap it). Targets are counted by how they
+    /// are written; `preflight` counts again per network namespace once they resolve.
+    pub fn peak_use(&self) -> PeakUse {
+        // Per target: (time, 0 = end / 1 = start, rules, peers, step).
+        type Event = (Duration, u8, usize, usize, usize);
+        let mut events: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            for fault in &step.faults {
+                let list = events.entry(fault.spec.target.to_string()).or_default();
+                for w in &step.windows {
+                    list.push((w.start, 1, 1, fault.spec.peers.len(), i));
+                    list.push((w.end, 0, 1, fault.spec.peers.len(), i));
+                }
+            }
+        }
+        let mut peak = PeakUse { max_rules: common::MAX_RULES, max_peers: common::MAX_PEERS, ..PeakUse::default() };
+        for (target, mut list) in events {
+            list.sort_unstable();
+            let (mut rules, mut peers) = (0usize, 0usize);
+            let mut k = 0;
+            while k < list.len() {
+                let time = list[k].0;
+                let mut started = None;
+                while k < list.len() && list[k].0 == time {
+                    let (_, kind, r, p, step) = list[k];
+                    if kind == 1 {
+                        rules += r;
+                        peers += p;
+                        started = Some(step);
+                    } else {
+                        rules -= r;
+                        peers -= p;
+                    }
+                    k += 1;
+                }
+                let until = list.get(k).map_or(time, |e| e.0);
+                if rules > peak.rules {
+                    (peak.rules, peak.rules_from, peak.rules_until) = (rules, time, until);
+                    peak.rules_target = target.clone();
+                    peak.rules_step = started;
+                }
+                if peers > peak.peers {
+                    (peak.peers, peak.peers_from, peak.peers_until) = (peers, time, until);
+                    peak.peers_target = target.clone();
+                    peak.peers_step = started;
+                }
+            }
+        }
+        peak
+    }
+
     /// Every limit that does not depend on the machine: protected ranges (one map of
-    /// `MAX_PROTECTED` entries), faults active at once (each installs one rule per
-    /// namespace it resolves to, `MAX_RULES` slots), peers of the faults active at once
-    /// (one LPM trie of `MAX_PEERS` entries per namespace), and the total duration.
-    /// `preflight` checks the same per namespace once targets resolve.
-    /// A plan that asks for more than the kernel maps hold, found before anything is
-    /// touched: a problem with a field (`protect`, `peers`, `duration`, `fault`) and the
-    /// step it is in.
+    /// `MAX_PROTECTED` entries), rules in force at once on one target (one rule per
+    /// fault, `MAX_RULES` slots per namespace), their peers (one LPM trie of `MAX_PEERS`
+    /// entries per namespace), and the total duration. `preflight` checks the same per
+    /// namespace once targets resolve. A plan that asks for more than the kernel maps
+    /// hold, found before anything is touched: a problem with a field (`protect`,
+    /// `peers`, `duration`, `fault`) and the step it is in.
     pub fn check_limits(&self) -> Result<(), Problem> {
         if self.protect.len() > common::MAX_PROTECTED as usize {
             return Err(Problem::field(
@@ -209,42 +355,51 @@ impl Plan {
                 "merge adjacent ranges (tcp:8000-8100), or drop the defaults with force",
             ));
         }
-        let mut total = Duration::ZERO;
-        for (i, step) in self.steps.iter().enumerate() {
-            total = total.checked_add(step.duration).filter(|t| *t <= spec::MAX_DURATION).ok_or_else(|| {
-                Problem::field(
-                    "duration",
-                    format!("the steps up to '{}' last longer than the maximum of 7 days", shorten(&step.name, 40)),
-                    "shorten the steps; a run lasts at most 7d",
-                )
-                .in_step(i)
-            })?;
-            if step.faults.len() > common::MAX_RULES as usize {
-                return Err(Problem::field(
-                    "fault",
-                    format!(
-                        "step '{}' has {} faults at once; at most {} rules fit one network namespace",
-                        shorten(&step.name, 40),
-                        step.faults.len(),
-                        common::MAX_RULES
-                    ),
-                    "spread the faults over more steps",
-                )
-                .in_step(i));
-            }
-            let peers: usize = step.faults.iter().map(|f| f.spec.peers.len()).sum();
-            if peers > common::MAX_PEERS as usize {
-                return Err(Problem::field(
-                    "peers",
-                    format!(
-                        "step '{}' lists {peers} peers; at most {} fit one network namespace",
-                        shorten(&step.name, 40),
-                        common::MAX_PEERS
-                    ),
-                    "cover the peers with wider prefixes (192.0.2.0/24 instead of 256 addresses)",
-                )
-                .in_step(i));
-            }
+        if let Some((i, step)) = self.steps.iter().enumerate().find(|(_, s)| s.end() > spec::MAX_DURATION) {
+            return Err(Problem::field(
+                "duration",
+                format!("step '{}' ends after the maximum of 7 days", shorten(&step.name, 40)),
+                "shorten the steps; a run lasts at most 7d",
+            )
+            .in_step(i));
+        }
+        let peak = self.peak_use();
+        let name = |i: Option<usize>| i.and_then(|i| self.steps.get(i)).map_or("", |s| s.name.as_str());
+        if peak.rules > common::MAX_RULES as usize {
+            let problem = Problem::field(
+                "fault",
+                format!(
+                    "{} faults in force at once on {} (at {}, step '{}'); at most {} rules fit one network namespace",
+                    peak.rules,
+                    shorten(&peak.rules_target, 60),
+                    spec::format_duration(peak.rules_from),
+                    shorten(name(peak.rules_step), 40),
+                    common::MAX_RULES
+                ),
+                "spread the faults over time (after: instead of with:) or over fewer targets",
+            );
+            return Err(match peak.rules_step {
+                Some(i) => problem.in_step(i),
+                None => problem,
+            });
+        }
+        if peak.peers > common::MAX_PEERS as usize {
+            let problem = Problem::field(
+                "peers",
+                format!(
+                    "{} peers in force at once on {} (at {}, step '{}'); at most {} fit one network namespace",
+                    peak.peers,
+                    shorten(&peak.peers_target, 60),
+                    spec::format_duration(peak.peers_from),
+                    shorten(name(peak.peers_step), 40),
+                    common::MAX_PEERS
+                ),
+                "cover the peers with wider prefixes (192.0.2.0/24 instead of 256 addresses)",
+            );
+            return Err(match peak.peers_step {
+                Some(i) => problem.in_step(i),
+                None => problem,
+            });
         }
         Ok(())
     }
@@ -258,46 +413,57 @@ impl Plan {
         })
     }
 
-    /// The map entries of every fault, with target filters shown as resolved at run time.
+    /// The map entries of every fault, one per distinct intensity of its step's windows,
+    /// each decided with the step's seed; target filters are filled in at run time.
     pub fn entries(&self, seed: u64) -> Vec<PlannedEntry> {
-        self.steps
-            .iter()
-            .flat_map(|step| step.faults.iter().map(move |f| (step, f)))
-            .map(|(step, f)| {
-                let rule = f.spec.rule(seed, f.rule_id, 0, 0);
-                PlannedEntry {
-                    step: step.name.clone(),
-                    rule_id: f.rule_id,
-                    fault: f.spec.describe(),
-                    rule: RuleView::from(&rule),
-                    peers: f
-                        .spec
-                        .peers
-                        .iter()
-                        .map(|p| {
-                            let (len, _) = p.trie_entry(0);
-                            format!("{p} -> trie prefix {len} (32 slot bits + {} address bits)", len - 32)
-                        })
-                        .collect(),
+        let mut out = Vec::new();
+        for step in &self.steps {
+            let step_seed = step.seed(seed);
+            let mut intensities: Vec<f64> = Vec::new();
+            for w in &step.windows {
+                if !intensities.iter().any(|x| x.to_bits() == w.intensity.to_bits()) {
+                    intensities.push(w.intensity);
                 }
-            })
-            .collect()
+            }
+            for f in &step.faults {
+                for &intensity in &intensities {
+                    let spec = f.spec.at_intensity(intensity);
+                    let rule = spec.rule(step_seed, f.rule_id, 0, 0);
+                    out.push(PlannedEntry {
+                        step: step.name.clone(),
+                        rule_id: f.rule_id,
+                        intensity,
+                        seed: step_seed,
+                        fault: spec.describe(),
+                        rule: RuleView::from(&rule),
+                        peers: spec
+                            .peers
+                            .iter()
+                            .map(|p| {
+                                let (len, _) = p.trie_entry(0);
+                                format!("{p} -> trie prefix {len} (32 slot bits + {} address bits)", len - 32)
+                            })
+                            .collect(),
+                    });
+                }
+            }
+        }
+        out
     }
 
+    /// The plan for people: settings, the timeline (every step with its seed, windows and
+    /// intensities, and its faults), the hypothesis and guards, every map entry, and the
+    /// peak use against the limits. The same plan and seed give the same bytes.
     pub fn render_text(&self, seed: u64, seed_given: bool) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "scenario {}: {} steps, {} in all",
-            self.name,
-            self.steps.len(),
-            spec::format_duration(self.total_duration())
-        );
+        let d = spec::format_duration;
+        let _ =
+            writeln!(out, "scenario {}: {} steps, {} in all", self.name, self.steps.len(), d(self.total_duration()));
         let _ = writeln!(
             out,
             "seed {seed}{}; lease {}; attach {:?}",
             if seed_given { "" } else { " (none in the file: drawn now, a run draws its own and prints it)" },
-            spec::format_duration(self.lease),
+            d(self.lease),
             self.attach
         );
         let protect: Vec<String> = self.protect.iter().map(|p| format!("{}:{}", p.proto, p.ports)).collect();
@@ -311,19 +477,48 @@ impl Plan {
         }
         let _ = writeln!(out, "\ntimeline:");
         for step in &self.steps {
-            let end = step.start + step.duration;
             let _ = writeln!(
                 out,
-                "  {:>8} .. {:>8}  {}",
-                spec::format_duration(step.start),
-                spec::format_duration(end),
-                step.name
+                "  {:>8} .. {:>8}  {}  (seed {}{})",
+                d(step.start),
+                d(step.end()),
+                step.name,
+                step.seed(seed),
+                if step.seed.is_some() { ", the step's own" } else { "" }
             );
             if step.faults.is_empty() {
                 let _ = writeln!(out, "                        (no fault)");
+                continue;
             }
             for f in &step.faults {
                 let _ = writeln!(out, "                        rule {}: {}", f.rule_id, f.spec.describe());
+            }
+            for w in &step.windows {
+                let _ = writeln!(
+                    out,
+                    "                        window {} .. {} at intensity {}",
+                    d(w.start),
+                    d(w.end),
+                    w.intensity
+                );
+            }
+        }
+        if let Some(h) = &self.hypothesis {
+            let _ = writeln!(
+                out,
+                "\nhypothesis: every probe passes once within {} before the faults, is checked every {} while they are in force, and passes again within {} after",
+                d(h.steady_within),
+                d(h.interval),
+                d(h.recovery)
+            );
+            for p in &h.probes {
+                let _ = writeln!(out, "  probe {} (timeout {}): {}", p.name, d(p.timeout), p.check.describe());
+            }
+        }
+        if !self.abort.is_empty() {
+            let _ = writeln!(out, "\nabort when:");
+            for g in &self.abort {
+                let _ = writeln!(out, "  {}", g.describe());
             }
         }
         let _ = writeln!(
@@ -335,9 +530,10 @@ impl Plan {
             let r = &e.rule;
             let _ = writeln!(
                 out,
-                "  rule {} [{}]: action={} flags={} directions={} proto={} ports={}-{} loss_threshold={:#018x}{}",
+                "  rule {} [{}] intensity {}: action={} flags={} directions={} proto={} ports={}-{} loss_threshold={:#018x}{}",
                 e.rule_id,
                 e.step,
+                e.intensity,
                 r.action,
                 r.flags,
                 r.directions,
@@ -351,6 +547,7 @@ impl Plan {
                 let _ = writeln!(out, "      peer {p}");
             }
         }
+        let _ = writeln!(out, "\n{}", self.peak_use().describe());
         out
     }
 }
@@ -359,6 +556,10 @@ impl Plan {
 pub struct PlannedEntry {
     pub step: String,
     pub rule_id: u32,
+    /// The intensity this entry is for (one entry per distinct intensity of the step).
+    pub intensity: f64,
+    /// The step's seed, which the rule decides with.
+    pub seed: u64,
     pub fault: String,
     pub rule: RuleView,
     pub peers: Vec<String>,

@@ -2,6 +2,7 @@
 //! error with file:line:column and a fix. The result is a `Plan` (plan.rs).
 //!
 //! ```yaml
+//! apiVersion: chaos-ebpf/v1
 //! name: lab-demo
 //! seed: 42
 //! lab: { nodes: 2, traffic: { from: n1, to: n2, rate: 200 } }
@@ -11,6 +12,9 @@
 //!   - { name: baseline, fault: none, duration: 3s }
 //!   - { name: lossy, fault: loss, target: n1, probability: 0.3, duration: 5s }
 //! ```
+
+mod raw;
+pub mod timeline;
 
 use std::{
     collections::BTreeMap,
@@ -24,68 +28,28 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    lab::LabSpec,
+    hypothesis::{Compare, Guard, Hypothesis, ProbeCheck, ProbeSpec},
     locate::{locate, Seg},
-    plan::{Attach, Plan, PlannedFault, PlannedStep, Protect},
-    spec::{self, Direction, FaultKind, PartitionMode, PortRange, Problem, Proto, RawFault, TargetSpec},
+    plan::{Attach, Plan, PlannedFault, PlannedStep, Protect, Window},
+    spec::{self, Cidr, Direction, FaultKind, PartitionMode, PortRange, Problem, Proto, RawFault, TargetSpec},
 };
+use raw::{RawGuard, RawHypothesis, RawIntensity, RawScenario, RawStep};
+
+/// The version of the format this crate reads.
+pub const API_VERSION: &str = "chaos-ebpf/v1";
+
+/// The JSON Schema of scenario files, derived from the types that parse them (checked
+/// in as scenarios/chaos-ebpf.schema.json; `cargo xtask schema` writes it).
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RawScenario);
+    serde_json::to_string_pretty(&schema).expect("a schema serialises") + "\n"
+}
 
 /// Most steps one scenario may have; a typo'd generator should not plan a year.
 const MAX_STEPS: usize = 1000;
 
 /// Largest scenario file read (1 MiB); the largest sample is under 2 KB.
 pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawScenario {
-    name: Option<String>,
-    description: Option<String>,
-    seed: Option<u64>,
-    lease: Option<String>,
-    attach: Option<Attach>,
-    /// Extra protected port ranges (`tcp:22`, `udp:53`) on top of the defaults.
-    #[serde(default)]
-    protect: Vec<String>,
-    /// Drop the default protected list (SSH, the Kubernetes API server).
-    #[serde(default)]
-    force: bool,
-    lab: Option<LabSpec>,
-    #[serde(default)]
-    targets: BTreeMap<String, String>,
-    steps: Vec<RawStep>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStep {
-    name: Option<String>,
-    fault: String,
-    target: Option<String>,
-    duration: String,
-    probability: Option<f64>,
-    burst: Option<RawBurst>,
-    mode: Option<String>,
-    #[serde(default)]
-    peers: Vec<String>,
-    proto: Option<String>,
-    ports: Option<String>,
-    direction: Option<String>,
-    #[serde(default)]
-    shadow: bool,
-    delay: Option<String>,
-    jitter: Option<String>,
-    distribution: Option<String>,
-    rate: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBurst {
-    enter: f64,
-    exit: f64,
-    loss: Option<f64>,
-}
 
 /// Reads and validates a scenario file: a regular file of at most `MAX_SCENARIO_BYTES`.
 pub fn load(path: &Path) -> Result<Plan, Problem> {
@@ -158,12 +122,23 @@ pub fn parse(file: &str, source: &str) -> Result<Plan, Problem> {
     }
     // Bounded first: serde_yaml would build deep or alias-bombed documents in full.
     crate::locate::check_costs(source).map_err(|e| e.in_file(file))?;
+    check_api_version(file, source)?;
     let raw: RawScenario = serde_yaml::from_str(source).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = e.to_string();
         // serde_yaml appends " at line L column C"; the position is printed up front.
         let problem = message.split(" at line ").next().unwrap_or(&message);
-        let problem = crate::spec::shorten(problem, 200);
+        let (problem, line, column) = if problem.contains("untagged enum RawIntensity") {
+            // serde_yaml places this at the step; its path (`steps[N]: ...`) names which.
+            let step = problem.strip_prefix("steps[").and_then(|r| r.split(']').next()?.parse::<usize>().ok());
+            let (line, column) = match step {
+                Some(i) => locate(source, &[Seg::Key("steps"), Seg::Index(i), Seg::Key("intensity")]),
+                None => (line, column),
+            };
+            ("intensity is neither a number nor a ramp".to_owned(), line, column)
+        } else {
+            (crate::spec::shorten(problem, 200), line, column)
+        };
         Problem::located(file, line, column, problem.clone(), fix_for_serde(&problem))
     })?;
     let validator = Validator { file, source };
@@ -175,11 +150,50 @@ pub fn parse(file: &str, source: &str) -> Result<Plan, Problem> {
     Ok(plan)
 }
 
+/// The version comes first: a file of another version (or of none) is refused before
+/// its fields are read with this version's meaning.
+fn check_api_version(file: &str, source: &str) -> Result<(), Problem> {
+    #[derive(Deserialize)]
+    struct Header {
+        #[serde(rename = "apiVersion")]
+        api_version: Option<serde_yaml::Value>,
+    }
+    let fix = format!("add `apiVersion: {API_VERSION}` as the first line (docs/scenarios.md describes this version)");
+    match serde_yaml::from_str::<Header>(source) {
+        Ok(Header { api_version: None }) => Err(Problem::located(
+            file,
+            1,
+            1,
+            format!("the scenario has no apiVersion; this chaos-ebpf reads {API_VERSION}"),
+            fix,
+        )),
+        Ok(Header { api_version: Some(serde_yaml::Value::String(v)) }) if v == API_VERSION => Ok(()),
+        Ok(Header { api_version: Some(other) }) => {
+            let shown = match other {
+                serde_yaml::Value::String(s) => s,
+                other => serde_yaml::to_string(&other).unwrap_or_default().trim().to_owned(),
+            };
+            let (line, column) = locate(source, &[Seg::Key("apiVersion")]);
+            Err(Problem::located(
+                file,
+                line,
+                column,
+                format!("apiVersion '{}' is not one this chaos-ebpf reads ({API_VERSION})", spec::shorten(&shown, 40)),
+                format!("write `apiVersion: {API_VERSION}` and check the file against docs/scenarios.md"),
+            ))
+        }
+        // Not a mapping, or not YAML: the full parse below says what is wrong.
+        Err(_) => Ok(()),
+    }
+}
+
 fn fix_for_serde(problem: &str) -> String {
     if problem.contains("unknown field") {
         "remove or correct the field; the accepted fields are listed in the message and in docs/scenarios.md".into()
     } else if problem.contains("missing field") {
         "add the field (see docs/scenarios.md)".into()
+    } else if problem.contains("intensity is neither") {
+        "write intensity: 0.5 (0 < x <= 1) or a ramp intensity: {from: 0.1, to: 1, steps: 5}".into()
     } else if problem.contains("invalid type") {
         "give the value the type the message asks for (a duration such as 30s is a string)".into()
     } else {
@@ -187,9 +201,30 @@ fn fix_for_serde(problem: &str) -> String {
     }
 }
 
+/// Most steps of a ramp.
+const MAX_RAMP_STEPS: u32 = 100;
+/// Most probes of a hypothesis, and guards.
+const MAX_PROBES: usize = 64;
+const MAX_GUARDS: usize = 64;
+
 struct Validator<'a> {
     file: &'a str,
     source: &'a str,
+}
+
+/// A path into the document, built from pieces.
+fn path(parts: &[Seg]) -> Vec<Seg> {
+    parts.to_vec()
+}
+
+/// What a step becomes before the timeline places it.
+struct Draft {
+    name: String,
+    seed: Option<u64>,
+    faults: Vec<PlannedFault>,
+    /// Relative to the step's start; the last ends at `length`.
+    windows: Vec<timeline::RelWindow>,
+    length: Duration,
 }
 
 impl Validator<'_> {
@@ -206,11 +241,22 @@ impl Validator<'_> {
         spec::parse_duration(text).map_err(|e| self.error(path, e.problem, e.fix))
     }
 
+    /// A duration that must not be zero (`what` names it in the message).
+    fn positive_at(&self, path: &[Seg], text: &str, what: &str) -> Result<Duration, Problem> {
+        let d = self.duration_at(path, text)?;
+        if d.is_zero() {
+            return Err(self.error(path, format!("{what} of zero"), "give a duration above zero, such as 1s"));
+        }
+        Ok(d)
+    }
+
     fn validate(&self, raw: RawScenario) -> Result<Plan, Problem> {
+        // check_api_version refused any other before serde read the file.
+        let raw::ApiVersion::V1 = raw.api_version;
         let lease = match &raw.lease {
             None => crate::plan::DEFAULT_LEASE,
             Some(text) => {
-                let d = spec::parse_duration(text).map_err(|e| self.error(&[Seg::Key("lease")], e.problem, e.fix))?;
+                let d = self.duration_at(&[Seg::Key("lease")], text)?;
                 if d < Duration::from_millis(300) || d > Duration::from_secs(300) {
                     return Err(self.error(
                         &[Seg::Key("lease")],
@@ -231,17 +277,17 @@ impl Validator<'_> {
         let mut targets = BTreeMap::new();
         for (name, text) in &raw.targets {
             let spec: TargetSpec = text.parse().map_err(|e: Problem| {
-                let (line, column) = locate_target(self.source, name);
-                Problem::located(
-                    self.file,
-                    line,
-                    column,
+                self.error(
+                    &[Seg::Key("targets"), Seg::Name(name.clone())],
                     format!("target '{}': {}", spec::shorten(name, 40), e.problem),
                     e.fix,
                 )
             })?;
             targets.insert(name.clone(), spec);
         }
+        let peer_sets = self.peer_sets(&raw.peers)?;
+        let hypothesis = raw.hypothesis.as_ref().map(|h| self.hypothesis(h)).transpose()?;
+        let abort = self.guards(&raw.abort, hypothesis.as_ref())?;
         if raw.steps.is_empty() {
             return Err(self.error(
                 &[Seg::Key("steps")],
@@ -256,114 +302,98 @@ impl Validator<'_> {
                 "split the scenario",
             ));
         }
-        let mut steps = Vec::new();
-        let mut start = Duration::ZERO;
-        let mut next_rule_id = 1;
-        for (i, step) in raw.steps.into_iter().enumerate() {
-            let at = |key: &'static str| [Seg::Key("steps"), Seg::Index(i), Seg::Key(key)];
-            let duration =
-                spec::parse_duration(&step.duration).map_err(|e| self.error(&at("duration"), e.problem, e.fix))?;
-            if duration.is_zero() {
-                return Err(self.error(
-                    &at("duration"),
-                    "a step of zero duration does nothing",
-                    "give a duration such as 10s",
-                ));
-            }
+        // Names first: `after` and `with` may name a later step.
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, step) in raw.steps.iter().enumerate() {
             let name = step.name.clone().unwrap_or_else(|| format!("step-{}", i + 1));
-            let mut faults = Vec::new();
-            if step.fault != "none" {
-                let kind: FaultKind = step.fault.parse().map_err(|e: Problem| {
-                    self.error(&at("fault"), e.problem, format!("{} (or none for a pause)", e.fix))
-                })?;
-                let target = match &step.target {
-                    None => {
-                        return Err(self.error(
-                            &at("fault"),
-                            format!("step '{}' has no target", spec::shorten(&name, 40)),
-                            "add target: NAME (from targets:) or KIND:VALUE",
-                        ))
-                    }
-                    Some(t) => match targets.get(t) {
-                        Some(spec) => spec.clone(),
-                        None if t.contains(':') => self.parse_at(&at("target"), t)?,
-                        None => {
-                            let known = spec::list_some(targets.keys().map(|k| spec::shorten(k, 20)), 5);
-                            return Err(self.error(
-                                &at("target"),
-                                format!("unknown target '{}'", spec::shorten(t, 40)),
-                                format!(
-                                    "use one of the names under targets: ({}) or write KIND:VALUE ({})",
-                                    known,
-                                    TargetSpec::KINDS
-                                ),
-                            ));
-                        }
-                    },
-                };
-                let mut peers = Vec::new();
-                for (j, text) in step.peers.iter().enumerate() {
-                    peers.push(
-                        self.parse_at(&[Seg::Key("steps"), Seg::Index(i), Seg::Key("peers"), Seg::Index(j)], text)?,
-                    );
-                }
-                let raw_fault = RawFault {
-                    kind: Some(kind),
-                    target: Some(target),
-                    probability: step.probability,
-                    burst_enter: step.burst.as_ref().map(|b| b.enter),
-                    burst_exit: step.burst.as_ref().map(|b| b.exit),
-                    burst_loss: step.burst.as_ref().and_then(|b| b.loss),
-                    mode: step.mode.as_deref().map(|m| self.parse_at::<PartitionMode>(&at("mode"), m)).transpose()?,
-                    peers,
-                    proto: step.proto.as_deref().map(|p| self.parse_at::<Proto>(&at("proto"), p)).transpose()?,
-                    ports: step.ports.as_deref().map(|p| self.parse_at::<PortRange>(&at("ports"), p)).transpose()?,
-                    direction: step
-                        .direction
-                        .as_deref()
-                        .map(|d| self.parse_at::<Direction>(&at("direction"), d))
-                        .transpose()?,
-                    shadow: step.shadow,
-                    delay: step.delay.as_deref().map(|d| self.duration_at(&at("delay"), d)).transpose()?,
-                    jitter: step.jitter.as_deref().map(|d| self.duration_at(&at("jitter"), d)).transpose()?,
-                    distribution: step
-                        .distribution
-                        .as_deref()
-                        .map(|d| self.parse_at(&at("distribution"), d))
-                        .transpose()?,
-                    rate: step
-                        .rate
-                        .as_deref()
-                        .map(|r| spec::parse_rate(r).map_err(|e| self.error(&at("rate"), e.problem, e.fix)))
-                        .transpose()?,
-                };
-                let fault = raw_fault.validate().map_err(|e| {
-                    let key = match e.at.field {
-                        "fault" | "target" | "probability" | "burst" | "mode" | "proto" | "ports" | "direction" => {
-                            e.at.field
-                        }
-                        _ => "fault",
-                    };
-                    self.error(&at(key), e.problem, e.fix)
-                })?;
-                faults.push(PlannedFault { rule_id: next_rule_id, spec: fault });
-                next_rule_id += 1;
-            } else if step.target.is_some() || step.probability.is_some() || step.mode.is_some() {
+            if name.is_empty() {
                 return Err(self.error(
-                    &at("fault"),
-                    "a 'none' step is a pause and takes no fault parameters",
-                    "remove them, or name a fault",
+                    &[Seg::Key("steps"), Seg::Index(i), Seg::Key("name")],
+                    "a step name is empty",
+                    "give the step a name, or drop name: for step-N",
                 ));
             }
-            let next = start.checked_add(duration).filter(|end| *end <= spec::MAX_DURATION).ok_or_else(|| {
-                self.error(
-                    &at("duration"),
-                    format!("the steps up to '{}' last longer than the maximum of 7 days", spec::shorten(&name, 40)),
+            if let Some(first) = index.insert(name.clone(), i) {
+                return Err(self.error(
+                    &[Seg::Key("steps"), Seg::Index(i), Seg::Key("name")],
+                    format!("step name '{}' is used by step {} too", spec::shorten(&name, 40), first + 1),
+                    "give every step its own name: after:, with:, seeds and reports name steps by it",
+                ));
+            }
+        }
+        let mut next_rule_id = 1;
+        let mut drafts = Vec::with_capacity(raw.steps.len());
+        let mut window_count = 0usize;
+        for (i, step) in raw.steps.iter().enumerate() {
+            let draft = self.step(i, step, &targets, &peer_sets, &mut next_rule_id)?;
+            window_count += draft.windows.len();
+            if window_count > timeline::MAX_WINDOWS {
+                return Err(self.error(
+                    &[Seg::Key("steps"), Seg::Index(i)],
+                    format!("the steps up to this one have more than {} windows", timeline::MAX_WINDOWS),
+                    "use fewer duty cycles or ramp steps",
+                ));
+            }
+            drafts.push(draft);
+        }
+        let mut anchors = Vec::with_capacity(drafts.len());
+        let mut offsets = Vec::with_capacity(drafts.len());
+        for (i, step) in raw.steps.iter().enumerate() {
+            anchors.push(self.anchor(i, step, &index)?);
+            offsets.push(
+                step.offset
+                    .as_deref()
+                    .map(|o| self.duration_at(&[Seg::Key("steps"), Seg::Index(i), Seg::Key("offset")], o))
+                    .transpose()?
+                    .unwrap_or_default(),
+            );
+        }
+        let lengths: Vec<Duration> = drafts.iter().map(|d| d.length).collect();
+        let starts = timeline::starts(&anchors, &offsets, &lengths).map_err(|cycle| {
+            let names: Vec<String> = cycle.iter().map(|&s| spec::shorten(&drafts[s].name, 20)).collect();
+            let at = cycle
+                .iter()
+                .copied()
+                .find(|&s| raw.steps[s].after.is_some() || raw.steps[s].with.is_some())
+                .unwrap_or(cycle[0]);
+            let key = if raw.steps[at].with.is_some() { "with" } else { "after" };
+            self.error(
+                &[Seg::Key("steps"), Seg::Index(at), Seg::Key(key)],
+                format!(
+                    "steps {} -> {} wait for each other in a cycle",
+                    spec::list_some(names.iter(), 6).replace(", ", " -> "),
+                    names[0]
+                ),
+                "anchor one of them on a step outside the cycle, or drop its after:/with: so it follows the step before it",
+            )
+        })?;
+        let mut steps = Vec::with_capacity(drafts.len());
+        for (i, (draft, start)) in drafts.into_iter().zip(starts).enumerate() {
+            let end = start.saturating_add(draft.length);
+            if end > spec::MAX_DURATION {
+                return Err(self.error(
+                    &[Seg::Key("steps"), Seg::Index(i), Seg::Key("duration")],
+                    format!(
+                        "step '{}' ends at {}, after the maximum of 7 days",
+                        spec::shorten(&draft.name, 40),
+                        spec::format_duration(end.min(spec::MAX_DURATION * 1000))
+                    ),
                     "shorten the steps; a scenario runs at most 7d",
-                )
-            })?;
-            steps.push(PlannedStep::simple(name, start, duration, faults));
-            start = next;
+                ));
+            }
+            let windows = draft
+                .windows
+                .iter()
+                .map(|w| Window { start: start + w.start, end: start + w.end, intensity: w.intensity })
+                .collect();
+            steps.push(PlannedStep {
+                name: draft.name,
+                start,
+                duration: draft.length,
+                seed: draft.seed,
+                faults: draft.faults,
+                windows,
+            });
         }
         Ok(Plan {
             name: raw.name.unwrap_or_else(|| "scenario".into()),
@@ -374,37 +404,754 @@ impl Validator<'_> {
             protect,
             lab: raw.lab,
             steps,
-            hypothesis: None,
-            abort: Vec::new(),
+            hypothesis,
+            abort,
         })
     }
-}
 
-/// Position of `targets: { NAME: ... }`'s value (names are user keys, not static).
-fn locate_target(source: &str, name: &str) -> (usize, usize) {
-    for (i, line) in source.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix(name) {
-            if rest.trim_start().starts_with(':') {
-                return (i + 1, line.len() - trimmed.len() + 1);
+    fn peer_sets(&self, raw: &BTreeMap<String, Vec<String>>) -> Result<BTreeMap<String, Vec<Cidr>>, Problem> {
+        let mut sets = BTreeMap::new();
+        for (name, list) in raw {
+            let at = |j: Option<usize>| {
+                let mut p = path(&[Seg::Key("peers"), Seg::Name(name.clone())]);
+                p.extend(j.map(Seg::Index));
+                p
+            };
+            if name.parse::<Cidr>().is_ok() {
+                return Err(self.error(
+                    &at(None),
+                    format!(
+                        "peer set name '{}' is an address, so steps could not tell them apart",
+                        spec::shorten(name, 40)
+                    ),
+                    "name the set with a word (east, clients)",
+                ));
+            }
+            if list.is_empty() {
+                return Err(self.error(
+                    &at(None),
+                    format!("peer set '{}' is empty", spec::shorten(name, 40)),
+                    "list addresses or prefixes in it, or remove it",
+                ));
+            }
+            let mut cidrs = Vec::with_capacity(list.len());
+            for (j, text) in list.iter().enumerate() {
+                cidrs.push(self.parse_at::<Cidr>(&at(Some(j)), text)?);
+            }
+            sets.insert(name.clone(), cidrs);
+        }
+        Ok(sets)
+    }
+
+    /// Where step `i` starts from.
+    fn anchor(&self, i: usize, step: &RawStep, index: &BTreeMap<String, usize>) -> Result<timeline::Anchor, Problem> {
+        let at = |key: &'static str| [Seg::Key("steps"), Seg::Index(i), Seg::Key(key)];
+        let (key, name) = match (&step.after, &step.with) {
+            (Some(_), Some(_)) => {
+                return Err(self.error(
+                    &at("with"),
+                    "a step starts either after a step or with one, not both",
+                    "keep after: (start when it ends) or with: (start when it starts); offset: shifts either",
+                ))
+            }
+            (Some(n), None) => ("after", n),
+            (None, Some(n)) => ("with", n),
+            (None, None) => {
+                return Ok(if i == 0 { timeline::Anchor::RunStart } else { timeline::Anchor::EndOf(i - 1) });
+            }
+        };
+        let Some(&j) = index.get(name) else {
+            let known = spec::list_some(index.keys().map(|k| spec::shorten(k, 20)), 6);
+            return Err(self.error(
+                &at(key),
+                format!("{key}: names step '{}', which the scenario does not have", spec::shorten(name, 40)),
+                format!("name one of the steps: {known}"),
+            ));
+        };
+        if j == i {
+            return Err(self.error(
+                &at(key),
+                format!("step '{}' cannot start {key} itself", spec::shorten(name, 40)),
+                "name another step, or drop the field so it follows the step before it",
+            ));
+        }
+        Ok(if key == "after" { timeline::Anchor::EndOf(j) } else { timeline::Anchor::StartOf(j) })
+    }
+
+    /// One step: its faults (one per target), its windows and its length.
+    fn step(
+        &self,
+        i: usize,
+        step: &RawStep,
+        targets: &BTreeMap<String, TargetSpec>,
+        peer_sets: &BTreeMap<String, Vec<Cidr>>,
+        next_rule_id: &mut u32,
+    ) -> Result<Draft, Problem> {
+        let at = |key: &'static str| [Seg::Key("steps"), Seg::Index(i), Seg::Key(key)];
+        let name = step.name.clone().unwrap_or_else(|| format!("step-{}", i + 1));
+        let duration =
+            step.duration.as_deref().map(|d| self.positive_at(&at("duration"), d, "a step duration")).transpose()?;
+        if step.fault == "none" {
+            let set = [
+                ("target", step.target.is_some()),
+                ("targets", step.targets.is_some()),
+                ("probability", step.probability.is_some()),
+                ("burst", step.burst.is_some()),
+                ("mode", step.mode.is_some()),
+                ("peers", !step.peers.is_empty()),
+                ("proto", step.proto.is_some()),
+                ("ports", step.ports.is_some()),
+                ("direction", step.direction.is_some()),
+                ("shadow", step.shadow),
+                ("delay", step.delay.is_some()),
+                ("jitter", step.jitter.is_some()),
+                ("distribution", step.distribution.is_some()),
+                ("rate", step.rate.is_some()),
+                ("intensity", step.intensity.is_some()),
+                ("repeat", step.repeat.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(self.error(
+                    &at(key),
+                    format!("a 'none' step is a pause and takes no {key}"),
+                    "remove it, or name a fault",
+                ));
+            }
+            let length =
+                duration.ok_or_else(|| self.error(&at("fault"), "a pause needs a duration", "add duration: 5s"))?;
+            return Ok(Draft {
+                name,
+                seed: step.seed,
+                faults: Vec::new(),
+                windows: timeline::windows(&timeline::Shape::Constant(1.0), length),
+                length,
+            });
+        }
+        let kind: FaultKind = step
+            .fault
+            .parse()
+            .map_err(|e: Problem| self.error(&at("fault"), e.problem, format!("{} (or none for a pause)", e.fix)))?;
+        let (shape, length) = self.shape(i, step, duration)?;
+        let windows = timeline::windows(&shape, length);
+
+        // Targets, as written: one, or a list.
+        let named: Vec<(&String, Vec<Seg>)> = match (&step.target, &step.targets) {
+            (Some(_), Some(_)) => {
+                return Err(self.error(
+                    &at("targets"),
+                    "a step gives target and targets",
+                    "list every target under targets: [a, b] and drop target:",
+                ))
+            }
+            (Some(t), None) => vec![(t, at("target").to_vec())],
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    return Err(self.error(&at("targets"), "targets: is empty", "name at least one target"));
+                }
+                list.iter()
+                    .enumerate()
+                    .map(|(j, t)| (t, path(&[Seg::Key("steps"), Seg::Index(i), Seg::Key("targets"), Seg::Index(j)])))
+                    .collect()
+            }
+            (None, None) => {
+                return Err(self.error(
+                    &at("fault"),
+                    format!("step '{}' has no target", spec::shorten(&name, 40)),
+                    "add target: NAME (from targets:) or KIND:VALUE, or targets: [a, b]",
+                ))
+            }
+        };
+        let mut resolved: Vec<(TargetSpec, Vec<Seg>)> = Vec::with_capacity(named.len());
+        for (t, t_path) in named {
+            let spec = match targets.get(t) {
+                Some(spec) => spec.clone(),
+                None if t.contains(':') => self.parse_at(&t_path, t)?,
+                None => {
+                    let known = spec::list_some(targets.keys().map(|k| spec::shorten(k, 20)), 5);
+                    return Err(self.error(
+                        &t_path,
+                        format!("unknown target '{}'", spec::shorten(t, 40)),
+                        format!(
+                            "use one of the names under targets: ({}) or write KIND:VALUE ({})",
+                            known,
+                            TargetSpec::KINDS
+                        ),
+                    ));
+                }
+            };
+            if resolved.iter().any(|(s, _)| *s == spec) {
+                return Err(self.error(
+                    &t_path,
+                    format!("target {spec} is listed twice in this step"),
+                    "list each target once",
+                ));
+            }
+            resolved.push((spec, t_path));
+        }
+
+        let mut peers: Vec<Cidr> = Vec::new();
+        for (j, text) in step.peers.iter().enumerate() {
+            let p_path = [Seg::Key("steps"), Seg::Index(i), Seg::Key("peers"), Seg::Index(j)];
+            let found = match peer_sets.get(text) {
+                Some(set) => set.clone(),
+                None => vec![text.parse::<Cidr>().map_err(|e| {
+                    let fix = if peer_sets.is_empty() {
+                        e.fix
+                    } else {
+                        format!(
+                            "{}, or name a peer set ({})",
+                            e.fix,
+                            spec::list_some(peer_sets.keys().map(|k| spec::shorten(k, 20)), 5)
+                        )
+                    };
+                    self.error(
+                        &p_path,
+                        format!("'{}' is neither an address or prefix nor a peer set", spec::shorten(text, 60)),
+                        fix,
+                    )
+                })?],
+            };
+            for c in found {
+                if !peers.contains(&c) {
+                    peers.push(c);
+                }
             }
         }
+        let raw_fault = RawFault {
+            kind: Some(kind),
+            target: None,
+            probability: step.probability,
+            burst_enter: step.burst.as_ref().map(|b| b.enter),
+            burst_exit: step.burst.as_ref().map(|b| b.exit),
+            burst_loss: step.burst.as_ref().and_then(|b| b.loss),
+            mode: step.mode.as_deref().map(|m| self.parse_at::<PartitionMode>(&at("mode"), m)).transpose()?,
+            peers,
+            proto: step.proto.as_deref().map(|p| self.parse_at::<Proto>(&at("proto"), p)).transpose()?,
+            ports: step.ports.as_deref().map(|p| self.parse_at::<PortRange>(&at("ports"), p)).transpose()?,
+            direction: step
+                .direction
+                .as_deref()
+                .map(|d| self.parse_at::<Direction>(&at("direction"), d))
+                .transpose()?,
+            shadow: step.shadow,
+            delay: step.delay.as_deref().map(|d| self.duration_at(&at("delay"), d)).transpose()?,
+            jitter: step.jitter.as_deref().map(|d| self.duration_at(&at("jitter"), d)).transpose()?,
+            distribution: step.distribution.as_deref().map(|d| self.parse_at(&at("distribution"), d)).transpose()?,
+            rate: step
+                .rate
+                .as_deref()
+                .map(|r| spec::parse_rate(r).map_err(|e| self.error(&at("rate"), e.problem, e.fix)))
+                .transpose()?,
+        };
+        let mut faults = Vec::with_capacity(resolved.len());
+        for (target, t_path) in resolved {
+            let fault =
+                RawFault { target: Some(target), ..raw_fault.clone() }.validate().map_err(|e| match e.at.field {
+                    "target" => self.error(&t_path, e.problem, e.fix),
+                    "fault" | "probability" | "burst" | "mode" | "proto" | "ports" | "direction" => {
+                        self.error(&at(e.at.field), e.problem, e.fix)
+                    }
+                    _ => self.error(&at("fault"), e.problem, e.fix),
+                })?;
+            for w in &windows {
+                fault.check_intensity(w.intensity).map_err(|e| self.error(&at("intensity"), e.problem, e.fix))?;
+            }
+            faults.push(PlannedFault { rule_id: *next_rule_id, spec: fault });
+            *next_rule_id += 1;
+        }
+        Ok(Draft { name, seed: step.seed, faults, windows, length })
     }
-    locate(source, &[Seg::Key("targets")])
+
+    /// The shape of a step's windows and its length, from duration, intensity and repeat.
+    fn shape(
+        &self,
+        i: usize,
+        step: &RawStep,
+        duration: Option<Duration>,
+    ) -> Result<(timeline::Shape, Duration), Problem> {
+        use timeline::Shape;
+        let at = |key: &'static str| path(&[Seg::Key("steps"), Seg::Index(i), Seg::Key(key)]);
+        let sub = |key: &'static str, inner: &'static str| {
+            path(&[Seg::Key("steps"), Seg::Index(i), Seg::Key(key), Seg::Key(inner)])
+        };
+        let check = |p: Vec<Seg>, x: f64| -> Result<f64, Problem> {
+            if x.is_finite() && x > 0.0 && x <= 1.0 {
+                Ok(x)
+            } else {
+                Err(self.error(
+                    &p,
+                    format!("intensity {x} is outside 0 < x <= 1"),
+                    "give an intensity above 0 and at most 1 (1 is the fault as written)",
+                ))
+            }
+        };
+        let Some(repeat) = &step.repeat else {
+            let length = duration.ok_or_else(|| {
+                self.error(
+                    &at("fault"),
+                    "the step has no duration",
+                    "add duration: 10s (or a repeat: {on, off, count})",
+                )
+            })?;
+            let shape = match &step.intensity {
+                None => Shape::Constant(1.0),
+                Some(RawIntensity::Fixed(x)) => Shape::Constant(check(at("intensity"), *x)?),
+                Some(RawIntensity::Ramp(r)) => {
+                    check(sub("intensity", "from"), r.from)?;
+                    check(sub("intensity", "to"), r.to)?;
+                    if !(2..=MAX_RAMP_STEPS).contains(&r.steps) {
+                        return Err(self.error(
+                            &sub("intensity", "steps"),
+                            format!("a ramp of {} steps; a ramp has 2..{MAX_RAMP_STEPS}", r.steps),
+                            "give steps: 5 (windows of equal length from `from` to `to`)",
+                        ));
+                    }
+                    if length.as_nanos() < u128::from(r.steps) * 1_000_000 {
+                        return Err(self.error(
+                            &sub("intensity", "steps"),
+                            format!(
+                                "{} ramp steps in {} leaves windows under 1ms",
+                                r.steps,
+                                spec::format_duration(length)
+                            ),
+                            "use fewer steps or a longer duration",
+                        ));
+                    }
+                    Shape::Ramp { from: r.from, to: r.to, steps: r.steps }
+                }
+            };
+            return Ok((shape, length));
+        };
+        let intensity = match &step.intensity {
+            None => 1.0,
+            Some(RawIntensity::Fixed(x)) => check(at("intensity"), *x)?,
+            Some(RawIntensity::Ramp(_)) => {
+                return Err(self.error(
+                    &at("intensity"),
+                    "a ramp inside a duty cycle is not supported",
+                    "give the duty cycle one intensity (intensity: 0.5), or ramp in a step of its own",
+                ))
+            }
+        };
+        let on = self.positive_at(&sub("repeat", "on"), &repeat.on, "an on period")?;
+        let off = self.positive_at(&sub("repeat", "off"), &repeat.off, "an off period")?;
+        let too_many = |p: Vec<Seg>, n: u64| {
+            self.error(
+                &p,
+                format!("{n} duty cycles; a step has at most {}", timeline::MAX_WINDOWS_PER_STEP),
+                "use longer on and off periods",
+            )
+        };
+        let (count, length) = match (repeat.count, duration) {
+            (Some(0), _) => {
+                return Err(self.error(&sub("repeat", "count"), "a duty cycle of 0 periods", "give count: 1 or more"))
+            }
+            (Some(count), given) => {
+                if count as usize > timeline::MAX_WINDOWS_PER_STEP {
+                    return Err(too_many(sub("repeat", "count"), u64::from(count)));
+                }
+                let derived =
+                    timeline::repeat_length(on, off, count).filter(|d| *d <= spec::MAX_DURATION).ok_or_else(|| {
+                        self.error(
+                            &sub("repeat", "count"),
+                            "the duty cycle lasts longer than the maximum of 7 days",
+                            "use fewer or shorter periods",
+                        )
+                    })?;
+                if let Some(d) = given {
+                    if d != derived {
+                        return Err(self.error(
+                            &at("duration"),
+                            format!(
+                                "duration {} disagrees with the duty cycle: {count} x {} on, with {} off between, is {}",
+                                spec::format_duration(d),
+                                spec::format_duration(on),
+                                spec::format_duration(off),
+                                spec::format_duration(derived)
+                            ),
+                            "drop duration (the cycle gives it), or drop count so that cycles fill the duration",
+                        ));
+                    }
+                }
+                (count, derived)
+            }
+            (None, Some(d)) => {
+                let n = timeline::repeat_count_within(on, off, d);
+                if n as usize > timeline::MAX_WINDOWS_PER_STEP {
+                    return Err(too_many(at("duration"), n));
+                }
+                (n as u32, d)
+            }
+            (None, None) => {
+                return Err(self.error(
+                    &at("repeat"),
+                    "a duty cycle needs a count or a duration",
+                    "add count: 3 to repeat: (the duration follows), or a duration for the cycles to fill",
+                ))
+            }
+        };
+        let shape = Shape::Repeat { on, off, count, intensity };
+        // The step ends with its last window (a duration that ends in an off period is cut there).
+        let end = timeline::windows(&shape, length).last().map_or(length, |w| w.end);
+        Ok((shape, end))
+    }
+
+    fn hypothesis(&self, raw: &RawHypothesis) -> Result<Hypothesis, Problem> {
+        let at = |key: &'static str| path(&[Seg::Key("hypothesis"), Seg::Key(key)]);
+        let duration_or = |key: &'static str, text: &Option<String>, default: u64, what: &str| {
+            text.as_deref()
+                .map(|t| self.positive_at(&at(key), t, what))
+                .transpose()
+                .map(|d| d.unwrap_or(Duration::from_secs(default)))
+        };
+        let interval = duration_or("interval", &raw.interval, 1, "a probe interval")?;
+        let steady_within = duration_or("steady-within", &raw.steady_within, 10, "a steady-within time")?;
+        let recovery = duration_or("recovery", &raw.recovery, 30, "a recovery time")?;
+        if raw.probes.is_empty() {
+            return Err(self.error(
+                &at("probes"),
+                "the hypothesis has no probes",
+                "add a probe, e.g. - {name: api, tcp: {connect: \"127.0.0.1:8080\"}}",
+            ));
+        }
+        if raw.probes.len() > MAX_PROBES {
+            return Err(self.error(
+                &at("probes"),
+                format!("{} probes; at most {MAX_PROBES}", raw.probes.len()),
+                "probe fewer things",
+            ));
+        }
+        let mut probes: Vec<ProbeSpec> = Vec::with_capacity(raw.probes.len());
+        for (j, probe) in raw.probes.iter().enumerate() {
+            let p =
+                |key: &'static str| path(&[Seg::Key("hypothesis"), Seg::Key("probes"), Seg::Index(j), Seg::Key(key)]);
+            let q = |key: &'static str, inner: &'static str| {
+                path(&[Seg::Key("hypothesis"), Seg::Key("probes"), Seg::Index(j), Seg::Key(key), Seg::Key(inner)])
+            };
+            if probe.name.is_empty() || probe.name.len() > 64 || probe.name.chars().any(char::is_control) {
+                return Err(self.error(
+                    &p("name"),
+                    format!(
+                        "probe name '{}' is empty, longer than 64 or has control characters",
+                        spec::shorten(&probe.name, 40)
+                    ),
+                    "name the probe with a short word (api, ping)",
+                ));
+            }
+            if probes.iter().any(|other| other.name == probe.name) {
+                return Err(self.error(
+                    &p("name"),
+                    format!("two probes are named '{}'", spec::shorten(&probe.name, 40)),
+                    "give every probe its own name: guards and reports name probes by it",
+                ));
+            }
+            let timeout = match &probe.timeout {
+                None => Duration::from_secs(2),
+                Some(t) => self.positive_at(&p("timeout"), t, "a probe timeout")?,
+            };
+            let kinds = [
+                ("http", probe.http.is_some()),
+                ("tcp", probe.tcp.is_some()),
+                ("dns", probe.dns.is_some()),
+                ("command", probe.command.is_some()),
+                ("prometheus", probe.prometheus.is_some()),
+            ];
+            let set: Vec<&str> = kinds.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
+            match set.as_slice() {
+                [] => {
+                    return Err(self.error(
+                        &path(&[Seg::Key("hypothesis"), Seg::Key("probes"), Seg::Index(j)]),
+                        format!("probe '{}' has no check", spec::shorten(&probe.name, 40)),
+                        "add one of http, tcp, dns, command, prometheus",
+                    ))
+                }
+                [_] => (),
+                [_, second, ..] => {
+                    let key = kinds.iter().map(|(k, _)| *k).find(|k| k == second).unwrap_or("name");
+                    return Err(self.error(
+                        &p(key),
+                        format!(
+                            "probe '{}' has {} checks ({})",
+                            spec::shorten(&probe.name, 40),
+                            set.len(),
+                            set.join(", ")
+                        ),
+                        "give each probe one check; make another probe for the other",
+                    ));
+                }
+            };
+            let check = if let Some(h) = &probe.http {
+                self.http_url(&q("http", "url"), &h.url)?;
+                let status = h.status.unwrap_or(200);
+                if !(100..=599).contains(&status) {
+                    return Err(self.error(
+                        &q("http", "status"),
+                        format!("status {status} is not an HTTP status"),
+                        "give a status of 100..599, such as 200",
+                    ));
+                }
+                let max_latency = h
+                    .latency
+                    .as_deref()
+                    .map(|l| self.positive_at(&q("http", "latency"), l, "a latency bound"))
+                    .transpose()?;
+                ProbeCheck::Http { url: h.url.clone(), status, max_latency }
+            } else if let Some(t) = &probe.tcp {
+                ProbeCheck::Tcp { connect: self.socket_addr(&q("tcp", "connect"), &t.connect)? }
+            } else if let Some(d) = &probe.dns {
+                if d.name.is_empty() || d.name.len() > 253 {
+                    return Err(self.error(
+                        &q("dns", "name"),
+                        "the DNS name is empty or too long",
+                        "give a name such as example.com",
+                    ));
+                }
+                let expect = d
+                    .expect
+                    .as_deref()
+                    .map(|e| {
+                        e.parse::<std::net::IpAddr>().map_err(|_| {
+                            self.error(
+                                &q("dns", "expect"),
+                                format!("'{}' is not an IP address", spec::shorten(e, 60)),
+                                "give the address the answer must contain, such as 192.0.2.1",
+                            )
+                        })
+                    })
+                    .transpose()?;
+                ProbeCheck::Dns {
+                    name: d.name.clone(),
+                    server: self.socket_addr(&q("dns", "server"), &d.server)?,
+                    expect,
+                }
+            } else if let Some(c) = &probe.command {
+                if c.run.first().is_none_or(String::is_empty) {
+                    return Err(self.error(
+                        &q("command", "run"),
+                        "the command is empty",
+                        "give the program and its arguments as a list: run: [ping, -c1, 192.0.2.2]",
+                    ));
+                }
+                ProbeCheck::Command {
+                    argv: c.run.clone(),
+                    exit: c.exit.unwrap_or(0),
+                    output_contains: c.output_contains.clone(),
+                }
+            } else if let Some(pr) = &probe.prometheus {
+                self.http_url(&q("prometheus", "url"), &pr.url)?;
+                if pr.query.trim().is_empty() {
+                    return Err(self.error(
+                        &q("prometheus", "query"),
+                        "the query is empty",
+                        "give a PromQL expression",
+                    ));
+                }
+                let compares = [
+                    (Compare::Below, pr.below),
+                    (Compare::AtMost, pr.at_most),
+                    (Compare::Above, pr.above),
+                    (Compare::AtLeast, pr.at_least),
+                ];
+                let given: Vec<(Compare, f64)> = compares.iter().filter_map(|(c, v)| v.map(|v| (*c, v))).collect();
+                let [(compare, threshold)] = given.as_slice() else {
+                    return Err(self.error(
+                        &p("prometheus"),
+                        format!("the query's result needs exactly one comparison; {} given", given.len()),
+                        "add one of below, at-most, above, at-least with a number",
+                    ));
+                };
+                if !threshold.is_finite() {
+                    return Err(self.error(
+                        &q("prometheus", compare.name()),
+                        "the threshold is not a finite number",
+                        "give a number",
+                    ));
+                }
+                ProbeCheck::Prometheus {
+                    url: pr.url.clone(),
+                    query: pr.query.clone(),
+                    compare: *compare,
+                    threshold: *threshold,
+                }
+            } else {
+                unreachable!("one check is set")
+            };
+            probes.push(ProbeSpec { name: probe.name.clone(), timeout, check });
+        }
+        Ok(Hypothesis { interval, steady_within, recovery, probes })
+    }
+
+    fn guards(&self, raw: &[RawGuard], hypothesis: Option<&Hypothesis>) -> Result<Vec<Guard>, Problem> {
+        if raw.len() > MAX_GUARDS {
+            return Err(self.error(
+                &[Seg::Key("abort")],
+                format!("{} guards; at most {MAX_GUARDS}", raw.len()),
+                "merge guards",
+            ));
+        }
+        let mut guards = Vec::with_capacity(raw.len());
+        for (j, g) in raw.iter().enumerate() {
+            let item = path(&[Seg::Key("abort"), Seg::Index(j)]);
+            let q = |key: &'static str, inner: &'static str| {
+                path(&[Seg::Key("abort"), Seg::Index(j), Seg::Key(key), Seg::Key(inner)])
+            };
+            let probe = |key: &'static str, name: &str| -> Result<String, Problem> {
+                let known = hypothesis.map(|h| h.probes.iter().any(|p| p.name == name)).unwrap_or(false);
+                if known {
+                    return Ok(name.to_owned());
+                }
+                let fix = match hypothesis {
+                    None => "add the probe under hypothesis: probes: (the scenario has no hypothesis)".to_owned(),
+                    Some(h) => format!(
+                        "name one of the probes: {}",
+                        spec::list_some(h.probes.iter().map(|p| spec::shorten(&p.name, 20)), 6)
+                    ),
+                };
+                Err(self.error(
+                    &q(key, "probe"),
+                    format!("guard names probe '{}', which is not defined", spec::shorten(name, 40)),
+                    fix,
+                ))
+            };
+            let set = [g.error_rate.is_some(), g.latency.is_some(), g.prometheus.is_some(), g.wall_clock.is_some()];
+            let count = set.iter().filter(|s| **s).count();
+            if count != 1 {
+                return Err(self.error(
+                    &item,
+                    format!("an abort guard has {count} conditions; each list item has exactly one"),
+                    "write one of error-rate, latency, prometheus, wall-clock per item (- {wall-clock: 5m})",
+                ));
+            }
+            let guard = if let Some(e) = &g.error_rate {
+                if !(e.above.is_finite() && (0.0..1.0).contains(&e.above)) {
+                    return Err(self.error(
+                        &q("error-rate", "above"),
+                        format!("error rate {} is outside 0 <= x < 1", e.above),
+                        "give the share of failed checks that stops the run, such as 0.5",
+                    ));
+                }
+                Guard::ErrorRate {
+                    probe: probe("error-rate", &e.probe)?,
+                    above: e.above,
+                    window: self.positive_at(&q("error-rate", "for"), &e.window, "a guard window")?,
+                }
+            } else if let Some(l) = &g.latency {
+                let text = l.p95_above_baseline.trim();
+                let percent = text
+                    .strip_suffix('%')
+                    .unwrap_or(text)
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| p.is_finite() && *p > 0.0);
+                let Some(percent) = percent else {
+                    return Err(self.error(
+                        &q("latency", "p95-above-baseline"),
+                        format!("'{}' is not a percentage above 0", spec::shorten(text, 40)),
+                        "write how far the p95 latency may rise over its value before the faults, such as 50%",
+                    ));
+                };
+                Guard::Latency {
+                    probe: probe("latency", &l.probe)?,
+                    percent,
+                    window: self.positive_at(&q("latency", "for"), &l.window, "a guard window")?,
+                }
+            } else if let Some(p) = &g.prometheus {
+                self.http_url(&q("prometheus", "url"), &p.url)?;
+                if p.query.trim().is_empty() {
+                    return Err(self.error(
+                        &q("prometheus", "query"),
+                        "the query is empty",
+                        "give a PromQL expression",
+                    ));
+                }
+                Guard::Prometheus {
+                    url: p.url.clone(),
+                    query: p.query.clone(),
+                    window: self.positive_at(&q("prometheus", "for"), &p.window, "a guard window")?,
+                }
+            } else if let Some(w) = &g.wall_clock {
+                let mut p = item.clone();
+                p.push(Seg::Key("wall-clock"));
+                Guard::WallClock { max: self.positive_at(&p, w, "a wall-clock limit")? }
+            } else {
+                unreachable!("one condition is set")
+            };
+            guards.push(guard);
+        }
+        Ok(guards)
+    }
+
+    /// `http://HOST[:PORT][/PATH]`; https is refused (not supported yet).
+    fn http_url(&self, at: &[Seg], url: &str) -> Result<(), Problem> {
+        let shown = spec::shorten(url, 80);
+        if url.starts_with("https://") {
+            return Err(self.error(
+                at,
+                format!("'{shown}': https is not supported yet"),
+                "use an http:// URL, or a command probe running curl for a TLS endpoint",
+            ));
+        }
+        let bad = || {
+            self.error(
+                at,
+                format!("'{shown}' is not an http:// URL"),
+                "write http://HOST[:PORT]/PATH, such as http://127.0.0.1:8080/health",
+            )
+        };
+        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad());
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() || authority.contains('@') {
+            return Err(bad());
+        }
+        if let Some(port) = port {
+            if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+                return Err(bad());
+            }
+        }
+        Ok(())
+    }
+
+    fn socket_addr(&self, at: &[Seg], text: &str) -> Result<std::net::SocketAddr, Problem> {
+        text.parse().map_err(|_| {
+            self.error(
+                at,
+                format!("'{}' is not IP:PORT", spec::shorten(text, 60)),
+                "write an address and port such as 127.0.0.1:8080 or [::1]:53 (names are not resolved)",
+            )
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The file with its version appended (so that the lines of the tests' snippets stay
+    /// where they are written).
+    fn parse_v1(src: &str) -> Result<Plan, Problem> {
+        parse("s.yaml", &format!("{src}\napiVersion: chaos-ebpf/v1\n"))
+    }
+
     fn err(src: &str) -> Problem {
-        parse("s.yaml", src).unwrap_err()
+        parse_v1(src).unwrap_err()
     }
 
     #[test]
     fn accepts_a_full_scenario() {
-        let plan = parse(
-            "s.yaml",
+        let plan = parse_v1(
             "name: demo\nseed: 7\ntargets:\n  a: netns:x\nsteps:\n  - {name: calm, fault: none, duration: 1s}\n  - fault: loss\n    target: a\n    probability: 0.25\n    duration: 2s\n  - fault: partition\n    target: a\n    mode: new\n    peers: [192.0.2.2/32]\n    duration: 500ms\n",
         )
         .unwrap();
@@ -420,11 +1167,32 @@ mod tests {
     fn sample_scenarios_are_valid() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios");
         let mut count = 0;
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        for entry in
+            std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        {
             load(&entry.path()).unwrap_or_else(|e| panic!("{e}"));
             count += 1;
         }
         assert!(count > 0);
+    }
+
+    /// Every ```yaml block of docs/scenarios.md is a whole valid file, so the reference
+    /// cannot drift from the parser.
+    #[test]
+    fn docs_examples_are_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/scenarios.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut blocks = 0;
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("```yaml\n") {
+            let body = &rest[start + 8..];
+            let end = body.find("```").expect("closed block");
+            let line = text[..text.len() - rest.len() + start].lines().count() + 2;
+            parse(&format!("docs/scenarios.md:{line}"), &body[..end]).unwrap_or_else(|e| panic!("{e}"));
+            blocks += 1;
+            rest = &body[end + 3..];
+        }
+        assert!(blocks >= 8, "only {blocks} yaml blocks");
     }
 
     #[test]
@@ -452,6 +1220,355 @@ mod tests {
 
         let e = err("targets:\n  a: host:x\nsteps:\n  - {fault: none, duration: 1s}\n");
         assert_eq!(e.at.line, 2, "{e}");
+    }
+
+    const HEAD: &str = "apiVersion: chaos-ebpf/v1\ntargets: {a: netns:x, b: netns:y, r: netns:z}\n";
+
+    /// A file of HEAD and `rest` (HEAD is 2 lines: `rest` starts on line 3).
+    fn v1(rest: &str) -> Result<Plan, Problem> {
+        parse("s.yaml", &format!("{HEAD}{rest}"))
+    }
+
+    /// The error of a bad file, with its position and a word of its message.
+    fn bad(rest: &str, line: usize, column: usize, word: &str) -> Problem {
+        let e = v1(rest).expect_err(rest);
+        assert_eq!((e.at.line, e.at.column), (line, column), "{e}");
+        assert!(e.problem.contains(word) || e.fix.contains(word), "'{word}' not in: {e}");
+        assert_short(&e);
+        e
+    }
+
+    #[test]
+    fn the_version_comes_first() {
+        let e = parse("s.yaml", "steps: [{fault: none, duration: 1s}]\n").unwrap_err();
+        assert_eq!((e.at.line, e.at.column), (1, 1), "{e}");
+        assert!(e.fix.contains("apiVersion: chaos-ebpf/v1"), "{e}");
+        // Even a file with other problems is first told its version.
+        let e = parse("s.yaml", "colour: red\nsteps: []\n").unwrap_err();
+        assert!(e.problem.contains("no apiVersion"), "{e}");
+        for other in ["chaos-ebpf/v2", "1", "[v1]"] {
+            let e = parse("s.yaml", &format!("name: x\napiVersion: {other}\nsteps: [{{fault: none, duration: 1s}}]\n"))
+                .unwrap_err();
+            assert_eq!(e.at.line, 2, "{e}");
+            assert!(e.problem.contains("not one this chaos-ebpf reads"), "{e}");
+        }
+        bad("colour: red\nsteps: [{fault: none, duration: 1s}]\n", 3, 1, "unknown field `colour`");
+        bad("steps:\n  - {fault: none, duration: 1s, colour: red}\n", 4, 33, "unknown field `colour`");
+    }
+
+    #[test]
+    fn several_targets_and_peer_sets_expand() {
+        let plan = v1("peers: {east: [192.0.2.0/25], west: [192.0.2.128/25, fd00::/64]}\nsteps:\n  - {fault: none, duration: 1s}\n  - fault: partition\n    targets: [a, b, netns:w]\n    peers: [east, 198.51.100.7, west, 192.0.2.0/25]\n    duration: 2s\n  - {fault: loss, target: r, probability: 0.1, duration: 1s}\n").unwrap();
+        let faults = &plan.steps[1].faults;
+        assert_eq!(faults.iter().map(|f| f.rule_id).collect::<Vec<_>>(), [1, 2, 3]);
+        let targets: Vec<String> = faults.iter().map(|f| f.spec.target.to_string()).collect();
+        assert_eq!(targets, ["netns:x", "netns:y", "netns:w"]);
+        let peers: Vec<String> = faults[0].spec.peers.iter().map(ToString::to_string).collect();
+        assert_eq!(peers, ["192.0.2.0/25", "198.51.100.7/32", "192.0.2.128/25", "fd00::/64"], "merged, in order");
+        assert!(faults.iter().all(|f| f.spec.peers == faults[0].spec.peers));
+        assert_eq!(plan.steps[2].faults[0].rule_id, 4);
+
+        bad(
+            "steps:\n  - {fault: loss, target: a, targets: [b], probability: 0.1, duration: 1s}\n",
+            4,
+            30,
+            "target and targets",
+        );
+        bad(
+            "steps:\n  - {fault: loss, targets: [a, nowhere], probability: 0.1, duration: 1s}\n",
+            4,
+            32,
+            "unknown target",
+        );
+        bad("steps:\n  - {fault: loss, targets: [a, a], probability: 0.1, duration: 1s}\n", 4, 32, "twice");
+        bad("steps:\n  - {fault: loss, targets: [], probability: 0.1, duration: 1s}\n", 4, 19, "empty");
+        bad("peers: {east: [192.0.2.0/25]}\nsteps:\n  - fault: partition\n    target: a\n    peers: [east, north]\n    duration: 1s\n", 7, 19, "east");
+        bad("peers: {east: [192.0.2.0/33]}\nsteps: [{fault: none, duration: 1s}]\n", 3, 16, "prefix length");
+        bad("peers: {10.0.0.1: [192.0.2.0/24]}\nsteps: [{fault: none, duration: 1s}]\n", 3, 9, "is an address");
+        // A partition-both on a cgroup fails for the one target that cannot do it.
+        bad("steps:\n  - {fault: partition, targets: [a, cgroup:/x], duration: 1s}\n", 4, 6, "egress only");
+    }
+
+    fn windows(plan: &Plan, step: usize) -> Vec<(u64, u64, f64)> {
+        plan.steps[step]
+            .windows
+            .iter()
+            .map(|w| (w.start.as_millis() as u64, w.end.as_millis() as u64, w.intensity))
+            .collect()
+    }
+
+    #[test]
+    fn steps_chain_run_in_parallel_and_repeat() {
+        let plan = v1("steps:\n  - {name: one, fault: loss, target: a, probability: 0.5, duration: 6s}\n  - {name: two, with: one, offset: 2s, fault: loss, target: b, probability: 0.5, intensity: 0.5, duration: 3s}\n  - {name: three, after: one, fault: partition, target: a, repeat: {on: 2s, off: 1s, count: 3}}\n  - {name: four, fault: delay, target: r, delay: 100ms, intensity: {from: 0.1, to: 1, steps: 4}, duration: 8s}\n  - {name: five, after: two, fault: loss, target: b, probability: 0.2, repeat: {on: 1s, off: 3s}, duration: 10s}\n").unwrap();
+        assert_eq!(windows(&plan, 0), [(0, 6000, 1.0)]);
+        assert_eq!(windows(&plan, 1), [(2000, 5000, 0.5)]);
+        assert_eq!(windows(&plan, 2), [(6000, 8000, 1.0), (9000, 11000, 1.0), (12000, 14000, 1.0)]);
+        assert_eq!(plan.steps[2].duration, Duration::from_secs(8), "derived from the cycle");
+        assert_eq!(
+            windows(&plan, 3),
+            [(14000, 16000, 0.1), (16000, 18000, 0.4), (18000, 20000, 0.7), (20000, 22000, 1.0)]
+        );
+        // Cycles that fill 10s after 'two' ends at 5s; the step ends with its last window.
+        assert_eq!(windows(&plan, 4), [(5000, 6000, 1.0), (9000, 10000, 1.0), (13000, 14000, 1.0)]);
+        assert_eq!(plan.steps[4].end(), Duration::from_secs(14));
+        assert_eq!(plan.total_duration(), Duration::from_secs(22));
+        // The map entries: one per distinct intensity, scaled.
+        let entries = plan.entries(7);
+        let ramp: Vec<u64> = entries.iter().filter(|e| e.step == "four").map(|e| e.rule.delay_ns).collect();
+        assert_eq!(ramp, [10_000_000, 40_000_000, 70_000_000, 100_000_000]);
+        let two = entries.iter().find(|e| e.step == "two").unwrap();
+        assert_eq!(two.rule.loss_threshold, chaos_ebpf_common::probability_threshold(0.25));
+        assert_eq!(two.seed, plan.steps[1].seed(7));
+        // Steps one and two overlap on different targets: one rule each at most.
+        let peak = plan.peak_use();
+        assert_eq!(peak.rules, 1);
+
+        // A step may name a later one.
+        let plan = v1("steps:\n  - {name: x, fault: none, duration: 1s}\n  - {name: y, after: z, fault: none, duration: 1s}\n  - {name: z, after: x, fault: none, duration: 2s}\n").unwrap();
+        let starts: Vec<u64> = plan.steps.iter().map(|s| s.start.as_secs()).collect();
+        assert_eq!(starts, [0, 3, 1]);
+
+        let one = "  - {name: one, fault: none, duration: 1s}\n";
+        bad(
+            &format!("steps:\n{one}  - {{name: two, after: nine, fault: none, duration: 1s}}\n"),
+            5,
+            24,
+            "does not have",
+        );
+        bad(&format!("steps:\n{one}  - {{name: two, with: two, fault: none, duration: 1s}}\n"), 5, 23, "itself");
+        bad(
+            &format!("steps:\n{one}  - {{name: two, with: one, after: one, fault: none, duration: 1s}}\n"),
+            5,
+            23,
+            "not both",
+        );
+        let e = bad(
+            "steps:\n  - {name: one, after: three, fault: none, duration: 1s}\n  - {name: two, fault: none, duration: 1s}\n  - {name: three, fault: none, duration: 1s}\n",
+            4,
+            24,
+            "cycle",
+        );
+        assert!(e.problem.contains("one -> three -> two -> one"), "{e}");
+        bad(&format!("steps:\n{one}{one}"), 5, 12, "used by step 1");
+        bad("steps:\n  - {fault: none, duration: 1s, offset: soon}\n", 4, 41, "not a duration");
+    }
+
+    #[test]
+    fn step_seeds_override_the_derived_one() {
+        let plan = v1("seed: 42\nsteps:\n  - {name: own, seed: 1234, fault: loss, target: a, probability: 0.1, duration: 1s}\n  - {name: derived, fault: loss, target: a, probability: 0.1, duration: 1s}\n").unwrap();
+        assert_eq!(plan.steps[0].seed(42), 1234);
+        let derived = plan.steps[1].seed(42);
+        assert_ne!(derived, 42);
+        assert_ne!(derived, plan.steps[1].seed(43), "derived from the run's seed");
+        let entries = plan.entries(42);
+        assert_eq!(
+            (entries[0].seed, entries[0].rule.loss_threshold),
+            (1234, chaos_ebpf_common::probability_threshold(0.1))
+        );
+        assert_eq!(entries[1].seed, derived);
+        assert!(plan.render_text(42, true).contains("own  (seed 1234, the step's own)"));
+    }
+
+    #[test]
+    fn bad_intensities_ramps_and_repeats() {
+        let loss = "fault: loss, target: a, probability: 0.5";
+        bad(&format!("steps:\n  - {{{loss}, duration: 1s, intensity: 1.5}}\n"), 4, 73, "outside 0 < x <= 1");
+        bad(&format!("steps:\n  - {{{loss}, duration: 1s, intensity: 0}}\n"), 4, 73, "outside 0 < x <= 1");
+        bad(&format!("steps:\n  - {{{loss}, duration: 1s, intensity: high}}\n"), 4, 73, "neither a number nor a ramp");
+        bad("steps:\n  - {fault: partition, target: a, duration: 1s, intensity: 0.5}\n", 4, 60, "no magnitude");
+        bad("steps:\n  - {fault: rate, target: a, rate: 1mbit, duration: 1s, intensity: {from: 0.5, to: 1, steps: 2}}\n", 4, 57, "no magnitude");
+        bad("steps:\n  - {fault: none, duration: 1s, intensity: 0.5}\n", 4, 44, "pause");
+        bad(
+            &format!("steps:\n  - {{{loss}, duration: 1s, intensity: {{from: 0.5, to: 2, steps: 3}}}}\n"),
+            4,
+            89,
+            "outside",
+        );
+        bad(
+            &format!("steps:\n  - {{{loss}, duration: 1s, intensity: {{from: 0.5, to: 1, steps: 1}}}}\n"),
+            4,
+            99,
+            "2..100",
+        );
+        bad(
+            &format!("steps:\n  - {{{loss}, duration: 1s, intensity: {{from: 0.5, to: 1, stairs: 1}}}}\n"),
+            4,
+            62,
+            "neither",
+        );
+        bad(
+            &format!(
+                "steps:\n  - {{{loss}, repeat: {{on: 1s, off: 1s}}, intensity: {{from: 0.5, to: 1, steps: 2}}}}\n"
+            ),
+            4,
+            75,
+            "ramp inside a duty cycle",
+        );
+        bad(&format!("steps:\n  - {{{loss}, repeat: {{on: 1s, off: 1s}}}}\n"), 4, 48, "count or a duration");
+        bad(&format!("steps:\n  - {{{loss}, repeat: {{on: 1s, off: 0s, count: 2}}}}\n"), 4, 70, "off period of zero");
+        bad(&format!("steps:\n  - {{{loss}, repeat: {{on: 1s, off: 1s, count: 0}}}}\n"), 4, 81, "0 periods");
+        bad(
+            &format!("steps:\n  - {{{loss}, duration: 5s, repeat: {{on: 1s, off: 1s, count: 2}}}}\n"),
+            4,
+            58,
+            "disagrees",
+        );
+        bad(&format!("steps:\n  - {{{loss}, duration: 7d, repeat: {{on: 1ms, off: 1ms}}}}\n"), 4, 58, "duty cycles");
+        bad(
+            &format!("steps:\n  - {{{loss}, repeat: {{on: 1s, off: 1s, count: 2, phase: 1}}}}\n"),
+            4,
+            84,
+            "unknown field `phase`",
+        );
+        bad(&format!("steps:\n  - {{{loss}}}\n"), 4, 13, "no duration");
+        // Durations that agree are fine; 7 days of cycles is the limit.
+        v1(&format!("steps:\n  - {{{loss}, duration: 5s, repeat: {{on: 1s, off: 1s, count: 3}}}}\n")).unwrap();
+        bad(
+            &format!("steps:\n  - {{{loss}, duration: 7d}}\n  - {{{loss}, repeat: {{on: 1s, off: 1s, count: 1}}}}\n"),
+            5,
+            6,
+            "7 days",
+        );
+    }
+
+    #[test]
+    fn hypothesis_and_guards_are_validated() {
+        let steps = "steps: [{fault: none, duration: 1s}]\n";
+        let plan = v1(&format!("hypothesis:\n  probes:\n    - {{name: p, tcp: {{connect: \"127.0.0.1:80\"}}}}\n    - {{name: c, timeout: 5s, command: {{run: [true]}}}}\n    - {{name: q, prometheus: {{url: \"http://[::1]:9090\", query: up, at-least: 1}}}}\nabort:\n  - {{error-rate: {{probe: p, above: 0.5, for: 3s}}}}\n  - {{latency: {{probe: c, p95-above-baseline: 50%, for: 2s}}}}\n  - {{wall-clock: 1m}}\n{steps}")).unwrap();
+        let h = plan.hypothesis.as_ref().unwrap();
+        assert_eq!(
+            (h.interval, h.steady_within, h.recovery),
+            (Duration::from_secs(1), Duration::from_secs(10), Duration::from_secs(30))
+        );
+        assert_eq!(h.probes[0].timeout, Duration::from_secs(2));
+        assert_eq!(
+            h.probes[1].check,
+            ProbeCheck::Command { argv: vec!["true".into()], exit: 0, output_contains: None }
+        );
+        assert_eq!(
+            h.probes[2].check,
+            ProbeCheck::Prometheus {
+                url: "http://[::1]:9090".into(),
+                query: "up".into(),
+                compare: Compare::AtLeast,
+                threshold: 1.0
+            }
+        );
+        assert_eq!(plan.abort[1], Guard::Latency { probe: "c".into(), percent: 50.0, window: Duration::from_secs(2) });
+        assert_eq!(plan.abort[2], Guard::WallClock { max: Duration::from_secs(60) });
+
+        let probe = |p: &str| format!("hypothesis:\n  probes:\n    - {p}\n{steps}");
+        bad(&probe("{name: p, http: {url: \"https://x/\"}}"), 5, 29, "https is not supported");
+        bad(&probe("{name: p, http: {url: \"ftp://x/\"}}"), 5, 29, "not an http:// URL");
+        bad(&probe("{name: p, http: {url: \"http://:80/\"}}"), 5, 29, "not an http:// URL");
+        bad(&probe("{name: p, http: {url: \"http://x:99999/\"}}"), 5, 29, "not an http:// URL");
+        bad(&probe("{name: p, http: {url: \"http://x/\", status: 999}}"), 5, 50, "not an HTTP status");
+        bad(&probe("{name: p, tcp: {connect: \"localhost:80\"}}"), 5, 32, "not IP:PORT");
+        bad(&probe("{name: p, dns: {name: x, server: \"1.1.1.1\"}}"), 5, 40, "not IP:PORT");
+        bad(&probe("{name: p, dns: {name: x, server: \"1.1.1.1:53\", expect: nope}}"), 5, 62, "not an IP address");
+        bad(&probe("{name: p, command: {run: []}}"), 5, 27, "empty");
+        bad(&probe("{name: p}"), 5, 8, "no check");
+        bad(&probe("{name: p, tcp: {connect: \"1.1.1.1:1\"}, command: {run: [x]}}"), 5, 46, "2 checks");
+        bad(&probe("{name: p, prometheus: {url: \"http://x\", query: up}}"), 5, 17, "exactly one comparison");
+        bad(&probe("{name: p, tcp: {connect: \"1.1.1.1:1\"}, timeout: 0s}"), 5, 55, "timeout of zero");
+        bad(&probe("{name: p, tcp: {connect: \"1.1.1.1:1\", colour: red}}"), 5, 45, "unknown field `colour`");
+        bad(&format!("hypothesis:\n  probes:\n    - {{name: p, command: {{run: [x]}}}}\n    - {{name: p, command: {{run: [y]}}}}\n{steps}"), 6, 14, "two probes are named 'p'");
+        bad(&format!("hypothesis:\n  probes: []\n{steps}"), 4, 3, "no probes");
+        bad(
+            &format!("hypothesis:\n  interval: 0s\n  probes: [{{name: p, command: {{run: [x]}}}}]\n{steps}"),
+            4,
+            13,
+            "zero",
+        );
+
+        let guarded =
+            |g: &str| format!("hypothesis:\n  probes: [{{name: p, command: {{run: [x]}}}}]\nabort:\n  - {g}\n{steps}");
+        bad(&guarded("{error-rate: {probe: q, above: 0.5, for: 3s}}"), 6, 26, "probe 'q', which is not defined");
+        bad(&guarded("{error-rate: {probe: p, above: 1.5, for: 3s}}"), 6, 36, "outside 0 <= x < 1");
+        bad(&guarded("{latency: {probe: p, p95-above-baseline: lots, for: 3s}}"), 6, 46, "not a percentage");
+        bad(&guarded("{prometheus: {url: \"https://p\", query: up, for: 3s}}"), 6, 24, "https is not supported");
+        bad(&guarded("{wall-clock: 1m, error-rate: {probe: p, above: 0.5, for: 3s}}"), 6, 6, "2 conditions");
+        bad(&guarded("{wall-clock: never}"), 6, 18, "not a duration");
+        bad(&guarded("{kill: p}"), 6, 6, "unknown field `kill`");
+        // Without a hypothesis a guard on a probe says where to define it.
+        let e =
+            bad(&format!("abort: [{{error-rate: {{probe: p, above: 0.5, for: 3s}}}}]\n{steps}"), 3, 30, "not defined");
+        assert!(e.fix.contains("no hypothesis"), "{e}");
+    }
+
+    #[test]
+    fn peaks_count_overlapping_windows() {
+        // 20 faults on one target with 20 more in parallel: 40 rules at once.
+        let mut src = String::from("steps:\n");
+        for i in 0..20 {
+            src += &format!(
+                "  - {{name: s{i}, {}fault: loss, target: a, probability: 0.1, duration: 2s}}\n",
+                if i == 0 { "" } else { "with: s0, " }
+            );
+        }
+        for i in 0..20 {
+            src += &format!(
+                "  - {{name: t{i}, with: s0, offset: 1s, fault: loss, target: a, probability: 0.1, duration: 2s}}\n"
+            );
+        }
+        let e = bad(&src, 43, 46, "40 faults in force at once on netns:x (at 1s");
+        assert!(e.problem.contains("at most 32"), "{e}");
+        // Sequential windows and other targets do not add up; touching windows do not overlap.
+        let mut src = String::from("steps:\n");
+        for i in 0..20 {
+            src += &format!(
+                "  - {{name: s{i}, {}fault: loss, target: a, probability: 0.1, duration: 2s}}\n",
+                if i == 0 { "" } else { "with: s0, " }
+            );
+        }
+        for i in 0..20 {
+            src += &format!(
+                "  - {{name: t{i}, with: s0, offset: 2s, fault: loss, target: a, probability: 0.1, duration: 2s}}\n"
+            );
+        }
+        for i in 0..20 {
+            src += &format!("  - {{name: u{i}, with: s0, fault: loss, target: b, probability: 0.1, duration: 2s}}\n");
+        }
+        let plan = v1(&src).unwrap();
+        let peak = plan.peak_use();
+        assert_eq!((peak.rules, peak.rules_from, peak.rules_until), (20, Duration::ZERO, Duration::from_secs(2)));
+        assert!(plan
+            .render_text(1, true)
+            .contains("peak: 20 of 32 rules at once (on netns:x at 0ms..2s), 0 of 4096 peers"));
+    }
+
+    #[test]
+    fn plans_are_deterministic() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios/game-day.yaml");
+        let render = || {
+            let plan = load(Path::new(path)).unwrap();
+            (
+                plan.render_text(99, true),
+                serde_json::to_string(&plan).unwrap(),
+                serde_json::to_string(&plan.entries(99)).unwrap(),
+            )
+        };
+        let first = render();
+        assert_eq!(first, render());
+        let (text, json, _) = first;
+        // The timeline, windows, seeds, probes, guards, entries and the peak are shown.
+        for needle in [
+            "8s ..      18s  flapping-link",
+            "window 11s .. 12s at intensity 1",
+            "window 20s .. 22s at intensity 0.4",
+            "rule 4 [loss-ramp] intensity 0.7",
+            "probe n2-pings-n1",
+            "wall-clock: the run lasts longer than 120s",
+            "peak: 1 of 32 rules at once",
+        ] {
+            assert!(text.contains(needle), "'{needle}' not in:\n{text}");
+        }
+        let plan = load(Path::new(path)).unwrap();
+        let seed = plan.steps[1].seed(99);
+        assert!(text.contains(&format!("n1-lossy  (seed {seed})")), "{text}");
+        assert!(json.contains("\"peak\":{\"rules\":1"), "{json}");
+        // Different seeds, different per-step seeds.
+        assert_ne!(plan.render_text(98, true), text);
     }
 
     /// Every line of an error as the CLI prints it stays short.
@@ -497,7 +1614,7 @@ mod tests {
         // A few aliases that expand to little are fine.
         let ok =
             "targets: {a: netns:x}\nsteps:\n  - &p {fault: loss, target: a, probability: 0.1, duration: 1s}\n  - *p\n";
-        assert_eq!(parse("s.yaml", ok).unwrap().steps.len(), 2);
+        assert_eq!(parse_v1(ok).unwrap().steps.len(), 2);
     }
 
     #[test]
@@ -518,7 +1635,7 @@ mod tests {
         assert!(e.problem.contains("7 days"), "{e}");
         let e = fails_fast("lease: 1e20\nsteps: [{fault: none, duration: 1s}]\n");
         assert_eq!(e.at.line, 1, "{e}");
-        let plan = parse("s.yaml", "steps: [{fault: none, duration: 7d}]\n").unwrap();
+        let plan = parse_v1("steps: [{fault: none, duration: 7d}]\n").unwrap();
         assert_eq!(plan.total_duration(), spec::MAX_DURATION);
     }
 
@@ -536,8 +1653,7 @@ mod tests {
         );
         assert!(e.problem.contains("9 protected port ranges"), "{e}");
         // With force the defaults go, and 7 fit.
-        parse(
-            "s.yaml",
+        parse_v1(
             "force: true\nprotect: [tcp:1, tcp:2, tcp:3, tcp:4, tcp:5, tcp:6, tcp:7]\nsteps: [{fault: none, duration: 1s}]\n",
         )
         .unwrap();
@@ -656,6 +1772,35 @@ mod tests {
                     "9-1",
                     "10mbit",
                     "tcp:22",
+                    "apiVersion: chaos-ebpf/v1\n",
+                    "after",
+                    "with",
+                    "offset",
+                    "intensity",
+                    "repeat",
+                    "on",
+                    "off",
+                    "count",
+                    "from",
+                    "to",
+                    "seed",
+                    "hypothesis",
+                    "probes",
+                    "abort",
+                    "error-rate",
+                    "wall-clock",
+                    "command",
+                    "run",
+                    "http",
+                    "url",
+                    "http://127.0.0.1:1/",
+                    "https://x",
+                    "127.0.0.1:80",
+                    "step-1",
+                    "a",
+                    "{from: 0.1, to: 1, steps: 3}",
+                    "{on: 1s, off: 1s, count: 3}",
+                    "{on: 1ms, off: 1ms}",
                 ])
                 .prop_map(str::to_owned),
                 "[a-z0-9:./\\-]{0,12}",
@@ -669,16 +1814,28 @@ mod tests {
             (token(), token(), token(), token(), token(), prop::collection::vec(token(), 0..5)).prop_map(
                 |(fault, target, duration, value, lease, peers)| {
                     format!(
-                        "lease: {lease}\ntargets: {{t: {target}}}\nsteps:\n  - fault: {fault}\n    target: {target}\n    duration: {duration}\n    probability: {value}\n    delay: {value}\n    ports: {value}\n    peers: [{}]\n",
+                        "apiVersion: chaos-ebpf/v1\nlease: {lease}\ntargets: {{t: {target}}}\nsteps:\n  - fault: {fault}\n    target: {target}\n    duration: {duration}\n    probability: {value}\n    delay: {value}\n    ports: {value}\n    peers: [{}]\n",
                         peers.join(", ")
                     )
                 },
             )
         }
 
+        /// A v1 scenario whose timing, intensity, repeat, peer sets, probes and guards are
+        /// drawn from odd values.
+        fn timed_scenario() -> impl Strategy<Value = String> {
+            (prop::collection::vec(token(), 12), any::<bool>()).prop_map(|(t, loss)| {
+                let fault = if loss { "loss, probability: 0.5" } else { "partition" };
+                format!(
+                    "apiVersion: chaos-ebpf/v1\ntargets: {{a: netns:a, b: netns:b}}\npeers: {{east: [{}]}}\nhypothesis:\n  interval: {}\n  probes:\n    - {{name: {}, command: {{run: [{}]}}, timeout: {}}}\nabort:\n  - {{error-rate: {{probe: {}, above: {}, for: {}}}}}\n  - {{wall-clock: {}}}\nsteps:\n  - {{name: one, fault: {fault}, targets: [a, b], peers: [east], duration: {}, intensity: {}, repeat: {}}}\n  - {{name: two, fault: {fault}, target: a, after: {}, with: one, duration: 2s}}\n",
+                    t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[2]
+                )
+            })
+        }
+
         fn check(src: &str) {
             let start = std::time::Instant::now();
-            let result = parse("s.yaml", src);
+            let result = parse_v1(src);
             assert!(start.elapsed() < Duration::from_secs(1), "took {:?} on {src:?}", start.elapsed());
             if let Err(e) = result {
                 assert_short(&e);
@@ -689,12 +1846,18 @@ mod tests {
             #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
             #[test]
-            fn token_soup_never_panics_or_hangs(tokens in prop::collection::vec(token(), 0..200)) {
-                check(&tokens.concat());
+            fn token_soup_never_panics_or_hangs(tokens in prop::collection::vec(token(), 0..200), v1 in any::<bool>()) {
+                let header = if v1 { "apiVersion: chaos-ebpf/v1\n" } else { "" };
+                check(&format!("{header}{}", tokens.concat()));
             }
 
             #[test]
             fn odd_values_never_panic_or_hang(src in scenario()) {
+                check(&src);
+            }
+
+            #[test]
+            fn odd_timing_and_probes_never_panic_or_hang(src in timed_scenario()) {
                 check(&src);
             }
 

@@ -748,19 +748,53 @@ impl RawFault {
 }
 
 impl FaultSpec {
-    /// The fault at `intensity` (0 < x <= 1) of its magnitude: loss probabilities and
-    /// delays (with their jitter) scaled; other kinds are all or nothing (the scenario
-    /// validation refuses an intensity below 1 for them).
-    pub fn at_intensity(&self, intensity: f64) -> FaultSpec {
-        let mut spec = self.clone();
-        if intensity >= 1.0 {
-            return spec;
+    /// Whether an intensity below 1 means something for this fault: a loss probability
+    /// and a delay scale; a rate cap, a partition and a blackhole do not (a rate scaled
+    /// down would be a harsher fault, a partition has no magnitude).
+    pub fn scales(&self) -> bool {
+        matches!(self.kind, FaultKind::Loss | FaultKind::Delay)
+    }
+
+    /// Refuses an intensity other than 1 on a fault that has no magnitude to scale.
+    pub fn check_intensity(&self, intensity: f64) -> Result<(), Problem> {
+        if !(intensity.is_finite() && intensity > 0.0 && intensity <= 1.0) {
+            return Err(Problem::field(
+                "intensity",
+                format!("intensity {intensity} is outside 0 < x <= 1"),
+                "give an intensity above 0 and at most 1 (1 is the fault as written)",
+            ));
         }
-        spec.probability = spec.probability.map(|p| p * intensity);
-        spec.burst = spec.burst.map(|b| Burst { loss: b.loss * intensity, ..b });
-        spec.delay = spec.delay.map(|d| d.mul_f64(intensity));
-        spec.jitter = spec.jitter.map(|d| d.mul_f64(intensity));
-        spec
+        if intensity != 1.0 && !self.scales() {
+            return Err(Problem::field(
+                "intensity",
+                format!(
+                    "a {} fault has no magnitude to scale, so intensity {intensity} means nothing",
+                    self.kind.name()
+                ),
+                "intensity scales loss probabilities and delays; for a partial partition use a loss fault, for a gentler rate write a higher rate",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The fault at `intensity` (0 < x <= 1): loss probabilities times x (the burst's
+    /// entering and loss probabilities too; its exit probability, which shortens bursts,
+    /// stays), delay and jitter times x. Other faults are returned as they are
+    /// (`check_intensity` refuses x != 1 for them).
+    pub fn at_intensity(&self, intensity: f64) -> FaultSpec {
+        let x = if intensity.is_finite() { intensity.clamp(0.0, 1.0) } else { 1.0 };
+        let mut out = self.clone();
+        if x == 1.0 || !self.scales() {
+            return out;
+        }
+        let scale = |d: Duration| Duration::from_nanos((d.as_nanos() as f64 * x).round() as u64);
+        // Rounded to 12 digits so that plans print 0.28, not 0.27999999999999997.
+        let times = |p: f64| (p * x * 1e12).round() / 1e12;
+        out.probability = self.probability.map(times);
+        out.burst = self.burst.map(|b| Burst { enter: times(b.enter), exit: b.exit, loss: times(b.loss) });
+        out.delay = self.delay.map(scale);
+        out.jitter = self.jitter.map(scale);
+        out
     }
 
     /// Departure times for what the target receives: EDT works on egress only, so the
@@ -1002,6 +1036,33 @@ mod tests {
         assert!(parse_rate("1bit").is_err());
         assert_eq!(parse_rate("1gbit").unwrap(), 125_000_000);
         assert_eq!(format_duration(Duration::from_millis(100)), "100ms");
+    }
+
+    #[test]
+    fn intensity_scales_magnitudes() {
+        let mut r = raw(FaultKind::Loss, "netns:a");
+        r.probability = Some(0.5);
+        r.burst_enter = Some(0.2);
+        r.burst_exit = Some(0.4);
+        let loss = r.validate().unwrap();
+        let half = loss.at_intensity(0.5);
+        assert_eq!(half.probability, Some(0.25));
+        assert_eq!(half.burst, Some(Burst { enter: 0.1, exit: 0.4, loss: 0.5 }));
+        assert_eq!(loss.at_intensity(1.0), loss);
+        let mut r = raw(FaultKind::Delay, "netns:a");
+        r.delay = Some(Duration::from_millis(100));
+        r.jitter = Some(Duration::from_millis(10));
+        let delay = r.validate().unwrap().at_intensity(0.25);
+        assert_eq!((delay.delay, delay.jitter), (Some(Duration::from_millis(25)), Some(Duration::from_micros(2500))));
+        let mut r = raw(FaultKind::Rate, "netns:a");
+        r.rate = Some(1_000_000);
+        let rate = r.validate().unwrap();
+        assert!(rate.check_intensity(1.0).is_ok());
+        let e = rate.check_intensity(0.5).unwrap_err();
+        assert!(e.problem.contains("no magnitude"), "{e:?}");
+        for bad in [0.0, -1.0, 1.5, f64::NAN] {
+            assert!(loss.check_intensity(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
