@@ -14,6 +14,7 @@ pub const TESTS: &[Test] = tests![reports_of_lab_runs_and_their_digests];
 const FROZEN_EPOCH_MS: u64 = 946_684_800_000;
 
 const SCENARIO: &str = "\
+apiVersion: chaos-ebpf/v1
 name: reports
 seed: 7
 lab:
