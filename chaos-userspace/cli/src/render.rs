@@ -5,7 +5,10 @@ use std::{io::IsTerminal, time::Duration};
 
 use chaos_datapath::ledger;
 use chaos_ebpf_common::RuleCounters;
-use chaos_engine::run::{self, Event, Observer, ProbeCounts, RunReport, StepReport};
+use chaos_engine::{
+    report::Verdict,
+    run::{self, Event, Observer, ProbeCounts, RunReport, StepReport},
+};
 use chaos_model::spec::format_duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
@@ -186,9 +189,31 @@ pub fn counters(c: &RuleCounters) -> String {
 
 /// One step of a run report.
 pub fn step(step: &StepReport) -> String {
-    let mut out = format!("step {} ({:.1}s)", step.name, step.seconds);
+    let mut out = format!(
+        "step {} ({:.1}s, planned {:.3}s..{:.3}s)",
+        step.name, step.seconds, step.planned_start_s, step.planned_end_s
+    );
     if step.rules.is_empty() {
         out += ": no fault";
+    }
+    if step.windows.len() > 1 || step.windows.iter().any(|w| w.intensity != 1.0) {
+        let windows: Vec<String> = step
+            .windows
+            .iter()
+            .map(|w| {
+                let ran = match (w.started_s, w.ended_s) {
+                    (Some(from), Some(to)) => format!("ran {from:.3}..{to:.3}"),
+                    (Some(from), None) => format!("ran from {from:.3}"),
+                    _ => "did not run".into(),
+                };
+                format!("{:.3}..{:.3}s x{} ({ran})", w.planned_start_s, w.planned_end_s, w.intensity)
+            })
+            .collect();
+        out += &format!(
+            "
+  windows: {}",
+            windows.join(", ")
+        );
     }
     for r in &step.rules {
         out += &format!("\n  rule {} {} [{}]\n    {}", r.rule_id, r.fault, r.netns, counters(&r.counters));
@@ -213,10 +238,42 @@ pub fn report(report: &RunReport) -> String {
         (None, true) => "interrupted, every fault reverted".into(),
         (None, false) => "completed".into(),
     };
+    let status = match &report.abort {
+        Some(a) => format!("ABORTED by the {} guard at {:.1}s: {}", a.guard, a.fired_s, a.reason),
+        None => status,
+    };
     let mut out = format!("scenario {} seed {}: {status}", report.scenario, report.seed);
     for step in &report.steps {
         out += "\n";
         out += &self::step(step);
+    }
+    if let Some(h) = &report.hypothesis {
+        let verdict = match h.verdict {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "FAILED",
+            Verdict::NotJudged => "not judged",
+        };
+        out += &format!("\nhypothesis {verdict}");
+        if let Some(reason) = &h.reason {
+            out += &format!(": {reason}");
+        }
+        if let Some(after) = h.recovered_after_s {
+            out += &format!(" (recovered {after:.3}s after the revert)");
+        }
+        for p in &h.probes {
+            out += &format!(
+                "\n  probe {} {}: {} checks, {} failed, p50 {:.1} ms, p95 {:.1} ms",
+                p.probe,
+                p.phase.name(),
+                p.checks,
+                p.failures,
+                p.p50_ms,
+                p.p95_ms
+            );
+        }
+    }
+    if let Some(a) = &report.abort {
+        out += &format!("\nabort: every fault reverted {:.1} ms after the guard fired", a.revert_ms);
     }
     out += &format!(
         "\nrevert verified: {} (revert took {:.1} ms)",

@@ -1051,7 +1051,8 @@ impl Running<'_> {
                         active.push(ActiveRule {
                             rule_id: fault.rule_id,
                             kind: fault.spec.kind.name(),
-                            fault: spec.describe(),
+                            // As written: a ramp's windows give its intensities.
+                            fault: fault.spec.describe(),
                             target: fault.spec.target.to_string(),
                             target_index,
                             span,

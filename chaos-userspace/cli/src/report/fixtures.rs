@@ -15,6 +15,7 @@ use chaos_model::plan::{Plan, Window};
 pub const START_MS: u64 = 1_795_795_056_000;
 
 pub const SCENARIO: &str = "\
+apiVersion: chaos-ebpf/v1
 name: rich
 seed: 42
 targets:

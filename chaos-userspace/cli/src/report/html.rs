@@ -202,7 +202,8 @@ fn probe_charts(html: &mut String, report: &RunReport, x_max: f64) -> Result<()>
             probes.push(&s.probe);
         }
     }
-    let windows: Vec<(f64, f64)> = report.steps.iter().flat_map(windows_of).collect();
+    // Only steps that put rules in force: a pause step's windows are no fault.
+    let windows: Vec<(f64, f64)> = report.steps.iter().filter(|s| !s.rules.is_empty()).flat_map(windows_of).collect();
     fn of<'a>(samples: &'a [ProbeSample], probe: &'a str) -> impl Iterator<Item = &'a ProbeSample> {
         samples.iter().filter(move |s| s.probe == probe)
     }
