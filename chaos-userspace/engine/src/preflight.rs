@@ -99,34 +99,41 @@ fn is_lab_target(target: &TargetSpec) -> bool {
     matches!(target, TargetSpec::Netns(name) if name.starts_with(LAB_PREFIX))
 }
 
-/// In every step, the rules each namespace gets (one per fault and resolved target in
-/// it: a netns with many veths whose far ends share one namespace puts several there)
-/// fit `MAX_RULES`, and their peers fit `MAX_PEERS`.
+/// At every moment a window opens, the rules each namespace then has in force (one per
+/// fault and resolved target in it, summed over the steps whose windows overlap there: a
+/// netns with many veths whose far ends share one namespace puts several there) fit
+/// `MAX_RULES`, and their peers fit `MAX_PEERS`.
 fn check_per_namespace(plan: &Plan, resolved: &BTreeMap<String, Vec<Resolved>>) -> Result<()> {
-    for step in &plan.steps {
+    let opens = plan.steps.iter().flat_map(|s| s.windows.iter().map(|w| w.start));
+    for at in opens {
+        let in_force: Vec<_> =
+            plan.steps.iter().filter(|s| s.windows.iter().any(|w| w.start <= at && at < w.end)).collect();
         let mut per_netns: BTreeMap<NetnsId, (String, usize, usize)> = BTreeMap::new();
-        for fault in &step.faults {
+        for fault in in_force.iter().flat_map(|s| &s.faults) {
             for r in resolved.get(&resolution_key(&fault.spec)).into_iter().flatten() {
                 let entry = per_netns.entry(r.netns.id).or_insert_with(|| (r.netns.path.display().to_string(), 0, 0));
                 entry.1 += 1;
                 entry.2 += fault.spec.peers.len();
             }
         }
+        let steps = chaos_model::spec::list_some(in_force.iter().map(|s| chaos_model::spec::shorten(&s.name, 40)), 4);
+        let when = chaos_model::spec::format_duration(at);
         for (path, rules, peers) in per_netns.values() {
-            let name = chaos_model::spec::shorten(&step.name, 40);
             if *rules > MAX_RULES as usize {
                 return Err(Problem::new(
-                    format!("step '{name}' needs {rules} rules in network namespace {path}; at most {MAX_RULES}"),
-                    "spread the faults over more steps, or target fewer interfaces at once",
+                    format!(
+                        "at {when} the steps in force ({steps}) need {rules} rules in network namespace {path}; at most {MAX_RULES}"
+                    ),
+                    "spread the faults over time (after: instead of with:), or target fewer interfaces at once",
                 )
                 .into());
             }
             if *peers > MAX_PEERS as usize {
                 return Err(Problem::new(
                     format!(
-                        "step '{name}' needs {peers} peer entries in network namespace {path}; at most {MAX_PEERS}"
+                        "at {when} the steps in force ({steps}) need {peers} peer entries in network namespace {path}; at most {MAX_PEERS}"
                     ),
-                    "cover the peers with wider prefixes, or spread the faults over more steps",
+                    "cover the peers with wider prefixes, or spread the faults over time",
                 )
                 .into());
             }
