@@ -8,7 +8,10 @@ use serde_json::Value;
 
 use crate::support::*;
 
-pub const TESTS: &[Test] = tests![reports_of_lab_runs_and_their_digests];
+pub const TESTS: &[Test] = tests![
+    game_day_sample_runs_with_every_artifact,
+    reports_of_lab_runs_and_their_digests,
+];
 
 /// 2000-01-01T00:00:00Z in ms: where --freeze-clock starts a run.
 const FROZEN_EPOCH_MS: u64 = 946_684_800_000;
@@ -153,4 +156,45 @@ fn reports_of_lab_runs_and_their_digests() {
         assert!(listing.contains(&format!(" first/{file}\n")), "{file} not in the bundle:\n{listing}");
     }
     assert!(listing.lines().all(|l| l.contains(" 2000-01-01 ")), "{listing}");
+}
+
+/// The README's sample: scenarios/game-day.yaml on the embedded lab (a hypothesis, two
+/// parallel faults on two targets, a duty cycle, a ramp, abort guards) passes, runs
+/// every window, and writes every artifact and the bundle.
+fn game_day_sample_runs_with_every_artifact() {
+    require_root();
+    let dir = TempDir(std::env::temp_dir().join(format!("chaos-game-day-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let scenario = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios/game-day.yaml"));
+    let run_dir = run(&dir.0, scenario, "game-day", &[]);
+    for file in FILES.iter().chain(&["metrics-before.prom", "metrics-during.prom", "metrics-after.prom"]) {
+        assert!(run_dir.join(file).is_file(), "{file} missing from the run directory");
+    }
+    assert!(run_dir.with_extension("tar.gz").is_file(), "no bundle beside the run directory");
+    let report = json(&run_dir.join("report.json"));
+    assert_eq!(report["hypothesis"]["verdict"], "passed", "{}", report["hypothesis"]);
+    assert!(report["abort"].is_null(), "{}", report["abort"]);
+    let step = |name: &str| {
+        report["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no step {name}"))
+    };
+    for s in report["steps"].as_array().unwrap() {
+        assert_eq!(s["ran_its_course"], true, "{s}");
+    }
+    // The two parallel steps started together, on their two targets.
+    let started = |name: &str| step(name)["windows"][0]["started_s"].as_f64().unwrap();
+    let apart = (started("n1-lossy") - started("n2-lossy")).abs();
+    assert!(apart < timing_bound().as_secs_f64(), "the parallel steps started {apart} s apart");
+    assert_eq!(step("flapping-link")["windows"].as_array().unwrap().len(), 4);
+    let intensities: Vec<f64> =
+        step("loss-ramp")["windows"].as_array().unwrap().iter().map(|w| w["intensity"].as_f64().unwrap()).collect();
+    assert_eq!(intensities, [0.1, 0.4, 0.7, 1.0]);
+    assert_eq!(step("loss-ramp")["rules"].as_array().unwrap().len(), 2, "the ramp is on both targets");
+    // The partition's windows cut n2's pings to n1: the probe saw it.
+    let during = report["hypothesis"]["probes"].as_array().unwrap().iter().find(|p| p["phase"] == "during").unwrap();
+    assert!(during["failures"].as_u64().unwrap() > 0, "{during}");
+    let cleanup = json(&run_dir.join("cleanup.json"));
+    let text = cleanup.to_string();
+    assert!(!text.contains("\"gone\":false"), "{text}");
+    assert_eq!(json(&run_dir.join("topology.json")).as_array().map(Vec::len), Some(2));
+    assert_nothing_left();
 }

@@ -913,3 +913,11 @@ fn prog_id(fd: RawFd) -> u32 {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).expect("program info");
     u32::from_le_bytes(info[4..8].try_into().unwrap())
 }
+
+/// How far a timeline edge may land from its plan: 50 ms on a real CPU; 250 ms under
+/// qemu's TCG emulation (the VM tests), where each map update and netlink request of an
+/// install is an emulated syscall (the 6.1 VM measured edges up to 84 ms late).
+pub fn timing_bound() -> Duration {
+    let emulated = fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("QEMU"));
+    Duration::from_millis(if emulated { 250 } else { 50 })
+}

@@ -89,7 +89,7 @@ fn classify(outcome: &[(f64, bool)], windows: &[(f64, f64, f64)], margin_ms: f64
 /// (`after:`, `repeat:`) and a loss ramp (`intensity: {from, to, steps}`): every datagram
 /// sent while a window of its target was in force is dropped, every one sent outside
 /// all windows arrives, the ramp drops some then all, and every window opens and closes
-/// within 50 ms of the plan.
+/// within `timing_bound()` of the plan (50 ms; 250 ms under emulation).
 fn windows_open_and_close_on_time_on_every_target() {
     require_root();
     let p = Pair::new("tl1");
@@ -184,7 +184,12 @@ steps:
         errors.len(),
         worst * 1000.0
     );
-    assert!(worst < 0.05, "a window edge was {:.1} ms off its plan", worst * 1000.0);
+    let bound = timing_bound();
+    assert!(
+        worst < bound.as_secs_f64(),
+        "a window edge was {:.1} ms off its plan (bound {bound:?})",
+        worst * 1000.0
+    );
     assert_eq!(windows(&report, &["flicker"]).len(), 3, "the duty cycle's 3 windows: {report}");
 
     // Traffic: p's port 6000 is cut in cut-p's and flicker's windows, q's in cut-q's and
