@@ -14,7 +14,7 @@ use std::{
 use chaos_ebpf_common::RuleCounters;
 use chaos_engine::{
     report::{ProbeCounts, ProbeSample, StepReport},
-    run::{Event, Observer},
+    run::{Event, Observer, RuleCount},
 };
 use serde::Serialize;
 
@@ -91,6 +91,12 @@ pub struct RuleCountRecord<'a> {
     pub counters: RuleCounters,
 }
 
+impl<'a> RuleCountRecord<'a> {
+    fn of(r: &'a RuleCount) -> Self {
+        RuleCountRecord { step: &r.step, rule_id: r.rule_id, netns: &r.netns, counters: r.counters }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct InForceRecord<'a> {
     pub rule_id: u32,
@@ -109,16 +115,7 @@ impl<'a> Record<'a> {
                 elapsed_s: p.elapsed.as_secs_f64(),
                 total_s: p.total.as_secs_f64(),
                 step: p.step,
-                rules: p
-                    .rules
-                    .iter()
-                    .map(|r| RuleCountRecord {
-                        step: &r.step,
-                        rule_id: r.rule_id,
-                        netns: &r.netns,
-                        counters: r.counters,
-                    })
-                    .collect(),
+                rules: p.rules.iter().map(RuleCountRecord::of).collect(),
                 probe: p.probe,
             },
             Event::ProgressEnd => Record::ProgressEnd,
@@ -132,15 +129,7 @@ impl<'a> Record<'a> {
             },
             Event::RulesRemoved { step, rules } => Record::RulesRemoved {
                 step,
-                rules: rules
-                    .iter()
-                    .map(|r| RuleCountRecord {
-                        step: &r.step,
-                        rule_id: r.rule_id,
-                        netns: &r.netns,
-                        counters: r.counters,
-                    })
-                    .collect(),
+                rules: rules.iter().map(RuleCountRecord::of).collect(),
             },
             Event::StepEnded(step) => Record::StepEnded { step },
             Event::Aborted { cause, reason } => Record::Aborted { cause: cause.name(), reason },
