@@ -3,13 +3,19 @@
 //! at once (and says how long that took); a run whose steady state does not hold
 //! changes nothing.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use crate::support::*;
 
 pub const TESTS: &[Test] = tests![
     hypothesis_holds_and_recovers,
     error_rate_guard_aborts_and_reverts,
+    latency_guard_aborts_on_slow_checks,
+    prometheus_guard_aborts_on_the_runs_own_metrics,
     wall_clock_guard_ends_a_long_run,
     no_steady_state_no_faults,
 ];
@@ -38,6 +44,10 @@ hypothesis:
 
 /// Runs a scenario text; returns (exit code, report JSON, stderr, seconds it took, run dir files).
 fn run(name: &str, text: &str) -> (i32, serde_json::Value, String, f64, Vec<String>) {
+    run_with(name, text, &["--metrics-addr", "off"])
+}
+
+fn run_with(name: &str, text: &str, extra: &[&str]) -> (i32, serde_json::Value, String, f64, Vec<String>) {
     let dir = std::env::temp_dir().join(format!("chaos-hypothesis-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -45,16 +55,9 @@ fn run(name: &str, text: &str) -> (i32, serde_json::Value, String, f64, Vec<Stri
     std::fs::write(&file, text).unwrap();
     let run_dir = dir.join("run");
     let started = Instant::now();
-    let (code, out, err) = chaos_run(&[
-        "run",
-        file.to_str().unwrap(),
-        "--output",
-        "json",
-        "--metrics-addr",
-        "off",
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-    ]);
+    let mut args = vec!["run", file.to_str().unwrap(), "--output", "json", "--run-dir", run_dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, out, err) = chaos_run(&args);
     let seconds = started.elapsed().as_secs_f64();
     let files = std::fs::read_dir(&run_dir)
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -125,7 +128,8 @@ fn error_rate_guard_aborts_and_reverts() {
     let step = &report["steps"][0];
     assert_eq!(step["ran_its_course"], false, "{step}");
     assert!(report["hypothesis"]["recovered_after_s"].as_f64().is_some(), "{}", report["hypothesis"]);
-    assert!(report["spans_jsonl"].as_str().unwrap().contains("\"abort\""), "no abort span");
+    let spans = report["spans_jsonl"].as_str().unwrap();
+    assert!(spans.contains("\"abort\"") && spans.contains("\"revert\""), "no abort or revert span");
     assert!(pair.ping(&pair.a, "192.0.2.2", 1, Duration::from_secs(1)) == 1, "traffic not back after the abort");
     assert_nothing_left();
 }
@@ -165,5 +169,65 @@ fn no_steady_state_no_faults() {
     assert_eq!(report["hypothesis"]["steady_before"], false, "{report}");
     let rules = report["steps"][0]["rules"].as_array().map_or(0, Vec::len);
     assert_eq!(rules, 0, "a fault was installed without a steady state: {report}");
+    assert_nothing_left();
+}
+
+/// A partition makes each ping wait out its 1 s timeout: the probe's p95 over 1 s rises
+/// far above its baseline (5 checks before the faults), the latency guard fires and the
+/// run is reverted.
+fn latency_guard_aborts_on_slow_checks() {
+    require_root();
+    let pair = Pair::new("slow");
+    let text = scenario(
+        &pair,
+        "192.0.2.2",
+        "abort:\n  - latency: {probe: ping, p95-above-baseline: 200%, for: 1s}\n",
+        "  - {name: cut, fault: partition, target: a, duration: 30s}\n",
+    );
+    let (code, report, err, seconds, _) = run("latency", &text);
+    assert_eq!(code, 1, "{err}\n{report}");
+    assert_eq!(report["abort"]["guard"], "latency", "{report}");
+    let before = samples(&report, "before").len();
+    assert!(before >= 5, "{before} baseline checks");
+    let revert_ms = report["abort"]["revert_ms"].as_f64().unwrap();
+    println!(
+        "REPORT|abort_latency|fired_s={:.2}|revert_ms={revert_ms:.1}|run_s={seconds:.1}",
+        report["abort"]["fired_s"].as_f64().unwrap()
+    );
+    assert!(seconds < 20.0, "{seconds}");
+    assert_nothing_left();
+}
+
+/// The run's own metrics, scraped by a real Prometheus, stop it: the guard's expression
+/// (packets dropped by the run's rules) holds for 1 s once the partition drops the
+/// probe's pings.
+fn prometheus_guard_aborts_on_the_runs_own_metrics() {
+    require_root();
+    if Command::new("prometheus").arg("--version").output().is_err() {
+        skip("no `prometheus` binary (Debian's prometheus package; scripts/setup.sh installs it)");
+    }
+    let pair = Pair::new("promg");
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let prometheus = Prometheus::start(metrics);
+    let text = scenario(
+        &pair,
+        "192.0.2.2",
+        &format!(
+            "abort:\n  - prometheus: {{url: 'http://{}', query: 'sum(chaos_ebpf_packets_dropped_total) > 2', for: 1s}}\n",
+            prometheus.web
+        ),
+        "  - {name: cut, fault: partition, target: a, duration: 60s}\n",
+    );
+    let (code, report, err, seconds, _) = run_with("prometheus", &text, &["--metrics-addr", &metrics.to_string()]);
+    let log = prometheus.log();
+    drop(prometheus);
+    assert_eq!(code, 1, "{err}\n{report}\n{log}");
+    assert_eq!(report["abort"]["guard"], "prometheus", "{report}");
+    println!(
+        "REPORT|abort_prometheus|fired_s={:.2}|revert_ms={:.1}|run_s={seconds:.1}",
+        report["abort"]["fired_s"].as_f64().unwrap(),
+        report["abort"]["revert_ms"].as_f64().unwrap()
+    );
+    assert!(seconds < 40.0, "{seconds}");
     assert_nothing_left();
 }

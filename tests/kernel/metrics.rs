@@ -6,10 +6,9 @@
 //! before anything changes.
 
 use std::{
-    io::{self, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    io,
+    net::{SocketAddr, TcpListener},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -27,24 +26,6 @@ const DROPPED: &str =
     "chaos_ebpf_packets_dropped_total{fault=\"loss\",rule=\"1\",scenario=\"inject loss\",step=\"loss\"}";
 const MATCHED: &str =
     "chaos_ebpf_packets_matched_total{fault=\"loss\",rule=\"1\",scenario=\"inject loss\",step=\"loss\"}";
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
-}
-
-/// GET over HTTP/1.0 (bounded by timeouts): (status code, body).
-fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, body.to_owned()))
-}
 
 /// The value of the series `series` (name and labels exactly as served) on a page.
 fn sample(page: &str, series: &str) -> Option<u64> {
@@ -163,82 +144,6 @@ fn metrics_address_in_use_is_refused() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(err.contains("serving no metrics: 127.0.0.1:9464 is in use"), "{err}");
     assert_nothing_left();
-}
-
-/// A `prometheus` process with its own config, storage and web port; stopped (SIGTERM,
-/// then SIGKILL) and its directory removed on drop, also after a failure.
-struct Prometheus {
-    child: Child,
-    dir: PathBuf,
-    web: SocketAddr,
-}
-
-impl Prometheus {
-    fn start(target: SocketAddr) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!("chaos-metrics-prometheus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: chaos-ebpf\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address={web}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting prometheus");
-        let mut prometheus = Prometheus { child, dir, web };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(http_get(web, "/-/ready"), Ok((200, _))) {
-            assert!(prometheus.child.try_wait().unwrap().is_none(), "prometheus exited:\n{}", prometheus.log());
-            assert!(Instant::now() < deadline, "prometheus not ready within 30 s:\n{}", prometheus.log());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        prometheus
-    }
-
-    fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
-        text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    /// The value of an instant query with one result (None: no result yet).
-    fn query(&self, expr: &str) -> Option<f64> {
-        let encoded: String = expr
-            .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
-            .collect();
-        let (status, body) = http_get(self.web, &format!("/api/v1/query?query={encoded}")).ok()?;
-        assert_eq!(status, 200, "prometheus query {expr}: {body}");
-        let reply: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        let result = reply["data"]["result"].as_array()?;
-        assert!(result.len() <= 1, "one series expected for {expr}: {body}");
-        result.first()?["value"][1].as_str()?.parse().ok()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A real Prometheus scrapes the run every second. The traffic (3,000 datagrams through

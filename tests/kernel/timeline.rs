@@ -89,7 +89,7 @@ fn classify(outcome: &[(f64, bool)], windows: &[(f64, f64, f64)], margin_ms: f64
 /// (`after:`, `repeat:`) and a loss ramp (`intensity: {from, to, steps}`): every datagram
 /// sent while a window of its target was in force is dropped, every one sent outside
 /// all windows arrives, the ramp drops some then all, and every window opens and closes
-/// within `timing_bound()` of the plan (50 ms; 250 ms under emulation).
+/// within `timing_bound()` of the plan (50 ms; 400 ms under emulation).
 fn windows_open_and_close_on_time_on_every_target() {
     require_root();
     let p = Pair::new("tl1");

@@ -127,10 +127,9 @@ impl<'a> Record<'a> {
                     .map(|r| InForceRecord { rule_id: r.rule_id, kind: r.kind, netns: &r.netns })
                     .collect(),
             },
-            Event::RulesRemoved { step, rules } => Record::RulesRemoved {
-                step,
-                rules: rules.iter().map(RuleCountRecord::of).collect(),
-            },
+            Event::RulesRemoved { step, rules } => {
+                Record::RulesRemoved { step, rules: rules.iter().map(RuleCountRecord::of).collect() }
+            }
             Event::StepEnded(step) => Record::StepEnded { step },
             Event::Aborted { cause, reason } => Record::Aborted { cause: cause.name(), reason },
             Event::Reverted { seconds, clean } => Record::Reverted { seconds: *seconds, clean: *clean },
