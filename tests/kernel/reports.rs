@@ -42,6 +42,7 @@ steps:
 const FILES: &[&str] = &[
     "spans.jsonl",
     "events.jsonl",
+    "run.log",
     "report.json",
     "report.md",
     "junit.xml",

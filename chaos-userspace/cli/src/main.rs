@@ -148,7 +148,7 @@ enum Command {
 }
 
 const RUN_DIR_HELP: &str = "Where the run's record is written: spans.jsonl (one JSON object per closed span: run, \
-step, inject, revert, cleanup, probe, abort), events.jsonl, report.json, metrics-{before,during,after}.prom, report.md, junit.xml, report.html (charts, opens offline), \
+step, inject, revert, cleanup, probe, abort), events.jsonl, run.log (the stderr lines), report.json, metrics-{before,during,after}.prom, report.md, junit.xml, report.html (charts, opens offline), \
 cleanup.json, topology.json, plan.json, scenario.yaml, digest.txt (SHA-256 of the normalised trace: the same for the same \
 scenario and seed), meta.json, and DIR.tar.gz beside it with all of them (docs/telemetry.md). A new or empty directory \
 [default: chaos-runs/<run-id> under the current directory, run-id = UTC time and pid, e.g. 20261127T154659Z-4242]";

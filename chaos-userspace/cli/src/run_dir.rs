@@ -21,7 +21,8 @@ pub fn run_id() -> String {
     )
 }
 
-/// Creates the run directory (a given one may exist if empty) and opens its spans.jsonl.
+/// Creates the run directory (a given one may exist if empty) and opens its spans.jsonl
+/// and run.log.
 /// A directory that cannot be used is bad input (exit 2).
 pub fn create(given: Option<PathBuf>) -> Result<PathBuf> {
     let dir = given.unwrap_or_else(|| Path::new("chaos-runs").join(run_id()));
@@ -44,5 +45,6 @@ pub fn create(given: Option<PathBuf>) -> Result<PathBuf> {
         Err(e) => return Err(problem(format!("cannot use it: {e}")).into()),
     }
     crate::spans::write_to(&dir.join("spans.jsonl")).map_err(|e| problem(format!("cannot create spans.jsonl: {e}")))?;
+    crate::output::log_to(&dir.join("run.log")).map_err(|e| problem(format!("cannot create run.log: {e}")))?;
     Ok(dir)
 }
