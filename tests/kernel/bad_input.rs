@@ -295,7 +295,7 @@ pub fn input_targets_are_checked_before_anything_changes() {
         if dry {
             args.push("--dry-run");
         }
-        refused(&args, "needs 33 rules in network namespace");
+        refused(&args, "need 33 rules in network namespace");
     }
     drop(far);
 
