@@ -920,8 +920,13 @@ fn prog_id(fd: RawFd) -> u32 {
 /// ledger write and netlink request of an install is emulated (measured: up to 84 ms on
 /// 6.1 and 121 ms on 6.12, with a VM per core).
 pub fn timing_bound() -> Duration {
-    let emulated = fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("QEMU"));
-    Duration::from_millis(if emulated { 400 } else { 50 })
+    Duration::from_millis(if emulated() { 400 } else { 50 })
+}
+
+/// Whether this runs under qemu's TCG emulation (the VM tests): every instruction,
+/// the verifier's included, is tens of times slower than on a real CPU.
+pub fn emulated() -> bool {
+    fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("QEMU"))
 }
 
 /// A loopback port nobody listens on right now.

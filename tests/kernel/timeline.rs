@@ -198,13 +198,17 @@ steps:
 
     // Traffic: p's port 6000 is cut in cut-p's and flicker's windows, q's in cut-q's and
     // flicker's; outside them everything arrives.
-    let margin = 30.0;
+    // A rule is in force from its map write, a little before the window's `started_s`
+    // (stamped once the install is recorded), and until its removal, a little after
+    // `ended_s`: tens of ms under emulation (the 6.1 VM lost 1 datagram of 806 sent
+    // within that of a window).
+    let margin = if emulated() { 150.0 } else { 30.0 };
     let p_windows = windows(&report, &["cut-p", "flicker"]);
     let q_windows = windows(&report, &["cut-q", "flicker"]);
     for (name, stream, windows) in [("p", p6000, p_windows), ("q", q6000, q_windows)] {
         let (inside, lost_inside, outside, lost_outside) = classify(&stream.outcome(), &windows, margin);
         println!("timeline {name}: {lost_inside} of {inside} lost inside windows, {lost_outside} of {outside} outside");
-        assert!(inside >= 150, "{name}: only {inside} datagrams inside windows");
+        assert!(inside >= 60, "{name}: only {inside} datagrams inside windows");
         assert_eq!(lost_inside, inside, "{name}: datagrams passed while a blackhole was in force");
         assert!(outside >= 50, "{name}: only {outside} datagrams outside windows");
         assert_eq!(lost_outside, 0, "{name}: datagrams lost outside every window");
