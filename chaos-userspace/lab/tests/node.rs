@@ -243,6 +243,22 @@ fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {
     samples.iter().sum()
 }
 
+fn etcdctl(pki: &Pki, endpoint: &str, args: &[&str]) -> Output {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--cacert"])
+        .arg(&pki.ca)
+        .arg("--cert")
+        .arg(&pki.client_cert)
+        .arg("--key")
+        .arg(&pki.client_key)
+        .args(args)
+        .output()
+        .expect("run etcdctl");
+    assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
 fn verify(pki: &Pki, etcd: &str, journal: &Path) -> Output {
     Command::new(NODE)
         .args(["verify", "--etcd", etcd, "--journal"])
@@ -322,7 +338,7 @@ fn two_nodes_on_a_real_etcd() {
             other => Err(format!("{other:?}")),
         });
     eprintln!("/health 503 {took:?} after SIGSTOP: {reason}");
-    assert!(reason.contains("no write acknowledged"), "{reason}");
+    assert!(reason.contains("no write acknowledged") && reason.contains("did not answer in time"), "{reason}");
     assert!(metric(p1, "etcd_errors_total", &[]) > errors_before, "etcd errors counted");
     assert!(metric(p1, "etcd_errors_total", &["kind=\"timeout\""]) > 0.0, "a paused etcd shows as timeouts");
     assert!(metric(p1, "writes_total", &["result=\"error\""]) > write_errors_before, "failed writes counted");
@@ -332,6 +348,24 @@ fn two_nodes_on_a_real_etcd() {
         other => Err(format!("{other:?}")),
     });
     eprintln!("/health 200 again {took:?} after SIGCONT");
+
+    // A lost lease (revoked behind the node's back): the node registers again under a new one.
+    let registrations = metric(p1, "registrations_total", &[]);
+    let leases = etcdctl(&pki, &endpoint, &["lease", "list"]);
+    let leases = String::from_utf8_lossy(&leases.stdout).into_owned();
+    let ids: Vec<&str> = leases.lines().skip(1).map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(ids.len(), 1, "n1's lease alone is left: {leases}");
+    etcdctl(&pki, &endpoint, &["lease", "revoke", ids[0]]);
+    let (_, took) = wait_for("n1 registered again", Duration::from_secs(5), || {
+        let again = metric(p1, "registrations_total", &[]);
+        let names = member_names(p1)?;
+        if again > registrations && names == ["n1"] {
+            Ok(())
+        } else {
+            Err(format!("{again} registrations, {names:?}"))
+        }
+    });
+    eprintln!("n1 registered again {took:?} after its lease was revoked");
 
     n1.signal("-TERM");
     assert!(n1.wait_exit(Duration::from_secs(5)).success(), "n1 exits cleanly");
@@ -352,17 +386,7 @@ fn two_nodes_on_a_real_etcd() {
     let first = std::fs::read_to_string(&journal).expect("journal").lines().next().expect("a line").to_owned();
     let key =
         serde_json::from_str::<serde_json::Value>(&first).expect("json line")["key"].as_str().expect("key").to_owned();
-    let deleted = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &endpoint, "--cacert"])
-        .arg(&pki.ca)
-        .arg("--cert")
-        .arg(&pki.client_cert)
-        .arg("--key")
-        .arg(&pki.client_key)
-        .args(["del", &key])
-        .output()
-        .expect("etcdctl");
+    let deleted = etcdctl(&pki, &endpoint, &["del", &key]);
     assert_eq!(String::from_utf8_lossy(&deleted.stdout).trim(), "1", "etcdctl del: {deleted:?}");
     let out = verify(&pki, &endpoint, &journal);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -84,7 +84,10 @@ struct View {
 
 struct Health {
     last_ack: Option<Instant>,
-    last_error: Option<String>,
+    /// Why the last write failed, until one succeeds again (the reason /health gives).
+    last_write_error: Option<String>,
+    /// The last error line logged, so that a repeated error is logged once.
+    last_logged: Option<String>,
 }
 
 /// What the tasks share with each other and with the HTTP server.
@@ -113,10 +116,13 @@ impl Node {
         self.metrics.etcd_errors.with_label_values(&[error.kind()]).inc();
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let line = format!("{what}: {error}");
-        if health.last_error.as_deref() != Some(line.as_str()) {
+        if health.last_logged.as_deref() != Some(line.as_str()) {
             eprintln!("chaos-lab-node[{}]: {line}", self.args.name);
         }
-        health.last_error = Some(line);
+        if what == "write" {
+            health.last_write_error = Some(line.clone());
+        }
+        health.last_logged = Some(line);
     }
 
     fn health(&self) -> (bool, Value) {
@@ -131,9 +137,9 @@ impl Node {
                     Some(at) => format!("no write acknowledged for {} ms", at.elapsed().as_millis()),
                     None => "no write acknowledged yet".to_owned(),
                 };
-                let reason = match &health.last_error {
+                let reason = match &health.last_write_error {
                     Some(error) => {
-                        format!("{since} (bound {} ms); last error: {}", bound.as_millis(), bounded(error, 200))
+                        format!("{since} (bound {} ms); last write error: {}", bound.as_millis(), bounded(error, 200))
                     }
                     None => format!("{since} (bound {} ms)", bound.as_millis()),
                 };
@@ -180,7 +186,7 @@ async fn run_node(args: NodeArgs) -> ExitCode {
         started_unix_ms: unix_ms(),
         etcd,
         view: Mutex::default(),
-        health: Mutex::new(Health { last_ack: None, last_error: None }),
+        health: Mutex::new(Health { last_ack: None, last_write_error: None, last_logged: None }),
         lease: Mutex::new(None),
         journal,
         args,
@@ -385,7 +391,8 @@ async fn write_continuously(node: Arc<Node>) {
         }
         {
             let mut health = node.health.lock().unwrap_or_else(|e| e.into_inner());
-            if health.last_error.take().is_some() {
+            health.last_logged = None;
+            if health.last_write_error.take().is_some() {
                 eprintln!("chaos-lab-node[{}]: writes acknowledged again", node.args.name);
             }
             health.last_ack = Some(Instant::now());
