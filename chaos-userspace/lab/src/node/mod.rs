@@ -284,11 +284,12 @@ async fn read_view(node: &Node) {
     };
     let members: BTreeMap<String, MemberInfo> = kvs
         .iter()
-        .filter_map(|kv| {
-            let name = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+        .map(|kv| {
+            let name = String::from_utf8_lossy(kv.key.get(prefix.len()..).unwrap_or_default()).into_owned();
+            // A member key written by something else than this binary: its value as the address.
             let info = serde_json::from_slice(&kv.value)
                 .unwrap_or(MemberInfo { listen: String::from_utf8_lossy(&kv.value).into_owned(), started_unix_ms: 0 });
-            Some((name, info))
+            (name, info)
         })
         .collect();
     let leader = match node.etcd.leader().await {
