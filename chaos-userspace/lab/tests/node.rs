@@ -278,7 +278,9 @@ fn two_nodes_on_a_real_etcd() {
     let etcd = start_etcd(&scratch, &pki, client_port);
     let (p1, p2) = (free_port(), free_port());
     let mut n1 = start_node(&scratch, &pki, "n1", &endpoint, p1);
-    let mut n2 = start_node(&scratch, &pki, "n2", &endpoint, p2);
+    // n2's first endpoint refuses connections: its calls move on to the next one.
+    let dead_endpoint = format!("https://127.0.0.1:{}", free_port());
+    let mut n2 = start_node(&scratch, &pki, "n2", &format!("{dead_endpoint},{endpoint}"), p2);
 
     // Both register and see each other (the bound covers etcd's start).
     for port in [p1, p2] {
@@ -326,6 +328,10 @@ fn two_nodes_on_a_real_etcd() {
     });
     eprintln!("n2 left n1's view {took:?} after its exit");
     assert!(metric(p1, "membership_changes_total", &[]) >= 1.0);
+    wait_for("the lease renewed", Duration::from_secs(5), || match metric(p1, "lease_renewals_total", &[]) {
+        renewals if renewals > 0.0 => Ok(renewals),
+        renewals => Err(format!("{renewals}")),
+    });
     assert_eq!(metric(p1, "members", &["node=\"n1\""]), 1.0);
 
     // A paused etcd: /health turns 503 with a reason, errors grow; it recovers on SIGCONT.
