@@ -86,8 +86,9 @@ struct Health {
     last_ack: Option<Instant>,
     /// Why the last write failed, until one succeeds again (the reason /health gives).
     last_write_error: Option<String>,
-    /// The last error line logged, so that a repeated error is logged once.
-    last_logged: Option<String>,
+    /// The last error line logged per operation, so that an operation failing the same way
+    /// again is not logged again; cleared when a write succeeds.
+    last_logged: BTreeMap<&'static str, String>,
 }
 
 /// What the tasks share with each other and with the HTTP server.
@@ -111,18 +112,19 @@ impl Node {
         format!("{}/members/", self.args.prefix)
     }
 
-    /// Counts a failed call and logs it when it follows a success (not every repetition).
-    fn etcd_failed(&self, what: &str, error: &EtcdError) {
+    /// Counts a failed call and logs it, unless the same operation failed the same way
+    /// since the last acknowledged write (an outage is a few lines, not 20 a second).
+    fn etcd_failed(&self, what: &'static str, error: &EtcdError) {
         self.metrics.etcd_errors.with_label_values(&[error.kind()]).inc();
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let line = format!("{what}: {error}");
-        if health.last_logged.as_deref() != Some(line.as_str()) {
+        if health.last_logged.get(what) != Some(&line) {
             eprintln!("chaos-lab-node[{}]: {line}", self.args.name);
         }
         if what == "write" {
             health.last_write_error = Some(line.clone());
         }
-        health.last_logged = Some(line);
+        health.last_logged.insert(what, line);
     }
 
     fn health(&self) -> (bool, Value) {
@@ -186,7 +188,7 @@ async fn run_node(args: NodeArgs) -> ExitCode {
         started_unix_ms: unix_ms(),
         etcd,
         view: Mutex::default(),
-        health: Mutex::new(Health { last_ack: None, last_write_error: None, last_logged: None }),
+        health: Mutex::new(Health { last_ack: None, last_write_error: None, last_logged: BTreeMap::new() }),
         lease: Mutex::new(None),
         journal,
         args,
@@ -392,7 +394,7 @@ async fn write_continuously(node: Arc<Node>) {
         }
         {
             let mut health = node.health.lock().unwrap_or_else(|e| e.into_inner());
-            health.last_logged = None;
+            health.last_logged.clear();
             if health.last_write_error.take().is_some() {
                 eprintln!("chaos-lab-node[{}]: writes acknowledged again", node.args.name);
             }
