@@ -98,6 +98,9 @@ struct Node {
     etcd: Etcd,
     metrics: Metrics,
     view: Mutex<View>,
+    /// One read of the view at a time (the watch and the refresh both read), so that a read
+    /// that started earlier never replaces the view a later one made.
+    view_reads: tokio::sync::Mutex<()>,
     health: Mutex<Health>,
     lease: Mutex<Option<i64>>,
     journal: Option<Mutex<File>>,
@@ -188,6 +191,7 @@ async fn run_node(args: NodeArgs) -> ExitCode {
         started_unix_ms: unix_ms(),
         etcd,
         view: Mutex::default(),
+        view_reads: tokio::sync::Mutex::new(()),
         health: Mutex::new(Health { last_ack: None, last_write_error: None, last_logged: BTreeMap::new() }),
         lease: Mutex::new(None),
         journal,
@@ -279,6 +283,7 @@ async fn keep_registered(node: Arc<Node>) {
 /// Reads the membership (and the leader) and replaces the view, counting a change when
 /// the set of members differs.
 async fn read_view(node: &Node) {
+    let _turn = node.view_reads.lock().await;
     let prefix = node.members_prefix();
     let kvs = match node.etcd.range(prefix.as_bytes(), Some(&etcd::prefix_end(prefix.as_bytes()))).await {
         Ok(kvs) => kvs,
