@@ -405,10 +405,19 @@ fn two_nodes_on_a_real_etcd() {
 fn bad_flags_exit_2_naming_the_fix() {
     let scratch = Scratch::new("flags");
     let journal = scratch.path("none.journal");
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("addr").to_string();
+    let absent = scratch.path("absent-ca.crt");
+    let absent = absent.to_str().expect("utf-8");
     for (args, expected) in [
         (vec!["--name", "n1", "--etcd", "https://127.0.0.1:1", "--listen", "nowhere"], "--listen `nowhere`"),
         (vec!["--name", "n1", "--etcd", "127.0.0.1:1", "--listen", "127.0.0.1:0"], "give https://HOST:PORT"),
         (vec!["--name", "n1", "--etcd", "https://127.0.0.1:1", "--listen", "127.0.0.1:0"], "needs --cacert"),
+        (vec!["--name", "n1", "--etcd", "http://127.0.0.1:1", "--listen", &taken], "Address already in use"),
+        (
+            vec!["--name", "n1", "--etcd", "https://127.0.0.1:1", "--listen", "127.0.0.1:0", "--cacert", absent],
+            "--cacert",
+        ),
         (
             vec!["verify", "--etcd", "https://127.0.0.1:1", "--journal", journal.to_str().expect("utf-8")],
             "cannot read --journal",
