@@ -107,14 +107,20 @@ fn tls_connector(files: &TlsFiles) -> Result<TlsConnector, String> {
         files.cacert.ok_or("an https:// etcd endpoint needs --cacert FILE (the CA that signed etcd's certificate)")?;
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(cacert)
-        .map_err(|e| format!("--cacert {}: {e}", cacert.display()))?
+        .map_err(|e| {
+            format!("--cacert {}: {e}; give the PEM file of the CA that signed etcd's certificate", cacert.display())
+        })?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--cacert {}: {e}", cacert.display()))?;
+        .map_err(|e| {
+            format!("--cacert {}: {e}; give the PEM file of the CA that signed etcd's certificate", cacert.display())
+        })?;
     if certs.is_empty() {
         return Err(format!("--cacert {}: no PEM certificate in the file", cacert.display()));
     }
     for cert in certs {
-        roots.add(cert).map_err(|e| format!("--cacert {}: {e}", cacert.display()))?;
+        roots.add(cert).map_err(|e| {
+            format!("--cacert {}: {e}; give the PEM file of the CA that signed etcd's certificate", cacert.display())
+        })?;
     }
     let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -124,13 +130,15 @@ fn tls_connector(files: &TlsFiles) -> Result<TlsConnector, String> {
     let config = match (files.cert, files.key) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| format!("--cert {}: {e}", cert.display()))?
+                .map_err(|e| format!("--cert {}: {e}; give the PEM file of the client certificate", cert.display()))?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("--cert {}: {e}", cert.display()))?;
+                .map_err(|e| format!("--cert {}: {e}; give the PEM file of the client certificate", cert.display()))?;
             if chain.is_empty() {
                 return Err(format!("--cert {}: no PEM certificate in the file", cert.display()));
             }
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--key {}: {e}", key.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                format!("--key {}: {e}; give the PEM file of the client certificate's key", key.display())
+            })?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("--cert and --key do not make a client identity: {e}"))?
