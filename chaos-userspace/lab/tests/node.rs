@@ -314,7 +314,9 @@ fn two_nodes_on_a_real_etcd() {
             Err(format!("{before} then {now}"))
         }
     });
-    eprintln!("10 more acknowledged writes in {took:?}");
+    let mean_ms =
+        1000.0 * metric(p1, "write_latency_seconds_sum", &[]) / metric(p1, "write_latency_seconds_count", &[]);
+    eprintln!("10 more acknowledged writes in {took:?}; mean write latency {mean_ms:.2} ms");
     assert!(metric(p1, "reads_total", &["result=\"ok\""]) > 0.0, "reads of written keys");
     assert!(metric(p1, "write_latency_seconds_count", &[]) > 0.0, "the latency histogram");
 
