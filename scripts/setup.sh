@@ -13,8 +13,10 @@ set -euo pipefail
 # loopback (the binary only, without the system service of the `dnsmasq` package);
 # chromium: the test that loads report.html in a headless browser
 # (chaos-userspace/cli/tests/report_html.rs).
+# etcd-server and etcd-client (etcd 3.4, etcdctl): the lab's workload test
+# (chaos-userspace/lab/tests/node.rs) runs a real etcd on loopback.
 packages=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev bpftool iproute2 iputils-ping util-linux
-  qemu-system-x86 busybox-static xz-utils prometheus dnsmasq-base chromium)
+  qemu-system-x86 busybox-static xz-utils prometheus dnsmasq-base chromium etcd-server etcd-client)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

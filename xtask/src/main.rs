@@ -184,6 +184,8 @@ fn main() -> Result<()> {
             cargo(&["test", "-p", "chaos-engine", "--test", "hypothesis"])?;
             // report.html in headless Chromium (no root; skipped, with its reason, without one).
             cargo(&["test", "-p", "chaos-cli", "--test", "report_html"])?;
+            // The lab's workload (chaos-lab-node) against a real etcd on loopback: no root needed.
+            cargo(&["test", "-p", "chaos-lab", "--test", "node"])?;
             require_root("the kernel tests")?;
             let mut runs = vec![host_kernel_tests(&filters)?];
             if no_vm {

@@ -3,6 +3,8 @@
 //! faults do to real traffic. Created and torn down by the tool (`lab:` in a scenario);
 //! `cleanup` removes what a killed run left ([`remove_leftovers`]).
 
+pub mod node;
+
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     path::PathBuf,
