@@ -2,13 +2,7 @@
 //! head -1`) must not abort an experiment half way (println! panics on EPIPE). Output
 //! that cannot be written is dropped; the run goes on, reverts and exits normally.
 
-use std::{
-    fs::File,
-    io::Write,
-    path::Path,
-    sync::Mutex,
-    time::Instant,
-};
+use std::{fs::File, io::Write, path::Path, sync::Mutex, time::Instant};
 
 /// The run directory's run.log, once a run has one: every stderr line goes there too,
 /// stamped with the seconds since the log opened (not the wall clock: `--freeze-clock`
