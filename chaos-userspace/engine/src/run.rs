@@ -493,7 +493,7 @@ fn run_traced(
                 interrupted: false,
                 failed: None,
                 abort: None,
-                steps: plan.steps.iter().map(|s| StepRun::new(s, seed).into_report()).collect(),
+                steps: plan.steps.iter().map(|s| StepRun::new(s, seed).report()).collect(),
                 hypothesis,
                 samples: Vec::new(),
                 revert_ms: 0.0,
@@ -594,7 +594,7 @@ fn run_traced(
     // reported as such.
     running.close_all(&ended);
     let samples = std::mem::take(&mut running.samples);
-    let steps: Vec<StepReport> = std::mem::take(&mut running.steps).into_iter().map(StepRun::into_report).collect();
+    let steps: Vec<StepReport> = running.steps.iter().map(StepRun::report).collect();
     drop(running);
     if let Some((cause, reason)) = abort {
         observer.event(Event::Aborted { cause, reason });
@@ -751,19 +751,19 @@ impl StepRun {
         }
     }
 
-    fn into_report(self) -> StepReport {
+    fn report(&self) -> StepReport {
         let (planned_start_s, planned_end_s) = match (self.windows.first(), self.windows.last()) {
             (Some(first), Some(last)) => (first.planned_start_s, last.planned_end_s),
             _ => (0.0, 0.0),
         };
         StepReport {
-            name: self.name,
+            name: self.name.clone(),
             seed: self.seed,
             planned_start_s,
             planned_end_s,
             seconds: self.seconds,
-            windows: self.windows,
-            rules: self.rules,
+            windows: self.windows.clone(),
+            rules: self.rules.clone(),
             probe: self.probe,
             ran_its_course: self.finished && self.whole,
         }
@@ -816,7 +816,7 @@ impl Running<'_> {
                 let (_, edge, i, j) = edges[next];
                 let done = match edge {
                     Edge::Open => self.open_window(i, j),
-                    Edge::Close => self.close_window(i, j, "completed"),
+                    Edge::Close => self.close_window(i, j),
                 };
                 if let Err(e) = done {
                     return Stop::Error(e);
@@ -902,8 +902,7 @@ impl Running<'_> {
             self.steps[i].probe_start = self.probe.map(|p| p.counts());
         }
         if self.steps[i].active.is_empty() {
-            let active = self.install(i, window.intensity)?;
-            self.steps[i].active = active;
+            self.install(i, window.intensity)?;
         } else {
             // A ramp: the next intensity, written over the rules in force.
             let seed = self.steps[i].seed;
@@ -921,21 +920,20 @@ impl Running<'_> {
         Ok(())
     }
 
-    /// Closes window `j` of step `i`: unless the next window continues it (a ramp), the
-    /// rules are removed and their counters added to the step's. The last window ends
-    /// the step.
-    fn close_window(&mut self, i: usize, j: usize, ended: &str) -> Result<()> {
+    /// Closes window `j` of step `i` as planned: unless the next window continues it (a
+    /// ramp), the rules are removed and their counters added to the step's. The last
+    /// window ends the step. (A run that stops early ends its steps in `close_all`.)
+    fn close_window(&mut self, i: usize, j: usize) -> Result<()> {
         let step = &self.plan.steps[i];
         let continues = step.windows.get(j + 1).is_some_and(|next| next.start == step.windows[j].end);
-        let last = j + 1 == step.windows.len();
         self.steps[i].windows[j].ended_s = Some(self.now_s());
-        if !continues || ended != "completed" {
+        if !continues {
             let active = std::mem::take(&mut self.steps[i].active);
-            self.remove_rules(i, active, ended, ended == "completed");
+            self.remove_rules(i, active, "completed", true);
             self.ledger_rules()?;
         }
-        if last || ended != "completed" {
-            self.end_step(i, ended, ended == "completed" && last);
+        if j + 1 == step.windows.len() {
+            self.end_step(i, "completed", true);
         }
         Ok(())
     }
@@ -959,21 +957,7 @@ impl Running<'_> {
             span.record("ended", ended);
             set_status(&span, if completed { None } else { Some(ended) });
         }
-        let report = StepRun {
-            name: run.name.clone(),
-            seed: run.seed,
-            span: None,
-            active: Vec::new(),
-            windows: run.windows.clone(),
-            rules: run.rules.clone(),
-            probe_start: None,
-            probe: run.probe,
-            started: None,
-            seconds: run.seconds,
-            finished: run.finished,
-            whole: run.whole,
-        }
-        .into_report();
+        let report = run.report();
         self.observer.event(Event::StepEnded(&report));
         self.observer.event(Event::Notice(format!(
             "step {} {}",
@@ -1002,9 +986,9 @@ impl Running<'_> {
         let _ = self.ledger_rules();
     }
 
-    /// Installs the rules of step `i` on every target at `intensity`; on an error, those
-    /// already installed are removed again.
-    fn install(&mut self, i: usize, intensity: f64) -> Result<Vec<ActiveRule>> {
+    /// Installs the rules of step `i` on every target at `intensity`, as the step's rules
+    /// in force; on an error, those already installed are removed again.
+    fn install(&mut self, i: usize, intensity: f64) -> Result<()> {
         let step = &self.plan.steps[i];
         let seed = self.steps[i].seed;
         let step_span = self.steps[i].span.clone().unwrap_or_else(Span::none);
@@ -1086,10 +1070,9 @@ impl Running<'_> {
             self.remove_rules(i, active, "not recorded", false);
             return Err(e);
         }
-        let active = std::mem::take(&mut self.steps[i].active);
         // Also for a pause (no rules): observers learn that the step began.
         self.observer.event(Event::RulesInstalled { step: &step.name, rules: installed });
-        Ok(active)
+        Ok(())
     }
 
     /// Writes the rules in force (of every step) to the ledger.
@@ -1097,11 +1080,7 @@ impl Running<'_> {
         let now_ms = state::unix_ms();
         let mut rules = Vec::new();
         for (run, step) in self.steps.iter().zip(&self.plan.steps) {
-            let ends = self
-                .run_state
-                .started_unix_ms
-                .max(now_ms)
-                .saturating_add(step.end().saturating_sub(self.run_start.elapsed()).as_millis() as u64);
+            let ends = now_ms.saturating_add(step.end().saturating_sub(self.run_start.elapsed()).as_millis() as u64);
             for a in &run.active {
                 rules.push(RuleState {
                     rule_id: a.rule_id,
@@ -1477,9 +1456,21 @@ fn topology_of(resolved: &BTreeMap<String, Vec<Resolved>>) -> Vec<TargetSnapshot
         .collect()
 }
 
+/// How a created object is checked after the revert.
+enum Check {
+    /// Its id is absent from the loaded BPF programs.
+    Program(u32),
+    /// An attachment holds its program: gone when none of the run's programs is loaded.
+    Attachment,
+    /// The outer end of a segmenter pair is absent from its namespace's interfaces.
+    Segmenter(String),
+    /// Restored by the revert (clsact qdiscs, device settings): its outcome says.
+    Reverted,
+}
+
 /// What the run created, before the revert: programs and their attachments, the clsact
-/// qdiscs it added, device settings and segmenter pairs, its ledger record.
-fn created_objects(run_state: &RunState, held: &[HeldDevice]) -> Vec<CreatedObject> {
+/// qdiscs it added, device settings and segmenter pairs; each with how to check it.
+fn created_objects(run_state: &RunState, held: &[HeldDevice]) -> Vec<(CreatedObject, Check)> {
     let object = |kind: &str, what: String, netns: String| CreatedObject {
         kind: kind.into(),
         what,
@@ -1491,87 +1482,85 @@ fn created_objects(run_state: &RunState, held: &[HeldDevice]) -> Vec<CreatedObje
     for i in &run_state.instances {
         let netns = i.netns.display().to_string();
         for id in &i.program_ids {
-            out.push(object("program", format!("program id {id}"), netns.clone()));
+            out.push((object("program", format!("program id {id}"), netns.clone()), Check::Program(*id)));
         }
         let attachment = match i.mode {
             AttachMode::Netlink => "tc-filter",
             _ => "tcx-link",
         };
         for iface in &i.interfaces {
-            out.push(object(attachment, format!("{iface} ingress and egress"), netns.clone()));
+            out.push((object(attachment, format!("{iface} ingress and egress"), netns.clone()), Check::Attachment));
         }
         for iface in &i.clsact_added {
-            out.push(object("clsact-qdisc", iface.clone(), netns.clone()));
+            out.push((object("clsact-qdisc", iface.clone(), netns.clone()), Check::Reverted));
         }
     }
     for h in held {
         let netns = h.netns.path.display().to_string();
-        out.push(object("device-setting", h.iface.name.clone(), netns.clone()));
+        out.push((object("device-setting", h.iface.name.clone(), netns.clone()), Check::Reverted));
         if let Some(segmenter) = &h.segmenter {
-            out.push(object("segmenter-pair", format!("{} / {}", segmenter.outer, segmenter.inner), netns));
+            let what = format!("{} / {}", segmenter.outer, segmenter.inner);
+            out.push((object("segmenter-pair", what, netns), Check::Segmenter(segmenter.outer.clone())));
         }
     }
     out
 }
 
-/// Checks each created object after the revert, with how.
+/// Checks each created object after the revert (and the run's ledger record), with how.
 fn verify_created(
-    mut created: Vec<CreatedObject>,
+    created: Vec<(CreatedObject, Check)>,
     program_ids: &[u32],
     clean: bool,
     record: &std::path::Path,
 ) -> Vec<CreatedObject> {
     let alive: Vec<u32> = bpfsys::our_programs().into_iter().map(|(id, _)| id).collect();
     let programs_gone = program_ids.iter().all(|id| !alive.contains(id));
-    for o in &mut created {
-        (o.gone, o.proof) = match o.kind.as_str() {
-            "program" => {
-                let id: u32 = o.what.trim_start_matches("program id ").parse().unwrap_or(0);
-                let gone = !alive.contains(&id);
-                (
-                    gone,
-                    format!("program id {id} {} among the loaded BPF programs", if gone { "absent" } else { "STILL" }),
-                )
-            }
-            "tcx-link" | "tc-filter" => (
-                programs_gone,
-                "each attachment holds its program; none of this run's programs is loaded any more".into(),
-            ),
-            "segmenter-pair" => {
-                let outer = o.what.split(" / ").next().unwrap_or_default().to_owned();
-                let listed = Netns::open(std::path::Path::new(&o.netns))
-                    .map_err(anyhow::Error::from)
-                    .and_then(|n| n.run(chaos_datapath::netns::interfaces)?);
-                match listed {
-                    Ok(list) => {
-                        let gone = !list.iter().any(|i| i.name == outer);
-                        (
-                            gone,
-                            format!("{outer} {} in the namespace's interfaces", if gone { "absent" } else { "STILL" }),
-                        )
-                    }
-                    // The namespace itself is gone (a lab removed after the run): so is the pair.
-                    Err(_) => (true, "its namespace no longer exists".into()),
+    let still = |gone: bool, absent: &'static str| if gone { absent } else { "STILL" };
+    let mut out: Vec<CreatedObject> = created
+        .into_iter()
+        .map(|(mut o, check)| {
+            (o.gone, o.proof) = match check {
+                Check::Program(id) => {
+                    let gone = !alive.contains(&id);
+                    (gone, format!("program id {id} {} among the loaded BPF programs", still(gone, "absent")))
                 }
-            }
-            _ => (
-                clean,
-                format!(
-                    "the revert {} it without error",
-                    if clean { "restored or removed" } else { "could not verify" }
+                Check::Attachment => (
+                    programs_gone,
+                    "each attachment holds its program; none of this run's programs is loaded any more".into(),
                 ),
-            ),
-        };
-    }
+                Check::Segmenter(outer) => {
+                    let listed = Netns::open(std::path::Path::new(&o.netns))
+                        .map_err(anyhow::Error::from)
+                        .and_then(|n| n.run(chaos_datapath::netns::interfaces)?);
+                    match listed {
+                        Ok(list) => {
+                            let gone = !list.iter().any(|i| i.name == outer);
+                            (gone, format!("{outer} {} in the namespace's interfaces", still(gone, "absent")))
+                        }
+                        // The namespace itself is gone (a lab removed after the run): so is the pair.
+                        Err(_) => (true, "its namespace no longer exists".into()),
+                    }
+                }
+                Check::Reverted => (
+                    clean,
+                    format!(
+                        "the revert {} it without error",
+                        if clean { "restored or removed" } else { "could not verify" }
+                    ),
+                ),
+            };
+            o
+        })
+        .collect();
     let gone = !record.exists();
-    created.push(CreatedObject {
+    out.push(CreatedObject {
         kind: "ledger-record".into(),
         what: record.display().to_string(),
         netns: String::new(),
         gone,
         proof: format!("{} {}", record.display(), if gone { "no longer exists" } else { "STILL exists" }),
     });
-    created
+    out
 }
 
 /// Every attachment still in place and every target still the one we started with.
