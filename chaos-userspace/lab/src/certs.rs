@@ -73,7 +73,8 @@ pub fn mint(dir: &Path, members: &[(String, Ipv4Addr)]) -> Result<LabCerts> {
     let ca_key = KeyPair::generate().context("generating the lab CA key")?;
     let mut ca_params = params("chaos-ebpf lab CA")?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_cert = ca_params.self_signed(&ca_key).context("signing the lab CA")?;
     let certs = LabCerts {
         ca: dir.join("ca.pem"),
@@ -98,7 +99,8 @@ pub fn mint(dir: &Path, members: &[(String, Ipv4Addr)]) -> Result<LabCerts> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = ekus;
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &issuer).with_context(|| format!("signing the certificate of {common_name}"))?;
+        let cert =
+            params.signed_by(&key, &issuer).with_context(|| format!("signing the certificate of {common_name}"))?;
         write_file(&files.key, &key.serialize_pem(), 0o600)?;
         write_file(&files.cert, &cert.pem(), 0o644)
     };

@@ -297,11 +297,12 @@ fn preflight(options: &UpOptions) -> Result<()> {
         )
         .into());
     }
-    let missing: Vec<&str> = [("etcd", "etcd-server"), ("etcdctl", "etcd-client"), ("prometheus", "prometheus"), ("ip", "iproute2")]
-        .into_iter()
-        .filter(|(program, _)| !on_path(program))
-        .map(|(_, package)| package)
-        .collect();
+    let missing: Vec<&str> =
+        [("etcd", "etcd-server"), ("etcdctl", "etcd-client"), ("prometheus", "prometheus"), ("ip", "iproute2")]
+            .into_iter()
+            .filter(|(program, _)| !on_path(program))
+            .map(|(_, package)| package)
+            .collect();
     if !missing.is_empty() {
         return Err(Error::unsupported(
             format!("the lab needs Debian's {} (not found on PATH)", missing.join(", ")),
@@ -514,7 +515,10 @@ fn build(
     for (index, (name, member_ip)) in cluster.iter().enumerate() {
         check(interrupted)?;
         let member_dir = state.members[index].dir.clone();
-        fs::DirBuilder::new().mode(0o700).create(&member_dir).with_context(|| format!("creating {}", member_dir.display()))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&member_dir)
+            .with_context(|| format!("creating {}", member_dir.display()))?;
         let mut cmd = etcd::member_command(
             name,
             *member_ip,
@@ -568,9 +572,8 @@ fn wait_healthy(
         if !prom.process.is_some_and(|p| p.alive()) {
             bail!("prometheus exited: {}", last_lines(&prom.dir.join("prometheus.log"), 3));
         }
-        let healthy = etcd::health(certs, &endpoints)
-            .map(|all| all.iter().filter(|(_, h)| h.is_ok()).count())
-            .unwrap_or(0);
+        let healthy =
+            etcd::health(certs, &endpoints).map(|all| all.iter().filter(|(_, h)| h.is_ok()).count()).unwrap_or(0);
         if healthy != reported {
             progress(Progress::Healthy { healthy, of: endpoints.len(), elapsed: start.elapsed() });
             reported = healthy;

@@ -102,7 +102,8 @@ mod tests {
             client: CertFiles { cert: "/s/client.pem".into(), key: "/s/client-key.pem".into() },
             members: Vec::new(),
         };
-        let members = vec![("e1".to_owned(), Ipv4Addr::new(198, 51, 100, 1)), ("e2".into(), Ipv4Addr::new(198, 51, 100, 2))];
+        let members =
+            vec![("e1".to_owned(), Ipv4Addr::new(198, 51, 100, 1)), ("e2".into(), Ipv4Addr::new(198, 51, 100, 2))];
         let text = config(&certs, &members, Path::new("/s/prometheus/nodes.json"));
         assert!(text.contains("scheme: https"));
         assert!(text.contains("cert_file: /s/client.pem"));
@@ -123,7 +124,12 @@ mod tests {
         std::fs::write(dir.join("prometheus/nodes.json"), "[]").unwrap();
         std::fs::write(&path, plain).unwrap();
         if let Ok(out) = Command::new("promtool").args(["check", "config", "--syntax-only"]).arg(&path).output() {
-            assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
