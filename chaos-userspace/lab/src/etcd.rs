@@ -66,7 +66,8 @@ pub fn member_command(
     cmd
 }
 
-/// `etcdctl` with the lab's TLS files against `endpoints`, bounded by its own timeouts.
+/// `etcdctl` with the lab's TLS files against `endpoints`, bounded by its own timeouts
+/// (an endpoint that does not answer costs `COMMAND_TIMEOUT`).
 pub fn etcdctl(certs: &LabCerts, endpoints: &[String]) -> Command {
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
@@ -75,7 +76,7 @@ pub fn etcdctl(certs: &LabCerts, endpoints: &[String]) -> Command {
         .arg(format!("--cert={}", certs.client.cert.display()))
         .arg(format!("--key={}", certs.client.key.display()))
         .arg("--dial-timeout=1s")
-        .arg("--command-timeout=2s")
+        .arg(format!("--command-timeout={}ms", COMMAND_TIMEOUT.as_millis()))
         .stdin(Stdio::null());
     cmd
 }
@@ -171,9 +172,9 @@ pub fn member_dir(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join(name)
 }
 
-/// How long one etcdctl call may take at most (its dial and command timeouts, and
-/// process start).
-pub const ETCDCTL_BOUND: Duration = Duration::from_secs(4);
+/// etcdctl's --command-timeout: a healthy member answers in milliseconds; `lab up` polls
+/// health while members start, so this is also the polling granularity then.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(1500);
 
 #[cfg(test)]
 mod tests {
