@@ -18,6 +18,7 @@ pub const TESTS: &[Test] = tests![
     lab_cluster_refuses_a_range_in_use,
     lab_cluster_refuses_missing_programs,
     lab_cluster_interrupted_up_removes_what_it_created,
+    lab_cluster_killed_up_is_reported_and_cleaned_by_down,
 ];
 
 const STATE_DIR: &str = "/run/chaos-ebpf/lab";
@@ -114,13 +115,16 @@ fn lab_up(nodes: u32, extra: &[&str]) -> f64 {
     seconds
 }
 
+/// `lab down` of a lab of `nodes` members (0: a lab whose up did not finish, not timed).
 fn lab_down(nodes: u32) -> String {
     let start = Instant::now();
     let (code, out, err) = chaos_run(&["lab", "down"]);
     let seconds = start.elapsed().as_secs_f64();
     assert_eq!(code, 0, "lab down:\n{out}{err}");
     assert!(out.contains("verified, nothing is left"), "{out}");
-    println!("REPORT|lab_down|nodes={nodes}|seconds={seconds:.2}");
+    if nodes > 0 {
+        println!("REPORT|lab_down|nodes={nodes}|seconds={seconds:.2}");
+    }
     assert_no_lab_left();
     out
 }
@@ -302,9 +306,8 @@ fn lab_cluster_refuses_missing_programs() {
     assert_no_lab_left();
 }
 
-fn lab_cluster_interrupted_up_removes_what_it_created() {
-    require_lab_programs();
-    let _guard = LabDown;
+/// `lab up --nodes 3`, returned once the state records its first etcd member's process.
+fn lab_up_until_a_process_started() -> Chaos {
     let child = Command::new(bin())
         .args(["lab", "up", "--nodes", "3"])
         .stdout(Stdio::piped())
@@ -312,16 +315,39 @@ fn lab_cluster_interrupted_up_removes_what_it_created() {
         .spawn()
         .expect("spawn chaos-ebpf");
     let chaos = Chaos { child };
-    // Interrupted once its members are started (the state records their pids).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let state = fs::read_to_string(format!("{STATE_DIR}/state.json")).unwrap_or_default();
         if state.contains("\"start_time\"") {
-            break;
+            return chaos;
         }
         assert!(Instant::now() < deadline, "lab up started no process within 30 s");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn lab_cluster_killed_up_is_reported_and_cleaned_by_down() {
+    require_lab_programs();
+    let _guard = LabDown;
+    let mut chaos = lab_up_until_a_process_started();
+    chaos.signal(libc::SIGKILL);
+    let _ = chaos.child.wait();
+    // What it left is a lab: a second up is refused, status says it did not finish.
+    let (code, _, err) = chaos_run(&["lab", "up"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("did not finish"), "{err}");
+    let (code, status) = status_json();
+    assert_eq!(code, 1, "{status:#}");
+    assert_eq!(status["lab"]["complete"], false, "{status:#}");
+    assert!(!lab_processes().is_empty(), "the killed up's members are still running");
+    lab_down(0);
+}
+
+fn lab_cluster_interrupted_up_removes_what_it_created() {
+    require_lab_programs();
+    let _guard = LabDown;
+    // Interrupted once its members are started (the state records their pids).
+    let chaos = lab_up_until_a_process_started();
     let (code, _, err) = chaos.interrupt();
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("interrupted"), "{err}");

@@ -587,8 +587,18 @@ fn wait_healthy(
                 .iter()
                 .map(|m| format!("{}: {}", m.name, last_lines(&m.dir.join("etcd.log"), 1)))
                 .collect();
+            // Member-to-member traffic crosses the bridge: with br_netfilter it also
+            // crosses iptables' FORWARD chain, whose DROP policy (Docker sets one) would
+            // keep the members apart. Said, not changed: the host's firewall is not ours.
+            let bridge_nf =
+                fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").is_ok_and(|v| v.trim() == "1");
+            let hint = if bridge_nf && healthy < endpoints.len() {
+                " (net.bridge.bridge-nf-call-iptables=1 here: check that iptables' FORWARD chain accepts traffic on chaos-lab-br0)"
+            } else {
+                ""
+            };
             bail!(
-                "the cluster was not healthy within {} s ({healthy} of {} members): {}",
+                "the cluster was not healthy within {} s ({healthy} of {} members){hint}: {}",
                 UP_TIMEOUT.as_secs(),
                 endpoints.len(),
                 short(&logs.join("; "))
