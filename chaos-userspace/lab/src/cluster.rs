@@ -652,6 +652,14 @@ pub struct LabStatus {
 
 /// The lab's status, or `None` when no lab is up.
 pub fn status(state_dir: &Path) -> Result<Option<LabStatus>> {
+    // SAFETY: no preconditions.
+    if state_dir.exists() && unsafe { libc::geteuid() } != 0 {
+        return Err(Error::unsupported(
+            format!("the lab's state ({}) is readable by root only", state_dir.display()),
+            "run it as root (sudo chaos-ebpf lab status)",
+        )
+        .into());
+    }
     match load(state_dir)? {
         Some(state) => status_of(&state).map(Some),
         None => Ok(None),
