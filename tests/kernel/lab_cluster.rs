@@ -261,7 +261,7 @@ fn lab_cluster_one_member() {
     lab_down(1);
 }
 
-/// A dummy interface in the root namespace, removed on drop.
+/// A veth pair in the root namespace (this kernel has no dummy driver), removed on drop.
 struct Dummy(&'static str);
 
 impl Drop for Dummy {
@@ -273,7 +273,7 @@ impl Drop for Dummy {
 fn lab_cluster_refuses_a_range_in_use() {
     require_lab_programs();
     let _guard = LabDown;
-    must("ip", &["link", "add", "chaos-tdummy0", "type", "dummy"]);
+    must("ip", &["link", "add", "chaos-tdummy0", "type", "veth", "peer", "name", "chaos-tdummy1"]);
     let _dummy = Dummy("chaos-tdummy0");
     must("ip", &["addr", "add", "198.51.100.10/32", "dev", "chaos-tdummy0"]);
     let (code, out, err) = chaos_run(&["lab", "up"]);
@@ -306,7 +306,8 @@ fn lab_cluster_refuses_missing_programs() {
     assert_no_lab_left();
 }
 
-/// `lab up --nodes 3`, returned once the state records its first etcd member's process.
+/// `lab up --nodes 3`, returned once its first etcd member runs (the state records a
+/// process before it is started, so the record alone is not enough).
 fn lab_up_until_a_process_started() -> Chaos {
     let child = Command::new(bin())
         .args(["lab", "up", "--nodes", "3"])
@@ -318,7 +319,7 @@ fn lab_up_until_a_process_started() -> Chaos {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let state = fs::read_to_string(format!("{STATE_DIR}/state.json")).unwrap_or_default();
-        if state.contains("\"start_time\"") {
+        if state.contains("\"start_time\"") && !lab_processes().is_empty() {
             return chaos;
         }
         assert!(Instant::now() < deadline, "lab up started no process within 30 s");
