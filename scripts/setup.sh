@@ -12,9 +12,10 @@ set -euo pipefail
 # DNS probe's tests (chaos-userspace/engine/tests/hypothesis.rs) run a real DNS server on
 # loopback (the binary only, without the system service of the `dnsmasq` package);
 # chromium: the test that loads report.html in a headless browser
-# (chaos-userspace/cli/tests/report_html.rs).
-# etcd-server and etcd-client (etcd 3.4, etcdctl): the lab's workload test
-# (chaos-userspace/lab/tests/node.rs) runs a real etcd on loopback.
+# (chaos-userspace/cli/tests/report_html.rs); etcd-server and etcd-client: `chaos-ebpf lab
+# up` runs etcd members and asks them through etcdctl (docs/lab.md; the package's own
+# service, where systemd starts it, listens on localhost only and is not the lab's).
+# The workload's test (chaos-userspace/lab/tests/node.rs) runs a real etcd on loopback too.
 packages=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev bpftool iproute2 iputils-ping util-linux
   qemu-system-x86 busybox-static xz-utils prometheus dnsmasq-base chromium etcd-server etcd-client)
 missing=()

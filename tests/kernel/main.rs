@@ -68,6 +68,7 @@ test_modules! {
     metrics,
     reports,
     otlp,
+    lab_cluster,
 }
 
 /// Skipped tests of this run: (name, reason).

@@ -3,6 +3,7 @@
 mod cleanup;
 mod execute;
 mod exit;
+mod lab;
 mod otlp;
 mod output;
 mod plan;
@@ -43,6 +44,7 @@ Examples:
   chaos-ebpf validate scenario.yaml && chaos-ebpf plan scenario.yaml
   sudo chaos-ebpf status --output json
   sudo chaos-ebpf cleanup
+  sudo chaos-ebpf lab up --nodes 3 && sudo chaos-ebpf lab status && sudo chaos-ebpf lab down
   chaos-ebpf verify chaos-runs/20261127T154659Z-4242 --expect expect.yaml
 
 Durations: 500ms, 30s, 5m, 1h, 2d or 1m30s; at most 7 days each and for a whole run.
@@ -144,6 +146,13 @@ enum Command {
         /// `verify`; none when left out.
         #[arg(long, value_name = "DIR")]
         run_dir: Option<PathBuf>,
+    },
+    /// A lab of real etcd members with TLS and Prometheus to break: `lab up`, `lab
+    /// status`, `lab down`.
+    #[command(long_about = lab::LAB_ABOUT)]
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCommand,
     },
 }
 
@@ -274,5 +283,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Verify { run_dir, expect } => verify::run(&run_dir, &expect),
         Command::Status { output } => status::run(output == Output::Json),
         Command::Cleanup { force, output, run_dir } => cleanup::run(force, output == Output::Json, run_dir),
+        Command::Lab { command } => lab::run(command),
     }
 }

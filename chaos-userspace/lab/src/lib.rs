@@ -19,6 +19,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod certs;
+pub mod cluster;
+pub mod etcd;
+pub mod prometheus;
+
 use chaos_datapath::{
     error::Error,
     netns::{self, Netns},

@@ -1,0 +1,192 @@
+//! `chaos-ebpf lab up/status/down`: the cluster lab (chaos_lab::cluster): etcd members
+//! with TLS in network namespaces on a bridge, and Prometheus scraping them.
+
+use std::{path::Path, time::Instant};
+
+use anyhow::Result;
+use chaos_lab::cluster::{self, LabStatus, Progress, Subnet, UpOptions};
+use clap::Subcommand;
+
+use crate::{exit, output, Output};
+
+pub const LAB_ABOUT: &str = "\
+A real distributed system to break: N etcd members (TLS on client and peer traffic) in
+network namespaces on one bridge, and Prometheus scraping them (docs/lab.md).
+
+Examples:
+  sudo chaos-ebpf lab up                      # 3 members on 198.51.100.0/26
+  sudo chaos-ebpf lab up --nodes 5 --subnet 198.18.0.0/26
+  sudo chaos-ebpf lab status --output json
+  sudo chaos-ebpf lab down
+
+Addresses: members .1 to .N of the subnet, the bridge (root namespace) .62. State,
+certificates, logs and data live in /run/chaos-ebpf/lab (0700); the CA key never leaves it.
+Needs root and Debian's etcd-server, etcd-client and prometheus (bash scripts/setup.sh).";
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Create the lab and wait until every member is healthy and Prometheus is ready;
+    /// prints progress, then the members. Exit 2 (nothing created) when a lab is already
+    /// up, the range is in use, or a program is missing; Ctrl-C removes what it created.
+    Up {
+        /// How many etcd members (1 to 9).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+        nodes: u32,
+        /// The lab's /26: inside 198.51.100.0/24 or 198.18.0.0/15. Refused when a host
+        /// interface address or route already overlaps it.
+        #[arg(long, value_name = "CIDR", default_value = cluster::DEFAULT_SUBNET)]
+        subnet: String,
+    },
+    /// Members (IP, process, health, leader, raft term) and Prometheus. Exit 0 when the
+    /// lab is up and healthy, 1 otherwise (none up, a process died, a member unhealthy).
+    Status {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Stop the lab's processes (SIGTERM, 5 s, SIGKILL), remove its namespaces, bridge and
+    /// files, then verify that nothing is left. Exit 0 when nothing is left (also when no
+    /// lab was up), 1 when something could not be removed.
+    Down {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+pub fn run(command: LabCommand) -> Result<i32> {
+    let state_dir = Path::new(cluster::STATE_DIR);
+    match command {
+        LabCommand::Up { nodes, subnet } => up(nodes, &subnet, state_dir),
+        LabCommand::Status { output } => status(state_dir, output == Output::Json),
+        LabCommand::Down { output } => down(state_dir, output == Output::Json),
+    }
+}
+
+fn up(nodes: u32, subnet: &str, state_dir: &Path) -> Result<i32> {
+    let subnet = Subnet::parse(subnet)?;
+    // Ctrl-C, SIGTERM and SIGHUP from here on set a flag that `up` checks between steps:
+    // it then removes what it created.
+    let interrupted = chaos_engine::run::install_signal_handlers()?;
+    let start = Instant::now();
+    let options = UpOptions { nodes, subnet, state_dir: state_dir.to_owned() };
+    let status = cluster::up(&options, interrupted, &mut |p| match p {
+        Progress::Step(text) => output::err(&format!("lab up: {text}")),
+        Progress::Healthy { healthy, of, elapsed } => {
+            output::err(&format!("lab up: {healthy}/{of} members healthy after {:.1} s", elapsed.as_secs_f64()))
+        }
+    })?;
+    output::err(&format!("lab up: ready in {:.1} s", start.elapsed().as_secs_f64()));
+    print_table(&status);
+    Ok(0)
+}
+
+fn status(state_dir: &Path, json: bool) -> Result<i32> {
+    let status = cluster::status(state_dir)?;
+    if json {
+        output::out(&serde_json::to_string_pretty(&serde_json::json!({ "up": status.is_some(), "lab": status }))?);
+    } else if let Some(status) = &status {
+        print_table(status);
+    } else {
+        output::out("no lab is up (`chaos-ebpf lab up` starts one)");
+    }
+    Ok(if status.is_some_and(|s| s.healthy) { 0 } else { exit::FAILED })
+}
+
+fn print_table(s: &LabStatus) {
+    let verdict = if s.healthy {
+        "healthy".to_owned()
+    } else if !s.dead.is_empty() {
+        format!("DEAD: {} not running; `chaos-ebpf lab down` cleans it", s.dead.join(", "))
+    } else if !s.complete {
+        "INCOMPLETE: `lab up` did not finish; `chaos-ebpf lab down` cleans it".to_owned()
+    } else {
+        "UNHEALTHY".to_owned()
+    };
+    output::out(&format!(
+        "lab: {} etcd members on {} (bridge {} {}), up since {}: {verdict}",
+        s.nodes,
+        s.subnet,
+        s.bridge.as_deref().unwrap_or("-"),
+        s.bridge_address.as_deref().unwrap_or("-"),
+        s.started
+    ));
+    output::out(&format!(
+        "{:<7} {:<15} {:<8} {:<8} {:<10} {:<8} {:<5}",
+        "MEMBER", "IP", "PID", "PROCESS", "HEALTH", "ROLE", "TERM"
+    ));
+    for m in &s.members {
+        output::out(&format!(
+            "{:<7} {:<15} {:<8} {:<8} {:<10} {:<8} {:<5}{}",
+            m.name,
+            m.ip.to_string(),
+            m.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            if m.alive { "running" } else { "dead" },
+            if m.healthy { "healthy" } else { "unhealthy" },
+            if m.leader {
+                "leader"
+            } else if m.raft_term.is_some() {
+                "follower"
+            } else {
+                "-"
+            },
+            m.raft_term.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
+            m.error.as_deref().map(|e| format!("  {e}")).unwrap_or_default()
+        ));
+    }
+    output::out(&format!(
+        "leader: {}, raft term {}",
+        s.leader.as_deref().unwrap_or("none"),
+        s.raft_term.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+    ));
+    if let Some(url) = &s.prometheus_url {
+        let state = if s.prometheus_ready {
+            "ready"
+        } else if s.prometheus_alive {
+            "not ready"
+        } else {
+            "dead"
+        };
+        output::out(&format!("prometheus: {url} ({state})"));
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (&s.ca, &s.client_cert, &s.client_key) {
+        let endpoints: Vec<&str> = s.members.iter().map(|m| m.client_url.as_str()).collect();
+        output::out(&format!(
+            "etcdctl: ETCDCTL_API=3 etcdctl --endpoints={} --cacert={} --cert={} --key={} endpoint status -w table",
+            endpoints.join(","),
+            ca.display(),
+            cert.display(),
+            key.display()
+        ));
+    }
+}
+
+fn down(state_dir: &Path, json: bool) -> Result<i32> {
+    let start = Instant::now();
+    let report = cluster::down(state_dir)?;
+    let seconds = start.elapsed().as_secs_f64();
+    if json {
+        output::out(&serde_json::to_string_pretty(&serde_json::json!({
+            "was_up": report.is_some(),
+            "removed": report.as_ref().map(|r| r.removed.clone()).unwrap_or_default(),
+            "remaining": report.as_ref().map(|r| r.remaining.clone()).unwrap_or_default(),
+            "seconds": seconds,
+        }))?);
+    }
+    let Some(report) = report else {
+        if !json {
+            output::out("no lab is up");
+        }
+        return Ok(0);
+    };
+    if !json {
+        for line in &report.removed {
+            output::out(&format!("removed: {line}"));
+        }
+        for line in &report.remaining {
+            output::out(&format!("LEFT: {line}"));
+        }
+        if report.remaining.is_empty() {
+            output::out(&format!("lab down in {seconds:.1} s: verified, nothing is left"));
+        }
+    }
+    Ok(if report.remaining.is_empty() { 0 } else { exit::FAILED })
+}
