@@ -548,6 +548,9 @@ fn build(
     state.save()?;
 
     wait_healthy(state, &certs, interrupted, progress)?;
+    // An interrupt that came while the last health check ran still counts: the user
+    // asked for no lab.
+    check(interrupted)?;
     state.complete = true;
     state.save()
 }
@@ -644,7 +647,7 @@ pub struct LabStatus {
     pub ca: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
-    /// Every member alive and healthy, and Prometheus ready.
+    /// `lab up` finished, every member alive and healthy, and Prometheus ready.
     pub healthy: bool,
     /// Processes of the lab that are gone: a lab to `lab down`.
     pub dead: Vec<String>,
@@ -717,7 +720,9 @@ fn status_of(state: &State) -> Result<LabStatus> {
         }
         None => (None, false, false),
     };
-    let healthy = !members.is_empty() && members.iter().all(|m| m.healthy) && prometheus_ready;
+    // A lab whose `up` did not finish is not one to run experiments on, even if the
+    // members it did start answer.
+    let healthy = state.complete && !members.is_empty() && members.iter().all(|m| m.healthy) && prometheus_ready;
     Ok(LabStatus {
         nodes: state.nodes,
         subnet: state.subnet.clone(),
