@@ -184,7 +184,7 @@ fn lab_cluster_three_members_tls_prometheus_and_down() {
     let _guard = LabDown;
     lab_up(3, &[]);
     let (_, table, _) = chaos_run(&["lab", "status"]);
-    assert!(table.contains("leader") && table.contains("e3"), "{table}");
+    assert!(table.contains("leader") && table.contains("n3"), "{table}");
     let lab = assert_healthy(3);
 
     // A write and a read through TLS with the lab's client certificate, from the root
@@ -235,13 +235,13 @@ fn lab_cluster_three_members_tls_prometheus_and_down() {
         assert!(Instant::now() < deadline, "a killed member still reported alive: {status:#}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(dead["lab"]["dead"][0], "etcd e2", "{dead:#}");
+    assert_eq!(dead["lab"]["dead"][0], "etcd n2", "{dead:#}");
     let (code, table, _) = chaos_run(&["lab", "status"]);
     assert_eq!(code, 1);
-    assert!(table.contains("DEAD: etcd e2 not running"), "{table}");
+    assert!(table.contains("DEAD: etcd n2 not running"), "{table}");
 
     let out = lab_down(3);
-    assert!(out.contains("removed: netns chaos-cluster-e3") && out.contains("removed: bridge chaos-lab-br0"), "{out}");
+    assert!(out.contains("removed: netns chaos-cluster-n3") && out.contains("removed: bridge chaos-lab-br0"), "{out}");
     // Nothing is up any more: down and status say so.
     let (code, out, _) = chaos_run(&["lab", "down"]);
     assert_eq!((code, out.trim()), (0, "no lab is up"));

@@ -128,7 +128,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("chaos-certs-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let members = vec![("e1".to_owned(), Ipv4Addr::new(198, 51, 100, 1))];
+        let members = vec![("n1".to_owned(), Ipv4Addr::new(198, 51, 100, 1))];
         let first = mint(&dir, &members).unwrap();
         let ca_first = fs::read_to_string(&first.ca).unwrap();
         let key_first = fs::read_to_string(&first.members[0].key).unwrap();

@@ -1,5 +1,5 @@
 //! The cluster lab (`chaos-ebpf lab up/status/down`): N network namespaces
-//! (`chaos-cluster-e1`..) on one bridge in the root namespace (`chaos-lab-br0`), each
+//! (`chaos-cluster-n1`..) on one bridge in the root namespace (`chaos-lab-br0`), each
 //! running an etcd member with client and peer TLS, and Prometheus in the root namespace
 //! scraping them. Everything it creates is recorded in /run/chaos-ebpf/lab/state.json
 //! before it exists, so `lab down` (and a `lab up` that fails or is interrupted) removes
@@ -351,7 +351,7 @@ fn preflight(options: &UpOptions) -> Result<()> {
 }
 
 pub fn netns_name(index: u32) -> String {
-    format!("{NETNS_PREFIX}e{index}")
+    format!("{NETNS_PREFIX}n{index}")
 }
 
 fn veth_name(index: u32) -> String {
@@ -477,7 +477,7 @@ fn build(
     ip(&["addr", "add", &format!("{}/{}", subnet.bridge(), Subnet::PREFIX), "dev", BRIDGE])?;
     ip(&["link", "set", BRIDGE, "up"])?;
 
-    let cluster: Vec<(String, Ipv4Addr)> = (1..=options.nodes).map(|i| (format!("e{i}"), subnet.member(i))).collect();
+    let cluster: Vec<(String, Ipv4Addr)> = (1..=options.nodes).map(|i| (format!("n{i}"), subnet.member(i))).collect();
     progress(Progress::Step(&format!(
         "{} network namespaces {}..{} on {BRIDGE}",
         options.nodes,

@@ -103,11 +103,11 @@ mod tests {
             members: Vec::new(),
         };
         let members =
-            vec![("e1".to_owned(), Ipv4Addr::new(198, 51, 100, 1)), ("e2".into(), Ipv4Addr::new(198, 51, 100, 2))];
+            vec![("n1".to_owned(), Ipv4Addr::new(198, 51, 100, 1)), ("n2".into(), Ipv4Addr::new(198, 51, 100, 2))];
         let text = config(&certs, &members, Path::new("/s/prometheus/nodes.json"));
         assert!(text.contains("scheme: https"));
         assert!(text.contains("cert_file: /s/client.pem"));
-        assert!(text.contains("targets: ['198.51.100.2:2379']\n        labels: {member: 'e2'}"));
+        assert!(text.contains("targets: ['198.51.100.2:2379']\n        labels: {member: 'n2'}"));
         assert!(text.contains("files: ['/s/prometheus/nodes.json']"));
         assert!(text.contains("targets: ['127.0.0.1:9464']"));
         // The file is valid YAML for Prometheus' loader when promtool is here.
