@@ -23,6 +23,14 @@ pub fn execute(
     run_dir: Option<PathBuf>,
     artifacts: crate::report::Options,
 ) -> Result<i32> {
+    // Lab members named by role are bound to who they are now (the lab is asked once,
+    // so `minority` and `majority` never overlap); actions ask again when they fire.
+    let cluster = crate::cluster_lab::open_for(plan)?;
+    let (bound, bindings) = chaos_engine::action::bind_lab_targets(plan, cluster.as_deref())?;
+    for line in &bindings {
+        output::err(&format!("chaos-ebpf: lab: {line}"));
+    }
+    let plan = &bound;
     // The same checks for a dry run and a run: what one accepts, the other does.
     let checked = chaos_engine::preflight::check(plan, dry_run)?;
     if dry_run {
@@ -63,7 +71,7 @@ pub fn execute(
     let mut metrics = metrics;
     let mut events = crate::report::events::EventFile::create(&run_dir.join("events.jsonl"));
     let mut observers = Fanout::new(vec![&mut progress, &mut metrics, &mut events]);
-    let report = run::run(plan, &RunOptions { command }, probe.as_ref().map(|p| p as &dyn run::Probe), &mut observers);
+    let report = run::run(plan, &RunOptions { command, lab: cluster }, probe.as_ref().map(|p| p as &dyn run::Probe), &mut observers);
     drop(observers);
     for problem in metrics.snapshot_problems() {
         output::err(&format!("chaos-ebpf: warning: metrics snapshot: {problem}"));

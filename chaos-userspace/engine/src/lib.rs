@@ -5,6 +5,7 @@
 //! [`run::Observer`] as events, and the run's outcome is returned as a report; the
 //! Prometheus metrics of a run are such an observer, with their HTTP endpoint (metrics.rs).
 
+pub mod action;
 pub mod hypothesis;
 pub mod metrics;
 pub mod preflight;

@@ -51,22 +51,27 @@ pub fn check(plan: &Plan, dry_run: bool) -> Result<Preflight> {
         if resolved.contains_key(&key) {
             continue;
         }
+        if let TargetSpec::Lab(selector) = &fault.spec.target {
+            // Bound to members' namespaces when the run starts (the lab says who leads then).
+            unchecked.push(format!("lab target {selector} (bound when the run starts)"));
+            continue;
+        }
         if plan.lab.is_some() && is_lab_target(&fault.spec.target) {
             // Created at the start of the run; Lab::create refuses existing ones.
             continue;
         }
         if privileged {
-            let mut targets = target::resolve(&target_of(&fault.spec.target))?;
+            let mut targets = target::resolve(&target_of(&fault.spec.target)?)?;
             if fault.spec.acts_on_far_end() {
                 let mut far_ends = Vec::new();
                 for t in &targets {
-                    far_ends.extend(target::veth_peers(&target_of(&fault.spec.target), t)?);
+                    far_ends.extend(target::veth_peers(&target_of(&fault.spec.target)?, t)?);
                 }
                 targets = far_ends;
             }
             resolved.insert(key, targets);
         } else {
-            unchecked.extend(target::check_unprivileged(&target_of(&fault.spec.target))?);
+            unchecked.extend(target::check_unprivileged(&target_of(&fault.spec.target)?)?);
             resolved.insert(key, Vec::new());
         }
     }

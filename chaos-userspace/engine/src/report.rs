@@ -96,7 +96,11 @@ pub struct StepReport {
     /// The lab probe's packets during the step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeCounts>,
-    /// Every window ran from its planned start to its planned end.
+    /// An action step's action: what it resolved to and did, and its undo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<crate::action::ActionReport>,
+    /// Every window ran from its planned start to its planned end (and an action was
+    /// applied, undone and verified).
     pub ran_its_course: bool,
 }
 

@@ -24,7 +24,10 @@ use anyhow::{anyhow, Context, Result};
 use chaos_ebpf_common::{ProtectedPorts, RuleCounters};
 use tracing::{field::Empty, info_span, Span};
 
-use crate::hypothesis::Checker;
+use crate::{
+    action::{ActionReport, ActionTask, Lab},
+    hypothesis::Checker,
+};
 pub use crate::report::{
     AbortReport, CheckPhase, CounterSample, CreatedObject, HypothesisReport, InterfaceSnapshot, ProbeCounts,
     ProbeSample, RuleReport, RunReport, StepReport, TargetSnapshot, WindowReport,
@@ -227,10 +230,12 @@ impl Observer for Quiet {
 /// revert itself).
 const POLL: Duration = Duration::from_millis(10);
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// The command line, recorded in the ledger for `status`.
     pub command: String,
+    /// The cluster lab, for lab targets and actions (None: no lab is up).
+    pub lab: Option<std::sync::Arc<dyn Lab>>,
 }
 
 /// The run was interrupted before any fault was in force: nothing was changed.
@@ -324,14 +329,22 @@ fn attach_mode(attach: Attach) -> AttachMode {
     }
 }
 
-/// The datapath's target for a target spec.
-pub fn target_of(spec: &TargetSpec) -> Target {
-    match spec {
+/// The datapath's target for a target spec; lab members are bound to their namespaces
+/// first (`action::bind_lab_targets`).
+pub fn target_of(spec: &TargetSpec) -> Result<Target> {
+    Ok(match spec {
         TargetSpec::Iface(v) => Target::Iface(v.clone()),
         TargetSpec::Netns(v) => Target::Netns(v.clone()),
         TargetSpec::Cgroup(v) => Target::Cgroup(v.clone()),
         TargetSpec::Pid(v) => Target::Pid(*v),
-    }
+        TargetSpec::Lab(s) => {
+            return Err(Error::unsupported(
+                format!("the lab target {s} names cluster-lab members"),
+                "use it in a scenario run with `chaos-ebpf lab up` running (the run binds it to their namespaces)",
+            )
+            .into())
+        }
+    })
 }
 
 /// Runs the plan; `probe` (the lab's traffic) is counted per step. Errors before any
@@ -374,7 +387,7 @@ pub fn run(
 }
 
 /// Records a span's outcome as OpenTelemetry's status fields.
-fn set_status(span: &Span, error: Option<&str>) {
+pub(crate) fn set_status(span: &Span, error: Option<&str>) {
     match error {
         None => {
             span.record("otel.status_code", "ok");
@@ -400,6 +413,7 @@ fn run_traced(
     let interrupted = install_signal_handlers()?;
     interrupted_now(interrupted)?;
     let mode = attach_mode(plan.attach).resolve()?;
+    crate::action::check_actions(plan, options.lab.as_deref())?;
 
     // Dead runs' leftovers first: their device records and qdiscs would confuse ours.
     let sweep_span = info_span!(
@@ -445,7 +459,7 @@ fn run_traced(
     for step in &plan.steps {
         for fault in &step.faults {
             if let std::collections::btree_map::Entry::Vacant(slot) = resolved.entry(resolution_key(&fault.spec)) {
-                let target = target_of(&fault.spec.target);
+                let target = target_of(&fault.spec.target)?;
                 let mut targets = target::resolve(&target)?;
                 identities.extend(identities_of(&target, &targets)?);
                 if fault.spec.acts_on_far_end() {
@@ -554,6 +568,7 @@ fn run_traced(
         steps: plan.steps.iter().map(|s| StepRun::new(s, seed)).collect(),
         samples: Vec::new(),
         run_span,
+        lab: options.lab.clone(),
     };
     let stop = running.run_timeline();
     let mut fired: Option<(AbortReport, Instant, Span)> = None;
@@ -721,6 +736,9 @@ struct StepRun {
     finished: bool,
     /// Every window opened and closed as planned (false once one was cut).
     whole: bool,
+    /// An action step's action while it runs, then its report.
+    task: Option<ActionTask>,
+    action: Option<ActionReport>,
 }
 
 impl StepRun {
@@ -748,6 +766,8 @@ impl StepRun {
             seconds: 0.0,
             finished: false,
             whole: true,
+            task: None,
+            action: None,
         }
     }
 
@@ -765,7 +785,8 @@ impl StepRun {
             windows: self.windows.clone(),
             rules: self.rules.clone(),
             probe: self.probe,
-            ran_its_course: self.finished && self.whole,
+            action: self.action.clone(),
+            ran_its_course: self.finished && self.whole && self.action.as_ref().is_none_or(|a| a.ran_its_course),
         }
     }
 }
@@ -794,6 +815,7 @@ struct Running<'a> {
     steps: Vec<StepRun>,
     samples: Vec<CounterSample>,
     run_span: &'a Span,
+    lab: Option<std::sync::Arc<dyn Lab>>,
 }
 
 impl Running<'_> {
@@ -823,7 +845,10 @@ impl Running<'_> {
                 }
                 next += 1;
             }
-            if next == edges.len() {
+            if let Some(why) = self.finish_actions() {
+                return Stop::CutShort(why);
+            }
+            if next == edges.len() && self.steps.iter().all(|s| s.task.is_none()) {
                 return Stop::Completed;
             }
             if self.interrupted.load(Ordering::Relaxed) {
@@ -872,7 +897,7 @@ impl Running<'_> {
                 last_progress = Instant::now();
             }
             // Sleep to the next edge, but no longer than the poll interval.
-            let to_next = edges[next].0.saturating_sub(self.run_start.elapsed());
+            let to_next = edges.get(next).map_or(POLL, |e| e.0.saturating_sub(self.run_start.elapsed()));
             std::thread::sleep(POLL.min(to_next));
         }
     }
@@ -897,6 +922,15 @@ impl Running<'_> {
                 otel.status_code = Empty,
                 otel.status_message = Empty,
             );
+            if let Some(action) = &step.action {
+                self.steps[i].task = Some(ActionTask::start(
+                    action.clone(),
+                    self.lab.clone(),
+                    self.run_start,
+                    span.clone(),
+                    step.name.clone(),
+                ));
+            }
             self.steps[i].span = Some(span);
             self.steps[i].started = Some(Instant::now());
             self.steps[i].probe_start = self.probe.map(|p| p.counts());
@@ -933,9 +967,39 @@ impl Running<'_> {
             self.ledger_rules()?;
         }
         if j + 1 == step.windows.len() {
-            self.end_step(i, "completed", true);
+            match &self.steps[i].task {
+                // Undone on its thread; the step ends when that is done (finish_actions).
+                Some(task) => task.close(),
+                None => self.end_step(i, "completed", true),
+            }
         }
         Ok(())
+    }
+
+    /// Ends the action steps whose thread is done; the first action that failed, if any
+    /// (the run stops: a fault that did not run its course is not a success).
+    fn finish_actions(&mut self) -> Option<String> {
+        let mut failed = None;
+        for i in 0..self.steps.len() {
+            let Some(task) = &self.steps[i].task else { continue };
+            if let Some(why) = task.failure() {
+                failed.get_or_insert(format!("step {}: {why}", self.steps[i].name));
+            }
+            let closed = self.steps[i].windows.last().is_some_and(|w| w.ended_s.is_some());
+            if closed && task.finished() {
+                let report = self.steps[i].task.take().expect("checked").join();
+                let ok = report.ran_its_course;
+                let why = report.error.clone().unwrap_or_else(|| "the action did not run its course".to_owned());
+                self.steps[i].action = Some(report);
+                if ok {
+                    self.end_step(i, "completed", true);
+                } else {
+                    self.end_step(i, &why, false);
+                    failed.get_or_insert(format!("step {}: {why}", self.steps[i].name));
+                }
+            }
+        }
+        failed
     }
 
     /// The step's report is final: its span ends, observers hear of it.
@@ -969,6 +1033,11 @@ impl Running<'_> {
     /// Ends every step still open (the run stopped early), with why.
     fn close_all(&mut self, ended: &str) {
         for i in 0..self.steps.len() {
+            if let Some(task) = self.steps[i].task.take() {
+                // Undone now, on its thread (each of its calls is bounded).
+                task.stop();
+                self.steps[i].action = Some(task.join());
+            }
             if self.steps[i].span.is_some() {
                 let active = std::mem::take(&mut self.steps[i].active);
                 let now = self.now_s();
@@ -1356,7 +1425,7 @@ fn prepare(
 /// change there only; None (every interface of the namespace) for other targets and for
 /// faults without peers.
 fn devices_used(spec: &FaultSpec, target: &Resolved) -> Result<Option<Vec<u32>>> {
-    if !target_of(&spec.target).egress_only() || spec.peers.is_empty() {
+    if !spec.target.egress_only() || spec.peers.is_empty() {
         return Ok(None);
     }
     target.netns.run(|| {

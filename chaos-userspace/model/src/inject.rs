@@ -180,7 +180,7 @@ pub fn plan(fault: InjectFault) -> Result<Plan, Problem> {
                 kind.name().into(),
                 Duration::ZERO,
                 common.duration,
-                vec![PlannedFault { rule_id: 1, spec }],
+                vec![PlannedFault { rule_id: 1, spec, lab_peers: Vec::new() }],
             )
         }],
         hypothesis: None,

@@ -5,6 +5,7 @@
 //! `validate` and `plan` run on this alone: no root, no kernel, no IO beyond reading
 //! the scenario file.
 
+pub mod action;
 pub mod expect;
 pub mod hypothesis;
 #[cfg(feature = "clap")]

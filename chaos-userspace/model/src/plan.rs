@@ -87,6 +87,10 @@ impl FromStr for Protect {
 pub struct PlannedFault {
     pub rule_id: u32,
     pub spec: FaultSpec,
+    /// Peers named as lab members (`peers: [majority]`): their addresses join
+    /// `spec.peers` when the run starts and the lab is asked who they are.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lab_peers: Vec<crate::action::LabSelector>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -104,6 +108,9 @@ pub struct PlannedStep {
     pub seed: Option<u64>,
     /// One fault per target (and peer set): each its own rule.
     pub faults: Vec<PlannedFault>,
+    /// An action step's action (its `faults` are empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<crate::action::PlannedAction>,
     /// When the faults are in force, in order and not overlapping: one window for a plain
     /// step, one per `on` period of a duty cycle, and consecutive windows of rising (or
     /// falling) intensity for a ramp. A step without faults (a pause) has one window too.
@@ -152,6 +159,7 @@ impl PlannedStep {
             duration,
             seed: None,
             faults,
+            action: None,
             windows: vec![Window { start, end: start + duration, intensity: 1.0 }],
         }
     }

@@ -30,6 +30,7 @@ use serde::Deserialize;
 use crate::{
     hypothesis::{Compare, Guard, Hypothesis, ProbeCheck, ProbeSpec},
     locate::{locate, Seg},
+    action::{ActionKind, ActionSpec, ActionTarget, LabSelector, PlannedAction, Signal},
     plan::{Attach, Plan, PlannedFault, PlannedStep, Protect, Window},
     spec::{self, Cidr, Direction, FaultKind, PartitionMode, PortRange, Problem, Proto, RawFault, TargetSpec},
 };
@@ -222,6 +223,7 @@ struct Draft {
     name: String,
     seed: Option<u64>,
     faults: Vec<PlannedFault>,
+    action: Option<PlannedAction>,
     /// Relative to the step's start; the last ends at `length`.
     windows: Vec<timeline::RelWindow>,
     length: Duration,
@@ -392,6 +394,7 @@ impl Validator<'_> {
                 duration: draft.length,
                 seed: draft.seed,
                 faults: draft.faults,
+                action: draft.action,
                 windows,
             });
         }
@@ -491,7 +494,40 @@ impl Validator<'_> {
         let name = step.name.clone().unwrap_or_else(|| format!("step-{}", i + 1));
         let duration =
             step.duration.as_deref().map(|d| self.positive_at(&at("duration"), d, "a step duration")).transpose()?;
-        if step.fault == "none" {
+        let fault = match (&step.fault, &step.action) {
+            (Some(_), Some(_)) => {
+                return Err(self.error(
+                    &at("action"),
+                    "a step gives both fault and action",
+                    "split it into two steps (with: runs them together)",
+                ))
+            }
+            (None, None) => {
+                return Err(self.error(
+                    &[Seg::Key("steps"), Seg::Index(i)],
+                    format!("step '{}' has neither fault nor action", spec::shorten(&name, 40)),
+                    format!("add fault: (one of {}, or none for a pause) or action: ({})", FaultKind::NAMES, ActionKind::NAMES),
+                ))
+            }
+            (None, Some(action)) => return self.action_step(i, step, name, action, duration, targets),
+            (Some(fault), None) => fault,
+        };
+        let action_only = [
+            ("signal", step.signal.is_some()),
+            ("grace", step.grace.is_some()),
+            ("restart", step.restart),
+            ("count", step.count.is_some()),
+            ("cycles", step.cycles.is_some()),
+            ("expires-in", step.expires_in.is_some()),
+        ];
+        if let Some((key, _)) = action_only.iter().find(|(_, set)| *set) {
+            return Err(self.error(
+                &at(key),
+                format!("{key} belongs to an action step, not a fault"),
+                "remove it, or use it with action: (kill, pause, surge, cert-expiry)",
+            ));
+        }
+        if fault == "none" {
             let set = [
                 ("target", step.target.is_some()),
                 ("targets", step.targets.is_some()),
@@ -523,12 +559,12 @@ impl Validator<'_> {
                 name,
                 seed: step.seed,
                 faults: Vec::new(),
+                action: None,
                 windows: timeline::windows(&timeline::Shape::Constant(1.0), length),
                 length,
             });
         }
-        let kind: FaultKind = step
-            .fault
+        let kind: FaultKind = fault
             .parse()
             .map_err(|e: Problem| self.error(&at("fault"), e.problem, format!("{} (or none for a pause)", e.fix)))?;
         let (shape, length) = self.shape(i, step, duration)?;
@@ -565,7 +601,7 @@ impl Validator<'_> {
         for (t, t_path) in named {
             let spec = match targets.get(t) {
                 Some(spec) => spec.clone(),
-                None if t.contains(':') => self.parse_at(&t_path, t)?,
+                None if t.contains(':') || LabSelector::from_word(t).is_some() => self.parse_at(&t_path, t)?,
                 None => {
                     let known = spec::list_some(targets.keys().map(|k| spec::shorten(k, 20)), 5);
                     return Err(self.error(
@@ -590,8 +626,18 @@ impl Validator<'_> {
         }
 
         let mut peers: Vec<Cidr> = Vec::new();
+        let mut lab_peers: Vec<LabSelector> = Vec::new();
         for (j, text) in step.peers.iter().enumerate() {
             let p_path = [Seg::Key("steps"), Seg::Index(i), Seg::Key("peers"), Seg::Index(j)];
+            if !peer_sets.contains_key(text) {
+                if let Some(selector) = LabSelector::parse(text) {
+                    let selector = selector.map_err(|e| self.error(&p_path, e.problem, e.fix))?;
+                    if !lab_peers.contains(&selector) {
+                        lab_peers.push(selector);
+                    }
+                    continue;
+                }
+            }
             let found = match peer_sets.get(text) {
                 Some(set) => set.clone(),
                 None => vec![text.parse::<Cidr>().map_err(|e| {
@@ -656,10 +702,181 @@ impl Validator<'_> {
             for w in &windows {
                 fault.check_intensity(w.intensity).map_err(|e| self.error(&at("intensity"), e.problem, e.fix))?;
             }
-            faults.push(PlannedFault { rule_id: *next_rule_id, spec: fault });
+            faults.push(PlannedFault { rule_id: *next_rule_id, spec: fault, lab_peers: lab_peers.clone() });
             *next_rule_id += 1;
         }
-        Ok(Draft { name, seed: step.seed, faults, windows, length })
+        Ok(Draft { name, seed: step.seed, faults, action: None, windows, length })
+    }
+
+    /// An action step: one window over the step's duration, the action applied when it
+    /// opens and undone (restart, thaw, original certificate) when it closes.
+    fn action_step(
+        &self,
+        i: usize,
+        step: &RawStep,
+        name: String,
+        action: &str,
+        duration: Option<Duration>,
+        targets: &BTreeMap<String, TargetSpec>,
+    ) -> Result<Draft, Problem> {
+        let at = |key: &'static str| [Seg::Key("steps"), Seg::Index(i), Seg::Key(key)];
+        let kind: ActionKind = self.parse_at(&at("action"), action)?;
+        let fault_only = [
+            ("probability", step.probability.is_some()),
+            ("burst", step.burst.is_some()),
+            ("mode", step.mode.is_some()),
+            ("peers", !step.peers.is_empty()),
+            ("proto", step.proto.is_some()),
+            ("ports", step.ports.is_some()),
+            ("direction", step.direction.is_some()),
+            ("shadow", step.shadow),
+            ("delay", step.delay.is_some()),
+            ("jitter", step.jitter.is_some()),
+            ("distribution", step.distribution.is_some()),
+            ("intensity", step.intensity.is_some()),
+            ("repeat", step.repeat.is_some()),
+            ("rate", step.rate.is_some() && kind != ActionKind::Surge),
+            ("signal", step.signal.is_some() && kind != ActionKind::Kill),
+            ("grace", step.grace.is_some() && kind != ActionKind::Kill),
+            ("restart", step.restart && kind != ActionKind::Kill),
+            ("count", step.count.is_some() && kind != ActionKind::Surge),
+            ("cycles", step.cycles.is_some() && kind != ActionKind::Surge),
+            ("expires-in", step.expires_in.is_some() && kind != ActionKind::CertExpiry),
+        ];
+        if let Some((key, _)) = fault_only.iter().find(|(_, set)| *set) {
+            return Err(self.error(
+                &at(key),
+                format!("a {} action takes no {key}", kind.name()),
+                "remove it (see docs/faults.md for each action's parameters)",
+            ));
+        }
+        let length = duration.ok_or_else(|| {
+            self.error(
+                &at("action"),
+                format!("a {} step needs a duration", kind.name()),
+                match kind {
+                    ActionKind::Kill => "add duration: 10s (with restart: true the member comes back when it ends)",
+                    ActionKind::Pause => "add duration: 5s (how long the target stays frozen)",
+                    ActionKind::Surge => "add duration: 30s (the time the surge's cycles may take)",
+                    ActionKind::CertExpiry => "add duration: 10s (how long the member runs with the bad certificate)",
+                },
+            )
+        })?;
+        let spec = match kind {
+            ActionKind::Kill => {
+                let grace = step.grace.as_deref().map(|g| self.positive_at(&at("grace"), g, "a grace period")).transpose()?;
+                if grace.is_some() && step.signal.is_some() {
+                    return Err(self.error(
+                        &at("grace"),
+                        "a kill gives both signal and grace",
+                        "grace sends SIGTERM, then SIGKILL after it; drop signal: (or grace: for one signal)",
+                    ));
+                }
+                let signal = step.signal.as_deref().map(|s| self.parse_at::<Signal>(&at("signal"), s)).transpose()?;
+                ActionSpec::Kill { signal: signal.unwrap_or(Signal::KILL), grace, restart: step.restart }
+            }
+            ActionKind::Pause => ActionSpec::Pause,
+            ActionKind::Surge => {
+                let count = step.count.ok_or_else(|| {
+                    self.error(&at("action"), "a surge needs a count of nodes", "add count: 5 (1..100 per cycle)")
+                })?;
+                if !(1..=100).contains(&count) {
+                    return Err(self.error(&at("count"), format!("count {count} is outside 1..100"), "use 1..100 nodes per cycle"));
+                }
+                let cycles = step.cycles.unwrap_or(1);
+                if !(1..=100).contains(&cycles) {
+                    return Err(self.error(&at("cycles"), format!("cycles {cycles} is outside 1..100"), "use 1..100 cycles"));
+                }
+                let rate = match step.rate.as_deref() {
+                    None => 5.0,
+                    Some(text) => {
+                        let number = text.trim().strip_suffix("/s").unwrap_or(text.trim());
+                        match number.trim().parse::<f64>() {
+                            Ok(r) if r.is_finite() && (0.1..=100.0).contains(&r) => r,
+                            _ => {
+                                return Err(self.error(
+                                    &at("rate"),
+                                    format!("'{}' is not a surge rate", spec::shorten(text, 30)),
+                                    "write nodes per second, 0.1/s to 100/s (e.g. rate: 5/s)",
+                                ))
+                            }
+                        }
+                    }
+                };
+                ActionSpec::Surge { count, rate, cycles }
+            }
+            ActionKind::CertExpiry => ActionSpec::CertExpiry {
+                expires_in: step
+                    .expires_in
+                    .as_deref()
+                    .map(|d| self.positive_at(&at("expires-in"), d, "an expiry"))
+                    .transpose()?,
+            },
+        };
+        let written: Vec<(&String, Vec<Seg>)> = match (&step.target, &step.targets) {
+            (Some(_), Some(_)) => {
+                return Err(self.error(&at("targets"), "a step gives target and targets", "keep one of them"))
+            }
+            (Some(t), None) => vec![(t, at("target").to_vec())],
+            (None, Some(list)) => list
+                .iter()
+                .enumerate()
+                .map(|(j, t)| (t, path(&[Seg::Key("steps"), Seg::Index(i), Seg::Key("targets"), Seg::Index(j)])))
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        let mut action_targets = Vec::with_capacity(written.len());
+        for (t, t_path) in written {
+            let target = match targets.get(t) {
+                Some(spec) => spec.clone(),
+                None => self.parse_at::<TargetSpec>(&t_path, t)?,
+            };
+            let target = match (target, kind) {
+                (TargetSpec::Lab(selector), _) => ActionTarget::Lab(selector),
+                (TargetSpec::Pid(pid), ActionKind::Kill | ActionKind::Pause) => ActionTarget::Pid(pid),
+                (other, _) => {
+                    return Err(self.error(
+                        &t_path,
+                        format!("a {} action cannot act on {other}", kind.name()),
+                        match kind {
+                            ActionKind::Kill | ActionKind::Pause => {
+                                "name lab members (node:n2, leader, followers, minority, majority) or a process (pid:1234)"
+                            }
+                            _ => "name lab members (node:n2, leader, followers, minority, majority)",
+                        },
+                    ))
+                }
+            };
+            if !action_targets.contains(&target) {
+                action_targets.push(target);
+            }
+        }
+        match (kind, action_targets.is_empty()) {
+            (ActionKind::Surge, false) => {
+                return Err(self.error(
+                    &at("target"),
+                    "a surge adds workload nodes and takes no target",
+                    "remove target: (the new nodes run on the lab's members in turn)",
+                ))
+            }
+            (ActionKind::Surge, true) => {}
+            (_, true) => {
+                return Err(self.error(
+                    &at("action"),
+                    format!("step '{}' has no target", spec::shorten(&name, 40)),
+                    format!("add target: ({})", LabSelector::WORDS),
+                ))
+            }
+            (_, false) => {}
+        }
+        Ok(Draft {
+            name,
+            seed: step.seed,
+            faults: Vec::new(),
+            action: Some(PlannedAction { spec, targets: action_targets }),
+            windows: timeline::windows(&timeline::Shape::Constant(1.0), length),
+            length,
+        })
     }
 
     /// The shape of a step's windows and its length, from duration, intensity and repeat.

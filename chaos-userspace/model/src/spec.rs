@@ -316,6 +316,9 @@ pub enum TargetSpec {
     Cgroup(String),
     /// The cgroup and network namespace of a process.
     Pid(u32),
+    /// Members of the cluster lab (`node:n2`, `leader`, ...): their network namespaces,
+    /// resolved when the run starts.
+    Lab(crate::action::LabSelector),
 }
 
 /// Longest target value (a namespace or cgroup path); keeps error lines short.
@@ -324,7 +327,8 @@ const MAX_TARGET_LEN: usize = 256;
 const IFNAMSIZ: usize = 16;
 
 impl TargetSpec {
-    pub const KINDS: &'static str = "iface:NAME, netns:NAME, cgroup:PATH or pid:PID";
+    pub const KINDS: &'static str =
+        "iface:NAME, netns:NAME, cgroup:PATH, pid:PID, or a lab member (node:NAME, leader, followers, minority, majority)";
 
     /// Whether the kernel can tell this target's packets apart on ingress. A cgroup is
     /// known from the sending socket, which exists on egress only: at TC ingress the
@@ -338,6 +342,9 @@ impl FromStr for TargetSpec {
     type Err = Problem;
     fn from_str(s: &str) -> Result<Self, Problem> {
         let fix = format!("write the target as {}", TargetSpec::KINDS);
+        if let Some(selector) = crate::action::LabSelector::parse(s) {
+            return selector.map(TargetSpec::Lab);
+        }
         let Some((kind, value)) = s.split_once(':') else {
             return Err(Problem::new(format!("target '{}' has no kind", shorten(s, 60)), fix));
         };
@@ -374,6 +381,7 @@ impl fmt::Display for TargetSpec {
             TargetSpec::Netns(v) => write!(f, "netns:{v}"),
             TargetSpec::Cgroup(v) => write!(f, "cgroup:{v}"),
             TargetSpec::Pid(v) => write!(f, "pid:{v}"),
+            TargetSpec::Lab(s) => write!(f, "{s}"),
         }
     }
 }

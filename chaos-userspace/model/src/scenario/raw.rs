@@ -94,8 +94,13 @@ pub struct RawScenario {
 pub struct RawStep {
     /// Unique within the scenario; `after` and `with` refer to it (default `step-N`).
     pub name: Option<String>,
-    /// loss | partition | blackhole | delay | rate | none (a pause).
-    pub fault: String,
+    /// loss | partition | blackhole | delay | rate | none (a pause). A step has a fault
+    /// or an action.
+    pub fault: Option<String>,
+    /// kill | pause | surge | cert-expiry: an action on cluster-lab members (`node:n2`,
+    /// `leader`, `followers`, `minority`, `majority`) or a process (`pid:N`; kill and
+    /// pause).
+    pub action: Option<String>,
     /// One target: a name from `targets` or `KIND:VALUE`.
     pub target: Option<String>,
     /// Several targets: the fault is installed on each (one rule each).
@@ -133,7 +138,25 @@ pub struct RawStep {
     #[schemars(with = "Option<DurationText>")]
     pub jitter: Option<String>,
     pub distribution: Option<String>,
+    /// A rate fault's bytes per second (`10mbit`), or a surge's nodes per second (`5/s`).
     pub rate: Option<String>,
+    /// kill: the signal (default SIGKILL; name or number).
+    pub signal: Option<String>,
+    /// kill: SIGTERM, then SIGKILL after this grace period (instead of `signal`).
+    #[schemars(with = "Option<DurationText>")]
+    pub grace: Option<String>,
+    /// kill: start the member again when the step ends.
+    #[serde(default)]
+    pub restart: bool,
+    /// surge: nodes that join (and leave) per cycle.
+    pub count: Option<u32>,
+    /// surge: join/leave cycles (default 1).
+    pub cycles: Option<u32>,
+    /// cert-expiry: the certificate expires this long after it is loaded (default: it
+    /// has expired already).
+    #[serde(rename = "expires-in")]
+    #[schemars(with = "Option<DurationText>")]
+    pub expires_in: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
