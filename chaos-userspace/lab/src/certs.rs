@@ -67,14 +67,61 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
     file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Mints a CA, a certificate per member (`(name, ip)`) and a client certificate into
-/// `dir` (which must exist).
-pub fn mint(dir: &Path, members: &[(String, Ipv4Addr)]) -> Result<LabCerts> {
-    let ca_key = KeyPair::generate().context("generating the lab CA key")?;
+/// The CA's parameters: the same on every call (but the validity), so that an issuer
+/// rebuilt from them and the stored CA key signs certificates that chain to `ca.pem`.
+fn ca_params() -> Result<CertificateParams> {
     let mut ca_params = params("chaos-ebpf lab CA")?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages =
         vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    Ok(ca_params)
+}
+
+/// A member's SANs (its IP and name) and uses: members are servers to clients and to
+/// their peers, and clients of their peers.
+fn member_params(name: &str, ip: Ipv4Addr) -> Result<CertificateParams> {
+    let dns = name.try_into().with_context(|| format!("member name {name} as a DNS name"))?;
+    let mut params = params(name)?;
+    params.subject_alt_names = vec![SanType::IpAddress(IpAddr::V4(ip)), SanType::DnsName(dns)];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// A new certificate (and key) for member `name` at `ip`, signed by the lab's CA (read
+/// from `certs.ca_key`), valid from `not_before` to `not_after`: for the cert-expiry
+/// action, an interval already over, or one ending in a few seconds. Written to `files`
+/// through a temporary file and a rename each, so a reader sees the old or the new file.
+pub fn mint_member(
+    certs: &LabCerts,
+    name: &str,
+    ip: Ipv4Addr,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+    files: &CertFiles,
+) -> Result<()> {
+    let ca_pem = fs::read_to_string(&certs.ca_key).with_context(|| format!("reading {}", certs.ca_key.display()))?;
+    let ca_key = KeyPair::from_pem(&ca_pem).with_context(|| format!("reading {}", certs.ca_key.display()))?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let key = KeyPair::generate().with_context(|| format!("generating a key for {name}"))?;
+    let mut params = member_params(name, ip)?;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert = params.signed_by(&key, &issuer).with_context(|| format!("signing a certificate of {name}"))?;
+    for (path, text, mode) in [(&files.key, key.serialize_pem(), 0o600), (&files.cert, cert.pem(), 0o644)] {
+        let tmp = path.with_extension("pem.tmp");
+        write_file(&tmp, &text, mode)?;
+        fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Mints a CA, a certificate per member (`(name, ip)`) and a client certificate into
+/// `dir` (which must exist).
+pub fn mint(dir: &Path, members: &[(String, Ipv4Addr)]) -> Result<LabCerts> {
+    let ca_key = KeyPair::generate().context("generating the lab CA key")?;
+    let ca_params = ca_params()?;
     let ca_cert = ca_params.self_signed(&ca_key).context("signing the lab CA")?;
     let certs = LabCerts {
         ca: dir.join("ca.pem"),
@@ -92,29 +139,22 @@ pub fn mint(dir: &Path, members: &[(String, Ipv4Addr)]) -> Result<LabCerts> {
     write_file(&certs.ca, &ca_cert.pem(), 0o644)?;
     let issuer = Issuer::new(ca_params, ca_key);
 
-    let leaf = |common_name: &str, sans: Vec<SanType>, ekus: Vec<ExtendedKeyUsagePurpose>, files: &CertFiles| {
+    let leaf = |common_name: &str, params: CertificateParams, files: &CertFiles| {
         let key = KeyPair::generate().with_context(|| format!("generating the key of {common_name}"))?;
-        let mut params = params(common_name)?;
-        params.subject_alt_names = sans;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = ekus;
-        params.use_authority_key_identifier_extension = true;
         let cert =
             params.signed_by(&key, &issuer).with_context(|| format!("signing the certificate of {common_name}"))?;
         write_file(&files.key, &key.serialize_pem(), 0o600)?;
         write_file(&files.cert, &cert.pem(), 0o644)
     };
     for ((name, ip), files) in members.iter().zip(&certs.members) {
-        let dns = name.as_str().try_into().with_context(|| format!("member name {name} as a DNS name"))?;
-        leaf(
-            name,
-            vec![SanType::IpAddress(IpAddr::V4(*ip)), SanType::DnsName(dns)],
-            // Members are servers to clients and to their peers, and clients of their peers.
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-            files,
-        )?;
+        leaf(name, member_params(name, *ip)?, files)?;
     }
-    leaf("chaos-ebpf lab client", Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth], &certs.client)?;
+    let client_name = "chaos-ebpf lab client";
+    let mut client = params(client_name)?;
+    client.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    client.use_authority_key_identifier_extension = true;
+    leaf(client_name, client, &certs.client)?;
     Ok(certs)
 }
 
@@ -140,6 +180,35 @@ mod tests {
         let second = mint(&dir, &members).unwrap();
         assert_ne!(fs::read_to_string(&second.ca).unwrap(), ca_first, "a new CA on every mint");
         assert_ne!(fs::read_to_string(&second.members[0].key).unwrap(), key_first);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `openssl verify` of `cert` against `ca`: its output (the verdict and the error).
+    fn openssl_verify(ca: &Path, cert: &Path) -> Option<String> {
+        let out = std::process::Command::new("openssl").arg("verify").arg("-CAfile").arg(ca).arg(cert).output().ok()?;
+        Some(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
+    #[test]
+    fn a_member_certificate_minted_later_chains_to_the_lab_ca() {
+        let dir = std::env::temp_dir().join(format!("chaos-certs-expired-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let ip = Ipv4Addr::new(198, 51, 100, 1);
+        let certs = mint(&dir, &[("n1".to_owned(), ip)]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let expired = CertFiles { cert: dir.join("expired.pem"), key: dir.join("expired-key.pem") };
+        mint_member(&certs, "n1", ip, now - time::Duration::days(2), now - time::Duration::days(1), &expired).unwrap();
+        let fresh = CertFiles { cert: dir.join("fresh.pem"), key: dir.join("fresh-key.pem") };
+        mint_member(&certs, "n1", ip, now - time::Duration::hours(1), now + time::Duration::hours(1), &fresh).unwrap();
+        assert_eq!(fs::metadata(&expired.key).unwrap().permissions().mode() & 0o777, 0o600);
+        // openssl (Debian's, present where the lab runs) checks the chain and the dates.
+        if let (Some(expired), Some(fresh)) =
+            (openssl_verify(&certs.ca, &expired.cert), openssl_verify(&certs.ca, &fresh.cert))
+        {
+            assert!(expired.contains("certificate has expired"), "{expired}");
+            assert!(fresh.trim_end().ends_with(": OK"), "{fresh}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 }

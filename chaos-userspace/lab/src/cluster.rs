@@ -137,7 +137,7 @@ impl Proc {
         start_time_of(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
     }
 
-    fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         if self.alive() {
             // SAFETY: kill(2) has no memory preconditions; the start time was checked just now.
             unsafe { libc::kill(self.pid as i32, signal) };
@@ -188,7 +188,7 @@ pub struct State {
 }
 
 impl State {
-    fn save(&self) -> Result<()> {
+    pub(crate) fn save(&self) -> Result<()> {
         let path = state_file(&self.dir);
         let tmp = self.dir.join("state.json.tmp");
         fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
@@ -381,8 +381,13 @@ pub fn since(unix: u64) -> String {
 
 /// Spawns `cmd` in its own process group (the terminal's Ctrl-C is `lab up`'s to handle,
 /// and the lab outlives it), output to `log`, optionally inside a network namespace.
-fn spawn(cmd: &mut Command, log: &Path, inside: Option<&str>) -> Result<Proc> {
-    let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+pub(crate) fn spawn(cmd: &mut Command, log: &Path, inside: Option<&str>) -> Result<Proc> {
+    // Appended to: a member restarted by `control` keeps its earlier log.
+    let file = fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file).process_group(0);
     let child = match inside {
         Some(name) => {
@@ -399,7 +404,7 @@ fn spawn(cmd: &mut Command, log: &Path, inside: Option<&str>) -> Result<Proc> {
     Proc::of(pid).with_context(|| format!("{:?} (pid {pid}) exited at once; see {}", cmd.get_program(), log.display()))
 }
 
-fn last_lines(path: &Path, n: usize) -> String {
+pub(crate) fn last_lines(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().rev().take(n).collect();
     short(&lines.into_iter().rev().collect::<Vec<_>>().join(" | "))
@@ -766,8 +771,14 @@ pub fn down(state_dir: &Path) -> Result<Option<DownReport>> {
         )
         .into());
     }
+    // Thaw paused members (a stopped process ignores SIGTERM) and put swapped certificates back.
+    let mut undone = crate::control::undo_before_down(state_dir);
     match load(state_dir) {
-        Ok(Some(state)) => down_state(&state).map(Some),
+        Ok(Some(state)) => down_state(&state).map(|mut r| {
+            undone.append(&mut r.removed);
+            r.removed = undone;
+            Some(r)
+        }),
         // A state directory without a state: nothing was created yet but the directory (the
         // state is written before anything else).
         _ => {

@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 
 pub mod certs;
 pub mod cluster;
+pub mod control;
 pub mod etcd;
 pub mod prometheus;
 
