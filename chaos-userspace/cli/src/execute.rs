@@ -71,7 +71,12 @@ pub fn execute(
     let mut metrics = metrics;
     let mut events = crate::report::events::EventFile::create(&run_dir.join("events.jsonl"));
     let mut observers = Fanout::new(vec![&mut progress, &mut metrics, &mut events]);
-    let report = run::run(plan, &RunOptions { command, lab: cluster }, probe.as_ref().map(|p| p as &dyn run::Probe), &mut observers);
+    let report = run::run(
+        plan,
+        &RunOptions { command, lab: cluster },
+        probe.as_ref().map(|p| p as &dyn run::Probe),
+        &mut observers,
+    );
     drop(observers);
     for problem in metrics.snapshot_problems() {
         output::err(&format!("chaos-ebpf: warning: metrics snapshot: {problem}"));

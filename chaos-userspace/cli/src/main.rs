@@ -1,6 +1,7 @@
 //! chaos-ebpf: exact, deterministic, reversible network faults from Rust TC programs.
 
 mod cleanup;
+mod cluster_lab;
 mod execute;
 mod exit;
 mod lab;

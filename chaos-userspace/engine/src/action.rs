@@ -128,9 +128,10 @@ pub struct ActionReport {
 /// plan and one line per binding for the run's notices; a plan without lab targets comes
 /// back as it is, and the lab is not asked.
 pub fn bind_lab_targets(plan: &Plan, lab: Option<&dyn Lab>) -> Result<(Plan, Vec<String>)> {
-    let uses_lab = plan.steps.iter().any(|s| {
-        s.faults.iter().any(|f| matches!(f.spec.target, TargetSpec::Lab(_)) || !f.lab_peers.is_empty())
-    });
+    let uses_lab = plan
+        .steps
+        .iter()
+        .any(|s| s.faults.iter().any(|f| matches!(f.spec.target, TargetSpec::Lab(_)) || !f.lab_peers.is_empty()));
     if !uses_lab {
         return Ok((plan.clone(), Vec::new()));
     }
@@ -165,7 +166,11 @@ pub fn bind_lab_targets(plan: &Plan, lab: Option<&dyn Lab>) -> Result<(Plan, Vec
                     notes.push(format!(
                         "step {}: {selector} = {}",
                         step.name,
-                        members.iter().map(|m| format!("{} (netns {})", m.name, m.netns)).collect::<Vec<_>>().join(", ")
+                        members
+                            .iter()
+                            .map(|m| format!("{} (netns {})", m.name, m.netns))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                     for (k, m) in members.iter().enumerate() {
                         let rule_id = if k == 0 {
@@ -176,7 +181,10 @@ pub fn bind_lab_targets(plan: &Plan, lab: Option<&dyn Lab>) -> Result<(Plan, Vec
                         };
                         faults.push(PlannedFault {
                             rule_id,
-                            spec: chaos_model::spec::FaultSpec { target: TargetSpec::Netns(m.netns.clone()), ..spec.clone() },
+                            spec: chaos_model::spec::FaultSpec {
+                                target: TargetSpec::Netns(m.netns.clone()),
+                                ..spec.clone()
+                            },
                             lab_peers: Vec::new(),
                         });
                     }
@@ -392,11 +400,8 @@ impl ActionRun {
     }
 
     fn resolve(&mut self, targets: &[ActionTarget]) -> Result<Vec<ActionTarget>> {
-        let lab_view = if targets.iter().any(|t| matches!(t, ActionTarget::Lab(_))) {
-            Some(self.lab()?.view()?)
-        } else {
-            None
-        };
+        let lab_view =
+            if targets.iter().any(|t| matches!(t, ActionTarget::Lab(_))) { Some(self.lab()?.view()?) } else { None };
         let mut out = Vec::new();
         for t in targets {
             match t {

@@ -440,6 +440,7 @@ mod tests {
             windows: Vec::new(),
             rules,
             probe,
+            action: None,
             ran_its_course: true,
         }
     }

@@ -24,13 +24,13 @@ use anyhow::{anyhow, Context, Result};
 use chaos_ebpf_common::{ProtectedPorts, RuleCounters};
 use tracing::{field::Empty, info_span, Span};
 
-use crate::{
-    action::{ActionReport, ActionTask, Lab},
-    hypothesis::Checker,
-};
 pub use crate::report::{
     AbortReport, CheckPhase, CounterSample, CreatedObject, HypothesisReport, InterfaceSnapshot, ProbeCounts,
     ProbeSample, RuleReport, RunReport, StepReport, TargetSnapshot, WindowReport,
+};
+use crate::{
+    action::{ActionReport, ActionTask, Lab},
+    hypothesis::Checker,
 };
 use chaos_datapath::{
     bpfsys, devices,

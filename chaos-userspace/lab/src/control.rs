@@ -199,7 +199,8 @@ fn statuses(certs: &LabCerts, endpoints: &[String]) -> Vec<etcd::EndpointStatus>
 fn put_back(swapped: &Swapped) -> Result<()> {
     for (backup, file) in [(&swapped.backup.cert, &swapped.files.cert), (&swapped.backup.key, &swapped.files.key)] {
         if backup.exists() {
-            fs::rename(backup, file).with_context(|| format!("restoring {} from {}", file.display(), backup.display()))?;
+            fs::rename(backup, file)
+                .with_context(|| format!("restoring {} from {}", file.display(), backup.display()))?;
         }
     }
     Ok(())
@@ -677,7 +678,8 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let files = CertFiles { cert: dir.join("n1.pem"), key: dir.join("n1-key.pem") };
         let backup = CertFiles { cert: dir.join("n1.pem.orig"), key: dir.join("n1-key.pem.orig") };
-        for (path, text) in [(&files.cert, "new"), (&files.key, "newkey"), (&backup.cert, "old"), (&backup.key, "oldkey")]
+        for (path, text) in
+            [(&files.cert, "new"), (&files.key, "newkey"), (&backup.cert, "old"), (&backup.key, "oldkey")]
         {
             fs::write(path, text).unwrap();
         }

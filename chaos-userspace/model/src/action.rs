@@ -177,16 +177,8 @@ impl FromStr for ActionKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Signal(pub i32);
 
-const SIGNALS: [(&str, i32); 8] = [
-    ("HUP", 1),
-    ("INT", 2),
-    ("QUIT", 3),
-    ("KILL", 9),
-    ("USR1", 10),
-    ("USR2", 12),
-    ("TERM", 15),
-    ("STOP", 19),
-];
+const SIGNALS: [(&str, i32); 8] =
+    [("HUP", 1), ("INT", 2), ("QUIT", 3), ("KILL", 9), ("USR1", 10), ("USR2", 12), ("TERM", 15), ("STOP", 19)];
 
 impl Signal {
     pub const KILL: Signal = Signal(9);
@@ -276,7 +268,9 @@ impl ActionSpec {
                 format!("surge ({count} nodes join at {rate}/s and leave, {cycles} cycles)")
             }
             ActionSpec::CertExpiry { expires_in } => match expires_in {
-                Some(d) => format!("cert-expiry (a certificate expiring {} after load)", crate::spec::format_duration(*d)),
+                Some(d) => {
+                    format!("cert-expiry (a certificate expiring {} after load)", crate::spec::format_duration(*d))
+                }
                 None => "cert-expiry (an expired certificate)".to_owned(),
             },
         }

@@ -28,9 +28,9 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    action::{ActionKind, ActionSpec, ActionTarget, LabSelector, PlannedAction, Signal},
     hypothesis::{Compare, Guard, Hypothesis, ProbeCheck, ProbeSpec},
     locate::{locate, Seg},
-    action::{ActionKind, ActionSpec, ActionTarget, LabSelector, PlannedAction, Signal},
     plan::{Attach, Plan, PlannedFault, PlannedStep, Protect, Window},
     spec::{self, Cidr, Direction, FaultKind, PartitionMode, PortRange, Problem, Proto, RawFault, TargetSpec},
 };
@@ -506,7 +506,11 @@ impl Validator<'_> {
                 return Err(self.error(
                     &[Seg::Key("steps"), Seg::Index(i)],
                     format!("step '{}' has neither fault nor action", spec::shorten(&name, 40)),
-                    format!("add fault: (one of {}, or none for a pause) or action: ({})", FaultKind::NAMES, ActionKind::NAMES),
+                    format!(
+                        "add fault: (one of {}, or none for a pause) or action: ({})",
+                        FaultKind::NAMES,
+                        ActionKind::NAMES
+                    ),
                 ))
             }
             (None, Some(action)) => return self.action_step(i, step, name, action, duration, targets),
@@ -764,7 +768,8 @@ impl Validator<'_> {
         })?;
         let spec = match kind {
             ActionKind::Kill => {
-                let grace = step.grace.as_deref().map(|g| self.positive_at(&at("grace"), g, "a grace period")).transpose()?;
+                let grace =
+                    step.grace.as_deref().map(|g| self.positive_at(&at("grace"), g, "a grace period")).transpose()?;
                 if grace.is_some() && step.signal.is_some() {
                     return Err(self.error(
                         &at("grace"),
@@ -781,11 +786,19 @@ impl Validator<'_> {
                     self.error(&at("action"), "a surge needs a count of nodes", "add count: 5 (1..100 per cycle)")
                 })?;
                 if !(1..=100).contains(&count) {
-                    return Err(self.error(&at("count"), format!("count {count} is outside 1..100"), "use 1..100 nodes per cycle"));
+                    return Err(self.error(
+                        &at("count"),
+                        format!("count {count} is outside 1..100"),
+                        "use 1..100 nodes per cycle",
+                    ));
                 }
                 let cycles = step.cycles.unwrap_or(1);
                 if !(1..=100).contains(&cycles) {
-                    return Err(self.error(&at("cycles"), format!("cycles {cycles} is outside 1..100"), "use 1..100 cycles"));
+                    return Err(self.error(
+                        &at("cycles"),
+                        format!("cycles {cycles} is outside 1..100"),
+                        "use 1..100 cycles",
+                    ));
                 }
                 let rate = match step.rate.as_deref() {
                     None => 5.0,
@@ -834,18 +847,16 @@ impl Validator<'_> {
             let target = match (target, kind) {
                 (TargetSpec::Lab(selector), _) => ActionTarget::Lab(selector),
                 (TargetSpec::Pid(pid), ActionKind::Kill | ActionKind::Pause) => ActionTarget::Pid(pid),
-                (other, _) => {
-                    return Err(self.error(
-                        &t_path,
-                        format!("a {} action cannot act on {other}", kind.name()),
-                        match kind {
-                            ActionKind::Kill | ActionKind::Pause => {
-                                "name lab members (node:n2, leader, followers, minority, majority) or a process (pid:1234)"
-                            }
-                            _ => "name lab members (node:n2, leader, followers, minority, majority)",
-                        },
-                    ))
-                }
+                (other, _) => return Err(self.error(
+                    &t_path,
+                    format!("a {} action cannot act on {other}", kind.name()),
+                    match kind {
+                        ActionKind::Kill | ActionKind::Pause => {
+                            "name lab members (node:n2, leader, followers, minority, majority) or a process (pid:1234)"
+                        }
+                        _ => "name lab members (node:n2, leader, followers, minority, majority)",
+                    },
+                )),
             };
             if !action_targets.contains(&target) {
                 action_targets.push(target);

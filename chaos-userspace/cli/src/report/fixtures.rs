@@ -116,6 +116,7 @@ pub fn rich_report() -> RunReport {
             ],
             rules: vec![rule(1, "loss on netns:a p=0.3 dir=both", "netns:a", n1, 300, 91, true)],
             probe: Some(ProbeCounts { sent: 1000, delivered: 702, echoed: 690 }),
+            action: None,
             ran_its_course: true,
         },
         StepReport {
@@ -127,6 +128,7 @@ pub fn rich_report() -> RunReport {
             windows: vec![window(2.0, 7.0, 0.5, Some((2.001, 5.5)))],
             rules: vec![rule(2, "loss on netns:b p=0.1 dir=both", "netns:b", n2, 400, 22, false)],
             probe: None,
+            action: None,
             ran_its_course: false,
         },
     ];

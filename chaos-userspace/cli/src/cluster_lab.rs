@@ -1,0 +1,111 @@
+//! The cluster lab (`chaos-ebpf lab up`) as the engine's [`Lab`]: chaos-lab's member
+//! control behind a mutex, since every call may rewrite the lab's state files. The
+//! engine never imports the lab (docs/architecture.md); this is where the two meet.
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    sync::{atomic::AtomicBool, Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use anyhow::{anyhow, Result};
+use chaos_engine::action::{Lab, LabMember, LabView, SurgeOutcome};
+use chaos_lab::{
+    cluster::STATE_DIR,
+    control::{KillOutcome, LabControl},
+};
+use chaos_model::{action::ActionTarget, plan::Plan, spec::TargetSpec};
+
+pub struct ClusterLab {
+    control: Mutex<LabControl>,
+}
+
+/// The lab when the plan names lab members or has lab actions; an error (exit 2) naming
+/// `lab up` when it does and no lab is up.
+pub fn open_for(plan: &Plan) -> Result<Option<Arc<dyn Lab>>> {
+    let uses_lab = plan.steps.iter().any(|s| {
+        s.faults.iter().any(|f| matches!(f.spec.target, TargetSpec::Lab(_)) || !f.lab_peers.is_empty())
+            || s.action
+                .as_ref()
+                .is_some_and(|a| a.targets.is_empty() || a.targets.iter().any(|t| matches!(t, ActionTarget::Lab(_))))
+    });
+    if !uses_lab {
+        return Ok(None);
+    }
+    let control = LabControl::open(Path::new(STATE_DIR))?;
+    Ok(Some(Arc::new(ClusterLab { control: Mutex::new(control) })))
+}
+
+fn signal_name(signal: i32) -> String {
+    chaos_model::action::Signal(signal).name()
+}
+
+impl ClusterLab {
+    fn control(&self) -> Result<MutexGuard<'_, LabControl>> {
+        self.control.lock().map_err(|_| anyhow!("the lab's control was poisoned by a panicked action"))
+    }
+}
+
+impl Lab for ClusterLab {
+    fn view(&self) -> Result<LabView> {
+        let control = self.control()?;
+        let members = control
+            .members()
+            .into_iter()
+            .map(|m| LabMember { name: m.name, netns: m.netns, ip: IpAddr::V4(m.ip) })
+            .collect();
+        Ok(LabView { members, leader: control.leader()? })
+    }
+
+    fn wait_leader(&self, not: Option<&str>, within: Duration) -> Result<Option<(String, Duration)>> {
+        self.control()?.wait_leader(not, within)
+    }
+
+    fn kill(&self, member: &str, signal: i32, grace: Option<Duration>) -> Result<String> {
+        let KillOutcome { member, pid, signals, elapsed } = self.control()?.kill(member, signal, grace)?;
+        let sent: Vec<String> = signals.iter().map(|s| signal_name(*s)).collect();
+        Ok(format!(
+            "killed {member} (etcd pid {pid}) with {}: gone after {} ms",
+            sent.join(" then "),
+            elapsed.as_millis()
+        ))
+    }
+
+    fn restart(&self, member: &str) -> Result<String> {
+        let outcome = self.control()?.restart(member)?;
+        Ok(format!(
+            "restarted {} (etcd pid {}): healthy after {} ms",
+            outcome.member,
+            outcome.pid,
+            outcome.elapsed.as_millis()
+        ))
+    }
+
+    fn pause(&self, member: &str) -> Result<String> {
+        self.control()?.pause(member)?;
+        Ok(format!("paused {member} (SIGSTOP)"))
+    }
+
+    fn resume(&self, member: &str) -> Result<String> {
+        self.control()?.resume(member)?;
+        Ok(format!("resumed {member} (SIGCONT)"))
+    }
+
+    fn expire_cert(&self, member: &str, expires_in: Option<Duration>) -> Result<String> {
+        self.control()?.expire_cert(member, expires_in)?;
+        Ok(match expires_in {
+            Some(d) => format!("{member} restarted on a certificate that expires {} s after now", d.as_secs()),
+            None => format!("{member} restarted on an expired certificate"),
+        })
+    }
+
+    fn restore_cert(&self, member: &str) -> Result<String> {
+        self.control()?.restore_cert(member)?;
+        Ok(format!("{member} restarted on its original certificate"))
+    }
+
+    fn surge(&self, _count: u32, _rate: f64, _cycles: u32, _stop: &AtomicBool) -> Result<SurgeOutcome> {
+        Err(anyhow!("surge: wired when the lab's surge lands"))
+    }
+}
