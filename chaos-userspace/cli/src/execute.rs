@@ -21,7 +21,7 @@ pub fn execute(
     metrics_addr: Option<MetricsAddr>,
     command: String,
     run_dir: Option<PathBuf>,
-    artifacts: crate::report::Options,
+    mut artifacts: crate::report::Options,
 ) -> Result<i32> {
     // Lab members named by role are bound to who they are now (the lab is asked once,
     // so `minority` and `majority` never overlap); actions ask again when they fire.
@@ -31,6 +31,9 @@ pub fn execute(
         output::err(&format!("chaos-ebpf: lab: {line}"));
     }
     let plan = &bound;
+    if let Some(lab) = &cluster {
+        artifacts.lab_members = Some(lab.view()?.members.len());
+    }
     // The same checks for a dry run and a run: what one accepts, the other does.
     let checked = chaos_engine::preflight::check(plan, dry_run)?;
     if dry_run {

@@ -9,6 +9,7 @@ mod otlp;
 mod output;
 mod plan;
 mod render;
+mod replay;
 mod report;
 mod run_dir;
 mod spans;
@@ -108,6 +109,18 @@ enum Command {
         freeze_clock: bool,
         #[arg(long, value_name = "URL", value_parser = otlp::parse_endpoint, help = OTLP_HELP)]
         otlp_endpoint: Option<String>,
+    },
+    /// Run a recorded run again: the scenario and seed of its bundle (RUN_DIR.tar.gz), on
+    /// a lab of the same shape, then compare the outcome and the digest with the recorded
+    /// ones. Exit 0 when the new run passes with the same outcome, 1 otherwise.
+    Replay {
+        /// The bundle a run wrote next to its run directory.
+        bundle: PathBuf,
+        #[arg(long, value_name = "DIR", help = RUN_DIR_HELP)]
+        run_dir: Option<PathBuf>,
+        /// The comparison as text or JSON (the run's own report is in its directory).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Check a scenario file; errors name file:line:column and the fix.
     Validate { file: PathBuf },
@@ -268,7 +281,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Inject { fault, dry_run, output, run_dir, metrics_addr, freeze_clock, .. } => {
             let plan = inject::plan(fault)?;
-            let artifacts = report::Options { scenario_file: None, freeze_clock };
+            let artifacts = report::Options { scenario_file: None, freeze_clock, lab_members: None };
             execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, artifacts)
         }
         Command::Run { file, seed, dry_run, output, run_dir, metrics_addr, freeze_clock, .. } => {
@@ -276,9 +289,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
             if seed.is_some() {
                 plan.seed = seed;
             }
-            let artifacts = report::Options { scenario_file: Some(file), freeze_clock };
+            let artifacts = report::Options { scenario_file: Some(file), freeze_clock, lab_members: None };
             execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, artifacts)
         }
+        Command::Replay { bundle, run_dir, output } => replay::run(&bundle, run_dir, output),
         Command::Validate { file } => validate::run(&file),
         Command::Plan { file, seed, output } => plan::run(&file, seed, output),
         Command::Verify { run_dir, expect } => verify::run(&run_dir, &expect),

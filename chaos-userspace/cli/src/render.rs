@@ -193,8 +193,21 @@ pub fn step(step: &StepReport) -> String {
         "step {} ({:.1}s, planned {:.3}s..{:.3}s)",
         step.name, step.seconds, step.planned_start_s, step.planned_end_s
     );
-    if step.rules.is_empty() {
-        out += ": no fault";
+    match &step.action {
+        Some(action) => {
+            out += &format!(": {} on {}", action.action, action.resolved.join(", "));
+            if action.resolved.is_empty() && !action.targets.is_empty() {
+                out += &action.targets.join(", ");
+            }
+            for e in &action.events {
+                out += &format!("\n  {:>8.3}s {}", e.t_s, e.what);
+            }
+            if let Some(error) = &action.error {
+                out += &format!("\n  FAILED: {error}");
+            }
+        }
+        None if step.rules.is_empty() => out += ": no fault",
+        None => {}
     }
     if step.windows.len() > 1 || step.windows.iter().any(|w| w.intensity != 1.0) {
         let windows: Vec<String> = step

@@ -73,6 +73,14 @@ fn intensities(windows: &[WindowReport]) -> String {
 }
 
 fn rules(step: &StepReport) -> String {
+    if let Some(action) = &step.action {
+        let mut lines = vec![format!("{} on {}", cell(&action.action), cell(&action.resolved.join(", ")))];
+        lines.extend(action.events.iter().map(|e| format!("{:.3} s: {}", e.t_s, cell(&e.what))));
+        if let Some(error) = &action.error {
+            lines.push(format!("FAILED: {}", cell(error)));
+        }
+        return lines.join("<br>");
+    }
     if step.rules.is_empty() {
         return "none".into();
     }
@@ -132,7 +140,7 @@ pub fn render(report: &RunReport) -> String {
     } else {
         let _ = writeln!(
             md,
-            "| step | seed | planned | actual | windows | intensity | rules | ran its course |\n|---|---|---|---|---|---|---|---|"
+            "| step | seed | planned | actual | windows | intensity | rules or action | ran its course |\n|---|---|---|---|---|---|---|---|"
         );
         for step in &report.steps {
             let _ = writeln!(

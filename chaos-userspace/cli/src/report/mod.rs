@@ -29,6 +29,9 @@ pub struct Options {
     /// `--freeze-clock`: wall-clock stamps become [`FROZEN_EPOCH_MS`] plus the offset from
     /// the run's start.
     pub freeze_clock: bool,
+    /// Members of the cluster lab the run used (recorded in meta.json: `replay` wants a
+    /// lab of the same shape).
+    pub lab_members: Option<usize>,
 }
 
 /// 2000-01-01T00:00:00Z in ms since the epoch: where a frozen clock starts the run.
@@ -140,7 +143,8 @@ pub fn write_all(run_dir: &Path, plan: &Plan, report: &RunReport, options: &Opti
     };
     // Named by its real path: `--run-dir .` or `runs/x/..` have a name there.
     let named = run_dir.canonicalize().unwrap_or_else(|_| run_dir.to_path_buf());
-    let meta = Meta::new(&named, report, digest, options.freeze_clock);
+    let mut meta = Meta::new(&named, report, digest, options.freeze_clock);
+    meta.lab_members = options.lab_members;
     attempt("meta.json", write_json(&run_dir.join("meta.json"), &meta));
     let bundle = bundle::path_of(&named);
     if let Err(e) = bundle::write(&named, &bundle, clock) {
@@ -215,6 +219,9 @@ pub struct Meta {
     pub scenario: String,
     pub seed: u64,
     pub digest: Option<String>,
+    /// Members of the cluster lab the run used, if it used one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lab_members: Option<usize>,
 }
 
 impl Meta {
@@ -236,6 +243,7 @@ impl Meta {
             scenario: report.scenario.clone(),
             seed: report.seed,
             digest,
+            lab_members: None,
         }
     }
 }
@@ -301,7 +309,7 @@ mod tests {
         std::fs::write(run_dir.join("events.jsonl"), format!("{step_ended}\n")).unwrap();
         let scenario = dir.path().join("scenario-source.yaml");
         std::fs::write(&scenario, "name: rich\n").unwrap();
-        let options = Options { scenario_file: Some(scenario), freeze_clock: true };
+        let options = Options { scenario_file: Some(scenario), freeze_clock: true, lab_members: None };
         let warnings = write_all(&run_dir, &fixtures::plan(), &report, &options);
         assert!(warnings.is_empty(), "{warnings:?}");
         for file in [
