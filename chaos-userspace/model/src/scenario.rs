@@ -1598,6 +1598,60 @@ mod tests {
     }
 
     #[test]
+    fn action_steps_and_lab_members() {
+        let plan = v1(concat!(
+            "steps:\n",
+            "  - {name: k, action: kill, target: leader, grace: 2s, restart: true, duration: 5s}\n",
+            "  - {name: p, action: pause, targets: [node:n2, pid:1], duration: 2s}\n",
+            "  - {name: s, action: surge, count: 3, rate: 2/s, cycles: 2, duration: 20s}\n",
+            "  - {name: c, action: cert-expiry, target: node:n3, expires-in: 30s, duration: 5s}\n",
+            "  - {name: cut, fault: partition, target: minority, peers: [majority, 192.0.2.9], duration: 1s}\n",
+        ))
+        .unwrap();
+        let action = |i: usize| plan.steps[i].action.clone().unwrap();
+        assert_eq!(
+            action(0).spec,
+            ActionSpec::Kill { signal: Signal::KILL, grace: Some(Duration::from_secs(2)), restart: true }
+        );
+        assert_eq!(action(0).targets, [ActionTarget::Lab(LabSelector::Leader)]);
+        assert_eq!(action(1).targets, [ActionTarget::Lab(LabSelector::Node("n2".into())), ActionTarget::Pid(1)]);
+        assert_eq!(action(2).spec, ActionSpec::Surge { count: 3, rate: 2.0, cycles: 2 });
+        assert!(action(2).targets.is_empty());
+        assert_eq!(action(3).spec, ActionSpec::CertExpiry { expires_in: Some(Duration::from_secs(30)) });
+        let cut = &plan.steps[4].faults[0];
+        assert_eq!(cut.spec.target, TargetSpec::Lab(LabSelector::Minority));
+        assert_eq!(cut.lab_peers, [LabSelector::Majority]);
+        assert_eq!(cut.spec.peers.len(), 1);
+        assert!(plan.steps.iter().take(4).all(|s| s.faults.is_empty() && s.windows.len() == 1));
+
+        bad("steps: [{fault: loss, action: kill, target: leader, duration: 1s}]\n", 3, 31, "both fault and action");
+        bad("steps: [{duration: 1s}]\n", 3, 10, "neither fault nor action");
+        bad("steps: [{action: reboot, target: leader, duration: 1s}]\n", 3, 18, "unknown action");
+        bad("steps: [{action: kill, duration: 1s}]\n", 3, 18, "no target");
+        bad("steps: [{action: kill, target: leader}]\n", 3, 18, "needs a duration");
+        bad("steps: [{action: pause, target: leader, signal: HUP, duration: 1s}]\n", 3, 49, "takes no signal");
+        bad(
+            "steps: [{action: kill, target: leader, signal: HUP, grace: 1s, duration: 1s}]\n",
+            3,
+            60,
+            "both signal and grace",
+        );
+        bad("steps: [{action: kill, target: leader, signal: SIGFOO, duration: 1s}]\n", 3, 48, "not a signal");
+        bad("steps: [{action: surge, target: leader, count: 2, duration: 1s}]\n", 3, 33, "takes no target");
+        bad("steps: [{action: surge, count: 0, duration: 1s}]\n", 3, 32, "outside 1..100");
+        bad("steps: [{action: surge, count: 2, rate: fast, duration: 1s}]\n", 3, 41, "surge rate");
+        bad("steps: [{action: cert-expiry, target: pid:1, duration: 1s}]\n", 3, 39, "cannot act on pid:1");
+        bad("steps: [{action: kill, target: leader, probability: 0.1, duration: 1s}]\n", 3, 53, "takes no probability");
+        bad(
+            "steps: [{fault: loss, target: leader, probability: 0.1, restart: true, duration: 1s}]\n",
+            3,
+            66,
+            "action step",
+        );
+        bad("steps: [{fault: partition, target: 'node:x/y', duration: 1s}]\n", 3, 36, "lab member");
+    }
+
+    #[test]
     fn bad_intensities_ramps_and_repeats() {
         let loss = "fault: loss, target: a, probability: 0.5";
         bad(&format!("steps:\n  - {{{loss}, duration: 1s, intensity: 1.5}}\n"), 4, 73, "outside 0 < x <= 1");
