@@ -441,7 +441,7 @@ impl ActionRun {
         };
         for target in targets {
             match (&action.spec, target) {
-                (ActionSpec::Kill { signal, grace, restart }, ActionTarget::Lab(LabSelector::Node(m))) => {
+                (ActionSpec::Kill { signal, grace, restart, leader_within }, ActionTarget::Lab(LabSelector::Node(m))) => {
                     let killed_at = Instant::now();
                     let what = self.lab()?.kill(&m, signal.0, *grace)?;
                     self.note(what);
@@ -449,7 +449,7 @@ impl ActionRun {
                         undo.push(Undo::Restart(m.clone()));
                     }
                     if leader_before.as_deref() == Some(m.as_str()) {
-                        let within = Duration::from_secs(30);
+                        let within = *leader_within;
                         match self.lab()?.wait_leader(Some(&m), within)? {
                             Some((leader, _)) => {
                                 let ms = killed_at.elapsed().as_secs_f64() * 1000.0;
@@ -457,7 +457,10 @@ impl ActionRun {
                                 self.report.leader_elected_ms = Some(ms);
                                 self.report.new_leader = Some(leader);
                             }
-                            None => bail!("no new leader within {} s of killing the leader {m}", within.as_secs()),
+                            None => bail!(
+                                "no new leader within {} of killing the leader {m}",
+                                chaos_model::spec::format_duration(within)
+                            ),
                         }
                     }
                 }

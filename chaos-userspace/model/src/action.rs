@@ -224,6 +224,9 @@ pub enum ActionSpec {
         #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_secs")]
         grace: Option<Duration>,
         restart: bool,
+        /// When the killed member led: another must lead within this long.
+        #[serde(serialize_with = "ser_secs")]
+        leader_within: Duration,
     },
     /// Frozen (SIGSTOP) for the step, thawed (SIGCONT) when it ends.
     Pause,
@@ -235,6 +238,13 @@ pub enum ActionSpec {
         #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_secs")]
         expires_in: Option<Duration>,
     },
+}
+
+/// How long a kill of the leader waits for another leader by default.
+pub const DEFAULT_LEADER_WITHIN: Duration = Duration::from_secs(30);
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -256,7 +266,7 @@ impl ActionSpec {
 
     pub fn describe(&self) -> String {
         match self {
-            ActionSpec::Kill { signal, grace, restart } => {
+            ActionSpec::Kill { signal, grace, restart, .. } => {
                 let how = match grace {
                     Some(g) => format!("SIGTERM, SIGKILL after {}", crate::spec::format_duration(*g)),
                     None => signal.name(),

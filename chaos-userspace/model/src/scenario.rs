@@ -520,6 +520,7 @@ impl Validator<'_> {
             ("signal", step.signal.is_some()),
             ("grace", step.grace.is_some()),
             ("restart", step.restart),
+            ("leader-within", step.leader_within.is_some()),
             ("count", step.count.is_some()),
             ("cycles", step.cycles.is_some()),
             ("expires-in", step.expires_in.is_some()),
@@ -743,6 +744,7 @@ impl Validator<'_> {
             ("signal", step.signal.is_some() && kind != ActionKind::Kill),
             ("grace", step.grace.is_some() && kind != ActionKind::Kill),
             ("restart", step.restart && kind != ActionKind::Kill),
+            ("leader-within", step.leader_within.is_some() && kind != ActionKind::Kill),
             ("count", step.count.is_some() && kind != ActionKind::Surge),
             ("cycles", step.cycles.is_some() && kind != ActionKind::Surge),
             ("expires-in", step.expires_in.is_some() && kind != ActionKind::CertExpiry),
@@ -778,7 +780,13 @@ impl Validator<'_> {
                     ));
                 }
                 let signal = step.signal.as_deref().map(|s| self.parse_at::<Signal>(&at("signal"), s)).transpose()?;
-                ActionSpec::Kill { signal: signal.unwrap_or(Signal::KILL), grace, restart: step.restart }
+                let leader_within = step
+                    .leader_within
+                    .as_deref()
+                    .map(|d| self.positive_at(&at("leader-within"), d, "a leader election bound"))
+                    .transpose()?
+                    .unwrap_or(crate::action::DEFAULT_LEADER_WITHIN);
+                ActionSpec::Kill { signal: signal.unwrap_or(Signal::KILL), grace, restart: step.restart, leader_within }
             }
             ActionKind::Pause => ActionSpec::Pause,
             ActionKind::Surge => {
@@ -1611,7 +1619,12 @@ mod tests {
         let action = |i: usize| plan.steps[i].action.clone().unwrap();
         assert_eq!(
             action(0).spec,
-            ActionSpec::Kill { signal: Signal::KILL, grace: Some(Duration::from_secs(2)), restart: true }
+            ActionSpec::Kill {
+                signal: Signal::KILL,
+                grace: Some(Duration::from_secs(2)),
+                restart: true,
+                leader_within: Duration::from_secs(30)
+            }
         );
         assert_eq!(action(0).targets, [ActionTarget::Lab(LabSelector::Leader)]);
         assert_eq!(action(1).targets, [ActionTarget::Lab(LabSelector::Node("n2".into())), ActionTarget::Pid(1)]);

@@ -148,6 +148,11 @@ pub struct RawStep {
     /// kill: start the member again when the step ends.
     #[serde(default)]
     pub restart: bool,
+    /// kill of the leader: another member must lead within this long (default 30s), or
+    /// the step fails.
+    #[serde(rename = "leader-within")]
+    #[schemars(with = "Option<DurationText>")]
+    pub leader_within: Option<String>,
     /// surge: nodes that join (and leave) per cycle.
     pub count: Option<u32>,
     /// surge: join/leave cycles (default 1).
