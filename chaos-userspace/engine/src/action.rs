@@ -441,7 +441,10 @@ impl ActionRun {
         };
         for target in targets {
             match (&action.spec, target) {
-                (ActionSpec::Kill { signal, grace, restart, leader_within }, ActionTarget::Lab(LabSelector::Node(m))) => {
+                (
+                    ActionSpec::Kill { signal, grace, restart, leader_within },
+                    ActionTarget::Lab(LabSelector::Node(m)),
+                ) => {
                     let killed_at = Instant::now();
                     let what = self.lab()?.kill(&m, signal.0, *grace)?;
                     self.note(what);

@@ -321,6 +321,7 @@ impl Checker {
                 _ => None,
             },
             probes: summaries,
+            outages: HypothesisReport::longest_outages(&samples),
             samples,
         })
     }

@@ -224,7 +224,61 @@ pub struct HypothesisReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered_after_s: Option<f64>,
     pub probes: Vec<ProbeSummary>,
+    /// Per probe, its longest outage: from a failed check to the next one that passed
+    /// (for a probe of writes, the write availability gap).
+    #[serde(default)]
+    pub outages: Vec<Outage>,
     pub samples: Vec<ProbeSample>,
+}
+
+/// A probe's longest run of failed checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outage {
+    pub probe: String,
+    /// The first failed check's start, from the start of the faults.
+    pub from_s: f64,
+    /// The next check that passed (None: none passed again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_s: Option<f64>,
+    /// `to_s - from_s`, or up to the last check when none passed again.
+    pub seconds: f64,
+    pub failed_checks: u64,
+}
+
+impl HypothesisReport {
+    /// Each probe's longest outage in `samples` (sorted by time), for probes that failed.
+    pub fn longest_outages(samples: &[ProbeSample]) -> Vec<Outage> {
+        let mut names: Vec<&str> = samples.iter().map(|s| s.probe.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut out = Vec::new();
+        for name in names {
+            let mine: Vec<&ProbeSample> = samples.iter().filter(|s| s.probe == name).collect();
+            let mut best: Option<Outage> = None;
+            let mut i = 0;
+            while i < mine.len() {
+                if mine[i].ok {
+                    i += 1;
+                    continue;
+                }
+                let from = mine[i].t_s;
+                let mut j = i;
+                while j < mine.len() && !mine[j].ok {
+                    j += 1;
+                }
+                let to = mine.get(j).map(|s| s.t_s);
+                let seconds = to.unwrap_or(mine[j - 1].t_s) - from;
+                let outage =
+                    Outage { probe: name.to_owned(), from_s: from, to_s: to, seconds, failed_checks: (j - i) as u64 };
+                if best.as_ref().is_none_or(|b| outage.seconds > b.seconds) {
+                    best = Some(outage);
+                }
+                i = j;
+            }
+            out.extend(best);
+        }
+        out
+    }
 }
 
 /// A probe's checks in one phase.
@@ -250,4 +304,41 @@ pub struct AbortReport {
     pub fired_s: f64,
     /// From the guard firing to every fault removed, in ms.
     pub revert_ms: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(probe: &str, t_s: f64, ok: bool) -> ProbeSample {
+        ProbeSample {
+            probe: probe.into(),
+            kind: "http".into(),
+            phase: CheckPhase::During,
+            t_s,
+            ok,
+            latency_ms: 1.0,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_longest_outage_runs_from_a_failure_to_the_next_pass() {
+        let samples = vec![
+            sample("a", 0.0, true),
+            sample("a", 1.0, false),
+            sample("a", 2.0, true),
+            sample("a", 3.0, false),
+            sample("a", 4.0, false),
+            sample("a", 5.5, true),
+            sample("b", 0.5, true),
+            sample("c", 1.0, false),
+            sample("c", 2.0, false),
+        ];
+        let outages = HypothesisReport::longest_outages(&samples);
+        assert_eq!(outages.len(), 2, "{outages:?}");
+        assert_eq!((outages[0].probe.as_str(), outages[0].from_s, outages[0].to_s), ("a", 3.0, Some(5.5)));
+        assert_eq!((outages[0].seconds, outages[0].failed_checks), (2.5, 2));
+        assert_eq!((outages[1].probe.as_str(), outages[1].to_s, outages[1].seconds), ("c", None, 1.0));
+    }
 }

@@ -678,6 +678,12 @@ fn shift_samples(hypothesis: Option<&mut HypothesisReport>, checker_start: Insta
         for s in &mut h.samples {
             s.t_s -= offset;
         }
+        for o in &mut h.outages {
+            o.from_s -= offset;
+            if let Some(to) = &mut o.to_s {
+                *to -= offset;
+            }
+        }
     }
 }
 

@@ -200,6 +200,7 @@ pub fn rich_report() -> RunReport {
             steady_before: true,
             recovered_after_s: Some(0.4),
             probes,
+            outages: HypothesisReport::longest_outages(&probe_samples),
             samples: probe_samples,
         }),
         samples,

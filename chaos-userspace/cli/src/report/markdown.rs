@@ -190,6 +190,20 @@ pub fn render(report: &RunReport) -> String {
                     p.p95_ms
                 );
             }
+            if !h.outages.is_empty() {
+                let _ = writeln!(md, "\nLongest outage per probe:\n\n| probe | from | to | seconds | failed checks |\n|---|---|---|---|---|");
+                for o in &h.outages {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {:.3} s | {} | {:.3} | {} |",
+                        cell(&o.probe),
+                        o.from_s,
+                        o.to_s.map_or_else(|| "never passed again".to_owned(), |t| format!("{t:.3} s")),
+                        o.seconds,
+                        o.failed_checks
+                    );
+                }
+            }
         }
     }
 
