@@ -1305,6 +1305,15 @@ mod tests {
     }
 
     #[test]
+    fn node_metrics_give_writes_by_result_and_members() {
+        let text = "# HELP writes_total Writes to etcd by result\n# TYPE writes_total counter\n\
+                    writes_total{node=\"n1\",result=\"error\"} 2\nwrites_total{node=\"n1\",result=\"ok\"} 140\n\
+                    write_latency_seconds_count{node=\"n1\"} 140\nmembers{node=\"n1\"} 3\n";
+        assert_eq!(parse_node_metrics(text), NodeCounters { ok: 140.0, error: 2.0, members: Some(3) });
+        assert_eq!(parse_node_metrics(""), NodeCounters { ok: 0.0, error: 0.0, members: None });
+    }
+
+    #[test]
     fn no_state_dir_means_no_lab() {
         let dir = std::env::temp_dir().join(format!("chaos-no-lab-{}", std::process::id()));
         assert!(load(&dir).unwrap().is_none());
