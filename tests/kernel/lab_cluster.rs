@@ -18,6 +18,7 @@ pub const TESTS: &[Test] = tests![
     lab_cluster_one_member,
     lab_cluster_refuses_a_range_in_use,
     lab_cluster_refuses_missing_programs,
+    lab_cluster_refuses_a_missing_workload_binary,
     lab_cluster_interrupted_up_removes_what_it_created,
     lab_cluster_killed_up_is_reported_and_cleaned_by_down,
     lab_cluster_surge_joins_and_leaves,
@@ -386,6 +387,27 @@ fn lab_cluster_refuses_missing_programs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("etcd-server, etcd-client, prometheus") && err.contains("bash scripts/setup.sh"), "{err}");
+    assert_no_lab_left();
+}
+
+fn lab_cluster_refuses_a_missing_workload_binary() {
+    require_lab_programs();
+    let _guard = LabDown;
+    // chaos-ebpf alone in a directory: a hard link (no copy of 100 MB), which
+    // current_exe() reports under its own path.
+    let dir = std::env::temp_dir().join(format!("chaos-lab-nobin-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let lone = dir.join("chaos-ebpf");
+    if let Err(e) = fs::hard_link(bin(), &lone) {
+        fs::remove_dir_all(&dir).unwrap();
+        skip(&format!("cannot hard-link chaos-ebpf into {}: {e}", dir.display()));
+    }
+    let out = Command::new(&lone).args(["lab", "up"]).output().unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("chaos-lab-node is not next to") && err.contains("cargo build --release -p chaos-lab"), "{err}");
     assert_no_lab_left();
 }
 

@@ -956,8 +956,14 @@ fn workload_statuses(state: &State, window: Duration, dead: &mut Vec<String>) ->
             let rates = match (first, second) {
                 (Some((t0, c0)), Some((t1, c1))) if t1 > t0 => {
                     let seconds = (t1 - t0).as_secs_f64();
+                    let round = |v: f64| (v * 100.0).round() / 100.0;
                     let (ok, error) = ((c1.ok - c0.ok).max(0.0), (c1.error - c0.error).max(0.0));
-                    Some((ok / seconds, error / seconds, (ok + error > 0.0).then(|| error / (ok + error)), c1.members))
+                    Some((
+                        round(ok / seconds),
+                        round(error / seconds),
+                        (ok + error > 0.0).then(|| round(error / (ok + error))),
+                        c1.members,
+                    ))
                 }
                 _ => None,
             };
