@@ -324,7 +324,8 @@ fn lab_cluster_three_members_tls_prometheus_and_down() {
     let out = lab_down(3);
     assert!(out.contains("removed: netns chaos-cluster-n3") && out.contains("removed: bridge chaos-lab-br0"), "{out}");
     // The nodes were stopped first (SIGTERM: they leave), and none is left.
-    assert!(out.starts_with("removed: workload n1"), "{out}");
+    let (node, etcd) = (out.find("removed: workload n1").unwrap(), out.find("removed: etcd ").unwrap());
+    assert!(node < etcd, "workload nodes stopped before etcd:\n{out}");
     assert!(node_processes("").is_empty(), "{:?}", node_processes(""));
     // Nothing is up any more: down and status say so.
     let (code, out, _) = chaos_run(&["lab", "down"]);
