@@ -1,31 +1,41 @@
 //! `chaos-ebpf lab up/status/down`: the cluster lab (chaos_lab::cluster): etcd members
-//! with TLS in network namespaces on a bridge, and Prometheus scraping them.
+//! with TLS in network namespaces on a bridge, a workload node (chaos-lab-node) beside each,
+//! and Prometheus scraping them; `lab surge` runs a membership surge on it.
 
-use std::{path::Path, time::Instant};
+use std::{path::Path, time::Duration, time::Instant};
 
 use anyhow::Result;
-use chaos_lab::cluster::{self, LabStatus, Progress, Subnet, UpOptions};
+use chaos_datapath::error::Error;
+use chaos_lab::{
+    cluster::{self, LabStatus, Progress, Subnet, UpOptions},
+    surge::{self, SurgeParams, SurgeProgress},
+};
 use clap::Subcommand;
 
 use crate::{exit, output, Output};
 
 pub const LAB_ABOUT: &str = "\
 A real distributed system to break: N etcd members (TLS on client and peer traffic) in
-network namespaces on one bridge, and Prometheus scraping them (docs/lab.md).
+network namespaces on one bridge, a workload node (chaos-lab-node, docs/workload.md) in
+each namespace writing through etcd, and Prometheus scraping them all (docs/lab.md).
 
 Examples:
   sudo chaos-ebpf lab up                      # 3 members on 198.51.100.0/26
   sudo chaos-ebpf lab up --nodes 5 --subnet 198.18.0.0/26
   sudo chaos-ebpf lab status --output json
+  sudo chaos-ebpf lab surge --count 3 --cycles 2
   sudo chaos-ebpf lab down
 
-Addresses: members .1 to .N of the subnet, the bridge (root namespace) .62. State,
+Addresses: members .1 to .N of the subnet (etcd on :2379, the workload node on :9100),
+the bridge (root namespace) .62. State,
 certificates, logs and data live in /run/chaos-ebpf/lab (0700); the CA key never leaves it.
-Needs root and Debian's etcd-server, etcd-client and prometheus (bash scripts/setup.sh).";
+Needs root, Debian's etcd-server, etcd-client and prometheus (bash scripts/setup.sh), and
+chaos-lab-node next to chaos-ebpf (cargo build --release builds both).";
 
 #[derive(Subcommand)]
 pub enum LabCommand {
-    /// Create the lab and wait until every member is healthy and Prometheus is ready;
+    /// Create the lab and wait until every member and workload node is healthy and
+    /// Prometheus is ready;
     /// prints progress, then the members. Exit 2 (nothing created) when a lab is already
     /// up, the range is in use, or a program is missing; Ctrl-C removes what it created.
     Up {
@@ -37,13 +47,37 @@ pub enum LabCommand {
         #[arg(long, value_name = "CIDR", default_value = cluster::DEFAULT_SUBNET)]
         subnet: String,
     },
-    /// Members (IP, process, health, leader, raft term) and Prometheus. Exit 0 when the
-    /// lab is up and healthy, 1 otherwise (none up, a process died, a member unhealthy).
+    /// Members (IP, process, health, leader, raft term), workload nodes (health, writes/s
+    /// and failed writes/s over 1 s of their /metrics) and Prometheus. Exit 0 when the lab
+    /// is up and healthy, 1 otherwise (none up, a process died, a member or node unhealthy).
     Status {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Stop the lab's processes (SIGTERM, 5 s, SIGKILL), remove its namespaces, bridge and
+    /// Membership surge: cycles of COUNT extra workload nodes started at RATE per second,
+    /// which join the discovery plane and then leave (SIGTERM); prints how long every lab
+    /// node took to see them all join and all leave. Exit 0 when every node saw every
+    /// change within 30 s, 1 otherwise; 2 for bad parameters or no lab.
+    Surge {
+        /// Extra nodes per cycle (1 to 50).
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+        /// Nodes started per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1)]
+        cycles: u32,
+        /// The member whose namespace they run in (default: spread over the members).
+        #[arg(long)]
+        member: Option<String>,
+        /// Seconds they stay once every node sees them, before they leave.
+        #[arg(long, default_value_t = 0.0)]
+        settle: f64,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Stop the lab's processes (workload nodes first, then etcd and Prometheus: SIGTERM,
+    /// 5 s, SIGKILL), remove its namespaces, bridge and
     /// files, then verify that nothing is left. Exit 0 when nothing is left (also when no
     /// lab was up), 1 when something could not be removed.
     Down {
@@ -58,7 +92,62 @@ pub fn run(command: LabCommand) -> Result<i32> {
         LabCommand::Up { nodes, subnet } => up(nodes, &subnet, state_dir),
         LabCommand::Status { output } => status(state_dir, output == Output::Json),
         LabCommand::Down { output } => down(state_dir, output == Output::Json),
+        LabCommand::Surge { count, rate, cycles, member, settle, output } => {
+            if !(settle.is_finite() && settle >= 0.0) {
+                return Err(Error::unsupported(
+                    format!("--settle {settle}: not a number of seconds"),
+                    "give --settle 0 or more",
+                )
+                .into());
+            }
+            let params = SurgeParams { count, rate, cycles, member, settle: Duration::from_secs_f64(settle) };
+            surge_run(state_dir, &params, output == Output::Json)
+        }
     }
+}
+
+fn surge_run(state_dir: &Path, params: &SurgeParams, json: bool) -> Result<i32> {
+    let Some(state) = cluster::load(state_dir)? else {
+        return Err(Error::unsupported("no lab is up", "`chaos-ebpf lab up` first").into());
+    };
+    let interrupted = chaos_engine::run::install_signal_handlers()?;
+    let ms = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "NOT within 30 s".into());
+    let report = surge::surge(&state, params, interrupted, &mut |p| match p {
+        SurgeProgress::Starting { cycle, nodes } => {
+            output::err(&format!("lab surge: cycle {cycle}: starting {} at {}/s", nodes.join(", "), params.rate))
+        }
+        SurgeProgress::Joined { cycle, max_ms } => {
+            output::err(&format!("lab surge: cycle {cycle}: every node saw them join in {}", ms(max_ms)))
+        }
+        SurgeProgress::Left { cycle, max_ms } => {
+            output::err(&format!("lab surge: cycle {cycle}: every node saw them leave in {}", ms(max_ms)))
+        }
+    })?;
+    if json {
+        output::out(&serde_json::to_string_pretty(&report)?);
+    } else {
+        output::out(&format!("{:<6} {:<10} {:>10} {:>10}", "CYCLE", "OBSERVER", "JOIN", "LEAVE"));
+        for cycle in &report.cycles {
+            for (join, leave) in cycle.join.iter().zip(&cycle.leave) {
+                let cell = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
+                output::out(&format!(
+                    "{:<6} {:<10} {:>10} {:>10}",
+                    cycle.cycle,
+                    join.observer,
+                    cell(join.ms),
+                    cell(leave.ms)
+                ));
+            }
+        }
+        output::out(&format!(
+            "surge: {} cycles of {} nodes; slowest join {}, slowest leave {}",
+            report.cycles.len(),
+            report.count,
+            ms(report.join_max_ms),
+            ms(report.leave_max_ms)
+        ));
+    }
+    Ok(if report.converged { 0 } else { exit::FAILED })
 }
 
 fn up(nodes: u32, subnet: &str, state_dir: &Path) -> Result<i32> {
@@ -72,6 +161,9 @@ fn up(nodes: u32, subnet: &str, state_dir: &Path) -> Result<i32> {
         Progress::Step(text) => output::err(&format!("lab up: {text}")),
         Progress::Healthy { healthy, of, elapsed } => {
             output::err(&format!("lab up: {healthy}/{of} members healthy after {:.1} s", elapsed.as_secs_f64()))
+        }
+        Progress::NodesHealthy { healthy, of, elapsed } => {
+            output::err(&format!("lab up: {healthy}/{of} workload nodes healthy after {:.1} s", elapsed.as_secs_f64()))
         }
     })?;
     output::err(&format!("lab up: ready in {:.1} s", start.elapsed().as_secs_f64()));
@@ -130,6 +222,25 @@ fn print_table(s: &LabStatus) {
             },
             m.raft_term.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
             m.error.as_deref().map(|e| format!("  {e}")).unwrap_or_default()
+        ));
+    }
+    output::out(&format!(
+        "{:<7} {:<20} {:<8} {:<8} {:<10} {:>9} {:>9} {:>8}",
+        "NODE", "LISTEN", "PID", "PROCESS", "HEALTH", "WRITES/S", "ERRORS/S", "MEMBERS"
+    ));
+    let rate = |r: Option<f64>| r.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into());
+    for w in &s.workloads {
+        output::out(&format!(
+            "{:<7} {:<20} {:<8} {:<8} {:<10} {:>9} {:>9} {:>8}{}",
+            w.name,
+            w.listen.to_string(),
+            w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            if w.alive { "running" } else { "dead" },
+            if w.healthy { "healthy" } else { "unhealthy" },
+            rate(w.writes_per_s),
+            rate(w.errors_per_s),
+            w.members_seen.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+            w.error.as_deref().map(|e| format!("  {e}")).unwrap_or_default()
         ));
     }
     output::out(&format!(

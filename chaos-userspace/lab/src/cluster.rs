@@ -10,7 +10,7 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     os::unix::{fs::DirBuilderExt, fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -25,7 +25,7 @@ use chaos_datapath::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{certs, etcd, prometheus};
+use crate::{certs, etcd, prometheus, surge};
 
 pub const STATE_DIR: &str = "/run/chaos-ebpf/lab";
 pub const NETNS_PREFIX: &str = "chaos-cluster-";
@@ -38,6 +38,14 @@ const BRIDGE_HOST: u32 = 62;
 const UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// SIGTERM, then this long, then SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
+/// Where each member's workload node (`chaos-lab-node`) serves /health, /members and
+/// /metrics, on the member's address.
+pub const WORKLOAD_PORT: u16 = 9100;
+/// The workload's write rate: enough to see a gap of 50 ms, little enough for 9 nodes on
+/// 2 cores.
+pub const WORKLOAD_WRITE_RATE: &str = "20/s";
+/// The workload's binary, looked up next to the running chaos-ebpf.
+pub const NODE_BINARY: &str = "chaos-lab-node";
 
 fn state_file(dir: &Path) -> PathBuf {
     dir.join("state.json")
@@ -128,7 +136,7 @@ fn is_zombie(pid: u32) -> bool {
 }
 
 impl Proc {
-    fn of(pid: u32) -> Option<Proc> {
+    pub(crate) fn of(pid: u32) -> Option<Proc> {
         Some(Proc { pid, start_time: start_time_of(pid)? })
     }
 
@@ -162,6 +170,17 @@ impl Member {
     }
 }
 
+/// A member's workload node: `chaos-lab-node` in the member's namespace, named like it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Workload {
+    pub name: String,
+    pub netns: String,
+    pub listen: SocketAddr,
+    pub journal: PathBuf,
+    pub log: PathBuf,
+    pub process: Option<Proc>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrometheusState {
     pub port: u16,
@@ -185,6 +204,9 @@ pub struct State {
     pub members: Vec<Member>,
     pub certs: Option<certs::LabCerts>,
     pub prometheus: Option<PrometheusState>,
+    /// One per member, started after the members.
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
 }
 
 impl State {
@@ -198,6 +220,98 @@ impl State {
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()
     }
+
+    /// Every member's client URL, `first`'s first (a node talks to its own member first).
+    pub fn endpoints_from(&self, first: &str) -> Vec<String> {
+        let mut endpoints = self.endpoints();
+        if let Some(at) = self.members.iter().position(|m| m.name == first) {
+            endpoints.rotate_left(at);
+        }
+        endpoints
+    }
+
+    /// The Prometheus file_sd targets: the workload nodes and `extra` (surge nodes).
+    pub(crate) fn write_node_targets(&self, extra: &[(String, SocketAddr)]) -> Result<()> {
+        let Some(prom) = &self.prometheus else { return Ok(()) };
+        let mut targets: Vec<(String, SocketAddr)> =
+            self.workloads.iter().map(|w| (w.name.clone(), w.listen)).collect();
+        targets.extend_from_slice(extra);
+        prometheus::write_nodes_file(&prometheus::nodes_file(&prom.dir), &targets)
+    }
+}
+
+/// The workload's binary next to the running executable (`chaos-ebpf`; for a test
+/// executable in cargo's `deps/`, the directory above it).
+pub fn node_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the running executable")?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let mut candidates = vec![dir.join(NODE_BINARY)];
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        candidates.extend(dir.parent().map(|d| d.join(NODE_BINARY)));
+    }
+    candidates.iter().find(|c| c.is_file()).cloned().ok_or_else(|| {
+        Error::unsupported(
+            format!("the lab's workload {NODE_BINARY} is not next to {} (looked for {})", exe.display(), candidates[0].display()),
+            "build it with the same profile (cargo build --release -p chaos-lab --bin chaos-lab-node) or install it in the same directory as chaos-ebpf",
+        )
+        .into()
+    })
+}
+
+/// The command line of a workload node named `name` serving on `listen`, talking to
+/// `endpoints` (its own member first) with the lab's CA and client certificate.
+pub(crate) fn node_command(
+    binary: &Path,
+    name: &str,
+    endpoints: &[String],
+    certs: &certs::LabCerts,
+    listen: SocketAddr,
+    journal: Option<&Path>,
+) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--name")
+        .arg(name)
+        .arg("--etcd")
+        .arg(endpoints.join(","))
+        .arg("--cacert")
+        .arg(&certs.ca)
+        .arg("--cert")
+        .arg(&certs.client.cert)
+        .arg("--key")
+        .arg(&certs.client.key)
+        .arg("--listen")
+        .arg(listen.to_string())
+        .arg("--write-rate")
+        .arg(WORKLOAD_WRITE_RATE);
+    if let Some(journal) = journal {
+        cmd.arg("--journal").arg(journal);
+    }
+    cmd
+}
+
+/// Running `chaos-lab-node` processes of the lab in `state_dir` (their command line names
+/// a file in it: the lab's CA), with their `--name`, whether or not a state records them.
+pub(crate) fn node_processes(state_dir: &Path) -> Vec<(String, Proc)> {
+    let dir = state_dir.display().to_string();
+    let own = std::process::id();
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == own {
+            continue;
+        }
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_node = args.first().is_some_and(|a| a.ends_with(NODE_BINARY));
+        if !is_node || !args.iter().any(|a| a.starts_with(&format!("{dir}/"))) {
+            continue;
+        }
+        let name = args.iter().skip_while(|a| *a != "--name").nth(1).cloned().unwrap_or_default();
+        if let Some(proc) = Proc::of(pid).filter(Proc::alive) {
+            found.push((name, proc));
+        }
+    }
+    found
 }
 
 /// The lab's state, if one is up (or was left by a crash): `Err` when the state
@@ -277,7 +391,17 @@ pub struct UpOptions {
 /// Progress of `lab up`, for the caller to print.
 pub enum Progress<'a> {
     Step(&'a str),
-    Healthy { healthy: usize, of: usize, elapsed: Duration },
+    Healthy {
+        healthy: usize,
+        of: usize,
+        elapsed: Duration,
+    },
+    /// Workload nodes whose /health is 200.
+    NodesHealthy {
+        healthy: usize,
+        of: usize,
+        elapsed: Duration,
+    },
 }
 
 /// Refuses (exit 2, nothing created) what `lab up` cannot do here.
@@ -310,6 +434,7 @@ fn preflight(options: &UpOptions) -> Result<()> {
         )
         .into());
     }
+    node_binary()?;
     if let Some(state) = load(&options.state_dir).unwrap_or(None) {
         let since = since(state.started_unix);
         return Err(Error::unsupported(
@@ -432,10 +557,12 @@ pub fn up(options: &UpOptions, interrupted: &AtomicBool, progress: &mut dyn FnMu
         members: Vec::new(),
         certs: None,
         prometheus: None,
+        workloads: Vec::new(),
     };
     let built = state.save().and_then(|()| build(options, &mut state, interrupted, progress));
     match built {
-        Ok(()) => status_of(&state),
+        // Half the status' window: `lab up` is timed, and 10 writes already give the rate.
+        Ok(()) => status_of(&state, STATUS_RATE_WINDOW / 2),
         Err(e) => {
             progress(Progress::Step("removing what this lab up created"));
             let removal = down_state(&state);
@@ -538,6 +665,32 @@ fn build(
         state.save()?;
     }
 
+    let binary = node_binary()?;
+    progress(Progress::Step(&format!(
+        "{} workload nodes ({NODE_BINARY} on <member>:{WORKLOAD_PORT}, {WORKLOAD_WRITE_RATE} writes)",
+        options.nodes
+    )));
+    for index in 0..state.members.len() {
+        check(interrupted)?;
+        let member = state.members[index].clone();
+        let workload = Workload {
+            name: member.name.clone(),
+            netns: member.netns.clone(),
+            listen: SocketAddr::new(member.ip.into(), WORKLOAD_PORT),
+            journal: member.dir.join("journal.jsonl"),
+            log: member.dir.join("node.log"),
+            process: None,
+        };
+        state.workloads.push(workload.clone());
+        state.save()?;
+        let endpoints = state.endpoints_from(&member.name);
+        let mut cmd =
+            node_command(&binary, &workload.name, &endpoints, &certs, workload.listen, Some(&workload.journal));
+        let process = spawn(&mut cmd, &workload.log, Some(&workload.netns))?;
+        state.workloads[index].process = Some(process);
+        state.save()?;
+    }
+
     check(interrupted)?;
     let prom_dir = dir.join("prometheus");
     let port = prometheus::free_loopback_port()?;
@@ -546,7 +699,7 @@ fn build(
     state.save()?;
     fs::DirBuilder::new().mode(0o700).create(&prom_dir).with_context(|| format!("creating {}", prom_dir.display()))?;
     let nodes_file = prometheus::nodes_file(&prom_dir);
-    fs::write(&nodes_file, "[]\n").with_context(|| format!("writing {}", nodes_file.display()))?;
+    state.write_node_targets(&[])?;
     fs::write(prometheus::config_file(&prom_dir), prometheus::config(&certs, &cluster, &nodes_file))?;
     let process = spawn(&mut prometheus::command(&prom_dir, port), &prom_dir.join("prometheus.log"), None)?;
     state.prometheus.as_mut().expect("set above").process = Some(process);
@@ -570,6 +723,7 @@ fn wait_healthy(
     let endpoints = state.endpoints();
     let prom = state.prometheus.as_ref().expect("started");
     let mut reported = usize::MAX;
+    let mut reported_nodes = usize::MAX;
     loop {
         check(interrupted)?;
         for member in &state.members {
@@ -580,21 +734,45 @@ fn wait_healthy(
         if !prom.process.is_some_and(|p| p.alive()) {
             bail!("prometheus exited: {}", last_lines(&prom.dir.join("prometheus.log"), 3));
         }
+        for node in &state.workloads {
+            if !node.process.is_some_and(|p| p.alive()) {
+                bail!("workload node {} exited: {}", node.name, last_lines(&node.log, 3));
+            }
+        }
         let healthy =
             etcd::health(certs, &endpoints).map(|all| all.iter().filter(|(_, h)| h.is_ok()).count()).unwrap_or(0);
         if healthy != reported {
             progress(Progress::Healthy { healthy, of: endpoints.len(), elapsed: start.elapsed() });
             reported = healthy;
         }
-        if healthy == endpoints.len() && prometheus::ready(prom.port) {
-            return Ok(());
+        // The nodes write through etcd: they are healthy only once the members are.
+        if healthy == endpoints.len() {
+            let nodes = state.workloads.iter().filter(|w| node_health(w.listen).0).count();
+            if nodes != reported_nodes {
+                progress(Progress::NodesHealthy {
+                    healthy: nodes,
+                    of: state.workloads.len(),
+                    elapsed: start.elapsed(),
+                });
+                reported_nodes = nodes;
+            }
+            if nodes == state.workloads.len() && prometheus::ready(prom.port) {
+                return Ok(());
+            }
         }
         if start.elapsed() > UP_TIMEOUT {
-            let logs: Vec<String> = state
+            let mut logs: Vec<String> = state
                 .members
                 .iter()
                 .map(|m| format!("{}: {}", m.name, last_lines(&m.dir.join("etcd.log"), 1)))
                 .collect();
+            if healthy == endpoints.len() {
+                logs = state
+                    .workloads
+                    .iter()
+                    .filter_map(|w| Some(format!("node {}: {}", w.name, node_health(w.listen).1?)))
+                    .collect();
+            }
             // Member-to-member traffic crosses the bridge: with br_netfilter it also
             // crosses iptables' FORWARD chain, whose DROP policy (Docker sets one) would
             // keep the members apart. Said, not changed: the host's firewall is not ours.
@@ -606,9 +784,11 @@ fn wait_healthy(
                 ""
             };
             bail!(
-                "the cluster was not healthy within {} s ({healthy} of {} members){hint}: {}",
+                "the cluster was not healthy within {} s ({healthy} of {} members, {} of {} workload nodes){hint}: {}",
                 UP_TIMEOUT.as_secs(),
                 endpoints.len(),
+                if reported_nodes == usize::MAX { 0 } else { reported_nodes },
+                state.workloads.len(),
                 short(&logs.join("; "))
             );
         }
@@ -632,6 +812,29 @@ pub struct MemberStatus {
     pub raft_term: Option<u64>,
 }
 
+/// A workload node: its process, /health, and its load and error rates measured from two
+/// samples of its /metrics (`writes_total`) taken `rate_window_ms` apart.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadStatus {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub pid: Option<u32>,
+    pub alive: bool,
+    /// /health answered 200 (a write was acknowledged within the node's health bound).
+    pub healthy: bool,
+    /// Why it is not healthy (the node's own reason when it answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Acknowledged writes per second.
+    pub writes_per_s: Option<f64>,
+    /// Failed writes per second.
+    pub errors_per_s: Option<f64>,
+    /// Failed writes / all writes in the window (`None` when there were none).
+    pub error_ratio: Option<f64>,
+    /// Members in the node's view (its `members` gauge).
+    pub members_seen: Option<u64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct LabStatus {
     pub nodes: u32,
@@ -646,13 +849,17 @@ pub struct LabStatus {
     pub members: Vec<MemberStatus>,
     pub leader: Option<String>,
     pub raft_term: Option<u64>,
+    pub workloads: Vec<WorkloadStatus>,
+    /// How far apart the two /metrics samples of the rates were.
+    pub rate_window_ms: u64,
     pub prometheus_url: Option<String>,
     pub prometheus_alive: bool,
     pub prometheus_ready: bool,
     pub ca: Option<PathBuf>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
-    /// `lab up` finished, every member alive and healthy, and Prometheus ready.
+    /// `lab up` finished, every member and workload node alive and healthy, and
+    /// Prometheus ready.
     pub healthy: bool,
     /// Processes of the lab that are gone: a lab to `lab down`.
     pub dead: Vec<String>,
@@ -669,12 +876,114 @@ pub fn status(state_dir: &Path) -> Result<Option<LabStatus>> {
         .into());
     }
     match load(state_dir)? {
-        Some(state) => status_of(&state).map(Some),
+        Some(state) => status_of(&state, STATUS_RATE_WINDOW).map(Some),
         None => Ok(None),
     }
 }
 
-fn status_of(state: &State) -> Result<LabStatus> {
+/// How far apart `lab status` samples each node's /metrics for its rates.
+pub const STATUS_RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// (healthy, why not) from a workload node's /health.
+pub fn node_health(listen: SocketAddr) -> (bool, Option<String>) {
+    match prometheus::http_get_at(listen, "/health") {
+        Ok((200, _)) => (true, None),
+        Ok((code, body)) => {
+            let reason = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| body.clone());
+            (false, Some(short(&format!("/health {code}: {reason}"))))
+        }
+        Err(e) => (false, Some(short(&format!("/health: no answer ({e})")))),
+    }
+}
+
+/// What a node's /metrics says now: acknowledged and failed writes, members in its view.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct NodeCounters {
+    pub ok: f64,
+    pub error: f64,
+    pub members: Option<u64>,
+}
+
+pub(crate) fn parse_node_metrics(text: &str) -> NodeCounters {
+    let mut counters = NodeCounters { ok: 0.0, error: 0.0, members: None };
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        if series.starts_with("writes_total{") {
+            if series.contains("result=\"ok\"") {
+                counters.ok = value;
+            } else if series.contains("result=\"error\"") {
+                counters.error = value;
+            }
+        } else if series == "members" || series.starts_with("members{") {
+            counters.members = Some(value as u64);
+        }
+    }
+    counters
+}
+
+fn node_counters(listen: SocketAddr) -> Option<(Instant, NodeCounters)> {
+    match prometheus::http_get_at(listen, "/metrics") {
+        Ok((200, body)) => Some((Instant::now(), parse_node_metrics(&body))),
+        _ => None,
+    }
+}
+
+fn workload_statuses(state: &State, window: Duration, dead: &mut Vec<String>) -> Vec<WorkloadStatus> {
+    let alive: Vec<bool> = state.workloads.iter().map(|w| w.process.is_some_and(|p| p.alive())).collect();
+    let sample = || -> Vec<Option<(Instant, NodeCounters)>> {
+        state.workloads.iter().zip(&alive).map(|(w, alive)| alive.then(|| node_counters(w.listen)).flatten()).collect()
+    };
+    let first = sample();
+    if first.iter().any(Option::is_some) {
+        std::thread::sleep(window);
+    }
+    let second = sample();
+    state
+        .workloads
+        .iter()
+        .zip(alive)
+        .zip(first.into_iter().zip(second))
+        .map(|((w, alive), (first, second))| {
+            if !alive {
+                dead.push(format!("workload {}", w.name));
+            }
+            let (healthy, reason) =
+                if alive { node_health(w.listen) } else { (false, Some("process not running".to_owned())) };
+            let rates = match (first, second) {
+                (Some((t0, c0)), Some((t1, c1))) if t1 > t0 => {
+                    let seconds = (t1 - t0).as_secs_f64();
+                    let round = |v: f64| (v * 100.0).round() / 100.0;
+                    let (ok, error) = ((c1.ok - c0.ok).max(0.0), (c1.error - c0.error).max(0.0));
+                    Some((
+                        round(ok / seconds),
+                        round(error / seconds),
+                        (ok + error > 0.0).then(|| round(error / (ok + error))),
+                        c1.members,
+                    ))
+                }
+                _ => None,
+            };
+            WorkloadStatus {
+                name: w.name.clone(),
+                listen: w.listen,
+                pid: w.process.map(|p| p.pid),
+                alive,
+                healthy,
+                error: reason,
+                writes_per_s: rates.map(|r| r.0),
+                errors_per_s: rates.map(|r| r.1),
+                error_ratio: rates.and_then(|r| r.2),
+                members_seen: rates.and_then(|r| r.3),
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn status_of(state: &State, rate_window: Duration) -> Result<LabStatus> {
     let endpoints = state.endpoints();
     let (health, statuses) = match &state.certs {
         Some(certs) if !endpoints.is_empty() => {
@@ -713,6 +1022,7 @@ fn status_of(state: &State) -> Result<LabStatus> {
             }
         })
         .collect();
+    let workloads = workload_statuses(state, rate_window, &mut dead);
     let leader = members.iter().find(|m| m.leader).map(|m| m.name.clone());
     let raft_term = members.iter().filter_map(|m| m.raft_term).max();
     let (prometheus_url, prometheus_alive, prometheus_ready) = match &state.prometheus {
@@ -727,7 +1037,11 @@ fn status_of(state: &State) -> Result<LabStatus> {
     };
     // A lab whose `up` did not finish is not one to run experiments on, even if the
     // members it did start answer.
-    let healthy = state.complete && !members.is_empty() && members.iter().all(|m| m.healthy) && prometheus_ready;
+    let healthy = state.complete
+        && !members.is_empty()
+        && members.iter().all(|m| m.healthy)
+        && workloads.iter().all(|w| w.healthy)
+        && prometheus_ready;
     Ok(LabStatus {
         nodes: state.nodes,
         subnet: state.subnet.clone(),
@@ -738,6 +1052,8 @@ fn status_of(state: &State) -> Result<LabStatus> {
         state_dir: state.dir.clone(),
         complete: state.complete,
         members,
+        workloads,
+        rate_window_ms: rate_window.as_millis() as u64,
         leader,
         raft_term,
         prometheus_url,
@@ -879,8 +1195,33 @@ fn stop(processes: &[(String, Proc)], report: &mut DownReport) {
     }
 }
 
+/// The lab's workload processes: its nodes, surge nodes (recorded in surge.json), and any
+/// other `chaos-lab-node` running on the lab's files (started before its record was written).
+fn workload_processes(state: &State) -> Vec<(String, Proc)> {
+    let mut found: Vec<(String, Proc)> = Vec::new();
+    for w in &state.workloads {
+        if let Some(p) = w.process.filter(Proc::alive) {
+            found.push((format!("workload {} (pid {})", w.name, p.pid), p));
+        }
+    }
+    for node in surge::recorded(&state.dir) {
+        if let Some(p) = node.process.filter(Proc::alive) {
+            found.push((format!("surge node {} (pid {})", node.name, p.pid), p));
+        }
+    }
+    for (name, p) in node_processes(&state.dir) {
+        if !found.iter().any(|(_, f)| f.pid == p.pid) {
+            found.push((format!("workload {name} (pid {})", p.pid), p));
+        }
+    }
+    found
+}
+
 fn down_state(state: &State) -> Result<DownReport> {
     let mut report = DownReport::default();
+    // Workload nodes before etcd: on SIGTERM they revoke their leases, which needs etcd.
+    let workloads = workload_processes(state);
+    stop(&workloads, &mut report);
     // Processes first: a namespace with a process in it outlives `ip netns del`. The
     // leader last: a leader stopped while its followers are up hands its leadership over
     // first, and waits for that (seconds) when they are stopping too (measured: the
@@ -914,7 +1255,7 @@ fn down_state(state: &State) -> Result<DownReport> {
     remove_dir(&state.dir, &mut report);
     // Verify: nothing of what the state names is left.
     report.remaining.retain(|r| !r.starts_with("netns ") && !r.starts_with("bridge "));
-    for (name, p) in &processes {
+    for (name, p) in workloads.iter().chain(&processes) {
         if p.alive() {
             report.remaining.push(format!("{name} still running"));
         }
@@ -967,6 +1308,15 @@ mod tests {
         let me = Proc::of(std::process::id()).unwrap();
         assert!(me.alive());
         assert!(!Proc { start_time: me.start_time + 1, ..me }.alive(), "a reused pid is another process");
+    }
+
+    #[test]
+    fn node_metrics_give_writes_by_result_and_members() {
+        let text = "# HELP writes_total Writes to etcd by result\n# TYPE writes_total counter\n\
+                    writes_total{node=\"n1\",result=\"error\"} 2\nwrites_total{node=\"n1\",result=\"ok\"} 140\n\
+                    write_latency_seconds_count{node=\"n1\"} 140\nmembers{node=\"n1\"} 3\n";
+        assert_eq!(parse_node_metrics(text), NodeCounters { ok: 140.0, error: 2.0, members: Some(3) });
+        assert_eq!(parse_node_metrics(""), NodeCounters { ok: 0.0, error: 0.0, members: None });
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod control;
 pub mod etcd;
 pub mod prometheus;
+pub mod surge;
 
 use chaos_datapath::{
     error::Error,

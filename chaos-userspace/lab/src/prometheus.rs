@@ -1,7 +1,9 @@
 //! The lab's Prometheus (Debian's prometheus 2.42) in the root namespace on a loopback
 //! port: it scrapes every etcd member's /metrics over TLS with the lab's client
 //! certificate (etcd serves them on its client URL, which requires one), the workload
-//! nodes listed in a file_sd file the lab writes, and chaos-ebpf's own metrics endpoint.
+//! nodes listed in a file_sd file the lab writes (its workload nodes, and surge nodes
+//! while they run: Prometheus re-reads the file, no restart), and chaos-ebpf's own
+//! metrics endpoint (scraped whether or not a run serves it: `up` is 0 meanwhile).
 
 use std::{
     io::{Read, Write},
@@ -15,7 +17,8 @@ use anyhow::{Context, Result};
 
 use crate::certs::LabCerts;
 
-/// Where `run` and `inject` serve their metrics by default (`--metrics-addr`).
+/// Where `run` and `inject` serve their metrics by default (`--metrics-addr`; the CLI's
+/// DEFAULT_METRICS_ADDR, which the lab crate cannot name: it is below the CLI).
 pub const CHAOS_METRICS: &str = "127.0.0.1:9464";
 /// The scrape interval: Prometheus 2.42 scrapes first about 5 s after start anyway.
 const SCRAPE_INTERVAL: &str = "5s";
@@ -23,6 +26,18 @@ const SCRAPE_INTERVAL: &str = "5s";
 /// The file_sd file of workload nodes (JSON targets; `[]` while there are none).
 pub fn nodes_file(dir: &Path) -> PathBuf {
     dir.join("nodes.json")
+}
+
+/// Writes the file_sd file: one target per node `(name, address)`, labelled `lab_node`.
+/// Replaced at once (a new file renamed over it), so Prometheus never reads half of it.
+pub fn write_nodes_file(path: &Path, nodes: &[(String, SocketAddr)]) -> Result<()> {
+    let groups: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|(name, addr)| serde_json::json!({"targets": [addr.to_string()], "labels": {"lab_node": name}}))
+        .collect();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&groups)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 pub fn config_file(dir: &Path) -> PathBuf {
@@ -72,7 +87,12 @@ pub fn command(dir: &Path, port: u16) -> Command {
 
 /// GET over HTTP/1.0 on loopback, bounded: (status, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    http_get_at(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), path)
+}
+
+/// GET over HTTP/1.0 to `addr` (Prometheus, a workload node on the bridge), bounded: 1 s
+/// to connect, 2 s per read or write, 1 MiB: (status, body).
+pub fn http_get_at(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -131,6 +151,19 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn nodes_file_is_file_sd_json() {
+        let dir = std::env::temp_dir().join(format!("chaos-prom-nodes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = nodes_file(&dir);
+        write_nodes_file(&path, &[("n1".into(), "198.51.100.1:9100".parse().unwrap())]).unwrap();
+        let groups: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(groups, serde_json::json!([{"targets": ["198.51.100.1:9100"], "labels": {"lab_node": "n1"}}]));
+        write_nodes_file(&path, &[]).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "[]");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
