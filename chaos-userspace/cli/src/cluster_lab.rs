@@ -12,8 +12,9 @@ use std::{
 use anyhow::{anyhow, Result};
 use chaos_engine::action::{Lab, LabMember, LabView, SurgeOutcome};
 use chaos_lab::{
-    cluster::STATE_DIR,
+    cluster::{self, STATE_DIR},
     control::{KillOutcome, LabControl},
+    surge::{self, SurgeParams},
 };
 use chaos_model::{action::ActionTarget, plan::Plan, spec::TargetSpec};
 
@@ -105,7 +106,26 @@ impl Lab for ClusterLab {
         Ok(format!("{member} restarted on its original certificate"))
     }
 
-    fn surge(&self, _count: u32, _rate: f64, _cycles: u32, _stop: &AtomicBool) -> Result<SurgeOutcome> {
-        Err(anyhow!("surge: wired when the lab's surge lands"))
+    fn surge(&self, count: u32, rate: f64, cycles: u32, stop: &AtomicBool) -> Result<SurgeOutcome> {
+        // The state as it is now: members restarted by earlier steps have new pids.
+        let state = cluster::load(Path::new(STATE_DIR))?.ok_or_else(|| anyhow!("the lab is gone"))?;
+        let params = SurgeParams { count, rate, cycles, member: None, settle: Duration::from_millis(500) };
+        let report = surge::surge(&state, &params, stop, &mut |_| {})?;
+        let ms = |v: Option<u64>| v.map_or_else(|| "not within 30 s".to_owned(), |v| format!("{v} ms"));
+        let per_cycle = |pick: fn(&surge::CycleReport) -> Option<u64>| -> Vec<Option<f64>> {
+            report.cycles.iter().map(|c| pick(c).map(|v| v as f64)).collect()
+        };
+        Ok(SurgeOutcome {
+            summary: format!(
+                "surge: {} cycles of {count} nodes seen by {} nodes; slowest join {}, slowest leave {}",
+                report.cycles.len(),
+                report.observers.len(),
+                ms(report.join_max_ms),
+                ms(report.leave_max_ms)
+            ),
+            join_converged_ms: per_cycle(|c| c.join_max_ms),
+            leave_converged_ms: per_cycle(|c| c.leave_max_ms),
+            completed: report.converged && report.cycles.len() == cycles as usize,
+        })
     }
 }

@@ -2,9 +2,12 @@
 //! with TLS in network namespaces on a bridge, a workload node (chaos-lab-node) beside each,
 //! and Prometheus scraping them; `lab surge` runs a membership surge on it.
 
-use std::{path::Path, time::Duration, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chaos_datapath::error::Error;
 use chaos_lab::{
     cluster::{self, LabStatus, Progress, Subnet, UpOptions},
@@ -76,6 +79,14 @@ pub enum LabCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// No acknowledged write lost: every write a workload node journaled as acknowledged
+    /// is read back from etcd with its value (`chaos-lab-node verify` on each node's
+    /// journal). Exit 0 when every one is readable, 1 when any is missing or mismatched
+    /// or etcd cannot be read, 2 when no lab is up.
+    Verify {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Stop the lab's processes (workload nodes first, then etcd and Prometheus: SIGTERM,
     /// 5 s, SIGKILL), remove its namespaces, bridge and
     /// files, then verify that nothing is left. Exit 0 when nothing is left (also when no
@@ -92,6 +103,7 @@ pub fn run(command: LabCommand) -> Result<i32> {
         LabCommand::Up { nodes, subnet } => up(nodes, &subnet, state_dir),
         LabCommand::Status { output } => status(state_dir, output == Output::Json),
         LabCommand::Down { output } => down(state_dir, output == Output::Json),
+        LabCommand::Verify { output } => verify(state_dir, output == Output::Json),
         LabCommand::Surge { count, rate, cycles, member, settle, output } => {
             if !(settle.is_finite() && settle >= 0.0) {
                 return Err(Error::unsupported(
@@ -104,6 +116,100 @@ pub fn run(command: LabCommand) -> Result<i32> {
             surge_run(state_dir, &params, output == Output::Json)
         }
     }
+}
+
+/// What `chaos-lab-node verify` said of one node's journal.
+#[derive(serde::Serialize)]
+struct JournalCheck {
+    node: String,
+    journal: PathBuf,
+    /// Its exit code: 0 every write readable, 1 missing/mismatched/unreadable.
+    code: i32,
+    /// Its summary line (`verify: N acknowledged writes, ...`) and the lines before it.
+    said: String,
+    /// The longest time between two consecutive acknowledged writes of the journal: the
+    /// node's worst write availability gap (ms), and when it began (unix ms).
+    longest_gap_ms: Option<u64>,
+    gap_from_unix_ms: Option<u64>,
+}
+
+/// The longest gap between consecutive `acked_unix_ms` of a journal (torn or foreign
+/// lines are skipped: `chaos-lab-node verify` judges those).
+fn longest_gap(journal: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(journal).ok()?;
+    let mut acked: Vec<u64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["acked_unix_ms"].as_u64())
+        .collect();
+    acked.sort_unstable();
+    acked.windows(2).map(|w| (w[1] - w[0], w[0])).max()
+}
+
+fn verify(state_dir: &Path, json: bool) -> Result<i32> {
+    let Some(state) = cluster::load(state_dir)? else {
+        return Err(Error::unsupported("no lab is up", "`chaos-ebpf lab up` first").into());
+    };
+    let certs = state.certs.as_ref().ok_or_else(|| {
+        Error::unsupported("the lab has no certificates (its `lab up` did not finish)", "`chaos-ebpf lab down`, then `lab up`")
+    })?;
+    let binary = cluster::node_binary()?;
+    let endpoints = state.endpoints().join(",");
+    let mut checks = Vec::new();
+    for w in &state.workloads {
+        if !w.journal.exists() {
+            continue;
+        }
+        let out = std::process::Command::new(&binary)
+            .arg("verify")
+            .arg("--journal")
+            .arg(&w.journal)
+            .arg("--etcd")
+            .arg(&endpoints)
+            .arg("--cacert")
+            .arg(&certs.ca)
+            .arg("--cert")
+            .arg(&certs.client.cert)
+            .arg("--key")
+            .arg(&certs.client.key)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", binary.display()))?;
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let gap = longest_gap(&w.journal);
+        checks.push(JournalCheck {
+            longest_gap_ms: gap.map(|g| g.0),
+            gap_from_unix_ms: gap.map(|g| g.1),
+            node: w.name.clone(),
+            journal: w.journal.clone(),
+            code: out.status.code().unwrap_or(1),
+            said: crate::clip_lines(said.trim()),
+        });
+    }
+    let all_readable = !checks.is_empty() && checks.iter().all(|c| c.code == 0);
+    if json {
+        output::out(&serde_json::to_string_pretty(&serde_json::json!({ "all_readable": all_readable, "nodes": checks }))?);
+    } else {
+        for c in &checks {
+            for line in c.said.lines() {
+                output::out(&format!("{}: {line}", c.node));
+            }
+            if let (Some(gap), Some(from)) = (c.longest_gap_ms, c.gap_from_unix_ms) {
+                output::out(&format!(
+                    "{}: longest gap between acknowledged writes: {gap} ms, from {}",
+                    c.node,
+                    crate::report::utc(from)
+                ));
+            }
+        }
+        output::out(if all_readable {
+            "lab verify: every acknowledged write is readable"
+        } else if checks.is_empty() {
+            "lab verify: no node has a journal yet"
+        } else {
+            "lab verify: ACKNOWLEDGED WRITES ARE MISSING OR UNREADABLE (see above)"
+        });
+    }
+    Ok(if all_readable { 0 } else { exit::FAILED })
 }
 
 fn surge_run(state_dir: &Path, params: &SurgeParams, json: bool) -> Result<i32> {

@@ -87,9 +87,10 @@ pub trait Lab: Send + Sync {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SurgeOutcome {
     pub summary: String,
-    /// Per cycle: the slowest node's time to see every newcomer join, then leave (ms).
-    pub join_converged_ms: Vec<f64>,
-    pub leave_converged_ms: Vec<f64>,
+    /// Per cycle: the slowest node's time to see every newcomer join, then leave (ms;
+    /// None: not every node saw it within the bound).
+    pub join_converged_ms: Vec<Option<f64>>,
+    pub leave_converged_ms: Vec<Option<f64>>,
     /// Every cycle completed.
     pub completed: bool,
 }

@@ -791,7 +791,7 @@ impl Validator<'_> {
             ActionKind::Pause => ActionSpec::Pause,
             ActionKind::Surge => {
                 let count = step.count.ok_or_else(|| {
-                    self.error(&at("action"), "a surge needs a count of nodes", "add count: 5 (1..100 per cycle)")
+                    self.error(&at("action"), "a surge needs a count of nodes", "add count: 5 (1..50 per cycle)")
                 })?;
                 if !(1..=100).contains(&count) {
                     return Err(self.error(
@@ -1651,7 +1651,7 @@ mod tests {
         );
         bad("steps: [{action: kill, target: leader, signal: SIGFOO, duration: 1s}]\n", 3, 48, "not a signal");
         bad("steps: [{action: surge, target: leader, count: 2, duration: 1s}]\n", 3, 33, "takes no target");
-        bad("steps: [{action: surge, count: 0, duration: 1s}]\n", 3, 32, "outside 1..100");
+        bad("steps: [{action: surge, count: 0, duration: 1s}]\n", 3, 32, "outside 1..50");
         bad("steps: [{action: surge, count: 2, rate: fast, duration: 1s}]\n", 3, 41, "surge rate");
         bad("steps: [{action: cert-expiry, target: pid:1, duration: 1s}]\n", 3, 39, "cannot act on pid:1");
         bad("steps: [{action: kill, target: leader, probability: 0.1, duration: 1s}]\n", 3, 53, "takes no probability");
