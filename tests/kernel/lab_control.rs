@@ -4,7 +4,9 @@
 //! expiry and its restore, `undo_all` and `lab down` after a pause and a swap. Traffic
 //! goes only to the lab's members on its bridge.
 
-use crate::lab_cluster::{assert_healthy, assert_no_lab_left, lab_down, lab_up, require_lab_programs, LabDown, STATE_DIR};
+use crate::lab_cluster::{
+    assert_healthy, assert_no_lab_left, lab_down, lab_up, require_lab_programs, status_json, LabDown, STATE_DIR,
+};
 use crate::support::*;
 
 use std::{
@@ -144,6 +146,28 @@ fn lab_control_leader_kill_restart_pause() {
     let back = wait_member_healthy(&lab, &paused);
     println!("REPORT|resume_to_healthy_ms={}", back.as_millis());
     assert!(!Path::new(&format!("{STATE_DIR}/control.json")).exists(), "nothing left to undo");
+    assert_healthy(3);
+
+    // Pausing the leader: the two others elect a new one; resumed, the old leader follows.
+    let leader = control.leader().unwrap().expect("a leader");
+    let start = Instant::now();
+    control.pause(&leader).unwrap();
+    let (new_leader, _) =
+        control.wait_leader(Some(&leader), Duration::from_secs(10)).unwrap().expect("a new leader within 10 s");
+    assert_ne!(new_leader, leader);
+    println!("REPORT|leader_election_after_pause_ms={}", start.elapsed().as_millis());
+    control.resume(&leader).unwrap();
+    wait_member_healthy(&lab, &leader);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, status) = status_json();
+        let leaders = status["lab"]["members"].as_array().unwrap().iter().filter(|m| m["leader"] == true).count();
+        if leaders == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not one leader 5 s after the resume: {status:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_healthy(3);
     lab_down(3);
 }
