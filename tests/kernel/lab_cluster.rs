@@ -25,12 +25,12 @@ pub const TESTS: &[Test] = tests![
     lab_cluster_surge_interrupted_or_killed_leaves_no_node,
 ];
 
-const STATE_DIR: &str = "/run/chaos-ebpf/lab";
+pub const STATE_DIR: &str = "/run/chaos-ebpf/lab";
 const NETNS_PREFIX: &str = "chaos-cluster-";
 const BRIDGE: &str = "chaos-lab-br0";
 
 /// Skips unless Debian's etcd and Prometheus are installed (scripts/setup.sh installs them).
-fn require_lab_programs() {
+pub fn require_lab_programs() {
     require_root();
     for program in ["etcd", "etcdctl", "prometheus"] {
         if !Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success()) {
@@ -62,7 +62,7 @@ fn node_get(listen: &str, path: &str) -> (u16, serde_json::Value) {
 }
 
 /// Runs `lab down` when dropped: after a failed assertion too.
-struct LabDown;
+pub struct LabDown;
 
 impl Drop for LabDown {
     fn drop(&mut self) {
@@ -106,7 +106,7 @@ fn bridge_exists() -> bool {
 
 /// Nothing of a lab is left: no process, namespace, bridge or state directory (bounded
 /// wait for exiting processes to be reaped).
-fn assert_no_lab_left() {
+pub fn assert_no_lab_left() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let processes = lab_processes();
@@ -125,7 +125,7 @@ fn assert_no_lab_left() {
 }
 
 /// `lab up --nodes N` (plus `extra` arguments): the seconds it took (to healthy).
-fn lab_up(nodes: u32, extra: &[&str]) -> f64 {
+pub fn lab_up(nodes: u32, extra: &[&str]) -> f64 {
     let nodes_arg = nodes.to_string();
     let mut args = vec!["lab", "up", "--nodes", &nodes_arg];
     args.extend_from_slice(extra);
@@ -140,7 +140,7 @@ fn lab_up(nodes: u32, extra: &[&str]) -> f64 {
 }
 
 /// `lab down` of a lab of `nodes` members (0: a lab whose up did not finish, not timed).
-fn lab_down(nodes: u32) -> String {
+pub fn lab_down(nodes: u32) -> String {
     let start = Instant::now();
     let (code, out, err) = chaos_run(&["lab", "down"]);
     let seconds = start.elapsed().as_secs_f64();
@@ -153,7 +153,7 @@ fn lab_down(nodes: u32) -> String {
     out
 }
 
-fn status_json() -> (i32, serde_json::Value) {
+pub fn status_json() -> (i32, serde_json::Value) {
     let (code, out, err) = chaos_run(&["lab", "status", "--output", "json"]);
     let value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("lab status JSON: {e}\n{out}{err}"));
     (code, value)
@@ -190,7 +190,7 @@ fn prometheus_query(url: &str, expr: &str) -> Vec<serde_json::Value> {
 }
 
 /// Status of a lab of `nodes` healthy members with one leader.
-fn assert_healthy(nodes: usize) -> serde_json::Value {
+pub fn assert_healthy(nodes: usize) -> serde_json::Value {
     let (code, status) = status_json();
     assert_eq!(code, 0, "lab status: {status:#}");
     let lab = status["lab"].clone();

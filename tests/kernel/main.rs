@@ -69,6 +69,7 @@ test_modules! {
     reports,
     otlp,
     lab_cluster,
+    lab_control,
 }
 
 /// Skipped tests of this run: (name, reason).

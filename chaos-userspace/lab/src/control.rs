@@ -236,6 +236,16 @@ impl LabControl {
         Ok(LabControl { state, dir: state_dir.to_owned() })
     }
 
+    /// The state as state.json says now (a long-lived `LabControl` sees a member another
+    /// process restarted), or the last one read when it cannot be read.
+    fn fresh(&self) -> State {
+        cluster::load(&self.dir).ok().flatten().unwrap_or_else(|| self.state.clone())
+    }
+
+    fn refresh(&mut self) {
+        self.state = self.fresh();
+    }
+
     fn certs(&self) -> &LabCerts {
         self.state.certs.as_ref().expect("checked by open")
     }
@@ -285,7 +295,7 @@ impl LabControl {
 
     pub fn members(&self) -> Vec<MemberInfo> {
         let control = Control::load(&self.dir).unwrap_or_default();
-        self.state
+        self.fresh()
             .members
             .iter()
             .map(|m| MemberInfo {
@@ -306,11 +316,12 @@ impl LabControl {
     /// (the highest raft term if two do, as an isolated old leader may). `None` when none
     /// does.
     pub fn leader(&self) -> Result<Option<String>> {
+        let state = self.fresh();
         let asked: Vec<&Member> = self
             .members()
             .iter()
             .filter(|i| i.alive && !i.paused)
-            .filter_map(|i| self.state.members.iter().find(|m| m.name == i.name))
+            .filter_map(|i| state.members.iter().find(|m| m.name == i.name))
             .collect();
         let endpoints: Vec<String> = asked.iter().map(|m| m.client_url()).collect();
         let leader = statuses(self.certs(), &endpoints)
@@ -344,6 +355,7 @@ impl LabControl {
     /// and the time from the first to the exit. A paused member is thawed after the
     /// signal, so that it can act on it. The member stays dead: `restart` starts it again.
     pub fn kill(&mut self, member: &str, signal: i32, grace: Option<Duration>) -> Result<KillOutcome> {
+        self.refresh();
         if !(1..=64).contains(&signal) || signal == libc::SIGSTOP || signal == libc::SIGCONT {
             return Err(Error::unsupported(
                 format!("kill {member}: {signal} is not a signal that ends a process"),
@@ -462,6 +474,7 @@ impl LabControl {
     /// member it was), records the new process in state.json, and waits until it is
     /// healthy (at most 30 s). An error when it runs.
     pub fn restart(&mut self, member: &str) -> Result<RestartOutcome> {
+        self.refresh();
         if let Some(p) = self.member(member)?.process.filter(Proc::alive) {
             return Err(Error::unsupported(
                 format!("etcd member {member} is running (pid {})", p.pid),
@@ -478,6 +491,7 @@ impl LabControl {
     /// answers nothing. Recorded in control.json first; [`resume`](Self::resume),
     /// [`undo_all`] and `lab down` thaw it. Pausing a paused member does nothing.
     pub fn pause(&mut self, member: &str) -> Result<()> {
+        self.refresh();
         let process = self.running(member)?;
         let mut control = Control::load(&self.dir)?;
         if !control.paused.iter().any(|p| p.member == member) {
@@ -525,6 +539,7 @@ impl LabControl {
     /// once when expired; with `expires_in`, new connections after that time (those open
     /// stay).
     pub fn expire_cert(&mut self, member: &str, expires_in: Option<Duration>) -> Result<()> {
+        self.refresh();
         let index = self.index(member)?;
         let mut control = Control::load(&self.dir)?;
         if control.swapped.iter().any(|s| s.member == member) {
@@ -574,6 +589,7 @@ impl LabControl {
     /// Puts the member's original certificate back and restarts it (waits until healthy);
     /// nothing when its certificate was not swapped.
     pub fn restore_cert(&mut self, member: &str) -> Result<()> {
+        self.refresh();
         self.index(member)?;
         let mut control = Control::load(&self.dir)?;
         let Some(swapped) = control.swapped.iter().find(|s| s.member == member).cloned() else {
