@@ -70,6 +70,7 @@ test_modules! {
     otlp,
     lab_cluster,
     lab_control,
+    lab_scenarios,
 }
 
 /// Skipped tests of this run: (name, reason).

@@ -150,7 +150,10 @@ fn verify(state_dir: &Path, json: bool) -> Result<i32> {
         return Err(Error::unsupported("no lab is up", "`chaos-ebpf lab up` first").into());
     };
     let certs = state.certs.as_ref().ok_or_else(|| {
-        Error::unsupported("the lab has no certificates (its `lab up` did not finish)", "`chaos-ebpf lab down`, then `lab up`")
+        Error::unsupported(
+            "the lab has no certificates (its `lab up` did not finish)",
+            "`chaos-ebpf lab down`, then `lab up`",
+        )
     })?;
     let binary = cluster::node_binary()?;
     let endpoints = state.endpoints().join(",");
@@ -187,7 +190,9 @@ fn verify(state_dir: &Path, json: bool) -> Result<i32> {
     }
     let all_readable = !checks.is_empty() && checks.iter().all(|c| c.code == 0);
     if json {
-        output::out(&serde_json::to_string_pretty(&serde_json::json!({ "all_readable": all_readable, "nodes": checks }))?);
+        output::out(&serde_json::to_string_pretty(
+            &serde_json::json!({ "all_readable": all_readable, "nodes": checks }),
+        )?);
     } else {
         for c in &checks {
             for line in c.said.lines() {

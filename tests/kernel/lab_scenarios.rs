@@ -1,0 +1,329 @@
+//! The sample scenarios of scenarios/etcd-*.yaml, end to end against a real cluster lab
+//! (`chaos-ebpf lab up`: etcd members with TLS, the workload nodes, Prometheus), each
+//! with its hypothesis, producing a bundle; `replay` of a bundle; and the actions on a
+//! plain process (kill, pause) without a lab. Every test holds a `LabDown` guard and
+//! checks that nothing is left. Traffic goes only to the lab's members on its bridge.
+
+use crate::{lab_cluster::*, support::*};
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const TESTS: &[Test] = tests![
+    lab_scenario_leader_kill_and_replay,
+    lab_scenario_split_brain,
+    lab_scenario_member_loss,
+    lab_scenario_surge,
+    lab_scenario_cert_expiry,
+    lab_scenario_wrong_hypothesis_fails,
+    lab_scenario_needs_a_lab,
+    action_pause_and_kill_a_process,
+];
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios").join(name)
+}
+
+/// A fresh directory for run directories, removed when dropped.
+struct Runs(PathBuf);
+
+impl Runs {
+    fn new(test: &str) -> Runs {
+        let dir = std::env::temp_dir().join(format!("chaos-scenario-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Runs(dir)
+    }
+}
+
+impl Drop for Runs {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `chaos-ebpf ARGS` with chaos-ebpf's directory first on PATH (the scenarios' command
+/// probes run `chaos-ebpf lab verify`), bounded.
+fn chaos_with_path(args: &[&str]) -> (i32, String, String) {
+    let dir = Path::new(bin()).parent().unwrap();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env("PATH", path).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn chaos-ebpf");
+    Chaos { child }.finish(Duration::from_secs(180))
+}
+
+/// Runs a sample scenario into `runs/<name>`; returns the exit code, stderr and the report.
+fn run_sample(runs: &Runs, file: &str, name: &str) -> (i32, String, serde_json::Value) {
+    let dir = runs.0.join(name);
+    let (code, out, err) = chaos_with_path(&["run", scenario(file).to_str().unwrap(), "--run-dir", dir.to_str().unwrap()]);
+    let report = fs::read_to_string(dir.join("report.json"))
+        .unwrap_or_else(|e| panic!("{file}: no report.json ({e}): exit {code}\n{out}\n{err}"));
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert!(runs.0.join(format!("{name}.tar.gz")).is_file(), "{file}: no bundle");
+    assert_eq!(report["clean"], true, "{file}: revert not clean\n{err}");
+    (code, format!("{out}\n{err}"), report)
+}
+
+fn step<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no step {name}"))
+}
+
+fn assert_passed(file: &str, code: i32, text: &str, report: &serde_json::Value) {
+    assert_eq!(code, 0, "{file}: exit {code}\n{text}");
+    assert_eq!(report["hypothesis"]["verdict"], "passed", "{file}\n{text}");
+    for s in report["steps"].as_array().unwrap() {
+        assert_eq!(s["ran_its_course"], true, "{file}: step {} did not run its course\n{text}", s["name"]);
+    }
+}
+
+/// Each workload node's longest gap between acknowledged writes during the run (from
+/// its journal), printed for the closing note; the largest is returned.
+fn write_gaps(file: &str, report: &serde_json::Value) -> f64 {
+    let from = report["faults_start_unix_ms"].as_u64().unwrap();
+    let to = report["ended_unix_ms"].as_u64().unwrap();
+    let mut worst = 0.0f64;
+    for node in ["n1", "n2", "n3"] {
+        let journal = fs::read_to_string(format!("{STATE}/{node}/journal.jsonl")).unwrap_or_default();
+        let mut acked: Vec<u64> = journal
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["acked_unix_ms"].as_u64())
+            .filter(|t| (from..=to).contains(t))
+            .collect();
+        acked.sort_unstable();
+        let gap = acked.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0) as f64;
+        println!("REPORT|write_gap|scenario={file}|node={node}|ms={gap:.0}|writes={}", acked.len());
+        worst = worst.max(gap);
+    }
+    worst
+}
+
+const STATE: &str = "/run/chaos-ebpf/lab";
+
+/// A 3-member lab with its workload, under a guard.
+fn lab3() -> LabDown {
+    require_lab_programs();
+    let guard = LabDown;
+    lab_up(3, &[]);
+    guard
+}
+
+fn finish_lab() {
+    lab_down(3);
+    assert_no_lab_left();
+}
+
+fn lab_scenario_leader_kill_and_replay() {
+    let _guard = lab3();
+    let runs = Runs::new("leader-kill");
+    let file = "etcd-leader-kill.yaml";
+    let (code, text, report) = run_sample(&runs, file, "first");
+    assert_passed(file, code, &text, &report);
+    let kill = &step(&report, "kill-the-leader")["action"];
+    let killed = kill["resolved"][0].as_str().unwrap().to_owned();
+    let elected = kill["leader_elected_ms"].as_f64().unwrap();
+    assert!(elected < 5000.0, "{kill:#}");
+    assert_ne!(kill["new_leader"].as_str(), Some(killed.as_str()), "{kill:#}");
+    let events: Vec<&str> = kill["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap()).collect();
+    assert!(events.iter().any(|e| e.starts_with(&format!("killed {killed}"))), "{events:?}");
+    assert!(events.iter().any(|e| e.starts_with(&format!("restarted {killed}"))), "{events:?}");
+    println!("REPORT|leader_election|scenario={file}|ms={elected:.0}");
+    write_gaps(file, &report);
+    // The span of the action: apply then revert, under the step.
+    let spans = fs::read_to_string(runs.0.join("first/spans.jsonl")).unwrap();
+    assert!(spans.contains("\"phase\":\"apply\"") && spans.contains("\"phase\":\"revert\""), "no action spans");
+    // Every member healthy again, all three nodes writing.
+    assert_healthy(3);
+
+    // Replay: the same scenario and seed on this lab (of the same shape).
+    let bundle = runs.0.join("first.tar.gz");
+    let second = runs.0.join("second");
+    let (code, out, err) = chaos_with_path(&[
+        "replay",
+        bundle.to_str().unwrap(),
+        "--run-dir",
+        second.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "replay:\n{out}\n{err}");
+    let json_start = out.rfind("\n{").map_or(0, |i| i + 1);
+    let comparison: serde_json::Value = serde_json::from_str(&out[json_start..]).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(comparison["same_outcome"], true, "{comparison:#}");
+    assert_eq!(comparison["seed"], 1, "{comparison:#}");
+    assert!(second.join("digest.txt").is_file());
+    println!("REPORT|replay|same_outcome=true|same_digest={}", comparison["same_digest"]);
+    // A bundle that is not one, and a lab of another shape: exit 2.
+    let (code, _, err) = chaos_with_path(&["replay", "/etc/hostname"]);
+    assert_eq!(code, 2, "{err}");
+    finish_lab();
+    let (code, _, err) = chaos_with_path(&["replay", bundle.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("lab up --nodes 3"), "{err}");
+}
+
+fn lab_scenario_split_brain() {
+    let _guard = lab3();
+    let runs = Runs::new("split-brain");
+    let file = "etcd-split-brain.yaml";
+    let (code, text, report) = run_sample(&runs, file, "run");
+    assert_passed(file, code, &text, &report);
+    // The minority (the leader at the start) was cut from the majority's two addresses.
+    let split = step(&report, "split");
+    let rules = split["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{split:#}");
+    assert!(rules[0]["fault"].as_str().unwrap().contains("peers=198.51.100."), "{split:#}");
+    assert!(rules[0]["counters"]["dropped"].as_u64().unwrap() > 0, "{split:#}");
+    assert!(text.contains("lab: step split: minority = "), "{text}");
+    write_gaps(file, &report);
+    finish_lab();
+}
+
+fn lab_scenario_member_loss() {
+    let _guard = lab3();
+    let runs = Runs::new("member-loss");
+    let file = "etcd-member-loss.yaml";
+    let (code, text, report) = run_sample(&runs, file, "run");
+    assert_passed(file, code, &text, &report);
+    let rules = step(&report, "lossy-n3")["rules"].as_array().unwrap().clone();
+    assert!(rules[0]["netns"].as_str().unwrap().ends_with("chaos-cluster-n3"), "{rules:?}");
+    let c = &rules[0]["counters"];
+    let (matched, dropped) = (c["matched"].as_f64().unwrap(), c["dropped"].as_f64().unwrap());
+    assert!(matched > 50.0 && (0.15..0.45).contains(&(dropped / matched)), "{c:#}");
+    write_gaps(file, &report);
+    finish_lab();
+}
+
+fn lab_scenario_surge() {
+    let _guard = lab3();
+    let runs = Runs::new("surge");
+    let file = "etcd-surge.yaml";
+    let (code, text, report) = run_sample(&runs, file, "run");
+    assert_passed(file, code, &text, &report);
+    let surge = &step(&report, "join-storm")["action"]["surge"];
+    assert_eq!(surge["completed"], true, "{surge:#}");
+    let joins = surge["join_converged_ms"].as_array().unwrap();
+    assert_eq!(joins.len(), 2, "{surge:#}");
+    for (j, l) in joins.iter().zip(surge["leave_converged_ms"].as_array().unwrap()) {
+        assert!(j.as_f64().unwrap() < 10_000.0 && l.as_f64().unwrap() < 10_000.0, "{surge:#}");
+    }
+    println!("REPORT|surge|join_ms={joins:?}|leave_ms={:?}", surge["leave_converged_ms"]);
+    write_gaps(file, &report);
+    finish_lab();
+}
+
+fn lab_scenario_cert_expiry() {
+    let _guard = lab3();
+    let runs = Runs::new("cert-expiry");
+    let file = "etcd-cert-expiry.yaml";
+    let (code, text, report) = run_sample(&runs, file, "run");
+    assert_passed(file, code, &text, &report);
+    let action = &step(&report, "expired-cert-on-n3")["action"];
+    let events: Vec<&str> = action["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap()).collect();
+    assert!(events.iter().any(|e| e.contains("expired certificate")), "{events:?}");
+    assert!(events.iter().any(|e| e.contains("original certificate")), "{events:?}");
+    // Restored: n3's certificate is the one lab up minted, and n3 is healthy.
+    assert_healthy(3);
+    write_gaps(file, &report);
+    finish_lab();
+}
+
+fn lab_scenario_wrong_hypothesis_fails() {
+    let _guard = lab3();
+    let runs = Runs::new("wrong");
+    let file = "etcd-wrong-hypothesis.yaml";
+    let (code, text, report) = run_sample(&runs, file, "run");
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(report["abort"]["guard"], "error-rate", "{text}");
+    assert!(text.contains("aborted: the error-rate guard fired"), "{text}");
+    assert_eq!(report["hypothesis"]["verdict"], "failed", "{text}");
+    // The observation: n1's writes failed while it was cut off.
+    let outage = report["hypothesis"]["outages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["probe"] == "writes-n1")
+        .unwrap_or_else(|| panic!("no outage of writes-n1: {:#}", report["hypothesis"]));
+    assert!(outage["failed_checks"].as_u64().unwrap() >= 3, "{outage:#}");
+    println!("REPORT|wrong_hypothesis|fired_s={}|revert_ms={}", report["abort"]["fired_s"], report["abort"]["revert_ms"]);
+    finish_lab();
+}
+
+fn lab_scenario_needs_a_lab() {
+    require_root();
+    if Path::new(STATE).exists() {
+        panic!("a lab is already up on this machine ({STATE}): `chaos-ebpf lab down` first");
+    }
+    let (code, _, err) = chaos_run(&["run", scenario("etcd-leader-kill.yaml").to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no cluster lab is up") && err.contains("sudo chaos-ebpf lab up"), "{err}");
+    let (code, _, err) = chaos_run(&["run", scenario("etcd-split-brain.yaml").to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("lab up"), "{err}");
+}
+
+/// The state letter of /proc/PID/stat.
+fn state_of(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next())
+}
+
+fn action_pause_and_kill_a_process() {
+    require_root();
+    /// Killed and reaped when dropped, after a failure too.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut sleeper = Reap(Command::new("sleep").arg("60").spawn().unwrap());
+    let pid = sleeper.0.id();
+    let runs = Runs::new("process");
+    let file = runs.0.join("process.yaml");
+    fs::write(
+        &file,
+        format!(
+            "apiVersion: chaos-ebpf/v1\nname: process-actions\nsteps:\n  - {{name: freeze, action: pause, target: pid:{pid}, duration: 2s}}\n  - {{name: end, action: kill, target: pid:{pid}, grace: 1s, duration: 1s}}\n"
+        ),
+    )
+    .unwrap();
+    let dir = runs.0.join("run");
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", file.to_str().unwrap(), "--run-dir", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let chaos = Chaos { child: cmd.spawn().unwrap() };
+    // Stopped (T) while the pause is in force.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state_of(pid) != Some('T') {
+        assert!(Instant::now() < deadline, "process {pid} never stopped: {:?}", state_of(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, err) = chaos.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "{out}\n{err}");
+    // sleep exits on SIGTERM: it is our child, so a zombie until reaped.
+    let status = sleeper.0.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let events = |s: &str| -> Vec<String> {
+        step(&report, s)["action"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["what"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(events("freeze"), [format!("process {pid} stopped (SIGSTOP)"), format!("process {pid} continued (SIGCONT)")]);
+    assert!(events("end")[0].starts_with(&format!("process {pid} exited on SIGTERM")), "{:?}", events("end"));
+    // A process that is gone: exit 2 before anything changes.
+    let (code, _, err) = chaos_run(&["run", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("process {pid} does not exist")), "{err}");
+}
