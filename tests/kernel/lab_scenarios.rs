@@ -14,6 +14,7 @@ use std::{
 };
 
 pub const TESTS: &[Test] = tests![
+    lab_scenario_game_day,
     lab_scenario_leader_kill_and_replay,
     lab_scenario_split_brain,
     lab_scenario_member_loss,
@@ -115,6 +116,26 @@ fn lab3() -> LabDown {
 fn finish_lab() {
     lab_down(3);
     assert_no_lab_left();
+}
+
+/// The README's main job without its setup: scripts/game-day.sh runs this scenario on a
+/// fresh 3-member lab.
+fn lab_scenario_game_day() {
+    let _guard = lab3();
+    let runs = Runs::new("game-day");
+    let file = "etcd-game-day.yaml";
+    let (code, text, report) = run_sample(&runs, file, "run");
+    assert_passed(file, code, &text, &report);
+    let kill = &step(&report, "kill-the-leader")["action"];
+    println!("REPORT|leader_election|scenario={file}|ms={:.0}", kill["leader_elected_ms"].as_f64().unwrap());
+    let lossy = &step(&report, "lossy-n3")["rules"][0]["counters"];
+    assert!(lossy["dropped"].as_u64().unwrap() > 0, "{lossy:#}");
+    assert!(step(&report, "split-brain")["rules"][0]["counters"]["dropped"].as_u64().unwrap() > 0);
+    assert_eq!(step(&report, "join-storm")["action"]["surge"]["completed"], true);
+    let md = fs::read_to_string(runs.0.join("run/report.md")).unwrap();
+    assert!(md.contains("| verdict | **passed** |"), "{md}");
+    write_gaps(file, &report);
+    finish_lab();
 }
 
 fn lab_scenario_leader_kill_and_replay() {

@@ -187,6 +187,8 @@ fn main() -> Result<()> {
             // The lab's workload (chaos-lab-node) against a real etcd on loopback: no root needed.
             cargo(&["test", "-p", "chaos-lab", "--test", "node"])?;
             require_root("the kernel tests")?;
+            // `lab up` starts the workload binary found next to chaos-ebpf.
+            cargo(&["build", "-p", "chaos-lab", "--bin", "chaos-lab-node"])?;
             let mut runs = vec![host_kernel_tests(&filters)?];
             if no_vm {
                 eprintln!("xtask: --no-vm: skipping the tests on Debian kernels (cargo xtask vm-test)");

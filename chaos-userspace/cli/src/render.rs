@@ -195,9 +195,10 @@ pub fn step(step: &StepReport) -> String {
     );
     match &step.action {
         Some(action) => {
-            out += &format!(": {} on {}", action.action, action.resolved.join(", "));
-            if action.resolved.is_empty() && !action.targets.is_empty() {
-                out += &action.targets.join(", ");
+            out += &format!(": {}", action.action);
+            let on = if action.resolved.is_empty() { &action.targets } else { &action.resolved };
+            if !on.is_empty() {
+                out += &format!(" on {}", on.join(", "));
             }
             for e in &action.events {
                 out += &format!("\n  {:>8.3}s {}", e.t_s, e.what);

@@ -137,9 +137,15 @@ pub fn bind_lab_targets(plan: &Plan, lab: Option<&dyn Lab>) -> Result<(Plan, Vec
         return Ok((plan.clone(), Vec::new()));
     }
     let lab = lab.ok_or_else(no_lab)?;
-    let view = lab.view()?;
+    let needs_leader = plan.steps.iter().flat_map(|s| &s.faults).any(|f| {
+        matches!(&f.spec.target, TargetSpec::Lab(s) if s.needs_leader()) || f.lab_peers.iter().any(|s| s.needs_leader())
+    });
+    let (view, waited) = view_with_leader(lab, needs_leader)?;
     let mut next_id = plan.steps.iter().flat_map(|s| s.faults.iter().map(|f| f.rule_id)).max().unwrap_or(0) + 1;
     let mut notes = Vec::new();
+    if let Some(waited) = waited {
+        notes.push(format!("no leader at first; one after {} ms", waited.as_millis()));
+    }
     let mut bound = plan.clone();
     for step in &mut bound.steps {
         let mut faults = Vec::with_capacity(step.faults.len());
@@ -196,6 +202,22 @@ pub fn bind_lab_targets(plan: &Plan, lab: Option<&dyn Lab>) -> Result<(Plan, Vec
         step.faults = faults;
     }
     Ok((bound, notes))
+}
+
+/// How long a selector that needs a leader waits for one (an election in progress, after
+/// an earlier step's fault) before it fails.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// The lab now; when `needs_leader` and nobody leads, after waiting (bounded) for a
+/// leader, with how long that took.
+fn view_with_leader(lab: &dyn Lab, needs_leader: bool) -> Result<(LabView, Option<Duration>)> {
+    let view = lab.view()?;
+    if !needs_leader || view.leader.is_some() {
+        return Ok((view, None));
+    }
+    let started = Instant::now();
+    lab.wait_leader(None, LEADER_WAIT)?;
+    Ok((lab.view()?, Some(started.elapsed())))
 }
 
 fn no_lab() -> anyhow::Error {
@@ -376,7 +398,6 @@ impl ActionRun {
         drop(span);
         if let Err(e) = &applied {
             let why = format!("{e:#}");
-            self.note(format!("failed: {why}"));
             self.report.error = Some(why.clone());
             let _ = failed.send(why);
         }
@@ -401,8 +422,16 @@ impl ActionRun {
     }
 
     fn resolve(&mut self, targets: &[ActionTarget]) -> Result<Vec<ActionTarget>> {
-        let lab_view =
-            if targets.iter().any(|t| matches!(t, ActionTarget::Lab(_))) { Some(self.lab()?.view()?) } else { None };
+        let lab_view = if targets.iter().any(|t| matches!(t, ActionTarget::Lab(_))) {
+            let needs_leader = targets.iter().any(|t| matches!(t, ActionTarget::Lab(s) if s.needs_leader()));
+            let (view, waited) = view_with_leader(self.lab()?, needs_leader)?;
+            if let Some(waited) = waited {
+                self.note(format!("no leader when the step fired; one after {} ms", waited.as_millis()));
+            }
+            Some(view)
+        } else {
+            None
+        };
         let mut out = Vec::new();
         for t in targets {
             match t {

@@ -37,6 +37,11 @@ impl LabSelector {
         }
     }
 
+    /// Whether it means something only while a member leads.
+    pub fn needs_leader(&self) -> bool {
+        !matches!(self, LabSelector::Node(_))
+    }
+
     /// A selector as written in a scenario: a bare word or `node:NAME`.
     pub fn parse(text: &str) -> Option<Result<LabSelector, Problem>> {
         if let Some(name) = text.strip_prefix("node:") {

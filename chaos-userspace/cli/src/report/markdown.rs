@@ -74,7 +74,12 @@ fn intensities(windows: &[WindowReport]) -> String {
 
 fn rules(step: &StepReport) -> String {
     if let Some(action) = &step.action {
-        let mut lines = vec![format!("{} on {}", cell(&action.action), cell(&action.resolved.join(", ")))];
+        let on = if action.resolved.is_empty() { &action.targets } else { &action.resolved };
+        let mut lines = vec![if on.is_empty() {
+            cell(&action.action)
+        } else {
+            format!("{} on {}", cell(&action.action), cell(&on.join(", ")))
+        }];
         lines.extend(action.events.iter().map(|e| format!("{:.3} s: {}", e.t_s, cell(&e.what))));
         if let Some(error) = &action.error {
             lines.push(format!("FAILED: {}", cell(error)));
