@@ -232,8 +232,16 @@ fn lab_control_cert_expiry_and_undo() {
     assert_healthy(3);
     assert!(undo_all(Path::new(STATE_DIR)).unwrap().is_empty(), "nothing left to undo");
 
-    // And `lab down` undoes them too, then removes everything.
+    // `chaos-ebpf cleanup` (no run alive) undoes them as well.
     let mut control = LabControl::open(Path::new(STATE_DIR)).unwrap();
+    control.pause(&paused).unwrap();
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    assert!(out.contains(&format!("removed cluster lab: etcd {paused}")) && out.contains("thawed"), "{out}{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    wait_member_healthy(&lab, &paused);
+    assert!(!control.members().iter().any(|m| m.paused));
+
+    // And `lab down` undoes them too, then removes everything.
     control.pause(&paused).unwrap();
     control.expire_cert(&member, None).unwrap();
     let out = lab_down(3);
