@@ -64,6 +64,26 @@ fn curl(lab: &serde_json::Value, member: &str, port: u16, path: &str) -> (i32, S
     (out.status.code().unwrap_or(-1), text(&out))
 }
 
+/// Waits (at most 10 s) until `lab status` shows every etcd member alive and healthy and one
+/// leader; returns the lab's status. (The workloads' rates are windowed: right after a
+/// disruption they still show it, so they are not asked here.)
+fn wait_members_healthy(nodes: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = status_json();
+        let lab = status["lab"].clone();
+        let members = lab["members"].as_array().cloned().unwrap_or_default();
+        if members.len() == nodes
+            && members.iter().all(|m| m["healthy"] == true && m["alive"] == true)
+            && members.iter().filter(|m| m["leader"] == true).count() == 1
+        {
+            return lab;
+        }
+        assert!(Instant::now() < deadline, "not {nodes} healthy members and one leader within 10 s: {lab:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A member other than `not`.
 fn another(control: &LabControl, not: &str) -> String {
     control.members().into_iter().find(|m| m.name != not).unwrap().name
@@ -117,7 +137,7 @@ fn lab_control_leader_kill_restart_pause() {
     // Restart: it rejoins from its data directory; the lab is whole again.
     let restarted = control.restart(&leader).unwrap();
     println!("REPORT|member_restart_ms={}", restarted.elapsed.as_millis());
-    let lab = assert_healthy(3);
+    let lab = wait_members_healthy(3);
     let pid = lab["members"].as_array().unwrap().iter().find(|m| m["name"] == leader.as_str()).unwrap()["pid"].clone();
     assert_eq!(pid, restarted.pid, "state.json records the new process: {lab:#}");
 
@@ -146,7 +166,7 @@ fn lab_control_leader_kill_restart_pause() {
     let back = wait_member_healthy(&lab, &paused);
     println!("REPORT|resume_to_healthy_ms={}", back.as_millis());
     assert!(!Path::new(&format!("{STATE_DIR}/control.json")).exists(), "nothing left to undo");
-    assert_healthy(3);
+    wait_members_healthy(3);
 
     // Pausing the leader: the two others elect a new one; resumed, the old leader follows.
     let leader = control.leader().unwrap().expect("a leader");
@@ -158,17 +178,7 @@ fn lab_control_leader_kill_restart_pause() {
     println!("REPORT|leader_election_after_pause_ms={}", start.elapsed().as_millis());
     control.resume(&leader).unwrap();
     wait_member_healthy(&lab, &leader);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, status) = status_json();
-        let leaders = status["lab"]["members"].as_array().unwrap().iter().filter(|m| m["leader"] == true).count();
-        if leaders == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not one leader 5 s after the resume: {status:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_healthy(3);
+    wait_members_healthy(3);
     lab_down(3);
 }
 
@@ -229,11 +239,19 @@ fn lab_control_cert_expiry_and_undo() {
     assert!(undone.iter().any(|l| l.contains(&format!("certificate of {member} restored"))), "{undone:?}");
     assert_eq!(std::fs::read_to_string(&cert).unwrap(), original);
     wait_member_healthy(&lab, &paused);
-    assert_healthy(3);
+    wait_members_healthy(3);
     assert!(undo_all(Path::new(STATE_DIR)).unwrap().is_empty(), "nothing left to undo");
 
-    // And `lab down` undoes them too, then removes everything.
+    // `chaos-ebpf cleanup` (no run alive) undoes them as well.
     let mut control = LabControl::open(Path::new(STATE_DIR)).unwrap();
+    control.pause(&paused).unwrap();
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    assert!(out.contains(&format!("removed cluster lab: etcd {paused}")) && out.contains("thawed"), "{out}{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    wait_member_healthy(&lab, &paused);
+    assert!(!control.members().iter().any(|m| m.paused));
+
+    // And `lab down` undoes them too, then removes everything.
     control.pause(&paused).unwrap();
     control.expire_cert(&member, None).unwrap();
     let out = lab_down(3);

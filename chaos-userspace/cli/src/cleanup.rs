@@ -27,6 +27,11 @@ pub fn run(force: bool, json: bool, run_dir: Option<PathBuf>) -> Result<i32> {
     let mut report = sweep::sweep(force);
     if report.live_runs == 0 {
         chaos_lab::remove_leftovers(&mut report.removed, &mut report.remaining);
+        // A crashed run's lab actions: a paused member thawed, a swapped certificate restored.
+        match chaos_lab::control::undo_all(std::path::Path::new(chaos_lab::cluster::STATE_DIR)) {
+            Ok(undone) => report.removed.extend(undone.into_iter().map(|line| format!("cluster lab: {line}"))),
+            Err(e) => report.remaining.push(format!("cluster lab member control: {e:#}")),
+        }
     }
     sweep::verify(force, &mut report);
     span.record("removed", report.removed.len() as u64);
