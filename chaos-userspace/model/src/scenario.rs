@@ -793,11 +793,12 @@ impl Validator<'_> {
                 let count = step.count.ok_or_else(|| {
                     self.error(&at("action"), "a surge needs a count of nodes", "add count: 5 (1..50 per cycle)")
                 })?;
-                if !(1..=100).contains(&count) {
+                // The lab's surge starts at most 50 nodes per cycle (one port each).
+                if !(1..=50).contains(&count) {
                     return Err(self.error(
                         &at("count"),
-                        format!("count {count} is outside 1..100"),
-                        "use 1..100 nodes per cycle",
+                        format!("count {count} is outside 1..50"),
+                        "use 1..50 nodes per cycle",
                     ));
                 }
                 let cycles = step.cycles.unwrap_or(1);
