@@ -270,7 +270,7 @@ impl ActionTask {
         run_start: Instant,
         parent: Span,
         step: String,
-    ) -> ActionTask {
+    ) -> Result<ActionTask> {
         let (close_tx, close_rx) = mpsc::channel();
         let (failed_tx, failed_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -282,8 +282,8 @@ impl ActionTask {
                 run.carry_out(&action, &close_rx, &stop_thread, &failed_tx);
                 run.report
             })
-            .expect("spawning an action thread");
-        ActionTask { close: close_tx, stop, failed: failed_rx, handle: Some(handle) }
+            .map_err(|e| anyhow!("starting the thread of action step: {e}"))?;
+        Ok(ActionTask { close: close_tx, stop, failed: failed_rx, handle: Some(handle) })
     }
 
     /// Why the action failed, once it did.

@@ -935,7 +935,7 @@ impl Running<'_> {
                     self.run_start,
                     span.clone(),
                     step.name.clone(),
-                ));
+                )?);
             }
             self.steps[i].span = Some(span);
             self.steps[i].started = Some(Instant::now());
