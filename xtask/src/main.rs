@@ -182,6 +182,7 @@ fn main() -> Result<()> {
             // The hypothesis checker against real local servers (HTTP, TCP, dnsmasq,
             // commands, Prometheus): no root needed.
             cargo(&["test", "-p", "chaos-engine", "--test", "hypothesis"])?;
+            cargo(&["test", "-p", "chaos-engine", "--test", "probe_spans"])?;
             // report.html in headless Chromium (no root; skipped, with its reason, without one).
             cargo(&["test", "-p", "chaos-cli", "--test", "report_html"])?;
             // The lab's workload (chaos-lab-node) against a real etcd on loopback: no root needed.
