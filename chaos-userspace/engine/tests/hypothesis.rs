@@ -570,4 +570,3 @@ fn not_steady_is_not_judged_and_a_wall_clock_stop_is_not_judged() {
     assert_eq!(report.verdict, Verdict::NotJudged, "{report:?}");
     assert!(report.reason.unwrap().starts_with("the wall-clock guard cut the run short: "));
 }
-
