@@ -516,16 +516,7 @@ impl Validator<'_> {
             (None, Some(action)) => return self.action_step(i, step, name, action, duration, targets),
             (Some(fault), None) => fault,
         };
-        let action_only = [
-            ("signal", step.signal.is_some()),
-            ("grace", step.grace.is_some()),
-            ("restart", step.restart),
-            ("leader-within", step.leader_within.is_some()),
-            ("count", step.count.is_some()),
-            ("cycles", step.cycles.is_some()),
-            ("expires-in", step.expires_in.is_some()),
-        ];
-        if let Some((key, _)) = action_only.iter().find(|(_, set)| *set) {
+        if let Some((key, _, _)) = step.action_fields().into_iter().find(|(_, _, set)| *set) {
             return Err(self.error(
                 &at(key),
                 format!("{key} belongs to an action step, not a fault"),
@@ -533,25 +524,8 @@ impl Validator<'_> {
             ));
         }
         if fault == "none" {
-            let set = [
-                ("target", step.target.is_some()),
-                ("targets", step.targets.is_some()),
-                ("probability", step.probability.is_some()),
-                ("burst", step.burst.is_some()),
-                ("mode", step.mode.is_some()),
-                ("peers", !step.peers.is_empty()),
-                ("proto", step.proto.is_some()),
-                ("ports", step.ports.is_some()),
-                ("direction", step.direction.is_some()),
-                ("shadow", step.shadow),
-                ("delay", step.delay.is_some()),
-                ("jitter", step.jitter.is_some()),
-                ("distribution", step.distribution.is_some()),
-                ("rate", step.rate.is_some()),
-                ("intensity", step.intensity.is_some()),
-                ("repeat", step.repeat.is_some()),
-            ];
-            if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+            let targets = [("target", step.target.is_some()), ("targets", step.targets.is_some())];
+            if let Some((key, _)) = targets.into_iter().chain(step.fault_fields()).find(|(_, set)| *set) {
                 return Err(self.error(
                     &at(key),
                     format!("a 'none' step is a pause and takes no {key}"),
@@ -726,30 +700,13 @@ impl Validator<'_> {
     ) -> Result<Draft, Problem> {
         let at = |key: &'static str| [Seg::Key("steps"), Seg::Index(i), Seg::Key(key)];
         let kind: ActionKind = self.parse_at(&at("action"), action)?;
-        let fault_only = [
-            ("probability", step.probability.is_some()),
-            ("burst", step.burst.is_some()),
-            ("mode", step.mode.is_some()),
-            ("peers", !step.peers.is_empty()),
-            ("proto", step.proto.is_some()),
-            ("ports", step.ports.is_some()),
-            ("direction", step.direction.is_some()),
-            ("shadow", step.shadow),
-            ("delay", step.delay.is_some()),
-            ("jitter", step.jitter.is_some()),
-            ("distribution", step.distribution.is_some()),
-            ("intensity", step.intensity.is_some()),
-            ("repeat", step.repeat.is_some()),
-            ("rate", step.rate.is_some() && kind != ActionKind::Surge),
-            ("signal", step.signal.is_some() && kind != ActionKind::Kill),
-            ("grace", step.grace.is_some() && kind != ActionKind::Kill),
-            ("restart", step.restart && kind != ActionKind::Kill),
-            ("leader-within", step.leader_within.is_some() && kind != ActionKind::Kill),
-            ("count", step.count.is_some() && kind != ActionKind::Surge),
-            ("cycles", step.cycles.is_some() && kind != ActionKind::Surge),
-            ("expires-in", step.expires_in.is_some() && kind != ActionKind::CertExpiry),
-        ];
-        if let Some((key, _)) = fault_only.iter().find(|(_, set)| *set) {
+        // A surge's `rate` is nodes per second; every other fault parameter is foreign here,
+        // and so are the parameters of other actions.
+        let foreign =
+            step.fault_fields().into_iter().filter(|(key, _)| !(*key == "rate" && kind == ActionKind::Surge)).chain(
+                step.action_fields().into_iter().filter(|(_, owner, _)| *owner != kind).map(|(k, _, set)| (k, set)),
+            );
+        if let Some((key, _)) = foreign.into_iter().find(|(_, set)| *set) {
             return Err(self.error(
                 &at(key),
                 format!("a {} action takes no {key}", kind.name()),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 
-use crate::{lab::LabSpec, plan::Attach};
+use crate::{action::ActionKind, lab::LabSpec, plan::Attach};
 
 /// The schema of a duration field: YAML gives a bare number (seconds) to a string field
 /// as its text, so the schema allows both.
@@ -162,6 +162,41 @@ pub struct RawStep {
     #[serde(rename = "expires-in")]
     #[schemars(with = "Option<DurationText>")]
     pub expires_in: Option<String>,
+}
+
+impl RawStep {
+    /// The parameters of a packet fault (besides its targets), each with whether it is given.
+    pub fn fault_fields(&self) -> [(&'static str, bool); 14] {
+        [
+            ("probability", self.probability.is_some()),
+            ("burst", self.burst.is_some()),
+            ("mode", self.mode.is_some()),
+            ("peers", !self.peers.is_empty()),
+            ("proto", self.proto.is_some()),
+            ("ports", self.ports.is_some()),
+            ("direction", self.direction.is_some()),
+            ("shadow", self.shadow),
+            ("delay", self.delay.is_some()),
+            ("jitter", self.jitter.is_some()),
+            ("distribution", self.distribution.is_some()),
+            ("rate", self.rate.is_some()),
+            ("intensity", self.intensity.is_some()),
+            ("repeat", self.repeat.is_some()),
+        ]
+    }
+
+    /// The parameters of actions, each with the action it belongs to and whether it is given.
+    pub fn action_fields(&self) -> [(&'static str, ActionKind, bool); 7] {
+        [
+            ("signal", ActionKind::Kill, self.signal.is_some()),
+            ("grace", ActionKind::Kill, self.grace.is_some()),
+            ("restart", ActionKind::Kill, self.restart),
+            ("leader-within", ActionKind::Kill, self.leader_within.is_some()),
+            ("count", ActionKind::Surge, self.count.is_some()),
+            ("cycles", ActionKind::Surge, self.cycles.is_some()),
+            ("expires-in", ActionKind::CertExpiry, self.expires_in.is_some()),
+        ]
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
