@@ -16,7 +16,7 @@ use chaos_lab::{
     control::{KillOutcome, LabControl},
     surge::{self, SurgeParams},
 };
-use chaos_model::{action::ActionTarget, plan::Plan, spec::TargetSpec};
+use chaos_model::plan::{Plan, PlannedFault};
 
 pub struct ClusterLab {
     control: Mutex<LabControl>,
@@ -26,10 +26,7 @@ pub struct ClusterLab {
 /// `lab up` when it does and no lab is up.
 pub fn open_for(plan: &Plan) -> Result<Option<Arc<dyn Lab>>> {
     let uses_lab = plan.steps.iter().any(|s| {
-        s.faults.iter().any(|f| matches!(f.spec.target, TargetSpec::Lab(_)) || !f.lab_peers.is_empty())
-            || s.action
-                .as_ref()
-                .is_some_and(|a| a.targets.is_empty() || a.targets.iter().any(|t| matches!(t, ActionTarget::Lab(_))))
+        s.faults.iter().any(PlannedFault::names_lab_members) || s.action.as_ref().is_some_and(|a| a.needs_lab())
     });
     if !uses_lab {
         return Ok(None);

@@ -129,11 +129,7 @@ pub struct ActionReport {
 /// plan and one line per binding for the run's notices; a plan without lab targets comes
 /// back as it is, and the lab is not asked.
 pub fn bind_lab_targets(plan: &Plan, lab: Option<&dyn Lab>) -> Result<(Plan, Vec<String>)> {
-    let uses_lab = plan
-        .steps
-        .iter()
-        .any(|s| s.faults.iter().any(|f| matches!(f.spec.target, TargetSpec::Lab(_)) || !f.lab_peers.is_empty()));
-    if !uses_lab {
+    if !plan.steps.iter().flat_map(|s| &s.faults).any(PlannedFault::names_lab_members) {
         return Ok((plan.clone(), Vec::new()));
     }
     let lab = lab.ok_or_else(no_lab)?;
@@ -233,9 +229,7 @@ fn no_lab() -> anyhow::Error {
 pub fn check_actions(plan: &Plan, lab: Option<&dyn Lab>) -> Result<()> {
     for step in &plan.steps {
         let Some(action) = &step.action else { continue };
-        let needs_lab = matches!(action.spec, ActionSpec::Surge { .. })
-            || action.targets.iter().any(|t| matches!(t, ActionTarget::Lab(_)));
-        if needs_lab && lab.is_none() {
+        if action.needs_lab() && lab.is_none() {
             return Err(no_lab());
         }
         for target in &action.targets {

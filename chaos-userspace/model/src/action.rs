@@ -300,6 +300,13 @@ pub struct PlannedAction {
     pub targets: Vec<ActionTarget>,
 }
 
+impl PlannedAction {
+    /// Whether it acts through the cluster lab (a surge, or lab members as targets).
+    pub fn needs_lab(&self) -> bool {
+        matches!(self.spec, ActionSpec::Surge { .. }) || self.targets.iter().any(|t| matches!(t, ActionTarget::Lab(_)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

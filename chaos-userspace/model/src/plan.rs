@@ -129,6 +129,13 @@ pub struct Window {
     pub intensity: f64,
 }
 
+impl PlannedFault {
+    /// Whether its target or peers name cluster-lab members (bound when a run starts).
+    pub fn names_lab_members(&self) -> bool {
+        matches!(self.spec.target, crate::spec::TargetSpec::Lab(_)) || !self.lab_peers.is_empty()
+    }
+}
+
 impl PlannedStep {
     /// The seed the step's rules decide with: the file's, or one derived from the run's
     /// seed and the step's name, so that adding or moving a step changes no other
