@@ -3,11 +3,11 @@
 //! and Prometheus scraping them; `lab surge` runs a membership surge on it.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chaos_datapath::error::Error;
 use chaos_lab::{
     cluster::{self, LabStatus, Progress, Subnet, UpOptions},
@@ -118,75 +118,13 @@ pub fn run(command: LabCommand) -> Result<i32> {
     }
 }
 
-/// What `chaos-lab-node verify` said of one node's journal.
-#[derive(serde::Serialize)]
-struct JournalCheck {
-    node: String,
-    journal: PathBuf,
-    /// Its exit code: 0 every write readable, 1 missing/mismatched/unreadable.
-    code: i32,
-    /// Its summary line (`verify: N acknowledged writes, ...`) and the lines before it.
-    said: String,
-    /// The longest time between two consecutive acknowledged writes of the journal: the
-    /// node's worst write availability gap (ms), and when it began (unix ms).
-    longest_gap_ms: Option<u64>,
-    gap_from_unix_ms: Option<u64>,
-}
-
-/// The longest gap between consecutive `acked_unix_ms` of a journal (torn or foreign
-/// lines are skipped: `chaos-lab-node verify` judges those).
-fn longest_gap(journal: &Path) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(journal).ok()?;
-    let mut acked: Vec<u64> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["acked_unix_ms"].as_u64())
-        .collect();
-    acked.sort_unstable();
-    acked.windows(2).map(|w| (w[1] - w[0], w[0])).max()
-}
-
 fn verify(state_dir: &Path, json: bool) -> Result<i32> {
     let Some(state) = cluster::load(state_dir)? else {
         return Err(Error::unsupported("no lab is up", "`chaos-ebpf lab up` first").into());
     };
-    let certs = state.certs.as_ref().ok_or_else(|| {
-        Error::unsupported(
-            "the lab has no certificates (its `lab up` did not finish)",
-            "`chaos-ebpf lab down`, then `lab up`",
-        )
-    })?;
-    let binary = cluster::node_binary()?;
-    let endpoints = state.endpoints().join(",");
-    let mut checks = Vec::new();
-    for w in &state.workloads {
-        if !w.journal.exists() {
-            continue;
-        }
-        let out = std::process::Command::new(&binary)
-            .arg("verify")
-            .arg("--journal")
-            .arg(&w.journal)
-            .arg("--etcd")
-            .arg(&endpoints)
-            .arg("--cacert")
-            .arg(&certs.ca)
-            .arg("--cert")
-            .arg(&certs.client.cert)
-            .arg("--key")
-            .arg(&certs.client.key)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", binary.display()))?;
-        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let gap = longest_gap(&w.journal);
-        checks.push(JournalCheck {
-            longest_gap_ms: gap.map(|g| g.0),
-            gap_from_unix_ms: gap.map(|g| g.1),
-            node: w.name.clone(),
-            journal: w.journal.clone(),
-            code: out.status.code().unwrap_or(1),
-            said: crate::clip_lines(said.trim()),
-        });
+    let mut checks = chaos_lab::verify::journals(&state)?;
+    for c in &mut checks {
+        c.said = crate::clip_lines(&c.said);
     }
     let all_readable = !checks.is_empty() && checks.iter().all(|c| c.code == 0);
     if json {

@@ -269,16 +269,8 @@ pub(crate) fn node_command(
     journal: Option<&Path>,
 ) -> Command {
     let mut cmd = Command::new(binary);
-    cmd.arg("--name")
-        .arg(name)
-        .arg("--etcd")
-        .arg(endpoints.join(","))
-        .arg("--cacert")
-        .arg(&certs.ca)
-        .arg("--cert")
-        .arg(&certs.client.cert)
-        .arg("--key")
-        .arg(&certs.client.key)
+    cmd.arg("--name").arg(name);
+    etcd_client_args(&mut cmd, endpoints, certs)
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--write-rate")
@@ -287,6 +279,22 @@ pub(crate) fn node_command(
         cmd.arg("--journal").arg(journal);
     }
     cmd
+}
+
+/// `chaos-lab-node`'s etcd flags: the endpoints, the lab's CA and client certificate.
+pub(crate) fn etcd_client_args<'a>(
+    cmd: &'a mut Command,
+    endpoints: &[String],
+    certs: &certs::LabCerts,
+) -> &'a mut Command {
+    cmd.arg("--etcd")
+        .arg(endpoints.join(","))
+        .arg("--cacert")
+        .arg(&certs.ca)
+        .arg("--cert")
+        .arg(&certs.client.cert)
+        .arg("--key")
+        .arg(&certs.client.key)
 }
 
 /// Running `chaos-lab-node` processes of the lab in `state_dir` (their command line names

@@ -25,6 +25,7 @@ pub mod control;
 pub mod etcd;
 pub mod prometheus;
 pub mod surge;
+pub mod verify;
 
 use chaos_datapath::{
     error::Error,
