@@ -19,19 +19,9 @@ use std::{
 use chaos_engine::hypothesis::{AbortReport, CheckPhase, Checker, ProbeSample, Verdict};
 use chaos_model::hypothesis::{Compare, Guard, Hypothesis, ProbeCheck, ProbeSpec};
 
-static NOT_INTERRUPTED: AtomicBool = AtomicBool::new(false);
+mod common;
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn probe(name: &str, check: ProbeCheck) -> ProbeSpec {
-    ProbeSpec { name: name.into(), timeout: ms(1000), check }
-}
-
-fn hypothesis(probes: Vec<ProbeSpec>, interval: Duration, steady_within: Duration) -> Hypothesis {
-    Hypothesis { interval, steady_within, recovery: Duration::from_secs(3), probes }
-}
+use common::{hypothesis, ms, probe, NOT_INTERRUPTED};
 
 fn checker(hypothesis: Option<&Hypothesis>, guards: &[Guard]) -> Checker {
     Checker::new("test", hypothesis, guards, Instant::now(), &tracing::Span::none()).unwrap()

@@ -6,26 +6,16 @@
 //! clones and passed in every later run).
 
 use std::{
-    sync::{atomic::AtomicBool, Arc, Mutex},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use chaos_engine::hypothesis::Checker;
-use chaos_model::hypothesis::{Hypothesis, ProbeCheck, ProbeSpec};
+use chaos_model::hypothesis::ProbeCheck;
 
-static NOT_INTERRUPTED: AtomicBool = AtomicBool::new(false);
+mod common;
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn probe(name: &str, check: ProbeCheck) -> ProbeSpec {
-    ProbeSpec { name: name.into(), timeout: ms(1000), check }
-}
-
-fn hypothesis(probes: Vec<ProbeSpec>, interval: Duration, steady_within: Duration) -> Hypothesis {
-    Hypothesis { interval, steady_within, recovery: Duration::from_secs(3), probes }
-}
+use common::{hypothesis, ms, probe, NOT_INTERRUPTED};
 
 // A subscriber that keeps the fields of every closed `probe` span.
 #[derive(Clone, Default)]
