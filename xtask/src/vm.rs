@@ -290,6 +290,13 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 for m in $(cat /modules.order); do insmod /modules/$m.ko || echo "VMTEST-MODULE-FAILED $m"; done
 ip link set lo up
+# Hold the kernel's static keys for timestamps (ping's SO_TIMESTAMP) and for tc hooks
+# (a clsact) on for the whole run, so that the tests do not flip them. Every flip patches
+# kernel text with an int3; under TCG with two vCPUs that race once panicked 6.12 in
+# __netif_receive_skb_core.
+ip link add vmkeys0 type veth peer name vmkeys1
+tc qdisc add dev vmkeys0 clsact
+ping -q -i 100000 127.0.0.1 >/dev/null 2>&1 &
 echo "VMTEST-START $(uname -r)"
 TEST=$(cat /vmtest.exe)
 $TEST --test-threads=1 --nocapture $(cat /vmtest.args) 2>&1
@@ -359,16 +366,29 @@ fn build_tests() -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("cargo built no kernel test executable"))
 }
 
+/// Console text that starts a kernel crash report.
+const KERNEL_CRASH: &[&str] = &["BUG: ", "Oops: ", "general protection fault", "int3: ", "Kernel panic"];
+
 /// What the guest's serial console showed.
 struct GuestOutput {
     run: KernelRun,
     reports: Vec<String>,
     exit: Option<i32>,
+    /// The test that was running last (libtest's `test NAME ...` line).
+    last_test: Option<String>,
+    /// The first line of a kernel oops or panic, if the guest kernel crashed.
+    crash: Option<String>,
 }
 
 impl GuestOutput {
     fn new(label: &str) -> GuestOutput {
-        GuestOutput { run: KernelRun::new(&format!("VM {label}")), reports: Vec::new(), exit: None }
+        GuestOutput {
+            run: KernelRun::new(&format!("VM {label}")),
+            reports: Vec::new(),
+            exit: None,
+            last_test: None,
+            crash: None,
+        }
     }
 
     fn read_line(&mut self, line: &str) {
@@ -377,6 +397,14 @@ impl GuestOutput {
         }
         if let Some(module) = line.split("VMTEST-MODULE-FAILED ").nth(1) {
             self.run.problems.push(format!("module {} did not load", module.trim()));
+        }
+        if let Some(name) = line.strip_prefix("test ").and_then(|rest| rest.split_whitespace().next()) {
+            self.last_test = Some(name.to_owned());
+        }
+        if self.crash.is_none() && KERNEL_CRASH.iter().any(|mark| line.contains(mark)) {
+            // The console line begins with the kernel's `[ seconds]` stamp.
+            let text = line.split_once("] ").map_or(line, |(_, text)| text);
+            self.crash = Some(text.chars().take(160).collect());
         }
         self.run.read_line(line);
         if let Some(rest) = line.strip_prefix("VMTEST-EXIT ") {
@@ -388,10 +416,17 @@ impl GuestOutput {
     fn finish(mut self) -> (KernelRun, Vec<String>) {
         match self.exit {
             Some(code) => self.run.finish(code),
-            None => self
-                .run
-                .problems
-                .push(format!("the guest ended without reporting a test result (within {GUEST_TIMEOUT:?})")),
+            None => {
+                let during = self.last_test.as_deref().map(|t| format!(" during {t}")).unwrap_or_default();
+                self.run.problems.push(match &self.crash {
+                    Some(crash) => {
+                        format!("the guest kernel crashed{during}: {crash} (the console above has the trace)")
+                    }
+                    None => {
+                        format!("the guest ended without reporting a test result{during} (limit {GUEST_TIMEOUT:?})")
+                    }
+                })
+            }
         }
         (self.run, self.reports)
     }
@@ -548,5 +583,22 @@ mod tests {
         assert_eq!(run.problems, ["no kernel test matched the filter"]);
         let (run, _) = transcript(&["KERNEL-TESTS|kernel=6.1.0-28-amd64|passed=2|failed=0|skipped=0"]).finish();
         assert!(run.failed(), "a guest that never printed VMTEST-EXIT passed");
+    }
+
+    #[test]
+    fn a_guest_kernel_crash_names_the_test_and_the_oops() {
+        let (run, _) = transcript(&[
+            "VMTEST-START 6.12.57+deb12-amd64",
+            "test partition_drops_both_ways ... ok",
+            "test delay_adds_latency_and_reverts_at_once ... ",
+            "[  745.17] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
+            "[  745.17] Kernel panic - not syncing: Fatal exception in interrupt",
+        ])
+        .finish();
+        assert_eq!(
+            run.problems,
+            ["the guest kernel crashed during delay_adds_latency_and_reverts_at_once: Oops: int3: 0000 [#1] PREEMPT SMP \
+              NOPTI (the console above has the trace)"]
+        );
     }
 }
