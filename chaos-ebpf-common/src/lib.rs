@@ -70,6 +70,63 @@ pub mod action {
     pub const DELAY: u32 = 4;
     /// Pace the rule's packets to `rate_bytes_per_sec` by spacing departure times.
     pub const RATE: u32 = 5;
+    /// Refuse TLS ClientHellos that offer one of the rule's ALPN protocols or TLS
+    /// versions ([`Rule::tls_alpn`], [`Rule::tls_versions`]), as [`Rule::tls_mode`] says.
+    pub const TLS_REFUSE: u32 = 6;
+}
+
+/// TLS refusal: how a refused ClientHello's connection ends, the versions a rule names,
+/// and how ALPN protocol names are compared.
+pub mod tls {
+    /// Drop the ClientHello and every later packet the client sends on that connection
+    /// (remembered in CHAOS_FLOWS): the client times out.
+    pub const MODE_DROP: u32 = 0;
+    /// Answer the ClientHello with a TCP RST built from it: the client fails at once.
+    pub const MODE_RESET: u32 = 1;
+    /// Bits of [`super::Rule::tls_versions`] and of what a ClientHello offers.
+    pub const V1_0: u32 = 1 << 0;
+    pub const V1_1: u32 = 1 << 1;
+    pub const V1_2: u32 = 1 << 2;
+    pub const V1_3: u32 = 1 << 3;
+    /// ALPN names up to this long can be refused (longer offered names match nothing).
+    pub const ALPN_NAME_MAX: usize = 16;
+    /// ALPN names a rule may refuse.
+    pub const MAX_RULE_ALPN: usize = 4;
+    /// The version bit of a wire version (0x0301..0x0304), 0 for others (GREASE, SSL 3).
+    pub fn version_bit(wire: u16) -> u32 {
+        match wire {
+            0x0301 => V1_0,
+            0x0302 => V1_1,
+            0x0303 => V1_2,
+            0x0304 => V1_3,
+            _ => 0,
+        }
+    }
+    /// The digest a rule stores for an ALPN name and the kernel computes for each name a
+    /// ClientHello offers: SipHash-2-4 keyed by the length, over the name zero-padded to
+    /// 16 bytes (two little-endian words). Never 0 (0 marks an unused entry).
+    pub fn alpn_digest(len: u64, words: [u64; 2]) -> u64 {
+        let digest = crate::siphash24(len, 0x616c_706e, &words); // "alpn"
+        if digest == 0 {
+            1
+        } else {
+            digest
+        }
+    }
+    /// [`alpn_digest`] of a name given as bytes (user space); None if longer than
+    /// [`ALPN_NAME_MAX`] or empty.
+    pub fn alpn_digest_of(name: &[u8]) -> Option<u64> {
+        if name.is_empty() || name.len() > ALPN_NAME_MAX {
+            return None;
+        }
+        let mut padded = [0u8; ALPN_NAME_MAX];
+        padded[..name.len()].copy_from_slice(name);
+        let mut w0 = [0u8; 8];
+        let mut w1 = [0u8; 8];
+        w0.copy_from_slice(&padded[..8]);
+        w1.copy_from_slice(&padded[8..]);
+        Some(alpn_digest(name.len() as u64, [u64::from_le_bytes(w0), u64::from_le_bytes(w1)]))
+    }
 }
 
 /// The longest delay a rule may ask for (ns); the sch_fq chaos-ebpf installs holds
@@ -158,6 +215,12 @@ pub struct Rule {
     /// Depth of `cgroup_id` below the cgroup2 root (root = 0): the kernel compares the
     /// sender's ancestor at this level, so processes in child cgroups match too.
     pub cgroup_level: u32,
+    /// TLS_REFUSE: digests ([`tls::alpn_digest`]) of the ALPN names to refuse; 0 = unused.
+    pub tls_alpn: [u64; tls::MAX_RULE_ALPN],
+    /// TLS_REFUSE: bits of [`tls`] (V1_0..V1_3): refuse a ClientHello offering any of them.
+    pub tls_versions: u32,
+    /// TLS_REFUSE: [`tls::MODE_DROP`] or [`tls::MODE_RESET`].
+    pub tls_mode: u32,
 }
 
 /// Per-rule counters, one copy per CPU (`CHAOS_COUNTERS[slot]`); user space sums them.
@@ -183,7 +246,9 @@ pub struct RuleCounters {
     pub delayed: u64,
     /// IP packets the parser could not classify, passed untouched: headers beyond the
     /// copied head (long IPv6 extension chains), more than two VLAN tags, more IPv6
-    /// extension headers than walked, later fragments whose first fragment was not seen.
+    /// extension headers than walked, later fragments whose first fragment was not seen;
+    /// for TLS_REFUSE rules also ClientHellos the bounded parse could not finish (split
+    /// across segments or records, more extensions or names than walked).
     pub unparsed: u64,
 }
 
@@ -408,7 +473,7 @@ mod pod {
 }
 
 // No implicit padding anywhere: a size that is not the sum of the fields fails the build.
-const _: () = assert!(core::mem::size_of::<Rule>() == 9 * 8 + 6 * 4 + 2 * 2 + 4);
+const _: () = assert!(core::mem::size_of::<Rule>() == 9 * 8 + 6 * 4 + 2 * 2 + 4 + 4 * 8 + 2 * 4);
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 9 * 8);
 const _: () = assert!(core::mem::size_of::<ProtectedPorts>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);

@@ -11,7 +11,13 @@ use chaos_ebpf_common::{
     hash::{DOMAIN_BURST, DOMAIN_JITTER, DOMAIN_LOSS, hits, jitter_offset},
 };
 
-use crate::parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_SYN};
+use crate::{
+    parse::{Packet, TCP_FLAG_ACK, TCP_FLAG_SYN},
+    tls::{self, Tls},
+};
+
+/// FlowState::bad of a connection a TLS_REFUSE rule refused: its later packets drop.
+const REFUSED: u32 = 0x7e5e;
 
 /// The flow table was full and the new entry could not be stored.
 pub struct NoFlowState;
@@ -22,6 +28,10 @@ pub enum Verdict {
     /// Pass, leaving no earlier than this CLOCK_MONOTONIC time (skb->tstamp, enforced by
     /// sch_fq on the egress device).
     DepartAt(u64),
+    /// Answer with a TCP reset built from the packet (TLS_REFUSE, mode reset).
+    Reset,
+    /// Pass, and count `unparsed`: a ClientHello the bounded parse could not finish.
+    PassUnparsed,
 }
 
 /// Everything a verdict may depend on besides the rule.
@@ -34,6 +44,7 @@ pub struct Context<'a> {
     pub key: &'a mut FlowKey,
     pub flows: &'a LruHashMap<FlowKey, FlowState>,
     pub rate_next: &'a Array<u64>,
+    pub tls: &'a Tls,
 }
 
 #[inline(always)]
@@ -47,6 +58,7 @@ pub fn decide(rule: &Rule, c: Context<'_>) -> Result<Verdict, NoFlowState> {
         action::LOSS => loss(rule, c).map(drop_if),
         action::DELAY => delay(rule, c),
         action::RATE => Ok(rate(rule, c.slot, c.now, c.len, c.rate_next)),
+        action::TLS_REFUSE => tls_refuse(rule, c),
         _ => Ok(Verdict::Pass),
     }
 }
@@ -79,6 +91,43 @@ fn next_in_flow(rule: &Rule, c: &mut Context<'_>) -> Result<(u64, u64, *mut Flow
     // is bumped atomically because packets of one flow can run on several CPUs.
     let (hash, index) = unsafe { ((*state).flow_hash, fetch_add(&raw mut (*state).next_index, 1)) };
     Ok((hash, index, state))
+}
+
+/// A ClientHello offering a refused ALPN name or version: remember the connection (so
+/// its later packets drop too, and a resent ClientHello cannot get through), then drop
+/// it or answer with a reset. Packets of a remembered connection drop.
+#[inline(always)]
+fn tls_refuse(rule: &Rule, c: Context<'_>) -> Result<Verdict, NoFlowState> {
+    if c.packet.proto != 6 {
+        return Ok(Verdict::Pass);
+    }
+    let key = &mut *c.key;
+    key.slot = c.slot;
+    key.direction = c.dir as u8;
+    key.proto = c.packet.proto;
+    key.sport = c.packet.sport;
+    key.dport = c.packet.dport;
+    key._pad = 0;
+    key.saddr = c.packet.saddr;
+    key.daddr = c.packet.daddr;
+    let key = &*key;
+    if let Some(state) = c.flows.get_ptr(key) {
+        // SAFETY: a map value, valid for this program run.
+        if unsafe { (*state).bad } == REFUSED {
+            return Ok(Verdict::Drop);
+        }
+    }
+    match c.tls.state {
+        tls::state::PARSED => {}
+        tls::state::UNPARSED => return Ok(Verdict::PassUnparsed),
+        _ => return Ok(Verdict::Pass),
+    }
+    if rule.tls_versions & c.tls.versions == 0 && !tls::offers_alpn(c.tls, &rule.tls_alpn) {
+        return Ok(Verdict::Pass);
+    }
+    let refused = FlowState { flow_hash: 0, next_index: 0, bad: REFUSED, _pad: 0 };
+    c.flows.insert(key, &refused, 0).map_err(|_| NoFlowState)?;
+    Ok(if rule.tls_mode == chaos_ebpf_common::tls::MODE_RESET { Verdict::Reset } else { Verdict::Drop })
 }
 
 #[inline(always)]

@@ -13,6 +13,7 @@
 
 mod fault;
 mod parse;
+mod tls;
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
@@ -85,6 +86,8 @@ pub struct Scratch {
     pub peer: Key<PeerKeyData>,
     pub fragment_key: FragmentKey,
     pub fragment_record: FragmentRecord,
+    /// What a ClientHello in the packet offers (TLS_REFUSE rules).
+    pub tls: tls::Tls,
 }
 
 #[map(name = "CHAOS_SCRATCH")]
@@ -290,7 +293,7 @@ fn replay_fragment(ctx: &TcContext, slots: &Slots, record: &FragmentRecord) -> i
                         depart_at(ctx, time);
                     }
                 }
-                Verdict::Pass => counters.passed += 1,
+                _ => counters.passed += 1,
             }
         } else if rule.action == action::DELAY && record.delay_until != 0 {
             counters.passed += 1;
@@ -317,6 +320,8 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
     parse::clear(&mut record.dropped);
     parse::clear(&mut record.delay_until);
     let dir = slots.dir;
+    // Once per packet, not per rule: the loop below only compares what it found.
+    tls::parse_client_hello(ctx, &scratch.packet, &mut scratch.tls);
     // Whether a (non-shadow) delay rule holds this packet.
     let mut held_for_delay = false;
     for slot in 0..MAX_RULES {
@@ -339,6 +344,7 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
             key: &mut scratch.flow,
             flows: &FLOWS,
             rate_next: &RATE_NEXT,
+            tls: &scratch.tls,
         };
         match fault::decide(rule, context) {
             Ok(Verdict::Drop) => {
@@ -365,6 +371,28 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
                 }
             }
             Ok(Verdict::Pass) => counters.passed += slots.segs,
+            Ok(Verdict::PassUnparsed) => {
+                counters.passed += slots.segs;
+                counters.unparsed += slots.segs;
+            }
+            Ok(Verdict::Reset) => {
+                // The ClientHello never reaches the server: a drop, answered.
+                counters.dropped += slots.segs;
+                if rule.flags & flags::SHADOW == 0 {
+                    return match tls::reset(ctx, &scratch.packet, &mut scratch.tls, dir, slots.ifindex) {
+                        // The client's reset is on its way; the packet itself is now
+                        // the server's reset and goes on.
+                        Some(verdict) => verdict,
+                        None => {
+                            // Not a packet a reset can be built from (IPv4 options, IPv6
+                            // extension headers) or a helper failed: the connection is
+                            // remembered, so it still ends, by timeout.
+                            counters.errors += slots.segs;
+                            drop_verdict(dir)
+                        }
+                    };
+                }
+            }
             Err(_) => counters.errors += slots.segs,
         }
     }

@@ -82,6 +82,13 @@ pub struct Packet {
     pub fragment_id: u32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// TCP only (0 otherwise): where the IP header, the TCP header and the TCP payload
+    /// start, and the payload's length as the IP header gives it (the TLS parse and the
+    /// reset a TLS_REFUSE rule builds use them).
+    pub l3_off: u16,
+    pub l4_off: u16,
+    pub payload_off: u16,
+    pub payload_len: u16,
 }
 
 /// A header field lies outside the copied head.
@@ -195,6 +202,14 @@ fn parse_headers(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Resul
     clear(&mut packet.dport);
     clear(&mut packet.fragment); // fragment::NONE
     clear(&mut packet.fragment_id);
+    clear(&mut packet.l3_off);
+    clear(&mut packet.l4_off);
+    clear(&mut packet.payload_off);
+    clear(&mut packet.payload_len);
+    let l3 = offset;
+    // Bytes from the IP header's start to the end of the IP payload (for the TCP payload
+    // length): IPv4 total length, IPv6 40 + payload length.
+    let ip_end: usize;
     let l4: usize;
     match ethertype {
         ETH_P_IPV4 => {
@@ -204,6 +219,7 @@ fn parse_headers(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Resul
                 return Err(Missing::Truncated);
             }
             packet.family = chaos_ebpf_common::family::IPV4;
+            ip_end = load_be16(head, offset + 2)? as usize;
             packet.proto = load_u8(head, offset + 9)?;
             // Flags and fragment offset: MF is 0x2000, the offset the low 13 bits.
             let flags_offset = load_be16(head, offset + 6)?;
@@ -221,6 +237,7 @@ fn parse_headers(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Resul
         }
         ETH_P_IPV6 => {
             packet.family = chaos_ebpf_common::family::IPV6;
+            ip_end = 40 + load_be16(head, offset + 4)? as usize;
             let mut next = load_u8(head, offset + 6)?;
             packet.saddr = bytes::<16>(head, offset + 8)?;
             packet.daddr = bytes::<16>(head, offset + 24)?;
@@ -272,6 +289,14 @@ fn parse_headers(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Resul
         packet.has_ports = 1;
         if packet.proto == IPPROTO_TCP {
             packet.tcp_flags = load_u8(head, l4 + 13)?;
+            let tcp_len = ((load_u8(head, l4 + 12)? >> 4) as usize) * 4;
+            let used = l4 - l3 + tcp_len;
+            if tcp_len >= 20 && ip_end > used && ip_end < 0x10000 {
+                packet.l3_off = l3 as u16;
+                packet.l4_off = l4 as u16;
+                packet.payload_off = (l4 + tcp_len) as u16;
+                packet.payload_len = (ip_end - used) as u16;
+            }
         }
     } else if packet.proto == IPPROTO_ICMPV6 {
         let icmp_type = load_u8(head, l4)?;

@@ -71,6 +71,7 @@ test_modules! {
     lab_cluster,
     lab_control,
     lab_scenarios,
+    tls_refuse,
 }
 
 /// Skipped tests of this run: (name, reason).

@@ -11,6 +11,7 @@ use crate::{
     plan::{Attach, Plan, PlannedFault, PlannedStep, Protect},
     spec::{
         self, Cidr, Direction, Distribution, FaultKind, PartitionMode, PortRange, Problem, Proto, RawFault, TargetSpec,
+        TlsMode, TlsVersion,
     },
 };
 
@@ -77,6 +78,22 @@ pub enum InjectFault {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Refuse TLS ClientHellos (TCP, port 443 unless --ports) that offer one of these ALPN
+    /// protocols or TLS versions, e.g. --alpn h2 so clients fall back to HTTP/1.1.
+    TlsRefuse {
+        /// ALPN protocols to refuse (comma-separated or repeated; at most 4): h2, http/1.1.
+        #[arg(long, value_delimiter = ',', value_parser = spec::parse_alpn)]
+        alpn: Vec<String>,
+        /// TLS versions to refuse (comma-separated): 1.0, 1.1, 1.2, 1.3.
+        #[arg(long = "tls-versions", value_delimiter = ',', value_parser = parse_with::<TlsVersion>)]
+        tls_versions: Vec<TlsVersion>,
+        /// reset: the client gets a TCP reset at once; drop: the connection goes silent
+        /// and the client times out.
+        #[arg(long, value_parser = parse_with::<TlsMode>, default_value = "reset")]
+        mode: TlsMode,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 #[derive(Args)]
@@ -140,6 +157,9 @@ pub fn plan(fault: InjectFault) -> Result<Plan, Problem> {
         }
         InjectFault::Rate { rate, common } => {
             (FaultKind::Rate, common, RawFault { rate: Some(rate), ..RawFault::default() })
+        }
+        InjectFault::TlsRefuse { alpn, tls_versions, mode, common } => {
+            (FaultKind::TlsRefuse, common, RawFault { alpn, tls_versions, tls_mode: Some(mode), ..RawFault::default() })
         }
     };
     raw.kind = Some(kind);

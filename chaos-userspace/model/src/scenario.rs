@@ -649,7 +649,22 @@ impl Validator<'_> {
             burst_enter: step.burst.as_ref().map(|b| b.enter),
             burst_exit: step.burst.as_ref().map(|b| b.exit),
             burst_loss: step.burst.as_ref().and_then(|b| b.loss),
-            mode: step.mode.as_deref().map(|m| self.parse_at::<PartitionMode>(&at("mode"), m)).transpose()?,
+            // `mode` is the partition mode, or for tls-refuse how a connection ends.
+            mode: match kind {
+                FaultKind::TlsRefuse => None,
+                _ => step.mode.as_deref().map(|m| self.parse_at::<PartitionMode>(&at("mode"), m)).transpose()?,
+            },
+            tls_mode: match kind {
+                FaultKind::TlsRefuse => step.mode.as_deref().map(|m| self.parse_at(&at("mode"), m)).transpose()?,
+                _ => None,
+            },
+            alpn: step.alpn.as_ref().map(|a| a.to_vec()).unwrap_or_default(),
+            tls_versions: step
+                .tls_versions
+                .iter()
+                .flatten()
+                .map(|v| self.parse_at::<spec::TlsVersion>(&at("tls-versions"), &v.text()))
+                .collect::<Result<_, _>>()?,
             peers,
             proto: step.proto.as_deref().map(|p| self.parse_at::<Proto>(&at("proto"), p)).transpose()?,
             ports: step.ports.as_deref().map(|p| self.parse_at::<PortRange>(&at("ports"), p)).transpose()?,
@@ -673,9 +688,8 @@ impl Validator<'_> {
             let fault =
                 RawFault { target: Some(target), ..raw_fault.clone() }.validate().map_err(|e| match e.at.field {
                     "target" => self.error(&t_path, e.problem, e.fix),
-                    "fault" | "probability" | "burst" | "mode" | "proto" | "ports" | "direction" => {
-                        self.error(&at(e.at.field), e.problem, e.fix)
-                    }
+                    "fault" | "probability" | "burst" | "mode" | "proto" | "ports" | "direction" | "alpn"
+                    | "tls-versions" => self.error(&at(e.at.field), e.problem, e.fix),
                     _ => self.error(&at("fault"), e.problem, e.fix),
                 })?;
             for w in &windows {

@@ -17,10 +17,13 @@ pub enum FaultKind {
     Blackhole,
     Delay,
     Rate,
+    /// Refuse TLS ClientHellos offering given ALPN protocols or TLS versions.
+    #[serde(rename = "tls-refuse")]
+    TlsRefuse,
 }
 
 impl FaultKind {
-    pub const NAMES: &'static str = "loss, partition, blackhole, delay, rate";
+    pub const NAMES: &'static str = "loss, partition, blackhole, delay, rate, tls-refuse";
 
     pub fn name(self) -> &'static str {
         match self {
@@ -29,6 +32,7 @@ impl FaultKind {
             FaultKind::Blackhole => "blackhole",
             FaultKind::Delay => "delay",
             FaultKind::Rate => "rate",
+            FaultKind::TlsRefuse => "tls-refuse",
         }
     }
 
@@ -48,6 +52,7 @@ impl FromStr for FaultKind {
             "blackhole" => Ok(FaultKind::Blackhole),
             "delay" => Ok(FaultKind::Delay),
             "rate" => Ok(FaultKind::Rate),
+            "tls-refuse" => Ok(FaultKind::TlsRefuse),
             other => Err(Problem::new(
                 format!("unknown fault '{}'", shorten(other, 60)),
                 format!("use one of: {}", FaultKind::NAMES),
@@ -81,6 +86,95 @@ impl FromStr for PartitionMode {
             )),
         }
     }
+}
+
+/// How a tls-refuse fault ends a refused connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// The ClientHello and the client's later packets vanish: the client times out.
+    Drop,
+    /// The client gets a TCP reset built from its ClientHello: it fails at once.
+    #[default]
+    Reset,
+}
+
+impl FromStr for TlsMode {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
+        match s {
+            "drop" => Ok(TlsMode::Drop),
+            "reset" => Ok(TlsMode::Reset),
+            other => Err(Problem::new(
+                format!("unknown tls-refuse mode '{}'", shorten(other, 60)),
+                "use reset (the client gets a TCP reset at once) or drop (the connection goes silent, the client times out)",
+            )),
+        }
+    }
+}
+
+/// A TLS version a tls-refuse fault refuses (1.0 .. 1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TlsVersion {
+    #[serde(rename = "1.0")]
+    V1_0,
+    #[serde(rename = "1.1")]
+    V1_1,
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+impl TlsVersion {
+    fn bit(self) -> u32 {
+        match self {
+            TlsVersion::V1_0 => common::tls::V1_0,
+            TlsVersion::V1_1 => common::tls::V1_1,
+            TlsVersion::V1_2 => common::tls::V1_2,
+            TlsVersion::V1_3 => common::tls::V1_3,
+        }
+    }
+}
+
+impl FromStr for TlsVersion {
+    type Err = Problem;
+    fn from_str(s: &str) -> Result<Self, Problem> {
+        let bare = s.trim().trim_start_matches("tls").trim_start_matches("TLS").trim_start_matches('v');
+        match bare {
+            "1.0" | "1" => Ok(TlsVersion::V1_0),
+            "1.1" => Ok(TlsVersion::V1_1),
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
+            _ => Err(Problem::new(format!("unknown TLS version '{}'", shorten(s, 60)), "use 1.0, 1.1, 1.2 or 1.3")),
+        }
+    }
+}
+
+/// An ALPN protocol name a tls-refuse fault refuses (`h2`, `http/1.1`, ...): 1 to 16
+/// printable ASCII characters (the kernel compares names up to that length).
+pub fn parse_alpn(s: &str) -> Result<String, Problem> {
+    let ok = !s.is_empty() && s.len() <= common::tls::ALPN_NAME_MAX && s.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(Problem::new(
+            format!(
+                "ALPN protocol '{}' is not 1 to {} printable ASCII characters",
+                shorten(s, 60),
+                common::tls::ALPN_NAME_MAX
+            ),
+            "give an ALPN protocol id such as h2, http/1.1 or h3",
+        ))
+    }
+}
+
+/// What a tls-refuse fault refuses and how.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TlsRefusal {
+    pub alpn: Vec<String>,
+    pub versions: Vec<TlsVersion>,
+    pub mode: TlsMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -527,6 +621,9 @@ pub struct FaultSpec {
     /// Rate: bytes per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_bytes_per_sec: Option<u64>,
+    /// tls-refuse: what it refuses and how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsRefusal>,
 }
 
 fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -559,6 +656,10 @@ pub struct RawFault {
     pub jitter: Option<Duration>,
     pub distribution: Option<Distribution>,
     pub rate: Option<u64>,
+    /// tls-refuse: ALPN protocols, TLS versions, mode (raw: checked in validate).
+    pub alpn: Vec<String>,
+    pub tls_versions: Vec<TlsVersion>,
+    pub tls_mode: Option<TlsMode>,
 }
 
 impl RawFault {
@@ -596,8 +697,57 @@ impl RawFault {
         if kind != FaultKind::Rate {
             only("rate", self.rate.is_some(), "rate")?;
         }
-        let proto = self.proto.unwrap_or_default();
-        if self.ports.is_some() && !matches!(proto, Proto::Tcp | Proto::Udp) {
+        if kind != FaultKind::TlsRefuse {
+            only("alpn", !self.alpn.is_empty(), "tls-refuse")?;
+            only("tls-versions", !self.tls_versions.is_empty(), "tls-refuse")?;
+            only("mode", self.tls_mode.is_some(), "tls-refuse")?;
+        }
+        let mut proto = self.proto.unwrap_or_default();
+        let mut ports = self.ports;
+        let mut tls = None;
+        if kind == FaultKind::TlsRefuse {
+            // ClientHellos travel over TCP; QUIC's (UDP) are encrypted: block QUIC with a
+            // blackhole on udp instead.
+            if !matches!(proto, Proto::Any | Proto::Tcp) {
+                return Err(Problem::field(
+                    "proto",
+                    "tls-refuse reads TLS ClientHellos, which travel over TCP",
+                    "drop proto (tcp is implied); to block QUIC use a blackhole with proto udp and ports 443",
+                ));
+            }
+            proto = Proto::Tcp;
+            ports = Some(ports.unwrap_or(PortRange { lo: 443, hi: 443 }));
+            if self.alpn.is_empty() && self.tls_versions.is_empty() {
+                return Err(Problem::field(
+                    "alpn",
+                    "a tls-refuse fault needs something to refuse: ALPN protocols or TLS versions",
+                    "add alpn h2 (ClientHellos offering HTTP/2) or tls-versions [1.3]",
+                ));
+            }
+            if self.alpn.len() > common::tls::MAX_RULE_ALPN {
+                return Err(Problem::field(
+                    "alpn",
+                    format!(
+                        "{} ALPN protocols given, at most {} fit in one rule",
+                        self.alpn.len(),
+                        common::tls::MAX_RULE_ALPN
+                    ),
+                    "name fewer protocols, or add a second tls-refuse step with the rest",
+                ));
+            }
+            let mut alpn = Vec::new();
+            for name in &self.alpn {
+                let name = parse_alpn(name).map_err(|e| Problem::field("alpn", e.problem, e.fix))?;
+                if !alpn.contains(&name) {
+                    alpn.push(name);
+                }
+            }
+            let mut versions = self.tls_versions.clone();
+            versions.dedup();
+            tls = Some(TlsRefusal { alpn, versions, mode: self.tls_mode.unwrap_or_default() });
+        }
+        let proto = proto;
+        if ports.is_some() && !matches!(proto, Proto::Tcp | Proto::Udp) {
             return Err(Problem::field("ports", "a port range needs a protocol with ports", "add proto tcp or udp"));
         }
         let egress_only = target.egress_only();
@@ -709,6 +859,7 @@ impl RawFault {
                     self.rate.ok_or_else(|| Problem::field("rate", "a rate fault needs a rate", "add rate 10mbit"))?,
                 );
             }
+            FaultKind::TlsRefuse => {}
             FaultKind::Blackhole => {
                 if proto == Proto::Any {
                     return Err(Problem::field(
@@ -744,13 +895,14 @@ impl RawFault {
             mode,
             peers: self.peers.clone(),
             proto,
-            ports: self.ports,
+            ports,
             direction,
             shadow: self.shadow,
             delay,
             jitter,
             distribution,
             rate_bytes_per_sec: rate,
+            tls,
         })
     }
 }
@@ -838,7 +990,19 @@ impl FaultSpec {
             (FaultKind::Partition, _) | (FaultKind::Blackhole, _) => common::action::DROP,
             (FaultKind::Delay, _) => common::action::DELAY,
             (FaultKind::Rate, _) => common::action::RATE,
+            (FaultKind::TlsRefuse, _) => common::action::TLS_REFUSE,
         };
+        if let Some(tls) = &self.tls {
+            for (slot, name) in rule.tls_alpn.iter_mut().zip(&tls.alpn) {
+                // parse_alpn checked the length, so the digest exists.
+                *slot = common::tls::alpn_digest_of(name.as_bytes()).unwrap_or(0);
+            }
+            rule.tls_versions = tls.versions.iter().fold(0, |bits, v| bits | v.bit());
+            rule.tls_mode = match tls.mode {
+                TlsMode::Drop => common::tls::MODE_DROP,
+                TlsMode::Reset => common::tls::MODE_RESET,
+            };
+        }
         rule.delay_ns = self.delay.map_or(0, |d| d.as_nanos() as u64);
         rule.jitter_ns = self.jitter.map_or(0, |d| d.as_nanos() as u64);
         if self.distribution == Some(Distribution::Normal) {
@@ -886,6 +1050,20 @@ impl FaultSpec {
         }
         if let Some(m) = self.mode {
             out += &format!(" mode={}", serde_json::to_value(m).unwrap().as_str().unwrap_or(""));
+        }
+        if let Some(tls) = &self.tls {
+            if !tls.alpn.is_empty() {
+                out += &format!(" alpn={}", tls.alpn.join(","));
+            }
+            if !tls.versions.is_empty() {
+                let v: Vec<String> = tls
+                    .versions
+                    .iter()
+                    .map(|v| serde_json::to_value(v).unwrap().as_str().unwrap_or("").to_owned())
+                    .collect();
+                out += &format!(" tls-versions={}", v.join(","));
+            }
+            out += &format!(" mode={}", serde_json::to_value(tls.mode).unwrap().as_str().unwrap_or(""));
         }
         out += &format!(" dir={}", serde_json::to_value(self.direction).unwrap().as_str().unwrap_or(""));
         if self.proto != Proto::Any {

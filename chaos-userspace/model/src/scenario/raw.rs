@@ -94,7 +94,7 @@ pub struct RawScenario {
 pub struct RawStep {
     /// Unique within the scenario; `after` and `with` refer to it (default `step-N`).
     pub name: Option<String>,
-    /// loss | partition | blackhole | delay | rate | none (a pause). A step has a fault
+    /// loss | partition | blackhole | delay | rate | tls-refuse | none (a pause). A step has a fault
     /// or an action.
     pub fault: Option<String>,
     /// kill | pause | surge | cert-expiry: an action on cluster-lab members (`node:n2`,
@@ -162,11 +162,50 @@ pub struct RawStep {
     #[serde(rename = "expires-in")]
     #[schemars(with = "Option<DurationText>")]
     pub expires_in: Option<String>,
+    /// tls-refuse: the ALPN protocols to refuse (`h2` or a list).
+    pub alpn: Option<RawOneOrMany>,
+    /// tls-refuse: the TLS versions to refuse (`[1.3]`, `[1.0, 1.1]`).
+    #[serde(rename = "tls-versions")]
+    pub tls_versions: Option<Vec<RawTlsVersion>>,
+}
+
+/// One value or a list of them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawOneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawOneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            RawOneOrMany::One(one) => vec![one.clone()],
+            RawOneOrMany::Many(many) => many.clone(),
+        }
+    }
+}
+
+/// A TLS version: YAML reads `1.3` as a number, `"1.3"` as text; both are accepted.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawTlsVersion {
+    Number(f64),
+    Text(String),
+}
+
+impl RawTlsVersion {
+    pub fn text(&self) -> String {
+        match self {
+            RawTlsVersion::Number(x) => format!("{x:.1}"),
+            RawTlsVersion::Text(s) => s.clone(),
+        }
+    }
 }
 
 impl RawStep {
     /// The parameters of a packet fault (besides its targets), each with whether it is given.
-    pub fn fault_fields(&self) -> [(&'static str, bool); 14] {
+    pub fn fault_fields(&self) -> [(&'static str, bool); 16] {
         [
             ("probability", self.probability.is_some()),
             ("burst", self.burst.is_some()),
@@ -180,6 +219,8 @@ impl RawStep {
             ("jitter", self.jitter.is_some()),
             ("distribution", self.distribution.is_some()),
             ("rate", self.rate.is_some()),
+            ("alpn", self.alpn.is_some()),
+            ("tls-versions", self.tls_versions.is_some()),
             ("intensity", self.intensity.is_some()),
             ("repeat", self.repeat.is_some()),
         ]
