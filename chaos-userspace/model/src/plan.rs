@@ -631,6 +631,7 @@ impl From<&common::Rule> for RuleView {
             common::action::DROP_NEW_TCP => "drop-new-tcp",
             common::action::DELAY => "delay",
             common::action::RATE => "rate",
+            common::action::TLS_REFUSE => "tls-refuse",
             _ => "none",
         };
         let mut flags = Vec::new();

@@ -1562,6 +1562,34 @@ mod tests {
     }
 
     #[test]
+    fn tls_refuse_steps() {
+        use chaos_ebpf_common::{action, tls};
+        let plan = v1("steps:\n  - {fault: tls-refuse, target: a, alpn: [h2, h3], tls-versions: [1.3, \"1.0\"], mode: drop, duration: 1s}\n  - {fault: tls-refuse, target: a, alpn: h2, ports: 8443, duration: 1s}\n").unwrap();
+        let rule = |i: usize| plan.steps[i].faults[0].spec.rule(1, 1, 0, 0);
+        let (drop, reset) = (&rule(0), &rule(1));
+        assert_eq!((drop.action, drop.tls_mode, reset.tls_mode), (action::TLS_REFUSE, tls::MODE_DROP, tls::MODE_RESET));
+        assert_eq!(drop.tls_versions, tls::V1_3 | tls::V1_0);
+        assert_eq!(drop.tls_alpn[..3], [tls::alpn_digest_of(b"h2").unwrap(), tls::alpn_digest_of(b"h3").unwrap(), 0]);
+        assert_eq!((drop.proto, drop.port_lo, drop.port_hi), (6, 443, 443), "tcp/443 by default");
+        assert_eq!((reset.port_lo, reset.tls_versions), (8443, 0));
+        let err = |step: &str| v1(&format!("steps:\n  - {{{step}, duration: 1s}}\n")).expect_err(step);
+        for (step, word) in [
+            ("fault: tls-refuse, target: a", "needs something to refuse"),
+            ("fault: tls-refuse, target: a, alpn: h2, mode: both", "use reset"),
+            ("fault: tls-refuse, target: a, tls-versions: [1.4]", "1.0, 1.1, 1.2 or 1.3"),
+            ("fault: tls-refuse, target: a, alpn: h2, proto: udp", "blackhole"),
+            ("fault: tls-refuse, target: a, alpn: [a, b, c, d, e]", "at most 4"),
+            ("fault: tls-refuse, target: a, alpn: \"a very long protocol\"", "printable ASCII"),
+            ("fault: loss, target: a, probability: 0.1, alpn: h2", "does not apply"),
+            ("fault: partition, target: a, mode: reset", "unknown partition mode"),
+        ] {
+            let e = err(step);
+            assert!(e.problem.contains(word) || e.fix.contains(word), "'{word}' not in: {e}");
+            assert_short(&e);
+        }
+    }
+
+    #[test]
     fn step_seeds_override_the_derived_one() {
         let plan = v1("seed: 42\nsteps:\n  - {name: own, seed: 1234, fault: loss, target: a, probability: 0.1, duration: 1s}\n  - {name: derived, fault: loss, target: a, probability: 0.1, duration: 1s}\n").unwrap();
         assert_eq!(plan.steps[0].seed(42), 1234);

@@ -721,7 +721,7 @@ impl RawFault {
                 return Err(Problem::field(
                     "alpn",
                     "a tls-refuse fault needs something to refuse: ALPN protocols or TLS versions",
-                    "add alpn h2 (ClientHellos offering HTTP/2) or tls-versions [1.3]",
+                    "add alpn: h2 (--alpn h2: ClientHellos offering HTTP/2) or tls-versions: [1.3] (--tls-versions 1.3)",
                 ));
             }
             if self.alpn.len() > common::tls::MAX_RULE_ALPN {
