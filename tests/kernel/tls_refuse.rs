@@ -29,18 +29,24 @@ impl TlsServer {
     /// Serves TLS 1.2 and 1.3 with ALPN h2 and http/1.1 on port 443 of both address
     /// families; `-www` answers an HTTP GET with a status page.
     fn start(ns: &str) -> TlsServer {
-        if sh("openssl", &["version"]).status.code() != Some(0) {
+        if !installed("openssl") {
             skip("openssl is not installed (scripts/setup.sh installs it)");
         }
         let dir = std::env::temp_dir().join(format!("chaos-tls-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+        // A config of its own: the VM images have no /usr/lib/ssl/openssl.cnf, and req
+        // needs a distinguished_name section even with -subj.
+        let config = dir.join("req.cnf");
+        std::fs::write(&config, "[req]\ndistinguished_name = dn\n[dn]\n").unwrap();
         let gen = sh(
             "openssl",
             &[
                 "req",
                 "-x509",
+                "-config",
+                config.to_str().unwrap(),
                 "-newkey",
                 "ec",
                 "-pkeyopt",
@@ -95,20 +101,40 @@ impl Drop for TlsServer {
     }
 }
 
+fn installed(program: &str) -> bool {
+    Command::new(program).arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
 /// One s_client handshake from `ns` (stdin closed, so it ends after the handshake),
-/// bounded by `limit`: (exit code, elapsed, stdout + stderr). Exit 124 = timed out.
+/// bounded by `limit` (killed then): (exit code, elapsed, stdout + stderr). Exit 124 =
+/// timed out, as timeout(1) says it.
 fn s_client(ns: &str, server: &str, args: &[&str], limit: Duration) -> (i32, Duration, String) {
-    let secs = format!("{:.1}", limit.as_secs_f64());
+    use std::io::Read;
     let start = Instant::now();
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", &secs, "openssl", "s_client", "-connect", server])
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "openssl", "s_client", "-connect", server])
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run openssl s_client");
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        if start.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break 124;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let elapsed = start.elapsed();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), elapsed, text)
+    let (mut out, mut err) = (String::new(), String::new());
+    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (code, elapsed, format!("{out}{err}"))
 }
 
 fn negotiated(text: &str, protocol: &str) -> bool {
@@ -161,7 +187,7 @@ fn tls_refuse_reset_refuses_h2_and_passes_http1() {
     assert!(tcp_echo(&mut plain, Duration::from_secs(2)), "plain TCP on a tls-refuse port did not pass");
     // The client's fallback: curl asks for HTTP/2 first and fails at once; HTTP/1.1
     // (ALPN http/1.1 only) then works.
-    if sh("curl", &["--version"]).status.success() {
+    if installed("curl") {
         let curl = |version: &str| {
             let start = Instant::now();
             let out = sh(

@@ -36,6 +36,8 @@ use crate::KernelRun;
 const MODULES: &[&str] = &["veth", "sch_fq", "sch_netem", "sch_ingress", "cls_bpf", "bridge", "macvlan"];
 /// Host programs the tests call, beyond busybox.
 const PROGRAMS: &[&str] = &["ip", "tc", "ping", "bpftool"];
+/// Copied when the host has them: the TLS tests' server and clients (they skip without).
+const OPTIONAL_PROGRAMS: &[&str] = &["openssl", "curl"];
 /// Limit per kernel for the whole guest run under TCG.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 
@@ -322,7 +324,8 @@ fn build_initramfs(kernel_root: &Path, test_exe: &Path, extra_files: &[PathBuf],
         0o755,
     );
     let mut libs = BTreeSet::new();
-    for program in PROGRAMS {
+    let optional = OPTIONAL_PROGRAMS.iter().filter(|p| which(p).is_ok());
+    for program in PROGRAMS.iter().chain(optional) {
         let path = which(program)?;
         libs.extend(libraries(&path)?);
         let body = fs::read(&path)?;
