@@ -324,6 +324,8 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
     tls::parse_client_hello(ctx, &scratch.packet, &mut scratch.tls);
     // Whether a (non-shadow) delay rule holds this packet.
     let mut held_for_delay = false;
+    // The counters of the rule that answers this packet (a ClientHello) with resets.
+    let mut reset_by: Option<&mut RuleCounters> = None;
     for slot in 0..MAX_RULES {
         if slot >= slots.nr_slots {
             break;
@@ -379,22 +381,28 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
                 // The ClientHello never reaches the server: a drop, answered.
                 counters.dropped += slots.segs;
                 if rule.flags & flags::SHADOW == 0 {
-                    return match tls::reset(ctx, &scratch.packet, &mut scratch.tls, dir, slots.ifindex) {
-                        // The client's reset is on its way; the packet itself is now
-                        // the server's reset and goes on.
-                        Some(verdict) => verdict,
-                        None => {
-                            // Not a packet a reset can be built from (IPv4 options, IPv6
-                            // extension headers) or a helper failed: the connection is
-                            // remembered, so it still ends, by timeout.
-                            counters.errors += slots.segs;
-                            drop_verdict(dir)
-                        }
-                    };
+                    // Built after the loop: one copy of the code instead of one per
+                    // unrolled slot, which the verifier would walk 32 times.
+                    reset_by = Some(counters);
+                    break;
                 }
             }
             Err(_) => counters.errors += slots.segs,
         }
+    }
+    if let Some(counters) = reset_by {
+        return match tls::reset(ctx, &scratch.packet, &mut scratch.tls, dir, slots.ifindex) {
+            // The client's reset is on its way; the packet itself is now the server's
+            // reset and goes on.
+            Some(verdict) => verdict,
+            None => {
+                // Not a packet a reset can be built from (IPv4 options, IPv6 extension
+                // headers) or a helper failed: the connection is remembered, so it
+                // still ends, by timeout.
+                counters.errors += slots.segs;
+                drop_verdict(dir)
+            }
+        };
     }
     if scratch.packet.fragment == fragment::FIRST {
         save_fragment_record(scratch);
