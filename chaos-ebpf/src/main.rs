@@ -188,7 +188,7 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
                         return to_segmenter(ctx, &slots, outer);
                     }
                 }
-                return act(ctx, &slots, scratch);
+                return act(ctx, &slots, scratch, true);
             }
         }
     };
@@ -311,7 +311,7 @@ fn replay_fragment(ctx: &TcContext, slots: &Slots, record: &FragmentRecord) -> i
 /// An IP packet that is neither protected nor a later fragment: match and act. What a
 /// first fragment gets is recorded for its later fragments.
 #[inline(always)]
-fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
+fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch, parse_tls: bool) -> i32 {
     // Written for every packet, saved for first fragments only: no per-slot branch on
     // whether this is one. Field by field (see parse::clear).
     let record = &mut scratch.fragment_record;
@@ -321,7 +321,11 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> i32 {
     parse::clear(&mut record.delay_until);
     let dir = slots.dir;
     // Once per packet, not per rule: the loop below only compares what it found.
-    tls::parse_client_hello(ctx, &scratch.packet, &mut scratch.tls);
+    if parse_tls {
+        tls::parse_client_hello(ctx, &scratch.packet, &mut scratch.tls);
+    } else {
+        parse::clear(&mut scratch.tls.state);
+    }
     // Whether a (non-shadow) delay rule holds this packet.
     let mut held_for_delay = false;
     // The counters of the rule that answers this packet (a ClientHello) with resets.
@@ -497,7 +501,10 @@ fn judge_segment(ctx: &TcContext, dir: u32) -> i32 {
         // SAFETY: a helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
         let slots = Slots { nr_slots: config.nr_slots, dir, ifindex: from, now, segs: 1, cookie: config.cookie };
-        let verdict = act(ctx, &slots, scratch);
+        // No ClientHello parse for GSO segments: a ClientHello that needs more than one
+        // segment is past what the parse reads anyway (see tls.rs), and the judges stay
+        // as small for the verifier as they were.
+        let verdict = act(ctx, &slots, scratch, false);
         if verdict != TC_ACT_UNSPEC {
             // Dropped, or re-sent without its socket (resend_without_socket).
             return verdict;
