@@ -42,6 +42,7 @@ pub mod names {
     pub const RATE_NEXT: &str = "CHAOS_RATE_NEXT";
     pub const FRAGMENTS: &str = "CHAOS_FRAGMENTS";
     pub const SEGMENTERS: &str = "CHAOS_SEGMENTERS";
+    pub const TLS_ALPN: &str = "CHAOS_TLS_ALPN";
     /// Program names as the kernel records them (at most 15 bytes).
     pub const PROG_INGRESS: &str = "chaos_ingress";
     pub const PROG_EGRESS: &str = "chaos_egress";
@@ -92,6 +93,13 @@ pub mod tls {
     pub const ALPN_NAME_MAX: usize = 16;
     /// ALPN names a rule may refuse.
     pub const MAX_RULE_ALPN: usize = 4;
+    /// [`super::FlowKey::slot`] of a connection a TLS_REFUSE rule refused (one entry per
+    /// connection and direction, whichever rule refused it): its later packets drop.
+    pub const REFUSED_FLOW_SLOT: u32 = u32::MAX;
+    /// [`super::FlowState::bad`] of such an entry; its `next_index` is the rule's slot.
+    pub const REFUSED: u32 = 0x7e5e;
+    /// Entries of CHAOS_TLS_ALPN (ALPN digest -> mask of the slots refusing that name).
+    pub const MAX_ALPN_ENTRIES: u32 = super::MAX_RULES * MAX_RULE_ALPN as u32;
     /// The version bit of a wire version (0x0301..0x0304), 0 for others (GREASE, SSL 3).
     pub fn version_bit(wire: u16) -> u32 {
         match wire {

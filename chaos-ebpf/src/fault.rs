@@ -16,9 +16,6 @@ use crate::{
     tls::{self, Tls},
 };
 
-/// FlowState::bad of a connection a TLS_REFUSE rule refused: its later packets drop.
-const REFUSED: u32 = 0x7e5e;
-
 /// The flow table was full and the new entry could not be stored.
 pub struct NoFlowState;
 
@@ -28,8 +25,6 @@ pub enum Verdict {
     /// Pass, leaving no earlier than this CLOCK_MONOTONIC time (skb->tstamp, enforced by
     /// sch_fq on the egress device).
     DepartAt(u64),
-    /// Answer with a TCP reset built from the packet (TLS_REFUSE, mode reset).
-    Reset,
     /// Pass, and count `unparsed`: a ClientHello the bounded parse could not finish.
     PassUnparsed,
 }
@@ -44,7 +39,7 @@ pub struct Context<'a> {
     pub key: &'a mut FlowKey,
     pub flows: &'a LruHashMap<FlowKey, FlowState>,
     pub rate_next: &'a Array<u64>,
-    pub tls: &'a Tls,
+    pub tls: &'a mut Tls,
 }
 
 #[inline(always)]
@@ -58,7 +53,7 @@ pub fn decide(rule: &Rule, c: Context<'_>) -> Result<Verdict, NoFlowState> {
         action::LOSS => loss(rule, c).map(drop_if),
         action::DELAY => delay(rule, c),
         action::RATE => Ok(rate(rule, c.slot, c.now, c.len, c.rate_next)),
-        action::TLS_REFUSE => tls_refuse(rule, c),
+        action::TLS_REFUSE => Ok(tls_refuse(rule, c)),
         _ => Ok(Verdict::Pass),
     }
 }
@@ -93,41 +88,29 @@ fn next_in_flow(rule: &Rule, c: &mut Context<'_>) -> Result<(u64, u64, *mut Flow
     Ok((hash, index, state))
 }
 
-/// A ClientHello offering a refused ALPN name or version: remember the connection (so
-/// its later packets drop too, and a resent ClientHello cannot get through), then drop
-/// it or answer with a reset. Packets of a remembered connection drop.
+/// Marks what this TLS_REFUSE rule wants done with the packet; `main::refuse_tls` acts
+/// on the marks once, after the slot loop (see tls::Tls). The rule counts the packet as
+/// passed here; a refusal there moves it to dropped.
 #[inline(always)]
-fn tls_refuse(rule: &Rule, c: Context<'_>) -> Result<Verdict, NoFlowState> {
+fn tls_refuse(rule: &Rule, c: Context<'_>) -> Verdict {
     if c.packet.proto != 6 {
-        return Ok(Verdict::Pass);
+        return Verdict::Pass;
     }
-    let key = &mut *c.key;
-    key.slot = c.slot;
-    key.direction = c.dir as u8;
-    key.proto = c.packet.proto;
-    key.sport = c.packet.sport;
-    key.dport = c.packet.dport;
-    key._pad = 0;
-    key.saddr = c.packet.saddr;
-    key.daddr = c.packet.daddr;
-    let key = &*key;
-    if let Some(state) = c.flows.get_ptr(key) {
-        // SAFETY: a map value, valid for this program run.
-        if unsafe { (*state).bad } == REFUSED {
-            return Ok(Verdict::Drop);
-        }
-    }
-    match c.tls.state {
+    let t = c.tls;
+    let bit = 1u32 << c.slot;
+    tls::mark(&mut t.wanted, bit);
+    match t.state {
         tls::state::PARSED => {}
-        tls::state::UNPARSED => return Ok(Verdict::PassUnparsed),
-        _ => return Ok(Verdict::Pass),
+        tls::state::UNPARSED => return Verdict::PassUnparsed,
+        _ => return Verdict::Pass,
     }
-    if rule.tls_versions & c.tls.versions == 0 && !tls::offers_alpn(c.tls, &rule.tls_alpn) {
-        return Ok(Verdict::Pass);
+    if rule.tls_versions & t.versions != 0 || tls::get(&t.alpn_slots) & bit != 0 {
+        if tls::get(&t.refusing) == 0 {
+            tls::set(&mut t.first_refusing, c.slot);
+        }
+        tls::mark(&mut t.refusing, bit);
     }
-    let refused = FlowState { flow_hash: 0, next_index: 0, bad: REFUSED, _pad: 0 };
-    c.flows.insert(key, &refused, 0).map_err(|_| NoFlowState)?;
-    Ok(if rule.tls_mode == chaos_ebpf_common::tls::MODE_RESET { Verdict::Reset } else { Verdict::Drop })
+    Verdict::Pass
 }
 
 #[inline(always)]

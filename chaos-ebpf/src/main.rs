@@ -25,7 +25,7 @@ use aya_ebpf::{
 use chaos_ebpf_common::{
     Config, FlowKey, FlowState, FragmentKey, FragmentRecord, MAX_FLOWS, MAX_FRAGMENTS, MAX_PEERS, MAX_PROTECTED,
     MAX_RULES, MAX_SEGMENTERS, PeerKeyData, ProtectedPorts, Rule, RuleCounters, action, direction, flags, proto,
-    resend, segment,
+    resend, segment, tls as tls_consts,
 };
 
 use crate::{
@@ -73,6 +73,11 @@ static FRAGMENTS: LruHashMap<FragmentKey, FragmentRecord> = LruHashMap::with_max
 
 /// Device ifindex -> ifindex of the outer end of its segmenter pair (see
 /// chaos_ebpf_common::segment). Looked up for GSO buffers only.
+/// ALPN digest -> mask of the slots whose TLS_REFUSE rule names it (user space keeps it
+/// from the rules' `tls_alpn`).
+#[map(name = "CHAOS_TLS_ALPN")]
+static TLS_ALPN: HashMap<u64, u32> = HashMap::with_max_entries(tls_consts::MAX_ALPN_ENTRIES, 0);
+
 #[map(name = "CHAOS_SEGMENTERS")]
 static SEGMENTERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SEGMENTERS, 0);
 
@@ -321,15 +326,15 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch, parse_tls: bool) -
     parse::clear(&mut record.delay_until);
     let dir = slots.dir;
     // Once per packet, not per rule: the loop below only compares what it found.
+    tls::begin(&mut scratch.tls);
     if parse_tls {
         tls::parse_client_hello(ctx, &scratch.packet, &mut scratch.tls);
+        tls::alpn_slots(&mut scratch.tls, &TLS_ALPN);
     } else {
         parse::clear(&mut scratch.tls.state);
     }
     // Whether a (non-shadow) delay rule holds this packet.
     let mut held_for_delay = false;
-    // The counters of the rule that answers this packet (a ClientHello) with resets.
-    let mut reset_by: Option<&mut RuleCounters> = None;
     for slot in 0..MAX_RULES {
         if slot >= slots.nr_slots {
             break;
@@ -350,7 +355,7 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch, parse_tls: bool) -
             key: &mut scratch.flow,
             flows: &FLOWS,
             rate_next: &RATE_NEXT,
-            tls: &scratch.tls,
+            tls: &mut scratch.tls,
         };
         match fault::decide(rule, context) {
             Ok(Verdict::Drop) => {
@@ -381,32 +386,13 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch, parse_tls: bool) -
                 counters.passed += slots.segs;
                 counters.unparsed += slots.segs;
             }
-            Ok(Verdict::Reset) => {
-                // The ClientHello never reaches the server: a drop, answered.
-                counters.dropped += slots.segs;
-                if rule.flags & flags::SHADOW == 0 {
-                    // Built after the loop: one copy of the code instead of one per
-                    // unrolled slot, which the verifier would walk 32 times.
-                    reset_by = Some(counters);
-                    break;
-                }
-            }
             Err(_) => counters.errors += slots.segs,
         }
     }
-    if let Some(counters) = reset_by {
-        return match tls::reset(ctx, &scratch.packet, &mut scratch.tls, dir, slots.ifindex) {
-            // The client's reset is on its way; the packet itself is now the server's
-            // reset and goes on.
-            Some(verdict) => verdict,
-            None => {
-                // Not a packet a reset can be built from (IPv4 options, IPv6 extension
-                // headers) or a helper failed: the connection is remembered, so it
-                // still ends, by timeout.
-                counters.errors += slots.segs;
-                drop_verdict(dir)
-            }
-        };
+    if tls::get(&scratch.tls.wanted) != 0 {
+        if let Some(verdict) = refuse_tls(ctx, slots, scratch) {
+            return verdict;
+        }
     }
     if scratch.packet.fragment == fragment::FIRST {
         save_fragment_record(scratch);
@@ -415,6 +401,71 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch, parse_tls: bool) -
         return resend_without_socket(ctx, slots.ifindex, slots.cookie);
     }
     TC_ACT_UNSPEC
+}
+
+/// After the slot loop, for a TCP packet that TLS_REFUSE rules matched (tls::Tls says
+/// which): a packet of a connection such a rule refused drops; a ClientHello that one
+/// refuses is remembered with that rule's slot, and dropped or answered with resets as
+/// the rule says. The rule counted it as passed in the loop; here it moves to dropped.
+/// None: the packet goes on.
+#[inline(always)]
+fn refuse_tls(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> Option<i32> {
+    let wanted = tls::get(&scratch.tls.wanted);
+    let key = &mut scratch.flow;
+    let p = &scratch.packet;
+    key.slot = tls_consts::REFUSED_FLOW_SLOT;
+    key.direction = slots.dir as u8;
+    key.proto = p.proto;
+    key.sport = p.sport;
+    key.dport = p.dport;
+    key._pad = 0;
+    key.saddr = p.saddr;
+    key.daddr = p.daddr;
+    let mut answer = false;
+    let slot = match FLOWS.get_ptr(&scratch.flow) {
+        // SAFETY: a map value, valid for this program run.
+        Some(state) if unsafe { (*state).bad } == tls_consts::REFUSED => (unsafe { (*state).next_index }) as u32,
+        _ => {
+            if tls::get(&scratch.tls.refusing) == 0 {
+                return None;
+            }
+            let slot = tls::get(&scratch.tls.first_refusing);
+            let refused = FlowState { flow_hash: 0, next_index: slot as u64, bad: tls_consts::REFUSED, _pad: 0 };
+            // A full table only costs the memory of this refusal: a resent ClientHello
+            // is refused again.
+            let _ = FLOWS.insert(&scratch.flow, &refused, 0);
+            answer = true;
+            slot
+        }
+    };
+    // The rule that refused the connection must still match its packets.
+    if slot >= MAX_RULES || wanted & (1u32 << slot) == 0 {
+        return None;
+    }
+    let slot = slot & (MAX_RULES - 1);
+    let rule = RULES.get(slot)?;
+    // SAFETY: per-CPU slot of this program run; nothing else writes it concurrently.
+    let counters = unsafe { &mut *COUNTERS.get_ptr_mut(slot)? };
+    counters.passed -= slots.segs;
+    counters.dropped += slots.segs;
+    if rule.flags & flags::SHADOW != 0 {
+        return None;
+    }
+    if answer && rule.tls_mode == tls_consts::MODE_RESET {
+        return Some(match tls::reset(ctx, &scratch.packet, &mut scratch.tls, slots.dir, slots.ifindex) {
+            // The client's reset is on its way; the packet itself is now the server's
+            // reset and goes on.
+            Some(verdict) => verdict,
+            None => {
+                // Not a packet a reset can be built from (IPv4 options, IPv6 extension
+                // headers) or a helper failed: the connection is remembered, so it
+                // still ends, by timeout.
+                counters.errors += slots.segs;
+                drop_verdict(slots.dir)
+            }
+        });
+    }
+    Some(drop_verdict(slots.dir))
 }
 
 /// Whether `rule` (in `slot`) matches the parsed packet: the sender's cgroup, protocol,

@@ -9,6 +9,7 @@
 //! the record's own lengths, so a malformed ClientHello can only end the parse early.
 
 use aya_ebpf::{
+    maps::HashMap,
     helpers::{bpf_clone_redirect, bpf_csum_diff, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
@@ -67,16 +68,30 @@ pub struct Tls {
     pub alpn_len: u32,
     pub versions_at: u32,
     pub versions_len: u32,
+    /// What the slot loop found for TLS_REFUSE rules, as slot bit masks, kept in map
+    /// memory for the same reason: the loop's 32 unrolled slots only set bits here, and
+    /// `main::refuse_tls` acts once after the loop. A per-slot refusal (flow lookup,
+    /// reset) was 32 copies of that code for the verifier: on Linux 6.1 chaos_egress
+    /// went past the 1M-instruction limit.
+    /// - `wanted`: TLS_REFUSE rules that matched this TCP packet;
+    /// - `refusing`: those of them that refuse its ClientHello; `first_refusing` the
+    ///   lowest such slot;
+    /// - `alpn_slots`: rules whose ALPN list names a protocol the ClientHello offers
+    ///   (looked up once per packet in CHAOS_TLS_ALPN, see [`alpn_slots`]).
+    pub wanted: u32,
+    pub refusing: u32,
+    pub first_refusing: u32,
+    pub alpn_slots: u32,
 }
 
 #[inline(always)]
-fn get(field: &u32) -> u32 {
+pub fn get(field: &u32) -> u32 {
     // SAFETY: a valid reference.
     unsafe { core::ptr::read_volatile(field) }
 }
 
 #[inline(always)]
-fn set(field: &mut u32, value: u32) {
+pub fn set(field: &mut u32, value: u32) {
     // SAFETY: a valid, exclusive reference.
     unsafe { core::ptr::write_volatile(field, value) }
 }
@@ -287,20 +302,38 @@ fn alpn(ctx: &TcContext, at: u32, len: u32, t: &mut Tls) -> bool {
     get(&t.at) >= get(&t.extensions_end)
 }
 
-/// Whether the ClientHello offers one of the rule's names.
+/// Clears the slot loop's TLS marks for a new packet.
 #[inline(always)]
-pub fn offers_alpn(t: &Tls, refused: &[u64; chaos_ebpf_common::tls::MAX_RULE_ALPN]) -> bool {
-    for r in refused {
-        if *r == 0 {
-            continue;
+pub fn begin(t: &mut Tls) {
+    set(&mut t.wanted, 0);
+    set(&mut t.refusing, 0);
+    set(&mut t.first_refusing, 0);
+    set(&mut t.alpn_slots, 0);
+}
+
+/// Sets `bit` in a mask of `t`.
+#[inline(always)]
+pub fn mark(mask: &mut u32, bit: u32) {
+    set(mask, get(mask) | bit);
+}
+
+/// The slots whose rules refuse a name the parsed ClientHello offers: one lookup per
+/// offered name in `by_name` (ALPN digest -> slot mask, kept by user space), instead of
+/// comparing every rule's names with every offered name in each of the 32 slots.
+#[inline(always)]
+pub fn alpn_slots(t: &mut Tls, by_name: &HashMap<u64, u32>) {
+    if t.state != state::PARSED {
+        return;
+    }
+    for i in 0..MAX_OFFERED_ALPN {
+        if i >= t.nr_alpn as usize {
+            break;
         }
-        for i in 0..MAX_OFFERED_ALPN {
-            if i < t.nr_alpn as usize && t.alpn[i] == *r {
-                return true;
-            }
+        // SAFETY: a map value read once, for this program run.
+        if let Some(slots) = unsafe { by_name.get(&t.alpn[i]) } {
+            mark(&mut t.alpn_slots, *slots);
         }
     }
-    false
 }
 
 #[inline(always)]

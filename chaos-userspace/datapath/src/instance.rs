@@ -3,7 +3,11 @@
 //! its maps. One `Instance` per namespace: interface indices are only unique inside a
 //! namespace, so each namespace gets its own maps.
 
-use std::{collections::BTreeSet, fs, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    time::Duration,
+};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
@@ -16,7 +20,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use chaos_ebpf_common::{
-    names, Config, FlowKey, FlowState, PeerKeyData, ProtectedPorts, Rule, RuleCounters, MAX_PROTECTED, MAX_RULES,
+    action, names, tls, Config, FlowKey, FlowState, PeerKeyData, ProtectedPorts, Rule, RuleCounters, MAX_PROTECTED,
+    MAX_RULES,
 };
 
 use crate::{
@@ -51,6 +56,8 @@ pub struct Instance {
     attached: Vec<Attached>,
     clsact_added: Vec<Interface>,
     used_slots: BTreeSet<u32>,
+    /// The ALPN digests of each slot's TLS_REFUSE rule, mirrored in CHAOS_TLS_ALPN.
+    tls_alpn: BTreeMap<u32, [u64; tls::MAX_RULE_ALPN]>,
     /// The run's bit in the judged-by mask of re-sent copies (ledger::free_judge_bit).
     judge_bit: u32,
 }
@@ -85,6 +92,7 @@ impl Instance {
             attached: Vec::new(),
             clsact_added: Vec::new(),
             used_slots: BTreeSet::new(),
+            tls_alpn: BTreeMap::new(),
             judge_bit,
         };
         {
@@ -296,6 +304,7 @@ impl Instance {
                 PerCpuArray::try_from(self.map_mut(names::COUNTERS)?)?;
             counters.set(slot, zero, 0)?;
         }
+        self.set_tls_alpn(slot, rule)?;
         {
             let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
             for (len, data) in peers {
@@ -318,8 +327,40 @@ impl Instance {
         if !self.used_slots.contains(&slot) {
             return Err(anyhow::anyhow!("rule slot {slot} is not in use"));
         }
+        self.set_tls_alpn(slot, rule)?;
         let mut rules: Array<&mut MapData, Rule> = Array::try_from(self.map_mut(names::RULES)?)?;
         rules.set(slot, rule, 0)?;
+        Ok(())
+    }
+
+    /// Records the ALPN names a slot's rule refuses (none unless TLS_REFUSE) and writes
+    /// CHAOS_TLS_ALPN (digest -> slot mask) when that changes what it should hold. The
+    /// kernel reads a slot's bit only while that slot holds a TLS_REFUSE rule, so a mask
+    /// written a moment before or after the rule is harmless.
+    fn set_tls_alpn(&mut self, slot: u32, rule: &Rule) -> Result<()> {
+        let before = self.tls_alpn.get(&slot).copied();
+        if rule.action == action::TLS_REFUSE && rule.tls_alpn.iter().any(|d| *d != 0) {
+            self.tls_alpn.insert(slot, rule.tls_alpn);
+        } else {
+            self.tls_alpn.remove(&slot);
+        }
+        if before == self.tls_alpn.get(&slot).copied() {
+            return Ok(());
+        }
+        let mut wanted: BTreeMap<u64, u32> = BTreeMap::new();
+        for (slot, digests) in &self.tls_alpn {
+            for digest in digests.iter().filter(|d| **d != 0) {
+                *wanted.entry(*digest).or_default() |= 1 << slot;
+            }
+        }
+        let mut map: HashMap<&mut MapData, u64, u32> = HashMap::try_from(self.map_mut(names::TLS_ALPN)?)?;
+        let stale: Vec<u64> = map.keys().filter_map(|k| k.ok()).filter(|k| !wanted.contains_key(k)).collect();
+        for digest in stale {
+            map.remove(&digest).context("removing an ALPN name from CHAOS_TLS_ALPN")?;
+        }
+        for (digest, slots) in wanted {
+            map.insert(digest, slots, 0).context("writing an ALPN name to CHAOS_TLS_ALPN")?;
+        }
         Ok(())
     }
 
@@ -341,6 +382,7 @@ impl Instance {
             let mut rules: Array<&mut MapData, Rule> = Array::try_from(self.map_mut(names::RULES)?)?;
             rules.set(slot, Rule::default(), 0)?;
         }
+        self.set_tls_alpn(slot, &Rule::default())?;
         {
             let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
             for (len, data) in peers {
@@ -353,7 +395,16 @@ impl Instance {
 
     fn clear_flows(&mut self, slot: u32) -> Result<()> {
         let mut flows: HashMap<&mut MapData, FlowKey, FlowState> = HashMap::try_from(self.map_mut(names::FLOWS)?)?;
-        let stale: Vec<FlowKey> = flows.keys().filter_map(|k| k.ok()).filter(|k| k.slot == slot).collect();
+        // The slot's own entries, and the connections its TLS_REFUSE rule refused.
+        let stale: Vec<FlowKey> = flows
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(k, v)| {
+                k.slot == slot
+                    || (k.slot == tls::REFUSED_FLOW_SLOT && v.bad == tls::REFUSED && v.next_index == slot as u64)
+            })
+            .map(|(k, _)| k)
+            .collect();
         for key in stale {
             let _ = flows.remove(&key);
         }
