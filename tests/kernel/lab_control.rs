@@ -20,7 +20,7 @@ use chaos_lab::control::{undo_all, LabControl};
 pub const TESTS: &[Test] = tests![lab_control_leader_kill_restart_pause, lab_control_cert_expiry_and_undo];
 
 /// etcdctl against one member's endpoint only, with the lab's CA and client certificate.
-fn etcdctl_one(lab: &serde_json::Value, member: &str, args: &[&str]) -> Output {
+pub fn etcdctl_one(lab: &serde_json::Value, member: &str, args: &[&str]) -> Output {
     let url = lab["members"].as_array().unwrap().iter().find(|m| m["name"] == member).unwrap()["client_url"]
         .as_str()
         .unwrap()
@@ -38,7 +38,7 @@ fn etcdctl_one(lab: &serde_json::Value, member: &str, args: &[&str]) -> Output {
         .expect("running etcdctl")
 }
 
-fn text(out: &Output) -> String {
+pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 

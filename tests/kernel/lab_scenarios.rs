@@ -20,6 +20,7 @@ pub const TESTS: &[Test] = tests![
     lab_scenario_member_loss,
     lab_scenario_surge,
     lab_scenario_cert_expiry,
+    lab_scenario_transport_downgrade,
     lab_scenario_wrong_hypothesis_fails,
     lab_scenario_needs_a_lab,
     action_pause_and_kill_a_process,
@@ -249,6 +250,61 @@ fn lab_scenario_cert_expiry() {
     assert!(events.iter().any(|e| e.contains("original certificate")), "{events:?}");
     // Restored: n3's certificate is the one lab up minted, and n3 is healthy.
     assert_healthy(3);
+    write_gaps(file, &report);
+    finish_lab();
+}
+
+/// tls-refuse of h2 on every member's client port: etcdctl (gRPC, h2 only), polled from
+/// the host during the run, is refused and works again after it; `lab verify` (the
+/// project's etcd client: h2, then HTTP/1.1) falls back and still reads every write, so
+/// the hypothesis holds; the members counted the refused ClientHellos.
+fn lab_scenario_transport_downgrade() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let _guard = lab3();
+    let (_, lab) = status_json();
+    let runs = Runs::new("transport-downgrade");
+    let file = "etcd-transport-downgrade.yaml";
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (stop, lab) = (stop.clone(), lab.clone());
+        std::thread::spawn(move || {
+            // (etcdctl succeeded, `lab verify` output taken right after a refusal)
+            let (mut seen, mut verify_during) = (Vec::new(), None);
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(150) {
+                let out = crate::lab_control::etcdctl_one(&lab, "n2", &["endpoint", "health"]);
+                seen.push(out.status.success());
+                if !out.status.success() && verify_during.is_none() {
+                    verify_during = Some(chaos_with_path(&["lab", "verify"]));
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            (seen, verify_during)
+        })
+    };
+    let (code, text, report) = run_sample(&runs, file, "run");
+    stop.store(true, Ordering::Relaxed);
+    let (seen, verify_during) = poller.join().expect("poller");
+    assert_passed(file, code, &text, &report);
+    let refused = seen.iter().filter(|ok| !**ok).count();
+    assert!(refused > 0, "etcdctl was never refused during the run: {seen:?}");
+    let after = crate::lab_control::etcdctl_one(&lab, "n2", &["endpoint", "health"]);
+    assert!(after.status.success(), "etcdctl after the run: {}", crate::lab_control::text(&after));
+    // During the refusal `lab verify` fell back to HTTP/1.1 and read every write.
+    let (verify_code, out, err) = verify_during.expect("no lab verify during a refusal");
+    assert_eq!(verify_code, 0, "{out}\n{err}");
+    assert!(out.contains("fallbacks from h2") && !out.contains(" 0 fallbacks from h2"), "{out}");
+    assert!(out.contains("every acknowledged write is readable"), "{out}");
+    let rules = step(&report, "refuse-h2")["rules"].as_array().unwrap().clone();
+    assert_eq!(rules.len(), 3, "one rule per member");
+    let dropped: u64 = rules.iter().map(|r| r["counters"]["dropped"].as_u64().unwrap()).sum();
+    let errors: u64 = rules.iter().map(|r| r["counters"]["errors"].as_u64().unwrap()).sum();
+    assert!(dropped > 0, "no ClientHello refused: {rules:#?}");
+    assert_eq!(errors, 0, "{rules:#?}");
+    println!("REPORT|transport_downgrade|etcdctl_refused={refused}/{}|refused_hellos={dropped}", seen.len());
     write_gaps(file, &report);
     finish_lab();
 }

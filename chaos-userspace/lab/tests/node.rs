@@ -318,6 +318,10 @@ fn two_nodes_on_a_real_etcd() {
         1000.0 * metric(p1, "write_latency_seconds_sum", &[]) / metric(p1, "write_latency_seconds_count", &[]);
     eprintln!("10 more acknowledged writes in {took:?}; mean write latency {mean_ms:.2} ms");
     assert!(metric(p1, "reads_total", &["result=\"ok\""]) > 0.0, "reads of written keys");
+    // etcd picks h2 when offered: without a fault every connection speaks it.
+    assert!(metric(p1, "connections_total", &["transport=\"h2\""]) > 0.0, "connections over h2");
+    assert_eq!(metric(p1, "connections_total", &["transport=\"http/1.1\""]), 0.0, "no connection fell back");
+    assert_eq!(metric(p1, "transport_fallbacks_total", &[]), 0.0);
     assert!(metric(p1, "write_latency_seconds_count", &[]) > 0.0, "the latency histogram");
 
     // SIGTERM: n2 revokes its lease and leaves n1's view well before the lease (5 s) would expire.

@@ -1,14 +1,22 @@
 //! etcd 3.4's JSON gateway (grpc-gateway in front of the v3 API, on the client port) over
 //! HTTPS with a client certificate. A fresh connection per call, like the engine's probes:
 //! no pool hides a fault, and a paused server shows as a timeout of the call that met it.
+//!
+//! Transport fallback, the rule a transport-downgrade fault meets: over TLS a call offers
+//! ALPN `h2` and `http/1.1` and speaks HTTP/2 when etcd picks h2. When that handshake
+//! fails (a reset, an alert, or no answer within [`H2_HANDSHAKE_BOUND`]), the call is
+//! retried at once on a new connection that offers no ALPN (HTTP/1.1: etcd sorts gateway
+//! from gRPC traffic by what it reads), and calls stay on HTTP/1.1 for
+//! [`H2_RETRY_AFTER`] before offering h2 again. `connections_total{transport}` and
+//! `transport_fallbacks_total` count what happened.
 
 use std::{
     path::Path,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use base64::{engine::general_purpose::STANDARD, Engine};
@@ -17,7 +25,8 @@ use hyper::{
     body::{Bytes, Incoming},
     header, Request, Response, StatusCode,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus::{IntCounter, IntCounterVec, Opts};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
@@ -68,13 +77,55 @@ struct Endpoint {
     server_name: ServerName<'static>,
 }
 
+/// How long a handshake offering h2 may take before the call falls back to HTTP/1.1.
+pub const H2_HANDSHAKE_BOUND: Duration = Duration::from_secs(1);
+/// How long calls stay on HTTP/1.1 after an h2 handshake failed.
+pub const H2_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The two TLS client configurations: offering h2 (and http/1.1), and offering no ALPN.
+struct Tls {
+    h2_first: TlsConnector,
+    http1: TlsConnector,
+}
+
+/// Connections by the transport they spoke, and fallbacks from h2 to HTTP/1.1
+/// (registered with the node's metrics, see Metrics::register_transport).
+pub struct TransportMetrics {
+    /// `transport`: h2 | http/1.1.
+    pub connections: IntCounterVec,
+    pub fallbacks: IntCounter,
+}
+
+impl TransportMetrics {
+    fn new() -> TransportMetrics {
+        let connections = IntCounterVec::new(
+            Opts::new("connections_total", "Connections to etcd by the transport they spoke"),
+            &["transport"],
+        )
+        .expect("valid");
+        for transport in ["h2", "http/1.1"] {
+            connections.with_label_values(&[transport]);
+        }
+        let fallbacks = IntCounter::new(
+            "transport_fallbacks_total",
+            "Calls whose h2 handshake failed and that were retried over HTTP/1.1",
+        )
+        .expect("valid");
+        TransportMetrics { connections, fallbacks }
+    }
+}
+
 /// Where etcd is and how to reach it: the client side of every call.
 pub struct Etcd {
     endpoints: Vec<Endpoint>,
-    tls: Option<TlsConnector>,
+    tls: Option<Tls>,
     /// The endpoint calls go to; moves on to the next after a failed call.
     current: AtomicUsize,
     call_timeout: Duration,
+    /// Calls offer h2 again from this time on (ms since `epoch`).
+    h2_after_ms: AtomicU64,
+    epoch: Instant,
+    pub transport: TransportMetrics,
 }
 
 /// The TLS files of the flags `--cacert`, `--cert`, `--key`.
@@ -102,7 +153,7 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
     Ok(Endpoint { tls, host, port, server_name })
 }
 
-fn tls_connector(files: &TlsFiles) -> Result<TlsConnector, String> {
+fn tls_connectors(files: &TlsFiles) -> Result<Tls, String> {
     let cacert =
         files.cacert.ok_or("an https:// etcd endpoint needs --cacert FILE (the CA that signed etcd's certificate)")?;
     let mut roots = RootCertStore::empty();
@@ -126,8 +177,7 @@ fn tls_connector(files: &TlsFiles) -> Result<TlsConnector, String> {
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    // No ALPN: etcd's listener sorts HTTP/1.1 (the gateway) from gRPC by what it reads.
-    let config = match (files.cert, files.key) {
+    let http1 = match (files.cert, files.key) {
         (Some(cert), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .map_err(|e| format!("--cert {}: {e}; give the PEM file of the client certificate", cert.display()))?
@@ -148,7 +198,11 @@ fn tls_connector(files: &TlsFiles) -> Result<TlsConnector, String> {
             return Err("--cert and --key go together: give both (the client certificate and its key) or neither".into())
         }
     };
-    Ok(TlsConnector::from(Arc::new(config)))
+    let mut h2_first = http1.clone();
+    h2_first.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No ALPN on the fallback: etcd's listener sorts HTTP/1.1 (the gateway) from gRPC by
+    // what it reads, and a rule refusing h2 has nothing to match.
+    Ok(Tls { h2_first: TlsConnector::from(Arc::new(h2_first)), http1: TlsConnector::from(Arc::new(http1)) })
 }
 
 pub fn b64(bytes: &[u8]) -> String {
@@ -206,28 +260,73 @@ impl Etcd {
         if endpoints.is_empty() {
             return Err("--etcd names no endpoint; give https://HOST:PORT[,...]".into());
         }
-        let tls = if endpoints.iter().any(|e| e.tls) { Some(tls_connector(files)?) } else { None };
-        Ok(Etcd { endpoints, tls, current: AtomicUsize::new(0), call_timeout })
+        let tls = if endpoints.iter().any(|e| e.tls) { Some(tls_connectors(files)?) } else { None };
+        Ok(Etcd {
+            endpoints,
+            tls,
+            current: AtomicUsize::new(0),
+            call_timeout,
+            h2_after_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            transport: TransportMetrics::new(),
+        })
     }
 
-    async fn send(&self, endpoint: &Endpoint, path: &str, body: &Value) -> Result<Response<Incoming>, EtcdError> {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    async fn connect(&self, endpoint: &Endpoint) -> Result<TcpStream, EtcdError> {
         let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
             .map_err(|e| EtcdError::Connect(format!("{}:{}: {e}", endpoint.host, endpoint.port)))?;
         let _ = tcp.set_nodelay(true);
-        let request = Request::post(path)
-            .header(header::HOST, format!("{}:{}", endpoint.host, endpoint.port))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| EtcdError::Protocol(e.to_string()))?;
-        match (&self.tls, endpoint.tls) {
-            (Some(tls), true) => {
-                let stream =
-                    tls.connect(endpoint.server_name.clone(), tcp).await.map_err(|e| EtcdError::Tls(e.to_string()))?;
-                exchange(TokioIo::new(stream), request).await
+        Ok(tcp)
+    }
+
+    async fn send(&self, endpoint: &Endpoint, path: &str, body: &Value) -> Result<Response<Incoming>, EtcdError> {
+        let request = |uri: String| {
+            Request::post(uri)
+                .header(header::HOST, format!("{}:{}", endpoint.host, endpoint.port))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .map_err(|e| EtcdError::Protocol(e.to_string()))
+        };
+        let tls = match (&self.tls, endpoint.tls) {
+            (Some(tls), true) => tls,
+            _ => {
+                let tcp = self.connect(endpoint).await?;
+                self.transport.connections.with_label_values(&["http/1.1"]).inc();
+                return exchange_http1(TokioIo::new(tcp), request(path.to_owned())?).await;
             }
-            _ => exchange(TokioIo::new(tcp), request).await,
+        };
+        if self.now_ms() >= self.h2_after_ms.load(Ordering::Relaxed) {
+            let tcp = self.connect(endpoint).await?;
+            match tokio::time::timeout(H2_HANDSHAKE_BOUND, tls.h2_first.connect(endpoint.server_name.clone(), tcp)).await
+            {
+                Ok(Ok(stream)) => {
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    if h2 {
+                        self.transport.connections.with_label_values(&["h2"]).inc();
+                        // HTTP/2 requests carry the scheme and authority.
+                        let uri = format!("https://{}:{}{path}", endpoint.host, endpoint.port);
+                        return exchange_h2(TokioIo::new(stream), request(uri)?).await;
+                    }
+                    self.transport.connections.with_label_values(&["http/1.1"]).inc();
+                    return exchange_http1(TokioIo::new(stream), request(path.to_owned())?).await;
+                }
+                // The handshake offering h2 was refused or went unanswered: the fallback.
+                Ok(Err(_)) | Err(_) => {
+                    self.transport.fallbacks.inc();
+                    let until = self.now_ms() + H2_RETRY_AFTER.as_millis() as u64;
+                    self.h2_after_ms.store(until, Ordering::Relaxed);
+                }
+            }
         }
+        let tcp = self.connect(endpoint).await?;
+        let stream = tls.http1.connect(endpoint.server_name.clone(), tcp).await.map_err(|e| EtcdError::Tls(e.to_string()))?;
+        self.transport.connections.with_label_values(&["http/1.1"]).inc();
+        exchange_http1(TokioIo::new(stream), request(path.to_owned())?).await
     }
 
     fn endpoint(&self) -> &Endpoint {
@@ -346,13 +445,25 @@ impl Etcd {
     }
 }
 
-async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, EtcdError>
+async fn exchange_http1<I>(io: I, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, EtcdError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(io).await.map_err(|e| EtcdError::Connect(e.to_string()))?;
     // The connection task ends with the exchange (or when the caller drops the body).
+    tokio::spawn(connection);
+    sender.send_request(request).await.map_err(|e| EtcdError::Connect(e.to_string()))
+}
+
+async fn exchange_h2<I>(io: I, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, EtcdError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .map_err(|e| EtcdError::Connect(e.to_string()))?;
+    // As for HTTP/1.1: the connection task ends when the sender and the body are gone.
     tokio::spawn(connection);
     sender.send_request(request).await.map_err(|e| EtcdError::Connect(e.to_string()))
 }

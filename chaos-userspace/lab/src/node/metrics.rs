@@ -74,6 +74,16 @@ impl Metrics {
         }
     }
 
+    /// Adds the etcd client's transport counters (etcd::TransportMetrics).
+    pub fn register_transport(&self, transport: &super::etcd::TransportMetrics) {
+        for collector in [
+            Box::new(transport.connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(transport.fallbacks.clone()),
+        ] {
+            self.registry.register(collector).expect("unique metric names");
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for metrics this registry accepted.

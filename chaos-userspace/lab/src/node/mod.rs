@@ -186,8 +186,10 @@ async fn run_node(args: NodeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let metrics = Metrics::new(&args.name);
+    metrics.register_transport(&etcd.transport);
     let node = Arc::new(Node {
-        metrics: Metrics::new(&args.name),
+        metrics,
         started_unix_ms: unix_ms(),
         etcd,
         view: Mutex::default(),

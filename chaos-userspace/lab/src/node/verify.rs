@@ -121,6 +121,13 @@ pub async fn run(args: VerifyArgs) -> ExitCode {
     if more > 0 {
         println!("... and {more} more");
     }
+    let connections = |transport: &str| etcd.transport.connections.with_label_values(&[transport]).get();
+    println!(
+        "transport: {} connections over h2, {} over http/1.1, {} fallbacks from h2 to http/1.1",
+        connections("h2"),
+        connections("http/1.1"),
+        etcd.transport.fallbacks.get()
+    );
     println!(
         "verify: {} acknowledged writes, {} readable, {} missing, {} mismatched",
         findings.checked,
