@@ -264,7 +264,7 @@ fn lab_scenario_transport_downgrade() {
         Arc,
     };
     let _guard = lab3();
-    let (_, lab) = status_json();
+    let lab = assert_healthy(3);
     let runs = Runs::new("transport-downgrade");
     let file = "etcd-transport-downgrade.yaml";
     let stop = Arc::new(AtomicBool::new(false));

@@ -16,12 +16,14 @@ fn unix_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
 }
 
-/// Datagrams sent every 20 ms to one port of one pair, each with its send time.
+/// Datagrams sent every 20 ms to one port of one pair, each with the times just before
+/// and just after its send (the tc hook judged it in between; a descheduled sender
+/// widens the interval instead of misplacing the datagram).
 struct Stream {
     sender: UdpSocket,
     receiver: UdpSocket,
     dst: SocketAddr,
-    sent: BTreeMap<u32, f64>,
+    sent: BTreeMap<u32, (f64, f64)>,
 }
 
 impl Stream {
@@ -35,12 +37,13 @@ impl Stream {
 
     fn send(&mut self) {
         let seq = self.sent.len() as u32;
-        self.sent.insert(seq, unix_ms());
+        let before = unix_ms();
         let _ = self.sender.send_to(&seq.to_be_bytes(), self.dst);
+        self.sent.insert(seq, (before, unix_ms()));
     }
 
-    /// (send time, arrived) of every datagram.
-    fn outcome(self) -> Vec<(f64, bool)> {
+    /// (send interval, arrived) of every datagram.
+    fn outcome(self) -> Vec<((f64, f64), bool)> {
         std::thread::sleep(Duration::from_millis(200));
         let mut got = std::collections::BTreeSet::new();
         let mut buf = [0u8; 16];
@@ -67,13 +70,17 @@ fn windows(report: &serde_json::Value, steps: &[&str]) -> Vec<(f64, f64, f64)> {
     out
 }
 
-/// Datagrams sent more than `margin_ms` inside a window, or that far outside every
-/// window: (sent inside, lost inside, sent outside, lost outside).
-fn classify(outcome: &[(f64, bool)], windows: &[(f64, f64, f64)], margin_ms: f64) -> (u32, u32, u32, u32) {
+/// Datagrams sent (their whole send interval) more than `margin_ms` inside a window, or
+/// that far outside every window: (sent inside, lost inside, sent outside, lost outside).
+fn classify(
+    outcome: &[((f64, f64), bool)],
+    windows: &[(f64, f64, f64)],
+    margin_ms: f64,
+) -> (u32, u32, u32, u32) {
     let mut counts = (0, 0, 0, 0);
-    for &(at, arrived) in outcome {
-        let inside = windows.iter().any(|&(from, to, _)| at > from + margin_ms && at < to - margin_ms);
-        let near = windows.iter().any(|&(from, to, _)| at > from - margin_ms && at < to + margin_ms);
+    for &((first, last), arrived) in outcome {
+        let inside = windows.iter().any(|&(from, to, _)| first > from + margin_ms && last < to - margin_ms);
+        let near = windows.iter().any(|&(from, to, _)| last > from - margin_ms && first < to + margin_ms);
         if inside {
             counts.0 += 1;
             counts.1 += u32::from(!arrived);
@@ -206,12 +213,28 @@ steps:
     let p_windows = windows(&report, &["cut-p", "flicker"]);
     let q_windows = windows(&report, &["cut-q", "flicker"]);
     for (name, stream, windows) in [("p", p6000, p_windows), ("q", q6000, q_windows)] {
-        let (inside, lost_inside, outside, lost_outside) = classify(&stream.outcome(), &windows, margin);
+        let outcome = stream.outcome();
+        let (inside, lost_inside, outside, lost_outside) = classify(&outcome, &windows, margin);
+        // Where a datagram lost outside the windows was sent, for the failure message.
+        let lost_at: Vec<String> = outcome
+            .iter()
+            .filter(|((first, last), arrived)| {
+                !arrived && !windows.iter().any(|&(from, to, _)| *last > from - margin && *first < to + margin)
+            })
+            .map(|((first, last), _)| {
+                let edge = windows
+                    .iter()
+                    .flat_map(|&(from, to, _)| [first - from, first - to])
+                    .min_by(|a, b| a.abs().total_cmp(&b.abs()))
+                    .unwrap_or(f64::NAN);
+                format!("{edge:+.0} ms from a window edge (send took {:.1} ms)", last - first)
+            })
+            .collect();
         println!("timeline {name}: {lost_inside} of {inside} lost inside windows, {lost_outside} of {outside} outside");
         assert!(inside >= 60, "{name}: only {inside} datagrams inside windows");
         assert_eq!(lost_inside, inside, "{name}: datagrams passed while a blackhole was in force");
         assert!(outside >= 50, "{name}: only {outside} datagrams outside windows");
-        assert_eq!(lost_outside, 0, "{name}: datagrams lost outside every window");
+        assert_eq!(lost_outside, 0, "{name}: datagrams lost outside every window: {lost_at:?}");
     }
     // The ramp: loss 0.5 then 1.0, rewritten in place.
     let ramp = windows(&report, &["ramp"]);
