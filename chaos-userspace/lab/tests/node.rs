@@ -407,6 +407,101 @@ fn two_nodes_on_a_real_etcd() {
     assert!(stdout.contains(" 1 missing, 0 mismatched"), "{stdout}");
 }
 
+/// `chaos-lab-node get URL --cacert CA`: (exit code, stdout, stderr).
+fn node_get(pki: &Pki, url: &str) -> (Option<i32>, String, String) {
+    let out = Command::new(NODE).args(["get", url, "--cacert"]).arg(&pki.ca).output().expect("run get");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The milliseconds in `get`'s stderr line `via ... (STATUS in MS ms)`.
+fn took_ms(stderr: &str) -> u64 {
+    let after = stderr.split(" in ").nth(1).unwrap_or_else(|| panic!("no time in: {stderr}"));
+    after.split(" ms").next().and_then(|ms| ms.parse().ok()).unwrap_or_else(|| panic!("no time in: {stderr}"))
+}
+
+#[test]
+fn get_answers_over_quic_and_falls_back_to_tcp() {
+    require_etcd();
+    let scratch = Scratch::new("quic");
+    let pki = mint(&scratch.0);
+    let client_port = free_port();
+    let endpoint = format!("https://127.0.0.1:{client_port}");
+    let _etcd = start_etcd(&scratch, &pki, client_port);
+    // n1 serves HTTP/3 too, with etcd's server certificate (SAN 127.0.0.1, signed by the CA);
+    // n2 has no QUIC listener: nothing listens on its UDP port.
+    let (p1, p2) = (free_port(), free_port());
+    let _n1 = Process::start(
+        "n1",
+        Command::new(NODE)
+            .args(["--name", "n1", "--etcd", &endpoint, "--listen", &format!("127.0.0.1:{p1}")])
+            .args(tls_args(&pki))
+            .arg("--quic-cert")
+            .arg(&pki.server_cert)
+            .arg("--quic-key")
+            .arg(&pki.server_key),
+        &scratch.path("n1.log"),
+    );
+    let _n2 = Process::start(
+        "n2",
+        Command::new(NODE)
+            .args(["--name", "n2", "--etcd", &endpoint, "--listen", &format!("127.0.0.1:{p2}")])
+            .args(tls_args(&pki)),
+        &scratch.path("n2.log"),
+    );
+    for port in [p1, p2] {
+        wait_for("the node healthy over TCP", Duration::from_secs(20), || match get(port, "/health") {
+            Some((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        });
+    }
+
+    // Over QUIC: the same answers as over TCP, from the same handlers.
+    let (code, body, stderr) = node_get(&pki, &format!("http://127.0.0.1:{p1}/health"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.starts_with("chaos-lab-node get: via h3 over QUIC (200 in "), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("health json");
+    assert_eq!(health["status"], "ok", "{body}");
+    let (code, body, stderr) = node_get(&pki, &format!("http://127.0.0.1:{p1}/members"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("via h3 over QUIC"), "{stderr}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("members json");
+    assert_eq!(view["node"], "n1", "{body}");
+    let (code, body, stderr) = node_get(&pki, &format!("http://127.0.0.1:{p1}/nothing"));
+    assert_eq!(code, Some(1), "a 404 is no success: {stderr}");
+    assert!(stderr.contains("via h3 over QUIC (404"), "an answer over QUIC is the answer: {stderr}");
+    assert!(body.contains("no endpoint /nothing"), "{body}");
+
+    // Nothing on n2's UDP port: the GET falls back to HTTP/1.1 over TCP within the QUIC bound.
+    let (code, body, stderr) = node_get(&pki, &format!("http://127.0.0.1:{p2}/health"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.starts_with("chaos-lab-node get: via http/1.1 over TCP (200 in "), "{stderr}");
+    assert!(stderr.contains("QUIC gave no answer within 1 s"), "{stderr}");
+    let took = took_ms(&stderr);
+    assert!((1000..2500).contains(&took), "the fallback follows the 1 s QUIC bound: {took} ms; {stderr}");
+    eprintln!("fallback GET: {took} ms");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("health json");
+    assert_eq!(health["status"], "ok", "{body}");
+
+    // A QUIC server whose certificate --cacert did not sign: a handshake error, then TCP.
+    let other = Scratch::new("quic-other-ca");
+    let other_pki = mint(&other.0);
+    let (code, _, stderr) = node_get(&other_pki, &format!("http://127.0.0.1:{p1}/health"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("via http/1.1 over TCP (200"), "{stderr}");
+    assert!(stderr.contains("QUIC handshake failed"), "{stderr}");
+
+    // Neither transport: exit 1 and both reasons.
+    let (code, body, stderr) = node_get(&pki, &format!("http://127.0.0.1:{}/health", free_port()));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(body.is_empty(), "{body}");
+    assert!(stderr.contains("no answer: QUIC gave no answer within 1 s; then TCP connect"), "{stderr}");
+}
+
 #[test]
 fn bad_flags_exit_2_naming_the_fix() {
     let scratch = Scratch::new("flags");
@@ -427,6 +522,23 @@ fn bad_flags_exit_2_naming_the_fix() {
         (
             vec!["verify", "--etcd", "https://127.0.0.1:1", "--journal", journal.to_str().expect("utf-8")],
             "cannot read --journal",
+        ),
+        (vec!["get", "http://127.0.0.1:1/health"], "get needs --cacert"),
+        (vec!["get", "http://127.0.0.1:1/health", "--cacert", absent], "--cacert"),
+        (
+            vec![
+                "--name",
+                "n1",
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+                "--quic-cert",
+                absent,
+                "--quic-key",
+                absent,
+            ],
+            "--quic-cert",
         ),
     ] {
         let out = Command::new(NODE).args(&args).output().expect("run");

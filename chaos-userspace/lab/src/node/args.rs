@@ -9,7 +9,16 @@ pub const USAGE: &str = "\
 usage: chaos-lab-node --name NAME --etcd https://HOST:PORT[,...] --cacert FILE --cert FILE --key FILE
                       --listen IP:PORT [--write-rate 20/s] [--prefix /chaos-lab] [--journal FILE]
                       [--lease-ttl 5s] [--health-bound 3s] [--call-timeout 2s]
+                      [--quic-cert FILE --quic-key FILE]
        chaos-lab-node verify --journal FILE --etcd https://HOST:PORT[,...] --cacert FILE --cert FILE --key FILE
+       chaos-lab-node get http://HOST:PORT/PATH --cacert FILE
+--quic-cert/--quic-key (PEM): also serve the same endpoints over HTTP/3 (QUIC) on UDP at the
+  --listen address with this server certificate; without them there is no QUIC listener.
+get: one GET with a fallback rule: HTTP/3 over QUIC to HOST:PORT (UDP) first, verifying the
+  server certificate against --cacert, at most 1 s for handshake and answer; if that fails
+  (no answer in time, ICMP unreachable, handshake or HTTP/3 error), at once HTTP/1.1 over TCP
+  to the URL (at most 2 s). Prints the body to stdout and to stderr which transport answered
+  and why QUIC was not used; exits 0 on a 2xx answer, 1 otherwise, 2 on bad flags.
 (docs/workload.md describes each flag, the endpoints, the metrics and the journal)";
 
 /// The flags every command shares: where etcd is and how to reach it.
@@ -39,6 +48,8 @@ pub struct NodeArgs {
     pub health_bound: Duration,
     /// Every call to etcd fails as a timeout after this long.
     pub call_timeout: Duration,
+    /// The server certificate and key (PEM) of the HTTP/3 listener; None: no QUIC listener.
+    pub quic: Option<(PathBuf, PathBuf)>,
 }
 
 impl NodeArgs {
@@ -59,11 +70,53 @@ impl EtcdArgs {
     }
 }
 
+/// `get URL --cacert FILE` (node/get.rs).
+#[derive(Clone, Debug)]
+pub struct GetArgs {
+    /// The URL as given (for messages).
+    pub url: String,
+    /// The URL's host, without brackets for IPv6 (the name the server certificate must have).
+    pub host: String,
+    pub port: u16,
+    /// HOST:PORT as in the URL (the Host header and the h3 authority).
+    pub authority: String,
+    /// The path and query, `/` when the URL has none.
+    pub path: String,
+    pub cacert: PathBuf,
+}
+
 #[derive(Debug)]
 pub enum Command {
     Help,
     Node(NodeArgs),
     Verify(VerifyArgs),
+    Get(GetArgs),
+}
+
+/// `http://HOST[:PORT][/PATH]`, the URL `get` takes.
+fn get_url(url: &str) -> Result<GetArgs, String> {
+    let fix = "give one like http://198.51.100.2:9100/health";
+    let uri: hyper::http::Uri = url.parse().map_err(|e| format!("URL `{url}`: {e}; {fix}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "URL `{url}`: give an http:// URL (the node's TCP listener speaks plain HTTP/1.1; QUIC is tried on the same port); {fix}"
+        ));
+    }
+    let authority = uri.authority().ok_or_else(|| format!("URL `{url}` has no host; {fix}"))?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    if host.is_empty() || authority.as_str().contains('@') {
+        return Err(format!("URL `{url}`: give a host without user info; {fix}"));
+    }
+    let port = authority.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".to_owned());
+    Ok(GetArgs {
+        url: url.to_owned(),
+        host,
+        port,
+        authority: authority.as_str().to_owned(),
+        path,
+        cacert: PathBuf::new(),
+    })
 }
 
 /// `5s`, `500ms` or a number of seconds.
@@ -95,13 +148,19 @@ fn rate(text: &str) -> Result<f64, String> {
 pub fn parse(args: Vec<String>) -> Result<Command, String> {
     let mut args = args.into_iter().peekable();
     let verify = args.peek().map(String::as_str) == Some("verify");
-    if verify {
+    let is_get = args.peek().map(String::as_str) == Some("get");
+    if verify || is_get {
         args.next();
     }
     let mut flags: Vec<(String, String)> = Vec::new();
+    let mut url: Option<String> = None;
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
             return Ok(Command::Help);
+        }
+        if is_get && !flag.starts_with("--") && url.is_none() {
+            url = Some(flag);
+            continue;
         }
         let (name, value) = match flag.split_once('=') {
             Some((name, value)) if name.starts_with("--") => (name.to_owned(), value.to_owned()),
@@ -113,6 +172,8 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
         };
         let known: &[&str] = if verify {
             &["--journal", "--etcd", "--cacert", "--cert", "--key", "--call-timeout"]
+        } else if is_get {
+            &["--cacert"]
         } else {
             &[
                 "--name",
@@ -127,6 +188,8 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
                 "--lease-ttl",
                 "--health-bound",
                 "--call-timeout",
+                "--quic-cert",
+                "--quic-key",
             ]
         };
         if !known.contains(&name.as_str()) {
@@ -140,6 +203,14 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     let get = |name: &str| flags.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let required = |name: &str| get(name).ok_or_else(|| format!("{name} is missing\n{USAGE}"));
     let path = |name: &str| get(name).map(PathBuf::from);
+    if is_get {
+        let url = url.ok_or_else(|| format!("get needs a URL, like http://198.51.100.2:9100/health\n{USAGE}"))?;
+        let mut args = get_url(&url)?;
+        args.cacert = path("--cacert").ok_or_else(|| {
+            "get needs --cacert FILE: the CA that signed the node's certificate (QUIC always verifies it)".to_owned()
+        })?;
+        return Ok(Command::Get(args));
+    }
     let etcd = EtcdArgs {
         etcd: required("--etcd")?,
         cacert: path("--cacert"),
@@ -186,6 +257,16 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
             .transpose()?
             .unwrap_or(Duration::from_secs(3)),
         call_timeout: etcd.call_timeout,
+        quic: match (path("--quic-cert"), path("--quic-key")) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "--quic-cert and --quic-key go together: give both (the server certificate and its key) or neither"
+                        .into(),
+                )
+            }
+        },
     }))
 }
 
@@ -227,6 +308,40 @@ mod tests {
         assert!(parse(args("--name a/b --etcd https://x:1 --listen 127.0.0.1:1"))
             .expect_err("slash")
             .contains("--name"));
+    }
+
+    #[test]
+    fn get_takes_a_url_and_the_ca() {
+        let Ok(Command::Get(get)) = parse(args("get http://198.51.100.2:9100/health --cacert ca.pem")) else {
+            panic!("not get")
+        };
+        assert_eq!((get.host.as_str(), get.port, get.path.as_str()), ("198.51.100.2", 9100, "/health"));
+        assert_eq!(get.authority, "198.51.100.2:9100");
+        assert_eq!(get.cacert, PathBuf::from("ca.pem"));
+        let Ok(Command::Get(v6)) = parse(args("get --cacert ca http://[::1]:9100")) else { panic!("not get") };
+        assert_eq!((v6.host.as_str(), v6.path.as_str()), ("::1", "/"));
+        for (text, expected) in [
+            ("get http://127.0.0.1:9100/health", "--cacert"),
+            ("get --cacert ca", "needs a URL"),
+            ("get https://127.0.0.1:9100/ --cacert ca", "give an http:// URL"),
+            ("get http://127.0.0.1:9100/ --cacert ca --etcd x", "unknown flag --etcd"),
+            ("get http://127.0.0.1:9100/ http://127.0.0.1:1/ --cacert ca", "unexpected argument `http://127.0.0.1:1/`"),
+        ] {
+            let problem = parse(args(text)).expect_err(text);
+            assert!(problem.contains(expected), "{text}: {problem}");
+        }
+    }
+
+    #[test]
+    fn quic_flags_go_together() {
+        let base = "--name n1 --etcd https://127.0.0.1:2379 --listen 127.0.0.1:9100";
+        let Ok(Command::Node(node)) = parse(args(&format!("{base} --quic-cert c --quic-key k"))) else {
+            panic!("not a node")
+        };
+        assert_eq!(node.quic, Some((PathBuf::from("c"), PathBuf::from("k"))));
+        let Ok(Command::Node(node)) = parse(args(base)) else { panic!("not a node") };
+        assert_eq!(node.quic, None);
+        assert!(parse(args(&format!("{base} --quic-cert c"))).expect_err("alone").contains("go together"));
     }
 
     #[test]

@@ -302,7 +302,8 @@ impl Etcd {
         };
         if self.now_ms() >= self.h2_after_ms.load(Ordering::Relaxed) {
             let tcp = self.connect(endpoint).await?;
-            match tokio::time::timeout(H2_HANDSHAKE_BOUND, tls.h2_first.connect(endpoint.server_name.clone(), tcp)).await
+            match tokio::time::timeout(H2_HANDSHAKE_BOUND, tls.h2_first.connect(endpoint.server_name.clone(), tcp))
+                .await
             {
                 Ok(Ok(stream)) => {
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -324,7 +325,8 @@ impl Etcd {
             }
         }
         let tcp = self.connect(endpoint).await?;
-        let stream = tls.http1.connect(endpoint.server_name.clone(), tcp).await.map_err(|e| EtcdError::Tls(e.to_string()))?;
+        let stream =
+            tls.http1.connect(endpoint.server_name.clone(), tcp).await.map_err(|e| EtcdError::Tls(e.to_string()))?;
         self.transport.connections.with_label_values(&["http/1.1"]).inc();
         exchange_http1(TokioIo::new(stream), request(path.to_owned())?).await
     }

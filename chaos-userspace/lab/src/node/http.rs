@@ -1,4 +1,5 @@
-//! The node's HTTP endpoints: /health, /members, /metrics.
+//! The node's HTTP endpoints: /health, /members, /metrics, over HTTP/1.1 on TCP here and
+//! over HTTP/3 on QUIC (quic.rs) with the same answers ([`answer`]).
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -10,16 +11,27 @@ use tokio::net::TcpListener;
 
 use super::Node;
 
-fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
-    }
-    response
+/// One endpoint's answer, whatever the transport that carries it.
+pub(super) struct Answer {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Answer {
+    Answer { status, content_type, body }
 }
 
 fn route(node: &Node, path: &str) -> Response<Full<Bytes>> {
+    let answer = answer(node, path);
+    let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+    *response.status_mut() = answer.status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(answer.content_type));
+    response
+}
+
+/// The answer to a GET of `path`.
+pub(super) fn answer(node: &Node, path: &str) -> Answer {
     match path {
         "/health" => {
             let (healthy, body) = node.health();

@@ -1,14 +1,17 @@
 //! `chaos-lab-node`, the lab's workload: a node of a discovery plane on etcd. It registers
 //! itself under a lease and keeps it alive, watches the membership, writes and reads keys at
 //! a steady rate and journals every acknowledged write, and serves /health, /members and
-//! /metrics. Self-contained (flags only, nothing of the lab), so that the same binary is the
+//! /metrics (over HTTP/1.1 on TCP, and over HTTP/3 on QUIC when given a server certificate;
+//! `get` is a client of both with a QUIC-then-TCP fallback, see get.rs). Self-contained (flags only, nothing of the lab), so that the same binary is the
 //! system under test in the embedded lab, a compose stack or Kubernetes. docs/workload.md
 //! describes its flags, endpoints, metrics and journal.
 
 mod args;
 mod etcd;
+mod get;
 mod http;
 mod metrics;
+mod quic;
 mod verify;
 
 use std::{
@@ -25,7 +28,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 
-pub use args::{parse, Command, NodeArgs, VerifyArgs};
+pub use args::{parse, Command, GetArgs, NodeArgs, VerifyArgs};
 use etcd::{Etcd, EtcdError};
 use metrics::Metrics;
 
@@ -64,6 +67,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         }
         Command::Node(node) => runtime.block_on(run_node(node)),
         Command::Verify(verify) => runtime.block_on(verify::run(verify)),
+        Command::Get(get) => runtime.block_on(get::run(get)),
     }
 }
 
@@ -162,6 +166,17 @@ async fn run_node(args: NodeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Inside the runtime: quinn's endpoint drives its UDP socket on it.
+    let quic = match &args.quic {
+        Some((cert, key)) => match quic::server_config(cert, key).and_then(|config| quic::bind(config, args.listen)) {
+            Ok(endpoint) => Some(endpoint),
+            Err(problem) => {
+                eprintln!("chaos-lab-node: {}", bounded(&problem, 400));
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let etcd = match Etcd::new(&args.etcd, &args.tls(), args.call_timeout) {
         Ok(etcd) => etcd,
         Err(problem) => {
@@ -200,9 +215,14 @@ async fn run_node(args: NodeArgs) -> ExitCode {
         args,
     });
     eprintln!(
-        "chaos-lab-node[{}]: serving on http://{}, writing to {} at {}/s",
-        node.args.name, node.args.listen, node.args.etcd, node.args.write_rate
+        "chaos-lab-node[{}]: serving on http://{}{}, writing to {} at {}/s",
+        node.args.name,
+        node.args.listen,
+        if quic.is_some() { " (TCP) and HTTP/3 on the same UDP port" } else { "" },
+        node.args.etcd,
+        node.args.write_rate
     );
+    let quic_task = quic.map(|endpoint| tokio::spawn(quic::serve(node.clone(), endpoint)));
     let tasks = [
         tokio::spawn(http::serve(node.clone(), listener)),
         tokio::spawn(keep_registered(node.clone())),
@@ -214,7 +234,7 @@ async fn run_node(args: NodeArgs) -> ExitCode {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    for task in &tasks {
+    for task in tasks.iter().chain(&quic_task) {
         task.abort();
     }
     // Leave the membership at once: revoking the lease deletes the member key.
