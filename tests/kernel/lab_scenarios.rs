@@ -21,6 +21,7 @@ pub const TESTS: &[Test] = tests![
     lab_scenario_surge,
     lab_scenario_cert_expiry,
     lab_scenario_transport_downgrade,
+    lab_scenario_quic_downgrade,
     lab_scenario_wrong_hypothesis_fails,
     lab_scenario_needs_a_lab,
     action_pause_and_kill_a_process,
@@ -305,6 +306,86 @@ fn lab_scenario_transport_downgrade() {
     assert!(dropped > 0, "no ClientHello refused: {rules:#?}");
     assert_eq!(errors, 0, "{rules:#?}");
     println!("REPORT|transport_downgrade|etcdctl_refused={refused}/{}|refused_hellos={dropped}", seen.len());
+    write_gaps(file, &report);
+    finish_lab();
+}
+
+/// `chaos-lab-node get URL --cacert CA` from the host across the lab bridge: (exit code,
+/// its stderr line).
+fn node_get(ca: &str, url: &str) -> (i32, String) {
+    let node = Path::new(bin()).parent().unwrap().join("chaos-lab-node");
+    let out = Command::new(node)
+        .args(["get", url, "--cacert", ca])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chaos-lab-node get");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).trim().to_owned())
+}
+
+/// blackhole of UDP 9100 on n2, where its workload node serves HTTP/3: `chaos-lab-node
+/// get` (QUIC, then TCP), the sample's probe and polled from the host here, answers via h3
+/// before, via HTTP/1.1 over TCP during (QUIC gave no answer), via h3 after; the
+/// hypothesis holds through the fallback; the rule dropped UDP packets.
+fn lab_scenario_quic_downgrade() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let _guard = lab3();
+    let (_, lab) = status_json();
+    let ca = lab["ca"].as_str().expect("the lab's CA in lab status").to_owned();
+    let url = "http://198.51.100.2:9100/health";
+    let (code, before) = node_get(&ca, url);
+    assert_eq!(code, 0, "{before}");
+    assert!(before.contains("via h3 over QUIC (200"), "before the run: {before}");
+    let runs = Runs::new("quic-downgrade");
+    let file = "etcd-quic-downgrade.yaml";
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (stop, ca) = (stop.clone(), ca.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(150) {
+                seen.push(node_get(&ca, url));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            seen
+        })
+    };
+    let (code, text, report) = run_sample(&runs, file, "run");
+    stop.store(true, Ordering::Relaxed);
+    let seen = poller.join().expect("poller");
+    assert_passed(file, code, &text, &report);
+    assert!(seen.iter().all(|(code, _)| *code == 0), "a GET failed on both transports: {seen:#?}");
+    let via_tcp: Vec<&String> =
+        seen.iter().map(|(_, line)| line).filter(|line| line.contains("via http/1.1 over TCP")).collect();
+    assert!(!via_tcp.is_empty(), "no GET fell back to TCP during the run: {seen:#?}");
+    for line in &via_tcp {
+        assert!(line.contains("QUIC gave no answer within 1 s"), "{line}");
+    }
+    let first_tcp = seen.iter().position(|(_, line)| line.contains("via http/1.1")).unwrap();
+    let last_tcp = seen.iter().rposition(|(_, line)| line.contains("via http/1.1")).unwrap();
+    assert!(seen[..first_tcp].iter().any(|(_, line)| line.contains("via h3 over QUIC")), "{seen:#?}");
+    assert!(seen[last_tcp..].iter().any(|(_, line)| line.contains("via h3 over QUIC")), "{seen:#?}");
+    let (code, after) = node_get(&ca, url);
+    assert_eq!(code, 0, "{after}");
+    assert!(after.contains("via h3 over QUIC (200"), "after the run: {after}");
+    let rules = step(&report, "block-quic")["rules"].as_array().unwrap().clone();
+    let dropped: u64 = rules.iter().map(|r| r["counters"]["dropped"].as_u64().unwrap()).sum();
+    assert!(dropped > 0, "no UDP packet dropped: {rules:#?}");
+    // The fallback's time: the number in `via http/1.1 over TCP (200 in MS ms)`.
+    let fallback_ms: Vec<u64> = via_tcp
+        .iter()
+        .filter_map(|line| line.split(" in ").nth(1)?.split(" ms").next()?.parse().ok())
+        .collect();
+    println!(
+        "REPORT|quic_downgrade|gets={}|via_tcp={}|fallback_ms_min={}|fallback_ms_max={}|dropped_udp={dropped}",
+        seen.len(),
+        via_tcp.len(),
+        fallback_ms.iter().min().unwrap_or(&0),
+        fallback_ms.iter().max().unwrap_or(&0)
+    );
     write_gaps(file, &report);
     finish_lab();
 }

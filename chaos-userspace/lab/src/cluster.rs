@@ -675,7 +675,7 @@ fn build(
 
     let binary = node_binary()?;
     progress(Progress::Step(&format!(
-        "{} workload nodes ({NODE_BINARY} on <member>:{WORKLOAD_PORT}, {WORKLOAD_WRITE_RATE} writes)",
+        "{} workload nodes ({NODE_BINARY} on <member>:{WORKLOAD_PORT}, HTTP/1.1 on TCP and HTTP/3 on UDP, {WORKLOAD_WRITE_RATE} writes)",
         options.nodes
     )));
     for index in 0..state.members.len() {
@@ -694,6 +694,9 @@ fn build(
         let endpoints = state.endpoints_from(&member.name);
         let mut cmd =
             node_command(&binary, &workload.name, &endpoints, &certs, workload.listen, Some(&workload.journal));
+        // HTTP/3 on the same port over UDP, with the member's own server certificate (its
+        // SAN is the member's address): what `chaos-lab-node get` tries before TCP.
+        cmd.arg("--quic-cert").arg(&certs.members[index].cert).arg("--quic-key").arg(&certs.members[index].key);
         let process = spawn(&mut cmd, &workload.log, Some(&workload.netns))?;
         state.workloads[index].process = Some(process);
         state.save()?;
