@@ -464,6 +464,7 @@ fn get_answers_over_quic_and_falls_back_to_tcp() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.starts_with("chaos-lab-node get: via h3 over QUIC (200 in "), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    eprintln!("h3 GET: {stderr}");
     let health: serde_json::Value = serde_json::from_str(&body).expect("health json");
     assert_eq!(health["status"], "ok", "{body}");
     let (code, body, stderr) = node_get(&pki, &format!("http://127.0.0.1:{p1}/members"));
@@ -494,12 +495,14 @@ fn get_answers_over_quic_and_falls_back_to_tcp() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("via http/1.1 over TCP (200"), "{stderr}");
     assert!(stderr.contains("QUIC handshake failed"), "{stderr}");
+    eprintln!("other CA: {stderr}");
 
     // Neither transport: exit 1 and both reasons.
     let (code, body, stderr) = node_get(&pki, &format!("http://127.0.0.1:{}/health", free_port()));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(body.is_empty(), "{body}");
     assert!(stderr.contains("no answer: QUIC gave no answer within 1 s; then TCP connect"), "{stderr}");
+    eprintln!("nothing listening: {stderr}");
 }
 
 #[test]
