@@ -333,7 +333,7 @@ fn lab_scenario_quic_downgrade() {
     };
     let _guard = lab3();
     let (_, lab) = status_json();
-    let ca = lab["ca"].as_str().expect("the lab's CA in lab status").to_owned();
+    let ca = lab["lab"]["ca"].as_str().expect("the lab's CA in lab status").to_owned();
     let url = "http://198.51.100.2:9100/health";
     let (code, before) = node_get(&ca, url);
     assert_eq!(code, 0, "{before}");
