@@ -98,11 +98,13 @@ async fn get_h3(args: &GetArgs, address: SocketAddr, roots: RootCertStore) -> Re
     let uri = format!("https://{}{}", args.authority, args.path);
     let exchange = async {
         let request = http::Request::get(uri).body(()).map_err(|e| e.to_string())?;
-        let mut stream = requests.send_request(request).await.map_err(|e| e.to_string())?;
-        stream.finish().await.map_err(|e| e.to_string())?;
-        let response = stream.recv_response().await.map_err(|e| e.to_string())?;
+        let mut stream = requests.send_request(request).await.map_err(|e| format!("sending the request: {e}"))?;
+        // The end of a request without a body. A server that answered from the headers
+        // alone may have stopped reading already (STOP_SENDING): that costs nothing here.
+        let _ = stream.finish().await;
+        let response = stream.recv_response().await.map_err(|e| format!("reading the answer's headers: {e}"))?;
         let mut body = Vec::new();
-        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| format!("reading the answer's body: {e}"))? {
             while chunk.has_remaining() {
                 let part = chunk.chunk();
                 body.extend_from_slice(part);

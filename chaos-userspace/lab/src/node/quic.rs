@@ -12,6 +12,9 @@ use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
 use super::Node;
 
+/// How long the listener waits for the end of a request before answering anyway.
+const REQUEST_END_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The ALPN of HTTP/3 (RFC 9114), the only protocol the QUIC listener speaks.
 pub const ALPN_H3: &[u8] = b"h3";
 
@@ -65,6 +68,14 @@ pub async fn serve(node: Arc<Node>, endpoint: quinn::Endpoint) {
                 let node = node.clone();
                 tokio::spawn(async move {
                     let Ok((request, mut stream)) = resolver.resolve_request().await else { return };
+                    // Read the request to its end (a GET has no body: only its FIN)
+                    // before answering, so that no part of the stream is dropped unread:
+                    // quinn would tell the client to stop sending (STOP_SENDING), which
+                    // can fail the client's own end of the request.
+                    let drained = tokio::time::timeout(REQUEST_END_BOUND, async {
+                        while let Ok(Some(_)) = stream.recv_data().await {}
+                    });
+                    let _ = drained.await;
                     let answer = super::http::answer(&node, request.uri().path());
                     let response = http::Response::builder()
                         .status(answer.status)
