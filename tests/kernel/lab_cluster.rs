@@ -529,8 +529,16 @@ fn surge_running() -> Chaos {
         assert!(Instant::now() < deadline, "3 surge nodes not running within 20 s");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let recorded = fs::read_to_string(format!("{STATE_DIR}/surge.json")).unwrap();
-    assert_eq!(recorded.matches("\"start_time\"").count(), 3, "recorded before and while running: {recorded}");
+    // Each node is in surge.json before it starts; its process (pid, start time) is
+    // written just after the spawn, so the last one may still be on its way.
+    loop {
+        let recorded = fs::read_to_string(format!("{STATE_DIR}/surge.json")).unwrap();
+        if recorded.matches("\"start_time\"").count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "3 running surge nodes not recorded within 20 s: {recorded}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     chaos
 }
 
