@@ -27,8 +27,8 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{IntCounter, IntCounterVec, Opts};
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+use rustls::ClientConfig;
+use rustls_pki_types::{pem::PemObject, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -156,36 +156,14 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
 fn tls_connectors(files: &TlsFiles) -> Result<Tls, String> {
     let cacert =
         files.cacert.ok_or("an https:// etcd endpoint needs --cacert FILE (the CA that signed etcd's certificate)")?;
-    let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(cacert)
-        .map_err(|e| {
-            format!("--cacert {}: {e}; give the PEM file of the CA that signed etcd's certificate", cacert.display())
-        })?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            format!("--cacert {}: {e}; give the PEM file of the CA that signed etcd's certificate", cacert.display())
-        })?;
-    if certs.is_empty() {
-        return Err(format!("--cacert {}: no PEM certificate in the file", cacert.display()));
-    }
-    for cert in certs {
-        roots.add(cert).map_err(|e| {
-            format!("--cacert {}: {e}; give the PEM file of the CA that signed etcd's certificate", cacert.display())
-        })?;
-    }
+    let roots = super::pem::ca_roots(cacert, "etcd's certificate")?;
     let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
     let http1 = match (files.cert, files.key) {
         (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| format!("--cert {}: {e}; give the PEM file of the client certificate", cert.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("--cert {}: {e}; give the PEM file of the client certificate", cert.display()))?;
-            if chain.is_empty() {
-                return Err(format!("--cert {}: no PEM certificate in the file", cert.display()));
-            }
+            let chain = super::pem::certificates("--cert", cert, "the client certificate")?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
                 format!("--key {}: {e}; give the PEM file of the client certificate's key", key.display())
             })?;

@@ -28,7 +28,6 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::RootCertStore;
-use rustls_pki_types::{pem::PemObject, CertificateDer};
 use tokio::net::TcpStream;
 
 use super::{args::GetArgs, bounded, quic::ALPN_H3};
@@ -45,21 +44,7 @@ struct Answered {
 }
 
 fn roots(cacert: &std::path::Path) -> Result<RootCertStore, String> {
-    let bad = |e: &dyn std::fmt::Display| {
-        format!("--cacert {}: {e}; give the PEM file of the CA that signed the node's certificate", cacert.display())
-    };
-    let certs = CertificateDer::pem_file_iter(cacert)
-        .map_err(|e| bad(&e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&e))?;
-    if certs.is_empty() {
-        return Err(format!("--cacert {}: no PEM certificate in the file", cacert.display()));
-    }
-    let mut roots = RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|e| bad(&e))?;
-    }
-    Ok(roots)
+    super::pem::ca_roots(cacert, "the node's certificate")
 }
 
 /// The URL's host and port as a socket address (a name is looked up, within the bound).

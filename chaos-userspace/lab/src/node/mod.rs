@@ -11,6 +11,7 @@ mod etcd;
 mod get;
 mod http;
 mod metrics;
+mod pem;
 mod quic;
 mod verify;
 

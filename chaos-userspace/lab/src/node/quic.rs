@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use hyper::{body::Bytes, header, http};
 use quinn::crypto::rustls::QuicServerConfig;
-use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{pem::PemObject, PrivateKeyDer};
 
 use super::Node;
 
@@ -21,16 +21,7 @@ pub const ALPN_H3: &[u8] = b"h3";
 /// quinn's server configuration with the certificate chain in `cert` and its key in `key`
 /// (PEM), for HTTP/3 only.
 pub fn server_config(cert: &Path, key: &Path) -> Result<quinn::ServerConfig, String> {
-    let bad_cert = |e: &dyn std::fmt::Display| {
-        format!("--quic-cert {}: {e}; give the PEM file of the node's server certificate", cert.display())
-    };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad_cert(&e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad_cert(&e))?;
-    if chain.is_empty() {
-        return Err(format!("--quic-cert {}: no PEM certificate in the file", cert.display()));
-    }
+    let chain = super::pem::certificates("--quic-cert", cert, "the node's server certificate")?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         format!("--quic-key {}: {e}; give the PEM file of the --quic-cert certificate's key", key.display())
     })?;
