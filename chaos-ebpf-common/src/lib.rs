@@ -17,14 +17,29 @@ pub mod text;
 
 pub use hash::{decision, flow_hash, probability_threshold, siphash24};
 
-/// Rule slots per loaded program instance. A rule is one fault on one target.
-pub const MAX_RULES: u32 = 32;
+/// Rule slots per loaded program instance. A rule is one fault on one target. A packet
+/// never scans them: it finds its rules by lookup ([`DispatchKey`]), so the cost per
+/// packet does not grow with the number of rules in use.
+pub const MAX_RULES: u32 = 1024;
+/// Rules that can act on the same packets (one [`RuleList`]): faults stacked on the
+/// same target, interface, direction and peers.
+pub const DISPATCH_WIDTH: usize = 8;
 /// Protected port ranges per instance (SSH, the tool's own control traffic, ...).
 pub const MAX_PROTECTED: u32 = 8;
-/// Peer CIDR entries per instance, shared by all rules (the rule slot is part of the key).
-pub const MAX_PEERS: u32 = 4096;
-/// Flows tracked for per-flow packet indices and burst state (LRU).
+/// Default capacity of the address trie (peer prefixes of all rules, each once per
+/// role); the loader sets another at load time (LPM tries allocate per entry, so a large
+/// capacity costs nothing until used).
+pub const MAX_PEERS: u32 = 1 << 16;
+/// The largest address trie a loader may ask for.
+pub const MAX_PEERS_LIMIT: u32 = 1 << 22;
+/// Dispatch entries per instance (one per interface, direction and address class pair
+/// that some rule acts on); allocated per entry.
+pub const MAX_DISPATCH: u32 = 1 << 16;
+/// Flows tracked for per-flow packet indices and burst state (LRU); the loader sizes the
+/// table at load time, and to [`MIN_FLOWS`] when no rule needs per-flow state.
 pub const MAX_FLOWS: u32 = 65536;
+/// The flow table of an instance whose rules keep no per-flow state.
+pub const MIN_FLOWS: u32 = 64;
 /// Fragmented datagrams remembered between their first and later fragments (LRU).
 pub const MAX_FRAGMENTS: u32 = 4096;
 /// Devices per instance with a segmenter pair (CHAOS_SEGMENTERS entries).
@@ -36,6 +51,7 @@ pub mod names {
     pub const LEASES: &str = "CHAOS_LEASES";
     pub const COUNTERS: &str = "CHAOS_COUNTERS";
     pub const PEERS: &str = "CHAOS_PEERS";
+    pub const DISPATCH: &str = "CHAOS_DISPATCH";
     pub const PROTECTED: &str = "CHAOS_PROTECTED";
     pub const CONFIG: &str = "CHAOS_CONFIG";
     pub const FLOWS: &str = "CHAOS_FLOWS";
@@ -98,8 +114,11 @@ pub mod tls {
     pub const REFUSED_FLOW_SLOT: u32 = u32::MAX;
     /// [`super::FlowState::bad`] of such an entry; its `next_index` is the rule's slot.
     pub const REFUSED: u32 = 0x7e5e;
-    /// Entries of CHAOS_TLS_ALPN (ALPN digest -> mask of the slots refusing that name).
-    pub const MAX_ALPN_ENTRIES: u32 = super::MAX_RULES * MAX_RULE_ALPN as u32;
+    /// TLS_REFUSE rules per instance: each has a bit ([`super::Rule::tls_bit`]) in the
+    /// masks of CHAOS_TLS_ALPN.
+    pub const MAX_RULES: u32 = 32;
+    /// Entries of CHAOS_TLS_ALPN (ALPN digest -> mask of the TLS_REFUSE rules' bits).
+    pub const MAX_ALPN_ENTRIES: u32 = MAX_RULES * MAX_RULE_ALPN as u32;
     /// The version bit of a wire version (0x0301..0x0304), 0 for others (GREASE, SSL 3).
     pub fn version_bit(wire: u16) -> u32 {
         match wire {
@@ -149,7 +168,8 @@ pub const RATE_MAX_WAIT_NS: u64 = 1_000_000_000;
 pub mod flags {
     /// Count what the rule would do, act on nothing (shadow mode).
     pub const SHADOW: u32 = 1 << 0;
-    /// The peer must be found in the peer LPM trie under this rule's slot.
+    /// The rule has peers: it is listed only under the address classes of its peer
+    /// prefixes (user space reads this flag; the kernel finds rules by lookup).
     pub const PEERS: u32 = 1 << 1;
     /// Gilbert-Elliott burst loss: per-flow good/bad state.
     pub const BURST: u32 = 1 << 2;
@@ -207,6 +227,7 @@ pub struct Rule {
     /// the same seed still decide independently.
     pub rule_id: u32,
     /// Match only this interface index (in the instance's network namespace); 0 = any.
+    /// Like `directions` and the peers, user space turns it into CHAOS_DISPATCH keys.
     pub ifindex: u32,
     /// One of [`action`].
     pub action: u32,
@@ -229,6 +250,10 @@ pub struct Rule {
     pub tls_versions: u32,
     /// TLS_REFUSE: [`tls::MODE_DROP`] or [`tls::MODE_RESET`].
     pub tls_mode: u32,
+    /// TLS_REFUSE: this rule's bit (0..32) in the masks of CHAOS_TLS_ALPN; user space
+    /// assigns it.
+    pub tls_bit: u32,
+    pub _pad: u32,
 }
 
 /// Per-rule counters, one copy per CPU (`CHAOS_COUNTERS[slot]`); user space sums them.
@@ -236,7 +261,9 @@ pub struct Rule {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RuleCounters {
-    /// Packets on the rule's interfaces and directions while its lease was valid.
+    /// Packets the lookup found the rule for (its interface, direction and peers) while
+    /// its lease was valid. Packets without addresses to look up (ARP, truncated or
+    /// unparsable headers) count on the rules without peers only.
     pub seen: u64,
     /// Of those, packets that matched the target and peer.
     pub matched: u64,
@@ -284,19 +311,30 @@ pub struct ProtectedPorts {
     pub port_hi: u16,
 }
 
+/// Bits of [`Config::lookups`]: which lookups find a packet's rules.
+pub mod lookups {
+    /// Some rule restricts the source address: look the source up in CHAOS_PEERS.
+    pub const SOURCE: u32 = 1 << 0;
+    /// Some rule restricts the destination address.
+    pub const DESTINATION: u32 = 1 << 1;
+    /// Some dispatch entry names an interface: look that up before the entry for all.
+    pub const BY_IFINDEX: u32 = 1 << 2;
+}
+
 /// Instance-wide settings (`CHAOS_CONFIG[0]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// One past the highest rule slot in use; the program scans slots below it only.
-    pub nr_slots: u32,
+    /// Rules in use; 0: the program returns at once.
+    pub nr_rules: u32,
     /// Entries in use in `CHAOS_PROTECTED`.
     pub nr_protected: u32,
     /// This instance's identity on the copies of delayed packets it re-sends (see
     /// [`resend`]); never 0. Its low 5 bits are the instance's bit in the "judged by"
     /// mask, unique among live runs (the loader picks it from the ledger).
     pub cookie: u32,
-    pub _pad: u32,
+    /// Bits of [`lookups`].
+    pub lookups: u32,
 }
 
 /// A delayed packet of a local socket is re-sent as a copy without the socket (so TCP
@@ -345,31 +383,98 @@ pub mod family {
     pub const IPV6: u8 = 6;
 }
 
-/// Data part of an LPM trie key for peer CIDRs: the rule slot (an exact 32-bit prefix),
-/// the address family (an exact 32-bit prefix, so an IPv6 prefix such as `::/0` never
-/// matches an IPv4 packet), then the address, IPv4 as IPv4-mapped IPv6
+/// Which address of a packet a prefix in CHAOS_PEERS classifies.
+pub mod role {
+    pub const SOURCE: u32 = 1;
+    pub const DESTINATION: u32 = 2;
+}
+
+/// Data part of an LPM trie key of CHAOS_PEERS, the trie that maps a packet's source and
+/// destination address to an address class: the role ([`role`], an exact 32-bit
+/// prefix), the address family (an exact 32-bit prefix, so an IPv6 prefix such as `::/0`
+/// never matches an IPv4 packet), then the address, IPv4 as IPv4-mapped IPv6
 /// (`::ffff:a.b.c.d`). The trie prefix length is therefore `64 + 96 + v4_len` for IPv4
 /// and `64 + v6_len` for IPv6. The family takes a whole word so the address stays
 /// 4-byte aligned: the kernel program copies it with word stores, not byte by byte.
+/// The value is the address class: a number user space gives each distinct set of
+/// peer sets an address belongs to (0: none).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PeerKeyData {
-    /// Big-endian rule slot, so it forms the first 32 bits of the prefix.
-    pub slot_be: [u8; 4],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKeyData {
+    /// Big-endian [`role`], so it forms the first 32 bits of the prefix.
+    pub role_be: [u8; 4],
     /// One of [`family`], as a big-endian u32.
     pub family_be: [u8; 4],
     pub addr: [u8; 16],
 }
 
-impl PeerKeyData {
-    pub const SLOT_BITS: u32 = 32;
+impl AddrKeyData {
+    pub const ROLE_BITS: u32 = 32;
     pub const FAMILY_BITS: u32 = 32;
     /// Prefix bits before the address: every entry and lookup covers all of them.
-    pub const HEADER_BITS: u32 = Self::SLOT_BITS + Self::FAMILY_BITS;
+    pub const HEADER_BITS: u32 = Self::ROLE_BITS + Self::FAMILY_BITS;
 
-    pub fn new(slot: u32, family: u8, addr: [u8; 16]) -> Self {
-        Self { slot_be: slot.to_be_bytes(), family_be: (family as u32).to_be_bytes(), addr }
+    pub fn new(role: u32, family: u8, addr: [u8; 16]) -> Self {
+        Self { role_be: role.to_be_bytes(), family_be: (family as u32).to_be_bytes(), addr }
     }
+}
+
+/// An address prefix as the trie stores it: the family, the address as IPv6 (IPv4
+/// mapped) with the bits beyond `len` zero, and `len` counted in those 128 bits (an IPv4
+/// /24 is 120).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub family: u8,
+    pub len: u8,
+    pub addr: [u8; 16],
+}
+
+impl Prefix {
+    /// The prefix of `addr` (IPv4 mapped for [`family::IPV4`]) with its first `len` of
+    /// 128 bits; the bits beyond are cleared.
+    pub fn new(family: u8, addr: [u8; 16], len: u8) -> Self {
+        let len = if len > 128 { 128 } else { len };
+        let mut out = Prefix { family, len, addr };
+        let mut i = 0;
+        while i < 16 {
+            let first_bit = (i * 8) as u32;
+            if first_bit >= len as u32 {
+                out.addr[i] = 0;
+            } else if first_bit + 8 > len as u32 {
+                out.addr[i] &= 0xffu8 << (8 - (len as u32 - first_bit));
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// This prefix cut to its first `len` bits.
+    pub fn truncated(&self, len: u8) -> Self {
+        Self::new(self.family, self.addr, len)
+    }
+}
+
+/// Key of CHAOS_DISPATCH: where the packet is (interface, direction) and the address
+/// classes of its source and destination. `ifindex` 0 is the entry for every interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DispatchKey {
+    pub ifindex: u32,
+    /// `direction::EGRESS` or `direction::INGRESS`.
+    pub direction: u32,
+    pub src_class: u32,
+    pub dst_class: u32,
+}
+
+/// Value of CHAOS_DISPATCH: the rule slots that act on such packets, in slot order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleList {
+    pub slots: [u32; DISPATCH_WIDTH],
+    pub count: u32,
+    /// Changes whenever user space rewrites this entry: a later fragment replays its
+    /// first fragment's record (bits by list position) only under the same version.
+    pub version: u32,
 }
 
 /// Key of the per-flow state: one rule, one direction, one 5-tuple.
@@ -450,7 +555,8 @@ pub struct FragmentKey {
 }
 
 /// What the first fragment of a datagram got, replayed on its later fragments (which
-/// carry no ports): bit `slot` of each mask.
+/// carry no ports): bit `i` of each mask for the rule at position `i` of its
+/// [`RuleList`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragmentRecord {
@@ -460,7 +566,8 @@ pub struct FragmentRecord {
     pub matched: u32,
     /// Rules that dropped it (or would have, in shadow mode).
     pub dropped: u32,
-    pub _pad: u32,
+    /// [`RuleList::version`] of the list the bits refer to.
+    pub version: u32,
     /// The latest departure time a delay rule gave it (CLOCK_MONOTONIC ns, 0: none).
     pub delay_until: u64,
 }
@@ -473,7 +580,9 @@ mod pod {
     unsafe impl aya::Pod for super::RuleCounters {}
     unsafe impl aya::Pod for super::ProtectedPorts {}
     unsafe impl aya::Pod for super::Config {}
-    unsafe impl aya::Pod for super::PeerKeyData {}
+    unsafe impl aya::Pod for super::AddrKeyData {}
+    unsafe impl aya::Pod for super::DispatchKey {}
+    unsafe impl aya::Pod for super::RuleList {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::FragmentKey {}
@@ -481,11 +590,13 @@ mod pod {
 }
 
 // No implicit padding anywhere: a size that is not the sum of the fields fails the build.
-const _: () = assert!(core::mem::size_of::<Rule>() == 9 * 8 + 6 * 4 + 2 * 2 + 4 + 4 * 8 + 2 * 4);
+const _: () = assert!(core::mem::size_of::<Rule>() == 9 * 8 + 6 * 4 + 2 * 2 + 4 + 4 * 8 + 4 * 4);
 const _: () = assert!(core::mem::size_of::<RuleCounters>() == 9 * 8);
 const _: () = assert!(core::mem::size_of::<ProtectedPorts>() == 8);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
-const _: () = assert!(core::mem::size_of::<PeerKeyData>() == 4 + 4 + 16);
+const _: () = assert!(core::mem::size_of::<AddrKeyData>() == 4 + 4 + 16);
+const _: () = assert!(core::mem::size_of::<DispatchKey>() == 4 * 4);
+const _: () = assert!(core::mem::size_of::<RuleList>() == DISPATCH_WIDTH * 4 + 4 + 4);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 4 + 1 + 1 + 2 + 2 + 2 + 32);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8 + 8 + 4 + 4);
 const _: () = assert!(core::mem::size_of::<FragmentKey>() == 4 + 4 + 1 + 1 + 2 + 32);

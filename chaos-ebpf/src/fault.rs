@@ -31,7 +31,10 @@ pub enum Verdict {
 
 /// Everything a verdict may depend on besides the rule.
 pub struct Context<'a> {
+    /// The rule's slot (its counters, rate state and flow keys).
     pub slot: u32,
+    /// The rule's position in the packet's rule list (its bit in per-packet masks).
+    pub position: u32,
     pub packet: &'a Packet,
     pub dir: u32,
     pub now: u64,
@@ -89,7 +92,7 @@ fn next_in_flow(rule: &Rule, c: &mut Context<'_>) -> Result<(u64, u64, *mut Flow
 }
 
 /// Marks what this TLS_REFUSE rule wants done with the packet; `main::refuse_tls` acts
-/// on the marks once, after the slot loop (see tls::Tls). The rule counts the packet as
+/// on the marks once, after the rule loop (see tls::Tls). The rule counts the packet as
 /// passed here; a refusal there moves it to dropped.
 #[inline(always)]
 fn tls_refuse(rule: &Rule, c: Context<'_>) -> Verdict {
@@ -97,16 +100,16 @@ fn tls_refuse(rule: &Rule, c: Context<'_>) -> Verdict {
         return Verdict::Pass;
     }
     let t = c.tls;
-    let bit = 1u32 << c.slot;
+    let bit = 1u32 << c.position;
     tls::mark(&mut t.wanted, bit);
     match t.state {
         tls::state::PARSED => {}
         tls::state::UNPARSED => return Verdict::PassUnparsed,
         _ => return Verdict::Pass,
     }
-    if rule.tls_versions & t.versions != 0 || tls::get(&t.alpn_slots) & bit != 0 {
+    if rule.tls_versions & t.versions != 0 || tls::get(&t.alpn_rules) & (1u32 << (rule.tls_bit & 31)) != 0 {
         if tls::get(&t.refusing) == 0 {
-            tls::set(&mut t.first_refusing, c.slot);
+            tls::set(&mut t.first_refusing, c.position);
         }
         tls::mark(&mut t.refusing, bit);
     }

@@ -2,6 +2,12 @@
 //! classification path. The entry points only call `classify` and return its verdict;
 //! anything that cannot be parsed passes and is counted (fail open).
 //!
+//! A packet finds its rules by lookup, never by scanning rule slots: its source and
+//! destination address give an address class each (CHAOS_PEERS, an LPM trie), and
+//! (interface, direction, source class, destination class) gives the list of rules that
+//! act on it (CHAOS_DISPATCH). User space compiles the rules into both maps, so the work
+//! per packet is the same with 1 rule in force or 1,000.
+//!
 //! Verdicts: TC_ACT_UNSPEC (-1) is TCX_NEXT, so the next program on the hook (another
 //! chaos-ebpf instance, for example) still runs: faults from several instances stack.
 //! On a legacy clsact hook it means "no opinion", which passes the packet.
@@ -16,16 +22,16 @@ mod parse;
 mod tls;
 
 use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT},
     helpers::{bpf_clone_redirect, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id},
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_ebpf_common::{
-    Config, FlowKey, FlowState, FragmentKey, FragmentRecord, MAX_FLOWS, MAX_FRAGMENTS, MAX_PEERS, MAX_PROTECTED,
-    MAX_RULES, MAX_SEGMENTERS, PeerKeyData, ProtectedPorts, Rule, RuleCounters, action, direction, flags, proto,
-    resend, segment, tls as tls_consts,
+    AddrKeyData, Config, DISPATCH_WIDTH, DispatchKey, FlowKey, FlowState, FragmentKey, FragmentRecord, MAX_DISPATCH,
+    MAX_FLOWS, MAX_FRAGMENTS, MAX_PEERS, MAX_PROTECTED, MAX_RULES, MAX_SEGMENTERS, ProtectedPorts, Rule, RuleCounters,
+    RuleList, action, direction, flags, lookups, proto, resend, role, segment, tls as tls_consts,
 };
 
 use crate::{
@@ -48,8 +54,13 @@ static LEASES: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
 #[map(name = "CHAOS_COUNTERS")]
 static COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
+/// (role, address prefix) -> address class; the loader sets its capacity.
 #[map(name = "CHAOS_PEERS")]
-static PEERS: LpmTrie<PeerKeyData, u32> = LpmTrie::with_max_entries(MAX_PEERS, 0);
+static PEERS: LpmTrie<AddrKeyData, u32> = LpmTrie::with_max_entries(MAX_PEERS, BPF_F_NO_PREALLOC);
+
+/// (interface, direction, source class, destination class) -> the rules acting there.
+#[map(name = "CHAOS_DISPATCH")]
+static DISPATCH: HashMap<DispatchKey, RuleList> = HashMap::with_max_entries(MAX_DISPATCH, BPF_F_NO_PREALLOC);
 
 #[map(name = "CHAOS_PROTECTED")]
 static PROTECTED: Array<ProtectedPorts> = Array::with_max_entries(MAX_PROTECTED, 0);
@@ -71,13 +82,13 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_
 #[map(name = "CHAOS_FRAGMENTS")]
 static FRAGMENTS: LruHashMap<FragmentKey, FragmentRecord> = LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
 
-/// Device ifindex -> ifindex of the outer end of its segmenter pair (see
-/// chaos_ebpf_common::segment). Looked up for GSO buffers only.
-/// ALPN digest -> mask of the slots whose TLS_REFUSE rule names it (user space keeps it
-/// from the rules' `tls_alpn`).
+/// ALPN digest -> mask of the `tls_bit`s of the TLS_REFUSE rules that name it (user
+/// space keeps it from the rules' `tls_alpn`).
 #[map(name = "CHAOS_TLS_ALPN")]
 static TLS_ALPN: HashMap<u64, u32> = HashMap::with_max_entries(tls_consts::MAX_ALPN_ENTRIES, 0);
 
+/// Device ifindex -> ifindex of the outer end of its segmenter pair (see
+/// chaos_ebpf_common::segment). Looked up for GSO buffers only.
 #[map(name = "CHAOS_SEGMENTERS")]
 static SEGMENTERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SEGMENTERS, 0);
 
@@ -88,7 +99,7 @@ pub struct Scratch {
     pub head: parse::Head,
     pub packet: Packet,
     pub flow: FlowKey,
-    pub peer: Key<PeerKeyData>,
+    pub addr: Key<AddrKeyData>,
     pub fragment_key: FragmentKey,
     pub fragment_record: FragmentRecord,
     /// What a ClientHello in the packet offers (TLS_REFUSE rules).
@@ -136,8 +147,7 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return TC_ACT_UNSPEC;
     };
-    let nr_slots = config.nr_slots;
-    if nr_slots == 0 {
+    if config.nr_rules == 0 {
         return TC_ACT_UNSPEC;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -157,32 +167,35 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     // SAFETY: the program's own skb.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
     let segs = if gso_segs > 1 { gso_segs } else { 1 };
-    let slots = Slots { nr_slots, dir, ifindex, now, segs, cookie: config.cookie };
+    let slots = Slots { dir, ifindex, now, segs, cookie: config.cookie };
 
-    // Each case that acts on no rule walks the slots in its own small loop: one loop with
-    // a branch per case multiplies the states the verifier walks through 32 slots.
     let untouched = match class {
         Class::Exempt => Untouched::Exempt,
         Class::Unparsed => Untouched::Unparsed,
         Class::Truncated => Untouched::Error,
         Class::Ip => {
+            let Some(list) = rules_of(config, &slots, scratch, true) else {
+                return TC_ACT_UNSPEC;
+            };
             // Fragments: the first one records what it got, later ones replay that record.
             let fragment_kind = scratch.packet.fragment;
             if fragment_kind != fragment::NONE {
                 fill_fragment_key(&mut scratch.fragment_key, &scratch.packet, ifindex, dir);
             }
-            if fragment_kind == fragment::LATER {
+            let untouched = if fragment_kind == fragment::LATER {
                 // SAFETY: a lookup with a key in map memory of this program run.
                 match unsafe { FRAGMENTS.get(&scratch.fragment_key) } {
-                    // Its first fragment was not seen (or was evicted): nothing to match on.
+                    // Its first fragment was not seen (or was evicted), or its rules
+                    // changed since: nothing to match on.
                     None => Untouched::Unparsed,
+                    Some(record) if record.version != list.version => Untouched::Unparsed,
                     Some(record) if record.protected != 0 => Untouched::Protected,
-                    Some(record) => return replay_fragment(ctx, &slots, record),
+                    Some(record) => return replay_fragment(ctx, &slots, list, record),
                 }
             } else if is_protected(&scratch.packet, config.nr_protected) {
                 if fragment_kind == fragment::FIRST {
                     scratch.fragment_record =
-                        FragmentRecord { protected: 1, matched: 0, dropped: 0, _pad: 0, delay_until: 0 };
+                        FragmentRecord { protected: 1, matched: 0, dropped: 0, version: list.version, delay_until: 0 };
                     save_fragment_record(scratch);
                 }
                 Untouched::Protected
@@ -193,17 +206,21 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
                         return to_segmenter(ctx, &slots, outer);
                     }
                 }
-                return act(ctx, &slots, scratch, true);
-            }
+                return act(ctx, &slots, list, scratch, true);
+            };
+            count_untouched(&slots, list, untouched);
+            return TC_ACT_UNSPEC;
         }
     };
-    count_untouched(&slots, untouched);
+    // No addresses to look up: the rules that act on every address count it.
+    if let Some(list) = rules_of(config, &slots, scratch, false) {
+        count_untouched(&slots, list, untouched);
+    }
     TC_ACT_UNSPEC
 }
 
 /// What selects the rules of one packet.
 struct Slots {
-    nr_slots: u32,
     dir: u32,
     ifindex: u32,
     now: u64,
@@ -213,15 +230,45 @@ struct Slots {
     cookie: u32,
 }
 
-/// The rule in `slot` and its counters if it applies to this packet's interface and
-/// direction; counts `expired` or `seen`.
+/// The rules that act on this packet: its address classes (when `by_address` and some
+/// rule restricts that address), then the dispatch entry of its interface, else the one
+/// for every interface. None: no rule acts here.
+#[inline(always)]
+fn rules_of(config: &Config, slots: &Slots, scratch: &mut Scratch, by_address: bool) -> Option<&'static RuleList> {
+    let mut key = DispatchKey { ifindex: slots.ifindex, direction: slots.dir, src_class: 0, dst_class: 0 };
+    if by_address {
+        let p = &scratch.packet;
+        if config.lookups & lookups::SOURCE != 0 {
+            key.src_class = address_class(&mut scratch.addr, role::SOURCE, p.family, &p.saddr);
+        }
+        if config.lookups & lookups::DESTINATION != 0 {
+            key.dst_class = address_class(&mut scratch.addr, role::DESTINATION, p.family, &p.daddr);
+        }
+    }
+    if config.lookups & lookups::BY_IFINDEX != 0 {
+        // SAFETY: a lookup with a key on the stack; the value lives for this program run.
+        if let Some(list) = unsafe { DISPATCH.get(&key) } {
+            return Some(list);
+        }
+    }
+    key.ifindex = 0;
+    // SAFETY: as above.
+    unsafe { DISPATCH.get(&key) }
+}
+
+#[inline(always)]
+fn address_class(key: &mut Key<AddrKeyData>, role: u32, family: u8, addr: &[u8; 16]) -> u32 {
+    key.prefix_len = AddrKeyData::HEADER_BITS + 128;
+    key.data = AddrKeyData::new(role, family, *addr);
+    PEERS.get(&*key).copied().unwrap_or(0)
+}
+
+/// The rule in `slot` and its counters if its lease is valid; counts `expired` or
+/// `seen`.
 #[inline(always)]
 fn rule_for(slots: &Slots, slot: u32) -> Option<(&'static Rule, &'static mut RuleCounters)> {
     let rule = RULES.get(slot)?;
-    if rule.action == action::NONE
-        || rule.directions & slots.dir == 0
-        || (rule.ifindex != 0 && rule.ifindex != slots.ifindex)
-    {
+    if rule.action == action::NONE {
         return None;
     }
     let counters = COUNTERS.get_ptr_mut(slot)?;
@@ -237,12 +284,12 @@ fn rule_for(slots: &Slots, slot: u32) -> Option<(&'static Rule, &'static mut Rul
 }
 
 #[inline(always)]
-fn count_untouched(slots: &Slots, untouched: Untouched) {
-    for slot in 0..MAX_RULES {
-        if slot >= slots.nr_slots {
+fn count_untouched(slots: &Slots, list: &RuleList, untouched: Untouched) {
+    for i in 0..DISPATCH_WIDTH {
+        if i >= list.count as usize {
             break;
         }
-        let Some((_, counters)) = rule_for(slots, slot) else { continue };
+        let Some((_, counters)) = rule_for(slots, list.slots[i]) else { continue };
         match untouched {
             Untouched::Exempt => {}
             Untouched::Unparsed => counters.unparsed += slots.segs,
@@ -266,13 +313,14 @@ fn fill_fragment_key(key: &mut FragmentKey, p: &Packet, ifindex: u32, dir: u32) 
 /// A later fragment gets what its first fragment got: the same rules match, the same
 /// rules drop it, the same delay; a rate rule paces it by its own length.
 #[inline(always)]
-fn replay_fragment(ctx: &TcContext, slots: &Slots, record: &FragmentRecord) -> i32 {
-    for slot in 0..MAX_RULES {
-        if slot >= slots.nr_slots {
+fn replay_fragment(ctx: &TcContext, slots: &Slots, list: &RuleList, record: &FragmentRecord) -> i32 {
+    for i in 0..DISPATCH_WIDTH {
+        if i >= list.count as usize {
             break;
         }
+        let slot = list.slots[i];
         let Some((rule, counters)) = rule_for(slots, slot) else { continue };
-        let bit = 1u32 << slot;
+        let bit = 1u32 << i;
         if record.matched & bit == 0 {
             continue;
         }
@@ -316,7 +364,7 @@ fn replay_fragment(ctx: &TcContext, slots: &Slots, record: &FragmentRecord) -> i
 /// An IP packet that is neither protected nor a later fragment: match and act. What a
 /// first fragment gets is recorded for its later fragments.
 #[inline(always)]
-fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch, parse_tls: bool) -> i32 {
+fn act(ctx: &TcContext, slots: &Slots, list: &RuleList, scratch: &mut Scratch, parse_tls: bool) -> i32 {
     // Written for every packet, saved for first fragments only: no per-slot branch on
     // whether this is one. Field by field (see parse::clear).
     let record = &mut scratch.fragment_record;
@@ -324,30 +372,33 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch, parse_tls: bool) -
     parse::clear(&mut record.matched);
     parse::clear(&mut record.dropped);
     parse::clear(&mut record.delay_until);
+    record.version = list.version;
     let dir = slots.dir;
     // Once per packet, not per rule: the loop below only compares what it found.
     tls::begin(&mut scratch.tls);
     if parse_tls {
         tls::parse_client_hello(ctx, &scratch.packet, &mut scratch.tls);
-        tls::alpn_slots(&mut scratch.tls, &TLS_ALPN);
+        tls::alpn_rules(&mut scratch.tls, &TLS_ALPN);
     } else {
         parse::clear(&mut scratch.tls.state);
     }
     // Whether a (non-shadow) delay rule holds this packet.
     let mut held_for_delay = false;
-    for slot in 0..MAX_RULES {
-        if slot >= slots.nr_slots {
+    for i in 0..DISPATCH_WIDTH {
+        if i >= list.count as usize {
             break;
         }
+        let slot = list.slots[i];
         let Some((rule, counters)) = rule_for(slots, slot) else { continue };
-        if !matches(ctx, rule, slot, dir, scratch) {
+        if !matches(ctx, rule, dir, &scratch.packet) {
             continue;
         }
         counters.matched += slots.segs;
-        let bit = 1u32 << slot;
+        let bit = 1u32 << i;
         scratch.fragment_record.matched |= bit;
         let context = fault::Context {
             slot,
+            position: i as u32,
             packet: &scratch.packet,
             dir,
             now: slots.now,
@@ -390,7 +441,7 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch, parse_tls: bool) -
         }
     }
     if tls::get(&scratch.tls.wanted) != 0 {
-        if let Some(verdict) = refuse_tls(ctx, slots, scratch) {
+        if let Some(verdict) = refuse_tls(ctx, slots, list, scratch) {
             return verdict;
         }
     }
@@ -403,13 +454,13 @@ fn act(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch, parse_tls: bool) -
     TC_ACT_UNSPEC
 }
 
-/// After the slot loop, for a TCP packet that TLS_REFUSE rules matched (tls::Tls says
+/// After the rule loop, for a TCP packet that TLS_REFUSE rules matched (tls::Tls says
 /// which): a packet of a connection such a rule refused drops; a ClientHello that one
 /// refuses is remembered with that rule's slot, and dropped or answered with resets as
 /// the rule says. The rule counted it as passed in the loop; here it moves to dropped.
 /// None: the packet goes on.
 #[inline(always)]
-fn refuse_tls(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> Option<i32> {
+fn refuse_tls(ctx: &TcContext, slots: &Slots, list: &RuleList, scratch: &mut Scratch) -> Option<i32> {
     let wanted = tls::get(&scratch.tls.wanted);
     let key = &mut scratch.flow;
     let p = &scratch.packet;
@@ -429,7 +480,11 @@ fn refuse_tls(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> Option<i
             if tls::get(&scratch.tls.refusing) == 0 {
                 return None;
             }
-            let slot = tls::get(&scratch.tls.first_refusing);
+            let position = tls::get(&scratch.tls.first_refusing) as usize;
+            if position >= DISPATCH_WIDTH {
+                return None;
+            }
+            let slot = list.slots[position];
             let refused = FlowState { flow_hash: 0, next_index: slot as u64, bad: tls_consts::REFUSED, _pad: 0 };
             // A full table only costs the memory of this refusal: a resent ClientHello
             // is refused again.
@@ -439,7 +494,7 @@ fn refuse_tls(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> Option<i
         }
     };
     // The rule that refused the connection must still match its packets.
-    if slot >= MAX_RULES || wanted & (1u32 << slot) == 0 {
+    if !wanted_here(list, wanted, slot) {
         return None;
     }
     let slot = slot & (MAX_RULES - 1);
@@ -468,11 +523,25 @@ fn refuse_tls(ctx: &TcContext, slots: &Slots, scratch: &mut Scratch) -> Option<i
     Some(drop_verdict(slots.dir))
 }
 
-/// Whether `rule` (in `slot`) matches the parsed packet: the sender's cgroup, protocol,
-/// ports, peers.
+/// Whether the rule in `slot` is at a position of `list` that `wanted` marks.
 #[inline(always)]
-fn matches(ctx: &TcContext, rule: &Rule, slot: u32, dir: u32, scratch: &mut Scratch) -> bool {
-    matches_cgroup(ctx, rule, dir) && matches_peer(rule, slot, &scratch.packet, dir, &mut scratch.peer)
+fn wanted_here(list: &RuleList, wanted: u32, slot: u32) -> bool {
+    for i in 0..DISPATCH_WIDTH {
+        if i >= list.count as usize {
+            break;
+        }
+        if list.slots[i] == slot && wanted & (1u32 << i) != 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether `rule` matches the parsed packet beyond what found it (interface,
+/// direction, peers): the sender's cgroup, protocol, ports.
+#[inline(always)]
+fn matches(ctx: &TcContext, rule: &Rule, dir: u32, p: &Packet) -> bool {
+    matches_cgroup(ctx, rule, dir) && matches_ports(rule, p)
 }
 
 #[inline(always)]
@@ -551,14 +620,16 @@ fn judge_segment(ctx: &TcContext, dir: u32) -> i32 {
     {
         // SAFETY: a helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        let slots = Slots { nr_slots: config.nr_slots, dir, ifindex: from, now, segs: 1, cookie: config.cookie };
-        // No ClientHello parse for GSO segments: a ClientHello that needs more than one
-        // segment is past what the parse reads anyway (see tls.rs), and the judges stay
-        // as small for the verifier as they were.
-        let verdict = act(ctx, &slots, scratch, false);
-        if verdict != TC_ACT_UNSPEC {
-            // Dropped, or re-sent without its socket (resend_without_socket).
-            return verdict;
+        let slots = Slots { dir, ifindex: from, now, segs: 1, cookie: config.cookie };
+        if let Some(list) = rules_of(config, &slots, scratch, true) {
+            // No ClientHello parse for GSO segments: a ClientHello that needs more than
+            // one segment is past what the parse reads anyway (see tls.rs), and the
+            // judges stay as small for the verifier as they were.
+            let verdict = act(ctx, &slots, list, scratch, false);
+            if verdict != TC_ACT_UNSPEC {
+                // Dropped, or re-sent without its socket (resend_without_socket).
+                return verdict;
+            }
         }
     }
     // SAFETY: the program's own skb, as above.
@@ -704,25 +775,6 @@ fn matches_ports(rule: &Rule, p: &Packet) -> bool {
         other => p.proto as u32 == other,
     };
     proto_ok && ((rule.port_lo == 0 && rule.port_hi == u16::MAX) || in_ports(p, rule.port_lo, rule.port_hi))
-}
-
-/// Protocol, ports and peers.
-#[inline(always)]
-fn matches_peer(rule: &Rule, slot: u32, p: &Packet, dir: u32, key: &mut Key<PeerKeyData>) -> bool {
-    if !matches_ports(rule, p) {
-        return false;
-    }
-    if rule.flags & flags::PEERS != 0 {
-        // The peer is the far end: the destination on egress, the source on ingress (and
-        // on the egress of the target's veth peer, for PEER_IS_SOURCE rules).
-        key.prefix_len = PeerKeyData::HEADER_BITS + 128;
-        let peer_is_destination = dir == direction::EGRESS && rule.flags & flags::PEER_IS_SOURCE == 0;
-        key.data = PeerKeyData::new(slot, p.family, if peer_is_destination { p.daddr } else { p.saddr });
-        if PEERS.get(&*key).is_none() {
-            return false;
-        }
-    }
-    true
 }
 
 #[cfg(not(test))]

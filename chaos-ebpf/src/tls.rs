@@ -68,20 +68,21 @@ pub struct Tls {
     pub alpn_len: u32,
     pub versions_at: u32,
     pub versions_len: u32,
-    /// What the slot loop found for TLS_REFUSE rules, as slot bit masks, kept in map
-    /// memory for the same reason: the loop's 32 unrolled slots only set bits here, and
-    /// `main::refuse_tls` acts once after the loop. A per-slot refusal (flow lookup,
-    /// reset) was 32 copies of that code for the verifier: on Linux 6.1 chaos_egress
-    /// went past the 1M-instruction limit.
+    /// What the rule loop found for TLS_REFUSE rules, as masks of positions in the
+    /// packet's rule list, kept in map memory for the same reason: the loop's unrolled
+    /// positions only set bits here, and `main::refuse_tls` acts once after the loop (a
+    /// refusal per position, flow lookup and reset, would be that many copies of that
+    /// code for the verifier).
     /// - `wanted`: TLS_REFUSE rules that matched this TCP packet;
     /// - `refusing`: those of them that refuse its ClientHello; `first_refusing` the
-    ///   lowest such slot;
-    /// - `alpn_slots`: rules whose ALPN list names a protocol the ClientHello offers
-    ///   (looked up once per packet in CHAOS_TLS_ALPN, see [`alpn_slots`]).
+    ///   lowest such position;
+    /// - `alpn_rules`: TLS_REFUSE rules (by their `tls_bit`) whose ALPN list names a
+    ///   protocol the ClientHello offers (looked up once per packet in CHAOS_TLS_ALPN,
+    ///   see [`alpn_rules`]).
     pub wanted: u32,
     pub refusing: u32,
     pub first_refusing: u32,
-    pub alpn_slots: u32,
+    pub alpn_rules: u32,
 }
 
 #[inline(always)]
@@ -302,13 +303,13 @@ fn alpn(ctx: &TcContext, at: u32, len: u32, t: &mut Tls) -> bool {
     get(&t.at) >= get(&t.extensions_end)
 }
 
-/// Clears the slot loop's TLS marks for a new packet.
+/// Clears the rule loop's TLS marks for a new packet.
 #[inline(always)]
 pub fn begin(t: &mut Tls) {
     set(&mut t.wanted, 0);
     set(&mut t.refusing, 0);
     set(&mut t.first_refusing, 0);
-    set(&mut t.alpn_slots, 0);
+    set(&mut t.alpn_rules, 0);
 }
 
 /// Sets `bit` in a mask of `t`.
@@ -317,11 +318,11 @@ pub fn mark(mask: &mut u32, bit: u32) {
     set(mask, get(mask) | bit);
 }
 
-/// The slots whose rules refuse a name the parsed ClientHello offers: one lookup per
-/// offered name in `by_name` (ALPN digest -> slot mask, kept by user space), instead of
-/// comparing every rule's names with every offered name in each of the 32 slots.
+/// The TLS_REFUSE rules that refuse a name the parsed ClientHello offers: one lookup per
+/// offered name in `by_name` (ALPN digest -> mask of the rules' `tls_bit`s, kept by user
+/// space), instead of comparing every rule's names with every offered name per rule.
 #[inline(always)]
-pub fn alpn_slots(t: &mut Tls, by_name: &HashMap<u64, u32>) {
+pub fn alpn_rules(t: &mut Tls, by_name: &HashMap<u64, u32>) {
     if t.state != state::PARSED {
         return;
     }
@@ -330,8 +331,8 @@ pub fn alpn_slots(t: &mut Tls, by_name: &HashMap<u64, u32>) {
             break;
         }
         // SAFETY: a map value read once, for this program run.
-        if let Some(slots) = unsafe { by_name.get(&t.alpn[i]) } {
-            mark(&mut t.alpn_slots, *slots);
+        if let Some(rules) = unsafe { by_name.get(&t.alpn[i]) } {
+            mark(&mut t.alpn_rules, *rules);
         }
     }
 }

@@ -150,24 +150,17 @@ pub fn input_values_and_limits_are_checked_up_front() {
     refused(&args, "9 protected port ranges");
     args.push("--dry-run");
     refused(&args, "9 protected port ranges");
-    // 4097 peers: one more than a namespace's trie holds (failed after attach, with an
-    // error line of 2.3 MB).
-    let peers: Vec<String> = (0..4097).map(|i| format!("10.{}.{}.1", i / 256, i % 256)).collect();
-    let mut args = vec!["inject", "partition", "--target", &target, "--duration", "1s"];
-    for p in &peers {
-        args.extend(["--peer", p.as_str()]);
-    }
-    refused(&args, "4097 peers");
-    args.push("--dry-run");
-    refused(&args, "4097 peers");
-
     let scratch = Scratch::new("values");
     let sum = scratch.write("sum.yaml", &format!("apiVersion: chaos-ebpf/v1\nsteps:\n{}", "  - {fault: none, duration: 100h}\n".repeat(3)));
-    let peers_file = scratch.write(
-        "peers.yaml",
+    // Nine faults without peers on one target at once: one more than can act on the
+    // same packets.
+    let stacked_file = scratch.write(
+        "stacked.yaml",
         &format!(
-            "apiVersion: chaos-ebpf/v1\nsteps:\n  - fault: partition\n    target: {target}\n    peers: [{}]\n    duration: 1s\n",
-            peers.join(", ")
+            "apiVersion: chaos-ebpf/v1\nsteps:\n  - {{name: s0, fault: loss, target: {target}, probability: 0.1, duration: 1s}}\n{}",
+            (1..9)
+                .map(|i| format!("  - {{name: s{i}, with: s0, fault: loss, target: {target}, probability: 0.1, duration: 1s}}\n"))
+                .collect::<String>()
         ),
     );
     let protect_file = scratch.write(
@@ -176,7 +169,7 @@ pub fn input_values_and_limits_are_checked_up_front() {
     );
     for (file, expect) in [
         (&sum, "sum.yaml:4:"),
-        (&peers_file, "peers.yaml:5:5: 4097 peers in force at once"),
+        (&stacked_file, "stacked.yaml:11:"),
         (&protect_file, "9 protected"),
     ] {
         refused(&["validate", file], expect);

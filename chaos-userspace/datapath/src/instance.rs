@@ -20,22 +20,61 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use chaos_ebpf_common::{
-    action, names, tls, Config, FlowKey, FlowState, PeerKeyData, ProtectedPorts, Rule, RuleCounters, MAX_PROTECTED,
-    MAX_RULES,
+    action, names, tls, AddrKeyData, Config, DispatchKey, FlowKey, FlowState, Prefix, ProtectedPorts, Rule,
+    RuleCounters, RuleList, DISPATCH_WIDTH, MAX_DISPATCH, MAX_FLOWS, MAX_PEERS, MAX_PEERS_LIMIT, MAX_PROTECTED,
+    MAX_RULES, MIN_FLOWS,
 };
 
 use crate::{
     attach::AttachMode,
     devices::Segmenter,
+    dispatch::{self, AddrMatch, Compiled, Compiler, RuleAddrs, SetId},
     error::Error,
     ledger::{self, InstanceState, NetlinkFilter},
     netlink,
     netns::{Interface, Netns, NetnsId},
 };
 
-/// One entry of the peer trie: its prefix length and key data (model::Cidr::trie_entry
-/// encodes them).
-pub type PeerEntry = (u32, PeerKeyData);
+/// One peer prefix of a rule (model::Cidr::prefix encodes it).
+pub type PeerEntry = Prefix;
+
+/// How large the maps whose size depends on the faults are made at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Entries of the address trie: every peer prefix of the rules in force, once per
+    /// role it is used in (1..=MAX_PEERS_LIMIT).
+    pub peers: u32,
+    /// Flows of the flow table (loss and jitter decisions, burst state, refused TLS
+    /// connections); MIN_FLOWS when no rule keeps per-flow state.
+    pub flows: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity { peers: MAX_PEERS, flows: MAX_FLOWS }
+    }
+}
+
+impl Capacity {
+    /// What rules need: a flow table only for rules that keep per-flow state.
+    pub fn for_rules<'a>(rules: impl IntoIterator<Item = &'a Rule>, peers: usize) -> Self {
+        let stateful = rules.into_iter().any(keeps_flow_state);
+        Capacity {
+            peers: (peers as u64).clamp(MAX_PEERS as u64, MAX_PEERS_LIMIT as u64) as u32,
+            flows: if stateful { MAX_FLOWS } else { MIN_FLOWS },
+        }
+    }
+}
+
+/// Whether a rule's decisions use CHAOS_FLOWS (per-flow index, burst state, refused
+/// connections).
+pub fn keeps_flow_state(rule: &Rule) -> bool {
+    match rule.action {
+        action::LOSS | action::TLS_REFUSE => true,
+        action::DELAY => rule.jitter_ns != 0,
+        _ => false,
+    }
+}
 
 /// The eBPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos-ebpf.o"));
@@ -56,8 +95,18 @@ pub struct Instance {
     attached: Vec<Attached>,
     clsact_added: Vec<Interface>,
     used_slots: BTreeSet<u32>,
-    /// The ALPN digests of each slot's TLS_REFUSE rule, mirrored in CHAOS_TLS_ALPN.
+    /// The rules' address matches and peer sets, and what the lookup maps hold now.
+    compiler: Compiler,
+    compiled: Compiled,
+    /// The peer sets of each slot's rule (freed with it).
+    sets: BTreeMap<u32, Vec<SetId>>,
+    /// The version of the last CHAOS_DISPATCH entry written (RuleList::version).
+    next_version: u32,
+    capacity: Capacity,
+    /// The ALPN digests of each TLS_REFUSE rule by its tls_bit, mirrored in
+    /// CHAOS_TLS_ALPN; and each slot's bit.
     tls_alpn: BTreeMap<u32, [u64; tls::MAX_RULE_ALPN]>,
+    tls_bits: BTreeMap<u32, u32>,
     /// The run's bit in the judged-by mask of re-sent copies (ledger::free_judge_bit).
     judge_bit: u32,
 }
@@ -70,8 +119,27 @@ fn hook_name(hook: TcAttachType) -> &'static str {
 }
 
 impl Instance {
-    /// Loads the programs (not yet attached) and writes the protected list.
+    /// Loads the programs (not yet attached) with maps of the default capacity, and
+    /// writes the protected list.
     pub fn load(netns: Netns, mode: AttachMode, protected: &[ProtectedPorts], judge_bit: u32) -> Result<Self> {
+        Self::load_with(netns, mode, protected, judge_bit, Capacity::default())
+    }
+
+    /// As [`Instance::load`], with the capacity of the maps that depend on the faults.
+    pub fn load_with(
+        netns: Netns,
+        mode: AttachMode,
+        protected: &[ProtectedPorts],
+        judge_bit: u32,
+        capacity: Capacity,
+    ) -> Result<Self> {
+        if capacity.peers == 0 || capacity.peers > MAX_PEERS_LIMIT {
+            return Err(Error::unsupported(
+                format!("{} peer prefixes asked for; the address trie holds 1 to {MAX_PEERS_LIMIT}", capacity.peers),
+                "use fewer or wider prefixes",
+            )
+            .into());
+        }
         if protected.len() > MAX_PROTECTED as usize {
             return Err(Error::unsupported(
                 format!("{} protected port ranges given; at most {MAX_PROTECTED} fit", protected.len()),
@@ -79,7 +147,11 @@ impl Instance {
             )
             .into());
         }
-        let mut ebpf = EbpfLoader::new().load(OBJECT).context("loading the chaos-ebpf object into the kernel")?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::PEERS, capacity.peers)
+            .map_max_entries(names::FLOWS, capacity.flows.max(MIN_FLOWS))
+            .load(OBJECT)
+            .context("loading the chaos-ebpf object into the kernel")?;
         for name in names::PROGRAMS {
             let prog: &mut SchedClassifier =
                 ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?.try_into()?;
@@ -92,7 +164,13 @@ impl Instance {
             attached: Vec::new(),
             clsact_added: Vec::new(),
             used_slots: BTreeSet::new(),
+            compiler: Compiler::default(),
+            compiled: Compiled::default(),
+            sets: BTreeMap::new(),
+            next_version: 0,
+            capacity,
             tls_alpn: BTreeMap::new(),
+            tls_bits: BTreeMap::new(),
             judge_bit,
         };
         {
@@ -118,14 +196,15 @@ impl Instance {
     }
 
     fn write_config(&mut self, nr_protected: u32) -> Result<()> {
-        let nr_slots = self.used_slots.iter().next_back().map_or(0, |s| s + 1);
+        let nr_rules = self.used_slots.len() as u32;
+        let lookups = self.compiled.lookups;
         let judge_bit = self.judge_bit;
         let mut config: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::CONFIG)?)?;
         let old = config.get(&0, 0)?;
         let nr_protected = if nr_protected == u32::MAX { old.nr_protected } else { nr_protected };
         // Non-zero, different for every run, the judge bit in its low 5 bits.
         let cookie = (std::process::id() << 5) | (judge_bit & 31) | (1 << 31);
-        config.set(0, Config { nr_slots, nr_protected, cookie, _pad: 0 }, 0)?;
+        config.set(0, Config { nr_rules, nr_protected, cookie, lookups }, 0)?;
         Ok(())
     }
 
@@ -297,60 +376,224 @@ impl Instance {
     /// Writes a rule and its peers, then starts its lease. The counters of the slot
     /// start from zero, and flow state of an earlier rule in the slot is gone.
     pub fn install(&mut self, slot: u32, rule: &Rule, peers: &[PeerEntry], lease: Duration) -> Result<()> {
-        self.clear_flows(slot)?;
-        {
+        let set = (rule.flags & chaos_ebpf_common::flags::PEERS != 0).then(|| self.compiler.add_set(peers.to_vec()));
+        let matches = dispatch::rule_matches(rule, set);
+        self.install_addressed(slot, rule, RuleAddrs { ifindex: rule.ifindex, matches }, set.into_iter().collect(), lease)
+    }
+
+    /// Writes a partition matrix as one rule: packets from a group to a group it is cut
+    /// from (`cuts`, pairs of indices into `groups`), on the rule's interface and
+    /// directions, get the rule's action. Nothing acts until every entry is written and
+    /// the lease starts: one map write turns the whole matrix on (and [`Instance::remove`]
+    /// off), so no packet sees half a partition.
+    pub fn install_matrix(
+        &mut self,
+        slot: u32,
+        rule: &Rule,
+        groups: &[Vec<PeerEntry>],
+        cuts: &[(usize, usize)],
+        lease: Duration,
+    ) -> Result<()> {
+        if let Some((a, b)) = cuts.iter().find(|(a, b)| *a >= groups.len() || *b >= groups.len()) {
+            return Err(anyhow!("cut ({a}, {b}) names a group beyond the {} given", groups.len()));
+        }
+        let sets: Vec<SetId> = groups.iter().map(|g| self.compiler.add_set(g.clone())).collect();
+        let mut matches = Vec::new();
+        for dir in [chaos_ebpf_common::direction::EGRESS, chaos_ebpf_common::direction::INGRESS] {
+            if rule.directions & dir != 0 {
+                matches.extend(
+                    cuts.iter().map(|&(a, b)| AddrMatch { direction: dir, src: Some(sets[a]), dst: Some(sets[b]) }),
+                );
+            }
+        }
+        self.install_addressed(slot, rule, RuleAddrs { ifindex: rule.ifindex, matches }, sets, lease)
+    }
+
+    fn install_addressed(
+        &mut self,
+        slot: u32,
+        rule: &Rule,
+        addrs: RuleAddrs,
+        sets: Vec<SetId>,
+        lease: Duration,
+    ) -> Result<()> {
+        if slot >= MAX_RULES || self.used_slots.contains(&slot) {
+            for set in sets {
+                self.compiler.remove_set(set);
+            }
+            return Err(anyhow!("rule slot {slot} is not free"));
+        }
+        let mut rule = *rule;
+        let written = self.assign_tls_bit(slot, &mut rule).and_then(|()| {
+            self.clear_flows(slot)?;
             let zero = PerCpuValues::try_from(vec![RuleCounters::default(); nr_cpus().map_err(|(_, e)| e)?])?;
             let mut counters: PerCpuArray<&mut MapData, RuleCounters> =
                 PerCpuArray::try_from(self.map_mut(names::COUNTERS)?)?;
             counters.set(slot, zero, 0)?;
-        }
-        self.set_tls_alpn(slot, rule)?;
-        {
-            let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
-            for (len, data) in peers {
-                trie.insert(&Key::new(*len, *data), 1, 0).context("adding a peer prefix")?;
-            }
-        }
-        {
+            self.set_tls_alpn(slot, &rule)?;
+            // The rule first: the lookup maps may list it as soon as they are written,
+            // and with no lease it does nothing until `renew` below.
             let mut rules: Array<&mut MapData, Rule> = Array::try_from(self.map_mut(names::RULES)?)?;
             rules.set(slot, rule, 0)?;
+            self.compiler.set_rule(slot, addrs);
+            self.sets.insert(slot, sets.clone());
+            self.used_slots.insert(slot);
+            self.recompile()
+        });
+        if let Err(e) = written {
+            // Back to what was there: the slot's rule out of the lookup maps again.
+            let _ = self.forget(slot);
+            return Err(e);
         }
-        self.used_slots.insert(slot);
         self.renew(slot, lease)?;
         self.write_config(u32::MAX)
     }
 
+    /// A TLS_REFUSE rule gets a free bit of the CHAOS_TLS_ALPN masks.
+    fn assign_tls_bit(&mut self, slot: u32, rule: &mut Rule) -> Result<()> {
+        if rule.action != action::TLS_REFUSE {
+            return Ok(());
+        }
+        let bit = match self.tls_bits.get(&slot) {
+            Some(bit) => *bit,
+            None => (0..tls::MAX_RULES).find(|b| !self.tls_bits.values().any(|used| used == b)).ok_or_else(|| {
+                Error::unsupported(
+                    format!("more than {} tls-refuse faults at once in one network namespace", tls::MAX_RULES),
+                    "run fewer tls-refuse faults at the same time (one can refuse up to 4 ALPN names)",
+                )
+            })?,
+        };
+        self.tls_bits.insert(slot, bit);
+        rule.tls_bit = bit;
+        Ok(())
+    }
+
+    /// Compiles the rules and writes what changed in the lookup maps: new and changed
+    /// dispatch entries first, then the address classes, then what is no longer used.
+    /// Each write replaces one entry at once, so a packet meets the old rules or the new
+    /// ones for its addresses, never a list that does not exist.
+    fn recompile(&mut self) -> Result<()> {
+        let next = self.compiler.compile(MAX_DISPATCH as usize).map_err(|e| {
+            Error::unsupported(
+                e.to_string(),
+                "run fewer faults on the same traffic at once, or merge them (e.g. one loss fault with several peers)",
+            )
+        })?;
+        let prefixes = next.addrs.len();
+        if prefixes > self.capacity.peers as usize {
+            return Err(Error::unsupported(
+                format!(
+                    "the faults in force need {prefixes} peer prefixes in {}; this instance holds {}",
+                    self.netns.path.display(),
+                    self.capacity.peers
+                ),
+                "use fewer or wider peer prefixes",
+            )
+            .into());
+        }
+        let mut lists: Vec<(DispatchKey, RuleList)> = Vec::new();
+        for (key, slots) in &next.dispatch {
+            if self.compiled.dispatch.get(key) == Some(slots) {
+                continue;
+            }
+            self.next_version = self.next_version.wrapping_add(1);
+            let mut list = RuleList { count: slots.len() as u32, version: self.next_version, ..RuleList::default() };
+            list.slots[..slots.len().min(DISPATCH_WIDTH)].copy_from_slice(&slots[..slots.len().min(DISPATCH_WIDTH)]);
+            lists.push((*key, list));
+        }
+        {
+            let mut table: HashMap<&mut MapData, DispatchKey, RuleList> =
+                HashMap::try_from(self.map_mut(names::DISPATCH)?)?;
+            for (key, list) in &lists {
+                table.insert(key, list, 0).context("writing a CHAOS_DISPATCH entry")?;
+            }
+        }
+        let changed: Vec<((u32, Prefix), u32)> = next
+            .addrs
+            .iter()
+            .filter(|(k, class)| self.compiled.addrs.get(k) != Some(class))
+            .map(|(k, class)| (*k, *class))
+            .collect();
+        let stale_addrs: Vec<(u32, Prefix)> =
+            self.compiled.addrs.keys().filter(|k| !next.addrs.contains_key(k)).copied().collect();
+        let stale_lists: Vec<DispatchKey> =
+            self.compiled.dispatch.keys().filter(|k| !next.dispatch.contains_key(k)).copied().collect();
+        // The lookups needed by the new state, before any address class or entry goes.
+        let old_lookups = self.compiled.lookups;
+        self.compiled.lookups = old_lookups | next.lookups;
+        self.write_config(u32::MAX)?;
+        {
+            let mut trie: LpmTrie<&mut MapData, AddrKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
+            for ((which, prefix), class) in &changed {
+                trie.insert(&trie_key(*which, prefix), class, 0).context("adding a peer prefix")?;
+            }
+            for (which, prefix) in &stale_addrs {
+                let _ = trie.remove(&trie_key(*which, prefix));
+            }
+        }
+        {
+            let mut table: HashMap<&mut MapData, DispatchKey, RuleList> =
+                HashMap::try_from(self.map_mut(names::DISPATCH)?)?;
+            for key in &stale_lists {
+                let _ = table.remove(key);
+            }
+        }
+        self.compiled = next;
+        self.write_config(u32::MAX)
+    }
+
+    /// Drops a slot's rule from the compiler and its sets (without touching the maps).
+    fn forget(&mut self, slot: u32) -> Result<()> {
+        self.compiler.remove_rule(slot);
+        for set in self.sets.remove(&slot).unwrap_or_default() {
+            self.compiler.remove_set(set);
+        }
+        self.used_slots.remove(&slot);
+        self.tls_bits.remove(&slot);
+        self.recompile()
+    }
+
     /// Changes the rule in a slot that is in force (a ramp's next intensity): one map
     /// write, so the kernel sees the old rule or the new one, never none; counters and
-    /// flow state (a burst in progress) carry on.
+    /// flow state (a burst in progress) carry on. What the rule matches by interface,
+    /// direction and peers stays as installed.
     pub fn update_rule(&mut self, slot: u32, rule: &Rule) -> Result<()> {
         if !self.used_slots.contains(&slot) {
             return Err(anyhow::anyhow!("rule slot {slot} is not in use"));
         }
-        self.set_tls_alpn(slot, rule)?;
+        let mut rule = *rule;
+        self.assign_tls_bit(slot, &mut rule)?;
+        self.set_tls_alpn(slot, &rule)?;
         let mut rules: Array<&mut MapData, Rule> = Array::try_from(self.map_mut(names::RULES)?)?;
         rules.set(slot, rule, 0)?;
         Ok(())
     }
 
     /// Records the ALPN names a slot's rule refuses (none unless TLS_REFUSE) and writes
-    /// CHAOS_TLS_ALPN (digest -> slot mask) when that changes what it should hold. The
-    /// kernel reads a slot's bit only while that slot holds a TLS_REFUSE rule, so a mask
-    /// written a moment before or after the rule is harmless.
+    /// CHAOS_TLS_ALPN (digest -> mask of tls_bits) when that changes what it should
+    /// hold. The kernel reads a rule's bit only while its slot holds a TLS_REFUSE rule,
+    /// so a mask written a moment before or after the rule is harmless.
     fn set_tls_alpn(&mut self, slot: u32, rule: &Rule) -> Result<()> {
-        let before = self.tls_alpn.get(&slot).copied();
-        if rule.action == action::TLS_REFUSE && rule.tls_alpn.iter().any(|d| *d != 0) {
-            self.tls_alpn.insert(slot, rule.tls_alpn);
-        } else {
-            self.tls_alpn.remove(&slot);
-        }
-        if before == self.tls_alpn.get(&slot).copied() {
+        let bit = self.tls_bits.get(&slot).copied();
+        let before = bit.and_then(|b| self.tls_alpn.get(&b).copied());
+        let now = match bit {
+            Some(bit) if rule.action == action::TLS_REFUSE && rule.tls_alpn.iter().any(|d| *d != 0) => {
+                self.tls_alpn.insert(bit, rule.tls_alpn);
+                Some(rule.tls_alpn)
+            }
+            Some(bit) => {
+                self.tls_alpn.remove(&bit);
+                None
+            }
+            None => None,
+        };
+        if before == now {
             return Ok(());
         }
         let mut wanted: BTreeMap<u64, u32> = BTreeMap::new();
-        for (slot, digests) in &self.tls_alpn {
+        for (bit, digests) in &self.tls_alpn {
             for digest in digests.iter().filter(|d| **d != 0) {
-                *wanted.entry(*digest).or_default() |= 1 << slot;
+                *wanted.entry(*digest).or_default() |= 1 << bit;
             }
         }
         let mut map: HashMap<&mut MapData, u64, u32> = HashMap::try_from(self.map_mut(names::TLS_ALPN)?)?;
@@ -358,8 +601,8 @@ impl Instance {
         for digest in stale {
             map.remove(&digest).context("removing an ALPN name from CHAOS_TLS_ALPN")?;
         }
-        for (digest, slots) in wanted {
-            map.insert(digest, slots, 0).context("writing an ALPN name to CHAOS_TLS_ALPN")?;
+        for (digest, rules) in wanted {
+            map.insert(digest, rules, 0).context("writing an ALPN name to CHAOS_TLS_ALPN")?;
         }
         Ok(())
     }
@@ -373,7 +616,7 @@ impl Instance {
     }
 
     /// Ends a rule: lease first (the kernel stops acting at once), then the entries.
-    pub fn remove(&mut self, slot: u32, peers: &[PeerEntry]) -> Result<()> {
+    pub fn remove(&mut self, slot: u32) -> Result<()> {
         {
             let mut leases: Array<&mut MapData, u64> = Array::try_from(self.map_mut(names::LEASES)?)?;
             leases.set(slot, 0, 0)?;
@@ -383,13 +626,7 @@ impl Instance {
             rules.set(slot, Rule::default(), 0)?;
         }
         self.set_tls_alpn(slot, &Rule::default())?;
-        {
-            let mut trie: LpmTrie<&mut MapData, PeerKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
-            for (len, data) in peers {
-                let _ = trie.remove(&Key::new(*len, *data));
-            }
-        }
-        self.used_slots.remove(&slot);
+        self.forget(slot)?;
         self.write_config(u32::MAX)
     }
 
@@ -487,6 +724,10 @@ impl Instance {
             Err(anyhow!("revert incomplete: {}", remaining.join("; ")))
         }
     }
+}
+
+fn trie_key(which: u32, prefix: &Prefix) -> Key<AddrKeyData> {
+    Key::new(AddrKeyData::HEADER_BITS + prefix.len as u32, AddrKeyData::new(which, prefix.family, prefix.addr))
 }
 
 /// One attachment to remove: the run's own link, or a dead run's netlink filter rebuilt

@@ -12,6 +12,7 @@
 pub mod attach;
 pub mod bpfsys;
 pub mod devices;
+pub mod dispatch;
 pub mod error;
 pub mod instance;
 pub mod ledger;

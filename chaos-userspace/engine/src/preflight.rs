@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use chaos_ebpf_common::{MAX_PEERS, MAX_RULES};
+use chaos_ebpf_common::{MAX_PEERS_LIMIT as MAX_PEERS, MAX_RULES};
 
 use chaos_datapath::{
+    dispatch::{self, Compiler, RuleAddrs},
     error::{self, Error},
     netlink,
     netns::NetnsId,
@@ -114,15 +115,33 @@ fn check_per_namespace(plan: &Plan, resolved: &BTreeMap<String, Vec<Resolved>>) 
         let in_force: Vec<_> =
             plan.steps.iter().filter(|s| s.windows.iter().any(|w| w.start <= at && at < w.end)).collect();
         let mut per_netns: BTreeMap<NetnsId, (String, usize, usize)> = BTreeMap::new();
+        // What the kernel's lookup maps would hold: faults stacked on the same packets.
+        let mut compilers: BTreeMap<NetnsId, Compiler> = BTreeMap::new();
         for fault in in_force.iter().flat_map(|s| &s.faults) {
             for r in resolved.get(&resolution_key(&fault.spec)).into_iter().flatten() {
                 let entry = per_netns.entry(r.netns.id).or_insert_with(|| (r.netns.path.display().to_string(), 0, 0));
                 entry.1 += 1;
                 entry.2 += fault.spec.peers.len();
+                let compiler = compilers.entry(r.netns.id).or_default();
+                let rule = fault.spec.rule(0, fault.rule_id, r.ifindex, r.cgroup_id);
+                let set = (rule.flags & chaos_ebpf_common::flags::PEERS != 0)
+                    .then(|| compiler.add_set(fault.spec.peers.iter().map(|p| p.prefix()).collect()));
+                let slot = entry.1 as u32;
+                compiler
+                    .set_rule(slot, RuleAddrs { ifindex: rule.ifindex, matches: dispatch::rule_matches(&rule, set) });
             }
         }
         let steps = chaos_model::spec::list_some(in_force.iter().map(|s| chaos_model::spec::shorten(&s.name, 40)), 4);
         let when = chaos_model::spec::format_duration(at);
+        for (id, compiler) in &mut compilers {
+            if let Err(e) = compiler.compile(chaos_ebpf_common::MAX_DISPATCH as usize) {
+                return Err(Problem::new(
+                    format!("at {when} the steps in force ({steps}) in network namespace {}: {e}", per_netns[id].0),
+                    "spread the faults over time (after: instead of with:), or merge faults on the same traffic",
+                )
+                .into());
+            }
+        }
         for (path, rules, peers) in per_netns.values() {
             if *rules > MAX_RULES as usize {
                 return Err(Problem::new(

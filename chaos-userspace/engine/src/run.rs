@@ -35,7 +35,7 @@ use crate::{
 use chaos_datapath::{
     bpfsys, devices,
     error::{require_root, Error},
-    instance::{Instance, PeerEntry},
+    instance::{keeps_flow_state, Capacity, Instance, PeerEntry},
     ledger::{self as state, Phase, RuleState, RunRecord, RunState},
     netns::{Interface, Netns, NetnsId},
     resolve::{self as target, Resolved, Target},
@@ -261,7 +261,6 @@ struct ActiveRule {
     span: Span,
     netns: NetnsId,
     slot: u32,
-    peers: Vec<PeerEntry>,
     from_unix_ms: u64,
 }
 
@@ -526,7 +525,8 @@ fn run_traced(
         Ok(bit)
     })?;
     observer.event(Event::PhaseStarted { name: "loading programs", total: None });
-    let loaded = load_instances(&resolved, mode, &protected, judge_bit, interrupted);
+    let capacities = capacities(plan, &resolved);
+    let loaded = load_instances(&resolved, &capacities, mode, &protected, judge_bit, interrupted);
     observer.event(Event::PhaseEnded { name: "loading programs" });
     let mut instances = loaded?;
     run_state.instances = instances.values().map(Instance::state).collect::<Result<_>>()?;
@@ -1100,12 +1100,11 @@ impl Running<'_> {
                     otel.status_message = Empty,
                 );
                 let installed = instance.free_slot().and_then(|slot| {
-                    let peers = peer_entries(&fault.spec, slot);
-                    instance.install(slot, &rule, &peers, self.plan.lease)?;
-                    Ok((slot, peers))
+                    instance.install(slot, &rule, &peer_entries(&fault.spec), self.plan.lease)?;
+                    Ok(slot)
                 });
                 match installed {
-                    Ok((slot, peers)) => {
+                    Ok(slot) => {
                         set_status(&span, None);
                         active.push(ActiveRule {
                             rule_id: fault.rule_id,
@@ -1117,7 +1116,6 @@ impl Running<'_> {
                             span,
                             netns: r.netns.id,
                             slot,
-                            peers,
                             from_unix_ms: state::unix_ms(),
                         })
                     }
@@ -1224,7 +1222,7 @@ impl Running<'_> {
                 otel.status_message = Empty,
             );
             let removed = match self.instances.get_mut(&a.netns) {
-                Some(instance) => instance.remove(a.slot, &a.peers),
+                Some(instance) => instance.remove(a.slot),
                 // Its instance is gone already, and its rules with it.
                 None => Ok(()),
             };
@@ -1315,6 +1313,7 @@ fn record_counters(span: &Span, c: &RuleCounters) {
 /// verifier log goes to a file, not the terminal.
 fn load_instances(
     resolved: &BTreeMap<String, Vec<Resolved>>,
+    capacities: &BTreeMap<NetnsId, Capacity>,
     mode: AttachMode,
     protected: &[ProtectedPorts],
     judge_bit: u32,
@@ -1325,6 +1324,7 @@ fn load_instances(
         paths.entry(r.netns.id).or_insert_with(|| r.netns.path.clone());
     }
     let protected = protected.to_vec();
+    let capacities = capacities.clone();
     let worker = std::thread::spawn(move || -> Result<BTreeMap<NetnsId, Instance>> {
         let mut instances = BTreeMap::new();
         for (id, path) in paths {
@@ -1336,7 +1336,8 @@ fn load_instances(
                 )
                 .into());
             }
-            let instance = Instance::load(netns, mode, &protected, judge_bit).map_err(|e| {
+            let capacity = capacities.get(&id).copied().unwrap_or_default();
+            let instance = Instance::load_with(netns, mode, &protected, judge_bit, capacity).map_err(|e| {
                 let full = format!("{e:#}");
                 let log = std::env::temp_dir().join(format!("chaos-ebpf-verifier-{}.log", std::process::id()));
                 let saved = std::fs::write(&log, &full).is_ok();
@@ -1363,6 +1364,31 @@ fn load_instances(
     let instances = worker.join().map_err(|_| anyhow!("the program loader thread panicked"))??;
     interrupted_now(interrupted)?;
     Ok(instances)
+}
+
+/// The map sizes each namespace's instance needs for the plan's faults: room for every
+/// peer prefix in both roles (a fault in both directions uses its peers as destinations
+/// and as sources), and a flow table only where a rule keeps per-flow state.
+fn capacities(plan: &Plan, resolved: &BTreeMap<String, Vec<Resolved>>) -> BTreeMap<NetnsId, Capacity> {
+    let mut needs: BTreeMap<NetnsId, (usize, bool)> = BTreeMap::new();
+    for fault in plan.steps.iter().flat_map(|s| &s.faults) {
+        let rule = fault.spec.rule(0, fault.rule_id, 0, 0);
+        for r in &resolved[&resolution_key(&fault.spec)] {
+            let need = needs.entry(r.netns.id).or_default();
+            need.0 += 2 * fault.spec.peers.len();
+            need.1 |= keeps_flow_state(&rule);
+        }
+    }
+    needs
+        .into_iter()
+        .map(|(id, (peers, stateful))| {
+            let mut capacity = Capacity::for_rules([], peers);
+            if stateful {
+                capacity.flows = Capacity::default().flows;
+            }
+            (id, capacity)
+        })
+        .collect()
 }
 
 /// What a fault needs of the devices its rules act on: one segment per buffer where it
@@ -1680,9 +1706,9 @@ fn resolution_key(spec: &FaultSpec) -> String {
     }
 }
 
-/// The peer trie entries of a fault's peers in `slot`.
-fn peer_entries(spec: &FaultSpec, slot: u32) -> Vec<PeerEntry> {
-    spec.peers.iter().map(|p| p.trie_entry(slot)).collect()
+/// The peer prefixes of a fault.
+fn peer_entries(spec: &FaultSpec) -> Vec<PeerEntry> {
+    spec.peers.iter().map(|p| p.prefix()).collect()
 }
 
 /// Waits (up to 2 s: program release is RCU-deferred) until no program of this run is

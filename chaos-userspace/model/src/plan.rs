@@ -196,7 +196,10 @@ pub struct Plan {
 }
 
 /// The most rules and peers in force at once on one target, over the whole timeline
-/// (windows of parallel steps overlap), and when.
+/// (windows of parallel steps overlap), and when. `rules` counts the faults without
+/// peers: they act on every packet of their target, so they all stack on the same
+/// packets, and at most DISPATCH_WIDTH can (faults with peers stack only where their
+/// peers overlap, which `preflight` checks once targets resolve).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PeakUse {
     pub rules: usize,
@@ -224,7 +227,8 @@ pub struct PeakUse {
 }
 
 impl PeakUse {
-    /// `peak: 3 of 32 rules at once (on netns:x at 4s..6s), 2 of 4096 peers (...)`.
+    /// `peak: 3 of 8 faults on the same packets at once (on netns:x at 4s..6s), 2 of
+    /// 4194304 peers (...)`.
     pub fn describe(&self) -> String {
         let when = |target: &str, from: Duration, until: Duration| {
             if target.is_empty() {
@@ -239,7 +243,7 @@ impl PeakUse {
             }
         };
         format!(
-            "peak: {} of {} rules at once{}, {} of {} peers{}",
+            "peak: {} of {} faults on the same packets at once{}, {} of {} peers{}",
             self.rules,
             self.max_rules,
             when(&self.rules_target, self.rules_from, self.rules_until),
@@ -309,13 +313,18 @@ impl Plan {
         for (i, step) in self.steps.iter().enumerate() {
             for fault in &step.faults {
                 let list = events.entry(fault.spec.target.to_string()).or_default();
+                let stacked = usize::from(fault.spec.peers.is_empty());
                 for w in &step.windows {
-                    list.push((w.start, 1, 1, fault.spec.peers.len(), i));
-                    list.push((w.end, 0, 1, fault.spec.peers.len(), i));
+                    list.push((w.start, 1, stacked, fault.spec.peers.len(), i));
+                    list.push((w.end, 0, stacked, fault.spec.peers.len(), i));
                 }
             }
         }
-        let mut peak = PeakUse { max_rules: common::MAX_RULES, max_peers: common::MAX_PEERS, ..PeakUse::default() };
+        let mut peak = PeakUse {
+            max_rules: common::DISPATCH_WIDTH as u32,
+            max_peers: common::MAX_PEERS_LIMIT,
+            ..PeakUse::default()
+        };
         for (target, mut list) in events {
             list.sort_unstable();
             let (mut rules, mut peers) = (0usize, 0usize);
@@ -352,8 +361,8 @@ impl Plan {
     }
 
     /// Every limit that does not depend on the machine: protected ranges (one map of
-    /// `MAX_PROTECTED` entries), rules in force at once on one target (one rule per
-    /// fault, `MAX_RULES` slots per namespace), their peers (one LPM trie of `MAX_PEERS`
+    /// `MAX_PROTECTED` entries), faults stacked on the same packets of one target (at
+    /// most `DISPATCH_WIDTH`), their peers (one LPM trie of up to `MAX_PEERS_LIMIT`
     /// entries per namespace), and the total duration. `preflight` checks the same per
     /// namespace once targets resolve. A plan that asks for more than the kernel maps
     /// hold, found before anything is touched: a problem with a field (`protect`,
@@ -380,25 +389,25 @@ impl Plan {
         }
         let peak = self.peak_use();
         let name = |i: Option<usize>| i.and_then(|i| self.steps.get(i)).map_or("", |s| s.name.as_str());
-        if peak.rules > common::MAX_RULES as usize {
+        if peak.rules > common::DISPATCH_WIDTH {
             let problem = Problem::field(
                 "fault",
                 format!(
-                    "{} faults in force at once on {} (at {}, step '{}'); at most {} rules fit one network namespace",
+                    "{} faults without peers in force at once on {} (at {}, step '{}'); at most {} can act on the same packets",
                     peak.rules,
                     shorten(&peak.rules_target, 60),
                     spec::format_duration(peak.rules_from),
                     shorten(name(peak.rules_step), 40),
-                    common::MAX_RULES
+                    common::DISPATCH_WIDTH
                 ),
-                "spread the faults over time (after: instead of with:) or over fewer targets",
+                "spread the faults over time (after: instead of with:), merge them, or give them peers",
             );
             return Err(match peak.rules_step {
                 Some(i) => problem.in_step(i),
                 None => problem,
             });
         }
-        if peak.peers > common::MAX_PEERS as usize {
+        if peak.peers > common::MAX_PEERS_LIMIT as usize {
             let problem = Problem::field(
                 "peers",
                 format!(
@@ -407,7 +416,7 @@ impl Plan {
                     shorten(&peak.peers_target, 60),
                     spec::format_duration(peak.peers_from),
                     shorten(name(peak.peers_step), 40),
-                    common::MAX_PEERS
+                    common::MAX_PEERS_LIMIT
                 ),
                 "cover the peers with wider prefixes (192.0.2.0/24 instead of 256 addresses)",
             );
@@ -455,8 +464,8 @@ impl Plan {
                             .peers
                             .iter()
                             .map(|p| {
-                                let (len, _) = p.trie_entry(0);
-                                format!("{p} -> trie prefix {len} (32 slot bits + {} address bits)", len - 32)
+                                let len = common::AddrKeyData::HEADER_BITS + p.prefix().len as u32;
+                                format!("{p} -> trie prefix {len} (64 role and family bits + {} address bits)", len - 64)
                             })
                             .collect(),
                     });

@@ -1793,43 +1793,43 @@ mod tests {
 
     #[test]
     fn peaks_count_overlapping_windows() {
-        // 20 faults on one target with 20 more in parallel: 40 rules at once.
+        // 5 faults on one target with 5 more in parallel: 10 on the same packets at once.
         let mut src = String::from("steps:\n");
-        for i in 0..20 {
+        for i in 0..5 {
             src += &format!(
                 "  - {{name: s{i}, {}fault: loss, target: a, probability: 0.1, duration: 2s}}\n",
                 if i == 0 { "" } else { "with: s0, " }
             );
         }
-        for i in 0..20 {
+        for i in 0..5 {
             src += &format!(
                 "  - {{name: t{i}, with: s0, offset: 1s, fault: loss, target: a, probability: 0.1, duration: 2s}}\n"
             );
         }
-        let e = bad(&src, 43, 46, "40 faults in force at once on netns:x (at 1s");
-        assert!(e.problem.contains("at most 32"), "{e}");
+        let e = bad(&src, 13, 45, "10 faults without peers in force at once on netns:x (at 1s");
+        assert!(e.problem.contains("at most 8"), "{e}");
         // Sequential windows and other targets do not add up; touching windows do not overlap.
         let mut src = String::from("steps:\n");
-        for i in 0..20 {
+        for i in 0..5 {
             src += &format!(
                 "  - {{name: s{i}, {}fault: loss, target: a, probability: 0.1, duration: 2s}}\n",
                 if i == 0 { "" } else { "with: s0, " }
             );
         }
-        for i in 0..20 {
+        for i in 0..5 {
             src += &format!(
                 "  - {{name: t{i}, with: s0, offset: 2s, fault: loss, target: a, probability: 0.1, duration: 2s}}\n"
             );
         }
-        for i in 0..20 {
+        for i in 0..5 {
             src += &format!("  - {{name: u{i}, with: s0, fault: loss, target: b, probability: 0.1, duration: 2s}}\n");
         }
         let plan = v1(&src).unwrap();
         let peak = plan.peak_use();
-        assert_eq!((peak.rules, peak.rules_from, peak.rules_until), (20, Duration::ZERO, Duration::from_secs(2)));
+        assert_eq!((peak.rules, peak.rules_from, peak.rules_until), (5, Duration::ZERO, Duration::from_secs(2)));
         assert!(plan
             .render_text(1, true)
-            .contains("peak: 20 of 32 rules at once (on netns:x at 0ms..2s), 0 of 4096 peers"));
+            .contains("peak: 5 of 8 faults on the same packets at once (on netns:x at 0ms..2s), 0 of 4194304 peers"));
     }
 
     #[test]
@@ -1854,7 +1854,7 @@ mod tests {
             "rule 4 [loss-ramp] intensity 0.7",
             "probe n2-pings-n1",
             "wall-clock: the run lasts longer than 120s",
-            "peak: 1 of 32 rules at once",
+            "peak: 1 of 8 faults on the same packets at once",
         ] {
             assert!(text.contains(needle), "'{needle}' not in:\n{text}");
         }
@@ -1936,13 +1936,16 @@ mod tests {
 
     #[test]
     fn limits_are_checked_before_anything_runs() {
-        let peers: Vec<String> = (0..4097).map(|i| format!("10.{}.{}.1", i / 256, i % 256)).collect();
+        // Nine faults without peers on one target at once: one more than can act on the
+        // same packets.
         let e = fails_fast(&format!(
-            "steps:\n  - fault: partition\n    target: netns:a\n    peers: [{}]\n    duration: 1s\n",
-            peers.join(", ")
+            "steps:\n  - {{name: s0, fault: loss, target: netns:a, probability: 0.1, duration: 1s}}\n{}",
+            (1..9)
+                .map(|i| format!("  - {{name: s{i}, with: s0, fault: loss, target: netns:a, probability: 0.1, duration: 1s}}\n"))
+                .collect::<String>()
         ));
-        assert!(e.problem.contains("4097 peers") && e.problem.contains("4096"), "{e}");
-        assert_eq!(e.at.line, 4, "{e}");
+        assert!(e.problem.contains("9 faults without peers") && e.problem.contains("at most 8"), "{e}");
+        assert_eq!(e.at.line, 10, "{e}");
         let e = fails_fast(
             "protect: [tcp:1, tcp:2, tcp:3, tcp:4, tcp:5, tcp:6, tcp:7]\nsteps: [{fault: none, duration: 1s}]\n",
         );

@@ -353,14 +353,14 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    /// The LPM trie entry: slot bits, family bits, then the address as IPv6 (IPv4 mapped).
-    pub fn trie_entry(&self, slot: u32) -> (u32, common::PeerKeyData) {
-        // The family is part of the key, so `::/0` never covers IPv4 packets.
-        let (family, addr, len) = match self.addr {
-            IpAddr::V4(v4) => (common::family::IPV4, v4.to_ipv6_mapped().octets(), 96 + self.len as u32),
-            IpAddr::V6(v6) => (common::family::IPV6, v6.octets(), self.len as u32),
-        };
-        (common::PeerKeyData::HEADER_BITS + len, common::PeerKeyData::new(slot, family, addr))
+    /// The prefix as the address trie stores it: the address as IPv6 (IPv4 mapped), the
+    /// length counted in those 128 bits, and the family (part of the trie key, so `::/0`
+    /// never covers IPv4 packets).
+    pub fn prefix(&self) -> common::Prefix {
+        match self.addr {
+            IpAddr::V4(v4) => common::Prefix::new(common::family::IPV4, v4.to_ipv6_mapped().octets(), 96 + self.len),
+            IpAddr::V6(v6) => common::Prefix::new(common::family::IPV6, v6.octets(), self.len),
+        }
     }
 }
 
@@ -1274,15 +1274,11 @@ mod tests {
         assert_eq!(rule.flags, common::flags::BURST);
         assert_eq!((rule.proto, rule.port_lo, rule.port_hi, rule.ifindex), (17, 443, 443, 5));
 
-        let (len, key) = "198.51.100.0/24".parse::<Cidr>().unwrap().trie_entry(2);
-        assert_eq!(len, 32 + 32 + 96 + 24);
-        assert_eq!(key.slot_be, [0, 0, 0, 2]);
-        assert_eq!(key.family_be, [0, 0, 0, common::family::IPV4]);
-        assert_eq!(&key.addr[10..], &[0xff, 0xff, 198, 51, 100, 0]);
-        // `::/0` covers the IPv6 family only: its prefix ends right after the family byte,
-        // which differs from an IPv4 packet's.
-        let (len, key) = "::/0".parse::<Cidr>().unwrap().trie_entry(2);
-        assert_eq!(len, 32 + 32);
-        assert_eq!(key.family_be, [0, 0, 0, common::family::IPV6]);
+        let prefix = "198.51.100.7/24".parse::<Cidr>().unwrap().prefix();
+        assert_eq!((prefix.family, prefix.len), (common::family::IPV4, 96 + 24));
+        assert_eq!(&prefix.addr[10..], &[0xff, 0xff, 198, 51, 100, 0], "host bits cleared");
+        // `::/0` covers the IPv6 family only: the family is part of the trie key.
+        let prefix = "::/0".parse::<Cidr>().unwrap().prefix();
+        assert_eq!((prefix.family, prefix.len, prefix.addr), (common::family::IPV6, 0, [0; 16]));
     }
 }

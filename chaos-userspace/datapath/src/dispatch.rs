@@ -1,0 +1,409 @@
+//! Compiles an instance's rules into the two maps a packet finds its rules in
+//! (docs/datapath.md, "Finding the rules"): CHAOS_PEERS, an LPM trie from (role, address
+//! prefix) to an address class, and CHAOS_DISPATCH, from (interface, direction, source
+//! class, destination class) to the slots of the rules acting there.
+//!
+//! An address class stands for the set of peer sets an address belongs to. The trie
+//! returns the longest prefix that covers an address, and every prefix that covers the
+//! address also covers that longest one, so the peer sets of an address are a function of
+//! its longest prefix: each prefix gets the class of "every set holding it or a shorter
+//! prefix above it". Overlapping peers of different rules (10.0.0.0/8 in one, 10.1.0.0/16
+//! in another) therefore need no per-rule lookups.
+//!
+//! Pure: no kernel, so the compiler is unit-tested here and the instance only writes the
+//! difference between two compiled states.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chaos_ebpf_common::{direction, flags, lookups, role, DispatchKey, Prefix, Rule, DISPATCH_WIDTH};
+
+/// A set of peer prefixes, by number (one per rule's peers, one per matrix group).
+pub type SetId = u32;
+
+/// What a rule matches by address in one direction: both parts must hold; None is any
+/// address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrMatch {
+    pub direction: u32,
+    pub src: Option<SetId>,
+    pub dst: Option<SetId>,
+}
+
+/// How one rule is found: its interface (0: all) and its address matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleAddrs {
+    pub ifindex: u32,
+    pub matches: Vec<AddrMatch>,
+}
+
+/// What the maps should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compiled {
+    /// (role, prefix) -> address class (never 0).
+    pub addrs: HashMap<(u32, Prefix), u32>,
+    /// Dispatch key -> rule slots, ascending.
+    pub dispatch: HashMap<DispatchKey, Vec<u32>>,
+    /// Bits of chaos_ebpf_common::lookups.
+    pub lookups: u32,
+}
+
+/// Why rules do not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TooMany {
+    /// More than DISPATCH_WIDTH rules act on the same packets.
+    Stacked { slots: Vec<u32> },
+    /// The combinations of interfaces, directions and address classes need more
+    /// dispatch entries than the map holds.
+    Entries { needed: usize, limit: usize },
+}
+
+impl std::fmt::Display for TooMany {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TooMany::Stacked { slots } => write!(
+                f,
+                "{} faults would act on the same packets (rule slots {slots:?}); at most {DISPATCH_WIDTH} can",
+                slots.len()
+            ),
+            TooMany::Entries { needed, limit } => write!(
+                f,
+                "the faults' interfaces, directions and overlapping peer sets need {needed} dispatch entries; at most {limit} fit"
+            ),
+        }
+    }
+}
+
+/// The rules of one instance and their peer sets, compiled on every change.
+#[derive(Debug, Default)]
+pub struct Compiler {
+    rules: BTreeMap<u32, RuleAddrs>,
+    sets: BTreeMap<SetId, Vec<Prefix>>,
+    next_set: SetId,
+    /// Per role (index 0 source, 1 destination): membership -> class, kept across
+    /// compiles so an address whose sets did not change keeps its class (its trie entry
+    /// is not rewritten).
+    classes: [HashMap<Vec<SetId>, u32>; 2],
+    next_class: u32,
+}
+
+/// The address matches of an ordinary rule: its peers (set `peers`, when the rule has
+/// the PEERS flag) are the destination of what it sends and the source of what it
+/// receives, or the source on egress too for rules acting on the far end of a veth.
+pub fn rule_matches(rule: &Rule, peers: Option<SetId>) -> Vec<AddrMatch> {
+    let mut out = Vec::new();
+    let peers = if rule.flags & flags::PEERS != 0 { peers } else { None };
+    let restricted = rule.flags & flags::PEERS != 0;
+    for dir in [direction::EGRESS, direction::INGRESS] {
+        if rule.directions & dir == 0 {
+            continue;
+        }
+        let peer_is_source = dir == direction::INGRESS || rule.flags & flags::PEER_IS_SOURCE != 0;
+        let m = match (restricted, peer_is_source) {
+            (false, _) => AddrMatch { direction: dir, src: None, dst: None },
+            // A rule with the PEERS flag and no set matches nothing.
+            (true, _) if peers.is_none() => continue,
+            (true, true) => AddrMatch { direction: dir, src: peers, dst: None },
+            (true, false) => AddrMatch { direction: dir, src: None, dst: peers },
+        };
+        out.push(m);
+    }
+    out
+}
+
+impl Compiler {
+    /// Registers a peer set; its id is unique for this compiler's lifetime.
+    pub fn add_set(&mut self, prefixes: Vec<Prefix>) -> SetId {
+        self.next_set += 1;
+        self.sets.insert(self.next_set, prefixes);
+        self.next_set
+    }
+
+    pub fn remove_set(&mut self, id: SetId) {
+        self.sets.remove(&id);
+    }
+
+    pub fn set_rule(&mut self, slot: u32, addrs: RuleAddrs) {
+        self.rules.insert(slot, addrs);
+    }
+
+    pub fn remove_rule(&mut self, slot: u32) -> Option<RuleAddrs> {
+        self.rules.remove(&slot)
+    }
+
+    pub fn rule(&self, slot: u32) -> Option<&RuleAddrs> {
+        self.rules.get(&slot)
+    }
+
+    /// Prefixes over all sets (what the trie must hold, per role used).
+    pub fn prefix_count(&self) -> usize {
+        self.sets.values().map(Vec::len).sum()
+    }
+
+    /// The maps' content for the current rules, or why it cannot be built.
+    pub fn compile(&mut self, max_entries: usize) -> Result<Compiled, TooMany> {
+        let mut out = Compiled::default();
+        // Per role: the classes in use, and for each set the classes that contain it.
+        let mut containing: [HashMap<SetId, BTreeSet<u32>>; 2] = [HashMap::new(), HashMap::new()];
+        let mut all_classes: [BTreeSet<u32>; 2] = [BTreeSet::from([0]), BTreeSet::from([0])];
+        for (index, which) in [role::SOURCE, role::DESTINATION].into_iter().enumerate() {
+            let used: BTreeSet<SetId> = self
+                .rules
+                .values()
+                .flat_map(|r| &r.matches)
+                .filter_map(|m| if index == 0 { m.src } else { m.dst })
+                .collect();
+            if used.is_empty() {
+                self.classes[index].clear();
+                continue;
+            }
+            out.lookups |= if index == 0 { lookups::SOURCE } else { lookups::DESTINATION };
+            // Each prefix, and the sets holding exactly it.
+            let mut exact: HashMap<Prefix, Vec<SetId>> = HashMap::new();
+            for set in &used {
+                for prefix in self.sets.get(set).map(Vec::as_slice).unwrap_or_default() {
+                    let holders = exact.entry(*prefix).or_default();
+                    if holders.last() != Some(set) {
+                        holders.push(*set);
+                    }
+                }
+            }
+            // Only the prefix lengths in use can cover a prefix (usually one or two).
+            let lengths: BTreeSet<(u8, u8)> = exact.keys().map(|p| (p.family, p.len)).collect();
+            let mut memberships: HashMap<Vec<SetId>, u32> = HashMap::new();
+            for prefix in exact.keys() {
+                let mut member: BTreeSet<SetId> = BTreeSet::new();
+                for &(family, len) in &lengths {
+                    if family != prefix.family || len > prefix.len {
+                        continue;
+                    }
+                    if let Some(holders) = exact.get(&prefix.truncated(len)) {
+                        member.extend(holders);
+                    }
+                }
+                let member: Vec<SetId> = member.into_iter().collect();
+                let class = match memberships.get(&member) {
+                    Some(class) => *class,
+                    None => {
+                        let class = match self.classes[index].get(&member) {
+                            Some(class) => *class,
+                            None => {
+                                self.next_class += 1;
+                                self.next_class
+                            }
+                        };
+                        for set in &member {
+                            containing[index].entry(*set).or_default().insert(class);
+                        }
+                        all_classes[index].insert(class);
+                        memberships.insert(member, class);
+                        class
+                    }
+                };
+                out.addrs.insert((which, *prefix), class);
+            }
+            self.classes[index] = memberships;
+        }
+
+        // Interface-specific rules first: their cells are the only ones under their
+        // interface, and rules for every interface join those cells too (the kernel
+        // looks the interface up first and falls back to the entry for all).
+        let specific: Vec<(&u32, &RuleAddrs)> = self.rules.iter().filter(|(_, r)| r.ifindex != 0).collect();
+        let general: Vec<(&u32, &RuleAddrs)> = self.rules.iter().filter(|(_, r)| r.ifindex == 0).collect();
+        let empty = BTreeSet::new();
+        let classes_of = |index: usize, set: Option<SetId>| -> &BTreeSet<u32> {
+            match set {
+                None => &all_classes[index],
+                Some(set) => containing[index].get(&set).unwrap_or(&empty),
+            }
+        };
+        let mut cells: HashMap<DispatchKey, Vec<u32>> = HashMap::new();
+        let add = |cells: &mut HashMap<DispatchKey, Vec<u32>>, key: DispatchKey, slot: u32| -> Result<(), TooMany> {
+            let list = cells.entry(key).or_default();
+            if list.last() != Some(&slot) {
+                list.push(slot);
+            }
+            if cells.len() > max_entries {
+                return Err(TooMany::Entries { needed: cells.len(), limit: max_entries });
+            }
+            Ok(())
+        };
+        for (slot, rule) in &specific {
+            for m in &rule.matches {
+                for &src_class in classes_of(0, m.src) {
+                    for &dst_class in classes_of(1, m.dst) {
+                        let key = DispatchKey { ifindex: rule.ifindex, direction: m.direction, src_class, dst_class };
+                        add(&mut cells, key, **slot)?;
+                    }
+                }
+            }
+        }
+        let specific_keys: BTreeSet<u32> = specific.iter().map(|(_, r)| r.ifindex).collect();
+        for (slot, rule) in &general {
+            for m in &rule.matches {
+                for &src_class in classes_of(0, m.src) {
+                    for &dst_class in classes_of(1, m.dst) {
+                        let key = DispatchKey { ifindex: 0, direction: m.direction, src_class, dst_class };
+                        add(&mut cells, key, **slot)?;
+                        for &ifindex in &specific_keys {
+                            let key = DispatchKey { ifindex, ..key };
+                            if cells.contains_key(&key) {
+                                add(&mut cells, key, **slot)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for list in cells.values_mut() {
+            list.sort_unstable();
+            list.dedup();
+            if list.len() > DISPATCH_WIDTH {
+                return Err(TooMany::Stacked { slots: list.clone() });
+            }
+        }
+        if !specific_keys.is_empty() {
+            out.lookups |= lookups::BY_IFINDEX;
+        }
+        out.dispatch = cells;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chaos_ebpf_common::{action, family};
+    use std::net::Ipv4Addr;
+
+    fn v4(text: &str) -> Prefix {
+        let (addr, len) = text.split_once('/').unwrap();
+        let addr: Ipv4Addr = addr.parse().unwrap();
+        Prefix::new(family::IPV4, addr.to_ipv6_mapped().octets(), 96 + len.parse::<u8>().unwrap())
+    }
+
+    fn rule(directions: u32, peers: bool) -> Rule {
+        Rule { action: action::DROP, directions, flags: if peers { flags::PEERS } else { 0 }, ..Rule::default() }
+    }
+
+    /// The slots a packet from `src` to `dst` finds, as the kernel would: longest
+    /// prefix per role, then the interface's entry, else the one for all.
+    fn lookup(c: &Compiled, ifindex: u32, dir: u32, src: Prefix, dst: Prefix) -> Vec<u32> {
+        let class = |which: u32, addr: Prefix| {
+            (0..=128u8)
+                .rev()
+                .find_map(|len| c.addrs.get(&(which, addr.truncated(len))).filter(|_| len <= addr.len))
+                .copied()
+                .unwrap_or(0)
+        };
+        let src_class = if c.lookups & lookups::SOURCE != 0 { class(role::SOURCE, src) } else { 0 };
+        let dst_class = if c.lookups & lookups::DESTINATION != 0 { class(role::DESTINATION, dst) } else { 0 };
+        let key = DispatchKey { ifindex, direction: dir, src_class, dst_class };
+        if c.lookups & lookups::BY_IFINDEX != 0 {
+            if let Some(list) = c.dispatch.get(&key) {
+                return list.clone();
+            }
+        }
+        c.dispatch.get(&DispatchKey { ifindex: 0, ..key }).cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn overlapping_peers_of_two_rules_each_find_their_rule() {
+        let mut c = Compiler::default();
+        let wide = c.add_set(vec![v4("10.0.0.0/8")]);
+        let narrow = c.add_set(vec![v4("10.1.0.0/16")]);
+        let r = rule(direction::EGRESS, true);
+        c.set_rule(3, RuleAddrs { ifindex: 0, matches: rule_matches(&r, Some(wide)) });
+        c.set_rule(7, RuleAddrs { ifindex: 0, matches: rule_matches(&r, Some(narrow)) });
+        let out = c.compile(1 << 16).unwrap();
+        let any = v4("192.0.2.1/32");
+        assert_eq!(lookup(&out, 5, direction::EGRESS, any, v4("10.1.2.3/32")), vec![3, 7]);
+        assert_eq!(lookup(&out, 5, direction::EGRESS, any, v4("10.2.2.3/32")), vec![3]);
+        assert_eq!(lookup(&out, 5, direction::EGRESS, any, v4("11.0.0.1/32")), Vec::<u32>::new());
+        // Ingress was not asked for.
+        assert_eq!(lookup(&out, 5, direction::INGRESS, v4("10.1.2.3/32"), any), Vec::<u32>::new());
+        assert_eq!(out.lookups, lookups::DESTINATION);
+    }
+
+    #[test]
+    fn a_rule_without_peers_joins_every_class_and_interface_rules_keep_it() {
+        let mut c = Compiler::default();
+        let peers = c.add_set(vec![v4("198.51.100.0/24")]);
+        let both = rule(direction::BOTH, true);
+        c.set_rule(1, RuleAddrs { ifindex: 0, matches: rule_matches(&both, Some(peers)) });
+        c.set_rule(2, RuleAddrs { ifindex: 0, matches: rule_matches(&rule(direction::BOTH, false), None) });
+        c.set_rule(4, RuleAddrs { ifindex: 9, matches: rule_matches(&rule(direction::INGRESS, false), None) });
+        let out = c.compile(1 << 16).unwrap();
+        let (peer, other) = (v4("198.51.100.7/32"), v4("203.0.113.9/32"));
+        assert_eq!(lookup(&out, 1, direction::EGRESS, other, peer), vec![1, 2]);
+        assert_eq!(lookup(&out, 1, direction::INGRESS, peer, other), vec![1, 2]);
+        assert_eq!(lookup(&out, 1, direction::INGRESS, other, peer), vec![2], "ingress peers are sources");
+        assert_eq!(lookup(&out, 9, direction::INGRESS, peer, other), vec![1, 2, 4]);
+        assert_eq!(lookup(&out, 9, direction::INGRESS, other, other), vec![2, 4]);
+        assert_eq!(lookup(&out, 9, direction::EGRESS, other, peer), vec![1, 2]);
+        assert_eq!(out.lookups, lookups::SOURCE | lookups::DESTINATION | lookups::BY_IFINDEX);
+    }
+
+    #[test]
+    fn a_matrix_cuts_only_its_pairs() {
+        let mut c = Compiler::default();
+        let groups: Vec<SetId> =
+            ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"].iter().map(|g| c.add_set(vec![v4(g)])).collect();
+        // A ring of three cut one way round: a->b, b->c.
+        let matches = [(0, 1), (1, 2)]
+            .iter()
+            .map(|&(a, b)| AddrMatch { direction: direction::INGRESS, src: Some(groups[a]), dst: Some(groups[b]) })
+            .collect();
+        c.set_rule(0, RuleAddrs { ifindex: 0, matches });
+        let out = c.compile(1 << 16).unwrap();
+        let node = |g: u8| v4(&format!("10.0.{g}.5/32"));
+        for a in 0..3u8 {
+            for b in 0..3u8 {
+                let cut = matches!((a, b), (0, 1) | (1, 2));
+                let found = lookup(&out, 4, direction::INGRESS, node(a), node(b));
+                assert_eq!(found.is_empty(), !cut, "{a}->{b}");
+            }
+        }
+        assert_eq!(out.dispatch.len(), 2, "one entry per cut pair");
+    }
+
+    #[test]
+    fn too_many_stacked_rules_are_refused() {
+        let mut c = Compiler::default();
+        for slot in 0..=DISPATCH_WIDTH as u32 {
+            c.set_rule(slot, RuleAddrs { ifindex: 0, matches: rule_matches(&rule(direction::EGRESS, false), None) });
+        }
+        match c.compile(1 << 16) {
+            Err(TooMany::Stacked { slots }) => assert_eq!(slots.len(), DISPATCH_WIDTH + 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(c.compile(0).is_err());
+    }
+
+    #[test]
+    fn unchanged_addresses_keep_their_class() {
+        let mut c = Compiler::default();
+        let a = c.add_set(vec![v4("10.0.0.0/24")]);
+        c.set_rule(0, RuleAddrs { ifindex: 0, matches: rule_matches(&rule(direction::EGRESS, true), Some(a)) });
+        let before = c.compile(1 << 16).unwrap();
+        let b = c.add_set(vec![v4("10.9.0.0/24")]);
+        c.set_rule(1, RuleAddrs { ifindex: 0, matches: rule_matches(&rule(direction::EGRESS, true), Some(b)) });
+        let after = c.compile(1 << 16).unwrap();
+        let key = (role::DESTINATION, v4("10.0.0.0/24"));
+        assert_eq!(before.addrs[&key], after.addrs[&key]);
+        assert_eq!(after.addrs.len(), 2);
+    }
+
+    #[test]
+    fn a_million_exact_peers_share_one_class() {
+        let mut c = Compiler::default();
+        let prefixes: Vec<Prefix> = (0..1_000_000u32)
+            .map(|i| Prefix::new(family::IPV4, Ipv4Addr::from(0x0a00_0000 + i).to_ipv6_mapped().octets(), 128))
+            .collect();
+        let set = c.add_set(prefixes);
+        c.set_rule(0, RuleAddrs { ifindex: 0, matches: rule_matches(&rule(direction::EGRESS, true), Some(set)) });
+        let out = c.compile(1 << 16).unwrap();
+        assert_eq!(out.addrs.len(), 1_000_000);
+        assert_eq!(out.addrs.values().collect::<BTreeSet<_>>().len(), 1);
+        assert_eq!(out.dispatch.len(), 1);
+    }
+}
