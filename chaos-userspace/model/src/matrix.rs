@@ -32,7 +32,7 @@ pub enum GroupMember {
     Cgroup(String),
 }
 
-/// A `Cidr` that can be ordered and hashed (members are kept sorted for the plan).
+/// A `Cidr` that can be ordered and hashed, as members are compared and indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CidrKey {
     pub addr: std::net::IpAddr,
@@ -55,9 +55,7 @@ impl CidrKey {
         let ((f, lo, hi), (g, olo, ohi)) = (self.range(), other.range());
         f == g && lo <= olo && ohi <= hi
     }
-}
 
-impl CidrKey {
     /// The family and the first and last address (IPv4 in the top 32 bits, so the
     /// prefix length counts from the top in both families).
     fn range(self) -> (bool, u128, u128) {
@@ -144,7 +142,12 @@ impl GroupMember {
                     "write cgroup:PATH (inside the cgroup2 mount, at most 256 bytes, no '..')",
                 ));
             }
-            return Ok(vec![GroupMember::Cgroup(path.trim_end_matches('/').to_owned())]);
+            // `cgroup:/` is the root: every process.
+            let path = match path.trim_end_matches('/') {
+                "" => "/",
+                trimmed => trimmed,
+            };
+            return Ok(vec![GroupMember::Cgroup(path.to_owned())]);
         }
         if let Ok(cidr) = text.parse::<Cidr>() {
             return Ok(vec![GroupMember::Cidr(cidr.into())]);
@@ -587,6 +590,8 @@ mod tests {
         assert!(p("cgroup:/a").overlaps(&p("cgroup:a/b")));
         assert!(!p("cgroup:/a").overlaps(&p("cgroup:/ab")));
         assert!(!p("node:n1").overlaps(&p("198.18.0.1")));
+        assert_eq!(p("cgroup:/").to_string(), "cgroup:/", "the root cgroup");
+        assert!(p("cgroup:/").overlaps(&p("cgroup:/x/y")));
     }
 
     /// The index finds exactly the overlaps `overlaps` finds, pair by pair.

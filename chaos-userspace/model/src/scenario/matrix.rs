@@ -172,7 +172,7 @@ impl Validator<'_> {
             }
         }
         if let Some(names) = &p.ring {
-            let groups = self.matrix_groups(names, |j| with(&key("ring"), &[Seg::Index(j)]), groups)?;
+            let groups = self.matrix_groups("ring", names, |j| with(&key("ring"), &[Seg::Index(j)]), groups)?;
             if groups.len() < 4 {
                 return Err(self.error(
                     &key("ring"),
@@ -197,7 +197,7 @@ impl Validator<'_> {
                 2 => with(&key("bridge"), &[Seg::Key("via")]),
                 _ => with(&sides, &[Seg::Index(j)]),
             };
-            let groups = self.matrix_groups(&names, at, groups)?;
+            let groups = self.matrix_groups("bridge", &names, at, groups)?;
             return Ok(MatrixSpec {
                 form: MatrixForm::Bridge,
                 matrix: PartitionMatrix::new(groups, matrix::bridge_cuts()),
@@ -235,7 +235,7 @@ impl Validator<'_> {
                 )),
                 (Some(names), None) => {
                     let at = |j| with(&mm_at, &[Seg::Key("groups"), Seg::Index(j)]);
-                    let groups = self.matrix_groups(names, at, groups)?;
+                    let groups = self.matrix_groups("majority-minority", names, at, groups)?;
                     let k = split(groups.len(), "groups")?;
                     let cuts = matrix::majority_minority_cuts(groups.len() - k, k);
                     Ok(MatrixSpec { form: MatrixForm::MajorityMinority, matrix: PartitionMatrix::new(groups, cuts) })
@@ -279,7 +279,7 @@ impl Validator<'_> {
                 )
             });
         };
-        let matrix_groups = self.matrix_groups(names, |j| with(&key("groups"), &[Seg::Index(j)]), groups)?;
+        let matrix_groups = self.matrix_groups("groups", names, |j| with(&key("groups"), &[Seg::Index(j)]), groups)?;
         if cut.is_empty() {
             return Err(self.error(&key("cut"), "cut: is empty: the matrix cuts nothing", "add pairs: cut: [[a, b]]"));
         }
@@ -306,7 +306,7 @@ impl Validator<'_> {
                         format!("cut names group '{}', which is not in this matrix's groups", spec::shorten(name, 40)),
                         format!("add it to groups: [...] of the partition, or cut one of: {}", list(names)),
                     )),
-                    None => Err(self.unknown_group(&at, name, groups)),
+                    None => Err(self.unknown_group(&at, "cut", name, groups)),
                 }
             };
             let (a, b) = (index(from)?, index(to)?);
@@ -334,19 +334,21 @@ impl Validator<'_> {
         Ok(MatrixSpec { form: MatrixForm::Cut, matrix: PartitionMatrix::new(matrix_groups, cuts) })
     }
 
-    fn unknown_group(&self, at: &[Seg], name: &str, groups: &Groups) -> Problem {
+    /// `field` names where the group is named (ring, cut, ...), for the message.
+    fn unknown_group(&self, at: &[Seg], field: &str, name: &str, groups: &Groups) -> Problem {
         let fix = if groups.is_empty() {
             "define it under groups: at the top of the file (groups: {a: [node:n1-n4]})".to_owned()
         } else {
             format!("name one of the groups: {}", list(groups.keys()))
         };
-        self.error(at, format!("unknown group '{}'", spec::shorten(name, 40)), fix)
+        self.error(at, format!("{field}: unknown group '{}'", spec::shorten(name, 40)), fix)
     }
 
     /// The groups a matrix lists, in order: each defined, listed once, and no member in
     /// two of them.
     fn matrix_groups(
         &self,
+        field: &str,
         names: &[String],
         at: impl Fn(usize) -> Vec<Seg>,
         groups: &Groups,
@@ -363,7 +365,7 @@ impl Validator<'_> {
         for (j, name) in names.iter().enumerate() {
             let shown = spec::shorten(name, 40);
             let Some(members) = groups.get(name) else {
-                return Err(self.unknown_group(&at(j), name, groups));
+                return Err(self.unknown_group(&at(j), field, name, groups));
             };
             if out.iter().any(|g| &g.name == name) {
                 return Err(self.error(
@@ -422,7 +424,7 @@ impl Validator<'_> {
                 None if text.contains(':') || text.parse::<Cidr>().is_ok() => {
                     GroupMember::parse(text).map_err(|e| self.error(item_at, e.problem, e.fix))?
                 }
-                None => return Err(self.unknown_group(item_at, text, groups)),
+                None => return Err(self.unknown_group(item_at, &format!("{form} of"), text, groups)),
             };
             for m in &members {
                 if !m.is_node() {
@@ -674,7 +676,7 @@ mod tests {
         );
         bad_matrix("{groups: [a, a], cut: [[a, b]]}", 39, "listed twice");
         bad_matrix("{groups: [a, b], cut: [[a, a]]}", 49, "with itself");
-        bad_matrix("{groups: [a, b], cut: [[a, zz]]}", 53, "unknown group 'zz'");
+        bad_matrix("{groups: [a, b], cut: [[a, zz]]}", 53, "cut: unknown group 'zz'");
         bad_matrix("{groups: [a, b], cut: [[a, c]]}", 53, "not in this matrix's groups");
         bad_matrix("{groups: [a, b], cut: [[a, b], [b, a]]}", 57, "given twice");
         bad_matrix("{groups: [a, b], cut: [[a, \"->\", b], [a, b]]}", 63, "given twice");
@@ -682,6 +684,7 @@ mod tests {
         bad_matrix("{groups: [a, b], cut: []}", 43, "cuts nothing");
         bad_matrix("{groups: [a, b]}", 27, "needs cut");
         bad_matrix("{groups: [a, nine], cut: [[a, nine]]}", 39, "name one of the groups: a, b, c, d, e, f");
+        bad_matrix("{ring: [a, b, c, nine]}", 43, "ring: unknown group 'nine'");
         bad_matrix("{ring: [a, b, c]}", 27, "a ring of 3 groups cuts nothing");
         bad_matrix("{ring: [a, b, c, d], halves: {of: e}}", 47, "both ring and halves");
         bad_matrix("{}", 15, "gives no matrix");
@@ -691,7 +694,7 @@ mod tests {
         bad_matrix("{majority-minority: {of: [a]}}", 27, "give at least 3 nodes");
         bad_matrix("{halves: {of: [c]}}", 41, "198.18.0.0/29 is not a node");
         bad_matrix("{halves: {of: [a, node:n1]}}", 44, "node:n1 is named twice");
-        bad_matrix("{halves: {of: [nowhere]}}", 41, "unknown group 'nowhere'");
+        bad_matrix("{halves: {of: [nowhere]}}", 41, "halves of: unknown group 'nowhere'");
         bad_matrix("{stripes: [a, b]}", 27, "unknown field `stripes`");
         // The step around it.
         let step = |fields: &str| {
