@@ -138,6 +138,10 @@ pub fn parse(file: &str, source: &str) -> Result<Plan, Problem> {
                 None => (line, column),
             };
             ("intensity is neither a number nor a ramp".to_owned(), line, column)
+        } else if problem.contains("untagged enum RawOneOrMany") {
+            // `of:` of halves and majority-minority, `alpn:`: one name or a list.
+            let at = problem.split(": ").next().unwrap_or("the value");
+            (format!("{} is neither a name nor a list of names", crate::spec::shorten(at, 80)), line, column)
         } else {
             (crate::spec::shorten(problem, 200), line, column)
         };
@@ -196,6 +200,8 @@ fn fix_for_serde(problem: &str) -> String {
         "add the field (see docs/scenarios.md)".into()
     } else if problem.contains("intensity is neither") {
         "write intensity: 0.5 (0 < x <= 1) or a ramp intensity: {from: 0.1, to: 1, steps: 5}".into()
+    } else if problem.contains("neither a name nor a list") {
+        "write one name or a list of them (of: [node:n1-n8], alpn: [h2, http/1.1])".into()
     } else if problem.contains("invalid type") {
         "give the value the type the message asks for (a duration such as 30s is a string)".into()
     } else {

@@ -696,6 +696,8 @@ mod tests {
         bad_matrix("{halves: {of: [a, node:n1]}}", 44, "node:n1 is named twice");
         bad_matrix("{halves: {of: [nowhere]}}", 41, "halves of: unknown group 'nowhere'");
         bad_matrix("{stripes: [a, b]}", 27, "unknown field `stripes`");
+        bad_matrix("{halves: {of: {x: 1}}}", 35, "steps[0].partition.halves is neither a name nor a list of names");
+        bad_matrix("{groups: [a, b], cut: [a, b]}", 49, "expected a sequence");
         // The step around it.
         let step = |fields: &str| {
             format!("steps:\n  - {{name: m, {fields}, partition: {{ring: [a, b, c, d]}}, duration: 1s}}\n")
