@@ -14,11 +14,13 @@ pub fn load(file: &Path) -> Result<Plan> {
 
 pub fn run(file: &Path) -> Result<i32> {
     let plan = load(file)?;
+    let matrices = plan.steps.iter().filter(|s| s.matrix.is_some()).count();
     output::out(&format!(
-        "{}: valid: {} steps, {} faults, {} in all",
+        "{}: valid: {} steps, {} faults{}, {} in all",
         file.display(),
         plan.steps.len(),
         plan.steps.iter().map(|s| s.faults.len()).sum::<usize>(),
+        if matrices > 0 { format!(", {matrices} partition matrices") } else { String::new() },
         spec::format_duration(plan.total_duration())
     ));
     Ok(0)

@@ -40,6 +40,18 @@ pub struct Preflight {
 /// need them are listed in `unchecked` instead.
 pub fn check(plan: &Plan, dry_run: bool) -> Result<Preflight> {
     plan.check_limits().map_err(|e| Problem::new(e.problem, e.fix))?;
+    // A matrix step has no rules of its own (`faults` is empty): run would take it for a
+    // pause and cut nothing. Refused until the engine applies matrices (issue 11).
+    if let Some(step) = plan.steps.iter().find(|s| s.matrix.is_some()) {
+        return Err(Problem::new(
+            format!(
+                "step '{}' is a partition matrix, which run does not support yet",
+                chaos_model::spec::shorten(&step.name, 40)
+            ),
+            "validate and plan show it; to run now, write the cuts as partition steps with target: and peers:",
+        )
+        .into());
+    }
     let missing = error::missing_privileges();
     let privileged = missing.is_empty();
     if !privileged && !dry_run {
@@ -189,4 +201,24 @@ pub fn check_fq() -> Result<()> {
         )
         .into()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// A partition matrix is refused before anything is checked or changed, in a dry run too.
+    #[test]
+    fn partition_matrices_are_refused_until_run_supports_them() {
+        let plan = chaos_model::scenario::parse(
+            "m.yaml",
+            "apiVersion: chaos-ebpf/v1\ngroups: {a: [node:n1], b: [node:n2]}\nsteps:\n  - {name: split, partition: {groups: [a, b], cut: [[a, b]]}, duration: 1s}\n",
+        )
+        .unwrap();
+        for dry_run in [true, false] {
+            let e = super::check(&plan, dry_run).err().expect("refused");
+            assert!(
+                e.to_string().contains("step 'split' is a partition matrix, which run does not support yet"),
+                "{e}"
+            );
+        }
+    }
 }

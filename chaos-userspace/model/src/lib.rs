@@ -12,6 +12,7 @@ pub mod hypothesis;
 pub mod inject;
 pub mod lab;
 pub mod locate;
+pub mod matrix;
 pub mod plan;
 pub mod problem;
 pub mod scenario;

@@ -111,6 +111,11 @@ pub struct PlannedStep {
     /// An action step's action (its `faults` are empty).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<crate::action::PlannedAction>,
+    /// A partition matrix step's matrix (its `faults` are empty): applied as one update
+    /// when each window opens, healed as one when it closes. `expand` with the step's
+    /// seed gives the groups and cut pairs (`matrix::PartitionMatrix`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<crate::matrix::MatrixSpec>,
     /// When the faults are in force, in order and not overlapping: one window for a plain
     /// step, one per `on` period of a duty cycle, and consecutive windows of rising (or
     /// falling) intensity for a ramp. A step without faults (a pause) has one window too.
@@ -167,6 +172,7 @@ impl PlannedStep {
             seed: None,
             faults,
             action: None,
+            matrix: None,
             windows: vec![Window { start, end: start + duration, intensity: 1.0 }],
         }
     }
@@ -510,7 +516,9 @@ impl Plan {
                 step.seed(seed),
                 if step.seed.is_some() { ", the step's own" } else { "" }
             );
-            if step.faults.is_empty() {
+            if let Some(spec) = &step.matrix {
+                describe_matrix(&mut out, spec, step.seed(seed));
+            } else if step.faults.is_empty() {
                 let _ = writeln!(out, "                        (no fault)");
                 continue;
             }
@@ -573,6 +581,31 @@ impl Plan {
         }
         let _ = writeln!(out, "\n{}", self.peak_use().describe());
         out
+    }
+}
+
+/// Most groups, and most cuts, the plan lists one by one; beyond, it gives counts.
+const MATRIX_LINES: usize = 12;
+
+/// A matrix step in the timeline: its form and counts, then its groups and cuts when
+/// they are few. Shuffled halves are shown as `seed` splits them.
+fn describe_matrix(out: &mut String, spec: &crate::matrix::MatrixSpec, seed: u64) {
+    let pad = "                        ";
+    let matrix = spec.expand(seed);
+    let _ = writeln!(out, "{pad}partition matrix ({}): {}", spec.form.name(), matrix.counts());
+    let groups = matrix.groups();
+    for (i, g) in groups.iter().enumerate().take(MATRIX_LINES) {
+        let _ = writeln!(out, "{pad}  group {i} {}: {}", shorten(&g.name, 40), g.summary());
+    }
+    if groups.len() > MATRIX_LINES {
+        let _ = writeln!(out, "{pad}  ... and {} more groups", groups.len() - MATRIX_LINES);
+    }
+    let cuts = matrix.cuts_text();
+    if cuts.len() <= MATRIX_LINES {
+        let _ = writeln!(out, "{pad}  cut: {}", cuts.join(", "));
+    } else {
+        let shown: Vec<&str> = cuts.iter().take(MATRIX_LINES).map(String::as_str).collect();
+        let _ = writeln!(out, "{pad}  cut: {}, ... and {} more", shown.join(", "), cuts.len() - MATRIX_LINES);
     }
 }
 

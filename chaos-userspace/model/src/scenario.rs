@@ -13,6 +13,7 @@
 //!   - { name: lossy, fault: loss, target: n1, probability: 0.3, duration: 5s }
 //! ```
 
+mod matrix;
 mod raw;
 pub mod timeline;
 
@@ -137,6 +138,10 @@ pub fn parse(file: &str, source: &str) -> Result<Plan, Problem> {
                 None => (line, column),
             };
             ("intensity is neither a number nor a ramp".to_owned(), line, column)
+        } else if problem.contains("untagged enum RawOneOrMany") {
+            // `of:` of halves and majority-minority, `alpn:`: one name or a list.
+            let at = problem.split(": ").next().unwrap_or("the value");
+            (format!("{} is neither a name nor a list of names", crate::spec::shorten(at, 80)), line, column)
         } else {
             (crate::spec::shorten(problem, 200), line, column)
         };
@@ -195,6 +200,8 @@ fn fix_for_serde(problem: &str) -> String {
         "add the field (see docs/scenarios.md)".into()
     } else if problem.contains("intensity is neither") {
         "write intensity: 0.5 (0 < x <= 1) or a ramp intensity: {from: 0.1, to: 1, steps: 5}".into()
+    } else if problem.contains("neither a name nor a list") {
+        "write one name or a list of them (of: [node:n1-n8], alpn: [h2, http/1.1])".into()
     } else if problem.contains("invalid type") {
         "give the value the type the message asks for (a duration such as 30s is a string)".into()
     } else {
@@ -224,6 +231,7 @@ struct Draft {
     seed: Option<u64>,
     faults: Vec<PlannedFault>,
     action: Option<PlannedAction>,
+    matrix: Option<crate::matrix::MatrixSpec>,
     /// Relative to the step's start; the last ends at `length`.
     windows: Vec<timeline::RelWindow>,
     length: Duration,
@@ -288,6 +296,7 @@ impl Validator<'_> {
             targets.insert(name.clone(), spec);
         }
         let peer_sets = self.peer_sets(&raw.peers)?;
+        let groups = self.groups(&raw.groups)?;
         let hypothesis = raw.hypothesis.as_ref().map(|h| self.hypothesis(h)).transpose()?;
         let abort = self.guards(&raw.abort, hypothesis.as_ref())?;
         if raw.steps.is_empty() {
@@ -326,9 +335,21 @@ impl Validator<'_> {
         let mut next_rule_id = 1;
         let mut drafts = Vec::with_capacity(raw.steps.len());
         let mut window_count = 0usize;
+        let mut matrix_members = 0usize;
         for (i, step) in raw.steps.iter().enumerate() {
-            let draft = self.step(i, step, &targets, &peer_sets, &mut next_rule_id)?;
+            let draft = self.step(i, step, &targets, &peer_sets, &groups, &mut next_rule_id)?;
             window_count += draft.windows.len();
+            matrix_members += draft.matrix.as_ref().map_or(0, |m| m.matrix.member_count());
+            if matrix_members > crate::matrix::MAX_MEMBERS_IN_ALL {
+                return Err(self.error(
+                    &[Seg::Key("steps"), Seg::Index(i), Seg::Key("partition")],
+                    format!(
+                        "the partition matrices up to this step have more than {} members in all",
+                        crate::matrix::MAX_MEMBERS_IN_ALL
+                    ),
+                    "use fewer matrix steps (repeat: turns one on and off), or prefixes instead of many members",
+                ));
+            }
             if window_count > timeline::MAX_WINDOWS {
                 return Err(self.error(
                     &[Seg::Key("steps"), Seg::Index(i)],
@@ -395,6 +416,7 @@ impl Validator<'_> {
                 seed: draft.seed,
                 faults: draft.faults,
                 action: draft.action,
+                matrix: draft.matrix,
                 windows,
             });
         }
@@ -488,12 +510,16 @@ impl Validator<'_> {
         step: &RawStep,
         targets: &BTreeMap<String, TargetSpec>,
         peer_sets: &BTreeMap<String, Vec<Cidr>>,
+        groups: &matrix::Groups,
         next_rule_id: &mut u32,
     ) -> Result<Draft, Problem> {
         let at = |key: &'static str| [Seg::Key("steps"), Seg::Index(i), Seg::Key(key)];
         let name = step.name.clone().unwrap_or_else(|| format!("step-{}", i + 1));
         let duration =
             step.duration.as_deref().map(|d| self.positive_at(&at("duration"), d, "a step duration")).transpose()?;
+        if step.partition.is_some() {
+            return self.matrix_step(i, step, name, duration, groups);
+        }
         let fault = match (&step.fault, &step.action) {
             (Some(_), Some(_)) => {
                 return Err(self.error(
@@ -507,7 +533,7 @@ impl Validator<'_> {
                     &[Seg::Key("steps"), Seg::Index(i)],
                     format!("step '{}' has neither fault nor action", spec::shorten(&name, 40)),
                     format!(
-                        "add fault: (one of {}, or none for a pause) or action: ({})",
+                        "add fault: (one of {}, or none for a pause), partition: (a matrix) or action: ({})",
                         FaultKind::NAMES,
                         ActionKind::NAMES
                     ),
@@ -539,6 +565,7 @@ impl Validator<'_> {
                 seed: step.seed,
                 faults: Vec::new(),
                 action: None,
+                matrix: None,
                 windows: timeline::windows(&timeline::Shape::Constant(1.0), length),
                 length,
             });
@@ -698,7 +725,7 @@ impl Validator<'_> {
             faults.push(PlannedFault { rule_id: *next_rule_id, spec: fault, lab_peers: lab_peers.clone() });
             *next_rule_id += 1;
         }
-        Ok(Draft { name, seed: step.seed, faults, action: None, windows, length })
+        Ok(Draft { name, seed: step.seed, faults, action: None, matrix: None, windows, length })
     }
 
     /// An action step: one window over the step's duration, the action applied when it
@@ -865,6 +892,7 @@ impl Validator<'_> {
             seed: step.seed,
             faults: Vec::new(),
             action: Some(PlannedAction { spec, targets: action_targets }),
+            matrix: None,
             windows: timeline::windows(&timeline::Shape::Constant(1.0), length),
             length,
         })
@@ -2099,6 +2127,24 @@ mod tests {
                     "{from: 0.1, to: 1, steps: 3}",
                     "{on: 1s, off: 1s, count: 3}",
                     "{on: 1ms, off: 1ms}",
+                    "groups",
+                    "cut",
+                    "ring",
+                    "bridge",
+                    "majority-minority",
+                    "halves",
+                    "shuffle",
+                    "sides",
+                    "via",
+                    "minority",
+                    "of",
+                    "\"->\"",
+                    "node:n1-n8",
+                    "node:n9-n1",
+                    "node:n0-n99999",
+                    "cgroup:/a",
+                    "pod:x",
+                    "198.18.0.0/15",
                 ])
                 .prop_map(str::to_owned),
                 "[a-z0-9:./\\-]{0,12}",
@@ -2131,6 +2177,17 @@ mod tests {
             })
         }
 
+        /// A scenario with groups and partition matrices whose names, members and
+        /// forms are drawn from odd values.
+        fn matrix_scenario() -> impl Strategy<Value = String> {
+            prop::collection::vec(token(), 10).prop_map(|t| {
+                format!(
+                    "apiVersion: chaos-ebpf/v1\ngroups: {{a: [{}], b: [{}, node:n1-n4], c: [{}], {}: [node:n9]}}\nsteps:\n  - {{name: m, partition: {{groups: [a, b, {}], cut: [[a, {}], [{}, \"->\", c]]}}, duration: 1s}}\n  - {{name: r, partition: {{{}: [a, b, c, {}]}}, repeat: {}}}\n",
+                    t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9]
+                )
+            })
+        }
+
         fn check(src: &str) {
             let start = std::time::Instant::now();
             let result = parse_v1(src);
@@ -2156,6 +2213,11 @@ mod tests {
 
             #[test]
             fn odd_timing_and_probes_never_panic_or_hang(src in timed_scenario()) {
+                check(&src);
+            }
+
+            #[test]
+            fn odd_groups_and_matrices_never_panic_or_hang(src in matrix_scenario()) {
                 check(&src);
             }
 

@@ -82,6 +82,10 @@ pub struct RawScenario {
     /// Named peer sets: lists of addresses and prefixes a step's `peers` may name.
     #[serde(default)]
     pub peers: BTreeMap<String, Vec<String>>,
+    /// Named groups of nodes for partition matrices: lab nodes (`node:n3`, `node:n1-n8`),
+    /// addresses or prefixes, `cgroup:PATH`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
     pub hypothesis: Option<RawHypothesis>,
     /// Conditions that stop the run and revert every fault at once.
     #[serde(default)]
@@ -101,6 +105,9 @@ pub struct RawStep {
     /// `leader`, `followers`, `minority`, `majority`) or a process (`pid:N`; kill and
     /// pause).
     pub action: Option<String>,
+    /// A partition matrix over named groups: a fault of its own (no `fault:`, no
+    /// target), one form of cut, ring, bridge, majority-minority or halves.
+    pub partition: Option<RawPartition>,
     /// One target: a name from `targets` or `KIND:VALUE`.
     pub target: Option<String>,
     /// Several targets: the fault is installed on each (one rule each).
@@ -167,6 +174,56 @@ pub struct RawStep {
     /// tls-refuse: the TLS versions to refuse (`[1.3]`, `[1.0, 1.1]`).
     #[serde(rename = "tls-versions")]
     pub tls_versions: Option<Vec<RawTlsVersion>>,
+}
+
+/// Which groups cannot reach which: `groups` with `cut`, or one shorthand.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawPartition {
+    /// The groups of the matrix (names from the top-level `groups:`), with `cut`.
+    pub groups: Option<Vec<String>>,
+    /// Pairs of groups cut from each other: `[a, b]` both ways, `[a, "->", b]` only
+    /// packets from a to b.
+    pub cut: Option<Vec<Vec<String>>>,
+    /// Groups in a ring: each reaches only its two neighbours (at least 4 groups).
+    pub ring: Option<Vec<String>>,
+    /// Two sides cut from each other, and a group that reaches both.
+    pub bridge: Option<RawBridge>,
+    /// The minority cut from the majority: of groups, or of a set of nodes.
+    pub majority_minority: Option<RawMajorityMinority>,
+    /// A set of nodes split into two halves cut from each other.
+    pub halves: Option<RawHalves>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBridge {
+    /// The two groups cut from each other.
+    pub sides: Vec<String>,
+    /// The group that reaches both sides.
+    pub via: String,
+}
+
+/// `groups: [a, b, c, d, e]` (the last `minority` groups are the minority), or `of:`
+/// nodes (the last `minority` nodes).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMajorityMinority {
+    pub groups: Option<Vec<String>>,
+    /// Group names and node members whose nodes are split.
+    pub of: Option<RawOneOrMany>,
+    /// How many groups (or nodes) are the minority; default (N-1)/2.
+    pub minority: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHalves {
+    /// Group names and node members whose nodes are split.
+    pub of: RawOneOrMany,
+    /// Shuffle the nodes before splitting, with the step's seed (default: in order).
+    #[serde(default)]
+    pub shuffle: bool,
 }
 
 /// One value or a list of them.
