@@ -313,12 +313,13 @@ pub struct ProtectedPorts {
 
 /// Bits of [`Config::lookups`]: which lookups find a packet's rules.
 pub mod lookups {
-    /// Some rule restricts the source address: look the source up in CHAOS_PEERS.
-    pub const SOURCE: u32 = 1 << 0;
-    /// Some rule restricts the destination address.
-    pub const DESTINATION: u32 = 1 << 1;
+    /// Some rule restricts the address in this role ([`super::role`]): look it up in
+    /// CHAOS_PEERS. Bit `role - 1`.
+    pub const fn by_role(role: u32) -> u32 {
+        1 << (role - 1)
+    }
     /// Some dispatch entry names an interface: look that up before the entry for all.
-    pub const BY_IFINDEX: u32 = 1 << 2;
+    pub const BY_IFINDEX: u32 = 1 << 4;
 }
 
 /// Instance-wide settings (`CHAOS_CONFIG[0]`).
@@ -383,15 +384,28 @@ pub mod family {
     pub const IPV6: u8 = 6;
 }
 
-/// Which address of a packet a prefix in CHAOS_PEERS classifies.
+/// Which address of a packet, on which hook, a prefix in CHAOS_PEERS classifies. Each
+/// (hook, address) has its own classes, so the peers of rules on one hook never split
+/// the classes of the other, and a rule that restricts only destinations is listed
+/// under one source class (0) only.
 pub mod role {
-    pub const SOURCE: u32 = 1;
-    pub const DESTINATION: u32 = 2;
+    pub const EGRESS_SOURCE: u32 = 1;
+    pub const EGRESS_DESTINATION: u32 = 2;
+    pub const INGRESS_SOURCE: u32 = 3;
+    pub const INGRESS_DESTINATION: u32 = 4;
+    /// The roles of a packet's (source, destination) on a hook (`direction::*`).
+    pub const fn of(dir: u32) -> (u32, u32) {
+        if dir == super::direction::EGRESS {
+            (EGRESS_SOURCE, EGRESS_DESTINATION)
+        } else {
+            (INGRESS_SOURCE, INGRESS_DESTINATION)
+        }
+    }
 }
 
 /// Data part of an LPM trie key of CHAOS_PEERS, the trie that maps a packet's source and
-/// destination address to an address class: the role ([`role`], an exact 32-bit
-/// prefix), the address family (an exact 32-bit prefix, so an IPv6 prefix such as `::/0`
+/// destination address to an address class: the role ([`role`]: hook and address, an
+/// exact 32-bit prefix), the address family (an exact 32-bit prefix, so an IPv6 prefix such as `::/0`
 /// never matches an IPv4 packet), then the address, IPv4 as IPv4-mapped IPv6
 /// (`::ffff:a.b.c.d`). The trie prefix length is therefore `64 + 96 + v4_len` for IPv4
 /// and `64 + v6_len` for IPv6. The family takes a whole word so the address stays

@@ -238,11 +238,12 @@ fn rules_of(config: &Config, slots: &Slots, scratch: &mut Scratch, by_address: b
     let mut key = DispatchKey { ifindex: slots.ifindex, direction: slots.dir, src_class: 0, dst_class: 0 };
     if by_address {
         let p = &scratch.packet;
-        if config.lookups & lookups::SOURCE != 0 {
-            key.src_class = address_class(&mut scratch.addr, role::SOURCE, p.family, &p.saddr);
+        let (src_role, dst_role) = role::of(slots.dir);
+        if config.lookups & lookups::by_role(src_role) != 0 {
+            key.src_class = address_class(&mut scratch.addr, src_role, p.family, &p.saddr);
         }
-        if config.lookups & lookups::DESTINATION != 0 {
-            key.dst_class = address_class(&mut scratch.addr, role::DESTINATION, p.family, &p.daddr);
+        if config.lookups & lookups::by_role(dst_role) != 0 {
+            key.dst_class = address_class(&mut scratch.addr, dst_role, p.family, &p.daddr);
         }
     }
     if config.lookups & lookups::BY_IFINDEX != 0 {

@@ -285,6 +285,43 @@ fn udp_gso_cases(bin: &str) -> Result<()> {
     Ok(())
 }
 
+/// Per-packet cost in BPF_PROG_TEST_RUN (bench_packet.rs): each case's median, range,
+/// cost over the empty program, and ratio to the same fault with one rule in force.
+fn packet_cases() -> Result<()> {
+    let (floor, cases) = crate::bench_packet::run()?;
+    let mut floor_samples = floor.samples.clone();
+    let (floor_ns, floor_lo, floor_hi) = median_and_range(&mut floor_samples);
+    println!("\n{:<46} {:>8} {:>12} {:>12} {:>10}", "per packet (BPF_PROG_TEST_RUN)", "ns", "range", "over floor", "vs 1 rule");
+    println!("{:<46} {floor_ns:>8.0} {:>12} {:>12} {:>10}", floor.name, format!("{floor_lo:.0}-{floor_hi:.0}"), "-", "-");
+    let mut json = Vec::new();
+    let mut one_rule: Option<f64> = None;
+    for case in cases {
+        let mut samples = case.samples.clone();
+        let (median, lo, hi) = median_and_range(&mut samples);
+        let over = median - floor_ns;
+        if case.rules <= 1 {
+            one_rule = Some(over);
+        }
+        let ratio = one_rule.filter(|_| case.rules > 0).map(|one| over / one.max(1.0));
+        println!(
+            "{:<46} {median:>8.0} {:>12} {over:>12.0} {:>10}",
+            case.name,
+            format!("{lo:.0}-{hi:.0}"),
+            ratio.map_or("-".to_owned(), |r| format!("{r:.2}"))
+        );
+        json.push(serde_json::json!({
+            "case": case.name, "rules": case.rules, "ns_median": median, "ns_min": lo, "ns_max": hi,
+            "ns_over_floor": over, "vs_one_rule": ratio, "samples": case.samples,
+        }));
+    }
+    println!("\n(mean ns of 200000 runs per sample, 7 samples per case; floor: `r0 = -1; exit`)");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench");
+    fs::create_dir_all(dir)?;
+    let out = serde_json::json!({"floor_ns": floor_ns, "floor_samples": floor.samples, "cases": json});
+    fs::write(format!("{dir}/packet.json"), serde_json::to_string_pretty(&out)?)?;
+    Ok(())
+}
+
 /// (run_time_ns, run_cnt) of the loaded chaos_egress program.
 fn egress_stats() -> Result<(u64, u64)> {
     let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("running bpftool")?;
@@ -331,13 +368,17 @@ impl Drop for Chaos {
     }
 }
 
-pub fn run() -> Result<()> {
+pub fn run(only: Option<&str>) -> Result<()> {
     crate::require_root("the benchmark")?;
+    if only == Some("packet") {
+        return packet_cases();
+    }
     crate::cargo(&["build", "--release", "-p", "chaos-cli"])?;
     let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/chaos-ebpf");
     let stats_before = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling BPF run-time stats")?;
     let result = (|| -> Result<()> {
+        packet_cases()?;
         let _namespaces = Namespaces::create()?;
         let target = format!("netns:{NS_A}");
         let common = ["--target", target.as_str(), "--duration", "5m", "--seed", "1", "--direction", "egress"];

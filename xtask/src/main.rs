@@ -7,6 +7,7 @@
 //!   the same run (bench.rs).
 
 mod bench;
+mod bench_packet;
 mod vm;
 
 use std::{
@@ -167,8 +168,9 @@ const USAGE: &str = "usage: cargo xtask <task>
                   (sch_fq, sch_netem, the pre-TCX netlink path); downloads the kernels
   schema          write scenarios/chaos-ebpf.schema.json, the JSON Schema of scenario
                   files, from chaos-model's parser types
-  bench           per-packet cost and throughput of the datapath against a baseline
-                  without it, measured in the same run (needs root)";
+  bench [packet]  per-packet cost and throughput of the datapath against a baseline
+                  without it, measured in the same run (needs root); `packet`: only
+                  the per-packet cost in BPF_PROG_TEST_RUN";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -207,7 +209,7 @@ fn main() -> Result<()> {
             }
             conclude(&runs)
         }
-        Some("bench") => bench::run(),
+        Some("bench") => bench::run(args.get(1).map(String::as_str)),
         Some("schema") => {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/chaos-ebpf.schema.json");
             std::fs::write(&path, chaos_model::json_schema())?;

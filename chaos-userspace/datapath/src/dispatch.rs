@@ -79,10 +79,10 @@ pub struct Compiler {
     rules: BTreeMap<u32, RuleAddrs>,
     sets: BTreeMap<SetId, Vec<Prefix>>,
     next_set: SetId,
-    /// Per role (index 0 source, 1 destination): membership -> class, kept across
-    /// compiles so an address whose sets did not change keeps its class (its trie entry
-    /// is not rewritten).
-    classes: [HashMap<Vec<SetId>, u32>; 2],
+    /// Per role (index role - 1): membership -> class, kept across compiles so an
+    /// address whose sets did not change keeps its class (its trie entry is not
+    /// rewritten).
+    classes: [HashMap<Vec<SetId>, u32>; ROLES],
     next_class: u32,
 }
 
@@ -142,21 +142,23 @@ impl Compiler {
     /// The maps' content for the current rules, or why it cannot be built.
     pub fn compile(&mut self, max_entries: usize) -> Result<Compiled, TooMany> {
         let mut out = Compiled::default();
-        // Per role: the classes in use, and for each set the classes that contain it.
-        let mut containing: [HashMap<SetId, BTreeSet<u32>>; 2] = [HashMap::new(), HashMap::new()];
-        let mut all_classes: [BTreeSet<u32>; 2] = [BTreeSet::from([0]), BTreeSet::from([0])];
-        for (index, which) in [role::SOURCE, role::DESTINATION].into_iter().enumerate() {
+        // Per role (index role - 1): the classes in use (0 always: "in no set"), and for
+        // each set the classes that contain it.
+        let mut containing: [HashMap<SetId, BTreeSet<u32>>; ROLES] = Default::default();
+        let mut all_classes: [BTreeSet<u32>; ROLES] = std::array::from_fn(|_| BTreeSet::from([0]));
+        for index in 0..ROLES {
+            let which = index as u32 + 1;
             let used: BTreeSet<SetId> = self
                 .rules
                 .values()
                 .flat_map(|r| &r.matches)
-                .filter_map(|m| if index == 0 { m.src } else { m.dst })
+                .filter_map(|m| set_in_role(m, which))
                 .collect();
             if used.is_empty() {
                 self.classes[index].clear();
                 continue;
             }
-            out.lookups |= if index == 0 { lookups::SOURCE } else { lookups::DESTINATION };
+            out.lookups |= lookups::by_role(which);
             // Each prefix, and the sets holding exactly it.
             let mut exact: HashMap<Prefix, Vec<SetId>> = HashMap::new();
             for set in &used {
@@ -210,7 +212,10 @@ impl Compiler {
         let specific: Vec<(&u32, &RuleAddrs)> = self.rules.iter().filter(|(_, r)| r.ifindex != 0).collect();
         let general: Vec<(&u32, &RuleAddrs)> = self.rules.iter().filter(|(_, r)| r.ifindex == 0).collect();
         let empty = BTreeSet::new();
-        let classes_of = |index: usize, set: Option<SetId>| -> &BTreeSet<u32> {
+        // The classes a match accepts in one role: those holding its set, or, for any
+        // address, every class of that role (just 0 when no rule restricts it).
+        let classes_of = |which: u32, set: Option<SetId>| -> &BTreeSet<u32> {
+            let index = which as usize - 1;
             match set {
                 None => &all_classes[index],
                 Some(set) => containing[index].get(&set).unwrap_or(&empty),
@@ -227,27 +232,20 @@ impl Compiler {
             }
             Ok(())
         };
-        for (slot, rule) in &specific {
+        let specific_keys: BTreeSet<u32> = specific.iter().map(|(_, r)| r.ifindex).collect();
+        for (slot, rule) in specific.iter().chain(&general) {
             for m in &rule.matches {
-                for &src_class in classes_of(0, m.src) {
-                    for &dst_class in classes_of(1, m.dst) {
+                let (src_role, dst_role) = role::of(m.direction);
+                for &src_class in classes_of(src_role, m.src) {
+                    for &dst_class in classes_of(dst_role, m.dst) {
                         let key = DispatchKey { ifindex: rule.ifindex, direction: m.direction, src_class, dst_class };
                         add(&mut cells, key, **slot)?;
-                    }
-                }
-            }
-        }
-        let specific_keys: BTreeSet<u32> = specific.iter().map(|(_, r)| r.ifindex).collect();
-        for (slot, rule) in &general {
-            for m in &rule.matches {
-                for &src_class in classes_of(0, m.src) {
-                    for &dst_class in classes_of(1, m.dst) {
-                        let key = DispatchKey { ifindex: 0, direction: m.direction, src_class, dst_class };
-                        add(&mut cells, key, **slot)?;
-                        for &ifindex in &specific_keys {
-                            let key = DispatchKey { ifindex, ..key };
-                            if cells.contains_key(&key) {
-                                add(&mut cells, key, **slot)?;
+                        if rule.ifindex == 0 {
+                            for &ifindex in &specific_keys {
+                                let key = DispatchKey { ifindex, ..key };
+                                if cells.contains_key(&key) {
+                                    add(&mut cells, key, **slot)?;
+                                }
                             }
                         }
                     }
@@ -266,6 +264,22 @@ impl Compiler {
         }
         out.dispatch = cells;
         Ok(out)
+    }
+}
+
+/// Roles of CHAOS_PEERS keys (chaos_ebpf_common::role): 1..=4.
+const ROLES: usize = 4;
+
+/// The set a match restricts the address in `which` role to (None: any, or another
+/// hook's role).
+fn set_in_role(m: &AddrMatch, which: u32) -> Option<SetId> {
+    let (src_role, dst_role) = role::of(m.direction);
+    if which == src_role {
+        m.src
+    } else if which == dst_role {
+        m.dst
+    } else {
+        None
     }
 }
 
@@ -295,8 +309,9 @@ mod tests {
                 .copied()
                 .unwrap_or(0)
         };
-        let src_class = if c.lookups & lookups::SOURCE != 0 { class(role::SOURCE, src) } else { 0 };
-        let dst_class = if c.lookups & lookups::DESTINATION != 0 { class(role::DESTINATION, dst) } else { 0 };
+        let (src_role, dst_role) = role::of(dir);
+        let src_class = if c.lookups & lookups::by_role(src_role) != 0 { class(src_role, src) } else { 0 };
+        let dst_class = if c.lookups & lookups::by_role(dst_role) != 0 { class(dst_role, dst) } else { 0 };
         let key = DispatchKey { ifindex, direction: dir, src_class, dst_class };
         if c.lookups & lookups::BY_IFINDEX != 0 {
             if let Some(list) = c.dispatch.get(&key) {
@@ -321,7 +336,7 @@ mod tests {
         assert_eq!(lookup(&out, 5, direction::EGRESS, any, v4("11.0.0.1/32")), Vec::<u32>::new());
         // Ingress was not asked for.
         assert_eq!(lookup(&out, 5, direction::INGRESS, v4("10.1.2.3/32"), any), Vec::<u32>::new());
-        assert_eq!(out.lookups, lookups::DESTINATION);
+        assert_eq!(out.lookups, lookups::by_role(role::EGRESS_DESTINATION));
     }
 
     #[test]
@@ -340,7 +355,8 @@ mod tests {
         assert_eq!(lookup(&out, 9, direction::INGRESS, peer, other), vec![1, 2, 4]);
         assert_eq!(lookup(&out, 9, direction::INGRESS, other, other), vec![2, 4]);
         assert_eq!(lookup(&out, 9, direction::EGRESS, other, peer), vec![1, 2]);
-        assert_eq!(out.lookups, lookups::SOURCE | lookups::DESTINATION | lookups::BY_IFINDEX);
+        let roles = lookups::by_role(role::EGRESS_DESTINATION) | lookups::by_role(role::INGRESS_SOURCE);
+        assert_eq!(out.lookups, roles | lookups::BY_IFINDEX);
     }
 
     #[test]
@@ -388,9 +404,25 @@ mod tests {
         let b = c.add_set(vec![v4("10.9.0.0/24")]);
         c.set_rule(1, RuleAddrs { ifindex: 0, matches: rule_matches(&rule(direction::EGRESS, true), Some(b)) });
         let after = c.compile(1 << 16).unwrap();
-        let key = (role::DESTINATION, v4("10.0.0.0/24"));
+        let key = (role::EGRESS_DESTINATION, v4("10.0.0.0/24"));
         assert_eq!(before.addrs[&key], after.addrs[&key]);
         assert_eq!(after.addrs.len(), 2);
+    }
+
+    #[test]
+    fn a_thousand_rules_in_both_directions_need_one_entry_per_rule_and_hook() {
+        let mut c = Compiler::default();
+        for slot in 0..1000u32 {
+            let set = c.add_set(vec![Prefix::new(
+                family::IPV4,
+                Ipv4Addr::from(0x0a00_0000 + slot).to_ipv6_mapped().octets(),
+                128,
+            )]);
+            c.set_rule(slot, RuleAddrs { ifindex: 0, matches: rule_matches(&rule(direction::BOTH, true), Some(set)) });
+        }
+        let out = c.compile(1 << 16).unwrap();
+        assert_eq!(out.dispatch.len(), 2000);
+        assert_eq!(out.addrs.len(), 2000);
     }
 
     #[test]

@@ -362,6 +362,17 @@ impl Instance {
         Ok(ids)
     }
 
+    /// Runs one of the instance's programs on `frame` (an Ethernet frame) `repeat` times
+    /// in the kernel (BPF_PROG_TEST_RUN): its verdict, and the mean ns per run as the
+    /// kernel measured it. For benchmarks; nothing is attached or sent.
+    pub fn test_run(&self, name: &str, frame: &[u8], repeat: u32) -> Result<(u32, u32)> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let prog: &SchedClassifier =
+            self.ebpf().program(name).ok_or_else(|| anyhow!("no program {name}"))?.try_into()?;
+        let fd = prog.fd()?.as_fd().as_raw_fd();
+        crate::bpfsys::test_run(fd, frame, repeat).with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))
+    }
+
     /// A free rule slot, or an error when all are taken.
     pub fn free_slot(&self) -> Result<u32> {
         (0..MAX_RULES).find(|s| !self.used_slots.contains(s)).ok_or_else(|| {
