@@ -291,8 +291,17 @@ fn packet_cases() -> Result<()> {
     let (floor, cases) = crate::bench_packet::run()?;
     let mut floor_samples = floor.samples.clone();
     let (floor_ns, floor_lo, floor_hi) = median_and_range(&mut floor_samples);
-    println!("\n{:<46} {:>8} {:>12} {:>12} {:>10}", "per packet (BPF_PROG_TEST_RUN)", "ns", "range", "over floor", "vs 1 rule");
-    println!("{:<46} {floor_ns:>8.0} {:>12} {:>12} {:>10}", floor.name, format!("{floor_lo:.0}-{floor_hi:.0}"), "-", "-");
+    println!(
+        "\n{:<46} {:>8} {:>12} {:>12} {:>10}",
+        "per packet (BPF_PROG_TEST_RUN)", "ns", "range", "over floor", "vs 1 rule"
+    );
+    println!(
+        "{:<46} {floor_ns:>8.0} {:>12} {:>12} {:>10}",
+        floor.name,
+        format!("{floor_lo:.0}-{floor_hi:.0}"),
+        "-",
+        "-"
+    );
     let mut json = Vec::new();
     let mut one_rule: Option<f64> = None;
     for case in cases {

@@ -16,12 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use chaos_datapath::{
-    bpfsys,
-    instance::Instance,
-    netns::Netns,
-    AttachMode,
-};
+use chaos_datapath::{bpfsys, instance::Instance, netns::Netns, AttachMode};
 use chaos_ebpf_common::{action, direction, family, flags, names, probability_threshold, Prefix, Rule};
 
 const REPEAT: u32 = 200_000;
@@ -120,11 +115,7 @@ fn experiments_case(experiments: u32, frame: &[u8]) -> Result<Case> {
         instance.install(e, &rule(action::DROP, e + 1), &peers, LEASE)?;
     }
     let samples = samples(|| Ok(instance.test_run(names::PROG_EGRESS, frame, REPEAT)?.1))?;
-    Ok(Case {
-        name: format!("partition, {experiments} experiments of 32 peers"),
-        rules: experiments as usize,
-        samples,
-    })
+    Ok(Case { name: format!("partition, {experiments} experiments of 32 peers"), rules: experiments as usize, samples })
 }
 
 pub fn run() -> Result<(Case, Vec<Case>)> {

@@ -196,7 +196,12 @@ pub fn test_run(prog_fd: i32, frame: &[u8], repeat: u32) -> io::Result<(u32, u32
     // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_TEST_RUN; the buffers it
     // points to outlive the call.
     let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRunAttr, std::mem::size_of::<TestRunAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
@@ -238,7 +243,9 @@ pub fn load_empty_classifier() -> io::Result<OwnedFd> {
     };
     // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_LOAD; the instructions and
     // the license outlive the call; the fd returned is ours.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>()) };
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>())
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

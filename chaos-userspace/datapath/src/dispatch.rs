@@ -148,12 +148,8 @@ impl Compiler {
         let mut all_classes: [BTreeSet<u32>; ROLES] = std::array::from_fn(|_| BTreeSet::from([0]));
         for index in 0..ROLES {
             let which = index as u32 + 1;
-            let used: BTreeSet<SetId> = self
-                .rules
-                .values()
-                .flat_map(|r| &r.matches)
-                .filter_map(|m| set_in_role(m, which))
-                .collect();
+            let used: BTreeSet<SetId> =
+                self.rules.values().flat_map(|r| &r.matches).filter_map(|m| set_in_role(m, which)).collect();
             if used.is_empty() {
                 self.classes[index].clear();
                 continue;

@@ -389,7 +389,13 @@ impl Instance {
     pub fn install(&mut self, slot: u32, rule: &Rule, peers: &[PeerEntry], lease: Duration) -> Result<()> {
         let set = (rule.flags & chaos_ebpf_common::flags::PEERS != 0).then(|| self.compiler.add_set(peers.to_vec()));
         let matches = dispatch::rule_matches(rule, set);
-        self.install_addressed(slot, rule, RuleAddrs { ifindex: rule.ifindex, matches }, set.into_iter().collect(), lease)
+        self.install_addressed(
+            slot,
+            rule,
+            RuleAddrs { ifindex: rule.ifindex, matches },
+            set.into_iter().collect(),
+            lease,
+        )
     }
 
     /// Writes a partition matrix as one rule: packets from a group to a group it is cut
@@ -412,9 +418,11 @@ impl Instance {
         let mut matches = Vec::new();
         for dir in [chaos_ebpf_common::direction::EGRESS, chaos_ebpf_common::direction::INGRESS] {
             if rule.directions & dir != 0 {
-                matches.extend(
-                    cuts.iter().map(|&(a, b)| AddrMatch { direction: dir, src: Some(sets[a]), dst: Some(sets[b]) }),
-                );
+                matches.extend(cuts.iter().map(|&(a, b)| AddrMatch {
+                    direction: dir,
+                    src: Some(sets[a]),
+                    dst: Some(sets[b]),
+                }));
             }
         }
         self.install_addressed(slot, rule, RuleAddrs { ifindex: rule.ifindex, matches }, sets, lease)

@@ -293,9 +293,35 @@ struct HeldDevice {
 /// Set by the signal handler; a run checks it at every stage.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// The write end of a pipe the signal handler writes a byte to, and its read end, which
+/// the run's loop polls while it waits for the next edge: a signal ends the wait at
+/// once instead of at the next tick.
+static WAKE_WRITE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static WAKE_READ: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
 extern "C" fn on_signal(_signal: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
+    // An atomic store and write(2): both async-signal-safe.
     INTERRUPTED.store(true, Ordering::Relaxed);
+    let fd = WAKE_WRITE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: a one-byte write from a static; a full pipe (EAGAIN) is fine: the
+        // byte before it wakes the loop already.
+        unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    }
+}
+
+/// Sleeps up to `timeout`, or until a signal of install_signal_handlers arrives.
+fn wait_for_signal(timeout: Duration) {
+    let fd = WAKE_READ.load(Ordering::Relaxed);
+    if fd < 0 {
+        std::thread::sleep(timeout);
+        return;
+    }
+    let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd. The byte stays in the pipe: once interrupted, every
+    // later wait returns at once, and the run is on its way out.
+    unsafe { libc::poll(&mut pollfd, 1, ms) };
 }
 
 /// Catches SIGINT, SIGTERM and SIGHUP from now on: a run checks the flag at every stage
@@ -304,6 +330,14 @@ extern "C" fn on_signal(_signal: libc::c_int) {
 /// handler and its action in one step, so no signal can fall between the two.
 pub fn install_signal_handlers() -> Result<&'static AtomicBool> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    if WAKE_WRITE.load(Ordering::Relaxed) < 0 {
+        let mut fds = [-1; 2];
+        // SAFETY: a valid array of two fds for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } == 0 {
+            WAKE_READ.store(fds[0], Ordering::Relaxed);
+            WAKE_WRITE.store(fds[1], Ordering::Relaxed);
+        }
+    }
     let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -904,7 +938,7 @@ impl Running<'_> {
             }
             // Sleep to the next edge, but no longer than the poll interval.
             let to_next = edges.get(next).map_or(POLL, |e| e.0.saturating_sub(self.run_start.elapsed()));
-            std::thread::sleep(POLL.min(to_next));
+            wait_for_signal(POLL.min(to_next));
         }
     }
 
@@ -1359,7 +1393,7 @@ fn load_instances(
             // The worker's programs are only file descriptors: they go when we exit.
             return Err(InterruptedBeforeStart.into());
         }
-        std::thread::sleep(POLL);
+        wait_for_signal(POLL);
     }
     let instances = worker.join().map_err(|_| anyhow!("the program loader thread panicked"))??;
     interrupted_now(interrupted)?;

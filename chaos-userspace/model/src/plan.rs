@@ -471,7 +471,10 @@ impl Plan {
                             .iter()
                             .map(|p| {
                                 let len = common::AddrKeyData::HEADER_BITS + p.prefix().len as u32;
-                                format!("{p} -> trie prefix {len} (64 role and family bits + {} address bits)", len - 64)
+                                format!(
+                                    "{p} -> trie prefix {len} (64 role and family bits + {} address bits)",
+                                    len - 64
+                                )
                             })
                             .collect(),
                     });

@@ -1969,7 +1969,9 @@ mod tests {
         let e = fails_fast(&format!(
             "steps:\n  - {{name: s0, fault: loss, target: netns:a, probability: 0.1, duration: 1s}}\n{}",
             (1..9)
-                .map(|i| format!("  - {{name: s{i}, with: s0, fault: loss, target: netns:a, probability: 0.1, duration: 1s}}\n"))
+                .map(|i| format!(
+                    "  - {{name: s{i}, with: s0, fault: loss, target: netns:a, probability: 0.1, duration: 1s}}\n"
+                ))
                 .collect::<String>()
         ));
         assert!(e.problem.contains("9 faults without peers") && e.problem.contains("at most 8"), "{e}");
