@@ -111,6 +111,8 @@ pub struct HeldDevice {
     pub iface: Interface,
     /// Its segmenter pair, where this process decides on it.
     pub segmenter: Option<devices::Segmenter>,
+    /// Everything asked of it so far (to register again after a release).
+    pub needs: devices::Needs,
 }
 
 /// Registers this process as a user of `iface` with `needs` (nothing when it needs
@@ -122,9 +124,17 @@ pub fn hold_device(held: &mut Vec<HeldDevice>, netns: &Netns, iface: &Interface,
     let at = match held.iter().position(|h| h.netns.id == netns.id && h.iface.index == iface.index) {
         Some(at) => at,
         None => {
-            held.push(HeldDevice { netns: Netns::open(&netns.path)?, iface: iface.clone(), segmenter: None });
+            let netns = Netns::open(&netns.path)?;
+            held.push(HeldDevice { netns, iface: iface.clone(), segmenter: None, needs: devices::Needs::default() });
             held.len() - 1
         }
+    };
+    let had = held[at].needs;
+    held[at].needs = devices::Needs {
+        segment_egress: had.segment_egress || needs.segment_egress,
+        unmerge_ingress: had.unmerge_ingress || needs.unmerge_ingress,
+        fq: had.fq || needs.fq,
+        segmenter: had.segmenter || needs.segmenter,
     };
     if let Some(segmenter) = netns.run(|| devices::acquire(&netns.path, netns.id, iface, needs))?? {
         held[at].segmenter = Some(segmenter);
