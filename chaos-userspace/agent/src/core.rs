@@ -16,7 +16,7 @@ use chaos_datapath::{
     devices,
     instance::{Instance, PeerEntry},
     ledger::{self, Phase, RuleState, RunRecord, RunState},
-    netns::{Netns, NetnsId},
+    netns::NetnsId,
     resolve as target, AttachMode,
 };
 use chaos_ebpf_common::{ProtectedPorts, RuleCounters};
@@ -59,14 +59,15 @@ struct Fault {
     rules: Vec<FaultRule>,
 }
 
-/// The devices prepared for the rules of one namespace's instance. Kept (with what was
-/// asked of each) after the last fault there ends and its devices are released, so
-/// that the next fault registers them all again before its rules are in force: the
-/// instance stays attached to them, and its segmenter map must never name a deleted
-/// segmenter pair while a rule is in force.
+/// The devices prepared for the rules of one namespace's instance. When the last fault
+/// there ends, their settings are restored (one segment per buffer, GRO, sch_fq) but
+/// their segmenter pairs stay until the agent stops: the instance stays attached to
+/// them, so the next fault neither attaches nor creates anything, and the instance's
+/// segmenter map never names a deleted pair.
 #[derive(Default)]
 struct DeviceGroup {
     devices: Vec<HeldDevice>,
+    /// Whether settings beyond the segmenter pairs are in place (a fault is in force).
     acquired: bool,
 }
 
@@ -133,15 +134,7 @@ impl Core {
             metrics,
         };
         for path in netns {
-            let id = Netns::open(path)
-                .map_err(|e| {
-                    chaos_datapath::Error::unsupported(
-                        format!("--netns {}: {e}", path.display()),
-                        "give a network namespace file, e.g. /var/run/netns/NAME or /proc/PID/ns/net",
-                    )
-                })?
-                .id;
-            core.instance(path, id)?;
+            core.manage(path)?;
         }
         Ok((core, notices))
     }
@@ -228,15 +221,14 @@ impl Core {
         self.next_id += 1;
         let applied = self.install(id, rule_id, &spec, seed, lease).map_err(|e| {
             self.metrics.apply_failed();
-            log(&format!("apply of {} on {} failed: {e:#}", spec.describe(), spec.target));
+            log(&format!("apply of {} failed: {e:#}", spec.describe()));
             ApiError::from_error(&e)
         })?;
         let apply_us = started.elapsed().as_micros() as u64;
         self.metrics.applied(started.elapsed(), self.faults.len());
         log(&format!(
-            "applied fault {id}: {} on {} (seed {seed}, lease {} ms) in {apply_us} us",
+            "applied fault {id}: {} (seed {seed}, lease {} ms) in {apply_us} us",
             spec.describe(),
-            spec.target,
             lease.as_millis()
         ));
         Ok(Applied {
@@ -298,26 +290,14 @@ impl Core {
             instance.check_room(&r.interfaces)?;
         }
         let group = self.groups.entry(r.netns.id).or_default();
-        if !group.acquired {
-            // Everything this namespace's instance was attached to before is registered
-            // again (see DeviceGroup).
-            let known: Vec<(Netns, chaos_datapath::netns::Interface, devices::Needs)> = group
-                .devices
-                .drain(..)
-                .map(|h| Ok((h.netns.try_clone()?, h.iface, h.needs)))
-                .collect::<Result<_>>()?;
-            for (netns, iface, needs) in known {
+        group.acquired = true;
+        // Only what is not in place yet (a second fault on a device costs no device work).
+        for (netns, iface, needs) in network::fault_devices(spec, r)? {
+            if !network::holds(&group.devices, &netns, &iface, needs) {
                 network::hold_device(&mut group.devices, &netns, &iface, needs)?;
             }
-            group.acquired = true;
         }
-        network::hold_fault_devices(&mut group.devices, spec, r)?;
         let instance = self.instances.get_mut(&r.netns.id).expect("loaded above");
-        let segmenters = group.devices.iter().filter(|h| h.netns.id == r.netns.id).filter_map(|h| {
-            let segmenter = h.segmenter.as_ref()?;
-            Some((&h.iface, segmenter))
-        });
-        instance.attach_segmenters(segmenters)?;
         network::attach_target(instance, r, &group.devices)?;
         let slot = instance.free_slot()?;
         let peers = network::peer_entries(spec, slot);
@@ -370,9 +350,8 @@ impl Core {
         let revert_us = started.elapsed().as_micros() as u64;
         self.metrics.reverted(why == "lapsed", self.faults.len());
         log(&format!(
-            "{why} fault {id}: {} on {} in {revert_us} us: seen {} matched {} dropped {} delayed {}{}",
+            "{why} fault {id}: {} in {revert_us} us: seen {} matched {} dropped {} delayed {}{}",
             fault.description,
-            fault.target,
             counters.seen,
             counters.matched,
             counters.dropped,
@@ -406,16 +385,17 @@ impl Core {
         let namespaces: Vec<NetnsId> = fault.rules.iter().map(|r| r.netns).collect();
         for netns in namespaces {
             if !self.faults.values().any(|f| f.rules.iter().any(|r| r.netns == netns)) {
-                problems.extend(self.release_group(netns));
+                problems.extend(self.release_group(netns, false));
             }
         }
         self.write_ledger();
         (fault, infos, problems)
     }
 
-    /// Takes the agent off the devices prepared for a namespace's rules (a device
-    /// another namespace's faults still need stays).
-    fn release_group(&mut self, netns: NetnsId) -> Vec<String> {
+    /// Restores the devices prepared for a namespace's rules (a device another
+    /// namespace's faults still need stays as it is): their settings, keeping the
+    /// segmenter pairs; or, when the agent stops (`entirely`), everything.
+    fn release_group(&mut self, netns: NetnsId, entirely: bool) -> Vec<String> {
         let in_use: Vec<(NetnsId, u32)> = self
             .groups
             .iter()
@@ -423,21 +403,53 @@ impl Core {
             .flat_map(|(_, g)| g.devices.iter().map(|h| (h.netns.id, h.iface.index)))
             .collect();
         let Some(group) = self.groups.get_mut(&netns) else { return Vec::new() };
-        if !group.acquired {
+        if !group.acquired && !entirely {
             return Vec::new();
         }
         group.acquired = false;
         let mut problems = Vec::new();
+        if entirely {
+            for h in std::mem::take(&mut group.devices) {
+                if let Err(e) = network::release_device(&h) {
+                    problems.push(format!("{e:#}"));
+                }
+            }
+            return problems;
+        }
         for h in &mut group.devices {
-            h.segmenter = None;
             if in_use.contains(&(h.netns.id, h.iface.index)) {
                 continue;
             }
-            if let Err(e) = network::release_device(h) {
+            if let Err(e) = network::relax_device(h) {
                 problems.push(format!("{e:#}"));
             }
+            // What is in place now: the segmenter pair at most.
+            h.needs = devices::Needs { segmenter: h.needs.segmenter, ..devices::Needs::default() };
         }
         problems
+    }
+
+    /// Loads the programs into a namespace the agent manages from its start and attaches
+    /// them to its interfaces, each with its segmenter pair: the first fault there then
+    /// only writes maps and device settings.
+    fn manage(&mut self, path: &Path) -> Result<()> {
+        let target = target::Target::Netns(path.display().to_string());
+        for r in target::resolve(&target)? {
+            let fresh = !self.instances.contains_key(&r.netns.id);
+            let instance = self.instance(&r.netns.path, r.netns.id)?;
+            if fresh {
+                instance.check_room(&r.interfaces)?;
+            }
+            let group = self.groups.entry(r.netns.id).or_default();
+            let needs = devices::Needs { segmenter: true, ..devices::Needs::default() };
+            for iface in &r.interfaces {
+                network::hold_device(&mut group.devices, &r.netns, iface, needs)?;
+            }
+            let instance = self.instances.get_mut(&r.netns.id).expect("loaded above");
+            network::attach_target(instance, &r, &group.devices)?;
+        }
+        self.write_ledger();
+        Ok(())
     }
 
     /// Reverts the faults whose lease ended (the kernel stopped acting on them already).
@@ -506,7 +518,7 @@ impl Core {
         }
         let groups: Vec<NetnsId> = self.groups.keys().copied().collect();
         for netns in groups {
-            problems.extend(self.release_group(netns));
+            problems.extend(self.release_group(netns, true));
         }
         self.metrics.instances(0);
         if problems.is_empty() {

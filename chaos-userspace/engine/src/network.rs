@@ -142,23 +142,47 @@ pub fn hold_device(held: &mut Vec<HeldDevice>, netns: &Netns, iface: &Interface,
     Ok(())
 }
 
-/// Prepares the devices one fault's rules on target `r` act on: its own devices (those
-/// its peers route through, for a cgroup or pid target) and the far ends of its veths.
-pub fn hold_fault_devices(held: &mut Vec<HeldDevice>, spec: &FaultSpec, r: &Resolved) -> Result<()> {
+/// The devices one fault's rules on target `r` act on, with what each needs: its own
+/// devices (those its peers route through, for a cgroup or pid target) and the far ends
+/// of its veths.
+pub fn fault_devices(spec: &FaultSpec, r: &Resolved) -> Result<Vec<(Netns, Interface, devices::Needs)>> {
     let (own, far) = device_needs(spec);
     let used = devices_used(spec, r)?;
+    let mut out = Vec::new();
     for iface in r.interfaces.iter().filter(|i| r.ifindex == 0 || i.index == r.ifindex) {
         if !used.as_ref().is_none_or(|used| used.contains(&iface.index)) {
             continue;
         }
-        hold_device(held, &r.netns, iface, own)?;
+        if own.any() {
+            out.push((r.netns.try_clone()?, iface.clone(), own));
+        }
         if far.any() {
             if let Some((peer_netns, peer_iface)) = target::far_end(&r.netns, iface)? {
-                hold_device(held, &peer_netns, &peer_iface, far)?;
+                out.push((peer_netns, peer_iface, far));
             }
         }
     }
+    Ok(out)
+}
+
+/// Prepares the devices one fault's rules on target `r` act on ([`fault_devices`]).
+pub fn hold_fault_devices(held: &mut Vec<HeldDevice>, spec: &FaultSpec, r: &Resolved) -> Result<()> {
+    for (netns, iface, needs) in fault_devices(spec, r)? {
+        hold_device(held, &netns, &iface, needs)?;
+    }
     Ok(())
+}
+
+/// Whether `held` has `iface` of `netns` with at least `needs` in place.
+pub fn holds(held: &[HeldDevice], netns: &Netns, iface: &Interface, needs: devices::Needs) -> bool {
+    held.iter().any(|h| {
+        h.netns.id == netns.id
+            && h.iface.index == iface.index
+            && (h.needs.segment_egress || !needs.segment_egress)
+            && (h.needs.unmerge_ingress || !needs.unmerge_ingress)
+            && (h.needs.fq || !needs.fq)
+            && (h.needs.segmenter || !needs.segmenter)
+    })
 }
 
 /// Attaches the instance of `r`'s namespace to `r`'s interfaces, and the judge programs
@@ -181,6 +205,17 @@ pub fn attach_target(instance: &mut Instance, r: &Resolved, held: &[HeldDevice])
 pub fn release_device(h: &HeldDevice) -> Result<()> {
     h.netns
         .run(|| devices::release(h.netns.id, h.iface.index))
+        .and_then(|r| r)
+        .map(|_| ())
+        .with_context(|| format!("restoring {}", h.iface.name))
+}
+
+/// Restores a held device's settings but keeps its segmenter pair (and the judge
+/// programs attached to it): what a resident process does while no fault uses it.
+pub fn relax_device(h: &HeldDevice) -> Result<()> {
+    let keep = devices::Needs { segmenter: h.needs.segmenter, ..devices::Needs::default() };
+    h.netns
+        .run(|| devices::release_to(h.netns.id, h.iface.index, keep))
         .and_then(|r| r)
         .map(|_| ())
         .with_context(|| format!("restoring {}", h.iface.name))
