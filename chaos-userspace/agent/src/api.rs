@@ -123,7 +123,8 @@ impl FaultWire {
         let kind: FaultKind = self.kind.parse().map_err(|e| at("kind", e))?;
         let target: TargetSpec = self.target.parse().map_err(|e| at("target", e))?;
         let mut raw = RawFault { kind: Some(kind), target: Some(target), ..RawFault::default() };
-        raw.probability = self.probability.map(spec::check_probability).transpose().map_err(|e| at("probability", e))?;
+        raw.probability =
+            self.probability.map(spec::check_probability).transpose().map_err(|e| at("probability", e))?;
         if let Some(b) = &self.burst {
             for (field, value) in [("burst.enter", b.enter), ("burst.exit", b.exit), ("burst.loss", b.loss)] {
                 spec::check_probability(value).map_err(|e| at(field, e))?;
@@ -131,7 +132,8 @@ impl FaultWire {
             (raw.burst_enter, raw.burst_exit, raw.burst_loss) = (Some(b.enter), Some(b.exit), Some(b.loss));
         }
         raw.mode = self.mode.as_deref().map(str::parse).transpose().map_err(|e| at("mode", e))?;
-        raw.peers = self.peers.iter().map(|p| p.parse::<Cidr>()).collect::<Result<_, _>>().map_err(|e| at("peers", e))?;
+        raw.peers =
+            self.peers.iter().map(|p| p.parse::<Cidr>()).collect::<Result<_, _>>().map_err(|e| at("peers", e))?;
         raw.proto = self.proto.as_deref().map(str::parse).transpose().map_err(|e| at("proto", e))?;
         raw.ports = self
             .ports

@@ -71,7 +71,9 @@ impl Client {
         let (status, bytes) = self
             .runtime
             .block_on(async { tokio::time::timeout(CALL_TIMEOUT, self.request(method.clone(), path, body)).await })
-            .map_err(|_| anyhow!("the agent at {} did not answer {method} {path} within 10 s", self.socket.display()))??;
+            .map_err(|_| {
+                anyhow!("the agent at {} did not answer {method} {path} within 10 s", self.socket.display())
+            })??;
         if (200..300).contains(&status) {
             return serde_json::from_slice(&bytes).with_context(|| format!("reading the agent's answer to {path}"));
         }

@@ -187,11 +187,10 @@ fn check_socket(path: &Path) -> Result<()> {
             log(&format!("removed the stale socket {} of an agent that is gone", path.display()));
             Ok(())
         }
-        Err(e) => Err(Error::unsupported(
-            format!("cannot check {}: {e}", path.display()),
-            "pass --socket with another path",
-        )
-        .into()),
+        Err(e) => {
+            Err(Error::unsupported(format!("cannot check {}: {e}", path.display()), "pass --socket with another path")
+                .into())
+        }
     }
 }
 
@@ -375,7 +374,12 @@ mod tests {
         Handle::new(tx, metrics)
     }
 
-    fn call(context: &Handle, method: Method, path: &str, body: &str) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    fn call(
+        context: &Handle,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> Result<(StatusCode, serde_json::Value), ApiError> {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(route(context, &method, path, body.as_bytes()))
     }

@@ -140,13 +140,21 @@ pub fn agent_for_inject(socket: &Path, plan: &Plan, own_artifacts: bool) -> Resu
         Some("--attach (the agent attaches as the kernel allows)")
     } else if own_artifacts {
         Some("--run-dir, --metrics-addr, --freeze-clock or --otlp-endpoint (a run's own artifacts)")
-    } else if plan.steps.iter().flat_map(|s| &s.faults).any(|f| matches!(f.spec.target, chaos_model::spec::TargetSpec::Lab(_))) {
+    } else if plan
+        .steps
+        .iter()
+        .flat_map(|s| &s.faults)
+        .any(|f| matches!(f.spec.target, chaos_model::spec::TargetSpec::Lab(_)))
+    {
         Some("a lab target")
     } else {
         None
     };
     if let Some(why) = why {
-        output::err(&format!("chaos-ebpf: not through the agent at {}: {why}; loading programs here", socket.display()));
+        output::err(&format!(
+            "chaos-ebpf: not through the agent at {}: {why}; loading programs here",
+            socket.display()
+        ));
         return Ok(None);
     }
     Ok(Some(client))

@@ -12,11 +12,32 @@ use std::{collections::BTreeSet, process::Command};
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "chaos-ebpf-common",
-        &["aya-obj", "chaos-datapath", "chaos-model", "chaos-engine", "chaos-lab", "chaos-agent", "chaos-cli", "tokio", "clap"],
+        &[
+            "aya-obj",
+            "chaos-datapath",
+            "chaos-model",
+            "chaos-engine",
+            "chaos-lab",
+            "chaos-agent",
+            "chaos-cli",
+            "tokio",
+            "clap",
+        ],
     ),
     (
         "chaos-datapath",
-        &["chaos-model", "chaos-engine", "chaos-lab", "chaos-agent", "chaos-cli", "clap", "tokio", "serde_yaml", "bollard", "kube"],
+        &[
+            "chaos-model",
+            "chaos-engine",
+            "chaos-lab",
+            "chaos-agent",
+            "chaos-cli",
+            "clap",
+            "tokio",
+            "serde_yaml",
+            "bollard",
+            "kube",
+        ],
     ),
     // clap only with the model's `clap` feature, which the CLI turns on to derive `inject`.
     (
