@@ -48,7 +48,8 @@ impl Client {
 
     /// Applies a fault with a lease; the answer has its id, rules and apply time.
     pub fn apply(&self, fault: &FaultSpec, lease: Duration, seed: Option<u64>) -> Result<Applied> {
-        let request = ApplyRequest { fault: FaultWire::from_spec(fault), lease_ms: lease.as_millis() as u64, seed };
+        let fault = FaultWire::from_spec(fault).context("encoding the fault for the agent")?;
+        let request = ApplyRequest { fault, lease_ms: lease.as_millis() as u64, seed };
         self.call(Method::POST, "/v1/faults", Some(serde_json::to_vec(&request)?))
     }
 

@@ -78,6 +78,11 @@ pub fn run(options: Options) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    // Caught from here on: a signal while the programs load stops the agent once they are.
+    let mut signals = {
+        let _inside = runtime.enter();
+        Signals::new().context("installing the SIGINT and SIGTERM handlers")?
+    };
     // Bound before anything is loaded: a port in use changes nothing.
     let metrics_listener = match options.metrics_addr {
         Some(addr) => Some(runtime.block_on(TcpListener::bind(addr)).map_err(|e| {
@@ -90,7 +95,7 @@ pub fn run(options: Options) -> Result<()> {
     };
     let metrics = Arc::new(AgentMetrics::new());
     let (commands, receiver) = mpsc::channel::<Command>();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+    let (ready_tx, mut ready_rx) = oneshot::channel::<Result<()>>();
     let core_metrics = metrics.clone();
     let (command, netns) = (options.command.clone(), options.netns.clone());
     let kernel = std::thread::Builder::new()
@@ -108,8 +113,28 @@ pub fn run(options: Options) -> Result<()> {
             }
         })
         .context("starting the kernel thread")?;
-    ready_rx.recv().map_err(|_| anyhow::anyhow!("the kernel thread stopped while starting"))??;
+    let starting = anyhow::anyhow!("the kernel thread stopped while starting");
+    let early = runtime.block_on(async {
+        tokio::select! {
+            ready = &mut ready_rx => Ok(ready),
+            signal = signals.recv() => Err(signal),
+        }
+    });
     let context = Handle::new(commands, metrics);
+    let ready = match early {
+        Ok(ready) => ready,
+        Err(signal) => {
+            log(&format!("{signal} while starting: stopping once the programs are loaded"));
+            runtime.block_on(ready_rx).map_err(|_| starting)??;
+            let problems = stop(&runtime, &context);
+            let _ = kernel.join();
+            if !problems.is_empty() {
+                anyhow::bail!("the revert is incomplete: {}; run `chaos-ebpf cleanup`", problems.join("; "));
+            }
+            return Ok(());
+        }
+    };
+    ready.map_err(|_| starting)??;
     let listener = runtime.block_on(async { bind_socket(&options.socket) });
     let listener = match listener {
         Ok(listener) => listener,
@@ -130,7 +155,7 @@ pub fn run(options: Options) -> Result<()> {
             tokio::spawn(serve_metrics(listener, context.clone()));
         }
         tokio::spawn(serve_api(listener, context.clone()));
-        wait_for_signal().await
+        signals.recv().await
     });
     log(&format!("{stopped}: reverting every fault"));
     let problems = stop(&runtime, &context);
@@ -148,15 +173,24 @@ fn stop(runtime: &tokio::runtime::Runtime, context: &Handle) -> Vec<String> {
     runtime.block_on(context.ask(Command::Shutdown)).unwrap_or_default()
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without handlers the default action (exit) would skip the revert: stop now.
-        return "no signal handlers";
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGINT and SIGTERM as futures (their default action, exit, would skip the revert).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Call inside the runtime.
+    fn new() -> io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
 
