@@ -72,6 +72,7 @@ test_modules! {
     lab_control,
     lab_scenarios,
     tls_refuse,
+    agent,
 }
 
 /// Skipped tests of this run: (name, reason).

@@ -1,5 +1,6 @@
 //! chaos-ebpf: exact, deterministic, reversible network faults from Rust TC programs.
 
+mod agent;
 mod cleanup;
 mod cluster_lab;
 mod execute;
@@ -85,7 +86,18 @@ enum Command {
         freeze_clock: bool,
         #[arg(long, global = true, display_order = 1005, value_name = "URL", value_parser = otlp::parse_endpoint, help = OTLP_HELP)]
         otlp_endpoint: Option<String>,
+        /// Load the programs here even when an agent answers on --agent-socket (by
+        /// default the fault goes through the agent: milliseconds, no program load).
+        #[arg(long, global = true, display_order = 1006)]
+        no_agent: bool,
+        /// The socket of the agent to apply the fault through, when one answers there.
+        #[arg(long, global = true, display_order = 1007, value_name = "PATH", default_value = chaos_agent::DEFAULT_SOCKET)]
+        agent_socket: PathBuf,
     },
+    /// Run the resident agent (programs loaded once, faults in milliseconds through a
+    /// local API), or `agent status` to list what it holds.
+    #[command(long_about = agent::AGENT_ABOUT)]
+    Agent(agent::AgentArgs),
     /// Run a YAML scenario: targets and timed steps (see docs/scenarios.md).
     Run {
         /// The scenario file.
@@ -279,8 +291,25 @@ fn clip_lines(text: &str) -> String {
 fn dispatch(cli: Cli) -> Result<i32> {
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
-        Command::Inject { fault, dry_run, output, run_dir, metrics_addr, freeze_clock, .. } => {
+        Command::Inject {
+            fault,
+            dry_run,
+            output,
+            run_dir,
+            metrics_addr,
+            freeze_clock,
+            otlp_endpoint,
+            no_agent,
+            agent_socket,
+        } => {
             let plan = inject::plan(fault)?;
+            if !dry_run && !no_agent {
+                let own_artifacts =
+                    run_dir.is_some() || metrics_addr.is_some() || freeze_clock || otlp_endpoint.is_some();
+                if let Some(client) = agent::agent_for_inject(&agent_socket, &plan, own_artifacts)? {
+                    return agent::inject(&client, &plan, output);
+                }
+            }
             let artifacts = report::Options { scenario_file: None, freeze_clock, lab_members: None };
             execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, artifacts)
         }
@@ -299,5 +328,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Status { output } => status::run(output == Output::Json),
         Command::Cleanup { force, output, run_dir } => cleanup::run(force, output == Output::Json, run_dir),
         Command::Lab { command } => lab::run(command),
+        Command::Agent(args) => agent::run(args, command_line),
     }
 }

@@ -12,16 +12,42 @@ use std::{collections::BTreeSet, process::Command};
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "chaos-ebpf-common",
-        &["aya-obj", "chaos-datapath", "chaos-model", "chaos-engine", "chaos-lab", "chaos-cli", "tokio", "clap"],
+        &[
+            "aya-obj",
+            "chaos-datapath",
+            "chaos-model",
+            "chaos-engine",
+            "chaos-lab",
+            "chaos-agent",
+            "chaos-cli",
+            "tokio",
+            "clap",
+        ],
     ),
     (
         "chaos-datapath",
-        &["chaos-model", "chaos-engine", "chaos-lab", "chaos-cli", "clap", "tokio", "serde_yaml", "bollard", "kube"],
+        &[
+            "chaos-model",
+            "chaos-engine",
+            "chaos-lab",
+            "chaos-agent",
+            "chaos-cli",
+            "clap",
+            "tokio",
+            "serde_yaml",
+            "bollard",
+            "kube",
+        ],
     ),
     // clap only with the model's `clap` feature, which the CLI turns on to derive `inject`.
-    ("chaos-model", &["aya", "aya-obj", "chaos-datapath", "chaos-engine", "chaos-lab", "chaos-cli", "tokio", "clap"]),
-    ("chaos-engine", &["chaos-lab", "chaos-cli", "clap", "kube"]),
-    ("chaos-lab", &["chaos-cli", "clap"]),
+    (
+        "chaos-model",
+        &["aya", "aya-obj", "chaos-datapath", "chaos-engine", "chaos-lab", "chaos-agent", "chaos-cli", "tokio", "clap"],
+    ),
+    ("chaos-engine", &["chaos-lab", "chaos-agent", "chaos-cli", "clap", "kube"]),
+    ("chaos-lab", &["chaos-agent", "chaos-cli", "clap"]),
+    // The agent may import the datapath, the model and the engine; never the lab or the CLI.
+    ("chaos-agent", &["chaos-lab", "chaos-cli", "clap"]),
 ];
 
 #[test]

@@ -478,11 +478,21 @@ fn install_fq(record: &mut DeviceRecord) -> Result<()> {
 /// Takes this run (or the dead runs) off the device's record and restores what no
 /// remaining user needs. Call in the device's namespace. Returns what was restored.
 pub fn release(netns: NetnsId, ifindex: u32) -> Result<Vec<String>> {
+    release_to(netns, ifindex, Needs::default())
+}
+
+/// Like [`release`], but this process stays a user needing `keep` (the agent keeps a
+/// device's segmenter pair, whose judge programs it attached once, while it has no
+/// fault there: the device's settings are restored, the pair stays).
+pub fn release_to(netns: NetnsId, ifindex: u32, keep: Needs) -> Result<Vec<String>> {
     let _lock = lock()?;
     let path = record_path(netns, ifindex);
     let Some(mut record) = read_record(&path) else { return Ok(Vec::new()) };
     let me = std::process::id();
     record.users.retain(|u| u.pid != me);
+    if keep.any() {
+        record.users.push(User { pid: me, needs: keep });
+    }
     prune_dead(&mut record);
     let still = needed(&record);
     let mut done = Vec::new();

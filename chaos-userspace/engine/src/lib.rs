@@ -8,6 +8,7 @@
 pub mod action;
 pub mod hypothesis;
 pub mod metrics;
+pub mod network;
 pub mod preflight;
 pub mod report;
 pub mod run;

@@ -31,19 +31,20 @@ pub use crate::report::{
 use crate::{
     action::{ActionReport, ActionTask, Lab},
     hypothesis::Checker,
+    network::{self, resolution_key, HeldDevice},
 };
 use chaos_datapath::{
     bpfsys, devices,
     error::{require_root, Error},
-    instance::{keeps_flow_state, Capacity, Instance, PeerEntry},
+    instance::{keeps_flow_state, Capacity, Instance},
     ledger::{self as state, Phase, RuleState, RunRecord, RunState},
-    netns::{Interface, Netns, NetnsId},
+    netns::{Netns, NetnsId},
     resolve::{self as target, Resolved, Target},
     sweep as cleanup, AttachMode,
 };
 use chaos_model::{
     plan::{Attach, Plan, PlannedStep},
-    spec::{format_duration, Direction, FaultSpec, TargetSpec},
+    spec::{format_duration, TargetSpec},
 };
 
 /// Traffic the caller measures while the run goes on (the lab's probe); its counts are
@@ -282,14 +283,6 @@ impl Identity {
     }
 }
 
-/// A device this run registered in the shared device records.
-struct HeldDevice {
-    netns: Netns,
-    iface: Interface,
-    /// Its segmenter pair, where this run decides on it.
-    segmenter: Option<devices::Segmenter>,
-}
-
 /// Set by the signal handler; a run checks it at every stage.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -493,16 +486,9 @@ fn run_traced(
         for fault in &step.faults {
             if let std::collections::btree_map::Entry::Vacant(slot) = resolved.entry(resolution_key(&fault.spec)) {
                 let target = target_of(&fault.spec.target)?;
-                let mut targets = target::resolve(&target)?;
+                let targets = target::resolve(&target)?;
                 identities.extend(identities_of(&target, &targets)?);
-                if fault.spec.acts_on_far_end() {
-                    let mut peers = Vec::new();
-                    for t in &targets {
-                        peers.extend(target::veth_peers(&target, t)?);
-                    }
-                    targets = peers;
-                }
-                slot.insert(targets);
+                slot.insert(network::acting_targets(&fault.spec, &target, targets)?);
             }
             interrupted_now(interrupted)?;
         }
@@ -983,9 +969,7 @@ impl Running<'_> {
             for a in &self.steps[i].active {
                 let fault = step.faults.iter().find(|f| f.rule_id == a.rule_id).expect("a rule of this step");
                 let r = &self.resolved[&resolution_key(&fault.spec)][a.target_index];
-                let mut rule =
-                    fault.spec.at_intensity(window.intensity).rule(seed, fault.rule_id, r.ifindex, r.cgroup_id);
-                rule.cgroup_level = r.cgroup_level;
+                let rule = network::rule_for(&fault.spec.at_intensity(window.intensity), seed, fault.rule_id, r);
                 self.instances.get_mut(&a.netns).expect("loaded").update_rule(a.slot, &rule)?;
                 a.span.record("intensity", window.intensity);
             }
@@ -1106,8 +1090,7 @@ impl Running<'_> {
             let spec = fault.spec.at_intensity(intensity);
             for (target_index, r) in self.resolved[&resolution_key(&fault.spec)].iter().enumerate() {
                 let instance = self.instances.get_mut(&r.netns.id).expect("loaded above");
-                let mut rule = spec.rule(seed, fault.rule_id, r.ifindex, r.cgroup_id);
-                rule.cgroup_level = r.cgroup_level;
+                let rule = network::rule_for(&spec, seed, fault.rule_id, r);
                 let span = info_span!(
                     parent: &step_span,
                     "inject",
@@ -1134,7 +1117,7 @@ impl Running<'_> {
                     otel.status_message = Empty,
                 );
                 let installed = instance.free_slot().and_then(|slot| {
-                    instance.install(slot, &rule, &peer_entries(&fault.spec), self.plan.lease)?;
+                    instance.install(slot, &rule, &network::peer_entries(&fault.spec), self.plan.lease)?;
                     Ok(slot)
                 });
                 match installed {
@@ -1362,28 +1345,8 @@ fn load_instances(
     let worker = std::thread::spawn(move || -> Result<BTreeMap<NetnsId, Instance>> {
         let mut instances = BTreeMap::new();
         for (id, path) in paths {
-            let netns = Netns::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            if netns.id != id {
-                return Err(Error::unsupported(
-                    format!("network namespace {} changed while chaos-ebpf was starting", path.display()),
-                    "run again",
-                )
-                .into());
-            }
             let capacity = capacities.get(&id).copied().unwrap_or_default();
-            let instance = Instance::load_with(netns, mode, &protected, judge_bit, capacity).map_err(|e| {
-                let full = format!("{e:#}");
-                let log = std::env::temp_dir().join(format!("chaos-ebpf-verifier-{}.log", std::process::id()));
-                let saved = std::fs::write(&log, &full).is_ok();
-                let first = full.lines().next().unwrap_or("").chars().take(200).collect::<String>();
-                Error::unsupported(
-                    format!(
-                        "the kernel refused the chaos-ebpf programs: {first}{}",
-                        if saved { format!(" (full verifier log in {})", log.display()) } else { String::new() }
-                    ),
-                    "check that the kernel has BPF, BTF and clsact/TCX support (docs/building.md lists what is needed)",
-                )
-            })?;
+            let instance = network::load_instance(&path, id, mode, &protected, judge_bit, capacity)?;
             instances.insert(id, instance);
         }
         Ok(instances)
@@ -1425,19 +1388,6 @@ fn capacities(plan: &Plan, resolved: &BTreeMap<String, Vec<Resolved>>) -> BTreeM
         .collect()
 }
 
-/// What a fault needs of the devices its rules act on: one segment per buffer where it
-/// decides, GRO off where it decides on ingress, sch_fq where it sets departure times,
-/// a segmenter pair for the buffers the stack builds anyway.
-fn device_needs(spec: &FaultSpec) -> (devices::Needs, devices::Needs) {
-    let egress = matches!(spec.direction, Direction::Egress | Direction::Both) || spec.acts_on_far_end();
-    let ingress = matches!(spec.direction, Direction::Ingress | Direction::Both) && !spec.acts_on_far_end();
-    let own =
-        devices::Needs { segment_egress: egress, unmerge_ingress: ingress, fq: spec.kind.needs_fq(), segmenter: true };
-    // What the target receives over a veth was segmented (or not) by the far end.
-    let far = devices::Needs { segment_egress: ingress, ..devices::Needs::default() };
-    (own, far)
-}
-
 /// Device settings, then attachments; stops at the first error (the caller reverts).
 fn prepare(
     plan: &Plan,
@@ -1450,74 +1400,17 @@ fn prepare(
         instances.get(&r.netns.id).expect("loaded above").check_room(&r.interfaces)?;
     }
     for fault in plan.steps.iter().flat_map(|s| &s.faults) {
-        let (own, far) = device_needs(&fault.spec);
         for r in &resolved[&resolution_key(&fault.spec)] {
-            let used = devices_used(&fault.spec, r)?;
-            for iface in r.interfaces.iter().filter(|i| r.ifindex == 0 || i.index == r.ifindex) {
-                if !used.as_ref().is_none_or(|used| used.contains(&iface.index)) {
-                    continue;
-                }
-                hold_device(held, &r.netns, iface, own)?;
-                if far.any() {
-                    if let Some((peer_netns, peer_iface)) = target::far_end(&r.netns, iface)? {
-                        hold_device(held, &peer_netns, &peer_iface, far)?;
-                    }
-                }
-            }
+            network::hold_fault_devices(held, &fault.spec, r)?;
             interrupted_now(interrupted)?;
         }
     }
     for targets in resolved.values() {
         for r in targets {
             let instance = instances.get_mut(&r.netns.id).expect("loaded above");
-            let segmenters = held.iter().filter(|h| h.netns.id == r.netns.id).filter_map(|h| {
-                let segmenter = h.segmenter.as_ref()?;
-                r.interfaces.iter().any(|i| i.index == h.iface.index).then_some((&h.iface, segmenter))
-            });
-            instance.attach(&r.interfaces).and_then(|()| instance.attach_segmenters(segmenters)).map_err(|e| {
-                Error::unsupported(
-                    format!("attaching to {} failed: {e:#}", r.netns.path.display()),
-                    "check the interfaces still exist; `--attach netlink` works on kernels without TCX",
-                )
-            })?;
+            network::attach_target(instance, r, held)?;
             interrupted_now(interrupted)?;
         }
-    }
-    Ok(())
-}
-
-/// The devices a cgroup or pid target's traffic to the fault's peers leaves through (its
-/// namespace's routes to each peer prefix's address), so that device settings and qdiscs
-/// change there only; None (every interface of the namespace) for other targets and for
-/// faults without peers.
-fn devices_used(spec: &FaultSpec, target: &Resolved) -> Result<Option<Vec<u32>>> {
-    if !spec.target.egress_only() || spec.peers.is_empty() {
-        return Ok(None);
-    }
-    target.netns.run(|| {
-        let mut used = Vec::new();
-        for peer in &spec.peers {
-            let oif = chaos_datapath::netlink::route_oif(peer.addr)
-                .with_context(|| format!("looking up the route to {peer} in {}", target.netns.path.display()))?;
-            used.extend(oif);
-        }
-        Ok(Some(used))
-    })?
-}
-
-fn hold_device(held: &mut Vec<HeldDevice>, netns: &Netns, iface: &Interface, needs: devices::Needs) -> Result<()> {
-    if !needs.any() {
-        return Ok(());
-    }
-    let at = match held.iter().position(|h| h.netns.id == netns.id && h.iface.index == iface.index) {
-        Some(at) => at,
-        None => {
-            held.push(HeldDevice { netns: Netns::open(&netns.path)?, iface: iface.clone(), segmenter: None });
-            held.len() - 1
-        }
-    };
-    if let Some(segmenter) = netns.run(|| devices::acquire(&netns.path, netns.id, iface, needs))?? {
-        held[at].segmenter = Some(segmenter);
     }
     Ok(())
 }
@@ -1548,9 +1441,8 @@ fn revert(
         }
     }
     for h in held.drain(..) {
-        let released = h.netns.run(|| devices::release(h.netns.id, h.iface.index)).and_then(|r| r);
-        if let Err(e) = released {
-            errors.push(format!("restoring {}: {e:#}", h.iface.name));
+        if let Err(e) = network::release_device(&h) {
+            errors.push(format!("{e:#}"));
         }
     }
     if !verify_gone(program_ids) {
@@ -1729,20 +1621,6 @@ fn identities_of(spec: &Target, targets: &[Resolved]) -> Result<Vec<Identity>> {
         out.push(Identity { what: format!("the cgroup of {spec}"), path: cgroup.dir, ino: cgroup.id });
     }
     Ok(out)
-}
-
-/// Faults on the same target share its resolution, except those acting on its far end.
-fn resolution_key(spec: &FaultSpec) -> String {
-    if spec.acts_on_far_end() {
-        format!("{} (far end)", spec.target)
-    } else {
-        spec.target.to_string()
-    }
-}
-
-/// The peer prefixes of a fault.
-fn peer_entries(spec: &FaultSpec) -> Vec<PeerEntry> {
-    spec.peers.iter().map(|p| p.prefix()).collect()
 }
 
 /// Waits (up to 2 s: program release is RCU-deferred) until no program of this run is

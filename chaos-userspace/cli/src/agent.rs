@@ -1,0 +1,226 @@
+//! `chaos-ebpf agent`: the resident agent (chaos-agent), `agent status`, and `inject`
+//! through a running agent.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use chaos_agent::{client::Client, DEFAULT_METRICS_ADDR, DEFAULT_SOCKET};
+use chaos_ebpf_common::RuleCounters;
+use chaos_model::plan::{Attach, Plan, Protect};
+use clap::{Args, Subcommand};
+
+use crate::{
+    execute::{parse_metrics_addr, MetricsAddr},
+    exit, output, Output,
+};
+
+pub const AGENT_ABOUT: &str = "\
+Run the resident agent: it loads the programs once per network namespace and applies and
+reverts faults by map writes, in milliseconds instead of a program load per fault.
+
+Clients talk HTTP/1.1 + JSON over a Unix socket (root or the agent's own uid only; others
+get 403). `inject` goes through the agent when one answers on the socket, renews the
+fault's lease while it waits and reverts at the end; `--no-agent` forces the old path.
+Every fault has a lease its client renews; the kernel drops the rule at the lease's end
+even before the agent reaps it. SIGINT or SIGTERM reverts everything and exits 0.
+
+Examples:
+  sudo chaos-ebpf agent
+  sudo chaos-ebpf agent --netns /var/run/netns/a --netns /var/run/netns/b
+  sudo chaos-ebpf agent --socket /tmp/chaos.sock --metrics-addr off
+  sudo chaos-ebpf inject partition --target netns:a --duration 30s      (through the agent)
+  sudo chaos-ebpf agent status
+  sudo curl --unix-socket /run/chaos-ebpf/agent.sock http://agent/v1/faults
+
+The API (docs/agent.md): GET /v1/health, GET /v1/faults, POST /v1/faults,
+POST /v1/faults/ID/renew, DELETE /v1/faults/ID; errors are {\"problem\", \"fix\"}.
+Metrics: http://127.0.0.1:9465/metrics (--metrics-addr).";
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    /// The Unix socket of the API (its directory is created 0700 when missing; the
+    /// socket is 0660).
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT), or `off`.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr, default_value = DEFAULT_METRICS_ADDR)]
+    metrics_addr: MetricsAddr,
+    /// Load the programs into this network namespace at start (a name under
+    /// /var/run/netns or a path; repeatable). Others are loaded on their first fault.
+    #[arg(long = "netns", value_name = "PATH")]
+    netns: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// List the faults the running agent holds: target, lease left, counters.
+    Status {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+pub fn run(args: AgentArgs, command: String) -> Result<i32> {
+    match args.command {
+        Some(AgentCommand::Status { output }) => status(&args.socket, output),
+        None => {
+            let metrics_addr = match args.metrics_addr {
+                MetricsAddr::Off => None,
+                MetricsAddr::At(addr) => Some(addr),
+            };
+            let netns = args.netns.iter().map(|n| chaos_datapath::netns::path_for(n)).collect();
+            chaos_agent::run(chaos_agent::Options { socket: args.socket, metrics_addr, netns, command })?;
+            Ok(0)
+        }
+    }
+}
+
+fn connect(socket: &Path) -> Result<Client> {
+    chaos_agent::client::connect(socket)?.ok_or_else(|| {
+        chaos_datapath::Error::unsupported(
+            format!("no agent answers on {}", socket.display()),
+            "start one (`sudo chaos-ebpf agent`), or pass --socket with the path it listens on",
+        )
+        .into()
+    })
+}
+
+fn status(socket: &Path, output: Output) -> Result<i32> {
+    let client = connect(socket)?;
+    let health = client.health()?;
+    let list = client.list()?;
+    if output == Output::Json {
+        output::out(&serde_json::to_string_pretty(&serde_json::json!({ "agent": health, "faults": list.faults }))?);
+        return Ok(0);
+    }
+    output::out(&format!(
+        "agent pid {} on {}: {} namespace(s) loaded ({}), {} fault(s)",
+        health.pid,
+        socket.display(),
+        health.namespaces.len(),
+        chaos_model::spec::list_some(health.namespaces.iter(), 4),
+        list.faults.len()
+    ));
+    for f in &list.faults {
+        output::out(&format!(
+            "  fault {}: {}, lease left {} of {} ms, {}",
+            f.id,
+            f.fault,
+            f.lease_left_ms,
+            f.lease_ms,
+            counters(&f.counters)
+        ));
+    }
+    Ok(0)
+}
+
+fn counters(c: &RuleCounters) -> String {
+    format!(
+        "seen {} matched {} dropped {} passed {} delayed {} expired {}",
+        c.seen, c.matched, c.dropped, c.passed, c.delayed, c.expired
+    )
+}
+
+/// What `inject` does when an agent answers on `socket` (None: the old path). An
+/// injection that asks for what the agent does not offer per fault (its own protected
+/// ports, an attach mode, a run directory or a metrics endpoint of its own) takes the
+/// old path, and says why.
+pub fn agent_for_inject(socket: &Path, plan: &Plan, own_artifacts: bool) -> Result<Option<Client>> {
+    let Some(client) = chaos_agent::client::connect(socket)? else { return Ok(None) };
+    let why = if plan.protect != Protect::defaults() {
+        Some("--force or --protect (the agent protects SSH and the API server for every fault)")
+    } else if plan.attach != Attach::Auto {
+        Some("--attach (the agent attaches as the kernel allows)")
+    } else if own_artifacts {
+        Some("--run-dir, --metrics-addr, --freeze-clock or --otlp-endpoint (a run's own artifacts)")
+    } else if plan
+        .steps
+        .iter()
+        .flat_map(|s| &s.faults)
+        .any(|f| matches!(f.spec.target, chaos_model::spec::TargetSpec::Lab(_)))
+    {
+        Some("a lab target")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        output::err(&format!(
+            "chaos-ebpf: not through the agent at {}: {why}; loading programs here",
+            socket.display()
+        ));
+        return Ok(None);
+    }
+    Ok(Some(client))
+}
+
+/// `inject` through the agent: apply, renew the lease every third of it until the
+/// duration is over (or Ctrl-C), revert, print the final counters.
+pub fn inject(client: &Client, plan: &Plan, output: Output) -> Result<i32> {
+    let interrupted = chaos_engine::run::install_signal_handlers()?;
+    let step = &plan.steps[0];
+    let spec = &step.faults[0].spec;
+    let lease = plan.lease;
+    let applied = client.apply(spec, lease, plan.seed)?;
+    let started = Instant::now();
+    output::err(&format!(
+        "chaos-ebpf: fault {} applied by the agent at {} in {} us: {} (seed {}), for {}",
+        applied.id,
+        client.socket().display(),
+        applied.apply_us,
+        applied.fault,
+        applied.seed,
+        chaos_model::spec::format_duration(step.duration)
+    ));
+    let mut renewed = Instant::now();
+    let mut cut_short = None;
+    while started.elapsed() < step.duration && !interrupted.load(Ordering::Relaxed) {
+        if renewed.elapsed() >= lease / 3 {
+            match client.renew(applied.id, lease) {
+                Ok(_) => renewed = Instant::now(),
+                Err(e) => {
+                    cut_short = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+        }
+        let left = step.duration.saturating_sub(started.elapsed());
+        std::thread::sleep(left.min(Duration::from_millis(10)));
+    }
+    let reverted = client.revert(applied.id);
+    let seconds = started.elapsed().as_secs_f64();
+    let reverted = match (reverted, cut_short) {
+        (Ok(reverted), None) => reverted,
+        (Ok(_), Some(why)) | (Err(_), Some(why)) => {
+            output::err(&format!("chaos-ebpf: the fault did not run its course: {why}"));
+            return Ok(exit::FAILED);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    match output {
+        Output::Json => output::out(&serde_json::to_string_pretty(&reverted)?),
+        Output::Text => {
+            output::out(&format!(
+                "fault {} {}: {} after {seconds:.1} s, reverted in {} us",
+                reverted.id,
+                reverted.fault,
+                if interrupted.load(Ordering::Relaxed) { "interrupted" } else { "completed" },
+                reverted.revert_us
+            ));
+            for r in &reverted.rules {
+                output::out(&format!("  {} (rule {}): {}", r.netns, r.rule_id, counters(&r.counters)));
+            }
+        }
+    }
+    if interrupted.load(Ordering::Relaxed) {
+        output::err("chaos-ebpf: interrupted: the fault was reverted");
+        return Ok(exit::FAILED);
+    }
+    Ok(0)
+}

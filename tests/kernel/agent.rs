@@ -1,0 +1,387 @@
+//! The resident agent (`chaos-ebpf agent`): faults applied over its Unix-socket API cut
+//! real UDP and TCP traffic and are applied by map writes (no program load), revert
+//! brings traffic back, faults stack, a dead client's fault ends with its lease, other
+//! users get 403, SIGTERM reverts everything, SIGKILL takes the TCX links with it and
+//! `cleanup` removes the rest, the metrics endpoint serves the counters, and `inject`
+//! goes through the agent.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use chaos_agent::{
+    api::{FaultList, FaultWire},
+    client::{self, Client},
+};
+use chaos_model::spec::FaultSpec;
+
+use crate::support::*;
+
+pub const TESTS: &[Test] = tests![
+    agent_applies_and_reverts_in_milliseconds,
+    agent_reaps_the_fault_of_a_dead_client,
+    agent_refuses_other_users,
+    agent_sigkill_takes_its_links_and_cleanup_the_rest,
+    inject_goes_through_the_agent,
+];
+
+/// A `chaos-ebpf agent` on a socket of its own; SIGTERM on drop (then SIGKILL and
+/// `cleanup` if it does not stop), its directory removed.
+struct Agent {
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+    metrics: std::net::SocketAddr,
+}
+
+impl Agent {
+    fn start(tag: &str, netns: &[&str]) -> Agent {
+        let dir = std::env::temp_dir().join(format!("cet-agent-{tag}"));
+        let _ = fs::remove_dir_all(&dir);
+        Agent::start_in(dir, netns)
+    }
+
+    fn start_in(dir: PathBuf, netns: &[&str]) -> Agent {
+        let socket = dir.join("agent.sock");
+        let metrics = sock(std::net::Ipv4Addr::LOCALHOST, free_port());
+        let mut cmd = Command::new(bin());
+        cmd.args(["agent", "--socket", socket.to_str().unwrap(), "--metrics-addr", &metrics.to_string()]);
+        for ns in netns {
+            cmd.args(["--netns", ns]);
+        }
+        let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn the agent");
+        own_pid(child.id());
+        let mut agent = Agent { child: Some(child), dir, socket, metrics };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(client)) = client::connect(&agent.socket) {
+                if client.health().is_ok() {
+                    return agent;
+                }
+            }
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+                let (_, err) = agent.output();
+                panic!("the agent exited ({status}) before answering:\n{err}");
+            }
+            assert!(Instant::now() < deadline, "the agent did not answer within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn client(&self) -> Client {
+        client::connect(&self.socket).expect("connect").expect("the agent answers")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// Waits (bounded) for the exit: (code, how long it took).
+    fn wait(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let start = Instant::now();
+        let child = self.child.as_mut().unwrap();
+        while start.elapsed() < limit {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status.code(), start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the agent did not exit within {limit:?}");
+    }
+
+    /// Its stdout and stderr (after it exited).
+    fn output(&mut self) -> (String, String) {
+        use std::io::Read;
+        let child = self.child.as_mut().unwrap();
+        let (mut out, mut err) = (String::new(), String::new());
+        let _ = child.stdout.take().map(|mut s| s.read_to_string(&mut out));
+        let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+        (out, err)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if child.try_wait().ok().flatten().is_none() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let _ = Command::new(bin()).arg("cleanup").output();
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spec(kind: &str, target: &str, extra: &str) -> FaultSpec {
+    let text = format!(r#"{{"kind": "{kind}", "target": "{target}"{extra}}}"#);
+    serde_json::from_str::<FaultWire>(&text).unwrap().to_spec().unwrap()
+}
+
+/// UDP and TCP from a to b both get through (a fresh TCP connection, echoed).
+fn passes(pair: &Pair, port: u16) -> (bool, bool) {
+    let udp = udp_passes(&pair.a, &pair.b, ADDR_B, port);
+    let tcp = tcp_connect(&pair.a, sock(ADDR_B, port), Duration::from_millis(500))
+        .is_ok_and(|mut s| tcp_echo(&mut s, Duration::from_millis(500)));
+    (udp, tcp)
+}
+
+fn chaos_devices(ns: &str) -> Vec<String> {
+    let out = sh("ip", &["-n", ns, "-o", "link", "show"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_owned()))
+        .filter(|n| n.starts_with("chaos"))
+        .collect()
+}
+
+fn faults(client: &Client) -> FaultList {
+    client.list().expect("listing the agent's faults")
+}
+
+/// Apply over the API in milliseconds (programs loaded at the agent's start); UDP and
+/// TCP cut; a second fault stacks; metrics serve the counters; revert brings traffic
+/// back; a second agent on the same socket is refused; SIGTERM reverts everything.
+fn agent_applies_and_reverts_in_milliseconds() {
+    let pair = Pair::new("agt");
+    let target = pair.target();
+    let port = 7301;
+    tcp_echo_server(&pair.b, sock(ADDR_B, port));
+    assert_eq!(passes(&pair, port), (true, true), "traffic before any fault");
+    let mut agent = Agent::start("main", &[&pair.a]);
+    let mode = fs::metadata(&agent.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket mode");
+    assert_eq!(fs::metadata(&agent.dir).unwrap().permissions().mode() & 0o777, 0o700, "socket directory mode");
+
+    let (code, _, err) = chaos_run(&["agent", "--socket", agent.socket.to_str().unwrap(), "--metrics-addr", "off"]);
+    assert_eq!(code, 2, "a second agent on a live socket: {err}");
+    assert!(err.contains(&format!("an agent already runs (pid {})", agent.pid())), "{err}");
+
+    let client = agent.client();
+    let started = Instant::now();
+    let applied = client.apply(&spec("partition", &target, ""), Duration::from_secs(5), Some(1)).expect("apply");
+    let wall = started.elapsed();
+    println!("agent apply: {} us in the agent, {:.2} ms wall time for the client", applied.apply_us, ms(wall));
+    assert!(wall < timing_bound(), "apply took {wall:?}: programs loaded per fault again?");
+    assert_eq!(passes(&pair, port), (false, false), "UDP and TCP under the partition");
+
+    // A second fault stacks on the first: both listed, in their own slots.
+    let second = client
+        .apply(&spec("loss", &target, r#", "probability": 1.0, "proto": "udp""#), Duration::from_secs(5), None)
+        .expect("second apply");
+    let list = faults(&client);
+    assert_eq!(list.faults.iter().map(|f| f.id).collect::<Vec<_>>(), vec![applied.id, second.id]);
+    assert_ne!(list.faults[0].rules[0].slot, list.faults[1].rules[0].slot, "{list:?}");
+
+    let (status, metrics) = http_get(agent.metrics, "/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("chaos_agent_faults_active 2"), "{metrics}");
+    assert!(metrics.contains("chaos_agent_applies_total 2"), "{metrics}");
+    assert!(metrics.contains("chaos_agent_namespaces 1") && metrics.contains("chaos_agent_programs_loaded 4"));
+    let dropped = metrics
+        .lines()
+        .find(|l| l.starts_with("chaos_agent_fault_packets") && l.contains(r#"counter="dropped""#) && l.contains(r#"fault="1""#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no dropped series of fault 1:\n{metrics}"));
+    assert!(dropped > 0, "{metrics}");
+
+    client.revert(second.id).expect("revert the loss");
+    let started = Instant::now();
+    let reverted = client.revert(applied.id).expect("revert");
+    println!("agent revert: {} us in the agent, {:.2} ms wall time", reverted.revert_us, ms(started.elapsed()));
+    assert!(reverted.counters.dropped > 0 && reverted.counters.matched >= reverted.counters.dropped, "{reverted:?}");
+    assert_eq!(passes(&pair, port), (true, true), "traffic after the revert");
+    assert!(faults(&client).faults.is_empty());
+    assert_eq!(gso_max_segs(&pair.a, "va"), gso_max_segs(&pair.b, "vb"), "device settings restored when idle");
+
+    // SIGTERM with a fault in force: reverted, everything removed, exit 0 at once.
+    client.apply(&spec("partition", &target, ""), Duration::from_secs(5), None).expect("apply");
+    agent.signal(libc::SIGTERM);
+    let (code, took) = agent.wait(Duration::from_secs(10));
+    let (_, err) = agent.output();
+    println!("SIGTERM to exit: {:.1} ms", ms(took));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("applied fault 1") && err.contains("reverted fault 1") && err.contains("stopped fault 3"), "{err}");
+    assert_eq!(passes(&pair, port), (true, true), "traffic after SIGTERM");
+    assert!(!agent.socket.exists(), "the socket is removed");
+    assert!(chaos_devices(&pair.a).is_empty(), "segmenter pairs left: {:?}", chaos_devices(&pair.a));
+    assert!(pair.filters(&pair.a, "va", "ingress").is_empty());
+    assert_nothing_left();
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A client that applies with a 1 s lease and dies (SIGKILL): the fault stops acting
+/// within the lease plus 1 s and the agent no longer lists it.
+fn agent_reaps_the_fault_of_a_dead_client() {
+    let pair = Pair::new("agtlease");
+    let target = pair.target();
+    let agent = Agent::start("lease", &[&pair.a]);
+    let socket = agent.socket.to_str().unwrap().to_owned();
+    let mut client = Command::new(bin())
+        .args(["inject", "partition", "--target", &target, "--duration", "1m", "--lease", "1s"])
+        .args(["--agent-socket", &socket])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the client");
+    own_pid(client.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while faults(&agent.client()).faults.is_empty() {
+        assert!(Instant::now() < deadline, "the client's fault never showed up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Renewed past its first lease: the client keeps it alive.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(faults(&agent.client()).faults.len(), 1, "a live client's fault stays");
+    assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, 7302), "partition in force");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let killed = Instant::now();
+    let back = udp_time_until_passes(&pair.a, &pair.b, ADDR_B, 7303, Duration::from_secs(3))
+        .expect("traffic back after the client died");
+    println!("traffic back {:.0} ms after the client's death (lease 1 s)", ms(back));
+    assert!(back < Duration::from_secs(2), "{back:?}");
+    while !faults(&agent.client()).faults.is_empty() {
+        assert!(killed.elapsed() < Duration::from_secs(2), "the dead client's fault is still listed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("fault reaped {:.0} ms after the client's death", ms(killed.elapsed()));
+    let (_, metrics) = http_get(agent.metrics, "/metrics").expect("metrics");
+    assert!(metrics.contains("chaos_agent_lapses_total 1"), "{metrics}");
+    drop(agent);
+    assert_nothing_left();
+}
+
+/// A request from another uid (65534) gets 403 with a problem and a fix and changes
+/// nothing, even when the socket's mode lets it connect.
+fn agent_refuses_other_users() {
+    let pair = Pair::new("agtcred");
+    let target = pair.target();
+    let dir = std::env::temp_dir().join("cet-agent-cred");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = Agent::start_in(dir, &[&pair.a]);
+    // Wider than the agent makes it: only the peer credentials stand in the way.
+    fs::set_permissions(&agent.socket, fs::Permissions::from_mode(0o666)).unwrap();
+    let socket = agent.socket.to_str().unwrap();
+    let (code, out, err) = chaos_run_as(&["agent", "status", "--socket", socket], Some(65534));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("uid 65534 may not use the agent") && err.contains("fix:"), "{err}");
+    let (code, out, err) = chaos_run_as(
+        &["inject", "partition", "--target", &target, "--duration", "5s", "--agent-socket", socket],
+        Some(65534),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("may not use the agent"), "{err}");
+    assert!(faults(&agent.client()).faults.is_empty(), "nothing applied");
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, 7304));
+    drop(agent);
+    assert_nothing_left();
+}
+
+/// SIGKILL: the TCX links and programs go with the process at once; `cleanup` removes
+/// what the ledger says is left (segmenter pairs, device settings) and the agent's
+/// record; a new agent replaces the dead one's socket.
+fn agent_sigkill_takes_its_links_and_cleanup_the_rest() {
+    if !kernel_has_tcx() {
+        skip("no TCX on this kernel: netlink filters outlive a killed agent (the lease ends them)");
+    }
+    let pair = Pair::new("agtkill");
+    let target = pair.target();
+    let mut agent = Agent::start("kill", &[&pair.a]);
+    agent.client().apply(&spec("partition", &target, ""), Duration::from_secs(30), None).expect("apply");
+    assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, 7305));
+    agent.signal(libc::SIGKILL);
+    agent.wait(Duration::from_secs(5));
+    let back = udp_time_until_passes(&pair.a, &pair.b, ADDR_B, 7306, Duration::from_secs(2))
+        .expect("traffic back after SIGKILL");
+    println!("traffic back {:.1} ms after SIGKILL", ms(back));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !loaded_chaos_programs().is_empty() {
+        assert!(Instant::now() < deadline, "programs outlived the agent: {:?}", loaded_chaos_programs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(agent.socket.exists(), "a killed agent leaves its socket");
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(chaos_devices(&pair.a).is_empty(), "segmenter pairs left after cleanup: {:?}", chaos_devices(&pair.a));
+    assert_nothing_left();
+    // The dead agent's socket is replaced by a new agent.
+    let mut again = Agent::start_in(agent.dir.clone(), &[]);
+    assert!(again.client().health().is_ok());
+    again.signal(libc::SIGTERM);
+    assert_eq!(again.wait(Duration::from_secs(10)).0, Some(0));
+    let (_, err) = again.output();
+    assert!(err.contains("removed the stale socket"), "{err}");
+    assert_nothing_left();
+}
+
+/// `inject` with an agent answering applies in the agent (listed there while it runs),
+/// renews and reverts, and prints the counters; `--no-agent` loads programs itself.
+/// Prints the wall time of both for one 500 ms fault.
+fn inject_goes_through_the_agent() {
+    let pair = Pair::new("agtinj");
+    let target = pair.target();
+    let agent = Agent::start("inject", &[&pair.a]);
+    let socket = agent.socket.to_str().unwrap().to_owned();
+    let started = Instant::now();
+    let child = Command::new(bin())
+        .args(["inject", "partition", "--target", &target, "--duration", "2s", "--lease", "600ms"])
+        .args(["--agent-socket", &socket])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn inject");
+    own_pid(child.id());
+    let inject = Chaos { child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while faults(&agent.client()).faults.is_empty() {
+        assert!(Instant::now() < deadline, "inject's fault never showed up in the agent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("inject through the agent: fault listed {:.0} ms after the start", ms(started.elapsed()));
+    assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, 7307), "partition in force");
+    // Past three leases: inject renews it.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(faults(&agent.client()).faults.len(), 1);
+    let (code, out, err) = inject.finish(Duration::from_secs(10));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("applied by the agent"), "{err}");
+    assert!(out.contains("completed") && out.contains("dropped"), "{out}");
+    assert!(faults(&agent.client()).faults.is_empty());
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, 7308));
+
+    // The same fault, 500 ms, through the agent and without it.
+    for args in [vec!["--agent-socket", socket.as_str()], vec!["--no-agent"]] {
+        let started = Instant::now();
+        let (code, out, err) = chaos_run(
+            &[&["inject", "partition", "--target", &target, "--duration", "500ms"][..], &args[..]].concat(),
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        println!("inject {} (500 ms fault): {:.0} ms wall time", args[0], ms(started.elapsed()));
+        assert_eq!(err.contains("applied by the agent"), args[0] != "--no-agent", "{err}");
+    }
+    drop(agent);
+    assert_nothing_left();
+}
