@@ -72,6 +72,7 @@ test_modules! {
     lab_control,
     lab_scenarios,
     tls_refuse,
+    hyper_lab,
 }
 
 /// Skipped tests of this run: (name, reason).

@@ -580,7 +580,8 @@ fn reach(
     let tcp = hyper::reach::tcp(&nodes, &tcp_pairs, state.echo_port, Duration::from_millis(timeout_ms), ipv6)?;
     let all = udp.unanswered.is_empty() && tcp.unanswered.is_empty();
     if json {
-        output::out(&serde_json::to_string_pretty(&serde_json::json!({ "nodes": n, "udp": udp, "tcp": tcp }))?);
+        // One line: the pair lists run to thousands of entries.
+        output::out(&serde_json::to_string(&serde_json::json!({ "nodes": n, "udp": udp, "tcp": tcp }))?);
     } else {
         for r in [&udp, &tcp] {
             output::out(&format!(

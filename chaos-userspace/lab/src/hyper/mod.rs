@@ -40,7 +40,7 @@ use netlink_packet_route::{
         AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags,
         LinkInfo, LinkMessage,
     },
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
@@ -804,6 +804,17 @@ fn permanent_neighbour(index: u32, ip: IpAddr, mac: [u8; 6]) -> NeighbourMessage
     m
 }
 
+/// A static entry of a bridge's forwarding table (`bridge fdb add MAC dev PORT master static`).
+fn fdb_entry(port: u32, mac: [u8; 6]) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = port;
+    m.header.state = NeighbourState::Noarp;
+    m.header.flags = NeighbourFlags::Controller;
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m
+}
+
 fn route_via(index: u32, range: Range, gateway: IpAddr) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header.address_family = if gateway.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
@@ -904,6 +915,26 @@ fn build_hub(nodes: &[LightNode], bridges: &[String], leaves: u32, r4: Range, r6
             );
         }
         rtnl.flush()?;
+    }
+    // Static forwarding entries: each node's MAC on its port, and on the root bridge on
+    // its leaf's uplink. Without them the first packet to a node that has not sent yet is
+    // flooded to every port of the tree (1024 nodes: a million copies, 2 s measured).
+    let links = rtnl.links()?;
+    for node in nodes {
+        let node_mac = mac(MAC_NODE, node.index);
+        rtnl.queue(
+            RouteNetlinkMessage::NewNeighbour(fdb_entry(index_of(&links, &node.hub_veth)?, node_mac)),
+            create,
+            format!("the forwarding entry of {}", node.name),
+        );
+        if leaves > 0 {
+            let uplink = format!("dn{}", &node.bridge[2..]);
+            rtnl.queue(
+                RouteNetlinkMessage::NewNeighbour(fdb_entry(index_of(&links, &uplink)?, node_mac)),
+                create,
+                format!("the root's forwarding entry of {}", node.name),
+            );
+        }
     }
     for node in nodes {
         let node_mac = mac(MAC_NODE, node.index);
