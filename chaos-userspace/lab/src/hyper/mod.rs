@@ -361,7 +361,8 @@ pub struct UpReport {
     pub nodes: u32,
     pub seconds: f64,
     pub phases: Vec<(String, f64)>,
-    /// Kernel memory the lab took: the drop of MemAvailable less the responder's RSS.
+    /// Kernel memory the lab took: the growth of Slab + Percpu + KernelStack + PageTables +
+    /// VmallocUsed in /proc/meminfo during `lab up`.
     pub kernel_memory_kb: u64,
     pub responder_pid: u32,
     pub responder_rss_kb: u64,
@@ -471,16 +472,17 @@ fn preflight(options: &UpOptions) -> Result<(Range, Range)> {
     Ok((r4, r6))
 }
 
-fn mem_available_kb() -> u64 {
-    fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
+/// The kernel's own memory from /proc/meminfo: slab, per-CPU, kernel stacks, page tables
+/// and vmalloc (what namespaces, devices and sockets take), in kB.
+fn kernel_memory_kb() -> u64 {
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .filter(|l| {
+            ["Slab:", "Percpu:", "KernelStack:", "PageTables:", "VmallocUsed:"].iter().any(|k| l.starts_with(k))
         })
-        .unwrap_or(0)
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 pub fn rss_kb(pid: u32) -> u64 {
@@ -524,7 +526,7 @@ pub fn up(options: &UpOptions, interrupted: &AtomicBool, progress: &mut dyn FnMu
     let (r4, r6) = preflight(options)?;
     raise_fd_limit(options.nodes as u64 * 2 + 256)?;
     let start = Instant::now();
-    let available_before = mem_available_kb();
+    let kernel_before = kernel_memory_kb();
     if let Some(parent) = options.state_dir.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -568,7 +570,7 @@ pub fn up(options: &UpOptions, interrupted: &AtomicBool, progress: &mut dyn FnMu
     let seconds = start.elapsed().as_secs_f64();
     let responder = state.responder.expect("started");
     let responder_rss_kb = rss_kb(responder.pid);
-    let kernel_memory_kb = available_before.saturating_sub(mem_available_kb()).saturating_sub(responder_rss_kb);
+    let kernel_memory_kb = kernel_memory_kb().saturating_sub(kernel_before);
     state.complete = true;
     state.up_seconds = Some(seconds);
     state.kernel_memory_kb = Some(kernel_memory_kb);
