@@ -73,6 +73,7 @@ test_modules! {
     lab_scenarios,
     tls_refuse,
     agent,
+    hyper_lab,
 }
 
 /// Skipped tests of this run: (name, reason).

@@ -3,7 +3,7 @@
 //! and Prometheus scraping them; `lab surge` runs a membership surge on it.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -11,9 +11,10 @@ use anyhow::Result;
 use chaos_datapath::error::Error;
 use chaos_lab::{
     cluster::{self, LabStatus, Progress, Subnet, UpOptions},
+    hyper,
     surge::{self, SurgeParams, SurgeProgress},
 };
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 
 use crate::{exit, output, Output};
 
@@ -28,6 +29,8 @@ Examples:
   sudo chaos-ebpf lab status --output json
   sudo chaos-ebpf lab surge --count 3 --cycles 2
   sudo chaos-ebpf lab down
+  sudo chaos-ebpf lab up --workload echo --nodes 1024   # light nodes (docs/lab.md)
+  sudo chaos-ebpf lab reach --pairs sample:8 --tcp 16
 
 Addresses: members .1 to .N of the subnet (etcd on :2379, the workload node on :9100),
 the bridge (root namespace) .62. State,
@@ -35,20 +38,65 @@ certificates, logs and data live in /run/chaos-ebpf/lab (0700); the CA key never
 Needs root, Debian's etcd-server, etcd-client and prometheus (bash scripts/setup.sh), and
 chaos-lab-node next to chaos-ebpf (cargo build --release builds both).";
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// etcd members with TLS, a workload node each, Prometheus (1 to 9 nodes).
+    Etcd,
+    /// Light nodes: a namespace each and one UDP/TCP echo responder for all (1 to 4096).
+    Echo,
+}
+
 #[derive(Subcommand)]
 pub enum LabCommand {
     /// Create the lab and wait until every member and workload node is healthy and
-    /// Prometheus is ready;
+    /// Prometheus is ready (`--workload echo`: until every light node answers);
     /// prints progress, then the members. Exit 2 (nothing created) when a lab is already
     /// up, the range is in use, or a program is missing; Ctrl-C removes what it created.
     Up {
-        /// How many etcd members (1 to 9).
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+        /// How many nodes: 1 to 9 etcd members, or 1 to 4096 light nodes with `--workload echo`.
+        #[arg(long, default_value_t = 3)]
         nodes: u32,
-        /// The lab's /26: inside 198.51.100.0/24 or 198.18.0.0/15. Refused when a host
-        /// interface address or route already overlaps it.
-        #[arg(long, value_name = "CIDR", default_value = cluster::DEFAULT_SUBNET)]
-        subnet: String,
+        #[arg(long, value_enum, default_value_t = Workload::Etcd)]
+        workload: Workload,
+        /// The lab's IPv4 range. etcd: a /26 inside 198.51.100.0/24 or 198.18.0.0/15
+        /// [default: 198.51.100.0/26]. echo: a /15 to /20 inside 198.18.0.0/15 [default:
+        /// 198.18.0.0/15]. Refused when a host interface address or route overlaps it.
+        #[arg(long, value_name = "CIDR")]
+        subnet: Option<String>,
+        /// The light-node lab's IPv6 range (echo only): a ULA /48 to /112
+        /// [default: fd42:c4a0:100::/48].
+        #[arg(long, value_name = "CIDR")]
+        subnet6: Option<String>,
+        /// Name prefix of the light-node lab's namespaces (tests use their own).
+        #[arg(long, hide = true, default_value = hyper::DEFAULT_PREFIX)]
+        netns_prefix: String,
+    },
+    /// Light-node lab: which node pairs answer the echo port, over UDP (one datagram per
+    /// pair from inside the source node, 300 ms per round, one retry round for the
+    /// missing) and over TCP for `--tcp` of those pairs (connect + echo). Exit 0 when
+    /// every pair answered, 1 when one did not, 2 for bad input or no light-node lab.
+    Reach {
+        /// `all` (every ordered pair, up to 128 nodes) or `sample:K` (every node to K
+        /// others, each node also asked by K).
+        #[arg(long, default_value = "sample:8")]
+        pairs: String,
+        /// A node group FIRST-LAST (repeat): instead of --pairs, --per-group pairs for
+        /// every ordered pair of groups (a group with itself too).
+        #[arg(long, value_name = "FIRST-LAST")]
+        group: Vec<String>,
+        #[arg(long, default_value_t = 4)]
+        per_group: u32,
+        /// How many of the pairs (spread over them) also get a TCP connect + echo.
+        #[arg(long, default_value_t = 16)]
+        tcp: usize,
+        /// Probe the nodes' IPv6 addresses instead of IPv4.
+        #[arg(long)]
+        ipv6: bool,
+        /// Wait per round for replies after the last datagram.
+        #[arg(long, default_value_t = 300)]
+        timeout_ms: u64,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Members (IP, process, health, leader, raft term), workload nodes (health, writes/s
     /// and failed writes/s over 1 s of their /metrics) and Prometheus. Exit 0 when the lab
@@ -97,12 +145,45 @@ pub enum LabCommand {
     },
 }
 
-pub fn run(command: LabCommand) -> Result<i32> {
-    let state_dir = Path::new(cluster::STATE_DIR);
+pub fn run(command: LabCommand, state_dir: Option<PathBuf>) -> Result<i32> {
+    let state_dir = state_dir.unwrap_or_else(|| PathBuf::from(cluster::STATE_DIR));
+    let state_dir = state_dir.as_path();
     match command {
-        LabCommand::Up { nodes, subnet } => up(nodes, &subnet, state_dir),
-        LabCommand::Status { output } => status(state_dir, output == Output::Json),
-        LabCommand::Down { output } => down(state_dir, output == Output::Json),
+        LabCommand::Up { nodes, workload: Workload::Etcd, subnet, subnet6, .. } => {
+            if subnet6.is_some() {
+                return Err(Error::unsupported(
+                    "--subnet6 is for the light-node lab; the etcd lab is IPv4 only",
+                    "leave --subnet6 out, or add --workload echo",
+                )
+                .into());
+            }
+            up(nodes, subnet.as_deref().unwrap_or(cluster::DEFAULT_SUBNET), state_dir)
+        }
+        LabCommand::Up { nodes, workload: Workload::Echo, subnet, subnet6, netns_prefix } => {
+            let options = hyper::UpOptions {
+                nodes,
+                subnet4: subnet.unwrap_or_else(|| hyper::DEFAULT_SUBNET4.to_owned()),
+                subnet6: subnet6.unwrap_or_else(|| hyper::DEFAULT_SUBNET6.to_owned()),
+                state_dir: state_dir.to_owned(),
+                prefix: netns_prefix,
+            };
+            hyper_up(&options)
+        }
+        LabCommand::Reach { pairs, group, per_group, tcp, ipv6, timeout_ms, output } => {
+            reach(state_dir, &pairs, &group, per_group, tcp, ipv6, timeout_ms, output == Output::Json)
+        }
+        LabCommand::Status { output } => {
+            if let Some(state) = hyper::load(state_dir)? {
+                return hyper_status(&state, output == Output::Json);
+            }
+            status(state_dir, output == Output::Json)
+        }
+        LabCommand::Down { output } => {
+            if hyper::load(state_dir)?.is_some() {
+                return hyper_down(state_dir, output == Output::Json);
+            }
+            down(state_dir, output == Output::Json)
+        }
         LabCommand::Verify { output } => verify(state_dir, output == Output::Json),
         LabCommand::Surge { count, rate, cycles, member, settle, output } => {
             if !(settle.is_finite() && settle >= 0.0) {
@@ -349,4 +430,178 @@ fn down(state_dir: &Path, json: bool) -> Result<i32> {
         }
     }
     Ok(if report.remaining.is_empty() { 0 } else { exit::FAILED })
+}
+
+fn hyper_up(options: &hyper::UpOptions) -> Result<i32> {
+    let interrupted = chaos_engine::run::install_signal_handlers()?;
+    let report = hyper::up(options, interrupted, &mut |step| output::err(&format!("lab up: {step}")))?;
+    let phases: Vec<String> = report.phases.iter().map(|(name, s)| format!("{name} {s:.2} s")).collect();
+    output::err(&format!("lab up: phases: {}", phases.join(", ")));
+    output::out(&format!(
+        "lab up: {} light nodes ready in {:.2} s; memory: kernel +{:.0} MB, echo responder (pid {}) RSS {:.1} MB",
+        report.nodes,
+        report.seconds,
+        report.kernel_memory_kb as f64 / 1024.0,
+        report.responder_pid,
+        report.responder_rss_kb as f64 / 1024.0
+    ));
+    Ok(0)
+}
+
+fn hyper_status(state: &hyper::HyperState, json: bool) -> Result<i32> {
+    let s = hyper::status(state);
+    if json {
+        output::out(&serde_json::to_string_pretty(&serde_json::json!({ "up": true, "light_lab": s }))?);
+    } else {
+        let verdict = if s.healthy {
+            "healthy".to_owned()
+        } else if !s.complete {
+            "INCOMPLETE: `lab up` did not finish; `chaos-ebpf lab down` cleans it".to_owned()
+        } else {
+            format!(
+                "UNHEALTHY: responder {}, {} of {} namespaces; `chaos-ebpf lab down` cleans it",
+                if s.responder_alive { "running" } else { "DEAD" },
+                s.namespaces_present,
+                s.nodes
+            )
+        };
+        output::out(&format!(
+            "light-node lab ({} workload): {} nodes on {} and {}, up since {}{}: {verdict}",
+            s.workload,
+            s.nodes,
+            s.subnet4,
+            s.subnet6,
+            s.started,
+            s.up_seconds.map(|t| format!(" (lab up took {t:.2} s)")).unwrap_or_default()
+        ));
+        output::out(&format!(
+            "hub namespace {} with bridges {}; echo port {} (UDP, TCP); responder pid {} ({}), RSS {:.1} MB",
+            s.hub,
+            s.bridges.join(", "),
+            s.echo_port,
+            s.responder_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            if s.responder_alive { "running" } else { "dead" },
+            s.responder_rss_kb as f64 / 1024.0
+        ));
+    }
+    Ok(if s.healthy { 0 } else { exit::FAILED })
+}
+
+fn hyper_down(state_dir: &Path, json: bool) -> Result<i32> {
+    let start = Instant::now();
+    let report = hyper::down(state_dir)?.unwrap_or_default();
+    let seconds = start.elapsed().as_secs_f64();
+    if json {
+        output::out(&serde_json::to_string_pretty(&serde_json::json!({
+            "was_up": true,
+            "removed": report.removed,
+            "remaining": report.remaining,
+            "links_gone_seconds": report.links_gone_seconds,
+            "seconds": seconds,
+        }))?);
+    } else {
+        for line in &report.removed {
+            output::out(&format!("removed: {line}"));
+        }
+        for line in &report.remaining {
+            output::out(&format!("LEFT: {line}"));
+        }
+        if report.remaining.is_empty() {
+            output::out(&format!(
+                "lab down in {seconds:.2} s (every link gone after {:.2} s): verified, nothing is left",
+                report.links_gone_seconds.unwrap_or(0.0)
+            ));
+        }
+    }
+    Ok(if report.remaining.is_empty() { 0 } else { exit::FAILED })
+}
+
+/// `FIRST-LAST` (or one node number).
+fn parse_group(text: &str, nodes: u32) -> Result<Vec<u32>> {
+    let bad = || {
+        Error::unsupported(
+            format!("--group {}: not FIRST-LAST of nodes 1..{nodes}", cluster::short(text)),
+            "give node numbers like --group 1-512 --group 513-1024",
+        )
+    };
+    let (a, b) = text.split_once('-').unwrap_or((text, text));
+    let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if a == 0 || a > b || b > nodes {
+        return Err(bad().into());
+    }
+    Ok((a..=b).collect())
+}
+
+/// Most ordered pairs `lab reach --pairs all` takes (128 nodes).
+const ALL_PAIRS_MAX_NODES: u32 = 128;
+
+#[allow(clippy::too_many_arguments)]
+fn reach(
+    state_dir: &Path,
+    pairs: &str,
+    groups: &[String],
+    per_group: u32,
+    tcp: usize,
+    ipv6: bool,
+    timeout_ms: u64,
+    json: bool,
+) -> Result<i32> {
+    if !(1..=10_000).contains(&timeout_ms) {
+        return Err(Error::unsupported(format!("--timeout-ms {timeout_ms}: out of range"), "give 1 to 10000 ms").into());
+    }
+    let (state, nodes) = hyper::nodes(state_dir)?;
+    let n = state.nodes;
+    let asked: Vec<(u32, u32)> = if !groups.is_empty() {
+        let groups: Vec<Vec<u32>> = groups.iter().map(|g| parse_group(g, n)).collect::<Result<_>>()?;
+        hyper::reach::group_pairs(&groups, per_group, 42)
+    } else if pairs == "all" {
+        if n > ALL_PAIRS_MAX_NODES {
+            return Err(Error::unsupported(
+                format!("--pairs all on {n} nodes is {} datagrams", n as u64 * (n as u64 - 1)),
+                format!("all pairs is for up to {ALL_PAIRS_MAX_NODES} nodes; use --pairs sample:K or --group"),
+            )
+            .into());
+        }
+        hyper::reach::all_pairs(n)
+    } else if let Some(k) = pairs.strip_prefix("sample:").and_then(|k| k.parse::<u32>().ok()).filter(|k| *k >= 1) {
+        hyper::reach::sample_pairs(n, k, 42)
+    } else {
+        return Err(Error::unsupported(
+            format!("--pairs {}: not all or sample:K", cluster::short(pairs)),
+            "give --pairs all (up to 128 nodes) or --pairs sample:8",
+        )
+        .into());
+    };
+    hyper::raise_fd_limit(n as u64 + 256)?;
+    let options = hyper::reach::Options { timeout: Duration::from_millis(timeout_ms), retries: 1, ipv6 };
+    let udp = hyper::reach::udp(&nodes, &asked, state.echo_port, options)?;
+    let step = (asked.len() / tcp.max(1)).max(1);
+    let tcp_pairs: Vec<(u32, u32)> = asked.iter().step_by(step).take(tcp).copied().collect();
+    let tcp = hyper::reach::tcp(&nodes, &tcp_pairs, state.echo_port, Duration::from_millis(timeout_ms), ipv6)?;
+    let all = udp.unanswered.is_empty() && tcp.unanswered.is_empty();
+    if json {
+        // One line: the pair lists run to thousands of entries.
+        output::out(&serde_json::to_string(&serde_json::json!({ "nodes": n, "udp": udp, "tcp": tcp }))?);
+    } else {
+        for r in [&udp, &tcp] {
+            output::out(&format!(
+                "{}: {} of {} pairs answered in {:.2} s ({} round(s))",
+                r.protocol.to_uppercase(),
+                r.answered.len(),
+                r.asked,
+                r.seconds,
+                r.rounds
+            ));
+            if !r.unanswered.is_empty() {
+                let shown: Vec<String> = r.unanswered.iter().take(20).map(|(s, d)| format!("n{s}->n{d}")).collect();
+                let more = r.unanswered.len().saturating_sub(20);
+                output::out(&format!(
+                    "  unanswered: {}{}",
+                    shown.join(" "),
+                    if more > 0 { format!(" (and {more} more; --output json lists all)") } else { String::new() }
+                ));
+            }
+        }
+    }
+    Ok(if all { 0 } else { exit::FAILED })
 }

@@ -179,6 +179,9 @@ enum Command {
     Lab {
         #[command(subcommand)]
         command: lab::LabCommand,
+        /// Where the lab keeps its state (tests use their own, so as not to meet a user's lab).
+        #[arg(long, global = true, hide = true, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -327,7 +330,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Verify { run_dir, expect } => verify::run(&run_dir, &expect),
         Command::Status { output } => status::run(output == Output::Json),
         Command::Cleanup { force, output, run_dir } => cleanup::run(force, output == Output::Json, run_dir),
-        Command::Lab { command } => lab::run(command),
+        Command::Lab { command, state_dir } => lab::run(command, state_dir),
         Command::Agent(args) => agent::run(args, command_line),
     }
 }

@@ -328,6 +328,13 @@ pub fn load(dir: &Path) -> Result<Option<State>> {
     if !dir.exists() {
         return Ok(None);
     }
+    if let Some(light) = crate::hyper::load(dir).unwrap_or(None) {
+        return Err(Error::unsupported(
+            format!("the lab up here is a light-node lab ({} echo nodes), not the etcd lab", light.nodes),
+            "`chaos-ebpf lab down` first, then `chaos-ebpf lab up`",
+        )
+        .into());
+    }
     let path = state_file(dir);
     let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?))
@@ -425,7 +432,7 @@ fn preflight(options: &UpOptions) -> Result<()> {
     if !(1..=MAX_NODES).contains(&options.nodes) {
         return Err(Error::unsupported(
             format!("--nodes {}: the lab has 1 to {MAX_NODES} etcd members", options.nodes),
-            "give --nodes between 1 and 9",
+            "give --nodes between 1 and 9 (light nodes, up to 4096: --workload echo)",
         )
         .into());
     }
@@ -443,6 +450,13 @@ fn preflight(options: &UpOptions) -> Result<()> {
         .into());
     }
     node_binary()?;
+    if let Some(light) = crate::hyper::load(&options.state_dir).unwrap_or(None) {
+        return Err(Error::unsupported(
+            format!("a light-node lab is already up ({} nodes since {})", light.nodes, since(light.started_unix)),
+            "`chaos-ebpf lab down` first",
+        )
+        .into());
+    }
     if let Some(state) = load(&options.state_dir).unwrap_or(None) {
         let since = since(state.started_unix);
         return Err(Error::unsupported(

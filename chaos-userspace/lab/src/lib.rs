@@ -23,6 +23,7 @@ pub mod certs;
 pub mod cluster;
 pub mod control;
 pub mod etcd;
+pub mod hyper;
 pub mod prometheus;
 pub mod surge;
 pub mod verify;

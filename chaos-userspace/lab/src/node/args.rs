@@ -12,6 +12,7 @@ usage: chaos-lab-node --name NAME --etcd https://HOST:PORT[,...] --cacert FILE -
                       [--quic-cert FILE --quic-key FILE]
        chaos-lab-node verify --journal FILE --etcd https://HOST:PORT[,...] --cacert FILE --cert FILE --key FILE
        chaos-lab-node get http://HOST:PORT/PATH --cacert FILE
+       chaos-lab-node echo --netns-list FILE [--port 7] [--ready FILE]
 --quic-cert/--quic-key (PEM): also serve the same endpoints over HTTP/3 (QUIC) on UDP at the
   --listen address with this server certificate; without them there is no QUIC listener.
 get: one GET with a fallback rule: HTTP/3 over QUIC to HOST:PORT (UDP) first, verifying the
@@ -19,6 +20,9 @@ get: one GET with a fallback rule: HTTP/3 over QUIC to HOST:PORT (UDP) first, ve
   (no answer in time, ICMP unreachable, handshake or HTTP/3 error), at once HTTP/1.1 over TCP
   to the URL (at most 2 s). Prints the body to stdout and to stderr which transport answered
   and why QUIC was not used; exits 0 on a 2xx answer, 1 otherwise, 2 on bad flags.
+echo: the light-node lab's responder (docs/lab.md): enters every network namespace named in
+  --netns-list (one path a line), opens UDP and TCP --port there and echoes both; writes
+  --ready once every socket is open; runs until SIGTERM.
 (docs/workload.md describes each flag, the endpoints, the metrics and the journal)";
 
 /// The flags every command shares: where etcd is and how to reach it.
@@ -91,6 +95,7 @@ pub enum Command {
     Node(NodeArgs),
     Verify(VerifyArgs),
     Get(GetArgs),
+    Echo(crate::hyper::echo::EchoArgs),
 }
 
 /// `http://HOST[:PORT][/PATH]`, the URL `get` takes.
@@ -149,7 +154,8 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     let mut args = args.into_iter().peekable();
     let verify = args.peek().map(String::as_str) == Some("verify");
     let is_get = args.peek().map(String::as_str) == Some("get");
-    if verify || is_get {
+    let echo = args.peek().map(String::as_str) == Some("echo");
+    if verify || is_get || echo {
         args.next();
     }
     let mut flags: Vec<(String, String)> = Vec::new();
@@ -170,7 +176,9 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
             }
             _ => return Err(format!("unexpected argument `{flag}`\n{USAGE}")),
         };
-        let known: &[&str] = if verify {
+        let known: &[&str] = if echo {
+            &["--netns-list", "--port", "--ready"]
+        } else if verify {
             &["--journal", "--etcd", "--cacert", "--cert", "--key", "--call-timeout"]
         } else if is_get {
             &["--cacert"]
@@ -203,6 +211,14 @@ pub fn parse(args: Vec<String>) -> Result<Command, String> {
     let get = |name: &str| flags.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let required = |name: &str| get(name).ok_or_else(|| format!("{name} is missing\n{USAGE}"));
     let path = |name: &str| get(name).map(PathBuf::from);
+    if echo {
+        let port = get("--port").unwrap_or_else(|| "7".to_owned());
+        return Ok(Command::Echo(crate::hyper::echo::EchoArgs {
+            netns_list: PathBuf::from(required("--netns-list")?),
+            port: port.parse().map_err(|_| format!("--port `{port}` is not a port number; give one like 7"))?,
+            ready: path("--ready"),
+        }));
+    }
     if is_get {
         let url = url.ok_or_else(|| format!("get needs a URL, like http://198.51.100.2:9100/health\n{USAGE}"))?;
         let mut args = get_url(&url)?;

@@ -54,6 +54,16 @@ pub fn main(args: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Echo(echo) = &command {
+        // Its own single-threaded runtime: one thread serves every node's sockets.
+        return match crate::hyper::echo::serve(echo) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chaos-lab-node echo: {}", bounded(&format!("{e:#}"), 400));
+                ExitCode::from(1)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -69,6 +79,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         Command::Node(node) => runtime.block_on(run_node(node)),
         Command::Verify(verify) => runtime.block_on(verify::run(verify)),
         Command::Get(get) => runtime.block_on(get::run(get)),
+        Command::Echo(_) => unreachable!("served above"),
     }
 }
 
