@@ -68,14 +68,7 @@ impl Rtnl {
             while pending > 0 {
                 buffer.clear();
                 self.socket.recv(&mut buffer, 0)?;
-                let mut at = 0;
-                while at < buffer.len() {
-                    let rest = &buffer[at..];
-                    let parsed = NetlinkBuffer::new_checked(&rest).map_err(|e| malformed(e.to_string()))?;
-                    let length = parsed.length() as usize;
-                    let message =
-                        NetlinkMessage::<RouteNetlinkMessage>::parse(&parsed).map_err(|e| malformed(e.to_string()))?;
-                    at += length.next_multiple_of(4).max(16);
+                for message in messages(&buffer)? {
                     if let NetlinkPayload::Error(error) = message.payload {
                         pending = pending.saturating_sub(1);
                         if let Some(code) = error.code {
@@ -117,14 +110,7 @@ impl Rtnl {
         for _ in 0..100_000 {
             buffer.clear();
             self.socket.recv(&mut buffer, 0)?;
-            let mut at = 0;
-            while at < buffer.len() {
-                let rest = &buffer[at..];
-                let parsed = NetlinkBuffer::new_checked(&rest).map_err(|e| malformed(e.to_string()))?;
-                let length = parsed.length() as usize;
-                let message =
-                    NetlinkMessage::<RouteNetlinkMessage>::parse(&parsed).map_err(|e| malformed(e.to_string()))?;
-                at += length.next_multiple_of(4).max(16);
+            for message in messages(&buffer)? {
                 if message.header.sequence_number != self.sequence {
                     continue;
                 }
@@ -144,6 +130,20 @@ impl Rtnl {
         }
         bail!("the link dump did not end")
     }
+}
+
+/// The messages of one received datagram.
+fn messages(buffer: &[u8]) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buffer.len() {
+        let rest = &buffer[at..];
+        let parsed = NetlinkBuffer::new_checked(&rest).map_err(|e| malformed(e.to_string()))?;
+        let length = parsed.length() as usize;
+        out.push(NetlinkMessage::<RouteNetlinkMessage>::parse(&parsed).map_err(|e| malformed(e.to_string()))?);
+        at += length.next_multiple_of(4).max(16);
+    }
+    Ok(out)
 }
 
 fn malformed(what: String) -> io::Error {
