@@ -460,7 +460,9 @@ impl Instance {
             self.recompile()
         });
         if let Err(e) = written {
-            // Back to what was there: the slot's rule out of the lookup maps again.
+            // Back to what was there: the slot's rule out of the lookup maps and its ALPN
+            // names out of CHAOS_TLS_ALPN again.
+            let _ = self.set_tls_alpn(slot, &Rule::default());
             let _ = self.forget(slot);
             return Err(e);
         }
