@@ -17,6 +17,7 @@ use std::{
 pub const TESTS: &[Test] = tests![
     hyper_lab_64_nodes_all_pairs_answer_and_down_leaves_nothing,
     hyper_lab_1024_nodes_up_sampled_reach_and_down,
+    partition_matrices_cut_exactly_their_pairs_of_64_nodes,
     hyper_lab_refuses_bad_input_and_creates_nothing,
 ];
 
@@ -315,4 +316,146 @@ fn hyper_lab_refuses_bad_input_and_creates_nothing() {
     let (code, _, err) = lab.run(&["reach"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no light-node lab is up"), "{err}");
+}
+
+/// Waits (at most 60 s) until the run's events.jsonl has event `kind` for `step`.
+fn wait_for_event(events: &Path, kind: &str, step: &str, run: &std::thread::JoinHandle<(i32, String, String)>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = fs::read_to_string(events).unwrap_or_default();
+        let seen = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|e| {
+            e["event"] == kind && e["step"] == step
+        });
+        if seen {
+            return;
+        }
+        assert!(!run.is_finished(), "the run ended before {kind} of step {step}:\n{text}");
+        assert!(Instant::now() < deadline, "no {kind} of step {step} within 60 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every ordered pair of the lab's nodes over UDP (`--ipv6` too when asked): the pairs
+/// that answered.
+fn reach_all(lab: &TestLab, ipv6: bool) -> std::collections::BTreeSet<(u64, u64)> {
+    let mut args = vec!["reach", "--pairs", "all", "--tcp", "0", "--timeout-ms", "200", "--output", "json"];
+    if ipv6 {
+        args.push("--ipv6");
+    }
+    let (_, out, err) = lab.run(&args);
+    let reach = json(&out, &err);
+    assert_eq!(reach["udp"]["asked"], 64 * 63, "{err}");
+    pairs(&reach["udp"]["answered"]).into_iter().collect()
+}
+
+/// A ring of 8 groups over 64 light nodes, then seeded halves, run as partition matrices
+/// (one rule on the hub's bridge ports each): while each is in force, every ordered pair
+/// of nodes is probed over UDP (IPv4, and IPv6 for the ring) and exactly the pairs whose
+/// groups are not cut from each other answer; between and after them every pair answers.
+/// The run reports both steps as run their course, and nothing is left.
+fn partition_matrices_cut_exactly_their_pairs_of_64_nodes() {
+    require_responder_binary();
+    let lab = TestLab::new("m");
+    up_timed(&lab, 64);
+    let dir = std::env::temp_dir().join(format!("chaos-matrix-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let mut scenario = String::from("apiVersion: chaos-ebpf/v1\nname: matrix\nseed: 7\ngroups:\n");
+    for g in 0..8 {
+        scenario += &format!("  g{}: [node:n{}-n{}]\n", g + 1, 8 * g + 1, 8 * g + 8);
+    }
+    scenario += "steps:
+  - {name: ring, partition: {ring: [g1, g2, g3, g4, g5, g6, g7, g8]}, duration: 10s}
+  - {name: healed, fault: none, duration: 4s}
+  - {name: halves, partition: {halves: {of: node:n1-n64, shuffle: true}}, duration: 6s}
+";
+    let file = dir.join("matrix.yaml");
+    fs::write(&file, &scenario).unwrap();
+    // The groups each node is in, as the run decides them (the halves with the step's seed).
+    let plan = chaos_model::scenario::parse("matrix.yaml", &scenario).unwrap();
+    let group_of = |step: usize| -> (Vec<usize>, chaos_model::matrix::PartitionMatrix) {
+        let s = &plan.steps[step];
+        let matrix = s.matrix.as_ref().unwrap().expand(s.seed(7));
+        let mut of = vec![usize::MAX; 65];
+        for (g, group) in matrix.groups().iter().enumerate() {
+            for m in &group.members {
+                let chaos_model::matrix::GroupMember::Node(name) = m else { panic!("{m:?}") };
+                of[name[1..].parse::<usize>().unwrap()] = g;
+            }
+        }
+        (of, matrix)
+    };
+    let expected = |step: usize| -> std::collections::BTreeSet<(u64, u64)> {
+        let (of, matrix) = group_of(step);
+        let mut out = std::collections::BTreeSet::new();
+        for s in 1..=64usize {
+            for d in (1..=64usize).filter(|&d| d != s) {
+                // The echo's answer travels back: both directions must be open.
+                if !matrix.is_cut(of[s], of[d]) && !matrix.is_cut(of[d], of[s]) {
+                    out.insert((s as u64, d as u64));
+                }
+            }
+        }
+        out
+    };
+    let run_dir = dir.join("run");
+    let args: Vec<String> = [
+        "run",
+        file.to_str().unwrap(),
+        "--lab-dir",
+        lab.dir.to_str().unwrap(),
+        "--output",
+        "json",
+        "--metrics-addr",
+        "off",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run = std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        chaos_run(&args)
+    });
+    let events = run_dir.join("events.jsonl");
+    let everyone: std::collections::BTreeSet<(u64, u64)> =
+        (1..=64u64).flat_map(|s| (1..=64u64).filter(move |&d| d != s).map(move |d| (s, d))).collect();
+
+    wait_for_event(&events, "rules_installed", "ring", &run);
+    let ring = expected(0);
+    // A ring of 8: each group reaches itself and its 2 neighbours (24 nodes), both ways.
+    assert_eq!(ring.len(), 64 * 23);
+    for ipv6 in [false, true] {
+        let answered = reach_all(&lab, ipv6);
+        let wrong: Vec<_> = answered.symmetric_difference(&ring).take(8).collect();
+        assert!(wrong.is_empty(), "ring (ipv6 {ipv6}): {} pairs answered, {} expected; differing: {wrong:?}", answered.len(), ring.len());
+    }
+    println!("REPORT|matrix_ring|nodes=64|groups=8|pairs_answered={}|pairs_cut={}", ring.len(), 64 * 63 - ring.len());
+
+    wait_for_event(&events, "rules_removed", "ring", &run);
+    let answered = reach_all(&lab, false);
+    assert_eq!(answered.len(), everyone.len(), "after the ring healed: {:?}", everyone.difference(&answered).take(8).collect::<Vec<_>>());
+
+    wait_for_event(&events, "rules_installed", "halves", &run);
+    let halves = expected(2);
+    assert_eq!(halves.len(), 2 * 32 * 31);
+    let answered = reach_all(&lab, false);
+    let wrong: Vec<_> = answered.symmetric_difference(&halves).take(8).collect();
+    assert!(wrong.is_empty(), "halves: {} pairs answered, {} expected; differing: {wrong:?}", answered.len(), halves.len());
+    let (of, _) = group_of(2);
+    assert_ne!(of[1..=32].iter().filter(|&&g| g == 0).count(), 32, "the halves are shuffled, not n1-n32");
+
+    let (code, out, err) = run.join().unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    for step in report["steps"].as_array().unwrap() {
+        assert_eq!(step["ran_its_course"], true, "{step}");
+    }
+    assert!(err.contains("partition matrix (ring): 8 groups, 64 members; 40 cut pairs (20 both ways)"), "{err}");
+    let answered = reach_all(&lab, false);
+    assert_eq!(answered.len(), everyone.len(), "after the run");
+    assert_nothing_left();
+    down_timed(&lab, 64);
+    lab.assert_nothing_left(None);
 }

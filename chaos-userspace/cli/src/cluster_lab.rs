@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::{anyhow, Result};
-use chaos_engine::action::{Lab, LabMember, LabView, SurgeOutcome};
+use chaos_engine::{
+    action::{Lab, LabMember, LabView, SurgeOutcome},
+    matrix::Fabric,
+};
 use chaos_lab::{
     cluster::{self, STATE_DIR},
     control::{KillOutcome, LabControl},
@@ -125,4 +128,15 @@ impl Lab for ClusterLab {
             completed: report.converged && report.cycles.len() == cycles as usize,
         })
     }
+}
+
+/// The light-node lab in `dir` as the engine's [`Fabric`], when the plan has a partition
+/// matrix and such a lab is up (the engine refuses a matrix of nodes without one).
+pub fn light_fabric(plan: &Plan, dir: &Path) -> Result<Option<Fabric>> {
+    if !chaos_engine::matrix::has_matrices(plan) || chaos_lab::hyper::load(dir)?.is_none() {
+        return Ok(None);
+    }
+    let (state, nodes) = chaos_lab::hyper::nodes(dir)?;
+    let nodes = nodes.into_iter().map(|n| (n.name, vec![IpAddr::V4(n.ipv4), IpAddr::V6(n.ipv6)])).collect();
+    Ok(Some(Fabric { netns: state.hub, nodes }))
 }

@@ -21,6 +21,7 @@ pub fn execute(
     metrics_addr: Option<MetricsAddr>,
     command: String,
     run_dir: Option<PathBuf>,
+    lab_dir: &std::path::Path,
     mut artifacts: crate::report::Options,
 ) -> Result<i32> {
     // Lab members named by role are bound to who they are now (the lab is asked once,
@@ -28,6 +29,12 @@ pub fn execute(
     let cluster = crate::cluster_lab::open_for(plan)?;
     let (bound, bindings) = chaos_engine::action::bind_lab_targets(plan, cluster.as_deref())?;
     for line in &bindings {
+        output::err(&format!("chaos-ebpf: lab: {line}"));
+    }
+    // A partition matrix's nodes, bound to their addresses in the light-node lab.
+    let fabric = crate::cluster_lab::light_fabric(&bound, lab_dir)?;
+    let (bound, matrices) = chaos_engine::matrix::bind_matrices(&bound, fabric.as_ref())?;
+    for line in &matrices {
         output::err(&format!("chaos-ebpf: lab: {line}"));
     }
     let plan = &bound;

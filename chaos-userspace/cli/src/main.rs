@@ -121,6 +121,10 @@ enum Command {
         freeze_clock: bool,
         #[arg(long, value_name = "URL", value_parser = otlp::parse_endpoint, help = OTLP_HELP)]
         otlp_endpoint: Option<String>,
+        /// Where the light-node lab a partition matrix acts on keeps its state (what `lab
+        /// --state-dir` was given).
+        #[arg(long, value_name = "DIR", default_value = chaos_lab::cluster::STATE_DIR)]
+        lab_dir: PathBuf,
     },
     /// Run a recorded run again: the scenario and seed of its bundle (RUN_DIR.tar.gz), on
     /// a lab of the same shape, then compare the outcome and the digest with the recorded
@@ -314,15 +318,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 }
             }
             let artifacts = report::Options { scenario_file: None, freeze_clock, lab_members: None };
-            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, artifacts)
+            let lab_dir = std::path::Path::new(chaos_lab::cluster::STATE_DIR);
+            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, lab_dir, artifacts)
         }
-        Command::Run { file, seed, dry_run, output, run_dir, metrics_addr, freeze_clock, .. } => {
+        Command::Run { file, seed, dry_run, output, run_dir, metrics_addr, freeze_clock, lab_dir, .. } => {
             let mut plan = validate::load(&file)?;
             if seed.is_some() {
                 plan.seed = seed;
             }
             let artifacts = report::Options { scenario_file: Some(file), freeze_clock, lab_members: None };
-            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, artifacts)
+            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, &lab_dir, artifacts)
         }
         Command::Replay { bundle, run_dir, output } => replay::run(&bundle, run_dir, output),
         Command::Validate { file } => validate::run(&file),

@@ -182,7 +182,16 @@ pub fn run(bundle: &Path, run_dir: Option<PathBuf>, output: Output) -> Result<i3
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let artifacts =
         crate::report::Options { scenario_file: Some(scenario_file), freeze_clock: false, lab_members: None };
-    let code = crate::execute::execute(&plan, false, Output::Text, None, command, Some(run_dir.clone()), artifacts)?;
+    let code = crate::execute::execute(
+        &plan,
+        false,
+        Output::Text,
+        None,
+        command,
+        Some(run_dir.clone()),
+        Path::new(chaos_lab::cluster::STATE_DIR),
+        artifacts,
+    )?;
     let new_report: RunReport = serde_json::from_str(
         &std::fs::read_to_string(run_dir.join("report.json")).context("reading the new run's report.json")?,
     )?;

@@ -110,6 +110,23 @@ pub fn rule_matches(rule: &Rule, peers: Option<SetId>) -> Vec<AddrMatch> {
     out
 }
 
+/// What a partition matrix's rule matches: on each of the rule's directions, packets from
+/// a member of group `a` to a member of group `b`, for every cut pair `(a, b)` (indices
+/// into `groups`, the groups' sets).
+pub fn matrix_matches(rule: &Rule, groups: &[SetId], cuts: &[(usize, usize)]) -> Vec<AddrMatch> {
+    let mut out = Vec::new();
+    for dir in [direction::EGRESS, direction::INGRESS] {
+        if rule.directions & dir != 0 {
+            out.extend(cuts.iter().map(|&(a, b)| AddrMatch {
+                direction: dir,
+                src: Some(groups[a]),
+                dst: Some(groups[b]),
+            }));
+        }
+    }
+    out
+}
+
 impl Compiler {
     /// Registers a peer set; its id is unique for this compiler's lifetime.
     pub fn add_set(&mut self, prefixes: Vec<Prefix>) -> SetId {

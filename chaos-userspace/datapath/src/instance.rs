@@ -28,7 +28,7 @@ use chaos_ebpf_common::{
 use crate::{
     attach::AttachMode,
     devices::Segmenter,
-    dispatch::{self, AddrMatch, Compiled, Compiler, RuleAddrs, SetId},
+    dispatch::{self, Compiled, Compiler, RuleAddrs, SetId},
     error::Error,
     ledger::{self, InstanceState, NetlinkFilter},
     netlink,
@@ -415,16 +415,7 @@ impl Instance {
             return Err(anyhow!("cut ({a}, {b}) names a group beyond the {} given", groups.len()));
         }
         let sets: Vec<SetId> = groups.iter().map(|g| self.compiler.add_set(g.clone())).collect();
-        let mut matches = Vec::new();
-        for dir in [chaos_ebpf_common::direction::EGRESS, chaos_ebpf_common::direction::INGRESS] {
-            if rule.directions & dir != 0 {
-                matches.extend(cuts.iter().map(|&(a, b)| AddrMatch {
-                    direction: dir,
-                    src: Some(sets[a]),
-                    dst: Some(sets[b]),
-                }));
-            }
-        }
+        let matches = dispatch::matrix_matches(rule, &sets, cuts);
         self.install_addressed(slot, rule, RuleAddrs { ifindex: rule.ifindex, matches }, sets, lease)
     }
 

@@ -189,10 +189,16 @@ pub fn bind_lab_targets(plan: &Plan, lab: Option<&dyn Lab>) -> Result<(Plan, Vec
                                 ..spec.clone()
                             },
                             lab_peers: Vec::new(),
+                            matrix: None,
                         });
                     }
                 }
-                _ => faults.push(PlannedFault { rule_id: fault.rule_id, spec, lab_peers: Vec::new() }),
+                _ => faults.push(PlannedFault {
+                    rule_id: fault.rule_id,
+                    spec,
+                    lab_peers: Vec::new(),
+                    matrix: fault.matrix.clone(),
+                }),
             }
         }
         step.faults = faults;

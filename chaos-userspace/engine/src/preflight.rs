@@ -40,17 +40,13 @@ pub struct Preflight {
 /// need them are listed in `unchecked` instead.
 pub fn check(plan: &Plan, dry_run: bool) -> Result<Preflight> {
     plan.check_limits().map_err(|e| Problem::new(e.problem, e.fix))?;
-    // A matrix step has no rules of its own (`faults` is empty): run would take it for a
-    // pause and cut nothing. Refused until the engine applies matrices (issue 11).
-    if let Some(step) = plan.steps.iter().find(|s| s.matrix.is_some()) {
-        return Err(Problem::new(
-            format!(
-                "step '{}' is a partition matrix, which run does not support yet",
-                chaos_model::spec::shorten(&step.name, 40)
-            ),
-            "validate and plan show it; to run now, write the cuts as partition steps with target: and peers:",
-        )
-        .into());
+    // A matrix step has no rules until `matrix::bind_matrices` gives it its fault: a run
+    // would take it for a pause and cut nothing.
+    if let Some(step) = plan.steps.iter().find(|s| s.matrix.is_some() && !s.faults.iter().any(|f| f.matrix.is_some())) {
+        return Err(anyhow::anyhow!(
+            "step '{}' is a partition matrix not bound to the lab's nodes",
+            chaos_model::spec::shorten(&step.name, 40)
+        ));
     }
     let missing = error::missing_privileges();
     let privileged = missing.is_empty();
@@ -133,14 +129,23 @@ fn check_per_namespace(plan: &Plan, resolved: &BTreeMap<String, Vec<Resolved>>) 
             for r in resolved.get(&resolution_key(&fault.spec)).into_iter().flatten() {
                 let entry = per_netns.entry(r.netns.id).or_insert_with(|| (r.netns.path.display().to_string(), 0, 0));
                 entry.1 += 1;
-                entry.2 += fault.spec.peers.len();
+                entry.2 += fault.spec.peers.len() + fault.matrix.as_ref().map_or(0, |m| m.prefixes());
                 let compiler = compilers.entry(r.netns.id).or_default();
                 let rule = fault.spec.rule(0, fault.rule_id, r.ifindex, r.cgroup_id);
-                let set = (rule.flags & chaos_ebpf_common::flags::PEERS != 0)
-                    .then(|| compiler.add_set(fault.spec.peers.iter().map(|p| p.prefix()).collect()));
+                let matches = match &fault.matrix {
+                    Some(m) => {
+                        let sets: Vec<_> =
+                            m.groups.iter().map(|g| compiler.add_set(g.iter().map(|p| p.prefix()).collect())).collect();
+                        dispatch::matrix_matches(&rule, &sets, &m.cuts)
+                    }
+                    None => {
+                        let set = (rule.flags & chaos_ebpf_common::flags::PEERS != 0)
+                            .then(|| compiler.add_set(fault.spec.peers.iter().map(|p| p.prefix()).collect()));
+                        dispatch::rule_matches(&rule, set)
+                    }
+                };
                 let slot = entry.1 as u32;
-                compiler
-                    .set_rule(slot, RuleAddrs { ifindex: rule.ifindex, matches: dispatch::rule_matches(&rule, set) });
+                compiler.set_rule(slot, RuleAddrs { ifindex: rule.ifindex, matches });
             }
         }
         let steps = chaos_model::spec::list_some(in_force.iter().map(|s| chaos_model::spec::shorten(&s.name, 40)), 4);
@@ -205,9 +210,10 @@ pub fn check_fq() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    /// A partition matrix is refused before anything is checked or changed, in a dry run too.
+    /// A matrix step that was not bound to the lab's nodes is refused: run would take it
+    /// for a pause.
     #[test]
-    fn partition_matrices_are_refused_until_run_supports_them() {
+    fn unbound_partition_matrices_are_refused() {
         let plan = chaos_model::scenario::parse(
             "m.yaml",
             "apiVersion: chaos-ebpf/v1\ngroups: {a: [node:n1], b: [node:n2]}\nsteps:\n  - {name: split, partition: {groups: [a, b], cut: [[a, b]]}, duration: 1s}\n",
@@ -215,10 +221,7 @@ mod tests {
         .unwrap();
         for dry_run in [true, false] {
             let e = super::check(&plan, dry_run).err().expect("refused");
-            assert!(
-                e.to_string().contains("step 'split' is a partition matrix, which run does not support yet"),
-                "{e}"
-            );
+            assert!(e.to_string().contains("step 'split' is a partition matrix not bound to the lab's nodes"), "{e}");
         }
     }
 }

@@ -1117,7 +1117,14 @@ impl Running<'_> {
                     otel.status_message = Empty,
                 );
                 let installed = instance.free_slot().and_then(|slot| {
-                    instance.install(slot, &rule, &network::peer_entries(&fault.spec), self.plan.lease)?;
+                    match &fault.matrix {
+                        Some(m) => {
+                            let groups: Vec<Vec<_>> =
+                                m.groups.iter().map(|g| g.iter().map(|p| p.prefix()).collect()).collect();
+                            instance.install_matrix(slot, &rule, &groups, &m.cuts, self.plan.lease)?
+                        }
+                        None => instance.install(slot, &rule, &network::peer_entries(&fault.spec), self.plan.lease)?,
+                    }
                     Ok(slot)
                 });
                 match installed {
@@ -1127,7 +1134,7 @@ impl Running<'_> {
                             rule_id: fault.rule_id,
                             kind: fault.spec.kind.name(),
                             // As written: a ramp's windows give its intensities.
-                            fault: fault.spec.describe(),
+                            fault: fault.matrix.as_ref().map_or_else(|| fault.spec.describe(), |m| m.summary.clone()),
                             target: fault.spec.target.to_string(),
                             target_index,
                             span,
@@ -1372,7 +1379,7 @@ fn capacities(plan: &Plan, resolved: &BTreeMap<String, Vec<Resolved>>) -> BTreeM
         let rule = fault.spec.rule(0, fault.rule_id, 0, 0);
         for r in &resolved[&resolution_key(&fault.spec)] {
             let need = needs.entry(r.netns.id).or_default();
-            need.0 += 2 * fault.spec.peers.len();
+            need.0 += 2 * (fault.spec.peers.len() + fault.matrix.as_ref().map_or(0, |m| m.prefixes()));
             need.1 |= keeps_flow_state(&rule);
         }
     }
@@ -1399,7 +1406,9 @@ fn prepare(
     for r in resolved.values().flatten() {
         instances.get(&r.netns.id).expect("loaded above").check_room(&r.interfaces)?;
     }
-    for fault in plan.steps.iter().flat_map(|s| &s.faults) {
+    // A matrix drops whole packets by address, which every segment of a buffer shares:
+    // its bridge ports keep their settings.
+    for fault in plan.steps.iter().flat_map(|s| &s.faults).filter(|f| f.matrix.is_none()) {
         for r in &resolved[&resolution_key(&fault.spec)] {
             network::hold_fault_devices(held, &fault.spec, r)?;
             interrupted_now(interrupted)?;

@@ -200,7 +200,7 @@ pub fn plan(fault: InjectFault) -> Result<Plan, Problem> {
                 kind.name().into(),
                 Duration::ZERO,
                 common.duration,
-                vec![PlannedFault { rule_id: 1, spec, lab_peers: Vec::new() }],
+                vec![PlannedFault { rule_id: 1, spec, lab_peers: Vec::new(), matrix: None }],
             )
         }],
         hypothesis: None,

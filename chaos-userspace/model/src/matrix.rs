@@ -385,6 +385,23 @@ impl PartitionMatrix {
     }
 }
 
+/// A matrix as a run applies it: each group's members as address prefixes (a lab node
+/// by its addresses), and the cut pairs. One rule carries it all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoundMatrix {
+    /// `ring: 8 groups, 64 members; 40 cut pairs (20 both ways)`.
+    pub summary: String,
+    pub groups: Vec<Vec<Cidr>>,
+    pub cuts: Vec<(usize, usize)>,
+}
+
+impl BoundMatrix {
+    /// Prefixes of all groups together (each takes a source and a destination entry).
+    pub fn prefixes(&self) -> usize {
+        self.groups.iter().map(Vec::len).sum()
+    }
+}
+
 /// How a matrix was written; halves may shuffle their nodes with the step's seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -91,6 +91,10 @@ pub struct PlannedFault {
     /// `spec.peers` when the run starts and the lab is asked who they are.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lab_peers: Vec<crate::action::LabSelector>,
+    /// A partition matrix bound to the addresses of its members (the fault a matrix step
+    /// becomes when the run starts): one rule for all its groups and cuts.
+    #[serde(skip)]
+    pub matrix: Option<std::sync::Arc<crate::matrix::BoundMatrix>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -526,7 +530,20 @@ impl Plan {
                 continue;
             }
             for f in &step.faults {
-                let _ = writeln!(out, "                        rule {}: {}", f.rule_id, f.spec.describe());
+                match &f.matrix {
+                    Some(m) => {
+                        let _ = writeln!(
+                            out,
+                            "                        rule {}: the matrix ({} prefixes), dropped at the ingress of {}",
+                            f.rule_id,
+                            m.prefixes(),
+                            f.spec.target
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(out, "                        rule {}: {}", f.rule_id, f.spec.describe());
+                    }
+                }
             }
             for w in &step.windows {
                 let _ = writeln!(

@@ -722,7 +722,12 @@ impl Validator<'_> {
             for w in &windows {
                 fault.check_intensity(w.intensity).map_err(|e| self.error(&at("intensity"), e.problem, e.fix))?;
             }
-            faults.push(PlannedFault { rule_id: *next_rule_id, spec: fault, lab_peers: lab_peers.clone() });
+            faults.push(PlannedFault {
+                rule_id: *next_rule_id,
+                spec: fault,
+                lab_peers: lab_peers.clone(),
+                matrix: None,
+            });
             *next_rule_id += 1;
         }
         Ok(Draft { name, seed: step.seed, faults, action: None, matrix: None, windows, length })
