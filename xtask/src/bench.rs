@@ -1,16 +1,8 @@
 //! `cargo xtask bench`: what the datapath costs real traffic.
 //!
-//! Two namespaces joined by a veth; a UDP sender in one blasts fixed-size datagrams at a
-//! receiver in the other for a fixed time. Cases, each measured in the same run:
-//!
-//! - baseline: no program attached;
-//! - idle rule: chaos-ebpf attached with a rule whose peer matches nothing (every packet
-//!   is parsed and checked against the trie, none is hashed);
-//! - loss 1%: a rule that matches everything and hashes every packet.
-//!
-//! Reported: received packets/s and its ratio to the baseline, and the per-packet cost
-//! of the egress program from the kernel's own accounting (`run_time_ns / run_cnt` with
-//! kernel.bpf_stats_enabled=1, as `bpftool prog show` reports it).
+//! First the per-packet cost in BPF_PROG_TEST_RUN (bench_packet.rs), then, on two
+//! namespaces joined by a veth, UDP throughput with and without faults against iptables
+//! and nft (bench_throughput.rs).
 //!
 //! Then the cost of per-segment decisions on TCP: bulk goodput over the veth with no
 //! program, with `gso_max_segs 1` set by hand (the segmentation alone), and with a
@@ -33,9 +25,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-const NS_A: &str = "chaos-bench-a";
+pub(crate) const NS_A: &str = "chaos-bench-a";
 const NS_B: &str = "chaos-bench-b";
-const SECONDS: u64 = 3;
 const TCP_REPS: usize = 5;
 const TCP_SECONDS: f64 = 1.0;
 
@@ -84,8 +75,17 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
     .expect("netns thread"))
 }
 
-/// Sends for SECONDS from a fixed 5-tuple and returns datagrams received per second.
-fn blast() -> Result<f64> {
+/// `ip netns exec NS_A ARGS`.
+pub(crate) fn in_ns(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(["netns", "exec", NS_A]).args(args).output().context("running ip netns exec")?;
+    if !out.status.success() {
+        bail!("{} in {NS_A}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Sends for `duration` from a fixed 5-tuple and returns datagrams received per second.
+pub(crate) fn blast_for(duration: Duration) -> Result<f64> {
     let receiver = in_netns(NS_B, || UdpSocket::bind("192.0.2.2:9000"))??;
     receiver.set_read_timeout(Some(Duration::from_millis(200)))?;
     let counter = std::thread::spawn(move || {
@@ -100,7 +100,7 @@ fn blast() -> Result<f64> {
     let dest: SocketAddr = "192.0.2.2:9000".parse()?;
     let payload = [0u8; 64];
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(SECONDS) {
+    while start.elapsed() < duration {
         for _ in 0..64 {
             let _ = sender.send_to(&payload, dest);
         }
@@ -140,7 +140,7 @@ fn tcp_mbit(port: u16) -> Result<f64> {
     Ok(got as f64 * 8.0 / 1e6 / elapsed)
 }
 
-fn median_and_range(values: &mut [f64]) -> (f64, f64, f64) {
+pub(crate) fn median_and_range(values: &mut [f64]) -> (f64, f64, f64) {
     values.sort_by(|a, b| a.total_cmp(b));
     (values[values.len() / 2], values[0], values[values.len() - 1])
 }
@@ -324,32 +324,28 @@ fn packet_cases() -> Result<()> {
         }));
     }
     println!("\n(mean ns of 200000 runs per sample, 7 samples per case; floor: `r0 = -1; exit`)");
+    write_json("packet", &serde_json::json!({"floor_ns": floor_ns, "floor_samples": floor.samples, "cases": json}))
+}
+
+/// Writes target/bench/NAME.json, which docs/bench.md is made from.
+pub(crate) fn write_json(name: &str, value: &serde_json::Value) -> Result<()> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench");
     fs::create_dir_all(dir)?;
-    let out = serde_json::json!({"floor_ns": floor_ns, "floor_samples": floor.samples, "cases": json});
-    fs::write(format!("{dir}/packet.json"), serde_json::to_string_pretty(&out)?)?;
+    fs::write(format!("{dir}/{name}.json"), serde_json::to_string_pretty(value)?)?;
     Ok(())
 }
 
-/// (run_time_ns, run_cnt) of the loaded chaos_egress program.
-fn egress_stats() -> Result<(u64, u64)> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output().context("running bpftool")?;
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    for p in progs.as_array().into_iter().flatten() {
-        if p["name"] == "chaos_egress" {
-            return Ok((p["run_time_ns"].as_u64().unwrap_or(0), p["run_cnt"].as_u64().unwrap_or(0)));
-        }
-    }
-    bail!("chaos_egress is not loaded")
-}
-
-struct Chaos(Child);
+pub(crate) struct Chaos(Child);
 
 impl Chaos {
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Starts a run and waits until its first progress line (the step has been in force
     /// for 1 s): the programs load before the device settings change, so a connection
     /// opened as soon as they are loaded could still see the old settings.
-    fn start(bin: &str, args: &[&str]) -> Result<Chaos> {
+    pub(crate) fn start(bin: &str, args: &[&str]) -> Result<Chaos> {
         use std::io::BufRead;
         // Progress lines go to stderr.
         let mut child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
@@ -383,40 +379,23 @@ pub fn run(only: Option<&str>) -> Result<()> {
         return packet_cases();
     }
     crate::cargo(&["build", "--release", "-p", "chaos-cli"])?;
+    if only == Some("throughput") {
+        let _namespaces = Namespaces::create()?;
+        let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/chaos-ebpf");
+        let stats_before = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());
+        fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling BPF run-time stats")?;
+        let result = crate::bench_throughput::run(bin).and_then(|t| write_json("throughput", &t));
+        let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
+        return result;
+    }
     let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/chaos-ebpf");
     let stats_before = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());
     fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling BPF run-time stats")?;
     let result = (|| -> Result<()> {
         packet_cases()?;
         let _namespaces = Namespaces::create()?;
-        let target = format!("netns:{NS_A}");
-        let common = ["--target", target.as_str(), "--duration", "5m", "--seed", "1", "--direction", "egress"];
-        let baseline = blast()?;
-        let mut rows = vec![("baseline (no program)".to_owned(), baseline, None)];
-        for (name, extra) in [
-            ("idle rule (peer matches nothing)", vec!["partition", "--mode", "oneway", "--peer", "198.51.100.0/24"]),
-            ("loss 1% on every packet", vec!["loss", "--probability", "0.01"]),
-        ] {
-            let mut args = vec!["inject"];
-            args.extend(extra.iter().copied());
-            args.extend(common);
-            let chaos = Chaos::start(bin, &args)?;
-            let (t0, c0) = egress_stats()?;
-            let pps = blast()?;
-            let (t1, c1) = egress_stats()?;
-            drop(chaos);
-            let ns = (t1 - t0) as f64 / (c1 - c0).max(1) as f64;
-            rows.push((name.to_owned(), pps, Some(ns)));
-        }
-        println!("\n{:<36} {:>14} {:>10} {:>16}", "case", "received pkt/s", "vs base", "egress ns/pkt");
-        for (name, pps, ns) in &rows {
-            println!(
-                "{name:<36} {pps:>14.0} {:>10.3} {:>16}",
-                pps / baseline,
-                ns.map_or("-".to_owned(), |v| format!("{v:.1}"))
-            );
-        }
-        println!("\n(veth, 64-byte UDP, {SECONDS} s per case, one sender; ns/pkt from run_time_ns/run_cnt)");
+        let throughput = crate::bench_throughput::run(bin)?;
+        write_json("throughput", &throughput)?;
         tcp_cases(bin)?;
         udp_gso_cases(bin)
     })();

@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_packet;
+mod bench_throughput;
 mod vm;
 
 use std::{
@@ -168,9 +169,12 @@ const USAGE: &str = "usage: cargo xtask <task>
                   (sch_fq, sch_netem, the pre-TCX netlink path); downloads the kernels
   schema          write scenarios/chaos-ebpf.schema.json, the JSON Schema of scenario
                   files, from chaos-model's parser types
-  bench [packet]  per-packet cost and throughput of the datapath against a baseline
-                  without it, measured in the same run (needs root); `packet`: only
-                  the per-packet cost in BPF_PROG_TEST_RUN";
+  bench [packet|throughput]
+                  per-packet cost and throughput of the datapath against a baseline
+                  without it and against iptables and nft, measured in the same run
+                  (needs root); `packet`: only the per-packet cost in
+                  BPF_PROG_TEST_RUN; `throughput`: only UDP throughput with and
+                  without faults";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
