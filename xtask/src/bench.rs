@@ -375,8 +375,11 @@ impl Drop for Chaos {
 
 pub fn run(only: Option<&str>) -> Result<()> {
     crate::require_root("the benchmark")?;
-    if only == Some("packet") {
-        return packet_cases();
+    match only {
+        Some("packet") => return packet_cases(),
+        Some("report") => return crate::bench_report::write(),
+        Some("throughput") | None => {}
+        Some(other) => anyhow::bail!("unknown benchmark part '{other}': packet, throughput, apply, hyper or report"),
     }
     crate::cargo(&["build", "--release", "-p", "chaos-cli"])?;
     if only == Some("throughput") {
@@ -399,6 +402,7 @@ pub fn run(only: Option<&str>) -> Result<()> {
         tcp_cases(bin)?;
         udp_gso_cases(bin)
     })();
+    let result = result.and_then(|()| crate::bench_report::write());
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     result
 }

@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_packet;
+mod bench_report;
 mod bench_throughput;
 mod vm;
 
@@ -174,7 +175,8 @@ const USAGE: &str = "usage: cargo xtask <task>
                   without it and against iptables and nft, measured in the same run
                   (needs root); `packet`: only the per-packet cost in
                   BPF_PROG_TEST_RUN; `throughput`: only UDP throughput with and
-                  without faults";
+                  without faults; `report`: docs/bench.md again from target/bench/*.json.
+                  The whole run writes docs/bench.md";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
