@@ -398,7 +398,7 @@ fn partition_matrices_cut_exactly_their_pairs_of_64_nodes() {
         out
     };
     let run_dir = dir.join("run");
-    let args: Vec<String> = [
+    let run = chaos_run_in_background(&[
         "run",
         file.to_str().unwrap(),
         "--lab-dir",
@@ -409,14 +409,7 @@ fn partition_matrices_cut_exactly_their_pairs_of_64_nodes() {
         "off",
         "--run-dir",
         run_dir.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let run = std::thread::spawn(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        chaos_run(&args)
-    });
+    ]);
     let events = run_dir.join("events.jsonl");
     let everyone: std::collections::BTreeSet<(u64, u64)> =
         (1..=64u64).flat_map(|s| (1..=64u64).filter(move |&d| d != s).map(move |d| (s, d))).collect();

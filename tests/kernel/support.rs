@@ -434,6 +434,15 @@ impl Drop for Chaos {
     }
 }
 
+/// [`chaos_run`] on a thread of its own, for a test that sends traffic meanwhile.
+pub fn chaos_run_in_background(args: &[&str]) -> std::thread::JoinHandle<(i32, String, String)> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    std::thread::spawn(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        chaos_run(&args)
+    })
+}
+
 /// Runs chaos-ebpf to completion (bounded) and returns (exit code, stdout, stderr).
 pub fn chaos_run(args: &[&str]) -> (i32, String, String) {
     chaos_run_as(args, None)

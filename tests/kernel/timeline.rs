@@ -166,7 +166,7 @@ steps:
     )
     .unwrap();
     let run_dir = dir.join("run");
-    let args: Vec<String> = [
+    let chaos = chaos_run_in_background(&[
         "run",
         scenario.to_str().unwrap(),
         "--output",
@@ -175,14 +175,7 @@ steps:
         "off",
         "--run-dir",
         run_dir.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let chaos = std::thread::spawn(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        chaos_run(&args)
-    });
+    ]);
     let mut p6000 = Stream::new(&p, 6000);
     let mut p6001 = Stream::new(&p, 6001);
     let mut q6000 = Stream::new(&q, 6000);

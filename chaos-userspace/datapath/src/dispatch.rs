@@ -89,7 +89,7 @@ pub struct Compiler {
 /// The address matches of an ordinary rule: its peers (set `peers`, when the rule has
 /// the PEERS flag) are the destination of what it sends and the source of what it
 /// receives, or the source on egress too for rules acting on the far end of a veth.
-pub fn rule_matches(rule: &Rule, peers: Option<SetId>) -> Vec<AddrMatch> {
+fn rule_matches(rule: &Rule, peers: Option<SetId>) -> Vec<AddrMatch> {
     let mut out = Vec::new();
     let peers = if rule.flags & flags::PEERS != 0 { peers } else { None };
     let restricted = rule.flags & flags::PEERS != 0;
@@ -113,7 +113,7 @@ pub fn rule_matches(rule: &Rule, peers: Option<SetId>) -> Vec<AddrMatch> {
 /// What a partition matrix's rule matches: on each of the rule's directions, packets from
 /// a member of group `a` to a member of group `b`, for every cut pair `(a, b)` (indices
 /// into `groups`, the groups' sets).
-pub fn matrix_matches(rule: &Rule, groups: &[SetId], cuts: &[(usize, usize)]) -> Vec<AddrMatch> {
+fn matrix_matches(rule: &Rule, groups: &[SetId], cuts: &[(usize, usize)]) -> Vec<AddrMatch> {
     let mut out = Vec::new();
     for dir in [direction::EGRESS, direction::INGRESS] {
         if rule.directions & dir != 0 {
@@ -127,7 +127,31 @@ pub fn matrix_matches(rule: &Rule, groups: &[SetId], cuts: &[(usize, usize)]) ->
     out
 }
 
+/// The addresses a rule acts on: its peers (with the PEERS flag), or the groups of a
+/// partition matrix and its cut pairs (indices into `groups`).
+pub enum Addressing<'a> {
+    Peers(&'a [Prefix]),
+    Matrix { groups: &'a [Vec<Prefix>], cuts: &'a [(usize, usize)] },
+}
+
 impl Compiler {
+    /// Registers the peer sets `rule` needs: the sets, and how the rule is found (for
+    /// `set_rule`). A run's install and its preflight both call this, so they agree.
+    pub fn rule_addrs(&mut self, rule: &Rule, addressing: Addressing<'_>) -> (Vec<SetId>, RuleAddrs) {
+        let (sets, matches) = match addressing {
+            Addressing::Peers(peers) => {
+                let set = (rule.flags & flags::PEERS != 0).then(|| self.add_set(peers.to_vec()));
+                (set.into_iter().collect::<Vec<_>>(), rule_matches(rule, set))
+            }
+            Addressing::Matrix { groups, cuts } => {
+                let sets: Vec<SetId> = groups.iter().map(|g| self.add_set(g.clone())).collect();
+                let matches = matrix_matches(rule, &sets, cuts);
+                (sets, matches)
+            }
+        };
+        (sets, RuleAddrs { ifindex: rule.ifindex, matches })
+    }
+
     /// Registers a peer set; its id is unique for this compiler's lifetime.
     pub fn add_set(&mut self, prefixes: Vec<Prefix>) -> SetId {
         self.next_set += 1;

@@ -28,7 +28,7 @@ use chaos_ebpf_common::{
 use crate::{
     attach::AttachMode,
     devices::Segmenter,
-    dispatch::{self, Compiled, Compiler, RuleAddrs, SetId},
+    dispatch::{Addressing, Compiled, Compiler, RuleAddrs, SetId},
     error::Error,
     ledger::{self, InstanceState, NetlinkFilter},
     netlink,
@@ -387,15 +387,8 @@ impl Instance {
     /// Writes a rule and its peers, then starts its lease. The counters of the slot
     /// start from zero, and flow state of an earlier rule in the slot is gone.
     pub fn install(&mut self, slot: u32, rule: &Rule, peers: &[PeerEntry], lease: Duration) -> Result<()> {
-        let set = (rule.flags & chaos_ebpf_common::flags::PEERS != 0).then(|| self.compiler.add_set(peers.to_vec()));
-        let matches = dispatch::rule_matches(rule, set);
-        self.install_addressed(
-            slot,
-            rule,
-            RuleAddrs { ifindex: rule.ifindex, matches },
-            set.into_iter().collect(),
-            lease,
-        )
+        let (sets, addrs) = self.compiler.rule_addrs(rule, Addressing::Peers(peers));
+        self.install_addressed(slot, rule, addrs, sets, lease)
     }
 
     /// Writes a partition matrix as one rule: packets from a group to a group it is cut
@@ -414,9 +407,8 @@ impl Instance {
         if let Some((a, b)) = cuts.iter().find(|(a, b)| *a >= groups.len() || *b >= groups.len()) {
             return Err(anyhow!("cut ({a}, {b}) names a group beyond the {} given", groups.len()));
         }
-        let sets: Vec<SetId> = groups.iter().map(|g| self.compiler.add_set(g.clone())).collect();
-        let matches = dispatch::matrix_matches(rule, &sets, cuts);
-        self.install_addressed(slot, rule, RuleAddrs { ifindex: rule.ifindex, matches }, sets, lease)
+        let (sets, addrs) = self.compiler.rule_addrs(rule, Addressing::Matrix { groups, cuts });
+        self.install_addressed(slot, rule, addrs, sets, lease)
     }
 
     fn install_addressed(

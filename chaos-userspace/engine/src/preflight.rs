@@ -11,7 +11,7 @@ use anyhow::Result;
 use chaos_ebpf_common::{MAX_PEERS_LIMIT as MAX_PEERS, MAX_RULES};
 
 use chaos_datapath::{
-    dispatch::{self, Compiler, RuleAddrs},
+    dispatch::{Addressing, Compiler},
     error::{self, Error},
     netlink,
     netns::NetnsId,
@@ -132,20 +132,19 @@ fn check_per_namespace(plan: &Plan, resolved: &BTreeMap<String, Vec<Resolved>>) 
                 entry.2 += fault.spec.peers.len() + fault.matrix.as_ref().map_or(0, |m| m.prefixes());
                 let compiler = compilers.entry(r.netns.id).or_default();
                 let rule = fault.spec.rule(0, fault.rule_id, r.ifindex, r.cgroup_id);
-                let matches = match &fault.matrix {
-                    Some(m) => {
-                        let sets: Vec<_> =
-                            m.groups.iter().map(|g| compiler.add_set(g.iter().map(|p| p.prefix()).collect())).collect();
-                        dispatch::matrix_matches(&rule, &sets, &m.cuts)
-                    }
-                    None => {
-                        let set = (rule.flags & chaos_ebpf_common::flags::PEERS != 0)
-                            .then(|| compiler.add_set(fault.spec.peers.iter().map(|p| p.prefix()).collect()));
-                        dispatch::rule_matches(&rule, set)
-                    }
+                let peers: Vec<_> = fault.spec.peers.iter().map(|p| p.prefix()).collect();
+                let groups: Vec<Vec<_>> = fault
+                    .matrix
+                    .iter()
+                    .flat_map(|m| &m.groups)
+                    .map(|g| g.iter().map(|p| p.prefix()).collect())
+                    .collect();
+                let addressing = match &fault.matrix {
+                    Some(m) => Addressing::Matrix { groups: &groups, cuts: &m.cuts },
+                    None => Addressing::Peers(&peers),
                 };
-                let slot = entry.1 as u32;
-                compiler.set_rule(slot, RuleAddrs { ifindex: rule.ifindex, matches });
+                let (_, addrs) = compiler.rule_addrs(&rule, addressing);
+                compiler.set_rule(entry.1 as u32, addrs);
             }
         }
         let steps = chaos_model::spec::list_some(in_force.iter().map(|s| chaos_model::spec::shorten(&s.name, 40)), 4);
