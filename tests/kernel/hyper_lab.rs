@@ -261,6 +261,7 @@ fn hyper_lab_1024_nodes_up_sampled_reach_and_down() {
     let (code, _, err) = lab.run(&["reach", "--pairs", "all"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("sample:"), "{err}");
+    ring_over_1024_nodes(&lab);
     let responder = chaos_lab::hyper::load(&lab.dir).unwrap().unwrap().responder.map(|p| p.pid);
     down_timed(&lab, 1024);
     lab.assert_nothing_left(responder);
@@ -346,6 +347,68 @@ fn reach_all(lab: &TestLab, ipv6: bool) -> std::collections::BTreeSet<(u64, u64)
     let reach = json(&out, &err);
     assert_eq!(reach["udp"]["asked"], 64 * 63, "{err}");
     pairs(&reach["udp"]["answered"]).into_iter().collect()
+}
+
+/// A ring of 8 groups of 128 nodes over the 1,024-node lab, as one matrix: while it is in
+/// force, 8 sampled destinations per node (8,192 pairs, every ordered pair of groups
+/// among them) answer exactly when neither direction is cut; after the run every sampled
+/// pair answers.
+fn ring_over_1024_nodes(lab: &TestLab) {
+    let dir = std::env::temp_dir().join(format!("chaos-matrix-1024-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let mut scenario = String::from("apiVersion: chaos-ebpf/v1\nname: ring1024\nseed: 9\ngroups:\n");
+    for g in 0..8 {
+        scenario += &format!("  g{}: [node:n{}-n{}]\n", g + 1, 128 * g + 1, 128 * g + 128);
+    }
+    scenario += "steps:\n  - {name: ring, partition: {ring: [g1, g2, g3, g4, g5, g6, g7, g8]}, duration: 8s}\n";
+    let file = dir.join("ring.yaml");
+    fs::write(&file, &scenario).unwrap();
+    let run_dir = dir.join("run");
+    let run = chaos_run_in_background(&[
+        "run",
+        file.to_str().unwrap(),
+        "--lab-dir",
+        lab.dir.to_str().unwrap(),
+        "--output",
+        "json",
+        "--metrics-addr",
+        "off",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ]);
+    wait_for_event(&run_dir.join("events.jsonl"), "rules_installed", "ring", &run);
+    let cuts = chaos_model::matrix::ring_cuts(8);
+    let group = |node: u64| ((node - 1) / 128) as usize;
+    let open = |s: u64, d: u64| !cuts.contains(&(group(s), group(d))) && !cuts.contains(&(group(d), group(s)));
+    let (_, out, err) = lab.run(&["reach", "--pairs", "sample:8", "--tcp", "0", "--timeout-ms", "200", "--output", "json"]);
+    let reach = json(&out, &err);
+    let answered = pairs(&reach["udp"]["answered"]);
+    let unanswered = pairs(&reach["udp"]["unanswered"]);
+    assert_eq!(answered.len() + unanswered.len(), 8 * 1024);
+    let wrong: Vec<_> = answered
+        .iter()
+        .filter(|&&(s, d)| !open(s, d))
+        .chain(unanswered.iter().filter(|&&(s, d)| open(s, d)))
+        .take(8)
+        .collect();
+    assert!(wrong.is_empty(), "pairs whose answer contradicts the ring: {wrong:?}");
+    let group_pairs: std::collections::BTreeSet<(usize, usize)> =
+        answered.iter().chain(&unanswered).map(|&(s, d)| (group(s), group(d))).collect();
+    assert_eq!(group_pairs.len(), 64, "every ordered pair of groups (and each group with itself) sampled");
+    println!(
+        "REPORT|matrix_ring_1024|groups=8|sampled={}|answered={}|cut={}",
+        answered.len() + unanswered.len(),
+        answered.len(),
+        unanswered.len()
+    );
+    let (code, out, err) = run.join().unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["steps"][0]["ran_its_course"], true, "{report}");
+    let (code, out, err) = lab.run(&["reach", "--pairs", "sample:8", "--tcp", "0", "--output", "json"]);
+    assert_eq!(code, 0, "every sampled pair answers after the run: {out}{err}");
+    assert_nothing_left();
 }
 
 /// A ring of 8 groups over 64 light nodes, then seeded halves, run as partition matrices

@@ -373,14 +373,21 @@ impl Chaos {
     /// Waits for exit (bounded) and returns (exit code, stdout, stderr).
     pub fn finish(mut self, limit: Duration) -> (i32, String, String) {
         let deadline = Instant::now() + limit;
+        // Read while it runs: a report larger than a pipe holds (the topology of a
+        // 1,024-port namespace) would otherwise block its exit.
+        fn reader(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_string(&mut text);
+                }
+                text
+            })
+        }
+        let (out, err) = (reader(self.child.stdout.take()), reader(self.child.stderr.take()));
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                use std::io::Read;
-                let mut out = String::new();
-                let mut err = String::new();
-                self.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-                self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-                return (status.code().unwrap_or(-1), out, err);
+                return (status.code().unwrap_or(-1), out.join().unwrap(), err.join().unwrap());
             }
             if Instant::now() >= deadline {
                 // What it was doing: its stack, then its output so far.
@@ -400,11 +407,7 @@ impl Chaos {
                     .unwrap_or_default();
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                use std::io::Read;
-                let mut out = String::new();
-                let mut err = String::new();
-                let _ = self.child.stdout.take().unwrap().read_to_string(&mut out);
-                let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+                let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
                 panic!("chaos-ebpf did not exit within {limit:?}; threads:\n{stacks}\nstdout:\n{out}\nstderr:\n{err}");
             }
             std::thread::sleep(Duration::from_millis(20));
