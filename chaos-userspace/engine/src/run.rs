@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use chaos_ebpf_common::{ProtectedPorts, RuleCounters};
+use chaos_ebpf_common::{ProtectedPorts, Rule, RuleCounters};
 use tracing::{field::Empty, info_span, Span};
 
 pub use crate::report::{
@@ -36,7 +36,7 @@ use crate::{
 use chaos_datapath::{
     bpfsys, devices,
     error::{require_root, Error},
-    instance::{keeps_flow_state, Capacity, Instance},
+    instance::{Capacity, Instance},
     ledger::{self as state, Phase, RuleState, RunRecord, RunState},
     netns::{Netns, NetnsId},
     resolve::{self as target, Resolved, Target},
@@ -1388,25 +1388,16 @@ fn load_instances(
 /// peer prefix in both roles (a fault in both directions uses its peers as destinations
 /// and as sources), and a flow table only where a rule keeps per-flow state.
 fn capacities(plan: &Plan, resolved: &BTreeMap<String, Vec<Resolved>>) -> BTreeMap<NetnsId, Capacity> {
-    let mut needs: BTreeMap<NetnsId, (usize, bool)> = BTreeMap::new();
+    let mut needs: BTreeMap<NetnsId, (usize, Vec<Rule>)> = BTreeMap::new();
     for fault in plan.steps.iter().flat_map(|s| &s.faults) {
         let rule = fault.spec.rule(0, fault.rule_id, 0, 0);
         for r in &resolved[&resolution_key(&fault.spec)] {
             let need = needs.entry(r.netns.id).or_default();
             need.0 += 2 * (fault.spec.peers.len() + fault.matrix.as_ref().map_or(0, |m| m.prefixes()));
-            need.1 |= keeps_flow_state(&rule);
+            need.1.push(rule);
         }
     }
-    needs
-        .into_iter()
-        .map(|(id, (peers, stateful))| {
-            let mut capacity = Capacity::for_rules([], peers);
-            if stateful {
-                capacity.flows = Capacity::default().flows;
-            }
-            (id, capacity)
-        })
-        .collect()
+    needs.into_iter().map(|(id, (peers, rules))| (id, Capacity::for_rules(&rules, peers))).collect()
 }
 
 /// Device settings, then attachments; stops at the first error (the caller reverts).
