@@ -81,6 +81,8 @@ pub struct Core {
     record: Option<RunRecord>,
     run_state: RunState,
     metrics: Arc<AgentMetrics>,
+    /// The size of each instance's maps (its peer trie: --max-peers).
+    capacity: Capacity,
 }
 
 /// The agent's protected ports: SSH and the Kubernetes API server, for every fault.
@@ -91,7 +93,12 @@ pub fn protected() -> Vec<ProtectedPorts> {
 impl Core {
     /// Records the agent in the ledger (after collecting dead runs' leftovers) and loads
     /// an instance into each of `netns`.
-    pub fn start(command: String, netns: &[PathBuf], metrics: Arc<AgentMetrics>) -> Result<(Core, Vec<String>)> {
+    pub fn start(
+        command: String,
+        netns: &[PathBuf],
+        metrics: Arc<AgentMetrics>,
+        max_peers: u32,
+    ) -> Result<(Core, Vec<String>)> {
         let mode = AttachMode::Auto.resolve()?;
         let mut notices = Vec::new();
         let mut problems = Vec::new();
@@ -131,6 +138,7 @@ impl Core {
             record: Some(record),
             run_state,
             metrics,
+            capacity: Capacity { peers: max_peers, ..Capacity::default() },
         };
         for path in netns {
             core.manage(path)?;
@@ -152,6 +160,7 @@ impl Core {
             record: None,
             run_state: RunState::default(),
             metrics,
+            capacity: Capacity::default(),
         }
     }
 
@@ -201,8 +210,7 @@ impl Core {
     /// The instance of a namespace, loaded on first use.
     fn instance(&mut self, path: &Path, id: NetnsId) -> Result<&mut Instance> {
         if !self.instances.contains_key(&id) {
-            let instance =
-                network::load_instance(path, id, self.mode, &self.protected, self.judge_bit, Capacity::default())?;
+            let instance = network::load_instance(path, id, self.mode, &self.protected, self.judge_bit, self.capacity)?;
             log(&format!("loaded the programs into {}", path.display()));
             self.instances.insert(id, instance);
             self.metrics.instances(self.instances.len());
