@@ -382,6 +382,9 @@ pub fn run(only: Option<&str>) -> Result<()> {
     if only == Some("packet") {
         return packet_cases();
     }
+    if only == Some("apply") {
+        return crate::bench_apply::run();
+    }
     crate::cargo(&["build", "--release", "-p", "chaos-cli"])?;
     let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/chaos-ebpf");
     let stats_before = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into());

@@ -7,6 +7,7 @@
 //!   the same run (bench.rs).
 
 mod bench;
+mod bench_apply;
 mod bench_packet;
 mod vm;
 
@@ -168,9 +169,12 @@ const USAGE: &str = "usage: cargo xtask <task>
                   (sch_fq, sch_netem, the pre-TCX netlink path); downloads the kernels
   schema          write scenarios/chaos-ebpf.schema.json, the JSON Schema of scenario
                   files, from chaos-model's parser types
-  bench [packet]  per-packet cost and throughput of the datapath against a baseline
+  bench [packet|apply]
+                  per-packet cost and throughput of the datapath against a baseline
                   without it, measured in the same run (needs root); `packet`: only
-                  the per-packet cost in BPF_PROG_TEST_RUN";
+                  the per-packet cost in BPF_PROG_TEST_RUN; `apply`: partition apply
+                  and revert for 1 to 1M peers, agent vs nft vs iptables-restore
+                  (target/bench/apply.json)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -229,19 +229,19 @@ impl Core {
         self.next_id += 1;
         let applied = self.install(id, rule_id, &spec, seed, lease).map_err(|e| {
             self.metrics.apply_failed();
-            log(&format!("apply of {} failed: {e:#}", spec.describe()));
+            log(&format!("apply of {} failed: {e:#}", describe(&spec)));
             ApiError::from_error(&e)
         })?;
         let apply_us = started.elapsed().as_micros() as u64;
         self.metrics.applied(started.elapsed(), self.faults.len());
         log(&format!(
             "applied fault {id}: {} (seed {seed}, lease {} ms) in {apply_us} us",
-            spec.describe(),
+            describe(&spec),
             lease.as_millis()
         ));
         Ok(Applied {
             id,
-            fault: spec.describe(),
+            fault: describe(&spec),
             target: spec.target.to_string(),
             seed,
             lease_ms: lease.as_millis() as u64,
@@ -265,7 +265,7 @@ impl Core {
         let targets = network::acting_targets(spec, &target, targets)?;
         let mut fault = Fault {
             kind: spec.kind.name(),
-            description: spec.describe(),
+            description: describe(&spec),
             target: spec.target.to_string(),
             seed,
             lease,
@@ -569,6 +569,13 @@ impl Drop for Core {
             self.shutdown();
         }
     }
+}
+
+/// What a fault does, as `plan` describes it, cut to a line: a fault with a million
+/// peers would otherwise put megabytes into every answer, log line and ledger write.
+fn describe(spec: &FaultSpec) -> String {
+    const MAX_DESCRIPTION: usize = 400;
+    chaos_model::spec::shorten(&spec.describe(), MAX_DESCRIPTION)
 }
 
 /// One line on stderr per event (the agent's log).
