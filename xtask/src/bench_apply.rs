@@ -27,6 +27,8 @@
 //! 0.2 ms, the peer blocked, then the time from the revert's start until the first
 //! datagram arrives at b, TRAFFIC_REPS times per tool at N = 1 and 1000 (p50, p99, max).
 //!
+//! BENCH_APPLY_MAX_N=1000 (say) stops at that size, for a quick look.
+//!
 //! Prints a table with the ratios agent/nft and agent/iptables per N and the issue's
 //! goals (PASS/MISS with the figure); writes target/bench/apply.json.
 
@@ -260,6 +262,28 @@ impl Drop for Agent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The tools' input files (tens of MB at a million peers), removed on drop; the agent's
+/// log stays for a look after a failure.
+struct WorkDir;
+
+impl WorkDir {
+    fn create() -> Result<WorkDir> {
+        fs::create_dir_all(WORK_DIR).with_context(|| format!("creating {WORK_DIR}"))?;
+        Ok(WorkDir)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        for entry in fs::read_dir(WORK_DIR).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("nft-") || name.starts_with("iptables-") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
@@ -602,8 +626,13 @@ pub fn run() -> Result<()> {
     }
     crate::cargo(&["build", "--release", "-p", "chaos-cli"])?;
     let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/chaos-ebpf");
-    fs::create_dir_all(WORK_DIR)?;
-    let max_n = *SIZES.iter().max().expect("sizes");
+    let _work = WorkDir::create()?;
+    let limit = match std::env::var("BENCH_APPLY_MAX_N") {
+        Ok(v) => v.parse::<usize>().map_err(|_| anyhow!("BENCH_APPLY_MAX_N={v} is not a count"))?,
+        Err(_) => usize::MAX,
+    };
+    let sizes: Vec<usize> = SIZES.iter().copied().filter(|n| *n <= limit).collect();
+    let max_n = *sizes.iter().max().ok_or_else(|| anyhow!("BENCH_APPLY_MAX_N={limit} leaves no size"))?;
     let _pair = Pair::create()?;
     let _firewalls = FirewallState;
     let agent = Agent::start(bin, max_n)?;
@@ -616,7 +645,7 @@ pub fn run() -> Result<()> {
     // The last measured (N, seconds per repetition) of each tool, to skip what would
     // take longer than ITERATION_LIMIT.
     let mut last: std::collections::BTreeMap<&'static str, (usize, f64)> = Default::default();
-    for &n in &SIZES {
+    for &n in &sizes {
         let mut row = Row { n, tools: Vec::new() };
         for tool in [&mut agent_tool as &mut dyn Tool, &mut instance, &mut nft, &mut iptables] {
             let name = tool.name();

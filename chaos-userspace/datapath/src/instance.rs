@@ -508,7 +508,7 @@ impl Instance {
                     self.netns.path.display(),
                     self.capacity.peers
                 ),
-                "use fewer or wider peer prefixes",
+                "use fewer or wider peer prefixes (or start `chaos-ebpf agent` with a larger --max-peers)",
             )
             .into());
         }
