@@ -535,8 +535,14 @@ impl Instance {
             .filter(|(k, class)| self.compiled.addrs.get(k) != Some(class))
             .map(|(k, class)| (*k, *class))
             .collect();
-        let stale_addrs: Vec<(u32, Prefix)> =
+        let mut changed = changed;
+        let mut stale_addrs: Vec<(u32, Prefix)> =
             self.compiled.addrs.keys().filter(|k| !next.addrs.contains_key(k)).copied().collect();
+        // In the trie's own order (role, family, address bits): each write then walks
+        // nodes the one before it just touched, instead of a random path through a trie
+        // of a million nodes (most of an install's kernel time at that size).
+        changed.sort_unstable_by_key(|((which, p), _)| trie_order(*which, p));
+        stale_addrs.sort_unstable_by_key(|(which, p)| trie_order(*which, p));
         let stale_lists: Vec<DispatchKey> =
             self.compiled.dispatch.keys().filter(|k| !next.dispatch.contains_key(k)).copied().collect();
         // The lookups needed by the new state, before any address class or entry goes.
@@ -809,6 +815,11 @@ fn key_bytes<'a>(keys: impl Iterator<Item = &'a (u32, Prefix)>) -> Vec<u8> {
         });
     }
     out
+}
+
+/// The order of trie keys as the trie walks them.
+fn trie_order(which: u32, prefix: &Prefix) -> (u32, u8, [u8; 16], u8) {
+    (which, prefix.family, prefix.addr, prefix.len)
 }
 
 fn trie_key(which: u32, prefix: &Prefix) -> Key<AddrKeyData> {
