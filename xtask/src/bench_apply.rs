@@ -485,7 +485,7 @@ fn stats(values: &[f64]) -> Value {
 }
 
 /// One tool at one size: REPS applies and reverts.
-fn measure(tool: &mut dyn Tool, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+fn measure(tool: &mut dyn Tool, n: usize) -> Result<Times> {
     tool.prepare(n)?;
     let (mut applies, mut reverts) = (Vec::new(), Vec::new());
     for _ in 0..REPS {
@@ -609,10 +609,13 @@ fn traffic_back(tool: &mut dyn Tool, n: usize, stream: &Stream) -> Result<Vec<f6
     Ok(out)
 }
 
+/// The apply and revert times (ms) of each repetition.
+type Times = (Vec<f64>, Vec<f64>);
+
 /// Per N and tool: apply and revert (or why not measured).
 struct Row {
     n: usize,
-    tools: Vec<(String, Result<(Vec<f64>, Vec<f64>), String>)>,
+    tools: Vec<(String, Result<Times, String>)>,
 }
 
 fn median_of(row: &Row, tool: &str, apply: bool) -> Option<f64> {
@@ -699,7 +702,7 @@ pub fn run() -> Result<()> {
     report(&rows, &inside_rows, &traffic)
 }
 
-fn cell(result: &Result<(Vec<f64>, Vec<f64>), String>, apply: bool) -> String {
+fn cell(result: &Result<Times, String>, apply: bool) -> String {
     match result {
         Ok((a, r)) => {
             let (median, min, max) = summary(if apply { a } else { r });
@@ -709,7 +712,7 @@ fn cell(result: &Result<(Vec<f64>, Vec<f64>), String>, apply: bool) -> String {
     }
 }
 
-fn report(rows: &[Row], inside: &[(usize, (Vec<f64>, Vec<f64>))], traffic: &[(String, usize, Vec<f64>)]) -> Result<()> {
+fn report(rows: &[Row], inside: &[(usize, Times)], traffic: &[(String, usize, Vec<f64>)]) -> Result<()> {
     for (what, apply) in [("apply", true), ("revert", false)] {
         println!(
             "\n{what:<8} {:>9} {:>24} {:>24} {:>24} {:>24} {:>9} {:>9}",

@@ -265,7 +265,7 @@ impl Core {
         let targets = network::acting_targets(spec, &target, targets)?;
         let mut fault = Fault {
             kind: spec.kind.name(),
-            description: describe(&spec),
+            description: describe(spec),
             target: spec.target.to_string(),
             seed,
             lease,

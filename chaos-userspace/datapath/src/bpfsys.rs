@@ -318,13 +318,13 @@ fn map_batch(
 /// map's key and value size) in one syscall; the kernel writes them one after the other,
 /// each as `bpf_map_update_elem` would. On an error, `done` entries were written.
 pub fn map_update_batch(map_fd: i32, keys: &[u8], values: &[u8], count: usize) -> Result<(), BatchError> {
-    debug_assert!(count > 0 && keys.len() % count == 0 && values.len() % count == 0);
+    debug_assert!(count > 0 && keys.len().is_multiple_of(count) && values.len().is_multiple_of(count));
     map_batch(BPF_MAP_UPDATE_BATCH, map_fd, keys, Some(values), count)
 }
 
 /// BPF_MAP_DELETE_BATCH: deletes `count` keys; the kernel stops at the first key that is
 /// not there (ENOENT, with `done` the ones deleted before it).
 pub fn map_delete_batch(map_fd: i32, keys: &[u8], count: usize) -> Result<(), BatchError> {
-    debug_assert!(count > 0 && keys.len() % count == 0);
+    debug_assert!(count > 0 && keys.len().is_multiple_of(count));
     map_batch(BPF_MAP_DELETE_BATCH, map_fd, keys, None, count)
 }
