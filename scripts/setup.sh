@@ -16,8 +16,10 @@ set -euo pipefail
 # up` runs etcd members and asks them through etcdctl (docs/lab.md; the package's own
 # service, where systemd starts it, listens on localhost only and is not the lab's).
 # The workload's test (chaos-userspace/lab/tests/node.rs) runs a real etcd on loopback too.
+# nftables and iptables: the baselines of `cargo xtask bench apply` (nft -f, iptables-restore).
 packages=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev bpftool iproute2 iputils-ping util-linux
-  qemu-system-x86 busybox-static xz-utils prometheus dnsmasq-base chromium etcd-server etcd-client)
+  qemu-system-x86 busybox-static xz-utils prometheus dnsmasq-base chromium etcd-server etcd-client
+  nftables iptables)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

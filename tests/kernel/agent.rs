@@ -27,6 +27,7 @@ pub const TESTS: &[Test] = tests![
     agent_refuses_other_users,
     agent_sigkill_takes_its_links_and_cleanup_the_rest,
     inject_goes_through_the_agent,
+    agent_max_peers_holds_a_million,
 ];
 
 /// A `chaos-ebpf agent` on a socket of its own; SIGTERM on drop (then SIGKILL and
@@ -46,10 +47,15 @@ impl Agent {
     }
 
     fn start_in(dir: PathBuf, netns: &[&str]) -> Agent {
+        Agent::start_with(dir, netns, &[])
+    }
+
+    fn start_with(dir: PathBuf, netns: &[&str], extra: &[&str]) -> Agent {
         let socket = dir.join("agent.sock");
         let metrics = sock(std::net::Ipv4Addr::LOCALHOST, free_port());
         let mut cmd = Command::new(bin());
         cmd.args(["agent", "--socket", socket.to_str().unwrap(), "--metrics-addr", &metrics.to_string()]);
+        cmd.args(extra);
         for ns in netns {
             cmd.args(["--netns", ns]);
         }
@@ -223,6 +229,61 @@ fn agent_applies_and_reverts_in_milliseconds() {
     assert!(!agent.socket.exists(), "the socket is removed");
     assert!(chaos_devices(&pair.a).is_empty(), "segmenter pairs left: {:?}", chaos_devices(&pair.a));
     assert!(pair.filters(&pair.a, "va", "ingress").is_empty());
+    assert_nothing_left();
+}
+
+/// A one-way partition of a's egress from `n` peers: b first, the others distinct /32s
+/// of 10.0.0.0/8 (map keys only: nothing is sent to them).
+fn many_peers(target: &str, n: u32) -> FaultSpec {
+    let mut peers = vec![format!("{ADDR_B}/32")];
+    peers.extend((0..n - 1).map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + i))));
+    let wire = serde_json::json!({"kind": "partition", "target": target, "mode": "oneway", "direction": "egress", "peers": peers});
+    serde_json::from_value::<FaultWire>(wire).unwrap().to_spec().unwrap()
+}
+
+/// `--max-peers` sizes each namespace's peer trie: an agent started with 1,000,000
+/// applies a partition from 1,000,000 peers (b among them: UDP to b is cut) and reverts
+/// it (traffic back); 1,000,001 are refused with the count and the fix, nothing left in
+/// force; a bad value exits 2 naming the option.
+fn agent_max_peers_holds_a_million() {
+    for bad in ["0", "4194305", "many"] {
+        let (code, _, err) = chaos_run(&["agent", "--max-peers", bad, "--socket", "/nonexistent/agent.sock"]);
+        assert_eq!(code, 2, "--max-peers {bad}: {err}");
+        assert!(err.contains("--max-peers") && err.contains("from 1 to 4194304"), "{err}");
+        assert!(err.lines().all(|l| l.len() < 300), "{err}");
+    }
+    let pair = Pair::new("amp");
+    let target = pair.target();
+    let port = 7321;
+    let mut agent = Agent::start_with(
+        std::env::temp_dir().join("cet-agent-maxpeers"),
+        &[&pair.a],
+        &["--max-peers", "1000000"],
+    );
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, port), "traffic before the fault");
+    let client = agent.client();
+    let started = Instant::now();
+    let applied = client.apply(&many_peers(&target, 1_000_000), Duration::from_secs(60), None).expect("1M peers");
+    println!("1,000,000 peers: {} us in the agent, {:.0} ms wall time", applied.apply_us, ms(started.elapsed()));
+    assert!(applied.fault.len() <= 403, "the description is cut to a line: {} bytes", applied.fault.len());
+    assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, port), "UDP to b under a partition from 1M peers");
+    let started = Instant::now();
+    let reverted = client.revert(applied.id).expect("revert");
+    println!("revert: {} us in the agent, {:.0} ms wall time", reverted.revert_us, ms(started.elapsed()));
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, port), "traffic after the revert");
+
+    let err = client.apply(&many_peers(&target, 1_000_001), Duration::from_secs(60), None).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("1000001 peer prefixes") && text.contains("holds 1000000"), "{text}");
+    assert!(text.contains("--max-peers"), "the fix names the option: {text}");
+    assert!(text.len() < 400, "{text}");
+    assert!(faults(&client).faults.is_empty(), "nothing in force after the refusal");
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, port), "traffic after the refusal");
+
+    agent.signal(libc::SIGTERM);
+    let (code, _) = agent.wait(Duration::from_secs(20));
+    let (_, err) = agent.output();
+    assert_eq!(code, Some(0), "{err}");
     assert_nothing_left();
 }
 

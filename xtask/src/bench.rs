@@ -378,6 +378,7 @@ pub fn run(only: Option<&str>) -> Result<()> {
     match only {
         Some("packet") => return packet_cases(),
         Some("report") => return crate::bench_report::write(),
+        Some("apply") => return crate::bench_apply::run(),
         Some("throughput") | None => {}
         Some(other) => anyhow::bail!("unknown benchmark part '{other}': packet, throughput, apply, hyper or report"),
     }
@@ -400,7 +401,8 @@ pub fn run(only: Option<&str>) -> Result<()> {
         let throughput = crate::bench_throughput::run(bin)?;
         write_json("throughput", &throughput)?;
         tcp_cases(bin)?;
-        udp_gso_cases(bin)
+        udp_gso_cases(bin)?;
+        crate::bench_apply::run()
     })();
     let result = result.and_then(|()| crate::bench_report::write());
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());

@@ -7,6 +7,7 @@
 //!   the same run (bench.rs).
 
 mod bench;
+mod bench_apply;
 mod bench_packet;
 mod bench_report;
 mod bench_throughput;
@@ -170,13 +171,14 @@ const USAGE: &str = "usage: cargo xtask <task>
                   (sch_fq, sch_netem, the pre-TCX netlink path); downloads the kernels
   schema          write scenarios/chaos-ebpf.schema.json, the JSON Schema of scenario
                   files, from chaos-model's parser types
-  bench [packet|throughput]
-                  per-packet cost and throughput of the datapath against a baseline
-                  without it and against iptables and nft, measured in the same run
-                  (needs root); `packet`: only the per-packet cost in
-                  BPF_PROG_TEST_RUN; `throughput`: only UDP throughput with and
-                  without faults; `report`: docs/bench.md again from target/bench/*.json.
-                  The whole run writes docs/bench.md";
+  bench [packet|throughput|apply|hyper|report]
+                  the datapath against baselines measured in the same run (needs
+                  root): `packet` the per-packet cost in BPF_PROG_TEST_RUN;
+                  `throughput` UDP throughput with and without faults vs iptables
+                  and nft; `apply` partition apply and revert for 1 to 1M peers,
+                  agent vs nft vs iptables-restore; `hyper` partitions over 32 to
+                  1,024 light nodes; `report` docs/bench.md again from
+                  target/bench/*.json. With no part: all of them, then docs/bench.md";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -81,6 +81,8 @@ pub struct Core {
     record: Option<RunRecord>,
     run_state: RunState,
     metrics: Arc<AgentMetrics>,
+    /// The size of each instance's maps (its peer trie: --max-peers).
+    capacity: Capacity,
 }
 
 /// The agent's protected ports: SSH and the Kubernetes API server, for every fault.
@@ -91,7 +93,12 @@ pub fn protected() -> Vec<ProtectedPorts> {
 impl Core {
     /// Records the agent in the ledger (after collecting dead runs' leftovers) and loads
     /// an instance into each of `netns`.
-    pub fn start(command: String, netns: &[PathBuf], metrics: Arc<AgentMetrics>) -> Result<(Core, Vec<String>)> {
+    pub fn start(
+        command: String,
+        netns: &[PathBuf],
+        metrics: Arc<AgentMetrics>,
+        max_peers: u32,
+    ) -> Result<(Core, Vec<String>)> {
         let mode = AttachMode::Auto.resolve()?;
         let mut notices = Vec::new();
         let mut problems = Vec::new();
@@ -131,6 +138,7 @@ impl Core {
             record: Some(record),
             run_state,
             metrics,
+            capacity: Capacity { peers: max_peers, ..Capacity::default() },
         };
         for path in netns {
             core.manage(path)?;
@@ -152,6 +160,7 @@ impl Core {
             record: None,
             run_state: RunState::default(),
             metrics,
+            capacity: Capacity::default(),
         }
     }
 
@@ -201,8 +210,7 @@ impl Core {
     /// The instance of a namespace, loaded on first use.
     fn instance(&mut self, path: &Path, id: NetnsId) -> Result<&mut Instance> {
         if !self.instances.contains_key(&id) {
-            let instance =
-                network::load_instance(path, id, self.mode, &self.protected, self.judge_bit, Capacity::default())?;
+            let instance = network::load_instance(path, id, self.mode, &self.protected, self.judge_bit, self.capacity)?;
             log(&format!("loaded the programs into {}", path.display()));
             self.instances.insert(id, instance);
             self.metrics.instances(self.instances.len());
@@ -221,19 +229,19 @@ impl Core {
         self.next_id += 1;
         let applied = self.install(id, rule_id, &spec, seed, lease).map_err(|e| {
             self.metrics.apply_failed();
-            log(&format!("apply of {} failed: {e:#}", spec.describe()));
+            log(&format!("apply of {} failed: {e:#}", describe(&spec)));
             ApiError::from_error(&e)
         })?;
         let apply_us = started.elapsed().as_micros() as u64;
         self.metrics.applied(started.elapsed(), self.faults.len());
         log(&format!(
             "applied fault {id}: {} (seed {seed}, lease {} ms) in {apply_us} us",
-            spec.describe(),
+            describe(&spec),
             lease.as_millis()
         ));
         Ok(Applied {
             id,
-            fault: spec.describe(),
+            fault: describe(&spec),
             target: spec.target.to_string(),
             seed,
             lease_ms: lease.as_millis() as u64,
@@ -257,7 +265,7 @@ impl Core {
         let targets = network::acting_targets(spec, &target, targets)?;
         let mut fault = Fault {
             kind: spec.kind.name(),
-            description: spec.describe(),
+            description: describe(spec),
             target: spec.target.to_string(),
             seed,
             lease,
@@ -561,6 +569,21 @@ impl Drop for Core {
             self.shutdown();
         }
     }
+}
+
+/// What a fault does, as `plan` describes it, cut to a line: a fault with a million
+/// peers would otherwise put megabytes into every answer, log line and ledger write.
+fn describe(spec: &FaultSpec) -> String {
+    const MAX_DESCRIPTION: usize = 400;
+    /// Peers named; a million formatted only to be cut took a tenth of a second.
+    const NAMED_PEERS: usize = 16;
+    if spec.peers.len() <= NAMED_PEERS {
+        return chaos_model::spec::shorten(&spec.describe(), MAX_DESCRIPTION);
+    }
+    let mut named = spec.clone();
+    named.peers.truncate(NAMED_PEERS);
+    let text = format!("{},... ({} peers)", named.describe(), spec.peers.len());
+    chaos_model::spec::shorten(&text, MAX_DESCRIPTION)
 }
 
 /// One line on stderr per event (the agent's log).

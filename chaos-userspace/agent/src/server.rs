@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use chaos_datapath::Error;
+use chaos_ebpf_common::{MAX_PEERS, MAX_PEERS_LIMIT};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -34,8 +35,16 @@ pub const DEFAULT_SOCKET: &str = "/run/chaos-ebpf/agent.sock";
 /// Where it serves metrics unless told otherwise (next to the runs' 9464).
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9465";
 
-/// Largest request body taken.
+/// Largest request body taken beyond its peers.
 const MAX_BODY: usize = 64 * 1024;
+/// Room per peer prefix the agent holds: the longest one as JSON, an IPv6 /128 with
+/// its quotes and comma, fits in 48 bytes; a million /32s take about 19 MB.
+const BODY_PER_PEER: usize = 48;
+
+/// The body limit of an agent holding `max_peers` peer prefixes per namespace.
+pub fn body_limit(max_peers: u32) -> usize {
+    MAX_BODY + max_peers as usize * BODY_PER_PEER
+}
 
 pub struct Options {
     pub socket: PathBuf,
@@ -45,6 +54,9 @@ pub struct Options {
     pub netns: Vec<PathBuf>,
     /// The command line, for the ledger.
     pub command: String,
+    /// Peer prefixes each namespace's address trie holds (1..=MAX_PEERS_LIMIT; the
+    /// trie's memory is allocated per entry written, not up front).
+    pub max_peers: u32,
 }
 
 /// What the handlers share: the way to the kernel thread, and the metrics.
@@ -52,11 +64,13 @@ pub struct Options {
 pub struct Handle {
     commands: mpsc::Sender<Command>,
     metrics: Arc<AgentMetrics>,
+    /// Largest request body taken (body_limit).
+    max_body: usize,
 }
 
 impl Handle {
-    pub fn new(commands: mpsc::Sender<Command>, metrics: Arc<AgentMetrics>) -> Self {
-        Handle { commands, metrics }
+    pub fn new(commands: mpsc::Sender<Command>, metrics: Arc<AgentMetrics>, max_body: usize) -> Self {
+        Handle { commands, metrics, max_body }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ApiError> {
@@ -71,6 +85,13 @@ impl Handle {
 /// removed. Errors before it serves (exit 2 for what the user must fix) change nothing
 /// that stays.
 pub fn run(options: Options) -> Result<()> {
+    if options.max_peers == 0 || options.max_peers > MAX_PEERS_LIMIT {
+        return Err(Error::unsupported(
+            format!("--max-peers {} is outside 1..={MAX_PEERS_LIMIT}", options.max_peers),
+            format!("give --max-peers from 1 to {MAX_PEERS_LIMIT} (default {MAX_PEERS})"),
+        )
+        .into());
+    }
     chaos_datapath::error::require_root("running the agent")?;
     check_socket(&options.socket)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -98,9 +119,10 @@ pub fn run(options: Options) -> Result<()> {
     let (ready_tx, mut ready_rx) = oneshot::channel::<Result<()>>();
     let core_metrics = metrics.clone();
     let (command, netns) = (options.command.clone(), options.netns.clone());
+    let max_peers = options.max_peers;
     let kernel = std::thread::Builder::new()
         .name("chaos-agent-kernel".into())
-        .spawn(move || match Core::start(command, &netns, core_metrics) {
+        .spawn(move || match Core::start(command, &netns, core_metrics, max_peers) {
             Ok((core, notices)) => {
                 for notice in notices {
                     log(&notice);
@@ -120,7 +142,7 @@ pub fn run(options: Options) -> Result<()> {
             signal = signals.recv() => Err(signal),
         }
     });
-    let context = Handle::new(commands, metrics);
+    let context = Handle::new(commands, metrics, body_limit(options.max_peers));
     let ready = match early {
         Ok(ready) => ready,
         Err(signal) => {
@@ -266,13 +288,16 @@ async fn serve_api(listener: UnixListener, context: Handle) {
                     }
                     let method = request.method().clone();
                     let path = request.uri().path().to_owned();
-                    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+                    let body = match Limited::new(request.into_body(), context.max_body).collect().await {
                         Ok(body) => body.to_bytes(),
                         Err(_) => {
                             let e = ApiError::new(
                                 413,
-                                "the request body could not be read or is over 64 KiB",
-                                "send one fault per request",
+                                format!(
+                                    "the request body could not be read or is over {} KiB (64 KiB and {BODY_PER_PEER} bytes per peer the agent holds)",
+                                    context.max_body / 1024
+                                ),
+                                "send one fault per request; for more peers start the agent with a larger --max-peers",
                             );
                             return Ok(error_response(&e));
                         }
@@ -405,7 +430,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let core = Core::detached(metrics.clone());
         std::thread::spawn(move || core.serve(rx));
-        Handle::new(tx, metrics)
+        Handle::new(tx, metrics, body_limit(MAX_PEERS))
     }
 
     fn call(

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Result;
 use chaos_agent::{client::Client, DEFAULT_METRICS_ADDR, DEFAULT_SOCKET};
-use chaos_ebpf_common::RuleCounters;
+use chaos_ebpf_common::{RuleCounters, MAX_PEERS, MAX_PEERS_LIMIT};
 use chaos_model::plan::{Attach, Plan, Protect};
 use clap::{Args, Subcommand};
 
@@ -56,6 +56,22 @@ pub struct AgentArgs {
     /// /var/run/netns or a path; repeatable). Others are loaded on their first fault.
     #[arg(long = "netns", value_name = "PATH")]
     netns: Vec<String>,
+    /// Peer prefixes each namespace's address trie holds, over all faults in force there
+    /// (1 to 4194304). The trie takes memory per prefix written, not up front; requests
+    /// may carry about 48 bytes of JSON per prefix. Raise it for faults with many peers
+    /// (e.g. 1000000 for a partition from a million addresses).
+    #[arg(long, value_name = "N", default_value_t = MAX_PEERS, value_parser = parse_max_peers)]
+    max_peers: u32,
+}
+
+/// --max-peers: a count the trie can be sized to.
+fn parse_max_peers(value: &str) -> Result<u32, String> {
+    let fix = format!("give a count from 1 to {MAX_PEERS_LIMIT}, e.g. --max-peers 1000000");
+    match value.trim().parse::<u64>() {
+        Ok(n) if (1..=MAX_PEERS_LIMIT as u64).contains(&n) => Ok(n as u32),
+        Ok(n) => Err(format!("{n} peer prefixes is outside what one trie holds; {fix}")),
+        Err(_) => Err(format!("'{}' is not a count; {fix}", chaos_model::spec::shorten(value, 40))),
+    }
 }
 
 #[derive(Subcommand)]
@@ -76,7 +92,13 @@ pub fn run(args: AgentArgs, command: String) -> Result<i32> {
                 MetricsAddr::At(addr) => Some(addr),
             };
             let netns = args.netns.iter().map(|n| chaos_datapath::netns::path_for(n)).collect();
-            chaos_agent::run(chaos_agent::Options { socket: args.socket, metrics_addr, netns, command })?;
+            chaos_agent::run(chaos_agent::Options {
+                socket: args.socket,
+                metrics_addr,
+                netns,
+                command,
+                max_peers: args.max_peers,
+            })?;
             Ok(0)
         }
     }

@@ -1,6 +1,7 @@
 //! Finding and detaching chaos-ebpf attachments owned by other processes (for `status`
-//! and `cleanup`). aya lists programs and links; detaching a link by id is two raw bpf(2)
-//! calls it does not wrap.
+//! and `cleanup`), and the batched map writes of the peer trie. aya lists programs and
+//! links; detaching a link by id, and writing or deleting many entries in one call
+//! (BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH), are raw bpf(2) calls it does not wrap.
 
 use std::{
     io,
@@ -251,4 +252,79 @@ pub fn load_empty_classifier() -> io::Result<OwnedFd> {
     }
     // SAFETY: a new fd the kernel just gave us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// The kernel's ENOTSUPP (not in libc: an internal errno that reaches user space when a
+/// map type has no batch operation).
+const ENOTSUPP: i32 = 524;
+
+/// The batch part of `union bpf_attr` (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Why a batch stopped: after `done` entries, with `error`.
+#[derive(Debug)]
+pub struct BatchError {
+    pub done: usize,
+    pub error: io::Error,
+}
+
+impl BatchError {
+    /// The kernel has no batch operation for this map type (EINVAL on kernels that
+    /// check the command first, ENOTSUPP or EOPNOTSUPP otherwise): write entry by entry.
+    pub fn unsupported(&self) -> bool {
+        self.done == 0 && matches!(self.error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP))
+    }
+}
+
+fn map_batch(
+    command: libc::c_long,
+    map_fd: i32,
+    keys: &[u8],
+    values: Option<&[u8]>,
+    count: usize,
+) -> Result<(), BatchError> {
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.map_or(0, |v| v.as_ptr() as u64),
+        count: count as u32,
+        map_fd: map_fd as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: attr is a valid bpf_attr prefix for the batch commands; `keys` and
+    // `values` hold `count` entries of the map's key and value sizes (checked by the
+    // callers) and outlive the call; the kernel writes only `attr.count` back.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, command, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
+    if rc < 0 {
+        return Err(BatchError { done: attr.count as usize, error: io::Error::last_os_error() });
+    }
+    Ok(())
+}
+
+/// BPF_MAP_UPDATE_BATCH: writes `count` entries (`keys` and `values` packed, each of the
+/// map's key and value size) in one syscall; the kernel writes them one after the other,
+/// each as `bpf_map_update_elem` would. On an error, `done` entries were written.
+pub fn map_update_batch(map_fd: i32, keys: &[u8], values: &[u8], count: usize) -> Result<(), BatchError> {
+    debug_assert!(count > 0 && keys.len().is_multiple_of(count) && values.len().is_multiple_of(count));
+    map_batch(BPF_MAP_UPDATE_BATCH, map_fd, keys, Some(values), count)
+}
+
+/// BPF_MAP_DELETE_BATCH: deletes `count` keys; the kernel stops at the first key that is
+/// not there (ENOENT, with `done` the ones deleted before it).
+pub fn map_delete_batch(map_fd: i32, keys: &[u8], count: usize) -> Result<(), BatchError> {
+    debug_assert!(count > 0 && keys.len().is_multiple_of(count));
+    map_batch(BPF_MAP_DELETE_BATCH, map_fd, keys, None, count)
 }

@@ -197,7 +197,9 @@ impl Compiler {
             }
             out.lookups |= lookups::by_role(which);
             // Each prefix, and the sets holding exactly it.
-            let mut exact: HashMap<Prefix, Vec<SetId>> = HashMap::new();
+            let total: usize = used.iter().filter_map(|set| self.sets.get(set)).map(Vec::len).sum();
+            let mut exact: HashMap<Prefix, Vec<SetId>> = HashMap::with_capacity(total);
+            out.addrs.reserve(total);
             for set in &used {
                 for prefix in self.sets.get(set).map(Vec::as_slice).unwrap_or_default() {
                     let holders = exact.entry(*prefix).or_default();
@@ -208,21 +210,31 @@ impl Compiler {
             }
             // Only the prefix lengths in use can cover a prefix (usually one or two).
             let lengths: BTreeSet<(u8, u8)> = exact.keys().map(|p| (p.family, p.len)).collect();
+            // The shortest length in use per family: a prefix of that length is covered
+            // by itself only, and its sets are those holding it (ascending, as `used`
+            // is): no set to build per prefix, which at a million peers is most of a
+            // compile.
+            let shortest = |family: u8| lengths.iter().find(|(f, _)| *f == family).map_or(0, |(_, len)| *len);
             let mut memberships: HashMap<Vec<SetId>, u32> = HashMap::new();
-            for prefix in exact.keys() {
-                let mut member: BTreeSet<SetId> = BTreeSet::new();
-                for &(family, len) in &lengths {
-                    if family != prefix.family || len > prefix.len {
-                        continue;
+            for (prefix, holders) in &exact {
+                let member: std::borrow::Cow<[SetId]> = if prefix.len <= shortest(prefix.family) {
+                    std::borrow::Cow::Borrowed(holders)
+                } else {
+                    let mut member: BTreeSet<SetId> = BTreeSet::new();
+                    for &(family, len) in &lengths {
+                        if family != prefix.family || len > prefix.len {
+                            continue;
+                        }
+                        if let Some(holders) = exact.get(&prefix.truncated(len)) {
+                            member.extend(holders);
+                        }
                     }
-                    if let Some(holders) = exact.get(&prefix.truncated(len)) {
-                        member.extend(holders);
-                    }
-                }
-                let member: Vec<SetId> = member.into_iter().collect();
-                let class = match memberships.get(&member) {
+                    std::borrow::Cow::Owned(member.into_iter().collect())
+                };
+                let class = match memberships.get(member.as_ref()) {
                     Some(class) => *class,
                     None => {
+                        let member = member.into_owned();
                         let class = match self.classes[index].get(&member) {
                             Some(class) => *class,
                             None => {

@@ -491,7 +491,7 @@ impl Instance {
                     self.netns.path.display(),
                     self.capacity.peers
                 ),
-                "use fewer or wider peer prefixes",
+                "use fewer or wider peer prefixes (or start `chaos-ebpf agent` with a larger --max-peers)",
             )
             .into());
         }
@@ -518,8 +518,14 @@ impl Instance {
             .filter(|(k, class)| self.compiled.addrs.get(k) != Some(class))
             .map(|(k, class)| (*k, *class))
             .collect();
-        let stale_addrs: Vec<(u32, Prefix)> =
+        let mut changed = changed;
+        let mut stale_addrs: Vec<(u32, Prefix)> =
             self.compiled.addrs.keys().filter(|k| !next.addrs.contains_key(k)).copied().collect();
+        // In the trie's own order (role, family, address bits): each write then walks
+        // nodes the one before it just touched, instead of a random path through a trie
+        // of a million nodes (most of an install's kernel time at that size).
+        changed.sort_unstable_by_key(|((which, p), _)| trie_order(*which, p));
+        stale_addrs.sort_unstable_by_key(|(which, p)| trie_order(*which, p));
         let stale_lists: Vec<DispatchKey> =
             self.compiled.dispatch.keys().filter(|k| !next.dispatch.contains_key(k)).copied().collect();
         // The lookups needed by the new state, before any address class or entry goes.
@@ -527,13 +533,7 @@ impl Instance {
         self.compiled.lookups = old_lookups | next.lookups;
         self.write_config(u32::MAX)?;
         {
-            let mut trie: LpmTrie<&mut MapData, AddrKeyData, u32> = LpmTrie::try_from(self.map_mut(names::PEERS)?)?;
-            for ((which, prefix), class) in &changed {
-                trie.insert(&trie_key(*which, prefix), class, 0).context("adding a peer prefix")?;
-            }
-            for (which, prefix) in &stale_addrs {
-                let _ = trie.remove(&trie_key(*which, prefix));
-            }
+            write_trie(self.map_mut(names::PEERS)?, &changed, &stale_addrs)?;
         }
         {
             let mut table: HashMap<&mut MapData, DispatchKey, RuleList> =
@@ -728,6 +728,81 @@ impl Instance {
             Err(anyhow!("revert incomplete: {}", remaining.join("; ")))
         }
     }
+}
+
+/// Trie entries per batch call: bounds the buffers (28-byte keys) and the time one
+/// syscall keeps the kernel busy; a million peers take 16 calls.
+const TRIE_BATCH: usize = 1 << 16;
+
+/// Writes `changed` into the peer trie, then deletes `stale`, in batches of
+/// [`TRIE_BATCH`] entries per bpf(2) call (BPF_MAP_UPDATE_BATCH, BPF_MAP_DELETE_BATCH:
+/// one syscall instead of one per prefix, which at a million prefixes is most of an
+/// install). The kernel writes a batch's entries one by one, each as a single update
+/// does, so a packet still meets an entry's old class or its new one. A kernel without
+/// batch operations on LPM tries gets the same writes one call each. A stale entry that
+/// is already gone is not an error (as before).
+fn write_trie(trie: &mut aya::maps::Map, changed: &[((u32, Prefix), u32)], stale: &[(u32, Prefix)]) -> Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    // Checks the map's type and its key and value sizes before any raw write.
+    LpmTrie::<&mut MapData, AddrKeyData, u32>::try_from(&mut *trie)?;
+    let aya::maps::Map::LpmTrie(data) = &*trie else { return Err(anyhow!("map {} is not an LPM trie", names::PEERS)) };
+    let fd = data.fd().as_fd().as_raw_fd();
+    let mut batched = true;
+    for chunk in changed.chunks(TRIE_BATCH) {
+        if batched {
+            let keys = key_bytes(chunk.iter().map(|(k, _)| k));
+            let values: Vec<u8> = chunk.iter().flat_map(|(_, class)| class.to_ne_bytes()).collect();
+            match crate::bpfsys::map_update_batch(fd, &keys, &values, chunk.len()) {
+                Ok(()) => continue,
+                Err(e) if e.unsupported() => batched = false,
+                Err(e) => {
+                    return Err(e.error).with_context(|| format!("adding peer prefixes ({} written)", e.done));
+                }
+            }
+        }
+        let mut map: LpmTrie<&mut MapData, AddrKeyData, u32> = LpmTrie::try_from(&mut *trie)?;
+        for ((which, prefix), class) in chunk {
+            map.insert(&trie_key(*which, prefix), class, 0).context("adding a peer prefix")?;
+        }
+    }
+    for chunk in stale.chunks(TRIE_BATCH) {
+        let mut rest = chunk;
+        while batched && !rest.is_empty() {
+            let keys = key_bytes(rest.iter());
+            match crate::bpfsys::map_delete_batch(fd, &keys, rest.len()) {
+                Ok(()) => rest = &[],
+                Err(e) if e.unsupported() => batched = false,
+                // The entry at `done` is gone already (or cannot go): skip it.
+                Err(e) => rest = &rest[(e.done + 1).min(rest.len())..],
+            }
+        }
+        if !batched {
+            let mut map: LpmTrie<&mut MapData, AddrKeyData, u32> = LpmTrie::try_from(&mut *trie)?;
+            for (which, prefix) in rest {
+                let _ = map.remove(&trie_key(*which, prefix));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Trie keys packed as the kernel reads a batch of them.
+fn key_bytes<'a>(keys: impl Iterator<Item = &'a (u32, Prefix)>) -> Vec<u8> {
+    const SIZE: usize = std::mem::size_of::<Key<AddrKeyData>>();
+    let mut out = Vec::with_capacity(keys.size_hint().0 * SIZE);
+    for (which, prefix) in keys {
+        let key = trie_key(*which, prefix);
+        // SAFETY: Key is repr(C, packed) of a u32 and byte arrays: SIZE plain bytes.
+        out.extend_from_slice(unsafe {
+            std::slice::from_raw_parts((&key as *const Key<AddrKeyData>).cast::<u8>(), SIZE)
+        });
+    }
+    out
+}
+
+/// The order of trie keys as the trie walks them.
+fn trie_order(which: u32, prefix: &Prefix) -> (u32, u8, [u8; 16], u8) {
+    (which, prefix.family, prefix.addr, prefix.len)
 }
 
 fn trie_key(which: u32, prefix: &Prefix) -> Key<AddrKeyData> {
