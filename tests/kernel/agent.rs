@@ -28,6 +28,7 @@ pub const TESTS: &[Test] = tests![
     agent_sigkill_takes_its_links_and_cleanup_the_rest,
     inject_goes_through_the_agent,
     agent_max_peers_holds_a_million,
+    agent_holds_1024_faults_and_8_on_the_same_packets,
 ];
 
 /// A `chaos-ebpf agent` on a socket of its own; SIGTERM on drop (then SIGKILL and
@@ -37,6 +38,19 @@ struct Agent {
     dir: PathBuf,
     socket: PathBuf,
     metrics: std::net::SocketAddr,
+    /// Its stdout and stderr, read all along: the agent logs a line per fault, and a
+    /// full pipe would stop it.
+    output: Option<(std::thread::JoinHandle<String>, std::thread::JoinHandle<String>)>,
+}
+
+fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
 }
 
 impl Agent {
@@ -59,9 +73,10 @@ impl Agent {
         for ns in netns {
             cmd.args(["--netns", ns]);
         }
-        let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn the agent");
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn the agent");
         own_pid(child.id());
-        let mut agent = Agent { child: Some(child), dir, socket, metrics };
+        let output = Some((read_all(child.stdout.take()), read_all(child.stderr.take())));
+        let mut agent = Agent { child: Some(child), dir, socket, metrics, output };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(client)) = client::connect(&agent.socket) {
@@ -106,12 +121,8 @@ impl Agent {
 
     /// Its stdout and stderr (after it exited).
     fn output(&mut self) -> (String, String) {
-        use std::io::Read;
-        let child = self.child.as_mut().unwrap();
-        let (mut out, mut err) = (String::new(), String::new());
-        let _ = child.stdout.take().map(|mut s| s.read_to_string(&mut out));
-        let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
-        (out, err)
+        let (out, err) = self.output.take().expect("output read once, after the exit");
+        (out.join().unwrap_or_default(), err.join().unwrap_or_default())
     }
 }
 
@@ -280,6 +291,70 @@ fn agent_max_peers_holds_a_million() {
     assert!(faults(&client).faults.is_empty(), "nothing in force after the refusal");
     assert!(udp_passes(&pair.a, &pair.b, ADDR_B, port), "traffic after the refusal");
 
+    agent.signal(libc::SIGTERM);
+    let (code, _) = agent.wait(Duration::from_secs(20));
+    let (_, err) = agent.output();
+    assert_eq!(code, Some(0), "{err}");
+    assert_nothing_left();
+}
+
+/// The limits of one namespace's instance, through the agent: 1,024 faults at once (1,023
+/// partitions from peers that send nothing and a blackhole of one UDP port to b: that
+/// port is cut, the next one is not), the 1,025th refused naming the limit; then 8 loss
+/// faults on the same packets (p = 0.1 each: together 1 - 0.9^8 = 0.570 of them lost),
+/// the 9th refused; every fault reverted, traffic back, nothing left.
+fn agent_holds_1024_faults_and_8_on_the_same_packets() {
+    let pair = Pair::new("alim");
+    let target = pair.target();
+    let (cut, open) = (7331, 7332);
+    let mut agent = Agent::start("limits", &[&pair.a]);
+    let client = agent.client();
+    let lease = Duration::from_secs(120);
+    let wire = |json: serde_json::Value| serde_json::from_value::<FaultWire>(json).unwrap().to_spec().unwrap();
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..1023u32 {
+        let peer = format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let spec = wire(serde_json::json!({"kind": "partition", "target": target, "mode": "oneway",
+            "direction": "egress", "peers": [peer]}));
+        ids.push(client.apply(&spec, lease, None).unwrap_or_else(|e| panic!("fault {}: {e:#}", i + 1)).id);
+    }
+    let blackhole = wire(serde_json::json!({"kind": "blackhole", "target": target, "direction": "egress",
+        "proto": "udp", "ports": {"lo": cut, "hi": cut}, "peers": [format!("{ADDR_B}/32")]}));
+    ids.push(client.apply(&blackhole, lease, None).expect("the 1,024th fault").id);
+    println!("1,024 faults applied in {:.0} ms", ms(started.elapsed()));
+    assert!(!udp_passes(&pair.a, &pair.b, ADDR_B, cut), "the blackholed port among 1,024 faults");
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, open), "the next port");
+    let extra = wire(serde_json::json!({"kind": "partition", "target": target, "peers": ["10.200.0.1/32"]}));
+    let text = format!("{:#}", client.apply(&extra, lease, None).unwrap_err());
+    assert!(text.contains("more than 1024 faults at once"), "{text}");
+    assert_eq!(faults(&client).faults.len(), 1024);
+    for id in ids {
+        client.revert(id).expect("revert");
+    }
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, cut), "the port after the revert");
+
+    let loss = wire(serde_json::json!({"kind": "loss", "target": target, "direction": "egress",
+        "proto": "udp", "probability": 0.1}));
+    let ids: Vec<u64> = (0..8).map(|k| client.apply(&loss, lease, Some(40 + k)).expect("a stacked loss fault").id).collect();
+    let text = format!("{:#}", client.apply(&loss, lease, None).unwrap_err());
+    assert!(text.contains("run fewer faults on the same traffic"), "{text}");
+    let receiver = udp_receiver(&pair.b, sock(ADDR_B, 5012));
+    let n = 4000u32;
+    let got = udp_run(&pair.a, sock(ADDR_A, 5011), &receiver, sock(ADDR_B, 5012), n);
+    let lost = f64::from(n) - got.len() as f64;
+    let p = 1.0 - 0.9f64.powi(8);
+    let sigma = (f64::from(n) * p * (1.0 - p)).sqrt();
+    println!("8 stacked loss faults of 0.1: lost {lost} of {n} ({:.2} sigma from {p:.3})", (lost - f64::from(n) * p) / sigma);
+    assert!((lost - f64::from(n) * p).abs() <= 4.0 * sigma, "lost {lost} of {n}, expected {:.0}", f64::from(n) * p);
+    let listed = faults(&client);
+    assert!(listed.faults.iter().all(|f| f.counters.matched > 0 && f.counters.dropped > 0), "every one of the 8 acts: {listed:?}");
+    let dropped: u64 = listed.faults.iter().map(|f| f.counters.dropped).sum();
+    assert_eq!(dropped as f64, lost, "the faults dropped what was lost");
+    for id in ids {
+        client.revert(id).expect("revert");
+    }
+    assert!(udp_passes(&pair.a, &pair.b, ADDR_B, open), "traffic after every revert");
     agent.signal(libc::SIGTERM);
     let (code, _) = agent.wait(Duration::from_secs(20));
     let (_, err) = agent.output();
