@@ -40,6 +40,8 @@ pub const MAX_DISPATCH: u32 = 1 << 16;
 pub const MAX_FLOWS: u32 = 65536;
 /// The flow table of an instance whose rules keep no per-flow state.
 pub const MIN_FLOWS: u32 = 64;
+/// The largest flow table an instance may ask for (the agent's --flow-table).
+pub const MAX_FLOWS_LIMIT: u32 = 1 << 22;
 /// Fragmented datagrams remembered between their first and later fragments (LRU).
 pub const MAX_FRAGMENTS: u32 = 4096;
 /// Devices per instance with a segmenter pair (CHAOS_SEGMENTERS entries).

@@ -263,6 +263,11 @@ fn agent_max_peers_holds_a_million() {
         assert!(err.contains("--max-peers") && err.contains("from 1 to 4194304"), "{err}");
         assert!(err.lines().all(|l| l.len() < 300), "{err}");
     }
+    for bad in ["63", "4194305", "lots"] {
+        let (code, _, err) = chaos_run(&["agent", "--flow-table", bad, "--socket", "/nonexistent/agent.sock"]);
+        assert_eq!(code, 2, "--flow-table {bad}: {err}");
+        assert!(err.contains("--flow-table") && err.contains("from 64 to 4194304"), "{err}");
+    }
     let pair = Pair::new("amp");
     let target = pair.target();
     let port = 7321;
@@ -302,12 +307,22 @@ fn agent_max_peers_holds_a_million() {
 /// partitions from peers that send nothing and a blackhole of one UDP port to b: that
 /// port is cut, the next one is not), the 1,025th refused naming the limit; then 8 loss
 /// faults on the same packets (p = 0.1 each: together 1 - 0.9^8 = 0.570 of them lost),
-/// the 9th refused; every fault reverted, traffic back, nothing left.
+/// the 9th refused; every fault reverted, traffic back, nothing left. The agent runs with
+/// the smallest flow table (`--flow-table 64`, one flow here).
 fn agent_holds_1024_faults_and_8_on_the_same_packets() {
     let pair = Pair::new("alim");
     let target = pair.target();
     let (cut, open) = (7331, 7332);
-    let mut agent = Agent::start("limits", &[&pair.a]);
+    // One flow in this test: the smallest flow table holds it.
+    let mut agent = Agent::start_with(std::env::temp_dir().join("cet-agent-limits"), &[&pair.a], &["--flow-table", "64"]);
+    let maps: Vec<serde_json::Value> =
+        serde_json::from_slice(&sh("bpftool", &["-j", "map", "show"]).stdout).unwrap_or_default();
+    let flow_tables: Vec<u64> = maps
+        .iter()
+        .filter(|m| m["name"] == "CHAOS_FLOWS")
+        .filter_map(|m| m["max_entries"].as_u64())
+        .collect();
+    assert_eq!(flow_tables, [64], "the agent's flow table as --flow-table sized it");
     let client = agent.client();
     let lease = Duration::from_secs(120);
     let wire = |json: serde_json::Value| serde_json::from_value::<FaultWire>(json).unwrap().to_spec().unwrap();

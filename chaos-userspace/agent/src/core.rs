@@ -81,7 +81,8 @@ pub struct Core {
     record: Option<RunRecord>,
     run_state: RunState,
     metrics: Arc<AgentMetrics>,
-    /// The size of each instance's maps (its peer trie: --max-peers).
+    /// The size of each instance's maps (its peer trie: --max-peers; its flow table:
+    /// --flow-table).
     capacity: Capacity,
 }
 
@@ -97,7 +98,7 @@ impl Core {
         command: String,
         netns: &[PathBuf],
         metrics: Arc<AgentMetrics>,
-        max_peers: u32,
+        capacity: Capacity,
     ) -> Result<(Core, Vec<String>)> {
         let mode = AttachMode::Auto.resolve()?;
         let mut notices = Vec::new();
@@ -138,7 +139,7 @@ impl Core {
             record: Some(record),
             run_state,
             metrics,
-            capacity: Capacity { peers: max_peers, ..Capacity::default() },
+            capacity,
         };
         for path in netns {
             core.manage(path)?;

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use chaos_datapath::Error;
+use chaos_datapath::{instance::Capacity, Error};
 use chaos_ebpf_common::{MAX_PEERS, MAX_PEERS_LIMIT};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
@@ -57,6 +57,9 @@ pub struct Options {
     /// Peer prefixes each namespace's address trie holds (1..=MAX_PEERS_LIMIT; the
     /// trie's memory is allocated per entry written, not up front).
     pub max_peers: u32,
+    /// Flows each namespace's flow table holds (MIN_FLOWS..=MAX_FLOWS_LIMIT; allocated
+    /// when the programs load).
+    pub flows: u32,
 }
 
 /// What the handlers share: the way to the kernel thread, and the metrics.
@@ -119,10 +122,10 @@ pub fn run(options: Options) -> Result<()> {
     let (ready_tx, mut ready_rx) = oneshot::channel::<Result<()>>();
     let core_metrics = metrics.clone();
     let (command, netns) = (options.command.clone(), options.netns.clone());
-    let max_peers = options.max_peers;
+    let capacity = Capacity { peers: options.max_peers, flows: options.flows };
     let kernel = std::thread::Builder::new()
         .name("chaos-agent-kernel".into())
-        .spawn(move || match Core::start(command, &netns, core_metrics, max_peers) {
+        .spawn(move || match Core::start(command, &netns, core_metrics, capacity) {
             Ok((core, notices)) => {
                 for notice in notices {
                     log(&notice);

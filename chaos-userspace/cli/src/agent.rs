@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Result;
 use chaos_agent::{client::Client, DEFAULT_METRICS_ADDR, DEFAULT_SOCKET};
-use chaos_ebpf_common::{RuleCounters, MAX_PEERS, MAX_PEERS_LIMIT};
+use chaos_ebpf_common::{RuleCounters, MAX_FLOWS, MAX_FLOWS_LIMIT, MAX_PEERS, MAX_PEERS_LIMIT, MIN_FLOWS};
 use chaos_model::plan::{Attach, Plan, Protect};
 use clap::{Args, Subcommand};
 
@@ -62,6 +62,24 @@ pub struct AgentArgs {
     /// (e.g. 1000000 for a partition from a million addresses).
     #[arg(long, value_name = "N", default_value_t = MAX_PEERS, value_parser = parse_max_peers)]
     max_peers: u32,
+    /// Flows each namespace's flow table holds (64 to 4194304): the per-flow state of
+    /// loss, jitter, burst and tls-refuse faults, allocated in full when the programs
+    /// load (136 bytes each: the default takes 8.9 MB per namespace). Partition,
+    /// blackhole and rate faults keep none: `--flow-table 64` (9.6 KB) for an agent that
+    /// only partitions. When more flows pass than it holds, the least recently seen
+    /// ones start over.
+    #[arg(long, value_name = "N", default_value_t = MAX_FLOWS, value_parser = parse_flow_table)]
+    flow_table: u32,
+}
+
+/// --flow-table: a size the flow table can have.
+fn parse_flow_table(value: &str) -> Result<u32, String> {
+    let fix = format!("give a count from {MIN_FLOWS} to {MAX_FLOWS_LIMIT}, e.g. --flow-table 262144");
+    match value.trim().parse::<u64>() {
+        Ok(n) if (u64::from(MIN_FLOWS)..=u64::from(MAX_FLOWS_LIMIT)).contains(&n) => Ok(n as u32),
+        Ok(n) => Err(format!("a flow table of {n} flows is outside what one instance holds; {fix}")),
+        Err(_) => Err(format!("'{}' is not a count; {fix}", chaos_model::spec::shorten(value, 40))),
+    }
 }
 
 /// --max-peers: a count the trie can be sized to.
@@ -98,6 +116,7 @@ pub fn run(args: AgentArgs, command: String) -> Result<i32> {
                 netns,
                 command,
                 max_peers: args.max_peers,
+                flows: args.flow_table,
             })?;
             Ok(0)
         }

@@ -21,8 +21,8 @@ use aya::{
 };
 use chaos_ebpf_common::{
     action, names, tls, AddrKeyData, Config, DispatchKey, FlowKey, FlowState, Prefix, ProtectedPorts, Rule,
-    RuleCounters, RuleList, DISPATCH_WIDTH, MAX_DISPATCH, MAX_FLOWS, MAX_PEERS, MAX_PEERS_LIMIT, MAX_PROTECTED,
-    MAX_RULES, MIN_FLOWS,
+    RuleCounters, RuleList, DISPATCH_WIDTH, MAX_DISPATCH, MAX_FLOWS, MAX_FLOWS_LIMIT, MAX_PEERS, MAX_PEERS_LIMIT,
+    MAX_PROTECTED, MAX_RULES, MIN_FLOWS,
 };
 
 use crate::{
@@ -140,6 +140,16 @@ impl Instance {
             )
             .into());
         }
+        if !(MIN_FLOWS..=MAX_FLOWS_LIMIT).contains(&capacity.flows) {
+            return Err(Error::unsupported(
+                format!(
+                    "a flow table of {} flows asked for; it holds {MIN_FLOWS} to {MAX_FLOWS_LIMIT}",
+                    capacity.flows
+                ),
+                format!("give a size from {MIN_FLOWS} to {MAX_FLOWS_LIMIT}"),
+            )
+            .into());
+        }
         if protected.len() > MAX_PROTECTED as usize {
             return Err(Error::unsupported(
                 format!("{} protected port ranges given; at most {MAX_PROTECTED} fit", protected.len()),
@@ -149,7 +159,7 @@ impl Instance {
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::PEERS, capacity.peers)
-            .map_max_entries(names::FLOWS, capacity.flows.max(MIN_FLOWS))
+            .map_max_entries(names::FLOWS, capacity.flows)
             .load(OBJECT)
             .context("loading the chaos-ebpf object into the kernel")?;
         for name in names::PROGRAMS {
