@@ -45,6 +45,7 @@
 //! may take (default 20 s; at least one always runs).
 
 use std::{
+    fmt::Write as _,
     fs,
     io::Write,
     os::{fd::AsRawFd, unix::process::CommandExt},
@@ -425,7 +426,10 @@ fn chaos_runs(
     let load_start = Instant::now();
     // Each node address is in the trie once per role (source and destination).
     let capacity = Capacity::for_rules([&rule], 4 * m);
-    let mut instance = Instance::load_with(hub, AttachMode::Tcx, &[], JUDGE_BIT, capacity)
+    // As `run` chooses (engine run.rs): each TCX attach and detach waits for an RCU grace
+    // period under rtnl (19 s for 1,024 ports), netlink's cls_bpf does not.
+    let mode = if m > 64 { AttachMode::Netlink } else { AttachMode::Tcx };
+    let mut instance = Instance::load_with(hub, mode, &[], JUDGE_BIT, capacity)
         .context("loading the chaos-ebpf programs into the hub namespace")?;
     let load_s = load_start.elapsed().as_secs_f64();
     let ports: Vec<Interface> = nodes
@@ -487,6 +491,7 @@ fn chaos_runs(
     instance.shutdown().context("detaching the chaos-ebpf programs")?;
     memory["load_seconds"] = json!(load_s);
     memory["attach_seconds"] = json!(attach_s);
+    memory["attach_mode"] = json!(format!("{mode:?}"));
     Ok((results, memory))
 }
 
@@ -799,8 +804,33 @@ pub fn run(args: &[String]) -> Result<()> {
         results.push(one_size(m, reps)?);
     }
 
+    let mut md = String::from(
+        "Light-node lab (`lab up --workload echo`), partitions applied and healed by chaos-ebpf (one \
+         `install_matrix` on the hub-side node ports) and by iptables / nft in every node's namespace \
+         and one nft bridge table in the hub, in the same run. Times in ms, median (min-max) of the \
+         repetitions; ratio = chaos-ebpf / tool (of the medians). Every partition was checked by a UDP \
+         echo over IPv4 and IPv6 between every ordered pair of groups, cut and healed.\n",
+    );
     println!("\nhyperscale partitions: apply / heal in ms, median (min-max) of the reps; ratio = chaos-ebpf / tool");
     for r in &results {
+        let _ = write!(
+            md,
+            "\n### {} nodes\n\nlab up {:.2} s, lab down {:.2} s (every link gone after {:.2} s); lab kernel memory \
+             {:.0} kB per node, echo responder RSS {:.1} MB; chaos-ebpf Instance {} kB BPF + {} kB RSS = {:.1} kB \
+             per node (attach to {} ports, {}, {:.2} s)\n",
+            r.m,
+            r.up_s.unwrap_or(f64::NAN),
+            r.down["seconds"].as_f64().unwrap_or(f64::NAN),
+            r.down["links_gone_seconds"].as_f64().unwrap_or(f64::NAN),
+            r.lab_kernel_kb.map_or(f64::NAN, |k| k as f64 / r.m as f64),
+            r.responder_rss_kb as f64 / 1024.0,
+            r.chaos_memory["bpf_memlock_kb"],
+            r.chaos_memory["rss_growth_kb"],
+            r.chaos_memory["per_node_kb"].as_f64().unwrap_or(f64::NAN),
+            r.m,
+            r.chaos_memory["attach_mode"].as_str().unwrap_or("?"),
+            r.chaos_memory["attach_seconds"].as_f64().unwrap_or(f64::NAN)
+        );
         println!(
             "\nM = {} nodes: lab up {:.2} s (wall {:.2} s), down {:.2} s (links gone {:.2} s); lab kernel memory {:.0} kB/node, responder RSS {:.1} MB",
             r.m,
@@ -821,10 +851,16 @@ pub fn run(args: &[String]) -> Result<()> {
         );
         for (shape, groups, cuts, tools) in &r.shapes {
             println!("  {shape} ({groups} groups, {cuts} cut pairs)");
+            let _ = write!(
+                md,
+                "\n{shape} ({groups} groups, {cuts} cut pairs):\n\n| tool | apply ms | heal ms | reps | apply ratio | heal ratio | \
+                 cut: answered/probed | healed: answered/probed |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+            );
             println!(
                 "    {:<18} {:>24} {:>24} {:>5} {:>9} {:>9}  verified (cut: answered/probed; healed)",
                 "tool", "apply ms", "heal ms", "reps", "apply x", "heal x"
             );
+            let mut notes = Vec::new();
             for (tool, res) in tools {
                 let ratio = |heal: bool| match (tool_median(tools, CHAOS, heal), tool_median(tools, tool, heal)) {
                     (Some(c), Some(t)) if t > 0.0 => format!("{:.2e}", c / t),
@@ -844,9 +880,26 @@ pub fn run(args: &[String]) -> Result<()> {
                     ratio(false),
                     ratio(true)
                 );
+                let _ = writeln!(
+                    md,
+                    "| {tool} | {} | {} | {} | {} | {} | {}/{} | {}/{} |",
+                    res.apply.text(),
+                    res.heal.text(),
+                    res.apply.0.len(),
+                    ratio(false),
+                    ratio(true),
+                    res.verified.as_ref().map_or(Value::Null, |v| v["cut"]["answered"].clone()),
+                    res.verified.as_ref().map_or(Value::Null, |v| v["cut"]["probed"].clone()),
+                    res.verified.as_ref().map_or(Value::Null, |v| v["healed"]["answered"].clone()),
+                    res.verified.as_ref().map_or(Value::Null, |v| v["healed"]["probed"].clone()),
+                );
                 for note in &res.notes {
                     println!("      note: {note}");
+                    notes.push(format!("{tool}: {note}"));
                 }
+            }
+            for note in notes {
+                let _ = writeln!(md, "\n{note}");
             }
         }
     }
@@ -857,7 +910,15 @@ pub fn run(args: &[String]) -> Result<()> {
         let pass = figure.is_some_and(|f| f < limit);
         let shown = figure.map_or("not measured".to_owned(), |f| format!("{f:.3} {unit}"));
         println!("GOAL {:<4} {text}: {shown}", if pass { "PASS" } else { "MISS" });
-        goals.push(json!({ "goal": text, "figure": figure, "limit": limit, "unit": unit, "pass": pass }));
+        goals.push(json!({
+            "goal": text,
+            "target": format!("< {limit} {unit}"),
+            "measured": shown,
+            "figure": figure,
+            "limit": limit,
+            "unit": unit,
+            "pass": pass,
+        }));
     };
     println!();
     if let Some(r) = results.iter().max_by_key(|r| r.m) {
@@ -923,6 +984,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "tool_budget_seconds": tool_budget().as_secs(),
         "sizes": sizes_json,
         "goals": goals,
+        "markdown": md,
     });
     let path = out_path();
     fs::create_dir_all(path.parent().expect("has a parent"))?;
