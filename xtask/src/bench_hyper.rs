@@ -38,7 +38,8 @@
 //! stacks, page tables, vmalloc before and after) and the echo responder's RSS; the
 //! Instance's memory per node: the BPF memory (`memlock` in /proc/self/fdinfo of the
 //! programs and maps it opened, as the kernel accounts it) plus this process's RSS growth,
-//! with the larger matrix in force, divided by M.
+//! with the larger matrix in force, divided by M. The RSS growth is exact only for the
+//! first size of a run: later sizes reuse heap the earlier ones freed, so it reads low.
 //!
 //! Writes target/bench/hyper.json. `--nodes 32,128` limits the sizes, `--reps N` the
 //! repetitions, `--budget SECONDS` the time the repetitions of one tool, shape and size
