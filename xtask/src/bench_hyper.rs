@@ -526,12 +526,11 @@ fn run_in(ns: &fs::File, program: &str, args: &[&str], input: &str) -> Result<()
     Ok(())
 }
 
+/// One process of a baseline: program, arguments, stdin.
+type Invocation = (&'static str, Vec<&'static str>, String);
+
 /// What one node's namespace gets from a per-namespace baseline to apply `shape`.
-fn per_ns_inputs(
-    tool: &str,
-    nodes: &[LightNode],
-    shape: &Shape,
-) -> Vec<Vec<(&'static str, Vec<&'static str>, String)>> {
+fn per_ns_inputs(tool: &str, nodes: &[LightNode], shape: &Shape) -> Vec<Vec<Invocation>> {
     let group = shape.group_of(nodes.len());
     nodes
         .iter()
@@ -567,7 +566,7 @@ fn per_ns_inputs(
         .collect()
 }
 
-fn per_ns_heal(tool: &str) -> Vec<(&'static str, Vec<&'static str>, String)> {
+fn per_ns_heal(tool: &str) -> Vec<Invocation> {
     if tool == IPTABLES {
         let empty = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n".to_owned();
         vec![("iptables-restore", vec![], empty.clone()), ("ip6tables-restore", vec![], empty)]
@@ -578,10 +577,7 @@ fn per_ns_heal(tool: &str) -> Vec<(&'static str, Vec<&'static str>, String)> {
 
 /// Runs each node's commands, one node after the other; Ok(None) when APPLY_LIMIT ran out
 /// (with the number of nodes done).
-fn run_per_ns(
-    namespaces: &[fs::File],
-    commands: &[Vec<(&'static str, Vec<&'static str>, String)>],
-) -> Result<std::result::Result<f64, (usize, f64)>> {
+fn run_per_ns(namespaces: &[fs::File], commands: &[Vec<Invocation>]) -> Result<std::result::Result<f64, (usize, f64)>> {
     let start = Instant::now();
     for (i, (ns, cmds)) in namespaces.iter().zip(commands).enumerate() {
         for (program, args, input) in cmds {
@@ -698,6 +694,9 @@ fn bridge_runs(state: &HyperState, nodes: &[LightNode], shape: &Shape, reps: usi
     outcome.map(|()| result)
 }
 
+/// A shape's name, groups, cut pairs and each tool's figures.
+type ShapeResult = (&'static str, usize, usize, Vec<(&'static str, ToolResult)>);
+
 struct SizeResult {
     m: u32,
     up_wall_s: f64,
@@ -707,7 +706,7 @@ struct SizeResult {
     down: Value,
     chaos_memory: Value,
     /// Per shape: name, groups, cut pairs, per tool.
-    shapes: Vec<(&'static str, usize, usize, Vec<(&'static str, ToolResult)>)>,
+    shapes: Vec<ShapeResult>,
 }
 
 fn one_size(m: u32, reps: usize) -> Result<SizeResult> {
