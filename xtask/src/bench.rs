@@ -402,7 +402,8 @@ pub fn run(only: Option<&str>) -> Result<()> {
         write_json("throughput", &throughput)?;
         tcp_cases(bin)?;
         udp_gso_cases(bin)?;
-        crate::bench_apply::run()
+        crate::bench_apply::run()?;
+        crate::bench_hyper::run(&[])
     })();
     let result = result.and_then(|()| crate::bench_report::write());
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());

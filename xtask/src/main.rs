@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_apply;
+mod bench_hyper;
 mod bench_packet;
 mod bench_report;
 mod bench_throughput;
@@ -178,7 +179,11 @@ const USAGE: &str = "usage: cargo xtask <task>
                   and nft; `apply` partition apply and revert for 1 to 1M peers,
                   agent vs nft vs iptables-restore; `hyper` partitions over 32 to
                   1,024 light nodes; `report` docs/bench.md again from
-                  target/bench/*.json. With no part: all of them, then docs/bench.md";
+                  target/bench/*.json. With no part: all of them, then docs/bench.md
+  bench hyper [--nodes 32,128] [--reps N] [--budget SECONDS]
+                  sizes, repetitions and the time budget of a slow baseline's
+                  repetitions (run with --release: cargo run --release -p xtask --
+                  bench hyper)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -217,6 +222,7 @@ fn main() -> Result<()> {
             }
             conclude(&runs)
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("hyper") => bench_hyper::run(&args[2..]),
         Some("bench") => bench::run(args.get(1).map(String::as_str)),
         Some("schema") => {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/chaos-ebpf.schema.json");
