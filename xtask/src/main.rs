@@ -177,8 +177,10 @@ const USAGE: &str = "usage: cargo xtask <task>
                   root): `packet` the per-packet cost in BPF_PROG_TEST_RUN;
                   `throughput` UDP throughput with and without faults vs iptables
                   and nft; `apply` partition apply and revert for 1 to 1M peers,
-                  agent vs nft vs iptables-restore; `hyper` partitions over 32 to
-                  1,024 light nodes; `report` docs/bench.md again from
+                  agent vs nft vs iptables-restore; `hyper [--nodes 32,128]
+                  [--reps N] [--budget SECONDS]` partitions over 32 to 1,024 light
+                  nodes vs iptables/nft per node and one nft bridge table; `report`
+                  docs/bench.md again from
                   target/bench/*.json. With no part: all of them, then docs/bench.md
   bench hyper [--nodes 32,128] [--reps N] [--budget SECONDS]
                   sizes, repetitions and the time budget of a slow baseline's

@@ -13,7 +13,9 @@ use chaos_model::plan::Plan;
 
 use crate::{clip_lines, exit, output, render, render::Progress, Output};
 
-/// Runs a plan (or only checks it, for a dry run) and reports.
+/// Runs a plan (or only checks it, for a dry run) and reports. `lab_dir`: where the
+/// light-node lab keeps its state, for partition matrices.
+#[allow(clippy::too_many_arguments)] // each is one of the run command's options
 pub fn execute(
     plan: &Plan,
     dry_run: bool,
