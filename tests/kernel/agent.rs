@@ -43,15 +43,6 @@ struct Agent {
     output: Option<(std::thread::JoinHandle<String>, std::thread::JoinHandle<String>)>,
 }
 
-fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_string(&mut text);
-        }
-        text
-    })
-}
 
 impl Agent {
     fn start(tag: &str, netns: &[&str]) -> Agent {
@@ -257,6 +248,9 @@ fn many_peers(target: &str, n: u32) -> FaultSpec {
 /// it (traffic back); 1,000,001 are refused with the count and the fix, nothing left in
 /// force; a bad value exits 2 naming the option.
 fn agent_max_peers_holds_a_million() {
+    if emulated() {
+        skip("a 1,000,000-peer trie under qemu's TCG emulation takes minutes and much of the VM's 2 GB; host only (agent_applies_and_reverts_in_milliseconds runs the batched trie writes in the VMs)");
+    }
     for bad in ["0", "4194305", "many"] {
         let (code, _, err) = chaos_run(&["agent", "--max-peers", bad, "--socket", "/nonexistent/agent.sock"]);
         assert_eq!(code, 2, "--max-peers {bad}: {err}");
@@ -310,6 +304,9 @@ fn agent_max_peers_holds_a_million() {
 /// the 9th refused; every fault reverted, traffic back, nothing left. The agent runs with
 /// the smallest flow table (`--flow-table 64`, one flow here).
 fn agent_holds_1024_faults_and_8_on_the_same_packets() {
+    if emulated() {
+        skip("1,024 applies through the agent take minutes under qemu's TCG emulation; host only (the limits are the same code on every kernel)");
+    }
     let pair = Pair::new("alim");
     let target = pair.target();
     let (cut, open) = (7331, 7332);

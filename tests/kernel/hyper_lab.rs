@@ -319,6 +319,22 @@ fn hyper_lab_refuses_bad_input_and_creates_nothing() {
     assert!(err.contains("no light-node lab is up"), "{err}");
 }
 
+/// `chaos-ebpf run FILE` on the lab, in the background: its JSON report, no metrics.
+fn run_on_lab(file: &Path, lab: &TestLab, run_dir: &Path) -> std::thread::JoinHandle<(i32, String, String)> {
+    chaos_run_in_background(&[
+        "run",
+        file.to_str().unwrap(),
+        "--lab-dir",
+        lab.dir.to_str().unwrap(),
+        "--output",
+        "json",
+        "--metrics-addr",
+        "off",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ])
+}
+
 /// Waits (at most 60 s) until the run's events.jsonl has event `kind` for `step`.
 fn wait_for_event(events: &Path, kind: &str, step: &str, run: &std::thread::JoinHandle<(i32, String, String)>) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -364,18 +380,7 @@ fn ring_over_1024_nodes(lab: &TestLab) {
     let file = dir.join("ring.yaml");
     fs::write(&file, &scenario).unwrap();
     let run_dir = dir.join("run");
-    let run = chaos_run_in_background(&[
-        "run",
-        file.to_str().unwrap(),
-        "--lab-dir",
-        lab.dir.to_str().unwrap(),
-        "--output",
-        "json",
-        "--metrics-addr",
-        "off",
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-    ]);
+    let run = run_on_lab(&file, lab, &run_dir);
     wait_for_event(&run_dir.join("events.jsonl"), "rules_installed", "ring", &run);
     let cuts = chaos_model::matrix::ring_cuts(8);
     let group = |node: u64| ((node - 1) / 128) as usize;
@@ -461,18 +466,7 @@ fn partition_matrices_cut_exactly_their_pairs_of_64_nodes() {
         out
     };
     let run_dir = dir.join("run");
-    let run = chaos_run_in_background(&[
-        "run",
-        file.to_str().unwrap(),
-        "--lab-dir",
-        lab.dir.to_str().unwrap(),
-        "--output",
-        "json",
-        "--metrics-addr",
-        "off",
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-    ]);
+    let run = run_on_lab(&file, &lab, &run_dir);
     let events = run_dir.join("events.jsonl");
     let everyone: std::collections::BTreeSet<(u64, u64)> =
         (1..=64u64).flat_map(|s| (1..=64u64).filter(move |&d| d != s).map(move |d| (s, d))).collect();

@@ -375,16 +375,7 @@ impl Chaos {
         let deadline = Instant::now() + limit;
         // Read while it runs: a report larger than a pipe holds (the topology of a
         // 1,024-port namespace) would otherwise block its exit.
-        fn reader(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                if let Some(mut pipe) = pipe {
-                    let _ = pipe.read_to_string(&mut text);
-                }
-                text
-            })
-        }
-        let (out, err) = (reader(self.child.stdout.take()), reader(self.child.stderr.take()));
+        let (out, err) = (read_all(self.child.stdout.take()), read_all(self.child.stderr.take()));
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status.code().unwrap_or(-1), out.join().unwrap(), err.join().unwrap());
@@ -435,6 +426,17 @@ impl Drop for Chaos {
         let _ = self.child.wait();
         let _ = Command::new(bin()).arg("cleanup").output();
     }
+}
+
+/// Reads a child's pipe to its end on a thread of its own.
+pub fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_string(&mut text);
+        }
+        text
+    })
 }
 
 /// [`chaos_run`] on a thread of its own, for a test that sends traffic meanwhile.

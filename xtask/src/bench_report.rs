@@ -217,9 +217,10 @@ fn apply(md: &mut String, goals: &mut Vec<String>) {
 /// `figure`), and `target` when the goal's text does not hold it.
 fn goal_rows(v: &Value, goals: &mut Vec<String>) {
     for g in v["goals"].as_array().into_iter().flatten() {
+        let text = g["goal"].as_str().unwrap_or("?");
         let goal = match g["target"].as_str() {
-            Some(target) => format!("{}: {target}", g["goal"].as_str().unwrap_or("?")),
-            None => g["goal"].as_str().unwrap_or("?").to_owned(),
+            Some(target) if !text.contains(target) => format!("{text}: {target}"),
+            _ => text.to_owned(),
         };
         goals.push(format!(
             "| {goal} | {} | {} |",
