@@ -16,6 +16,18 @@ fn load(name: &str) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// When a part's JSON was written (UTC), so a page made from parts of several runs says so.
+fn measured_at(name: &str) -> String {
+    let path = Path::new(DIR).join(format!("{name}.json"));
+    Command::new("date")
+        .args(["-u", "-r"])
+        .arg(&path)
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
@@ -44,6 +56,7 @@ fn packet(md: &mut String, goals: &mut Vec<String>) {
         let _ = writeln!(md, "Not measured in this run (`cargo xtask bench packet`).\n");
         return;
     };
+    let _ = writeln!(md, "Measured {}.\n", measured_at("packet"));
     let floor = f(&p["floor_ns"]);
     let _ = writeln!(
         md,
@@ -99,6 +112,7 @@ fn throughput(md: &mut String) {
         let _ = writeln!(md, "Not measured in this run (`cargo xtask bench throughput`).\n");
         return;
     };
+    let _ = writeln!(md, "Measured {}.\n", measured_at("throughput"));
     let _ = writeln!(
         md,
         "64-byte UDP datagrams from one sender over a veth between two namespaces, {} interleaved \
@@ -142,6 +156,7 @@ fn apply(md: &mut String, goals: &mut Vec<String>) {
         let _ = writeln!(md, "Not measured in this run (`cargo xtask bench apply`).\n");
         return;
     };
+    let _ = writeln!(md, "Measured {}.\n", measured_at("apply"));
     let _ = writeln!(
         md,
         "{} ({} repetitions per size). The agent's times are the client's: an HTTP request to \
@@ -238,6 +253,7 @@ fn part(md: &mut String, goals: &mut Vec<String>, name: &str, title: &str, comma
         let _ = writeln!(md, "Not measured in this run (`{command}`).\n");
         return;
     };
+    let _ = writeln!(md, "Measured {}.\n", measured_at(name));
     match v["markdown"].as_str() {
         Some(text) => {
             let _ = writeln!(md, "{}\n", text.trim_end());
@@ -256,8 +272,9 @@ pub fn write() -> Result<()> {
     let _ = writeln!(
         md,
         "# Benchmarks\n\nWritten by `cargo xtask bench` ({}). Each figure is the median of its \
-         repetitions with min-max; every ratio compares cases measured in the same run. \
-         target/bench/*.json holds every sample.\n",
+         repetitions with min-max; every ratio compares cases measured in the same run (each \
+         part says when it ran; `cargo xtask bench PART` reruns one). target/bench/*.json holds \
+         every sample.\n",
         machine()
     );
     let mut body = String::new();
