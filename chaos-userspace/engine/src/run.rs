@@ -1332,18 +1332,17 @@ fn record_counters(span: &Span, c: &RuleCounters) {
     span.record("unparsed", c.unparsed);
 }
 
-/// Loads one instance per namespace on a worker thread, so that Ctrl-C acts at once even
-/// while the verifier works (seconds under emulation): an interrupted run exits without
-/// waiting, and the programs it was loading go with the process. A load failure's
-/// verifier log goes to a file, not the terminal.
 /// Above this many interfaces in one namespace, `attach: auto` uses netlink filters
 /// there: each TCX attach and detach waits for an RCU grace period under the kernel's
 /// rtnl lock (threads do not help). Measured on the 1,024 bridge ports of a light-node
-/// lab: 19 s to attach and 19 s to detach with TCX, 1.1 s and 0.1 s with netlink.
+/// lab: 19 s to attach and 19 s to detach with TCX, 0.7 s and 0.1 s with netlink.
 const MANY_INTERFACES: usize = 64;
 
-/// Loads one instance per namespace; with `auto`, one with more than MANY_INTERFACES
-/// interfaces attaches with netlink.
+/// Loads one instance per namespace on a worker thread, so that Ctrl-C acts at once even
+/// while the verifier works (seconds under emulation): an interrupted run exits without
+/// waiting, and the programs it was loading go with the process. A load failure's
+/// verifier log goes to a file, not the terminal. With `auto`, a namespace with more
+/// than MANY_INTERFACES interfaces attaches with netlink.
 fn load_instances(
     resolved: &BTreeMap<String, Vec<Resolved>>,
     capacities: &BTreeMap<NetnsId, Capacity>,
