@@ -30,12 +30,30 @@ const NS_B: &str = "chaos-bench-b";
 const TCP_REPS: usize = 5;
 const TCP_SECONDS: f64 = 1.0;
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().context("running ip")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+/// `program`, to be run inside the network namespace `ns` is open on: the child enters it
+/// (setns) between fork and exec, so no thread of ours changes namespace.
+pub(crate) fn command_in_netns(ns: &impl AsRawFd, program: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let fd = ns.as_raw_fd();
+    let mut command = Command::new(program);
+    // SAFETY: setns(2) is async-signal-safe; it changes only the child's network namespace.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 struct Namespaces;

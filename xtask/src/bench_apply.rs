@@ -38,7 +38,7 @@ use std::{
     net::{Ipv4Addr, UdpSocket},
     os::{
         fd::{AsRawFd, OwnedFd},
-        unix::{net::UnixStream, process::CommandExt},
+        unix::net::UnixStream,
     },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -49,6 +49,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::bench::{command_in_netns, ip};
 use anyhow::{anyhow, bail, Context, Result};
 use chaos_datapath::{
     instance::{Capacity, Instance},
@@ -77,30 +78,22 @@ const NFT_TABLE: &str = "chaos_bapply";
 const WORK_DIR: &str = "/run/chaos-bapply";
 const LEASE_MS: u64 = 300_000;
 
-fn run_ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
 /// The namespace pair, deleted on drop (with whatever nft and iptables state is inside).
 struct Pair;
 
 impl Pair {
     fn create() -> Result<Pair> {
         for ns in [NS_A, NS_B] {
-            let _ = run_ip(&["netns", "del", ns]);
-            run_ip(&["netns", "add", ns])?;
+            let _ = ip(&["netns", "del", ns]);
+            ip(&["netns", "add", ns])?;
         }
         let pair = Pair;
-        run_ip(&["link", "add", "bapa", "netns", NS_A, "type", "veth", "peer", "name", "bapb", "netns", NS_B])?;
-        run_ip(&["-n", NS_A, "addr", "add", &format!("{ADDR_A}/24"), "dev", "bapa"])?;
-        run_ip(&["-n", NS_B, "addr", "add", &format!("{ADDR_B}/24"), "dev", "bapb"])?;
+        ip(&["link", "add", "bapa", "netns", NS_A, "type", "veth", "peer", "name", "bapb", "netns", NS_B])?;
+        ip(&["-n", NS_A, "addr", "add", &format!("{ADDR_A}/24"), "dev", "bapa"])?;
+        ip(&["-n", NS_B, "addr", "add", &format!("{ADDR_B}/24"), "dev", "bapb"])?;
         for (ns, dev) in [(NS_A, "bapa"), (NS_B, "bapb")] {
-            run_ip(&["-n", ns, "link", "set", dev, "up"])?;
-            run_ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         Ok(pair)
     }
@@ -109,7 +102,7 @@ impl Pair {
 impl Drop for Pair {
     fn drop(&mut self) {
         for ns in [NS_A, NS_B] {
-            let _ = run_ip(&["netns", "del", ns]);
+            let _ = ip(&["netns", "del", ns]);
         }
     }
 }
@@ -121,18 +114,8 @@ fn netns_fd(ns: &str) -> Result<OwnedFd> {
 /// Runs a tool inside namespace a (setns between fork and exec), bounded by CALL_LIMIT.
 fn tool_in_a(program: &str, args: &[&str]) -> Result<()> {
     let ns = netns_fd(NS_A)?;
-    let raw = ns.as_raw_fd();
-    let mut command = Command::new(program);
+    let mut command = command_in_netns(&ns, program);
     command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    // SAFETY: setns(2) is async-signal-safe; it only changes the child's namespace.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let mut child = command.spawn().with_context(|| format!("starting {program}"))?;
     let started = Instant::now();
     loop {

@@ -49,7 +49,6 @@ use std::{
     fmt::Write as _,
     fs,
     io::Write,
-    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -499,18 +498,8 @@ fn chaos_runs(
 /// Runs `program args` inside the namespace of `ns` (setns before exec), with `input` on
 /// its stdin; bounded by PROCESS_LIMIT.
 fn run_in(ns: &fs::File, program: &str, args: &[&str], input: &str) -> Result<()> {
-    let fd = ns.as_raw_fd();
-    let mut command = Command::new(program);
+    let mut command = crate::bench::command_in_netns(ns, program);
     command.args(args).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    // SAFETY: setns is async-signal-safe; it changes only the child's network namespace.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let mut child = command.spawn().with_context(|| format!("starting {program}"))?;
     let write = child.stdin.take().expect("piped").write_all(input.as_bytes());
     let status = wait_bounded(&mut child, PROCESS_LIMIT).with_context(|| program.to_owned())?;
