@@ -94,6 +94,9 @@ pub struct Instance {
     ebpf: Option<Ebpf>,
     attached: Vec<Attached>,
     clsact_added: Vec<Interface>,
+    /// The clsact qdiscs this instance added, then deleted (netlink attach).
+    qdiscs_added: QdiscChanges,
+    qdiscs_deleted: QdiscChanges,
     used_slots: BTreeSet<u32>,
     /// The rules' address matches and peer sets, and what the lookup maps hold now.
     compiler: Compiler,
@@ -173,6 +176,8 @@ impl Instance {
             ebpf: Some(ebpf),
             attached: Vec::new(),
             clsact_added: Vec::new(),
+            qdiscs_added: QdiscChanges::default(),
+            qdiscs_deleted: QdiscChanges::default(),
             used_slots: BTreeSet::new(),
             compiler: Compiler::default(),
             compiled: Compiled::default(),
@@ -268,8 +273,10 @@ impl Instance {
     /// Attaches one program to one hook; call inside the namespace.
     fn attach_program(&mut self, iface: &Interface, name: &'static str, hook: TcAttachType) -> Result<()> {
         if self.mode == AttachMode::Netlink && !self.clsact_added.iter().any(|i| i.index == iface.index) {
+            let change = QdiscChange::start(iface.index);
             match tc::qdisc_add_clsact(&iface.name) {
                 Ok(()) => {
+                    self.qdiscs_added.record(change);
                     fs::create_dir_all(ledger::STATE_DIR)?;
                     fs::write(ledger::clsact_marker(self.netns.id, iface.index), b"")?;
                     self.clsact_added.push(iface.clone());
@@ -725,11 +732,12 @@ impl Instance {
             })
             .collect();
         let (mode, id) = (self.mode, self.netns.id);
-        let remaining = self.netns.run(move || {
+        let (deleted, remaining) = self.netns.run(move || {
             let (mut removed, mut remaining) = (Vec::new(), Vec::new());
-            remove_attachments(mode, id, removals, &mut removed, &mut remaining);
-            remaining
+            let deleted = remove_attachments(mode, id, removals, &mut removed, &mut remaining);
+            (deleted, remaining)
         })?;
+        self.qdiscs_deleted = deleted;
         drop(ebpf);
         self.clsact_added.clear();
         if remaining.is_empty() {
@@ -737,6 +745,56 @@ impl Instance {
         } else {
             Err(anyhow!("revert incomplete: {}", remaining.join("; ")))
         }
+    }
+}
+
+/// The clsact qdiscs one instance added or deleted (netlink attach), and what the kernel
+/// did meanwhile. The kernel swaps a qdisc with the device's transmit stopped
+/// (dev_deactivate: until an RCU grace period has passed) and drops what is sent in that
+/// moment; TCX attach changes no qdisc. Kernels that count those drops (6.12 does, 6.1
+/// does not) count them in the device's tx_dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QdiscChanges {
+    pub devices: u32,
+    /// The longest netlink request, which waits for the transmit to be started again:
+    /// a bound on how long it was stopped.
+    pub longest_ms: f64,
+    /// The growth of the devices' tx_dropped over the requests.
+    pub tx_dropped: u64,
+}
+
+/// One qdisc change under way: when it began and the device's tx_dropped then.
+struct QdiscChange {
+    ifindex: u32,
+    started: std::time::Instant,
+    tx_dropped: Option<u64>,
+}
+
+/// A device's transmit drops, in the calling thread's namespace.
+fn tx_dropped(ifindex: u32) -> Option<u64> {
+    netlink::link_info(ifindex).ok()?.tx_dropped
+}
+
+impl QdiscChange {
+    fn start(ifindex: u32) -> QdiscChange {
+        QdiscChange { ifindex, tx_dropped: tx_dropped(ifindex), started: std::time::Instant::now() }
+    }
+}
+
+impl QdiscChanges {
+    fn record(&mut self, change: QdiscChange) {
+        let ms = change.started.elapsed().as_secs_f64() * 1000.0;
+        let after = tx_dropped(change.ifindex);
+        self.devices += 1;
+        self.longest_ms = self.longest_ms.max(ms);
+        self.tx_dropped += after.zip(change.tx_dropped).map_or(0, |(after, before)| after.saturating_sub(before));
+    }
+}
+
+impl Instance {
+    /// The clsact qdiscs this instance added (so far) and deleted (at its shutdown).
+    pub fn qdisc_changes(&self) -> (QdiscChanges, QdiscChanges) {
+        (self.qdiscs_added, self.qdiscs_deleted)
     }
 }
 
@@ -835,14 +893,14 @@ pub struct Removal {
 /// error), then, on the netlink path, deletes each clsact qdisc chaos-ebpf added on
 /// those devices once no filter is left on it. Call inside the namespace. What was
 /// removed goes to `removed` (netlink filters only: TCX links also go with the
-/// process), what is still there to `remaining`.
+/// process), what is still there to `remaining`; returns the clsact qdiscs it deleted.
 pub fn remove_attachments(
     mode: AttachMode,
     netns: NetnsId,
     removals: Vec<Removal>,
     removed: &mut Vec<String>,
     remaining: &mut Vec<String>,
-) {
+) -> QdiscChanges {
     use aya::programs::links::Link as _;
     let mut devices: Vec<u32> = Vec::new();
     for r in removals {
@@ -859,16 +917,22 @@ pub fn remove_attachments(
             Err(_) => {}
         }
     }
+    let mut deleted = QdiscChanges::default();
     if mode != AttachMode::Netlink {
-        return;
+        return deleted;
     }
     for ifindex in devices {
+        let change = QdiscChange::start(ifindex);
         match release_clsact(netns, ifindex) {
-            Ok(true) => removed.push(format!("clsact qdisc on ifindex {ifindex}")),
+            Ok(true) => {
+                deleted.record(change);
+                removed.push(format!("clsact qdisc on ifindex {ifindex}"));
+            }
             Ok(false) => {}
             Err(e) => remaining.push(format!("releasing the clsact qdisc of ifindex {ifindex}: {e}")),
         }
     }
+    deleted
 }
 
 fn program_id(ids: &[u32; 4], program: &str) -> u32 {

@@ -330,6 +330,8 @@ pub struct LinkInfo {
     pub gso_max_segs: Option<u32>,
     /// IFLA_LINK: the far end of a veth, but the parent of a macvlan, ipvlan or vlan.
     pub link: Option<(u32, Option<i32>)>,
+    /// The device's transmit drops (IFLA_STATS64).
+    pub tx_dropped: Option<u64>,
 }
 
 /// A struct ifinfomsg for `ifindex` (0: a new device), up (IFF_UP set and changed) or
@@ -356,6 +358,7 @@ pub fn link_info(ifindex: u32) -> io::Result<LinkInfo> {
             LinkAttribute::Link(index) => peer = Some(index),
             LinkAttribute::LinkNetNsId(id) => nsid = Some(id),
             LinkAttribute::GsoMaxSegs(segs) => info.gso_max_segs = Some(segs),
+            LinkAttribute::Stats64(stats) => info.tx_dropped = Some(stats.tx_dropped),
             LinkAttribute::LinkInfo(infos) => {
                 for item in infos {
                     if let link::LinkInfo::Kind(kind) = item {

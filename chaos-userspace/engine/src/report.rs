@@ -44,6 +44,41 @@ pub struct RunReport {
     /// Everything the run created in the kernel, and whether it was verified gone.
     #[serde(default)]
     pub cleanup: Vec<CreatedObject>,
+    /// The clsact qdiscs the run added before the faults and deleted after them (netlink
+    /// attach), per namespace: each change stops the device's transmit for a moment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qdisc_changes: Vec<QdiscChangeReport>,
+}
+
+/// Clsact qdiscs added or deleted in one namespace. The kernel swaps a qdisc with the
+/// device's transmit stopped and drops what is sent in that moment; TCX attach (Linux
+/// 6.6 and later) changes no qdisc.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QdiscChangeReport {
+    pub netns: String,
+    /// `added` or `deleted`.
+    pub change: String,
+    pub devices: u32,
+    /// The longest request, which returns once the transmit runs again: a bound on how
+    /// long it was stopped.
+    pub longest_ms: f64,
+    /// The growth of the devices' tx_dropped meanwhile: what the kernel dropped, on
+    /// kernels that count it there (6.12 does, 6.1 does not).
+    pub tx_dropped: u64,
+}
+
+impl QdiscChangeReport {
+    /// The line a run prints about it.
+    pub fn line(&self) -> String {
+        let qdiscs =
+            if self.devices == 1 { "1 clsact qdisc".to_owned() } else { format!("{} clsact qdiscs", self.devices) };
+        format!(
+            "{} {qdiscs} in {} (netlink attach): each stopped its device's transmit for up to {:.1} ms, and the \
+             kernel drops what is sent then: {} packets counted in tx_dropped (Linux 6.1 counts none). attach: tcx \
+             (Linux 6.6 or later) changes no qdisc",
+            self.change, self.netns, self.longest_ms, self.tx_dropped
+        )
+    }
 }
 
 /// A target as resolved: the namespace, the interfaces the programs attach to (with

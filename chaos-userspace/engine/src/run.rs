@@ -26,7 +26,7 @@ use tracing::{field::Empty, info_span, Span};
 
 pub use crate::report::{
     AbortReport, CheckPhase, CounterSample, CreatedObject, HypothesisReport, InterfaceSnapshot, ProbeCounts,
-    ProbeSample, RuleReport, RunReport, StepReport, TargetSnapshot, WindowReport,
+    ProbeSample, QdiscChangeReport, RuleReport, RunReport, StepReport, TargetSnapshot, WindowReport,
 };
 use crate::{
     action::{ActionReport, ActionTask, Lab},
@@ -36,7 +36,7 @@ use crate::{
 use chaos_datapath::{
     bpfsys, devices,
     error::{require_root, Error},
-    instance::{Capacity, Instance},
+    instance::{Capacity, Instance, QdiscChanges},
     ledger::{self as state, Phase, RuleState, RunRecord, RunState},
     netns::{Netns, NetnsId},
     resolve::{self as target, Resolved, Target},
@@ -534,6 +534,7 @@ fn run_traced(
                 revert_problems: Vec::new(),
                 topology,
                 cleanup: Vec::new(),
+                qdisc_changes: Vec::new(),
             });
         }
     }
@@ -558,11 +559,16 @@ fn run_traced(
     // From here on the run changes the system: every error reverts what it did.
     let mut held: Vec<HeldDevice> = Vec::new();
     let prepared = prepare(plan, &resolved, &mut instances, &mut held, interrupted);
+    let mut qdisc_changes: Vec<QdiscChangeReport> =
+        instances.values().filter_map(|i| qdisc_change_report(i, "added", i.qdisc_changes().0)).collect();
+    for change in &qdisc_changes {
+        observer.event(Event::Notice(change.line()));
+    }
     run_state.instances = instances.values().map(Instance::state).collect::<Result<_>>()?;
     record.write(&run_state)?;
     if let Err(e) = prepared {
-        let revert = revert(&mut instances, &mut held, &program_ids, run_span);
-        if let Err(r) = revert.1 {
+        let (_, reverted, _) = revert(&mut instances, &mut held, &program_ids, run_span);
+        if let Err(r) = reverted {
             return Err(e.context(format!("and the revert is incomplete: {r:#}; run `chaos-ebpf cleanup`")));
         }
         return Err(e);
@@ -639,7 +645,11 @@ fn run_traced(
     run_state.rules.clear();
     let _ = record.write(&run_state);
     let created = created_objects(&run_state, &held);
-    let (revert_ms, reverted) = revert(&mut instances, &mut held, &program_ids, run_span);
+    let (revert_ms, reverted, deleted) = revert(&mut instances, &mut held, &program_ids, run_span);
+    for change in &deleted {
+        observer.event(Event::Notice(change.line()));
+    }
+    qdisc_changes.extend(deleted);
     let clean = reverted.is_ok();
     observer.event(Event::Reverted { seconds: revert_ms / 1000.0, clean });
     let record_path = record.path().to_path_buf();
@@ -685,6 +695,7 @@ fn run_traced(
         revert_problems: reverted.err().map(|e| vec![format!("{e:#}")]).unwrap_or_default(),
         topology,
         cleanup,
+        qdisc_changes,
     };
     outcome?;
     Ok(report)
@@ -1429,13 +1440,14 @@ fn prepare(
 }
 
 /// Removes everything: attachments and programs, then device settings. Returns the time
-/// it took (ms) and whether all of it is verified gone.
+/// it took (ms), whether all of it is verified gone, and the clsact qdiscs it deleted
+/// (netlink attach).
 fn revert(
     instances: &mut BTreeMap<NetnsId, Instance>,
     held: &mut Vec<HeldDevice>,
     program_ids: &[u32],
     run_span: &Span,
-) -> (f64, Result<()>) {
+) -> (f64, Result<()>, Vec<QdiscChangeReport>) {
     let span = info_span!(
         parent: run_span,
         "revert",
@@ -1448,10 +1460,12 @@ fn revert(
     );
     let started = Instant::now();
     let mut errors = Vec::new();
+    let mut deleted = Vec::new();
     for (_, mut instance) in std::mem::take(instances) {
         if let Err(e) = instance.shutdown() {
             errors.push(format!("{e:#}"));
         }
+        deleted.extend(qdisc_change_report(&instance, "deleted", instance.qdisc_changes().1));
     }
     for h in held.drain(..) {
         if let Err(e) = network::release_device(&h) {
@@ -1466,7 +1480,18 @@ fn revert(
     span.record("clean", errors.is_empty());
     let outcome = if errors.is_empty() { Ok(()) } else { Err(anyhow!("{}", errors.join("; "))) };
     set_status(&span, outcome.as_ref().err().map(|e| e.to_string()).as_deref());
-    (ms, outcome)
+    (ms, outcome, deleted)
+}
+
+/// The report of the clsact qdiscs `instance` `change`d, when there were any.
+fn qdisc_change_report(instance: &Instance, change: &str, changes: QdiscChanges) -> Option<QdiscChangeReport> {
+    (changes.devices > 0).then(|| QdiscChangeReport {
+        netns: instance.netns.path.display().to_string(),
+        change: change.to_owned(),
+        devices: changes.devices,
+        longest_ms: changes.longest_ms,
+        tx_dropped: changes.tx_dropped,
+    })
 }
 
 /// The targets as resolved, with each interface's addresses (read in its namespace).

@@ -233,6 +233,7 @@ pub fn rich_report() -> RunReport {
                 proof: "no program with id 812 in BPF_PROG_GET_NEXT_ID".into(),
             },
         ],
+        qdisc_changes: Vec::new(),
     }
 }
 
