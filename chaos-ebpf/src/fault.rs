@@ -4,6 +4,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_ns,
     maps::{Array, LruHashMap},
 };
 use chaos_ebpf_common::{
@@ -37,7 +38,6 @@ pub struct Context<'a> {
     pub position: u32,
     pub packet: &'a Packet,
     pub dir: u32,
-    pub now: u64,
     pub len: u64,
     pub key: &'a mut FlowKey,
     pub flows: &'a LruHashMap<FlowKey, FlowState>,
@@ -55,7 +55,7 @@ pub fn decide(rule: &Rule, c: Context<'_>) -> Result<Verdict, NoFlowState> {
         )),
         action::LOSS => loss(rule, c).map(drop_if),
         action::DELAY => delay(rule, c),
-        action::RATE => Ok(rate(rule, c.slot, c.now, c.len, c.rate_next)),
+        action::RATE => Ok(rate(rule, c.slot, c.len, c.rate_next)),
         action::TLS_REFUSE => Ok(tls_refuse(rule, c)),
         _ => Ok(Verdict::Pass),
     }
@@ -149,18 +149,19 @@ fn delay(rule: &Rule, mut c: Context<'_>) -> Result<Verdict, NoFlowState> {
         let draw = decision(rule.seed, rule.rule_id, hash, index, DOMAIN_JITTER);
         total += jitter_offset(draw, rule.jitter_ns, rule.flags & flags::JITTER_NORMAL != 0);
     }
-    Ok(if total > 0 { Verdict::DepartAt(c.now + total as u64) } else { Verdict::Pass })
+    Ok(if total > 0 { Verdict::DepartAt(now() + total as u64) } else { Verdict::Pass })
 }
 
 /// EDT pacing: each packet departs `len / rate` after the previous one of this rule. The
 /// shared next-departure time is updated without a lock: two CPUs racing may give two
 /// packets the same slot, a small overshoot, never a stall.
 #[inline(always)]
-pub fn rate(rule: &Rule, slot: u32, now: u64, len: u64, rate_next: &Array<u64>) -> Verdict {
+pub fn rate(rule: &Rule, slot: u32, len: u64, rate_next: &Array<u64>) -> Verdict {
     let Some(next) = rate_next.get_ptr_mut(slot) else { return Verdict::Pass };
     if rule.rate_bytes_per_sec == 0 {
         return Verdict::Pass;
     }
+    let now = now();
     let spacing = len * 1_000_000_000 / rule.rate_bytes_per_sec;
     // SAFETY: a valid slot of the array map.
     let previous = unsafe { *next };
@@ -171,6 +172,14 @@ pub fn rate(rule: &Rule, slot: u32, now: u64, len: u64, rate_next: &Array<u64>) 
     // SAFETY: as above.
     unsafe { *next = depart + spacing };
     Verdict::DepartAt(depart)
+}
+
+/// CLOCK_MONOTONIC ns, the clock sch_fq reads skb->tstamp in: read only by the rules
+/// that set a departure time.
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// BPF_ATOMIC | BPF_FETCH add (needs -C target-cpu=v3, kernel >= 5.12). core's AtomicU64

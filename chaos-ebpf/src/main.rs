@@ -23,15 +23,18 @@ mod tls;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_SHOT},
-    helpers::{bpf_clone_redirect, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id},
+    helpers::{
+        bpf_clone_redirect, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_skb_ancestor_cgroup_id,
+    },
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_ebpf_common::{
-    AddrKeyData, Config, DISPATCH_WIDTH, DispatchKey, FlowKey, FlowState, FragmentKey, FragmentRecord, MAX_DISPATCH,
-    MAX_FLOWS, MAX_FRAGMENTS, MAX_PEERS, MAX_PROTECTED, MAX_RULES, MAX_SEGMENTERS, ProtectedPorts, Rule, RuleCounters,
-    RuleList, action, direction, flags, lookups, proto, resend, role, segment, tls as tls_consts,
+    AddrKeyData, Config, DISPATCH_WIDTH, DispatchKey, FlowKey, FlowState, FragmentKey, FragmentRecord, MAX_DIRECT,
+    MAX_DISPATCH, MAX_FLOWS, MAX_FRAGMENTS, MAX_PEERS, MAX_PROTECTED, MAX_RULES, MAX_SEGMENTERS, ProtectedPorts, Rule,
+    RuleCounters, RuleList, action, direct_index, direction, flags, lookups, proto, resend, role, segment,
+    tls as tls_consts,
 };
 
 use crate::{
@@ -61,6 +64,11 @@ static PEERS: LpmTrie<AddrKeyData, u32> = LpmTrie::with_max_entries(MAX_PEERS, B
 /// (interface, direction, source class, destination class) -> the rules acting there.
 #[map(name = "CHAOS_DISPATCH")]
 static DISPATCH: HashMap<DispatchKey, RuleList> = HashMap::with_max_entries(MAX_DISPATCH, BPF_F_NO_PREALLOC);
+
+/// The lists of CHAOS_DISPATCH for every interface whose address classes fit
+/// `direct_index`; an entry with `count` 0 is no list.
+#[map(name = "CHAOS_DIRECT")]
+static DIRECT: Array<RuleList> = Array::with_max_entries(MAX_DIRECT, 0);
 
 #[map(name = "CHAOS_PROTECTED")]
 static PROTECTED: Array<ProtectedPorts> = Array::with_max_entries(MAX_PROTECTED, 0);
@@ -160,14 +168,14 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
     }
     let class = parse::parse(ctx, &mut scratch.head, &mut scratch.packet);
     // SAFETY: helper calls without pointer arguments, or with the program's own skb.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Counters are per wire packet: a GSO buffer that cannot take the detour through a
     // segmenter counts its segments (see docs/datapath.md).
     // SAFETY: the program's own skb.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
     let segs = if gso_segs > 1 { gso_segs } else { 1 };
-    let slots = Slots { dir, ifindex, now, segs, cookie: config.cookie };
+    let slots = Slots { dir, ifindex, lease_clock: now, segs, cookie: config.cookie };
 
     let untouched = match class {
         Class::Exempt => Untouched::Exempt,
@@ -223,7 +231,10 @@ fn classify(ctx: &TcContext, dir: u32) -> i32 {
 struct Slots {
     dir: u32,
     ifindex: u32,
-    now: u64,
+    /// CLOCK_MONOTONIC_COARSE ns, for the leases only: it lags CLOCK_MONOTONIC by at most
+    /// a tick (a lease of seconds ends up to 4 ms late) and costs a fraction of a precise
+    /// read, which only delay and rate rules make (fault.rs).
+    lease_clock: u64,
     /// Wire packets in this buffer (1 unless it is a GSO buffer).
     segs: u64,
     /// This instance's cookie (Config::cookie), for re-sent copies.
@@ -232,7 +243,8 @@ struct Slots {
 
 /// The rules that act on this packet: its address classes (when `by_address` and some
 /// rule restricts that address), then the dispatch entry of its interface, else the one
-/// for every interface. None: no rule acts here.
+/// for every interface (in CHAOS_DIRECT when its classes fit there). None: no rule acts
+/// here.
 #[inline(always)]
 fn rules_of(config: &Config, slots: &Slots, scratch: &mut Scratch, by_address: bool) -> Option<&'static RuleList> {
     let mut key = DispatchKey { ifindex: slots.ifindex, direction: slots.dir, src_class: 0, dst_class: 0 };
@@ -251,6 +263,9 @@ fn rules_of(config: &Config, slots: &Slots, scratch: &mut Scratch, by_address: b
         if let Some(list) = unsafe { DISPATCH.get(&key) } {
             return Some(list);
         }
+    }
+    if let Some(index) = direct_index(slots.dir, key.src_class, key.dst_class) {
+        return DIRECT.get(index).filter(|list| list.count != 0);
     }
     key.ifindex = 0;
     // SAFETY: as above.
@@ -276,7 +291,7 @@ fn rule_for(slots: &Slots, slot: u32) -> Option<(&'static Rule, &'static mut Rul
     // SAFETY: per-CPU slot of this program run; nothing else writes it concurrently.
     let counters = unsafe { &mut *counters };
     let lease = LEASES.get(slot).copied().unwrap_or(0);
-    if slots.now >= lease {
+    if slots.lease_clock >= lease {
         counters.expired += slots.segs;
         return None;
     }
@@ -333,7 +348,7 @@ fn replay_fragment(ctx: &TcContext, slots: &Slots, list: &RuleList, record: &Fra
                 return drop_verdict(slots.dir);
             }
         } else if rule.action == action::RATE {
-            match fault::rate(rule, slot, slots.now, ctx.len() as u64, &RATE_NEXT) {
+            match fault::rate(rule, slot, ctx.len() as u64, &RATE_NEXT) {
                 Verdict::Drop => {
                     counters.dropped += 1;
                     if !shadow {
@@ -402,7 +417,6 @@ fn act(ctx: &TcContext, slots: &Slots, list: &RuleList, scratch: &mut Scratch, p
             position: i as u32,
             packet: &scratch.packet,
             dir,
-            now: slots.now,
             len: ctx.len() as u64,
             key: &mut scratch.flow,
             flows: &FLOWS,
@@ -620,8 +634,8 @@ fn judge_segment(ctx: &TcContext, dir: u32) -> i32 {
         && !is_protected(&scratch.packet, config.nr_protected)
     {
         // SAFETY: a helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let slots = Slots { dir, ifindex: from, now, segs: 1, cookie: config.cookie };
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let slots = Slots { dir, ifindex: from, lease_clock: now, segs: 1, cookie: config.cookie };
         if let Some(list) = rules_of(config, &slots, scratch, true) {
             // No ClientHello parse for GSO segments: a ClientHello that needs more than
             // one segment is past what the parse reads anyway (see tls.rs), and the

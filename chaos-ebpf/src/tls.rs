@@ -9,8 +9,8 @@
 //! the record's own lengths, so a malformed ClientHello can only end the parse early.
 
 use aya_ebpf::{
-    maps::HashMap,
     helpers::{bpf_clone_redirect, bpf_csum_diff, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    maps::HashMap,
     programs::TcContext,
 };
 use chaos_ebpf_common::{
@@ -406,7 +406,8 @@ pub fn reset(ctx: &TcContext, p: &Packet, t: &mut Tls, dir: u32, ifindex: u32) -
     if unsafe { bpf_skb_change_tail(skb, l4 + 20, 0) } != 0 {
         return None;
     }
-    let to_client = Reply { swapped: true, ports: ports.rotate_left(16), seq: ack, ack: seq.wrapping_add(p.payload_len as u32) };
+    let to_client =
+        Reply { swapped: true, ports: ports.rotate_left(16), seq: ack, ack: seq.wrapping_add(p.payload_len as u32) };
     if !write_reset(ctx, p, t, &to_client, partial) {
         return None;
     }

@@ -20,8 +20,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use chaos_ebpf_common::{
-    action, names, tls, AddrKeyData, Config, DispatchKey, FlowKey, FlowState, Prefix, ProtectedPorts, Rule,
-    RuleCounters, RuleList, DISPATCH_WIDTH, MAX_DISPATCH, MAX_FLOWS, MAX_FLOWS_LIMIT, MAX_PEERS, MAX_PEERS_LIMIT,
+    action, direct_index, names, tls, AddrKeyData, Config, DispatchKey, FlowKey, FlowState, Prefix, ProtectedPorts,
+    Rule, RuleCounters, RuleList, DISPATCH_WIDTH, MAX_DISPATCH, MAX_FLOWS, MAX_FLOWS_LIMIT, MAX_PEERS, MAX_PEERS_LIMIT,
     MAX_PROTECTED, MAX_RULES, MIN_FLOWS,
 };
 
@@ -522,12 +522,8 @@ impl Instance {
             list.slots[..slots.len().min(DISPATCH_WIDTH)].copy_from_slice(&slots[..slots.len().min(DISPATCH_WIDTH)]);
             lists.push((*key, list));
         }
-        {
-            let mut table: HashMap<&mut MapData, DispatchKey, RuleList> =
-                HashMap::try_from(self.map_mut(names::DISPATCH)?)?;
-            for (key, list) in &lists {
-                table.insert(key, list, 0).context("writing a CHAOS_DISPATCH entry")?;
-            }
+        for (key, list) in &lists {
+            self.write_list(key, Some(list))?;
         }
         let changed: Vec<((u32, Prefix), u32)> = next
             .addrs
@@ -552,15 +548,32 @@ impl Instance {
         {
             write_trie(self.map_mut(names::PEERS)?, &changed, &stale_addrs)?;
         }
-        {
-            let mut table: HashMap<&mut MapData, DispatchKey, RuleList> =
-                HashMap::try_from(self.map_mut(names::DISPATCH)?)?;
-            for key in &stale_lists {
-                let _ = table.remove(key);
-            }
+        for key in &stale_lists {
+            self.write_list(key, None)?;
         }
         self.compiled = next;
         self.write_config(u32::MAX)
+    }
+
+    /// Writes (or, with None, removes) the rule list of `key`: in CHAOS_DIRECT when its
+    /// classes fit there (removed: a list of count 0), else in CHAOS_DISPATCH. Each is
+    /// one map write, replacing the whole entry at once.
+    fn write_list(&mut self, key: &DispatchKey, list: Option<&RuleList>) -> Result<()> {
+        let direct = (key.ifindex == 0).then(|| direct_index(key.direction, key.src_class, key.dst_class)).flatten();
+        if let Some(index) = direct {
+            let mut table: Array<&mut MapData, RuleList> = Array::try_from(self.map_mut(names::DIRECT)?)?;
+            return table.set(index, list.copied().unwrap_or_default(), 0).context("writing a CHAOS_DIRECT entry");
+        }
+        let mut table: HashMap<&mut MapData, DispatchKey, RuleList> =
+            HashMap::try_from(self.map_mut(names::DISPATCH)?)?;
+        match list {
+            Some(list) => table.insert(key, list, 0).context("writing a CHAOS_DISPATCH entry")?,
+            // Already gone is not an error (as before).
+            None => {
+                let _ = table.remove(key);
+            }
+        }
+        Ok(())
     }
 
     /// Drops a slot's rule from the compiler and its sets (without touching the maps).
