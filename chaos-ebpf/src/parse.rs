@@ -213,17 +213,26 @@ fn parse_plain_ipv4(head: &Head, packet: &mut Packet) -> Option<Class> {
     clear(&mut packet.payload_len);
     if proto == IPPROTO_TCP {
         packet.tcp_flags = b[L4 + 13];
-        let tcp_len = ((b[L4 + 12] >> 4) as usize) * 4;
         let ip_end = u16::from_be_bytes([b[L3 + 2], b[L3 + 3]]) as usize;
-        let used = 20 + tcp_len;
-        if tcp_len >= 20 && ip_end > used {
-            packet.l3_off = L3 as u16;
-            packet.l4_off = L4 as u16;
-            packet.payload_off = (L4 + tcp_len) as u16;
-            packet.payload_len = (ip_end - used) as u16;
-        }
+        record_tcp_payload(packet, L3, L4, b[L4 + 12], ip_end);
     }
     Some(Class::Ip)
+}
+
+/// Where the IP header, the TCP header and the TCP payload start, and the payload's
+/// length, from the TCP data offset byte and `ip_end` (bytes from the IP header's start
+/// to the end of its payload); left 0 when the header is shorter than 20 bytes or no
+/// payload follows it.
+#[inline(always)]
+fn record_tcp_payload(packet: &mut Packet, l3: usize, l4: usize, data_offset: u8, ip_end: usize) {
+    let tcp_len = ((data_offset >> 4) as usize) * 4;
+    let used = l4 - l3 + tcp_len;
+    if tcp_len >= 20 && ip_end > used && ip_end < 0x10000 {
+        packet.l3_off = l3 as u16;
+        packet.l4_off = l4 as u16;
+        packet.payload_off = (l4 + tcp_len) as u16;
+        packet.payload_len = (ip_end - used) as u16;
+    }
 }
 
 /// Fills `packet` and says how far it got.
@@ -363,14 +372,7 @@ fn parse_headers(ctx: &TcContext, head: &mut Head, packet: &mut Packet) -> Resul
         packet.has_ports = 1;
         if packet.proto == IPPROTO_TCP {
             packet.tcp_flags = load_u8(head, l4 + 13)?;
-            let tcp_len = ((load_u8(head, l4 + 12)? >> 4) as usize) * 4;
-            let used = l4 - l3 + tcp_len;
-            if tcp_len >= 20 && ip_end > used && ip_end < 0x10000 {
-                packet.l3_off = l3 as u16;
-                packet.l4_off = l4 as u16;
-                packet.payload_off = (l4 + tcp_len) as u16;
-                packet.payload_len = (ip_end - used) as u16;
-            }
+            record_tcp_payload(packet, l3, l4, load_u8(head, l4 + 12)?, ip_end);
         }
     } else if packet.proto == IPPROTO_ICMPV6 {
         let icmp_type = load_u8(head, l4)?;
