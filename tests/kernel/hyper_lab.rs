@@ -321,18 +321,7 @@ fn hyper_lab_refuses_bad_input_and_creates_nothing() {
 
 /// `chaos-ebpf run FILE` on the lab, in the background: its JSON report, no metrics.
 fn run_on_lab(file: &Path, lab: &TestLab, run_dir: &Path) -> std::thread::JoinHandle<(i32, String, String)> {
-    chaos_run_in_background(&[
-        "run",
-        file.to_str().unwrap(),
-        "--lab-dir",
-        lab.dir.to_str().unwrap(),
-        "--output",
-        "json",
-        "--metrics-addr",
-        "off",
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-    ])
+    chaos_run_in_background(&[&run_json_args(file, run_dir)[..], &["--lab-dir", lab.dir.to_str().unwrap()]].concat())
 }
 
 /// Waits (at most 60 s) until the run's events.jsonl has event `kind` for `step`.

@@ -439,6 +439,21 @@ pub fn read_all(pipe: Option<impl std::io::Read + Send + 'static>) -> std::threa
     })
 }
 
+/// The arguments of `chaos-ebpf run SCENARIO` with its JSON report on stdout, no
+/// metrics endpoint, and its run directory at `run_dir`.
+pub fn run_json_args<'a>(scenario: &'a Path, run_dir: &'a Path) -> [&'a str; 8] {
+    [
+        "run",
+        scenario.to_str().unwrap(),
+        "--output",
+        "json",
+        "--metrics-addr",
+        "off",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ]
+}
+
 /// [`chaos_run`] on a thread of its own, for a test that sends traffic meanwhile.
 pub fn chaos_run_in_background(args: &[&str]) -> std::thread::JoinHandle<(i32, String, String)> {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

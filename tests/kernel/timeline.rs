@@ -167,16 +167,7 @@ steps:
     )
     .unwrap();
     let run_dir = dir.join("run");
-    let chaos = chaos_run_in_background(&[
-        "run",
-        scenario.to_str().unwrap(),
-        "--output",
-        "json",
-        "--metrics-addr",
-        "off",
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-    ]);
+    let chaos = chaos_run_in_background(&run_json_args(&scenario, &run_dir));
     let mut p6000 = Stream::new(&p, 6000);
     let mut p6001 = Stream::new(&p, 6001);
     let mut q6000 = Stream::new(&q, 6000);
@@ -376,16 +367,7 @@ steps:
             got.len() as u32
         });
         std::thread::sleep(Duration::from_millis(100));
-        let (code, out, err) = chaos_run(&[
-            "run",
-            scenario.to_str().unwrap(),
-            "--output",
-            "json",
-            "--metrics-addr",
-            "off",
-            "--run-dir",
-            dir.join("run").to_str().unwrap(),
-        ]);
+        let (code, out, err) = chaos_run(&run_json_args(&scenario, &dir.join("run")));
         std::thread::sleep(Duration::from_millis(100));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let sent = flood.join().unwrap();
