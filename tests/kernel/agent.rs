@@ -3,7 +3,7 @@
 //! brings traffic back, faults stack, a dead client's fault ends with its lease, other
 //! users get 403, SIGTERM reverts everything, SIGKILL takes the TCX links with it and
 //! `cleanup` removes the rest, the metrics endpoint serves the counters, and `inject`
-//! goes through the agent.
+//! and `run` go through the agent.
 
 use std::{
     fs,
@@ -27,6 +27,7 @@ pub const TESTS: &[Test] = tests![
     agent_refuses_other_users,
     agent_sigkill_takes_its_links_and_cleanup_the_rest,
     inject_goes_through_the_agent,
+    run_goes_through_the_agent,
     agent_max_peers_holds_a_million,
     agent_holds_1024_faults_and_8_on_the_same_packets,
 ];
@@ -241,6 +242,89 @@ fn many_peers(target: &str, n: u32) -> FaultSpec {
     peers.extend((0..n - 1).map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + i))));
     let wire = serde_json::json!({"kind": "partition", "target": target, "mode": "oneway", "direction": "egress", "peers": peers});
     serde_json::from_value::<FaultWire>(wire).unwrap().to_spec().unwrap()
+}
+
+/// `run` through the agent: the scenario's loss step is applied by the agent (the run
+/// loads no program: none of its own is listed while the step is in force) and drops
+/// exactly the packets the shared hash predicts for the step's seed and the scenario's
+/// rule id, as the same run without the agent does; the report names the agent and
+/// counts the drops; after it the agent holds nothing. A scenario the agent cannot
+/// take (its own protect list) loads its own programs and says why.
+fn run_goes_through_the_agent() {
+    let pair = Pair::new("agtrun");
+    let agent = Agent::start("run", &[&pair.a]);
+    let socket = agent.socket.to_str().unwrap().to_owned();
+    let receiver = udp_receiver(&pair.b, sock(ADDR_B, 5002));
+    let count = 1000;
+    let dir = std::env::temp_dir().join("cet-run-via-agent");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let scenario = |name: &str, extra: &str| {
+        let path = dir.join(format!("{name}.yaml"));
+        let text = format!(
+            "apiVersion: chaos-ebpf/v1\nname: {name}\n{extra}steps:\n  - name: lossy\n    fault: loss\n    target: {}\n    probability: 0.3\n    direction: egress\n    proto: udp\n    ports: 5002\n    seed: 7\n    duration: 4s\n",
+            pair.target()
+        );
+        fs::write(&path, text).unwrap();
+        path
+    };
+    let through = scenario("through-agent", "");
+    // One run: the dropped sequence numbers, its report, its stderr.
+    let run = |file: &PathBuf, run_dir: &str, agent_args: &[&str], via_agent: bool| {
+        let run_dir = dir.join(run_dir);
+        let mut args: Vec<&str> = run_json_args(file, &run_dir).to_vec();
+        args.extend(agent_args);
+        let child = Command::new(bin()).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        own_pid(child.id());
+        let pid = child.id();
+        let chaos = Chaos { child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let in_force = if via_agent {
+                !faults(&agent.client()).faults.is_empty()
+            } else {
+                fs::read_to_string(format!("/run/chaos-ebpf/{pid}.json")).is_ok_and(|t| t.contains("\"rule_id\""))
+            };
+            if in_force {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the run's fault was not in force within 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let programs = loaded_chaos_programs().len();
+        let got = udp_run(&pair.a, sock(ADDR_A, 5001), &receiver, sock(ADDR_B, 5002), count);
+        let (code, out, err) = chaos.finish(Duration::from_secs(30));
+        assert_eq!(code, 0, "{err}");
+        let dropped: Vec<u32> = (0..count).filter(|s| !got.contains(s)).collect();
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        (dropped, report, err, programs)
+    };
+    let before = loaded_chaos_programs().len();
+    let (dropped, report, err, programs) = run(&through, "via-agent", &["--agent-socket", &socket], true);
+    assert!(err.contains("the faults go through the agent at"), "{err}");
+    assert_eq!(programs, before, "the run loaded programs of its own while the agent held its rule");
+    assert!(report["agent"].as_str().is_some_and(|a| a.contains(&socket)), "{}", report["agent"]);
+    assert_eq!(report["clean"], true, "the revert on the agent is verified");
+    assert_eq!(dropped, predicted_drops(7, 0.3, count), "the agent's decisions differ from the shared hash");
+    // Only this flow matches (udp port 5002): nothing else sent from a is counted.
+    assert_eq!(counter(&report["steps"][0]["rules"][0]["counters"], "dropped"), dropped.len() as u64);
+    assert_eq!(report["steps"][0]["rules"][0]["ran_its_course"], true);
+    assert!(faults(&agent.client()).faults.is_empty(), "the agent still holds the run's fault");
+
+    let (own, report, err, programs) = run(&through, "no-agent", &["--no-agent", "--agent-socket", &socket], false);
+    assert!(!err.contains("go through the agent"), "{err}");
+    assert!(programs > before, "--no-agent loads the run's own programs");
+    assert!(report.get("agent").is_none(), "{report}");
+    assert_eq!(own, dropped, "the same seed dropped other packets without the agent");
+
+    // What the agent does not offer per fault: the run loads its programs, and says why.
+    let protected = scenario("own-protect", "protect: [tcp:2222]\n");
+    let (own, _, err, _) = run(&protected, "own-protect", &["--agent-socket", &socket], false);
+    assert!(err.contains("not through the agent") && err.contains("protect"), "{err}");
+    assert_eq!(own, dropped);
+    println!("run through the agent dropped {} of {count}, as without it and as predicted", dropped.len());
+    drop(agent);
+    assert_nothing_left();
 }
 
 /// `--max-peers` sizes each namespace's peer trie: an agent started with 1,000,000

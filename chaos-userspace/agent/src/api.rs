@@ -26,6 +26,11 @@ pub struct ApplyRequest {
     /// Seed of the drop decisions; drawn at random when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// The rule id in the key of the drop decisions (with the seed): a scenario's own
+    /// rule ids keep its drops the same through the agent as without it. The fault's id
+    /// when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<u32>,
 }
 
 /// POST /v1/faults/{id}/renew

@@ -48,8 +48,19 @@ impl Client {
 
     /// Applies a fault with a lease; the answer has its id, rules and apply time.
     pub fn apply(&self, fault: &FaultSpec, lease: Duration, seed: Option<u64>) -> Result<Applied> {
+        self.apply_as(fault, lease, seed, None)
+    }
+
+    /// As [`Client::apply`], with the rule id of the drop decisions (a scenario's).
+    pub fn apply_as(
+        &self,
+        fault: &FaultSpec,
+        lease: Duration,
+        seed: Option<u64>,
+        rule_id: Option<u32>,
+    ) -> Result<Applied> {
         let fault = FaultWire::from_spec(fault).context("encoding the fault for the agent")?;
-        let request = ApplyRequest { fault, lease_ms: lease.as_millis() as u64, seed };
+        let request = ApplyRequest { fault, lease_ms: lease.as_millis() as u64, seed, rule_id };
         self.call(Method::POST, "/v1/faults", Some(serde_json::to_vec(&request)?))
     }
 

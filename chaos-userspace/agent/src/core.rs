@@ -226,7 +226,10 @@ impl Core {
         let lease = api::lease(request.lease_ms)?;
         let seed = request.seed.unwrap_or_else(random_seed);
         let id = self.next_id;
-        let rule_id = u32::try_from(id).map_err(|_| ApiError::new(503, "fault ids ran out", "restart the agent"))?;
+        let rule_id = match request.rule_id {
+            Some(rule_id) => rule_id,
+            None => u32::try_from(id).map_err(|_| ApiError::new(503, "fault ids ran out", "restart the agent"))?,
+        };
         self.next_id += 1;
         let applied = self.install(id, rule_id, &spec, seed, lease).map_err(|e| {
             self.metrics.apply_failed();

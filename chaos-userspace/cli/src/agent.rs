@@ -10,7 +10,11 @@ use std::{
 use anyhow::Result;
 use chaos_agent::{client::Client, DEFAULT_METRICS_ADDR, DEFAULT_SOCKET};
 use chaos_ebpf_common::{RuleCounters, MAX_FLOWS, MAX_FLOWS_LIMIT, MAX_PEERS, MAX_PEERS_LIMIT, MIN_FLOWS};
-use chaos_model::plan::{Attach, Plan, Protect};
+use chaos_engine::remote::{RemoteFault, RemoteRule};
+use chaos_model::{
+    plan::{Attach, Plan, Protect},
+    spec::FaultSpec,
+};
 use clap::{Args, Subcommand};
 
 use crate::{
@@ -199,6 +203,63 @@ pub fn agent_for_inject(socket: &Path, plan: &Plan, own_artifacts: bool) -> Resu
         return Ok(None);
     }
     Ok(Some(client))
+}
+
+/// The agent as the holder of a run's rules (`run` through the agent).
+pub struct RemoteAgent {
+    client: Client,
+    pid: u32,
+}
+
+impl chaos_engine::remote::RemoteRules for RemoteAgent {
+    fn describe(&self) -> String {
+        format!("the agent at {} (pid {})", self.client.socket().display(), self.pid)
+    }
+
+    fn apply(&self, spec: &FaultSpec, seed: u64, rule_id: u32, lease: Duration) -> Result<RemoteFault> {
+        let applied = self.client.apply_as(spec, lease, Some(seed), Some(rule_id))?;
+        Ok(RemoteFault { id: applied.id, rules: remote_rules(&applied.rules) })
+    }
+
+    fn renew(&self, id: u64, lease: Duration) -> Result<()> {
+        self.client.renew(id, lease).map(drop)
+    }
+
+    fn revert(&self, id: u64) -> Result<Vec<RemoteRule>> {
+        Ok(remote_rules(&self.client.revert(id)?.rules))
+    }
+
+    fn counters(&self, id: u64) -> Result<Vec<RemoteRule>> {
+        let list = self.client.list()?;
+        let fault = list.faults.iter().find(|f| f.id == id).ok_or_else(|| {
+            anyhow::anyhow!("the agent at {} no longer holds fault {id}", self.client.socket().display())
+        })?;
+        Ok(remote_rules(&fault.rules))
+    }
+
+    fn held(&self) -> Result<Vec<u64>> {
+        Ok(self.client.list()?.faults.iter().map(|f| f.id).collect())
+    }
+}
+
+fn remote_rules(rules: &[chaos_agent::api::RuleInfo]) -> Vec<RemoteRule> {
+    rules.iter().map(|r| RemoteRule { netns: r.netns.clone(), counters: r.counters }).collect()
+}
+
+/// The agent that holds a run's rules when one answers on `socket` and the plan asks
+/// for nothing it does not offer per fault (None: the run loads its own programs, and
+/// says why when an agent answers).
+pub fn agent_for_run(socket: &Path, plan: &Plan) -> Result<Option<RemoteAgent>> {
+    let Some(client) = chaos_agent::client::connect(socket)? else { return Ok(None) };
+    if let Some(why) = chaos_engine::remote::why_not_remote(plan) {
+        output::err(&format!(
+            "chaos-ebpf: not through the agent at {}: {why}; loading programs here (--no-agent says so up front)",
+            socket.display()
+        ));
+        return Ok(None);
+    }
+    let pid = client.health()?.pid;
+    Ok(Some(RemoteAgent { client, pid }))
 }
 
 /// `inject` through the agent: apply, renew the lease every third of it until the

@@ -13,6 +13,13 @@ use chaos_model::plan::Plan;
 
 use crate::{clip_lines, exit, output, render, render::Progress, Output};
 
+/// Who runs a plan: the command line (for the ledger), and the socket of an agent to
+/// hold the rules when one answers there (None: the run loads its own programs).
+pub struct Invocation {
+    pub command: String,
+    pub agent_socket: Option<PathBuf>,
+}
+
 /// Runs a plan (or only checks it, for a dry run) and reports. `lab_dir`: where the
 /// light-node lab keeps its state, for partition matrices.
 #[allow(clippy::too_many_arguments)] // each is one of the run command's options
@@ -21,7 +28,7 @@ pub fn execute(
     dry_run: bool,
     output: Output,
     metrics_addr: Option<MetricsAddr>,
-    command: String,
+    invocation: Invocation,
     run_dir: Option<PathBuf>,
     lab_dir: &std::path::Path,
     mut artifacts: crate::report::Options,
@@ -65,6 +72,11 @@ pub fn execute(
         return Ok(0);
     }
     drop(checked);
+    let remote = match &invocation.agent_socket {
+        Some(socket) => crate::agent::agent_for_run(socket, plan)?,
+        None => None,
+    };
+    let remote = remote.map(|r| std::sync::Arc::new(r) as std::sync::Arc<dyn chaos_engine::remote::RemoteRules>);
     // Created once the checks passed, before anything changes: a bad run directory is
     // bad input (exit 2) and changes nothing.
     let run_dir = crate::run_dir::create(run_dir)?;
@@ -85,7 +97,7 @@ pub fn execute(
     let mut observers = Fanout::new(vec![&mut progress, &mut metrics, &mut events]);
     let report = run::run(
         plan,
-        &RunOptions { command, lab: cluster },
+        &RunOptions { command: invocation.command, lab: cluster, remote },
         probe.as_ref().map(|p| p as &dyn run::Probe),
         &mut observers,
     );

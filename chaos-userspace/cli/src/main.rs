@@ -125,6 +125,16 @@ enum Command {
         /// --state-dir` was given).
         #[arg(long, value_name = "DIR", default_value = chaos_lab::cluster::STATE_DIR)]
         lab_dir: PathBuf,
+        /// Load the programs here even when an agent answers on --agent-socket (by
+        /// default an agent holds the faults' rules: no program load, applies in
+        /// milliseconds; the run keeps its timeline, checks, report and artifacts).
+        #[arg(long)]
+        no_agent: bool,
+        /// The socket of the agent to hold the rules, when one answers there. Scenarios
+        /// with a matrix, a ramp, an embedded lab, lab targets, their own protect list or
+        /// attach mode load their own programs (the run says why).
+        #[arg(long, value_name = "PATH", default_value = chaos_agent::DEFAULT_SOCKET)]
+        agent_socket: PathBuf,
     },
     /// Run a recorded run again: the scenario and seed of its bundle (RUN_DIR.tar.gz), on
     /// a lab of the same shape, then compare the outcome and the digest with the recorded
@@ -319,15 +329,30 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             let artifacts = report::Options { scenario_file: None, freeze_clock, lab_members: None };
             let lab_dir = std::path::Path::new(chaos_lab::cluster::STATE_DIR);
-            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, lab_dir, artifacts)
+            let invocation = execute::Invocation { command: command_line, agent_socket: None };
+            execute::execute(&plan, dry_run, output, metrics_addr, invocation, run_dir, lab_dir, artifacts)
         }
-        Command::Run { file, seed, dry_run, output, run_dir, metrics_addr, freeze_clock, lab_dir, .. } => {
+        Command::Run {
+            file,
+            seed,
+            dry_run,
+            output,
+            run_dir,
+            metrics_addr,
+            freeze_clock,
+            lab_dir,
+            no_agent,
+            agent_socket,
+            ..
+        } => {
             let mut plan = validate::load(&file)?;
             if seed.is_some() {
                 plan.seed = seed;
             }
             let artifacts = report::Options { scenario_file: Some(file), freeze_clock, lab_members: None };
-            execute::execute(&plan, dry_run, output, metrics_addr, command_line, run_dir, &lab_dir, artifacts)
+            let agent_socket = (!dry_run && !no_agent).then_some(agent_socket);
+            let invocation = execute::Invocation { command: command_line, agent_socket };
+            execute::execute(&plan, dry_run, output, metrics_addr, invocation, run_dir, &lab_dir, artifacts)
         }
         Command::Replay { bundle, run_dir, output } => replay::run(&bundle, run_dir, output),
         Command::Validate { file } => validate::run(&file),

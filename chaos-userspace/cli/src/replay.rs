@@ -187,7 +187,8 @@ pub fn run(bundle: &Path, run_dir: Option<PathBuf>, output: Output) -> Result<i3
         false,
         Output::Text,
         None,
-        command,
+        // With its own programs, as recorded runs without an agent.
+        crate::execute::Invocation { command, agent_socket: None },
         Some(run_dir.clone()),
         Path::new(chaos_lab::cluster::STATE_DIR),
         artifacts,

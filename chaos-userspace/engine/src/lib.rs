@@ -11,5 +11,6 @@ pub mod matrix;
 pub mod metrics;
 pub mod network;
 pub mod preflight;
+pub mod remote;
 pub mod report;
 pub mod run;

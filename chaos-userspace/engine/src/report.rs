@@ -48,6 +48,10 @@ pub struct RunReport {
     /// attach), per namespace: each change stops the device's transmit for a moment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qdisc_changes: Vec<QdiscChangeReport>,
+    /// The agent that held the faults' rules, when the run went through one (no
+    /// programs of its own then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// Clsact qdiscs added or deleted in one namespace. The kernel swaps a qdisc with the

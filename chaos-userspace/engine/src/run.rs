@@ -32,6 +32,7 @@ use crate::{
     action::{ActionReport, ActionTask, Lab},
     hypothesis::Checker,
     network::{self, resolution_key, HeldDevice},
+    remote::{RemoteRule, RemoteRules},
 };
 use chaos_datapath::{
     bpfsys, devices,
@@ -43,8 +44,8 @@ use chaos_datapath::{
     sweep as cleanup, AttachMode,
 };
 use chaos_model::{
-    plan::{Attach, Plan, PlannedStep},
-    spec::{format_duration, TargetSpec},
+    plan::{Attach, Plan, PlannedFault, PlannedStep},
+    spec::{format_duration, FaultSpec, TargetSpec},
 };
 
 /// Traffic the caller measures while the run goes on (the lab's probe); its counts are
@@ -237,6 +238,9 @@ pub struct RunOptions {
     pub command: String,
     /// The cluster lab, for lab targets and actions (None: no lab is up).
     pub lab: Option<std::sync::Arc<dyn Lab>>,
+    /// The agent that holds the faults' rules (None: the run loads its own programs).
+    /// Only for plans `remote::why_not_remote` accepts.
+    pub remote: Option<std::sync::Arc<dyn RemoteRules>>,
 }
 
 /// The run was interrupted before any fault was in force: nothing was changed.
@@ -260,9 +264,29 @@ struct ActiveRule {
     target_index: usize,
     /// The `inject` span, open while the rule is in force.
     span: Span,
-    netns: NetnsId,
-    slot: u32,
+    place: Place,
     from_unix_ms: u64,
+}
+
+/// Where a rule in force is held.
+enum Place {
+    /// A slot of an instance the run loaded.
+    Slot { netns: NetnsId, slot: u32 },
+    /// A fault of the agent (its rules in these namespaces).
+    Remote { id: u64, netns: String },
+}
+
+/// The namespaces of a remote fault's rules, as the report names them.
+fn remote_netns(rules: &[RemoteRule]) -> String {
+    rules.iter().map(|r| r.netns.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+fn remote_sum(rules: &[RemoteRule]) -> RuleCounters {
+    let mut total = RuleCounters::default();
+    for r in rules {
+        total.add(&r.counters);
+    }
+    total
 }
 
 /// A target whose identity is checked at every lease renewal: a namespace or cgroup
@@ -535,22 +559,35 @@ fn run_traced(
                 topology,
                 cleanup: Vec::new(),
                 qdisc_changes: Vec::new(),
+                agent: options.remote.as_ref().map(|r| r.describe()),
             });
         }
     }
-    let protected: Vec<ProtectedPorts> = plan.protect.iter().map(|p| p.entry()).collect();
-    let judge_bit = devices::with_ledger_lock(|| {
-        let bit = state::free_judge_bit();
-        run_state.judge_bit = Some(bit);
-        record.write(&run_state)?;
-        Ok(bit)
-    })?;
-    observer.event(Event::PhaseStarted { name: "loading programs", total: None });
-    let capacities = capacities(plan, &resolved);
-    let auto = plan.attach == Attach::Auto;
-    let loaded = load_instances(&resolved, &capacities, mode, auto, &protected, judge_bit, interrupted);
-    observer.event(Event::PhaseEnded { name: "loading programs" });
-    let mut instances = loaded?;
+    let mut instances = match &options.remote {
+        Some(remote) => {
+            if let Some(why) = crate::remote::why_not_remote(plan) {
+                return Err(anyhow!("this scenario cannot go through the agent: {why}"));
+            }
+            observer
+                .event(Event::Notice(format!("the faults go through {}: no programs loaded here", remote.describe())));
+            BTreeMap::new()
+        }
+        None => {
+            let protected: Vec<ProtectedPorts> = plan.protect.iter().map(|p| p.entry()).collect();
+            let judge_bit = devices::with_ledger_lock(|| {
+                let bit = state::free_judge_bit();
+                run_state.judge_bit = Some(bit);
+                record.write(&run_state)?;
+                Ok(bit)
+            })?;
+            observer.event(Event::PhaseStarted { name: "loading programs", total: None });
+            let capacities = capacities(plan, &resolved);
+            let auto = plan.attach == Attach::Auto;
+            let loaded = load_instances(&resolved, &capacities, mode, auto, &protected, judge_bit, interrupted);
+            observer.event(Event::PhaseEnded { name: "loading programs" });
+            loaded?
+        }
+    };
     run_state.instances = instances.values().map(Instance::state).collect::<Result<_>>()?;
     run_state.phase = Phase::Running;
     record.write(&run_state)?;
@@ -558,7 +595,11 @@ fn run_traced(
 
     // From here on the run changes the system: every error reverts what it did.
     let mut held: Vec<HeldDevice> = Vec::new();
-    let prepared = prepare(plan, &resolved, &mut instances, &mut held, interrupted);
+    // The agent prepares the devices of its faults itself.
+    let prepared = match options.remote {
+        Some(_) => Ok(()),
+        None => prepare(plan, &resolved, &mut instances, &mut held, interrupted),
+    };
     let mut qdisc_changes: Vec<QdiscChangeReport> =
         instances.values().filter_map(|i| qdisc_change_report(i, "added", i.qdisc_changes().0)).collect();
     for change in &qdisc_changes {
@@ -596,6 +637,8 @@ fn run_traced(
         samples: Vec::new(),
         run_span,
         lab: options.lab.clone(),
+        remote: options.remote.clone(),
+        remote_ids: Vec::new(),
     };
     let stop = running.run_timeline();
     let mut fired: Option<(AbortReport, Instant, Span)> = None;
@@ -637,6 +680,7 @@ fn run_traced(
     running.close_all(&ended);
     let samples = std::mem::take(&mut running.samples);
     let steps: Vec<StepReport> = running.steps.iter().map(StepRun::report).collect();
+    let remote_ids = std::mem::take(&mut running.remote_ids);
     drop(running);
     if let Some((cause, reason)) = abort {
         observer.event(Event::Aborted { cause, reason });
@@ -646,6 +690,10 @@ fn run_traced(
     let _ = record.write(&run_state);
     let created = created_objects(&run_state, &held);
     let (revert_ms, reverted, deleted) = revert(&mut instances, &mut held, &program_ids, run_span);
+    let reverted = match (&options.remote, reverted) {
+        (Some(remote), Ok(())) => crate::remote::verify_reverted(remote.as_ref(), &remote_ids),
+        (_, reverted) => reverted,
+    };
     for change in &deleted {
         observer.event(Event::Notice(change.line()));
     }
@@ -696,6 +744,7 @@ fn run_traced(
         topology,
         cleanup,
         qdisc_changes,
+        agent: options.remote.as_ref().map(|r| r.describe()),
     };
     outcome?;
     Ok(report)
@@ -854,6 +903,9 @@ struct Running<'a> {
     samples: Vec<CounterSample>,
     run_span: &'a Span,
     lab: Option<std::sync::Arc<dyn Lab>>,
+    remote: Option<std::sync::Arc<dyn RemoteRules>>,
+    /// Every fault the agent applied for this run (checked gone after the revert).
+    remote_ids: Vec<u64>,
 }
 
 impl Running<'_> {
@@ -918,7 +970,13 @@ impl Running<'_> {
                     return Stop::CutShort(reason);
                 }
                 for a in self.steps.iter().flat_map(|s| &s.active) {
-                    if let Err(e) = self.instances.get_mut(&a.netns).expect("loaded").renew(a.slot, plan.lease) {
+                    let renewed = match &a.place {
+                        Place::Slot { netns, slot } => {
+                            self.instances.get_mut(netns).expect("loaded").renew(*slot, plan.lease)
+                        }
+                        Place::Remote { id, .. } => self.remote().renew(*id, plan.lease),
+                    };
+                    if let Err(e) = renewed {
                         return Stop::Error(e.context("renewing a lease"));
                     }
                 }
@@ -982,7 +1040,10 @@ impl Running<'_> {
                 let fault = step.faults.iter().find(|f| f.rule_id == a.rule_id).expect("a rule of this step");
                 let r = &self.resolved[&resolution_key(&fault.spec)][a.target_index];
                 let rule = network::rule_for(&fault.spec.at_intensity(window.intensity), seed, fault.rule_id, r);
-                self.instances.get_mut(&a.netns).expect("loaded").update_rule(a.slot, &rule)?;
+                let Place::Slot { netns, slot } = &a.place else {
+                    return Err(anyhow!("a ramp's rules cannot change in place through the agent"));
+                };
+                self.instances.get_mut(netns).expect("loaded").update_rule(*slot, &rule)?;
                 a.span.record("intensity", window.intensity);
             }
         }
@@ -1092,7 +1153,8 @@ impl Running<'_> {
     }
 
     /// Installs the rules of step `i` on every target at `intensity`, as the step's rules
-    /// in force; on an error, those already installed are removed again.
+    /// in force; on an error, those already installed are removed again. Through the
+    /// agent, each fault is one apply (the agent resolves its targets).
     fn install(&mut self, i: usize, intensity: f64) -> Result<()> {
         let step = &self.plan.steps[i];
         let seed = self.steps[i].seed;
@@ -1100,62 +1162,65 @@ impl Running<'_> {
         let mut active = Vec::new();
         for fault in &step.faults {
             let spec = fault.spec.at_intensity(intensity);
-            for (target_index, r) in self.resolved[&resolution_key(&fault.spec)].iter().enumerate() {
-                let instance = self.instances.get_mut(&r.netns.id).expect("loaded above");
-                let rule = network::rule_for(&spec, seed, fault.rule_id, r);
-                let span = info_span!(
-                    parent: &step_span,
-                    "inject",
-                    scenario = %self.plan.name,
-                    step = %step.name,
-                    fault = %spec.describe(),
-                    target = %fault.spec.target,
-                    netns = %r.netns.path.display(),
-                    rule_id = fault.rule_id,
-                    seed,
-                    intensity,
-                    ended = Empty,
-                    ran_its_course = Empty,
-                    seen = Empty,
-                    matched = Empty,
-                    dropped = Empty,
-                    passed = Empty,
-                    delayed = Empty,
-                    errors = Empty,
-                    expired = Empty,
-                    protected = Empty,
-                    unparsed = Empty,
-                    otel.status_code = Empty,
-                    otel.status_message = Empty,
+            let new_rule = |target_index: usize, span: Span, place: Place| ActiveRule {
+                rule_id: fault.rule_id,
+                kind: fault.spec.kind.name(),
+                // As written: a ramp's windows give its intensities.
+                fault: fault.matrix.as_ref().map_or_else(|| fault.spec.describe(), |m| m.summary.clone()),
+                target: fault.spec.target.to_string(),
+                target_index,
+                span,
+                place,
+                from_unix_ms: state::unix_ms(),
+            };
+            let mut installed = Vec::new();
+            if let Some(remote) = self.remote.clone() {
+                let span = self.inject_span(&step_span, step, &spec, fault, &remote.describe(), seed, intensity);
+                let applied = remote.apply(&spec, seed, fault.rule_id, self.plan.lease);
+                if let Ok(a) = &applied {
+                    self.remote_ids.push(a.id);
+                }
+                installed.push(
+                    applied
+                        .map(|a| new_rule(0, span.clone(), Place::Remote { id: a.id, netns: remote_netns(&a.rules) }))
+                        .map_err(|e| (e, span)),
                 );
-                let installed = instance.free_slot().and_then(|slot| {
-                    match &fault.matrix {
-                        Some(m) => {
-                            let groups: Vec<Vec<_>> =
-                                m.groups.iter().map(|g| g.iter().map(|p| p.prefix()).collect()).collect();
-                            instance.install_matrix(slot, &rule, &groups, &m.cuts, self.plan.lease)?
+            } else {
+                for (target_index, r) in self.resolved[&resolution_key(&fault.spec)].iter().enumerate() {
+                    let netns = r.netns.path.display().to_string();
+                    let span = self.inject_span(&step_span, step, &spec, fault, &netns, seed, intensity);
+                    let instance = self.instances.get_mut(&r.netns.id).expect("loaded above");
+                    let rule = network::rule_for(&spec, seed, fault.rule_id, r);
+                    let slot = instance.free_slot().and_then(|slot| {
+                        match &fault.matrix {
+                            Some(m) => {
+                                let groups: Vec<Vec<_>> =
+                                    m.groups.iter().map(|g| g.iter().map(|p| p.prefix()).collect()).collect();
+                                instance.install_matrix(slot, &rule, &groups, &m.cuts, self.plan.lease)?
+                            }
+                            None => {
+                                instance.install(slot, &rule, &network::peer_entries(&fault.spec), self.plan.lease)?
+                            }
                         }
-                        None => instance.install(slot, &rule, &network::peer_entries(&fault.spec), self.plan.lease)?,
+                        Ok(slot)
+                    });
+                    let failed = slot.is_err();
+                    installed.push(
+                        slot.map(|slot| new_rule(target_index, span.clone(), Place::Slot { netns: r.netns.id, slot }))
+                            .map_err(|e| (e, span)),
+                    );
+                    if failed {
+                        break;
                     }
-                    Ok(slot)
-                });
-                match installed {
-                    Ok(slot) => {
-                        set_status(&span, None);
-                        active.push(ActiveRule {
-                            rule_id: fault.rule_id,
-                            kind: fault.spec.kind.name(),
-                            // As written: a ramp's windows give its intensities.
-                            fault: fault.matrix.as_ref().map_or_else(|| fault.spec.describe(), |m| m.summary.clone()),
-                            target: fault.spec.target.to_string(),
-                            target_index,
-                            span,
-                            netns: r.netns.id,
-                            slot,
-                            from_unix_ms: state::unix_ms(),
-                        })
+                }
+            }
+            for result in installed {
+                match result {
+                    Ok(rule) => {
+                        set_status(&rule.span, None);
+                        active.push(rule);
                     }
-                    Err(e) => {
+                    Err((e, span)) => {
                         set_status(&span, Some(&format!("{e:#}")));
                         drop(span);
                         self.remove_rules(i, active, "not installed", false);
@@ -1167,11 +1232,7 @@ impl Running<'_> {
         self.last_renew = Instant::now();
         let installed: Vec<InForce> = active
             .iter()
-            .map(|a| InForce {
-                rule_id: a.rule_id,
-                kind: a.kind,
-                netns: self.instances[&a.netns].netns.path.display().to_string(),
-            })
+            .map(|a| InForce { rule_id: a.rule_id, kind: a.kind, netns: self.place_netns(&a.place) })
             .collect();
         self.steps[i].active = active;
         if let Err(e) = self.ledger_rules() {
@@ -1190,11 +1251,15 @@ impl Running<'_> {
         let mut rules = Vec::new();
         for (run, step) in self.steps.iter().zip(&self.plan.steps) {
             let ends = now_ms.saturating_add(step.end().saturating_sub(self.run_start.elapsed()).as_millis() as u64);
-            for a in &run.active {
+            // The agent's own ledger record holds its rules.
+            for (a, netns, slot) in run.active.iter().filter_map(|a| match a.place {
+                Place::Slot { netns, slot } => Some((a, netns, slot)),
+                Place::Remote { .. } => None,
+            }) {
                 rules.push(RuleState {
                     rule_id: a.rule_id,
-                    slot: a.slot,
-                    netns_id: a.netns,
+                    slot,
+                    netns_id: netns,
                     fault: a.fault.clone(),
                     started_unix_ms: a.from_unix_ms,
                     ends_unix_ms: ends,
@@ -1213,12 +1278,21 @@ impl Running<'_> {
         let to_ms = state::unix_ms();
         let mut removed_counts = Vec::new();
         for a in active {
-            let counters = self.instances.get(&a.netns).and_then(|i| i.counters(a.slot).ok()).unwrap_or_default();
+            // The agent's revert answers with the final counters.
+            let (counters, reverted) = match &a.place {
+                Place::Slot { netns, slot } => {
+                    (self.instances.get(netns).and_then(|i| i.counters(*slot).ok()).unwrap_or_default(), None)
+                }
+                Place::Remote { id, .. } => match self.remote().revert(*id) {
+                    Ok(rules) => (remote_sum(&rules), Some(Ok(()))),
+                    Err(e) => (RuleCounters::default(), Some(Err(e))),
+                },
+            };
             record_counters(&a.span, &counters);
             a.span.record("ended", ended);
             a.span.record("ran_its_course", ran_its_course);
             drop(a.span);
-            let netns = self.instances.get(&a.netns).map(|i| i.netns.path.display().to_string()).unwrap_or_default();
+            let netns = self.place_netns(&a.place);
             removed_counts.push(RuleCount {
                 step: self.plan.steps[i].name.clone(),
                 rule_id: a.rule_id,
@@ -1257,10 +1331,14 @@ impl Running<'_> {
                 otel.status_code = Empty,
                 otel.status_message = Empty,
             );
-            let removed = match self.instances.get_mut(&a.netns) {
-                Some(instance) => instance.remove(a.slot),
-                // Its instance is gone already, and its rules with it.
-                None => Ok(()),
+            let removed = match (&a.place, reverted) {
+                (_, Some(reverted)) => reverted,
+                (Place::Slot { netns, slot }, None) => match self.instances.get_mut(netns) {
+                    Some(instance) => instance.remove(*slot),
+                    // Its instance is gone already, and its rules with it.
+                    None => Ok(()),
+                },
+                (Place::Remote { .. }, None) => unreachable!("reverted above"),
             };
             match removed {
                 Ok(()) => set_status(&span, None),
@@ -1283,15 +1361,72 @@ impl Running<'_> {
             .iter()
             .flat_map(|s| s.active.iter().map(move |a| (s, a)))
             .filter_map(|(s, a)| {
-                let instance = &self.instances[&a.netns];
+                let counters = match &a.place {
+                    Place::Slot { netns, slot } => self.instances[netns].counters(*slot).ok()?,
+                    Place::Remote { id, .. } => remote_sum(&self.remote().counters(*id).ok()?),
+                };
                 Some(RuleCount {
                     step: s.name.clone(),
                     rule_id: a.rule_id,
-                    netns: instance.netns.path.display().to_string(),
-                    counters: instance.counters(a.slot).ok()?,
+                    netns: self.place_netns(&a.place),
+                    counters,
                 })
             })
             .collect()
+    }
+
+    /// The agent; only rules placed there call this.
+    fn remote(&self) -> &dyn RemoteRules {
+        self.remote.as_deref().expect("a remote rule comes from the agent")
+    }
+
+    /// The namespace a rule acts in, as the report names it.
+    fn place_netns(&self, place: &Place) -> String {
+        match place {
+            Place::Slot { netns, .. } => {
+                self.instances.get(netns).map(|i| i.netns.path.display().to_string()).unwrap_or_default()
+            }
+            Place::Remote { netns, .. } => netns.clone(),
+        }
+    }
+
+    /// The `inject` span of one rule (`netns`: where it acts).
+    #[allow(clippy::too_many_arguments)]
+    fn inject_span(
+        &self,
+        step_span: &Span,
+        step: &PlannedStep,
+        spec: &FaultSpec,
+        fault: &PlannedFault,
+        netns: &str,
+        seed: u64,
+        intensity: f64,
+    ) -> Span {
+        info_span!(
+            parent: step_span,
+            "inject",
+            scenario = %self.plan.name,
+            step = %step.name,
+            fault = %spec.describe(),
+            target = %fault.spec.target,
+            netns = %netns,
+            rule_id = fault.rule_id,
+            seed,
+            intensity,
+            ended = Empty,
+            ran_its_course = Empty,
+            seen = Empty,
+            matched = Empty,
+            dropped = Empty,
+            passed = Empty,
+            delayed = Empty,
+            errors = Empty,
+            expired = Empty,
+            protected = Empty,
+            unparsed = Empty,
+            otel.status_code = Empty,
+            otel.status_message = Empty,
+        )
     }
 
     fn sample_counters(&mut self) {

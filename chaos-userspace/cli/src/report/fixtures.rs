@@ -234,6 +234,7 @@ pub fn rich_report() -> RunReport {
             },
         ],
         qdisc_changes: Vec::new(),
+        agent: None,
     }
 }
 
