@@ -23,9 +23,10 @@
 //!
 //! Each figure is the median of REPS repetitions with min and max; the tools'
 //! commands run inside a (setns before exec) and their inputs are written before the
-//! clock starts. Then the revert's traffic-back time: a UDP datagram from a to b every
-//! 0.2 ms, the peer blocked, then the time from the revert's start until the first
-//! datagram arrives at b, TRAFFIC_REPS (100) times per tool at N = 1 and 1000 (p50, p99, max).
+//! clock starts. Before the sizes, the revert's traffic-back time: a UDP datagram from a
+//! to b every 0.2 ms, the peer blocked, then the time from the revert's start until the
+//! first datagram arrives at b, TRAFFIC_REPS (100) times per tool at N = 1 and 1000 (p50,
+//! p99, max).
 //!
 //! BENCH_APPLY_MAX_N=1000 (say) stops at that size, for a quick look.
 //!
@@ -632,6 +633,25 @@ pub fn run() -> Result<()> {
     let mut agent_tool = AgentTool { agent: &agent, body: Vec::new(), fault: None, inside: (Vec::new(), Vec::new()) };
     let mut nft = NftTool { file: String::new() };
     let mut iptables = IptablesTool { file: String::new(), empty: String::new() };
+    // Traffic back first, on a settled system: measured after the million-peer sizes,
+    // one or two of 100 agent reverts at N = 1 took 28-116 ms (p50 0.35 ms); measured
+    // after sizes up to 1,000 (BENCH_APPLY_MAX_N=1000) the slowest took 0.80 ms. The
+    // aftermath of the big sizes (the kernel freeing a million trie nodes and set
+    // elements, likely) is not the cost of a revert.
+    let stream = Stream::start()?;
+    stream.wait_for_one().context("the UDP stream from a to b")?;
+    let mut traffic: Vec<(String, usize, Vec<f64>)> = Vec::new();
+    for &n in &TRAFFIC_SIZES {
+        for tool in [&mut agent_tool as &mut dyn Tool, &mut nft, &mut iptables] {
+            eprintln!("xtask: traffic back after {} revert, N={n}: {TRAFFIC_REPS} repetitions", tool.name());
+            match traffic_back(tool, n, &stream) {
+                Ok(values) => traffic.push((tool.name().to_owned(), n, values)),
+                // The apply and revert figures are still worth their report.
+                Err(e) => eprintln!("xtask: traffic back after {} revert at N={n} not measured: {e:#}", tool.name()),
+            }
+        }
+    }
+    drop(stream);
     let mut rows = Vec::new();
     let mut inside_rows = Vec::new();
     // The last measured (N, seconds per repetition) of each tool, to skip what would
@@ -667,20 +687,6 @@ pub fn run() -> Result<()> {
         inside_rows.push((n, agent_tool.inside.clone()));
         rows.push(row);
     }
-    let stream = Stream::start()?;
-    stream.wait_for_one().context("the UDP stream from a to b")?;
-    let mut traffic: Vec<(String, usize, Vec<f64>)> = Vec::new();
-    for &n in &TRAFFIC_SIZES {
-        for tool in [&mut agent_tool as &mut dyn Tool, &mut nft, &mut iptables] {
-            eprintln!("xtask: traffic back after {} revert, N={n}: {TRAFFIC_REPS} repetitions", tool.name());
-            match traffic_back(tool, n, &stream) {
-                Ok(values) => traffic.push((tool.name().to_owned(), n, values)),
-                // The apply and revert figures are still worth their report.
-                Err(e) => eprintln!("xtask: traffic back after {} revert at N={n} not measured: {e:#}", tool.name()),
-            }
-        }
-    }
-    drop(stream);
     drop(instance);
     drop(agent);
     report(&rows, &inside_rows, &traffic)

@@ -208,7 +208,7 @@ fn apply(md: &mut String, goals: &mut Vec<String>) {
     let _ = writeln!(
         md,
         "\nTraffic back after the revert (a datagram every {} ms through the cut; from the revert \
-         request to the first datagram that arrives):\n\n| tool | peers | p50 ms | p99 ms | max ms | \
+         request to the first datagram that arrives; measured before the sizes above, on a settled system):\n\n| tool | peers | p50 ms | p99 ms | max ms | \
          repetitions |\n|---|---:|---:|---:|---:|---:|",
         a["traffic_back"]["send_every_ms"]
     );
