@@ -17,9 +17,11 @@ set -euo pipefail
 # service, where systemd starts it, listens on localhost only and is not the lab's).
 # The workload's test (chaos-userspace/lab/tests/node.rs) runs a real etcd on loopback too.
 # nftables and iptables: the baselines of `cargo xtask bench apply` (nft -f, iptables-restore).
+# docker.io: `container:NAME` targets; the kernel tests (tests/kernel/docker.rs) start a dockerd
+# of their own (no init system here) and import a busybox-static image (nothing can be pulled).
 packages=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev bpftool iproute2 iputils-ping util-linux
   qemu-system-x86 busybox-static xz-utils prometheus dnsmasq-base chromium etcd-server etcd-client
-  nftables iptables)
+  nftables iptables docker.io)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

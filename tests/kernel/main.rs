@@ -74,6 +74,7 @@ test_modules! {
     tls_refuse,
     agent,
     hyper_lab,
+    docker,
 }
 
 /// Skipped tests of this run: (name, reason).

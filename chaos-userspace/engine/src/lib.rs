@@ -6,6 +6,7 @@
 //! Prometheus metrics of a run are such an observer, with their HTTP endpoint (metrics.rs).
 
 pub mod action;
+pub mod container;
 pub mod hypothesis;
 pub mod matrix;
 pub mod metrics;

@@ -387,6 +387,7 @@ pub fn target_of(spec: &TargetSpec) -> Result<Target> {
         TargetSpec::Netns(v) => Target::Netns(v.clone()),
         TargetSpec::Cgroup(v) => Target::Cgroup(v.clone()),
         TargetSpec::Pid(v) => Target::Pid(*v),
+        TargetSpec::Container(name) => Target::Netns(crate::container::inspect(name)?.netns_path()),
         TargetSpec::Lab(s) => {
             return Err(Error::unsupported(
                 format!("the lab target {s} names cluster-lab members"),
@@ -511,7 +512,7 @@ fn run_traced(
             if let std::collections::btree_map::Entry::Vacant(slot) = resolved.entry(resolution_key(&fault.spec)) {
                 let target = target_of(&fault.spec.target)?;
                 let targets = target::resolve(&target)?;
-                identities.extend(identities_of(&target, &targets)?);
+                identities.extend(identities_of(&fault.spec.target, &target, &targets)?);
                 slot.insert(network::acting_targets(&fault.spec, &target, targets)?);
             }
             interrupted_now(interrupted)?;
@@ -1775,12 +1776,14 @@ fn check_in_place(instances: &BTreeMap<NetnsId, Instance>, identities: &[Identit
 }
 
 /// The namespaces and cgroups a target names, to check at each renewal.
-fn identities_of(spec: &Target, targets: &[Resolved]) -> Result<Vec<Identity>> {
+/// `written`: the target as the user wrote it (`container:web` for the namespace it
+/// resolved to), for the message when it is gone.
+fn identities_of(written: &TargetSpec, spec: &Target, targets: &[Resolved]) -> Result<Vec<Identity>> {
     let mut out = Vec::new();
     match spec {
         Target::Netns(_) | Target::Pid(_) => {
             for t in targets {
-                out.push(Identity { what: format!("{spec}"), path: t.netns.path.clone(), ino: t.netns.id.ino });
+                out.push(Identity { what: format!("{written}"), path: t.netns.path.clone(), ino: t.netns.id.ino });
             }
         }
         Target::Cgroup(_) | Target::Iface(_) => {}
@@ -1791,7 +1794,7 @@ fn identities_of(spec: &Target, targets: &[Resolved]) -> Result<Vec<Identity>> {
         _ => None,
     };
     if let Some(cgroup) = cgroup {
-        out.push(Identity { what: format!("the cgroup of {spec}"), path: cgroup.dir, ino: cgroup.id });
+        out.push(Identity { what: format!("the cgroup of {written}"), path: cgroup.dir, ino: cgroup.id });
     }
     Ok(out)
 }

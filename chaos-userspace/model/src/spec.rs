@@ -410,6 +410,9 @@ pub enum TargetSpec {
     Cgroup(String),
     /// The cgroup and network namespace of a process.
     Pid(u32),
+    /// A Docker container by name or id: its network namespace, found through the
+    /// Docker API when the fault starts.
+    Container(String),
     /// Members of the cluster lab (`node:n2`, `leader`, ...): their network namespaces,
     /// resolved when the run starts.
     Lab(crate::action::LabSelector),
@@ -422,7 +425,7 @@ const IFNAMSIZ: usize = 16;
 
 impl TargetSpec {
     pub const KINDS: &'static str =
-        "iface:NAME, netns:NAME, cgroup:PATH, pid:PID, or a lab member (node:NAME, leader, followers, minority, majority)";
+        "iface:NAME, netns:NAME, cgroup:PATH, pid:PID, container:NAME, or a lab member (node:NAME, leader, followers, minority, majority)";
 
     /// Whether the kernel can tell this target's packets apart on ingress. A cgroup is
     /// known from the sending socket, which exists on egress only: at TC ingress the
@@ -463,9 +466,22 @@ impl FromStr for TargetSpec {
                 Ok(pid) if pid > 0 => Ok(TargetSpec::Pid(pid)),
                 _ => Err(Problem::new(format!("'{}' is not a process id", shorten(value, 60)), "write pid:1234")),
             },
+            "container" if !is_container_ref(value) => Err(Problem::new(
+                format!("'{}' is not a container name or id", shorten(value, 60)),
+                "write container:NAME or container:ID as `docker ps` shows them (letters, digits, '_', '.', '-')",
+            )),
+            "container" => Ok(TargetSpec::Container(value.to_owned())),
             other => Err(Problem::new(format!("unknown target kind '{}'", shorten(other, 60)), fix)),
         }
     }
+}
+
+/// A Docker container name (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`, a leading '/' as the API
+/// writes it) or id (hex).
+fn is_container_ref(value: &str) -> bool {
+    let name = value.strip_prefix('/').unwrap_or(value);
+    name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 impl fmt::Display for TargetSpec {
@@ -475,6 +491,7 @@ impl fmt::Display for TargetSpec {
             TargetSpec::Netns(v) => write!(f, "netns:{v}"),
             TargetSpec::Cgroup(v) => write!(f, "cgroup:{v}"),
             TargetSpec::Pid(v) => write!(f, "pid:{v}"),
+            TargetSpec::Container(v) => write!(f, "container:{v}"),
             TargetSpec::Lab(s) => write!(f, "{s}"),
         }
     }
@@ -1120,6 +1137,12 @@ mod tests {
         assert!("192.0.2.1/33".parse::<Cidr>().is_err());
         assert_eq!("fd00::1".parse::<Cidr>().unwrap().len, 128);
         assert_eq!("pid:42".parse::<TargetSpec>().unwrap(), TargetSpec::Pid(42));
+        assert_eq!("container:web-1".parse::<TargetSpec>().unwrap(), TargetSpec::Container("web-1".into()));
+        assert_eq!("container:web-1".parse::<TargetSpec>().unwrap().to_string(), "container:web-1");
+        for bad in ["container:-x", "container:a b", "container:a/b"] {
+            let e = bad.parse::<TargetSpec>().unwrap_err();
+            assert!(e.problem.contains("not a container name") && e.fix.contains("docker ps"), "{bad}: {e:?}");
+        }
         for bad in ["veth0", "host:x", "pid:x", "netns:"] {
             assert!(bad.parse::<TargetSpec>().is_err(), "{bad}");
         }

@@ -76,7 +76,8 @@ pub struct RawScenario {
     #[serde(default)]
     pub force: bool,
     pub lab: Option<LabSpec>,
-    /// Names for targets (`iface:NAME`, `netns:NAME`, `cgroup:PATH`, `pid:PID`).
+    /// Names for targets (`iface:NAME`, `netns:NAME`, `cgroup:PATH`, `pid:PID`,
+    /// `container:NAME`).
     #[serde(default)]
     pub targets: BTreeMap<String, String>,
     /// Named peer sets: lists of addresses and prefixes a step's `peers` may name.

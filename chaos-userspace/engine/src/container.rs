@@ -1,0 +1,111 @@
+//! Docker containers as targets (`container:NAME|ID`): the Docker Engine API (bollard)
+//! gives a running container's PID, and its network namespace (/proc/PID/ns/net) is the
+//! target, as for `netns:`. A container that restarts gets a new namespace: the run's
+//! identity check at each lease renewal then reports the target lost, and the run ends
+//! with its faults reverted (it does not follow the new one: a restart is itself part of
+//! what the experiment observes).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chaos_datapath::error::Error;
+
+/// The daemon's socket when DOCKER_HOST does not name one.
+pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// How long one call to the daemon may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running container, as the daemon described it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub pid: u32,
+}
+
+impl Container {
+    /// Its network namespace, as a path.
+    pub fn netns_path(&self) -> String {
+        format!("/proc/{}/ns/net", self.pid)
+    }
+}
+
+/// The daemon's socket: DOCKER_HOST (unix:// only), else [`DEFAULT_SOCKET`].
+pub fn socket() -> Result<String> {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => match host.strip_prefix("unix://") {
+            Some(path) => Ok(path.to_owned()),
+            None => Err(Error::unsupported(
+                format!("DOCKER_HOST={} is not a Unix socket", chaos_model::spec::shorten(&host, 80)),
+                "point DOCKER_HOST at the daemon's socket (unix:///var/run/docker.sock) or unset it",
+            )
+            .into()),
+        },
+        _ => Ok(DEFAULT_SOCKET.to_owned()),
+    }
+}
+
+/// The running container `name` (a name or an id, as `docker ps` shows them).
+pub fn inspect(name: &str) -> Result<Container> {
+    let socket = socket()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        tokio::time::timeout(CALL_TIMEOUT, inspect_at(&socket, name)).await.map_err(|_| {
+            anyhow::Error::from(Error::unsupported(
+                format!("the Docker daemon at {socket} did not answer within {} s", CALL_TIMEOUT.as_secs()),
+                "check that dockerd is running and not stuck (`docker info`)",
+            ))
+        })?
+    })
+}
+
+async fn inspect_at(socket: &str, name: &str) -> Result<Container> {
+    match std::fs::metadata(socket) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::unsupported(
+                format!("no Docker daemon socket at {socket} (for the target container:{name})"),
+                "start dockerd, or set DOCKER_HOST=unix:///path/to/docker.sock",
+            )
+            .into())
+        }
+        Err(e) => return Err(unreachable(socket, &e.to_string()).into()),
+    }
+    let docker = bollard::Docker::connect_with_unix(socket, CALL_TIMEOUT.as_secs(), bollard::API_DEFAULT_VERSION)
+        .map_err(|e| unreachable(socket, &e.to_string()))?
+        .negotiate_version()
+        .await
+        .map_err(|e| unreachable(socket, &e.to_string()))?;
+    let details = match docker.inspect_container(name, None).await {
+        Ok(details) => details,
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+            return Err(Error::unsupported(
+                format!("no container named {name} (Docker at {socket})"),
+                "give a name or id that `docker ps` lists",
+            )
+            .into())
+        }
+        Err(e) => return Err(unreachable(socket, &e.to_string()).into()),
+    };
+    let state = details.state.unwrap_or_default();
+    let pid = state.pid.unwrap_or(0);
+    let display = details.name.as_deref().unwrap_or(name).trim_start_matches('/').to_owned();
+    if state.running != Some(true) || pid <= 0 {
+        return Err(Error::unsupported(
+            format!("container {display} is not running"),
+            format!("start it first (`docker start {display}`)"),
+        )
+        .into());
+    }
+    Ok(Container { id: details.id.unwrap_or_default(), name: display, pid: pid as u32 })
+}
+
+/// A daemon that cannot be asked (no permission, not answering, an error of its own).
+fn unreachable(socket: &str, why: &str) -> Error {
+    let why = chaos_model::spec::shorten(why.lines().next().unwrap_or(why), 160);
+    Error::unsupported(
+        format!("the Docker daemon at {socket} cannot be asked: {why}"),
+        "run as root (or a member of the docker group) with dockerd running; DOCKER_HOST names another socket",
+    )
+}

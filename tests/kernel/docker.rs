@@ -1,0 +1,279 @@
+//! Docker containers as targets (`container:NAME`), against a real dockerd this file
+//! starts on a socket and data root of its own, with docker0 in the Docker range of
+//! shared/docs/addresses.md, and stops again: what dockerd changed on the host
+//! (iptables, ip_forward, docker0) is restored and checked.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::support::*;
+
+pub const TESTS: &[Test] = tests![container_target_cuts_its_traffic_and_a_restart_ends_the_run];
+
+/// docker0's address (`--bip`) and the pool of other networks, from addresses.md.
+const BIP: &str = "198.51.100.65/28";
+const POOL: &str = "base=198.51.100.96/27,size=27";
+/// The image the tests' containers run: a static busybox, imported (nothing can be
+/// pulled here).
+const IMAGE: &str = "cet-busybox:1";
+
+/// What dockerd changes on the host, to put back.
+struct HostState {
+    /// iptables-save without its comment lines (they carry the time).
+    iptables: String,
+    ip_forward: String,
+}
+
+fn iptables_rules() -> String {
+    let out = String::from_utf8_lossy(&sh("iptables-save", &[]).stdout).into_owned();
+    out.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect()
+}
+
+/// The tables (`*filter`, `*nat`) of an iptables-save text.
+fn tables(rules: &str) -> Vec<&str> {
+    rules.lines().filter_map(|l| l.strip_prefix('*')).collect()
+}
+
+impl HostState {
+    fn save() -> HostState {
+        HostState {
+            iptables: iptables_rules(),
+            ip_forward: fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default(),
+        }
+    }
+
+    /// Puts the rules back: the tables there before restored, those dockerd created
+    /// deleted (iptables-nft; a legacy backend's are flushed).
+    fn restore(&self) -> Result<(), String> {
+        let now = iptables_rules();
+        let nft = String::from_utf8_lossy(&sh("iptables", &["-V"]).stdout).contains("nf_tables");
+        for table in tables(&now).into_iter().filter(|t| !tables(&self.iptables).contains(t)) {
+            if nft {
+                must("nft", &["delete", "table", "ip", table]);
+            } else {
+                must("iptables", &["-t", table, "-F"]);
+                must("iptables", &["-t", table, "-X"]);
+            }
+        }
+        if !self.iptables.is_empty() {
+            let mut restore = Command::new("iptables-restore").stdin(Stdio::piped()).spawn().expect("iptables-restore");
+            std::io::Write::write_all(&mut restore.stdin.take().unwrap(), self.iptables.as_bytes()).unwrap();
+            if !restore.wait().unwrap().success() {
+                return Err("iptables-restore of the saved rules failed".to_owned());
+            }
+        }
+        let _ = fs::write("/proc/sys/net/ipv4/ip_forward", &self.ip_forward);
+        Ok(())
+    }
+}
+
+/// A dockerd of the test's own; stopped, and the host restored, on drop.
+struct Dockerd {
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: String,
+    saved: HostState,
+}
+
+impl Dockerd {
+    /// Starts dockerd (skips the test where it is not installed, or where another
+    /// daemon's docker0 is up: the test would change a bridge it did not create).
+    fn start() -> Dockerd {
+        if sh("sh", &["-c", "command -v dockerd"]).stdout.is_empty() {
+            skip("dockerd is not installed (scripts/setup.sh installs docker.io; the VM images have none)");
+        }
+        if sh("ip", &["link", "show", "docker0"]).status.success() {
+            skip("a docker0 bridge exists already (another Docker daemon): the test starts its own and would share it");
+        }
+        let dir = std::env::temp_dir().join("cet-dockerd");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("docker.sock").display().to_string();
+        let saved = HostState::save();
+        let log = fs::File::create(dir.join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .args(["--host", &format!("unix://{socket}"), "--bip", BIP, "--default-address-pool", POOL])
+            .arg("--data-root")
+            .arg(dir.join("root"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting dockerd");
+        own_pid(child.id());
+        let daemon = Dockerd { child: Some(child), dir, socket, saved };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !daemon.docker(&["version"]).status.success() {
+            let log = fs::read_to_string(daemon.dir.join("dockerd.log")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "dockerd did not answer within 30 s:\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        daemon.import_image();
+        daemon
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker").args(["-H", &format!("unix://{}", self.socket)]).args(args).output().expect("docker")
+    }
+
+    fn must(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A rootfs of the static busybox, imported as IMAGE.
+    fn import_image(&self) {
+        let rootfs = self.dir.join("rootfs");
+        fs::create_dir_all(rootfs.join("bin")).unwrap();
+        fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("/bin/busybox (busybox-static)");
+        for tool in ["sh", "sleep"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+        }
+        let script = format!("tar -C {} -c . | docker -H unix://{} import - {IMAGE}", rootfs.display(), self.socket);
+        must("sh", &["-c", &script]);
+    }
+
+    /// Starts a container that only sleeps; its (PID, address on docker0).
+    fn sleeper(&self, name: &str) -> (u32, Ipv4Addr) {
+        self.must(&["run", "-d", "--init", "--name", name, IMAGE, "sleep", "600"]);
+        let pid = self.must(&["inspect", "-f", "{{.State.Pid}}", name]).parse().unwrap();
+        let addr = self.must(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", name]).parse().unwrap();
+        (pid, addr)
+    }
+
+    /// Stops everything and restores the host; what could not be.
+    fn stop(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Some(mut child) = self.child.take() else { return problems };
+        let ids = self.must(&["ps", "-aq"]);
+        for id in ids.split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                problems.push("dockerd did not stop within 20 s of SIGTERM".to_owned());
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // dockerd leaves its bridge, chains and forwarding on.
+        let _ = Command::new("ip").args(["link", "del", "docker0"]).output();
+        if let Err(problem) = self.saved.restore() {
+            problems.push(problem);
+        }
+        if sh("ip", &["link", "show", "docker0"]).status.success() {
+            problems.push("docker0 is still there".to_owned());
+        }
+        if iptables_rules() != self.saved.iptables {
+            problems.push("the iptables rules differ from before dockerd".to_owned());
+        }
+        if fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default() != self.saved.ip_forward {
+            problems.push("ip_forward differs from before dockerd".to_owned());
+        }
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.display().to_string();
+        if mounts.lines().any(|l| l.contains(&dir)) {
+            problems.push(format!("mounts left under {dir}"));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        problems
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        for problem in self.stop() {
+            eprintln!("docker test teardown: {problem}");
+        }
+    }
+}
+
+/// Whether a datagram from container `from` (its namespace) reaches `to` on docker0.
+fn container_udp_passes(from_pid: u32, to_pid: u32, to: Ipv4Addr, port: u16) -> bool {
+    let to_ns = format!("/proc/{to_pid}/ns/net");
+    let receiver = in_netns(&to_ns, move || {
+        let s = std::net::UdpSocket::bind(SocketAddr::from((to, port))).expect("bind in the container");
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s
+    });
+    let from_ns = format!("/proc/{from_pid}/ns/net");
+    let sent = in_netns(&from_ns, move || {
+        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind sender");
+        (0..3).filter(|_| s.send_to(b"cet", (to, port)).is_ok()).count()
+    });
+    assert!(sent > 0, "nothing could be sent");
+    let mut buf = [0u8; 8];
+    receiver.recv(&mut buf).is_ok()
+}
+
+/// `inject partition --target container:NAME` (through the Docker API, DOCKER_HOST)
+/// cuts the container's traffic to another container and the revert brings it back; a
+/// missing container, a stopped one and a missing daemon are exit 2 naming them; a
+/// container restarted during a fault ends the run (exit 1, its target lost) with
+/// nothing left; the test's dockerd leaves the host as it found it.
+fn container_target_cuts_its_traffic_and_a_restart_ends_the_run() {
+    let mut daemon = Dockerd::start();
+    let (a_pid, _) = daemon.sleeper("cet-a");
+    let (b_pid, b_addr) = daemon.sleeper("cet-b");
+    // SAFETY of the environment change: the tests run one at a time (--test-threads=1),
+    // and the chaos-ebpf processes below inherit it.
+    std::env::set_var("DOCKER_HOST", format!("unix://{}", daemon.socket));
+    assert!(container_udp_passes(a_pid, b_pid, b_addr, 7401), "a to b before the fault");
+
+    let chaos = Chaos::start(&["inject", "partition", "--target", "container:cet-a", "--duration", "30s", "--no-agent"]);
+    assert!(!container_udp_passes(a_pid, b_pid, b_addr, 7402), "a to b with container:cet-a partitioned");
+    let (code, out, err) = chaos.interrupt();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("container:cet-a"), "{out}");
+    assert!(container_udp_passes(a_pid, b_pid, b_addr, 7403), "a to b after the revert");
+    assert_nothing_left();
+
+    // Bad targets: exit 2, each named, nothing changed.
+    let (code, _, err) = chaos_run(&["inject", "partition", "--target", "container:cet-none", "--duration", "1s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no container named cet-none") && err.contains("docker ps"), "{err}");
+    daemon.must(&["stop", "-t", "0", "cet-b"]);
+    let (code, _, err) = chaos_run(&["inject", "partition", "--target", "container:cet-b", "--duration", "1s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("container cet-b is not running") && err.contains("docker start cet-b"), "{err}");
+    std::env::set_var("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let (code, _, err) = chaos_run(&["inject", "partition", "--target", "container:cet-a", "--duration", "1s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no Docker daemon socket at /nonexistent/docker.sock") && err.contains("DOCKER_HOST"), "{err}");
+    std::env::set_var("DOCKER_HOST", format!("unix://{}", daemon.socket));
+
+    // A restart gives the container a new namespace: the run reports its target lost.
+    let chaos = Chaos::start(&[
+        "inject",
+        "partition",
+        "--target",
+        "container:cet-a",
+        "--duration",
+        "30s",
+        "--lease",
+        "600ms",
+        "--no-agent",
+    ]);
+    daemon.must(&["restart", "-t", "0", "cet-a"]);
+    let (code, out, err) = chaos.finish(Duration::from_secs(10));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(format!("{out}{err}").contains("container:cet-a is gone"), "{out}{err}");
+    assert_nothing_left();
+    std::env::remove_var("DOCKER_HOST");
+    let problems = daemon.stop();
+    assert!(problems.is_empty(), "{problems:?}");
+}
