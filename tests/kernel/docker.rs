@@ -13,7 +13,8 @@ use std::{
 
 use crate::support::*;
 
-pub const TESTS: &[Test] = tests![container_target_cuts_its_traffic_and_a_restart_ends_the_run];
+pub const TESTS: &[Test] =
+    tests![container_target_cuts_its_traffic_and_a_restart_ends_the_run, container_actions_pause_kill_and_stop];
 
 /// docker0's address (`--bip`) and the pool of other networks, from addresses.md.
 const BIP: &str = "198.51.100.65/28";
@@ -274,6 +275,67 @@ fn container_target_cuts_its_traffic_and_a_restart_ends_the_run() {
     assert!(format!("{out}{err}").contains("container:cet-a is gone"), "{out}{err}");
     assert_nothing_left();
     std::env::remove_var("DOCKER_HOST");
+    let problems = daemon.stop();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// A scenario's actions on containers, through the Docker API: `pause` freezes cet-a for
+/// its step (seen paused meanwhile) and thaws it; `kill` with `restart: true` stops it
+/// (seen not running) and starts it again when the step ends; `kill` with a grace period
+/// stops cet-b for good. The report's action steps ran their course; an unknown
+/// container is refused before anything happens (exit 2).
+fn container_actions_pause_kill_and_stop() {
+    let mut daemon = Dockerd::start();
+    daemon.sleeper("cet-a");
+    daemon.sleeper("cet-b");
+    std::env::set_var("DOCKER_HOST", format!("unix://{}", daemon.socket));
+    let dir = std::env::temp_dir().join("cet-docker-actions");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let scenario = dir.join("actions.yaml");
+    fs::write(
+        &scenario,
+        "apiVersion: chaos-ebpf/v1\nname: container-actions\nsteps:\n  - {name: freeze, action: pause, target: container:cet-a, duration: 1s}\n  - {name: gap, fault: none, duration: 500ms}\n  - {name: crash, action: kill, target: container:cet-a, restart: true, duration: 1s}\n  - {name: stop, action: kill, target: container:cet-b, grace: 1s, duration: 500ms}\n",
+    )
+    .unwrap();
+    let run_dir = dir.join("run");
+    let run = chaos_run_in_background(&run_json_args(&scenario, &run_dir));
+    // What the daemon says about cet-a while the run goes on: seen paused, seen stopped.
+    let (mut paused, mut stopped) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run.is_finished() && Instant::now() < deadline {
+        let state = daemon.must(&["inspect", "-f", "{{.State.Running}} {{.State.Paused}}", "cet-a"]);
+        paused |= state == "true true";
+        stopped |= state.starts_with("false");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out, err) = run.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(paused, "cet-a was never seen paused");
+    assert!(stopped, "cet-a was never seen stopped");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    // An action's undo runs on its thread after its window closes: the gap step keeps
+    // the kill from racing the unpause.
+    for step in report["steps"].as_array().unwrap().iter().filter(|s| s["name"] != "gap") {
+        assert_eq!(step["action"]["ran_its_course"], true, "{step}");
+    }
+    let actions = report["steps"].to_string();
+    for note in ["container cet-a paused", "container cet-a unpaused", "container cet-a started again", "container cet-b stopped"] {
+        assert!(actions.contains(note), "no '{note}' in {actions}");
+    }
+    assert_eq!(daemon.must(&["inspect", "-f", "{{.State.Running}} {{.State.Paused}}", "cet-a"]), "true false");
+    assert_eq!(daemon.must(&["inspect", "-f", "{{.State.Running}}", "cet-b"]), "false");
+
+    fs::write(
+        &scenario,
+        "apiVersion: chaos-ebpf/v1\nname: container-actions\nsteps:\n  - {name: freeze, action: pause, target: container:cet-none, duration: 1s}\n",
+    )
+    .unwrap();
+    let (code, _, err) = chaos_run(&run_json_args(&scenario, &dir.join("refused")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no container named cet-none"), "{err}");
+    std::env::remove_var("DOCKER_HOST");
+    let _ = fs::remove_dir_all(&dir);
     let problems = daemon.stop();
     assert!(problems.is_empty(), "{problems:?}");
 }

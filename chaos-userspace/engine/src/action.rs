@@ -27,6 +27,8 @@ use chaos_model::{
     spec::{Cidr, TargetSpec},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::container;
 use tracing::{field::Empty, info_span, Span};
 
 /// A member of the cluster lab.
@@ -239,6 +241,10 @@ pub fn check_actions(plan: &Plan, lab: Option<&dyn Lab>) -> Result<()> {
             return Err(no_lab());
         }
         for target in &action.targets {
+            if let ActionTarget::Container(name) = target {
+                // Exit 2 for a missing daemon, an unknown or a stopped container.
+                crate::container::inspect(name)?;
+            }
             if let ActionTarget::Pid(pid) = target {
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
                     return Err(chaos_datapath::error::Error::unsupported(
@@ -340,6 +346,9 @@ enum Undo {
     Resume(String),
     ResumePid(u32),
     RestoreCert(String),
+    /// A killed container started again (`restart: true`).
+    StartContainer(String),
+    UnpauseContainer(String),
 }
 
 impl ActionRun {
@@ -448,7 +457,7 @@ impl ActionRun {
                         self.note(format!("{selector} resolved with {leader} leading"));
                     }
                 }
-                ActionTarget::Pid(p) => out.push(ActionTarget::Pid(*p)),
+                ActionTarget::Pid(_) | ActionTarget::Container(_) => out.push(t.clone()),
             }
         }
         self.report.resolved = out.iter().map(|t| t.to_string().trim_start_matches("node:").to_owned()).collect();
@@ -507,6 +516,22 @@ impl ActionRun {
                     let what = self.lab()?.pause(&m)?;
                     self.note(what);
                 }
+                (ActionSpec::Kill { signal, grace, restart, .. }, ActionTarget::Container(c)) => {
+                    if *restart {
+                        // Recorded first: a kill that half-happened still ends started.
+                        undo.push(Undo::StartContainer(c.clone()));
+                    }
+                    let what = kill_container(&c, signal.0, *grace)?;
+                    self.note(what);
+                }
+                (ActionSpec::Pause, ActionTarget::Container(c)) => {
+                    undo.push(Undo::UnpauseContainer(c.clone()));
+                    container::change(&c, container::Change::Pause)?;
+                    if container::state(&c)? != (true, true) {
+                        bail!("container {c} is not paused after the pause");
+                    }
+                    self.note(format!("container {c} paused (every process frozen)"));
+                }
                 (ActionSpec::Pause, ActionTarget::Pid(pid)) => {
                     undo.push(Undo::ResumePid(pid));
                     signal_pid(pid, libc::SIGSTOP)?;
@@ -535,6 +560,25 @@ impl ActionRun {
                 }
                 format!("process {pid} continued (SIGCONT)")
             }
+            Undo::StartContainer(c) => {
+                container::change(&c, container::Change::Start)?;
+                if !container::state(&c)?.0 {
+                    bail!("container {c} is not running after its start");
+                }
+                format!("container {c} started again")
+            }
+            Undo::UnpauseContainer(c) => match container::state(&c)? {
+                (true, true) => {
+                    container::change(&c, container::Change::Unpause)?;
+                    if container::state(&c)?.1 {
+                        bail!("container {c} is still paused after the unpause");
+                    }
+                    format!("container {c} unpaused")
+                }
+                // Killed while frozen (by another step, or by hand): nothing to thaw.
+                (false, _) => format!("container {c} no longer runs: nothing to unpause"),
+                (true, false) => format!("container {c} was not paused any more"),
+            },
         };
         self.note(what);
         Ok(())
@@ -557,6 +601,36 @@ fn process_state(pid: u32) -> Option<char> {
 
 fn gone(pid: u32) -> bool {
     matches!(process_state(pid), None | Some('Z') | Some('X'))
+}
+
+/// Kills a container through the Docker API: `signal` (`docker kill`), or with `grace`
+/// SIGTERM then SIGKILL after it (`docker stop -t`, which returns once it stopped); a
+/// SIGKILL or SIGTERM is waited for (bounded) until the container no longer runs.
+fn kill_container(name: &str, signal: i32, grace: Option<Duration>) -> Result<String> {
+    let start = Instant::now();
+    if let Some(grace) = grace {
+        container::change(name, container::Change::Stop(grace))?;
+        if container::state(name)?.0 {
+            bail!("container {name} still runs after docker stop with a {} ms grace", grace.as_millis());
+        }
+        return Ok(format!(
+            "container {name} stopped in {} ms (grace {} ms)",
+            start.elapsed().as_millis(),
+            grace.as_millis()
+        ));
+    }
+    container::change(name, container::Change::Kill(signal))?;
+    if signal != libc::SIGKILL && signal != libc::SIGTERM {
+        return Ok(format!("container {name} sent signal {signal}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while container::state(name)?.0 {
+        if Instant::now() > deadline {
+            bail!("container {name} still runs 5 s after signal {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(format!("container {name} exited {} ms after signal {signal}", start.elapsed().as_millis()))
 }
 
 /// Kills a process (not a lab member): `signal`, or SIGTERM then SIGKILL after `grace`;

@@ -49,23 +49,86 @@ pub fn socket() -> Result<String> {
 /// The running container `name` (a name or an id, as `docker ps` shows them).
 pub fn inspect(name: &str) -> Result<Container> {
     let socket = socket()?;
+    block_on(&socket, Duration::ZERO, inspect_at(&socket, name))
+}
+
+/// What an action does to a container through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Sends a signal (number) to its main process.
+    Kill(i32),
+    /// SIGTERM, then SIGKILL after the grace period (`docker stop -t`).
+    Stop(Duration),
+    Start,
+    /// Freezes every process of it (the cgroup freezer), and thaws them.
+    Pause,
+    Unpause,
+}
+
+/// Carries out `change` on the container `name`.
+pub fn change(name: &str, change: Change) -> Result<()> {
+    let socket = socket()?;
+    let extra = match change {
+        Change::Stop(grace) => grace,
+        _ => Duration::ZERO,
+    };
+    block_on(&socket, extra, async {
+        let docker = connect(&socket, name).await?;
+        let done = match change {
+            Change::Kill(signal) => {
+                let options = bollard::query_parameters::KillContainerOptions { signal: signal.to_string() };
+                docker.kill_container(name, Some(options)).await
+            }
+            Change::Stop(grace) => {
+                let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+                let options = bollard::query_parameters::StopContainerOptions { signal: None, t: Some(t) };
+                docker.stop_container(name, Some(options)).await
+            }
+            Change::Start => docker.start_container(name, None).await,
+            Change::Pause => docker.pause_container(name).await,
+            Change::Unpause => docker.unpause_container(name).await,
+        };
+        done.map_err(|e| anyhow::anyhow!("{change:?} of container {name}: {}", first_line(&e.to_string())))
+    })
+}
+
+/// Whether the container `name` runs, and whether it is paused.
+pub fn state(name: &str) -> Result<(bool, bool)> {
+    let socket = socket()?;
+    block_on(&socket, Duration::ZERO, async {
+        let docker = connect(&socket, name).await?;
+        let details = docker.inspect_container(name, None).await.map_err(|e| lookup_error(&socket, name, e))?;
+        let state = details.state.unwrap_or_default();
+        Ok((state.running == Some(true), state.paused == Some(true)))
+    })
+}
+
+/// Runs one exchange with the daemon on a runtime of its own, bounded by CALL_TIMEOUT
+/// plus `extra` (a stop's grace period).
+fn block_on<T>(socket: &str, extra: Duration, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        tokio::time::timeout(CALL_TIMEOUT, inspect_at(&socket, name)).await.map_err(|_| {
+        tokio::time::timeout(CALL_TIMEOUT + extra, call).await.map_err(|_| {
             anyhow::Error::from(Error::unsupported(
-                format!("the Docker daemon at {socket} did not answer within {} s", CALL_TIMEOUT.as_secs()),
+                format!("the Docker daemon at {socket} did not answer within {} s", (CALL_TIMEOUT + extra).as_secs()),
                 "check that dockerd is running and not stuck (`docker info`)",
             ))
         })?
     })
 }
 
-async fn inspect_at(socket: &str, name: &str) -> Result<Container> {
+fn first_line(text: &str) -> String {
+    chaos_model::spec::shorten(text.lines().next().unwrap_or(text), 160)
+}
+
+/// A client of the daemon at `socket`, its API version negotiated; `name` is the
+/// container asked about, for the message when there is no daemon.
+async fn connect(socket: &str, name: &str) -> Result<bollard::Docker> {
     match std::fs::metadata(socket) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::unsupported(
-                format!("no Docker daemon socket at {socket} (for the target container:{name})"),
+                format!("no Docker daemon socket at {socket} (asked about container:{name})"),
                 "start dockerd, or set DOCKER_HOST=unix:///path/to/docker.sock",
             )
             .into())
@@ -77,17 +140,24 @@ async fn inspect_at(socket: &str, name: &str) -> Result<Container> {
         .negotiate_version()
         .await
         .map_err(|e| unreachable(socket, &e.to_string()))?;
-    let details = match docker.inspect_container(name, None).await {
-        Ok(details) => details,
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-            return Err(Error::unsupported(
-                format!("no container named {name} (Docker at {socket})"),
-                "give a name or id that `docker ps` lists",
-            )
-            .into())
-        }
-        Err(e) => return Err(unreachable(socket, &e.to_string()).into()),
-    };
+    Ok(docker)
+}
+
+/// An inspect that failed: no such container, or a daemon that cannot be asked.
+fn lookup_error(socket: &str, name: &str, e: bollard::errors::Error) -> anyhow::Error {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => Error::unsupported(
+            format!("no container named {name} (Docker at {socket})"),
+            "give a name or id that `docker ps` lists",
+        )
+        .into(),
+        e => unreachable(socket, &e.to_string()).into(),
+    }
+}
+
+async fn inspect_at(socket: &str, name: &str) -> Result<Container> {
+    let docker = connect(socket, name).await?;
+    let details = docker.inspect_container(name, None).await.map_err(|e| lookup_error(socket, name, e))?;
     let state = details.state.unwrap_or_default();
     let pid = state.pid.unwrap_or(0);
     let display = details.name.as_deref().unwrap_or(name).trim_start_matches('/').to_owned();
@@ -103,9 +173,8 @@ async fn inspect_at(socket: &str, name: &str) -> Result<Container> {
 
 /// A daemon that cannot be asked (no permission, not answering, an error of its own).
 fn unreachable(socket: &str, why: &str) -> Error {
-    let why = chaos_model::spec::shorten(why.lines().next().unwrap_or(why), 160);
     Error::unsupported(
-        format!("the Docker daemon at {socket} cannot be asked: {why}"),
+        format!("the Docker daemon at {socket} cannot be asked: {}", first_line(why)),
         "run as root (or a member of the docker group) with dockerd running; DOCKER_HOST names another socket",
     )
 }

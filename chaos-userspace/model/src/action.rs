@@ -123,6 +123,8 @@ impl Serialize for LabSelector {
 pub enum ActionTarget {
     Lab(LabSelector),
     Pid(u32),
+    /// A Docker container (name or id), acted on through the Docker API.
+    Container(String),
 }
 
 impl fmt::Display for ActionTarget {
@@ -130,6 +132,7 @@ impl fmt::Display for ActionTarget {
         match self {
             ActionTarget::Lab(s) => s.fmt(f),
             ActionTarget::Pid(p) => write!(f, "pid:{p}"),
+            ActionTarget::Container(c) => write!(f, "container:{c}"),
         }
     }
 }

@@ -859,12 +859,13 @@ impl Validator<'_> {
             let target = match (target, kind) {
                 (TargetSpec::Lab(selector), _) => ActionTarget::Lab(selector),
                 (TargetSpec::Pid(pid), ActionKind::Kill | ActionKind::Pause) => ActionTarget::Pid(pid),
+                (TargetSpec::Container(name), ActionKind::Kill | ActionKind::Pause) => ActionTarget::Container(name),
                 (other, _) => return Err(self.error(
                     &t_path,
                     format!("a {} action cannot act on {other}", kind.name()),
                     match kind {
                         ActionKind::Kill | ActionKind::Pause => {
-                            "name lab members (node:n2, leader, followers, minority, majority) or a process (pid:1234)"
+                            "name lab members (node:n2, leader, followers, minority, majority), a process (pid:1234) or a container (container:NAME)"
                         }
                         _ => "name lab members (node:n2, leader, followers, minority, majority)",
                     },

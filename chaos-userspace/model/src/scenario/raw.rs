@@ -103,8 +103,8 @@ pub struct RawStep {
     /// or an action.
     pub fault: Option<String>,
     /// kill | pause | surge | cert-expiry: an action on cluster-lab members (`node:n2`,
-    /// `leader`, `followers`, `minority`, `majority`) or a process (`pid:N`; kill and
-    /// pause).
+    /// `leader`, `followers`, `minority`, `majority`), a process (`pid:N`) or a Docker
+    /// container (`container:NAME`; kill and pause).
     pub action: Option<String>,
     /// A partition matrix over named groups: a fault of its own (no `fault:`, no
     /// target), one form of cut, ring, bridge, majority-minority or halves.
