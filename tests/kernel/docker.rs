@@ -143,9 +143,11 @@ impl Dockerd {
         must("sh", &["-c", &script]);
     }
 
-    /// Starts a container that only sleeps; its (PID, address on docker0).
+    /// Starts a container that only sleeps, labelled `cet-name=NAME`; its (PID,
+    /// address on docker0).
     fn sleeper(&self, name: &str) -> (u32, Ipv4Addr) {
-        self.must(&["run", "-d", "--init", "--name", name, IMAGE, "sleep", "600"]);
+        let label = format!("cet-name={name}");
+        self.must(&["run", "-d", "--init", "--name", name, "--label", &label, IMAGE, "sleep", "600"]);
         let pid = self.must(&["inspect", "-f", "{{.State.Pid}}", name]).parse().unwrap();
         let addr = self.must(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", name]).parse().unwrap();
         (pid, addr)
@@ -242,6 +244,20 @@ fn container_target_cuts_its_traffic_and_a_restart_ends_the_run() {
     assert!(out.contains("container:cet-a"), "{out}");
     assert!(container_udp_passes(a_pid, b_pid, b_addr, 7403), "a to b after the revert");
     assert_nothing_left();
+
+    // The same by label: bound to cet-a when the injection starts.
+    let chaos = Chaos::start(&["inject", "partition", "--target", "container-label:cet-name=cet-a", "--duration", "30s"]);
+    assert!(!container_udp_passes(a_pid, b_pid, b_addr, 7404), "a to b with container-label:cet-name=cet-a cut");
+    let (code, out, err) = chaos.interrupt();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("container-label:cet-name=cet-a = cet-a"), "the binding is printed: {err}");
+    assert!(out.contains("container:cet-a"), "{out}");
+    assert!(container_udp_passes(a_pid, b_pid, b_addr, 7405), "a to b after the revert");
+    assert_nothing_left();
+    let (code, _, err) =
+        chaos_run(&["inject", "partition", "--target", "container-label:cet-name=nobody", "--duration", "1s"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no running container has the label cet-name=nobody"), "{err}");
 
     // Bad targets: exit 2, each named, nothing changed.
     let (code, _, err) = chaos_run(&["inject", "partition", "--target", "container:cet-none", "--duration", "1s"]);

@@ -192,6 +192,13 @@ pub fn agent_for_inject(socket: &Path, plan: &Plan, own_artifacts: bool) -> Resu
         .any(|f| matches!(f.spec.target, chaos_model::spec::TargetSpec::Lab(_)))
     {
         Some("a lab target")
+    } else if plan
+        .steps
+        .iter()
+        .flat_map(|s| &s.faults)
+        .any(|f| matches!(f.spec.target, chaos_model::spec::TargetSpec::ContainerLabel { .. }))
+    {
+        Some("a container-label target (one fault per container it names)")
     } else {
         None
     };

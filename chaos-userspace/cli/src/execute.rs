@@ -40,6 +40,11 @@ pub fn execute(
     for line in &bindings {
         output::err(&format!("chaos-ebpf: lab: {line}"));
     }
+    // container-label: selectors, bound to the containers that have the label now.
+    let (bound, bindings) = chaos_engine::container::bind_container_labels(&bound)?;
+    for line in &bindings {
+        output::err(&format!("chaos-ebpf: docker: {line}"));
+    }
     // A partition matrix's nodes, bound to their addresses in the light-node lab.
     let fabric = crate::cluster_lab::light_fabric(&bound, lab_dir)?;
     let (bound, matrices) = chaos_engine::matrix::bind_matrices(&bound, fabric.as_ref())?;

@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chaos_datapath::error::Error;
+use chaos_model::{
+    plan::{Plan, PlannedFault},
+    spec::{FaultSpec, TargetSpec},
+};
 
 /// The daemon's socket when DOCKER_HOST does not name one.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -177,4 +181,68 @@ fn unreachable(socket: &str, why: &str) -> Error {
         format!("the Docker daemon at {socket} cannot be asked: {}", first_line(why)),
         "run as root (or a member of the docker group) with dockerd running; DOCKER_HOST names another socket",
     )
+}
+
+/// The running containers with label `key=value`, by name.
+pub fn with_label(key: &str, value: &str) -> Result<Vec<String>> {
+    let socket = socket()?;
+    let selector = format!("{key}={value}");
+    block_on(&socket, Duration::ZERO, async {
+        let docker = connect(&socket, &format!("label {selector}")).await?;
+        let filters = std::collections::HashMap::from([("label".to_owned(), vec![selector.clone()])]);
+        let options = bollard::query_parameters::ListContainersOptions { filters: Some(filters), ..Default::default() };
+        let list = docker.list_containers(Some(options)).await.map_err(|e| unreachable(&socket, &e.to_string()))?;
+        let mut names: Vec<String> = list
+            .into_iter()
+            .filter_map(|c| c.names.and_then(|n| n.into_iter().next()).or(c.id))
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    })
+}
+
+/// Binds `container-label:KEY=VALUE` targets to the running containers with that label
+/// now: one fault per container (`container:NAME`; the first keeps the rule id, the
+/// others take new ones), as lab selectors are bound. Returns the bound plan and one
+/// line per binding; a plan without label targets comes back as it is. No container
+/// with the label is exit 2: a fault on nothing would do nothing.
+pub fn bind_container_labels(plan: &Plan) -> Result<(Plan, Vec<String>)> {
+    let labelled = |f: &PlannedFault| matches!(f.spec.target, TargetSpec::ContainerLabel { .. });
+    if !plan.steps.iter().flat_map(|s| &s.faults).any(labelled) {
+        return Ok((plan.clone(), Vec::new()));
+    }
+    let mut next_id = plan.steps.iter().flat_map(|s| s.faults.iter().map(|f| f.rule_id)).max().unwrap_or(0) + 1;
+    let mut notes = Vec::new();
+    let mut bound = plan.clone();
+    for step in &mut bound.steps {
+        let mut faults = Vec::with_capacity(step.faults.len());
+        for fault in std::mem::take(&mut step.faults) {
+            let TargetSpec::ContainerLabel { key, value } = &fault.spec.target else {
+                faults.push(fault);
+                continue;
+            };
+            let names = with_label(key, value)?;
+            if names.is_empty() {
+                return Err(Error::unsupported(
+                    format!("step {}: no running container has the label {key}={value}", step.name),
+                    format!("start one, or check the label (`docker ps --filter label={key}={value}`)"),
+                )
+                .into());
+            }
+            notes.push(format!("step {}: {} = {}", step.name, fault.spec.target, names.join(", ")));
+            for (k, name) in names.into_iter().enumerate() {
+                let rule_id = if k == 0 {
+                    fault.rule_id
+                } else {
+                    next_id += 1;
+                    next_id - 1
+                };
+                let spec = FaultSpec { target: TargetSpec::Container(name), ..fault.spec.clone() };
+                faults.push(PlannedFault { rule_id, spec, ..fault.clone() });
+            }
+        }
+        step.faults = faults;
+    }
+    Ok((bound, notes))
 }

@@ -388,6 +388,13 @@ pub fn target_of(spec: &TargetSpec) -> Result<Target> {
         TargetSpec::Cgroup(v) => Target::Cgroup(v.clone()),
         TargetSpec::Pid(v) => Target::Pid(*v),
         TargetSpec::Container(name) => Target::Netns(crate::container::inspect(name)?.netns_path()),
+        TargetSpec::ContainerLabel { .. } => {
+            return Err(Error::unsupported(
+                format!("the target {spec} names containers by label"),
+                "use it with `inject` or `run` without the agent (they bind it to the containers when they start)",
+            )
+            .into())
+        }
         TargetSpec::Lab(s) => {
             return Err(Error::unsupported(
                 format!("the lab target {s} names cluster-lab members"),

@@ -99,9 +99,9 @@ pub enum InjectFault {
 #[derive(Args)]
 pub struct CommonArgs {
     /// What to fault: iface:NAME, netns:NAME (all its interfaces but lo), cgroup:PATH
-    /// (egress only), pid:PID (its cgroup, egress only) or container:NAME (a Docker
+    /// (egress only), pid:PID (its cgroup, egress only), container:NAME (a Docker
     /// container's interfaces, found through the Docker API: /var/run/docker.sock or
-    /// DOCKER_HOST).
+    /// DOCKER_HOST) or container-label:KEY=VALUE (every running container with it).
     #[arg(long, value_parser = parse_with::<TargetSpec>)]
     target: TargetSpec,
     /// Only traffic to/from these addresses or prefixes (repeatable; IPv4 and IPv6).

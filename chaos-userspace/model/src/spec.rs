@@ -413,6 +413,9 @@ pub enum TargetSpec {
     /// A Docker container by name or id: its network namespace, found through the
     /// Docker API when the fault starts.
     Container(String),
+    /// The running Docker containers with a label (`container-label:KEY=VALUE`): one
+    /// fault each, bound when the run starts.
+    ContainerLabel { key: String, value: String },
     /// Members of the cluster lab (`node:n2`, `leader`, ...): their network namespaces,
     /// resolved when the run starts.
     Lab(crate::action::LabSelector),
@@ -425,7 +428,7 @@ const IFNAMSIZ: usize = 16;
 
 impl TargetSpec {
     pub const KINDS: &'static str =
-        "iface:NAME, netns:NAME, cgroup:PATH, pid:PID, container:NAME, or a lab member (node:NAME, leader, followers, minority, majority)";
+        "iface:NAME, netns:NAME, cgroup:PATH, pid:PID, container:NAME, container-label:KEY=VALUE, or a lab member (node:NAME, leader, followers, minority, majority)";
 
     /// Whether the kernel can tell this target's packets apart on ingress. A cgroup is
     /// known from the sending socket, which exists on egress only: at TC ingress the
@@ -471,6 +474,15 @@ impl FromStr for TargetSpec {
                 "write container:NAME or container:ID as `docker ps` shows them (letters, digits, '_', '.', '-')",
             )),
             "container" => Ok(TargetSpec::Container(value.to_owned())),
+            "container-label" => match value.split_once('=') {
+                Some((key, value)) if !key.is_empty() && !key.contains(char::is_whitespace) => {
+                    Ok(TargetSpec::ContainerLabel { key: key.to_owned(), value: value.to_owned() })
+                }
+                _ => Err(Problem::new(
+                    format!("'{}' is not a label selector", shorten(value, 60)),
+                    "write container-label:KEY=VALUE (e.g. container-label:app=web), as `docker ps --filter label=...` takes it",
+                )),
+            },
             other => Err(Problem::new(format!("unknown target kind '{}'", shorten(other, 60)), fix)),
         }
     }
@@ -492,6 +504,7 @@ impl fmt::Display for TargetSpec {
             TargetSpec::Cgroup(v) => write!(f, "cgroup:{v}"),
             TargetSpec::Pid(v) => write!(f, "pid:{v}"),
             TargetSpec::Container(v) => write!(f, "container:{v}"),
+            TargetSpec::ContainerLabel { key, value } => write!(f, "container-label:{key}={value}"),
             TargetSpec::Lab(s) => write!(f, "{s}"),
         }
     }
@@ -1139,6 +1152,13 @@ mod tests {
         assert_eq!("pid:42".parse::<TargetSpec>().unwrap(), TargetSpec::Pid(42));
         assert_eq!("container:web-1".parse::<TargetSpec>().unwrap(), TargetSpec::Container("web-1".into()));
         assert_eq!("container:web-1".parse::<TargetSpec>().unwrap().to_string(), "container:web-1");
+        let label = "container-label:app=web".parse::<TargetSpec>().unwrap();
+        assert_eq!(label, TargetSpec::ContainerLabel { key: "app".into(), value: "web".into() });
+        assert_eq!(label.to_string(), "container-label:app=web");
+        for bad in ["container-label:app", "container-label:=web"] {
+            let e = bad.parse::<TargetSpec>().unwrap_err();
+            assert!(e.problem.contains("not a label selector") && e.fix.contains("KEY=VALUE"), "{bad}: {e:?}");
+        }
         for bad in ["container:-x", "container:a b", "container:a/b"] {
             let e = bad.parse::<TargetSpec>().unwrap_err();
             assert!(e.problem.contains("not a container name") && e.fix.contains("docker ps"), "{bad}: {e:?}");
