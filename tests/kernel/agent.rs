@@ -235,11 +235,12 @@ fn agent_applies_and_reverts_in_milliseconds() {
     assert_nothing_left();
 }
 
-/// A one-way partition of a's egress from `n` peers: b first, the others distinct /32s
-/// of 10.0.0.0/8 (map keys only: nothing is sent to them).
+/// A one-way partition of a's egress from `n` peers: b first, the others every other
+/// /32 of 10.0.0.0/8 (map keys only: nothing is sent to them; not adjacent, so none
+/// merge into a shorter prefix and the trie holds `n`).
 fn many_peers(target: &str, n: u32) -> FaultSpec {
     let mut peers = vec![format!("{ADDR_B}/32")];
-    peers.extend((0..n - 1).map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + i))));
+    peers.extend((0..n - 1).map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + 2 * i))));
     let wire = serde_json::json!({"kind": "partition", "target": target, "mode": "oneway", "direction": "egress", "peers": peers});
     serde_json::from_value::<FaultWire>(wire).unwrap().to_spec().unwrap()
 }

@@ -137,10 +137,12 @@ fn tool_in_a(program: &str, args: &[&str]) -> Result<()> {
     }
 }
 
-/// The peers of size n: b first, then 10.0.0.0, 10.0.0.1, ...
+/// The peers of size n: b first, then 10.0.0.0, 10.0.0.2, 10.0.0.4, ...: every other
+/// address, so that chaos-ebpf's trie cannot merge them into shorter prefixes (nft's
+/// interval sets and iptables get the same list: the comparison stays one of N entries).
 fn peers(n: usize) -> Vec<Ipv4Addr> {
     let mut out = vec![ADDR_B.parse().expect("an address")];
-    out.extend((0..n.saturating_sub(1) as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + i)));
+    out.extend((0..n.saturating_sub(1) as u32).map(|i| Ipv4Addr::from(0x0a00_0000 + 2 * i)));
     out
 }
 

@@ -152,10 +152,11 @@ impl Compiler {
         (sets, RuleAddrs { ifindex: rule.ifindex, matches })
     }
 
-    /// Registers a peer set; its id is unique for this compiler's lifetime.
+    /// Registers a peer set (as its [`aggregate`]: the same addresses in the fewest
+    /// prefixes); its id is unique for this compiler's lifetime.
     pub fn add_set(&mut self, prefixes: Vec<Prefix>) -> SetId {
         self.next_set += 1;
-        self.sets.insert(self.next_set, prefixes);
+        self.sets.insert(self.next_set, aggregate(prefixes));
         self.next_set
     }
 
@@ -316,6 +317,65 @@ impl Compiler {
     }
 }
 
+/// The same addresses as `prefixes`, in the fewest prefixes: duplicates and prefixes
+/// inside another of the set dropped, then two halves of one prefix (10.0.0.4/32 and
+/// 10.0.0.5/32) merged into it (10.0.0.4/31), again and again. A set stands for the
+/// union of its prefixes, so this changes no lookup (the compiler gives each address the
+/// sets that cover it), and a lab's consecutive node addresses become a few trie entries
+/// instead of one each: a matrix over 1,024 nodes writes a handful. IPv4 (mapped)
+/// prefixes are merged no wider than the whole IPv4 space.
+pub fn aggregate(mut prefixes: Vec<Prefix>) -> Vec<Prefix> {
+    // Sorted by address then length: a prefix comes right after the shorter ones of the
+    // same family that could cover it.
+    prefixes.sort_unstable_by_key(|p| (p.family, p.addr, p.len));
+    prefixes.dedup();
+    let mut kept: Vec<Prefix> = Vec::with_capacity(prefixes.len());
+    for p in prefixes {
+        // The last kept prefix of the family covers p, or none does (sorted order).
+        let covered = kept.last().is_some_and(|k| k.family == p.family && k.len <= p.len && p.truncated(k.len) == *k);
+        if !covered {
+            kept.push(p);
+        }
+    }
+    // Merge siblings, longest first: a merged parent joins the next shorter length.
+    let mut by_len: BTreeMap<u8, std::collections::HashSet<Prefix>> = BTreeMap::new();
+    for p in kept {
+        by_len.entry(p.len).or_default().insert(p);
+    }
+    let mut out = Vec::new();
+    while let Some((len, mut level)) = by_len.pop_last() {
+        let floor = |p: &Prefix| if p.family == chaos_ebpf_common::family::IPV4 { 96 } else { 0 };
+        let mut parents = std::collections::HashSet::new();
+        let mut sorted: Vec<Prefix> = level.iter().copied().collect();
+        sorted.sort_unstable_by_key(|p| (p.family, p.addr));
+        for p in sorted {
+            if len == 0 || len <= floor(&p) || !level.contains(&p) {
+                continue;
+            }
+            let sibling = sibling(&p);
+            if level.contains(&sibling) {
+                level.remove(&p);
+                level.remove(&sibling);
+                parents.insert(p.truncated(len - 1));
+            }
+        }
+        out.extend(level);
+        if !parents.is_empty() {
+            by_len.entry(len - 1).or_default().extend(parents);
+        }
+    }
+    out.sort_unstable_by_key(|p| (p.family, p.addr, p.len));
+    out
+}
+
+/// The other half of `p`'s parent prefix (its last bit flipped).
+fn sibling(p: &Prefix) -> Prefix {
+    let bit = p.len as usize - 1;
+    let mut addr = p.addr;
+    addr[bit / 8] ^= 0x80 >> (bit % 8);
+    Prefix { addr, ..*p }
+}
+
 /// Roles of CHAOS_PEERS keys (chaos_ebpf_common::role): 1..=4.
 const ROLES: usize = 4;
 
@@ -474,16 +534,59 @@ mod tests {
         assert_eq!(out.addrs.len(), 2000);
     }
 
+    /// Every address of a small space, looked up by longest prefix, gets the same sets
+    /// before and after aggregation; consecutive addresses merge into few prefixes.
+    #[test]
+    fn consecutive_addresses_aggregate_exactly() {
+        let host = |i: u32| v4(&format!("{}/32", Ipv4Addr::from(0x0a00_0000 + i)));
+        // 0..512 (one /23), then 600..700 (odd bounds), a /30 inside the /23 and a
+        // duplicate: covered and repeated prefixes go.
+        let mut raw: Vec<Prefix> = (0..512).chain(600..700).map(host).collect();
+        raw.push(v4("10.0.0.8/30"));
+        raw.push(host(3));
+        let merged = aggregate(raw.clone());
+        assert_eq!(merged.iter().filter(|p| p.len == 96 + 23).count(), 1, "{merged:?}");
+        assert!(merged.len() <= 1 + 2 * 7, "{} prefixes: {merged:?}", merged.len());
+        let in_set = |set: &[Prefix], addr: Prefix| set.iter().any(|p| addr.truncated(p.len) == *p);
+        for i in 0..1024 {
+            assert_eq!(in_set(&raw, host(i)), in_set(&merged, host(i)), "10.0.x.x + {i}");
+        }
+        // Two sets overlapping where one is merged: the lookups are those of the raw sets.
+        let mut c = Compiler::default();
+        let wide = c.add_set((0..256).map(host).collect());
+        let narrow = c.add_set(vec![host(5), host(300)]);
+        let r = rule(direction::EGRESS, true);
+        c.set_rule(1, RuleAddrs { ifindex: 0, matches: rule_matches(&r, Some(wide)) });
+        c.set_rule(2, RuleAddrs { ifindex: 0, matches: rule_matches(&r, Some(narrow)) });
+        let out = c.compile(1 << 16).unwrap();
+        assert!(out.addrs.len() <= 3, "{:?}", out.addrs);
+        let any = v4("192.0.2.1/32");
+        for i in 0..400 {
+            let want: Vec<u32> =
+                [(i < 256, 1), (i == 5 || i == 300, 2)].iter().filter(|(m, _)| *m).map(|(_, s)| *s).collect();
+            assert_eq!(lookup(&out, 1, direction::EGRESS, any, host(i)), want, "10.0.x.x + {i}");
+        }
+        // IPv4 merges stop at the whole IPv4 space.
+        assert_eq!(aggregate(vec![v4("0.0.0.0/1"), v4("128.0.0.0/1")]), vec![v4("0.0.0.0/0")]);
+    }
+
     #[test]
     fn a_million_exact_peers_share_one_class() {
         let mut c = Compiler::default();
         let prefixes: Vec<Prefix> = (0..1_000_000u32)
             .map(|i| Prefix::new(family::IPV4, Ipv4Addr::from(0x0a00_0000 + i).to_ipv6_mapped().octets(), 128))
             .collect();
-        let set = c.add_set(prefixes);
+        let set = c.add_set(prefixes.clone());
         c.set_rule(0, RuleAddrs { ifindex: 0, matches: rule_matches(&rule(direction::EGRESS, true), Some(set)) });
         let out = c.compile(1 << 16).unwrap();
-        assert_eq!(out.addrs.len(), 1_000_000);
+        // Consecutive: 10.0.0.0 to 10.15.66.63 in 8 prefixes (/12, /15, ...).
+        assert!(out.addrs.len() < 20, "{}", out.addrs.len());
+        // Every other address: nothing merges.
+        let mut c = Compiler::default();
+        let set = c.add_set(prefixes.iter().step_by(2).copied().collect());
+        c.set_rule(0, RuleAddrs { ifindex: 0, matches: rule_matches(&rule(direction::EGRESS, true), Some(set)) });
+        let out = c.compile(1 << 16).unwrap();
+        assert_eq!(out.addrs.len(), 500_000);
         assert_eq!(out.addrs.values().collect::<BTreeSet<_>>().len(), 1);
         assert_eq!(out.dispatch.len(), 1);
     }

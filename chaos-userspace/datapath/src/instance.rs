@@ -445,7 +445,7 @@ impl Instance {
         let mut rule = *rule;
         let written = self.assign_tls_bit(slot, &mut rule).and_then(|()| {
             self.clear_flows(slot)?;
-            let zero = PerCpuValues::try_from(vec![RuleCounters::default(); nr_cpus().map_err(|(_, e)| e)?])?;
+            let zero = PerCpuValues::try_from(vec![RuleCounters::default(); possible_cpus()?])?;
             let mut counters: PerCpuArray<&mut MapData, RuleCounters> =
                 PerCpuArray::try_from(self.map_mut(names::COUNTERS)?)?;
             counters.set(slot, zero, 0)?;
@@ -1004,6 +1004,17 @@ pub fn release_clsact(netns: crate::netns::NetnsId, ifindex: u32) -> std::io::Re
     };
     let _ = fs::remove_file(&marker);
     Ok(deleted)
+}
+
+/// The number of possible CPUs (per-CPU map values), read once: aya's nr_cpus parses a
+/// sysfs file on every call, a fifth of a millisecond of each install.
+fn possible_cpus() -> Result<usize> {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(n) = CPUS.get() {
+        return Ok(*n);
+    }
+    let n = nr_cpus().map_err(|(_, e)| e)?;
+    Ok(*CPUS.get_or_init(|| n))
 }
 
 /// CLOCK_MONOTONIC in ns, the clock `bpf_ktime_get_ns` reads.
