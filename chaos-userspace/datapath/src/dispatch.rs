@@ -325,46 +325,30 @@ impl Compiler {
 /// instead of one each: a matrix over 1,024 nodes writes a handful. IPv4 (mapped)
 /// prefixes are merged no wider than the whole IPv4 space.
 pub fn aggregate(mut prefixes: Vec<Prefix>) -> Vec<Prefix> {
-    // Sorted by address then length: a prefix comes right after the shorter ones of the
-    // same family that could cover it.
+    // Sorted by address then length, what is kept is disjoint and in order: a prefix
+    // covering the next one can only be the last kept, and two halves of one prefix are
+    // the last two kept. One pass, as a million peers need.
     prefixes.sort_unstable_by_key(|p| (p.family, p.addr, p.len));
-    prefixes.dedup();
-    let mut kept: Vec<Prefix> = Vec::with_capacity(prefixes.len());
+    let floor = |p: &Prefix| if p.family == chaos_ebpf_common::family::IPV4 { 96 } else { 0 };
+    let mut out: Vec<Prefix> = Vec::with_capacity(prefixes.len());
     for p in prefixes {
-        // The last kept prefix of the family covers p, or none does (sorted order).
-        let covered = kept.last().is_some_and(|k| k.family == p.family && k.len <= p.len && p.truncated(k.len) == *k);
-        if !covered {
-            kept.push(p);
+        if out.last().is_some_and(|k| k.family == p.family && k.len <= p.len && p.truncated(k.len) == *k) {
+            continue;
         }
-    }
-    // Merge siblings, longest first: a merged parent joins the next shorter length.
-    let mut by_len: BTreeMap<u8, std::collections::HashSet<Prefix>> = BTreeMap::new();
-    for p in kept {
-        by_len.entry(p.len).or_default().insert(p);
-    }
-    let mut out = Vec::new();
-    while let Some((len, mut level)) = by_len.pop_last() {
-        let floor = |p: &Prefix| if p.family == chaos_ebpf_common::family::IPV4 { 96 } else { 0 };
-        let mut parents = std::collections::HashSet::new();
-        let mut sorted: Vec<Prefix> = level.iter().copied().collect();
-        sorted.sort_unstable_by_key(|p| (p.family, p.addr));
-        for p in sorted {
-            if len == 0 || len <= floor(&p) || !level.contains(&p) {
-                continue;
+        out.push(p);
+        while let [.., low, high] = out[..] {
+            let halves = low.family == high.family
+                && low.len == high.len
+                && low.len > floor(&low)
+                && low.addr < high.addr
+                && sibling(&low) == high;
+            if !halves {
+                break;
             }
-            let sibling = sibling(&p);
-            if level.contains(&sibling) {
-                level.remove(&p);
-                level.remove(&sibling);
-                parents.insert(p.truncated(len - 1));
-            }
-        }
-        out.extend(level);
-        if !parents.is_empty() {
-            by_len.entry(len - 1).or_default().extend(parents);
+            out.truncate(out.len() - 2);
+            out.push(low.truncated(low.len - 1));
         }
     }
-    out.sort_unstable_by_key(|p| (p.family, p.addr, p.len));
     out
 }
 
