@@ -77,7 +77,7 @@ pub fn change(name: &str, change: Change) -> Result<()> {
         _ => Duration::ZERO,
     };
     block_on(&socket, extra, async {
-        let docker = connect(&socket, name).await?;
+        let docker = connect(&socket, &format!("container:{name}")).await?;
         let done = match change {
             Change::Kill(signal) => {
                 let options = bollard::query_parameters::KillContainerOptions { signal: signal.to_string() };
@@ -100,7 +100,7 @@ pub fn change(name: &str, change: Change) -> Result<()> {
 pub fn state(name: &str) -> Result<(bool, bool)> {
     let socket = socket()?;
     block_on(&socket, Duration::ZERO, async {
-        let docker = connect(&socket, name).await?;
+        let docker = connect(&socket, &format!("container:{name}")).await?;
         let details = docker.inspect_container(name, None).await.map_err(|e| lookup_error(&socket, name, e))?;
         let state = details.state.unwrap_or_default();
         Ok((state.running == Some(true), state.paused == Some(true)))
@@ -125,14 +125,14 @@ fn first_line(text: &str) -> String {
     chaos_model::spec::shorten(text.lines().next().unwrap_or(text), 160)
 }
 
-/// A client of the daemon at `socket`, its API version negotiated; `name` is the
-/// container asked about, for the message when there is no daemon.
-async fn connect(socket: &str, name: &str) -> Result<bollard::Docker> {
+/// A client of the daemon at `socket`, its API version negotiated; `what` is what is
+/// asked about (`container:web`), for the message when there is no daemon.
+async fn connect(socket: &str, what: &str) -> Result<bollard::Docker> {
     match std::fs::metadata(socket) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::unsupported(
-                format!("no Docker daemon socket at {socket} (asked about container:{name})"),
+                format!("no Docker daemon socket at {socket} (asked about {what})"),
                 "start dockerd, or set DOCKER_HOST=unix:///path/to/docker.sock",
             )
             .into())
@@ -160,7 +160,7 @@ fn lookup_error(socket: &str, name: &str, e: bollard::errors::Error) -> anyhow::
 }
 
 async fn inspect_at(socket: &str, name: &str) -> Result<Container> {
-    let docker = connect(socket, name).await?;
+    let docker = connect(socket, &format!("container:{name}")).await?;
     let details = docker.inspect_container(name, None).await.map_err(|e| lookup_error(socket, name, e))?;
     let state = details.state.unwrap_or_default();
     let pid = state.pid.unwrap_or(0);
@@ -188,7 +188,7 @@ pub fn with_label(key: &str, value: &str) -> Result<Vec<String>> {
     let socket = socket()?;
     let selector = format!("{key}={value}");
     block_on(&socket, Duration::ZERO, async {
-        let docker = connect(&socket, &format!("label {selector}")).await?;
+        let docker = connect(&socket, &format!("container-label:{selector}")).await?;
         let filters = std::collections::HashMap::from([("label".to_owned(), vec![selector.clone()])]);
         let options = bollard::query_parameters::ListContainersOptions { filters: Some(filters), ..Default::default() };
         let list = docker.list_containers(Some(options)).await.map_err(|e| unreachable(&socket, &e.to_string()))?;
