@@ -212,8 +212,12 @@ fn dead_run_is_collected_by_status() {
 }
 
 /// SIGINT at any moment of a run's start (resolving, loading, attaching, first rule):
-/// exit 1 within 300 ms, nothing left.
+/// exit 1 within 300 ms, nothing left. Under qemu's TCG emulation (the VM tests) every
+/// instruction is tens of times slower: there the bound is 1.5 s (a SIGINT 20 ms after
+/// the start took 439 ms on 6.1, the one at 0 ms 296 ms), and what is checked is the
+/// exit code and that nothing is left.
 fn ctrl_c_acts_within_300ms_at_any_moment() {
+    let bound = if emulated() { Duration::from_millis(1500) } else { Duration::from_millis(300) };
     let pair = Pair::new("sigint");
     let target = pair.target();
     let mut worst = Duration::ZERO;
@@ -263,7 +267,7 @@ fn ctrl_c_acts_within_300ms_at_any_moment() {
         worst = worst.max(took);
         println!("SIGINT {delay_ms} ms after start: exit {code} after {took:?}");
         assert_eq!(code, 1, "an interrupted run: {out}{err}");
-        assert!(took < Duration::from_millis(300), "SIGINT {delay_ms} ms after start took {took:?}: {err}");
+        assert!(took < bound, "SIGINT {delay_ms} ms after start took {took:?} (bound {bound:?}): {err}");
         assert!(err.lines().all(|l| l.len() < 400), "an error line runs long: {err}");
         assert_nothing_left();
         assert_eq!(gso_max_segs(&pair.a, "va"), 65535, "settings left after SIGINT at {delay_ms} ms");
