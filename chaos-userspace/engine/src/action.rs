@@ -27,9 +27,9 @@ use chaos_model::{
     spec::{Cidr, TargetSpec},
 };
 use serde::{Deserialize, Serialize};
+use tracing::{field::Empty, info_span, Span};
 
 use crate::container;
-use tracing::{field::Empty, info_span, Span};
 
 /// A member of the cluster lab.
 #[derive(Debug, Clone)]
@@ -178,14 +178,8 @@ pub fn bind_lab_targets(plan: &Plan, lab: Option<&dyn Lab>) -> Result<(Plan, Vec
                             .join(", ")
                     ));
                     for (k, m) in members.iter().enumerate() {
-                        let rule_id = if k == 0 {
-                            fault.rule_id
-                        } else {
-                            next_id += 1;
-                            next_id - 1
-                        };
                         faults.push(PlannedFault {
-                            rule_id,
+                            rule_id: expanded_rule_id(k, fault.rule_id, &mut next_id),
                             spec: chaos_model::spec::FaultSpec {
                                 target: TargetSpec::Netns(m.netns.clone()),
                                 ..spec.clone()
@@ -206,6 +200,16 @@ pub fn bind_lab_targets(plan: &Plan, lab: Option<&dyn Lab>) -> Result<(Plan, Vec
         step.faults = faults;
     }
     Ok((bound, notes))
+}
+
+/// The rule id of the `k`th fault one fault expands into (one per lab member or per
+/// container): the first keeps the fault's own, the others take `next_id` onwards.
+pub(crate) fn expanded_rule_id(k: usize, own: u32, next_id: &mut u32) -> u32 {
+    if k == 0 {
+        return own;
+    }
+    *next_id += 1;
+    *next_id - 1
 }
 
 /// How long a selector that needs a leader waits for one (an election in progress, after
@@ -243,7 +247,7 @@ pub fn check_actions(plan: &Plan, lab: Option<&dyn Lab>) -> Result<()> {
         for target in &action.targets {
             if let ActionTarget::Container(name) = target {
                 // Exit 2 for a missing daemon, an unknown or a stopped container.
-                crate::container::inspect(name)?;
+                container::inspect(name)?;
             }
             if let ActionTarget::Pid(pid) = target {
                 if !std::path::Path::new(&format!("/proc/{pid}")).exists() {

@@ -232,12 +232,7 @@ pub fn bind_container_labels(plan: &Plan) -> Result<(Plan, Vec<String>)> {
             }
             notes.push(format!("step {}: {} = {}", step.name, fault.spec.target, names.join(", ")));
             for (k, name) in names.into_iter().enumerate() {
-                let rule_id = if k == 0 {
-                    fault.rule_id
-                } else {
-                    next_id += 1;
-                    next_id - 1
-                };
+                let rule_id = crate::action::expanded_rule_id(k, fault.rule_id, &mut next_id);
                 let spec = FaultSpec { target: TargetSpec::Container(name), ..fault.spec.clone() };
                 faults.push(PlannedFault { rule_id, spec, ..fault.clone() });
             }
