@@ -46,7 +46,13 @@ fn lab_demo_scenario_runs_and_leaves_nothing() {
         4.0 * sigma + 2.0
     );
     assert!(sent >= 400.0, "the probe sent only {sent} packets in 4 s at 200/s");
-    assert!(ratio("cut-off") < 0.02, "cut-off {}", ratio("cut-off"));
+    // The probe counts from the moment the partition is in force; requests sent before
+    // it may still wait in the server's socket then (its thread lags under emulation).
+    let (delivered, sent) = probe("cut-off");
+    assert!(
+        delivered < 0.02 * sent + 2.0,
+        "cut-off: {delivered} of {sent} requests arrived through the partition"
+    );
     assert!(ratio("recovered") > 0.97, "recovered {}", ratio("recovered"));
     let namespaces = String::from_utf8_lossy(&sh("ip", &["netns", "list"]).stdout).into_owned();
     assert!(!namespaces.contains("chaos-lab-"), "lab namespaces left: {namespaces}");

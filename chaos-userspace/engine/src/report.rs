@@ -132,7 +132,7 @@ pub struct StepReport {
     pub windows: Vec<WindowReport>,
     /// One per rule and namespace; counters summed over the step's windows.
     pub rules: Vec<RuleReport>,
-    /// The lab probe's packets during the step.
+    /// The lab probe's packets during the step, from the moment its rules were in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeCounts>,
     /// An action step's action: what it resolved to and did, and its undo.

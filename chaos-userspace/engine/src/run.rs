@@ -151,7 +151,7 @@ pub struct Progress<'a> {
     pub step: &'a str,
     /// The counters of each rule in force (whose counters could be read).
     pub rules: Vec<RuleCount>,
-    /// The probe since the step started.
+    /// The probe since the step's rules were first in force.
     pub probe: Option<ProbeCounts>,
 }
 
@@ -1037,7 +1037,6 @@ impl Running<'_> {
             }
             self.steps[i].span = Some(span);
             self.steps[i].started = Some(Instant::now());
-            self.steps[i].probe_start = self.probe.map(|p| p.counts());
         }
         if self.steps[i].active.is_empty() {
             self.install(i, window.intensity)?;
@@ -1054,6 +1053,11 @@ impl Running<'_> {
                 self.instances.get_mut(netns).expect("loaded").update_rule(*slot, &rule)?;
                 a.span.record("intensity", window.intensity);
             }
+        }
+        // The probe counts from the moment the rules are in force: a packet sent while
+        // they were being installed (tens of ms under emulation) met no fault yet.
+        if self.steps[i].probe_start.is_none() {
+            self.steps[i].probe_start = self.probe.map(|p| p.counts());
         }
         self.steps[i].windows[j].started_s = Some(self.now_s());
         Ok(())
