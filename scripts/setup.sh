@@ -19,9 +19,11 @@ set -euo pipefail
 # nftables and iptables: the baselines of `cargo xtask bench apply` (nft -f, iptables-restore).
 # docker.io: `container:NAME` targets; the kernel tests (tests/kernel/docker.rs) start a dockerd
 # of their own (no init system here) and import a busybox-static image (nothing can be pulled).
+# docker-compose and binutils (objcopy): the compose stack (deploy/compose/, its kernel test
+# tests/kernel/stack.rs) brings itself up with docker-compose from an image of stripped binaries.
 packages=(rustc-web libstd-rust-web-dev-bpf llvm-22-dev bpftool iproute2 iputils-ping util-linux
   qemu-system-x86 busybox-static xz-utils prometheus dnsmasq-base chromium etcd-server etcd-client
-  nftables iptables docker.io)
+  nftables iptables docker.io docker-compose binutils)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -73,6 +73,7 @@ test_modules! {
     lab_scenarios,
     tls_refuse,
     agent,
+    stack,
     hyper_lab,
     docker,
 }

@@ -1,0 +1,265 @@
+//! The docker-compose chaos stack (deploy/compose/): `stack.sh up` on a dockerd of its
+//! own, the sample scenarios inside it with their hypotheses, the alerts they set off,
+//! the bundle of a run, then `stack.sh down` and a host as it was before.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use crate::support::*;
+
+pub const TESTS: &[Test] = tests![compose_stack_runs_the_samples_and_leaves_nothing];
+
+const PROMETHEUS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 101)), 9090);
+const ETCD: &str = "http://198.51.100.98:2379,http://198.51.100.99:2379,http://198.51.100.100:2379";
+const RUNS: &str = "/var/lib/chaos-ebpf/stack/runs";
+
+fn stack_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/compose/stack.sh")
+}
+
+fn stack(args: &[&str]) -> Output {
+    Command::new("bash").arg(stack_script()).args(args).output().expect("bash deploy/compose/stack.sh")
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = sh("docker", args);
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The host's side of what dockerd changes, to compare after `down`.
+fn host_state() -> (String, String) {
+    let rules = String::from_utf8_lossy(&sh("iptables-save", &[]).stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (rules, fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default())
+}
+
+/// Percent-encodes a PromQL expression for a query string.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An instant query against the stack's Prometheus: its result vector.
+fn query(expr: &str) -> Vec<serde_json::Value> {
+    let (status, body) = http_get(PROMETHEUS, &format!("/api/v1/query?query={}", encode(expr))).expect("Prometheus");
+    assert_eq!(status, 200, "{expr}: {body}");
+    let value: serde_json::Value = serde_json::from_str(&body).expect("Prometheus JSON");
+    value["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// Which members an alert has fired for within the last `window_s` seconds.
+fn fired(alert: &str, window_s: u64) -> Vec<String> {
+    query(&format!("max_over_time(ALERTS{{alertname=\"{alert}\",alertstate=\"firing\"}}[{window_s}s])"))
+        .iter()
+        .map(|s| s["metric"]["instance"].as_str().or(s["metric"]["node"].as_str()).unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Waits up to `limit` for no alert `alert` firing.
+fn resolved_within(alert: &str, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if query(&format!("ALERTS{{alertname=\"{alert}\",alertstate=\"firing\"}}")).is_empty() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    None
+}
+
+/// (member name, its endpoint, whether it leads) of each etcd member, as etcd says.
+fn etcd_members() -> Vec<(String, String, bool)> {
+    let text = docker(&["exec", "chaos-stack-agent", "etcdctl", "--endpoints", ETCD, "endpoint", "status", "-w", "json"]);
+    let status: Vec<serde_json::Value> = serde_json::from_str(&text).expect("etcdctl JSON");
+    status
+        .iter()
+        .map(|s| {
+            let id = s["Status"]["header"]["member_id"].as_u64().unwrap_or(0);
+            let leader = s["Status"]["leader"].as_u64().unwrap_or(u64::MAX);
+            (format!("{id:x}"), s["Endpoint"].as_str().unwrap_or("").to_owned(), id == leader)
+        })
+        .collect()
+}
+
+/// Runs a sample; its exit code, its output and its run directory.
+fn run_sample(name: &str) -> (i32, String, Option<PathBuf>) {
+    let before: Vec<_> = fs::read_dir(RUNS).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let out = stack(&["run", name, "--output", "json"]);
+    let dir = fs::read_dir(RUNS)
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.is_dir() && !before.contains(p));
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text, dir)
+}
+
+/// `stack.sh down` on drop, also after a failure; the run directories the test made
+/// are removed.
+struct Stack {
+    up: bool,
+    runs: Vec<PathBuf>,
+}
+
+impl Stack {
+    fn down(&mut self) -> Output {
+        self.up = false;
+        for dir in self.runs.drain(..) {
+            let _ = fs::remove_file(dir.with_extension("tar.gz"));
+            let _ = fs::remove_dir_all(&dir);
+        }
+        stack(&["down"])
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if self.up {
+            let out = self.down();
+            if !out.status.success() {
+                eprintln!("stack teardown: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+}
+
+/// The stack comes up healthy from the image it builds; the member-kill and partition
+/// samples pass their hypotheses with the effect they name (a new leader; a member
+/// cut off) and the alert it fires, then resolves; the latency sample runs or
+/// is refused by name where the kernel has no sch_fq; a run's bundle holds every
+/// container's log and a Prometheus snapshot; `down` leaves the host as it was.
+fn compose_stack_runs_the_samples_and_leaves_nothing() {
+    require_root();
+    for tool in ["dockerd", "docker-compose"] {
+        if sh("sh", &["-c", &format!("command -v {tool}")]).stdout.is_empty() {
+            skip(&format!(
+                "{tool} is not installed (scripts/setup.sh installs docker.io and docker-compose; the VM images have neither)"
+            ));
+        }
+    }
+    if sh("docker", &["-H", "unix:///var/run/docker.sock", "version"]).status.success()
+        || sh("ip", &["link", "show", "docker0"]).status.success()
+    {
+        skip("a Docker daemon runs here already: the test starts the stack's own dockerd and checks the host after it");
+    }
+    let before = host_state();
+    let bin_dir = Path::new(bin()).parent().unwrap().display().to_string();
+    let mut guard = Stack { up: true, runs: Vec::new() };
+    let t = Instant::now();
+    let out = stack(&["up", "--nodes", "3", "--bin-dir", &bin_dir]);
+    let up_s = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "stack.sh up: {}", String::from_utf8_lossy(&out.stderr));
+
+    // Every service healthy: 3 etcd, 3 nodes, Prometheus, the agent.
+    let health = docker(&[
+        "ps",
+        "--filter",
+        "label=com.docker.compose.project=chaos-stack",
+        "--format",
+        "{{.Names}} {{.Status}}",
+    ]);
+    assert_eq!(health.lines().count(), 8, "{health}");
+    assert!(health.lines().all(|l| l.contains("(healthy)")), "{health}");
+    let image = docker(&["inspect", "-f", "{{.Config.Image}}", "chaos-stack-agent"]);
+    assert!(image.starts_with("chaos-ebpf-stack:") && !image.ends_with(":latest"), "{image}");
+    let size_mb = docker(&["image", "inspect", "-f", "{{.Size}}", &image]).parse::<f64>().unwrap() / 1e6;
+    println!("REPORT|stack_up|seconds={up_s:.1}|image={image}|image_mb={size_mb:.0}");
+
+    // Member kill: etcd-1 leads first (etcd moves the leadership there), then is killed.
+    let members = etcd_members();
+    let etcd1 = members.iter().find(|m| m.1.contains("198.51.100.98")).expect("etcd-1").clone();
+    if !etcd1.2 {
+        let leader = members.iter().find(|m| m.2).expect("a leader").1.clone();
+        docker(&["exec", "chaos-stack-agent", "etcdctl", "--endpoints", &leader, "move-leader", &etcd1.0]);
+    }
+    assert!(etcd_members().iter().any(|m| m.2 && m.0 == etcd1.0), "etcd-1 does not lead after move-leader");
+    let (code, text, dir) = run_sample("member-kill");
+    guard.runs.extend(dir.clone());
+    assert_eq!(code, 0, "member-kill: {text}");
+    let report: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.as_ref().expect("a run directory").join("report.json")).expect("report.json"),
+    )
+    .unwrap();
+    assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
+    let new_leader = etcd_members().into_iter().find(|m| m.2).expect("a leader after the kill");
+    assert_ne!(new_leader.0, etcd1.0, "etcd-1 leads again: no new leader was elected");
+    let changed = fired("EtcdLeaderChanged", 60);
+    assert!(!changed.is_empty(), "EtcdLeaderChanged did not fire");
+    println!("REPORT|member_kill|new_leader={}|EtcdLeaderChanged fired on {changed:?}", new_leader.1);
+    check_bundle(dir.as_ref().unwrap(), 8);
+
+    // Partition: etcd-3 alone; it has no leader (the alert fires), the others go on.
+    let (code, text, dir) = run_sample("partition");
+    guard.runs.extend(dir.clone());
+    assert_eq!(code, 0, "partition: {text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.as_ref().unwrap().join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
+    assert!(report["agent"].is_string(), "the run did not go through the stack's agent: {}", report["agent"]);
+    let dropped = report["steps"][1]["rules"][0]["counters"]["dropped"].as_u64().unwrap_or(0);
+    assert!(dropped > 0, "the partition dropped nothing: {}", report["steps"][1]);
+    // Prometheus cannot reach etcd-3 either: its scrape target is down, the alert fires,
+    // and resolves after the heal. (EtcdNoLeader fires only when etcd-3, scraped again
+    // after the heal, still has no leader for 2 s: reported, not required.)
+    let down = fired("ScrapeTargetDown", 60);
+    assert!(down.iter().any(|i| i.contains("198.51.100.100")), "ScrapeTargetDown did not fire for etcd-3: {down:?}");
+    let resolved = resolved_within("ScrapeTargetDown", Duration::from_secs(30));
+    assert!(resolved.is_some(), "ScrapeTargetDown still fires 30 s after the partition's run");
+    let no_leader = fired("EtcdNoLeader", 60);
+    println!(
+        "REPORT|partition|dropped={dropped}|ScrapeTargetDown fired on {down:?}, resolved {resolved:?} after the run|EtcdNoLeader fired on {no_leader:?}"
+    );
+
+    // Latency needs sch_fq: it runs, or is refused by name and changes nothing.
+    let (code, text, dir) = run_sample("latency");
+    guard.runs.extend(dir);
+    if code == 2 {
+        assert!(text.contains("sch_fq"), "latency refused without naming sch_fq: {text}");
+        println!("REPORT|latency|refused: no sch_fq in this kernel");
+    } else {
+        assert_eq!(code, 0, "latency: {text}");
+        println!("REPORT|latency|ran");
+    }
+
+    let t = Instant::now();
+    let out = guard.down();
+    let down_s = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "stack.sh down: {}", String::from_utf8_lossy(&out.stderr));
+    println!("REPORT|stack_down|seconds={down_s:.1}");
+    assert!(!sh("ip", &["link", "show", "docker0"]).status.success(), "docker0 is left");
+    assert_eq!(host_state(), before, "iptables or ip_forward differ from before the stack");
+    assert!(sh("pgrep", &["-x", "dockerd"]).stdout.is_empty(), "a dockerd is left");
+    assert!(!Path::new("/run/chaos-ebpf/stack").exists(), "/run/chaos-ebpf/stack is left");
+    assert!(!Path::new("/var/lib/chaos-ebpf/stack/docker").exists(), "the stack's Docker data is left");
+    assert_nothing_left();
+}
+
+/// A run's bundle: chaos-ebpf's files plus every container's log and a snapshot of
+/// Prometheus' data.
+fn check_bundle(dir: &Path, containers: usize) {
+    let bundle = dir.with_extension("tar.gz");
+    let list = sh("tar", &["tzf", &bundle.display().to_string()]);
+    assert!(list.status.success(), "{} is not a tar.gz", bundle.display());
+    let names = String::from_utf8_lossy(&list.stdout).into_owned();
+    for file in ["report.json", "report.html", "stack/prometheus-snapshot.tar.gz", "stack/services.txt"] {
+        assert!(names.lines().any(|n| n.ends_with(file)), "the bundle has no {file}:\n{names}");
+    }
+    let logs = names.lines().filter(|n| n.contains("/stack/logs/") && n.ends_with(".log")).count();
+    assert_eq!(logs, containers, "container logs in the bundle:\n{names}");
+    let snapshot = sh("tar", &["tzf", &dir.join("stack/prometheus-snapshot.tar.gz").display().to_string()]);
+    let blocks = String::from_utf8_lossy(&snapshot.stdout).lines().filter(|l| l.contains("/chunks/")).count();
+    assert!(blocks > 0, "the Prometheus snapshot has no chunks");
+}
