@@ -200,7 +200,9 @@ cmd_down() {
   done
   local t0=$SECONDS
   if docker_ version >/dev/null 2>&1; then
-    compose down --volumes --remove-orphans --timeout 10 >&2 2>&1 || left+=("compose down failed")
+    # SIGKILL after 5 s: etcd members stopping together take 4-6 s (a leader hands
+    # over), and what they hold goes with the volume anyway.
+    compose down --volumes --remove-orphans --timeout 5 >&2 2>&1 || left+=("compose down failed")
     if [ $keep_images = 0 ]; then
       for image in $(docker_ images -q --filter "label=org.opencontainers.image.title=chaos-ebpf-stack" | sort -u); do
         docker_ rmi -f "$image" >/dev/null || left+=("image $image")
