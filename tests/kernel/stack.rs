@@ -136,9 +136,9 @@ impl Drop for Stack {
     }
 }
 
-/// The stack comes up healthy from the image it builds; the member-kill and partition
-/// samples pass their hypotheses with the effect they name (a new leader; a member
-/// cut off) and the alert it fires, then resolves; the latency sample runs or
+/// The stack comes up healthy from the image it builds; the leader-kill, split-brain
+/// and partition samples pass their hypotheses with the effect they name (a new leader
+/// within 5 s; the minority cut off; a member cut off, whose alert fires and resolves); the latency sample runs or
 /// is refused by name where the kernel has no sch_fq; a run's bundle holds every
 /// container's log and a Prometheus snapshot; `down` leaves the host as it was.
 fn compose_stack_runs_the_samples_and_leaves_nothing() {
@@ -178,35 +178,51 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
     let size_mb = docker(&["image", "inspect", "-f", "{{.Size}}", &image]).parse::<f64>().unwrap() / 1e6;
     println!("REPORT|stack_up|seconds={up_s:.1}|image={image}|image_mb={size_mb:.0}");
 
-    // Member kill: etcd-1 leads first (etcd moves the leadership there), then is killed.
-    let members = etcd_members();
-    let etcd1 = members.iter().find(|m| m.1.contains("198.51.100.98")).expect("etcd-1").clone();
-    if !etcd1.2 {
-        let leader = members.iter().find(|m| m.2).expect("a leader").1.clone();
-        docker(&["exec", "chaos-stack-agent", "etcdctl", "--endpoints", &leader, "move-leader", &etcd1.0]);
-    }
-    assert!(etcd_members().iter().any(|m| m.2 && m.0 == etcd1.0), "etcd-1 does not lead after move-leader");
-    let (code, text, dir) = run_sample("member-kill");
+    // Leader kill: `cluster:` names the etcd containers; the one that leads is killed.
+    let leader_before = etcd_members().into_iter().find(|m| m.2).expect("a leader before the kill");
+    let (code, text, dir) = run_sample("leader-kill");
     guard.runs.extend(dir.clone());
-    assert_eq!(code, 0, "member-kill: {text}");
-    let report: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(dir.as_ref().expect("a run directory").join("report.json")).expect("report.json"),
-    )
-    .unwrap();
+    assert_eq!(code, 0, "leader-kill: {text}");
+    let report = report_of(dir.as_deref());
     assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
-    let new_leader = etcd_members().into_iter().find(|m| m.2).expect("a leader after the kill");
-    assert_ne!(new_leader.0, etcd1.0, "etcd-1 leads again: no new leader was elected");
+    let action = &report["steps"][1]["action"];
+    let killed = action["resolved"][0].as_str().unwrap_or("").to_owned();
+    let elected_ms = action["leader_elected_ms"].as_f64();
+    assert!(elected_ms.is_some_and(|ms| ms < 5000.0), "no new leader within 5 s: {action}");
+    let etcd_number = |endpoint: &str| match endpoint.rsplit('.').next().and_then(|s| s.split(':').next()) {
+        Some("98") => "chaos-stack-etcd-1",
+        Some("99") => "chaos-stack-etcd-2",
+        _ => "chaos-stack-etcd-3",
+    };
+    assert_eq!(killed, etcd_number(&leader_before.1), "the action killed another member than the leader: {action}");
     let changed = fired("EtcdLeaderChanged", 60);
     assert!(!changed.is_empty(), "EtcdLeaderChanged did not fire");
-    println!("REPORT|member_kill|new_leader={}|EtcdLeaderChanged fired on {changed:?}", new_leader.1);
+    println!(
+        "REPORT|leader_kill|killed={killed}|new leader after {:.0} ms: {}|EtcdLeaderChanged fired on {changed:?}",
+        elected_ms.unwrap_or(0.0),
+        action["new_leader"]
+    );
     check_bundle(dir.as_ref().unwrap(), 8);
+
+    // Split brain: the minority (the leader) cut off from the majority.
+    let (code, text, dir) = run_sample("split-brain");
+    guard.runs.extend(dir.clone());
+    assert_eq!(code, 0, "split-brain: {text}");
+    let report = report_of(dir.as_deref());
+    assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
+    let dropped = report["steps"][1]["rules"][0]["counters"]["dropped"].as_u64().unwrap_or(0);
+    assert!(dropped > 0, "the split dropped nothing: {}", report["steps"][1]);
+    let outages: Vec<String> = report["hypothesis"]["outages"]
+        .as_array()
+        .map(|o| o.iter().map(|o| format!("{} {:.1} s", o["probe"], o["seconds"].as_f64().unwrap_or(0.0))).collect())
+        .unwrap_or_default();
+    println!("REPORT|split_brain|dropped={dropped}|outages {outages:?}");
 
     // Partition: etcd-3 alone; it has no leader (the alert fires), the others go on.
     let (code, text, dir) = run_sample("partition");
     guard.runs.extend(dir.clone());
     assert_eq!(code, 0, "partition: {text}");
-    let report: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(dir.as_ref().unwrap().join("report.json")).unwrap()).unwrap();
+    let report = report_of(dir.as_deref());
     assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
     assert!(report["agent"].is_string(), "the run did not go through the stack's agent: {}", report["agent"]);
     let dropped = report["steps"][1]["rules"][0]["counters"]["dropped"].as_u64().unwrap_or(0);
@@ -245,6 +261,11 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
     assert!(!Path::new("/run/chaos-ebpf/stack").exists(), "/run/chaos-ebpf/stack is left");
     assert!(!Path::new("/var/lib/chaos-ebpf/stack/docker").exists(), "the stack's Docker data is left");
     assert_nothing_left();
+}
+
+fn report_of(dir: Option<&Path>) -> serde_json::Value {
+    let path = dir.expect("a run directory").join("report.json");
+    serde_json::from_str(&fs::read_to_string(&path).expect("report.json")).expect("report JSON")
 }
 
 /// A run's bundle: chaos-ebpf's files plus every container's log and a snapshot of

@@ -25,14 +25,19 @@ pub struct ClusterLab {
     control: Mutex<LabControl>,
 }
 
-/// The lab when the plan names lab members or has lab actions; an error (exit 2) naming
-/// `lab up` when it does and no lab is up.
+/// The lab when the plan names lab members or has lab actions: the containers of its
+/// `cluster:` when it has one, else the cluster lab; an error (exit 2) naming `lab up`
+/// when there is neither.
 pub fn open_for(plan: &Plan) -> Result<Option<Arc<dyn Lab>>> {
     let uses_lab = plan.steps.iter().any(|s| {
         s.faults.iter().any(PlannedFault::names_lab_members) || s.action.as_ref().is_some_and(|a| a.needs_lab())
     });
     if !uses_lab {
         return Ok(None);
+    }
+    if let Some(spec) = &plan.cluster {
+        chaos_engine::container_cluster::refuse_lab_only_actions(plan)?;
+        return Ok(Some(Arc::new(chaos_engine::container_cluster::ContainerCluster::open(spec)?)));
     }
     let control = LabControl::open(Path::new(STATE_DIR))?;
     Ok(Some(Arc::new(ClusterLab { control: Mutex::new(control) })))

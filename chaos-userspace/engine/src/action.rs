@@ -610,7 +610,7 @@ fn gone(pid: u32) -> bool {
 /// Kills a container through the Docker API: `signal` (`docker kill`), or with `grace`
 /// SIGTERM then SIGKILL after it (`docker stop -t`, which returns once it stopped); a
 /// SIGKILL or SIGTERM is waited for (bounded) until the container no longer runs.
-fn kill_container(name: &str, signal: i32, grace: Option<Duration>) -> Result<String> {
+pub(crate) fn kill_container(name: &str, signal: i32, grace: Option<Duration>) -> Result<String> {
     let start = Instant::now();
     if let Some(grace) = grace {
         container::change(name, container::Change::Stop(grace))?;

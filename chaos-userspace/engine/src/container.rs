@@ -26,6 +26,8 @@ pub struct Container {
     pub id: String,
     pub name: String,
     pub pid: u32,
+    /// Its IPv4 address on the first of its networks (by name) that gives one.
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl Container {
@@ -172,7 +174,11 @@ async fn inspect_at(socket: &str, name: &str) -> Result<Container> {
         )
         .into());
     }
-    Ok(Container { id: details.id.unwrap_or_default(), name: display, pid: pid as u32 })
+    let settings = details.network_settings.unwrap_or_default();
+    let mut networks: Vec<_> = settings.networks.unwrap_or_default().into_iter().collect();
+    networks.sort_by(|a, b| a.0.cmp(&b.0));
+    let ip = networks.into_iter().filter_map(|(_, endpoint)| endpoint.ip_address).find_map(|text| text.parse().ok());
+    Ok(Container { id: details.id.unwrap_or_default(), name: display, pid: pid as u32, ip })
 }
 
 /// A daemon that cannot be asked (no permission, not answering, an error of its own).

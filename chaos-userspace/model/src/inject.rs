@@ -194,6 +194,7 @@ pub fn plan(fault: InjectFault) -> Result<Plan, Problem> {
         attach: common.attach,
         protect,
         lab: None,
+        cluster: None,
         steps: vec![PlannedStep {
             // The run's seed itself (filled in below when drawn): `inject --seed N` decides
             // as the shared hash with N, and the seed a run prints repeats it.

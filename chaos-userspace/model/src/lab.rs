@@ -1,4 +1,5 @@
-//! The `lab:` section of a scenario: what embedded lab to build (chaos-lab builds it).
+//! The `lab:` section of a scenario: what embedded lab to build (chaos-lab builds it);
+//! and the `cluster:` section: which containers the lab's roles name instead.
 
 use std::net::Ipv4Addr;
 
@@ -77,4 +78,51 @@ impl LabSpec {
 
 pub fn node_address(index: u32) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, index as u8)
+}
+
+/// `cluster:`: the lab's roles (`node:NAME`, `leader`, `followers`, `minority`,
+/// `majority`) name these containers instead of the cluster lab's members: the etcd
+/// members of a compose stack, say. Each member is a running container with the label;
+/// its etcd, at the container's address and `etcd-client-port`, says who leads.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ClusterSpec {
+    /// The members: running containers with this label (`KEY=VALUE`).
+    pub containers: String,
+    /// Where each member's etcd answers clients (plain HTTP), default 2379.
+    pub etcd_client_port: Option<u16>,
+}
+
+impl ClusterSpec {
+    pub const DEFAULT_ETCD_CLIENT_PORT: u16 = 2379;
+
+    /// The label as (key, value); a problem names the field.
+    pub fn label(&self) -> Result<(&str, &str), Problem> {
+        match self.containers.split_once('=') {
+            Some((key, value)) if !key.is_empty() && !value.is_empty() && key.len() <= 256 && value.len() <= 256 => {
+                Ok((key, value))
+            }
+            _ => Err(Problem::field(
+                "containers",
+                format!("'{}' is not a label KEY=VALUE", crate::spec::shorten(&self.containers, 60)),
+                "name the members' label, e.g. containers: io.chaos-ebpf.stack=etcd",
+            )),
+        }
+    }
+
+    pub fn etcd_client_port(&self) -> u16 {
+        self.etcd_client_port.unwrap_or(Self::DEFAULT_ETCD_CLIENT_PORT)
+    }
+
+    pub fn validate(&self) -> Result<(), Problem> {
+        self.label()?;
+        if self.etcd_client_port == Some(0) {
+            return Err(Problem::field("etcd-client-port", "port 0", "give etcd's client port, e.g. 2379"));
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self) -> String {
+        format!("the containers labelled {} (etcd on :{})", self.containers, self.etcd_client_port())
+    }
 }

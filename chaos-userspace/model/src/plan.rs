@@ -198,6 +198,8 @@ pub struct Plan {
     pub attach: Attach,
     pub protect: Vec<Protect>,
     pub lab: Option<LabSpec>,
+    /// Containers the lab's roles name instead of the cluster lab's members.
+    pub cluster: Option<crate::lab::ClusterSpec>,
     pub steps: Vec<PlannedStep>,
     /// Probes of the steady state: before the faults, during them, after recovery.
     pub hypothesis: Option<Hypothesis>,
@@ -276,6 +278,8 @@ struct PlanView<'a> {
     protect: &'a [Protect],
     #[serde(skip_serializing_if = "Option::is_none")]
     lab: &'a Option<LabSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: &'a Option<crate::lab::ClusterSpec>,
     #[serde(serialize_with = "ser_secs")]
     total: Duration,
     steps: &'a [PlannedStep],
@@ -296,6 +300,7 @@ impl Serialize for Plan {
             attach: self.attach,
             protect: &self.protect,
             lab: &self.lab,
+            cluster: &self.cluster,
             total: self.total_duration(),
             steps: &self.steps,
             peak: self.peak_use(),
@@ -511,6 +516,9 @@ impl Plan {
         );
         if let Some(lab) = &self.lab {
             let _ = writeln!(out, "lab: {}", lab.describe());
+        }
+        if let Some(cluster) = &self.cluster {
+            let _ = writeln!(out, "cluster: {}", cluster.describe());
         }
         let _ = writeln!(out, "\ntimeline:");
         for step in &self.steps {

@@ -284,6 +284,11 @@ impl Validator<'_> {
         if let Some(lab) = &raw.lab {
             lab.validate().map_err(|e| self.error(&[Seg::Key("lab"), Seg::Key(e.at.field)], e.problem, e.fix))?;
         }
+        if let Some(cluster) = &raw.cluster {
+            cluster
+                .validate()
+                .map_err(|e| self.error(&[Seg::Key("cluster"), Seg::Key(e.at.field)], e.problem, e.fix))?;
+        }
         let mut targets = BTreeMap::new();
         for (name, text) in &raw.targets {
             let spec: TargetSpec = text.parse().map_err(|e: Problem| {
@@ -428,6 +433,7 @@ impl Validator<'_> {
             attach: raw.attach.unwrap_or(Attach::Auto),
             protect,
             lab: raw.lab,
+            cluster: raw.cluster,
             steps,
             hypothesis,
             abort,
@@ -1416,6 +1422,34 @@ mod tests {
             count += 1;
         }
         assert!(count > 0);
+    }
+
+    #[test]
+    fn compose_stack_samples_are_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/compose/scenarios");
+        let mut count = 0;
+        for entry in
+            std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        {
+            load(&entry.path()).unwrap_or_else(|e| panic!("{e}"));
+            count += 1;
+        }
+        assert!(count >= 4, "{count} samples in deploy/compose/scenarios");
+    }
+
+    #[test]
+    fn a_cluster_of_containers_is_checked() {
+        let steps = "steps:\n  - {name: k, action: kill, target: leader, duration: 1s}\n";
+        let plan = parse_v1(&format!("cluster:\n  containers: app=etcd\n  etcd-client-port: 12379\n{steps}")).unwrap();
+        let cluster = plan.cluster.expect("cluster");
+        assert_eq!(cluster.label().unwrap(), ("app", "etcd"));
+        assert_eq!(cluster.etcd_client_port(), 12379);
+        let e = err(&format!("cluster:\n  containers: etcd\n{steps}"));
+        assert!(e.problem.contains("not a label KEY=VALUE") && e.at.line == 2, "{e:?}");
+        let e = err(&format!("cluster:\n  containers: a=b\n  etcd-client-port: 0\n{steps}"));
+        assert!(e.problem.contains("port 0"), "{e:?}");
+        let e = err(&format!("cluster:\n  containers: a=b\n  nodes: 3\n{steps}"));
+        assert!(e.problem.contains("nodes"), "{e:?}");
     }
 
     /// Every ```yaml block of docs/scenarios.md is a whole valid file, so the reference

@@ -9,7 +9,11 @@ use std::collections::BTreeMap;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 
-use crate::{action::ActionKind, lab::LabSpec, plan::Attach};
+use crate::{
+    action::ActionKind,
+    lab::{ClusterSpec, LabSpec},
+    plan::Attach,
+};
 
 /// The schema of a duration field: YAML gives a bare number (seconds) to a string field
 /// as its text, so the schema allows both.
@@ -76,6 +80,9 @@ pub struct RawScenario {
     #[serde(default)]
     pub force: bool,
     pub lab: Option<LabSpec>,
+    /// The containers that the lab's roles (`leader`, `node:NAME`, ...) name, instead of
+    /// the cluster lab's members.
+    pub cluster: Option<ClusterSpec>,
     /// Names for targets (`iface:NAME`, `netns:NAME`, `cgroup:PATH`, `pid:PID`,
     /// `container:NAME`).
     #[serde(default)]
