@@ -75,6 +75,7 @@ test_modules! {
     agent,
     hyper_lab,
     docker,
+    dashboard,
 }
 
 /// Skipped tests of this run: (name, reason).
