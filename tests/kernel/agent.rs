@@ -9,13 +9,13 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use chaos_agent::{
     api::{FaultList, FaultWire},
-    client::{self, Client},
+    client::Client,
 };
 use chaos_model::spec::FaultSpec;
 
@@ -31,113 +31,6 @@ pub const TESTS: &[Test] = tests![
     agent_max_peers_holds_a_million,
     agent_holds_1024_faults_and_8_on_the_same_packets,
 ];
-
-/// A `chaos-ebpf agent` on a socket of its own; SIGTERM on drop (then SIGKILL and
-/// `cleanup` if it does not stop), its directory removed.
-struct Agent {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-    metrics: std::net::SocketAddr,
-    /// Its stdout and stderr, read all along: the agent logs a line per fault, and a
-    /// full pipe would stop it.
-    output: Option<(std::thread::JoinHandle<String>, std::thread::JoinHandle<String>)>,
-}
-
-
-impl Agent {
-    fn start(tag: &str, netns: &[&str]) -> Agent {
-        let dir = std::env::temp_dir().join(format!("cet-agent-{tag}"));
-        let _ = fs::remove_dir_all(&dir);
-        Agent::start_in(dir, netns)
-    }
-
-    fn start_in(dir: PathBuf, netns: &[&str]) -> Agent {
-        Agent::start_with(dir, netns, &[])
-    }
-
-    fn start_with(dir: PathBuf, netns: &[&str], extra: &[&str]) -> Agent {
-        let socket = dir.join("agent.sock");
-        let metrics = sock(std::net::Ipv4Addr::LOCALHOST, free_port());
-        let mut cmd = Command::new(bin());
-        cmd.args(["agent", "--socket", socket.to_str().unwrap(), "--metrics-addr", &metrics.to_string()]);
-        cmd.args(extra);
-        for ns in netns {
-            cmd.args(["--netns", ns]);
-        }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn the agent");
-        own_pid(child.id());
-        let output = Some((read_all(child.stdout.take()), read_all(child.stderr.take())));
-        let mut agent = Agent { child: Some(child), dir, socket, metrics, output };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(client)) = client::connect(&agent.socket) {
-                if client.health().is_ok() {
-                    return agent;
-                }
-            }
-            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
-                let (_, err) = agent.output();
-                panic!("the agent exited ({status}) before answering:\n{err}");
-            }
-            assert!(Instant::now() < deadline, "the agent did not answer within 20 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn client(&self) -> Client {
-        client::connect(&self.socket).expect("connect").expect("the agent answers")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.pid() as i32, signal) };
-    }
-
-    /// Waits (bounded) for the exit: (code, how long it took).
-    fn wait(&mut self, limit: Duration) -> (Option<i32>, Duration) {
-        let start = Instant::now();
-        let child = self.child.as_mut().unwrap();
-        while start.elapsed() < limit {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status.code(), start.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        panic!("the agent did not exit within {limit:?}");
-    }
-
-    /// Its stdout and stderr (after it exited).
-    fn output(&mut self) -> (String, String) {
-        let (out, err) = self.output.take().expect("output read once, after the exit");
-        (out.join().unwrap_or_default(), err.join().unwrap_or_default())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                if child.try_wait().ok().flatten().is_none() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let _ = Command::new(bin()).arg("cleanup").output();
-                }
-            }
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn spec(kind: &str, target: &str, extra: &str) -> FaultSpec {
     let text = format!(r#"{{"kind": "{kind}", "target": "{target}"{extra}}}"#);

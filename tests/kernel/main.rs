@@ -76,6 +76,7 @@ test_modules! {
     stack,
     hyper_lab,
     docker,
+    dashboard,
 }
 
 /// Skipped tests of this run: (name, reason).

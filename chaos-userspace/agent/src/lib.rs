@@ -8,7 +8,9 @@
 pub mod api;
 pub mod client;
 mod core;
+pub mod dashboard;
 pub mod metrics;
 pub mod server;
 
+pub use dashboard::PrometheusUrl;
 pub use server::{run, Options, DEFAULT_METRICS_ADDR, DEFAULT_SOCKET};

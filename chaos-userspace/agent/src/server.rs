@@ -27,6 +27,7 @@ use tokio::{
 use crate::{
     api::{ApiError, ApplyRequest, RenewRequest, PREFIX},
     core::{log, Command, Core},
+    dashboard::{self, PrometheusUrl},
     metrics::AgentMetrics,
 };
 
@@ -48,8 +49,10 @@ pub fn body_limit(max_peers: u32) -> usize {
 
 pub struct Options {
     pub socket: PathBuf,
-    /// None: serve no metrics.
+    /// None: serve no metrics (and so no dashboard).
     pub metrics_addr: Option<SocketAddr>,
+    /// The Prometheus the dashboard page draws from (None: the page says how to set it).
+    pub prometheus_url: Option<PrometheusUrl>,
     /// Namespaces to load into at start (others are loaded on first use).
     pub netns: Vec<PathBuf>,
     /// The command line, for the ledger.
@@ -172,12 +175,19 @@ pub fn run(options: Options) -> Result<()> {
     log(&format!(
         "listening on {}{} (pid {})",
         options.socket.display(),
-        options.metrics_addr.map(|a| format!(", metrics at http://{a}/metrics")).unwrap_or_default(),
+        options
+            .metrics_addr
+            .map(|a| {
+                let prometheus =
+                    options.prometheus_url.as_ref().map_or("no --prometheus-url".into(), |u| format!("from {u}"));
+                format!(", metrics at http://{a}/metrics, dashboard at http://{a}/dashboard ({prometheus})")
+            })
+            .unwrap_or_default(),
         std::process::id()
     ));
     let stopped = runtime.block_on(async {
         if let Some(listener) = metrics_listener {
-            tokio::spawn(serve_metrics(listener, context.clone()));
+            tokio::spawn(serve_metrics(listener, context.clone(), options.prometheus_url.clone().map(Arc::new)));
         }
         tokio::spawn(serve_api(listener, context.clone()));
         signals.recv().await
@@ -316,17 +326,34 @@ async fn serve_api(listener: UnixListener, context: Handle) {
     }
 }
 
-async fn serve_metrics(listener: TcpListener, context: Handle) {
+/// The TCP endpoint: /metrics, the dashboard page (/ and /dashboard) and the page's
+/// read-only proxy of Prometheus' query API.
+async fn serve_metrics(listener: TcpListener, context: Handle, prometheus: Option<Arc<PrometheusUrl>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let context = context.clone();
+        let prometheus = prometheus.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let context = context.clone();
+                let prometheus = prometheus.clone();
                 async move {
-                    if request.uri().path() != "/metrics" {
-                        let e = ApiError::new(404, "only /metrics is served here", "GET /metrics");
-                        return Ok::<_, Infallible>(error_response(&e));
+                    let path = request.uri().path();
+                    let get = request.method() == Method::GET;
+                    match path {
+                        "/metrics" => {}
+                        "/" | "/dashboard" if get => return Ok(dashboard::page(prometheus.as_deref())),
+                        "/api/v1/query" | "/api/v1/query_range" if get => {
+                            return Ok(dashboard::proxy(prometheus.as_deref(), path, request.uri().query()).await)
+                        }
+                        _ => {
+                            let e = ApiError::new(
+                                404,
+                                format!("no endpoint {} {}", request.method(), chaos_model::spec::shorten(path, 80)),
+                                "GET /metrics, GET /dashboard (the page), GET /api/v1/query or /api/v1/query_range (Prometheus, through the agent)",
+                            );
+                            return Ok::<_, Infallible>(error_response(&e));
+                        }
                     }
                     let response = match context.ask(Command::List).await {
                         Ok(faults) => Response::builder()

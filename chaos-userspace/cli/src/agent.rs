@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Result;
-use chaos_agent::{client::Client, DEFAULT_METRICS_ADDR, DEFAULT_SOCKET};
+use chaos_agent::{client::Client, PrometheusUrl, DEFAULT_METRICS_ADDR, DEFAULT_SOCKET};
 use chaos_ebpf_common::{RuleCounters, MAX_FLOWS, MAX_FLOWS_LIMIT, MAX_PEERS, MAX_PEERS_LIMIT, MIN_FLOWS};
 use chaos_engine::remote::{RemoteFault, RemoteRule};
 use chaos_model::{
@@ -36,13 +36,15 @@ Examples:
   sudo chaos-ebpf agent
   sudo chaos-ebpf agent --netns /var/run/netns/a --netns /var/run/netns/b
   sudo chaos-ebpf agent --socket /tmp/chaos.sock --metrics-addr off
+  sudo chaos-ebpf agent --prometheus-url http://127.0.0.1:9090      (then open /dashboard)
   sudo chaos-ebpf inject partition --target netns:a --duration 30s      (through the agent)
   sudo chaos-ebpf agent status
   sudo curl --unix-socket /run/chaos-ebpf/agent.sock http://agent/v1/faults
 
 The API (docs/agent.md): GET /v1/health, GET /v1/faults, POST /v1/faults,
 POST /v1/faults/ID/renew, DELETE /v1/faults/ID; errors are {\"problem\", \"fix\"}.
-Metrics: http://127.0.0.1:9465/metrics (--metrics-addr).";
+Metrics: http://127.0.0.1:9465/metrics (--metrics-addr); a live dashboard of the
+Prometheus that scrapes the agent at http://127.0.0.1:9465/dashboard (--prometheus-url).";
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -56,6 +58,13 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT), or `off`.
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr, default_value = DEFAULT_METRICS_ADDR)]
     metrics_addr: MetricsAddr,
+    /// The Prometheus that scrapes this agent (http[s]://HOST[:PORT][/PATH]): the
+    /// dashboard page at http://--metrics-addr/dashboard draws its live charts from it,
+    /// asking it directly (Prometheus allows any origin by default) or through the agent
+    /// (GET /api/v1/query and /api/v1/query_range only; http only). Without it the page
+    /// says how to set it.
+    #[arg(long, value_name = "URL", value_parser = PrometheusUrl::parse)]
+    prometheus_url: Option<PrometheusUrl>,
     /// Load the programs into this network namespace at start (a name under
     /// /var/run/netns or a path; repeatable). Others are loaded on their first fault.
     #[arg(long = "netns", value_name = "PATH")]
@@ -117,6 +126,7 @@ pub fn run(args: AgentArgs, command: String) -> Result<i32> {
             chaos_agent::run(chaos_agent::Options {
                 socket: args.socket,
                 metrics_addr,
+                prometheus_url: args.prometheus_url,
                 netns,
                 command,
                 max_peers: args.max_peers,
