@@ -29,7 +29,7 @@ use crate::support::*;
 pub const TESTS: &[Test] = tests![dashboard_page_draws_live_charts_during_a_fault];
 
 /// The Grafana dashboard, as the agent embeds it.
-const GRAFANA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/compose/grafana/chaos-ebpf.json");
+pub const GRAFANA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/compose/grafana/chaos-ebpf.json");
 
 /// The panels fed by the agent's own metrics (job `agent`): they must have series
 /// while a fault is in force.
@@ -89,7 +89,7 @@ pub fn check_grafana_queries(prometheus: &str, must_have_series: &[&str]) -> Vec
 }
 
 /// A query string value, percent-encoded (all but unreserved characters).
-fn url_encode(text: &str) -> String {
+pub fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }

@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::*;
+use crate::{
+    dashboard::{check_grafana_queries, url_encode, GRAFANA},
+    support::*,
+};
 
 pub const TESTS: &[Test] = tests![compose_stack_runs_the_samples_and_leaves_nothing];
 
@@ -42,19 +45,9 @@ fn host_state() -> (String, String) {
     (rules, fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default())
 }
 
-/// Percent-encodes a PromQL expression for a query string.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// An instant query against the stack's Prometheus: its result vector.
 fn query(expr: &str) -> Vec<serde_json::Value> {
-    let (status, body) = http_get(PROMETHEUS, &format!("/api/v1/query?query={}", encode(expr))).expect("Prometheus");
+    let (status, body) = http_get(PROMETHEUS, &format!("/api/v1/query?query={}", url_encode(expr))).expect("Prometheus");
     assert_eq!(status, 200, "{expr}: {body}");
     let value: serde_json::Value = serde_json::from_str(&body).expect("Prometheus JSON");
     value["data"]["result"].as_array().cloned().unwrap_or_default()
@@ -204,8 +197,21 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
     );
     check_bundle(dir.as_ref().unwrap(), 8);
 
-    // Split brain: the minority (the leader) cut off from the majority.
-    let (code, text, dir) = run_sample("split-brain");
+    // Split brain: the minority (the leader) cut off from the majority. While the cut
+    // is in force, every panel of the Grafana dashboard returns series from the stack's
+    // Prometheus.
+    let during = std::thread::spawn(|| run_sample("split-brain"));
+    let start = Instant::now();
+    while query("chaos_agent_faults_active > 0").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the split-brain fault was not in force within 20 s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let panels: Vec<String> = grafana_panel_titles();
+    let titles: Vec<&str> = panels.iter().map(String::as_str).collect();
+    let results = check_grafana_queries(&format!("http://{PROMETHEUS}"), &titles);
+    println!("REPORT|grafana|{} queries of {} panels returned series during the split", results.len(), titles.len());
+    let (code, text, dir) = during.join().expect("the split-brain run");
     guard.runs.extend(dir.clone());
     assert_eq!(code, 0, "split-brain: {text}");
     let report = report_of(dir.as_deref());
@@ -261,6 +267,13 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
     assert!(!Path::new("/run/chaos-ebpf/stack").exists(), "/run/chaos-ebpf/stack is left");
     assert!(!Path::new("/var/lib/chaos-ebpf/stack/docker").exists(), "the stack's Docker data is left");
     assert_nothing_left();
+}
+
+/// Every panel's title in the Grafana dashboard.
+fn grafana_panel_titles() -> Vec<String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(GRAFANA).expect("the Grafana JSON")).expect("Grafana JSON");
+    dashboard["panels"].as_array().unwrap().iter().filter_map(|p| p["title"].as_str().map(str::to_owned)).collect()
 }
 
 fn report_of(dir: Option<&Path>) -> serde_json::Value {
