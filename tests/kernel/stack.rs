@@ -218,11 +218,13 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
     assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
     let dropped = report["steps"][1]["rules"][0]["counters"]["dropped"].as_u64().unwrap_or(0);
     assert!(dropped > 0, "the split dropped nothing: {}", report["steps"][1]);
+    let late_s = window_late_s(&report);
+    assert!(late_s < 0.3, "the split's window opened {late_s:.3} s late: the agent was not prepared");
     let outages: Vec<String> = report["hypothesis"]["outages"]
         .as_array()
         .map(|o| o.iter().map(|o| format!("{} {:.1} s", o["probe"], o["seconds"].as_f64().unwrap_or(0.0))).collect())
         .unwrap_or_default();
-    println!("REPORT|split_brain|dropped={dropped}|outages {outages:?}");
+    println!("REPORT|split_brain|dropped={dropped}|window opened {late_s:.3} s late|outages {outages:?}");
 
     // Partition: etcd-3 alone; it has no leader (the alert fires), the others go on.
     let (code, text, dir) = run_sample("partition");
@@ -274,6 +276,12 @@ fn grafana_panel_titles() -> Vec<String> {
     let dashboard: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(GRAFANA).expect("the Grafana JSON")).expect("Grafana JSON");
     dashboard["panels"].as_array().unwrap().iter().filter_map(|p| p["title"].as_str().map(str::to_owned)).collect()
+}
+
+/// How late the fault step's (the second step's) window opened.
+fn window_late_s(report: &serde_json::Value) -> f64 {
+    let window = &report["steps"][1]["windows"][0];
+    window["started_s"].as_f64().unwrap_or(f64::MAX) - window["planned_start_s"].as_f64().unwrap_or(0.0)
 }
 
 fn report_of(dir: Option<&Path>) -> serde_json::Value {

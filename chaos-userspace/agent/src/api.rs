@@ -33,6 +33,26 @@ pub struct ApplyRequest {
     pub rule_id: Option<u32>,
 }
 
+/// POST /v1/prepare: load the programs into a target's namespaces ahead of its faults,
+/// so that the first apply there only writes maps and device settings (a run asks for
+/// each of its targets before its first window; loading takes about a second).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareRequest {
+    /// A target as a fault names it (`container:web`, `netns:/proc/42/ns/net`, ...).
+    pub target: String,
+}
+
+/// 200 of POST /v1/prepare.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prepared {
+    /// The namespaces whose programs are in place now (loaded now or before).
+    pub namespaces: Vec<String>,
+    /// How many of them were loaded by this request.
+    pub loaded: usize,
+    pub prepare_us: u64,
+}
+
 /// POST /v1/faults/{id}/renew
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,7 +15,10 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
-use crate::api::{ApiError, Applied, ApplyRequest, FaultList, FaultWire, Health, RenewRequest, Renewed, Reverted};
+use crate::api::{
+    ApiError, Applied, ApplyRequest, FaultList, FaultWire, Health, PrepareRequest, Prepared, RenewRequest, Renewed,
+    Reverted,
+};
 
 /// How long one call may take before it is given up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +65,12 @@ impl Client {
         let fault = FaultWire::from_spec(fault).context("encoding the fault for the agent")?;
         let request = ApplyRequest { fault, lease_ms: lease.as_millis() as u64, seed, rule_id };
         self.call(Method::POST, "/v1/faults", Some(serde_json::to_vec(&request)?))
+    }
+
+    /// Has the agent load its programs into `target`'s namespaces ahead of its faults.
+    pub fn prepare(&self, target: &str) -> Result<Prepared> {
+        let request = PrepareRequest { target: target.to_owned() };
+        self.call(Method::POST, "/v1/prepare", Some(serde_json::to_vec(&request)?))
     }
 
     pub fn renew(&self, id: u64, lease: Duration) -> Result<Renewed> {

@@ -25,13 +25,14 @@ use chaos_model::{plan::Protect, spec::FaultSpec};
 use tokio::sync::oneshot;
 
 use crate::{
-    api::{self, ApiError, Applied, ApplyRequest, FaultInfo, FaultList, Health, Renewed, Reverted, RuleInfo},
+    api::{self, ApiError, Applied, ApplyRequest, FaultInfo, FaultList, Health, Prepared, Renewed, Reverted, RuleInfo},
     metrics::AgentMetrics,
 };
 
 /// What the API asks of the kernel thread; each carries where the answer goes.
 pub enum Command {
     Apply(Box<ApplyRequest>, oneshot::Sender<Result<Applied, ApiError>>),
+    Prepare(String, oneshot::Sender<Result<Prepared, ApiError>>),
     Renew(u64, u64, oneshot::Sender<Result<Renewed, ApiError>>),
     Revert(u64, oneshot::Sender<Result<Reverted, ApiError>>),
     List(oneshot::Sender<FaultList>),
@@ -187,6 +188,9 @@ impl Core {
                 Some(Command::Apply(request, reply)) => {
                     let _ = reply.send(self.apply(*request));
                 }
+                Some(Command::Prepare(target, reply)) => {
+                    let _ = reply.send(self.prepare(&target));
+                }
                 Some(Command::Renew(id, lease_ms, reply)) => {
                     let _ = reply.send(self.renew(id, lease_ms));
                 }
@@ -252,6 +256,41 @@ impl Core {
             apply_us,
             rules: applied,
         })
+    }
+
+    /// Loads the programs into every namespace of `target` and attaches them (no rule,
+    /// no device setting): the first fault there is then as fast as any later one.
+    fn prepare(&mut self, text: &str) -> Result<Prepared, ApiError> {
+        let started = Instant::now();
+        let spec: chaos_model::spec::TargetSpec = text
+            .parse()
+            .map_err(|p: chaos_model::Problem| ApiError::new(400, format!("target: {}", p.problem), p.fix))?;
+        let mut loaded = 0;
+        let mut namespaces = Vec::new();
+        let result = (|| -> Result<()> {
+            let target = chaos_engine::run::target_of(&spec)?;
+            for r in target::resolve(&target)? {
+                let fresh = !self.instances.contains_key(&r.netns.id);
+                let instance = self.instance(&r.netns.path, r.netns.id)?;
+                if fresh {
+                    instance.check_room(&r.interfaces)?;
+                    loaded += 1;
+                }
+                let group = self.groups.entry(r.netns.id).or_default();
+                let instance = self.instances.get_mut(&r.netns.id).expect("loaded above");
+                network::attach_target(instance, &r, &group.devices)?;
+                namespaces.push(r.netns.path.display().to_string());
+            }
+            Ok(())
+        })();
+        self.write_ledger();
+        result.map_err(|e| {
+            log(&format!("prepare of {text} failed: {e:#}"));
+            ApiError::from_error(&e)
+        })?;
+        let prepare_us = started.elapsed().as_micros() as u64;
+        log(&format!("prepared {text}: {} namespace(s), {loaded} loaded now, in {prepare_us} us", namespaces.len()));
+        Ok(Prepared { namespaces, loaded, prepare_us })
     }
 
     /// Resolves the fault's targets, prepares devices and attachments, installs one rule

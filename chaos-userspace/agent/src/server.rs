@@ -25,7 +25,7 @@ use tokio::{
 };
 
 use crate::{
-    api::{ApiError, ApplyRequest, RenewRequest, PREFIX},
+    api::{ApiError, ApplyRequest, PrepareRequest, RenewRequest, PREFIX},
     core::{log, Command, Core},
     dashboard::{self, PrometheusUrl},
     metrics::AgentMetrics,
@@ -389,6 +389,11 @@ pub async fn route(
             let applied = context.ask(|tx| Command::Apply(Box::new(request), tx)).await??;
             Ok((StatusCode::CREATED, value(&applied)))
         }
+        (&Method::POST, ["prepare"]) => {
+            let request: PrepareRequest = parse(body)?;
+            let prepared = context.ask(|tx| Command::Prepare(request.target, tx)).await??;
+            Ok((StatusCode::OK, value(&prepared)))
+        }
         (&Method::POST, ["faults", id, "renew"]) => {
             let id = fault_id(id)?;
             let request: RenewRequest = parse(body)?;
@@ -491,6 +496,8 @@ mod tests {
         assert_problem(call(&c, Method::POST, "/v1/faults", bad_kind), 400, "fault.kind");
         let bad_lease = r#"{"fault": {"kind": "partition", "target": "netns:a"}, "lease_ms": 5}"#;
         assert_problem(call(&c, Method::POST, "/v1/faults", bad_lease), 400, "lease_ms 5");
+        assert_problem(call(&c, Method::POST, "/v1/prepare", r#"{"target": "nowhere"}"#), 400, "has no kind");
+        assert_problem(call(&c, Method::POST, "/v1/prepare", r#"{"targets": []}"#), 400, "unknown field");
         assert_problem(call(&c, Method::POST, "/v1/faults/7/renew", r#"{"lease_ms": 1000}"#), 404, "no fault 7");
         assert_problem(call(&c, Method::POST, "/v1/faults/7/renew", r#"{"lease_ms": 1}"#), 400, "lease_ms 1");
         assert_problem(call(&c, Method::DELETE, "/v1/faults/7", ""), 404, "no fault 7");

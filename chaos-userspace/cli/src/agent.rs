@@ -238,6 +238,10 @@ impl chaos_engine::remote::RemoteRules for RemoteAgent {
         Ok(RemoteFault { id: applied.id, rules: remote_rules(&applied.rules) })
     }
 
+    fn prepare(&self, target: &chaos_model::spec::TargetSpec) -> Result<()> {
+        self.client.prepare(&target.to_string()).map(drop)
+    }
+
     fn renew(&self, id: u64, lease: Duration) -> Result<()> {
         self.client.renew(id, lease).map(drop)
     }

@@ -36,6 +36,9 @@ pub trait RemoteRules: Send + Sync {
     /// Applies a fault with the run's seed and rule id (the key of its drop decisions),
     /// in force until `lease` passes without a renewal.
     fn apply(&self, spec: &FaultSpec, seed: u64, rule_id: u32, lease: Duration) -> Result<RemoteFault>;
+    /// Has the agent load its programs into the target's namespaces now, so that the
+    /// first window there opens on time (loading takes about a second).
+    fn prepare(&self, target: &TargetSpec) -> Result<()>;
     fn renew(&self, id: u64, lease: Duration) -> Result<()>;
     /// Reverts a fault; its final counters.
     fn revert(&self, id: u64) -> Result<Vec<RemoteRule>>;

@@ -578,6 +578,18 @@ fn run_traced(
             }
             observer
                 .event(Event::Notice(format!("the faults go through {}: no programs loaded here", remote.describe())));
+            // The agent loads its programs into a namespace it has not held yet at the
+            // first apply there (about a second): asked now, the windows open on time.
+            observer.event(Event::PhaseStarted { name: "preparing the agent", total: None });
+            let mut targets: Vec<&TargetSpec> = Vec::new();
+            for fault in plan.steps.iter().flat_map(|s| &s.faults) {
+                if !targets.contains(&&fault.spec.target) {
+                    targets.push(&fault.spec.target);
+                }
+            }
+            let prepared = targets.iter().try_for_each(|t| remote.prepare(t));
+            observer.event(Event::PhaseEnded { name: "preparing the agent" });
+            prepared?;
             BTreeMap::new()
         }
         None => {
