@@ -1411,9 +1411,10 @@ mod tests {
         assert_eq!(plan.total_duration(), Duration::from_millis(3500));
     }
 
-    #[test]
-    fn sample_scenarios_are_valid() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios");
+    /// Loads every .yaml file of `dir` (relative to the repository), panicking on the
+    /// first error; how many there were.
+    fn load_every_yaml(dir: &str) -> usize {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(dir);
         let mut count = 0;
         for entry in
             std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
@@ -1421,19 +1422,17 @@ mod tests {
             load(&entry.path()).unwrap_or_else(|e| panic!("{e}"));
             count += 1;
         }
-        assert!(count > 0);
+        count
+    }
+
+    #[test]
+    fn sample_scenarios_are_valid() {
+        assert!(load_every_yaml("scenarios") > 0);
     }
 
     #[test]
     fn compose_stack_samples_are_valid() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/compose/scenarios");
-        let mut count = 0;
-        for entry in
-            std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "yaml"))
-        {
-            load(&entry.path()).unwrap_or_else(|e| panic!("{e}"));
-            count += 1;
-        }
+        let count = load_every_yaml("deploy/compose/scenarios");
         assert!(count >= 4, "{count} samples in deploy/compose/scenarios");
     }
 
