@@ -7,6 +7,7 @@
 
 pub mod action;
 pub mod container;
+pub mod container_undo;
 pub mod hypothesis;
 pub mod matrix;
 pub mod metrics;
