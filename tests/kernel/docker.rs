@@ -13,8 +13,11 @@ use std::{
 
 use crate::support::*;
 
-pub const TESTS: &[Test] =
-    tests![container_target_cuts_its_traffic_and_a_restart_ends_the_run, container_actions_pause_kill_and_stop];
+pub const TESTS: &[Test] = tests![
+    container_target_cuts_its_traffic_and_a_restart_ends_the_run,
+    container_actions_pause_kill_and_stop,
+    a_crashed_runs_container_actions_are_undone_by_cleanup,
+];
 
 /// docker0's address (`--bip`) and the pool of other networks, from addresses.md.
 const BIP: &str = "198.51.100.65/28";
@@ -350,6 +353,144 @@ fn container_actions_pause_kill_and_stop() {
     let (code, _, err) = chaos_run(&run_json_args(&scenario, &dir.join("refused")));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no container named cet-none"), "{err}");
+    std::env::remove_var("DOCKER_HOST");
+    let _ = fs::remove_dir_all(&dir);
+    let problems = daemon.stop();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// `{{.State.Running}} {{.State.Paused}}` of a container.
+fn run_state(daemon: &Dockerd, name: &str) -> String {
+    daemon.must(&["inspect", "-f", "{{.State.Running}} {{.State.Paused}}", name])
+}
+
+/// Starts `chaos-ebpf run SCENARIO` (no agent: a run never uses one) and waits, bounded,
+/// until every container of `want` is in its state ("true true": paused, "false false":
+/// exited); the run as a [`Chaos`] (its drop reverts or kills it, then cleans up).
+fn run_until(daemon: &Dockerd, scenario: &std::path::Path, run_dir: &std::path::Path, want: &[(&str, &str)]) -> Chaos {
+    let child = Command::new(bin())
+        .args(run_json_args(scenario, run_dir))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chaos-ebpf");
+    own_pid(child.id());
+    let mut chaos = Chaos { child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if want.iter().all(|(name, state)| run_state(daemon, name) == *state) {
+            return chaos;
+        }
+        if chaos.child.try_wait().unwrap().is_some() {
+            let (code, out, err) = chaos.finish(Duration::from_secs(1));
+            panic!("chaos-ebpf run exited ({code}) before its actions took effect:\n{out}{err}");
+        }
+        assert!(Instant::now() < deadline, "the actions did not take effect within 20 s: wanted {want:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// This run's container record, `<pid>-containers.*`, as file names.
+fn container_record_files(pid: u32) -> Vec<String> {
+    fs::read_dir("/run/chaos-ebpf")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{pid}-containers.")))
+        .collect()
+}
+
+/// A run SIGKILLed mid-step leaves its container actions in force, recorded under
+/// /run/chaos-ebpf: `status` says a dead run left containers; `cleanup` (without
+/// DOCKER_HOST: the record names the daemon) unpauses cet-a, starts cet-b (killed with
+/// `restart: true`), reports a container since unpaused by hand as nothing to do and a
+/// removed one as not put back (exit 1, its entry dropped); the next `cleanup` has
+/// nothing to do. A live run's paused container is left alone by `cleanup` and listed by
+/// `status`, and the run itself unpauses it on SIGINT; no record is left of any run.
+fn a_crashed_runs_container_actions_are_undone_by_cleanup() {
+    let mut daemon = Dockerd::start();
+    for name in ["cet-a", "cet-b", "cet-c", "cet-d"] {
+        daemon.sleeper(name);
+    }
+    std::env::set_var("DOCKER_HOST", format!("unix://{}", daemon.socket));
+    let dir = std::env::temp_dir().join("cet-docker-crash");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let scenario = dir.join("crash.yaml");
+    // cet-c and cet-d are paused too: one is unpaused by hand, the other removed, before
+    // the cleanup.
+    fs::write(
+        &scenario,
+        "apiVersion: chaos-ebpf/v1\nname: container-crash\nsteps:\n  - {name: freeze, action: pause, targets: [container:cet-a, container:cet-c, container:cet-d], duration: 30s}\n  - {name: crash, with: freeze, action: kill, target: container:cet-b, restart: true, duration: 30s}\n",
+    )
+    .unwrap();
+    let want = [("cet-a", "true true"), ("cet-b", "false false"), ("cet-c", "true true"), ("cet-d", "true true")];
+    let chaos = run_until(&daemon, &scenario, &dir.join("crashed"), &want);
+    let pid = chaos.child.id();
+    // Written before the actions took effect, so there now.
+    let record = fs::read_to_string(format!("/run/chaos-ebpf/{pid}-containers.json")).expect("the container record");
+    for expected in ["\"name\": \"cet-a\"", "\"undo\": \"unpause\"", "\"name\": \"cet-b\"", "\"undo\": \"start\""] {
+        assert!(record.contains(expected), "no {expected} in {record}");
+    }
+    let (_, status, _) = chaos_run(&["status"]);
+    assert!(status.contains("container cet-a left paused by step freeze"), "{status}");
+    chaos.signal(libc::SIGKILL);
+    chaos.finish(Duration::from_secs(5));
+    // Nobody undoes them now: still as the dead run left them a moment later.
+    std::thread::sleep(Duration::from_millis(500));
+    for (name, state) in want {
+        assert_eq!(run_state(&daemon, name), state, "{name} after the SIGKILL");
+    }
+    let (_, status, _) = chaos_run(&["status"]);
+    assert!(status.contains(&format!("containers left paused or killed by dead run {pid}")), "{status}");
+    daemon.must(&["unpause", "cet-c"]);
+    daemon.must(&["rm", "-f", "cet-d"]);
+
+    // The record names the daemon's socket: cleanup does not need DOCKER_HOST.
+    std::env::remove_var("DOCKER_HOST");
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    println!("cleanup:\n{out}{err}");
+    assert_eq!(code, 1, "cet-d is gone, not put back: NOT clean\n{out}{err}");
+    for line in [
+        format!("removed container cet-a unpaused (left paused by run {pid})"),
+        format!("removed container cet-b started again (left killed by run {pid}, restart: true)"),
+        format!("removed container cet-c (left paused by run {pid}): unpaused since by someone else, nothing to do"),
+        format!("NOT removed: container cet-d (left paused by run {pid}) no longer exists"),
+    ] {
+        assert!(out.contains(&line), "no '{line}' in:\n{out}");
+    }
+    assert_eq!(run_state(&daemon, "cet-a"), "true false");
+    assert_eq!(run_state(&daemon, "cet-b"), "true false");
+    assert!(container_record_files(pid).is_empty(), "left: {:?}", container_record_files(pid));
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("nothing to remove") && !out.contains("container"), "second cleanup found more: {out}");
+    assert_nothing_left();
+
+    // A live run's paused container: cleanup leaves it alone, status lists it, and the
+    // run unpauses it itself when interrupted.
+    std::env::set_var("DOCKER_HOST", format!("unix://{}", daemon.socket));
+    fs::write(
+        &scenario,
+        "apiVersion: chaos-ebpf/v1\nname: container-live\nsteps:\n  - {name: hold, action: pause, target: container:cet-a, duration: 30s}\n",
+    )
+    .unwrap();
+    let chaos = run_until(&daemon, &scenario, &dir.join("live"), &[("cet-a", "true true")]);
+    let pid = chaos.child.id();
+    let (code, out, err) = chaos_run(&["cleanup"]);
+    println!("cleanup beside a live run:\n{out}{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("left alone: run {pid} is alive")) && out.contains("cet-a left paused"), "{out}");
+    assert!(!out.contains("unpaused"), "{out}");
+    assert_eq!(run_state(&daemon, "cet-a"), "true true", "cleanup touched a live run's container");
+    let (_, status, _) = chaos_run(&["status"]);
+    assert!(status.contains("undone when its step ends: container cet-a left paused by step hold"), "{status}");
+    let (code, out, err) = chaos.interrupt();
+    assert_eq!(code, 1, "interrupted: {out}{err}");
+    assert_eq!(run_state(&daemon, "cet-a"), "true false", "the run unpaused it on SIGINT");
+    assert!(container_record_files(pid).is_empty(), "left: {:?}", container_record_files(pid));
+    assert_nothing_left();
+
     std::env::remove_var("DOCKER_HOST");
     let _ = fs::remove_dir_all(&dir);
     let problems = daemon.stop();

@@ -1,6 +1,7 @@
 //! `chaos-ebpf cleanup`: the datapath's crash sweep, the lab's leftover namespaces (when
-//! no run is alive), a verification look, and the report; traced as a `cleanup` span
-//! (written to `--run-dir DIR`'s spans.jsonl when given).
+//! no run is alive), dead runs' container actions undone, a verification look, and the
+//! report; traced as a `cleanup` span (written to `--run-dir DIR`'s spans.jsonl when
+//! given).
 
 use std::path::PathBuf;
 
@@ -33,6 +34,13 @@ pub fn run(force: bool, json: bool, run_dir: Option<PathBuf>) -> Result<i32> {
             Err(e) => report.remaining.push(format!("cluster lab member control: {e:#}")),
         }
     }
+    // A crashed run's container actions: a container still paused unpaused, one killed
+    // with `restart: true` started. By each record's own lock, whatever other runs live;
+    // a live run's are never touched, `--force` or not (its step's end undoes them).
+    let containers = chaos_engine::container_undo::undo_dead_runs();
+    report.removed.extend(containers.removed);
+    report.remaining.extend(containers.remaining);
+    report.active.extend(containers.active);
     sweep::verify(force, &mut report);
     span.record("removed", report.removed.len() as u64);
     span.record("remaining", report.remaining.len() as u64);

@@ -13,6 +13,8 @@ use chaos_datapath::{
     sweep as cleanup,
 };
 
+use chaos_engine::container_undo;
+
 use crate::output;
 
 #[derive(Debug, Serialize)]
@@ -33,6 +35,8 @@ struct RunStatus {
     lease_s: f64,
     attachments: Vec<String>,
     rules: Vec<RuleStatus>,
+    /// Container actions in force that the run will undo (its container record).
+    container_undos: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +87,7 @@ fn run_status(state: &RunState, process: ProcessState) -> RunStatus {
         lease_s: state.lease_ms as f64 / 1000.0,
         attachments,
         rules,
+        container_undos: container_undo::pending_of(state.pid).iter().map(|p| p.describe()).collect(),
     }
 }
 
@@ -91,6 +96,11 @@ pub fn run(json: bool) -> Result<i32> {
     let mut problems = Vec::new();
     // Dead runs are collected first: their leftovers removed, their records forgotten.
     let dead = cleanup::collect_dead(&mut problems);
+    // Containers a dead run left paused or killed: `cleanup` puts them back (it needs the
+    // Docker daemon, which status does not ask).
+    for pid in container_undo::dead_runs_with_undos() {
+        problems.push(format!("containers left paused or killed by dead run {pid}"));
+    }
     let mut runs = Vec::new();
     for (pid, path, state) in state::read_all() {
         match state {
@@ -141,6 +151,9 @@ pub fn run(json: bool) -> Result<i32> {
         output::out(&format!("pid {} ({process}) seed {} lease {}s: {}", run.pid, run.seed, run.lease_s, run.command));
         for a in &run.attachments {
             output::out(&format!("  attached: {a}"));
+        }
+        for c in &run.container_undos {
+            output::out(&format!("  undone when its step ends: {c}"));
         }
         if run.rules.is_empty() {
             output::out("  no rule active (between steps)");

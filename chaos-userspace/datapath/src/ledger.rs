@@ -241,34 +241,128 @@ pub enum ProcessState {
     Dead,
 }
 
-/// A dead run's lock, held while its leftovers are removed so that no other cleanup does
-/// the same work at once.
+/// A dead run's lock (of its run record, or of one of its side records), held while its
+/// leftovers are removed so that no other cleanup does the same work at once.
 pub struct DeadRunLock {
     pub pid: u32,
+    record: PathBuf,
+    lock_path: PathBuf,
     lock: Option<File>,
 }
 
 impl DeadRunLock {
+    /// The dead run's record this lock guards.
+    pub fn record(&self) -> &Path {
+        &self.record
+    }
+
     /// Removes the dead run's record and lock file (call after its leftovers are gone).
     pub fn forget(mut self) {
-        let _ = fs::remove_file(record_path(self.pid));
-        let _ = fs::remove_file(lock_path(self.pid));
+        let _ = fs::remove_file(&self.record);
+        let _ = fs::remove_file(&self.lock_path);
         self.lock.take();
     }
 }
 
 /// Whether the run `pid` is alive (its lock is held), and in which state.
 pub fn liveness(pid: u32) -> (ProcessState, Option<DeadRunLock>) {
-    match try_lock_file(&lock_path(pid), false) {
+    liveness_of(pid, record_path(pid), lock_path(pid))
+}
+
+fn liveness_of(pid: u32, record: PathBuf, lock_path: PathBuf) -> (ProcessState, Option<DeadRunLock>) {
+    match try_lock_file(&lock_path, false) {
         Ok(None) => (process_state(pid), None),
-        Ok(Some(lock)) => (ProcessState::Dead, Some(DeadRunLock { pid, lock: Some(lock) })),
+        Ok(Some(lock)) => (ProcessState::Dead, Some(DeadRunLock { pid, record, lock_path, lock: Some(lock) })),
         // No lock file: a record without one is a dead run's (or one written by an
         // older chaos-ebpf, whose process is gone if nobody has its name and pid).
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            (ProcessState::Dead, Some(DeadRunLock { pid, lock: None }))
+            (ProcessState::Dead, Some(DeadRunLock { pid, record, lock_path, lock: None }))
         }
         Err(_) => (process_state(pid), None),
     }
+}
+
+/// A side record of this run, `<pid>-<kind>.json`, for what a run changes outside the
+/// kernel objects of its run record (the container actions' pending undos), with a lock
+/// of its own, `<pid>-<kind>.lock`, held while the record exists: a run can drop its side
+/// record (nothing pending) while it goes on, and the record's liveness is told exactly
+/// as the run record's is, whatever process has the pid now. Both files are removed when
+/// this is dropped; a crashed run's stay for `cleanup` ([`side_records`],
+/// [`side_liveness`]).
+pub struct SideRecord {
+    path: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+}
+
+impl SideRecord {
+    /// Locks `<pid>-<kind>.lock` and returns the record with what a record of the same
+    /// name held already: a dead run's that had this pid before us and was not cleaned
+    /// up (its lock was free, so it is no live run's). The caller keeps that content in
+    /// what it writes, so that it is not lost: it is undone after this run ends.
+    pub fn create(kind: &str) -> Result<(Self, Option<Vec<u8>>)> {
+        fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
+        let (path, lock_path) = side_paths(std::process::id(), kind);
+        let mut lock = None;
+        // A cleanup may hold a dead run's lock of the same name for a moment.
+        for _ in 0..50 {
+            lock = try_lock_file(&lock_path, true).with_context(|| format!("locking {}", lock_path.display()))?;
+            if lock.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let lock = lock.with_context(|| {
+            format!("{} is held by another process (a `chaos-ebpf cleanup`?); try again", lock_path.display())
+        })?;
+        let earlier = fs::read(&path).ok().filter(|b| !b.is_empty());
+        Ok((Self { path, lock_path, _lock: lock }, earlier))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the record atomically.
+    pub fn write(&self, value: &impl Serialize) -> Result<()> {
+        write_json(&self.path, value)
+    }
+}
+
+impl Drop for SideRecord {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        // Unlinked while still locked, as the run record's.
+        let _ = fs::remove_file(&self.lock_path);
+    }
+}
+
+fn side_paths(pid: u32, kind: &str) -> (PathBuf, PathBuf) {
+    let dir = Path::new(STATE_DIR);
+    (dir.join(format!("{pid}-{kind}.json")), dir.join(format!("{pid}-{kind}.lock")))
+}
+
+/// Every side record of `kind`: (pid, path), by pid.
+pub fn side_records(kind: &str) -> Vec<(u32, PathBuf)> {
+    let Ok(entries) = fs::read_dir(STATE_DIR) else { return Vec::new() };
+    let suffix = format!("-{kind}.json");
+    let mut out: Vec<_> = entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.strip_suffix(&suffix)?.parse::<u32>().ok()?;
+            Some((pid, e.path()))
+        })
+        .collect();
+    out.sort_by_key(|(pid, _)| *pid);
+    out
+}
+
+/// Whether the run that wrote side record `kind` of `pid` is alive (the record's lock is
+/// held); for a dead one, its lock, held until dropped (or `forget`: record and lock
+/// removed).
+pub fn side_liveness(pid: u32, kind: &str) -> (ProcessState, Option<DeadRunLock>) {
+    let (record, lock_path) = side_paths(pid, kind);
+    liveness_of(pid, record, lock_path)
 }
 
 /// Running or stopped, from /proc (for a process known to be alive).

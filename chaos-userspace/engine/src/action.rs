@@ -29,7 +29,10 @@ use chaos_model::{
 use serde::{Deserialize, Serialize};
 use tracing::{field::Empty, info_span, Span};
 
-use crate::container;
+use crate::{
+    container,
+    container_undo::{self, Pending, UndoKind},
+};
 
 /// A member of the cluster lab.
 #[derive(Debug, Clone)]
@@ -350,9 +353,10 @@ enum Undo {
     Resume(String),
     ResumePid(u32),
     RestoreCert(String),
-    /// A killed container started again (`restart: true`).
-    StartContainer(String),
-    UnpauseContainer(String),
+    /// A killed container started again (`restart: true`). Each container undo has its
+    /// entry in the run's container record (container_undo.rs), dropped once it is done.
+    StartContainer(String, Pending),
+    UnpauseContainer(String, Pending),
 }
 
 impl ActionRun {
@@ -522,14 +526,17 @@ impl ActionRun {
                 }
                 (ActionSpec::Kill { signal, grace, restart, .. }, ActionTarget::Container(c)) => {
                     if *restart {
-                        // Recorded first: a kill that half-happened still ends started.
-                        undo.push(Undo::StartContainer(c.clone()));
+                        // Recorded first, here and on disk (for a crash of the run): a
+                        // kill that half-happened still ends started.
+                        let pending = container_undo::record(&c, UndoKind::Start, &self.step)?;
+                        undo.push(Undo::StartContainer(c.clone(), pending));
                     }
                     let what = kill_container(&c, signal.0, *grace)?;
                     self.note(what);
                 }
                 (ActionSpec::Pause, ActionTarget::Container(c)) => {
-                    undo.push(Undo::UnpauseContainer(c.clone()));
+                    let pending = container_undo::record(&c, UndoKind::Unpause, &self.step)?;
+                    undo.push(Undo::UnpauseContainer(c.clone(), pending));
                     container::change(&c, container::Change::Pause)?;
                     if container::state(&c)? != (true, true) {
                         bail!("container {c} is not paused after the pause");
@@ -564,29 +571,51 @@ impl ActionRun {
                 }
                 format!("process {pid} continued (SIGCONT)")
             }
-            Undo::StartContainer(c) => {
-                container::change(&c, container::Change::Start)?;
-                if !container::state(&c)?.0 {
-                    bail!("container {c} is not running after its start");
-                }
-                format!("container {c} started again")
+            Undo::StartContainer(c, pending) => {
+                let what = start_container(&c).map_err(left_for_cleanup)?;
+                container_undo::done(pending);
+                what
             }
-            Undo::UnpauseContainer(c) => match container::state(&c)? {
-                (true, true) => {
-                    container::change(&c, container::Change::Unpause)?;
-                    if container::state(&c)?.1 {
-                        bail!("container {c} is still paused after the unpause");
-                    }
-                    format!("container {c} unpaused")
-                }
-                // Killed while frozen (by another step, or by hand): nothing to thaw.
-                (false, _) => format!("container {c} no longer runs: nothing to unpause"),
-                (true, false) => format!("container {c} was not paused any more"),
-            },
+            Undo::UnpauseContainer(c, pending) => {
+                let what = unpause_container(&c).map_err(left_for_cleanup)?;
+                container_undo::done(pending);
+                what
+            }
         };
         self.note(what);
         Ok(())
     }
+}
+
+fn start_container(c: &str) -> Result<String> {
+    container::change(c, container::Change::Start)?;
+    if !container::state(c)?.0 {
+        bail!("container {c} is not running after its start");
+    }
+    Ok(format!("container {c} started again"))
+}
+
+fn unpause_container(c: &str) -> Result<String> {
+    Ok(match container::state(c)? {
+        (true, true) => {
+            container::change(c, container::Change::Unpause)?;
+            if container::state(c)?.1 {
+                bail!("container {c} is still paused after the unpause");
+            }
+            format!("container {c} unpaused")
+        }
+        // Killed while frozen (by another step, or by hand): nothing to thaw.
+        (false, _) => format!("container {c} no longer runs: nothing to unpause"),
+        (true, false) => format!("container {c} was not paused any more"),
+    })
+}
+
+/// A container undo that failed stays in the run's record: said, with what to do.
+fn left_for_cleanup(e: anyhow::Error) -> anyhow::Error {
+    anyhow!(
+        "{e:#} (left recorded in {}: `chaos-ebpf cleanup` does it once this run has ended and the daemon answers)",
+        chaos_datapath::ledger::STATE_DIR
+    )
 }
 
 fn signal_pid(pid: u32, signal: i32) -> Result<()> {

@@ -73,7 +73,12 @@ pub enum Change {
 
 /// Carries out `change` on the container `name`.
 pub fn change(name: &str, change: Change) -> Result<()> {
-    let socket = socket()?;
+    change_at(&socket()?, name, change)
+}
+
+/// [`change`] through the daemon at `socket` (the one a crashed run recorded).
+pub fn change_at(socket: &str, name: &str, change: Change) -> Result<()> {
+    let socket = socket.to_owned();
     let extra = match change {
         Change::Stop(grace) => grace,
         _ => Duration::ZERO,
@@ -101,11 +106,34 @@ pub fn change(name: &str, change: Change) -> Result<()> {
 /// Whether the container `name` runs, and whether it is paused.
 pub fn state(name: &str) -> Result<(bool, bool)> {
     let socket = socket()?;
+    state_at(&socket, name)?.ok_or_else(|| missing(&socket, name))
+}
+
+/// [`state`] through the daemon at `socket`; `None` when the daemon has no such
+/// container (it was removed), which is not an error for a cleanup.
+pub fn state_at(socket: &str, name: &str) -> Result<Option<(bool, bool)>> {
+    block_on(socket, Duration::ZERO, async {
+        let docker = connect(socket, &format!("container:{name}")).await?;
+        let details = match docker.inspect_container(name, None).await {
+            Ok(details) => details,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(None),
+            Err(e) => return Err(lookup_error(socket, name, e)),
+        };
+        let state = details.state.unwrap_or_default();
+        Ok(Some((state.running == Some(true), state.paused == Some(true))))
+    })
+}
+
+/// The daemon's socket, the container's full id and its name (running or not): what a
+/// record needs to find this very container again, after a rename or a new container
+/// of the same name.
+pub fn identify(name: &str) -> Result<(String, String, String)> {
+    let socket = socket()?;
     block_on(&socket, Duration::ZERO, async {
         let docker = connect(&socket, &format!("container:{name}")).await?;
         let details = docker.inspect_container(name, None).await.map_err(|e| lookup_error(&socket, name, e))?;
-        let state = details.state.unwrap_or_default();
-        Ok((state.running == Some(true), state.paused == Some(true)))
+        let display = details.name.as_deref().unwrap_or(name).trim_start_matches('/').to_owned();
+        Ok((socket.clone(), details.id.unwrap_or_else(|| name.to_owned()), display))
     })
 }
 
@@ -152,13 +180,17 @@ async fn connect(socket: &str, what: &str) -> Result<bollard::Docker> {
 /// An inspect that failed: no such container, or a daemon that cannot be asked.
 fn lookup_error(socket: &str, name: &str, e: bollard::errors::Error) -> anyhow::Error {
     match e {
-        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => Error::unsupported(
-            format!("no container named {name} (Docker at {socket})"),
-            "give a name or id that `docker ps` lists",
-        )
-        .into(),
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. } => missing(socket, name),
         e => unreachable(socket, &e.to_string()).into(),
     }
+}
+
+fn missing(socket: &str, name: &str) -> anyhow::Error {
+    Error::unsupported(
+        format!("no container named {name} (Docker at {socket})"),
+        "give a name or id that `docker ps` lists",
+    )
+    .into()
 }
 
 async fn inspect_at(socket: &str, name: &str) -> Result<Container> {
