@@ -20,6 +20,7 @@ use chaos_model::{action::ActionSpec, lab::ClusterSpec, plan::Plan};
 use crate::{
     action::{kill_container, Lab, LabMember, LabView, SurgeOutcome},
     container::{self, Change},
+    container_undo::{self, Pending, UndoKind},
 };
 
 /// How long one member may take to answer who leads.
@@ -32,13 +33,21 @@ pub struct ContainerCluster {
     key: String,
     value: String,
     port: u16,
+    /// Paused members' entries in the run's container record (`cleanup` unpauses them
+    /// after a crash), until they are resumed.
+    paused: std::sync::Mutex<Vec<(String, Pending)>>,
 }
 
 impl ContainerCluster {
     /// The cluster a scenario names; exit 2 when no running container has the label.
     pub fn open(spec: &ClusterSpec) -> Result<ContainerCluster> {
         let (key, value) = spec.label().map_err(|p| Error::unsupported(p.problem, p.fix))?;
-        let cluster = ContainerCluster { key: key.to_owned(), value: value.to_owned(), port: spec.etcd_client_port() };
+        let cluster = ContainerCluster {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            port: spec.etcd_client_port(),
+            paused: std::sync::Mutex::new(Vec::new()),
+        };
         if container::with_label(key, value)?.is_empty() {
             return Err(Error::unsupported(
                 format!("cluster: no running container has the label {key}={value}"),
@@ -136,7 +145,12 @@ impl Lab for ContainerCluster {
     }
 
     fn pause(&self, member: &str) -> Result<String> {
-        container::change(member, Change::Pause)?;
+        let pending = container_undo::record(member, UndoKind::Unpause, &format!("cluster member {member}"))?;
+        if let Err(e) = container::change(member, Change::Pause) {
+            container_undo::done(pending);
+            return Err(e);
+        }
+        self.paused.lock().unwrap_or_else(|e| e.into_inner()).push((member.to_owned(), pending));
         Ok(format!("container {member} paused (every process frozen)"))
     }
 
@@ -144,6 +158,10 @@ impl Lab for ContainerCluster {
         container::change(member, Change::Unpause)?;
         if container::state(member)?.1 {
             bail!("container {member} is still paused after the unpause");
+        }
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = paused.iter().position(|(m, _)| m == member) {
+            container_undo::done(paused.remove(at).1);
         }
         Ok(format!("container {member} unpaused"))
     }
