@@ -61,10 +61,14 @@ fn delay_adds_latency_and_reverts_at_once() {
     let (code, out, _) = chaos.interrupt();
     assert_eq!(code, 1);
     assert!(out.contains("delayed"), "{out}");
+    // "At once": the first ping after the revert meets no 100 ms delay. Under TCG one
+    // ping now and then takes ~10 ms by itself (11.4 ms seen on 6.12 in CI), so the
+    // bound there is 50 ms, still half the delay.
+    let bound = if emulated() { 50.0 } else { 10.0 };
     let after = ping_rtts(&pair.a, "192.0.2.2", 1, 0.2);
     assert!(
-        after.len() == 1 && after[0] < baseline + 10.0,
-        "first RTT after revert {after:?} (baseline {baseline:.2})"
+        after.len() == 1 && after[0] < baseline + bound,
+        "first RTT after revert {after:?} (baseline {baseline:.2}, bound +{bound} ms)"
     );
     assert_eq!(pair.qdiscs(&pair.a, "va"), before_qdisc, "the qdisc was not restored");
     assert_nothing_left();

@@ -295,10 +295,11 @@ ip link set lo up
 # Hold the kernel's static keys for timestamps (ping's SO_TIMESTAMP) and for tc hooks
 # (a clsact) on for the whole run, so that the tests do not flip them. Every flip patches
 # kernel text with an int3; under TCG with two vCPUs that race once panicked 6.12 in
-# __netif_receive_skb_core.
-ip link add vmkeys0 type veth peer name vmkeys1
-tc qdisc add dev vmkeys0 clsact
-ping -q -i 100000 127.0.0.1 >/dev/null 2>&1 &
+# __netif_receive_skb_core. Full paths: Debian's busybox sh runs its own applets before
+# PATH, and busybox's tc knows no clsact (nor does its ping set SO_TIMESTAMP).
+/usr/sbin/ip link add vmkeys0 type veth peer name vmkeys1
+/usr/sbin/tc qdisc add dev vmkeys0 clsact || echo "VMTEST-KEYS-FAILED clsact"
+/usr/sbin/ping -q -i 100000 127.0.0.1 >/dev/null 2>&1 &
 echo "VMTEST-START $(uname -r)"
 TEST=$(cat /vmtest.exe)
 $TEST --test-threads=1 --nocapture $(cat /vmtest.args) 2>&1
