@@ -344,9 +344,10 @@ fn two_nodes_on_a_real_etcd() {
     let errors_before = metric(p1, "etcd_errors_total", &[]);
     let write_errors_before = metric(p1, "writes_total", &["result=\"error\""]);
     etcd.signal("-STOP");
+    // The bound (3 s) can pass before the write in flight times out: wait for the reason to name it.
     let (reason, took) =
-        wait_for("/health 503 with etcd stopped", Duration::from_secs(10), || match get(p1, "/health") {
-            Some((503, body)) => Ok(body),
+        wait_for("/health 503 naming the write timeout", Duration::from_secs(10), || match get(p1, "/health") {
+            Some((503, body)) if body.contains("did not answer in time") => Ok(body),
             other => Err(format!("{other:?}")),
         });
     eprintln!("/health 503 {took:?} after SIGSTOP: {reason}");
