@@ -45,7 +45,7 @@ impl ContainerCluster {
         let cluster = ContainerCluster {
             key: key.to_owned(),
             value: value.to_owned(),
-            port: spec.etcd_client_port(),
+            port: spec.etcd_metrics_port(),
             paused: std::sync::Mutex::new(Vec::new()),
         };
         if container::with_label(key, value)?.is_empty() {
@@ -179,22 +179,26 @@ impl Lab for ContainerCluster {
     }
 }
 
-/// Exit 2 before anything starts for a `cluster:` scenario whose actions need the
-/// cluster lab's own control (certificate swaps, surges).
+/// Exit 2 before anything starts for a `cluster:` scenario with a `cert-expiry` but no
+/// `certs`, or a `surge` but no `workload`.
 pub fn refuse_lab_only_actions(plan: &Plan) -> Result<()> {
+    let Some(cluster) = &plan.cluster else { return Ok(()) };
     for step in &plan.steps {
         let Some(action) = &step.action else { continue };
-        if matches!(action.spec, ActionSpec::CertExpiry { .. } | ActionSpec::Surge { .. }) {
-            return Err(Error::unsupported(
-                format!(
-                    "step '{}': {} acts on the cluster lab's members, and this scenario's cluster: is containers",
-                    step.name,
-                    action.spec.kind().name()
-                ),
-                "run it on the cluster lab (`chaos-ebpf lab up`, without cluster:), or use kill and pause here",
-            )
-            .into());
-        }
+        let missing = match action.spec {
+            ActionSpec::CertExpiry { .. } if cluster.certs.is_none() => "certs: DIR (the members' PKI)",
+            ActionSpec::Surge { .. } if cluster.workload.is_none() => "workload: KEY=VALUE (the workload nodes' label)",
+            _ => continue,
+        };
+        return Err(Error::unsupported(
+            format!(
+                "step '{}': {} on containers needs cluster.{missing}, and this scenario's cluster: has none",
+                step.name,
+                action.spec.kind().name()
+            ),
+            format!("add {missing} under cluster: (deploy/compose/scenarios has examples)"),
+        )
+        .into());
     }
     Ok(())
 }

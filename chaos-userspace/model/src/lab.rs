@@ -83,46 +83,96 @@ pub fn node_address(index: u32) -> Ipv4Addr {
 /// `cluster:`: the lab's roles (`node:NAME`, `leader`, `followers`, `minority`,
 /// `majority`) name these containers instead of the cluster lab's members: the etcd
 /// members of a compose stack, say. Each member is a running container with the label;
-/// its etcd, at the container's address and `etcd-client-port`, says who leads.
+/// its etcd, at the container's address and `etcd-metrics-port`, says who leads.
+/// `certs` enables `cert-expiry` on the members, `workload` enables `surge`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ClusterSpec {
     /// The members: running containers with this label (`KEY=VALUE`).
     pub containers: String,
-    /// Where each member's etcd answers clients (plain HTTP), default 2379.
-    pub etcd_client_port: Option<u16>,
+    /// Where each member's etcd serves /metrics over plain HTTP, default 2379 (its client
+    /// port when that is plain HTTP; the stack's TLS etcd serves them on 2381).
+    pub etcd_metrics_port: Option<u16>,
+    /// The members' PKI, as a directory this run can write: `ca.pem`, `ca-key.pem` and
+    /// per member `<container name>.pem` and `<container name>-key.pem`, which each
+    /// member's etcd serves (and uses with its peers). Needed by `cert-expiry`, which
+    /// swaps a member's pair for an expired one from the same CA and restarts it.
+    pub certs: Option<String>,
+    /// The workload nodes: running containers with this label (`KEY=VALUE`). Needed by
+    /// `surge`, which starts clones of one of them; every one of them observes it.
+    pub workload: Option<String>,
+    /// Where the workload nodes serve /members over plain HTTP, default 9100.
+    pub workload_port: Option<u16>,
+}
+
+/// `KEY=VALUE` of a label field, or a problem naming `field`.
+fn label_of<'a>(field: &'static str, text: &'a str) -> Result<(&'a str, &'a str), Problem> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() && key.len() <= 256 && value.len() <= 256 => {
+            Ok((key, value))
+        }
+        _ => Err(Problem::field(
+            field,
+            format!("'{}' is not a label KEY=VALUE", crate::spec::shorten(text, 60)),
+            format!("name the containers' label, e.g. {field}: io.chaos-ebpf.stack=etcd"),
+        )),
+    }
 }
 
 impl ClusterSpec {
-    pub const DEFAULT_ETCD_CLIENT_PORT: u16 = 2379;
+    pub const DEFAULT_ETCD_METRICS_PORT: u16 = 2379;
+    pub const DEFAULT_WORKLOAD_PORT: u16 = 9100;
 
-    /// The label as (key, value); a problem names the field.
+    /// The members' label as (key, value); a problem names the field.
     pub fn label(&self) -> Result<(&str, &str), Problem> {
-        match self.containers.split_once('=') {
-            Some((key, value)) if !key.is_empty() && !value.is_empty() && key.len() <= 256 && value.len() <= 256 => {
-                Ok((key, value))
-            }
-            _ => Err(Problem::field(
-                "containers",
-                format!("'{}' is not a label KEY=VALUE", crate::spec::shorten(&self.containers, 60)),
-                "name the members' label, e.g. containers: io.chaos-ebpf.stack=etcd",
-            )),
-        }
+        label_of("containers", &self.containers)
     }
 
-    pub fn etcd_client_port(&self) -> u16 {
-        self.etcd_client_port.unwrap_or(Self::DEFAULT_ETCD_CLIENT_PORT)
+    /// The workload nodes' label, when given.
+    pub fn workload_label(&self) -> Result<Option<(&str, &str)>, Problem> {
+        self.workload.as_deref().map(|w| label_of("workload", w)).transpose()
+    }
+
+    pub fn etcd_metrics_port(&self) -> u16 {
+        self.etcd_metrics_port.unwrap_or(Self::DEFAULT_ETCD_METRICS_PORT)
+    }
+
+    pub fn workload_port(&self) -> u16 {
+        self.workload_port.unwrap_or(Self::DEFAULT_WORKLOAD_PORT)
     }
 
     pub fn validate(&self) -> Result<(), Problem> {
         self.label()?;
-        if self.etcd_client_port == Some(0) {
-            return Err(Problem::field("etcd-client-port", "port 0", "give etcd's client port, e.g. 2379"));
+        self.workload_label()?;
+        if self.etcd_metrics_port == Some(0) {
+            return Err(Problem::field("etcd-metrics-port", "port 0", "give the port of etcd's /metrics, e.g. 2379"));
+        }
+        if self.workload_port == Some(0) {
+            return Err(Problem::field("workload-port", "port 0", "give the workload nodes' port, e.g. 9100"));
+        }
+        if self.workload_port.is_some() && self.workload.is_none() {
+            return Err(Problem::field("workload-port", "a port without workload", "add workload: KEY=VALUE"));
+        }
+        if let Some(certs) = &self.certs {
+            if !certs.starts_with('/') || certs.len() > 4096 {
+                return Err(Problem::field(
+                    "certs",
+                    format!("'{}' is not an absolute path", crate::spec::shorten(certs, 60)),
+                    "give the PKI directory as an absolute path, e.g. certs: /pki",
+                ));
+            }
         }
         Ok(())
     }
 
     pub fn describe(&self) -> String {
-        format!("the containers labelled {} (etcd on :{})", self.containers, self.etcd_client_port())
+        let mut out = format!("the containers labelled {} (etcd metrics on :{})", self.containers, self.etcd_metrics_port());
+        if let Some(certs) = &self.certs {
+            out += &format!(", certificates in {certs}");
+        }
+        if let Some(workload) = &self.workload {
+            out += &format!(", workload nodes labelled {workload} (on :{})", self.workload_port());
+        }
+        out
     }
 }

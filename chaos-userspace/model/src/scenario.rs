@@ -1439,14 +1439,28 @@ mod tests {
     #[test]
     fn a_cluster_of_containers_is_checked() {
         let steps = "steps:\n  - {name: k, action: kill, target: leader, duration: 1s}\n";
-        let plan = parse_v1(&format!("cluster:\n  containers: app=etcd\n  etcd-client-port: 12379\n{steps}")).unwrap();
+        let plan = parse_v1(&format!("cluster:\n  containers: app=etcd\n  etcd-metrics-port: 12379\n{steps}")).unwrap();
         let cluster = plan.cluster.expect("cluster");
         assert_eq!(cluster.label().unwrap(), ("app", "etcd"));
-        assert_eq!(cluster.etcd_client_port(), 12379);
+        assert_eq!(cluster.etcd_metrics_port(), 12379);
+        assert_eq!(cluster.workload_label().unwrap(), None);
+        let plan = parse_v1(&format!(
+            "cluster:\n  containers: app=etcd\n  certs: /pki\n  workload: app=node\n  workload-port: 9200\n{steps}"
+        ))
+        .unwrap();
+        let cluster = plan.cluster.expect("cluster");
+        assert_eq!(cluster.workload_label().unwrap(), Some(("app", "node")));
+        assert_eq!((cluster.certs.as_deref(), cluster.workload_port()), (Some("/pki"), 9200));
         let e = err(&format!("cluster:\n  containers: etcd\n{steps}"));
         assert!(e.problem.contains("not a label KEY=VALUE") && e.at.line == 2, "{e:?}");
-        let e = err(&format!("cluster:\n  containers: a=b\n  etcd-client-port: 0\n{steps}"));
+        let e = err(&format!("cluster:\n  containers: a=b\n  workload: node\n{steps}"));
+        assert!(e.problem.contains("not a label KEY=VALUE") && e.at.line == 3, "{e:?}");
+        let e = err(&format!("cluster:\n  containers: a=b\n  etcd-metrics-port: 0\n{steps}"));
         assert!(e.problem.contains("port 0"), "{e:?}");
+        let e = err(&format!("cluster:\n  containers: a=b\n  workload-port: 9100\n{steps}"));
+        assert!(e.problem.contains("without workload"), "{e:?}");
+        let e = err(&format!("cluster:\n  containers: a=b\n  certs: pki\n{steps}"));
+        assert!(e.problem.contains("not an absolute path"), "{e:?}");
         let e = err(&format!("cluster:\n  containers: a=b\n  nodes: 3\n{steps}"));
         assert!(e.problem.contains("nodes"), "{e:?}");
     }
