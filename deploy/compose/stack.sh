@@ -25,6 +25,8 @@ project=chaos-stack
 state=/run/chaos-ebpf/stack
 data=/var/lib/chaos-ebpf/stack
 runs="$data/runs"
+# The stack's PKI (etcd speaks TLS): minted at `up`, removed at `down`.
+pki="$data/pki"
 socket=/var/run/docker.sock
 # docs/addresses.md: docker0 and the compose networks.
 bip=198.51.100.65/28
@@ -41,7 +43,7 @@ compose() {
   image="$(cat "$state/image" 2>/dev/null || true)"
   [ -n "$image" ] || image="chaos-ebpf-stack:unknown"
   COMPOSE_PROJECT_NAME=$project CHAOS_STACK_IMAGE="$image" \
-    CHAOS_STACK_NODES="$(cat "$state/nodes" 2>/dev/null || echo 5)" CHAOS_STACK_RUNS="$runs" \
+    CHAOS_STACK_NODES="$(cat "$state/nodes" 2>/dev/null || echo 5)" CHAOS_STACK_RUNS="$runs" CHAOS_STACK_PKI="$pki" \
     DOCKER_HOST="unix://$socket" "${compose_cmd[@]}" -f "$here/docker-compose.chaos.yml" "$@"
 }
 
@@ -127,6 +129,13 @@ cmd_up() {
   local image
   image="$("$here/images.sh" --bin-dir "$bin_dir" --docker-host "unix://$socket")"
   echo "$image" > "$state/image"
+  # A new CA for a new stack; a stack already up keeps the one its members use.
+  if [ -z "$(docker_ ps -aq --filter "label=com.docker.compose.project=$project")" ]; then
+    rm -rf "$pki"
+    "$bin_dir/chaos-ebpf" lab pki --dir "$pki" --member chaos-stack-etcd-1=198.51.100.98 \
+      --member chaos-stack-etcd-2=198.51.100.99 --member chaos-stack-etcd-3=198.51.100.100 >/dev/null \
+      || fail "minting the stack's certificates into $pki failed"
+  fi
   say "image $image ($((SECONDS - t0)) s); starting etcd x3, $nodes nodes, Prometheus and the agent"
   compose up -d --quiet-pull >&2 2>&1 | grep -v '^$' >&2 || true
   wait_healthy "$nodes"
@@ -227,7 +236,7 @@ cmd_down() {
     [ $keep_images = 0 ] && rm -rf "$data/docker"
     [ -d "$state/docker-exec" ] && ! grep -q " $state/docker-exec" /proc/self/mountinfo && rm -rf "$state/docker-exec"
   fi
-  rm -rf "$state"
+  rm -rf "$state" "$pki"
   [ -z "$(ip -4 route show | grep '198\.51\.100\.9[6-9]\|198\.51\.100\.1[01][0-9]\|198\.51\.100\.12[0-7]' || true)" ] \
     || left+=("a route into the compose range 198.51.100.96/27")
   if [ ${#left[@]} -gt 0 ]; then

@@ -18,7 +18,9 @@ use crate::{
 pub const TESTS: &[Test] = tests![compose_stack_runs_the_samples_and_leaves_nothing];
 
 const PROMETHEUS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 101)), 9090);
-const ETCD: &str = "http://198.51.100.98:2379,http://198.51.100.99:2379,http://198.51.100.100:2379";
+const ETCD: &str = "https://198.51.100.98:2379,https://198.51.100.99:2379,https://198.51.100.100:2379";
+/// The stack's PKI (stack.sh up mints it; the agent mounts it at the same path).
+const PKI: &str = "/var/lib/chaos-ebpf/stack/pki";
 const RUNS: &str = "/var/lib/chaos-ebpf/stack/runs";
 
 fn stack_script() -> PathBuf {
@@ -75,7 +77,24 @@ fn resolved_within(alert: &str, limit: Duration) -> Option<Duration> {
 
 /// (member name, its endpoint, whether it leads) of each etcd member, as etcd says.
 fn etcd_members() -> Vec<(String, String, bool)> {
-    let text = docker(&["exec", "chaos-stack-agent", "etcdctl", "--endpoints", ETCD, "endpoint", "status", "-w", "json"]);
+    let (ca, cert, key) = (format!("{PKI}/ca.pem"), format!("{PKI}/client.pem"), format!("{PKI}/client-key.pem"));
+    let text = docker(&[
+        "exec",
+        "chaos-stack-agent",
+        "etcdctl",
+        "--endpoints",
+        ETCD,
+        "--cacert",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "endpoint",
+        "status",
+        "-w",
+        "json",
+    ]);
     let status: Vec<serde_json::Value> = serde_json::from_str(&text).expect("etcdctl JSON");
     status
         .iter()
@@ -131,8 +150,10 @@ impl Drop for Stack {
 
 /// The stack comes up healthy from the image it builds; the leader-kill, split-brain
 /// and partition samples pass their hypotheses with the effect they name (a new leader
-/// within 5 s; the minority cut off; a member cut off, whose alert fires and resolves); the latency sample runs or
-/// is refused by name where the kernel has no sch_fq; a run's bundle holds every
+/// within 5 s; the minority cut off; a member cut off, whose alert fires and resolves;
+/// a member on an expired certificate, refused by its peers, put back also by `cleanup`
+/// after a killed run); the latency sample runs or is refused by name where the kernel
+/// has no sch_fq; a run's bundle holds every
 /// container's log and a Prometheus snapshot; `down` leaves the host as it was.
 fn compose_stack_runs_the_samples_and_leaves_nothing() {
     require_root();
@@ -247,6 +268,8 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
         "REPORT|partition|dropped={dropped}|ScrapeTargetDown fired on {down:?}, resolved {resolved:?} after the run|EtcdNoLeader fired on {no_leader:?}"
     );
 
+    check_cert_expiry_sample(&mut guard);
+
     // Latency needs sch_fq: it runs, or is refused by name and changes nothing.
     let (code, text, dir) = run_sample("latency");
     guard.runs.extend(dir);
@@ -269,6 +292,122 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
     assert!(!Path::new("/run/chaos-ebpf/stack").exists(), "/run/chaos-ebpf/stack is left");
     assert!(!Path::new("/var/lib/chaos-ebpf/stack/docker").exists(), "the stack's Docker data is left");
     assert_nothing_left();
+}
+
+/// Reads etcd-1 back through the agent's `chaos-lab-node verify` of one node's journal
+/// with etcd-1 as the only endpoint: Ok, or the error it printed.
+fn verify_through_etcd_1() -> Result<(), String> {
+    let script = format!(
+        "j=$(ls /journal/*.jsonl | head -1); chaos-lab-node verify --journal \"$j\" --etcd https://198.51.100.98:2379 \
+         --cacert {PKI}/ca.pem --cert {PKI}/client.pem --key {PKI}/client-key.pem"
+    );
+    let out = sh("docker", &["exec", "chaos-stack-agent", "sh", "-c", &script]);
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+    }
+}
+
+/// cert-expiry: etcd-1 restarts on an expired certificate from the stack's CA. While it
+/// is in force, its peers refuse it in the TLS handshake (etcd-1's log says so), it
+/// does not answer clients and has no leader; the run
+/// passes its hypothesis and puts the original pair back (byte for byte, no backup
+/// left). Then the same swap in a run killed with SIGKILL is put back by `cleanup`.
+fn check_cert_expiry_sample(guard: &mut Stack) {
+    let pair = format!("{PKI}/chaos-stack-etcd-1.pem");
+    let original = fs::read(&pair).expect("etcd-1's certificate");
+    verify_through_etcd_1().expect("etcd-1 answers over TLS before the swap");
+    let sample_start = Instant::now();
+    let during = std::thread::spawn(|| run_sample("cert-expiry"));
+    // Swapped and restarted, etcd-1 cannot join: its peers refuse its certificate in
+    // the handshake, and a member that has not joined does not serve its clients.
+    let refused = loop {
+        let swapped = fs::read(&pair).is_ok_and(|now| now != original);
+        // etcd logs to stderr, which `docker logs` replays on its stderr.
+        let log = match swapped {
+            true => String::from_utf8_lossy(&sh("docker", &["logs", "--since", "60s", "chaos-stack-etcd-1"]).stderr)
+                .into_owned(),
+            false => String::new(),
+        };
+        let last = match verify_through_etcd_1() {
+            // Not while it restarts (refused), but once it runs and has not joined.
+            Err(e) if swapped && log.contains("tls: bad certificate") && !e.contains("refused") => break e,
+            Err(e) => e,
+            Ok(()) => "answered".to_owned(),
+        };
+        assert!(sample_start.elapsed() < Duration::from_secs(12), "etcd-1 not refused 12 s into the run: {last}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let (code, text, dir) = during.join().expect("the cert-expiry run");
+    guard.runs.extend(dir.clone());
+    assert_eq!(code, 0, "cert-expiry: {text}");
+    let report = report_of(dir.as_deref());
+    assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
+    let action = &report["steps"][1]["action"];
+    assert_eq!(action["ran_its_course"], true, "{action}");
+    assert_eq!(fs::read(&pair).expect("etcd-1's certificate"), original, "etcd-1's original pair is not back");
+    let backups: Vec<String> = fs::read_dir(PKI)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".orig"))
+        .collect();
+    assert!(backups.is_empty(), "backups left in the PKI: {backups:?}");
+    // Within this sample's time only: the partition before may have set it off too.
+    let no_leader = fired("EtcdNoLeader", sample_start.elapsed().as_secs() + 1);
+    assert!(no_leader.iter().any(|i| i.contains("198.51.100.98")), "EtcdNoLeader did not fire for etcd-1: {no_leader:?}");
+    let start = Instant::now();
+    while let Err(e) = verify_through_etcd_1() {
+        assert!(start.elapsed() < Duration::from_secs(20), "etcd-1 does not answer 20 s after the restore: {e}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    println!(
+        "REPORT|cert_expiry|peers refused etcd-1's certificate, a read through it failed ({}); EtcdNoLeader fired on {no_leader:?}; etcd-1 answers again {:.1} s after the run",
+        refused.lines().last().unwrap_or(""),
+        start.elapsed().as_secs_f64()
+    );
+
+    // A run killed while the expired pair is in place: `cleanup` on the host puts the
+    // original back through the record the run wrote, and restarts etcd-1.
+    let run = Command::new("docker")
+        .args(["exec", "chaos-stack-agent", "chaos-ebpf", "run", "/scenarios/cert-expiry.yaml", "--run-dir"])
+        .arg("/runs/cert-expiry-killed")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker exec");
+    guard.runs.push(PathBuf::from(RUNS).join("cert-expiry-killed"));
+    let start = Instant::now();
+    while fs::read(&pair).is_ok_and(|now| now == original) || !Path::new(&format!("{pair}.orig")).exists() {
+        assert!(start.elapsed() < Duration::from_secs(15), "the killed run did not swap the pair within 15 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = String::from_utf8_lossy(&sh("pgrep", &["-f", "^chaos-ebpf run /scenarios/cert-expiry.yaml"]).stdout)
+        .trim()
+        .to_owned();
+    assert!(!pid.is_empty() && !pid.contains('\n'), "the run's pid: '{pid}'");
+    sh("kill", &["-KILL", &pid]);
+    let mut run = run;
+    let _ = run.wait();
+    // Another run's dead record may be there too: only this run's lines count.
+    let cleanup = sh(bin(), &["cleanup"]);
+    let said = String::from_utf8_lossy(&cleanup.stdout).into_owned();
+    let ours = format!("by run {pid})");
+    let line = said.lines().find(|l| l.contains(&ours)).unwrap_or("").to_owned();
+    assert!(
+        line.contains("chaos-stack-etcd-1: original certificate put back, container restarted"),
+        "cleanup did not put etcd-1's pair back: {said}{}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
+    assert!(!said.lines().any(|l| l.contains("NOT") && l.contains(&ours)), "cleanup: {said}");
+    assert_eq!(fs::read(&pair).expect("etcd-1's certificate"), original, "cleanup did not restore the pair");
+    assert!(!Path::new(&format!("{pair}.orig")).exists(), "cleanup left the backup");
+    let start = Instant::now();
+    while let Err(e) = verify_through_etcd_1() {
+        assert!(start.elapsed() < Duration::from_secs(20), "etcd-1 does not answer 20 s after cleanup: {e}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    println!("REPORT|cert_expiry_crash|run {pid} killed with the expired pair in place; cleanup: {line}");
 }
 
 /// Every panel's title in the Grafana dashboard.

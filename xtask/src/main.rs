@@ -202,6 +202,8 @@ fn main() -> Result<()> {
             cargo(&["test", "-p", "chaos-engine", "--test", "probe_spans"])?;
             // report.html in headless Chromium (no root; skipped, with its reason, without one).
             cargo(&["test", "-p", "chaos-cli", "--test", "report_html"])?;
+            // `lab pki`, the compose stack's certificates: no root needed.
+            cargo(&["test", "-p", "chaos-cli", "--test", "lab_pki"])?;
             // The lab's workload (chaos-lab-node) against a real etcd on loopback: no root needed.
             cargo(&["test", "-p", "chaos-lab", "--test", "node"])?;
             require_root("the kernel tests")?;

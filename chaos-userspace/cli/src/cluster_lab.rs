@@ -4,7 +4,7 @@
 
 use std::{
     net::IpAddr,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{atomic::AtomicBool, Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -37,10 +37,33 @@ pub fn open_for(plan: &Plan) -> Result<Option<Arc<dyn Lab>>> {
     }
     if let Some(spec) = &plan.cluster {
         chaos_engine::container_cluster::refuse_lab_only_actions(plan)?;
-        return Ok(Some(Arc::new(chaos_engine::container_cluster::ContainerCluster::open(spec)?)));
+        let cluster =
+            chaos_engine::container_cluster::ContainerCluster::open(spec)?.with_cert_minter(Box::new(mint_cert));
+        return Ok(Some(Arc::new(cluster)));
     }
     let control = LabControl::open(Path::new(STATE_DIR))?;
     Ok(Some(Arc::new(ClusterLab { control: Mutex::new(control) })))
+}
+
+/// `cert-expiry` on a cluster of containers: the pair from the lab's PKI code, signed by
+/// the cluster's CA.
+fn mint_cert(request: &chaos_engine::container_cluster::CertRequest) -> Result<()> {
+    let certs = chaos_lab::certs::LabCerts {
+        ca: request.ca.clone(),
+        ca_key: request.ca_key.clone(),
+        // Not used to mint a member's pair.
+        client: chaos_lab::certs::CertFiles { cert: PathBuf::new(), key: PathBuf::new() },
+        members: Vec::new(),
+    };
+    let files = chaos_lab::certs::CertFiles { cert: request.cert.clone(), key: request.key.clone() };
+    chaos_lab::certs::mint_member(
+        &certs,
+        &request.name,
+        request.ip,
+        time::OffsetDateTime::from(request.not_before),
+        time::OffsetDateTime::from(request.not_after),
+        &files,
+    )
 }
 
 fn signal_name(signal: i32) -> String {

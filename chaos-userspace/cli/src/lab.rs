@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chaos_datapath::error::Error;
 use chaos_lab::{
     cluster::{self, LabStatus, Progress, Subnet, UpOptions},
@@ -135,6 +135,19 @@ pub enum LabCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Mint a PKI for etcd members that run elsewhere (the compose stack's: `stack.sh up`
+    /// does this): a new CA, one certificate per `--member NAME=IP` (server and peer use,
+    /// SANs the IP and NAME) as NAME.pem / NAME-key.pem, and a client certificate
+    /// (client.pem), in DIR (created 0700; keys 0600). Exit 2 when DIR already holds a
+    /// CA: remove it first, a CA is never replaced under running members.
+    Pki {
+        /// Where the files go.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A member, NAME=IPv4 (repeat), e.g. chaos-stack-etcd-1=198.51.100.98.
+        #[arg(long, value_name = "NAME=IP", required = true)]
+        member: Vec<String>,
+    },
     /// Stop the lab's processes (workload nodes first, then etcd and Prometheus: SIGTERM,
     /// 5 s, SIGKILL), remove its namespaces, bridge and
     /// files, then verify that nothing is left. Exit 0 when nothing is left (also when no
@@ -185,6 +198,7 @@ pub fn run(command: LabCommand, state_dir: Option<PathBuf>) -> Result<i32> {
             down(state_dir, output == Output::Json)
         }
         LabCommand::Verify { output } => verify(state_dir, output == Output::Json),
+        LabCommand::Pki { dir, member } => pki(&dir, &member),
         LabCommand::Surge { count, rate, cycles, member, settle, output } => {
             if !(settle.is_finite() && settle >= 0.0) {
                 return Err(Error::unsupported(
@@ -604,4 +618,48 @@ fn reach(
         }
     }
     Ok(if all { 0 } else { exit::FAILED })
+}
+
+/// `lab pki`: see its help.
+fn pki(dir: &Path, members: &[String]) -> Result<i32> {
+    let mut parsed = Vec::new();
+    for member in members {
+        let bad = || {
+            Error::unsupported(
+                format!("--member '{}': not NAME=IPv4", chaos_model::spec::shorten(member, 80)),
+                "give --member chaos-stack-etcd-1=198.51.100.98 (a DNS name and its IPv4 address)",
+            )
+        };
+        let (name, ip) = member.split_once('=').ok_or_else(bad)?;
+        let ip: std::net::Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !name.starts_with('-');
+        if !valid || parsed.iter().any(|(n, _): &(String, _)| n == name) {
+            return Err(bad().into());
+        }
+        parsed.push((name.to_owned(), ip));
+    }
+    if dir.join("ca.pem").exists() || dir.join("ca-key.pem").exists() {
+        return Err(Error::unsupported(
+            format!("{} already holds a CA", dir.display()),
+            "remove the directory first (members that use it must be stopped), or give another --dir",
+        )
+        .into());
+    }
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let certs = chaos_lab::certs::mint(dir, &parsed)?;
+    for (name, ip) in &parsed {
+        println!("{name} ({ip}): {}", dir.join(format!("{name}.pem")).display());
+    }
+    println!("CA {}; client {}", certs.ca.display(), certs.client.cert.display());
+    Ok(0)
 }

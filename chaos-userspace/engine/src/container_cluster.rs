@@ -4,13 +4,16 @@
 //! members of a compose stack. Members are named by their container names; the leader
 //! is the member whose etcd says it leads (`etcd_server_is_leader 1` on its /metrics,
 //! at the container's address); kill, restart, pause and resume go through the Docker
-//! API. Certificate swaps and surges need the cluster lab's own control: refused before
-//! the run starts ([`refuse_lab_only_actions`]).
+//! API. `cert-expiry` swaps a member's certificate pair in the scenario's `certs`
+//! directory (which the member's container mounts) for one minted by the caller's
+//! [`CertMinter`] (the CLI's, from the lab's PKI code: the engine does not import the
+//! lab), recorded for `cleanup` before anything changes, and restarts the container.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
     sync::atomic::AtomicBool,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Result};
@@ -20,7 +23,7 @@ use chaos_model::{action::ActionSpec, lab::ClusterSpec, plan::Plan};
 use crate::{
     action::{kill_container, Lab, LabMember, LabView, SurgeOutcome},
     container::{self, Change},
-    container_undo::{self, Pending, UndoKind},
+    container_undo::{self, CertSwap, Pending, UndoKind},
 };
 
 /// How long one member may take to answer who leads.
@@ -29,10 +32,32 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 
+/// What the minter of an expired (or soon expiring) certificate gets: sign a pair for
+/// `name` at `ip` with the CA key, valid from `not_before` to `not_after`, written to
+/// `cert` and `key` (each through a rename).
+#[derive(Debug, Clone)]
+pub struct CertRequest {
+    pub ca: PathBuf,
+    pub ca_key: PathBuf,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub type CertMinter = Box<dyn Fn(&CertRequest) -> Result<()> + Send + Sync>;
+
 pub struct ContainerCluster {
     key: String,
     value: String,
     port: u16,
+    certs: Option<PathBuf>,
+    minter: Option<CertMinter>,
+    /// Members running on a swapped certificate: their entries in the run's container
+    /// record and the files, until restored.
+    swapped: std::sync::Mutex<Vec<(String, Pending, CertSwap)>>,
     /// Paused members' entries in the run's container record (`cleanup` unpauses them
     /// after a crash), until they are resumed.
     paused: std::sync::Mutex<Vec<(String, Pending)>>,
@@ -46,6 +71,9 @@ impl ContainerCluster {
             key: key.to_owned(),
             value: value.to_owned(),
             port: spec.etcd_metrics_port(),
+            certs: spec.certs.as_deref().map(PathBuf::from),
+            minter: None,
+            swapped: std::sync::Mutex::new(Vec::new()),
             paused: std::sync::Mutex::new(Vec::new()),
         };
         if container::with_label(key, value)?.is_empty() {
@@ -55,7 +83,49 @@ impl ContainerCluster {
             )
             .into());
         }
+        if let Some(dir) = &cluster.certs {
+            for file in ["ca.pem", "ca-key.pem"] {
+                if !dir.join(file).is_file() {
+                    return Err(Error::unsupported(
+                        format!("cluster.certs: {} has no {file}", dir.display()),
+                        "give the directory of the members' PKI (the stack's is /var/lib/chaos-ebpf/stack/pki)",
+                    )
+                    .into());
+                }
+            }
+        }
         Ok(cluster)
+    }
+
+    /// Who mints certificates for `cert-expiry` (without one, it fails).
+    pub fn with_cert_minter(mut self, minter: CertMinter) -> ContainerCluster {
+        self.minter = Some(minter);
+        self
+    }
+
+    /// The member's pair in the PKI directory, checked to exist.
+    fn cert_files(&self, member: &str) -> Result<(PathBuf, CertSwap)> {
+        let Some(dir) = &self.certs else {
+            bail!("cert-expiry of {member}: the scenario's cluster: has no certs (refused before the run)")
+        };
+        let swap = CertSwap::beside(&dir.join(format!("{member}.pem")), &dir.join(format!("{member}-key.pem")));
+        for file in [&swap.cert, &swap.key] {
+            if !file.is_file() {
+                bail!(
+                    "cert-expiry of {member}: {} is missing; the PKI in {} has no pair for it",
+                    file.display(),
+                    dir.display()
+                );
+            }
+        }
+        Ok((dir.clone(), swap))
+    }
+
+    /// Stops and starts the member (etcd reads its certificate when it starts) and waits
+    /// until its etcd answers on the metrics port.
+    fn restart_member(&self, member: &str) -> Result<String> {
+        container::change(member, Change::Stop(container_undo::RESTART_GRACE))?;
+        self.restart(member)
     }
 
     fn members(&self) -> Result<Vec<(LabMember, container::Container)>> {
@@ -166,12 +236,70 @@ impl Lab for ContainerCluster {
         Ok(format!("container {member} unpaused"))
     }
 
-    fn expire_cert(&self, member: &str, _expires_in: Option<Duration>) -> Result<String> {
-        bail!("cert-expiry of {member}: a cluster of containers has no certificate control (refused before the run)")
+    fn expire_cert(&self, member: &str, expires_in: Option<Duration>) -> Result<String> {
+        let Some(minter) = &self.minter else { bail!("cert-expiry of {member}: no certificate minter was given") };
+        let (dir, swap) = self.cert_files(member)?;
+        if self.swapped.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(m, ..)| m == member) {
+            bail!("cert-expiry of {member}: it already runs with a swapped certificate");
+        }
+        let Some(ip) = container::inspect(member)?.ip else {
+            bail!("cert-expiry of {member}: the container has no IPv4 address for the certificate")
+        };
+        let pending = container_undo::record_cert(member, swap.clone(), &format!("cluster member {member}"))?;
+        let now = SystemTime::now();
+        let (not_before, not_after) = match expires_in {
+            None => (now - Duration::from_secs(2 * 86_400), now - Duration::from_secs(86_400)),
+            Some(d) => (now - Duration::from_secs(3_600), now + d),
+        };
+        let request = CertRequest {
+            ca: dir.join("ca.pem"),
+            ca_key: dir.join("ca-key.pem"),
+            name: member.to_owned(),
+            ip,
+            not_before,
+            not_after,
+            cert: swap.cert.clone(),
+            key: swap.key.clone(),
+        };
+        let result = swap.back_up().and_then(|()| minter(&request)).and_then(|()| self.restart_member(member));
+        match result {
+            Ok(restarted) => {
+                self.swapped.lock().unwrap_or_else(|e| e.into_inner()).push((member.to_owned(), pending, swap));
+                let what = match expires_in {
+                    None => "one that expired a day ago".to_owned(),
+                    Some(d) => format!("one that expires in {} s", d.as_secs()),
+                };
+                Ok(format!("certificate of {member} swapped for {what}; {restarted}"))
+            }
+            Err(e) => {
+                // Nothing half-done stays: the original goes back (the member restarts
+                // on it only if it runs; the record goes once that is done).
+                let undo = swap.put_back().and_then(|_| match container::state(member)?.0 {
+                    true => self.restart_member(member).map(drop),
+                    false => Ok(()),
+                });
+                match undo {
+                    Ok(()) => {
+                        container_undo::done(pending);
+                        Err(e.context(format!("swapping the certificate of {member} (the original is back)")))
+                    }
+                    Err(u) => Err(e.context(format!(
+                        "and putting the original certificate of {member} back failed: {u:#} (`chaos-ebpf cleanup` tries again after this run)"
+                    ))),
+                }
+            }
+        }
     }
 
     fn restore_cert(&self, member: &str) -> Result<String> {
-        bail!("cert-expiry of {member}: a cluster of containers has no certificate control")
+        let at = self.swapped.lock().unwrap_or_else(|e| e.into_inner()).iter().position(|(m, ..)| m == member);
+        let Some(at) = at else { return Ok(format!("certificate of {member} was not swapped: nothing to restore")) };
+        let swap = self.swapped.lock().unwrap_or_else(|e| e.into_inner())[at].2.clone();
+        swap.put_back()?;
+        let restarted = self.restart_member(member)?;
+        let (_, pending, _) = self.swapped.lock().unwrap_or_else(|e| e.into_inner()).remove(at);
+        container_undo::done(pending);
+        Ok(format!("original certificate of {member} restored; {restarted}"))
     }
 
     fn surge(&self, _count: u32, _rate: f64, _cycles: u32, _stop: &AtomicBool) -> Result<SurgeOutcome> {
@@ -201,4 +329,25 @@ pub fn refuse_lab_only_actions(plan: &Plan) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(cluster: &str, action: &str) -> Plan {
+        let text = format!(
+            "apiVersion: chaos-ebpf/v1\nname: t\ncluster:\n{cluster}steps:\n  - {{name: s, action: {action}, target: node:m, duration: 1s}}\n"
+        );
+        chaos_model::scenario::parse("t.yaml", &text).expect("a valid scenario")
+    }
+
+    #[test]
+    fn cert_expiry_needs_certs_and_surge_needs_workload() {
+        let bare = "  containers: a=b\n";
+        let e = refuse_lab_only_actions(&plan(bare, "cert-expiry")).unwrap_err().to_string();
+        assert!(e.contains("cert-expiry") && e.contains("cluster.certs"), "{e}");
+        assert!(refuse_lab_only_actions(&plan(&format!("{bare}  certs: /pki\n"), "cert-expiry")).is_ok());
+        assert!(refuse_lab_only_actions(&plan(bare, "pause")).is_ok());
+    }
 }

@@ -30,6 +30,50 @@ pub enum UndoKind {
     Unpause,
     /// It was killed with `restart: true`: start it if it does not run.
     Start,
+    /// Its certificate was swapped (`cert-expiry`): put the original back from the
+    /// backup in [`PendingUndo::cert`] and restart it if it runs, so that it loads it.
+    #[serde(rename = "restore-cert")]
+    RestoreCert,
+}
+
+/// A certificate pair swapped by `cert-expiry`, and where the original pair was copied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertSwap {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub backup_cert: std::path::PathBuf,
+    pub backup_key: std::path::PathBuf,
+}
+
+impl CertSwap {
+    /// `<file>.orig` beside each file of the pair.
+    pub fn beside(cert: &std::path::Path, key: &std::path::Path) -> CertSwap {
+        let orig = |p: &std::path::Path| std::path::PathBuf::from(format!("{}.orig", p.display()));
+        CertSwap { cert: cert.to_owned(), key: key.to_owned(), backup_cert: orig(cert), backup_key: orig(key) }
+    }
+
+    /// Copies the pair to its backup (the permissions too: the key stays 0600).
+    pub fn back_up(&self) -> Result<()> {
+        for (from, to) in [(&self.cert, &self.backup_cert), (&self.key, &self.backup_key)] {
+            std::fs::copy(from, to).with_context(|| format!("backing up {} to {}", from.display(), to.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Moves the backup over the pair (each a rename: a reader sees the old file or the
+    /// original); nothing to do when no backup is left (put back already).
+    pub fn put_back(&self) -> Result<bool> {
+        if !self.backup_cert.exists() && !self.backup_key.exists() {
+            return Ok(false);
+        }
+        for (from, to) in [(&self.backup_key, &self.key), (&self.backup_cert, &self.cert)] {
+            if from.exists() {
+                std::fs::rename(from, to)
+                    .with_context(|| format!("putting {} back from {}", to.display(), from.display()))?;
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// One container to put back.
@@ -43,6 +87,9 @@ pub struct PendingUndo {
     pub id: String,
     pub name: String,
     pub undo: UndoKind,
+    /// For `RestoreCert`: the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<CertSwap>,
     pub step: String,
     /// When the entry was written, just before the action (wall clock, ms).
     pub since_unix_ms: u64,
@@ -54,6 +101,7 @@ impl PendingUndo {
         let left = match self.undo {
             UndoKind::Unpause => "paused",
             UndoKind::Start => "killed (restart: true)",
+            UndoKind::RestoreCert => "with a swapped certificate",
         };
         format!("container {} left {left} by step {} since {}", self.name, self.step, ledger::clock(self.since_unix_ms))
     }
@@ -86,6 +134,15 @@ pub(crate) struct Pending(u64);
 /// Records that `name` must get `undo` (for the step `step`) before the action changes
 /// it. An error means nothing was changed and the action must not go on.
 pub(crate) fn record(name: &str, undo: UndoKind, step: &str) -> Result<Pending> {
+    record_with(name, undo, None, step)
+}
+
+/// [`record`] of a certificate swap: the files to put back.
+pub(crate) fn record_cert(name: &str, cert: CertSwap, step: &str) -> Result<Pending> {
+    record_with(name, UndoKind::RestoreCert, Some(cert), step)
+}
+
+fn record_with(name: &str, undo: UndoKind, cert: Option<CertSwap>, step: &str) -> Result<Pending> {
     // Asked before taking the lock: a slow daemon does not hold up the other steps.
     let (socket, id, display) = container::identify(name)?;
     let mut open = open();
@@ -105,6 +162,7 @@ pub(crate) fn record(name: &str, undo: UndoKind, step: &str) -> Result<Pending> 
         id,
         name: display,
         undo,
+        cert,
         step: step.to_owned(),
         since_unix_ms: ledger::unix_ms(),
     });
@@ -240,6 +298,7 @@ fn undo_one(entry: &PendingUndo, pid: u32) -> Outcome {
     let left = match entry.undo {
         UndoKind::Unpause => format!("left paused by run {pid}"),
         UndoKind::Start => format!("left killed by run {pid}, restart: true"),
+        UndoKind::RestoreCert => format!("left with a swapped certificate by run {pid}"),
     };
     let failed = |e: anyhow::Error| {
         Outcome::Failed(format!(
@@ -258,6 +317,29 @@ fn undo_one(entry: &PendingUndo, pid: u32) -> Outcome {
         Err(e) => return failed(e),
     };
     match (entry.undo, state) {
+        (UndoKind::RestoreCert, (running, _)) => {
+            let Some(swap) = &entry.cert else {
+                return Outcome::Gone(format!("container {name} ({left}): the record names no files, dropped"));
+            };
+            let put_back = match swap.put_back() {
+                Ok(put_back) => put_back,
+                Err(e) => return failed(e),
+            };
+            if !running {
+                let what = if put_back { "original certificate put back" } else { "nothing to put back" };
+                return Outcome::Done(format!("container {name} ({left}): {what}; it does not run"));
+            }
+            // Stopped and started: etcd reads its certificate when it starts.
+            for change in [container::Change::Stop(RESTART_GRACE), container::Change::Start] {
+                if let Err(e) = container::change_at(&entry.socket, &entry.id, change) {
+                    return failed(e);
+                }
+            }
+            Outcome::Done(format!(
+                "container {name}: original certificate {}, container restarted ({left})",
+                if put_back { "put back" } else { "was in place" }
+            ))
+        }
         (UndoKind::Unpause, (true, true)) => {
             if let Err(e) = container::change_at(&entry.socket, &entry.id, container::Change::Unpause) {
                 return failed(e);
@@ -290,6 +372,9 @@ fn undo_one(entry: &PendingUndo, pid: u32) -> Outcome {
     }
 }
 
+/// How long a container restarted to load its original certificate may take to stop.
+pub const RESTART_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The first 12 characters of an id, as `docker ps` shows it.
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
@@ -309,6 +394,7 @@ mod tests {
                 id: "0123456789abcdef".into(),
                 name: "web".into(),
                 undo: UndoKind::Start,
+                cert: None,
                 step: "crash".into(),
                 since_unix_ms: 3_600_000,
             }],
@@ -322,5 +408,27 @@ mod tests {
             "container web left killed (restart: true) by step crash since 01:00:00 UTC"
         );
         assert_eq!(short("0123456789abcdef"), "0123456789ab");
+    }
+
+    #[test]
+    fn a_swapped_certificate_goes_back_once() {
+        let dir = std::env::temp_dir().join(format!("chaos-cert-swap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("m.pem"), dir.join("m-key.pem"));
+        std::fs::write(&cert, "original cert").unwrap();
+        std::fs::write(&key, "original key").unwrap();
+        let swap = CertSwap::beside(&cert, &key);
+        assert_eq!(swap.backup_cert, dir.join("m.pem.orig"));
+        swap.back_up().unwrap();
+        std::fs::write(&cert, "expired cert").unwrap();
+        std::fs::write(&key, "expired key").unwrap();
+        assert!(swap.put_back().unwrap());
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), "original cert");
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "original key");
+        assert!(!swap.backup_cert.exists() && !swap.backup_key.exists());
+        assert!(!swap.put_back().unwrap(), "a second put back has nothing to do");
+        let text = serde_json::to_string(&UndoKind::RestoreCert).unwrap();
+        assert_eq!(text, "\"restore-cert\"");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -166,7 +166,8 @@ impl ClusterSpec {
     }
 
     pub fn describe(&self) -> String {
-        let mut out = format!("the containers labelled {} (etcd metrics on :{})", self.containers, self.etcd_metrics_port());
+        let mut out =
+            format!("the containers labelled {} (etcd metrics on :{})", self.containers, self.etcd_metrics_port());
         if let Some(certs) = &self.certs {
             out += &format!(", certificates in {certs}");
         }
