@@ -91,7 +91,9 @@ impl Lab for ClusterLab {
         self.control()?.wait_leader(not, within)
     }
 
-    fn kill(&self, member: &str, signal: i32, grace: Option<Duration>) -> Result<String> {
+    /// (The lab's members are its own processes: `lab down` stops them, and a killed one
+    /// is not restarted by `cleanup`.)
+    fn kill(&self, member: &str, signal: i32, grace: Option<Duration>, _restart: bool) -> Result<String> {
         let KillOutcome { member, pid, signals, elapsed } = self.control()?.kill(member, signal, grace)?;
         let sent: Vec<String> = signals.iter().map(|s| signal_name(*s)).collect();
         Ok(format!(

@@ -73,8 +73,9 @@ pub trait Lab: Send + Sync {
     /// Waits (at most `within`) until a member other than `not` leads.
     fn wait_leader(&self, not: Option<&str>, within: Duration) -> Result<Option<(String, Duration)>>;
     /// Sends `signal` (or SIGTERM, then SIGKILL after `grace`) to the member and waits
-    /// until it exited.
-    fn kill(&self, member: &str, signal: i32, grace: Option<Duration>) -> Result<String>;
+    /// until it exited. `restart`: [`Lab::restart`] follows at the step's end (a lab
+    /// that can record it for `cleanup` does so before the kill).
+    fn kill(&self, member: &str, signal: i32, grace: Option<Duration>, restart: bool) -> Result<String>;
     /// Starts a killed member again and waits until it is healthy.
     fn restart(&self, member: &str) -> Result<String>;
     fn pause(&self, member: &str) -> Result<String>;
@@ -493,7 +494,7 @@ impl ActionRun {
                     ActionTarget::Lab(LabSelector::Node(m)),
                 ) => {
                     let killed_at = Instant::now();
-                    let what = self.lab()?.kill(&m, signal.0, *grace)?;
+                    let what = self.lab()?.kill(&m, signal.0, *grace, *restart)?;
                     self.note(what);
                     if *restart {
                         undo.push(Undo::Restart(m.clone()));

@@ -58,6 +58,9 @@ pub struct ContainerCluster {
     /// Members running on a swapped certificate: their entries in the run's container
     /// record and the files, until restored.
     swapped: std::sync::Mutex<Vec<(String, Pending, CertSwap)>>,
+    /// Members killed with `restart: true`: their entries in the run's container record
+    /// (`cleanup` starts them after a crash), until started again.
+    killed: std::sync::Mutex<Vec<(String, Pending)>>,
     /// Paused members' entries in the run's container record (`cleanup` unpauses them
     /// after a crash), until they are resumed.
     paused: std::sync::Mutex<Vec<(String, Pending)>>,
@@ -74,6 +77,7 @@ impl ContainerCluster {
             certs: spec.certs.as_deref().map(PathBuf::from),
             minter: None,
             swapped: std::sync::Mutex::new(Vec::new()),
+            killed: std::sync::Mutex::new(Vec::new()),
             paused: std::sync::Mutex::new(Vec::new()),
         };
         if container::with_label(key, value)?.is_empty() {
@@ -189,8 +193,26 @@ impl Lab for ContainerCluster {
         }
     }
 
-    fn kill(&self, member: &str, signal: i32, grace: Option<Duration>) -> Result<String> {
-        kill_container(member, signal, grace)
+    fn kill(&self, member: &str, signal: i32, grace: Option<Duration>, restart: bool) -> Result<String> {
+        if !restart {
+            return kill_container(member, signal, grace);
+        }
+        // Recorded first: a run that dies before the restart leaves it to `cleanup`.
+        let pending = container_undo::record(member, UndoKind::Start, &format!("cluster member {member}"))?;
+        match kill_container(member, signal, grace) {
+            Ok(what) => {
+                self.killed.lock().unwrap_or_else(|e| e.into_inner()).push((member.to_owned(), pending));
+                Ok(what)
+            }
+            Err(e) => {
+                // Still running: nothing to start again. Otherwise the entry stays for
+                // `cleanup` (the step fails and restarts nothing).
+                if container::state(member).is_ok_and(|(running, _)| running) {
+                    container_undo::done(pending);
+                }
+                Err(e)
+            }
+        }
     }
 
     fn restart(&self, member: &str) -> Result<String> {
@@ -199,6 +221,10 @@ impl Lab for ContainerCluster {
         loop {
             let answered = container::inspect(member).ok().and_then(|c| c.ip).and_then(|ip| self.leads(IpAddr::V4(ip)));
             if answered.is_some() {
+                let mut killed = self.killed.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(at) = killed.iter().position(|(m, _)| m == member) {
+                    container_undo::done(killed.remove(at).1);
+                }
                 return Ok(format!(
                     "container {member} started again: etcd answers after {} ms",
                     start.elapsed().as_millis()
