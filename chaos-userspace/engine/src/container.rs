@@ -240,6 +240,83 @@ pub fn with_label(key: &str, value: &str) -> Result<Vec<String>> {
     })
 }
 
+/// A new container made like a running one (`template`): its image, command, entry
+/// point, environment, working directory, user, host configuration (mounts, init,
+/// restart policy) and first network, with another name and hostname; its labels but
+/// `drop_label`, plus `add_labels`. Created, not started: its full id.
+pub fn create_clone(
+    template: &str,
+    name: &str,
+    hostname: &str,
+    drop_label: &str,
+    add_labels: &[(String, String)],
+) -> Result<String> {
+    let socket = socket()?;
+    block_on(&socket, Duration::ZERO, async {
+        let docker = connect(&socket, &format!("container:{template}")).await?;
+        let details = docker.inspect_container(template, None).await.map_err(|e| lookup_error(&socket, template, e))?;
+        let config = details.config.unwrap_or_default();
+        let mut labels = config.labels.unwrap_or_default();
+        labels.remove(drop_label);
+        labels.extend(add_labels.iter().cloned());
+        // The first network by name, without the template's aliases: a clone is not
+        // found under the template's service name.
+        let mut networks: Vec<String> =
+            details.network_settings.and_then(|n| n.networks).map(|n| n.into_keys().collect()).unwrap_or_default();
+        networks.sort();
+        let networking_config = networks.first().map(|network| bollard::models::NetworkingConfig {
+            endpoints_config: Some(std::collections::HashMap::from([(
+                network.clone(),
+                bollard::models::EndpointSettings::default(),
+            )])),
+        });
+        let body = bollard::models::ContainerCreateBody {
+            hostname: Some(hostname.to_owned()),
+            user: config.user,
+            env: config.env,
+            cmd: config.cmd,
+            entrypoint: config.entrypoint,
+            image: config.image,
+            working_dir: config.working_dir,
+            labels: Some(labels),
+            stop_signal: config.stop_signal,
+            host_config: details.host_config,
+            networking_config,
+            ..Default::default()
+        };
+        let options =
+            bollard::query_parameters::CreateContainerOptions { name: Some(name.to_owned()), ..Default::default() };
+        let created = docker.create_container(Some(options), body).await.map_err(|e| {
+            anyhow::anyhow!("creating container {name} like {template}: {}", first_line(&e.to_string()))
+        })?;
+        Ok(created.id)
+    })
+}
+
+/// Removes the container `name` (stopping it first if it runs, like `docker rm -f`);
+/// false when the daemon has no such container.
+pub fn remove_at(socket: &str, name: &str) -> Result<bool> {
+    block_on(socket, Duration::ZERO, async {
+        let docker = connect(socket, &format!("container:{name}")).await?;
+        let options = bollard::query_parameters::RemoveContainerOptions { force: true, ..Default::default() };
+        match docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(false),
+            Err(e) => Err(anyhow::anyhow!("removing container {name}: {}", first_line(&e.to_string()))),
+        }
+    })
+}
+
+/// A label of the container `name`, if it has it.
+pub fn label_of(name: &str, key: &str) -> Result<Option<String>> {
+    let socket = socket()?;
+    block_on(&socket, Duration::ZERO, async {
+        let docker = connect(&socket, &format!("container:{name}")).await?;
+        let details = docker.inspect_container(name, None).await.map_err(|e| lookup_error(&socket, name, e))?;
+        Ok(details.config.and_then(|c| c.labels).and_then(|mut l| l.remove(key)))
+    })
+}
+
 /// Binds `container-label:KEY=VALUE` targets to the running containers with that label
 /// now: one fault per container (`container:NAME`; the first keeps the rule id, the
 /// others take new ones), as lab selectors are bound. Returns the bound plan and one

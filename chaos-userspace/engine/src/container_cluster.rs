@@ -8,6 +8,7 @@
 //! directory (which the member's container mounts) for one minted by the caller's
 //! [`CertMinter`] (the CLI's, from the lab's PKI code: the engine does not import the
 //! lab), recorded for `cleanup` before anything changes, and restarts the container.
+//! `surge` starts clones of the `workload` nodes ([`container_surge`]).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -23,6 +24,7 @@ use chaos_model::{action::ActionSpec, lab::ClusterSpec, plan::Plan};
 use crate::{
     action::{kill_container, Lab, LabMember, LabView, SurgeOutcome},
     container::{self, Change},
+    container_surge::{self, Workload},
     container_undo::{self, CertSwap, Pending, UndoKind},
 };
 
@@ -55,6 +57,8 @@ pub struct ContainerCluster {
     port: u16,
     certs: Option<PathBuf>,
     minter: Option<CertMinter>,
+    /// The workload nodes `surge` clones and asks.
+    workload: Option<Workload>,
     /// Members running on a swapped certificate: their entries in the run's container
     /// record and the files, until restored.
     swapped: std::sync::Mutex<Vec<(String, Pending, CertSwap)>>,
@@ -76,6 +80,9 @@ impl ContainerCluster {
             port: spec.etcd_metrics_port(),
             certs: spec.certs.as_deref().map(PathBuf::from),
             minter: None,
+            workload: spec.workload_label().map_err(|p| Error::unsupported(p.problem, p.fix))?.map(|(key, value)| {
+                Workload { key: key.to_owned(), value: value.to_owned(), port: spec.workload_port() }
+            }),
             swapped: std::sync::Mutex::new(Vec::new()),
             killed: std::sync::Mutex::new(Vec::new()),
             paused: std::sync::Mutex::new(Vec::new()),
@@ -146,14 +153,7 @@ impl ContainerCluster {
     /// Whether etcd at `ip` says it leads; None when it does not answer in time.
     fn leads(&self, ip: IpAddr) -> Option<bool> {
         let url = format!("http://{}/metrics", SocketAddr::new(ip, self.port));
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-        let (status, body) = runtime
-            .block_on(async { tokio::time::timeout(ASK_TIMEOUT, crate::hypothesis::http_get(&url)).await })
-            .ok()?
-            .ok()?;
-        if status != 200 {
-            return None;
-        }
+        let body = crate::hypothesis::http_get_ok_blocking(&url, ASK_TIMEOUT)?;
         let text = String::from_utf8_lossy(&body);
         text.lines()
             .find_map(|l| l.strip_prefix("etcd_server_is_leader "))
@@ -298,11 +298,11 @@ impl Lab for ContainerCluster {
                 Ok(format!("certificate of {member} swapped for {what}; {restarted}"))
             }
             Err(e) => {
-                // Nothing half-done stays: the original goes back (the member restarts
-                // on it only if it runs; the record goes once that is done).
+                // Nothing half-done stays: the original goes back and the member, which
+                // ran before, runs on it (the record goes once that is done).
                 let undo = swap.put_back().and_then(|_| match container::state(member)?.0 {
                     true => self.restart_member(member).map(drop),
-                    false => Ok(()),
+                    false => self.restart(member).map(drop),
                 });
                 match undo {
                     Ok(()) => {
@@ -328,8 +328,11 @@ impl Lab for ContainerCluster {
         Ok(format!("original certificate of {member} restored; {restarted}"))
     }
 
-    fn surge(&self, _count: u32, _rate: f64, _cycles: u32, _stop: &AtomicBool) -> Result<SurgeOutcome> {
-        bail!("surge: a cluster of containers has no surge (refused before the run)")
+    fn surge(&self, count: u32, rate: f64, cycles: u32, stop: &AtomicBool) -> Result<SurgeOutcome> {
+        let Some(workload) = &self.workload else {
+            bail!("surge: the scenario's cluster: has no workload (refused before the run)")
+        };
+        container_surge::surge(workload, count, rate, cycles, stop)
     }
 }
 
@@ -375,5 +378,14 @@ mod tests {
         assert!(e.contains("cert-expiry") && e.contains("cluster.certs"), "{e}");
         assert!(refuse_lab_only_actions(&plan(&format!("{bare}  certs: /pki\n"), "cert-expiry")).is_ok());
         assert!(refuse_lab_only_actions(&plan(bare, "pause")).is_ok());
+        let surge = |cluster: &str| {
+            let text = format!(
+                "apiVersion: chaos-ebpf/v1\nname: t\ncluster:\n{cluster}steps:\n  - {{name: s, action: surge, count: 2, rate: 2/s, cycles: 1, duration: 5s}}\n"
+            );
+            refuse_lab_only_actions(&chaos_model::scenario::parse("t.yaml", &text).expect("a valid scenario"))
+        };
+        let e = surge(bare).unwrap_err().to_string();
+        assert!(e.contains("surge") && e.contains("cluster.workload"), "{e}");
+        assert!(surge(&format!("{bare}  workload: app=node\n")).is_ok());
     }
 }

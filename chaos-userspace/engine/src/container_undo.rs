@@ -31,9 +31,12 @@ pub enum UndoKind {
     /// It was killed with `restart: true`: start it if it does not run.
     Start,
     /// Its certificate was swapped (`cert-expiry`): put the original back from the
-    /// backup in [`PendingUndo::cert`] and restart it if it runs, so that it loads it.
+    /// backup in [`PendingUndo::cert`] and restart it (start it, if the run died with it
+    /// stopped for the swap), so that it loads it.
     #[serde(rename = "restore-cert")]
     RestoreCert,
+    /// The run created it (a surge node): remove it.
+    Remove,
 }
 
 /// A certificate pair swapped by `cert-expiry`, and where the original pair was copied.
@@ -102,6 +105,7 @@ impl PendingUndo {
             UndoKind::Unpause => "paused",
             UndoKind::Start => "killed (restart: true)",
             UndoKind::RestoreCert => "with a swapped certificate",
+            UndoKind::Remove => "behind (created by the run)",
         };
         format!("container {} left {left} by step {} since {}", self.name, self.step, ledger::clock(self.since_unix_ms))
     }
@@ -134,17 +138,31 @@ pub(crate) struct Pending(u64);
 /// Records that `name` must get `undo` (for the step `step`) before the action changes
 /// it. An error means nothing was changed and the action must not go on.
 pub(crate) fn record(name: &str, undo: UndoKind, step: &str) -> Result<Pending> {
-    record_with(name, undo, None, step)
+    // Asked before taking the lock: a slow daemon does not hold up the other steps.
+    record_with(container::identify(name)?, undo, None, step)
 }
 
 /// [`record`] of a certificate swap: the files to put back.
 pub(crate) fn record_cert(name: &str, cert: CertSwap, step: &str) -> Result<Pending> {
-    record_with(name, UndoKind::RestoreCert, Some(cert), step)
+    record_with(container::identify(name)?, UndoKind::RestoreCert, Some(cert), step)
 }
 
-fn record_with(name: &str, undo: UndoKind, cert: Option<CertSwap>, step: &str) -> Result<Pending> {
-    // Asked before taking the lock: a slow daemon does not hold up the other steps.
-    let (socket, id, display) = container::identify(name)?;
+/// Records that the container `name`, which this run is about to create, must be
+/// removed: written before the create, so that no moment leaves one unrecorded. The
+/// name stands for the id (it is unique to this run); a record whose container was
+/// never created is done by `cleanup` with nothing to remove.
+pub(crate) fn record_creation(name: &str, step: &str) -> Result<Pending> {
+    record_with((container::socket()?, name.to_owned(), name.to_owned()), UndoKind::Remove, None, step)
+}
+
+fn record_with(
+    (socket, id, display): (String, String, String),
+    undo: UndoKind,
+    cert: Option<CertSwap>,
+    step: &str,
+) -> Result<Pending> {
+    let name = display.clone();
+    let name = name.as_str();
     let mut open = open();
     if open.is_none() {
         let (record, earlier) = SideRecord::create(KIND).map_err(|e| cannot_record(name, e))?;
@@ -299,6 +317,7 @@ fn undo_one(entry: &PendingUndo, pid: u32) -> Outcome {
         UndoKind::Unpause => format!("left paused by run {pid}"),
         UndoKind::Start => format!("left killed by run {pid}, restart: true"),
         UndoKind::RestoreCert => format!("left with a swapped certificate by run {pid}"),
+        UndoKind::Remove => format!("created by run {pid}"),
     };
     let failed = |e: anyhow::Error| {
         Outcome::Failed(format!(
@@ -308,6 +327,9 @@ fn undo_one(entry: &PendingUndo, pid: u32) -> Outcome {
     };
     let state = match container::state_at(&entry.socket, &entry.id) {
         Ok(Some(state)) => state,
+        Ok(None) if entry.undo == UndoKind::Remove => {
+            return Outcome::Done(format!("container {name} ({left}): already removed, nothing to do"))
+        }
         Ok(None) => {
             return Outcome::Gone(format!(
                 "container {name} ({left}) no longer exists (id {}): nothing to put back, its record is dropped",
@@ -317,6 +339,10 @@ fn undo_one(entry: &PendingUndo, pid: u32) -> Outcome {
         Err(e) => return failed(e),
     };
     match (entry.undo, state) {
+        (UndoKind::Remove, _) => match container::remove_at(&entry.socket, &entry.id) {
+            Ok(_) => Outcome::Done(format!("container {name} ({left}): stopped and deleted")),
+            Err(e) => failed(e),
+        },
         (UndoKind::RestoreCert, (running, _)) => {
             let Some(swap) = &entry.cert else {
                 return Outcome::Gone(format!("container {name} ({left}): the record names no files, dropped"));
@@ -325,19 +351,22 @@ fn undo_one(entry: &PendingUndo, pid: u32) -> Outcome {
                 Ok(put_back) => put_back,
                 Err(e) => return failed(e),
             };
-            if !running {
-                let what = if put_back { "original certificate put back" } else { "nothing to put back" };
-                return Outcome::Done(format!("container {name} ({left}): {what}; it does not run"));
-            }
-            // Stopped and started: etcd reads its certificate when it starts.
-            for change in [container::Change::Stop(RESTART_GRACE), container::Change::Start] {
-                if let Err(e) = container::change_at(&entry.socket, &entry.id, change) {
+            // A member runs when its certificate is swapped; the run may have died with
+            // it stopped for the swap. Either way it starts (again) on the original:
+            // etcd reads its certificate when it starts.
+            let changes: &[container::Change] = match running {
+                true => &[container::Change::Stop(RESTART_GRACE), container::Change::Start],
+                false => &[container::Change::Start],
+            };
+            for change in changes {
+                if let Err(e) = container::change_at(&entry.socket, &entry.id, *change) {
                     return failed(e);
                 }
             }
             Outcome::Done(format!(
-                "container {name}: original certificate {}, container restarted ({left})",
-                if put_back { "put back" } else { "was in place" }
+                "container {name}: original certificate {}, container {} ({left})",
+                if put_back { "put back" } else { "was in place" },
+                if running { "restarted" } else { "started again (it was stopped for the swap)" }
             ))
         }
         (UndoKind::Unpause, (true, true)) => {

@@ -8,6 +8,7 @@
 pub mod action;
 pub mod container;
 pub mod container_cluster;
+pub mod container_surge;
 pub mod container_undo;
 pub mod hypothesis;
 pub mod matrix;

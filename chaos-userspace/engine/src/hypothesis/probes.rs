@@ -117,6 +117,14 @@ pub(crate) fn secs(d: Duration) -> String {
     format!("{} s", (d.as_secs_f64() * 1000.0).round() / 1000.0)
 }
 
+/// [`http_get`] from synchronous code, on a runtime of its own, at most `within`: the
+/// body of a 200 answer, `None` for anything else (no answer in time, another status).
+pub(crate) fn http_get_ok_blocking(url: &str, within: Duration) -> Option<Bytes> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let (status, body) = runtime.block_on(async { tokio::time::timeout(within, http_get(url)).await }).ok()?.ok()?;
+    (status == 200).then_some(body)
+}
+
 /// GET `url` (http:// only) on a fresh connection: its status and (bounded) body. A
 /// fresh connection per check, so that a pooled connection never hides a fault that
 /// only new connections meet.
