@@ -79,8 +79,8 @@ check_in_the_way() {
     problems+=("a dockerd runs (pid $(pgrep -x dockerd | tr '\n' ' ')): its containerd, bridges and iptables chains would mix with the cluster's; stop it first (deploy/compose/stack.sh down, or kill that dockerd)")
   fi
   for p in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy containerd; do
-    if pgrep -x "$p" >/dev/null; then
-      problems+=("a $p runs (pid $(pgrep -x "$p" | tr '\n' ' ')) that this script did not start: another cluster is up; take it down first")
+    if pgrep -f "^([^ ]*/)?$p( |\$)" >/dev/null; then
+      problems+=("a $p runs (pid $(pgrep -f "^([^ ]*/)?$p( |\$)" | tr '\n' ' ')) that this script did not start: another cluster is up; take it down first")
     fi
   done
   for p in 6443 10250 10248 10249 10256 10257 10259 ${etcd_client##*:} ${etcd_peer##*:}; do
@@ -259,7 +259,6 @@ make_pki() {
   openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
   local u
   for u in admin kubelet controller-manager scheduler kube-proxy; do kubeconfig_for "$data/$u.kubeconfig" "$u"; done
-  mv "$data/admin.kubeconfig" "$kubeconfig"
   chmod 0600 "$pki"/*.key
 }
 
