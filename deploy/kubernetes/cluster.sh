@@ -494,10 +494,13 @@ YAML
   need "service server ($ip) with an endpoint" 30 "" has_endpoint
   local reply="" i
   for ((i = 0; i < 30; i++)); do
-    reply="$(kctl -n chaos-k8s-check exec client -- wget -q -T 2 -O- "http://$ip/" 2>/dev/null || true)"
+    # busybox-static's wget crashes in a bare image (static glibc); nc does not.
+    reply="$(kctl -n chaos-k8s-check exec client -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $ip 80" \
+      2> "$run/check-error" | tail -1 || true)"
     [ "$reply" = chaos-k8s-ok ] && break
     sleep 1
   done
+  [ "$reply" = chaos-k8s-ok ] || cat "$run/check-error" >&2
   [ "$reply" = chaos-k8s-ok ] || fail "pod client did not reach pod server through the Service IP $ip within 30 tries (kube-proxy log: $logs/kube-proxy.log)"
   echo "$ip" > "$run/check-service-ip"
   phase "pod client reached pod server through the ClusterIP Service $ip:80"
@@ -568,8 +571,9 @@ cmd_down() {
   # (CNI DEL: veth, IP address).
   if alive kube-apiserver && alive kubelet; then
     kctl delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
-    wait_for "pods gone" 30 bash -c "[ -z \"\$(ctr --address $sock --namespace k8s.io containers ls -q 2>/dev/null)\" ]" \
-      || say "containers still there 30 s after deleting the pods: removing them through containerd"
+    # Stopped sandboxes stay (kubelet removes them later): wait for no running task.
+    wait_for "pods stopped" 30 bash -c "! ctr --address $sock --namespace k8s.io tasks ls 2>/dev/null | grep -q RUNNING" \
+      || say "tasks still running 30 s after deleting the pods: killing them through containerd"
   fi
   pid="$(pid_of kubelet)"
   [ -n "$pid" ] && stop_pid kubelet "$pid" 20
