@@ -92,7 +92,7 @@ check_in_the_way() {
   [ -z "$(kube_cgroups)" ] || problems+=("kubepods cgroups exist ($(kube_cgroups | tr '\n' ' ')): another kubelet's; stop it and remove them")
   ! ip link show "$bridge" >/dev/null 2>&1 || problems+=("the bridge $bridge exists: \`cargo xtask cluster down\` or ip link del $bridge")
   local routed
-  routed="$(ip -4 route show table all | grep -E '^(local |broadcast )?198\.51\.100\.(12[89]|1[3-9][0-9]|2[0-5][0-9])([/ ]|$)' || true)"
+  routed="$(ip -4 route show table all | grep -E '^((local|broadcast|blackhole|unreachable|prohibit|throw) )?198\.51\.100\.(12[89]|1[3-9][0-9]|2[0-5][0-9])([/ ]|$)' || true)"
   [ -z "$routed" ] || problems+=("198.51.100.128/25 (docs/addresses.md: Kubernetes pods $pod_cidr and services $service_cidr) is routed here already: $(echo "$routed" | head -3 | tr '\n' ';') -- remove what uses it")
   if [ ${#problems[@]} -gt 0 ]; then
     for p in "${problems[@]}"; do echo "cluster: cannot start: $p" >&2; done
@@ -284,7 +284,14 @@ start() {
   local name="$1"
   shift
   mkdir -p "$run/pids" "$logs"
-  setsid "$@" < /dev/null > "$logs/$name.log" 2>&1 &
+  # Without the descriptors this shell inherited beyond 0-2: a daemon must not hold, say,
+  # the kernel tests' flock on /tmp/chaos-kernel-tests.lock after the session ends.
+  (
+    for fd in $(ls "/proc/$BASHPID/fd"); do
+      [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+    done 2>/dev/null
+    exec setsid "$@" < /dev/null > "$logs/$name.log" 2>&1
+  ) &
   echo $! > "$run/pids/$name"
 }
 
