@@ -77,6 +77,7 @@ test_modules! {
     hyper_lab,
     docker,
     dashboard,
+    kubernetes,
 }
 
 /// Skipped tests of this run: (name, reason).

@@ -5,6 +5,8 @@
 //!   with each kernel's counts and every skipped test with its reason (`KernelRun`).
 //! - `cargo xtask bench`: the datapath's cost, as ratios against a baseline measured in
 //!   the same run (bench.rs).
+//! - `cargo xtask cluster up|down|status`: a single-node Kubernetes built from Debian's
+//!   source package (cluster.rs, deploy/kubernetes/cluster.sh, docs/kubernetes.md).
 
 mod bench;
 mod bench_apply;
@@ -12,6 +14,7 @@ mod bench_hyper;
 mod bench_packet;
 mod bench_report;
 mod bench_throughput;
+mod cluster;
 mod vm;
 
 use std::{
@@ -185,7 +188,12 @@ const USAGE: &str = "usage: cargo xtask <task>
   bench hyper [--nodes 32,128] [--reps N] [--budget SECONDS]
                   sizes, repetitions and the time budget of a slow baseline's
                   repetitions. `bench` runs xtask again as a release build: the
-                  datapath it measures in process is optimized, as shipped";
+                  datapath it measures in process is optimized, as shipped
+  cluster up|down|status
+                  a single-node Kubernetes 1.20 built from Debian's source package
+                  (cached in /var/cache/chaos-ebpf/kubernetes), its own etcd,
+                  containerd, CNI bridge and kube-proxy; `down` puts the host back and
+                  checks it (needs root; docs/kubernetes.md)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -247,6 +255,7 @@ fn main() -> Result<()> {
             eprintln!("xtask: wrote {}", path.display());
             Ok(())
         }
+        Some("cluster") => cluster::run(&args[1..]),
         Some("vm-test") => {
             require_root("the VM tests")?;
             conclude(&vm::run(&args[1..])?)
