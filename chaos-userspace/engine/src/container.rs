@@ -441,7 +441,7 @@ mod tests {
         let ip = |last: u8| std::net::Ipv4Addr::new(198, 51, 100, last);
         // Three etcds outside the range, five nodes in it.
         let used: Vec<_> = [98, 99, 100, 112, 113, 114, 115, 116].into_iter().map(ip).collect();
-        assert_eq!(free_addresses(&[stack.clone()], &used), Some(("198.51.100.112/28".to_owned(), 10)));
+        assert_eq!(free_addresses(std::slice::from_ref(&stack), &used), Some(("198.51.100.112/28".to_owned(), 10)));
         // No range: the whole subnet less network, broadcast, gateway and the eight.
         let subnet = bollard::models::IpamConfig { ip_range: None, ..stack };
         assert_eq!(free_addresses(&[subnet], &used), Some(("198.51.100.96/27".to_owned(), 32 - 3 - 8)));
