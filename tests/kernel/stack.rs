@@ -153,9 +153,10 @@ impl Drop for Stack {
 /// within 5 s; the minority cut off; a member cut off, whose alert fires and resolves;
 /// a member on an expired certificate, refused by its peers, put back also by `cleanup`
 /// after a killed run; a membership surge of clones every node sees join and leave,
-/// removed by `cleanup` after a killed run); the latency sample runs or is refused by
-/// name where the kernel has no sch_fq; a run's bundle holds every
-/// container's log and a Prometheus snapshot; `down` leaves the host as it was.
+/// removed by `cleanup` after a killed run, one too big for the network refused); the
+/// latency sample runs or is refused by name where the kernel has no sch_fq; a run's
+/// bundle holds every container's log and a Prometheus snapshot; `down` leaves the host
+/// as it was.
 fn compose_stack_runs_the_samples_and_leaves_nothing() {
     require_root();
     for tool in ["dockerd", "docker-compose"] {
@@ -433,11 +434,27 @@ fn surge_containers() -> Vec<String> {
         .collect()
 }
 
-/// surge: two cycles of 4 clones of a node; every node sees them all join and all
-/// leave within the bound, the hypothesis holds, no clone is left. Then a surge run
-/// killed with its clones running: `cleanup` removes them.
+/// surge: one of more clones than the network has addresses for is refused (exit 2)
+/// before anything starts; two cycles of 4 clones of a node: every node sees them all
+/// join and all leave within the bound, the hypothesis holds, no clone is left. Then a
+/// surge run killed with its clones running: `cleanup` removes them.
 fn check_surge_sample(guard: &mut Stack) {
+    // More clones than the network's dynamic range (16 addresses, the nodes' included)
+    // holds: refused, exit 2, before anything starts, no clone made.
+    let sample = stack_script().with_file_name("scenarios").join("surge.yaml");
+    let text = fs::read_to_string(&sample).expect("surge.yaml").replace("count: 4", "count: 16");
+    let oversized = std::env::temp_dir().join(format!("chaos-stack-surge-16-{}.yaml", std::process::id()));
+    fs::write(&oversized, text).expect("a scenario in the temp dir");
+    let (code, _, err) = chaos_run(&["run", "--dry-run", oversized.to_str().unwrap_or_default()]);
+    let _ = fs::remove_file(&oversized);
+    assert_eq!(code, 2, "a surge of 16 on the stack's network: {err}");
+    assert!(err.contains("surge: 16 clones") && err.contains("free") && err.contains("lower the surge's count"), "{err}");
+    assert_eq!(surge_containers(), Vec::<String>::new(), "a refused surge made clones");
+    println!("REPORT|surge_refused|{}", err.lines().find(|l| l.contains("surge: 16")).unwrap_or_default());
+
+    let started = Instant::now();
     let (code, text, dir) = run_sample("surge");
+    let took = started.elapsed().as_secs_f64();
     guard.runs.extend(dir.clone());
     assert_eq!(code, 0, "surge: {text}");
     let report = report_of(dir.as_deref());
@@ -453,7 +470,7 @@ fn check_surge_sample(guard: &mut Stack) {
     assert_eq!((joins.len(), leaves.len()), (2, 2), "two cycles, each joined and left: {surge}");
     assert!(joins.iter().chain(&leaves).all(|ms| *ms < 30_000.0), "{surge}");
     assert_eq!(surge_containers(), Vec::<String>::new(), "surge containers left");
-    println!("REPORT|surge|join ms per cycle {joins:?}, leave ms {leaves:?}|{}", surge["summary"]);
+    println!("REPORT|surge|join ms per cycle {joins:?}, leave ms {leaves:?}|sample {took:.1} s|{}", surge["summary"]);
 
     let run = start_run_to_kill(guard, "surge");
     let start = Instant::now();

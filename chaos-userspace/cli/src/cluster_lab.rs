@@ -39,6 +39,7 @@ pub fn open_for(plan: &Plan) -> Result<Option<Arc<dyn Lab>>> {
         chaos_engine::container_cluster::refuse_lab_only_actions(plan)?;
         let cluster =
             chaos_engine::container_cluster::ContainerCluster::open(spec)?.with_cert_minter(Box::new(mint_cert));
+        chaos_engine::container_surge::refuse_unfit(plan)?;
         return Ok(Some(Arc::new(cluster)));
     }
     let control = LabControl::open(Path::new(STATE_DIR))?;

@@ -255,18 +255,16 @@ pub fn create_clone(
     block_on(&socket, Duration::ZERO, async {
         let docker = connect(&socket, &format!("container:{template}")).await?;
         let details = docker.inspect_container(template, None).await.map_err(|e| lookup_error(&socket, template, e))?;
+        let network = clone_network(&details);
         let config = details.config.unwrap_or_default();
         let mut labels = config.labels.unwrap_or_default();
         labels.remove(drop_label);
         labels.extend(add_labels.iter().cloned());
-        // The first network by name, without the template's aliases: a clone is not
-        // found under the template's service name.
-        let mut networks: Vec<String> =
-            details.network_settings.and_then(|n| n.networks).map(|n| n.into_keys().collect()).unwrap_or_default();
-        networks.sort();
-        let networking_config = networks.first().map(|network| bollard::models::NetworkingConfig {
+        // Without the template's aliases: a clone is not found under the template's
+        // service name.
+        let networking_config = network.map(|network| bollard::models::NetworkingConfig {
             endpoints_config: Some(std::collections::HashMap::from([(
-                network.clone(),
+                network,
                 bollard::models::EndpointSettings::default(),
             )])),
         });
@@ -291,6 +289,76 @@ pub fn create_clone(
         })?;
         Ok(created.id)
     })
+}
+
+/// The network a clone of a container joins ([`create_clone`]): its first by name.
+fn clone_network(details: &bollard::models::ContainerInspectResponse) -> Option<String> {
+    let networks = details.network_settings.as_ref()?.networks.as_ref()?;
+    networks.keys().min().cloned()
+}
+
+/// Room for clones of `template` on the network they join: the network's name, its
+/// dynamic IPv4 range(s) and how many addresses there are free now. `None` when the
+/// template has no network, or the network's IPAM names no IPv4 range this can read
+/// (then nothing is known before a start fails).
+pub fn room_for_clones(template: &str) -> Result<Option<(String, String, u64)>> {
+    let socket = socket()?;
+    block_on(&socket, Duration::ZERO, async {
+        let docker = connect(&socket, &format!("container:{template}")).await?;
+        let details = docker.inspect_container(template, None).await.map_err(|e| lookup_error(&socket, template, e))?;
+        let Some(network) = clone_network(&details) else { return Ok(None) };
+        let inspected = docker
+            .inspect_network(&network, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("inspecting network {network}: {}", first_line(&e.to_string())))?;
+        let configs = inspected.ipam.and_then(|i| i.config).unwrap_or_default();
+        let used: Vec<std::net::Ipv4Addr> = inspected
+            .containers
+            .unwrap_or_default()
+            .values()
+            .filter_map(|e| e.ipv4_address.as_deref().and_then(cidr).map(|(ip, _)| ip))
+            .collect();
+        Ok(free_addresses(&configs, &used).map(|(ranges, free)| (network, ranges, free)))
+    })
+}
+
+/// The dynamic ranges of a network's IPv4 IPAM configs (`ip_range`, else the subnet)
+/// and how many of their addresses are neither reserved (the subnet's network and
+/// broadcast addresses, the gateway, auxiliary addresses) nor `used`. `None` when no
+/// config gives an IPv4 subnet.
+fn free_addresses(configs: &[bollard::models::IpamConfig], used: &[std::net::Ipv4Addr]) -> Option<(String, u64)> {
+    let mut ranges = Vec::new();
+    let mut free = 0u64;
+    for config in configs {
+        let Some((subnet, subnet_len)) = config.subnet.as_deref().and_then(cidr) else { continue };
+        let range_text = config.ip_range.as_deref().unwrap_or(config.subnet.as_deref().unwrap_or_default());
+        let Some((range, range_len)) = cidr(range_text) else { continue };
+        let within = |ip: std::net::Ipv4Addr, base: std::net::Ipv4Addr, len: u8| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(base) & mask
+        };
+        let subnet_mask = u32::MAX.checked_shl(32 - u32::from(subnet_len)).unwrap_or(0);
+        let mut taken: std::collections::BTreeSet<std::net::Ipv4Addr> = used.iter().copied().collect();
+        // A /31 or /32 has no network or broadcast address to spare.
+        if subnet_len < 31 {
+            taken.insert((u32::from(subnet) & subnet_mask).into());
+            taken.insert((u32::from(subnet) | !subnet_mask).into());
+        }
+        let reserved = config.gateway.iter().chain(config.auxiliary_addresses.iter().flat_map(|a| a.values()));
+        taken.extend(reserved.filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok()));
+        let size = 1u64 << (32 - u32::from(range_len));
+        let taken_in_range = taken.iter().filter(|ip| within(**ip, range, range_len)).count() as u64;
+        free += size.saturating_sub(taken_in_range);
+        ranges.push(range_text.to_owned());
+    }
+    (!ranges.is_empty()).then(|| (ranges.join(", "), free))
+}
+
+/// An IPv4 address with its prefix length (`198.51.100.112/28`; a bare address is a /32).
+fn cidr(text: &str) -> Option<(std::net::Ipv4Addr, u8)> {
+    let (ip, len) = text.split_once('/').unwrap_or((text, "32"));
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((ip.parse().ok()?, len))
 }
 
 /// Removes the container `name` (stopping it first if it runs, like `docker rm -f`);
@@ -355,4 +423,32 @@ pub fn bind_container_labels(plan: &Plan) -> Result<(Plan, Vec<String>)> {
         step.faults = faults;
     }
     Ok((bound, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_addresses_count_the_dynamic_range_less_what_is_taken() {
+        // The stack's network: 16 addresses in the range, its last the subnet's broadcast.
+        let stack = bollard::models::IpamConfig {
+            subnet: Some("198.51.100.96/27".to_owned()),
+            gateway: Some("198.51.100.97".to_owned()),
+            ip_range: Some("198.51.100.112/28".to_owned()),
+            ..Default::default()
+        };
+        let ip = |last: u8| std::net::Ipv4Addr::new(198, 51, 100, last);
+        // Three etcds outside the range, five nodes in it.
+        let used: Vec<_> = [98, 99, 100, 112, 113, 114, 115, 116].into_iter().map(ip).collect();
+        assert_eq!(free_addresses(std::slice::from_ref(&stack), &used), Some(("198.51.100.112/28".to_owned(), 10)));
+        // No range: the whole subnet less network, broadcast, gateway and the eight.
+        let subnet = bollard::models::IpamConfig { ip_range: None, ..stack };
+        assert_eq!(free_addresses(&[subnet], &used), Some(("198.51.100.96/27".to_owned(), 32 - 3 - 8)));
+        let v6 = bollard::models::IpamConfig { subnet: Some("fd00::/64".to_owned()), ..Default::default() };
+        assert_eq!(free_addresses(&[v6], &used), None);
+        assert_eq!(cidr("198.51.100.113/27"), Some((ip(113), 27)));
+        assert_eq!(cidr("198.51.100.113"), Some((ip(113), 32)));
+        assert_eq!(cidr("198.51.100.113/33"), None);
+    }
 }

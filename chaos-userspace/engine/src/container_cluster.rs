@@ -80,9 +80,7 @@ impl ContainerCluster {
             port: spec.etcd_metrics_port(),
             certs: spec.certs.as_deref().map(PathBuf::from),
             minter: None,
-            workload: spec.workload_label().map_err(|p| Error::unsupported(p.problem, p.fix))?.map(|(key, value)| {
-                Workload { key: key.to_owned(), value: value.to_owned(), port: spec.workload_port() }
-            }),
+            workload: Workload::of(spec)?,
             swapped: std::sync::Mutex::new(Vec::new()),
             killed: std::sync::Mutex::new(Vec::new()),
             paused: std::sync::Mutex::new(Vec::new()),

@@ -23,6 +23,8 @@ use std::{
 use anyhow::{bail, Result};
 use chaos_datapath::error::Error;
 
+use chaos_model::{action::ActionSpec, lab::ClusterSpec, plan::Plan};
+
 use crate::{
     action::SurgeOutcome,
     container::{self, Change},
@@ -55,17 +57,77 @@ struct Clone {
     pending: Pending,
 }
 
+impl Workload {
+    /// The workload nodes a scenario's `cluster:` names, if it names them.
+    pub fn of(spec: &ClusterSpec) -> Result<Option<Workload>> {
+        let label = spec.workload_label().map_err(|p| Error::unsupported(p.problem, p.fix))?;
+        Ok(label.map(|(key, value)| Workload {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            port: spec.workload_port(),
+        }))
+    }
+
+    /// The running workload node clones are made from (the first by name) and all of
+    /// them, which observe; exit 2 when there is none.
+    fn running(&self) -> Result<(String, Vec<String>)> {
+        let running = container::with_label(&self.key, &self.value)?;
+        match running.first() {
+            Some(template) => Ok((template.clone(), running)),
+            None => Err(Error::unsupported(
+                format!("surge: no running container has the workload label {}={}", self.key, self.value),
+                "start the workload nodes (deploy/compose/stack.sh up), or fix cluster.workload",
+            )
+            .into()),
+        }
+    }
+}
+
+/// Exit 2 before anything starts when a `surge` step of a `cluster:` scenario needs more
+/// clones at once than its network has free addresses for (the stack's dynamic range is
+/// 16 addresses, the workload nodes' included), or there is no workload node to clone.
+pub fn refuse_unfit(plan: &Plan) -> Result<()> {
+    let Some(workload) = plan.cluster.as_ref().map(Workload::of).transpose()?.flatten() else { return Ok(()) };
+    let most = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s.action.as_ref().map(|a| &a.spec) {
+            Some(ActionSpec::Surge { count, .. }) => Some(*count),
+            _ => None,
+        })
+        .max();
+    match most {
+        Some(count) => check_room(&workload.running()?.0, count),
+        None => Ok(()),
+    }
+}
+
+/// Exit 2 when `count` clones of `template` cannot all get an address on its network:
+/// Docker would refuse the start of the first one too many, in the middle of a cycle.
+fn check_room(template: &str, count: u32) -> Result<()> {
+    let Some((network, ranges, free)) = container::room_for_clones(template)? else { return Ok(()) };
+    if u64::from(count) <= free {
+        return Ok(());
+    }
+    Err(Error::unsupported(
+        format!(
+            "surge: {count} clones of {template} need {count} addresses on network {network}, and its dynamic range \
+             ({ranges}) has {free} free"
+        ),
+        format!(
+            "lower the surge's count to at most {free}, or run fewer workload nodes (the stack's CHAOS_STACK_NODES), \
+             or widen the network's ip_range"
+        ),
+    )
+    .into())
+}
+
 /// Runs `cycles` cycles of `count` clones started at `rate` per second; see the module
 /// documentation. An error removes the clones of the cycle first.
 pub fn surge(workload: &Workload, count: u32, rate: f64, cycles: u32, stop: &AtomicBool) -> Result<SurgeOutcome> {
-    let running = container::with_label(&workload.key, &workload.value)?;
-    let Some(template) = running.first().cloned() else {
-        return Err(Error::unsupported(
-            format!("surge: no running container has the workload label {}={}", workload.key, workload.value),
-            "start the workload nodes (deploy/compose/stack.sh up), or fix cluster.workload",
-        )
-        .into());
-    };
+    let (template, running) = workload.running()?;
+    // Checked before the run too (refuse_unfit); asked again, as nodes may have come.
+    check_room(&template, count)?;
     let mut observers = Vec::new();
     for name in &running {
         let Some(ip) = container::inspect(name)?.ip else {
