@@ -354,11 +354,13 @@ fn free_addresses(configs: &[bollard::models::IpamConfig], used: &[std::net::Ipv
     (!ranges.is_empty()).then(|| (ranges.join(", "), free))
 }
 
-/// An IPv4 address with its prefix length (`198.51.100.112/28`; a bare address is a /32).
+/// An IPv4 address with its prefix length (`198.51.100.112/28`; a bare address is a
+/// /32), parsed as scenario prefixes are.
 fn cidr(text: &str) -> Option<(std::net::Ipv4Addr, u8)> {
-    let (ip, len) = text.split_once('/').unwrap_or((text, "32"));
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-    Some((ip.parse().ok()?, len))
+    match text.parse::<chaos_model::spec::Cidr>().ok()? {
+        chaos_model::spec::Cidr { addr: std::net::IpAddr::V4(v4), len } => Some((v4, len)),
+        _ => None,
+    }
 }
 
 /// Removes the container `name` (stopping it first if it runs, like `docker rm -f`);

@@ -161,11 +161,9 @@ fn record_with(
     cert: Option<CertSwap>,
     step: &str,
 ) -> Result<Pending> {
-    let name = display.clone();
-    let name = name.as_str();
     let mut open = open();
     if open.is_none() {
-        let (record, earlier) = SideRecord::create(KIND).map_err(|e| cannot_record(name, e))?;
+        let (record, earlier) = SideRecord::create(KIND).map_err(|e| cannot_record(&display, e))?;
         // A dead run that had our pid left this and was not cleaned up: kept, so that a
         // `cleanup` after this run still puts those containers back.
         let mut content = earlier.and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok()).unwrap_or_default();
@@ -178,7 +176,7 @@ fn record_with(
         seq,
         socket,
         id,
-        name: display,
+        name: display.clone(),
         undo,
         cert,
         step: step.to_owned(),
@@ -189,7 +187,7 @@ fn record_with(
         if state.content.pending.is_empty() {
             *open = None;
         }
-        return Err(cannot_record(name, e));
+        return Err(cannot_record(&display, e));
     }
     Ok(Pending(seq))
 }
