@@ -197,10 +197,7 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
     // Leader kill: `cluster:` names the etcd containers; the one that leads is killed.
     let leader_before = etcd_members().into_iter().find(|m| m.2).expect("a leader before the kill");
     let (code, text, dir) = run_sample("leader-kill");
-    guard.runs.extend(dir.clone());
-    assert_eq!(code, 0, "leader-kill: {text}");
-    let report = report_of(dir.as_deref());
-    assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
+    let report = passed_report(&mut guard, "leader-kill", (code, text, dir.clone()));
     let action = &report["steps"][1]["action"];
     let killed = action["resolved"][0].as_str().unwrap_or("").to_owned();
     let elected_ms = action["leader_elected_ms"].as_f64();
@@ -235,10 +232,7 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
     let results = check_grafana_queries(&format!("http://{PROMETHEUS}"), &titles);
     println!("REPORT|grafana|{} queries of {} panels returned series during the split", results.len(), titles.len());
     let (code, text, dir) = during.join().expect("the split-brain run");
-    guard.runs.extend(dir.clone());
-    assert_eq!(code, 0, "split-brain: {text}");
-    let report = report_of(dir.as_deref());
-    assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
+    let report = passed_report(&mut guard, "split-brain", (code, text, dir));
     let dropped = report["steps"][1]["rules"][0]["counters"]["dropped"].as_u64().unwrap_or(0);
     assert!(dropped > 0, "the split dropped nothing: {}", report["steps"][1]);
     let late_s = window_late_s(&report);
@@ -251,10 +245,7 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
 
     // Partition: etcd-3 alone; it has no leader (the alert fires), the others go on.
     let (code, text, dir) = run_sample("partition");
-    guard.runs.extend(dir.clone());
-    assert_eq!(code, 0, "partition: {text}");
-    let report = report_of(dir.as_deref());
-    assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
+    let report = passed_report(&mut guard, "partition", (code, text, dir));
     assert!(report["agent"].is_string(), "the run did not go through the stack's agent: {}", report["agent"]);
     let dropped = report["steps"][1]["rules"][0]["counters"]["dropped"].as_u64().unwrap_or(0);
     assert!(dropped > 0, "the partition dropped nothing: {}", report["steps"][1]);
@@ -342,10 +333,7 @@ fn check_cert_expiry_sample(guard: &mut Stack) {
         std::thread::sleep(Duration::from_millis(300));
     };
     let (code, text, dir) = during.join().expect("the cert-expiry run");
-    guard.runs.extend(dir.clone());
-    assert_eq!(code, 0, "cert-expiry: {text}");
-    let report = report_of(dir.as_deref());
-    assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
+    let report = passed_report(guard, "cert-expiry", (code, text, dir));
     let action = &report["steps"][1]["action"];
     assert_eq!(action["ran_its_course"], true, "{action}");
     assert_eq!(fs::read(&pair).expect("etcd-1's certificate"), original, "etcd-1's original pair is not back");
@@ -455,10 +443,7 @@ fn check_surge_sample(guard: &mut Stack) {
     let started = Instant::now();
     let (code, text, dir) = run_sample("surge");
     let took = started.elapsed().as_secs_f64();
-    guard.runs.extend(dir.clone());
-    assert_eq!(code, 0, "surge: {text}");
-    let report = report_of(dir.as_deref());
-    assert_eq!(report["hypothesis"]["verdict"], "passed", "{text}");
+    let report = passed_report(guard, "surge", (code, text, dir));
     let action = &report["steps"][1]["action"];
     assert_eq!(action["ran_its_course"], true, "{action}");
     let surge = &action["surge"];
@@ -504,6 +489,16 @@ fn grafana_panel_titles() -> Vec<String> {
 fn window_late_s(report: &serde_json::Value) -> f64 {
     let window = &report["steps"][1]["windows"][0];
     window["started_s"].as_f64().unwrap_or(f64::MAX) - window["planned_start_s"].as_f64().unwrap_or(0.0)
+}
+
+/// A sample's run that exited 0 with its hypothesis passed (its directory is removed
+/// with the stack): its report.
+fn passed_report(guard: &mut Stack, name: &str, (code, text, dir): (i32, String, Option<PathBuf>)) -> serde_json::Value {
+    guard.runs.extend(dir.clone());
+    assert_eq!(code, 0, "{name}: {text}");
+    let report = report_of(dir.as_deref());
+    assert_eq!(report["hypothesis"]["verdict"], "passed", "{name}: {text}");
+    report
 }
 
 fn report_of(dir: Option<&Path>) -> serde_json::Value {
