@@ -175,6 +175,8 @@ const USAGE: &str = "usage: cargo xtask <task>
                   (sch_fq, sch_netem, the pre-TCX netlink path); downloads the kernels
   schema          write scenarios/chaos-ebpf.schema.json, the JSON Schema of scenario
                   files, from chaos-model's parser types
+  crd             write deploy/helm/chaos-ebpf/crds/chaosexperiments.yaml, the
+                  ChaosExperiment CRD, from chaos-agent's spec and status types
   bench [packet|throughput|apply|hyper|report]
                   the datapath against baselines measured in the same run (needs
                   root): `packet` the per-packet cost in BPF_PROG_TEST_RUN;
@@ -252,6 +254,13 @@ fn main() -> Result<()> {
         Some("schema") => {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/chaos-ebpf.schema.json");
             std::fs::write(&path, chaos_model::json_schema())?;
+            eprintln!("xtask: wrote {}", path.display());
+            Ok(())
+        }
+        Some("crd") => {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(chaos_agent::kubernetes::crd::CRD_PATH);
+            std::fs::create_dir_all(path.parent().expect("a directory"))?;
+            std::fs::write(&path, chaos_agent::kubernetes::crd::crd_yaml())?;
             eprintln!("xtask: wrote {}", path.display());
             Ok(())
         }

@@ -5,7 +5,7 @@
 //! it reaps the faults whose client stopped renewing.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{mpsc, Arc},
     time::{Duration, Instant},
@@ -37,6 +37,10 @@ pub enum Command {
     Revert(u64, oneshot::Sender<Result<Reverted, ApiError>>),
     List(oneshot::Sender<FaultList>),
     Health(oneshot::Sender<Health>),
+    /// Unload the programs of every namespace no fault uses (those given at start stay):
+    /// the Kubernetes controller's pods come and go, and a deleted pod's namespace must
+    /// not be held by the agent.
+    ForgetIdle(oneshot::Sender<usize>),
     /// Revert everything and stop; the answer says what could not be removed.
     Shutdown(oneshot::Sender<Vec<String>>),
 }
@@ -82,6 +86,8 @@ pub struct Core {
     record: Option<RunRecord>,
     run_state: RunState,
     metrics: Arc<AgentMetrics>,
+    /// Namespaces given at start (`--netns`): kept loaded while the agent runs.
+    managed: BTreeSet<NetnsId>,
     /// The size of each instance's maps (its peer trie: --max-peers; its flow table:
     /// --flow-table).
     capacity: Capacity,
@@ -137,6 +143,7 @@ impl Core {
             groups: BTreeMap::new(),
             faults: BTreeMap::new(),
             next_id: 1,
+            managed: BTreeSet::new(),
             record: Some(record),
             run_state,
             metrics,
@@ -159,6 +166,7 @@ impl Core {
             groups: BTreeMap::new(),
             faults: BTreeMap::new(),
             next_id: 1,
+            managed: BTreeSet::new(),
             record: None,
             run_state: RunState::default(),
             metrics,
@@ -199,6 +207,9 @@ impl Core {
                 }
                 Some(Command::List(reply)) => {
                     let _ = reply.send(self.list());
+                }
+                Some(Command::ForgetIdle(reply)) => {
+                    let _ = reply.send(self.forget_idle());
                 }
                 Some(Command::Health(reply)) => {
                     let _ = reply.send(self.health());
@@ -489,6 +500,7 @@ impl Core {
             if fresh {
                 instance.check_room(&r.interfaces)?;
             }
+            self.managed.insert(r.netns.id);
             let group = self.groups.entry(r.netns.id).or_default();
             let needs = devices::Needs { segmenter: true, ..devices::Needs::default() };
             for iface in &r.interfaces {
@@ -499,6 +511,36 @@ impl Core {
         }
         self.write_ledger();
         Ok(())
+    }
+
+    /// Unloads the instances of namespaces without a fault that were not given at start;
+    /// returns how many.
+    fn forget_idle(&mut self) -> usize {
+        let idle: Vec<NetnsId> = self
+            .instances
+            .keys()
+            .filter(|id| !self.managed.contains(id))
+            .filter(|id| !self.faults.values().any(|f| f.rules.iter().any(|r| r.netns == **id)))
+            .copied()
+            .collect();
+        for id in &idle {
+            if let Some(mut instance) = self.instances.remove(id) {
+                let path = instance.netns.path.display().to_string();
+                match instance.shutdown() {
+                    Ok(()) => log(&format!("unloaded the programs from {path} (no fault there)")),
+                    Err(e) => log(&format!("warning: unloading the programs from {path}: {e:#}")),
+                }
+            }
+            for problem in self.release_group(*id, true) {
+                log(&format!("warning: {problem}"));
+            }
+            self.groups.remove(id);
+        }
+        if !idle.is_empty() {
+            self.metrics.instances(self.instances.len());
+            self.write_ledger();
+        }
+        idle.len()
     }
 
     /// Reverts the faults whose lease ended (the kernel stopped acting on them already).

@@ -9,6 +9,7 @@ pub mod api;
 pub mod client;
 mod core;
 pub mod dashboard;
+pub mod kubernetes;
 pub mod metrics;
 pub mod server;
 

@@ -9,6 +9,7 @@ use std::{
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{mpsc, Arc},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -25,7 +26,7 @@ use tokio::{
 };
 
 use crate::{
-    api::{ApiError, ApplyRequest, PrepareRequest, RenewRequest, PREFIX},
+    api::{ApiError, Applied, ApplyRequest, FaultList, FaultWire, PrepareRequest, RenewRequest, Renewed, Reverted, PREFIX},
     core::{log, Command, Core},
     dashboard::{self, PrometheusUrl},
     metrics::AgentMetrics,
@@ -63,6 +64,8 @@ pub struct Options {
     /// Flows each namespace's flow table holds (MIN_FLOWS..=MAX_FLOWS_LIMIT; allocated
     /// when the programs load).
     pub flows: u32,
+    /// Run the Kubernetes controller (`--kubernetes`).
+    pub kubernetes: Option<crate::kubernetes::KubeOptions>,
 }
 
 /// What the handlers share: the way to the kernel thread, and the metrics.
@@ -84,6 +87,30 @@ impl Handle {
         let gone = || ApiError::new(503, "the agent is stopping", "start it again");
         self.commands.send(make(tx)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
+    }
+
+    /// The API's operations for the in-process Kubernetes controller.
+    pub async fn apply(&self, fault: FaultWire, lease: Duration, seed: u64, rule_id: u32) -> Result<Applied, ApiError> {
+        let request =
+            ApplyRequest { fault, lease_ms: lease.as_millis() as u64, seed: Some(seed), rule_id: Some(rule_id) };
+        self.ask(|tx| Command::Apply(Box::new(request), tx)).await?
+    }
+
+    pub async fn renew(&self, id: u64, lease: Duration) -> Result<Renewed, ApiError> {
+        self.ask(|tx| Command::Renew(id, lease.as_millis() as u64, tx)).await?
+    }
+
+    pub async fn revert(&self, id: u64) -> Result<Reverted, ApiError> {
+        self.ask(|tx| Command::Revert(id, tx)).await?
+    }
+
+    pub async fn list(&self) -> Result<FaultList, ApiError> {
+        self.ask(Command::List).await
+    }
+
+    /// Unloads the programs of namespaces no fault uses; how many.
+    pub async fn forget_idle(&self) -> usize {
+        self.ask(Command::ForgetIdle).await.unwrap_or(0)
     }
 }
 
@@ -109,6 +136,11 @@ pub fn run(options: Options) -> Result<()> {
     let mut signals = {
         let _inside = runtime.enter();
         Signals::new().context("installing the SIGINT and SIGTERM handlers")?
+    };
+    // Connected before anything is loaded: no API server to talk to changes nothing.
+    let kube_client = match &options.kubernetes {
+        Some(_) => Some(runtime.block_on(crate::kubernetes::connect())?),
+        None => None,
     };
     // Bound before anything is loaded: a port in use changes nothing.
     let metrics_listener = match options.metrics_addr {
@@ -190,6 +222,14 @@ pub fn run(options: Options) -> Result<()> {
             tokio::spawn(serve_metrics(listener, context.clone(), options.prometheus_url.clone().map(Arc::new)));
         }
         tokio::spawn(serve_api(listener, context.clone()));
+        if let (Some(client), Some(kube)) = (kube_client, options.kubernetes.clone()) {
+            log(&format!(
+                "Kubernetes controller on node {} for {}",
+                kube.node,
+                if kube.namespaces.is_empty() { "all namespaces".to_owned() } else { kube.namespaces.join(", ") }
+            ));
+            tokio::spawn(crate::kubernetes::run(client, context.clone(), kube));
+        }
         signals.recv().await
     });
     log(&format!("{stopped}: reverting every fault"));

@@ -83,6 +83,20 @@ pub struct AgentArgs {
     /// ones start over.
     #[arg(long, value_name = "N", default_value_t = MAX_FLOWS, value_parser = parse_flow_table)]
     flow_table: u32,
+    /// Run the Kubernetes controller (docs/kubernetes.md): reconcile the ChaosExperiment
+    /// resources that select pods on this node. The API server comes from the pod's
+    /// service account (in a DaemonSet) or KUBECONFIG / ~/.kube/config.
+    #[arg(long)]
+    kubernetes: bool,
+    /// With --kubernetes: this node's name (default: $NODE_NAME, which the Helm chart
+    /// sets from spec.nodeName).
+    #[arg(long, value_name = "NAME", requires = "kubernetes")]
+    node_name: Option<String>,
+    /// With --kubernetes: a namespace whose experiments and pods this agent acts on
+    /// (repeatable); none: all namespaces. Experiments that name another are refused in
+    /// their status.
+    #[arg(long = "namespace", value_name = "NS", requires = "kubernetes")]
+    namespaces: Vec<String>,
 }
 
 /// --flow-table: a size the flow table can have.
@@ -123,6 +137,7 @@ pub fn run(args: AgentArgs, command: String) -> Result<i32> {
                 MetricsAddr::At(addr) => Some(addr),
             };
             let netns = args.netns.iter().map(|n| chaos_datapath::netns::path_for(n)).collect();
+            let kubernetes = if args.kubernetes { Some(kube_options(args.node_name, args.namespaces)?) } else { None };
             chaos_agent::run(chaos_agent::Options {
                 socket: args.socket,
                 metrics_addr,
@@ -131,10 +146,27 @@ pub fn run(args: AgentArgs, command: String) -> Result<i32> {
                 command,
                 max_peers: args.max_peers,
                 flows: args.flow_table,
+                kubernetes,
             })?;
             Ok(0)
         }
     }
+}
+
+/// The controller's options: the node from --node-name or $NODE_NAME (exit 2 without).
+fn kube_options(node: Option<String>, namespaces: Vec<String>) -> Result<chaos_agent::kubernetes::KubeOptions> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let node = node.or_else(|| env("NODE_NAME")).ok_or_else(|| {
+        chaos_datapath::Error::unsupported(
+            "--kubernetes needs the name of this node",
+            "pass --node-name NAME, or set NODE_NAME (the Helm chart sets it from spec.nodeName)",
+        )
+    })?;
+    let agent = match (env("POD_NAMESPACE"), env("POD_NAME")) {
+        (Some(ns), Some(pod)) => format!("pod {ns}/{pod}"),
+        _ => format!("pid {}", std::process::id()),
+    };
+    Ok(chaos_agent::kubernetes::KubeOptions { node, namespaces, agent, proc_root: "/proc".into() })
 }
 
 fn connect(socket: &Path) -> Result<Client> {

@@ -1,0 +1,589 @@
+//! One pass of the controller over every experiment: what this node's agent holds for
+//! each, and what it changes to match the spec, the pods and the clock.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::Arc,
+};
+
+use chaos_model::Problem;
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use kube::{api::Api, Client, ResourceExt};
+
+use super::{
+    crd::{ChaosExperiment, Condition, NodeStatus, PodFault, PodInjection, PAUSED_ANNOTATION},
+    finalizer, netns, patch_status,
+    select::{self, Candidate},
+    set_finalizer, KubeOptions, LEASE,
+};
+use crate::{
+    api::{FaultWire, PortsWire},
+    core::log,
+    server::Handle,
+};
+
+/// Events kept per node entry of a status.
+const MAX_EVENTS: usize = 20;
+
+/// The faults held for one pod.
+struct Held {
+    pod: Candidate,
+    fault_ids: Vec<u64>,
+    netns_inode: u64,
+    /// The resolved peers of each fault when applied: a change re-applies.
+    peers: Vec<Vec<String>>,
+    from: Timestamp,
+}
+
+/// What this agent knows of one experiment.
+#[derive(Default)]
+struct Experiment {
+    held: BTreeMap<String, Held>,
+    /// Pods released or failed, newest last, for the status.
+    past: Vec<PodInjection>,
+    events: VecDeque<String>,
+    /// Whether this node's finalizer is on the resource.
+    finalizer: bool,
+    /// The last status written, not written again when nothing changed.
+    written: Option<serde_json::Value>,
+}
+
+impl Experiment {
+    fn event(&mut self, line: String) {
+        log(&line);
+        self.events.push_back(format!("{} {line}", Timestamp::now().round(jiff_seconds()).unwrap_or(Timestamp::now())));
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+    }
+}
+
+fn jiff_seconds() -> k8s_openapi::jiff::Unit {
+    k8s_openapi::jiff::Unit::Second
+}
+
+pub struct Controller {
+    client: Client,
+    handle: Handle,
+    options: KubeOptions,
+    experiments: BTreeMap<(String, String), Experiment>,
+}
+
+/// What the spec and the clock say an experiment should be doing.
+enum Wanted {
+    Invalid(Problem),
+    Paused,
+    Finished,
+    Running,
+}
+
+impl Controller {
+    pub fn new(client: Client, handle: Handle, options: KubeOptions) -> Controller {
+        Controller { client, handle, options, experiments: BTreeMap::new() }
+    }
+
+    pub async fn pass(
+        &mut self,
+        experiments: &[Arc<ChaosExperiment>],
+        pods: &[Pod],
+        node_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    ) {
+        let live: BTreeSet<(String, String)> =
+            experiments.iter().map(|e| (e.namespace().unwrap_or_default(), e.name_any())).collect();
+        // Experiments gone without our finalizer (it was never added: nothing selected
+        // here) or removed by hand: release what is held.
+        let gone: Vec<(String, String)> = self.experiments.keys().filter(|k| !live.contains(*k)).cloned().collect();
+        for key in gone {
+            if let Some(mut state) = self.experiments.remove(&key) {
+                self.release_all(&mut state, "the experiment is gone").await;
+            }
+        }
+        for experiment in experiments {
+            if let Err(e) = self.reconcile(experiment, pods, node_labels).await {
+                log(&format!("reconciling {}/{}: {e:#}", experiment.namespace().unwrap_or_default(), experiment.name_any()));
+            }
+        }
+    }
+
+    async fn reconcile(
+        &mut self,
+        experiment: &ChaosExperiment,
+        pods: &[Pod],
+        node_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> anyhow::Result<()> {
+        let namespace = experiment.namespace().unwrap_or_default();
+        let name = experiment.name_any();
+        let key = (namespace.clone(), name.clone());
+        let api: Api<ChaosExperiment> = Api::namespaced(self.client.clone(), &namespace);
+        let node = self.options.node.clone();
+        let mut state = self.experiments.remove(&key).unwrap_or_default();
+        state.finalizer = experiment.finalizers().contains(&finalizer(&node));
+        if experiment.metadata.deletion_timestamp.is_some() {
+            self.release_all(&mut state, "the experiment was deleted").await;
+            if state.finalizer {
+                set_finalizer(&api, &name, &node, false).await?;
+                log(&format!("{namespace}/{name}: deleted; everything reverted on {node}, finalizer removed"));
+            }
+            return Ok(());
+        }
+        let (wanted, ends_at) = self.wanted(experiment);
+        let mut selected = 0;
+        match &wanted {
+            Wanted::Invalid(_) => self.release_all(&mut state, "the spec is not valid").await,
+            Wanted::Paused => self.release_all(&mut state, "paused").await,
+            Wanted::Finished => self.release_all(&mut state, "the duration is over").await,
+            Wanted::Running => {
+                let spec = &experiment.spec;
+                let candidates = select::matching(pods, &spec.selector, &namespace, node_labels);
+                let chosen = select::pick(candidates, spec.mode, spec.value, spec.seed);
+                selected = chosen.len();
+                let mine: Vec<Candidate> = chosen.into_iter().filter(|c| c.node == node).collect();
+                if !mine.is_empty() && !state.finalizer {
+                    // Before anything is applied: a delete from here on waits for our revert.
+                    set_finalizer(&api, &name, &node, true).await?;
+                    state.finalizer = true;
+                }
+                self.converge(&mut state, experiment, &mine, pods).await;
+            }
+        }
+        if state.finalizer && state.held.is_empty() && !matches!(wanted, Wanted::Running) {
+            set_finalizer(&api, &name, &node, false).await?;
+            state.finalizer = false;
+        }
+        let status = self.status(&mut state, experiment, &wanted, ends_at, selected).await;
+        if state.written.as_ref() != Some(&status) {
+            patch_status(&api, &name, &node, status.clone()).await?;
+            state.written = Some(status);
+        }
+        self.experiments.insert(key, state);
+        Ok(())
+    }
+
+    /// The experiment's phase from its spec, annotations and the clock; and when it ends.
+    fn wanted(&self, experiment: &ChaosExperiment) -> (Wanted, Option<Timestamp>) {
+        if let Err(p) = check_spec(experiment, &self.options.namespaces) {
+            return (Wanted::Invalid(p), None);
+        }
+        let created = experiment.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0);
+        let ends_at = experiment.spec.duration.as_deref().and_then(|d| {
+            let d = chaos_model::spec::parse_duration(d).ok()?;
+            created.checked_add(k8s_openapi::jiff::SignedDuration::try_from(d).ok()?).ok()
+        });
+        if ends_at.is_some_and(|end| Timestamp::now() >= end) {
+            return (Wanted::Finished, ends_at);
+        }
+        let paused = experiment.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true");
+        (if paused { Wanted::Paused } else { Wanted::Running }, ends_at)
+    }
+
+    /// Applies the faults to the chosen pods of this node that do not have them (or
+    /// whose namespace or peers changed), renews the others, releases pods no longer
+    /// chosen.
+    async fn converge(&mut self, state: &mut Experiment, experiment: &ChaosExperiment, mine: &[Candidate], pods: &[Pod]) {
+        let wanted: BTreeSet<&str> = mine.iter().map(|c| c.uid.as_str()).collect();
+        let dropped: Vec<String> = state.held.keys().filter(|uid| !wanted.contains(uid.as_str())).cloned().collect();
+        for uid in dropped {
+            if let Some(held) = state.held.remove(&uid) {
+                self.release(state, held, "no longer selected (deleted, not running, or not chosen)").await;
+            }
+        }
+        let namespace = experiment.namespace().unwrap_or_default();
+        for pod in mine {
+            let peers = match resolve_peers(&experiment.spec.faults, pods, &namespace) {
+                Ok(peers) => peers,
+                Err(p) => {
+                    state.past_failed(pod, &p.problem);
+                    continue;
+                }
+            };
+            if host_network(pods, &pod.uid) {
+                let why = "the pod uses the node's network namespace (hostNetwork): a fault there would hit the node";
+                state.past_failed(pod, why);
+                continue;
+            }
+            let Some(found) = netns::of_pod(&self.options.proc_root, &pod.uid) else {
+                state.past_failed(pod, "no process of the pod runs on this node yet (retried at the next pass)");
+                continue;
+            };
+            if let Some(held) = state.held.get(&pod.uid) {
+                if held.netns_inode == found.inode && held.peers == peers {
+                    let ids = held.fault_ids.clone();
+                    if self.renew(&ids).await {
+                        continue;
+                    }
+                }
+                let held = state.held.remove(&pod.uid).expect("checked above");
+                self.release(state, held, "its network namespace or peers changed, or a lease lapsed: applying again")
+                    .await;
+            }
+            let target = format!("netns:{}", found.path.display());
+            let mut ids = Vec::new();
+            let mut failure = None;
+            for (i, (fault, peers)) in experiment.spec.faults.iter().zip(&peers).enumerate() {
+                let wire = match wire_of(fault, &target, peers.clone()) {
+                    Ok(wire) => wire,
+                    Err(p) => {
+                        failure = Some(format!("spec.faults[{i}]: {}", p.problem));
+                        break;
+                    }
+                };
+                let rule_id = rule_id(&namespace, &experiment.name_any(), i);
+                match self.handle.apply(wire, LEASE, experiment.spec.seed, rule_id).await {
+                    Ok(applied) => ids.push(applied.id),
+                    Err(e) => {
+                        failure = Some(format!("spec.faults[{i}]: {} ({})", e.problem, e.fix));
+                        break;
+                    }
+                }
+            }
+            if let Some(why) = failure {
+                for id in ids {
+                    let _ = self.handle.revert(id).await;
+                }
+                state.event(format!("{}/{}: not applied: {why}", pod.namespace, pod.name));
+                state.past_failed(pod, &why);
+                continue;
+            }
+            state.event(format!(
+                "{}/{}: {} fault(s) in force in {} (faults {ids:?})",
+                pod.namespace,
+                pod.name,
+                ids.len(),
+                found.path.display()
+            ));
+            state.past.retain(|p| p.uid != pod.uid);
+            state.held.insert(
+                pod.uid.clone(),
+                Held { pod: pod.clone(), fault_ids: ids, netns_inode: found.inode, peers, from: Timestamp::now() },
+            );
+        }
+    }
+
+    /// Renews every fault; false when one of them is gone (its lease lapsed).
+    async fn renew(&self, ids: &[u64]) -> bool {
+        let mut all = true;
+        for id in ids {
+            if self.handle.renew(*id, LEASE).await.is_err() {
+                all = false;
+            }
+        }
+        all
+    }
+
+    async fn release(&self, state: &mut Experiment, held: Held, why: &str) {
+        let mut dropped = 0;
+        for id in &held.fault_ids {
+            if let Ok(reverted) = self.handle.revert(*id).await {
+                dropped += reverted.counters.dropped;
+            }
+        }
+        // The pod's namespace may be gone with it: the programs there are unloaded, so
+        // that the agent holds nothing of a deleted pod.
+        self.handle.forget_idle().await;
+        state.event(format!("{}/{}: released ({why})", held.pod.namespace, held.pod.name));
+        state.past.retain(|p| p.uid != held.pod.uid);
+        state.past.push(PodInjection {
+            namespace: held.pod.namespace.clone(),
+            name: held.pod.name.clone(),
+            uid: held.pod.uid.clone(),
+            state: "Released".into(),
+            from: Some(held.from.to_string()),
+            to: Some(Timestamp::now().to_string()),
+            message: Some(why.to_owned()),
+            packets_dropped: dropped,
+        });
+        let excess = state.past.len().saturating_sub(MAX_EVENTS);
+        state.past.drain(..excess);
+    }
+
+    async fn release_all(&self, state: &mut Experiment, why: &str) {
+        for (_, held) in std::mem::take(&mut state.held) {
+            self.release(state, held, why).await;
+        }
+    }
+
+    /// The status this node writes: the top-level fields (the same on every node) and
+    /// this node's entry.
+    async fn status(
+        &self,
+        state: &mut Experiment,
+        experiment: &ChaosExperiment,
+        wanted: &Wanted,
+        ends_at: Option<Timestamp>,
+        selected: usize,
+    ) -> serde_json::Value {
+        let counters: BTreeMap<u64, u64> = self
+            .handle
+            .list()
+            .await
+            .map(|l| l.faults.into_iter().map(|f| (f.id, f.counters.dropped)).collect())
+            .unwrap_or_default();
+        let mut pods: Vec<PodInjection> = state.past.clone();
+        for held in state.held.values() {
+            pods.push(PodInjection {
+                namespace: held.pod.namespace.clone(),
+                name: held.pod.name.clone(),
+                uid: held.pod.uid.clone(),
+                state: "Injected".into(),
+                from: Some(held.from.to_string()),
+                to: None,
+                message: None,
+                packets_dropped: held.fault_ids.iter().filter_map(|id| counters.get(id)).sum(),
+            });
+        }
+        let dropped = pods.iter().map(|p| p.packets_dropped).sum();
+        let (phase, valid) = match wanted {
+            Wanted::Invalid(p) => ("Failed", Err(p)),
+            Wanted::Paused => ("Paused", Ok(())),
+            Wanted::Finished => ("Finished", Ok(())),
+            Wanted::Running if selected == 0 => ("Pending", Ok(())),
+            Wanted::Running => ("Running", Ok(())),
+        };
+        let condition = match valid {
+            Ok(()) => Condition {
+                type_: "Valid".into(),
+                status: "True".into(),
+                reason: "Accepted".into(),
+                message: "the spec is valid".into(),
+                last_transition_time: None,
+            },
+            Err(p) => Condition {
+                type_: "Valid".into(),
+                status: "False".into(),
+                reason: "InvalidSpec".into(),
+                message: format!("{}; fix: {}", p.problem, p.fix),
+                last_transition_time: None,
+            },
+        };
+        let node = NodeStatus {
+            node: self.options.node.clone(),
+            agent: Some(self.options.agent.clone()),
+            pods,
+            packets_seen: 0,
+            packets_dropped: dropped,
+            events: state.events.iter().cloned().collect(),
+            updated: None,
+        };
+        serde_json::json!({
+            "phase": phase,
+            "observedGeneration": experiment.metadata.generation,
+            "endsAt": ends_at.map(|t| t.to_string()),
+            "selectedPods": selected,
+            "conditions": [condition],
+            "nodes": [node],
+        })
+    }
+}
+
+impl Experiment {
+    /// A chosen pod that could not get its faults (kept in the status until it does).
+    fn past_failed(&mut self, pod: &Candidate, why: &str) {
+        if let Some(p) = self.past.iter_mut().find(|p| p.uid == pod.uid) {
+            if p.state == "Failed" && p.message.as_deref() == Some(why) {
+                return;
+            }
+        }
+        self.event(format!("{}/{}: {why}", pod.namespace, pod.name));
+        self.past.retain(|p| p.uid != pod.uid);
+        self.past.push(PodInjection {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            state: "Failed".into(),
+            message: Some(why.to_owned()),
+            ..PodInjection::default()
+        });
+    }
+}
+
+fn host_network(pods: &[Pod], uid: &str) -> bool {
+    pods.iter()
+        .find(|p| p.metadata.uid.as_deref() == Some(uid))
+        .and_then(|p| p.spec.as_ref()?.host_network)
+        .unwrap_or(false)
+}
+
+/// A rule id per experiment and fault: the drop decisions' key with the seed, so the same
+/// experiment and seed drop the same packets on every node and after a restart.
+fn rule_id(namespace: &str, name: &str, index: usize) -> u32 {
+    let mut fnv: u32 = 0x811c_9dc5;
+    for byte in namespace.bytes().chain([b'/']).chain(name.bytes()) {
+        fnv = (fnv ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    // The low bits name the fault; 16 faults at most (the CRD's limit).
+    (fnv & !0xf) | index as u32
+}
+
+/// The peers of each fault: its CIDRs and the IPs of its peer pods now.
+fn resolve_peers(faults: &[PodFault], pods: &[Pod], namespace: &str) -> Result<Vec<Vec<String>>, Problem> {
+    faults
+        .iter()
+        .map(|fault| {
+            let mut peers = fault.peers.clone();
+            if let Some(peer_pods) = &fault.peer_pods {
+                let selector = super::crd::PodSelector {
+                    namespaces: peer_pods.namespaces.clone(),
+                    label_selectors: peer_pods.label_selectors.clone(),
+                    ..Default::default()
+                };
+                let ips: Vec<String> =
+                    select::matching(pods, &selector, namespace, &BTreeMap::new()).into_iter().map(|c| c.ip).collect();
+                if ips.is_empty() {
+                    return Err(Problem::new(
+                        "peerPods matches no running pod with an IP (yet)",
+                        "check the labels and namespaces of spec.faults[].peerPods",
+                    ));
+                }
+                peers.extend(ips);
+            }
+            peers.sort();
+            peers.dedup();
+            Ok(peers)
+        })
+        .collect()
+}
+
+/// A fault of the spec as the agent's API takes it, on `target`.
+fn wire_of(fault: &PodFault, target: &str, peers: Vec<String>) -> Result<FaultWire, Problem> {
+    let seconds = |field: &str, text: &Option<String>| -> Result<Option<f64>, Problem> {
+        text.as_deref()
+            .map(|t| {
+                chaos_model::spec::parse_duration(t)
+                    .map(|d| d.as_secs_f64())
+                    .map_err(|e| Problem::new(format!("{field}: {}", e.problem), e.fix))
+            })
+            .transpose()
+    };
+    let ports = fault
+        .ports
+        .as_deref()
+        .map(|text| {
+            let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+            match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+                (Ok(lo), Ok(hi)) if lo <= hi && lo > 0 => Ok(PortsWire { lo, hi }),
+                _ => Err(Problem::new(
+                    format!("ports: '{}' is not a port or a range", chaos_model::spec::shorten(text, 40)),
+                    "give a port (5432) or a range (8000-8080) of 1-65535",
+                )),
+            }
+        })
+        .transpose()?;
+    let wire = FaultWire {
+        kind: fault.kind.clone(),
+        target: target.to_owned(),
+        probability: fault.probability,
+        burst: None,
+        mode: fault.mode.clone(),
+        peers,
+        proto: fault.proto.clone(),
+        ports,
+        direction: fault.direction.clone(),
+        shadow: false,
+        delay: seconds("delay", &fault.delay)?,
+        jitter: seconds("jitter", &fault.jitter)?,
+        distribution: None,
+        rate_bytes_per_sec: None,
+        tls: None,
+    };
+    // The model's own checks, so that a bad fault is named before any pod is touched.
+    wire.to_spec().map_err(|p| Problem::new(p.problem.trim_start_matches("fault.").to_owned(), p.fix))?;
+    Ok(wire)
+}
+
+/// The whole spec checked as the agent will use it: a bad one gets a `Valid=False`
+/// condition naming the field, and nothing is applied.
+pub fn check_spec(experiment: &ChaosExperiment, allowed: &[String]) -> Result<(), Problem> {
+    let spec = &experiment.spec;
+    select::check_mode(spec.mode, spec.value)?;
+    if let Some(d) = &spec.duration {
+        chaos_model::spec::parse_duration(d).map_err(|e| Problem::new(format!("spec.duration: {}", e.problem), e.fix))?;
+    }
+    if spec.faults.is_empty() {
+        return Err(Problem::new("spec.faults: no fault given", "add a fault, e.g. {kind: partition}"));
+    }
+    let own = experiment.namespace().unwrap_or_default();
+    let namespaces = spec.selector.namespaces.iter().chain(spec.faults.iter().flat_map(|f| {
+        f.peer_pods.iter().flat_map(|p| p.namespaces.iter())
+    }));
+    for ns in namespaces.chain(std::iter::once(&own)) {
+        if !allowed.is_empty() && !allowed.contains(ns) {
+            return Err(Problem::new(
+                format!("spec.selector.namespaces: namespace {ns} is not one the agents may act on"),
+                format!("use one of {}, or install the chart with targetNamespaces including {ns}", allowed.join(", ")),
+            ));
+        }
+    }
+    for (i, fault) in spec.faults.iter().enumerate() {
+        // A stand-in target and peer: the fault's own fields are what is checked here.
+        let mut peers = fault.peers.clone();
+        if fault.peer_pods.is_some() {
+            peers.push("192.0.2.1/32".into());
+        }
+        wire_of(fault, "netns:/proc/1/ns/net", peers)
+            .map_err(|p| Problem::new(format!("spec.faults[{i}].{}", p.problem), p.fix))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubernetes::crd::{ChaosExperimentSpec, Mode, PodSelector};
+
+    fn experiment(faults: Vec<PodFault>) -> ChaosExperiment {
+        let mut e = ChaosExperiment::new(
+            "x",
+            ChaosExperimentSpec {
+                selector: PodSelector::default(),
+                mode: Mode::All,
+                value: None,
+                seed: 1,
+                duration: Some("30s".into()),
+                faults,
+            },
+        );
+        e.metadata.namespace = Some("lab".into());
+        e
+    }
+
+    fn fault(kind: &str) -> PodFault {
+        PodFault {
+            kind: kind.into(),
+            probability: None,
+            mode: None,
+            peers: Vec::new(),
+            peer_pods: None,
+            proto: None,
+            ports: None,
+            direction: None,
+            delay: None,
+            jitter: None,
+        }
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        assert!(check_spec(&experiment(vec![fault("partition")]), &[]).is_ok());
+        let mut loss = fault("loss");
+        loss.probability = Some(1.5);
+        let e = check_spec(&experiment(vec![fault("partition"), loss]), &[]).unwrap_err();
+        assert!(e.problem.starts_with("spec.faults[1].probability"), "{}", e.problem);
+        let mut ports = fault("blackhole");
+        ports.ports = Some("99999".into());
+        assert!(check_spec(&experiment(vec![ports]), &[]).unwrap_err().problem.starts_with("spec.faults[0].ports"));
+        assert!(check_spec(&experiment(vec![fault("lose")]), &[]).unwrap_err().problem.starts_with("spec.faults[0].kind"));
+        let mut bad_duration = experiment(vec![fault("partition")]);
+        bad_duration.spec.duration = Some("soon".into());
+        assert!(check_spec(&bad_duration, &[]).unwrap_err().problem.starts_with("spec.duration"));
+        let e = check_spec(&experiment(vec![fault("partition")]), &["other".into()]).unwrap_err();
+        assert!(e.problem.contains("namespace lab"), "{}", e.problem);
+        assert!(check_spec(&experiment(Vec::new()), &[]).unwrap_err().problem.starts_with("spec.faults"));
+    }
+
+    #[test]
+    fn rule_ids_differ_per_fault_and_experiment() {
+        assert_ne!(rule_id("lab", "a", 0), rule_id("lab", "a", 1));
+        assert_ne!(rule_id("lab", "a", 0), rule_id("lab", "b", 0));
+        assert_eq!(rule_id("lab", "a", 3), rule_id("lab", "a", 3));
+    }
+}
