@@ -15,6 +15,8 @@
 #                       ip_forward as they were before `up`, then checks nothing is left
 #                       (exit 1 naming what is).
 #   cluster.sh status   what runs, and whether the node is Ready.
+#   cluster.sh build    only installs the packages and builds (or finds cached) the
+#                       binaries and images.
 #
 # Exit 2: a prerequisite is missing or something is in the way (nothing was changed).
 set -euo pipefail
@@ -104,7 +106,7 @@ check_in_the_way() {
 
 install_packages() {
   local missing=() pkg
-  for pkg in golang-go rsync make gcc libc6-dev containerd runc containernetworking-plugins etcd-server openssl kubectl \
+  for pkg in golang-go golang-github-modern-go-reflect2-dev rsync make gcc libc6-dev containerd runc containernetworking-plugins etcd-server openssl kubectl \
     busybox-static iptables iproute2 dpkg-dev curl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
@@ -137,9 +139,28 @@ SRC
     || fail "apt-get source kubernetes failed: is there a deb-src line for bookworm, and does apt reach its mirror?"
 }
 
+# What the cached binaries were built with beyond Debian's source tree: binaries without
+# this stamp are built again.
+build_stamp() {
+  echo "vendored reflect2 replaced by Debian's $(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)"
+}
+
+# Kubernetes 1.20 vendors reflect2 1.0.1, whose map iteration faults under Go >= 1.18:
+# the API server dies (SIGSEGV in mapiterinit) at the first create of a custom resource.
+# Debian's golang-github-modern-go-reflect2-dev (1.0.2) is the upstream fix, API-compatible.
+patch_reflect2() {
+  local src="$1" fixed=/usr/share/gocode/src/github.com/modern-go/reflect2
+  [ -f "$fixed/reflect2.go" ] || fail "$fixed is missing: apt-get install golang-github-modern-go-reflect2-dev"
+  rm -rf "$src/vendor/github.com/modern-go/reflect2"
+  cp -r "$fixed" "$src/vendor/github.com/modern-go/reflect2"
+  rm -rf "$src/vendor/github.com/modern-go/reflect2/debian" "$src/vendor/github.com/modern-go/reflect2/go.mod" \
+    "$src/vendor/github.com/modern-go/reflect2"/*_test.go
+}
+
 build() {
   local b missing=()
   for b in "${binaries[@]}"; do [ -x "$cache/bin/$b" ] || missing+=("$b"); done
+  if [ "$(cat "$cache/bin/.stamp" 2>/dev/null)" != "$(build_stamp)" ]; then missing=("${binaries[@]}"); fi
   if [ ${#missing[@]} -eq 0 ]; then
     say "binaries cached in $cache/bin: no build"
     return
@@ -154,9 +175,11 @@ build() {
   (
     flock 9
     cd "$src"
+    patch_reflect2 "$src"
     CGO_ENABLED=0 GOPROXY=off GOFLAGS=-mod=vendor nice -n 19 make WHAT="${what% }" > "$cache/build.log" 2>&1 \
       || { tail -30 "$cache/build.log" >&2; fail "the build failed (log: $cache/build.log)"; }
     for b in "${missing[@]}"; do install -m 0755 "_output/bin/$b" "$cache/bin/$b"; done
+    build_stamp > "$cache/bin/.stamp"
   ) 9> "$cache/build.lock"
 }
 
@@ -673,8 +696,15 @@ cmd_status() {
   fi
 }
 
+cmd_build() {
+  require_root
+  install_packages
+  build
+  build_images
+}
+
 case "${1:-}" in
-  up|down|status) command="$1"; shift; "cmd_$command" "$@" ;;
+  up|down|status|build) command="$1"; shift; "cmd_$command" "$@" ;;
   -h|--help|help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

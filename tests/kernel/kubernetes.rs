@@ -9,10 +9,12 @@ use std::{fs, path::Path, path::PathBuf, process::Command, time::Instant};
 
 use crate::support::*;
 
+#[path = "kubernetes_agent.rs"]
+mod agent;
+
 pub const TESTS: &[Test] = tests![kubernetes_cluster_comes_up_serves_a_service_and_leaves_nothing];
 
 const CACHE_BIN: &str = "/var/cache/chaos-ebpf/kubernetes/bin";
-const KUBECONFIG: &str = "/var/lib/chaos-ebpf/cluster/admin.kubeconfig";
 /// What kubelet, kube-proxy and the CNI bridge plugin set (the script records and puts
 /// back the same list).
 const SYSCTLS: &[&str] = &[
@@ -49,14 +51,7 @@ fn cluster(verb: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-fn kubectl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("kubectl")
-        .args(["--kubeconfig", KUBECONFIG, "--request-timeout=10s"])
-        .args(args)
-        .output()
-        .expect("kubectl");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-}
+use agent::kubectl;
 
 /// The host's side of what the cluster changes, to compare after `down`.
 #[derive(Debug, PartialEq)]
@@ -162,6 +157,10 @@ fn kubernetes_cluster_comes_up_serves_a_service_and_leaves_nothing() {
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
     assert!(reply.contains("chaos-k8s-ok"), "pod client through Service {ip}: {reply}");
+
+    agent::install_agent();
+    agent::experiments();
+    agent::uninstall_agent();
 
     let t = Instant::now();
     let (code, text) = cluster("down");

@@ -22,8 +22,8 @@ pub fn script() -> PathBuf {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    if !matches!(args.first().map(String::as_str), Some("up" | "down" | "status")) {
-        eprintln!("usage: cargo xtask cluster up | down | status   (docs/kubernetes.md)");
+    if !matches!(args.first().map(String::as_str), Some("up" | "down" | "status" | "build")) {
+        eprintln!("usage: cargo xtask cluster up | down | status | build   (docs/kubernetes.md)");
         std::process::exit(2);
     }
     let started = Instant::now();

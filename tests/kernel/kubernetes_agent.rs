@@ -1,0 +1,293 @@
+//! The agent as a DaemonSet on the test cluster (called by kubernetes.rs between `up`
+//! and `down`): the image built by deploy/compose/images.sh and imported into the
+//! cluster's containerd, the plain manifests deploy/kubernetes/chaos-ebpf.yaml applied,
+//! and ChaosExperiment resources checked by traffic between pods.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use crate::support::*;
+
+pub const KUBECONFIG: &str = "/var/lib/chaos-ebpf/cluster/admin.kubeconfig";
+const CONTAINERD: &str = "/run/chaos-ebpf/cluster/containerd/containerd.sock";
+const NS: &str = "chaos-test";
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path).display().to_string()
+}
+
+pub fn kubectl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .args(["--kubeconfig", KUBECONFIG, "--request-timeout=10s"])
+        .args(args)
+        .output()
+        .expect("kubectl");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn must_kubectl(args: &[&str]) -> String {
+    let (ok, text) = kubectl(args);
+    assert!(ok, "kubectl {}: {text}", args.join(" "));
+    text
+}
+
+fn apply(yaml: &str) {
+    let mut child = Command::new("kubectl")
+        .args(["--kubeconfig", KUBECONFIG, "--request-timeout=10s", "apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl apply");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), yaml.as_bytes()).expect("writing to kubectl");
+    let out = child.wait_with_output().expect("kubectl apply");
+    assert!(out.status.success(), "kubectl apply: {}{}", String::from_utf8_lossy(&out.stderr), yaml);
+}
+
+/// Polls `check` every 100 ms until it is true or `limit` passes; the time it took.
+fn until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if check() {
+            return Some(t.elapsed());
+        }
+        sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+fn pod_ip(name: &str) -> String {
+    must_kubectl(&["-n", NS, "get", "pod", name, "-o", "jsonpath={.status.podIP}"]).trim().to_owned()
+}
+
+/// Whether pod `from` gets an HTTP answer from `ip`:8080 within a second.
+fn reaches(from: &str, ip: &str) -> bool {
+    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {ip} 8080");
+    kubectl(&["-n", NS, "exec", from, "--", "sh", "-c", &request]).1.contains("chaos-ok")
+}
+
+fn status(name: &str) -> serde_json::Value {
+    let text = must_kubectl(&["-n", NS, "get", "chaosexperiment", name, "-o", "json"]);
+    serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["status"].clone()
+}
+
+fn phase(name: &str) -> String {
+    status(name)["phase"].as_str().unwrap_or("").to_owned()
+}
+
+/// Faults the agent on the node holds, from its metrics (hostNetwork: the node's 9465).
+fn agent_faults() -> Option<u64> {
+    let (code, body) = http_get("127.0.0.1:9465".parse().expect("addr"), "/metrics").ok()?;
+    if code != 200 {
+        return None;
+    }
+    body.lines().find(|l| l.starts_with("chaos_agent_faults_active ")).and_then(|l| l.split(' ').nth(1)?.parse::<f64>().ok()).map(|v| v as u64)
+}
+
+/// Network namespaces with chaos-ebpf programs attached besides the host's: what the
+/// agent left on pods.
+fn programs_on_pods() -> usize {
+    loaded_chaos_programs().len()
+}
+
+fn web_pod(name: &str, labels: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {NS}, labels: {{{labels}}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: localhost/chaos-busybox:1
+    imagePullPolicy: Never
+    command: [sh, -c, 'mkdir -p /tmp/www && echo chaos-ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www']
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+"#
+    )
+}
+
+/// Builds and imports the image, applies the plain manifests, waits for the agent.
+pub fn install_agent() {
+    let dir = std::env::temp_dir().join(format!("chaos-k8s-image-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let archive = dir.join("image.tar");
+    let bin_dir = Path::new(bin()).parent().expect("bin dir").display().to_string();
+    let out = sh("bash", &[&repo("deploy/compose/images.sh"), "--archive", &archive.display().to_string(), "--bin-dir", &bin_dir]);
+    assert!(out.status.success(), "images.sh --archive: {}", String::from_utf8_lossy(&out.stderr));
+    let out = sh("ctr", &["--address", CONTAINERD, "--namespace", "k8s.io", "images", "import", &archive.display().to_string()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "ctr images import: {}", String::from_utf8_lossy(&out.stderr));
+    let t = Instant::now();
+    must_kubectl(&["apply", "-f", &repo("deploy/kubernetes/chaos-ebpf.yaml")]);
+    let (ok, text) = kubectl(&["-n", "chaos-ebpf", "rollout", "status", "daemonset/chaos-ebpf", "--timeout=90s"]);
+    assert!(ok, "the agent DaemonSet did not become ready: {text}\n{}", agent_log());
+    println!("REPORT|agent_ready|seconds={:.1}", t.elapsed().as_secs_f64());
+}
+
+pub fn agent_log() -> String {
+    kubectl(&["-n", "chaos-ebpf", "logs", "daemonset/chaos-ebpf", "--tail=40"]).1
+}
+
+pub fn uninstall_agent() {
+    let (ok, text) = kubectl(&["delete", "--wait=true", "--timeout=60s", "-f", &repo("deploy/kubernetes/chaos-ebpf.yaml")]);
+    assert!(ok, "deleting the agent: {text}");
+    let gone = until(Duration::from_secs(30), || programs_on_pods() == 0);
+    assert!(gone.is_some(), "chaos-ebpf programs left after the agent was deleted: {:?}", loaded_chaos_programs());
+}
+
+/// Partition, delete, loss with a seed on a label selector, pod restart, agent kill,
+/// bad spec: each checked by traffic between pods and by the status.
+pub fn experiments() {
+    must_kubectl(&["create", "namespace", NS]);
+    apply(&format!(
+        "{}---\n{}---\n{}---\n{}",
+        web_pod("server", "app: server, tier: web"),
+        web_pod("client", "app: client"),
+        web_pod("web-a", "tier: web, app: web-a"),
+        web_pod("web-b", "tier: web, app: web-b"),
+    ));
+    let (ok, text) = kubectl(&["-n", NS, "wait", "--for=condition=Ready", "--timeout=90s", "pod", "--all"]);
+    assert!(ok, "test pods Ready: {text}");
+    let server = pod_ip("server");
+    assert!(until(Duration::from_secs(10), || reaches("client", &server)).is_some(), "client reaches server before any fault");
+
+    // 1. Partition the server from the client: apply -> traffic cut; the status names the pod.
+    let partition = format!(
+        r#"apiVersion: chaos-ebpf.io/v1alpha1
+kind: ChaosExperiment
+metadata: {{name: cut-server, namespace: {NS}}}
+spec:
+  selector: {{labelSelectors: {{app: server}}}}
+  seed: 7
+  faults:
+  - kind: partition
+    peerPods: {{labelSelectors: {{app: client}}}}
+"#
+    );
+    let t = Instant::now();
+    apply(&partition);
+    let cut = until(Duration::from_secs(15), || !reaches("client", &server));
+    assert!(cut.is_some(), "the partition did not cut client -> server: {}", agent_log());
+    println!("REPORT|apply_to_cut|ms={}", t.elapsed().as_millis());
+    assert!(until(Duration::from_secs(10), || phase("cut-server") == "Running").is_some(), "{}", status("cut-server"));
+    let s = status("cut-server");
+    let pods = &s["nodes"][0]["pods"];
+    assert_eq!(pods.as_array().map(Vec::len), Some(1), "one pod injected: {s}");
+    assert_eq!(pods[0]["name"], "server", "{s}");
+    assert_eq!(pods[0]["state"], "Injected", "{s}");
+    assert_eq!(s["conditions"][0]["status"], "True", "{s}");
+    let web_a = pod_ip("web-a");
+    assert!(reaches("client", &web_a), "the partition touches the server only: client -> web-a passes");
+    assert!(reaches("web-a", &server), "the partition is from the client only: web-a -> server passes");
+
+    // 2. Delete: traffic back, the finalizer gone, nothing held by the agent.
+    let t = Instant::now();
+    must_kubectl(&["-n", NS, "delete", "chaosexperiment", "cut-server", "--wait=false"]);
+    let back = until(Duration::from_secs(15), || reaches("client", &server));
+    assert!(back.is_some(), "traffic did not come back after the delete: {}", agent_log());
+    println!("REPORT|delete_to_traffic_back|ms={}", t.elapsed().as_millis());
+    let deleted = until(Duration::from_secs(15), || !kubectl(&["-n", NS, "get", "chaosexperiment", "cut-server"]).0);
+    assert!(deleted.is_some(), "the resource stays (finalizer not removed): {}", agent_log());
+    assert!(until(Duration::from_secs(5), || agent_faults() == Some(0)).is_some(), "the agent still holds faults");
+
+    // 3. A bad spec: Valid=False naming the field, nothing applied.
+    apply(&format!(
+        r#"apiVersion: chaos-ebpf.io/v1alpha1
+kind: ChaosExperiment
+metadata: {{name: bad, namespace: {NS}}}
+spec:
+  selector: {{labelSelectors: {{app: server}}}}
+  faults:
+  - {{kind: loss, probability: 0.5, ports: "70000"}}
+"#
+    ));
+    assert!(until(Duration::from_secs(10), || phase("bad") == "Failed").is_some(), "{}", status("bad"));
+    let s = status("bad");
+    let message = s["conditions"][0]["message"].as_str().unwrap_or("");
+    assert_eq!(s["conditions"][0]["status"], "False", "{s}");
+    assert!(message.starts_with("spec.faults[0].ports"), "the condition names the field: {message}");
+    assert_eq!(agent_faults(), Some(0), "a bad spec applies nothing");
+    assert!(reaches("client", &server));
+    must_kubectl(&["-n", NS, "delete", "chaosexperiment", "bad"]);
+
+    // 4. Loss with a fixed seed on a label selector, one of the three tier=web pods:
+    // the same seed picks the same pod each time; packets are dropped there only.
+    let loss = |name: &str| {
+        format!(
+            r#"apiVersion: chaos-ebpf.io/v1alpha1
+kind: ChaosExperiment
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  selector: {{labelSelectors: {{tier: web}}}}
+  mode: fixed
+  value: 1
+  seed: 42
+  duration: 20s
+  faults:
+  - {{kind: loss, probability: 0.5, proto: icmp}}
+"#
+        )
+    };
+    let picked = |name: &str| -> String {
+        until(Duration::from_secs(10), || status(name)["nodes"][0]["pods"][0]["state"] == "Injected");
+        status(name)["nodes"][0]["pods"][0]["name"].as_str().unwrap_or("").to_owned()
+    };
+    apply(&loss("lossy-1"));
+    let first = picked("lossy-1");
+    assert!(["server", "web-a", "web-b"].contains(&first.as_str()), "{}", status("lossy-1"));
+    let ip = pod_ip(&first);
+    let ping = kubectl(&["-n", NS, "exec", "client", "--", "ping", "-c", "40", "-i", "0.05", "-W", "1", &ip]).1;
+    let received = parse_ping_received(&ping);
+    assert!((4..=32).contains(&received), "40 pings at p=0.5 each way: {received} came back ({ping})");
+    let s = status("lossy-1");
+    assert_eq!(s["selectedPods"], 1, "{s}");
+    must_kubectl(&["-n", NS, "delete", "chaosexperiment", "lossy-1"]);
+    apply(&loss("lossy-2"));
+    assert_eq!(picked("lossy-2"), first, "the same seed picks the same pod");
+    must_kubectl(&["-n", NS, "delete", "chaosexperiment", "lossy-2"]);
+    let quiet = kubectl(&["-n", NS, "exec", "client", "--", "ping", "-c", "10", "-i", "0.05", "-W", "1", &ip]).1;
+    assert_eq!(parse_ping_received(&quiet), 10, "no loss after the delete: {quiet}");
+
+    // 5. A pod re-created during a fault gets it again (new UID, new namespace).
+    apply(&partition);
+    assert!(until(Duration::from_secs(15), || !reaches("client", &server)).is_some(), "partition again");
+    let old_uid = must_kubectl(&["-n", NS, "get", "pod", "server", "-o", "jsonpath={.metadata.uid}"]);
+    must_kubectl(&["-n", NS, "delete", "pod", "server", "--wait=true"]);
+    apply(&web_pod("server", "app: server, tier: web"));
+    must_kubectl(&["-n", NS, "wait", "--for=condition=Ready", "--timeout=60s", "pod/server"]);
+    let server = pod_ip("server");
+    let t = Instant::now();
+    let again = until(Duration::from_secs(15), || {
+        status("cut-server")["nodes"][0]["pods"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["state"] == "Injected" && p["uid"] != old_uid.trim()))
+            && !reaches("client", &server)
+    });
+    assert!(again.is_some(), "the re-created pod did not get the partition: {}", status("cut-server"));
+    println!("REPORT|recreated_pod_reinjected|ms={}", t.elapsed().as_millis());
+
+    // 6. The agent killed (SIGKILL, no revert of its own) mid-experiment: its faults go
+    // with it at once (TCX links die with the process), kubelet restarts it, and the new
+    // agent applies them again.
+    let agent = sh("pgrep", &["-f", "chaos-ebpf agent --kubernetes"]);
+    let agent = String::from_utf8_lossy(&agent.stdout).trim().to_owned();
+    assert!(!agent.is_empty() && !agent.contains('\n'), "one agent process on the node: {agent:?}");
+    let t = Instant::now();
+    must("kill", &["-KILL", &agent]);
+    let freed = until(Duration::from_secs(15), || reaches("client", &server));
+    assert!(freed.is_some(), "traffic did not pass after the agent was killed");
+    println!("REPORT|agent_killed_to_traffic|ms={}", t.elapsed().as_millis());
+    let (ok, text) = kubectl(&["-n", "chaos-ebpf", "rollout", "status", "daemonset/chaos-ebpf", "--timeout=90s"]);
+    assert!(ok, "the agent came back: {text}");
+    assert!(until(Duration::from_secs(20), || !reaches("client", &server)).is_some(), "the new agent applies the partition again");
+    must_kubectl(&["-n", NS, "delete", "chaosexperiment", "cut-server"]);
+    assert!(until(Duration::from_secs(15), || reaches("client", &server)).is_some(), "traffic back at the end");
+
+    let (ok, text) = kubectl(&["delete", "namespace", NS, "--wait=true", "--timeout=60s"]);
+    assert!(ok, "deleting {NS}: {text}");
+}
