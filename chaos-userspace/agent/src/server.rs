@@ -26,7 +26,9 @@ use tokio::{
 };
 
 use crate::{
-    api::{ApiError, Applied, ApplyRequest, FaultList, FaultWire, PrepareRequest, RenewRequest, Renewed, Reverted, PREFIX},
+    api::{
+        ApiError, Applied, ApplyRequest, FaultList, FaultWire, PrepareRequest, RenewRequest, Renewed, Reverted, PREFIX,
+    },
     core::{log, Command, Core},
     dashboard::{self, PrometheusUrl},
     metrics::AgentMetrics,

@@ -46,7 +46,7 @@ use tracing::{field::Empty, info_span, Span};
 use self::guards::{fired, one_line_long, Watch};
 pub use self::guards::{percentile, BASELINE_CHECKS};
 /// One GET on a fresh connection (the cluster of containers asks each etcd who leads).
-pub(crate) use self::probes::http_get_ok_blocking;
+pub use self::probes::http_get_ok_blocking;
 pub use crate::report::{AbortReport, CheckPhase, HypothesisReport, ProbeSample, ProbeSummary, Verdict};
 
 /// How often the caller's thread looks at `interrupted` while it waits in

@@ -6,7 +6,7 @@
 //! deleted. docs/kubernetes.md describes the behaviour.
 
 pub mod crd;
-mod netns;
+mod procfs;
 mod select;
 mod state;
 

@@ -11,8 +11,11 @@ use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{api::Api, Client, ResourceExt};
 
 use super::{
-    crd::{ChaosExperiment, Condition, NodeStatus, PodFault, PodInjection, PAUSED_ANNOTATION},
-    finalizer, netns, patch_status,
+    crd::{
+        ActionRecord, ChaosExperiment, ChaosExperimentStatus, Condition, LeaderSelector, NodeStatus, PodAction,
+        PodFault, PodInjection, PAUSED_ANNOTATION,
+    },
+    finalizer, patch_status, procfs,
     select::{self, Candidate},
     set_finalizer, KubeOptions, LEASE,
 };
@@ -42,6 +45,8 @@ struct Experiment {
     /// Pods released or failed, newest last, for the status.
     past: Vec<PodInjection>,
     events: VecDeque<String>,
+    /// The pod actions done here (from the status when the agent starts).
+    actions: Vec<ActionRecord>,
     /// Whether this node's finalizer is on the resource.
     finalizer: bool,
     /// The last status written, not written again when nothing changed.
@@ -100,7 +105,11 @@ impl Controller {
         }
         for experiment in experiments {
             if let Err(e) = self.reconcile(experiment, pods, node_labels).await {
-                log(&format!("reconciling {}/{}: {e:#}", experiment.namespace().unwrap_or_default(), experiment.name_any()));
+                log(&format!(
+                    "reconciling {}/{}: {e:#}",
+                    experiment.namespace().unwrap_or_default(),
+                    experiment.name_any()
+                ));
             }
         }
     }
@@ -116,7 +125,17 @@ impl Controller {
         let key = (namespace.clone(), name.clone());
         let api: Api<ChaosExperiment> = Api::namespaced(self.client.clone(), &namespace);
         let node = self.options.node.clone();
-        let mut state = self.experiments.remove(&key).unwrap_or_default();
+        let mut state = self.experiments.remove(&key).unwrap_or_else(|| {
+            // A restarted agent: the actions it did before are in its status entry.
+            let actions = experiment
+                .status
+                .iter()
+                .flat_map(|s| s.nodes.iter())
+                .filter(|n| n.node == self.options.node)
+                .flat_map(|n| n.actions.clone())
+                .collect();
+            Experiment { actions, ..Experiment::default() }
+        });
         state.finalizer = experiment.finalizers().contains(&finalizer(&node));
         if experiment.metadata.deletion_timestamp.is_some() {
             self.release_all(&mut state, "the experiment was deleted").await;
@@ -135,15 +154,20 @@ impl Controller {
             Wanted::Running => {
                 let spec = &experiment.spec;
                 let candidates = select::matching(pods, &spec.selector, &namespace, node_labels);
-                let chosen = select::pick(candidates, spec.mode, spec.value, spec.seed);
+                let chosen = select::pick(candidates.clone(), spec.mode, spec.value, spec.seed);
                 selected = chosen.len();
+                if !spec.actions.is_empty() {
+                    self.act(&mut state, experiment, &candidates, &chosen, pods).await;
+                }
                 let mine: Vec<Candidate> = chosen.into_iter().filter(|c| c.node == node).collect();
                 if !mine.is_empty() && !state.finalizer {
                     // Before anything is applied: a delete from here on waits for our revert.
                     set_finalizer(&api, &name, &node, true).await?;
                     state.finalizer = true;
                 }
-                self.converge(&mut state, experiment, &mine, pods).await;
+                if !spec.faults.is_empty() {
+                    self.converge(&mut state, experiment, &mine, pods).await;
+                }
             }
         }
         if state.finalizer && state.held.is_empty() && !matches!(wanted, Wanted::Running) {
@@ -179,7 +203,13 @@ impl Controller {
     /// Applies the faults to the chosen pods of this node that do not have them (or
     /// whose namespace or peers changed), renews the others, releases pods no longer
     /// chosen.
-    async fn converge(&mut self, state: &mut Experiment, experiment: &ChaosExperiment, mine: &[Candidate], pods: &[Pod]) {
+    async fn converge(
+        &mut self,
+        state: &mut Experiment,
+        experiment: &ChaosExperiment,
+        mine: &[Candidate],
+        pods: &[Pod],
+    ) {
         let wanted: BTreeSet<&str> = mine.iter().map(|c| c.uid.as_str()).collect();
         let dropped: Vec<String> = state.held.keys().filter(|uid| !wanted.contains(uid.as_str())).cloned().collect();
         for uid in dropped {
@@ -201,7 +231,7 @@ impl Controller {
                 state.past_failed(pod, why);
                 continue;
             }
-            let Some(found) = netns::of_pod(&self.options.proc_root, &pod.uid) else {
+            let Some(found) = procfs::netns_of_pod(&self.options.proc_root, &pod.uid) else {
                 state.past_failed(pod, "no process of the pod runs on this node yet (retried at the next pass)");
                 continue;
             };
@@ -259,6 +289,89 @@ impl Controller {
         }
     }
 
+    /// Does the pod actions not done yet on the targets on this node: with a leader
+    /// selector, the leading pod (once over the cluster: the next leader is not the
+    /// target); otherwise the chosen pods (once per node, on the pods chosen then).
+    async fn act(
+        &self,
+        state: &mut Experiment,
+        experiment: &ChaosExperiment,
+        candidates: &[Candidate],
+        chosen: &[Candidate],
+        pods: &[Pod],
+    ) {
+        let spec = &experiment.spec;
+        let node = &self.options.node;
+        let recorded: Vec<(u32, &str)> = experiment
+            .status
+            .iter()
+            .flat_map(|s| s.nodes.iter())
+            .flat_map(|n| n.actions.iter().map(move |a| (a.index, n.node.as_str())))
+            .chain(state.actions.iter().map(|a| (a.index, node.as_str())))
+            .collect();
+        let done =
+            |index: u32| recorded.iter().any(|(i, n)| *i == index && (spec.leader.is_some() || *n == node.as_str()));
+        let pending: Vec<(u32, &PodAction)> =
+            spec.actions.iter().enumerate().map(|(i, a)| (i as u32, a)).filter(|(i, _)| !done(*i)).collect();
+        if pending.is_empty() {
+            return;
+        }
+        let targets: Vec<Candidate> = match &spec.leader {
+            Some(leader) => match leader_of(candidates, leader).await {
+                Some(pod) => vec![pod],
+                None => {
+                    state.event_once(format!(
+                        "no matching pod says it leads ({} on port {}): the actions wait for a leader",
+                        leader.metric, leader.metrics_port
+                    ));
+                    return;
+                }
+            },
+            None => chosen.to_vec(),
+        };
+        for (index, action) in pending {
+            for pod in targets.iter().filter(|c| &c.node == node) {
+                let result = self.perform(action, pod, pods).await;
+                state.event(format!("{}/{}: {} ({result})", pod.namespace, pod.name, action.kind));
+                state.actions.push(ActionRecord {
+                    index,
+                    kind: action.kind.clone(),
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    at: Timestamp::now().to_string(),
+                    result,
+                });
+            }
+        }
+    }
+
+    /// One pod action on one pod of this node; what happened.
+    async fn perform(&self, action: &PodAction, pod: &Candidate, pods: &[Pod]) -> String {
+        match action.kind.as_str() {
+            "pod-delete" => {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+                match api.delete(&pod.name, &kube::api::DeleteParams::default()).await {
+                    Ok(_) => "deleted".into(),
+                    Err(e) => format!("not deleted: {e}"),
+                }
+            }
+            "container-kill" => {
+                let signal = signal_of(action.signal.as_deref()).expect("checked by check_spec");
+                let Some((container, id)) = container_id(pods, &pod.uid, action.container.as_deref()) else {
+                    return "not killed: the pod has no such running container".into();
+                };
+                let Some(pid) = procfs::container_pid(&self.options.proc_root, &id) else {
+                    return format!("not killed: no process of container {container} on this node");
+                };
+                match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
+                    Ok(()) => format!("{signal} sent to container {container} (pid {pid})"),
+                    Err(e) => format!("not killed: {signal} to pid {pid}: {e}"),
+                }
+            }
+            other => format!("not done: unknown action {other}"),
+        }
+    }
+
     /// Renews every fault; false when one of them is gone (its lease lapsed).
     async fn renew(&self, ids: &[u64]) -> bool {
         let mut all = true;
@@ -312,12 +425,19 @@ impl Controller {
         ends_at: Option<Timestamp>,
         selected: usize,
     ) -> serde_json::Value {
-        let counters: BTreeMap<u64, u64> = self
+        let counters: BTreeMap<u64, chaos_ebpf_common::RuleCounters> = self
             .handle
             .list()
             .await
-            .map(|l| l.faults.into_iter().map(|f| (f.id, f.counters.dropped)).collect())
+            .map(|l| l.faults.into_iter().map(|f| (f.id, f.counters)).collect())
             .unwrap_or_default();
+        let held_counters = |ids: &[u64]| {
+            let mut sum = chaos_ebpf_common::RuleCounters::default();
+            for c in ids.iter().filter_map(|id| counters.get(id)) {
+                sum.add(c);
+            }
+            sum
+        };
         let mut pods: Vec<PodInjection> = state.past.clone();
         for held in state.held.values() {
             pods.push(PodInjection {
@@ -328,10 +448,11 @@ impl Controller {
                 from: Some(held.from.to_string()),
                 to: None,
                 message: None,
-                packets_dropped: held.fault_ids.iter().filter_map(|id| counters.get(id)).sum(),
+                packets_dropped: held_counters(&held.fault_ids).dropped,
             });
         }
         let dropped = pods.iter().map(|p| p.packets_dropped).sum();
+        let seen = state.held.values().map(|h| held_counters(&h.fault_ids).seen).sum();
         let (phase, valid) = match wanted {
             Wanted::Invalid(p) => ("Failed", Err(p)),
             Wanted::Paused => ("Paused", Ok(())),
@@ -359,23 +480,33 @@ impl Controller {
             node: self.options.node.clone(),
             agent: Some(self.options.agent.clone()),
             pods,
-            packets_seen: 0,
+            packets_seen: seen,
             packets_dropped: dropped,
+            actions: state.actions.clone(),
             events: state.events.iter().cloned().collect(),
             updated: None,
         };
-        serde_json::json!({
-            "phase": phase,
-            "observedGeneration": experiment.metadata.generation,
-            "endsAt": ends_at.map(|t| t.to_string()),
-            "selectedPods": selected,
-            "conditions": [condition],
-            "nodes": [node],
-        })
+        // Fields left out are not this node's to set (server-side apply).
+        let status = ChaosExperimentStatus {
+            phase: Some(phase.into()),
+            observed_generation: experiment.metadata.generation,
+            ends_at: ends_at.map(|t| t.to_string()),
+            selected_pods: Some(selected as u32),
+            conditions: vec![condition],
+            nodes: vec![node],
+        };
+        serde_json::to_value(status).unwrap_or_default()
     }
 }
 
 impl Experiment {
+    /// An event, unless it is the last one already (a condition that lasts over passes).
+    fn event_once(&mut self, line: String) {
+        if !self.events.back().is_some_and(|last| last.ends_with(&line)) {
+            self.event(line);
+        }
+    }
+
     /// A chosen pod that could not get its faults (kept in the status until it does).
     fn past_failed(&mut self, pod: &Candidate, why: &str) {
         if let Some(p) = self.past.iter_mut().find(|p| p.uid == pod.uid) {
@@ -394,6 +525,61 @@ impl Experiment {
             ..PodInjection::default()
         });
     }
+}
+
+/// The pod whose metrics say it leads; none when no pod or two say so.
+async fn leader_of(candidates: &[Candidate], leader: &LeaderSelector) -> Option<Candidate> {
+    let mut claims = Vec::new();
+    for pod in candidates {
+        let url = format!("http://{}/metrics", std::net::SocketAddr::new(pod.ip.parse().ok()?, leader.metrics_port));
+        let body = tokio::task::spawn_blocking(move || {
+            chaos_engine::hypothesis::http_get_ok_blocking(&url, std::time::Duration::from_secs(1))
+        })
+        .await
+        .ok()
+        .flatten();
+        let leads = body.is_some_and(|body| {
+            String::from_utf8_lossy(&body).lines().any(|l| {
+                l.strip_prefix(leader.metric.as_str())
+                    .and_then(|v| v.strip_prefix(' '))
+                    .is_some_and(|v| v.trim().parse::<f64>().is_ok_and(|v| v == 1.0))
+            })
+        });
+        if leads {
+            claims.push(pod.clone());
+        }
+    }
+    match claims.len() {
+        1 => claims.pop(),
+        _ => None,
+    }
+}
+
+/// The container of a pod (by name, or its first) and its runtime id.
+fn container_id(pods: &[Pod], uid: &str, name: Option<&str>) -> Option<(String, String)> {
+    let pod = pods.iter().find(|p| p.metadata.uid.as_deref() == Some(uid))?;
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let status = match name {
+        Some(name) => statuses.iter().find(|s| s.name == name)?,
+        None => {
+            let first = &pod.spec.as_ref()?.containers.first()?.name;
+            statuses.iter().find(|s| &s.name == first)?
+        }
+    };
+    let id = status.container_id.as_deref()?.split_once("://")?.1.to_owned();
+    Some((status.name.clone(), id))
+}
+
+/// A signal by name (SIGKILL when none is given).
+fn signal_of(name: Option<&str>) -> Result<nix::sys::signal::Signal, Problem> {
+    let name = name.unwrap_or("SIGKILL");
+    let full = if name.starts_with("SIG") { name.to_owned() } else { format!("SIG{name}") };
+    full.parse().map_err(|_| {
+        Problem::new(
+            format!("signal: '{}' is not a signal", chaos_model::spec::shorten(name, 20)),
+            "give a signal name: SIGKILL, SIGTERM, SIGINT, SIGSTOP, ...",
+        )
+    })
 }
 
 fn host_network(pods: &[Pod], uid: &str) -> bool {
@@ -496,15 +682,48 @@ pub fn check_spec(experiment: &ChaosExperiment, allowed: &[String]) -> Result<()
     let spec = &experiment.spec;
     select::check_mode(spec.mode, spec.value)?;
     if let Some(d) = &spec.duration {
-        chaos_model::spec::parse_duration(d).map_err(|e| Problem::new(format!("spec.duration: {}", e.problem), e.fix))?;
+        chaos_model::spec::parse_duration(d)
+            .map_err(|e| Problem::new(format!("spec.duration: {}", e.problem), e.fix))?;
     }
-    if spec.faults.is_empty() {
-        return Err(Problem::new("spec.faults: no fault given", "add a fault, e.g. {kind: partition}"));
+    if spec.faults.is_empty() && spec.actions.is_empty() {
+        return Err(Problem::new(
+            "spec.faults: neither a fault nor an action given",
+            "add a fault (e.g. {kind: partition}) or an action (e.g. {kind: pod-delete})",
+        ));
+    }
+    if spec.leader.is_some() && !spec.faults.is_empty() {
+        return Err(Problem::new(
+            "spec.leader: a leader selector is for actions only (the leader moves once a fault acts on it)",
+            "remove spec.leader, or move the faults to another experiment with a label or pod-name selector",
+        ));
+    }
+    for (i, action) in spec.actions.iter().enumerate() {
+        match action.kind.as_str() {
+            "pod-delete" if action.signal.is_none() && action.container.is_none() => {}
+            "pod-delete" => {
+                return Err(Problem::new(
+                    format!("spec.actions[{i}]: pod-delete takes no signal or container"),
+                    "remove them, or use kind container-kill",
+                ))
+            }
+            "container-kill" => {
+                signal_of(action.signal.as_deref())
+                    .map_err(|p| Problem::new(format!("spec.actions[{i}].{}", p.problem), p.fix))?;
+            }
+            other => {
+                return Err(Problem::new(
+                    format!("spec.actions[{i}].kind: '{}' is not a pod action", chaos_model::spec::shorten(other, 40)),
+                    "use pod-delete or container-kill",
+                ))
+            }
+        }
     }
     let own = experiment.namespace().unwrap_or_default();
-    let namespaces = spec.selector.namespaces.iter().chain(spec.faults.iter().flat_map(|f| {
-        f.peer_pods.iter().flat_map(|p| p.namespaces.iter())
-    }));
+    let namespaces = spec
+        .selector
+        .namespaces
+        .iter()
+        .chain(spec.faults.iter().flat_map(|f| f.peer_pods.iter().flat_map(|p| p.namespaces.iter())));
     for ns in namespaces.chain(std::iter::once(&own)) {
         if !allowed.is_empty() && !allowed.contains(ns) {
             return Err(Problem::new(
@@ -540,6 +759,8 @@ mod tests {
                 seed: 1,
                 duration: Some("30s".into()),
                 faults,
+                actions: Vec::new(),
+                leader: None,
             },
         );
         e.metadata.namespace = Some("lab".into());
@@ -571,13 +792,27 @@ mod tests {
         let mut ports = fault("blackhole");
         ports.ports = Some("99999".into());
         assert!(check_spec(&experiment(vec![ports]), &[]).unwrap_err().problem.starts_with("spec.faults[0].ports"));
-        assert!(check_spec(&experiment(vec![fault("lose")]), &[]).unwrap_err().problem.starts_with("spec.faults[0].kind"));
+        assert!(check_spec(&experiment(vec![fault("lose")]), &[])
+            .unwrap_err()
+            .problem
+            .starts_with("spec.faults[0].kind"));
         let mut bad_duration = experiment(vec![fault("partition")]);
         bad_duration.spec.duration = Some("soon".into());
         assert!(check_spec(&bad_duration, &[]).unwrap_err().problem.starts_with("spec.duration"));
         let e = check_spec(&experiment(vec![fault("partition")]), &["other".into()]).unwrap_err();
         assert!(e.problem.contains("namespace lab"), "{}", e.problem);
         assert!(check_spec(&experiment(Vec::new()), &[]).unwrap_err().problem.starts_with("spec.faults"));
+        let mut kill = experiment(Vec::new());
+        kill.spec.actions =
+            vec![PodAction { kind: "container-kill".into(), signal: Some("TERM".into()), container: None }];
+        assert!(check_spec(&kill, &[]).is_ok());
+        kill.spec.actions[0].signal = Some("SIGNOPE".into());
+        assert!(check_spec(&kill, &[]).unwrap_err().problem.starts_with("spec.actions[0].signal"));
+        kill.spec.actions[0].kind = "explode".into();
+        assert!(check_spec(&kill, &[]).unwrap_err().problem.starts_with("spec.actions[0].kind"));
+        let mut leader = experiment(vec![fault("partition")]);
+        leader.spec.leader = Some(LeaderSelector { metrics_port: 2381, metric: "etcd_server_is_leader".into() });
+        assert!(check_spec(&leader, &[]).unwrap_err().problem.starts_with("spec.leader"));
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub(crate) fn secs(d: Duration) -> String {
 
 /// [`http_get`] from synchronous code, on a runtime of its own, at most `within`: the
 /// body of a 200 answer, `None` for anything else (no answer in time, another status).
-pub(crate) fn http_get_ok_blocking(url: &str, within: Duration) -> Option<Bytes> {
+pub fn http_get_ok_blocking(url: &str, within: Duration) -> Option<Bytes> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     let (status, body) = runtime.block_on(async { tokio::time::timeout(within, http_get(url)).await }).ok()?.ok()?;
     (status == 200).then_some(body)

@@ -1,0 +1,102 @@
+//! A pod's processes on this node, found in /proc by their cgroup path: the pod's
+//! network namespace (/proc/PID/ns/net of a process of the pod, found by the pod's UID)
+//! and a container's main process (found by the container's id), for pod actions. The kubelet names a pod's
+//! cgroup `pod<UID>` with the cgroupfs driver (`.../kubepods/besteffort/pod1b2c-...`)
+//! and `...-pod<UID with underscores>.slice` with the systemd driver, in the v1
+//! hierarchies and the unified tree alike, so one scan of /proc/*/cgroup serves cgroup
+//! v1 and v2 without the CRI socket. The agent runs with the host's PID namespace
+//! (hostPID), so /proc lists the pods' processes.
+
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+/// Where a pod's network namespace is, and which one it is (its inode: a pod whose
+/// sandbox is re-created gets another).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetns {
+    pub path: PathBuf,
+    pub inode: u64,
+}
+
+/// The network namespace of the pod with `uid`, from the processes under `proc_root`
+/// (/proc). None when no process of the pod runs (yet).
+pub fn netns_of_pod(proc_root: &Path, uid: &str) -> Option<PodNetns> {
+    let cgroupfs = format!("pod{uid}");
+    let systemd = format!("pod{}", uid.replace('-', "_"));
+    // The lowest pid of the pod is its sandbox's (pause) most of the time: it lives as
+    // long as the pod, while an application container may restart.
+    let pid = lowest_pid_in(proc_root, |part| {
+        part == cgroupfs || part.strip_suffix(".slice").is_some_and(|s| s.ends_with(&systemd))
+    })?;
+    let path = proc_root.join(pid.to_string()).join("ns/net");
+    let inode = std::fs::metadata(&path).ok()?.ino();
+    Some(PodNetns { path, inode })
+}
+
+/// The main process of the container with `id` (the hex id of its CRI containerID,
+/// `containerd://<id>`): the lowest pid in its cgroup (cgroupfs: `.../<id>`; systemd:
+/// `cri-containerd-<id>.scope`).
+pub fn container_pid(proc_root: &Path, id: &str) -> Option<u32> {
+    if id.len() < 12 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    lowest_pid_in(proc_root, |part| part == id || part.strip_suffix(".scope").is_some_and(|s| s.ends_with(id)))
+}
+
+/// The lowest pid one of whose cgroup paths has a component `ours` accepts.
+fn lowest_pid_in(proc_root: &Path, ours: impl Fn(&str) -> bool) -> Option<u32> {
+    let entries = std::fs::read_dir(proc_root).ok()?;
+    let mut pids: Vec<u32> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect();
+    pids.sort_unstable();
+    pids.into_iter().find(|pid| {
+        let Ok(cgroups) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")) else {
+            return false;
+        };
+        cgroups.lines().any(|line| line.splitn(3, ':').nth(2).unwrap_or("").split('/').any(&ours))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(root: &Path, pid: u32, cgroup: &str) {
+        let dir = root.join(pid.to_string());
+        std::fs::create_dir_all(dir.join("ns")).unwrap();
+        std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+        std::fs::write(dir.join("ns/net"), "").unwrap();
+    }
+
+    #[test]
+    fn finds_the_pod_by_uid_in_either_cgroup_driver() {
+        let root = std::env::temp_dir().join(format!("chaos-netns-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let uid = "1b2c3d4e-aaaa-bbbb-cccc-000000000001";
+        process(&root, 40, "12:pids:/\n0::/\n");
+        process(
+            &root,
+            77,
+            &format!("12:pids:/kubepods/besteffort/pod{uid}/abc\n0::/kubepods/besteffort/pod{uid}/abc\n"),
+        );
+        process(&root, 90, &format!("12:pids:/kubepods/besteffort/pod{uid}/def\n"));
+        process(
+            &root,
+            120,
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod9f_00_11.slice/cri-containerd-x.scope\n",
+        );
+        std::fs::create_dir_all(root.join("self")).unwrap();
+        let found = netns_of_pod(&root, uid).expect("the pod's lowest pid");
+        assert_eq!(found.path, root.join("77/ns/net"));
+        assert!(netns_of_pod(&root, "9f-00-11").is_some(), "systemd driver names");
+        assert!(netns_of_pod(&root, "1b2c3d4e-aaaa-bbbb-cccc-000000000002").is_none());
+        assert!(netns_of_pod(&root, "1b2c3d4e").is_none(), "a prefix of a UID is not the pod");
+        process(&root, 95, &format!("12:pids:/kubepods/besteffort/pod{uid}/abcdef0123456789\n"));
+        process(&root, 96, &format!("12:pids:/kubepods/besteffort/pod{uid}/abcdef0123456789\n"));
+        assert_eq!(container_pid(&root, "abcdef0123456789"), Some(95));
+        assert_eq!(container_pid(&root, "abcdef01234567"), None, "a prefix of an id is not the container");
+        assert_eq!(container_pid(&root, "../x"), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
