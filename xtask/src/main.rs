@@ -258,7 +258,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("crd") => {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(chaos_agent::kubernetes::crd::CRD_PATH);
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(chaos_agent::kubernetes::crd::CRD_PATH);
             std::fs::create_dir_all(path.parent().expect("a directory"))?;
             std::fs::write(&path, chaos_agent::kubernetes::crd::crd_yaml())?;
             eprintln!("xtask: wrote {}", path.display());
