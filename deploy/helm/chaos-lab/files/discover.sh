@@ -12,6 +12,8 @@
 # server's certificate: the token (list pods in two namespaces, nothing else) goes to
 # whatever answers at the kubernetes Service's address.
 set -u
+# PID 1 of its container: without a trap SIGTERM would be ignored until the grace period.
+trap 'exit 0' TERM INT
 out="$1" interval="$2"
 shift 2
 api="https://${KUBERNETES_SERVICE_HOST:?not in a pod}:${KUBERNETES_SERVICE_PORT:-443}"
@@ -44,5 +46,6 @@ $spec
 SPEC
     discover "$job" "$namespace" "$selector" "$port"
   done
-  sleep "$interval"
+  sleep "$interval" &
+  wait $!
 done
