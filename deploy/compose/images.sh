@@ -2,6 +2,7 @@
 # Builds the compose stack's image locally: nothing can be pulled on this machine kind.
 #
 #   deploy/compose/images.sh [--bin-dir DIR] [--docker-host unix:///PATH]
+#   deploy/compose/images.sh [--bin-dir DIR] --archive FILE
 #
 # One image holds every binary of the stack: chaos-ebpf and chaos-lab-node (from
 # --bin-dir, default target/release), etcd, etcdctl, prometheus and promtool (Debian
@@ -14,18 +15,27 @@
 # the same tar, whose sha256 is the tag (chaos-ebpf-stack:<first 16 hex>). An image
 # with that tag already present is not imported again. No `latest` tag.
 #
-# Prints the image name on stdout (progress on stderr); exit 2 on a missing input.
+# --archive FILE: no Docker daemon is used; FILE becomes a docker-archive tar
+# (manifest.json, config.json, the same rootfs as its one layer) that a Kubernetes
+# node's containerd imports (`ctr -n k8s.io images import FILE`), tagged
+# localhost/chaos-ebpf-stack:<the same 16 hex> and localhost/chaos-ebpf:<the workspace
+# version in Cargo.toml>, the image of the Helm chart deploy/helm/chaos-lab. It has no
+# Cmd: each pod names its command.
+#
+# Prints the image name(s) on stdout (progress on stderr); exit 2 on a missing input.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 bin_dir="$repo/target/release"
 docker_host="${DOCKER_HOST:-unix:///var/run/docker.sock}"
+archive=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin-dir) bin_dir="${2:?--bin-dir needs a directory}"; shift 2 ;;
     --docker-host) docker_host="${2:?--docker-host needs unix:///PATH}"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --archive) archive="${2:?--archive needs a file name}"; shift 2 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "images.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -78,6 +88,27 @@ tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu \
   -C "$rootfs" -cf "$work/rootfs.tar" .
 digest="$(sha256sum "$work/rootfs.tar" | cut -c1-16)"
 image="chaos-ebpf-stack:$digest"
+if [ -n "$archive" ]; then
+  # The chart's tag is the workspace's version, read from Cargo.toml.
+  version="$(awk '/^\[/ { section = $0 } section == "[workspace.package]" && $1 == "version" {
+    gsub(/"/, "", $3); print $3; exit }' "$repo/Cargo.toml")"
+  [ -n "$version" ] || { echo "images.sh: no version under [workspace.package] in $repo/Cargo.toml" >&2; exit 2; }
+  names=("localhost/$image" "localhost/chaos-ebpf:$version")
+  mv "$work/rootfs.tar" "$work/layer.tar"
+  diff_id="$(sha256sum "$work/layer.tar" | cut -d' ' -f1)"
+  # No "created" field and the same mtime for every member: the same binaries give the
+  # same archive.
+  cat > "$work/config.json" <<JSON
+{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin:/bin"],"Labels":{"org.opencontainers.image.title":"chaos-ebpf-stack","org.opencontainers.image.version":"$version"}},"rootfs":{"type":"layers","diff_ids":["sha256:$diff_id"]}}
+JSON
+  printf '[{"Config":"config.json","RepoTags":["%s","%s"],"Layers":["layer.tar"]}]\n' "${names[@]}" > "$work/manifest.json"
+  tar --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu \
+    -C "$work" -cf "$archive.partial" manifest.json config.json layer.tar
+  mv "$archive.partial" "$archive"
+  echo "images.sh: wrote $archive ($(du -m "$archive" | cut -f1) MB)" >&2
+  printf '%s\n' "${names[@]}"
+  exit 0
+fi
 if docker -H "$docker_host" image inspect "$image" >/dev/null 2>&1; then
   echo "images.sh: $image is there already" >&2
 else

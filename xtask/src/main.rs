@@ -216,6 +216,7 @@ fn main() -> Result<()> {
             cargo(&["test", "-p", "chaos-cli", "--test", "lab_pki"])?;
             // The lab's workload (chaos-lab-node) against a real etcd on loopback: no root needed.
             cargo(&["test", "-p", "chaos-lab", "--test", "node"])?;
+            cargo(&["test", "-p", "xtask", "--test", "lab_chart"])?;
             require_root("the kernel tests")?;
             // `lab up` starts the workload binary found next to chaos-ebpf.
             cargo(&["build", "-p", "chaos-lab", "--bin", "chaos-lab-node"])?;
