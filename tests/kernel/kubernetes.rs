@@ -160,6 +160,7 @@ fn kubernetes_cluster_comes_up_serves_a_service_and_leaves_nothing() {
 
     agent::install_agent();
     agent::experiments();
+    agent::leader_kill();
     agent::uninstall_agent();
 
     let t = Instant::now();

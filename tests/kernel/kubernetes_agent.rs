@@ -291,3 +291,70 @@ spec:
     let (ok, text) = kubectl(&["delete", "namespace", NS, "--wait=true", "--timeout=60s"]);
     assert!(ok, "deleting {NS}: {text}");
 }
+
+/// Whether etcd at `ip` says it leads (its metrics on 2381, reached from the host
+/// through the pod bridge); None when it does not answer.
+fn etcd_leads(ip: &str) -> Option<bool> {
+    let (code, body) = http_get(format!("{ip}:2381").parse().ok()?, "/metrics").ok()?;
+    (code == 200).then(|| body.lines().any(|l| l.trim() == "etcd_server_is_leader 1"))
+}
+
+/// The etcd pods of the lab workload: (name, IP).
+fn etcd_pods() -> Vec<(String, String)> {
+    let text = must_kubectl(&[
+        "-n",
+        "chaos-lab",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=etcd",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}",
+    ]);
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, ip)| !ip.is_empty())
+        .map(|(n, ip)| (n.to_owned(), ip.to_owned()))
+        .collect()
+}
+
+fn etcd_leader() -> Option<String> {
+    let leaders: Vec<String> =
+        etcd_pods().into_iter().filter(|(_, ip)| etcd_leads(ip) == Some(true)).map(|(n, _)| n).collect();
+    (leaders.len() == 1).then(|| leaders[0].clone())
+}
+
+/// The lab workload from deploy/kubernetes/lab.yaml (etcd StatefulSet, nodes,
+/// Prometheus) and the leader-kill example: the agent deletes the pod that leads, once,
+/// and another member leads after it.
+pub fn leader_kill() {
+    let t = Instant::now();
+    must_kubectl(&["apply", "-f", &repo("deploy/kubernetes/lab.yaml")]);
+    sleep(Duration::from_secs(2));
+    let (ok, text) = kubectl(&["-n", "chaos-lab", "wait", "--for=condition=Ready", "--timeout=120s", "pod", "--all"]);
+    assert!(ok, "the lab workload Ready: {text}");
+    println!("REPORT|lab_workload_ready|seconds={:.1}", t.elapsed().as_secs_f64());
+    let leader = until(Duration::from_secs(30), || etcd_leader().is_some()).and_then(|_| etcd_leader());
+    let leader = leader.expect("one etcd member leads");
+    let t = Instant::now();
+    must_kubectl(&["apply", "-f", &repo("deploy/kubernetes/examples/etcd-leader-kill.yaml")]);
+    let record = || {
+        let text = must_kubectl(&["-n", "chaos-lab", "get", "chaosexperiment", "etcd-leader-kill", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["status"]["nodes"][0]["actions"][0].clone()
+    };
+    assert!(until(Duration::from_secs(20), || record()["result"] == "deleted").is_some(), "no kill recorded: {}", agent_log());
+    assert_eq!(record()["pod"], leader.as_str(), "the pod that led was deleted: {}", record());
+    let new_leader = until(Duration::from_secs(30), || etcd_leader().is_some_and(|l| l != leader));
+    assert!(new_leader.is_some(), "no other member leads after the kill");
+    println!("REPORT|leader_kill_to_new_leader|ms={}", t.elapsed().as_millis());
+    // Once: the new leader is not deleted too.
+    sleep(Duration::from_secs(3));
+    let text = must_kubectl(&["-n", "chaos-lab", "get", "chaosexperiment", "etcd-leader-kill", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(status["status"]["nodes"][0]["actions"].as_array().map(Vec::len), Some(1), "one kill: {status}");
+    must_kubectl(&["-n", "chaos-lab", "delete", "chaosexperiment", "etcd-leader-kill"]);
+    let (ok, text) = kubectl(&["delete", "--wait=true", "--timeout=90s", "-f", &repo("deploy/kubernetes/lab.yaml")]);
+    assert!(ok, "deleting the lab workload: {text}");
+    let _ = std::fs::remove_dir_all("/var/lib/chaos-ebpf/k8s-lab/chaos-lab");
+    let _ = std::fs::remove_dir("/var/lib/chaos-ebpf/k8s-lab");
+}

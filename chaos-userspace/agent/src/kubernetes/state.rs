@@ -815,6 +815,22 @@ mod tests {
         assert!(check_spec(&leader, &[]).unwrap_err().problem.starts_with("spec.leader"));
     }
 
+    /// The examples in deploy/kubernetes/examples parse as experiments and pass the
+    /// agent's checks (the cluster test applies the leader-kill one).
+    #[test]
+    fn examples_are_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes/examples");
+        let mut count = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let e: ChaosExperiment = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            check_spec(&e, &[]).unwrap_or_else(|p| panic!("{}: {} ({})", path.display(), p.problem, p.fix));
+            count += 1;
+        }
+        assert!(count >= 3, "examples in {dir}");
+    }
+
     #[test]
     fn rule_ids_differ_per_fault_and_experiment() {
         assert_ne!(rule_id("lab", "a", 0), rule_id("lab", "a", 1));
