@@ -34,7 +34,9 @@ pub fn repo_root() -> PathBuf {
 pub fn helm(args: &[&str]) -> Result<String> {
     let out = Command::new("helm").args(args).current_dir(repo_root()).output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            anyhow::anyhow!("no `helm` in PATH: install helm v4.2.3 with `bash scripts/helm.sh` (scripts/setup.sh runs it)")
+            anyhow::anyhow!(
+                "no `helm` in PATH: install helm v4.2.3 with `bash scripts/helm.sh` (scripts/setup.sh runs it)"
+            )
         } else {
             anyhow::Error::new(e).context("running helm")
         }
