@@ -151,9 +151,13 @@ impl Drop for Pair {
 }
 
 pub fn parse_ping_received(text: &str) -> u32 {
-    // "N packets transmitted, M received, ..."
+    // iputils: "N packets transmitted, M received, ..."; busybox: "..., M packets received, ..."
     text.lines()
-        .find_map(|l| l.split(", ").nth(1)?.strip_suffix(" received").map(|n| n.trim().parse().unwrap_or(0)))
+        .find_map(|l| {
+            let part = l.split(", ").nth(1)?;
+            let n = part.strip_suffix(" received")?;
+            n.strip_suffix(" packets").unwrap_or(n).trim().parse().ok()
+        })
         .unwrap_or(0)
 }
 
