@@ -41,3 +41,16 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     std::process::exit(code);
 }
+
+/// Builds (or finds cached) the cluster's binaries and images, as `cluster build`.
+pub fn build() -> Result<()> {
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .arg(script())
+        .arg("build")
+        .status()
+        .with_context(|| format!("running bash {}", script().display()))?;
+    anyhow::ensure!(status.success(), "cluster build failed ({status})");
+    eprintln!("xtask: Kubernetes binaries ready in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -232,6 +232,14 @@ fn main() -> Result<()> {
             require_root("the kernel tests")?;
             // `lab up` starts the workload binary found next to chaos-ebpf.
             cargo(&["build", "-p", "chaos-lab", "--bin", "chaos-lab-node"])?;
+            // The Kubernetes test cluster's binaries, so that the cluster test runs: 5-7
+            // min on a fresh machine, cached after (/var/cache/chaos-ebpf/kubernetes).
+            // Without them that test is skipped with its reason.
+            if filters.is_empty() || filters.iter().any(|f| "kubernetes_cluster".contains(f.as_str())) {
+                if let Err(e) = cluster::build() {
+                    eprintln!("xtask: {e:#}: the Kubernetes cluster test will be skipped");
+                }
+            }
             let mut runs = vec![host_kernel_tests(&filters)?];
             if no_vm {
                 eprintln!("xtask: --no-vm: skipping the tests on Debian kernels (cargo xtask vm-test)");
