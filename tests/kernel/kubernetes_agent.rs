@@ -60,6 +60,28 @@ fn until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     None
 }
 
+/// Deletes what `what` names and waits until `kubectl get` finds none of it (kubectl's
+/// own --wait would run into --request-timeout).
+fn delete_and_wait(what: &[&str], limit: Duration) {
+    let mut args = vec!["delete", "--wait=false", "--ignore-not-found"];
+    args.extend(what);
+    must_kubectl(&args);
+    let mut get = vec!["get", "--ignore-not-found", "-o", "name"];
+    get.extend(what);
+    let gone = until(limit, || kubectl(&get).1.trim().is_empty());
+    assert!(gone.is_some(), "still there {limit:?} after the delete: {}", kubectl(&get).1);
+}
+
+fn unix_seconds_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs_f64()
+}
+
+/// An RFC 3339 time of the status, in Unix seconds (through date(1)).
+fn unix_seconds_of(rfc3339: &str) -> f64 {
+    let out = sh("date", &["-d", rfc3339, "+%s.%N"]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("a time: {rfc3339:?}"))
+}
+
 fn pod_ip(name: &str) -> String {
     must_kubectl(&["-n", NS, "get", "pod", name, "-o", "jsonpath={.status.podIP}"]).trim().to_owned()
 }
@@ -134,8 +156,7 @@ pub fn agent_log() -> String {
 }
 
 pub fn uninstall_agent() {
-    let (ok, text) = kubectl(&["delete", "--wait=true", "--timeout=60s", "-f", &repo("deploy/kubernetes/chaos-ebpf.yaml")]);
-    assert!(ok, "deleting the agent: {text}");
+    delete_and_wait(&["-f", &repo("deploy/kubernetes/chaos-ebpf.yaml")], Duration::from_secs(90));
     let gone = until(Duration::from_secs(30), || programs_on_pods() == 0);
     assert!(gone.is_some(), "chaos-ebpf programs left after the agent was deleted: {:?}", loaded_chaos_programs());
 }
@@ -170,6 +191,7 @@ spec:
 "#
     );
     let t = Instant::now();
+    let applied_at = unix_seconds_now();
     apply(&partition);
     let cut = until(Duration::from_secs(15), || !reaches("client", &server));
     assert!(cut.is_some(), "the partition did not cut client -> server: {}", agent_log());
@@ -180,6 +202,9 @@ spec:
     assert_eq!(pods.as_array().map(Vec::len), Some(1), "one pod injected: {s}");
     assert_eq!(pods[0]["name"], "server", "{s}");
     assert_eq!(pods[0]["state"], "Injected", "{s}");
+    // From before `kubectl apply` to the agent's "in force" time (the same clock).
+    let from = unix_seconds_of(pods[0]["from"].as_str().unwrap_or(""));
+    println!("REPORT|apply_to_faults_in_force|ms={:.0}", (from - applied_at) * 1000.0);
     assert_eq!(s["conditions"][0]["status"], "True", "{s}");
     let web_a = pod_ip("web-a");
     assert!(reaches("client", &web_a), "the partition touches the server only: client -> web-a passes");
@@ -257,7 +282,7 @@ spec:
     apply(&partition);
     assert!(until(Duration::from_secs(15), || !reaches("client", &server)).is_some(), "partition again");
     let old_uid = must_kubectl(&["-n", NS, "get", "pod", "server", "-o", "jsonpath={.metadata.uid}"]);
-    must_kubectl(&["-n", NS, "delete", "pod", "server", "--wait=true"]);
+    delete_and_wait(&["-n", NS, "pod", "server"], Duration::from_secs(60));
     apply(&web_pod("server", "app: server, tier: web"));
     must_kubectl(&["-n", NS, "wait", "--for=condition=Ready", "--timeout=60s", "pod/server"]);
     let server = pod_ip("server");
@@ -288,8 +313,7 @@ spec:
     must_kubectl(&["-n", NS, "delete", "chaosexperiment", "cut-server"]);
     assert!(until(Duration::from_secs(15), || reaches("client", &server)).is_some(), "traffic back at the end");
 
-    let (ok, text) = kubectl(&["delete", "namespace", NS, "--wait=true", "--timeout=60s"]);
-    assert!(ok, "deleting {NS}: {text}");
+    delete_and_wait(&["namespace", NS], Duration::from_secs(90));
 }
 
 /// Whether etcd at `ip` says it leads (its metrics on 2381, reached from the host
@@ -353,8 +377,7 @@ pub fn leader_kill() {
     let status: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(status["status"]["nodes"][0]["actions"].as_array().map(Vec::len), Some(1), "one kill: {status}");
     must_kubectl(&["-n", "chaos-lab", "delete", "chaosexperiment", "etcd-leader-kill"]);
-    let (ok, text) = kubectl(&["delete", "--wait=true", "--timeout=90s", "-f", &repo("deploy/kubernetes/lab.yaml")]);
-    assert!(ok, "deleting the lab workload: {text}");
+    delete_and_wait(&["-f", &repo("deploy/kubernetes/lab.yaml")], Duration::from_secs(90));
     let _ = std::fs::remove_dir_all("/var/lib/chaos-ebpf/k8s-lab/chaos-lab");
     let _ = std::fs::remove_dir("/var/lib/chaos-ebpf/k8s-lab");
 }
