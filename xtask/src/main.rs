@@ -181,9 +181,10 @@ const USAGE: &str = "usage: cargo xtask <task>
   crd             write deploy/helm/chaos-ebpf/crds/chaosexperiments.yaml, the
                   ChaosExperiment CRD, from chaos-agent's spec and status types
   manifests [--check]
-                  write deploy/kubernetes/chaos-ebpf.yaml, the plain manifests, from
-                  the Helm chart deploy/helm/chaos-ebpf (needs helm: scripts/helm.sh);
-                  `--check` exits 1 when the file is not what the chart renders
+                  write deploy/kubernetes/chaos-ebpf.yaml and lab.yaml, the plain
+                  manifests, from the Helm charts deploy/helm/chaos-ebpf and chaos-lab
+                  (needs helm: scripts/helm.sh); `--check` exits 1 when a file is not
+                  what its chart renders
   bench [packet|throughput|apply|hyper|report]
                   the datapath against baselines measured in the same run (needs
                   root): `packet` the per-packet cost in BPF_PROG_TEST_RUN;

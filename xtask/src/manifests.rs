@@ -70,6 +70,16 @@ pub fn run(args: &[String]) -> Result<()> {
             std::process::exit(2);
         }
     };
+    // The lab workload's manifests (deploy/kubernetes/lab.yaml) come from their own
+    // script; one command renders (or checks) both.
+    let lab = Command::new("bash")
+        .arg(repo_root().join("deploy/kubernetes/render.sh"))
+        .args(check.then_some("--check"))
+        .status()
+        .context("running deploy/kubernetes/render.sh")?;
+    if !lab.success() {
+        std::process::exit(lab.code().unwrap_or(1));
+    }
     let rendered = render()?;
     let path = repo_root().join(OUTPUT);
     if check {
