@@ -23,7 +23,7 @@ pub fn script() -> PathBuf {
 
 pub fn run(args: &[String]) -> Result<()> {
     if !matches!(args.first().map(String::as_str), Some("up" | "down" | "status" | "build")) {
-        eprintln!("usage: cargo xtask cluster up | down | status | build   (docs/kubernetes.md)");
+        eprintln!("usage: cargo xtask cluster up | down | status | build | test   (docs/kubernetes.md)");
         std::process::exit(2);
     }
     let started = Instant::now();

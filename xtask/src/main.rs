@@ -199,11 +199,13 @@ const USAGE: &str = "usage: cargo xtask <task>
                   sizes, repetitions and the time budget of a slow baseline's
                   repetitions. `bench` runs xtask again as a release build: the
                   datapath it measures in process is optimized, as shipped
-  cluster up|down|status
+  cluster up|down|status|build|test
                   a single-node Kubernetes 1.20 built from Debian's source package
                   (cached in /var/cache/chaos-ebpf/kubernetes), its own etcd,
                   containerd, CNI bridge and kube-proxy; `down` puts the host back and
-                  checks it (needs root; docs/kubernetes.md)";
+                  checks it; `build` only builds (cached); `test` runs the cluster
+                  test: up, the agent's chart and experiments, the lab workload, down
+                  (needs root; docs/kubernetes.md)";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -287,6 +289,14 @@ fn main() -> Result<()> {
             std::fs::write(&path, chaos_agent::kubernetes::crd::crd_yaml())?;
             eprintln!("xtask: wrote {}", path.display());
             Ok(())
+        }
+        Some("cluster") if args.get(1).map(String::as_str) == Some("test") => {
+            // The cluster test (tests/kernel/kubernetes.rs): up, the agent's chart and
+            // experiments, the lab workload and the leader kill, down, the host checked.
+            require_root("the cluster test")?;
+            cargo(&["build", "-p", "chaos-lab", "--bin", "chaos-lab-node"])?;
+            cluster::build()?;
+            conclude(&[host_kernel_tests(&["kubernetes_cluster".to_owned()])?])
         }
         Some("cluster") => cluster::run(&args[1..]),
         Some("manifests") => manifests::run(&args[1..]),
