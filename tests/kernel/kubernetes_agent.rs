@@ -206,6 +206,12 @@ spec:
     let from = unix_seconds_of(pods[0]["from"].as_str().unwrap_or(""));
     println!("REPORT|apply_to_faults_in_force|ms={:.0}", (from - applied_at) * 1000.0);
     assert_eq!(s["conditions"][0]["status"], "True", "{s}");
+    // The same news as Kubernetes Events of the experiment (`kubectl describe`).
+    let injected = until(Duration::from_secs(10), || {
+        let events = kubectl(&["-n", NS, "get", "events", "--field-selector", "involvedObject.name=cut-server"]).1;
+        events.contains("Injected") && events.contains("chaos-test/server")
+    });
+    assert!(injected.is_some(), "no Injected event: {}", kubectl(&["-n", NS, "get", "events"]).1);
     let web_a = pod_ip("web-a");
     assert!(reaches("client", &web_a), "the partition touches the server only: client -> web-a passes");
     assert!(reaches("web-a", &server), "the partition is from the client only: web-a -> server passes");

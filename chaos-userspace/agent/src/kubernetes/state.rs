@@ -8,7 +8,11 @@ use std::{
 
 use chaos_model::Problem;
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
-use kube::{api::Api, Client, ResourceExt};
+use kube::{
+    api::Api,
+    runtime::events::{Event, EventType, Recorder, Reporter},
+    Client, Resource, ResourceExt,
+};
 
 use super::{
     crd::{
@@ -45,6 +49,8 @@ struct Experiment {
     /// Pods released or failed, newest last, for the status.
     past: Vec<PodInjection>,
     events: VecDeque<String>,
+    /// Events not yet published as Kubernetes Events.
+    pending: Vec<(Happened, String)>,
     /// The pod actions done here (from the status when the agent starts).
     actions: Vec<ActionRecord>,
     /// Whether this node's finalizer is on the resource.
@@ -54,11 +60,42 @@ struct Experiment {
 }
 
 impl Experiment {
-    fn event(&mut self, line: String) {
+    fn event(&mut self, kind: Happened, line: String) {
         log(&line);
+        self.pending.push((kind, line.clone()));
         self.events.push_back(format!("{} {line}", Timestamp::now().round(jiff_seconds()).unwrap_or(Timestamp::now())));
         while self.events.len() > MAX_EVENTS {
             self.events.pop_front();
+        }
+    }
+}
+
+/// What an event says happened: its Kubernetes reason and type.
+#[derive(Debug, Clone, Copy)]
+enum Happened {
+    Injected,
+    NotInjected,
+    Released,
+    ActionDone,
+    Waiting,
+}
+
+impl Happened {
+    fn event(self, note: String) -> Event {
+        let (reason, warning) = match self {
+            Happened::Injected => ("Injected", false),
+            Happened::NotInjected => ("NotInjected", true),
+            Happened::Released => ("Released", false),
+            Happened::ActionDone => ("PodAction", false),
+            Happened::Waiting => ("Waiting", true),
+        };
+        Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            // The API takes 1 kB at most.
+            note: Some(chaos_model::spec::shorten(&note, 1000)),
+            action: reason.into(),
+            secondary: None,
         }
     }
 }
@@ -69,6 +106,8 @@ fn jiff_seconds() -> k8s_openapi::jiff::Unit {
 
 pub struct Controller {
     client: Client,
+    /// Publishes the events as Kubernetes Events of the experiment (`kubectl describe`).
+    recorder: Recorder,
     handle: Handle,
     options: KubeOptions,
     experiments: BTreeMap<(String, String), Experiment>,
@@ -84,7 +123,9 @@ enum Wanted {
 
 impl Controller {
     pub fn new(client: Client, handle: Handle, options: KubeOptions) -> Controller {
-        Controller { client, handle, options, experiments: BTreeMap::new() }
+        let reporter = Reporter { controller: "chaos-ebpf-agent".into(), instance: Some(options.node.clone()) };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Controller { client, recorder, handle, options, experiments: BTreeMap::new() }
     }
 
     pub async fn pass(
@@ -174,6 +215,7 @@ impl Controller {
             set_finalizer(&api, &name, &node, false).await?;
             state.finalizer = false;
         }
+        self.publish(&mut state, experiment);
         let status = self.status(&mut state, experiment, &wanted, ends_at, selected).await;
         if state.written.as_ref() != Some(&status) {
             patch_status(&api, &name, &node, status.clone()).await?;
@@ -270,23 +312,43 @@ impl Controller {
                 for id in ids {
                     let _ = self.handle.revert(id).await;
                 }
-                state.event(format!("{}/{}: not applied: {why}", pod.namespace, pod.name));
-                state.past_failed(pod, &why);
+                state.past_failed(pod, &format!("not applied: {why}"));
                 continue;
             }
-            state.event(format!(
-                "{}/{}: {} fault(s) in force in {} (faults {ids:?})",
-                pod.namespace,
-                pod.name,
-                ids.len(),
-                found.path.display()
-            ));
+            state.event(
+                Happened::Injected,
+                format!(
+                    "{}/{}: {} fault(s) in force in {} (faults {ids:?})",
+                    pod.namespace,
+                    pod.name,
+                    ids.len(),
+                    found.path.display()
+                ),
+            );
             state.past.retain(|p| p.uid != pod.uid);
             state.held.insert(
                 pod.uid.clone(),
                 Held { pod: pod.clone(), fault_ids: ids, netns_inode: found.inode, peers, from: Timestamp::now() },
             );
         }
+    }
+
+    /// Publishes the pending events in the background: a slow API server must not hold
+    /// up the pass that renews the leases.
+    fn publish(&self, state: &mut Experiment, experiment: &ChaosExperiment) {
+        if state.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut state.pending);
+        let recorder = self.recorder.clone();
+        let reference = experiment.object_ref(&());
+        tokio::spawn(async move {
+            for (kind, note) in pending {
+                if let Err(e) = recorder.publish(&kind.event(note), &reference).await {
+                    log(&format!("warning: publishing an event: {e}"));
+                }
+            }
+        });
     }
 
     /// Does the pod actions not done yet on the targets on this node: with a leader
@@ -320,10 +382,13 @@ impl Controller {
             Some(leader) => match leader_of(candidates, leader).await {
                 Some(pod) => vec![pod],
                 None => {
-                    state.event_once(format!(
-                        "no matching pod says it leads ({} on port {}): the actions wait for a leader",
-                        leader.metric, leader.metrics_port
-                    ));
+                    state.event_once(
+                        Happened::Waiting,
+                        format!(
+                            "no matching pod says it leads ({} on port {}): the actions wait for a leader",
+                            leader.metric, leader.metrics_port
+                        ),
+                    );
                     return;
                 }
             },
@@ -332,7 +397,8 @@ impl Controller {
         for (index, action) in pending {
             for pod in targets.iter().filter(|c| &c.node == node) {
                 let result = self.perform(action, pod, pods).await;
-                state.event(format!("{}/{}: {} ({result})", pod.namespace, pod.name, action.kind));
+                let kind = if result.starts_with("not ") { Happened::NotInjected } else { Happened::ActionDone };
+                state.event(kind, format!("{}/{}: {} ({result})", pod.namespace, pod.name, action.kind));
                 state.actions.push(ActionRecord {
                     index,
                     kind: action.kind.clone(),
@@ -393,7 +459,7 @@ impl Controller {
         // The pod's namespace may be gone with it: the programs there are unloaded, so
         // that the agent holds nothing of a deleted pod.
         self.handle.forget_idle().await;
-        state.event(format!("{}/{}: released ({why})", held.pod.namespace, held.pod.name));
+        state.event(Happened::Released, format!("{}/{}: released ({why})", held.pod.namespace, held.pod.name));
         state.past.retain(|p| p.uid != held.pod.uid);
         state.past.push(PodInjection {
             namespace: held.pod.namespace.clone(),
@@ -501,9 +567,9 @@ impl Controller {
 
 impl Experiment {
     /// An event, unless it is the last one already (a condition that lasts over passes).
-    fn event_once(&mut self, line: String) {
+    fn event_once(&mut self, kind: Happened, line: String) {
         if !self.events.back().is_some_and(|last| last.ends_with(&line)) {
-            self.event(line);
+            self.event(kind, line);
         }
     }
 
@@ -514,7 +580,7 @@ impl Experiment {
                 return;
             }
         }
-        self.event(format!("{}/{}: {why}", pod.namespace, pod.name));
+        self.event(Happened::NotInjected, format!("{}/{}: {why}", pod.namespace, pod.name));
         self.past.retain(|p| p.uid != pod.uid);
         self.past.push(PodInjection {
             namespace: pod.namespace.clone(),
