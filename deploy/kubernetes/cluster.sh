@@ -135,7 +135,14 @@ SRC
   fi
   mkdir -p "$cache/src"
   say "apt-get source kubernetes (into $cache/src)"
-  (cd "$cache/src" && apt-get source -qq kubernetes >&2) \
+  local fetched=0
+  (cd "$cache/src" && apt-get source -qq kubernetes >&2) && fetched=1
+  # The deb-src line was only for this: the host's apt goes back to what it was.
+  if grep -qs 'Added by `cargo xtask cluster up`' /etc/apt/sources.list.d/chaos-ebpf-deb-src.sources; then
+    rm -f /etc/apt/sources.list.d/chaos-ebpf-deb-src.sources
+    apt-get update -qq || true
+  fi
+  [ "$fetched" = 1 ] \
     || fail "apt-get source kubernetes failed: is there a deb-src line for bookworm, and does apt reach its mirror?"
 }
 
