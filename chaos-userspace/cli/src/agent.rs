@@ -40,6 +40,9 @@ Examples:
   sudo chaos-ebpf inject partition --target netns:a --duration 30s      (through the agent)
   sudo chaos-ebpf agent status
   sudo curl --unix-socket /run/chaos-ebpf/agent.sock http://agent/v1/faults
+  NODE_NAME=node-1 sudo -E chaos-ebpf agent --kubernetes --namespace shop
+      (the ChaosExperiment controller; the Helm chart runs it as a DaemonSet:
+      docs/kubernetes.md)
 
 The API (docs/agent.md): GET /v1/health, GET /v1/faults, POST /v1/faults,
 POST /v1/faults/ID/renew, DELETE /v1/faults/ID; errors are {\"problem\", \"fix\"}.
