@@ -246,7 +246,26 @@ spec:
     assert!(reaches("client", &server));
     must_kubectl(&["-n", NS, "delete", "chaosexperiment", "bad"]);
 
-    // 4. Loss with a fixed seed on a label selector, one of the three tier=web pods:
+    // 4. A pod action that is undone: the server's container paused (SIGSTOP to its
+    // processes) until the experiment is deleted (SIGCONT).
+    apply(&format!(
+        r#"apiVersion: chaos-ebpf.io/v1alpha1
+kind: ChaosExperiment
+metadata: {{name: freeze, namespace: {NS}}}
+spec:
+  selector: {{labelSelectors: {{app: server}}}}
+  actions:
+  - {{kind: container-pause}}
+"#
+    ));
+    assert!(until(Duration::from_secs(15), || !reaches("client", &server)).is_some(), "the paused server still answers");
+    let record = status("freeze")["nodes"][0]["actions"][0].clone();
+    assert!(record["result"].as_str().unwrap_or("").starts_with("paused container web"), "{record}");
+    assert!(record["resumed"].is_null(), "{record}");
+    delete_and_wait(&["-n", NS, "chaosexperiment", "freeze"], Duration::from_secs(20));
+    assert!(until(Duration::from_secs(10), || reaches("client", &server)).is_some(), "the server did not resume");
+
+    // 5. Loss with a fixed seed on a label selector, one of the three tier=web pods:
     // the same seed picks the same pod each time; packets are dropped there only.
     let loss = |name: &str| {
         format!(
@@ -284,7 +303,7 @@ spec:
     let quiet = kubectl(&["-n", NS, "exec", "client", "--", "ping", "-c", "10", "-i", "0.05", "-W", "1", &ip]).1;
     assert_eq!(parse_ping_received(&quiet), 10, "no loss after the delete: {quiet}");
 
-    // 5. A pod re-created during a fault gets it again (new UID, new namespace).
+    // 6. A pod re-created during a fault gets it again (new UID, new namespace).
     apply(&partition);
     assert!(until(Duration::from_secs(15), || !reaches("client", &server)).is_some(), "partition again");
     let old_uid = must_kubectl(&["-n", NS, "get", "pod", "server", "-o", "jsonpath={.metadata.uid}"]);
@@ -302,7 +321,7 @@ spec:
     assert!(again.is_some(), "the re-created pod did not get the partition: {}", status("cut-server"));
     println!("REPORT|recreated_pod_reinjected|ms={}", t.elapsed().as_millis());
 
-    // 6. The agent killed (SIGKILL, no revert of its own) mid-experiment: its faults go
+    // 7. The agent killed (SIGKILL, no revert of its own) mid-experiment: its faults go
     // with it at once (TCX links die with the process), kubelet restarts it, and the new
     // agent applies them again.
     let agent = sh("pgrep", &["-f", "chaos-ebpf agent --kubernetes"]);

@@ -71,14 +71,16 @@ pub struct ChaosExperimentSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodAction {
-    /// pod-delete (through the API, as `kubectl delete pod`) or container-kill (a
+    /// pod-delete (through the API, as `kubectl delete pod`), container-kill (a
     /// signal to the container's main process; the kubelet restarts it per the pod's
-    /// restartPolicy).
+    /// restartPolicy) or container-pause (SIGSTOP to every process of the container,
+    /// SIGCONT when the experiment ends, is paused or deleted).
     pub kind: String,
     /// container-kill: the signal (SIGKILL default, SIGTERM, SIGINT, SIGSTOP, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
-    /// container-kill: the container's name (default: the pod's first container).
+    /// container-kill and container-pause: the container's name (default: the pod's
+    /// first container).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
 }
@@ -253,6 +255,13 @@ pub struct ActionRecord {
     pub at: String,
     /// What happened: done, or why not.
     pub result: String,
+    /// container-pause: the container's runtime id (to resume it, also after an agent
+    /// restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// container-pause: when it was resumed (none: still paused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<String>,
 }
 
 /// One selected pod on a node.

@@ -39,23 +39,34 @@ pub fn netns_of_pod(proc_root: &Path, uid: &str) -> Option<PodNetns> {
 /// `containerd://<id>`): the lowest pid in its cgroup (cgroupfs: `.../<id>`; systemd:
 /// `cri-containerd-<id>.scope`).
 pub fn container_pid(proc_root: &Path, id: &str) -> Option<u32> {
+    container_pids(proc_root, id).into_iter().next()
+}
+
+/// Every process of the container with `id`, lowest pid first.
+pub fn container_pids(proc_root: &Path, id: &str) -> Vec<u32> {
     if id.len() < 12 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
+        return Vec::new();
     }
-    lowest_pid_in(proc_root, |part| part == id || part.strip_suffix(".scope").is_some_and(|s| s.ends_with(id)))
+    pids_in(proc_root, |part| part == id || part.strip_suffix(".scope").is_some_and(|s| s.ends_with(id)))
 }
 
 /// The lowest pid one of whose cgroup paths has a component `ours` accepts.
 fn lowest_pid_in(proc_root: &Path, ours: impl Fn(&str) -> bool) -> Option<u32> {
-    let entries = std::fs::read_dir(proc_root).ok()?;
+    pids_in(proc_root, ours).into_iter().next()
+}
+
+/// The pids one of whose cgroup paths has a component `ours` accepts, in order.
+fn pids_in(proc_root: &Path, ours: impl Fn(&str) -> bool) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else { return Vec::new() };
     let mut pids: Vec<u32> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect();
     pids.sort_unstable();
-    pids.into_iter().find(|pid| {
+    pids.retain(|pid| {
         let Ok(cgroups) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")) else {
             return false;
         };
         cgroups.lines().any(|line| line.splitn(3, ':').nth(2).unwrap_or("").split('/').any(&ours))
-    })
+    });
+    pids
 }
 
 #[cfg(test)]
@@ -95,6 +106,7 @@ mod tests {
         process(&root, 95, &format!("12:pids:/kubepods/besteffort/pod{uid}/abcdef0123456789\n"));
         process(&root, 96, &format!("12:pids:/kubepods/besteffort/pod{uid}/abcdef0123456789\n"));
         assert_eq!(container_pid(&root, "abcdef0123456789"), Some(95));
+        assert_eq!(container_pids(&root, "abcdef0123456789"), [95, 96]);
         assert_eq!(container_pid(&root, "abcdef01234567"), None, "a prefix of an id is not the container");
         assert_eq!(container_pid(&root, "../x"), None);
         std::fs::remove_dir_all(&root).unwrap();

@@ -211,7 +211,8 @@ impl Controller {
                 }
             }
         }
-        if state.finalizer && state.held.is_empty() && !matches!(wanted, Wanted::Running) {
+        let paused = state.actions.iter().any(|a| a.container_id.is_some() && a.resumed.is_none());
+        if state.finalizer && state.held.is_empty() && !paused && !matches!(wanted, Wanted::Running) {
             set_finalizer(&api, &name, &node, false).await?;
             state.finalizer = false;
         }
@@ -396,7 +397,17 @@ impl Controller {
         };
         for (index, action) in pending {
             for pod in targets.iter().filter(|c| &c.node == node) {
-                let result = self.perform(action, pod, pods).await;
+                if action.kind == "container-pause" && !state.finalizer {
+                    // Before the pause: a delete from here on waits for the resume.
+                    let api: Api<ChaosExperiment> =
+                        Api::namespaced(self.client.clone(), &experiment.namespace().unwrap_or_default());
+                    if let Err(e) = set_finalizer(&api, &experiment.name_any(), node, true).await {
+                        state.event_once(Happened::Waiting, format!("{e:#}: the pause waits"));
+                        return;
+                    }
+                    state.finalizer = true;
+                }
+                let (result, container_id) = self.perform(action, pod, pods).await;
                 let kind = if result.starts_with("not ") { Happened::NotInjected } else { Happened::ActionDone };
                 state.event(kind, format!("{}/{}: {} ({result})", pod.namespace, pod.name, action.kind));
                 state.actions.push(ActionRecord {
@@ -406,14 +417,26 @@ impl Controller {
                     pod: pod.name.clone(),
                     at: Timestamp::now().to_string(),
                     result,
+                    container_id,
+                    resumed: None,
                 });
             }
         }
     }
 
     /// One pod action on one pod of this node; what happened.
-    async fn perform(&self, action: &PodAction, pod: &Candidate, pods: &[Pod]) -> String {
-        match action.kind.as_str() {
+    async fn perform(&self, action: &PodAction, pod: &Candidate, pods: &[Pod]) -> (String, Option<String>) {
+        if action.kind == "container-pause" {
+            let Some((container, id)) = container_id(pods, &pod.uid, action.container.as_deref()) else {
+                return ("not paused: the pod has no such running container".into(), None);
+            };
+            let pids = signal_container(&self.options.proc_root, &id, nix::sys::signal::Signal::SIGSTOP);
+            if pids.is_empty() {
+                return (format!("not paused: no process of container {container} on this node"), None);
+            }
+            return (format!("paused container {container} (SIGSTOP to pids {pids:?})"), Some(id));
+        }
+        let result = match action.kind.as_str() {
             "pod-delete" => {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
                 match api.delete(&pod.name, &kube::api::DeleteParams::default()).await {
@@ -424,10 +447,10 @@ impl Controller {
             "container-kill" => {
                 let signal = signal_of(action.signal.as_deref()).expect("checked by check_spec");
                 let Some((container, id)) = container_id(pods, &pod.uid, action.container.as_deref()) else {
-                    return "not killed: the pod has no such running container".into();
+                    return ("not killed: the pod has no such running container".into(), None);
                 };
                 let Some(pid) = procfs::container_pid(&self.options.proc_root, &id) else {
-                    return format!("not killed: no process of container {container} on this node");
+                    return (format!("not killed: no process of container {container} on this node"), None);
                 };
                 match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
                     Ok(()) => format!("{signal} sent to container {container} (pid {pid})"),
@@ -435,6 +458,21 @@ impl Controller {
                 }
             }
             other => format!("not done: unknown action {other}"),
+        };
+        (result, None)
+    }
+
+    /// Resumes the containers this node paused (SIGCONT), once each.
+    fn resume_paused(&self, state: &mut Experiment, why: &str) {
+        let mut resumed = Vec::new();
+        for record in state.actions.iter_mut().filter(|a| a.resumed.is_none()) {
+            let Some(id) = &record.container_id else { continue };
+            let pids = signal_container(&self.options.proc_root, id, nix::sys::signal::Signal::SIGCONT);
+            record.resumed = Some(Timestamp::now().to_string());
+            resumed.push(format!("{}/{}: resumed ({why}; SIGCONT to pids {pids:?})", record.namespace, record.pod));
+        }
+        for line in resumed {
+            state.event(Happened::ActionDone, line);
         }
     }
 
@@ -476,6 +514,7 @@ impl Controller {
     }
 
     async fn release_all(&self, state: &mut Experiment, why: &str) {
+        self.resume_paused(state, why);
         for (_, held) in std::mem::take(&mut state.held) {
             self.release(state, held, why).await;
         }
@@ -636,6 +675,14 @@ fn container_id(pods: &[Pod], uid: &str, name: Option<&str>) -> Option<(String, 
     Some((status.name.clone(), id))
 }
 
+/// Sends `signal` to every process of a container; the pids it reached.
+fn signal_container(proc_root: &std::path::Path, id: &str, signal: nix::sys::signal::Signal) -> Vec<u32> {
+    procfs::container_pids(proc_root, id)
+        .into_iter()
+        .filter(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), signal).is_ok())
+        .collect()
+}
+
 /// A signal by name (SIGKILL when none is given).
 fn signal_of(name: Option<&str>) -> Result<nix::sys::signal::Signal, Problem> {
     let name = name.unwrap_or("SIGKILL");
@@ -772,6 +819,13 @@ pub fn check_spec(experiment: &ChaosExperiment, allowed: &[String]) -> Result<()
                     "remove them, or use kind container-kill",
                 ))
             }
+            "container-pause" if action.signal.is_none() => {}
+            "container-pause" => {
+                return Err(Problem::new(
+                    format!("spec.actions[{i}].signal: container-pause takes no signal (it is SIGSTOP, then SIGCONT)"),
+                    "remove the signal, or use kind container-kill",
+                ))
+            }
             "container-kill" => {
                 signal_of(action.signal.as_deref())
                     .map_err(|p| Problem::new(format!("spec.actions[{i}].{}", p.problem), p.fix))?;
@@ -779,7 +833,7 @@ pub fn check_spec(experiment: &ChaosExperiment, allowed: &[String]) -> Result<()
             other => {
                 return Err(Problem::new(
                     format!("spec.actions[{i}].kind: '{}' is not a pod action", chaos_model::spec::shorten(other, 40)),
-                    "use pod-delete or container-kill",
+                    "use pod-delete, container-kill or container-pause",
                 ))
             }
         }
@@ -874,6 +928,10 @@ mod tests {
         assert!(check_spec(&kill, &[]).is_ok());
         kill.spec.actions[0].signal = Some("SIGNOPE".into());
         assert!(check_spec(&kill, &[]).unwrap_err().problem.starts_with("spec.actions[0].signal"));
+        kill.spec.actions[0] = PodAction { kind: "container-pause".into(), signal: Some("KILL".into()), container: None };
+        assert!(check_spec(&kill, &[]).unwrap_err().problem.starts_with("spec.actions[0].signal"));
+        kill.spec.actions[0].signal = None;
+        assert!(check_spec(&kill, &[]).is_ok());
         kill.spec.actions[0].kind = "explode".into();
         assert!(check_spec(&kill, &[]).unwrap_err().problem.starts_with("spec.actions[0].kind"));
         let mut leader = experiment(vec![fault("partition")]);
