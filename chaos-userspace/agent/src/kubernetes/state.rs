@@ -188,6 +188,7 @@ impl Controller {
         }
         let (wanted, ends_at) = self.wanted(experiment);
         let mut selected = 0;
+        let mut problem = None;
         match &wanted {
             Wanted::Invalid(_) => self.release_all(&mut state, "the spec is not valid").await,
             Wanted::Paused => self.release_all(&mut state, "paused").await,
@@ -203,27 +204,34 @@ impl Controller {
                 let mine: Vec<Candidate> = chosen.into_iter().filter(|c| c.node == node).collect();
                 if !mine.is_empty() && !state.finalizer {
                     // Before anything is applied: a delete from here on waits for our revert.
-                    set_finalizer(&api, &name, &node, true).await?;
-                    state.finalizer = true;
+                    match set_finalizer(&api, &name, &node, true).await {
+                        Ok(()) => state.finalizer = true,
+                        Err(e) => problem = Some(e),
+                    }
                 }
-                if !spec.faults.is_empty() {
+                if state.finalizer && !spec.faults.is_empty() {
                     self.converge(&mut state, experiment, &mine, pods).await;
                 }
             }
         }
         let paused = state.actions.iter().any(|a| a.container_id.is_some() && a.resumed.is_none());
         if state.finalizer && state.held.is_empty() && !paused && !matches!(wanted, Wanted::Running) {
-            set_finalizer(&api, &name, &node, false).await?;
-            state.finalizer = false;
+            match set_finalizer(&api, &name, &node, false).await {
+                Ok(()) => state.finalizer = false,
+                Err(e) => problem = Some(e),
+            }
         }
         self.publish(&mut state, experiment);
         let status = self.status(&mut state, experiment, &wanted, ends_at, selected).await;
         if state.written.as_ref() != Some(&status) {
-            patch_status(&api, &name, &node, status.clone()).await?;
-            state.written = Some(status);
+            match patch_status(&api, &name, &node, status.clone()).await {
+                Ok(()) => state.written = Some(status),
+                Err(e) => problem = Some(e),
+            }
         }
+        // Kept whatever failed: what is held must be renewed at the next pass.
         self.experiments.insert(key, state);
-        Ok(())
+        problem.map_or(Ok(()), Err)
     }
 
     /// The experiment's phase from its spec, annotations and the clock; and when it ends.
@@ -928,7 +936,8 @@ mod tests {
         assert!(check_spec(&kill, &[]).is_ok());
         kill.spec.actions[0].signal = Some("SIGNOPE".into());
         assert!(check_spec(&kill, &[]).unwrap_err().problem.starts_with("spec.actions[0].signal"));
-        kill.spec.actions[0] = PodAction { kind: "container-pause".into(), signal: Some("KILL".into()), container: None };
+        kill.spec.actions[0] =
+            PodAction { kind: "container-pause".into(), signal: Some("KILL".into()), container: None };
         assert!(check_spec(&kill, &[]).unwrap_err().problem.starts_with("spec.actions[0].signal"));
         kill.spec.actions[0].signal = None;
         assert!(check_spec(&kill, &[]).is_ok());
