@@ -38,7 +38,9 @@ node="$(hostname | tr '[:upper:]' '[:lower:]')"
 bridge=chaos-k8s0
 etcd_client=127.0.0.1:22379
 etcd_peer=127.0.0.1:22380
-apiserver=https://127.0.0.1:6443
+# The API server and the kubelet listen on the pod bridge's address only (the cluster's
+# range of docs/addresses.md), never on the machine's own interface.
+apiserver=https://198.51.100.129:6443
 pause_image=localhost/chaos-pause:1
 busybox_image=localhost/chaos-busybox:1
 binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
@@ -416,6 +418,7 @@ tlsCertFile: $pki/kubelet.crt
 tlsPrivateKeyFile: $pki/kubelet.key
 clusterDomain: cluster.local
 readOnlyPort: 0
+address: $node_ip
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%, nodefs.inodesFree: 2%}
@@ -447,7 +450,7 @@ start_components() {
   need "etcd answering on $etcd_client" 30 etcd curl -fsS "http://$etcd_client/health"
   phase "etcd on $etcd_client"
   start kube-apiserver "$bin/kube-apiserver" --etcd-servers "http://$etcd_client" \
-    --secure-port 6443 --insecure-port 0 --advertise-address "$node_ip" \
+    --secure-port 6443 --insecure-port 0 --advertise-address "$node_ip" --bind-address "$node_ip" \
     --service-cluster-ip-range "$service_cidr" --authorization-mode Node,RBAC \
     --enable-admission-plugins NodeRestriction --allow-privileged=true \
     --client-ca-file "$pki/ca.crt" --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
@@ -559,8 +562,9 @@ cmd_up() {
   build
   build_images
   phase "binaries and images"
-  node_ip="$(ip -4 route get 1.1.1.1 2>/dev/null | grep -oP 'src \K[0-9.]+' || true)"
-  [ -n "$node_ip" ] || node_ip=127.0.0.1
+  # The node's address is the pod bridge's: made here, before the API server binds to it
+  # (the CNI bridge plugin takes the bridge as it finds it).
+  node_ip=$pod_gateway
   record_host
   mkdir -p "$data" "$logs"
   echo "$node" > "$run/node"
@@ -570,7 +574,10 @@ cmd_up() {
   # explicitly; `down` restores the rules as they were.
   iptables -I FORWARD -s "$pod_cidr" -j ACCEPT -m comment --comment chaos-k8s
   iptables -I FORWARD -d "$pod_cidr" -j ACCEPT -m comment --comment chaos-k8s
-  phase "certificates, configuration, host state recorded in $before"
+  ip link add "$bridge" type bridge
+  ip addr add "$pod_gateway/${pod_cidr#*/}" dev "$bridge"
+  ip link set "$bridge" up
+  phase "certificates, configuration, bridge $bridge ($pod_gateway), host state recorded in $before"
   start_components
   check_service
   say "up in $((SECONDS - t0)) s. Use it with: kubectl --kubeconfig $kubeconfig get pods -A"
