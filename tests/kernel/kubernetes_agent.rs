@@ -20,9 +20,10 @@ fn repo(path: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path).display().to_string()
 }
 
+/// kubectl with a hard limit: --request-timeout does not bound `exec` and `wait`.
 pub fn kubectl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("kubectl")
-        .args(["--kubeconfig", KUBECONFIG, "--request-timeout=10s"])
+    let out = Command::new("timeout")
+        .args(["-k", "5", "150", "kubectl", "--kubeconfig", KUBECONFIG, "--request-timeout=10s"])
         .args(args)
         .output()
         .expect("kubectl");
@@ -88,7 +89,8 @@ fn pod_ip(name: &str) -> String {
 
 /// Whether pod `from` gets an HTTP answer from `ip`:8080 within a second.
 fn reaches(from: &str, ip: &str) -> bool {
-    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {ip} 8080");
+    // nc's -w bounds the connect only: a paused server that accepted would hold it.
+    let request = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 2 nc -w 1 {ip} 8080");
     kubectl(&["-n", NS, "exec", from, "--", "sh", "-c", &request]).1.contains("chaos-ok")
 }
 
