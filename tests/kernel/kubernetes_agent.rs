@@ -295,7 +295,9 @@ spec:
     let ip = pod_ip(&first);
     let ping = kubectl(&["-n", NS, "exec", "client", "--", "ping", "-c", "40", "-i", "0.05", "-W", "1", &ip]).1;
     let received = parse_ping_received(&ping);
-    assert!((4..=32).contains(&received), "40 pings at p=0.5 each way: {received} came back ({ping})");
+    // Each answer passes with p = 0.25 (0.5 each way): 10 expected; outside 1..=30 is a
+    // chance below 1e-4 (the ICMP id, in the flow hash, differs per ping run).
+    assert!((1..=30).contains(&received), "40 pings at p=0.5 each way: {received} came back ({ping})");
     let s = status("lossy-1");
     assert_eq!(s["selectedPods"], 1, "{s}");
     must_kubectl(&["-n", NS, "delete", "chaosexperiment", "lossy-1"]);
