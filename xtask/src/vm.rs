@@ -444,8 +444,11 @@ fn boot(kernel: &Kernel, root: &Path, initramfs: &Path) -> Result<(KernelRun, Ve
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz")))
         .ok_or_else(|| anyhow!("no vmlinuz in {}", root.display()))?;
     let accel = std::env::var("CHAOS_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
+    // The initramfs holds the debug test binary and chaos-ebpf (about 0.7 GB with the
+    // Kubernetes client in them) and is unpacked into RAM next to its own copy: 2 GB
+    // made "Initramfs unpacking failed: write error".
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", &accel, "-cpu", "max", "-smp", "2", "-m", "2048", "-nographic", "-no-reboot", "-kernel"])
+        .args(["-accel", &accel, "-cpu", "max", "-smp", "2", "-m", "6144", "-nographic", "-no-reboot", "-kernel"])
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(initramfs)
