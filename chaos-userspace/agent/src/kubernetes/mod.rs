@@ -85,7 +85,6 @@ pub async fn run(client: Client, handle: Handle, options: KubeOptions) {
             .iter()
             .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.labels.clone().unwrap_or_default())))
             .collect();
-        let pods: Vec<Pod> = pods.iter().map(|p| (**p).clone()).collect();
         controller.pass(&experiments, &pods, &node_labels).await;
     }
 }

@@ -3,7 +3,7 @@
 //! same choice from the same pod list, and a pod re-created under its name (a
 //! StatefulSet's) is picked again.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use chaos_model::Problem;
 use k8s_openapi::api::core::v1::Pod;
@@ -23,7 +23,7 @@ pub struct Candidate {
 /// The running pods with an IP (and not being deleted) that `selector` matches, given
 /// the labels of each node. `default_namespace` stands for an empty namespace list.
 pub fn matching(
-    pods: &[Pod],
+    pods: &[Arc<Pod>],
     selector: &PodSelector,
     default_namespace: &str,
     node_labels: &BTreeMap<String, BTreeMap<String, String>>,
@@ -135,8 +135,8 @@ mod tests {
     use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
     use kube::api::ObjectMeta;
 
-    fn pod(namespace: &str, name: &str, labels: &[(&str, &str)], phase: &str, ip: Option<&str>) -> Pod {
-        Pod {
+    fn pod(namespace: &str, name: &str, labels: &[(&str, &str)], phase: &str, ip: Option<&str>) -> Arc<Pod> {
+        Arc::new(Pod {
             metadata: ObjectMeta {
                 namespace: Some(namespace.into()),
                 name: Some(name.into()),
@@ -150,7 +150,7 @@ mod tests {
                 pod_ip: ip.map(str::to_owned),
                 ..PodStatus::default()
             }),
-        }
+        })
     }
 
     fn names(c: &[Candidate]) -> Vec<&str> {

@@ -63,7 +63,8 @@ impl Experiment {
     fn event(&mut self, kind: Happened, line: String) {
         log(&line);
         self.pending.push((kind, line.clone()));
-        self.events.push_back(format!("{} {line}", Timestamp::now().round(jiff_seconds()).unwrap_or(Timestamp::now())));
+        let now = Timestamp::now();
+        self.events.push_back(format!("{} {line}", now.round(k8s_openapi::jiff::Unit::Second).unwrap_or(now)));
         while self.events.len() > MAX_EVENTS {
             self.events.pop_front();
         }
@@ -100,10 +101,6 @@ impl Happened {
     }
 }
 
-fn jiff_seconds() -> k8s_openapi::jiff::Unit {
-    k8s_openapi::jiff::Unit::Second
-}
-
 pub struct Controller {
     client: Client,
     /// Publishes the events as Kubernetes Events of the experiment (`kubectl describe`).
@@ -131,7 +128,7 @@ impl Controller {
     pub async fn pass(
         &mut self,
         experiments: &[Arc<ChaosExperiment>],
-        pods: &[Pod],
+        pods: &[Arc<Pod>],
         node_labels: &BTreeMap<String, BTreeMap<String, String>>,
     ) {
         let live: BTreeSet<(String, String)> =
@@ -158,7 +155,7 @@ impl Controller {
     async fn reconcile(
         &mut self,
         experiment: &ChaosExperiment,
-        pods: &[Pod],
+        pods: &[Arc<Pod>],
         node_labels: &BTreeMap<String, BTreeMap<String, String>>,
     ) -> anyhow::Result<()> {
         let namespace = experiment.namespace().unwrap_or_default();
@@ -259,7 +256,7 @@ impl Controller {
         state: &mut Experiment,
         experiment: &ChaosExperiment,
         mine: &[Candidate],
-        pods: &[Pod],
+        pods: &[Arc<Pod>],
     ) {
         let wanted: BTreeSet<&str> = mine.iter().map(|c| c.uid.as_str()).collect();
         let dropped: Vec<String> = state.held.keys().filter(|uid| !wanted.contains(uid.as_str())).cloned().collect();
@@ -269,14 +266,17 @@ impl Controller {
             }
         }
         let namespace = experiment.namespace().unwrap_or_default();
-        for pod in mine {
-            let peers = match resolve_peers(&experiment.spec.faults, pods, &namespace) {
-                Ok(peers) => peers,
-                Err(p) => {
+        // The peers are the experiment's, the same for every pod of the pass.
+        let peers = match resolve_peers(&experiment.spec.faults, pods, &namespace) {
+            Ok(peers) => peers,
+            Err(p) => {
+                for pod in mine {
                     state.past_failed(pod, &p.problem);
-                    continue;
                 }
-            };
+                return;
+            }
+        };
+        for pod in mine {
             if host_network(pods, &pod.uid) {
                 let why = "the pod uses the node's network namespace (hostNetwork): a fault there would hit the node";
                 state.past_failed(pod, why);
@@ -337,7 +337,13 @@ impl Controller {
             state.past.retain(|p| p.uid != pod.uid);
             state.held.insert(
                 pod.uid.clone(),
-                Held { pod: pod.clone(), fault_ids: ids, netns_inode: found.inode, peers, from: Timestamp::now() },
+                Held {
+                    pod: pod.clone(),
+                    fault_ids: ids,
+                    netns_inode: found.inode,
+                    peers: peers.clone(),
+                    from: Timestamp::now(),
+                },
             );
         }
     }
@@ -369,7 +375,7 @@ impl Controller {
         experiment: &ChaosExperiment,
         candidates: &[Candidate],
         chosen: &[Candidate],
-        pods: &[Pod],
+        pods: &[Arc<Pod>],
     ) {
         let spec = &experiment.spec;
         let node = &self.options.node;
@@ -433,7 +439,7 @@ impl Controller {
     }
 
     /// One pod action on one pod of this node; what happened.
-    async fn perform(&self, action: &PodAction, pod: &Candidate, pods: &[Pod]) -> (String, Option<String>) {
+    async fn perform(&self, action: &PodAction, pod: &Candidate, pods: &[Arc<Pod>]) -> (String, Option<String>) {
         if action.kind == "container-pause" {
             let Some((container, id)) = container_id(pods, &pod.uid, action.container.as_deref()) else {
                 return ("not paused: the pod has no such running container".into(), None);
@@ -669,7 +675,7 @@ async fn leader_of(candidates: &[Candidate], leader: &LeaderSelector) -> Option<
 }
 
 /// The container of a pod (by name, or its first) and its runtime id.
-fn container_id(pods: &[Pod], uid: &str, name: Option<&str>) -> Option<(String, String)> {
+fn container_id(pods: &[Arc<Pod>], uid: &str, name: Option<&str>) -> Option<(String, String)> {
     let pod = pods.iter().find(|p| p.metadata.uid.as_deref() == Some(uid))?;
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     let status = match name {
@@ -703,7 +709,7 @@ fn signal_of(name: Option<&str>) -> Result<nix::sys::signal::Signal, Problem> {
     })
 }
 
-fn host_network(pods: &[Pod], uid: &str) -> bool {
+fn host_network(pods: &[Arc<Pod>], uid: &str) -> bool {
     pods.iter()
         .find(|p| p.metadata.uid.as_deref() == Some(uid))
         .and_then(|p| p.spec.as_ref()?.host_network)
@@ -722,7 +728,7 @@ fn rule_id(namespace: &str, name: &str, index: usize) -> u32 {
 }
 
 /// The peers of each fault: its CIDRs and the IPs of its peer pods now.
-fn resolve_peers(faults: &[PodFault], pods: &[Pod], namespace: &str) -> Result<Vec<Vec<String>>, Problem> {
+fn resolve_peers(faults: &[PodFault], pods: &[Arc<Pod>], namespace: &str) -> Result<Vec<Vec<String>>, Problem> {
     faults
         .iter()
         .map(|fault| {
