@@ -118,6 +118,11 @@ fn programs_on_pods() -> usize {
     loaded_chaos_programs().len()
 }
 
+/// A ChaosExperiment `name` in the test namespace; `spec` is the spec's body, indented.
+fn experiment(name: &str, spec: &str) -> String {
+    format!("apiVersion: chaos-ebpf.io/v1alpha1\nkind: ChaosExperiment\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n{spec}")
+}
+
 fn web_pod(name: &str, labels: &str) -> String {
     format!(
         r#"apiVersion: v1
@@ -180,17 +185,14 @@ pub fn experiments() {
     assert!(until(Duration::from_secs(10), || reaches("client", &server)).is_some(), "client reaches server before any fault");
 
     // 1. Partition the server from the client: apply -> traffic cut; the status names the pod.
-    let partition = format!(
-        r#"apiVersion: chaos-ebpf.io/v1alpha1
-kind: ChaosExperiment
-metadata: {{name: cut-server, namespace: {NS}}}
-spec:
-  selector: {{labelSelectors: {{app: server}}}}
+    let partition = experiment(
+        "cut-server",
+        "  selector: {labelSelectors: {app: server}}
   seed: 7
   faults:
   - kind: partition
-    peerPods: {{labelSelectors: {{app: client}}}}
-"#
+    peerPods: {labelSelectors: {app: client}}
+",
     );
     let t = Instant::now();
     let applied_at = unix_seconds_now();
@@ -229,15 +231,12 @@ spec:
     assert!(until(Duration::from_secs(5), || agent_faults() == Some(0)).is_some(), "the agent still holds faults");
 
     // 3. A bad spec: Valid=False naming the field, nothing applied.
-    apply(&format!(
-        r#"apiVersion: chaos-ebpf.io/v1alpha1
-kind: ChaosExperiment
-metadata: {{name: bad, namespace: {NS}}}
-spec:
-  selector: {{labelSelectors: {{app: server}}}}
+    apply(&experiment(
+        "bad",
+        r#"  selector: {labelSelectors: {app: server}}
   faults:
-  - {{kind: loss, probability: 0.5, ports: "70000"}}
-"#
+  - {kind: loss, probability: 0.5, ports: "70000"}
+"#,
     ));
     assert!(until(Duration::from_secs(10), || phase("bad") == "Failed").is_some(), "{}", status("bad"));
     let s = status("bad");
@@ -250,15 +249,12 @@ spec:
 
     // 4. A pod action that is undone: the server's container paused (SIGSTOP to its
     // processes) until the experiment is deleted (SIGCONT).
-    apply(&format!(
-        r#"apiVersion: chaos-ebpf.io/v1alpha1
-kind: ChaosExperiment
-metadata: {{name: freeze, namespace: {NS}}}
-spec:
-  selector: {{labelSelectors: {{app: server}}}}
+    apply(&experiment(
+        "freeze",
+        "  selector: {labelSelectors: {app: server}}
   actions:
-  - {{kind: container-pause}}
-"#
+  - {kind: container-pause}
+",
     ));
     assert!(until(Duration::from_secs(15), || !reaches("client", &server)).is_some(), "the paused server still answers");
     let record = status("freeze")["nodes"][0]["actions"][0].clone();
@@ -270,19 +266,16 @@ spec:
     // 5. Loss with a fixed seed on a label selector, one of the three tier=web pods:
     // the same seed picks the same pod each time; packets are dropped there only.
     let loss = |name: &str| {
-        format!(
-            r#"apiVersion: chaos-ebpf.io/v1alpha1
-kind: ChaosExperiment
-metadata: {{name: {name}, namespace: {NS}}}
-spec:
-  selector: {{labelSelectors: {{tier: web}}}}
+        experiment(
+            name,
+            "  selector: {labelSelectors: {tier: web}}
   mode: fixed
   value: 1
   seed: 42
   duration: 20s
   faults:
-  - {{kind: loss, probability: 0.5, proto: icmp}}
-"#
+  - {kind: loss, probability: 0.5, proto: icmp}
+",
         )
     };
     let picked = |name: &str| -> String {

@@ -13,9 +13,11 @@
 
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
+use charts::{documents, of_kind, skip};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use serde::Deserialize;
 use serde_yaml::Value;
+
+mod charts;
 
 /// How the plain manifests are rendered, compiled in from xtask itself.
 #[allow(dead_code)]
@@ -52,13 +54,6 @@ fn with_helm(name: &'static str, test: fn() -> Result<(), Failed>) -> Trial {
     })
 }
 
-/// Ignored with its reason (as the kernel tests' skips): counted as ignored, never as
-/// passed.
-fn skip(name: &str, why: &str) -> Completion {
-    println!("SKIP|{name}|{why}");
-    Completion::ignored_with(why)
-}
-
 /// `tool args` ran and succeeded, or why not.
 fn tool_version(tool: &str, args: &[&str]) -> Result<String, String> {
     match Command::new(tool).args(args).output() {
@@ -86,22 +81,7 @@ fn helm(args: &[&str]) -> Result<String, Failed> {
 fn render(extra: &[&str]) -> Result<Vec<Value>, Failed> {
     let mut args = vec!["template", manifests::RELEASE, manifests::CHART, "--namespace", manifests::RELEASE];
     args.extend_from_slice(extra);
-    parse(&helm(&args)?)
-}
-
-fn parse(text: &str) -> Result<Vec<Value>, Failed> {
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc).map_err(|e| format!("the rendered YAML does not parse: {e}"))?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
-fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
+    documents(&helm(&args)?)
 }
 
 fn one_of_kind<'a>(docs: &'a [Value], kind: &str) -> Result<&'a Value, Failed> {
@@ -379,7 +359,7 @@ fn plain_manifests_fresh() -> Result<(), Failed> {
         "{} is not what the chart renders now: run `cargo xtask manifests` and commit it",
         manifests::OUTPUT
     );
-    let docs = parse(&current)?;
+    let docs = documents(&current)?;
     let namespace = one_of_kind(&docs, "Namespace")?;
     ensure!(
         namespace["metadata"]["name"].as_str() == Some("chaos-ebpf"),

@@ -18,9 +18,11 @@ use std::{
     process::Command,
 };
 
+use charts::{documents, of_kind, skip};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
-use serde::Deserialize;
 use serde_yaml::Value;
+
+mod charts;
 
 /// The test cluster's Service range (docs/addresses.md), the chart's default.
 const SERVICE_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 51, 100, 192), 26);
@@ -42,11 +44,7 @@ fn main() {
         .map(|(name, test)| {
             Trial::ignorable_test(name, move || match helm() {
                 Ok(helm) => test(&helm).map(|()| Completion::Completed),
-                Err(why) => {
-                    // Ignored with its reason (as the kernel tests' skips): never passed.
-                    println!("SKIP|{name}|{why}");
-                    Ok(Completion::ignored_with(why))
-                }
+                Err(why) => Ok(skip(name, &why)),
             })
         })
         .collect();
@@ -89,23 +87,8 @@ fn lints_strict(helm: &Path) -> Result<(), Failed> {
     run_helm(helm, &["lint", "--strict", &chart()])?.map(drop).map_err(|e| format!("helm lint --strict: {e}").into())
 }
 
-fn documents(rendered: &str) -> Result<Vec<Value>, Failed> {
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(rendered) {
-        let value = Value::deserialize(doc).map_err(|e| format!("the rendered YAML does not parse: {e}"))?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
 fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(value, |v, key| v.get(*key))?.as_str()
-}
-
-fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|d| str_at(d, &["kind"]) == Some(kind)).collect()
 }
 
 fn component(doc: &Value) -> Option<&str> {
