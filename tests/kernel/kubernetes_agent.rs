@@ -370,10 +370,28 @@ fn etcd_leader() -> Option<String> {
     (leaders.len() == 1).then(|| leaders[0].clone())
 }
 
+/// The lab workload's hostPath (etcd data and journals), which its chart never removes.
+const LAB_DATA: &str = "/var/lib/chaos-ebpf/k8s-lab";
+
+/// Removes the lab workload's hostPath when the test ends, also after a failure: a
+/// leftover would give the next run's etcd members a stale cluster.
+struct LabData;
+
+impl Drop for LabData {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(LAB_DATA);
+    }
+}
+
 /// The lab workload from deploy/kubernetes/lab.yaml (etcd StatefulSet, nodes,
 /// Prometheus) and the leader-kill example: the agent deletes the pod that leads, once,
 /// and another member leads after it.
 pub fn leader_kill() {
+    assert!(
+        !Path::new(LAB_DATA).exists(),
+        "{LAB_DATA} exists before the lab workload: a leftover etcd data directory would be reused; remove it"
+    );
+    let _data = LabData;
     let t = Instant::now();
     must_kubectl(&["apply", "-f", &repo("deploy/kubernetes/lab.yaml")]);
     sleep(Duration::from_secs(2));
@@ -400,6 +418,4 @@ pub fn leader_kill() {
     assert_eq!(status["status"]["nodes"][0]["actions"].as_array().map(Vec::len), Some(1), "one kill: {status}");
     must_kubectl(&["-n", "chaos-lab", "delete", "chaosexperiment", "etcd-leader-kill"]);
     delete_and_wait(&["-f", &repo("deploy/kubernetes/lab.yaml")], Duration::from_secs(90));
-    let _ = std::fs::remove_dir_all("/var/lib/chaos-ebpf/k8s-lab/chaos-lab");
-    let _ = std::fs::remove_dir("/var/lib/chaos-ebpf/k8s-lab");
 }
