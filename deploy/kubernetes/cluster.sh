@@ -178,7 +178,7 @@ build() {
   local src what=""
   src="$(source_dir)"
   for b in "${missing[@]}"; do what+="cmd/$b "; done
-  say "building ${missing[*]} from $src (niced; 5-7 min cold on 2 cores, the Go build cache stays in $src/_output/local/go/cache)"
+  say "building ${missing[*]} from $src (niced; 5-7 min cold on 2 cores)"
   mkdir -p "$cache/bin"
   # One build at a time in the source tree.
   (
@@ -189,6 +189,10 @@ build() {
       || { tail -30 "$cache/build.log" >&2; fail "the build failed (log: $cache/build.log)"; }
     for b in "${missing[@]}"; do install -m 0755 "_output/bin/$b" "$cache/bin/$b"; done
     build_stamp > "$cache/bin/.stamp"
+    # The tree and its Go build cache are 2.8 GB, and only the binaries are used from here
+    # on: a later build fetches the source again (33 MB).
+    cd /
+    rm -rf "$cache/src"
   ) 9> "$cache/build.lock"
 }
 
