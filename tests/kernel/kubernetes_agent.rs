@@ -335,7 +335,117 @@ pub fn experiments() {
     must_kubectl(&["-n", NS, "delete", "chaosexperiment", "cut-server"]);
     assert!(until(Duration::from_secs(15), || reaches("client", &server)).is_some(), "traffic back at the end");
 
+    through_a_service(&server);
+    steps_and_hypothesis(&server);
     delete_and_wait(&["namespace", NS], Duration::from_secs(90));
+}
+
+/// The client partitioned from the server pods: also from their Service's ClusterIP,
+/// which is what the client sends to (kube-proxy translates it outside the pod).
+fn through_a_service(server: &str) {
+    apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: server, namespace: {NS}}}\nspec:\n  selector: {{app: server}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n"
+    ));
+    let service = must_kubectl(&["-n", NS, "get", "service", "server", "-o", "jsonpath={.spec.clusterIP}"]);
+    let service = service.trim();
+    assert!(until(Duration::from_secs(15), || reaches("client", service)).is_some(), "client -> the Service before the fault");
+    apply(&experiment(
+        "cut-client",
+        "  selector: {labelSelectors: {app: client}}
+  faults:
+  - kind: partition
+    peerPods: {labelSelectors: {app: server}}
+",
+    ));
+    let cut = until(Duration::from_secs(15), || !reaches("client", service));
+    assert!(cut.is_some(), "the ClusterIP of the peer pods' Service is not cut: {}", status("cut-client"));
+    assert!(!reaches("client", server), "the peer pod's own IP is cut too");
+    assert!(reaches("client", &pod_ip("web-a")), "other pods are not peers: client -> web-a passes");
+    must_kubectl(&["-n", NS, "delete", "chaosexperiment", "cut-client"]);
+    assert!(until(Duration::from_secs(15), || reaches("client", service)).is_some(), "the Service again after the delete");
+    must_kubectl(&["-n", NS, "delete", "service", "server"]);
+}
+
+/// A hypothesis of one TCP probe of the server from the node, and a guard on it.
+fn web_hypothesis(server: &str) -> String {
+    format!(
+        r#"  hypothesis:
+    interval: 250ms
+    recovery: 10s
+    probes:
+    - {{name: web, timeout: 500ms, tcp: {{connect: "{server}:8080"}}}}
+  abort:
+  - error-rate: {{probe: web, above: 0.5, for: 2s}}
+"#
+    )
+}
+
+/// A timeline with a hypothesis: the step's fault comes and goes at its offsets, the
+/// probes (from the agent on the node) pass throughout, the verdict is passed. Then a
+/// guard that fires: every fault reverted long before the step's end, phase Aborted.
+fn steps_and_hypothesis(server: &str) {
+    apply(&experiment(
+        "timeline",
+        &(String::from(
+            r#"  selector: {labelSelectors: {app: server}}
+  steps:
+  - name: cut
+    at: 3s
+    duration: 4s
+    faults:
+    - kind: partition
+      peerPods: {labelSelectors: {app: client}}
+"#
+        ) + &web_hypothesis(server)),
+    ));
+    let cut = until(Duration::from_secs(15), || !reaches("client", server));
+    assert!(cut.is_some(), "the step's partition did not cut client -> server: {}", status("timeline"));
+    let done = until(Duration::from_secs(30), || status("timeline")["nodes"][0]["hypothesis"]["stage"] == "Done");
+    let s = status("timeline");
+    assert!(done.is_some(), "the hypothesis was not judged: {s}\n{}", agent_log());
+    assert_eq!(s["phase"], "Finished", "{s}");
+    assert_eq!(s["nodes"][0]["hypothesis"]["verdict"], "passed", "{s}");
+    assert!(reaches("client", server), "traffic back after the step");
+    let created = unix_seconds_of(
+        must_kubectl(&["-n", NS, "get", "chaosexperiment", "timeline", "-o", "jsonpath={.metadata.creationTimestamp}"])
+            .trim(),
+    );
+    let pod = &s["nodes"][0]["pods"][0];
+    assert_eq!(pod["state"], "Released", "{s}");
+    let from = unix_seconds_of(pod["from"].as_str().unwrap_or("")) - created;
+    let to = unix_seconds_of(pod["to"].as_str().unwrap_or("")) - created;
+    println!("REPORT|step_window|from_s={from:.2}|to_s={to:.2}|planned_from_s=3|planned_to_s=7");
+    // The creation time has whole seconds: the step starts 2 to 4 s after it.
+    assert!((2.0..5.0).contains(&from) && (to - from - 4.0).abs() < 1.5, "the step's window: {from:.2} s to {to:.2} s: {s}");
+    must_kubectl(&["-n", NS, "delete", "chaosexperiment", "timeline"]);
+
+    apply(&experiment(
+        "guarded",
+        &(String::from(
+            r#"  selector: {labelSelectors: {app: server}}
+  steps:
+  - name: isolate
+    at: 1s
+    duration: 60s
+    faults:
+    - {kind: partition, peers: [0.0.0.0/0]}
+"#
+        ) + &web_hypothesis(server)),
+    ));
+    let aborted = until(Duration::from_secs(20), || phase("guarded") == "Aborted");
+    let s = status("guarded");
+    assert!(aborted.is_some(), "the guard did not abort: {s}\n{}", agent_log());
+    let why = s["nodes"][0]["hypothesis"]["aborted"].as_str().unwrap_or("");
+    assert!(why.starts_with("error-rate guard"), "the guard and what it saw: {s}");
+    assert!(until(Duration::from_secs(5), || agent_faults() == Some(0)).is_some(), "faults left after the abort");
+    let pod = &s["nodes"][0]["pods"][0];
+    let held = unix_seconds_of(pod["to"].as_str().unwrap_or("")) - unix_seconds_of(pod["from"].as_str().unwrap_or(""));
+    println!("REPORT|guard_abort|fault_held_s={held:.2}|step_s=60");
+    assert!(held < 15.0, "reverted by the guard, not by the step's end: held {held:.2} s: {s}");
+    assert!(until(Duration::from_secs(10), || reaches("client", server)).is_some(), "traffic back after the abort");
+    let judged = until(Duration::from_secs(20), || status("guarded")["nodes"][0]["hypothesis"]["verdict"] == "failed");
+    assert!(judged.is_some(), "a fired guard fails the hypothesis: {}", status("guarded"));
+    must_kubectl(&["-n", NS, "delete", "chaosexperiment", "guarded"]);
 }
 
 /// Whether etcd at `ip` says it leads (its metrics on 2381, reached from the host
@@ -417,5 +527,35 @@ pub fn leader_kill() {
     let status: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(status["status"]["nodes"][0]["actions"].as_array().map(Vec::len), Some(1), "one kill: {status}");
     must_kubectl(&["-n", "chaos-lab", "delete", "chaosexperiment", "etcd-leader-kill"]);
+    leader_partition();
     delete_and_wait(&["-f", &repo("deploy/kubernetes/lab.yaml")], Duration::from_secs(90));
+}
+
+/// The leader-partition example: the pod that leads when the fault begins is cut off from
+/// the other members; they elect another leader, and the fault stays on the old one.
+fn leader_partition() {
+    let (ok, text) = kubectl(&["-n", "chaos-lab", "wait", "--for=condition=Ready", "--timeout=120s", "pod", "--all"]);
+    assert!(ok, "the lab workload Ready again after the kill: {text}");
+    let leader = until(Duration::from_secs(30), || etcd_leader().is_some()).and_then(|_| etcd_leader());
+    let leader = leader.expect("one etcd member leads after the kill");
+    let status = || {
+        let text = must_kubectl(&["-n", "chaos-lab", "get", "chaosexperiment", "etcd-leader-partition", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["status"]["nodes"][0].clone()
+    };
+    let t = Instant::now();
+    must_kubectl(&["apply", "-f", &repo("deploy/kubernetes/examples/etcd-leader-partition.yaml")]);
+    let pinned = until(Duration::from_secs(20), || status()["pods"][0]["state"] == "Injected");
+    assert!(pinned.is_some(), "no fault on the leader: {}\n{}", status(), agent_log());
+    assert_eq!(status()["leader"]["name"], leader.as_str(), "the pod that led is the target: {}", status());
+    let moved = until(Duration::from_secs(30), || etcd_leader().is_some_and(|l| l != leader));
+    assert!(moved.is_some(), "the other members did not elect another leader: {}", status());
+    println!("REPORT|leader_partition_to_new_leader|ms={}", t.elapsed().as_millis());
+    sleep(Duration::from_secs(3));
+    let s = status();
+    assert_eq!(s["leader"]["name"], leader.as_str(), "the fault stays on the old leader: {s}");
+    assert_eq!(s["pods"].as_array().map(Vec::len), Some(1), "one pod cut: {s}");
+    assert_eq!(s["pods"][0]["name"], leader.as_str(), "{s}");
+    assert_eq!(s["pods"][0]["state"], "Injected", "{s}");
+    delete_and_wait(&["-n", "chaos-lab", "chaosexperiment", "etcd-leader-partition"], Duration::from_secs(20));
+    assert_eq!(agent_faults(), Some(0), "nothing held after the delete");
 }

@@ -290,7 +290,7 @@ fn target_namespaces() -> Result<(), Failed> {
     );
 
     for cluster_role in of_kind(&docs, "ClusterRole") {
-        for resource in ["pods", "chaosexperiments", "events"] {
+        for resource in ["pods", "services", "chaosexperiments", "events"] {
             ensure!(
                 !grants(cluster_role, resource),
                 "a ClusterRole grants {resource} although targetNamespaces names the namespaces"

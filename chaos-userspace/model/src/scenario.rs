@@ -17,6 +17,10 @@ mod matrix;
 mod raw;
 pub mod timeline;
 
+/// The hypothesis and guards as written, for documents that embed them (the Kubernetes
+/// ChaosExperiment): checked by [`hypothesis_and_guards`].
+pub use raw::{RawGuard, RawHypothesis};
+
 use std::{
     collections::BTreeMap,
     io::Read,
@@ -35,7 +39,7 @@ use crate::{
     plan::{Attach, Plan, PlannedFault, PlannedStep, Protect, Window},
     spec::{self, Cidr, Direction, FaultKind, PartitionMode, PortRange, Problem, Proto, RawFault, TargetSpec},
 };
-use raw::{RawGuard, RawHypothesis, RawIntensity, RawScenario, RawStep};
+use raw::{RawIntensity, RawScenario, RawStep};
 
 /// The version of the format this crate reads.
 pub const API_VERSION: &str = "chaos-ebpf/v1";
@@ -217,7 +221,42 @@ const MAX_GUARDS: usize = 64;
 
 struct Validator<'a> {
     file: &'a str,
+    /// Empty when the document is not YAML text (see [`hypothesis_and_guards`]): then
+    /// errors name the field's path instead of a line and column.
     source: &'a str,
+}
+
+/// The checks of a scenario's `hypothesis` and `abort` on the same fields embedded in
+/// another document: each problem starts with the field's path under `prefix` (such as
+/// `spec.hypothesis.probes[0].tcp.connect: ...`).
+pub fn hypothesis_and_guards(
+    prefix: &str,
+    hypothesis: Option<&RawHypothesis>,
+    guards: &[RawGuard],
+) -> Result<(Option<Hypothesis>, Vec<Guard>), Problem> {
+    let validator = Validator { file: prefix, source: "" };
+    let hypothesis = hypothesis.map(|h| validator.hypothesis(h)).transpose()?;
+    let guards = validator.guards(guards, hypothesis.as_ref())?;
+    Ok((hypothesis, guards))
+}
+
+/// `prefix.key[3].other`: a path as a reader writes it.
+fn dotted(prefix: &str, path: &[Seg]) -> String {
+    let mut out = prefix.to_owned();
+    for seg in path {
+        match seg {
+            Seg::Key(key) => {
+                out.push('.');
+                out.push_str(key);
+            }
+            Seg::Name(name) => {
+                out.push('.');
+                out.push_str(&spec::shorten(name, 40));
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
 }
 
 /// A path into the document, built from pieces.
@@ -239,6 +278,9 @@ struct Draft {
 
 impl Validator<'_> {
     fn error(&self, path: &[Seg], problem: impl Into<String>, fix: impl Into<String>) -> Problem {
+        if self.source.is_empty() {
+            return Problem::new(format!("{}: {}", dotted(self.file, path), problem.into()), fix);
+        }
         let (line, column) = locate(self.source, path);
         Problem::located(self.file, line, column, problem, fix)
     }
@@ -1805,6 +1847,33 @@ mod tests {
             6,
             "7 days",
         );
+    }
+
+    /// Embedded in another document (a ChaosExperiment), the same checks name the path.
+    #[test]
+    fn embedded_hypothesis_problems_name_the_path() {
+        let raw = |yaml: &str| -> RawHypothesis { serde_yaml::from_str(yaml).unwrap() };
+        let guards = |yaml: &str| -> Vec<RawGuard> { serde_yaml::from_str(yaml).unwrap() };
+        let ok = raw("probes: [{name: p, tcp: {connect: \"192.0.2.1:80\"}}]");
+        let (h, g) =
+            hypothesis_and_guards("spec", Some(&ok), &guards("[{error-rate: {probe: p, above: 0.5, for: 2s}}]"))
+                .unwrap();
+        assert_eq!(h.unwrap().probes[0].name, "p");
+        assert_eq!(g.len(), 1);
+        let e = hypothesis_and_guards("spec", Some(&ok), &guards("[{error-rate: {probe: q, above: 0.5, for: 2s}}]"))
+            .unwrap_err();
+        assert!(e.problem.starts_with("spec.abort[0].error-rate.probe: guard names probe 'q'"), "{}", e.problem);
+        assert!(e.fix.contains("p"), "{}", e.fix);
+        let e = hypothesis_and_guards("spec", Some(&raw("interval: 0s\nprobes: [{name: p, tcp: {connect: x}}]")), &[])
+            .unwrap_err();
+        assert!(e.problem.starts_with("spec.hypothesis.interval: "), "{}", e.problem);
+        let e = hypothesis_and_guards(
+            "spec",
+            None,
+            &guards("[{wall-clock: 1m, error-rate: {probe: p, above: 0.5, for: 2s}}]"),
+        )
+        .unwrap_err();
+        assert!(e.problem.starts_with("spec.abort[0]: an abort guard has 2 conditions"), "{}", e.problem);
     }
 
     #[test]

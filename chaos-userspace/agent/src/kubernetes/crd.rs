@@ -62,9 +62,73 @@ pub struct ChaosExperimentSpec {
     #[schemars(length(max = 8))]
     pub actions: Vec<PodAction>,
     /// Select the leading member among the matching pods instead of by mode: the one
-    /// whose metrics say it leads, asked when the actions run (for actions only).
+    /// whose metrics say it leads, asked when the actions are due, and when the faults
+    /// begin (that pod stays their target until they end, also once it no longer leads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<LeaderSelector>,
+    /// A timeline: faults and actions that start at an offset from the creation of the
+    /// resource, the faults for a while. Without `duration`, an experiment whose faults
+    /// are all in steps with a duration ends with its last step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub steps: Vec<ExperimentStep>,
+    /// The steady-state hypothesis, as in a scenario file (docs/scenarios.md, kebab-case
+    /// keys): checked by each node's agent that has selected pods, before its first fault
+    /// (nothing is injected until every probe passed), while the faults are in force,
+    /// and after the end (recovery). The verdict is in status.nodes[].hypothesis.
+    /// Command probes are refused: they would run as the agent on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "embedded::<Option<chaos_model::scenario::RawHypothesis>>")]
+    pub hypothesis: Option<chaos_model::scenario::RawHypothesis>,
+    /// Abort guards, as in a scenario file: when one fires on any node, every node
+    /// reverts its faults and the phase becomes Aborted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "embedded::<Vec<chaos_model::scenario::RawGuard>>")]
+    pub abort: Vec<chaos_model::scenario::RawGuard>,
+}
+
+/// The schema of a scenario type embedded in the spec. A scenario file takes a duration
+/// as a string or a bare number of seconds; Kubernetes takes one type per field (a
+/// structural schema), and the agent reads a string: a duration is a string here.
+fn embedded<T: JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    fn strings_only(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.get("type").and_then(|t| t.as_array()).is_some_and(|t| t.iter().any(|t| t == "string")) {
+                    map.insert("type".into(), "string".into());
+                }
+                map.values_mut().for_each(strings_only);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strings_only),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value = T::json_schema(generator).into();
+    strings_only(&mut value);
+    schemars::Schema::try_from(value).unwrap_or_default()
+}
+
+/// One step of the timeline.
+#[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExperimentStep {
+    /// Named in events and action records.
+    pub name: String,
+    /// When the step starts, from the creation of the resource (default 0s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// How long its faults stay; left out: until the experiment ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// Faults, as in spec.faults, on the selected pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub faults: Vec<PodFault>,
+    /// Pod actions, as in spec.actions, done once when the step starts (the leader is
+    /// asked then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub actions: Vec<PodAction>,
 }
 
 /// A pod action.
@@ -182,7 +246,7 @@ pub struct PeerPods {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ChaosExperimentStatus {
-    /// Pending, Running, Paused, Finished or Failed.
+    /// Pending, Running, Paused, Finished, Aborted (a guard fired) or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The generation the status describes.
@@ -235,6 +299,13 @@ pub struct NodeStatus {
     /// The pod actions this node's agent did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<ActionRecord>,
+    /// With a leader selector and faults: the pod that led when the faults began, their
+    /// target on this node until they end (also when it no longer leads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<PinnedPod>,
+    /// The hypothesis and guards as this node's agent checked them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypothesis: Option<HypothesisStatus>,
     /// The last events on this node, newest last (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<String>,
@@ -242,12 +313,59 @@ pub struct NodeStatus {
     pub updated: Option<String>,
 }
 
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// Where one node's check of the hypothesis is, and its verdict.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HypothesisStatus {
+    /// Steady (checking before the faults; nothing is injected yet), During (faults may
+    /// be in force), Recovery (after the end), Done, or SteadyFailed (the steady state
+    /// was not reached: nothing was injected).
+    pub stage: String,
+    /// When Done: passed, failed or not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// Why, when the verdict is not passed or the steady state failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The guard that fired and what it saw: every node reverts its faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// Per probe and phase (Before, During, After): checks and failures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeStatus {
+    pub name: String,
+    pub phase: String,
+    pub checks: u32,
+    pub failures: u32,
+    /// Latency percentiles of the checks, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_ms: Option<f64>,
+}
+
 /// A pod action done (or failed): it is not done again.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionRecord {
-    /// Its index in spec.actions.
+    /// Its index in spec.actions followed by every step's actions, in order.
     pub index: u32,
+    /// The step it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     pub kind: String,
     pub namespace: String,
     pub pod: String,

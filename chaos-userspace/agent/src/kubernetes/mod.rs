@@ -6,15 +6,17 @@
 //! deleted. docs/kubernetes.md describes the behaviour.
 
 pub mod crd;
+mod probing;
 mod procfs;
 mod select;
 mod state;
+mod steps;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::{
     api::{Api, Patch, PatchParams},
     runtime::{reflector, watcher, WatchStreamExt},
@@ -65,27 +67,32 @@ pub async fn run(client: Client, handle: Handle, options: KubeOptions) {
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
     let mut experiments = Vec::new();
     let mut pods = Vec::new();
+    let mut services = Vec::new();
     for scope in &scopes {
         experiments.push(watch::<ChaosExperiment>(api(&client, scope.as_deref()), wake.clone()));
         pods.push(watch::<Pod>(api(&client, scope.as_deref()), wake.clone()));
+        services.push(watch::<Service>(api(&client, scope.as_deref()), wake.clone()));
     }
     let nodes = watch::<Node>(Api::all(client.clone()), wake.clone());
-    let mut controller = state::Controller::new(client, handle, options);
+    let mut controller = state::Controller::new(client, handle, options, wake.clone());
+    // The next start or end of a step: a pass then, not up to RESYNC later.
+    let mut boundary: Option<Duration> = None;
     loop {
         tokio::select! {
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(RESYNC) => {}
+            _ = tokio::time::sleep(boundary.map_or(RESYNC, |b| b.min(RESYNC))) => {}
         }
         // Events come in bursts (a Deployment's pods); one pass takes them all.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let experiments: Vec<Arc<ChaosExperiment>> = experiments.iter().flat_map(|s| s.state()).collect();
         let pods: Vec<Arc<Pod>> = pods.iter().flat_map(|s| s.state()).collect();
+        let services: Vec<Arc<Service>> = services.iter().flat_map(|s| s.state()).collect();
         let node_labels: BTreeMap<String, BTreeMap<String, String>> = nodes
             .state()
             .iter()
             .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.labels.clone().unwrap_or_default())))
             .collect();
-        controller.pass(&experiments, &pods, &node_labels).await;
+        boundary = controller.pass(&experiments, &pods, &services, &node_labels).await;
     }
 }
 

@@ -4,24 +4,31 @@
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     sync::Arc,
+    time::Duration,
 };
 
 use chaos_model::Problem;
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::{Pod, Service},
+    jiff::Timestamp,
+};
 use kube::{
     api::Api,
     runtime::events::{Event, EventType, Recorder, Reporter},
     Client, Resource, ResourceExt,
 };
+use tokio::sync::Notify;
 
 use super::{
     crd::{
-        ActionRecord, ChaosExperiment, ChaosExperimentStatus, Condition, LeaderSelector, NodeStatus, PodAction,
-        PodFault, PodInjection, PAUSED_ANNOTATION,
+        ActionRecord, ChaosExperiment, ChaosExperimentStatus, Condition, HypothesisStatus, LeaderSelector, NodeStatus,
+        PinnedPod, PodAction, PodFault, PodInjection, PAUSED_ANNOTATION,
     },
-    finalizer, patch_status, procfs,
+    finalizer, patch_status,
+    probing::{Probing, Stage},
+    procfs,
     select::{self, Candidate},
-    set_finalizer, KubeOptions, LEASE,
+    set_finalizer, steps, KubeOptions, LEASE,
 };
 use crate::{
     api::{FaultWire, PortsWire},
@@ -35,11 +42,22 @@ const MAX_EVENTS: usize = 20;
 /// The faults held for one pod.
 struct Held {
     pod: Candidate,
-    fault_ids: Vec<u64>,
+    /// By the fault's key in the schedule (`faults[0]`, `steps[1].faults[0]`).
+    faults: BTreeMap<String, HeldFault>,
     netns_inode: u64,
-    /// The resolved peers of each fault when applied: a change re-applies.
-    peers: Vec<Vec<String>>,
     from: Timestamp,
+}
+
+struct HeldFault {
+    id: u64,
+    /// The resolved peers when applied: a change re-applies.
+    peers: Vec<String>,
+}
+
+impl Held {
+    fn ids(&self) -> Vec<u64> {
+        self.faults.values().map(|f| f.id).collect()
+    }
 }
 
 /// What this agent knows of one experiment.
@@ -57,6 +75,14 @@ struct Experiment {
     finalizer: bool,
     /// The last status written, not written again when nothing changed.
     written: Option<serde_json::Value>,
+    /// The hypothesis and guards checked on this node (started with the first pod
+    /// chosen here).
+    probing: Option<Probing>,
+    /// What the status said of them when this agent started: kept until it checks again.
+    hypothesis_before: Option<HypothesisStatus>,
+    /// With a leader selector and faults: the pod that led when the faults began, their
+    /// target while they last (the faults usually end its leadership).
+    leader_pin: Option<Candidate>,
 }
 
 impl Experiment {
@@ -79,6 +105,7 @@ enum Happened {
     Released,
     ActionDone,
     Waiting,
+    Aborted,
 }
 
 impl Happened {
@@ -89,6 +116,7 @@ impl Happened {
             Happened::Released => ("Released", false),
             Happened::ActionDone => ("PodAction", false),
             Happened::Waiting => ("Waiting", true),
+            Happened::Aborted => ("Aborted", true),
         };
         Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
@@ -103,6 +131,8 @@ impl Happened {
 
 pub struct Controller {
     client: Client,
+    /// Notified by the hypothesis threads when their stage changes: a pass follows.
+    wake: Arc<Notify>,
     /// Publishes the events as Kubernetes Events of the experiment (`kubectl describe`).
     recorder: Recorder,
     handle: Handle,
@@ -115,22 +145,26 @@ enum Wanted {
     Invalid(Problem),
     Paused,
     Finished,
+    /// A guard fired (on this node or another): what it saw.
+    Aborted(String),
     Running,
 }
 
 impl Controller {
-    pub fn new(client: Client, handle: Handle, options: KubeOptions) -> Controller {
+    pub fn new(client: Client, handle: Handle, options: KubeOptions, wake: Arc<Notify>) -> Controller {
         let reporter = Reporter { controller: "chaos-ebpf-agent".into(), instance: Some(options.node.clone()) };
         let recorder = Recorder::new(client.clone(), reporter);
-        Controller { client, recorder, handle, options, experiments: BTreeMap::new() }
+        Controller { client, wake, recorder, handle, options, experiments: BTreeMap::new() }
     }
 
+    /// One pass; returns how long until a step of some experiment starts or ends.
     pub async fn pass(
         &mut self,
         experiments: &[Arc<ChaosExperiment>],
         pods: &[Arc<Pod>],
+        services: &[Arc<Service>],
         node_labels: &BTreeMap<String, BTreeMap<String, String>>,
-    ) {
+    ) -> Option<Duration> {
         let live: BTreeSet<(String, String)> =
             experiments.iter().map(|e| (e.namespace().unwrap_or_default(), e.name_any())).collect();
         // Experiments gone without our finalizer (it was never added: nothing selected
@@ -141,21 +175,30 @@ impl Controller {
                 self.release_all(&mut state, "the experiment is gone").await;
             }
         }
+        let now = Timestamp::now();
+        let mut next: Option<Timestamp> = None;
         for experiment in experiments {
-            if let Err(e) = self.reconcile(experiment, pods, node_labels).await {
+            if let Err(e) = self.reconcile(experiment, pods, services, node_labels).await {
                 log(&format!(
                     "reconciling {}/{}: {e:#}",
                     experiment.namespace().unwrap_or_default(),
                     experiment.name_any()
                 ));
             }
+            let boundary = steps::at(&experiment.spec, created(experiment), now).next;
+            next = match (next, boundary) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
+        next.map(|n| Duration::try_from(n.duration_since(Timestamp::now())).unwrap_or_default())
     }
 
     async fn reconcile(
         &mut self,
         experiment: &ChaosExperiment,
         pods: &[Arc<Pod>],
+        services: &[Arc<Service>],
         node_labels: &BTreeMap<String, BTreeMap<String, String>>,
     ) -> anyhow::Result<()> {
         let namespace = experiment.namespace().unwrap_or_default();
@@ -164,18 +207,24 @@ impl Controller {
         let api: Api<ChaosExperiment> = Api::namespaced(self.client.clone(), &namespace);
         let node = self.options.node.clone();
         let mut state = self.experiments.remove(&key).unwrap_or_else(|| {
-            // A restarted agent: the actions it did before are in its status entry.
-            let actions = experiment
-                .status
-                .iter()
-                .flat_map(|s| s.nodes.iter())
-                .filter(|n| n.node == self.options.node)
-                .flat_map(|n| n.actions.clone())
-                .collect();
-            Experiment { actions, ..Experiment::default() }
+            // A restarted agent: the actions it did before and the verdict are in its
+            // status entry.
+            let before = experiment.status.iter().flat_map(|s| s.nodes.iter()).find(|n| n.node == self.options.node);
+            Experiment {
+                actions: before.map(|n| n.actions.clone()).unwrap_or_default(),
+                hypothesis_before: before.and_then(|n| n.hypothesis.clone()),
+                leader_pin: before.and_then(|n| n.leader.as_ref()).and_then(|pinned| {
+                    select::matching(pods, &experiment.spec.selector, &namespace, node_labels)
+                        .into_iter()
+                        .find(|c| c.uid == pinned.uid)
+                }),
+                ..Experiment::default()
+            }
         });
         state.finalizer = experiment.finalizers().contains(&finalizer(&node));
         if experiment.metadata.deletion_timestamp.is_some() {
+            // Its verdict would go with the resource: the probes stop now.
+            state.probing = None;
             self.release_all(&mut state, "the experiment was deleted").await;
             if state.finalizer {
                 set_finalizer(&api, &name, &node, false).await?;
@@ -183,32 +232,67 @@ impl Controller {
             }
             return Ok(());
         }
-        let (wanted, ends_at) = self.wanted(experiment);
+        let (wanted, ends_at) = self.wanted(experiment, &state);
         let mut selected = 0;
         let mut problem = None;
         match &wanted {
             Wanted::Invalid(_) => self.release_all(&mut state, "the spec is not valid").await,
             Wanted::Paused => self.release_all(&mut state, "paused").await,
-            Wanted::Finished => self.release_all(&mut state, "the duration is over").await,
+            Wanted::Finished => self.release_all(&mut state, "the experiment's time is over").await,
+            Wanted::Aborted(why) => {
+                state.event_once(Happened::Aborted, format!("aborted: {why}"));
+                self.release_all(&mut state, "aborted").await
+            }
             Wanted::Running => {
                 let spec = &experiment.spec;
                 let candidates = select::matching(pods, &spec.selector, &namespace, node_labels);
                 let chosen = select::pick(candidates.clone(), spec.mode, spec.value, spec.seed);
                 selected = chosen.len();
-                if !spec.actions.is_empty() {
-                    self.act(&mut state, experiment, &candidates, &chosen, pods).await;
+                let mine: Vec<Candidate> = chosen.iter().filter(|c| c.node == node).cloned().collect();
+                if !mine.is_empty() && state.probing.is_none() {
+                    state.probing = self.start_probing(experiment);
                 }
-                let mine: Vec<Candidate> = chosen.into_iter().filter(|c| c.node == node).collect();
-                if !mine.is_empty() && !state.finalizer {
-                    // Before anything is applied: a delete from here on waits for our revert.
-                    match set_finalizer(&api, &name, &node, true).await {
-                        Ok(()) => state.finalizer = true,
-                        Err(e) => problem = Some(e),
+                // Nothing is injected before the steady state is reached.
+                let stage = state.probing.as_ref().map_or(Stage::During, Probing::stage);
+                if let Stage::SteadyFailed(why) = &stage {
+                    state.event_once(Happened::NotInjected, format!("nothing injected: {why}"));
+                } else if stage == Stage::Steady {
+                    state.event_once(Happened::Waiting, "checking the steady state before the first fault".into());
+                } else {
+                    let schedule = steps::at(spec, created(experiment), Timestamp::now());
+                    if !schedule.actions.is_empty() {
+                        self.act(&mut state, experiment, &schedule.actions, &candidates, &chosen, pods).await;
+                    }
+                    let mine = match &spec.leader {
+                        Some(leader) if !schedule.faults.is_empty() => {
+                            let pinned = self.pin_leader(&mut state, &candidates, leader).await;
+                            selected = usize::from(pinned.is_some());
+                            pinned.into_iter().filter(|c| c.node == node).collect()
+                        }
+                        Some(_) => {
+                            // No fault due: the next step's faults go to the leader then.
+                            state.leader_pin = None;
+                            Vec::new()
+                        }
+                        None => mine,
+                    };
+                    if !mine.is_empty() && !state.finalizer {
+                        // Before anything is applied: a delete from here on waits for our revert.
+                        match set_finalizer(&api, &name, &node, true).await {
+                            Ok(()) => state.finalizer = true,
+                            Err(e) => problem = Some(e),
+                        }
+                    }
+                    if state.finalizer {
+                        self.converge(&mut state, experiment, &schedule.faults, &mine, pods, services).await;
                     }
                 }
-                if state.finalizer && !spec.faults.is_empty() {
-                    self.converge(&mut state, experiment, &mine, pods).await;
-                }
+            }
+        }
+        if matches!(wanted, Wanted::Finished | Wanted::Aborted(_) | Wanted::Invalid(_)) && state.held.is_empty() {
+            if let Some(probing) = &state.probing {
+                // The faults are gone for good: recovery is checked now.
+                probing.reverted();
             }
         }
         let paused = state.actions.iter().any(|a| a.container_id.is_some() && a.resumed.is_none());
@@ -231,16 +315,22 @@ impl Controller {
         problem.map_or(Ok(()), Err)
     }
 
-    /// The experiment's phase from its spec, annotations and the clock; and when it ends.
-    fn wanted(&self, experiment: &ChaosExperiment) -> (Wanted, Option<Timestamp>) {
+    /// The experiment's phase from its spec, annotations, guards and the clock; and when
+    /// it ends.
+    fn wanted(&self, experiment: &ChaosExperiment, state: &Experiment) -> (Wanted, Option<Timestamp>) {
         if let Err(p) = check_spec(experiment, &self.options.namespaces) {
             return (Wanted::Invalid(p), None);
         }
-        let created = experiment.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0);
-        let ends_at = experiment.spec.duration.as_deref().and_then(|d| {
-            let d = chaos_model::spec::parse_duration(d).ok()?;
-            created.checked_add(k8s_openapi::jiff::SignedDuration::try_from(d).ok()?).ok()
-        });
+        let ends_at = steps::end(&experiment.spec, created(experiment));
+        // A guard that fired anywhere stops the experiment everywhere.
+        let elsewhere = experiment
+            .status
+            .iter()
+            .flat_map(|s| s.nodes.iter())
+            .find_map(|n| Some(format!("{} (on {})", n.hypothesis.as_ref()?.aborted.as_ref()?, n.node)));
+        if let Some(why) = state.probing.as_ref().and_then(Probing::aborted).or(elsewhere) {
+            return (Wanted::Aborted(why), ends_at);
+        }
         if ends_at.is_some_and(|end| Timestamp::now() >= end) {
             return (Wanted::Finished, ends_at);
         }
@@ -255,19 +345,31 @@ impl Controller {
         &mut self,
         state: &mut Experiment,
         experiment: &ChaosExperiment,
+        faults: &[(String, &PodFault)],
         mine: &[Candidate],
         pods: &[Arc<Pod>],
+        services: &[Arc<Service>],
     ) {
-        let wanted: BTreeSet<&str> = mine.iter().map(|c| c.uid.as_str()).collect();
+        // Between steps no fault is due: the pods are released.
+        let wanted: BTreeSet<&str> =
+            if faults.is_empty() { BTreeSet::new() } else { mine.iter().map(|c| c.uid.as_str()).collect() };
         let dropped: Vec<String> = state.held.keys().filter(|uid| !wanted.contains(uid.as_str())).cloned().collect();
+        let why = if faults.is_empty() {
+            "no fault is due now (its step ended)"
+        } else {
+            "no longer selected (deleted, not running, or not chosen)"
+        };
         for uid in dropped {
             if let Some(held) = state.held.remove(&uid) {
-                self.release(state, held, "no longer selected (deleted, not running, or not chosen)").await;
+                self.release(state, held, why).await;
             }
+        }
+        if faults.is_empty() {
+            return;
         }
         let namespace = experiment.namespace().unwrap_or_default();
         // The peers are the experiment's, the same for every pod of the pass.
-        let peers = match resolve_peers(&experiment.spec.faults, pods, &namespace) {
+        let peers = match resolve_peers(faults.iter().map(|(_, f)| *f), pods, services, &namespace) {
             Ok(peers) => peers,
             Err(p) => {
                 for pod in mine {
@@ -286,66 +388,118 @@ impl Controller {
                 state.past_failed(pod, "no process of the pod runs on this node yet (retried at the next pass)");
                 continue;
             };
-            if let Some(held) = state.held.get(&pod.uid) {
-                if held.netns_inode == found.inode && held.peers == peers {
-                    let ids = held.fault_ids.clone();
-                    if self.renew(&ids).await {
+            if state.held.get(&pod.uid).is_some_and(|held| held.netns_inode != found.inode) {
+                let held = state.held.remove(&pod.uid).expect("checked above");
+                self.release(state, held, "its network namespace changed: applying again").await;
+            }
+            let target = format!("netns:{}", found.path.display());
+            let mut held = state.held.remove(&pod.uid).unwrap_or_else(|| Held {
+                pod: pod.clone(),
+                faults: BTreeMap::new(),
+                netns_inode: found.inode,
+                from: Timestamp::now(),
+            });
+            let mut failure = None;
+            let mut applied = Vec::new();
+            for ((key, fault), peers) in faults.iter().zip(&peers) {
+                if let Some(kept) = held.faults.get(key) {
+                    if &kept.peers == peers && self.handle.renew(kept.id, LEASE).await.is_ok() {
                         continue;
                     }
                 }
-                let held = state.held.remove(&pod.uid).expect("checked above");
-                self.release(state, held, "its network namespace or peers changed, or a lease lapsed: applying again")
-                    .await;
-            }
-            let target = format!("netns:{}", found.path.display());
-            let mut ids = Vec::new();
-            let mut failure = None;
-            for (i, (fault, peers)) in experiment.spec.faults.iter().zip(&peers).enumerate() {
+                // Applied before the old one goes, so that the pod is never without it.
                 let wire = match wire_of(fault, &target, peers.clone()) {
                     Ok(wire) => wire,
                     Err(p) => {
-                        failure = Some(format!("spec.faults[{i}]: {}", p.problem));
+                        failure = Some(format!("spec.{key}: {}", p.problem));
                         break;
                     }
                 };
-                let rule_id = rule_id(&namespace, &experiment.name_any(), i);
+                let rule_id = rule_id(&namespace, &experiment.name_any(), key);
                 match self.handle.apply(wire, LEASE, experiment.spec.seed, rule_id).await {
-                    Ok(applied) => ids.push(applied.id),
+                    Ok(done) => {
+                        if let Some(old) =
+                            held.faults.insert(key.clone(), HeldFault { id: done.id, peers: peers.clone() })
+                        {
+                            let _ = self.handle.revert(old.id).await;
+                        }
+                        applied.push(key.clone());
+                    }
                     Err(e) => {
-                        failure = Some(format!("spec.faults[{i}]: {} ({})", e.problem, e.fix));
+                        failure = Some(format!("spec.{key}: {} ({})", e.problem, e.fix));
                         break;
                     }
                 }
             }
-            if let Some(why) = failure {
-                for id in ids {
-                    let _ = self.handle.revert(id).await;
+            // Faults of steps that ended.
+            let due: BTreeSet<&str> = faults.iter().map(|(key, _)| key.as_str()).collect();
+            let ended: Vec<String> = held.faults.keys().filter(|k| !due.contains(k.as_str())).cloned().collect();
+            for key in &ended {
+                if let Some(old) = held.faults.remove(key) {
+                    let _ = self.handle.revert(old.id).await;
                 }
+            }
+            if let Some(why) = failure {
+                self.release(state, held, "a fault could not be applied").await;
                 state.past_failed(pod, &format!("not applied: {why}"));
                 continue;
             }
-            state.event(
-                Happened::Injected,
-                format!(
-                    "{}/{}: {} fault(s) in force in {} (faults {ids:?})",
+            if !applied.is_empty() || !ended.is_empty() {
+                let mut line = format!(
+                    "{}/{}: in force in {}: {:?}",
                     pod.namespace,
                     pod.name,
-                    ids.len(),
-                    found.path.display()
+                    found.path.display(),
+                    held.faults.keys().collect::<Vec<_>>()
+                );
+                if !ended.is_empty() {
+                    line.push_str(&format!(" (ended: {ended:?})"));
+                }
+                state.event(Happened::Injected, line);
+                state.past.retain(|p| p.uid != pod.uid);
+            }
+            state.held.insert(pod.uid.clone(), held);
+        }
+    }
+
+    /// The target of faults with a leader selector: the pod pinned when they began, as
+    /// long as it matches; otherwise the one that leads now, pinned from here on.
+    async fn pin_leader(
+        &self,
+        state: &mut Experiment,
+        candidates: &[Candidate],
+        leader: &LeaderSelector,
+    ) -> Option<Candidate> {
+        if let Some(pinned) = &state.leader_pin {
+            // Gone (deleted, not running): no target, rather than the next leader.
+            return candidates.iter().find(|c| c.uid == pinned.uid).cloned();
+        }
+        let Some(pod) = leader_of(candidates, leader).await else {
+            state.event_once(
+                Happened::Waiting,
+                format!(
+                    "no matching pod says it leads ({} on port {}): the faults wait for a leader",
+                    leader.metric, leader.metrics_port
                 ),
             );
-            state.past.retain(|p| p.uid != pod.uid);
-            state.held.insert(
-                pod.uid.clone(),
-                Held {
-                    pod: pod.clone(),
-                    fault_ids: ids,
-                    netns_inode: found.inode,
-                    peers: peers.clone(),
-                    from: Timestamp::now(),
-                },
-            );
+            return None;
+        };
+        state.event(Happened::Injected, format!("{}/{}: leads; the target of the faults", pod.namespace, pod.name));
+        state.leader_pin = Some(pod.clone());
+        Some(pod)
+    }
+
+    /// The check of the hypothesis and guards on this node, when the spec has any.
+    fn start_probing(&self, experiment: &ChaosExperiment) -> Option<Probing> {
+        let spec = &experiment.spec;
+        if spec.hypothesis.is_none() && spec.abort.is_empty() {
+            return None;
         }
+        // Checked by check_spec before the experiment runs.
+        let (hypothesis, guards) =
+            chaos_model::scenario::hypothesis_and_guards("spec", spec.hypothesis.as_ref(), &spec.abort).ok()?;
+        let name = format!("{}/{}", experiment.namespace().unwrap_or_default(), experiment.name_any());
+        Some(Probing::start(name, hypothesis, guards, self.wake.clone()))
     }
 
     /// Publishes the pending events in the background: a slow API server must not hold
@@ -366,13 +520,14 @@ impl Controller {
         });
     }
 
-    /// Does the pod actions not done yet on the targets on this node: with a leader
+    /// Does the due pod actions not done yet on the targets on this node: with a leader
     /// selector, the leading pod (once over the cluster: the next leader is not the
     /// target); otherwise the chosen pods (once per node, on the pods chosen then).
     async fn act(
         &self,
         state: &mut Experiment,
         experiment: &ChaosExperiment,
+        due: &[(u32, Option<&str>, &PodAction)],
         candidates: &[Candidate],
         chosen: &[Candidate],
         pods: &[Arc<Pod>],
@@ -388,8 +543,7 @@ impl Controller {
             .collect();
         let done =
             |index: u32| recorded.iter().any(|(i, n)| *i == index && (spec.leader.is_some() || *n == node.as_str()));
-        let pending: Vec<(u32, &PodAction)> =
-            spec.actions.iter().enumerate().map(|(i, a)| (i as u32, a)).filter(|(i, _)| !done(*i)).collect();
+        let pending: Vec<&(u32, Option<&str>, &PodAction)> = due.iter().filter(|(i, _, _)| !done(*i)).collect();
         if pending.is_empty() {
             return;
         }
@@ -409,7 +563,7 @@ impl Controller {
             },
             None => chosen.to_vec(),
         };
-        for (index, action) in pending {
+        for &&(index, step, action) in &pending {
             for pod in targets.iter().filter(|c| &c.node == node) {
                 if action.kind == "container-pause" && !state.finalizer {
                     // Before the pause: a delete from here on waits for the resume.
@@ -426,6 +580,7 @@ impl Controller {
                 state.event(kind, format!("{}/{}: {} ({result})", pod.namespace, pod.name, action.kind));
                 state.actions.push(ActionRecord {
                     index,
+                    step: step.map(str::to_owned),
                     kind: action.kind.clone(),
                     namespace: pod.namespace.clone(),
                     pod: pod.name.clone(),
@@ -490,21 +645,10 @@ impl Controller {
         }
     }
 
-    /// Renews every fault; false when one of them is gone (its lease lapsed).
-    async fn renew(&self, ids: &[u64]) -> bool {
-        let mut all = true;
-        for id in ids {
-            if self.handle.renew(*id, LEASE).await.is_err() {
-                all = false;
-            }
-        }
-        all
-    }
-
     async fn release(&self, state: &mut Experiment, held: Held, why: &str) {
         let mut dropped = 0;
-        for id in &held.fault_ids {
-            if let Ok(reverted) = self.handle.revert(*id).await {
+        for id in held.ids() {
+            if let Ok(reverted) = self.handle.revert(id).await {
                 dropped += reverted.counters.dropped;
             }
         }
@@ -567,15 +711,19 @@ impl Controller {
                 from: Some(held.from.to_string()),
                 to: None,
                 message: None,
-                packets_dropped: held_counters(&held.fault_ids).dropped,
+                packets_dropped: held_counters(&held.ids()).dropped,
             });
         }
         let dropped = pods.iter().map(|p| p.packets_dropped).sum();
-        let seen = state.held.values().map(|h| held_counters(&h.fault_ids).seen).sum();
+        let seen = state.held.values().map(|h| held_counters(&h.ids()).seen).sum();
         let (phase, valid) = match wanted {
             Wanted::Invalid(p) => ("Failed", Err(p)),
             Wanted::Paused => ("Paused", Ok(())),
             Wanted::Finished => ("Finished", Ok(())),
+            Wanted::Aborted(_) => ("Aborted", Ok(())),
+            Wanted::Running if matches!(state.probing.as_ref().map(Probing::stage), Some(Stage::SteadyFailed(_))) => {
+                ("Failed", Ok(()))
+            }
             Wanted::Running if selected == 0 => ("Pending", Ok(())),
             Wanted::Running => ("Running", Ok(())),
         };
@@ -602,6 +750,12 @@ impl Controller {
             packets_seen: seen,
             packets_dropped: dropped,
             actions: state.actions.clone(),
+            hypothesis: state.probing.as_ref().map(Probing::status).or_else(|| state.hypothesis_before.clone()),
+            leader: state.leader_pin.as_ref().map(|c| PinnedPod {
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+                uid: c.uid.clone(),
+            }),
             events: state.events.iter().cloned().collect(),
             updated: None,
         };
@@ -644,6 +798,12 @@ impl Experiment {
             ..PodInjection::default()
         });
     }
+}
+
+/// When the experiment's clock started: the creation of the resource, the same instant
+/// for every node's agent.
+fn created(experiment: &ChaosExperiment) -> Timestamp {
+    experiment.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0)
 }
 
 /// The pod whose metrics say it leads; none when no pod or two say so.
@@ -716,21 +876,27 @@ fn host_network(pods: &[Arc<Pod>], uid: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// A rule id per experiment and fault: the drop decisions' key with the seed, so the same
-/// experiment and seed drop the same packets on every node and after a restart.
-fn rule_id(namespace: &str, name: &str, index: usize) -> u32 {
+/// A rule id per experiment and fault (its key in the schedule): the drop decisions' key
+/// with the seed, so the same experiment and seed drop the same packets on every node
+/// and after a restart.
+fn rule_id(namespace: &str, name: &str, key: &str) -> u32 {
     let mut fnv: u32 = 0x811c_9dc5;
-    for byte in namespace.bytes().chain([b'/']).chain(name.bytes()) {
+    for byte in namespace.bytes().chain([b'/']).chain(name.bytes()).chain([b'/']).chain(key.bytes()) {
         fnv = (fnv ^ u32::from(byte)).wrapping_mul(0x0100_0193);
     }
-    // The low bits name the fault; 16 faults at most (the CRD's limit).
-    (fnv & !0xf) | index as u32
+    fnv
 }
 
-/// The peers of each fault: its CIDRs and the IPs of its peer pods now.
-fn resolve_peers(faults: &[PodFault], pods: &[Arc<Pod>], namespace: &str) -> Result<Vec<Vec<String>>, Problem> {
+/// The peers of each fault: its CIDRs, the IPs of its peer pods now, and the ClusterIPs
+/// of the Services that select one of them (a pod that reaches a peer through its
+/// Service sends to the ClusterIP: kube-proxy translates it only outside the pod).
+fn resolve_peers<'a>(
+    faults: impl Iterator<Item = &'a PodFault>,
+    pods: &[Arc<Pod>],
+    services: &[Arc<Service>],
+    namespace: &str,
+) -> Result<Vec<Vec<String>>, Problem> {
     faults
-        .iter()
         .map(|fault| {
             let mut peers = fault.peers.clone();
             if let Some(peer_pods) = &fault.peer_pods {
@@ -739,21 +905,49 @@ fn resolve_peers(faults: &[PodFault], pods: &[Arc<Pod>], namespace: &str) -> Res
                     label_selectors: peer_pods.label_selectors.clone(),
                     ..Default::default()
                 };
-                let ips: Vec<String> =
-                    select::matching(pods, &selector, namespace, &BTreeMap::new()).into_iter().map(|c| c.ip).collect();
-                if ips.is_empty() {
+                let matched = select::matching(pods, &selector, namespace, &BTreeMap::new());
+                if matched.is_empty() {
                     return Err(Problem::new(
                         "peerPods matches no running pod with an IP (yet)",
                         "check the labels and namespaces of spec.faults[].peerPods",
                     ));
                 }
-                peers.extend(ips);
+                let uids: BTreeSet<&str> = matched.iter().map(|c| c.uid.as_str()).collect();
+                let peer_pods: Vec<&Pod> = pods
+                    .iter()
+                    .filter(|p| p.metadata.uid.as_deref().is_some_and(|u| uids.contains(u)))
+                    .map(|p| p.as_ref())
+                    .collect();
+                peers.extend(service_ips(services, &peer_pods));
+                peers.extend(matched.into_iter().map(|c| c.ip));
             }
             peers.sort();
             peers.dedup();
             Ok(peers)
         })
         .collect()
+}
+
+/// The ClusterIPs of the Services (with a selector) that select one of `selected`.
+fn service_ips(services: &[Arc<Service>], selected: &[&Pod]) -> Vec<String> {
+    let mut ips = Vec::new();
+    for service in services {
+        let Some(spec) = &service.spec else { continue };
+        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else { continue };
+        let selects = selected.iter().any(|pod| {
+            pod.metadata.namespace == service.metadata.namespace
+                && pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|labels| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        });
+        if selects {
+            let addresses = spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter());
+            ips.extend(addresses.filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()).cloned());
+        }
+    }
+    ips
 }
 
 /// A fault of the spec as the agent's API takes it, on `target`.
@@ -812,52 +1006,74 @@ pub fn check_spec(experiment: &ChaosExperiment, allowed: &[String]) -> Result<()
         chaos_model::spec::parse_duration(d)
             .map_err(|e| Problem::new(format!("spec.duration: {}", e.problem), e.fix))?;
     }
-    if spec.faults.is_empty() && spec.actions.is_empty() {
+    if spec.faults.is_empty() && spec.actions.is_empty() && spec.steps.is_empty() {
         return Err(Problem::new(
-            "spec.faults: neither a fault nor an action given",
-            "add a fault (e.g. {kind: partition}) or an action (e.g. {kind: pod-delete})",
+            "spec.faults: neither a fault, an action nor a step given",
+            "add a fault (e.g. {kind: partition}), an action (e.g. {kind: pod-delete}) or steps",
         ));
     }
-    if spec.leader.is_some() && !spec.faults.is_empty() {
+    steps::check(spec)?;
+    let (hypothesis, _) = chaos_model::scenario::hypothesis_and_guards("spec", spec.hypothesis.as_ref(), &spec.abort)?;
+    for (i, probe) in hypothesis.iter().flat_map(|h| h.probes.iter()).enumerate() {
+        if matches!(probe.check, chaos_model::hypothesis::ProbeCheck::Command { .. }) {
+            return Err(Problem::new(
+                format!("spec.hypothesis.probes[{i}].command: a command probe would run as the agent, with its privileges, on the node"),
+                "probe with http, tcp, dns or prometheus instead",
+            ));
+        }
+    }
+    if spec.leader.is_some() && (spec.mode != super::crd::Mode::All || spec.value.is_some()) {
         return Err(Problem::new(
-            "spec.leader: a leader selector is for actions only (the leader moves once a fault acts on it)",
-            "remove spec.leader, or move the faults to another experiment with a label or pod-name selector",
+            "spec.mode: a leader selector picks the one pod that leads among the matching pods; mode and value do not apply",
+            "remove mode and value, or remove spec.leader",
         ));
     }
-    for (i, action) in spec.actions.iter().enumerate() {
+    let actions = spec.actions.iter().enumerate().map(|(i, a)| (format!("spec.actions[{i}]"), a));
+    let step_actions = spec.steps.iter().enumerate().flat_map(|(s, step)| {
+        step.actions.iter().enumerate().map(move |(i, a)| (format!("spec.steps[{s}].actions[{i}]"), a))
+    });
+    for (at, action) in actions.chain(step_actions) {
         match action.kind.as_str() {
             "pod-delete" if action.signal.is_none() && action.container.is_none() => {}
             "pod-delete" => {
                 return Err(Problem::new(
-                    format!("spec.actions[{i}]: pod-delete takes no signal or container"),
+                    format!("{at}: pod-delete takes no signal or container"),
                     "remove them, or use kind container-kill",
                 ))
             }
             "container-pause" if action.signal.is_none() => {}
             "container-pause" => {
                 return Err(Problem::new(
-                    format!("spec.actions[{i}].signal: container-pause takes no signal (it is SIGSTOP, then SIGCONT)"),
+                    format!("{at}.signal: container-pause takes no signal (it is SIGSTOP, then SIGCONT)"),
                     "remove the signal, or use kind container-kill",
                 ))
             }
             "container-kill" => {
-                signal_of(action.signal.as_deref())
-                    .map_err(|p| Problem::new(format!("spec.actions[{i}].{}", p.problem), p.fix))?;
+                signal_of(action.signal.as_deref()).map_err(|p| Problem::new(format!("{at}.{}", p.problem), p.fix))?;
             }
             other => {
                 return Err(Problem::new(
-                    format!("spec.actions[{i}].kind: '{}' is not a pod action", chaos_model::spec::shorten(other, 40)),
+                    format!("{at}.kind: '{}' is not a pod action", chaos_model::spec::shorten(other, 40)),
                     "use pod-delete, container-kill or container-pause",
                 ))
             }
         }
     }
     let own = experiment.namespace().unwrap_or_default();
+    let faults: Vec<(String, &PodFault)> = spec
+        .faults
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (format!("spec.faults[{i}]"), f))
+        .chain(spec.steps.iter().enumerate().flat_map(|(s, step)| {
+            step.faults.iter().enumerate().map(move |(i, f)| (format!("spec.steps[{s}].faults[{i}]"), f))
+        }))
+        .collect();
     let namespaces = spec
         .selector
         .namespaces
         .iter()
-        .chain(spec.faults.iter().flat_map(|f| f.peer_pods.iter().flat_map(|p| p.namespaces.iter())));
+        .chain(faults.iter().flat_map(|(_, f)| f.peer_pods.iter().flat_map(|p| p.namespaces.iter())));
     for ns in namespaces.chain(std::iter::once(&own)) {
         if !allowed.is_empty() && !allowed.contains(ns) {
             return Err(Problem::new(
@@ -866,14 +1082,14 @@ pub fn check_spec(experiment: &ChaosExperiment, allowed: &[String]) -> Result<()
             ));
         }
     }
-    for (i, fault) in spec.faults.iter().enumerate() {
+    for (at, fault) in faults {
         // A stand-in target and peer: the fault's own fields are what is checked here.
         let mut peers = fault.peers.clone();
         if fault.peer_pods.is_some() {
             peers.push("192.0.2.1/32".into());
         }
         wire_of(fault, "netns:/proc/1/ns/net", peers)
-            .map_err(|p| Problem::new(format!("spec.faults[{i}].{}", p.problem), p.fix))?;
+            .map_err(|p| Problem::new(format!("{at}.{}", p.problem), p.fix))?;
     }
     Ok(())
 }
@@ -895,6 +1111,9 @@ mod tests {
                 faults,
                 actions: Vec::new(),
                 leader: None,
+                steps: Vec::new(),
+                hypothesis: None,
+                abort: Vec::new(),
             },
         );
         e.metadata.namespace = Some("lab".into());
@@ -951,7 +1170,42 @@ mod tests {
         assert!(check_spec(&kill, &[]).unwrap_err().problem.starts_with("spec.actions[0].kind"));
         let mut leader = experiment(vec![fault("partition")]);
         leader.spec.leader = Some(LeaderSelector { metrics_port: 2381, metric: "etcd_server_is_leader".into() });
-        assert!(check_spec(&leader, &[]).unwrap_err().problem.starts_with("spec.leader"));
+        assert!(check_spec(&leader, &[]).is_ok(), "faults on the leader");
+        leader.spec.mode = Mode::One;
+        assert!(check_spec(&leader, &[]).unwrap_err().problem.starts_with("spec.mode: a leader selector"));
+    }
+
+    #[test]
+    fn steps_hypothesis_and_guards_are_checked() {
+        let with = |yaml: &str| {
+            let mut e = experiment(Vec::new());
+            let extra: ChaosExperimentSpec =
+                serde_yaml::from_str(&format!("selector: {{}}\n{yaml}")).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+            (e.spec.steps, e.spec.hypothesis, e.spec.abort) = (extra.steps, extra.hypothesis, extra.abort);
+            check_spec(&e, &[])
+        };
+        let steps = "steps:\n  - {name: cut, at: 2s, duration: 5s, faults: [{kind: partition}]}\n";
+        assert!(with(steps).is_ok());
+        let probe = "hypothesis:\n  probes: [{name: up, tcp: {connect: \"198.51.100.2:2379\"}}]\n";
+        assert!(
+            with(&format!("{steps}{probe}abort:\n  - {{error-rate: {{probe: up, above: 0.5, for: 2s}}}}\n")).is_ok()
+        );
+        let e = with(&format!("{steps}{probe}abort:\n  - {{error-rate: {{probe: down, above: 0.5, for: 2s}}}}\n"))
+            .unwrap_err();
+        assert!(e.problem.starts_with("spec.abort[0].error-rate.probe: guard names probe 'down'"), "{}", e.problem);
+        let e =
+            with(&format!("{steps}hypothesis:\n  interval: 0s\n  probes: [{{name: up, tcp: {{connect: \"x\"}}}}]\n"))
+                .unwrap_err();
+        assert!(e.problem.starts_with("spec.hypothesis.interval"), "{}", e.problem);
+        let e = with(&format!("{steps}hypothesis:\n  probes: [{{name: sh, command: {{run: [rm, -rf, /]}}}}]\n"))
+            .unwrap_err();
+        assert!(e.problem.starts_with("spec.hypothesis.probes[0].command"), "{}", e.problem);
+        let e = with("steps:\n  - {name: cut, faults: [{kind: partition, probability: 2}]}\n").unwrap_err();
+        assert!(e.problem.starts_with("spec.steps[0].faults[0].probability"), "{}", e.problem);
+        let e = with("steps:\n  - {name: kill, actions: [{kind: explode}]}\n").unwrap_err();
+        assert!(e.problem.starts_with("spec.steps[0].actions[0].kind"), "{}", e.problem);
+        let e = with("steps:\n  - {name: cut, at: later, faults: [{kind: partition}]}\n").unwrap_err();
+        assert!(e.problem.starts_with("spec.steps[0].at"), "{}", e.problem);
     }
 
     /// The examples in deploy/kubernetes/examples parse as experiments and pass the
@@ -971,9 +1225,35 @@ mod tests {
     }
 
     #[test]
+    fn services_of_peer_pods_are_peers() {
+        let service = |ns: &str, selector: serde_json::Value, ip: &str| -> Arc<Service> {
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "s", "namespace": ns},
+                    "spec": {"selector": selector, "clusterIP": ip}
+                }))
+                .unwrap(),
+            )
+        };
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "etcd-0", "namespace": "lab", "labels": {"app": "etcd", "member": "0"}}
+        }))
+        .unwrap();
+        let services = [
+            service("lab", serde_json::json!({"app": "etcd", "member": "0"}), "198.51.100.240"),
+            service("lab", serde_json::json!({"app": "etcd", "member": "1"}), "198.51.100.241"),
+            service("other", serde_json::json!({"app": "etcd"}), "198.51.100.250"),
+            service("lab", serde_json::json!({"app": "etcd"}), "None"),
+            service("lab", serde_json::json!({}), "198.51.100.251"),
+        ];
+        assert_eq!(service_ips(&services, &[&pod]), ["198.51.100.240"]);
+    }
+
+    #[test]
     fn rule_ids_differ_per_fault_and_experiment() {
-        assert_ne!(rule_id("lab", "a", 0), rule_id("lab", "a", 1));
-        assert_ne!(rule_id("lab", "a", 0), rule_id("lab", "b", 0));
-        assert_eq!(rule_id("lab", "a", 3), rule_id("lab", "a", 3));
+        assert_ne!(rule_id("lab", "a", "faults[0]"), rule_id("lab", "a", "faults[1]"));
+        assert_ne!(rule_id("lab", "a", "faults[0]"), rule_id("lab", "a", "steps[0].faults[0]"));
+        assert_ne!(rule_id("lab", "a", "faults[0]"), rule_id("lab", "b", "faults[0]"));
+        assert_eq!(rule_id("lab", "a", "faults[3]"), rule_id("lab", "a", "faults[3]"));
     }
 }

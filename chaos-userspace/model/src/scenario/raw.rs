@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     action::ActionKind,
@@ -341,7 +341,7 @@ pub struct RawRepeat {
     pub count: Option<u32>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawHypothesis {
     /// Between two checks of one probe (default 1s).
@@ -357,7 +357,7 @@ pub struct RawHypothesis {
 }
 
 /// A probe: a name, a timeout and exactly one of http, tcp, dns, command, prometheus.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawProbe {
     pub name: String,
@@ -371,7 +371,7 @@ pub struct RawProbe {
     pub prometheus: Option<RawPrometheusProbe>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHttp {
     /// `http://HOST[:PORT]/PATH` (https is not supported yet).
@@ -383,14 +383,14 @@ pub struct RawHttp {
     pub latency: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTcp {
     /// `IP:PORT` (`[IPv6]:PORT`).
     pub connect: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDns {
     pub name: String,
@@ -400,7 +400,7 @@ pub struct RawDns {
     pub expect: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawCommand {
     /// The program and its arguments (no shell).
@@ -411,7 +411,7 @@ pub struct RawCommand {
 }
 
 /// An instant query; exactly one of below, at-most, above, at-least.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawPrometheusProbe {
     /// `http://HOST:PORT` of the Prometheus server.
@@ -424,7 +424,7 @@ pub struct RawPrometheusProbe {
 }
 
 /// One guard: exactly one key.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawGuard {
     pub error_rate: Option<RawErrorRate>,
@@ -435,7 +435,7 @@ pub struct RawGuard {
     pub wall_clock: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawErrorRate {
     pub probe: String,
@@ -447,7 +447,7 @@ pub struct RawErrorRate {
     pub window: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawLatencyGuard {
     pub probe: String,
@@ -458,7 +458,7 @@ pub struct RawLatencyGuard {
     pub window: String,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPrometheusGuard {
     pub url: String,

@@ -61,6 +61,11 @@ ClusterRole when targetNamespaces is empty (every namespace), else by a Role in 
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "delete"]
+# The Services that select a fault's peer pods: their ClusterIPs are peers too (a pod
+# that reaches its peers through a Service sends to the ClusterIP).
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "list", "watch"]
 # Events on experiments (applied, reverted, failed), through both Event APIs.
 - apiGroups: [""]
   resources: ["events"]
