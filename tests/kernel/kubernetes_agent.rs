@@ -528,7 +528,47 @@ pub fn leader_kill() {
     assert_eq!(status["status"]["nodes"][0]["actions"].as_array().map(Vec::len), Some(1), "one kill: {status}");
     must_kubectl(&["-n", "chaos-lab", "delete", "chaosexperiment", "etcd-leader-kill"]);
     leader_partition();
+    node_from_etcd();
     delete_and_wait(&["-f", &repo("deploy/kubernetes/lab.yaml")], Duration::from_secs(90));
+}
+
+/// The partition-pod example: one workload node cut off from etcd, which it reaches
+/// through the members' ClusterIPs: its /health turns 503, another node's stays 200.
+fn node_from_etcd() {
+    let health = |ip: &str| http_get(format!("{ip}:9100").parse().ok()?, "/health").ok().map(|(code, _)| code);
+    let status = || {
+        let text = must_kubectl(&["-n", "chaos-lab", "get", "chaosexperiment", "node-from-etcd", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["status"]["nodes"][0].clone()
+    };
+    // After the leader partition: every member and node healthy again first.
+    let (ok, text) = kubectl(&["-n", "chaos-lab", "wait", "--for=condition=Ready", "--timeout=60s", "pod", "--all"]);
+    assert!(ok, "the lab workload Ready again after the leader partition: {text}");
+    must_kubectl(&["apply", "-f", &repo("deploy/kubernetes/examples/partition-pod.yaml")]);
+    let injected = until(Duration::from_secs(20), || status()["pods"][0]["state"] == "Injected");
+    assert!(injected.is_some(), "no node cut off: {}\n{}", status(), agent_log());
+    let name = status()["pods"][0]["name"].as_str().unwrap_or("").to_owned();
+    let ip = must_kubectl(&["-n", "chaos-lab", "get", "pod", &name, "-o", "jsonpath={.status.podIP}"]);
+    let ip = ip.trim();
+    let t = Instant::now();
+    let unhealthy = until(Duration::from_secs(20), || health(ip) == Some(503));
+    assert!(unhealthy.is_some(), "{name}'s /health did not turn 503: {:?} {}", health(ip), status());
+    println!("REPORT|node_from_etcd_to_unhealthy|ms={}", t.elapsed().as_millis());
+    let other = must_kubectl(&[
+        "-n",
+        "chaos-lab",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=node",
+        "-o",
+        "jsonpath={range .items[*]}{.status.podIP}{\"\\n\"}{end}",
+    ]);
+    let other = other.lines().map(str::trim).find(|o| !o.is_empty() && *o != ip).expect("another node").to_owned();
+    let healthy = until(Duration::from_secs(10), || health(&other) == Some(200));
+    assert!(healthy.is_some(), "another node does not write to etcd meanwhile: {:?}", health(&other));
+    delete_and_wait(&["-n", "chaos-lab", "chaosexperiment", "node-from-etcd"], Duration::from_secs(20));
+    let healthy = until(Duration::from_secs(20), || health(ip) == Some(200));
+    assert!(healthy.is_some(), "{name}'s /health is not 200 again after the delete: {:?}", health(ip));
 }
 
 /// The leader-partition example: the pod that leads when the fault begins is cut off from
