@@ -175,7 +175,7 @@ fn default_daemonset() -> Result<(), Failed> {
     let mut command = strings(&agent["command"]);
     command.extend(&args);
     ensure!(
-        command == ["chaos-ebpf", "agent", "--kubernetes", "--metrics-addr", "0.0.0.0:9465"],
+        command == ["chaos-ebpf", "agent", "--kubernetes", "--metrics-addr", "0.0.0.0:9465", "--log-level", "info"],
         "the agent's command line: {command:?}"
     );
     let env = agent["env"].as_sequence().cloned().unwrap_or_default();

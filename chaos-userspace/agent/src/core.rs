@@ -528,11 +528,11 @@ impl Core {
                 let path = instance.netns.path.display().to_string();
                 match instance.shutdown() {
                     Ok(()) => log(&format!("unloaded the programs from {path} (no fault there)")),
-                    Err(e) => log(&format!("warning: unloading the programs from {path}: {e:#}")),
+                    Err(e) => warn(&format!("unloading the programs from {path}: {e:#}")),
                 }
             }
             for problem in self.release_group(*id, true) {
-                log(&format!("warning: {problem}"));
+                warn(&problem);
             }
             self.groups.remove(id);
         }
@@ -643,7 +643,7 @@ impl Core {
             .collect();
         self.run_state.renewed_unix_ms = now_ms;
         if let Err(e) = record.write(&self.run_state) {
-            log(&format!("warning: writing the ledger record: {e:#}"));
+            warn(&format!("writing the ledger record: {e:#}"));
         }
     }
 }
@@ -671,9 +671,24 @@ fn describe(spec: &FaultSpec) -> String {
     chaos_model::spec::shorten(&text, MAX_DESCRIPTION)
 }
 
-/// One line on stderr per event (the agent's log).
+/// `--log-level warn`: only problems are logged, not every event.
+static WARNINGS_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How much the agent logs: every event (false, the default) or only problems (true).
+pub fn set_warnings_only(only: bool) {
+    WARNINGS_ONLY.store(only, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One line on stderr per event (the agent's log), unless only warnings are wanted.
 pub fn log(line: &str) {
-    eprintln!("chaos-ebpf agent: {line}");
+    if !WARNINGS_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("chaos-ebpf agent: {line}");
+    }
+}
+
+/// A problem, on stderr at every log level.
+pub fn warn(line: &str) {
+    eprintln!("chaos-ebpf agent: warning: {line}");
 }
 
 fn random_seed() -> u64 {

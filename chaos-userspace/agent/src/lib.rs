@@ -13,5 +13,6 @@ pub mod kubernetes;
 pub mod metrics;
 pub mod server;
 
+pub use core::set_warnings_only;
 pub use dashboard::PrometheusUrl;
 pub use server::{run, Options, DEFAULT_METRICS_ADDR, DEFAULT_SOCKET};

@@ -100,6 +100,16 @@ pub struct AgentArgs {
     /// their status.
     #[arg(long = "namespace", value_name = "NS", requires = "kubernetes")]
     namespaces: Vec<String>,
+    /// What the agent logs on stderr: `info`, every event (faults applied, renewed
+    /// away, released, pods acted on) and every problem; `warn`, the problems only.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogLevel {
+    Info,
+    Warn,
 }
 
 /// --flow-table: a size the flow table can have.
@@ -141,6 +151,7 @@ pub fn run(args: AgentArgs, command: String) -> Result<i32> {
             };
             let netns = args.netns.iter().map(|n| chaos_datapath::netns::path_for(n)).collect();
             let kubernetes = if args.kubernetes { Some(kube_options(args.node_name, args.namespaces)?) } else { None };
+            chaos_agent::set_warnings_only(args.log_level == LogLevel::Warn);
             chaos_agent::run(chaos_agent::Options {
                 socket: args.socket,
                 metrics_addr,

@@ -150,7 +150,9 @@ pub struct PodAction {
 }
 
 /// The leader among the matching pods: the pod whose `http://<pod IP>:<metricsPort>/metrics`
-/// has `<metric> 1` (etcd's `etcd_server_is_leader` on 2381 by default).
+/// has `<metric> 1` (etcd's `etcd_server_is_leader` on 2381 by default), or with
+/// `annotation`, the pod annotated `<annotation>: "true"` (set by the workload or an
+/// operator). Exactly one pod must say so.
 #[derive(Deserialize, Serialize, Clone, Debug, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LeaderSelector {
@@ -158,6 +160,19 @@ pub struct LeaderSelector {
     pub metrics_port: u16,
     #[serde(default = "default_leader_metric")]
     pub metric: String,
+    /// An annotation instead of the metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotation: Option<String>,
+}
+
+impl LeaderSelector {
+    /// How the leader is found, for events.
+    pub fn describe(&self) -> String {
+        match &self.annotation {
+            Some(key) => format!("annotation {key}: \"true\""),
+            None => format!("{} 1 on port {}", self.metric, self.metrics_port),
+        }
+    }
 }
 
 fn default_metrics_port() -> u16 {

@@ -24,7 +24,7 @@ use kube::{
 };
 use tokio::sync::Notify;
 
-use crate::{core::log, server::Handle};
+use crate::{core::warn, server::Handle};
 use crd::ChaosExperiment;
 
 /// How the controller runs.
@@ -121,7 +121,7 @@ where
         while let Some(event) = stream.next().await {
             match event {
                 Ok(_) => wake.notify_one(),
-                Err(e) => log(&format!("watching {}: {e}", K::kind(&Default::default()))),
+                Err(e) => warn(&format!("watching {}: {e}", K::kind(&Default::default()))),
             }
         }
     });

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     api::{FaultWire, PortsWire},
-    core::log,
+    core::{log, warn},
     server::Handle,
 };
 
@@ -179,7 +179,7 @@ impl Controller {
         let mut next: Option<Timestamp> = None;
         for experiment in experiments {
             if let Err(e) = self.reconcile(experiment, pods, services, node_labels).await {
-                log(&format!(
+                warn(&format!(
                     "reconciling {}/{}: {e:#}",
                     experiment.namespace().unwrap_or_default(),
                     experiment.name_any()
@@ -265,7 +265,7 @@ impl Controller {
                     }
                     let mine = match &spec.leader {
                         Some(leader) if !schedule.faults.is_empty() => {
-                            let pinned = self.pin_leader(&mut state, &candidates, leader).await;
+                            let pinned = self.pin_leader(&mut state, &candidates, leader, pods).await;
                             selected = usize::from(pinned.is_some());
                             pinned.into_iter().filter(|c| c.node == node).collect()
                         }
@@ -469,18 +469,16 @@ impl Controller {
         state: &mut Experiment,
         candidates: &[Candidate],
         leader: &LeaderSelector,
+        pods: &[Arc<Pod>],
     ) -> Option<Candidate> {
         if let Some(pinned) = &state.leader_pin {
             // Gone (deleted, not running): no target, rather than the next leader.
             return candidates.iter().find(|c| c.uid == pinned.uid).cloned();
         }
-        let Some(pod) = leader_of(candidates, leader).await else {
+        let Some(pod) = leader_of(candidates, leader, pods).await else {
             state.event_once(
                 Happened::Waiting,
-                format!(
-                    "no matching pod says it leads ({} on port {}): the faults wait for a leader",
-                    leader.metric, leader.metrics_port
-                ),
+                format!("no matching pod says it leads ({}): the faults wait for a leader", leader.describe()),
             );
             return None;
         };
@@ -514,7 +512,7 @@ impl Controller {
         tokio::spawn(async move {
             for (kind, note) in pending {
                 if let Err(e) = recorder.publish(&kind.event(note), &reference).await {
-                    log(&format!("warning: publishing an event: {e}"));
+                    warn(&format!("publishing an event: {e}"));
                 }
             }
         });
@@ -548,15 +546,12 @@ impl Controller {
             return;
         }
         let targets: Vec<Candidate> = match &spec.leader {
-            Some(leader) => match leader_of(candidates, leader).await {
+            Some(leader) => match leader_of(candidates, leader, pods).await {
                 Some(pod) => vec![pod],
                 None => {
                     state.event_once(
                         Happened::Waiting,
-                        format!(
-                            "no matching pod says it leads ({} on port {}): the actions wait for a leader",
-                            leader.metric, leader.metrics_port
-                        ),
+                        format!("no matching pod says it leads ({}): the actions wait for a leader", leader.describe()),
                     );
                     return;
                 }
@@ -807,7 +802,14 @@ fn created(experiment: &ChaosExperiment) -> Timestamp {
 }
 
 /// The pod whose metrics say it leads; none when no pod or two say so.
-async fn leader_of(candidates: &[Candidate], leader: &LeaderSelector) -> Option<Candidate> {
+async fn leader_of(candidates: &[Candidate], leader: &LeaderSelector, pods: &[Arc<Pod>]) -> Option<Candidate> {
+    if let Some(key) = &leader.annotation {
+        let mut claims = candidates.iter().filter(|c| annotated(pods, &c.uid, key));
+        return match (claims.next(), claims.next()) {
+            (Some(one), None) => Some(one.clone()),
+            _ => None,
+        };
+    }
     let mut claims = Vec::new();
     for pod in candidates {
         let url = format!("http://{}/metrics", std::net::SocketAddr::new(pod.ip.parse().ok()?, leader.metrics_port));
@@ -832,6 +834,14 @@ async fn leader_of(candidates: &[Candidate], leader: &LeaderSelector) -> Option<
         1 => claims.pop(),
         _ => None,
     }
+}
+
+/// Whether the pod carries the annotation `key` with the value "true".
+fn annotated(pods: &[Arc<Pod>], uid: &str, key: &str) -> bool {
+    pods.iter()
+        .find(|p| p.metadata.uid.as_deref() == Some(uid))
+        .and_then(|p| p.metadata.annotations.as_ref()?.get(key))
+        .is_some_and(|v| v == "true")
 }
 
 /// The container of a pod (by name, or its first) and its runtime id.
@@ -1169,7 +1179,8 @@ mod tests {
         kill.spec.actions[0].kind = "explode".into();
         assert!(check_spec(&kill, &[]).unwrap_err().problem.starts_with("spec.actions[0].kind"));
         let mut leader = experiment(vec![fault("partition")]);
-        leader.spec.leader = Some(LeaderSelector { metrics_port: 2381, metric: "etcd_server_is_leader".into() });
+        leader.spec.leader =
+            Some(LeaderSelector { metrics_port: 2381, metric: "etcd_server_is_leader".into(), annotation: None });
         assert!(check_spec(&leader, &[]).is_ok(), "faults on the leader");
         leader.spec.mode = Mode::One;
         assert!(check_spec(&leader, &[]).unwrap_err().problem.starts_with("spec.mode: a leader selector"));
@@ -1247,6 +1258,39 @@ mod tests {
             service("lab", serde_json::json!({}), "198.51.100.251"),
         ];
         assert_eq!(service_ips(&services, &[&pod]), ["198.51.100.240"]);
+    }
+
+    #[test]
+    fn a_leader_by_annotation_is_the_one_pod_that_has_it() {
+        let pod = |uid: &str, leads: Option<&str>| -> Arc<Pod> {
+            let annotations = leads.map(|v| serde_json::json!({"example.com/leader": v}));
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": uid, "namespace": "lab", "uid": uid, "annotations": annotations}
+                }))
+                .unwrap(),
+            )
+        };
+        let candidate = |uid: &str| Candidate {
+            namespace: "lab".into(),
+            name: uid.into(),
+            uid: uid.into(),
+            node: "n".into(),
+            ip: "198.51.100.2".into(),
+        };
+        let selector = LeaderSelector {
+            metrics_port: 2381,
+            metric: "etcd_server_is_leader".into(),
+            annotation: Some("example.com/leader".into()),
+        };
+        let candidates = [candidate("a"), candidate("b"), candidate("c")];
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let lead = |pods: Vec<Arc<Pod>>| runtime.block_on(leader_of(&candidates, &selector, &pods)).map(|c| c.uid);
+        assert_eq!(lead(vec![pod("a", Some("false")), pod("b", Some("true")), pod("c", None)]), Some("b".into()));
+        assert_eq!(lead(vec![pod("a", Some("true")), pod("b", Some("true")), pod("c", None)]), None, "two claim it");
+        assert_eq!(lead(vec![pod("a", None), pod("b", None), pod("c", None)]), None);
+        // A pod that is not a candidate does not count.
+        assert_eq!(lead(vec![pod("d", Some("true")), pod("b", Some("true"))]), Some("b".into()));
     }
 
     #[test]
