@@ -100,8 +100,9 @@ pub struct AgentArgs {
     /// their status.
     #[arg(long = "namespace", value_name = "NS", requires = "kubernetes")]
     namespaces: Vec<String>,
-    /// What the agent logs on stderr: `info`, every event (faults applied, renewed
-    /// away, released, pods acted on) and every problem; `warn`, the problems only.
+    /// What the agent logs on stderr: `info`, every event (faults applied and
+    /// released, programs loaded and unloaded, pod actions) and every problem; `warn`,
+    /// the problems only.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
 }
