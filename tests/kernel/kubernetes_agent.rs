@@ -95,8 +95,20 @@ fn reaches(from: &str, ip: &str) -> bool {
 }
 
 fn status(name: &str) -> serde_json::Value {
-    let text = must_kubectl(&["-n", NS, "get", "chaosexperiment", name, "-o", "json"]);
+    status_in(NS, name)
+}
+
+/// The status of experiment `name` in `namespace`.
+fn status_in(namespace: &str, name: &str) -> serde_json::Value {
+    let text = must_kubectl(&["-n", namespace, "get", "chaosexperiment", name, "-o", "json"]);
     serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["status"].clone()
+}
+
+/// Waits until every pod of the lab workload is Ready (`after`: what came before, for
+/// the message).
+fn lab_ready(timeout: &str, after: &str) {
+    let (ok, text) = kubectl(&["-n", "chaos-lab", "wait", "--for=condition=Ready", &format!("--timeout={timeout}"), "pod", "--all"]);
+    assert!(ok, "the lab workload Ready{after}: {text}");
 }
 
 fn phase(name: &str) -> String {
@@ -505,17 +517,13 @@ pub fn leader_kill() {
     let t = Instant::now();
     must_kubectl(&["apply", "-f", &repo("deploy/kubernetes/lab.yaml")]);
     sleep(Duration::from_secs(2));
-    let (ok, text) = kubectl(&["-n", "chaos-lab", "wait", "--for=condition=Ready", "--timeout=120s", "pod", "--all"]);
-    assert!(ok, "the lab workload Ready: {text}");
+    lab_ready("120s", "");
     println!("REPORT|lab_workload_ready|seconds={:.1}", t.elapsed().as_secs_f64());
     let leader = until(Duration::from_secs(30), || etcd_leader().is_some()).and_then(|_| etcd_leader());
     let leader = leader.expect("one etcd member leads");
     let t = Instant::now();
     must_kubectl(&["apply", "-f", &repo("deploy/kubernetes/examples/etcd-leader-kill.yaml")]);
-    let record = || {
-        let text = must_kubectl(&["-n", "chaos-lab", "get", "chaosexperiment", "etcd-leader-kill", "-o", "json"]);
-        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["status"]["nodes"][0]["actions"][0].clone()
-    };
+    let record = || status_in("chaos-lab", "etcd-leader-kill")["nodes"][0]["actions"][0].clone();
     assert!(until(Duration::from_secs(20), || record()["result"] == "deleted").is_some(), "no kill recorded: {}", agent_log());
     assert_eq!(record()["pod"], leader.as_str(), "the pod that led was deleted: {}", record());
     let new_leader = until(Duration::from_secs(30), || etcd_leader().is_some_and(|l| l != leader));
@@ -523,9 +531,8 @@ pub fn leader_kill() {
     println!("REPORT|leader_kill_to_new_leader|ms={}", t.elapsed().as_millis());
     // Once: the new leader is not deleted too.
     sleep(Duration::from_secs(3));
-    let text = must_kubectl(&["-n", "chaos-lab", "get", "chaosexperiment", "etcd-leader-kill", "-o", "json"]);
-    let status: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    assert_eq!(status["status"]["nodes"][0]["actions"].as_array().map(Vec::len), Some(1), "one kill: {status}");
+    let status = status_in("chaos-lab", "etcd-leader-kill");
+    assert_eq!(status["nodes"][0]["actions"].as_array().map(Vec::len), Some(1), "one kill: {status}");
     must_kubectl(&["-n", "chaos-lab", "delete", "chaosexperiment", "etcd-leader-kill"]);
     leader_partition();
     node_from_etcd();
@@ -536,13 +543,9 @@ pub fn leader_kill() {
 /// through the members' ClusterIPs: its /health turns 503, another node's stays 200.
 fn node_from_etcd() {
     let health = |ip: &str| http_get(format!("{ip}:9100").parse().ok()?, "/health").ok().map(|(code, _)| code);
-    let status = || {
-        let text = must_kubectl(&["-n", "chaos-lab", "get", "chaosexperiment", "node-from-etcd", "-o", "json"]);
-        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["status"]["nodes"][0].clone()
-    };
+    let status = || status_in("chaos-lab", "node-from-etcd")["nodes"][0].clone();
     // After the leader partition: every member and node healthy again first.
-    let (ok, text) = kubectl(&["-n", "chaos-lab", "wait", "--for=condition=Ready", "--timeout=60s", "pod", "--all"]);
-    assert!(ok, "the lab workload Ready again after the leader partition: {text}");
+    lab_ready("60s", " again after the leader partition");
     must_kubectl(&["apply", "-f", &repo("deploy/kubernetes/examples/partition-pod.yaml")]);
     let injected = until(Duration::from_secs(20), || status()["pods"][0]["state"] == "Injected");
     assert!(injected.is_some(), "no node cut off: {}\n{}", status(), agent_log());
@@ -574,14 +577,10 @@ fn node_from_etcd() {
 /// The leader-partition example: the pod that leads when the fault begins is cut off from
 /// the other members; they elect another leader, and the fault stays on the old one.
 fn leader_partition() {
-    let (ok, text) = kubectl(&["-n", "chaos-lab", "wait", "--for=condition=Ready", "--timeout=120s", "pod", "--all"]);
-    assert!(ok, "the lab workload Ready again after the kill: {text}");
+    lab_ready("120s", " again after the kill");
     let leader = until(Duration::from_secs(30), || etcd_leader().is_some()).and_then(|_| etcd_leader());
     let leader = leader.expect("one etcd member leads after the kill");
-    let status = || {
-        let text = must_kubectl(&["-n", "chaos-lab", "get", "chaosexperiment", "etcd-leader-partition", "-o", "json"]);
-        serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["status"]["nodes"][0].clone()
-    };
+    let status = || status_in("chaos-lab", "etcd-leader-partition")["nodes"][0].clone();
     let t = Instant::now();
     must_kubectl(&["apply", "-f", &repo("deploy/kubernetes/examples/etcd-leader-partition.yaml")]);
     let pinned = until(Duration::from_secs(20), || status()["pods"][0]["state"] == "Injected");

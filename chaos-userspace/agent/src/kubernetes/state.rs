@@ -54,12 +54,6 @@ struct HeldFault {
     peers: Vec<String>,
 }
 
-impl Held {
-    fn ids(&self) -> Vec<u64> {
-        self.faults.values().map(|f| f.id).collect()
-    }
-}
-
 /// What this agent knows of one experiment.
 #[derive(Default)]
 struct Experiment {
@@ -642,8 +636,8 @@ impl Controller {
 
     async fn release(&self, state: &mut Experiment, held: Held, why: &str) {
         let mut dropped = 0;
-        for id in held.ids() {
-            if let Ok(reverted) = self.handle.revert(id).await {
+        for fault in held.faults.values() {
+            if let Ok(reverted) = self.handle.revert(fault.id).await {
                 dropped += reverted.counters.dropped;
             }
         }
@@ -689,15 +683,14 @@ impl Controller {
             .await
             .map(|l| l.faults.into_iter().map(|f| (f.id, f.counters)).collect())
             .unwrap_or_default();
-        let held_counters = |ids: &[u64]| {
+        let mut pods: Vec<PodInjection> = state.past.clone();
+        let mut seen = 0;
+        for held in state.held.values() {
             let mut sum = chaos_ebpf_common::RuleCounters::default();
-            for c in ids.iter().filter_map(|id| counters.get(id)) {
+            for c in held.faults.values().filter_map(|f| counters.get(&f.id)) {
                 sum.add(c);
             }
-            sum
-        };
-        let mut pods: Vec<PodInjection> = state.past.clone();
-        for held in state.held.values() {
+            seen += sum.seen;
             pods.push(PodInjection {
                 namespace: held.pod.namespace.clone(),
                 name: held.pod.name.clone(),
@@ -706,11 +699,10 @@ impl Controller {
                 from: Some(held.from.to_string()),
                 to: None,
                 message: None,
-                packets_dropped: held_counters(&held.ids()).dropped,
+                packets_dropped: sum.dropped,
             });
         }
         let dropped = pods.iter().map(|p| p.packets_dropped).sum();
-        let seen = state.held.values().map(|h| held_counters(&h.ids()).seen).sum();
         let (phase, valid) = match wanted {
             Wanted::Invalid(p) => ("Failed", Err(p)),
             Wanted::Paused => ("Paused", Ok(())),
@@ -836,17 +828,19 @@ async fn leader_of(candidates: &[Candidate], leader: &LeaderSelector, pods: &[Ar
     }
 }
 
+/// The pod with this UID in the watch cache.
+fn pod_by_uid<'a>(pods: &'a [Arc<Pod>], uid: &str) -> Option<&'a Pod> {
+    pods.iter().find(|p| p.metadata.uid.as_deref() == Some(uid)).map(|p| p.as_ref())
+}
+
 /// Whether the pod carries the annotation `key` with the value "true".
 fn annotated(pods: &[Arc<Pod>], uid: &str, key: &str) -> bool {
-    pods.iter()
-        .find(|p| p.metadata.uid.as_deref() == Some(uid))
-        .and_then(|p| p.metadata.annotations.as_ref()?.get(key))
-        .is_some_and(|v| v == "true")
+    pod_by_uid(pods, uid).and_then(|p| p.metadata.annotations.as_ref()?.get(key)).is_some_and(|v| v == "true")
 }
 
 /// The container of a pod (by name, or its first) and its runtime id.
 fn container_id(pods: &[Arc<Pod>], uid: &str, name: Option<&str>) -> Option<(String, String)> {
-    let pod = pods.iter().find(|p| p.metadata.uid.as_deref() == Some(uid))?;
+    let pod = pod_by_uid(pods, uid)?;
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
     let status = match name {
         Some(name) => statuses.iter().find(|s| s.name == name)?,
@@ -880,10 +874,7 @@ fn signal_of(name: Option<&str>) -> Result<nix::sys::signal::Signal, Problem> {
 }
 
 fn host_network(pods: &[Arc<Pod>], uid: &str) -> bool {
-    pods.iter()
-        .find(|p| p.metadata.uid.as_deref() == Some(uid))
-        .and_then(|p| p.spec.as_ref()?.host_network)
-        .unwrap_or(false)
+    pod_by_uid(pods, uid).and_then(|p| p.spec.as_ref()?.host_network).unwrap_or(false)
 }
 
 /// A rule id per experiment and fault (its key in the schedule): the drop decisions' key
@@ -946,11 +937,7 @@ fn service_ips(services: &[Arc<Service>], selected: &[&Pod]) -> Vec<String> {
         let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else { continue };
         let selects = selected.iter().any(|pod| {
             pod.metadata.namespace == service.metadata.namespace
-                && pod
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|labels| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                && pod.metadata.labels.as_ref().is_some_and(|labels| select::has_all(labels, selector))
         });
         if selects {
             let addresses = spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter());
