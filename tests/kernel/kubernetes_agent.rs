@@ -62,15 +62,36 @@ fn until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
 }
 
 /// Deletes what `what` names and waits until `kubectl get` finds none of it (kubectl's
-/// own --wait would run into --request-timeout).
-fn delete_and_wait(what: &[&str], limit: Duration) {
+/// own --wait would run into --request-timeout); the time that took. What is left at
+/// the limit goes into the failure: pods still terminating, and the conditions a
+/// namespace gives for not being gone yet.
+fn delete_and_wait(what: &[&str], limit: Duration) -> Duration {
     let mut args = vec!["delete", "--wait=false", "--ignore-not-found"];
     args.extend(what);
     must_kubectl(&args);
     let mut get = vec!["get", "--ignore-not-found", "-o", "name"];
     get.extend(what);
     let gone = until(limit, || kubectl(&get).1.trim().is_empty());
-    assert!(gone.is_some(), "still there {limit:?} after the delete: {}", kubectl(&get).1);
+    gone.unwrap_or_else(|| {
+        let left = kubectl(&get).1;
+        let pods = kubectl(&["get", "pods", "-A", "-o", "wide"]).1;
+        let conditions = kubectl(&["get", "namespaces", "-o", "jsonpath={range .items[*]}{.metadata.name}: {.status.conditions}{\"\\n\"}{end}"]).1;
+        panic!(
+            "still there {limit:?} after the delete: {left}\npods:\n{pods}\nnamespaces:\n{conditions}\n\
+             kube-controller-manager:\n{}\nkubelet:\n{}",
+            errors_logged("kube-controller-manager"),
+            errors_logged("kubelet")
+        )
+    })
+}
+
+/// The last 15 error lines of a cluster component's log (cluster.sh keeps them in
+/// /var/lib/chaos-ebpf/cluster/logs until `cluster down`), each cut to 300 bytes.
+fn errors_logged(component: &str) -> String {
+    let text = std::fs::read_to_string(format!("/var/lib/chaos-ebpf/cluster/logs/{component}.log")).unwrap_or_default();
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with('E')).collect();
+    let last = &errors[errors.len().saturating_sub(15)..];
+    last.iter().map(|l| l.get(..300).unwrap_or(l)).collect::<Vec<_>>().join("\n")
 }
 
 fn unix_seconds_now() -> f64 {
@@ -349,7 +370,8 @@ pub fn experiments() {
 
     through_a_service(&server);
     steps_and_hypothesis(&server);
-    delete_and_wait(&["namespace", NS], Duration::from_secs(90));
+    let took = delete_and_wait(&["namespace", NS], Duration::from_secs(180));
+    println!("REPORT|test_namespace_deleted|seconds={:.1}", took.as_secs_f64());
 }
 
 /// The client partitioned from the server pods: also from their Service's ClusterIP,
@@ -536,7 +558,8 @@ pub fn leader_kill() {
     must_kubectl(&["-n", "chaos-lab", "delete", "chaosexperiment", "etcd-leader-kill"]);
     leader_partition();
     node_from_etcd();
-    delete_and_wait(&["-f", &repo("deploy/kubernetes/lab.yaml")], Duration::from_secs(90));
+    let took = delete_and_wait(&["-f", &repo("deploy/kubernetes/lab.yaml")], Duration::from_secs(180));
+    println!("REPORT|lab_workload_deleted|seconds={:.1}", took.as_secs_f64());
 }
 
 /// The partition-pod example: one workload node cut off from etcd, which it reaches
