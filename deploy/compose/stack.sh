@@ -237,6 +237,9 @@ cmd_down() {
     [ -d "$state/docker-exec" ] && ! grep -q " $state/docker-exec" /proc/self/mountinfo && rm -rf "$state/docker-exec"
   fi
   rm -rf "$state" "$pki"
+  # Run bundles outlive `down`; the directories that held only them go when empty.
+  rmdir "$runs" 2>/dev/null || true
+  rmdir "$data" 2>/dev/null || true
   [ -z "$(ip -4 route show | grep '198\.51\.100\.9[6-9]\|198\.51\.100\.1[01][0-9]\|198\.51\.100\.12[0-7]' || true)" ] \
     || left+=("a route into the compose range 198.51.100.96/27")
   if [ ${#left[@]} -gt 0 ]; then

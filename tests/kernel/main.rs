@@ -147,6 +147,7 @@ fn main() -> ExitCode {
         .map(|(name, test)| Trial::ignorable_test(name, move || run_test(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
+    support::end_tests();
     if !args.list {
         let skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

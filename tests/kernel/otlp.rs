@@ -262,11 +262,13 @@ fn otlp_spans_of_an_interrupted_run() {
 /// wall time).
 fn timed_inject(pair: &Pair, otlp: Option<&str>) -> (i32, String, Duration) {
     let target = pair.target();
+    // Held to the end: a temporary would remove the directory before the run writes it.
+    let dir = TempDir::new("timed");
     let mut command = Command::new(bin());
     command
         .args(["inject", "loss", "--target", &target, "--probability", "0.5", "--duration", "1s"])
         .args(["--metrics-addr", "off", "--run-dir"])
-        .arg(TempDir::new("timed").0.join("run"))
+        .arg(dir.0.join("run"))
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

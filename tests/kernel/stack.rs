@@ -20,6 +20,8 @@ pub const TESTS: &[Test] = tests![compose_stack_runs_the_samples_and_leaves_noth
 const PROMETHEUS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 101)), 9090);
 const ETCD: &str = "https://198.51.100.98:2379,https://198.51.100.99:2379,https://198.51.100.100:2379";
 /// The stack's PKI (stack.sh up mints it; the agent mounts it at the same path).
+/// The stack's data directory, which `stack.sh down` removes once it is empty.
+const DATA: &str = "/var/lib/chaos-ebpf/stack";
 const PKI: &str = "/var/lib/chaos-ebpf/stack/pki";
 const RUNS: &str = "/var/lib/chaos-ebpf/stack/runs";
 
@@ -172,6 +174,7 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
         skip("a Docker daemon runs here already: the test starts the stack's own dockerd and checks the host after it");
     }
     let before = host_state();
+    let data_before = Path::new(DATA).exists();
     let bin_dir = Path::new(bin()).parent().unwrap().display().to_string();
     let mut guard = Stack { up: true, runs: Vec::new() };
     let t = Instant::now();
@@ -285,6 +288,8 @@ fn compose_stack_runs_the_samples_and_leaves_nothing() {
     assert!(sh("pgrep", &["-x", "dockerd"]).stdout.is_empty(), "a dockerd is left");
     assert!(!Path::new("/run/chaos-ebpf/stack").exists(), "/run/chaos-ebpf/stack is left");
     assert!(!Path::new("/var/lib/chaos-ebpf/stack/docker").exists(), "the stack's Docker data is left");
+    // The test removed its run directories: the emptied runs/ and the stack's data go too.
+    assert!(data_before || !Path::new(DATA).exists(), "{DATA} is left: {:?}", fs::read_dir(DATA).map(|d| d.count()));
     assert_nothing_left();
 }
 

@@ -320,15 +320,26 @@ pub fn kernel_has_tcx() -> bool {
     (major, minor) >= (6, 6)
 }
 
+/// The tests' working directory (see begin_test).
+fn tests_cwd() -> PathBuf {
+    std::env::temp_dir().join("chaos-kernel-tests-cwd")
+}
+
 /// Forgets the previous test's chaos-ebpf processes, and gives each test an empty
 /// working directory of its own: runs without --run-dir write chaos-runs/<run-id> there,
-/// not into the source tree (the next test removes it; one is left after the last).
+/// not into the source tree (the next test removes it, end_tests the last one).
 pub fn begin_test() {
     started().clear();
-    let cwd = std::env::temp_dir().join("chaos-kernel-tests-cwd");
+    let cwd = tests_cwd();
     let _ = fs::remove_dir_all(&cwd);
     fs::create_dir_all(&cwd).expect("creating the tests' working directory");
     std::env::set_current_dir(&cwd).expect("entering the tests' working directory");
+}
+
+/// Removes the last test's working directory, once every test has run.
+pub fn end_tests() {
+    let _ = std::env::set_current_dir(std::env::temp_dir());
+    let _ = fs::remove_dir_all(tests_cwd());
 }
 
 fn spawn_chaos(cmd: &mut Command) -> Child {

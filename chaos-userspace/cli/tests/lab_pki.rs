@@ -18,6 +18,7 @@ fn mode(path: &Path) -> u32 {
 fn mints_a_ca_a_pair_per_member_and_a_client_then_refuses_a_second_ca() {
     let root = std::env::temp_dir().join(format!("chaos-lab-pki-{}", std::process::id()));
     let _ = fs::remove_dir_all(&root);
+    let _removed = RemovedOnDrop(root.clone());
     let dir = root.join("pki");
     let dir_arg = dir.display().to_string();
     let (code, text) =
@@ -54,5 +55,13 @@ fn mints_a_ca_a_pair_per_member_and_a_client_then_refuses_a_second_ca() {
     }
     let (code, text) = pki(&["--dir", &fresh_arg, "--member", "a=198.51.100.1", "--member", "a=198.51.100.2"]);
     assert_eq!(code, 2, "a member twice: {text}");
-    fs::remove_dir_all(&root).unwrap();
+}
+
+/// Removes the test's directory when the test ends, also after a failed assertion.
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
