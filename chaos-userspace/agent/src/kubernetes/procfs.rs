@@ -25,9 +25,10 @@ pub struct PodNetns {
 pub fn netns_of_pod(proc_root: &Path, uid: &str) -> Option<PodNetns> {
     let cgroupfs = format!("pod{uid}");
     let systemd = format!("pod{}", uid.replace('-', "_"));
-    // The lowest pid of the pod is its sandbox's (pause) most of the time: it lives as
-    // long as the pod, while an application container may restart.
-    let pid = lowest_pid_in(proc_root, |part| {
+    // The oldest process of the pod is its sandbox's (pause): it lives as long as the
+    // pod, while an application container may restart and a `kubectl exec` comes and
+    // goes. Not the lowest pid: once pids wrap, an exec's pid is lower than the pause's.
+    let pid = oldest_in(proc_root, |part| {
         part == cgroupfs || part.strip_suffix(".slice").is_some_and(|s| s.ends_with(&systemd))
     })?;
     let path = proc_root.join(pid.to_string()).join("ns/net");
@@ -36,13 +37,13 @@ pub fn netns_of_pod(proc_root: &Path, uid: &str) -> Option<PodNetns> {
 }
 
 /// The main process of the container with `id` (the hex id of its CRI containerID,
-/// `containerd://<id>`): the lowest pid in its cgroup (cgroupfs: `.../<id>`; systemd:
-/// `cri-containerd-<id>.scope`).
+/// `containerd://<id>`): the oldest in its cgroup (cgroupfs: `.../<id>`; systemd:
+/// `cri-containerd-<id>.scope`), not a process `kubectl exec` started in it.
 pub fn container_pid(proc_root: &Path, id: &str) -> Option<u32> {
     container_pids(proc_root, id).into_iter().next()
 }
 
-/// Every process of the container with `id`, lowest pid first.
+/// Every process of the container with `id`, oldest first.
 pub fn container_pids(proc_root: &Path, id: &str) -> Vec<u32> {
     if id.len() < 12 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
         return Vec::new();
@@ -50,34 +51,69 @@ pub fn container_pids(proc_root: &Path, id: &str) -> Vec<u32> {
     pids_in(proc_root, |part| part == id || part.strip_suffix(".scope").is_some_and(|s| s.ends_with(id)))
 }
 
-/// The lowest pid one of whose cgroup paths has a component `ours` accepts.
-fn lowest_pid_in(proc_root: &Path, ours: impl Fn(&str) -> bool) -> Option<u32> {
+/// The oldest process one of whose cgroup paths has a component `ours` accepts.
+fn oldest_in(proc_root: &Path, ours: impl Fn(&str) -> bool) -> Option<u32> {
     pids_in(proc_root, ours).into_iter().next()
 }
 
-/// The pids one of whose cgroup paths has a component `ours` accepts, in order.
+/// The pids one of whose cgroup paths has a component `ours` accepts, oldest first (by
+/// start time; a process whose start time cannot be read comes last).
 fn pids_in(proc_root: &Path, ours: impl Fn(&str) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(proc_root) else { return Vec::new() };
-    let mut pids: Vec<u32> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect();
-    pids.sort_unstable();
-    pids.retain(|pid| {
-        let Ok(cgroups) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")) else {
-            return false;
-        };
-        cgroups.lines().any(|line| line.splitn(3, ':').nth(2).unwrap_or("").split('/').any(&ours))
-    });
-    pids
+    let pids = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+    let mut ours: Vec<(u64, u32)> = pids
+        .filter(|pid| {
+            let Ok(cgroups) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")) else {
+                return false;
+            };
+            cgroups.lines().any(|line| line.splitn(3, ':').nth(2).unwrap_or("").split('/').any(&ours))
+        })
+        .map(|pid| (start_time(proc_root, pid).unwrap_or(u64::MAX), pid))
+        .collect();
+    ours.sort_unstable();
+    ours.into_iter().map(|(_, pid)| pid).collect()
+}
+
+/// A process's start time in clock ticks after boot: field 22 of /proc/PID/stat, counted
+/// after the command name, which is in parentheses and may hold spaces.
+fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A process that started `pid` ticks after boot, unless `started` says otherwise.
     fn process(root: &Path, pid: u32, cgroup: &str) {
+        process_started(root, pid, u64::from(pid), cgroup);
+    }
+
+    fn process_started(root: &Path, pid: u32, started: u64, cgroup: &str) {
         let dir = root.join(pid.to_string());
         std::fs::create_dir_all(dir.join("ns")).unwrap();
         std::fs::write(dir.join("cgroup"), cgroup).unwrap();
         std::fs::write(dir.join("ns/net"), "").unwrap();
+        // The command name may hold spaces and parentheses.
+        let stat = format!("{pid} (sh (x) y) S 1 {pid} {pid} 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 {started} 2 3 4\n");
+        std::fs::write(dir.join("stat"), stat).unwrap();
+    }
+
+    #[test]
+    fn the_oldest_process_wins_also_after_pids_wrapped() {
+        let root = std::env::temp_dir().join(format!("chaos-netns-wrap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let uid = "1b2c3d4e-aaaa-bbbb-cccc-000000000003";
+        // The pause process (30000) and the main process (30050) of the pod, then a
+        // `kubectl exec` that got pid 2662 after the pids wrapped.
+        process_started(&root, 30000, 500, &format!("0::/kubepods/pod{uid}/aaaa0000aaaa0000\n"));
+        process_started(&root, 30050, 510, &format!("0::/kubepods/pod{uid}/bbbb0000bbbb0000\n"));
+        process_started(&root, 2662, 9000, &format!("0::/kubepods/pod{uid}/bbbb0000bbbb0000\n"));
+        assert_eq!(netns_of_pod(&root, uid).expect("the pod").path, root.join("30000/ns/net"));
+        assert_eq!(container_pid(&root, "bbbb0000bbbb0000"), Some(30050));
+        assert_eq!(container_pids(&root, "bbbb0000bbbb0000"), [30050, 2662]);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -98,7 +134,7 @@ mod tests {
             "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod9f_00_11.slice/cri-containerd-x.scope\n",
         );
         std::fs::create_dir_all(root.join("self")).unwrap();
-        let found = netns_of_pod(&root, uid).expect("the pod's lowest pid");
+        let found = netns_of_pod(&root, uid).expect("the pod's oldest process");
         assert_eq!(found.path, root.join("77/ns/net"));
         assert!(netns_of_pod(&root, "9f-00-11").is_some(), "systemd driver names");
         assert!(netns_of_pod(&root, "1b2c3d4e-aaaa-bbbb-cccc-000000000002").is_none());
