@@ -99,14 +99,16 @@ pub fn url_encode(text: &str) -> String {
 
 /// The page's state as it stands in the browser: refreshes done, how it asks
 /// Prometheus, its status line, and per panel its state, message, polylines and values.
+/// Read also while the page loads (Page.navigate returns before the document is parsed):
+/// an element not there yet reads as "".
 const PAGE_STATE: &str = r#"JSON.stringify({
-  refreshes: +(document.body.dataset.refreshes || 0),
-  via: document.body.dataset.via || "",
-  status: document.getElementById("status").textContent,
+  refreshes: +(document.body?.dataset.refreshes || 0),
+  via: document.body?.dataset.via || "",
+  status: document.getElementById("status")?.textContent ?? "",
   panels: [...document.querySelectorAll("figure.panel")].map((f) => ({
     title: f.dataset.title,
     state: f.dataset.state,
-    msg: f.querySelector(".msg").textContent,
+    msg: f.querySelector(".msg")?.textContent ?? "",
     lines: [...f.querySelectorAll("polyline.series")].map((p) => ({ series: p.dataset.series, points: p.points.numberOfItems })),
     values: [...f.querySelectorAll(".value")].map((v) => ({ series: v.dataset.series, value: +v.dataset.value, text: v.textContent })),
   })),
@@ -317,6 +319,10 @@ impl Browser {
     fn start(binary: &str) -> Browser {
         let profile = std::env::temp_dir().join(format!("cet-dashboard-chromium-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
+        // Chromium makes its singleton socket's directory in TMPDIR and leaves it when
+        // killed: inside the profile, it goes with it.
+        let tmp = profile.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("chromium's temp dir");
         let (their_in, our_out) = cloexec_pipe();
         let (our_in, their_out) = cloexec_pipe();
         let (fd_in, fd_out) = (their_in.as_raw_fd(), their_out.as_raw_fd());
@@ -334,6 +340,7 @@ impl Browser {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("about:blank")
+        .env("TMPDIR", &tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -456,6 +463,9 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromium processes left in group {}", self.child.id());
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Again now that no process of it can write there.
+        let _ = std::fs::remove_dir_all(&self.profile);
+        assert!(!self.profile.exists(), "chromium's profile is left: {}", self.profile.display());
     }
 
     /// SIGKILL to the whole group (renderer and GPU processes too), once.
