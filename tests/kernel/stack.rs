@@ -19,9 +19,9 @@ pub const TESTS: &[Test] = tests![compose_stack_runs_the_samples_and_leaves_noth
 
 const PROMETHEUS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(198, 51, 100, 101)), 9090);
 const ETCD: &str = "https://198.51.100.98:2379,https://198.51.100.99:2379,https://198.51.100.100:2379";
-/// The stack's PKI (stack.sh up mints it; the agent mounts it at the same path).
 /// The stack's data directory, which `stack.sh down` removes once it is empty.
 const DATA: &str = "/var/lib/chaos-ebpf/stack";
+/// The stack's PKI (stack.sh up mints it; the agent mounts it at the same path).
 const PKI: &str = "/var/lib/chaos-ebpf/stack/pki";
 const RUNS: &str = "/var/lib/chaos-ebpf/stack/runs";
 
