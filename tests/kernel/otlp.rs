@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
     process::{Command, Stdio},
     sync::{mpsc, Arc},
     thread::JoinHandle,
@@ -30,24 +29,6 @@ pub const TESTS: &[Test] = tests![
     otlp_environment_endpoint_and_a_completed_run,
     otlp_bad_endpoint_is_refused
 ];
-
-/// A directory under the system temp dir, removed on drop (also after a failure).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("chaos-otlp-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating the temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One POST the receiver got: its path, content type and decoded body.
 struct Post {
@@ -158,7 +139,7 @@ fn otlp_spans_of_an_interrupted_run() {
     let pair = Pair::new("otlp");
     let target = pair.target();
     let receiver = Receiver::start();
-    let tmp = TempDir::new("int");
+    let tmp = TempDir::new("otlp-int");
     let run_dir = tmp.0.join("run");
     let chaos = Chaos::start(&[
         "inject",
@@ -263,7 +244,7 @@ fn otlp_spans_of_an_interrupted_run() {
 fn timed_inject(pair: &Pair, otlp: Option<&str>) -> (i32, String, Duration) {
     let target = pair.target();
     // Held to the end: a temporary would remove the directory before the run writes it.
-    let dir = TempDir::new("timed");
+    let dir = TempDir::new("otlp-timed");
     let mut command = Command::new(bin());
     command
         .args(["inject", "loss", "--target", &target, "--probability", "0.5", "--duration", "1s"])
@@ -329,7 +310,7 @@ fn otlp_environment_endpoint_and_a_completed_run() {
 fn otlp_bad_endpoint_is_refused() {
     let pair = Pair::new("otlpbad");
     let target = pair.target();
-    let tmp = TempDir::new("bad");
+    let tmp = TempDir::new("otlp-bad");
     let run_dir = tmp.0.join("run");
     let inject = ["inject", "loss", "--target", &target, "--probability", "0.5", "--duration", "1s", "--run-dir"];
     for (flag, env, expected) in [

@@ -55,14 +55,6 @@ const FILES: &[&str] = &[
     "meta.json",
 ];
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -81,9 +73,7 @@ fn run(dir: &Path, scenario: &Path, name: &str, args: &[&str]) -> PathBuf {
 
 fn reports_of_lab_runs_and_their_digests() {
     require_root();
-    let dir = TempDir(std::env::temp_dir().join(format!("chaos-reports-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("reports");
     let scenario = dir.0.join("reports.yaml");
     std::fs::write(&scenario, SCENARIO).unwrap();
     let first = run(&dir.0, &scenario, "first", &["--freeze-clock"]);
@@ -164,8 +154,7 @@ fn reports_of_lab_runs_and_their_digests() {
 /// every window, and writes every artifact and the bundle.
 fn game_day_sample_runs_with_every_artifact() {
     require_root();
-    let dir = TempDir(std::env::temp_dir().join(format!("chaos-game-day-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("game-day");
     let scenario = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios/game-day.yaml"));
     let run_dir = run(&dir.0, scenario, "game-day", &[]);
     for file in FILES.iter().chain(&["metrics-before.prom", "metrics-during.prom", "metrics-after.prom"]) {

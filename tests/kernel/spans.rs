@@ -3,7 +3,7 @@
 //! is cut short, its report.json, and `verify` checking expectations against them.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -13,28 +13,6 @@ use crate::support::*;
 
 pub const TESTS: &[Test] =
     tests![spans_of_interrupted_run_and_verify, spans_of_cut_short_run_have_its_revert, spans_of_cleanup_after_sigkill];
-
-/// A directory under the system temp dir, removed on drop (also after a failure).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("chaos-spans-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating the temp dir");
-        TempDir(dir)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn spans_of(run_dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(run_dir.join("spans.jsonl")).expect("the run wrote spans.jsonl");
@@ -61,7 +39,7 @@ fn verify(run_dir: &Path, expect: &Path) -> (i32, String, String) {
 fn spans_of_interrupted_run_and_verify() {
     let pair = Pair::new("spans");
     let target = pair.target();
-    let tmp = TempDir::new("int");
+    let tmp = TempDir::new("spans-int");
     let run_dir = tmp.join("run");
     let chaos = Chaos::start(&[
         "inject",
@@ -200,7 +178,7 @@ order:
 fn spans_of_cut_short_run_have_its_revert() {
     let pair = Pair::new("spancut");
     let target = pair.target();
-    let tmp = TempDir::new("cut");
+    let tmp = TempDir::new("spans-cut");
     let run_dir = tmp.join("run");
     let chaos = Chaos::start(&[
         "inject",
@@ -257,7 +235,7 @@ order:
 fn spans_of_cleanup_after_sigkill() {
     let pair = Pair::new("spanclean");
     let target = pair.target();
-    let tmp = TempDir::new("clean");
+    let tmp = TempDir::new("spans-clean");
     let chaos = Chaos::start(&["inject", "partition", "--target", &target, "--duration", "5m", "--lease", "1s"]);
     chaos.signal(libc::SIGKILL);
     let (code, _, _) = chaos.finish(Duration::from_secs(5));

@@ -320,6 +320,29 @@ pub fn kernel_has_tcx() -> bool {
     (major, minor) >= (6, 6)
 }
 
+/// An empty directory `chaos-<tag>-<pid>` under the system temp dir, removed on drop
+/// (also after a failure).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("chaos-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("creating the temp dir");
+        TempDir(dir)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The tests' working directory (see begin_test).
 fn tests_cwd() -> PathBuf {
     std::env::temp_dir().join("chaos-kernel-tests-cwd")

@@ -2,7 +2,11 @@
 //! modes; a second mint into the same directory and bad members are refused (exit 2)
 //! and change nothing.
 
+mod common;
+
 use std::{fs, os::unix::fs::PermissionsExt, path::Path, process::Command};
+
+use common::TempDir;
 
 fn pki(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_chaos-ebpf")).args(["lab", "pki"]).args(args).output().unwrap();
@@ -16,9 +20,8 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn mints_a_ca_a_pair_per_member_and_a_client_then_refuses_a_second_ca() {
-    let root = std::env::temp_dir().join(format!("chaos-lab-pki-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&root);
-    let _removed = RemovedOnDrop(root.clone());
+    let temp = TempDir::new("lab-pki").expect("the temp dir");
+    let root = &temp.0;
     let dir = root.join("pki");
     let dir_arg = dir.display().to_string();
     let (code, text) =
@@ -55,13 +58,4 @@ fn mints_a_ca_a_pair_per_member_and_a_client_then_refuses_a_second_ca() {
     }
     let (code, text) = pki(&["--dir", &fresh_arg, "--member", "a=198.51.100.1", "--member", "a=198.51.100.2"]);
     assert_eq!(code, 2, "a member twice: {text}");
-}
-
-/// Removes the test's directory when the test ends, also after a failed assertion.
-struct RemovedOnDrop(std::path::PathBuf);
-
-impl Drop for RemovedOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }

@@ -16,6 +16,9 @@ use std::{
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
+mod common;
+use common::TempDir;
+
 /// The renderer and its fixtures, compiled into this test from the CLI's sources (the
 /// CLI is a binary crate: there is no library to link).
 /// html.rs finds these in its parent, here the crate root.
@@ -48,14 +51,6 @@ fn chromium() -> Result<PathBuf, String> {
         }
     }
     Err("no chromium binary (/usr/bin/chromium): apt-get install chromium (scripts/setup.sh installs it)".into())
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs chromium with `args` on `url`, bounded by [`BROWSER_TIMEOUT`]: (stdout, stderr).
@@ -143,9 +138,7 @@ fn loads_in_chromium() -> Result<Completion, Failed> {
             return Ok(Completion::ignored_with(why));
         }
     };
-    let dir = TempDir(std::env::temp_dir().join(format!("chaos-report-html-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).map_err(|e| format!("{e}"))?;
+    let dir = TempDir::new("report-html").map_err(|e| format!("{e}"))?;
     let report = fixtures::rich_report();
     let page = html::render(&report).map_err(|e| format!("rendering: {e:#}"))?;
     let file = dir.0.join("report.html");
