@@ -34,6 +34,9 @@ pod_cidr=198.51.100.128/26
 pod_gateway=198.51.100.129
 service_cidr=198.51.100.192/26
 service_ip=198.51.100.193
+# The check Service's address is fixed: Kubernetes 1.20 allocates ClusterIPs at random from
+# the whole range, and one taken at random can be one the lab chart fixes (.239 to .242).
+check_service_ip=198.51.100.194
 node="$(hostname | tr '[:upper:]' '[:lower:]')"
 bridge=chaos-k8s0
 etcd_client=127.0.0.1:22379
@@ -529,6 +532,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: server, namespace: chaos-k8s-check}
 spec:
+  clusterIP: $check_service_ip
   selector: {app: server}
   ports: [{port: 80, targetPort: 8080}]
 YAML

@@ -106,7 +106,7 @@ fn host() -> Host {
     }
 }
 
-/// Takes the cluster down if the test ends early.
+/// Takes the cluster down if the test ends early, and removes what its pods left on the host.
 struct Down(bool);
 
 impl Drop for Down {
@@ -114,6 +114,9 @@ impl Drop for Down {
         if self.0 {
             let (code, text) = cluster("down");
             eprintln!("cluster down after a failure (exit {code}): {text}");
+            // The lab's pods, when a failure left them running, wrote their hostPath
+            // until `down` stopped them.
+            let _ = fs::remove_dir_all(agent::LAB_DATA);
         }
     }
 }
@@ -175,7 +178,7 @@ fn kubernetes_cluster_comes_up_serves_a_service_and_leaves_nothing() {
     assert_eq!(after.interfaces, before.interfaces, "interfaces after down");
     assert_eq!(after.mounts, before.mounts, "mounts after down");
     assert!(after.processes.is_empty(), "left after down: {:?}", after.processes);
-    for dir in ["/var/lib/kubelet", "/var/lib/chaos-ebpf/cluster", "/run/chaos-ebpf/cluster"] {
+    for dir in ["/var/lib/kubelet", "/var/lib/chaos-ebpf/cluster", "/run/chaos-ebpf/cluster", agent::LAB_DATA] {
         assert!(!Path::new(dir).exists(), "{dir} left after down");
     }
     let (code, text) = cluster("down");

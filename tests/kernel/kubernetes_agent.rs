@@ -515,10 +515,11 @@ fn etcd_leader() -> Option<String> {
 }
 
 /// The lab workload's hostPath (etcd data and journals), which its chart never removes.
-const LAB_DATA: &str = "/var/lib/chaos-ebpf/k8s-lab";
+pub const LAB_DATA: &str = "/var/lib/chaos-ebpf/k8s-lab";
 
 /// Removes the lab workload's hostPath when the test ends, also after a failure: a
-/// leftover would give the next run's etcd members a stale cluster.
+/// leftover would give the next run's etcd members a stale cluster. After a failure the
+/// lab's pods may still write there; `Down` removes it again once they are gone.
 struct LabData;
 
 impl Drop for LabData {

@@ -239,6 +239,8 @@ fn default_daemonset() -> Result<(), Failed> {
         "the Service has no prometheus.io/scrape annotation"
     );
     ensure!(service["spec"]["ports"][0]["port"].as_u64() == Some(9465), "the Service's port is not 9465");
+    // Headless, so that it takes no address from the Service range (the lab fixes some).
+    ensure!(service["spec"]["clusterIP"].as_str() == Some("None"), "the metrics Service is not headless");
     ensure!(of_kind(&docs, "Namespace").is_empty(), "a Namespace is rendered although createNamespace is false");
     Ok(())
 }
