@@ -372,13 +372,14 @@ impl Controller {
                 return;
             }
         };
+        let processes = procfs::PodProcesses::scan(&self.options.proc_root);
         for pod in mine {
             if host_network(pods, &pod.uid) {
                 let why = "the pod uses the node's network namespace (hostNetwork): a fault there would hit the node";
                 state.past_failed(pod, why);
                 continue;
             }
-            let Some(found) = procfs::netns_of_pod(&self.options.proc_root, &pod.uid) else {
+            let Some(found) = processes.netns_of_pod(&pod.uid) else {
                 state.past_failed(pod, "no process of the pod runs on this node yet (retried at the next pass)");
                 continue;
             };
