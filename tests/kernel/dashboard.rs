@@ -26,6 +26,10 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
+#[path = "../../chaos-userspace/cli/tests/common/chromium.rs"]
+mod chromium;
+use chromium::headless_chromium;
+
 pub const TESTS: &[Test] = tests![dashboard_page_draws_live_charts_during_a_fault];
 
 /// The Grafana dashboard, as the agent embeds it.
@@ -319,32 +323,16 @@ impl Browser {
     fn start(binary: &str) -> Browser {
         let profile = std::env::temp_dir().join(format!("cet-dashboard-chromium-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
-        // Chromium makes its singleton socket's directory in TMPDIR and leaves it when
-        // killed: inside the profile, it goes with it.
-        let tmp = profile.join("tmp");
-        std::fs::create_dir_all(&tmp).expect("chromium's temp dir");
         let (their_in, our_out) = cloexec_pipe();
         let (our_in, their_out) = cloexec_pipe();
         let (fd_in, fd_out) = (their_in.as_raw_fd(), their_out.as_raw_fd());
-        let mut cmd = Command::new(binary);
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--remote-debugging-pipe",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .env("TMPDIR", &tmp)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
+        let mut cmd = headless_chromium(Path::new(binary), &profile).expect("chromium's profile directory");
+        cmd.arg("--remote-debugging-pipe")
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
         // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {

@@ -10,7 +10,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -18,6 +18,9 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 mod common;
 use common::TempDir;
+#[path = "common/chromium.rs"]
+mod chromium;
+use chromium::headless_chromium;
 
 /// The renderer and its fixtures, compiled into this test from the CLI's sources (the
 /// CLI is a binary crate: there is no library to link).
@@ -57,22 +60,14 @@ fn chromium() -> Result<PathBuf, String> {
 fn run_browser(browser: &Path, profile: &Path, args: &[&str], url: &str) -> Result<(String, String), Failed> {
     let out_path = profile.with_extension("stdout");
     let err_path = profile.with_extension("stderr");
-    let mut child = Command::new(browser)
+    let mut child = headless_chromium(browser, profile)
+        .map_err(|e| format!("chromium's profile {}: {e}", profile.display()))?
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
             // Every host name fails to resolve: the page must need none.
             "--host-resolver-rules=MAP * ~NOTFOUND",
             "--enable-logging=stderr",
             "--v=0",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
         .arg(url)
         .stdin(Stdio::null())
