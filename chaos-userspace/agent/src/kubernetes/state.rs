@@ -470,13 +470,7 @@ impl Controller {
             // Gone (deleted, not running): no target, rather than the next leader.
             return candidates.iter().find(|c| c.uid == pinned.uid).cloned();
         }
-        let Some(pod) = leader_of(candidates, leader, pods).await else {
-            state.event_once(
-                Happened::Waiting,
-                format!("no matching pod says it leads ({}): the faults wait for a leader", leader.describe()),
-            );
-            return None;
-        };
+        let pod = leader_or_wait(state, candidates, leader, pods, "faults").await?;
         state.event(Happened::Injected, format!("{}/{}: leads; the target of the faults", pod.namespace, pod.name));
         state.leader_pin = Some(pod.clone());
         Some(pod)
@@ -541,15 +535,9 @@ impl Controller {
             return;
         }
         let targets: Vec<Candidate> = match &spec.leader {
-            Some(leader) => match leader_of(candidates, leader, pods).await {
+            Some(leader) => match leader_or_wait(state, candidates, leader, pods, "actions").await {
                 Some(pod) => vec![pod],
-                None => {
-                    state.event_once(
-                        Happened::Waiting,
-                        format!("no matching pod says it leads ({}): the actions wait for a leader", leader.describe()),
-                    );
-                    return;
-                }
+                None => return,
             },
             None => chosen.to_vec(),
         };
@@ -792,6 +780,23 @@ impl Experiment {
 /// for every node's agent.
 fn created(experiment: &ChaosExperiment) -> Timestamp {
     experiment.metadata.creation_timestamp.as_ref().map_or_else(Timestamp::now, |t| t.0)
+}
+
+/// The pod that leads now; with none, a Waiting event (once) says that the `what` (faults
+/// or actions) wait for a leader.
+async fn leader_or_wait(
+    state: &mut Experiment,
+    candidates: &[Candidate],
+    leader: &LeaderSelector,
+    pods: &[Arc<Pod>],
+    what: &str,
+) -> Option<Candidate> {
+    let pod = leader_of(candidates, leader, pods).await;
+    if pod.is_none() {
+        let why = format!("no matching pod says it leads ({}): the {what} wait for a leader", leader.describe());
+        state.event_once(Happened::Waiting, why);
+    }
+    pod
 }
 
 /// The pod whose metrics say it leads; none when no pod or two say so.
