@@ -150,9 +150,9 @@ fn run_goes_through_the_agent() {
     let socket = agent.socket.to_str().unwrap().to_owned();
     let receiver = udp_receiver(&pair.b, sock(ADDR_B, 5002));
     let count = 1000;
-    let dir = std::env::temp_dir().join("cet-run-via-agent");
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
+    // The scenarios and the three runs' directories, removed also after a failure.
+    let tmp = TempDir::new("run-via-agent");
+    let dir = &tmp.0;
     let scenario = |name: &str, extra: &str| {
         let path = dir.join(format!("{name}.yaml"));
         let text = format!(
