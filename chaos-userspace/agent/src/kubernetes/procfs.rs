@@ -39,11 +39,7 @@ impl PodProcesses {
                 continue;
             };
             // Every v1 hierarchy repeats the pod's path: each UID counts once per process.
-            let uids: HashSet<String> = cgroups
-                .lines()
-                .flat_map(|line| line.splitn(3, ':').nth(2).unwrap_or("").split('/'))
-                .filter_map(pod_uid_in)
-                .collect();
+            let uids: HashSet<String> = path_components(&cgroups).filter_map(pod_uid_in).collect();
             for uid in uids {
                 by_uid.entry(uid).or_default().push(pid);
             }
@@ -92,13 +88,21 @@ pub fn container_pids(proc_root: &Path, id: &str) -> Vec<u32> {
 
 /// The pids one of whose cgroup paths has a component `ours` accepts, oldest first.
 fn pids_in(proc_root: &Path, ours: impl Fn(&str) -> bool) -> Vec<u32> {
-    let ours = pids(proc_root).filter(|pid| {
+    let matching = pids(proc_root).filter(|pid| {
         let Ok(cgroups) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")) else {
             return false;
         };
-        cgroups.lines().any(|line| line.splitn(3, ':').nth(2).unwrap_or("").split('/').any(&ours))
+        // Bound before the block ends: the iterator borrows `cgroups`.
+        let found = path_components(&cgroups).any(&ours);
+        found
     });
-    oldest_first(proc_root, ours)
+    oldest_first(proc_root, matching)
+}
+
+/// The components of every cgroup path in a /proc/PID/cgroup (lines
+/// `hierarchy-ID:controllers:path`).
+fn path_components(cgroups: &str) -> impl Iterator<Item = &str> {
+    cgroups.lines().flat_map(|line| line.splitn(3, ':').nth(2).unwrap_or("").split('/'))
 }
 
 /// Every pid under `proc_root`.
